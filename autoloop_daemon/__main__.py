@@ -1,0 +1,5 @@
+"""Entry point for ``python -m autoloop_daemon``."""
+
+from autoloop_daemon.cli import main
+
+raise SystemExit(main())

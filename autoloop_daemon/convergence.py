@@ -1,0 +1,143 @@
+"""Stop conditions as pure functions of plain data: plateau, oscillation, limits.
+
+No I/O here. The target's cycle calls `stop_reason` before and after every iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from autoloop_daemon.models import (
+    STATUS_STOPPED_COST,
+    STATUS_STOPPED_MAX_ITER,
+    STATUS_STOPPED_OSCILLATION,
+    STATUS_STOPPED_PLATEAU,
+)
+
+
+def weighted_score(scores: Mapping[str, float], weights: Mapping[str, float]) -> float | None:
+    """The weighted mean of `scores`; a dimension missing from `weights` weighs 1.0.
+
+    Returns None when there are no scores or every weight is zero.
+    """
+    total_weight = 0.0
+    total = 0.0
+    for dimension, score in scores.items():
+        weight = weights.get(dimension, 1.0)
+        total += weight * score
+        total_weight += weight
+    if not scores or total_weight <= 0.0:
+        return None
+    return total / total_weight
+
+
+def plateau_counter(history: Sequence[float], min_improvement: float = 0.0) -> int:
+    """How many of the latest scores in a row failed to beat the best score before them.
+
+    `history` holds weighted scores only (iterations without scores are left out by the
+    caller, so they neither advance nor reset the counter). The first score never counts.
+    """
+    count = 0
+    best_before = float("-inf")
+    for i, score in enumerate(history):
+        if i > 0 and score <= best_before + min_improvement:
+            count += 1
+        else:
+            count = 0
+        best_before = max(best_before, score)
+    return count
+
+
+def is_plateau(history: Sequence[float], window: int, min_improvement: float = 0.0) -> bool:
+    """True when the last `window` scores did not beat the best earlier score.
+
+    "Beat" means exceeding it by more than `min_improvement`. At least one earlier score is
+    needed: with `window` 3, 0.85, 0.83, 0.84, 0.82 is a plateau; 0.5, 0.6, 0.7 is not.
+    """
+    if window < 1 or len(history) <= window:
+        return False
+    best_earlier = max(history[:-window])
+    return all(score <= best_earlier + min_improvement for score in history[-window:])
+
+
+def is_oscillating(decisions: Sequence[str], window: int = 4) -> bool:
+    """True when the last `window` decisions alternate between keep and not-keep.
+
+    keep, reject, keep, reject is oscillation; reject and revert both count as not-keep;
+    `pending` (human review) breaks the pattern. A window below 2 disables the check.
+    """
+    if window < 2 or len(decisions) < window:
+        return False
+    recent = decisions[-window:]
+    if any(d not in ("keep", "reject", "revert") for d in recent):
+        return False
+    kept = [d == "keep" for d in recent]
+    return all(kept[i] != kept[i + 1] for i in range(window - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class LoopView:
+    """The numbers the stop conditions look at, taken from a target's state."""
+
+    iterations_completed: int
+    total_cost_usd: float
+    scores: Sequence[float]  # weighted scores of completed iterations that had scores
+    decisions: Sequence[str]  # decisions of completed iterations, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A target's limits that the stop conditions compare against."""
+
+    max_iterations: int
+    max_cost_usd: float
+    plateau_window: int
+    min_improvement: float = 0.0
+    oscillation_window: int = 4
+
+
+STOP_MESSAGES: dict[str, str] = {
+    STATUS_STOPPED_MAX_ITER: "max iterations reached ({n})",
+    STATUS_STOPPED_COST: "cost cap reached (${cost:.2f} of ${cap:.2f})",
+    STATUS_STOPPED_PLATEAU: "plateau detected (no improvement in last {window} iterations)",
+    STATUS_STOPPED_OSCILLATION: "oscillation detected (keep/reject alternating over {osc} iterations)",
+}
+
+
+def stop_reason(view: LoopView, limits: Limits) -> str | None:
+    """The status a target stops with, or None to go on; checked in DESIGN.md's order.
+
+    The shared budget and the circuit breaker are checked elsewhere (they need the
+    supervisor's ledger and the failure count).
+    """
+    if view.iterations_completed >= limits.max_iterations:
+        return STATUS_STOPPED_MAX_ITER
+    if view.total_cost_usd >= limits.max_cost_usd:
+        return STATUS_STOPPED_COST
+    if is_plateau(view.scores, limits.plateau_window, limits.min_improvement):
+        return STATUS_STOPPED_PLATEAU
+    if is_oscillating(view.decisions, limits.oscillation_window):
+        return STATUS_STOPPED_OSCILLATION
+    return None
+
+
+def describe_stop(status: str, view: LoopView, limits: Limits) -> str:
+    """The human sentence printed after `Stopped:` for a stop status."""
+    template = STOP_MESSAGES.get(status)
+    if template is None:
+        return status
+    return template.format(
+        n=limits.max_iterations,
+        cost=view.total_cost_usd,
+        cap=limits.max_cost_usd,
+        window=limits.plateau_window,
+        osc=limits.oscillation_window,
+    )
+
+
+def backoff_seconds(consecutive_errors: int, base_s: float, max_s: float) -> float:
+    """Delay before retrying after `consecutive_errors` failures in a row: doubling, capped."""
+    if consecutive_errors <= 0:
+        return 0.0
+    return float(min(max_s, base_s * (2 ** min(consecutive_errors - 1, 30))))

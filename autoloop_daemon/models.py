@@ -1,0 +1,187 @@
+"""Plain data shared between modules: a target's resolved settings, log entries, results.
+
+Nothing here does I/O; every type is a frozen dataclass so it can be passed between tasks
+freely and compared in tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Mode = Literal["single-run", "continuous", "scheduled"]
+Decision = Literal["keep", "reject", "revert", "pending"]
+DECISIONS: tuple[str, ...] = ("keep", "reject", "revert", "pending")
+RunStatus = Literal["completed", "failed", "interrupted"]
+
+# Statuses written to autoloop_state.json's `status` field.
+STATUS_IDLE = "idle"
+STATUS_RUNNING = "running"
+STATUS_COOLDOWN = "cooldown"
+STATUS_WAITING = "waiting"  # scheduled mode, waiting for the next tick
+STATUS_STOPPED_MAX_ITER = "stopped_max_iter"
+STATUS_STOPPED_COST = "stopped_cost"
+STATUS_STOPPED_BUDGET = "stopped_budget"
+STATUS_STOPPED_PLATEAU = "stopped_plateau"
+STATUS_STOPPED_OSCILLATION = "stopped_oscillation"
+STATUS_STOPPED_SIGNAL = "stopped_signal"
+STATUS_STOPPED_REMOVED = "stopped_removed"
+STATUS_ERROR = "error"
+
+# Statuses a re-run with the same limits does not continue from.
+FINAL_STATUSES: frozenset[str] = frozenset(
+    {
+        STATUS_STOPPED_MAX_ITER,
+        STATUS_STOPPED_COST,
+        STATUS_STOPPED_BUDGET,
+        STATUS_STOPPED_PLATEAU,
+        STATUS_STOPPED_OSCILLATION,
+        STATUS_ERROR,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSpec:
+    """One target's settings after merging `[defaults]`, the target's table and flags."""
+
+    name: str
+    path: Path
+    state_root: Path
+    mode: Mode = "single-run"
+    max_iterations: int = 5
+    max_cost_usd: float = 50.0
+    plateau_window: int = 3
+    min_improvement: float = 0.0
+    oscillation_window: int = 4
+    cooldown_minutes: float = 30.0
+    max_consecutive_errors: int = 3
+    iteration_timeout_minutes: float = 60.0
+    orchestrator: tuple[str, ...] = ()
+    scorer: tuple[str, ...] | None = None
+    handoff_arg: str | None = "--source"
+    env: tuple[tuple[str, str], ...] = ()
+    weights: tuple[tuple[str, float], ...] = ()
+    dry_run: bool = False
+    seed: int = 0
+    schedule: str | None = None
+    cost_per_minute_usd: float = 0.10
+    estimated_cost_usd: float | None = None  # budget reservation before any history exists
+    term_grace_seconds: float = 10.0  # SIGTERM -> SIGKILL grace for the orchestrator's group
+    backoff_base_seconds: float = 5.0  # first retry delay after a failed iteration (doubles)
+    backoff_max_seconds: float = 300.0
+    simulated_seconds: float = 0.2  # wall time of one simulated (dry-run) iteration
+
+    @property
+    def cooldown_s(self) -> float:
+        """The pause between two iterations, in seconds."""
+        return self.cooldown_minutes * 60.0
+
+    @property
+    def timeout_s(self) -> float:
+        """The longest one orchestrator run may take, in seconds."""
+        return self.iteration_timeout_minutes * 60.0
+
+    @property
+    def weights_map(self) -> dict[str, float]:
+        """Dimension weights as a dict (missing dimensions weigh 1.0)."""
+        return dict(self.weights)
+
+    @property
+    def env_map(self) -> dict[str, str]:
+        """Extra environment for the orchestrator as a dict."""
+        return dict(self.env)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One line of `iteration_log.jsonl`: one orchestrator run, whatever its outcome."""
+
+    iteration: int
+    started_at: str
+    finished_at: str
+    status: RunStatus
+    decision: str | None
+    weighted_score: float | None
+    cost_usd: float
+    duration_seconds: float
+    candidate_id: str | None = None
+    artifact_path: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    exit_code: int | None = None
+    error: str | None = None
+
+    @property
+    def completed(self) -> bool:
+        """True when the run produced a decision and counts towards `iterations_completed`."""
+        return self.status == "completed"
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as a JSON-ready dict (key order is the file's column order)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> LogEntry:
+        """Parse one decoded log line; raises ValueError naming the bad field."""
+        if not isinstance(data, dict):
+            raise ValueError("log line is not a JSON object")
+        try:
+            iteration = data["iteration"]
+            if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 1:
+                raise ValueError(f"iteration: not a positive integer: {iteration!r}")
+            status = data.get("status", "completed")
+            if status not in ("completed", "failed", "interrupted"):
+                raise ValueError(f"status: unknown value {status!r}")
+            scores_raw = data.get("scores") or {}
+            if not isinstance(scores_raw, dict):
+                raise ValueError("scores: not an object")
+            return cls(
+                iteration=iteration,
+                started_at=str(data["started_at"]),
+                finished_at=str(data["finished_at"]),
+                status=status,
+                decision=data.get("decision"),
+                weighted_score=_finite_or_none(data.get("weighted_score")),
+                cost_usd=float(data["cost_usd"]),
+                duration_seconds=float(data.get("duration_seconds", 0.0)),
+                candidate_id=data.get("candidate_id"),
+                artifact_path=data.get("artifact_path"),
+                scores={str(k): float(v) for k, v in scores_raw.items()},
+                exit_code=data.get("exit_code"),
+                error=data.get("error"),
+            )
+        except KeyError as exc:
+            raise ValueError(f"missing field {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class IterationResult:
+    """What one iteration produced, before it is written anywhere.
+
+    `status` is "completed" when a decision was read, "failed" otherwise (non-zero exit,
+    timeout, no or invalid result). `cost_usd` is what the orchestrator reported, or None
+    (the caller then charges wall time at the target's rate).
+    """
+
+    status: Literal["completed", "failed"]
+    duration_s: float
+    decision: str | None = None
+    candidate_id: str | None = None
+    artifact_path: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    weighted_score: float | None = None  # as reported by the orchestrator, if it did
+    cost_usd: float | None = None
+    exit_code: int | None = None
+    error: str | None = None  # one line: why it failed
+    failure_trace: str | None = None  # exit code and the tail of stderr (<= 64 KiB)
