@@ -1,0 +1,223 @@
+"""The files of a state root besides the state itself: iteration log, handoffs, run logs.
+
+`iteration_log.jsonl` is the source of truth. It is append-only, one line per orchestrator
+run, and iteration numbers run 1..n in order. On start a torn last line (a write cut short
+by a crash) is cut off; anything wrong before it is corruption and is refused untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import anyio.to_thread
+
+from autoloop_daemon import fsio
+from autoloop_daemon.exceptions import StateCorruptError
+from autoloop_daemon.models import LogEntry
+
+LOG_NAME = "iteration_log.jsonl"
+RUNS_DIR = "runs"
+HANDOFFS_DIR = "handoffs"
+LEARNER_DIR = "learner"
+REMAINING_THRESHOLD = 0.80
+REJECTING_DECISIONS: frozenset[str] = frozenset({"reject", "revert"})
+
+
+def log_path(state_root: Path) -> Path:
+    """`<state_root>/iteration_log.jsonl`."""
+    return Path(state_root) / LOG_NAME
+
+
+def run_log_path(state_root: Path, iteration: int) -> Path:
+    """`<state_root>/runs/iteration-N.log`: the orchestrator's output."""
+    return Path(state_root) / RUNS_DIR / f"iteration-{iteration}.log"
+
+
+def handoff_path(state_root: Path, iteration: int) -> Path:
+    """`<state_root>/handoffs/iteration-N.md`: what iteration N decided."""
+    return Path(state_root) / HANDOFFS_DIR / f"iteration-{iteration}.md"
+
+
+def learner_path(state_root: Path, iteration: int) -> Path:
+    """`<state_root>/learner/iteration-N.json`: the scorer's output."""
+    return Path(state_root) / LEARNER_DIR / f"iteration-{iteration}.json"
+
+
+def ensure_layout(state_root: Path) -> None:
+    """Create the state root and its `runs/`, `handoffs/`, `learner/` (with parents).
+
+    Each new directory entry is fsynced. OSError -> StateWriteError naming the directory.
+    """
+    root = Path(state_root)
+    fsio.make_dirs(root)
+    for name in (RUNS_DIR, HANDOFFS_DIR, LEARNER_DIR):
+        fsio.make_dirs(root / name)
+
+
+# --- the iteration log ----------------------------------------------------------------
+
+
+def _parse_line(raw: bytes) -> LogEntry:
+    """One log line (without its newline) as an entry; ValueError says what is wrong."""
+    if not raw.strip():
+        raise ValueError("empty line")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    return LogEntry.from_json(data)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name}")
+
+
+def read_log(path: Path, *, repair: bool = True) -> tuple[list[LogEntry], int]:
+    """Read the iteration log; returns its entries and the bytes of torn tail cut off.
+
+    A missing file gives ([], 0). A last line without a newline, or one that does not
+    parse as a log entry, is a torn tail: the file is truncated (and fsynced) to the end of
+    the previous good line and the number of bytes removed is returned. With
+    `repair=False` (for readers that do not own the state root, e.g. `autoloopd status`)
+    the tail is skipped and counted but the file is not touched.
+
+    A bad line before the last one, a duplicated iteration number or numbers not 1..n in
+    order are corruption: StateCorruptError("<path>:<line>: <problem>") is raised and the
+    file is left as it is. A truncation that fails raises StateWriteError.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    except OSError as exc:
+        raise StateCorruptError(f"{path}: cannot read: {fsio.describe_oserror(exc)}") from exc
+
+    entries: list[LogEntry] = []
+    good_end = 0  # offset just past the last good line's newline
+    lineno = 0
+    while good_end < len(data):
+        lineno += 1
+        newline = data.find(b"\n", good_end)
+        if newline < 0:
+            break  # no newline: a torn tail, whether or not it would parse
+        try:
+            entry = _parse_line(data[good_end:newline])
+        except ValueError as exc:
+            if newline + 1 == len(data):
+                break  # the last line: a torn tail
+            raise StateCorruptError(f"{path}:{lineno}: {exc}") from None
+        expected = len(entries) + 1
+        if entry.iteration != expected:
+            if entry.iteration <= len(entries):
+                problem = f"iteration {entry.iteration} appears twice"
+            else:
+                problem = f"iteration {entry.iteration} out of order (expected {expected})"
+            raise StateCorruptError(f"{path}:{lineno}: {problem}")
+        entries.append(entry)
+        good_end = newline + 1
+
+    torn = len(data) - good_end
+    if torn and repair:
+        fsio.truncate_file(path, good_end)
+    return entries, torn
+
+
+async def append_log(path: Path, entry: LogEntry) -> None:
+    """Append one entry to the iteration log durably (one write, fsync) in a worker thread.
+
+    Raises StateWriteError (the log is left as it was) and ValueError for non-finite
+    numbers in the entry.
+    """
+    await fsio.append_json_line(path, entry.to_json())
+
+
+# --- handoffs -------------------------------------------------------------------------
+
+
+def _fmt_score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _fmt_delta(before: float | None, after: float | None) -> str:
+    if before is None or after is None:
+        return "n/a"
+    delta = round(after - before, 2)
+    if delta == 0:
+        delta = 0.0  # no "-0.00"
+    return f"{delta:+.2f}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def render_handoff(
+    *,
+    iteration: int,
+    decision: str | None,
+    candidate_id: str | None,
+    artifact_path: str | None,
+    before: Mapping[str, float],
+    after: Mapping[str, float],
+    error: str | None = None,
+    threshold: float = REMAINING_THRESHOLD,
+) -> str:
+    """The Markdown handoff of one iteration, for the next one to read. Pure.
+
+    Sections: `## Decided` (decision, candidate, artifact, and the error if any),
+    `## Rejected` (the candidate when the decision is reject/revert, else "none"),
+    `## Scores` (every dimension of `before` or `after`, sorted:
+    "- accuracy: 0.62 → 0.71 (+0.09)", "n/a" where missing) and `## Remaining` (dimensions
+    whose score after, or before when there is no score after, is below `threshold`).
+    """
+    lines = [f"# Iteration {iteration} handoff", "", "## Decided"]
+    lines.append(f"- Decision: {decision or 'none'}")
+    lines.append(f"- Candidate: {candidate_id or 'none'}")
+    lines.append(f"- Artifact: {artifact_path or 'none'}")
+    if error:
+        lines.append(f"- Error: {_one_line(error)}")
+
+    lines += ["", "## Rejected"]
+    if decision in REJECTING_DECISIONS:
+        lines.append(f"- {candidate_id or 'unnamed candidate'} ({decision})")
+    else:
+        lines.append("none")
+
+    dimensions = sorted(set(before) | set(after))
+    lines += ["", "## Scores"]
+    if not dimensions:
+        lines.append("none")
+    for dim in dimensions:
+        old, new = before.get(dim), after.get(dim)
+        lines.append(f"- {dim}: {_fmt_score(old)} → {_fmt_score(new)} ({_fmt_delta(old, new)})")
+
+    lines += ["", "## Remaining"]
+    remaining = []
+    for dim in dimensions:
+        current = after.get(dim, before.get(dim))
+        if current is not None and current < threshold:
+            remaining.append(f"- {dim}: {current:.2f} (below {threshold:.2f})")
+    lines += remaining or ["none"]
+    return "\n".join(lines) + "\n"
+
+
+async def write_handoff(state_root: Path, iteration: int, text: str) -> Path:
+    """Write `handoffs/iteration-N.md` atomically (creating `handoffs/`); returns its path.
+
+    Raises StateWriteError when the directory or the file cannot be written.
+    """
+    path = handoff_path(state_root, iteration)
+
+    def _work() -> None:
+        fsio.make_dirs(path.parent)
+        fsio.atomic_write_bytes(path, text.encode())
+
+    await anyio.to_thread.run_sync(_work)
+    return path

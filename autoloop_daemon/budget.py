@@ -1,0 +1,141 @@
+"""The shared budget: reserve an iteration's expected cost before it starts, settle after.
+
+`Ledger` is the pure arithmetic; `SharedBudget` adds waiting. An iteration whose reservation
+does not fit waits until every running iteration has settled; if it still does not fit, its
+target stops with `stopped_budget`. Because nothing starts unless spent + reserved + estimate
+stays within the cap, the total can only exceed the cap by what running iterations cost beyond
+their estimates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import anyio
+
+# Money is compared with a little slack so that float sums do not refuse an exact fit.
+_EPSILON_USD = 1e-9
+
+
+@dataclass(slots=True)
+class Reservation:
+    """Money set aside for one running iteration."""
+
+    owner: str
+    amount_usd: float
+    settled: bool = False
+
+
+class Ledger:
+    """Pure bookkeeping of a cap, money spent and money reserved."""
+
+    def __init__(self, cap_usd: float, spent_usd: float = 0.0) -> None:
+        """Start with `spent_usd` already spent (recovered from the targets' logs)."""
+        self.cap_usd = cap_usd
+        self.spent_usd = spent_usd
+        self.reserved_usd = 0.0
+        self.open_reservations = 0
+
+    @property
+    def available_usd(self) -> float:
+        """Money neither spent nor reserved."""
+        return self.cap_usd - self.spent_usd - self.reserved_usd
+
+    def fits(self, amount_usd: float) -> bool:
+        """True when `amount_usd` can be reserved now."""
+        return amount_usd <= self.available_usd + _EPSILON_USD
+
+    def reserve(self, owner: str, amount_usd: float) -> Reservation | None:
+        """Set `amount_usd` aside for `owner`, or return None when it does not fit."""
+        if not self.fits(amount_usd):
+            return None
+        self.reserved_usd += amount_usd
+        self.open_reservations += 1
+        return Reservation(owner, amount_usd)
+
+    def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        """Release `reservation` and charge what the iteration really cost (idempotent)."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        self.reserved_usd = max(0.0, self.reserved_usd - reservation.amount_usd)
+        self.open_reservations -= 1
+        if self.open_reservations == 0:
+            self.reserved_usd = 0.0  # drop accumulated float dust
+        self.spent_usd += actual_usd
+
+    def charge(self, amount_usd: float) -> None:
+        """Charge money spent outside a reservation (e.g. an interrupted run found at start)."""
+        self.spent_usd += amount_usd
+
+    def set_cap(self, cap_usd: float) -> None:
+        """Apply a new cap (config reload); running reservations are kept."""
+        self.cap_usd = cap_usd
+
+
+def estimate_cost(recent_costs_usd: Sequence[float], configured_usd: float | None,
+                  fallback_usd: float) -> float:
+    """The reservation for a target's next iteration.
+
+    The largest of its last three costs when it has history (a pessimistic estimate keeps the
+    overshoot small), else the configured estimate, else `fallback_usd`.
+    """
+    recent = [c for c in recent_costs_usd[-3:] if c > 0]
+    if recent:
+        return max(recent)
+    if configured_usd is not None:
+        return configured_usd
+    return fallback_usd
+
+
+class SharedBudget:
+    """The ledger shared by every target of a supervisor, with waiting for settlements."""
+
+    def __init__(self, cap_usd: float, spent_usd: float = 0.0) -> None:
+        """Create the budget; nothing here can block or fail."""
+        self.ledger = Ledger(cap_usd, spent_usd)
+        self._changed = anyio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def reserve(self, owner: str, amount_usd: float) -> Reservation | None:
+        """Reserve `amount_usd`, waiting for running iterations to settle if needed.
+
+        Returns None when the amount does not fit even with nothing else in flight: the
+        caller stops its target with `stopped_budget`.
+        """
+        while True:
+            reservation = self.ledger.reserve(owner, amount_usd)
+            if reservation is not None:
+                return reservation
+            if self.ledger.open_reservations == 0:
+                return None
+            await self._changed.wait()
+
+    def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        """Settle `reservation` with the real cost and wake anyone waiting to reserve."""
+        self.ledger.settle(reservation, actual_usd)
+        self._notify()
+
+    def charge(self, amount_usd: float) -> None:
+        """Charge money spent outside a reservation."""
+        self.ledger.charge(amount_usd)
+        self._notify()
+
+    def set_cap(self, cap_usd: float) -> None:
+        """Apply a new cap and wake waiters (they may fit now, or must give up)."""
+        self.ledger.set_cap(cap_usd)
+        self._notify()
+
+    @property
+    def spent_usd(self) -> float:
+        """Money spent so far by every target together."""
+        return self.ledger.spent_usd
+
+    @property
+    def cap_usd(self) -> float:
+        """The shared cap."""
+        return self.ledger.cap_usd

@@ -1,0 +1,253 @@
+"""The `autoloopd` command: argument parsing, exit codes and the seed-compatible flags.
+
+Three forms:
+  autoloopd --config FILE [--check]          the daemon (every target in FILE)
+  autoloopd --target DIR --state-root DIR    one target, the original script's flags
+  autoloopd status (--config FILE | --state-root DIR) [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import structlog
+
+from autoloop_daemon import __version__
+from autoloop_daemon.config import AppConfig, check_summary, load_config
+from autoloop_daemon.exceptions import (
+    ConfigError,
+    StateCorruptError,
+    StateLockedError,
+    StateWriteError,
+)
+from autoloop_daemon.logging import configure_logging
+from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.sdnotify import Notifier
+from autoloop_daemon.supervisor import ReloadedConfig, Supervisor
+
+EXIT_OK = 0
+EXIT_TARGET_ERROR = 1
+EXIT_USAGE = 2
+EXIT_DATAERR = 65  # a state or log file is corrupt (left untouched)
+EXIT_IOERR = 74  # a checkpoint could not be written
+EXIT_TEMPFAIL = 75  # another autoloopd owns the state root
+EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus
+
+DEFAULT_ORCHESTRATOR = (
+    "python3", "/opt/auto-improvement/skills/improvement-orchestrator/scripts/orchestrate.py",
+    "--target", "{target}", "--state-root", "{state_root}", "--auto",
+)
+DEFAULT_CAP_WARNING = "Default $50 cap applies. For overnight runs, explicitly set --max-cost."
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def _command(text: str) -> tuple[str, ...]:
+    try:
+        argv = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"cannot split command line: {exc}") from None
+    if not argv:
+        raise argparse.ArgumentTypeError("empty command")
+    return argv
+
+
+def _weights(text: str) -> tuple[tuple[str, float], ...]:
+    pairs = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT, got {item!r}")
+        pairs.append((name.strip(), _non_negative_float(value)))
+    return tuple(sorted(pairs))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the daemon and one-target forms."""
+    p = argparse.ArgumentParser(
+        prog="autoloopd",
+        description="Keep AI improvement loops running unattended, crash-safe and within budget.",
+        epilog="Also: 'autoloopd status --help'.",
+    )
+    p.add_argument("--version", action="version", version=f"autoloopd {__version__}")
+    daemon = p.add_argument_group("daemon")
+    daemon.add_argument("--config", type=Path, help="run every target of this TOML file")
+    daemon.add_argument("--check", action="store_true", help="validate --config, print a summary, exit")
+    one = p.add_argument_group("one target (the original autoloop.py flags)")
+    one.add_argument("--target", type=Path, help="the directory being improved")
+    one.add_argument("--state-root", type=Path, help="where state, logs and handoffs go")
+    one.add_argument("--max-iterations", type=_positive_int, default=5)
+    one.add_argument("--max-cost", type=_positive_float, default=None,
+                     help="cost cap in USD for this target (default 50.0)")
+    one.add_argument("--plateau-window", type=_positive_int, default=3)
+    one.add_argument("--min-improvement", type=_non_negative_float, default=0.0)
+    one.add_argument("--oscillation-window", type=int, default=4)
+    one.add_argument("--cooldown-minutes", type=_non_negative_float, default=30.0)
+    one.add_argument("--mode", choices=("single-run", "continuous", "scheduled"),
+                     default="single-run")
+    one.add_argument("--max-consecutive-errors", type=_positive_int, default=3)
+    one.add_argument("--dry-run", action="store_true", help="use the built-in simulator")
+    one.add_argument("--seed", type=int, default=0, help="simulator seed (with --dry-run)")
+    one.add_argument("--orchestrator-cmd", type=_command, default=None,
+                     help="orchestrator command line (split like a shell, never run by one); "
+                          "placeholders {target} {state_root} {iteration}")
+    one.add_argument("--scorer-cmd", type=_command, default=None, help="scorer command line")
+    one.add_argument("--handoff-arg", default="--source",
+                     help="flag that passes the previous handoff ('' to disable)")
+    one.add_argument("--iteration-timeout-minutes", type=_positive_float, default=60.0)
+    one.add_argument("--cost-per-minute", type=_non_negative_float, default=0.10,
+                     help="USD per minute charged when the orchestrator reports no cost")
+    one.add_argument("--weights", type=_weights, default=(), help="e.g. accuracy=2,coverage=1")
+    one.add_argument("--shutdown-grace-seconds", type=_non_negative_float, default=30.0)
+    one.add_argument("--simulated-seconds", type=_non_negative_float, default=0.2,
+                     help="wall time of one simulated iteration (with --dry-run)")
+    logs = p.add_argument_group("logging")
+    logs.add_argument("--log-format", choices=("auto", "json", "console"), default=None)
+    logs.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
+    return p
+
+
+def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
+    target: Path = args.target.expanduser().resolve()
+    state_root: Path = args.state_root.expanduser().resolve()
+    if not target.is_dir():
+        raise ConfigError(f"--target: not a directory: {args.target}")
+    if state_root.exists() and not state_root.is_dir():
+        raise ConfigError(f"--state-root: not a directory: {args.state_root}")
+    if args.oscillation_window < 0 or args.oscillation_window == 1:
+        raise ConfigError("--oscillation-window: must be 0 (off) or >= 2")
+    return TargetSpec(
+        name=target.name or "target",
+        path=target,
+        state_root=state_root,
+        mode=args.mode,
+        max_iterations=args.max_iterations,
+        max_cost_usd=50.0 if args.max_cost is None else args.max_cost,
+        plateau_window=args.plateau_window,
+        min_improvement=args.min_improvement,
+        oscillation_window=args.oscillation_window,
+        cooldown_minutes=args.cooldown_minutes,
+        max_consecutive_errors=args.max_consecutive_errors,
+        iteration_timeout_minutes=args.iteration_timeout_minutes,
+        orchestrator=args.orchestrator_cmd or DEFAULT_ORCHESTRATOR,
+        scorer=args.scorer_cmd,
+        handoff_arg=args.handoff_arg or None,
+        weights=args.weights,
+        dry_run=args.dry_run,
+        seed=args.seed,
+        cost_per_minute_usd=args.cost_per_minute,
+        simulated_seconds=args.simulated_seconds,
+    )
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def _error(message: str) -> None:
+    print(f"autoloopd: {message}", file=sys.stderr, flush=True)
+
+
+def _run_one_target(args: argparse.Namespace) -> int:
+    spec = _spec_from_flags(args)
+    configure_logging(args.log_format or "auto", args.log_level or "warning", stream=sys.stderr)
+    if spec.mode == "continuous" and args.max_cost is None:
+        _echo(DEFAULT_CAP_WARNING)
+    supervisor = Supervisor(
+        [spec],
+        budget_cap_usd=spec.max_cost_usd,
+        max_concurrent=1,
+        grace_s=args.shutdown_grace_seconds,
+        notifier=Notifier(),
+        echo=_echo,
+        one_shot=spec.mode == "scheduled",
+        strict=True,
+    )
+    return anyio.run(supervisor.run)
+
+
+def _reloader(path: Path) -> ReloadedConfig:
+    cfg = load_config(path)
+    return ReloadedConfig(cfg.targets, cfg.budget.max_cost_usd,
+                          cfg.daemon.max_concurrent_iterations, cfg.daemon.shutdown_grace_seconds)
+
+
+def _run_daemon(args: argparse.Namespace) -> int:
+    cfg: AppConfig = load_config(args.config)
+    if args.check:
+        print(check_summary(cfg))
+        return EXIT_OK
+    configure_logging(args.log_format or cfg.daemon.log_format,
+                      args.log_level or cfg.daemon.log_level)
+    structlog.get_logger("autoloopd").info(
+        "daemon_starting", config=str(cfg.path), targets=len(cfg.targets), pid=os.getpid())
+    supervisor = Supervisor(
+        cfg.targets,
+        budget_cap_usd=cfg.budget.max_cost_usd,
+        max_concurrent=cfg.daemon.max_concurrent_iterations,
+        grace_s=cfg.daemon.shutdown_grace_seconds,
+        state_dir=cfg.daemon.state_dir,
+        reloader=lambda: _reloader(cfg.path),
+        notifier=Notifier(),
+    )
+    return anyio.run(supervisor.run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run autoloopd with `argv` (default: sys.argv[1:]); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "status":
+        from autoloop_daemon.status import main as status_main
+
+        return status_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check and args.config is None:
+        parser.error("--check needs --config FILE")
+    if args.config is not None and args.target is not None:
+        parser.error("use either --config FILE or --target DIR --state-root DIR, not both")
+    if args.config is None and (args.target is None or args.state_root is None):
+        parser.error("give --config FILE, or --target DIR and --state-root DIR")
+    try:
+        if args.config is not None:
+            return _run_daemon(args)
+        return _run_one_target(args)
+    except ConfigError as exc:
+        _error(str(exc))
+        return EXIT_CONFIG
+    except StateLockedError as exc:
+        _error(str(exc))
+        return EXIT_TEMPFAIL
+    except StateCorruptError as exc:
+        _error(f"{exc} (the file was left untouched)")
+        return EXIT_DATAERR
+    except StateWriteError as exc:
+        _error(str(exc))
+        return EXIT_IOERR
+    except KeyboardInterrupt:  # a Ctrl+C before the signal handler was installed
+        return 130

@@ -1,0 +1,286 @@
+"""Durable file writes: atomic replace, fsynced appends, and their async wrappers.
+
+Every write that must survive a SIGKILL or a power cut goes through here:
+
+* `atomic_write_bytes` writes a temp file in the same directory, fsyncs it, renames it over
+  the target and fsyncs the directory, so a reader sees the old file or the new one, never
+  a mix. On failure the old file is left byte-identical and the temp file is removed.
+* `append_record` appends one record with a single `write` on an `O_APPEND` descriptor and
+  fsyncs it; on failure it cuts the file back to its old size.
+
+The system calls go through the small module-level functions `_write`, `_fsync` and
+`_replace` so that tests can make them fail (ENOSPC, EIO) and check what is left on disk.
+The async wrappers run each whole write (serialisation included) in ONE worker thread call;
+a write that has started always finishes, even if the caller is cancelled meanwhile.
+Callers that must write in an already-cancelled scope (the final checkpoint) shield it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_mod
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+
+from autoloop_daemon.exceptions import StateWriteError
+
+TMP_SUFFIX = ".tmp"
+# Names made by `_tmp_name`: ".<name>.<pid>.<hex>.tmp".
+_TMP_RE = re.compile(r"^\..+\.\d+\.[0-9a-f]+\.tmp$")
+_FILE_MODE = 0o644
+
+
+# --- system calls, kept apart so tests can make them fail -------------------------------
+
+
+def _write(fd: int, data: memoryview) -> int:
+    """One `os.write`; returns how many bytes were written."""
+    return os.write(fd, data)
+
+
+def _fsync(fd: int) -> None:
+    """One `os.fsync`."""
+    os.fsync(fd)
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """One `os.replace` (an atomic rename within a file system)."""
+    os.replace(src, dst)
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def describe_oserror(exc: OSError) -> str:
+    """The strerror of an OSError, or its text when it carries no errno."""
+    if exc.errno is not None:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data`, looping only on a short write."""
+    view = memoryview(data)
+    written = 0
+    while written < len(view):
+        n = _write(fd, view[written:])
+        if n <= 0:  # a regular file never does this; do not loop forever if it does
+            raise OSError(errno_mod.EIO, os.strerror(errno_mod.EIO))
+        written += n
+
+
+def fsync_dir(directory: Path) -> None:
+    """Fsync a directory so that a rename or a new entry in it is durable.
+
+    Raises OSError. File systems that cannot sync a directory (EINVAL) are tolerated.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno_mod.EINVAL:
+            raise
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+
+
+# --- sync API -------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically and durably.
+
+    Writes `.<name>.<pid>.<random>.tmp` next to `path`, fsyncs it, renames it over `path`
+    and fsyncs the directory. Raises StateWriteError("cannot write <path>: <strerror>") on
+    any OSError; the temp file is removed and, unless the failure was the final directory
+    sync (the rename already happened), the old file is untouched.
+    """
+    path = Path(path)
+    tmp = _tmp_name(path)
+    fd = -1
+    renamed = False
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        _write_all(fd, data)
+        _fsync(fd)
+        os.close(fd)
+        fd = -1
+        _replace(tmp, path)
+        renamed = True
+        fsync_dir(path.parent)
+    except OSError as exc:
+        stage = " (directory sync after rename)" if renamed else ""
+        raise StateWriteError(f"cannot write {path}: {describe_oserror(exc)}{stage}") from exc
+    finally:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if not renamed:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def append_record(path: Path, line: bytes) -> None:
+    """Append `line` (which should end with a newline) durably, in one `write`.
+
+    Opens with O_APPEND|O_CREAT (mode 0o644), writes the whole line with one `os.write`
+    (looping only on a short write), fsyncs, and fsyncs the directory when the file was
+    just created. On an OSError the file is cut back to its old size (a file this call
+    created is removed) and StateWriteError is raised.
+    """
+    path = Path(path)
+    created = False
+    fd = -1
+    original_size = 0
+    try:
+        try:
+            fd = os.open(
+                path,
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                _FILE_MODE,
+            )
+            created = True
+        except FileExistsError:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        original_size = os.fstat(fd).st_size
+        try:
+            _write_all(fd, line)
+            _fsync(fd)
+            if created:
+                fsync_dir(path.parent)
+        except OSError:
+            _undo_append(fd, path, original_size, created)
+            raise
+    except OSError as exc:
+        raise StateWriteError(f"cannot write {path}: {describe_oserror(exc)}") from exc
+    finally:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _undo_append(fd: int, path: Path, original_size: int, created: bool) -> None:
+    """Best effort: take back a record that was not durably appended."""
+    with contextlib.suppress(OSError):
+        if os.fstat(fd).st_size != original_size:
+            os.ftruncate(fd, original_size)
+            os.fsync(fd)
+    if created:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def truncate_file(path: Path, size: int) -> None:
+    """Cut `path` down to `size` bytes and fsync it; OSError -> StateWriteError."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            _fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StateWriteError(f"cannot truncate {path}: {describe_oserror(exc)}") from exc
+
+
+def make_dirs(directory: Path) -> None:
+    """Create `directory` and missing parents, fsyncing each parent that gained an entry.
+
+    OSError -> StateWriteError("cannot create <dir>: <strerror>").
+    """
+    directory = Path(directory)
+    missing: list[Path] = []
+    current = directory
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    try:
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                if not d.is_dir():
+                    raise
+                continue
+            fsync_dir(d.parent)
+    except OSError as exc:
+        raise StateWriteError(f"cannot create {directory}: {describe_oserror(exc)}") from exc
+
+
+def remove_stale_tmp(directory: Path) -> list[Path]:
+    """Delete the temp files a killed `atomic_write_bytes` left in `directory`.
+
+    Only names of the form `.<name>.<pid>.<hex>.tmp` are removed; returns them. A missing
+    directory gives []. Call it only while holding the state root's lock: a running
+    writer's temp file looks the same.
+    """
+    removed: list[Path] = []
+    try:
+        candidates = sorted(Path(directory).iterdir())
+    except FileNotFoundError:
+        return removed
+    for candidate in candidates:
+        if not _TMP_RE.match(candidate.name) or not candidate.is_file():
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            candidate.unlink()
+            removed.append(candidate)
+    return removed
+
+
+def dumps_json(obj: Any) -> bytes:
+    """`obj` as indented UTF-8 JSON with a final newline; NaN/Infinity raise ValueError."""
+    return (json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False) + "\n").encode()
+
+
+def dumps_json_line(obj: Any) -> bytes:
+    """`obj` as one compact JSON line ending in a newline; NaN/Infinity raise ValueError."""
+    text = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return (text + "\n").encode()
+
+
+# --- async API ------------------------------------------------------------------------
+
+
+async def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """`atomic_write_bytes` in a worker thread."""
+    await anyio.to_thread.run_sync(atomic_write_bytes, path, data)
+
+
+async def write_json_atomic(path: Path, obj: Any) -> None:
+    """Serialise `obj` (indent 2, no NaN) and replace `path` atomically, in one thread call.
+
+    `obj` is serialised in the worker thread: do not let other tasks mutate it until this
+    returns (or pass a copy).
+    """
+
+    def _work() -> None:
+        atomic_write_bytes(path, dumps_json(obj))
+
+    await anyio.to_thread.run_sync(_work)
+
+
+async def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with UTF-8 `text` atomically, in one thread call."""
+    await anyio.to_thread.run_sync(atomic_write_bytes, path, text.encode())
+
+
+async def append_json_line(path: Path, obj: Any) -> None:
+    """Append `obj` as one compact JSON line to `path` durably, in one thread call."""
+
+    def _work() -> None:
+        append_record(path, dumps_json_line(obj))
+
+    await anyio.to_thread.run_sync(_work)

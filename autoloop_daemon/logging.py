@@ -1,0 +1,118 @@
+"""structlog setup: JSON lines for journald, a readable console renderer for terminals.
+
+Every event carries ``timestamp`` (ISO 8601, UTC), ``level``, ``event`` and whatever the
+current task bound with ``structlog.contextvars.bound_contextvars`` (``target=``,
+``iteration=``). Each event is one line, flushed at once, so journald sees it immediately.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+from pathlib import PurePath
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import Processor
+
+__all__ = ["LOG_FORMATS", "LOG_LEVELS", "configure_logging", "get_logger"]
+
+LOG_FORMATS: tuple[str, ...] = ("auto", "json", "console")
+"""Accepted values of ``[daemon] log_format``."""
+
+LOG_LEVELS: dict[str, int] = {
+    "debug": 10,
+    "info": 20,
+    "warning": 30,
+    "warn": 30,
+    "error": 40,
+    "critical": 50,
+}
+"""Accepted values of ``[daemon] log_level`` (case-insensitive) and their numeric levels."""
+
+
+def configure_logging(
+    log_format: str = "auto",
+    log_level: str = "info",
+    stream: TextIO | None = None,
+    cache: bool = True,
+) -> None:
+    """Configure structlog for the whole process.
+
+    ``log_format``: ``json`` (one object per line), ``console`` (colors only on a TTY), or
+    ``auto``: console on a TTY, JSON otherwise (journald, pipes, files). ``stream`` defaults
+    to ``sys.stdout`` (looked up at each write, so redirections are honoured). With
+    ``cache`` the loggers are frozen on first use (faster; tests pass ``cache=False`` so that
+    ``structlog.testing.capture_logs`` sees them, and so a later call can take effect).
+
+    Raises ValueError for an unknown format or level.
+    """
+    fmt = log_format.lower()
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
+    level = LOG_LEVELS.get(log_level.lower())
+    if level is None:
+        names = ", ".join(name for name in LOG_LEVELS if name != "warn")
+        raise ValueError(f"log_level must be one of {names}, not {log_level!r}")
+
+    is_tty = _isatty(sys.stdout if stream is None else stream)
+    use_json = fmt == "json" or (fmt == "auto" and not is_tty)
+
+    processors: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    if use_json:
+        processors += [
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(default=_json_default),
+        ]
+    else:
+        # ConsoleRenderer formats exc_info itself, after the line.
+        processors.append(structlog.dev.ConsoleRenderer(colors=is_tty))
+
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        context_class=dict,
+        # PrintLogger prints one line per event with flush=True; with file=None it writes to
+        # whatever sys.stdout is at that moment.
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=cache,
+    )
+
+
+def get_logger(name: str | None = None) -> Any:
+    """Return a lazy structlog logger that follows the configuration of the moment.
+
+    ``name`` (usually ``__name__``) is accepted for familiarity and passed to the logger
+    factory, which ignores it: events are identified by their name and bound ``target=``,
+    and adding nothing keeps ``capture_logs`` assertions exact.
+    """
+    if name is None:
+        return structlog.get_logger()
+    return structlog.get_logger(name)
+
+
+def _isatty(stream: TextIO) -> bool:
+    """``stream.isatty()``, False for streams that lack it or are closed."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _json_default(obj: object) -> Any:
+    """Serialize what ``json`` cannot: paths and datetimes as text, anything else as repr."""
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, _dt.datetime | _dt.date | _dt.time):
+        return obj.isoformat()
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=repr)
+    structlog_hook = getattr(obj, "__structlog__", None)
+    if callable(structlog_hook):
+        return structlog_hook()
+    return repr(obj)

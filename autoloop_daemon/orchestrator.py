@@ -1,0 +1,236 @@
+"""Running one iteration: the orchestrator (or the simulator), then its result and scores.
+
+Builds the argv from the target's template (never through a shell), runs it in its own
+process group via `process.run_in_group`, reads the result as DESIGN.md orders it (JSON line,
+then text summary, then failure) and finds the scores (result, scorer command, newest
+`learner/*.json`). Returns an `IterationResult`; writing the log and state is the caller's.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import structlog
+
+from autoloop_daemon import artifacts, simulator
+from autoloop_daemon.exceptions import ResultError
+from autoloop_daemon.fsio import write_text_atomic
+from autoloop_daemon.models import IterationResult, TargetSpec
+from autoloop_daemon.process import ProcessOutcome, child_environment, run_in_group
+from autoloop_daemon.results import parse_result, parse_scorer_output, scores_from_json, tail_text
+
+log = structlog.get_logger("autoloopd.orchestrator")
+
+TRACE_LIMIT_BYTES = 64 * 1024
+STDOUT_TAIL_BYTES = 1 << 20
+
+OnStarted = Callable[[int], Awaitable[None]]
+
+
+def render_argv(template: tuple[str, ...], spec: TargetSpec, iteration: int) -> list[str]:
+    """Fill `{target}`, `{state_root}` and `{iteration}` into each argv element.
+
+    Plain string replacement, so braces in paths or values are inert and a value can never
+    become two arguments or reach a shell.
+    """
+    values = {
+        "{target}": str(spec.path),
+        "{state_root}": str(spec.state_root),
+        "{iteration}": str(iteration),
+    }
+    argv = []
+    for part in template:
+        for key, value in values.items():
+            part = part.replace(key, value)
+        argv.append(part)
+    return argv
+
+
+def run_marker(spec: TargetSpec, iteration: int) -> str:
+    """The value of AUTOLOOPD_RUN given to a run's processes, to find orphans after a crash."""
+    return f"{spec.state_root}#{iteration}"
+
+
+def _describe_exit(outcome: ProcessOutcome, timeout_s: float) -> str:
+    if outcome.timed_out:
+        return f"timed out after {timeout_s:g} s"
+    code = outcome.returncode
+    if code is None:
+        return "was stopped"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with code {code}"
+
+
+def _failure_trace(what: str, outcome: ProcessOutcome) -> str:
+    stderr = tail_text(outcome.stderr_tail, TRACE_LIMIT_BYTES)
+    trace = f"orchestrator {what}\n{stderr}"
+    encoded = trace.encode("utf-8", errors="replace")
+    if len(encoded) > TRACE_LIMIT_BYTES:
+        trace = encoded[-TRACE_LIMIT_BYTES:].decode("utf-8", errors="replace")
+    return trace
+
+
+async def _scores_from_scorer(spec: TargetSpec, iteration: int, marker: str) -> dict[str, float]:
+    assert spec.scorer is not None
+    argv = render_argv(spec.scorer, spec, iteration)
+    runs = spec.state_root / "runs"
+    try:
+        outcome = await run_in_group(
+            argv,
+            cwd=None,
+            env=child_environment(spec.env_map, marker),
+            log_path=runs / f"iteration-{iteration}.scorer.log",
+            timeout_s=spec.timeout_s,
+            term_grace_s=spec.term_grace_seconds,
+            stdout_tail_bytes=STDOUT_TAIL_BYTES,
+        )
+    except OSError as exc:
+        log.warning("scorer_failed", error=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+        return {}
+    if outcome.timed_out or outcome.returncode != 0:
+        log.warning("scorer_failed", error=f"scorer {_describe_exit(outcome, spec.timeout_s)}")
+        return {}
+    text = tail_text(outcome.stdout_tail, STDOUT_TAIL_BYTES)
+    try:
+        scores = parse_scorer_output(text)
+    except ResultError as exc:
+        log.warning("scorer_failed", error=f"unreadable scorer output: {exc}")
+        return {}
+    await write_text_atomic(artifacts.learner_path(spec.state_root, iteration), text)
+    return scores
+
+
+def _newest_learner_scores(state_root: Path, since_wall: float) -> dict[str, float]:
+    """Scores from the newest `learner/*.json` modified at or after `since_wall` (sync)."""
+    learner = state_root / "learner"
+    try:
+        candidates = [
+            (p.stat().st_mtime, p) for p in learner.glob("*.json") if p.is_file()
+        ]
+    except OSError:
+        return {}
+    fresh = sorted((c for c in candidates if c[0] >= since_wall - 1.0), reverse=True)
+    for _mtime, path in fresh:
+        try:
+            return scores_from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, ResultError) as exc:
+            log.warning("learner_file_unreadable", path=str(path), error=str(exc))
+    return {}
+
+
+async def _run_simulated(spec: TargetSpec, iteration: int) -> IterationResult:
+    start = time.monotonic()
+    run = simulator.simulate(spec.seed, spec.name, iteration)
+    await anyio.sleep(spec.simulated_seconds)
+    stdout = run.stdout(str(spec.path), str(spec.state_root), iteration)
+    await write_text_atomic(artifacts.run_log_path(spec.state_root, iteration), stdout)
+    await write_text_atomic(artifacts.learner_path(spec.state_root, iteration), run.learner_json())
+    return IterationResult(
+        status="completed",
+        duration_s=time.monotonic() - start,
+        decision=run.decision,
+        candidate_id=run.candidate_id,
+        artifact_path=f"{spec.state_root}/receipts/sim-{iteration:04d}.json",
+        scores=run.scores,
+        weighted_score=run.weighted_score,
+        cost_usd=run.cost_usd,
+        exit_code=0,
+    )
+
+
+async def run_iteration(
+    spec: TargetSpec,
+    iteration: int,
+    *,
+    handoff: Path | None = None,
+    on_started: OnStarted | None = None,
+) -> IterationResult:
+    """Run iteration `iteration` of `spec` and read what it decided.
+
+    Never raises for orchestrator misbehaviour: a failed run comes back with status
+    "failed", a one-line `error` and a `failure_trace`. Cancellation (daemon shutdown) is
+    propagated after the run's process group has been stopped.
+    """
+    if spec.dry_run:
+        return await _run_simulated(spec, iteration)
+    start = time.monotonic()
+    started_wall = time.time()
+    if not spec.path.is_dir():
+        error = f"target directory is missing: {spec.path}"
+        return IterationResult(status="failed", duration_s=0.0, error=error, failure_trace=error)
+    argv = render_argv(spec.orchestrator, spec, iteration)
+    if handoff is not None and spec.handoff_arg:
+        argv += [spec.handoff_arg, str(handoff)]
+    marker = run_marker(spec, iteration)
+    try:
+        outcome = await run_in_group(
+            argv,
+            cwd=None,
+            env=child_environment(spec.env_map, marker),
+            log_path=artifacts.run_log_path(spec.state_root, iteration),
+            timeout_s=spec.timeout_s,
+            term_grace_s=spec.term_grace_seconds,
+            stdout_tail_bytes=STDOUT_TAIL_BYTES,
+            on_started=on_started,
+        )
+    except OSError as exc:
+        error = f"cannot start orchestrator {argv[0]!r}: {exc.strerror or exc}"
+        return IterationResult(
+            status="failed", duration_s=time.monotonic() - start, error=error, failure_trace=error
+        )
+
+    def failed(error: str, what: str) -> IterationResult:
+        return IterationResult(
+            status="failed",
+            duration_s=time.monotonic() - start,
+            exit_code=outcome.returncode,
+            error=error,
+            failure_trace=_failure_trace(what, outcome),
+        )
+
+    if outcome.timed_out or outcome.returncode != 0:
+        what = _describe_exit(outcome, spec.timeout_s)
+        return failed(f"orchestrator {what}", what)
+    try:
+        result = parse_result(tail_text(outcome.stdout_tail, STDOUT_TAIL_BYTES))
+    except ResultError as exc:
+        return failed(f"orchestrator printed an invalid result: {exc}", f"printed an invalid result: {exc}")
+    if result is None:
+        return failed("orchestrator printed no result", "printed no result")
+
+    scores = result.scores
+    if scores is None and spec.scorer:
+        scores = await _scores_from_scorer(spec, iteration, marker)
+    if not scores:
+        scores = await anyio.to_thread.run_sync(
+            _newest_learner_scores, spec.state_root, started_wall
+        )
+    return IterationResult(
+        status="completed",
+        duration_s=time.monotonic() - start,
+        decision=result.decision,
+        candidate_id=result.candidate_id,
+        artifact_path=result.artifact_path,
+        scores=scores or {},
+        weighted_score=result.weighted_score,
+        cost_usd=result.cost_usd,
+        exit_code=outcome.returncode,
+    )
+
+
+def elapsed_cost_usd(duration_s: float, cost_per_minute_usd: float) -> float:
+    """The estimated cost of a run that reported none: wall time at the target's rate."""
+    return round(max(0.0, duration_s) / 60.0 * cost_per_minute_usd, 6)
+
+
+__all__ = ["elapsed_cost_usd", "render_argv", "run_iteration", "run_marker"]

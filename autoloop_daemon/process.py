@@ -1,0 +1,506 @@
+"""Running one program in its own process group, with bounded memory, and stopping the group.
+
+`run_in_group` starts the orchestrator (or scorer) as the leader of a new session, so its
+process group id equals its pid and a Ctrl+C in the terminal reaches the daemon, not the
+child. Its stdout and stderr are streamed, in arrival order, to one run log while only
+bounded tails stay in memory. Whatever happens (normal exit, timeout, a grandchild holding
+the pipes open, cancellation from outside), no process of the group is left when it returns
+or raises; only a process that called `setsid()` itself escapes (systemd's cgroup catches it).
+
+The `/proc` helpers (`pid_alive`, `group_alive`, `find_marked`) let a restarted daemon find
+and stop the orchestrators of a run it lost track of: every child carries
+`AUTOLOOPD_RUN=<marker>` in its environment. They are Linux-specific, like the daemon.
+
+See PITFALLS.md ("anyio") for why each step is done the way it is.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import structlog
+from anyio.abc import ByteReceiveStream, Process, TaskGroup
+
+__all__ = [
+    "CHILD_ENV_DROP",
+    "RUN_MARKER_ENV",
+    "ProcessOutcome",
+    "child_environment",
+    "find_marked",
+    "group_alive",
+    "pid_alive",
+    "run_in_group",
+    "signal_group",
+    "stop_group",
+]
+
+CHILD_ENV_DROP: tuple[str, ...] = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+RUN_MARKER_ENV = "AUTOLOOPD_RUN"
+
+_CHUNK_BYTES = 64 * 1024  # one read from a pipe
+_DRAIN_AFTER_EXIT_S = 0.5  # readers' moment to reach EOF once the direct child has exited
+_KILL_WAIT_S = 5.0  # how long SIGKILLed processes get to disappear
+_REAP_S = 5.0  # bound on waiting for the direct child's exit code / the pipes' EOF after a kill
+_POLL_MIN_S = 0.01
+_POLL_MAX_S = 0.1
+_GONE_STATES = frozenset({"Z", "X", "x"})  # zombie or dead: no longer running
+
+_log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessOutcome:
+    """How one run of a program ended.
+
+    `returncode` is negative (-N) when the child died of signal N, and None only if the child
+    had to be killed and its exit code still could not be collected. `killed` says that
+    autoloopd signalled the group: after a timeout, or because processes of the group (a
+    grandchild) outlived the direct child; a run can exit 0 and still have `killed` set.
+    """
+
+    pid: int
+    returncode: int | None
+    timed_out: bool
+    duration_s: float
+    stdout_tail: bytes
+    stderr_tail: bytes
+    killed: bool
+
+
+def child_environment(
+    extra: Mapping[str, str], marker: str, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment for a child: `base` (default: ours) plus `extra`, marked with `marker`.
+
+    systemd's `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` are removed, even when
+    `extra` sets them, and `AUTOLOOPD_RUN=<marker>` is always set last.
+    """
+    if not marker or "\0" in marker:
+        raise ValueError(f"run marker must be a non-empty string without NUL: {marker!r}")
+    env = dict(os.environ if base is None else base)
+    env.update(extra)
+    for key in CHILD_ENV_DROP:
+        env.pop(key, None)
+    env[RUN_MARKER_ENV] = marker
+    return env
+
+
+async def run_in_group(
+    argv: Sequence[str],
+    *,
+    cwd: Path | None,
+    env: Mapping[str, str],
+    log_path: Path,
+    timeout_s: float,
+    term_grace_s: float,
+    stdout_tail_bytes: int = 1 << 20,
+    stderr_tail_bytes: int = 1 << 16,
+    on_started: Callable[[int], Awaitable[None]] | None = None,
+) -> ProcessOutcome:
+    """Run `argv` (no shell) in a new process group and return how it ended.
+
+    `env` is the child's complete environment (build it with `child_environment`); stdin is
+    /dev/null. stdout and stderr are appended to `log_path` (its directory is created) as
+    they arrive; only the last `stdout_tail_bytes` / `stderr_tail_bytes` are kept in memory.
+    `on_started(pid)` is awaited right after the spawn; if it raises, the group is stopped and
+    the error propagates.
+
+    After `timeout_s` the group gets SIGTERM, `term_grace_s` seconds, then SIGKILL. When the
+    direct child exits but its pipes stay open (a grandchild holds them), the rest of the
+    group is stopped the same way after a short moment. When cancelled from outside, the
+    group is stopped inside a shielded scope and the cancellation is re-raised.
+
+    Raises OSError when the program cannot be started (e.g. FileNotFoundError).
+    """
+    if isinstance(argv, str | bytes):
+        raise TypeError("argv must be a sequence of arguments, not one string")
+    command = [os.fspath(arg) for arg in argv]
+    if not command:
+        raise ValueError("argv is empty")
+    await anyio.Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    log_fd = await anyio.to_thread.run_sync(_open_log, log_path)
+    try:
+        return await _run(
+            command,
+            cwd=cwd,
+            env=dict(env),
+            sink=_LogSink(log_fd, log_path),
+            timeout_s=timeout_s,
+            term_grace_s=term_grace_s,
+            stdout_tail=_Tail(stdout_tail_bytes),
+            stderr_tail=_Tail(stderr_tail_bytes),
+            on_started=on_started,
+        )
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(os.close, log_fd)
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to process group `pgid`; False if the group is gone (or not ours to signal).
+
+    Refuses (ValueError) pgid 0 and 1 and the daemon's own group.
+    """
+    _check_pgid(pgid)
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    """True if process `pid` exists and is not a zombie (`kill(pid, 0)` alone counts zombies)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    stat = _read_stat(pid)
+    if stat is None:
+        return not _proc_available()
+    return stat[0] not in _GONE_STATES
+
+
+def group_alive(pgid: int) -> bool:
+    """True if any non-zombie process belongs to process group `pgid` (scans /proc)."""
+    if pgid <= 0:
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if not _proc_available():
+        return True
+    for pid in _proc_pids():
+        stat = _read_stat(pid)
+        if stat is not None and stat[1] == pgid and stat[0] not in _GONE_STATES:
+            return True
+    return False
+
+
+def find_marked(marker: str) -> list[int]:
+    """Pids of live processes whose environment holds `AUTOLOOPD_RUN=<marker>` (sorted).
+
+    Only processes whose /proc/<pid>/environ we may read are seen (our own user's, or all
+    as root); this process itself is never listed.
+    """
+    if not marker or "\0" in marker:
+        raise ValueError(f"run marker must be a non-empty string without NUL: {marker!r}")
+    needle = f"{RUN_MARKER_ENV}={marker}".encode()
+    me = os.getpid()
+    found: list[int] = []
+    for pid in _proc_pids():
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                environ = handle.read()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and pid_alive(pid):
+            found.append(pid)
+    return sorted(found)
+
+
+async def stop_group(pgid: int, grace_s: float, extra_pids: Sequence[int] = ()) -> None:
+    """Stop process group `pgid` (and `extra_pids`): SIGTERM, up to `grace_s`, then SIGKILL.
+
+    Returns once every process is gone, or after SIGKILL plus a bounded wait (a warning is
+    logged if something survives). Safe when the group is already gone. Call it inside a
+    shielded `CancelScope` when it must complete despite cancellation.
+    """
+    _check_pgid(pgid)
+    me = os.getpid()
+    extras = [pid for pid in extra_pids if pid > 1 and pid != me]
+    for sig in (signal.SIGTERM, signal.SIGCONT):  # SIGCONT: a stopped process cannot die
+        signal_group(pgid, sig)
+        for pid in extras:
+            _signal_pid(pid, sig)
+    if await _wait_gone(pgid, extras, grace_s):
+        return
+    signal_group(pgid, signal.SIGKILL)
+    for pid in extras:
+        _signal_pid(pid, signal.SIGKILL)
+    if not await _wait_gone(pgid, extras, _KILL_WAIT_S):
+        _log.warning("process_group_survived", pgid=pgid, extra_pids=extras)
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+async def _run(
+    command: list[str],
+    *,
+    cwd: Path | None,
+    env: dict[str, str],
+    sink: _LogSink,
+    timeout_s: float,
+    term_grace_s: float,
+    stdout_tail: _Tail,
+    stderr_tail: _Tail,
+    on_started: Callable[[int], Awaitable[None]] | None,
+) -> ProcessOutcome:
+    started = time.monotonic()
+    # Shielded so that a cancellation cannot land between fork and our bookkeeping: it is
+    # delivered at the next checkpoint, inside the try below, which stops the group.
+    with anyio.CancelScope(shield=True):
+        process = await anyio.open_process(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+    pid = process.pid  # the group's id too (start_new_session)
+    try:
+        if on_started is not None:
+            await on_started(pid)
+        returncode, timed_out, killed = await _supervise(
+            process, sink, stdout_tail, stderr_tail, timeout_s, term_grace_s
+        )
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _abort(process, sink, stdout_tail, stderr_tail, term_grace_s)
+        raise
+    finally:
+        with anyio.move_on_after(_REAP_S, shield=True):
+            await process.aclose()
+    return ProcessOutcome(
+        pid=pid,
+        returncode=returncode,
+        timed_out=timed_out,
+        duration_s=time.monotonic() - started,
+        stdout_tail=stdout_tail.value(),
+        stderr_tail=stderr_tail.value(),
+        killed=killed,
+    )
+
+
+async def _supervise(
+    process: Process,
+    sink: _LogSink,
+    stdout_tail: _Tail,
+    stderr_tail: _Tail,
+    timeout_s: float,
+    term_grace_s: float,
+) -> tuple[int | None, bool, bool]:
+    """Wait for the child under the timeout, then make sure its whole group is gone.
+
+    Returns (returncode, timed_out, killed).
+    """
+    pgid = process.pid
+    returncode: int | None = None
+    killed = False
+    async with anyio.create_task_group() as tg:
+        readers = _Readers(tg, process, sink, stdout_tail, stderr_tail)
+        with anyio.move_on_after(timeout_s):
+            returncode = await process.wait()
+            with anyio.move_on_after(_DRAIN_AFTER_EXIT_S):
+                await readers.wait()
+        timed_out = returncode is None
+        if timed_out or await anyio.to_thread.run_sync(group_alive, pgid):
+            killed = True
+            with anyio.CancelScope(shield=True):
+                await stop_group(pgid, term_grace_s)
+            if returncode is None:
+                with anyio.move_on_after(_REAP_S):
+                    returncode = await process.wait()
+            with anyio.move_on_after(_REAP_S):
+                await readers.wait()
+        # Still open: held by a process that left the group with setsid(). Stop reading.
+        tg.cancel_scope.cancel()
+    return returncode, timed_out, killed
+
+
+async def _abort(
+    process: Process, sink: _LogSink, stdout_tail: _Tail, stderr_tail: _Tail, grace_s: float
+) -> None:
+    """Stop the group after an error or outside cancellation; call it shielded.
+
+    The pipes are read meanwhile, so a child that flushes output on SIGTERM does not block
+    on a full pipe and its last words reach the run log.
+    """
+    async with anyio.create_task_group() as tg:
+        readers = _Readers(tg, process, sink, stdout_tail, stderr_tail)
+        await stop_group(process.pid, grace_s)
+        if process.returncode is None:
+            with anyio.move_on_after(_REAP_S):
+                await process.wait()
+        with anyio.move_on_after(_DRAIN_AFTER_EXIT_S):
+            await readers.wait()
+        tg.cancel_scope.cancel()
+
+
+class _Readers:
+    """Two tasks pumping the child's stdout and stderr into the log and the tails."""
+
+    def __init__(
+        self,
+        tg: TaskGroup,
+        process: Process,
+        sink: _LogSink,
+        stdout_tail: _Tail,
+        stderr_tail: _Tail,
+    ) -> None:
+        self._done = (anyio.Event(), anyio.Event())
+        tg.start_soon(_pump, process.stdout, stdout_tail, sink, self._done[0])
+        tg.start_soon(_pump, process.stderr, stderr_tail, sink, self._done[1])
+
+    async def wait(self) -> None:
+        """Return when both streams reached EOF (or were closed)."""
+        for event in self._done:
+            await event.wait()
+
+
+async def _pump(
+    stream: ByteReceiveStream | None, tail: _Tail, sink: _LogSink, done: anyio.Event
+) -> None:
+    try:
+        if stream is None:
+            return
+        while True:
+            try:
+                chunk = await stream.receive(_CHUNK_BYTES)
+            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            tail.add(chunk)
+            await sink.write(chunk)
+    finally:
+        done.set()
+
+
+class _Tail:
+    """The last `limit` bytes of a stream; holds at most about 2 x limit bytes."""
+
+    __slots__ = ("_buf", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = max(limit, 0)
+        self._buf = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        if self._limit == 0:
+            return
+        self._buf += chunk
+        if len(self._buf) > 2 * self._limit:  # trim rarely: amortised O(1) per byte
+            del self._buf[: len(self._buf) - self._limit]
+
+    def value(self) -> bytes:
+        if self._limit == 0:
+            return b""
+        return bytes(self._buf[-self._limit :])
+
+
+class _LogSink:
+    """The run log: chunks from both streams appended one at a time, in arrival order.
+
+    A write error (disk full) is logged once and later output is dropped: losing the log must
+    not kill the run.
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd = fd
+        self._path = path
+        self._lock = anyio.Lock()
+        self._failed = False
+
+    async def write(self, chunk: bytes) -> None:
+        if self._failed:
+            return
+        async with self._lock:
+            if self._failed:
+                return
+            try:
+                await anyio.to_thread.run_sync(_write_all, self._fd, chunk)
+            except OSError as exc:
+                self._failed = True
+                _log.warning("run_log_write_failed", path=str(self._path), error=str(exc))
+
+
+def _open_log(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+# --- /proc and signals -------------------------------------------------------------------
+
+
+def _check_pgid(pgid: int) -> None:
+    if pgid <= 1:
+        raise ValueError(f"refusing to signal process group {pgid}")
+    if pgid == os.getpgrp():
+        raise ValueError(f"refusing to signal the daemon's own process group {pgid}")
+
+
+def _signal_pid(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+async def _wait_gone(pgid: int, pids: Sequence[int], timeout_s: float) -> bool:
+    """Poll until the group and `pids` are gone; False if `timeout_s` passes first."""
+    deadline = anyio.current_time() + max(timeout_s, 0.0)
+    delay = _POLL_MIN_S
+    while True:
+        if not await anyio.to_thread.run_sync(_any_alive, pgid, pids):
+            return True
+        remaining = deadline - anyio.current_time()
+        if remaining <= 0:
+            return False
+        await anyio.sleep(min(delay, remaining))
+        delay = min(delay * 2, _POLL_MAX_S)
+
+
+def _any_alive(pgid: int, pids: Sequence[int]) -> bool:
+    return group_alive(pgid) or any(pid_alive(pid) for pid in pids)
+
+
+def _proc_available() -> bool:
+    return os.path.exists("/proc/self/stat")
+
+
+def _proc_pids() -> list[int]:
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    return [int(name) for name in names if name.isdigit()]
+
+
+def _read_stat(pid: int) -> tuple[str, int] | None:
+    """(state, pgrp) from /proc/<pid>/stat, or None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid pgrp ..."; comm may hold spaces and parentheses.
+    fields = data[data.rfind(b")") + 1 :].split()
+    try:
+        return fields[0].decode("ascii", "replace"), int(fields[2])
+    except (IndexError, ValueError):
+        return None

@@ -1,0 +1,269 @@
+"""The supervisor: every target in one task group, the shared budget, signals, reload, systemd.
+
+Signal handling only records and flags: the first SIGINT/SIGTERM asks every target to stop
+(running iterations get `shutdown_grace_seconds`), a second one forces, SIGHUP reloads the
+configuration. The process ends once no target can run any more; the exit code is 1 when a
+target ended in `error` or could not start.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from autoloop_daemon.budget import SharedBudget
+from autoloop_daemon.exceptions import AutoloopError, ConfigError
+from autoloop_daemon.models import STATUS_ERROR, STATUS_STOPPED_REMOVED, TargetSpec
+from autoloop_daemon.sdnotify import Notifier
+from autoloop_daemon.state import StateLock
+from autoloop_daemon.target import Echo, TargetRunner
+
+log = structlog.get_logger("autoloopd.supervisor")
+
+STATUS_INTERVAL_S = 2.0
+EXIT_OK = 0
+EXIT_TARGET_ERROR = 1
+
+Reloader = Callable[[], "ReloadedConfig"]
+
+
+class ReloadedConfig:
+    """What a reload yields: the targets and the supervisor-wide limits."""
+
+    def __init__(self, targets: Sequence[TargetSpec], budget_cap_usd: float,
+                 max_concurrent: int, grace_s: float) -> None:
+        """Hold the values; nothing here can fail."""
+        self.targets = tuple(targets)
+        self.budget_cap_usd = budget_cap_usd
+        self.max_concurrent = max_concurrent
+        self.grace_s = grace_s
+
+
+class Supervisor:
+    """Runs many targets concurrently under one budget until none can run any more."""
+
+    def __init__(
+        self,
+        targets: Sequence[TargetSpec],
+        *,
+        budget_cap_usd: float,
+        max_concurrent: int,
+        grace_s: float,
+        state_dir: Path | None = None,
+        reloader: Reloader | None = None,
+        notifier: Notifier | None = None,
+        echo: Echo | None = None,
+        one_shot: bool = False,
+        strict: bool = False,
+    ) -> None:
+        """Configure; nothing starts until `run()`.
+
+        `strict` makes a target that cannot start (locked, corrupt state) fail the whole run
+        with its error (the one-target command line); otherwise it is logged and skipped.
+        """
+        self._initial = tuple(targets)
+        self._budget_cap = budget_cap_usd
+        self._max_concurrent = max_concurrent
+        self._grace_s = grace_s
+        self._state_dir = state_dir
+        self._reloader = reloader
+        self._notifier = notifier or Notifier({})
+        self._echo = echo
+        self._one_shot = one_shot
+        self._strict = strict
+        self._runners: dict[str, TargetRunner] = {}
+        self._results: dict[str, str] = {}
+        self._failed_to_start: dict[str, str] = {}
+        self._shutting_down = False
+        self._budget: SharedBudget | None = None
+        self._slots: anyio.CapacityLimiter | None = None
+        self._targets_tg: anyio.abc.TaskGroup | None = None
+        self._last_status = ""
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def run(self) -> int:
+        """Run until every target has stopped; returns the process exit code."""
+        daemon_lock = StateLock(self._state_dir) if self._state_dir is not None else None
+        if daemon_lock is not None:
+            self._state_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+            daemon_lock.acquire()
+        try:
+            return await self._run()
+        finally:
+            if daemon_lock is not None:
+                daemon_lock.release()
+
+    async def _run(self) -> int:
+        self._budget = SharedBudget(self._budget_cap)
+        self._slots = anyio.CapacityLimiter(self._max_concurrent)
+        async with anyio.create_task_group() as outer:
+            # The signal receiver stays open until every final checkpoint is written.
+            await outer.start(self._signal_task)
+            runners = await self._prepare_all(self._initial)
+            for runner in runners:
+                self._budget.charge(runner.prepared_cost_usd)
+            log.info("daemon_ready", targets=len(runners), failed=len(self._failed_to_start),
+                     spent_usd=round(self._budget.spent_usd, 6), cap_usd=self._budget_cap)
+            self._notifier.ready(self._status_line())
+            outer.start_soon(self._notifier.watchdog_loop)
+            outer.start_soon(self._status_loop)
+            async with anyio.create_task_group() as targets_tg:
+                self._targets_tg = targets_tg
+                for runner in runners:
+                    targets_tg.start_soon(self._run_target, runner)
+            self._targets_tg = None
+            self._notifier.stopping()
+            outer.cancel_scope.cancel()
+        errors = sorted(n for n, s in self._results.items() if s == STATUS_ERROR)
+        log.info("daemon_stopped", targets=len(self._results), errors=errors,
+                 failed_to_start=sorted(self._failed_to_start),
+                 spent_usd=round(self._budget.spent_usd, 6))
+        if errors or self._failed_to_start:
+            return EXIT_TARGET_ERROR
+        return EXIT_OK
+
+    async def _prepare_all(self, specs: Sequence[TargetSpec]) -> list[TargetRunner]:
+        assert self._budget is not None and self._slots is not None
+        prepared: list[TargetRunner] = []
+        strict_error: list[AutoloopError] = []
+
+        async def prepare(spec: TargetSpec) -> None:
+            runner = TargetRunner(spec, budget=self._budget, slots=self._slots,  # type: ignore[arg-type]
+                                  echo=self._echo, one_shot=self._one_shot)
+            try:
+                await runner.prepare()
+            except AutoloopError as exc:
+                if self._strict:
+                    strict_error.append(exc)
+                    return
+                self._failed_to_start[spec.name] = str(exc)
+                log.error("target_not_started", target=spec.name, error=str(exc))
+                return
+            self._failed_to_start.pop(spec.name, None)
+            self._runners[spec.name] = runner
+            prepared.append(runner)
+
+        async with anyio.create_task_group() as tg:
+            for spec in specs:
+                tg.start_soon(prepare, spec)
+        if strict_error:
+            raise strict_error[0]
+        return sorted(prepared, key=lambda r: r.spec.name)
+
+    async def _run_target(self, runner: TargetRunner) -> None:
+        try:
+            status = await runner.run()
+        except Exception:  # a bug in one target must not stop the others
+            log.exception("target_crashed", target=runner.spec.name)
+            status = STATUS_ERROR
+        self._results[runner.spec.name] = status
+        self._push_status()
+
+    # ----------------------------------------------------------------- signals
+
+    async def _signal_task(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                           ) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP and self._reloader is not None:
+                    if not self._shutting_down and self._targets_tg is not None:
+                        self._targets_tg.start_soon(self._reload)
+                elif not self._shutting_down:
+                    self._begin_shutdown(name)
+                else:
+                    self._force_shutdown(name)
+
+    def _begin_shutdown(self, reason: str) -> None:
+        self._shutting_down = True
+        running = [n for n, r in self._runners.items() if r.phase == "running"]
+        log.info("shutdown_requested", signal=reason, grace_s=self._grace_s, running=running)
+        self._notifier.stopping()
+        for runner in self._runners.values():
+            runner.request_stop(self._grace_s)
+
+    def _force_shutdown(self, reason: str) -> None:
+        running = [n for n, r in self._runners.items() if r.phase == "running"]
+        log.warning("shutdown_forced", signal=reason, cancelled=running)
+        for runner in self._runners.values():
+            runner.force_stop()
+
+    # ----------------------------------------------------------------- reload
+
+    async def _reload(self) -> None:
+        assert self._reloader is not None and self._budget is not None
+        assert self._slots is not None
+        self._notifier.reloading()
+        try:
+            new = await anyio.to_thread.run_sync(self._reloader)
+        except ConfigError as exc:
+            log.error("reload_failed", error=str(exc), kept="the previous configuration")
+            self._notifier.ready(self._status_line())
+            return
+        wanted = {t.name: t for t in new.targets}
+        added, removed, changed = [], [], []
+        for name, runner in list(self._runners.items()):
+            spec = wanted.get(name)
+            if runner.final_status is not None:
+                if spec is None:
+                    del self._runners[name]
+                continue
+            if spec is None:
+                removed.append(name)
+                runner.request_stop(self._grace_s, STATUS_STOPPED_REMOVED)
+            elif spec != runner.spec:
+                if spec.state_root != runner.spec.state_root:
+                    log.warning("reload_state_root_ignored", target=name,
+                                hint="a new state_root takes effect after a restart")
+                    continue
+                changed.append(name)
+                runner.update_spec(spec)
+        fresh = [
+            spec for name, spec in wanted.items()
+            if name not in self._runners
+            or (self._runners[name].final_status is not None and spec != self._runners[name].spec)
+        ]
+        self._budget.set_cap(new.budget_cap_usd)
+        self._slots.total_tokens = new.max_concurrent
+        self._grace_s = new.grace_s
+        for runner in await self._prepare_all(fresh):
+            self._budget.charge(runner.prepared_cost_usd)
+            added.append(runner.spec.name)
+            self._results.pop(runner.spec.name, None)
+            if self._targets_tg is not None:
+                self._targets_tg.start_soon(self._run_target, runner)
+        log.info("config_reloaded", added=sorted(added), removed=sorted(removed),
+                 changed=sorted(changed), cap_usd=new.budget_cap_usd)
+        self._notifier.ready(self._status_line())
+
+    # ----------------------------------------------------------------- status
+
+    def _status_line(self) -> str:
+        phases = {"running": 0, "cooldown": 0, "waiting": 0, "stopped": 0}
+        for runner in self._runners.values():
+            phase = runner.phase if runner.phase in phases else "running"
+            phases[phase] += 1
+        spent = self._budget.spent_usd if self._budget else 0.0
+        failed = f", {len(self._failed_to_start)} failed to start" if self._failed_to_start else ""
+        return (f"{phases['running']} running, {phases['cooldown']} cooling down, "
+                f"{phases['waiting']} waiting, {phases['stopped']} stopped{failed}; "
+                f"${spent:.2f} of ${self._budget_cap if not self._budget else self._budget.cap_usd:.2f}"
+                " spent")
+
+    def _push_status(self) -> None:
+        line = self._status_line()
+        if line != self._last_status:
+            self._last_status = line
+            self._notifier.status(line)
+
+    async def _status_loop(self) -> None:
+        while True:
+            self._push_status()
+            await anyio.sleep(STATUS_INTERVAL_S)

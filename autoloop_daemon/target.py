@@ -1,0 +1,531 @@
+"""One target's iterate / cooldown cycle, with crash recovery and graceful stop.
+
+`TargetRunner.prepare()` takes the state root's lock, recovers from the log (a torn tail, a
+run that was in flight when the last process died) and checkpoints. `TargetRunner.run()` then
+loops: check the stop conditions, wait (cooldown, schedule tick or failure backoff), reserve
+budget, take a concurrency slot, run one iteration, record it (log line first, then the
+state), until a stop condition or a stop request.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import structlog
+
+from autoloop_daemon import artifacts, state as state_mod
+from autoloop_daemon.budget import Reservation, SharedBudget, estimate_cost
+from autoloop_daemon.clock import now_utc, parse_iso, to_iso
+from autoloop_daemon.convergence import (
+    Limits,
+    LoopView,
+    backoff_seconds,
+    describe_stop,
+    stop_reason,
+    weighted_score,
+)
+from autoloop_daemon.exceptions import StateWriteError
+from autoloop_daemon.fsio import remove_stale_tmp
+from autoloop_daemon.models import (
+    FINAL_STATUSES,
+    STATUS_COOLDOWN,
+    STATUS_ERROR,
+    STATUS_RUNNING,
+    STATUS_STOPPED_BUDGET,
+    STATUS_STOPPED_REMOVED,
+    STATUS_STOPPED_SIGNAL,
+    STATUS_WAITING,
+    IterationResult,
+    LogEntry,
+    TargetSpec,
+)
+from autoloop_daemon.orchestrator import elapsed_cost_usd, run_iteration, run_marker
+from autoloop_daemon.process import find_marked, stop_group
+from autoloop_daemon.schedule import next_tick
+
+log = structlog.get_logger("autoloopd.target")
+
+T = TypeVar("T")
+Echo = Callable[[str], None]
+
+# Reservation for a target's first iteration when it has no history and no estimate is
+# configured: ten minutes at the target's rate.
+FIRST_ESTIMATE_MINUTES = 10.0
+# Long waits are slept in slices so a changed wall clock (NTP, suspend) is noticed.
+MAX_SLEEP_SLICE_S = 60.0
+
+
+def _no_echo(_line: str) -> None:
+    return None
+
+
+class TargetRunner:
+    """Runs one target until a stop condition or a stop request; owns its state root."""
+
+    def __init__(
+        self,
+        spec: TargetSpec,
+        *,
+        budget: SharedBudget,
+        slots: anyio.CapacityLimiter,
+        echo: Echo | None = None,
+        one_shot: bool = False,
+    ) -> None:
+        """Set up a runner; nothing here touches the disk (see `prepare`)."""
+        self.spec = spec
+        self._pending_spec: TargetSpec | None = None
+        self._budget = budget
+        self._slots = slots
+        self._echo = echo or _no_echo
+        self._one_shot = one_shot
+        self._lock = state_mod.StateLock(spec.state_root)
+        self._state_file = state_mod.state_path(spec.state_root)
+        self._log_file = artifacts.log_path(spec.state_root)
+        self.state: dict[str, Any] = {}
+        self._entries: list[LogEntry] = []
+        self._stop_requested = False
+        self._stop_status = STATUS_STOPPED_SIGNAL
+        self._stop_deadline: float | None = None
+        self._wait_scope: anyio.CancelScope | None = None
+        self._iter_scope: anyio.CancelScope | None = None
+        self._warned_no_scores = False
+        self.phase = "starting"  # running | cooldown | waiting | stopped, for STATUS=
+        self.final_status: str | None = None
+        self.prepared_cost_usd = 0.0
+
+    # ----------------------------------------------------------------- start-up
+
+    def _load_sync(
+        self, migrations: list[str]
+    ) -> tuple[dict[str, Any] | None, list[LogEntry], int, list[Path]]:
+        self._lock.acquire()
+        try:
+            artifacts.ensure_layout(self.spec.state_root)
+            stale = remove_stale_tmp(self.spec.state_root)
+            loaded = state_mod.load_state(self._state_file, on_migrate=migrations.append)
+            entries, torn = artifacts.read_log(self._log_file)
+        except BaseException:
+            self._lock.release()
+            raise
+        return loaded, entries, torn, stale
+
+    async def prepare(self) -> None:
+        """Lock the state root, recover from the log and checkpoint.
+
+        Raises StateLockedError, StateCorruptError or StateWriteError; the files are left
+        untouched by a refusal.
+        """
+        migrations: list[str] = []
+        loaded, entries, torn, stale = await anyio.to_thread.run_sync(self._load_sync, migrations)
+        try:
+            with structlog.contextvars.bound_contextvars(target=self.spec.name):
+                if torn:
+                    log.warning("log_tail_truncated", path=str(self._log_file), bytes=torn)
+                if stale:
+                    log.info("stale_temp_files_removed", count=len(stale))
+                if loaded is None:
+                    loaded = state_mod.new_state(self.spec, to_iso(now_utc()))
+                    started_at = loaded.get("started_at")
+                    if entries:  # a log without a state: the log wins
+                        started_at = entries[0].started_at
+                    loaded["started_at"] = started_at
+                for line in migrations:
+                    log.info("state_migrated", detail=line)
+                if not entries and loaded is not None:
+                    # A state from the original script has no log: keep its history and cost.
+                    for entry in state_mod.seed_entries(loaded):
+                        await artifacts.append_log(self._log_file, entry)
+                        entries.append(entry)
+                    if entries:
+                        log.info("log_seeded_from_state", entries=len(entries))
+                self._entries = entries
+                self.state = loaded
+                await self._recover_in_flight()
+                self.state = state_mod.apply_limits(
+                    state_mod.reconcile(self.state, self._entries, self.spec.weights_map,
+                                        self.spec.min_improvement),
+                    self.spec,
+                )
+                self.state["in_flight"] = None
+                await self._save()
+                self.prepared_cost_usd = float(self.state["total_cost_usd"])
+        except BaseException:
+            self._lock.release()
+            raise
+
+    async def _recover_in_flight(self) -> None:
+        in_flight = self.state.get("in_flight")
+        if not isinstance(in_flight, dict):
+            return
+        iteration = in_flight.get("iteration")
+        if not isinstance(iteration, int) or iteration < 1:
+            return
+        orphans = await anyio.to_thread.run_sync(find_marked, run_marker(self.spec, iteration))
+        for pid in orphans:
+            try:
+                pgid = os.getpgid(pid)
+            except ProcessLookupError:
+                continue
+            log.warning("orphan_stopped", iteration=iteration, pid=pid, pgid=pgid)
+            with anyio.CancelScope(shield=True):
+                await stop_group(pgid, self.spec.term_grace_seconds, extra_pids=[pid])
+        if any(e.iteration == iteration for e in self._entries):
+            return  # it was logged; the state merely lagged the log
+        last = self._entries[-1].iteration if self._entries else 0
+        if iteration != last + 1:
+            log.warning("in_flight_ignored", iteration=iteration, last_logged=last)
+            return
+        started = parse_iso(in_flight.get("started_at")) or now_utc()
+        finished = now_utc() if orphans else self._last_sign_of_life(iteration, started)
+        duration = max(0.0, (finished - started).total_seconds())
+        entry = LogEntry(
+            iteration=iteration,
+            started_at=to_iso(started),
+            finished_at=to_iso(finished),
+            status="interrupted",
+            decision=None,
+            weighted_score=None,
+            cost_usd=0.0 if self.spec.dry_run else elapsed_cost_usd(
+                duration, self.spec.cost_per_minute_usd),
+            duration_seconds=round(duration, 3),
+            error="autoloopd stopped while this iteration ran (recovered at start)",
+        )
+        await artifacts.append_log(self._log_file, entry)
+        self._entries.append(entry)
+        log.warning("interrupted_iteration_recorded", iteration=iteration,
+                    cost_usd=entry.cost_usd, orphans=len(orphans))
+
+    def _last_sign_of_life(self, iteration: int, started: datetime) -> datetime:
+        """When a dead run last did something: its run log's mtime, else its start."""
+        try:
+            mtime = artifacts.run_log_path(self.spec.state_root, iteration).stat().st_mtime
+        except OSError:
+            return started
+        moment = datetime.fromtimestamp(mtime, tz=started.tzinfo)
+        return max(started, min(moment, now_utc()))
+
+    # ----------------------------------------------------------------- control
+
+    def request_stop(self, grace_s: float, status: str = STATUS_STOPPED_SIGNAL) -> None:
+        """Start no new iteration; let a running one finish within `grace_s`, then stop it."""
+        if not self._stop_requested:
+            self._stop_status = status
+        self._stop_requested = True
+        deadline = anyio.current_time() + grace_s
+        if self._stop_deadline is None or deadline < self._stop_deadline:
+            self._stop_deadline = deadline
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+        if self._iter_scope is not None:
+            self._iter_scope.deadline = min(self._iter_scope.deadline, self._stop_deadline)
+
+    def force_stop(self) -> None:
+        """Skip the grace period: stop a running iteration now."""
+        self.request_stop(0.0, self._stop_status)
+
+    def update_spec(self, spec: TargetSpec) -> None:
+        """Apply changed limits from the next iteration on (config reload)."""
+        self._pending_spec = spec
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self._stop_requested
+
+    # ----------------------------------------------------------------- the cycle
+
+    async def run(self) -> str:
+        """Run the cycle until it stops; returns the final status. Releases the lock."""
+        with structlog.contextvars.bound_contextvars(target=self.spec.name):
+            try:
+                status = await self._cycle()
+            except StateWriteError as exc:
+                status = STATUS_ERROR
+                self.state["status"] = STATUS_ERROR
+                self.state["last_failure_trace"] = str(exc)
+                log.error("checkpoint_failed", error=str(exc))
+                self._echo(f"Stopped: cannot write state: {exc}")
+            finally:
+                self.phase = "stopped"
+                self._lock.release()
+            self.final_status = status
+            return status
+
+    def _limits(self) -> Limits:
+        return Limits(
+            max_iterations=self.spec.max_iterations,
+            max_cost_usd=self.spec.max_cost_usd,
+            plateau_window=self.spec.plateau_window,
+            min_improvement=self.spec.min_improvement,
+            oscillation_window=self.spec.oscillation_window,
+        )
+
+    def _view(self) -> LoopView:
+        return state_mod.loop_view(self._entries, self.spec.weights_map)
+
+    def _stop_reason(self) -> str | None:
+        if int(self.state.get("consecutive_errors", 0)) >= self.spec.max_consecutive_errors:
+            return STATUS_ERROR
+        return stop_reason(self._view(), self._limits())
+
+    def _describe(self, status: str) -> str:
+        if status == STATUS_ERROR:
+            trace = str(self.state.get("last_failure_trace") or "").strip().splitlines()
+            last = trace[0] if trace else "unknown error"
+            return (f"circuit breaker tripped after {self.state.get('consecutive_errors')} "
+                    f"consecutive errors; last: {last}")
+        if status == STATUS_STOPPED_BUDGET:
+            return (f"shared budget exhausted (${self._budget.spent_usd:.2f} of "
+                    f"${self._budget.cap_usd:.2f} spent)")
+        if status == STATUS_STOPPED_SIGNAL:
+            return "interrupted by signal"
+        if status == STATUS_STOPPED_REMOVED:
+            return "removed from the configuration"
+        return describe_stop(status, self._view(), self._limits())
+
+    async def _cycle(self) -> str:
+        previous = self.state.get("status")
+        if previous == STATUS_ERROR:
+            # Starting again after the circuit breaker tripped is the operator's retry.
+            self.state["consecutive_errors"] = 0
+            log.info("circuit_breaker_reset")
+        reason = self._stop_reason()
+        if reason is not None and previous == reason:
+            self._echo(f"Not continuing: already stopped: {self._describe(reason)}. "
+                       "Raise the limit to continue.")
+            log.info("target_not_continuing", status=reason)
+            return await self._finish(reason, announce=False)
+        if previous in FINAL_STATUSES and reason is None:
+            log.info("target_resumed", previous_status=previous)
+        while True:
+            if self._pending_spec is not None:
+                self.spec, self._pending_spec = self._pending_spec, None
+                self.state = state_mod.apply_limits(self.state, self.spec)
+                log.info("limits_applied")
+            if self._stop_requested:
+                return await self._finish(self._stop_status)
+            reason = self._stop_reason()
+            if reason is not None:
+                return await self._finish(reason)
+            delay = self._delay_before_next()
+            if delay > 0:
+                await self._wait(delay)
+                continue  # re-check everything after a wait
+            estimate = estimate_cost(
+                [e.cost_usd for e in self._entries if e.status != "interrupted"],
+                self.spec.estimated_cost_usd,
+                FIRST_ESTIMATE_MINUTES * self.spec.cost_per_minute_usd,
+            )
+            reservation = await self._interruptible(self._budget.reserve(self.spec.name, estimate))
+            if self._stop_requested:
+                if reservation is not None:
+                    self._budget.settle(reservation, 0.0)
+                continue
+            if reservation is None:
+                return await self._finish(STATUS_STOPPED_BUDGET)
+            await self._with_slot(reservation)
+            if self._one_shot and not self._stop_requested:
+                status = self._stop_reason() or str(self.state.get("status"))
+                return await self._finish(status, announce=self._stop_reason() is not None)
+
+    async def _interruptible(self, awaitable: Awaitable[T]) -> T | None:
+        """Await `awaitable` unless a stop request cancels the wait (then None)."""
+        with anyio.CancelScope() as scope:
+            self._wait_scope = scope
+            if self._stop_requested:
+                scope.cancel()
+            try:
+                return await awaitable
+            finally:
+                self._wait_scope = None
+        return None
+
+    async def _with_slot(self, reservation: Reservation) -> None:
+        cost = 0.0
+        got_slot = False
+        try:
+            with anyio.CancelScope() as scope:
+                self._wait_scope = scope
+                if self._stop_requested:
+                    scope.cancel()
+                await self._slots.acquire()
+                got_slot = True
+            self._wait_scope = None
+            if got_slot and not self._stop_requested:
+                cost = await self._iterate()
+        finally:
+            if got_slot:
+                self._slots.release()
+            self._budget.settle(reservation, cost)
+
+    def _delay_before_next(self) -> float:
+        now = now_utc()
+        delay = 0.0
+        errors = int(self.state.get("consecutive_errors", 0))
+        if errors > 0 and self._entries and self._entries[-1].status == "failed":
+            last = parse_iso(self._entries[-1].finished_at) or now
+            backoff = backoff_seconds(errors, self.spec.backoff_base_seconds,
+                                      self.spec.backoff_max_seconds)
+            delay = max(delay, (last - now).total_seconds() + backoff)
+        if self._one_shot:
+            return max(0.0, delay)
+        if self.spec.mode in ("continuous", "scheduled"):
+            next_run = parse_iso(self.state.get("next_run_at"))
+            if next_run is None and self.spec.mode == "scheduled" and self.spec.schedule:
+                next_run = next_tick(self.spec.schedule, now)
+                self.state["next_run_at"] = to_iso(next_run)
+            if next_run is not None:
+                delay = max(delay, (next_run - now).total_seconds())
+        return max(0.0, delay)
+
+    async def _wait(self, delay_s: float) -> None:
+        waiting = self.spec.mode == "scheduled" and not self.state.get("consecutive_errors")
+        status = STATUS_WAITING if waiting else STATUS_COOLDOWN
+        self.phase = "waiting" if waiting else "cooldown"
+        if self.state.get("status") != status:
+            self.state["status"] = status
+            await self._save()
+        log.debug("waiting", seconds=round(delay_s, 3), status=status)
+        await self._interruptible(anyio.sleep(min(delay_s, MAX_SLEEP_SLICE_S)))
+
+    # ----------------------------------------------------------------- one iteration
+
+    def _last_handoff(self) -> Path | None:
+        for entry in reversed(self._entries):
+            if entry.completed:
+                path = artifacts.handoff_path(self.spec.state_root, entry.iteration)
+                return path if path.is_file() else None
+        return None
+
+    async def _iterate(self) -> float:
+        """Run and record one iteration; returns what it cost (for the budget)."""
+        spec = self.spec
+        iteration = int(self.state.get("next_iteration") or 1)
+        completed = int(self.state.get("iterations_completed", 0))
+        errors = int(self.state.get("consecutive_errors", 0))
+        retry = f" (retry {errors})" if errors else ""
+        self._echo(f"--- Iteration {completed + 1}/{spec.max_iterations}{retry} ---")
+        started = now_utc()
+        t0 = time.monotonic()
+        self.phase = "running"
+        self.state["status"] = STATUS_RUNNING
+        self.state["in_flight"] = {"iteration": iteration, "started_at": to_iso(started), "pid": None}
+        self.state["next_run_at"] = None
+        before_scores = dict(self.state.get("current_scores") or {})
+        await self._save()
+        handoff = self._last_handoff()
+        result: IterationResult | None = None
+        with structlog.contextvars.bound_contextvars(iteration=iteration):
+            log.info("iteration_started", run=iteration, handoff=str(handoff) if handoff else None)
+            with anyio.CancelScope() as scope:
+                self._iter_scope = scope
+                if self._stop_deadline is not None:
+                    scope.deadline = self._stop_deadline
+                result = await run_iteration(spec, iteration, handoff=handoff)
+            self._iter_scope = None
+            cost = 0.0
+            with anyio.CancelScope(shield=True):
+                cost = await self._record(iteration, started, time.monotonic() - t0,
+                                          result, before_scores)
+            return cost
+
+    async def _record(self, iteration: int, started: datetime, duration_s: float,
+                      result: IterationResult | None, before: dict[str, float]) -> float:
+        spec = self.spec
+        finished = now_utc()
+        if result is None:
+            status = "interrupted"
+            cost = 0.0 if spec.dry_run else elapsed_cost_usd(duration_s, spec.cost_per_minute_usd)
+            error: str | None = "stopped by autoloopd shutdown"
+            scores: dict[str, float] = {}
+            score = None
+        else:
+            status = result.status
+            cost = result.cost_usd if result.cost_usd is not None else elapsed_cost_usd(
+                result.duration_s, spec.cost_per_minute_usd)
+            error = result.error
+            scores = dict(result.scores)
+            score = weighted_score(scores, spec.weights_map) if scores else result.weighted_score
+        entry = LogEntry(
+            iteration=iteration,
+            started_at=to_iso(started),
+            finished_at=to_iso(finished),
+            status=status,  # type: ignore[arg-type]
+            decision=result.decision if result else None,
+            weighted_score=None if score is None else round(score, 6),
+            cost_usd=round(cost, 6),
+            duration_seconds=round(duration_s, 3),
+            candidate_id=result.candidate_id if result else None,
+            artifact_path=result.artifact_path if result else None,
+            scores=scores,
+            exit_code=result.exit_code if result else None,
+            error=error,
+        )
+        await artifacts.append_log(self._log_file, entry)  # the log first: source of truth
+        self._entries.append(entry)
+        self.state = state_mod.reconcile(self.state, self._entries, spec.weights_map,
+                                         spec.min_improvement)
+        self.state["in_flight"] = None
+        if result is not None and result.status == "failed":
+            self.state["last_failure_trace"] = result.failure_trace or result.error
+        if status == "completed":
+            if spec.mode == "continuous" and not self._one_shot:
+                self.state["next_run_at"] = to_iso(finished + timedelta(seconds=spec.cooldown_s))
+            elif spec.mode == "scheduled" and spec.schedule and not self._one_shot:
+                self.state["next_run_at"] = to_iso(next_tick(spec.schedule, finished))
+        if status != "completed":
+            self.state["status"] = STATUS_COOLDOWN  # backoff before the retry
+        elif self._one_shot or spec.mode == "single-run":
+            self.state["status"] = STATUS_RUNNING
+        else:
+            self.state["status"] = STATUS_WAITING if spec.mode == "scheduled" else STATUS_COOLDOWN
+        if status == "completed":
+            # Before the state: a crash between the two is repaired from the log at start.
+            text = artifacts.render_handoff(
+                iteration=iteration, decision=entry.decision, candidate_id=entry.candidate_id,
+                artifact_path=entry.artifact_path, before=before, after=scores)
+            await artifacts.write_handoff(spec.state_root, iteration, text)
+            if not scores and not self._warned_no_scores:
+                self._warned_no_scores = True
+                log.warning("scores_missing", hint="no scores in the result, no scorer, no "
+                            "learner file; plateau detection neither advances nor resets")
+        await self._save()
+        total = float(self.state["total_cost_usd"])
+        log_event = log.info if status == "completed" else log.warning
+        log_event("iteration_finished", run=iteration, status=status, decision=entry.decision,
+                  weighted_score=entry.weighted_score, cost_usd=entry.cost_usd,
+                  total_cost_usd=round(total, 6), duration_s=entry.duration_seconds, error=error)
+        if status == "completed":
+            shown = "n/a" if entry.weighted_score is None else f"{entry.weighted_score:.4f}"
+            self._echo(f"Decision: {entry.decision}  Weighted score: {shown}  "
+                       f"Cumulative cost: ${total:.4f}")
+        else:
+            self._echo(f"Iteration {status}: {error}  Cumulative cost: ${total:.4f}")
+        return entry.cost_usd
+
+    # ----------------------------------------------------------------- finishing
+
+    async def _finish(self, status: str, *, announce: bool = True) -> str:
+        self.phase = "stopped"
+        if status == STATUS_STOPPED_SIGNAL and self.state.get("status") in FINAL_STATUSES:
+            status = str(self.state["status"])
+        self.state["status"] = status
+        self.state["in_flight"] = None
+        with anyio.CancelScope(shield=True):
+            await self._save()
+        if announce:
+            self._echo(f"Stopped: {self._describe(status)}")
+        self._echo(f"State saved: {self._state_file}")
+        log.info("target_stopped", status=status, reason=self._describe(status),
+                 iterations_completed=self.state.get("iterations_completed"),
+                 total_cost_usd=self.state.get("total_cost_usd"))
+        return status
+
+    async def _save(self) -> None:
+        await state_mod.save_state(self._state_file, self.state)

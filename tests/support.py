@@ -1,0 +1,164 @@
+"""Helpers for end-to-end tests: run the real autoloopd, wait on conditions, check invariants."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+TESTS = Path(__file__).resolve().parent
+FAKES = TESTS / "fakes"
+AUTOLOOPD = [sys.executable, "-m", "autoloop_daemon"]
+
+
+def fake(name: str) -> str:
+    """Absolute path of a fake orchestrator script in tests/fakes/."""
+    path = FAKES / name
+    assert path.is_file(), f"no fake orchestrator {path}"
+    return str(path)
+
+
+def fake_cmd(name: str, *args: str) -> str:
+    """A --orchestrator-cmd value running a fake with this interpreter."""
+    import shlex
+
+    return shlex.join([sys.executable, fake(name), *args])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02,
+             what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for an autoloopd under test (no systemd variables, no AUTOLOOPD_*)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AUTOLOOPD_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def run_autoloopd(args: Sequence[str], *, timeout: float = 60.0,
+                  env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run autoloopd to completion and capture its output."""
+    return subprocess.run([*AUTOLOOPD, *args], capture_output=True, text=True, timeout=timeout,
+                          env=child_env(env), stdin=subprocess.DEVNULL, check=False)
+
+
+def start_autoloopd(args: Sequence[str], out: Path, *,
+                    env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start autoloopd in the background with stdout+stderr going to `out`."""
+    handle = out.open("wb")
+    try:
+        return subprocess.Popen([*AUTOLOOPD, *args], stdout=handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=child_env(env))
+    finally:
+        handle.close()
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    """Send `sig` and wait for the exit code (SIGKILL and fail if it does not come)."""
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"autoloopd did not exit within {timeout} s of {sig}") from None
+
+
+def read_state(state_root: Path) -> dict[str, Any]:
+    """The decoded autoloop_state.json."""
+    data: dict[str, Any] = json.loads((state_root / "autoloop_state.json").read_text())
+    return data
+
+
+def read_log(state_root: Path) -> list[dict[str, Any]]:
+    """The decoded lines of iteration_log.jsonl (asserting each line is whole JSON)."""
+    path = state_root / "iteration_log.jsonl"
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    assert raw == b"" or raw.endswith(b"\n"), f"{path}: torn last line"
+    return [json.loads(line) for line in raw.decode().splitlines()]
+
+
+def invariant_violations(state_root: Path) -> list[str]:
+    """DESIGN.md's invariants for one state root; an empty list when they all hold."""
+    problems: list[str] = []
+    try:
+        state = read_state(state_root)
+    except (OSError, ValueError) as exc:
+        return [f"state file does not parse: {exc}"]
+    try:
+        entries = read_log(state_root)
+    except (AssertionError, ValueError) as exc:
+        return [f"log does not parse: {exc}"]
+    numbers = [e["iteration"] for e in entries]
+    if numbers != list(range(1, len(numbers) + 1)):
+        problems.append(f"log iterations are not 1..n: {numbers}")
+    total = sum(e["cost_usd"] for e in entries)
+    if not math.isclose(state["total_cost_usd"], total, abs_tol=1e-6):
+        problems.append(f"total_cost_usd {state['total_cost_usd']} != logged sum {total}")
+    completed = sum(1 for e in entries if e.get("status", "completed") == "completed")
+    if state["iterations_completed"] != completed:
+        problems.append(f"iterations_completed {state['iterations_completed']} != {completed}")
+    return problems
+
+
+def assert_invariants(state_root: Path) -> None:
+    """Fail with every violated invariant of `state_root`."""
+    problems = invariant_violations(state_root)
+    assert not problems, f"{state_root}: " + "; ".join(problems)
+
+
+def _pid_is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def pid_alive(pid: int) -> bool:
+    """True when `pid` runs and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _pid_is_zombie(pid)
+
+
+def marked_processes(prefix: str) -> list[int]:
+    """Live pids whose AUTOLOOPD_RUN marker starts with `prefix` (a state root path)."""
+    found = []
+    needle = f"AUTOLOOPD_RUN={prefix}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if any(item.startswith(needle) for item in environ.split(b"\0")) and pid_alive(
+                int(entry.name)):
+            found.append(int(entry.name))
+    return found

@@ -1,0 +1,197 @@
+"""The shipped systemd unit and cron example: systemd accepts them and they say what we need."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+UNIT = DEPLOY / "autoloopd.service"
+CRON = DEPLOY / "autoloopd-scheduled.cron"
+README = DEPLOY / "README.md"
+
+SHIPPED_EXEC_START = "ExecStart=/usr/local/bin/autoloopd --config /etc/autoloopd/config.toml"
+TEST_EXEC_START = (
+    f"ExecStart={sys.executable} -m autoloop_daemon --config /etc/autoloopd/config.toml"
+)
+
+needs_systemd_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """Parse a unit file into section -> key -> values (keys may repeat)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None, f"key outside a section: {line!r}"
+        assert not line.endswith("\\"), "continuation lines are not used in the unit"
+        key, sep, value = line.partition("=")
+        assert sep, f"not a key=value line: {line!r}"
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def one(section: dict[str, list[str]], key: str) -> str:
+    """The single value of ``key``; fails if absent or repeated."""
+    values = section.get(key)
+    assert values is not None, f"{key}= is missing"
+    assert len(values) == 1, f"{key}= is set {len(values)} times"
+    return values[0]
+
+
+def verifiable_copy(tmp_path: Path, text: str) -> Path:
+    """Write ``text`` as autoloopd.service in tmp_path with ExecStart pointing at a real binary."""
+    assert SHIPPED_EXEC_START in text.splitlines()
+    copy = tmp_path / "autoloopd.service"
+    copy.write_text(text.replace(SHIPPED_EXEC_START, TEST_EXEC_START))
+    return copy
+
+
+def systemd_verify(unit: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``systemd-analyze verify --man=no`` on ``unit``, capturing everything it prints."""
+    return subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@needs_systemd_analyze
+def test_systemd_analyze_verify_prints_nothing(tmp_path: Path) -> None:
+    """The unit verifies with no output at all (verify only warns on unknown keys)."""
+    shipped = UNIT.read_text()
+    copy = verifiable_copy(tmp_path, shipped)
+
+    # The copy differs from the shipped file in the ExecStart line only.
+    diff = [
+        (a, b)
+        for a, b in zip(shipped.splitlines(), copy.read_text().splitlines(), strict=True)
+        if a != b
+    ]
+    assert diff == [(SHIPPED_EXEC_START, TEST_EXEC_START)]
+
+    result = systemd_verify(copy)
+    assert (result.stdout, result.stderr) == ("", "")
+    assert result.returncode == 0
+
+
+@needs_systemd_analyze
+def test_verify_would_catch_an_unknown_key(tmp_path: Path) -> None:
+    """Sanity check of the test above: this systemd reports keys it does not know."""
+    text = UNIT.read_text().replace("[Service]\n", "[Service]\nNoSuchSetting=yes\n", 1)
+    result = systemd_verify(verifiable_copy(tmp_path, text))
+    assert "NoSuchSetting" in result.stdout + result.stderr
+
+
+def test_unit_has_the_required_settings() -> None:
+    """Type=notify, graceful stop, no restart loop on a bad config, watchdog, hardening."""
+    unit = parse_unit(UNIT.read_text())
+    service = unit["Service"]
+
+    assert one(service, "Type") == "notify"
+    assert one(service, "NotifyAccess") == "main"
+    assert f"ExecStart={one(service, 'ExecStart')}" == SHIPPED_EXEC_START
+    reload_cmd = one(service, "ExecReload")
+    assert "-HUP" in reload_cmd and "$MAINPID" in reload_cmd
+    assert one(service, "KillMode") == "mixed"
+    assert one(service, "KillSignal") == "SIGTERM"
+
+    stop_timeout = re.fullmatch(r"(\d+)s?", one(service, "TimeoutStopSec"))
+    assert stop_timeout is not None
+    assert int(stop_timeout.group(1)) > 30  # above the default shutdown_grace_seconds
+
+    assert one(service, "Restart") == "on-failure"
+    assert one(service, "RestartSec") == "10"
+    assert one(service, "RestartPreventExitStatus") == "78"
+    assert int(one(service, "WatchdogSec")) > 0
+    # systemd 252 knows neither of these; the backoff is the start rate limit instead.
+    assert "RestartSteps" not in service and "RestartMaxDelaySec" not in service
+    assert int(one(unit["Unit"], "StartLimitBurst")) > 0
+    assert int(one(unit["Unit"], "StartLimitIntervalSec")) > 0
+
+    assert one(service, "User") == "autoloopd"
+    assert one(service, "Group") == "autoloopd"
+    assert one(service, "StateDirectory") == "autoloopd"
+    assert one(service, "UMask") == "0027"
+    assert "PYTHONUNBUFFERED=1" in one(service, "Environment").split()
+    writable = one(service, "ReadWritePaths").split()
+    assert "/var/lib/autoloopd" in writable
+    assert {"/srv/skills", "-/srv/skills"} & set(writable)
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "PrivateTmp": "yes",
+        "ProtectHome": "read-only",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictSUIDSGID": "yes",
+        "LockPersonality": "yes",
+        "RestrictRealtime": "yes",
+        "SystemCallArchitectures": "native",
+    }.items():
+        assert one(service, key) == value, key
+
+    assert one(unit["Install"], "WantedBy") == "multi-user.target"
+
+
+def test_cron_example_runs_one_scheduled_iteration_every_four_hours() -> None:
+    """The /etc/cron.d example: valid shape, scheduled mode, output to a log, no '%'."""
+    text = CRON.read_text()
+    assert text.endswith("\n")  # cron ignores a last line without a newline
+    jobs = [
+        line
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#") and not re.match(r"^\w+=", line)
+    ]
+    assert len(jobs) == 1
+    minute, hour, dom, month, dow, user, command = jobs[0].split(None, 6)
+    assert minute.isdigit() and 0 <= int(minute) < 60
+    assert (hour, dom, month, dow) == ("*/4", "*", "*", "*")
+    assert user == "autoloopd"
+    argv = command.split()
+    assert argv[0] in {"autoloopd", "/usr/local/bin/autoloopd"}
+    assert argv[argv.index("--mode") + 1] == "scheduled"
+    assert "--target" in argv and "--state-root" in argv
+    assert re.search(r">>\s*/var/log/autoloopd/\S+\.log 2>&1$", command)
+    assert "%" not in command  # cron turns % into a newline
+    assert "flock" not in command  # autoloopd locks the state root itself
+
+
+def test_readme_covers_operations() -> None:
+    """The deploy README documents install, reload, status, logs, exit 78, KillMode, cron."""
+    text = README.read_text()
+    for needle in (
+        "useradd",
+        "/opt/autoloopd",
+        "/usr/local/bin/autoloopd",
+        "/etc/autoloopd/config.toml",
+        "systemctl daemon-reload && systemctl enable --now autoloopd",
+        "systemctl reload autoloopd",
+        "systemctl status autoloopd",
+        "autoloopd status --config",
+        "journalctl -u autoloopd -o cat | jq",
+        "78",
+        "KillMode=mixed",
+        "setsid()",
+        "TimeoutStopSec",
+        "shutdown_grace_seconds",
+        "--mode scheduled",
+        "flock",
+    ):
+        assert needle in text, needle
