@@ -74,8 +74,9 @@ class Ledger:
         self.cap_usd = cap_usd
 
 
-def estimate_cost(recent_costs_usd: Sequence[float], configured_usd: float | None,
-                  fallback_usd: float) -> float:
+def estimate_cost(
+    recent_costs_usd: Sequence[float], configured_usd: float | None, fallback_usd: float
+) -> float:
     """The reservation for a target's next iteration.
 
     The largest of its last three costs when it has history (a pessimistic estimate keeps the

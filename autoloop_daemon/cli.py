@@ -19,7 +19,13 @@ import anyio
 import structlog
 
 from autoloop_daemon import __version__
-from autoloop_daemon.config import AppConfig, check_summary, load_config
+from autoloop_daemon.config import (
+    REFERENCE_ORCHESTRATOR,
+    AppConfig,
+    check_summary,
+    check_template_arg,
+    load_config,
+)
 from autoloop_daemon.exceptions import (
     ConfigError,
     StateCorruptError,
@@ -39,10 +45,6 @@ EXIT_IOERR = 74  # a checkpoint could not be written
 EXIT_TEMPFAIL = 75  # another autoloopd owns the state root
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus
 
-DEFAULT_ORCHESTRATOR = (
-    "python3", "/opt/auto-improvement/skills/improvement-orchestrator/scripts/orchestrate.py",
-    "--target", "{target}", "--state-root", "{state_root}", "--auto",
-)
 DEFAULT_CAP_WARNING = "Default $50 cap applies. For overnight runs, explicitly set --max-cost."
 
 
@@ -74,6 +76,11 @@ def _command(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(f"cannot split command line: {exc}") from None
     if not argv:
         raise argparse.ArgumentTypeError("empty command")
+    for part in argv:
+        try:
+            check_template_arg(part)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return argv
 
 
@@ -97,35 +104,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"autoloopd {__version__}")
     daemon = p.add_argument_group("daemon")
     daemon.add_argument("--config", type=Path, help="run every target of this TOML file")
-    daemon.add_argument("--check", action="store_true", help="validate --config, print a summary, exit")
+    daemon.add_argument(
+        "--check", action="store_true", help="validate --config, print a summary, exit"
+    )
     one = p.add_argument_group("one target (the original autoloop.py flags)")
     one.add_argument("--target", type=Path, help="the directory being improved")
     one.add_argument("--state-root", type=Path, help="where state, logs and handoffs go")
     one.add_argument("--max-iterations", type=_positive_int, default=5)
-    one.add_argument("--max-cost", type=_positive_float, default=None,
-                     help="cost cap in USD for this target (default 50.0)")
+    one.add_argument(
+        "--max-cost",
+        type=_positive_float,
+        default=None,
+        help="cost cap in USD for this target (default 50.0)",
+    )
     one.add_argument("--plateau-window", type=_positive_int, default=3)
     one.add_argument("--min-improvement", type=_non_negative_float, default=0.0)
     one.add_argument("--oscillation-window", type=int, default=4)
     one.add_argument("--cooldown-minutes", type=_non_negative_float, default=30.0)
-    one.add_argument("--mode", choices=("single-run", "continuous", "scheduled"),
-                     default="single-run")
+    one.add_argument(
+        "--mode", choices=("single-run", "continuous", "scheduled"), default="single-run"
+    )
     one.add_argument("--max-consecutive-errors", type=_positive_int, default=3)
     one.add_argument("--dry-run", action="store_true", help="use the built-in simulator")
     one.add_argument("--seed", type=int, default=0, help="simulator seed (with --dry-run)")
-    one.add_argument("--orchestrator-cmd", type=_command, default=None,
-                     help="orchestrator command line (split like a shell, never run by one); "
-                          "placeholders {target} {state_root} {iteration}")
+    one.add_argument(
+        "--orchestrator-cmd",
+        type=_command,
+        default=None,
+        help="orchestrator command line (split like a shell, never run by one); "
+        "placeholders {target} {state_root} {iteration}",
+    )
     one.add_argument("--scorer-cmd", type=_command, default=None, help="scorer command line")
-    one.add_argument("--handoff-arg", default="--source",
-                     help="flag that passes the previous handoff ('' to disable)")
+    one.add_argument(
+        "--handoff-arg",
+        default="--source",
+        help="flag that passes the previous handoff ('' to disable)",
+    )
     one.add_argument("--iteration-timeout-minutes", type=_positive_float, default=60.0)
-    one.add_argument("--cost-per-minute", type=_non_negative_float, default=0.10,
-                     help="USD per minute charged when the orchestrator reports no cost")
+    one.add_argument(
+        "--cost-per-minute",
+        type=_non_negative_float,
+        default=0.10,
+        help="USD per minute charged when the orchestrator reports no cost",
+    )
     one.add_argument("--weights", type=_weights, default=(), help="e.g. accuracy=2,coverage=1")
     one.add_argument("--shutdown-grace-seconds", type=_non_negative_float, default=30.0)
-    one.add_argument("--simulated-seconds", type=_non_negative_float, default=0.2,
-                     help="wall time of one simulated iteration (with --dry-run)")
+    one.add_argument(
+        "--simulated-seconds",
+        type=_non_negative_float,
+        default=0.2,
+        help="wall time of one simulated iteration (with --dry-run)",
+    )
     logs = p.add_argument_group("logging")
     logs.add_argument("--log-format", choices=("auto", "json", "console"), default=None)
     logs.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
@@ -154,7 +183,7 @@ def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
         cooldown_minutes=args.cooldown_minutes,
         max_consecutive_errors=args.max_consecutive_errors,
         iteration_timeout_minutes=args.iteration_timeout_minutes,
-        orchestrator=args.orchestrator_cmd or DEFAULT_ORCHESTRATOR,
+        orchestrator=args.orchestrator_cmd or REFERENCE_ORCHESTRATOR,
         scorer=args.scorer_cmd,
         handoff_arg=args.handoff_arg or None,
         weights=args.weights,
@@ -193,8 +222,12 @@ def _run_one_target(args: argparse.Namespace) -> int:
 
 def _reloader(path: Path) -> ReloadedConfig:
     cfg = load_config(path)
-    return ReloadedConfig(cfg.targets, cfg.budget.max_cost_usd,
-                          cfg.daemon.max_concurrent_iterations, cfg.daemon.shutdown_grace_seconds)
+    return ReloadedConfig(
+        cfg.targets,
+        cfg.budget.max_cost_usd,
+        cfg.daemon.max_concurrent_iterations,
+        cfg.daemon.shutdown_grace_seconds,
+    )
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
@@ -202,10 +235,12 @@ def _run_daemon(args: argparse.Namespace) -> int:
     if args.check:
         print(check_summary(cfg))
         return EXIT_OK
-    configure_logging(args.log_format or cfg.daemon.log_format,
-                      args.log_level or cfg.daemon.log_level)
+    configure_logging(
+        args.log_format or cfg.daemon.log_format, args.log_level or cfg.daemon.log_level
+    )
     structlog.get_logger("autoloopd").info(
-        "daemon_starting", config=str(cfg.path), targets=len(cfg.targets), pid=os.getpid())
+        "daemon_starting", config=str(cfg.path), targets=len(cfg.targets), pid=os.getpid()
+    )
     supervisor = Supervisor(
         cfg.targets,
         budget_cap_usd=cfg.budget.max_cost_usd,

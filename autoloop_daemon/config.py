@@ -88,7 +88,8 @@ Minutes = Annotated[float, Field(ge=0, le=525_600)]
 Seconds = Annotated[float, Field(ge=0, le=31_536_000)]
 
 
-def _check_arg(arg: str) -> str:
+def check_template_arg(arg: str) -> str:
+    """Return `arg` if it is a valid argv template element, else raise ValueError saying why."""
     if "\0" in arg:
         raise ValueError("contains a NUL byte")
     try:
@@ -145,7 +146,7 @@ def _check_path_text(text: Any) -> Any:
     return text
 
 
-Arg = Annotated[str, AfterValidator(_check_arg)]
+Arg = Annotated[str, AfterValidator(check_template_arg)]
 PathText = Annotated[str, BeforeValidator(_check_path_text)]
 
 
@@ -190,7 +191,7 @@ class _TargetKeys(BaseModel):
     iteration_timeout_minutes: Annotated[float, Field(gt=0, le=525_600)] | None = None
     orchestrator: list[Arg] | None = None
     scorer: list[Arg] | None = None
-    handoff_arg: Annotated[str, AfterValidator(_check_arg)] | None = None
+    handoff_arg: Annotated[str, AfterValidator(check_template_arg)] | None = None
     env: Annotated[dict[str, str], AfterValidator(_check_env)] | None = None
     weights: dict[str, Annotated[float, Field(ge=0, le=1e9)]] | None = None
     dry_run: bool | None = None

@@ -101,7 +101,9 @@ STOP_MESSAGES: dict[str, str] = {
     STATUS_STOPPED_MAX_ITER: "max iterations reached ({n})",
     STATUS_STOPPED_COST: "cost cap reached (${cost:.2f} of ${cap:.2f})",
     STATUS_STOPPED_PLATEAU: "plateau detected (no improvement in last {window} iterations)",
-    STATUS_STOPPED_OSCILLATION: "oscillation detected (keep/reject alternating over {osc} iterations)",
+    STATUS_STOPPED_OSCILLATION: (
+        "oscillation detected (keep/reject alternating over {osc} iterations)"
+    ),
 }
 
 

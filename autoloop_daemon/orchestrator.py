@@ -35,20 +35,16 @@ OnStarted = Callable[[int], Awaitable[None]]
 def render_argv(template: tuple[str, ...], spec: TargetSpec, iteration: int) -> list[str]:
     """Fill `{target}`, `{state_root}` and `{iteration}` into each argv element.
 
-    Plain string replacement, so braces in paths or values are inert and a value can never
-    become two arguments or reach a shell.
+    `str.format` rules (as config validation checks them): `{{`/`}}` are literal braces, and
+    substituted values are never parsed again, so a path with braces or quotes stays inert
+    and can never become two arguments or reach a shell.
     """
     values = {
-        "{target}": str(spec.path),
-        "{state_root}": str(spec.state_root),
-        "{iteration}": str(iteration),
+        "target": str(spec.path),
+        "state_root": str(spec.state_root),
+        "iteration": str(iteration),
     }
-    argv = []
-    for part in template:
-        for key, value in values.items():
-            part = part.replace(key, value)
-        argv.append(part)
-    return argv
+    return [part.format_map(values) for part in template]
 
 
 def run_marker(spec: TargetSpec, iteration: int) -> str:
@@ -114,9 +110,7 @@ def _newest_learner_scores(state_root: Path, since_wall: float) -> dict[str, flo
     """Scores from the newest `learner/*.json` modified at or after `since_wall` (sync)."""
     learner = state_root / "learner"
     try:
-        candidates = [
-            (p.stat().st_mtime, p) for p in learner.glob("*.json") if p.is_file()
-        ]
+        candidates = [(p.stat().st_mtime, p) for p in learner.glob("*.json") if p.is_file()]
     except OSError:
         return {}
     fresh = sorted((c for c in candidates if c[0] >= since_wall - 1.0), reverse=True)
@@ -204,7 +198,9 @@ async def run_iteration(
     try:
         result = parse_result(tail_text(outcome.stdout_tail, STDOUT_TAIL_BYTES))
     except ResultError as exc:
-        return failed(f"orchestrator printed an invalid result: {exc}", f"printed an invalid result: {exc}")
+        return failed(
+            f"orchestrator printed an invalid result: {exc}", f"printed an invalid result: {exc}"
+        )
     if result is None:
         return failed("orchestrator printed no result", "printed no result")
 

@@ -60,7 +60,8 @@ class ProcessOutcome:
     """How one run of a program ended.
 
     `returncode` is negative (-N) when the child died of signal N, and None only if the child
-    had to be killed and its exit code still could not be collected. `killed` says that
+    had to be killed and its exit code still could not be collected. `timed_out` means the
+    direct child was still running after `timeout_s`. `killed` says that
     autoloopd signalled the group: after a timeout, or because processes of the group (a
     grandchild) outlived the direct child; a run can exit 0 and still have `killed` set.
     """
@@ -315,14 +316,15 @@ async def _supervise(
         timed_out = returncode is None
         if timed_out or await anyio.to_thread.run_sync(group_alive, pgid):
             killed = True
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):  # bounded; a shutdown must not interrupt it
                 await stop_group(pgid, term_grace_s)
             if returncode is None:
                 with anyio.move_on_after(_REAP_S):
                     returncode = await process.wait()
             with anyio.move_on_after(_REAP_S):
                 await readers.wait()
-        # Still open: held by a process that left the group with setsid(). Stop reading.
+        # A reader still running now reads a pipe held by a process that left the group
+        # with setsid(): give up on it (aclose() closes our end).
         tg.cancel_scope.cancel()
     return returncode, timed_out, killed
 

@@ -78,14 +78,17 @@ def simulate(seed: int, target: str, iteration: int) -> SimulatedRun:
     """The simulated outcome of `iteration` (1-based) of `target`."""
     score = _candidate_score(seed, target, iteration)
     best_before = max(
-        [baseline_score(seed, target)] + [_candidate_score(seed, target, k) for k in range(1, iteration)]
+        [baseline_score(seed, target)]
+        + [_candidate_score(seed, target, k) for k in range(1, iteration)]
     )
     decision = "keep" if score > best_before else "reject"
     rng = _rng(seed, target, iteration)
     rng.random()  # keep the draw used above out of the offsets below
     offsets = [rng.uniform(-0.06, 0.06) for _ in DIMENSIONS[:-1]]
     offsets.append(-sum(offsets))  # equal weights: the mean stays `score`
-    scores = {d: round(min(1.0, max(0.0, score + o)), 4) for d, o in zip(DIMENSIONS, offsets, strict=True)}
+    scores = {
+        d: round(min(1.0, max(0.0, score + o)), 4) for d, o in zip(DIMENSIONS, offsets, strict=True)
+    }
     weighted = round(sum(scores.values()) / len(scores), 4)
     cost = round(0.05 + 0.20 * rng.random(), 4)
     return SimulatedRun(

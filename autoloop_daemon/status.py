@@ -71,31 +71,37 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
         iteration = f"{done}/{cap}" if done is not None else "-"
         if r.get("in_flight"):
             iteration += " (running)"
-        lines.append((
-            str(r["target"]),
-            str(r.get("status") or "-"),
-            iteration,
-            str(r.get("last_decision") or "-"),
-            _fmt_score(r.get("best_weighted_score")),
-            _fmt_score(r.get("last_weighted_score")),
-            f"{_fmt_money(r.get('total_cost_usd'))}/{_fmt_money(r.get('max_cost_usd'))}",
-            str(r.get("next_run_at") or "-"),
-        ))
+        lines.append(
+            (
+                str(r["target"]),
+                str(r.get("status") or "-"),
+                iteration,
+                str(r.get("last_decision") or "-"),
+                _fmt_score(r.get("best_weighted_score")),
+                _fmt_score(r.get("last_weighted_score")),
+                f"{_fmt_money(r.get('total_cost_usd'))}/{_fmt_money(r.get('max_cost_usd'))}",
+                str(r.get("next_run_at") or "-"),
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-           for line in lines]
+    out = [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    ]
     errors = [f"{r['target']}: {r['error']}" for r in rows if r.get("error")]
     return "\n".join(out + errors)
 
 
 def main(argv: Sequence[str]) -> int:
     """`autoloopd status` entry point; returns the exit code."""
-    p = argparse.ArgumentParser(prog="autoloopd status",
-                                description="Show every target's state (read-only).")
+    p = argparse.ArgumentParser(
+        prog="autoloopd status", description="Show every target's state (read-only)."
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", type=Path, help="every target of this config file")
-    source.add_argument("--state-root", type=Path, action="append",
-                        help="one target's state root (repeatable)")
+    source.add_argument(
+        "--state-root", type=Path, action="append", help="one target's state root (repeatable)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     args = p.parse_args(list(argv))
     if args.config is not None:

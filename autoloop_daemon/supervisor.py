@@ -35,8 +35,13 @@ Reloader = Callable[[], "ReloadedConfig"]
 class ReloadedConfig:
     """What a reload yields: the targets and the supervisor-wide limits."""
 
-    def __init__(self, targets: Sequence[TargetSpec], budget_cap_usd: float,
-                 max_concurrent: int, grace_s: float) -> None:
+    def __init__(
+        self,
+        targets: Sequence[TargetSpec],
+        budget_cap_usd: float,
+        max_concurrent: int,
+        grace_s: float,
+    ) -> None:
         """Hold the values; nothing here can fail."""
         self.targets = tuple(targets)
         self.budget_cap_usd = budget_cap_usd
@@ -108,8 +113,13 @@ class Supervisor:
             runners = await self._prepare_all(self._initial)
             for runner in runners:
                 self._budget.charge(runner.prepared_cost_usd)
-            log.info("daemon_ready", targets=len(runners), failed=len(self._failed_to_start),
-                     spent_usd=round(self._budget.spent_usd, 6), cap_usd=self._budget_cap)
+            log.info(
+                "daemon_ready",
+                targets=len(runners),
+                failed=len(self._failed_to_start),
+                spent_usd=round(self._budget.spent_usd, 6),
+                cap_usd=self._budget_cap,
+            )
             self._notifier.ready(self._status_line())
             outer.start_soon(self._notifier.watchdog_loop)
             outer.start_soon(self._status_loop)
@@ -121,21 +131,31 @@ class Supervisor:
             self._notifier.stopping()
             outer.cancel_scope.cancel()
         errors = sorted(n for n, s in self._results.items() if s == STATUS_ERROR)
-        log.info("daemon_stopped", targets=len(self._results), errors=errors,
-                 failed_to_start=sorted(self._failed_to_start),
-                 spent_usd=round(self._budget.spent_usd, 6))
+        log.info(
+            "daemon_stopped",
+            targets=len(self._results),
+            errors=errors,
+            failed_to_start=sorted(self._failed_to_start),
+            spent_usd=round(self._budget.spent_usd, 6),
+        )
         if errors or self._failed_to_start:
             return EXIT_TARGET_ERROR
         return EXIT_OK
 
     async def _prepare_all(self, specs: Sequence[TargetSpec]) -> list[TargetRunner]:
-        assert self._budget is not None and self._slots is not None
+        budget, slots = self._budget, self._slots
+        assert budget is not None and slots is not None
         prepared: list[TargetRunner] = []
         strict_error: list[AutoloopError] = []
 
         async def prepare(spec: TargetSpec) -> None:
-            runner = TargetRunner(spec, budget=self._budget, slots=self._slots,  # type: ignore[arg-type]
-                                  echo=self._echo, one_shot=self._one_shot)
+            runner = TargetRunner(
+                spec,
+                budget=budget,
+                slots=slots,
+                echo=self._echo,
+                one_shot=self._one_shot,
+            )
             try:
                 await runner.prepare()
             except AutoloopError as exc:
@@ -167,8 +187,9 @@ class Supervisor:
 
     # ----------------------------------------------------------------- signals
 
-    async def _signal_task(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-                           ) -> None:
+    async def _signal_task(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             task_status.started()
             async for signum in signals:
@@ -220,13 +241,17 @@ class Supervisor:
                 runner.request_stop(self._grace_s, STATUS_STOPPED_REMOVED)
             elif spec != runner.spec:
                 if spec.state_root != runner.spec.state_root:
-                    log.warning("reload_state_root_ignored", target=name,
-                                hint="a new state_root takes effect after a restart")
+                    log.warning(
+                        "reload_state_root_ignored",
+                        target=name,
+                        hint="a new state_root takes effect after a restart",
+                    )
                     continue
                 changed.append(name)
                 runner.update_spec(spec)
         fresh = [
-            spec for name, spec in wanted.items()
+            spec
+            for name, spec in wanted.items()
             if name not in self._runners
             or (self._runners[name].final_status is not None and spec != self._runners[name].spec)
         ]
@@ -239,8 +264,13 @@ class Supervisor:
             self._results.pop(runner.spec.name, None)
             if self._targets_tg is not None:
                 self._targets_tg.start_soon(self._run_target, runner)
-        log.info("config_reloaded", added=sorted(added), removed=sorted(removed),
-                 changed=sorted(changed), cap_usd=new.budget_cap_usd)
+        log.info(
+            "config_reloaded",
+            added=sorted(added),
+            removed=sorted(removed),
+            changed=sorted(changed),
+            cap_usd=new.budget_cap_usd,
+        )
         self._notifier.ready(self._status_line())
 
     # ----------------------------------------------------------------- status
@@ -252,10 +282,12 @@ class Supervisor:
             phases[phase] += 1
         spent = self._budget.spent_usd if self._budget else 0.0
         failed = f", {len(self._failed_to_start)} failed to start" if self._failed_to_start else ""
-        return (f"{phases['running']} running, {phases['cooldown']} cooling down, "
-                f"{phases['waiting']} waiting, {phases['stopped']} stopped{failed}; "
-                f"${spent:.2f} of ${self._budget_cap if not self._budget else self._budget.cap_usd:.2f}"
-                " spent")
+        return (
+            f"{phases['running']} running, {phases['cooldown']} cooling down, "
+            f"{phases['waiting']} waiting, {phases['stopped']} stopped{failed}; "
+            f"${spent:.2f} of ${self._budget_cap if not self._budget else self._budget.cap_usd:.2f}"
+            " spent"
+        )
 
     def _push_status(self) -> None:
         line = self._status_line()

@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import anyio
 import structlog
 
-from autoloop_daemon import artifacts, state as state_mod
+from autoloop_daemon import artifacts
+from autoloop_daemon import state as state_mod
 from autoloop_daemon.budget import Reservation, SharedBudget, estimate_cost
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
 from autoloop_daemon.convergence import (
@@ -148,8 +149,9 @@ class TargetRunner:
                 self.state = loaded
                 await self._recover_in_flight()
                 self.state = state_mod.apply_limits(
-                    state_mod.reconcile(self.state, self._entries, self.spec.weights_map,
-                                        self.spec.min_improvement),
+                    state_mod.reconcile(
+                        self.state, self._entries, self.spec.weights_map, self.spec.min_improvement
+                    ),
                     self.spec,
                 )
                 self.state["in_flight"] = None
@@ -172,6 +174,8 @@ class TargetRunner:
                 pgid = os.getpgid(pid)
             except ProcessLookupError:
                 continue
+            if pgid in (0, 1, os.getpgrp()):
+                continue  # never signal our own group (or init's)
             log.warning("orphan_stopped", iteration=iteration, pid=pid, pgid=pgid)
             with anyio.CancelScope(shield=True):
                 await stop_group(pgid, self.spec.term_grace_seconds, extra_pids=[pid])
@@ -191,15 +195,20 @@ class TargetRunner:
             status="interrupted",
             decision=None,
             weighted_score=None,
-            cost_usd=0.0 if self.spec.dry_run else elapsed_cost_usd(
-                duration, self.spec.cost_per_minute_usd),
+            cost_usd=0.0
+            if self.spec.dry_run
+            else elapsed_cost_usd(duration, self.spec.cost_per_minute_usd),
             duration_seconds=round(duration, 3),
             error="autoloopd stopped while this iteration ran (recovered at start)",
         )
         await artifacts.append_log(self._log_file, entry)
         self._entries.append(entry)
-        log.warning("interrupted_iteration_recorded", iteration=iteration,
-                    cost_usd=entry.cost_usd, orphans=len(orphans))
+        log.warning(
+            "interrupted_iteration_recorded",
+            iteration=iteration,
+            cost_usd=entry.cost_usd,
+            orphans=len(orphans),
+        )
 
     def _last_sign_of_life(self, iteration: int, started: datetime) -> datetime:
         """When a dead run last did something: its run log's mtime, else its start."""
@@ -278,11 +287,15 @@ class TargetRunner:
         if status == STATUS_ERROR:
             trace = str(self.state.get("last_failure_trace") or "").strip().splitlines()
             last = trace[0] if trace else "unknown error"
-            return (f"circuit breaker tripped after {self.state.get('consecutive_errors')} "
-                    f"consecutive errors; last: {last}")
+            return (
+                f"circuit breaker tripped after {self.state.get('consecutive_errors')} "
+                f"consecutive errors; last: {last}"
+            )
         if status == STATUS_STOPPED_BUDGET:
-            return (f"shared budget exhausted (${self._budget.spent_usd:.2f} of "
-                    f"${self._budget.cap_usd:.2f} spent)")
+            return (
+                f"shared budget exhausted (${self._budget.spent_usd:.2f} of "
+                f"${self._budget.cap_usd:.2f} spent)"
+            )
         if status == STATUS_STOPPED_SIGNAL:
             return "interrupted by signal"
         if status == STATUS_STOPPED_REMOVED:
@@ -297,8 +310,10 @@ class TargetRunner:
             log.info("circuit_breaker_reset")
         reason = self._stop_reason()
         if reason is not None and previous == reason:
-            self._echo(f"Not continuing: already stopped: {self._describe(reason)}. "
-                       "Raise the limit to continue.")
+            self._echo(
+                f"Not continuing: already stopped: {self._describe(reason)}. "
+                "Raise the limit to continue."
+            )
             log.info("target_not_continuing", status=reason)
             return await self._finish(reason, announce=False)
         if previous in FINAL_STATUSES and reason is None:
@@ -370,8 +385,9 @@ class TargetRunner:
         errors = int(self.state.get("consecutive_errors", 0))
         if errors > 0 and self._entries and self._entries[-1].status == "failed":
             last = parse_iso(self._entries[-1].finished_at) or now
-            backoff = backoff_seconds(errors, self.spec.backoff_base_seconds,
-                                      self.spec.backoff_max_seconds)
+            backoff = backoff_seconds(
+                errors, self.spec.backoff_base_seconds, self.spec.backoff_max_seconds
+            )
             delay = max(delay, (last - now).total_seconds() + backoff)
         if self._one_shot:
             return max(0.0, delay)
@@ -415,14 +431,18 @@ class TargetRunner:
         t0 = time.monotonic()
         self.phase = "running"
         self.state["status"] = STATUS_RUNNING
-        self.state["in_flight"] = {"iteration": iteration, "started_at": to_iso(started), "pid": None}
+        self.state["in_flight"] = {
+            "iteration": iteration,
+            "started_at": to_iso(started),
+            "pid": None,
+        }
         self.state["next_run_at"] = None
         before_scores = dict(self.state.get("current_scores") or {})
         await self._save()
         handoff = self._last_handoff()
         result: IterationResult | None = None
         with structlog.contextvars.bound_contextvars(iteration=iteration):
-            log.info("iteration_started", run=iteration, handoff=str(handoff) if handoff else None)
+            log.info("iteration_started", handoff=str(handoff) if handoff else None)
             with anyio.CancelScope() as scope:
                 self._iter_scope = scope
                 if self._stop_deadline is not None:
@@ -431,12 +451,19 @@ class TargetRunner:
             self._iter_scope = None
             cost = 0.0
             with anyio.CancelScope(shield=True):
-                cost = await self._record(iteration, started, time.monotonic() - t0,
-                                          result, before_scores)
+                cost = await self._record(
+                    iteration, started, time.monotonic() - t0, result, before_scores
+                )
             return cost
 
-    async def _record(self, iteration: int, started: datetime, duration_s: float,
-                      result: IterationResult | None, before: dict[str, float]) -> float:
+    async def _record(
+        self,
+        iteration: int,
+        started: datetime,
+        duration_s: float,
+        result: IterationResult | None,
+        before: dict[str, float],
+    ) -> float:
         spec = self.spec
         finished = now_utc()
         if result is None:
@@ -447,8 +474,11 @@ class TargetRunner:
             score = None
         else:
             status = result.status
-            cost = result.cost_usd if result.cost_usd is not None else elapsed_cost_usd(
-                result.duration_s, spec.cost_per_minute_usd)
+            cost = (
+                result.cost_usd
+                if result.cost_usd is not None
+                else elapsed_cost_usd(result.duration_s, spec.cost_per_minute_usd)
+            )
             error = result.error
             scores = dict(result.scores)
             score = weighted_score(scores, spec.weights_map) if scores else result.weighted_score
@@ -469,8 +499,9 @@ class TargetRunner:
         )
         await artifacts.append_log(self._log_file, entry)  # the log first: source of truth
         self._entries.append(entry)
-        self.state = state_mod.reconcile(self.state, self._entries, spec.weights_map,
-                                         spec.min_improvement)
+        self.state = state_mod.reconcile(
+            self.state, self._entries, spec.weights_map, spec.min_improvement
+        )
         self.state["in_flight"] = None
         if result is not None and result.status == "failed":
             self.state["last_failure_trace"] = result.failure_trace or result.error
@@ -488,23 +519,40 @@ class TargetRunner:
         if status == "completed":
             # Before the state: a crash between the two is repaired from the log at start.
             text = artifacts.render_handoff(
-                iteration=iteration, decision=entry.decision, candidate_id=entry.candidate_id,
-                artifact_path=entry.artifact_path, before=before, after=scores)
+                iteration=iteration,
+                decision=entry.decision,
+                candidate_id=entry.candidate_id,
+                artifact_path=entry.artifact_path,
+                before=before,
+                after=scores,
+            )
             await artifacts.write_handoff(spec.state_root, iteration, text)
             if not scores and not self._warned_no_scores:
                 self._warned_no_scores = True
-                log.warning("scores_missing", hint="no scores in the result, no scorer, no "
-                            "learner file; plateau detection neither advances nor resets")
+                log.warning(
+                    "scores_missing",
+                    hint="no scores in the result, no scorer, no "
+                    "learner file; plateau detection neither advances nor resets",
+                )
         await self._save()
         total = float(self.state["total_cost_usd"])
         log_event = log.info if status == "completed" else log.warning
-        log_event("iteration_finished", run=iteration, status=status, decision=entry.decision,
-                  weighted_score=entry.weighted_score, cost_usd=entry.cost_usd,
-                  total_cost_usd=round(total, 6), duration_s=entry.duration_seconds, error=error)
+        log_event(
+            "iteration_finished",
+            status=status,
+            decision=entry.decision,
+            weighted_score=entry.weighted_score,
+            cost_usd=entry.cost_usd,
+            total_cost_usd=round(total, 6),
+            duration_s=entry.duration_seconds,
+            error=error,
+        )
         if status == "completed":
             shown = "n/a" if entry.weighted_score is None else f"{entry.weighted_score:.4f}"
-            self._echo(f"Decision: {entry.decision}  Weighted score: {shown}  "
-                       f"Cumulative cost: ${total:.4f}")
+            self._echo(
+                f"Decision: {entry.decision}  Weighted score: {shown}  "
+                f"Cumulative cost: ${total:.4f}"
+            )
         else:
             self._echo(f"Iteration {status}: {error}  Cumulative cost: ${total:.4f}")
         return entry.cost_usd
@@ -522,9 +570,13 @@ class TargetRunner:
         if announce:
             self._echo(f"Stopped: {self._describe(status)}")
         self._echo(f"State saved: {self._state_file}")
-        log.info("target_stopped", status=status, reason=self._describe(status),
-                 iterations_completed=self.state.get("iterations_completed"),
-                 total_cost_usd=self.state.get("total_cost_usd"))
+        log.info(
+            "target_stopped",
+            status=status,
+            reason=self._describe(status),
+            iterations_completed=self.state.get("iterations_completed"),
+            total_cost_usd=self.state.get("total_cost_usd"),
+        )
         return status
 
     async def _save(self) -> None:

@@ -32,8 +32,12 @@ def fake_cmd(name: str, *args: str) -> str:
     return shlex.join([sys.executable, fake(name), *args])
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02,
-             what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 20.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> Any:
     """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -47,27 +51,44 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for an autoloopd under test (no systemd variables, no AUTOLOOPD_*)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AUTOLOOPD_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AUTOLOOPD_", "NOTIFY_SOCKET", "WATCHDOG_"))
+    }
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
 
 
-def run_autoloopd(args: Sequence[str], *, timeout: float = 60.0,
-                  env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_autoloopd(
+    args: Sequence[str], *, timeout: float = 60.0, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run autoloopd to completion and capture its output."""
-    return subprocess.run([*AUTOLOOPD, *args], capture_output=True, text=True, timeout=timeout,
-                          env=child_env(env), stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        [*AUTOLOOPD, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(env),
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
-def start_autoloopd(args: Sequence[str], out: Path, *,
-                    env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_autoloopd(
+    args: Sequence[str], out: Path, *, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start autoloopd in the background with stdout+stderr going to `out`."""
     handle = out.open("wb")
     try:
-        return subprocess.Popen([*AUTOLOOPD, *args], stdout=handle, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=child_env(env))
+        return subprocess.Popen(
+            [*AUTOLOOPD, *args],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env(env),
+        )
     finally:
         handle.close()
 
@@ -159,6 +180,7 @@ def marked_processes(prefix: str) -> list[int]:
         except OSError:
             continue
         if any(item.startswith(needle) for item in environ.split(b"\0")) and pid_alive(
-                int(entry.name)):
+            int(entry.name)
+        ):
             found.append(int(entry.name))
     return found

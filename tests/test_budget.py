@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from autoloop_daemon.budget import Ledger, SharedBudget, estimate_cost
@@ -62,7 +63,7 @@ async def test_many_concurrent_reservations_never_overcommit() -> None:
             if r is None:
                 return
             peak = max(peak, budget.ledger.spent_usd + budget.ledger.reserved_usd)
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             budget.settle(r, 0.3)
 
     with anyio.fail_after(10):

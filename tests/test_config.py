@@ -189,6 +189,16 @@ def test_environ_none_means_os_environ(workdir: Path, monkeypatch: pytest.Monkey
     assert cfg.budget.max_cost_usd == 12.5
 
 
+def test_explicit_environ_ignores_os_environ(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An explicit `environ` replaces the process environment entirely."""
+    monkeypatch.setenv("AUTOLOOPD_BUDGET__MAX_COST_USD", "-1")
+    cfg = load_config(write(workdir, TARGET_A), environ={"AUTOLOOPD_DAEMON__LOG_LEVEL": "error"})
+    assert cfg.budget.max_cost_usd == 100.0
+    assert cfg.daemon.log_level == "error"
+
+
 def test_bad_environment_value_names_the_variable(workdir: Path) -> None:
     """An invalid override is reported at its key path, naming the variable."""
     path = write(workdir, TARGET_A)

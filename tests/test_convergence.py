@@ -30,8 +30,9 @@ from autoloop_daemon.convergence import (
         ([0.9], 1, 0.0, False),
     ],
 )
-def test_plateau_examples(history: list[float], window: int, min_improvement: float,
-                          expected: bool) -> None:
+def test_plateau_examples(
+    history: list[float], window: int, min_improvement: float, expected: bool
+) -> None:
     """Plateau means: the last `window` scores did not beat the best earlier one."""
     assert is_plateau(history, window, min_improvement) is expected
 
@@ -81,7 +82,8 @@ def test_stop_reason_order_and_messages() -> None:
     view = LoopView(4, 1.0, [0.9, 0.1, 0.1, 0.1], ["keep", "reject", "keep", "reject"])
     assert stop_reason(view, LIMITS) == "stopped_plateau"
     assert describe_stop("stopped_plateau", view, LIMITS) == (
-        "plateau detected (no improvement in last 3 iterations)")
+        "plateau detected (no improvement in last 3 iterations)"
+    )
     view = LoopView(4, 1.0, [0.1, 0.2, 0.3, 0.4], ["keep", "reject", "keep", "reject"])
     assert stop_reason(view, LIMITS) == "stopped_oscillation"
     assert stop_reason(LoopView(0, 0.0, [], []), LIMITS) is None

@@ -22,13 +22,23 @@ def _tool(name: str) -> str:
 
 def test_ruff_is_clean() -> None:
     """ruff (with the ASYNC and B rules from pyproject.toml) reports nothing."""
-    result = subprocess.run([_tool("ruff"), "check", "autoloop_daemon", "tests", "bench"],
-                            cwd=ROOT, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [_tool("ruff"), "check", "autoloop_daemon", "tests", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_mypy_strict_is_clean() -> None:
     """mypy --strict on the package reports nothing."""
-    result = subprocess.run([_tool("mypy"), "--strict", "autoloop_daemon"], cwd=ROOT,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [_tool("mypy"), "--strict", "autoloop_daemon"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

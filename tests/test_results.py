@@ -227,7 +227,7 @@ def test_unknown_final_decision_names_its_key() -> None:
 def test_invalid_last_result_is_not_replaced_by_an_earlier_one() -> None:
     """The last result line is the result: if it is invalid, the run's result is invalid."""
     text = line(decision="keep") + "\n" + line(decision="keep", cost_usd=-1)
-    with pytest.raises(ResultError, match="^cost_usd:"):
+    with pytest.raises(ResultError, match=r"^cost_usd:"):
         parse_result(text)
 
 
@@ -289,13 +289,13 @@ def test_summary_none_values_and_plain_attempts() -> None:
 
 def test_summary_with_unknown_decision_raises() -> None:
     """An unknown Final Decision in the summary raises ResultError naming decision."""
-    with pytest.raises(ResultError, match="^decision:"):
+    with pytest.raises(ResultError, match=r"^decision:"):
         parse_result(SUMMARY.replace("keep", "ship-it"))
 
 
 def test_summary_with_bad_attempts_raises() -> None:
     """An Attempts value that is not N or N/M raises ResultError naming attempts."""
-    with pytest.raises(ResultError, match="^attempts:"):
+    with pytest.raises(ResultError, match=r"^attempts:"):
         parse_result(SUMMARY.replace("1/3", "many"))
 
 
@@ -369,7 +369,7 @@ def test_scores_from_json_on_decoded_object() -> None:
     assert scores_from_json({"dimensions": {"b": 0}}) == {"b": 0.0}
     with pytest.raises(ResultError):
         scores_from_json([1, 2])
-    with pytest.raises(ResultError, match="^final_scores: missing"):
+    with pytest.raises(ResultError, match=r"^final_scores: missing"):
         scores_from_json({})
 
 

@@ -75,6 +75,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--pid-file", default=os.environ.get("FAKE_PID_FILE"))
     parser.add_argument("--ready-file", default=None)
     parser.add_argument("--grandchild-pid-file", default=None)
+    parser.add_argument("--grandchild-setsid", action="store_true")
     parser.add_argument("--record", default=os.environ.get("FAKE_RECORD"))
     parser.add_argument("--probe-env", action="append", default=[])
     args, _unknown = parser.parse_known_args(argv)
@@ -220,7 +221,8 @@ def main(argv: list[str]) -> int:
         progress(args)
         seconds = 3600.0 if args.sleep is None else args.sleep
         child = subprocess.Popen(  # inherits stdout/stderr: our pipes stay open
-            [sys.executable, "-c", f"import time; time.sleep({seconds!r})"]
+            [sys.executable, "-c", f"import time; time.sleep({seconds!r})"],
+            start_new_session=args.grandchild_setsid,  # escapes the process group
         )
         if args.grandchild_pid_file:
             write_atomic(args.grandchild_pid_file, str(child.pid))
@@ -303,7 +305,7 @@ def main(argv: list[str]) -> int:
         }
         emit(obj)
     if args.exit_code is not None:
-        return args.exit_code
+        return int(args.exit_code)
     return 0
 
 

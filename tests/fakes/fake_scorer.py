@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
         print("Scoring 2 dimensions (mock)")
     if args.garbage:
         print("scorer: something went wrong, no scores")
-        return args.exit_code
+        return int(args.exit_code)
     scores = parse_scores(args.scores)
     doc: dict[str, Any]
     if args.format == "final_scores":
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
             }
         }
     print(json.dumps(doc, indent=2 if args.pretty else None))
-    return args.exit_code
+    return int(args.exit_code)
 
 
 if __name__ == "__main__":
