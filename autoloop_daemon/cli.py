@@ -150,6 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--weights", type=_weights, default=(), help="e.g. accuracy=2,coverage=1")
     one.add_argument("--shutdown-grace-seconds", type=_non_negative_float, default=30.0)
     one.add_argument(
+        "--retry-backoff-seconds",
+        type=_non_negative_float,
+        default=5.0,
+        help="delay before retrying a failed iteration, doubling with each further "
+        "consecutive failure (default 5)",
+    )
+    one.add_argument(
+        "--term-grace-seconds",
+        type=_non_negative_float,
+        default=10.0,
+        help="time an orchestrator's process group gets between SIGTERM and SIGKILL "
+        "when it is stopped (default 10)",
+    )
+    one.add_argument(
         "--simulated-seconds",
         type=_non_negative_float,
         default=0.2,
@@ -191,6 +205,8 @@ def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
         seed=args.seed,
         cost_per_minute_usd=args.cost_per_minute,
         simulated_seconds=args.simulated_seconds,
+        backoff_base_seconds=args.retry_backoff_seconds,
+        term_grace_seconds=args.term_grace_seconds,
     )
 
 

@@ -125,7 +125,6 @@ async def run_in_group(
     command = [os.fspath(arg) for arg in argv]
     if not command:
         raise ValueError("argv is empty")
-    await anyio.Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     log_fd = await anyio.to_thread.run_sync(_open_log, log_path)
     try:
         return await _run(
@@ -314,7 +313,7 @@ async def _supervise(
             with anyio.move_on_after(_DRAIN_AFTER_EXIT_S):
                 await readers.wait()
         timed_out = returncode is None
-        if timed_out or await anyio.to_thread.run_sync(group_alive, pgid):
+        if timed_out or (_group_exists(pgid) and await anyio.to_thread.run_sync(group_alive, pgid)):
             killed = True
             with anyio.CancelScope(shield=True):  # bounded; a shutdown must not interrupt it
                 await stop_group(pgid, term_grace_s)
@@ -435,6 +434,7 @@ class _LogSink:
 
 
 def _open_log(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
 
 
@@ -446,6 +446,17 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 # --- /proc and signals -------------------------------------------------------------------
+
+
+def _group_exists(pgid: int) -> bool:
+    """The cheap first check of `group_alive` (one syscall, fine on the event loop)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_pgid(pgid: int) -> None:

@@ -33,7 +33,7 @@ LOCK_NAME = ".autoloopd.lock"
 SCHEMA_VERSION = "1.0"
 SCHEMA_MAJOR = 1
 # The state keeps only the newest N score_history items; the log has them all.
-SCORE_HISTORY_LIMIT = 200
+SCORE_HISTORY_LIMIT = 50
 
 
 # --- the lock -------------------------------------------------------------------------

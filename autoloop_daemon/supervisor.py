@@ -100,6 +100,16 @@ class Supervisor:
             daemon_lock.acquire()
         try:
             return await self._run()
+        except BaseExceptionGroup as group:
+            # A strict start-up error (locked, corrupt state) is raised inside the task group,
+            # which wraps it: raise it bare so the command line maps it to its exit code.
+            matched, rest = group.split(AutoloopError)
+            if matched is None or rest is not None:
+                raise
+            first: BaseException = matched
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
         finally:
             if daemon_lock is not None:
                 daemon_lock.release()

@@ -48,6 +48,7 @@ from autoloop_daemon.models import (
 )
 from autoloop_daemon.orchestrator import elapsed_cost_usd, run_iteration, run_marker
 from autoloop_daemon.process import find_marked, stop_group
+from autoloop_daemon.progress import Progress
 from autoloop_daemon.schedule import next_tick
 
 log = structlog.get_logger("autoloopd.target")
@@ -89,7 +90,12 @@ class TargetRunner:
         self._state_file = state_mod.state_path(spec.state_root)
         self._log_file = artifacts.log_path(spec.state_root)
         self.state: dict[str, Any] = {}
-        self._entries: list[LogEntry] = []
+        self._entries: list[LogEntry] = []  # the log while starting; dropped after prepare()
+        self._progress = Progress(spec.weights_map, spec.min_improvement)
+        self._last_entry: LogEntry | None = None
+        # True when the state in memory is ahead of the file and the save was deferred (see
+        # _record); every wait, stop and the next iteration's in-flight save flush it.
+        self._dirty = False
         self._stop_requested = False
         self._stop_status = STATUS_STOPPED_SIGNAL
         self._stop_deadline: float | None = None
@@ -155,6 +161,11 @@ class TargetRunner:
                     self.spec,
                 )
                 self.state["in_flight"] = None
+                self._progress = Progress.from_entries(
+                    self._entries, self.spec.weights_map, self.spec.min_improvement
+                )
+                self._last_entry = self._entries[-1] if self._entries else None
+                self._entries = []
                 await self._save()
                 self.prepared_cost_usd = float(self.state["total_cost_usd"])
         except BaseException:
@@ -276,7 +287,7 @@ class TargetRunner:
         )
 
     def _view(self) -> LoopView:
-        return state_mod.loop_view(self._entries, self.spec.weights_map)
+        return self._progress.view()
 
     def _stop_reason(self) -> str | None:
         if int(self.state.get("consecutive_errors", 0)) >= self.spec.max_consecutive_errors:
@@ -320,9 +331,7 @@ class TargetRunner:
             log.info("target_resumed", previous_status=previous)
         while True:
             if self._pending_spec is not None:
-                self.spec, self._pending_spec = self._pending_spec, None
-                self.state = state_mod.apply_limits(self.state, self.spec)
-                log.info("limits_applied")
+                await self._apply_pending_spec()
             if self._stop_requested:
                 return await self._finish(self._stop_status)
             reason = self._stop_reason()
@@ -333,10 +342,12 @@ class TargetRunner:
                 await self._wait(delay)
                 continue  # re-check everything after a wait
             estimate = estimate_cost(
-                [e.cost_usd for e in self._entries if e.status != "interrupted"],
+                list(self._progress.recent_costs),
                 self.spec.estimated_cost_usd,
                 FIRST_ESTIMATE_MINUTES * self.spec.cost_per_minute_usd,
             )
+            if self._dirty and not self._budget.ledger.fits(estimate):
+                await self._save()  # about to wait for the budget: checkpoint first
             reservation = await self._interruptible(self._budget.reserve(self.spec.name, estimate))
             if self._stop_requested:
                 if reservation is not None:
@@ -348,6 +359,19 @@ class TargetRunner:
             if self._one_shot and not self._stop_requested:
                 status = self._stop_reason() or str(self.state.get("status"))
                 return await self._finish(status, announce=self._stop_reason() is not None)
+
+    async def _apply_pending_spec(self) -> None:
+        assert self._pending_spec is not None
+        old, self.spec, self._pending_spec = self.spec, self._pending_spec, None
+        if (old.weights, old.min_improvement) != (self.spec.weights, self.spec.min_improvement):
+            # Weighted scores and the plateau streak depend on these: rebuild from the log.
+            entries, _torn = await anyio.to_thread.run_sync(artifacts.read_log, self._log_file)
+            self._progress = Progress.from_entries(
+                entries, self.spec.weights_map, self.spec.min_improvement
+            )
+            self._progress.apply_to(self.state)
+        self.state = state_mod.apply_limits(self.state, self.spec)
+        log.info("limits_applied")
 
     async def _interruptible(self, awaitable: Awaitable[T]) -> T | None:
         """Await `awaitable` unless a stop request cancels the wait (then None)."""
@@ -365,6 +389,8 @@ class TargetRunner:
         cost = 0.0
         got_slot = False
         try:
+            if self._dirty and self._slots.available_tokens < 1:
+                await self._save()  # about to wait for a slot: checkpoint first
             with anyio.CancelScope() as scope:
                 self._wait_scope = scope
                 if self._stop_requested:
@@ -383,8 +409,9 @@ class TargetRunner:
         now = now_utc()
         delay = 0.0
         errors = int(self.state.get("consecutive_errors", 0))
-        if errors > 0 and self._entries and self._entries[-1].status == "failed":
-            last = parse_iso(self._entries[-1].finished_at) or now
+        last_entry = self._last_entry
+        if errors > 0 and last_entry is not None and last_entry.status == "failed":
+            last = parse_iso(last_entry.finished_at) or now
             backoff = backoff_seconds(
                 errors, self.spec.backoff_base_seconds, self.spec.backoff_max_seconds
             )
@@ -404,7 +431,7 @@ class TargetRunner:
         waiting = self.spec.mode == "scheduled" and not self.state.get("consecutive_errors")
         status = STATUS_WAITING if waiting else STATUS_COOLDOWN
         self.phase = "waiting" if waiting else "cooldown"
-        if self.state.get("status") != status:
+        if self.state.get("status") != status or self._dirty:
             self.state["status"] = status
             await self._save()
         log.debug("waiting", seconds=round(delay_s, 3), status=status)
@@ -413,11 +440,11 @@ class TargetRunner:
     # ----------------------------------------------------------------- one iteration
 
     def _last_handoff(self) -> Path | None:
-        for entry in reversed(self._entries):
-            if entry.completed:
-                path = artifacts.handoff_path(self.spec.state_root, entry.iteration)
-                return path if path.is_file() else None
-        return None
+        if not self._progress.history:
+            return None
+        last_completed = int(self._progress.history[-1]["iteration"])
+        path = artifacts.handoff_path(self.spec.state_root, last_completed)
+        return path if path.is_file() else None
 
     async def _iterate(self) -> float:
         """Run and record one iteration; returns what it cost (for the budget)."""
@@ -498,10 +525,9 @@ class TargetRunner:
             error=error,
         )
         await artifacts.append_log(self._log_file, entry)  # the log first: source of truth
-        self._entries.append(entry)
-        self.state = state_mod.reconcile(
-            self.state, self._entries, spec.weights_map, spec.min_improvement
-        )
+        self._last_entry = entry
+        self._progress.add(entry)
+        self._progress.apply_to(self.state)
         self.state["in_flight"] = None
         if result is not None and result.status == "failed":
             self.state["last_failure_trace"] = result.failure_trace or result.error
@@ -516,25 +542,30 @@ class TargetRunner:
             self.state["status"] = STATUS_RUNNING
         else:
             self.state["status"] = STATUS_WAITING if spec.mode == "scheduled" else STATUS_COOLDOWN
-        if status == "completed":
-            # Before the state: a crash between the two is repaired from the log at start.
-            text = artifacts.render_handoff(
-                iteration=iteration,
-                decision=entry.decision,
-                candidate_id=entry.candidate_id,
-                artifact_path=entry.artifact_path,
-                before=before,
-                after=scores,
-            )
-            await artifacts.write_handoff(spec.state_root, iteration, text)
-            if not scores and not self._warned_no_scores:
-                self._warned_no_scores = True
-                log.warning(
-                    "scores_missing",
-                    hint="no scores in the result, no scorer, no "
-                    "learner file; plateau detection neither advances nor resets",
+        async with anyio.create_task_group() as tg:
+            # The log line is durable: the handoff and the state can be written side by side
+            # (a crash between them is repaired from the log at start).
+            if self._may_defer_save(status):
+                self._dirty = True
+            else:
+                tg.start_soon(self._save)
+            if status == "completed":
+                text = artifacts.render_handoff(
+                    iteration=iteration,
+                    decision=entry.decision,
+                    candidate_id=entry.candidate_id,
+                    artifact_path=entry.artifact_path,
+                    before=before,
+                    after=scores,
                 )
-        await self._save()
+                tg.start_soon(artifacts.write_handoff, spec.state_root, iteration, text)
+        if status == "completed" and not scores and not self._warned_no_scores:
+            self._warned_no_scores = True
+            log.warning(
+                "scores_missing",
+                hint="no scores in the result, no scorer, no learner file; "
+                "plateau detection neither advances nor resets",
+            )
         total = float(self.state["total_cost_usd"])
         log_event = log.info if status == "completed" else log.warning
         log_event(
@@ -579,5 +610,20 @@ class TargetRunner:
         )
         return status
 
+    def _may_defer_save(self, status: str) -> bool:
+        """True when the next iteration normally starts at once and its in-flight save
+        will carry this one's results: single-run mode after a completed run.
+
+        The log line is already durable, so a crash before that save only leaves a state
+        lagging its log, which start-up repairs.
+        """
+        return (
+            status == "completed"
+            and self.spec.mode == "single-run"
+            and not self._one_shot
+            and not self._stop_requested
+        )
+
     async def _save(self) -> None:
+        self._dirty = False
         await state_mod.save_state(self._state_file, self.state)

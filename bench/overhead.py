@@ -1,0 +1,226 @@
+"""Per-iteration overhead of autoloopd over a plain loop that spawns the same program.
+
+One target in single-run mode runs a trivial orchestrator N times; a plain loop runs the same
+argv N times with `subprocess.run` (output captured, nothing else). Both run in one process
+of this benchmark, INTERLEAVED in blocks (autoloopd block, plain block, plain block,
+autoloopd block, ...) so that drift of the machine hits both alike.
+
+autoloopd's time per iteration is the spacing of consecutive `started_at` stamps in its
+iteration log within one block (iteration k start - iteration k-1 start): one whole cycle
+(stop check, budget, checkpoints with fsync, spawn, reading the output, recording), without
+the process start-up. The state root is kept between blocks (the next block raises
+--max-iterations), so the last block runs with a 450-entry history.
+
+Overhead per iteration = median(autoloopd) - median(plain); goal <= 3 ms.
+
+    .venv/bin/python bench/overhead.py [--quick] [--variant echo|python|both] [--profile]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import shlex
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+
+GOAL_MS = 3.0
+
+
+def _parse(stamp: str) -> float:
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def plain_block(argv: list[str], n: int) -> list[float]:
+    """Seconds per `subprocess.run(argv)`, n times."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=True, timeout=60)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def daemon_args(
+    target: Path, state_root: Path, argv: list[str], upto: int, handoff: bool
+) -> list[str]:
+    """The command line of one single-run block that runs up to iteration `upto`."""
+    return [
+        "--target", str(target),
+        "--state-root", str(state_root),
+        "--mode", "single-run",
+        "--max-iterations", str(upto),
+        "--max-cost", "1000000",
+        "--plateau-window", "1000000",
+        "--oscillation-window", "0",
+        "--orchestrator-cmd", shlex.join(common.as_template(argv)),
+        "--handoff-arg=" + ("--source" if handoff else ""),
+    ]  # fmt: skip
+
+
+def daemon_block(
+    work: Path, target: Path, state_root: Path, argv: list[str], upto: int, n: int, handoff: bool
+) -> dict[str, Any]:
+    """Run autoloopd for iterations upto-n+1..upto; its intervals from the iteration log."""
+    from autoloop_daemon import artifacts
+
+    out = work / "daemon.out"
+    t0 = time.perf_counter()
+    proc = common.start_daemon(
+        daemon_args(target, state_root, argv, upto, handoff), env={}, stdout=out, cwd=work
+    )
+    try:
+        code = proc.wait(timeout=300)
+    finally:
+        common.kill_daemon(proc)
+    wall = time.perf_counter() - t0
+    if code != 0:
+        raise RuntimeError(f"autoloopd exited {code}:\n{common.tail(out)}")
+    entries, _ = artifacts.read_log(artifacts.log_path(state_root), repair=False)
+    block = entries[upto - n : upto]
+    starts = [_parse(e.started_at) for e in block]
+    intervals = [b - a for a, b in itertools.pairwise(starts)]
+    busy = _parse(block[-1].finished_at) - starts[0]
+    return {"wall_s": wall, "intervals": intervals, "in_loop_s": busy, "entries": len(entries)}
+
+
+def run_variant(work: Path, name: str, argv: list[str], blocks: int, per_block: int) -> dict:
+    """Interleaved blocks of autoloopd and the plain loop for one orchestrator."""
+    target = work / f"target-{name}"
+    state_root = work / f"state-{name}"
+    target.mkdir()
+    handoff = name != "echo"  # echo would print the appended --source FILE after the JSON
+    subprocess.run(argv, capture_output=True, check=True)  # warm the page cache
+    plain: list[float] = []
+    daemon: list[float] = []
+    per_block_rows = []
+    startup: list[float] = []
+    for b in range(blocks):
+        order = ("daemon", "plain") if b % 2 == 0 else ("plain", "daemon")
+        row: dict[str, Any] = {"block": b + 1}
+        for which in order:
+            if which == "plain":
+                times = plain_block(argv, per_block)
+                plain += times
+                row["plain_median_ms"] = statistics.median(times) * 1e3
+            else:
+                res = daemon_block(
+                    work, target, state_root, argv, (b + 1) * per_block, per_block, handoff
+                )
+                daemon += res["intervals"]
+                row["autoloopd_median_ms"] = statistics.median(res["intervals"]) * 1e3
+                row["autoloopd_wall_per_iter_ms"] = res["wall_s"] / per_block * 1e3
+                startup.append(res["wall_s"] - res["in_loop_s"])
+        row["overhead_ms"] = row["autoloopd_median_ms"] - row["plain_median_ms"]
+        per_block_rows.append(row)
+        print(
+            f"  [{name}] block {b + 1}/{blocks}: autoloopd {row['autoloopd_median_ms']:.2f} ms, "
+            f"plain {row['plain_median_ms']:.2f} ms, overhead {row['overhead_ms']:.2f} ms",
+            flush=True,
+        )
+    audit = common.audit_state_roots([state_root])
+    med_d, med_p = statistics.median(daemon), statistics.median(plain)
+    return {
+        "orchestrator": argv,
+        "iterations": blocks * per_block,
+        "blocks": blocks,
+        "per_block": per_block,
+        "handoff_arg": handoff,
+        "plain_median_ms": med_p * 1e3,
+        "plain_p10_ms": common.percentile(plain, 10) * 1e3,  # type: ignore[operator]
+        "plain_p90_ms": common.percentile(plain, 90) * 1e3,  # type: ignore[operator]
+        "autoloopd_median_ms": med_d * 1e3,
+        "autoloopd_p10_ms": common.percentile(daemon, 10) * 1e3,  # type: ignore[operator]
+        "autoloopd_p90_ms": common.percentile(daemon, 90) * 1e3,  # type: ignore[operator]
+        "overhead_ms": (med_d - med_p) * 1e3,
+        "overhead_ms_median_of_blocks": statistics.median(r["overhead_ms"] for r in per_block_rows),
+        "ratio": med_d / med_p,
+        "daemon_startup_and_exit_median_s": statistics.median(startup),
+        "blocks_detail": per_block_rows,
+        "audit": audit.as_dict(),
+        "goal_overhead_ms": GOAL_MS,
+    }
+
+
+def profile_block(work: Path, argv: list[str], n: int) -> Path | None:
+    """One more autoloopd run of n iterations under pyinstrument (if installed)."""
+    try:
+        import pyinstrument  # noqa: F401
+    except ImportError:
+        print("  --profile: pyinstrument is not installed (.venv/bin/pip install pyinstrument)")
+        return None
+    target, state_root = work / "target-profile", work / "state-profile"
+    target.mkdir()
+    out = common.RESULTS / "overhead_profile.txt"
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        common.PYTHON, "-m", "pyinstrument", "--interval", "0.0005", "-r", "text",
+        "--show-all", "-o", str(out), "-m", "autoloop_daemon",
+        *daemon_args(target, state_root, argv, n, handoff=False),
+    ]  # fmt: skip
+    subprocess.run(cmd, cwd=work, capture_output=True, check=True, timeout=600)
+    return out
+
+
+def main() -> None:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--variant", choices=("echo", "python", "both"), default="both")
+    p.add_argument("--profile", action="store_true", help="also profile autoloopd (pyinstrument)")
+    args = p.parse_args()
+    blocks, per_block = (4, 25) if args.quick else (10, 50)
+    variants = {"echo": common.echo_argv(), "python": common.python_argv()}
+    chosen = list(variants) if args.variant == "both" else [args.variant]
+    with common.work_dir("overhead", args.keep) as work:
+        info = common.machine(work)
+        common.print_machine(info)
+        results: dict[str, Any] = {"machine": info, "quick": args.quick, "variants": {}}
+        for name in chosen:
+            print(f"{name}: {blocks} x {per_block} iterations, interleaved", flush=True)
+            results["variants"][name] = run_variant(work, name, variants[name], blocks, per_block)
+        if args.profile:
+            path = profile_block(work, variants["echo"], blocks * per_block)
+            results["profile"] = str(path) if path else None
+            if path:
+                print(f"profile: {path}")
+    rows = []
+    for name, r in results["variants"].items():
+        rows.append(
+            [
+                name,
+                r["iterations"],
+                f"{r['autoloopd_median_ms']:.2f}",
+                f"{r['plain_median_ms']:.2f}",
+                f"{r['overhead_ms']:.2f}",
+                f"{r['ratio']:.2f}x",
+                f"{r['daemon_startup_and_exit_median_s']:.2f}",
+                common.goal(r["overhead_ms"], GOAL_MS),
+            ]
+        )
+        if r["audit"]["problem_count"]:
+            print(f"INVARIANT PROBLEMS ({name}): {r['audit']['problems']}")
+    print()
+    print(
+        common.table(
+            [
+                "orchestrator",
+                "iterations",
+                "autoloopd ms/iter",
+                "plain ms/iter",
+                "overhead ms",
+                "ratio",
+                "start+exit s",
+                f"goal <= {GOAL_MS:g} ms",
+            ],
+            rows,
+        )
+    )
+    print(f"results: {common.write_results('overhead', results)}")
+
+
+if __name__ == "__main__":
+    main()
