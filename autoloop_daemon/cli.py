@@ -9,6 +9,7 @@ Three forms:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -225,7 +226,7 @@ def _run_one_target(args: argparse.Namespace) -> int:
         _echo(DEFAULT_CAP_WARNING)
     supervisor = Supervisor(
         [spec],
-        budget_cap_usd=spec.max_cost_usd,
+        budget_cap_usd=math.inf,  # one target: its own cap (max_cost_usd) is the limit
         max_concurrent=1,
         grace_s=args.shutdown_grace_seconds,
         notifier=Notifier(),

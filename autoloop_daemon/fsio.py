@@ -211,8 +211,8 @@ def make_dirs(directory: Path) -> None:
             try:
                 d.mkdir()
             except FileExistsError:
-                if not d.is_dir():
-                    raise
+                if not d.is_dir():  # a file in the way: say so, not "File exists"
+                    raise NotADirectoryError(errno_mod.ENOTDIR, str(d)) from None
                 continue
             fsync_dir(d.parent)
     except OSError as exc:

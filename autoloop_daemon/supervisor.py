@@ -8,6 +8,7 @@ target ended in `error` or could not start.
 
 from __future__ import annotations
 
+import math
 import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +19,12 @@ from anyio.abc import TaskStatus
 
 from autoloop_daemon.budget import SharedBudget
 from autoloop_daemon.exceptions import AutoloopError, ConfigError
-from autoloop_daemon.models import STATUS_ERROR, STATUS_STOPPED_REMOVED, TargetSpec
+from autoloop_daemon.models import (
+    STATUS_ERROR,
+    STATUS_STOPPED_BUDGET,
+    STATUS_STOPPED_REMOVED,
+    TargetSpec,
+)
 from autoloop_daemon.sdnotify import Notifier
 from autoloop_daemon.state import StateLock
 from autoloop_daemon.target import Echo, TargetRunner
@@ -89,6 +95,9 @@ class Supervisor:
         self._slots: anyio.CapacityLimiter | None = None
         self._targets_tg: anyio.abc.TaskGroup | None = None
         self._last_status = ""
+        # Per target, the logged spending the budget already holds (a target started again
+        # by a reload must not be charged its history twice).
+        self._accounted_usd: dict[str, float] = {}
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -96,8 +105,7 @@ class Supervisor:
         """Run until every target has stopped; returns the process exit code."""
         daemon_lock = StateLock(self._state_dir) if self._state_dir is not None else None
         if daemon_lock is not None:
-            self._state_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-            daemon_lock.acquire()
+            daemon_lock.acquire()  # creates state_dir; StateWriteError (exit 74) if it cannot
         try:
             return await self._run()
         except BaseExceptionGroup as group:
@@ -122,7 +130,7 @@ class Supervisor:
             await outer.start(self._signal_task)
             runners = await self._prepare_all(self._initial)
             for runner in runners:
-                self._budget.charge(runner.prepared_cost_usd)
+                self._charge_prepared(runner)
             log.info(
                 "daemon_ready",
                 targets=len(runners),
@@ -178,6 +186,8 @@ class Supervisor:
             self._failed_to_start.pop(spec.name, None)
             self._runners[spec.name] = runner
             prepared.append(runner)
+            if self._shutting_down:  # a signal arrived while this target was being prepared
+                runner.request_stop(self._grace_s)
 
         async with anyio.create_task_group() as tg:
             for spec in specs:
@@ -186,6 +196,13 @@ class Supervisor:
             raise strict_error[0]
         return sorted(prepared, key=lambda r: r.spec.name)
 
+    def _charge_prepared(self, runner: TargetRunner) -> None:
+        """Charge the budget what the target's log holds beyond what it already knows."""
+        assert self._budget is not None
+        known = self._accounted_usd.get(runner.spec.name, 0.0)
+        self._budget.charge(max(0.0, runner.prepared_cost_usd - known))
+        self._accounted_usd[runner.spec.name] = max(known, runner.prepared_cost_usd)
+
     async def _run_target(self, runner: TargetRunner) -> None:
         try:
             status = await runner.run()
@@ -193,6 +210,7 @@ class Supervisor:
             log.exception("target_crashed", target=runner.spec.name)
             status = STATUS_ERROR
         self._results[runner.spec.name] = status
+        self._accounted_usd[runner.spec.name] = float(runner.state.get("total_cost_usd") or 0.0)
         self._push_status()
 
     # ----------------------------------------------------------------- signals
@@ -243,13 +261,19 @@ class Supervisor:
         for name, runner in list(self._runners.items()):
             spec = wanted.get(name)
             if runner.final_status is not None:
-                if spec is None:
+                raised = new.budget_cap_usd > self._budget.cap_usd
+                if (
+                    spec is None
+                    or runner.final_status == STATUS_STOPPED_REMOVED
+                    or (runner.final_status == STATUS_STOPPED_BUDGET and raised)
+                ):
+                    # Gone from the config; or added back, or the cap raised: start afresh.
                     del self._runners[name]
                 continue
             if spec is None:
                 removed.append(name)
                 runner.request_stop(self._grace_s, STATUS_STOPPED_REMOVED)
-            elif spec != runner.spec:
+            elif spec != runner.latest_spec:
                 if spec.state_root != runner.spec.state_root:
                     log.warning(
                         "reload_state_root_ignored",
@@ -269,7 +293,7 @@ class Supervisor:
         self._slots.total_tokens = new.max_concurrent
         self._grace_s = new.grace_s
         for runner in await self._prepare_all(fresh):
-            self._budget.charge(runner.prepared_cost_usd)
+            self._charge_prepared(runner)
             added.append(runner.spec.name)
             self._results.pop(runner.spec.name, None)
             if self._targets_tg is not None:
@@ -291,12 +315,12 @@ class Supervisor:
             phase = runner.phase if runner.phase in phases else "running"
             phases[phase] += 1
         spent = self._budget.spent_usd if self._budget else 0.0
+        cap = self._budget.cap_usd if self._budget else self._budget_cap
+        money = f"${spent:.2f} of ${cap:.2f} spent" if math.isfinite(cap) else f"${spent:.2f} spent"
         failed = f", {len(self._failed_to_start)} failed to start" if self._failed_to_start else ""
         return (
             f"{phases['running']} running, {phases['cooldown']} cooling down, "
-            f"{phases['waiting']} waiting, {phases['stopped']} stopped{failed}; "
-            f"${spent:.2f} of ${self._budget_cap if not self._budget else self._budget.cap_usd:.2f}"
-            " spent"
+            f"{phases['waiting']} waiting, {phases['stopped']} stopped{failed}; {money}"
         )
 
     def _push_status(self) -> None:

@@ -114,7 +114,12 @@ class TargetRunner:
         self._lock.acquire()
         try:
             artifacts.ensure_layout(self.spec.state_root)
-            stale = remove_stale_tmp(self.spec.state_root)
+            root = self.spec.state_root
+            stale = [
+                p
+                for d in (root, root / "handoffs", root / "runs", root / "learner")
+                for p in remove_stale_tmp(d)
+            ]
             loaded = state_mod.load_state(self._state_file, on_migrate=migrations.append)
             entries, torn = artifacts.read_log(self._log_file)
         except BaseException:
@@ -154,6 +159,7 @@ class TargetRunner:
                 self._entries = entries
                 self.state = loaded
                 await self._recover_in_flight()
+                await self._restore_last_handoff()
                 self.state = state_mod.apply_limits(
                     state_mod.reconcile(
                         self.state, self._entries, self.spec.weights_map, self.spec.min_improvement
@@ -221,6 +227,30 @@ class TargetRunner:
             orphans=len(orphans),
         )
 
+    async def _restore_last_handoff(self) -> None:
+        """Rewrite the newest completed run's handoff when a crash lost it.
+
+        It is written after the run's log line, so a kill between the two leaves the next
+        iteration without the `--source` that tells it what the last one decided.
+        """
+        completed = [e for e in self._entries if e.completed]
+        if not completed:
+            return
+        last = completed[-1]
+        if artifacts.handoff_path(self.spec.state_root, last.iteration).is_file():
+            return
+        before = next((dict(e.scores) for e in reversed(completed[:-1]) if e.scores), {})
+        text = artifacts.render_handoff(
+            iteration=last.iteration,
+            decision=last.decision,
+            candidate_id=last.candidate_id,
+            artifact_path=last.artifact_path,
+            before=before,
+            after=dict(last.scores),
+        )
+        await artifacts.write_handoff(self.spec.state_root, last.iteration, text)
+        log.warning("handoff_restored", iteration=last.iteration)
+
     def _last_sign_of_life(self, iteration: int, started: datetime) -> datetime:
         """When a dead run last did something: its run log's mtime, else its start."""
         try:
@@ -251,7 +281,12 @@ class TargetRunner:
 
     def update_spec(self, spec: TargetSpec) -> None:
         """Apply changed limits from the next iteration on (config reload)."""
-        self._pending_spec = spec
+        self._pending_spec = None if spec == self.spec else spec
+
+    @property
+    def latest_spec(self) -> TargetSpec:
+        """The spec of the newest configuration: a pending one, else the one in use."""
+        return self._pending_spec or self.spec
 
     @property
     def stopping(self) -> bool:
@@ -265,7 +300,10 @@ class TargetRunner:
         with structlog.contextvars.bound_contextvars(target=self.spec.name):
             try:
                 status = await self._cycle()
-            except StateWriteError as exc:
+            except* StateWriteError as group:  # bare, or from _record's task group
+                exc: BaseException = group
+                while isinstance(exc, BaseExceptionGroup):
+                    exc = exc.exceptions[0]
                 status = STATUS_ERROR
                 self.state["status"] = STATUS_ERROR
                 self.state["last_failure_trace"] = str(exc)

@@ -110,6 +110,7 @@ def machine(work_dir: Path | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     if work_dir is not None:
         info["work_dir_filesystem"] = _filesystem(work_dir)
@@ -139,7 +140,8 @@ def print_machine(info: Mapping[str, Any]) -> None:
     """One line describing the machine."""
     print(
         f"machine: {info['arch']}, {info['cores']} cores ({info['cpu']}), "
-        f"Python {info['python']}, kernel {info['kernel']}, {info['date']}"
+        f"Python {info['python']}, kernel {info['kernel']}, {info['date']}, "
+        f"load average {info['loadavg_at_start']}"
     )
     if "work_dir_filesystem" in info:
         print(f"work dir: {info['work_dir_filesystem']}")
@@ -237,6 +239,26 @@ def proc_cpu_s(pid: int) -> float | None:
     fields = data[data.rfind(b")") + 2 :].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_cpu_detail_s(pid: int) -> dict[str, float]:
+    """utime, stime (the process) and cutime, cstime (its reaped children) in seconds."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return {}
+    fields = data[data.rfind(b")") + 2 :].split()
+    names = ("utime", "stime", "cutime", "cstime")
+    return {name: int(fields[11 + i]) / CLK_TCK for i, name in enumerate(names)}
+
+
+def system_cpu_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores (/proc/stat)."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    total = sum(values[:8])  # guest time is already counted in user
+    return (total - idle) / CLK_TCK, total / CLK_TCK
 
 
 def proc_threads(pid: int) -> int | None:

@@ -13,7 +13,11 @@ the process start-up. The state root is kept between blocks (the next block rais
 
 Overhead per iteration = median(autoloopd) - median(plain); goal <= 3 ms.
 
-    .venv/bin/python bench/overhead.py [--quick] [--variant echo|python|both] [--profile]
+    .venv/bin/python bench/overhead.py [--quick] [--variant echo|python|both]
+                                       [--breakdown] [--profile]
+
+--breakdown runs autoloopd in-process with timers around its parts (thread hops, fsyncs,
+spawn, checkpoints); --profile runs it under pyinstrument (bench/results/overhead_profile.txt).
 """
 
 from __future__ import annotations
@@ -160,17 +164,163 @@ def profile_block(work: Path, argv: list[str], n: int) -> Path | None:
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     cmd = [
         common.PYTHON, "-m", "pyinstrument", "--interval", "0.0005", "-r", "text",
-        "--show-all", "-o", str(out), "-m", "autoloop_daemon",
+        "-o", str(out), "-m", "autoloop_daemon",
         *daemon_args(target, state_root, argv, n, handoff=False),
     ]  # fmt: skip
     subprocess.run(cmd, cwd=work, capture_output=True, check=True, timeout=600)
     return out
 
 
+def breakdown(work: Path, argv: list[str], n: int) -> dict[str, Any]:
+    """Where one iteration's time goes: autoloopd run in-process with timers around its parts.
+
+    Wraps (without changing behaviour) `anyio.to_thread.run_sync` (every hop to a worker
+    thread: time awaited vs time working), `anyio.open_process`, asyncio's child watcher,
+    `fsio._fsync`, and the target's `_save`, `run_iteration`, `_record`, `append_log`,
+    `write_handoff`. Figures are per iteration, averaged over `n` iterations.
+    """
+    import asyncio
+    import collections
+    import contextlib
+    import functools
+    import threading
+
+    import anyio
+    import anyio.to_thread
+
+    from autoloop_daemon import artifacts, cli, fsio
+    from autoloop_daemon import target as target_mod
+
+    calls: collections.Counter[str] = collections.Counter()
+    spent: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+    restore: list[tuple[object, str, object]] = []
+
+    def add(key: str, seconds: float) -> None:
+        with lock:
+            calls[key] += 1
+            spent[key] += seconds
+
+    def patch(owner: object, name: str, make: Any) -> None:
+        original = getattr(owner, name)
+        restore.append((owner, name, original))
+        setattr(owner, name, make(original))
+
+    def timed_async(key: str) -> Any:
+        def make(original: Any) -> Any:
+            @functools.wraps(original)
+            async def wrapper(*a: Any, **kw: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return await original(*a, **kw)
+                finally:
+                    add(key, time.perf_counter() - t0)
+
+            return wrapper
+
+        return make
+
+    def timed_sync(key: str) -> Any:
+        def make(original: Any) -> Any:
+            @functools.wraps(original)
+            def wrapper(*a: Any, **kw: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return original(*a, **kw)
+                finally:
+                    add(key, time.perf_counter() - t0)
+
+            return wrapper
+
+        return make
+
+    def hop(original: Any) -> Any:
+        @functools.wraps(original)
+        async def wrapper(func: Any, *a: Any, **kw: Any) -> Any:
+            name = getattr(func, "__qualname__", repr(func))
+            work = [0.0]
+
+            def inner(*ia: Any) -> Any:
+                t1 = time.perf_counter()
+                try:
+                    return func(*ia)
+                finally:
+                    work[0] = time.perf_counter() - t1
+
+            t0 = time.perf_counter()
+            try:
+                return await original(inner, *a, **kw)
+            finally:
+                total = time.perf_counter() - t0
+                add(f"thread hop: {name} (work)", work[0])
+                add(f"thread hop: {name} (awaited)", total)
+                add("thread hops (all, awaited)", total)
+                add("thread hops (all, latency = awaited - work)", total - work[0])
+
+        return wrapper
+
+    patch(anyio.to_thread, "run_sync", hop)
+    patch(anyio, "open_process", timed_async("anyio.open_process (fork/exec + child watcher)"))
+    watcher = getattr(asyncio, "ThreadedChildWatcher", None)
+    if watcher is not None:
+        patch(watcher, "add_child_handler", timed_sync("ThreadedChildWatcher.add_child_handler"))
+    patch(fsio, "_fsync", timed_sync("fsync"))
+    patch(target_mod.TargetRunner, "_save", timed_async("TargetRunner._save (all)"))
+    patch(target_mod.TargetRunner, "_record", timed_async("TargetRunner._record"))
+    patch(target_mod, "run_iteration", timed_async("run_iteration"))
+    patch(artifacts, "append_log", timed_async("artifacts.append_log"))
+    patch(artifacts, "write_handoff", timed_async("artifacts.write_handoff"))
+    target, state_root = work / "target-breakdown", work / "state-breakdown"
+    target.mkdir()
+    try:
+        with (
+            open(work / "breakdown.out", "w") as out,
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(out),
+        ):
+            t0 = time.perf_counter()
+            code = cli.main(daemon_args(target, state_root, argv, n, handoff=False))
+            wall = time.perf_counter() - t0
+    finally:
+        for owner, name, original in reversed(restore):
+            setattr(owner, name, original)
+    entries, _ = artifacts.read_log(artifacts.log_path(state_root), repair=False)
+    starts = [_parse(e.started_at) for e in entries]
+    intervals = [b - a for a, b in itertools.pairwise(starts)]
+    rows = {
+        key: {"calls_per_iter": calls[key] / n, "ms_per_iter": spent[key] / n * 1e3}
+        for key in sorted(spent, key=lambda k: -spent[k])
+    }
+    return {
+        "exit_code": code,
+        "iterations": n,
+        "wall_s": wall,
+        "median_interval_ms": statistics.median(intervals) * 1e3,
+        "mean_interval_ms": statistics.fmean(intervals) * 1e3,
+        "parts": rows,
+    }
+
+
+def print_breakdown(b: dict[str, Any]) -> None:
+    """The breakdown as a table."""
+    print(
+        f"breakdown ({b['iterations']} iterations in-process, echo): median interval "
+        f"{b['median_interval_ms']:.2f} ms, mean {b['mean_interval_ms']:.2f} ms"
+    )
+    rows = [
+        [key, f"{v['calls_per_iter']:.2f}", f"{v['ms_per_iter']:.3f}"]
+        for key, v in b["parts"].items()
+    ]
+    print(common.table(["part (nested parts overlap)", "calls/iter", "ms/iter"], rows))
+
+
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--variant", choices=("echo", "python", "both"), default="both")
     p.add_argument("--profile", action="store_true", help="also profile autoloopd (pyinstrument)")
+    p.add_argument(
+        "--breakdown", action="store_true", help="also time autoloopd's parts (in-process)"
+    )
     args = p.parse_args()
     blocks, per_block = (4, 25) if args.quick else (10, 50)
     variants = {"echo": common.echo_argv(), "python": common.python_argv()}
@@ -182,6 +332,8 @@ def main() -> None:
         for name in chosen:
             print(f"{name}: {blocks} x {per_block} iterations, interleaved", flush=True)
             results["variants"][name] = run_variant(work, name, variants[name], blocks, per_block)
+        if args.breakdown:
+            results["breakdown"] = breakdown(work, variants["echo"], blocks * per_block)
         if args.profile:
             path = profile_block(work, variants["echo"], blocks * per_block)
             results["profile"] = str(path) if path else None
@@ -219,6 +371,9 @@ def main() -> None:
             rows,
         )
     )
+    if "breakdown" in results:
+        print()
+        print_breakdown(results["breakdown"])
     print(f"results: {common.write_results('overhead', results)}")
 
 

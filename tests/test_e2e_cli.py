@@ -8,12 +8,16 @@ run is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shlex
 import signal
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -71,6 +75,32 @@ DECISION_LINE = re.compile(
 )
 # Fields that legitimately differ between two otherwise identical runs.
 VOLATILE_LOG_FIELDS = ("started_at", "finished_at", "duration_seconds")
+
+
+# Background autoloopd processes of the running test, killed at teardown if a test failed
+# before it could stop them (with every orchestrator they left, found by their run marker).
+_started: list[subprocess.Popen[bytes]] = []
+
+
+def start(args: list[str], out: Path) -> subprocess.Popen[bytes]:
+    """`support.start_autoloopd`, remembered for the teardown."""
+    proc = start_autoloopd(args, out)
+    _started.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers(tmp_path: Path) -> Iterator[None]:
+    """After each test: kill what a failed test left running (its own processes only)."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for pid in marked_processes(str(tmp_path)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -142,6 +172,22 @@ def stable_log(state_root: Path) -> list[dict[str, Any]]:
 
 def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def logged_runs(state_root: Path) -> int:
+    """How many lines the iteration log has now (0 while it is missing or being written)."""
+    try:
+        return len(read_log(state_root))
+    except (OSError, ValueError, AssertionError):
+        return 0
+
+
+def state_now(state_root: Path) -> dict[str, Any]:
+    """The state file now, or {} while it does not exist yet."""
+    try:
+        return read_state(state_root)
+    except (OSError, ValueError):
+        return {}
 
 
 # --- the command itself ----------------------------------------------------------------
@@ -327,12 +373,22 @@ def test_text_summary_result_costs_wall_time_at_the_rate_and_has_no_score(
     # $0.02 per second, so that the figures are not rounded away (a far higher rate would make
     # the first iteration's budget reservation, 10 minutes at the rate, exceed the $50 cap).
     rate_per_minute = 1.2
+    # The orchestrator takes at least 0.5 s, so that its wall time dominates the iteration's.
+    wrapper = tmp_path / "slow_summary.py"
+    wrapper.write_text(
+        "import os, sys, time\n"
+        "time.sleep(0.5)\n"
+        f"fake = {fake('fake_orchestrator.py')!r}\n"
+        "argv = [sys.executable, fake, '--behaviour', 'summary', *sys.argv[1:]]\n"
+        "os.execv(sys.executable, argv)\n"
+    )
+    cmd = shlex.join([sys.executable, str(wrapper), "--target", "{target}"])
     done = run_autoloopd(
         cli(
             target,
             state_root,
             "--orchestrator-cmd",
-            orch("summary"),
+            cmd,
             "--max-iterations",
             "1",
             "--cost-per-minute",
@@ -346,10 +402,11 @@ def test_text_summary_result_costs_wall_time_at_the_rate_and_has_no_score(
     assert entry["candidate_id"] == "cand-01-skill"
     assert entry["weighted_score"] is None and entry["scores"] == {}
     duration = entry["duration_seconds"]
-    assert entry["cost_usd"] > 0
-    # The charged wall time is the orchestrator's run, a part of the iteration's duration.
+    assert duration >= 0.5
+    assert entry["cost_usd"] >= 0.5 / 60 * rate_per_minute > 0
+    # The charged wall time is the orchestrator's run, nearly all of the iteration's duration.
     assert entry["cost_usd"] <= duration / 60 * rate_per_minute + 1e-5
-    assert entry["cost_usd"] >= 0.5 * duration / 60 * rate_per_minute
+    assert entry["cost_usd"] >= 0.8 * duration / 60 * rate_per_minute
     check_clean(state_root)
 
 
@@ -620,7 +677,7 @@ def test_second_autoloopd_on_a_locked_state_root_fails_at_once_naming_the_holder
     exits 75 at once and names the first one's pid."""
     target, state_root = make_target(tmp_path)
     ready = tmp_path / "ready"
-    first = start_autoloopd(
+    first = start(
         cli(
             target,
             state_root,
@@ -700,7 +757,7 @@ def test_sigint_lets_a_running_iteration_finish_within_the_grace_period(tmp_path
     completed, no new one starts, exit 0 long before the grace period ends."""
     target, state_root = make_target(tmp_path)
     ready = tmp_path / "ready"
-    proc = start_autoloopd(
+    proc = start(
         cli(
             target,
             state_root,
@@ -732,7 +789,7 @@ def test_sigterm_with_a_hanging_orchestrator_records_it_interrupted_after_the_gr
     (its cost counted), exit 0 within a few seconds, its process is gone."""
     target, state_root = make_target(tmp_path)
     ready, pid_file = tmp_path / "ready", tmp_path / "orch.pid"
-    proc = start_autoloopd(
+    proc = start(
         cli(
             target,
             state_root,
@@ -762,7 +819,7 @@ def test_second_sigint_skips_the_grace_period(tmp_path: Path) -> None:
     """A second SIGINT stops a hanging orchestrator at once instead of after the 30 s grace."""
     target, state_root = make_target(tmp_path)
     ready, pid_file, out = tmp_path / "ready", tmp_path / "orch.pid", tmp_path / "out.txt"
-    proc = start_autoloopd(
+    proc = start(
         cli(
             target,
             state_root,
@@ -797,7 +854,7 @@ def test_sigterm_during_cooldown_exits_at_once_and_saves_next_run_at(tmp_path: P
     """Continuous mode, 10 min cooldown: SIGTERM during the cooldown exits 0 in < 3 s and
     the state keeps next_run_at (finished_at + 10 min)."""
     target, state_root = make_target(tmp_path)
-    proc = start_autoloopd(
+    proc = start(
         cli(
             target,
             state_root,
@@ -814,10 +871,7 @@ def test_sigterm_during_cooldown_exits_at_once_and_saves_next_run_at(tmp_path: P
     )
 
     def cooling() -> bool:
-        try:
-            state = read_state(state_root)
-        except (OSError, ValueError):
-            return False
+        state = state_now(state_root)
         return state.get("status") == "cooldown" and state.get("iterations_completed") == 1
 
     wait_for(cooling, what="the first cooldown")
@@ -850,11 +904,8 @@ def test_restart_honours_next_run_at_from_an_interrupted_cooldown(tmp_path: Path
         "--max-iterations",
         "2",
     )
-    proc = start_autoloopd(args, tmp_path / "out1.txt")
-    wait_for(
-        lambda: (state_root / "iteration_log.jsonl").exists() and len(read_log(state_root)) == 1,
-        what="the first iteration",
-    )
+    proc = start(args, tmp_path / "out1.txt")
+    wait_for(lambda: logged_runs(state_root) == 1, what="the first iteration")
     assert stop(proc, signal.SIGTERM) == 0
     next_run_at = parse_iso(read_state(state_root)["next_run_at"])
     assert len(read_log(state_root)) == 1
@@ -874,7 +925,7 @@ def test_sigkill_mid_iteration_is_recovered_once_on_restart(tmp_path: Path) -> N
     iteration 2; invariants hold and numbers have no gaps."""
     target, state_root = make_target(tmp_path)
     pid_file = tmp_path / "orch.pid"
-    proc = start_autoloopd(
+    proc = start(
         cli(
             target,
             state_root,
@@ -888,7 +939,7 @@ def test_sigkill_mid_iteration_is_recovered_once_on_restart(tmp_path: Path) -> N
     wait_for(pid_file.exists, what="the orchestrator to start")
     orphan = read_pid(pid_file)
     wait_for(
-        lambda: (read_state(state_root).get("in_flight") or {}).get("iteration") == 1,
+        lambda: (state_now(state_root).get("in_flight") or {}).get("iteration") == 1,
         what="the in-flight checkpoint",
     )
     proc.kill()
@@ -908,11 +959,12 @@ def test_sigkill_mid_iteration_is_recovered_once_on_restart(tmp_path: Path) -> N
         )
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    wait_for(lambda: not pid_alive(orphan), timeout=5, what="the orphan to be gone")
+    assert not pid_alive(orphan), "the restart must stop the orphaned orchestrator"
     entries = read_log(state_root)
     assert [e["iteration"] for e in entries] == [1, 2]
     assert [e["status"] for e in entries] == ["interrupted", "completed"]
-    assert entries[0]["cost_usd"] > 0
+    assert entries[0]["cost_usd"] > 0 and entries[0]["decision"] is None
+    assert "recovered at start" in entries[0]["error"]
     state = read_state(state_root)
     assert state["iterations_completed"] == 1 and state["in_flight"] is None
     assert state["total_cost_usd"] == pytest.approx(sum(e["cost_usd"] for e in entries))

@@ -8,9 +8,9 @@ DESIGN.md's invariants in every state root and that no orchestrator process is l
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-import os
 import signal
 import subprocess
 import time
@@ -68,18 +68,20 @@ def test_targets_run_concurrently_within_the_slot_limit_and_stop_on_their_own(la
     """Four targets of different speeds and modes run at once, never more than
     max_concurrent_iterations orchestrators together, and each stops on its own condition;
     exit 0."""
+    targets = {
+        "slow": ("slow", "--sleep", "0.3", "--scores", "0.5,0.6,0.7"),
+        "plateau": ("keep", "--scores", "0.5,0.6"),
+        "costly": ("reject", "--cost", "0.15", "--scores", "0.1,0.2,0.3,0.4"),
+        "swing": ("sequence", "--decisions", "keep,reject", "--scores", "0.1,0.2,0.3,0.4,0.5"),
+    }
+    keys: dict[str, dict[str, Any]] = {
+        "slow": {"mode": "single-run", "max_iterations": 3},
+        "plateau": {"mode": "continuous", "cooldown_minutes": 0.005, "plateau_window": 2},
+        "costly": {"mode": "single-run", "max_cost_usd": 0.3},
+        "swing": {"mode": "continuous", "cooldown_minutes": 0.005, "oscillation_window": 4},
+    }
     lab.write(
-        [
-            lab.target("slow", "slow", "--sleep", "0.3", "--scores", "0.5,0.6,0.7",
-                       mode="single-run", max_iterations=3),
-            lab.target("plateau", "keep", "--scores", "0.5,0.6",
-                       mode="continuous", cooldown_minutes=0.005, plateau_window=2),
-            lab.target("costly", "reject", "--cost", "0.15", "--scores", "0.1,0.2,0.3,0.4",
-                       mode="single-run", max_cost_usd=0.3),
-            lab.target("swing", "sequence", "--decisions", "keep,reject",
-                       "--scores", "0.1,0.2,0.3,0.4,0.5,0.6",
-                       mode="continuous", cooldown_minutes=0.005, oscillation_window=4),
-        ],  # fmt: skip
+        [lab.target(name, *argv, **keys[name]) for name, argv in targets.items()],
         daemon={"max_concurrent_iterations": 2},
         defaults={**FAST, "max_iterations": 10, "plateau_window": 10},
     )
@@ -87,24 +89,29 @@ def test_targets_run_concurrently_within_the_slot_limit_and_stop_on_their_own(la
     assert daemon.wait(timeout=30) == 0, daemon.text()[-3000:]
     lab.check_state_roots()
 
-    assert statuses(lab, "slow", "plateau", "costly", "swing") == {
-        "slow": "stopped_max_iter",
-        "plateau": "stopped_plateau",
-        "costly": "stopped_cost",
-        "swing": "stopped_oscillation",
+    expected = {
+        "slow": ("stopped_max_iter", 3),
+        "plateau": ("stopped_plateau", 4),
+        "costly": ("stopped_cost", 2),
+        "swing": ("stopped_oscillation", 4),
     }
-    assert [len(read_log(lab.state_root(n))) for n in ("slow", "plateau", "costly", "swing")] == [
-        3, 4, 2, 4,
-    ]  # fmt: skip
-    runs = [e for e in daemon.events() if e.get("event") in ("iteration_started", "iteration_finished")]
+    found = {
+        name: (read_state(lab.state_root(name))["status"], len(read_log(lab.state_root(name))))
+        for name in targets
+    }
+    assert found == expected
+    stopped = {e["target"]: e["status"] for e in daemon.events("target_stopped")}
+    assert stopped == {name: status for name, (status, _) in expected.items()}
+
+    kinds = ("iteration_started", "iteration_finished")
+    runs = [e for e in daemon.events() if e.get("event") in kinds]
+    assert len(runs) == 2 * sum(n for _, n in expected.values())
     assert max_overlap(runs) == 2, "iterations of different targets overlap, at most 2 at once"
-    # Every other target was running while `slow` still was: they ran concurrently.
-    slow_end = max(i for i, e in enumerate(runs) if e["target"] == "slow" and e["event"] == "iteration_finished")
+    # Every other target started while `slow` was still at work: they ran concurrently.
+    slow_end = max(i for i, e in enumerate(runs) if e["target"] == "slow")
     for name in ("plateau", "costly", "swing"):
         first = min(i for i, e in enumerate(runs) if e["target"] == name)
         assert first < slow_end, f"{name} only started after slow had finished"
-    stopped = {e["target"]: e["status"] for e in daemon.events("target_stopped")}
-    assert stopped == statuses(lab, "slow", "plateau", "costly", "swing")
 
 
 # --------------------------------------------------------------------------- 2. one crashes
@@ -262,6 +269,32 @@ def test_a_second_sigint_skips_the_grace_period(lab: Lab) -> None:
     assert read_state(lab.state_root("a"))["status"] == "stopped_signal"
 
 
+def test_sigterm_while_targets_are_being_prepared_stops_them_all(lab: Lab) -> None:
+    """A SIGTERM that arrives while the daemon is still preparing its targets (after the
+    signal handler is installed, before `daemon_ready`) stops every target, including those
+    prepared after the signal: exit 0, nothing left running."""
+    names = [f"t{i:02d}" for i in range(30)]
+    lab.write(
+        [lab.target(name, "keep") for name in names],
+        defaults={**FAST, "mode": "continuous", "cooldown_minutes": 10},
+    )
+    daemon = lab.start()
+    # A target's lock file appears in prepare(), after the signal handler is installed.
+    wait_for(
+        lambda: any((lab.state_root(n) / ".autoloopd.lock").exists() for n in names),
+        interval=0.001,
+        what="the first target being prepared",
+    )
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait(timeout=20) == 0, daemon.text()[-3000:]
+    lab.check_state_roots()
+    stopped = {e["target"]: e["status"] for e in daemon.events("target_stopped")}
+    assert stopped == dict.fromkeys(names, "stopped_signal")
+    for name in names:
+        assert read_state(lab.state_root(name))["status"] == "stopped_signal"
+        assert [e["status"] for e in read_log(lab.state_root(name))] in ([], ["completed"])
+
+
 # --------------------------------------------------------------------------- 5. cooldown
 
 
@@ -277,9 +310,7 @@ def test_sigterm_during_cooldown_exits_at_once_and_a_restart_honours_next_run_at
     )
     daemon = lab.start()
     daemon.wait_event("iteration_finished", count=3)
-    wait_for(
-        lambda: set(statuses(lab, *names).values()) == {"cooldown"}, what="all in cooldown"
-    )
+    wait_for(lambda: set(statuses(lab, *names).values()) == {"cooldown"}, what="all in cooldown")
     planned = {n: read_state(lab.state_root(n))["next_run_at"] for n in names}
     sent = time.monotonic()
     daemon.send(signal.SIGTERM)
@@ -330,9 +361,8 @@ def test_sighup_adds_removes_and_changes_targets_and_survives_a_broken_config(la
     daemon.wait_event("target_stopped", target="b")
     daemon.wait_event("iteration_finished", target="c")
     assert read_state(lab.state_root("b"))["status"] == "stopped_removed"
-    assert [e["target"] for e in daemon.events("iteration_started")] == ["a", "b", "c"] or [
-        e["target"] for e in daemon.events("iteration_started")
-    ] == ["b", "a", "c"]
+    started = [e["target"] for e in daemon.events("iteration_started")]
+    assert sorted(started[:2]) == ["a", "b"] and started[2:] == ["c"], started
 
     lab.config.write_text("[daemon]\nlog_format = 'json'\n[[targets]]\nname = 'a'\n")
     daemon.send(signal.SIGHUP)
@@ -352,6 +382,69 @@ def test_sighup_adds_removes_and_changes_targets_and_survives_a_broken_config(la
     }
     assert read_state(lab.state_root("a"))["max_iterations"] == 7
     assert [len(read_log(lab.state_root(n))) for n in ("a", "b", "c")] == [1, 1, 1]
+
+
+def test_sighup_starts_stopped_targets_again_without_charging_their_history_twice(
+    lab: Lab,
+) -> None:
+    """Reloads bring stopped targets back: one removed and later added back, one whose
+    max_iterations was raised, one stopped by the shared budget when the cap is raised. The
+    budget counts their earlier spending once. A change reverted by a second reload before
+    it took effect is reverted."""
+    keep = ("keep", "--cost", "0.1")
+    keeper = lab.target("keeper", *keep, mode="continuous", cooldown_minutes=10)
+    spender = lab.target("spender", *keep, mode="single-run")
+    one = lab.target("one", *keep, mode="single-run", max_iterations=1)
+    gone = lab.target("gone", *keep, mode="continuous", cooldown_minutes=10)
+    defaults = {**FAST, "estimated_cost_usd": 0.1, "plateau_window": 60, "max_iterations": 50}
+    lab.write([keeper, spender, one, gone], budget={"max_cost_usd": 0.6}, defaults=defaults)
+    daemon = lab.start()
+    daemon.wait_event("target_stopped", target="spender")
+    daemon.wait_event("target_stopped", target="one")
+    daemon.wait_event("iteration_finished", target="gone")
+    daemon.wait_event("iteration_finished", target="keeper")
+    assert statuses(lab, "spender", "one") == {
+        "spender": "stopped_budget",
+        "one": "stopped_max_iter",
+    }
+    spent = math.fsum(logged_cost(lab.state_root(n)) for n in ("keeper", "spender", "one", "gone"))
+    assert math.isclose(spent, 0.6)
+
+    # Reload 1: `gone` removed, keeper's max_iterations changed.
+    lab.write(
+        [{**keeper, "max_iterations": 7}, spender, one],
+        budget={"max_cost_usd": 0.6},
+        defaults=defaults,
+    )
+    daemon.send(signal.SIGHUP)
+    (first,) = daemon.wait_event("config_reloaded")
+    assert (first["added"], first["removed"], first["changed"]) == ([], ["gone"], ["keeper"])
+    daemon.wait_event("target_stopped", target="gone")
+
+    # Reload 2: `gone` back, keeper's change reverted, one's limit and the cap raised.
+    lab.write(
+        [keeper, spender, {**one, "max_iterations": 2}, gone],
+        budget={"max_cost_usd": 1.0},
+        defaults=defaults,
+    )
+    daemon.send(signal.SIGHUP)
+    _, second = daemon.wait_event("config_reloaded", count=2)
+    assert second["added"] == ["gone", "one", "spender"]
+    assert second["changed"] == ["keeper"]
+    daemon.wait_event("target_stopped", target="spender", count=2)
+    daemon.wait_event("target_stopped", target="one", count=2)
+    wait_for(lambda: statuses(lab, "gone")["gone"] == "cooldown", what="gone cooling down")
+    assert daemon.stop() == 0, daemon.text()[-3000:]
+    lab.check_state_roots()
+
+    logs = {n: read_log(lab.state_root(n)) for n in ("keeper", "spender", "one", "gone")}
+    total = math.fsum(e["cost_usd"] for entries in logs.values() for e in entries)
+    (stopped,) = daemon.events("daemon_stopped")
+    assert math.isclose(stopped["spent_usd"], total), "history charged once"
+    assert math.isclose(total, 1.0), "the raised cap is used up, not more"
+    assert (len(logs["keeper"]), len(logs["one"]), len(logs["gone"])) == (1, 2, 1)
+    assert read_state(lab.state_root("spender"))["status"] == "stopped_budget"
+    assert read_state(lab.state_root("keeper"))["max_iterations"] == 50
 
 
 # --------------------------------------------------------------------------- 7. config errors
@@ -410,18 +503,18 @@ def test_sd_notify_ready_status_reload_watchdog_and_stopping(lab: Lab) -> None:
             [lab.target("probe", "probe")],
             defaults={**FAST, "mode": "continuous", "cooldown_minutes": 10},
         )
-        daemon = lab.start(
-            env={"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "500000"}
-        )
-        ready = listener.wait_for(lambda m: _first(m, "READY=1") is not None, what="READY=1")
-        messages = listener.fields()
-        first_ready = messages[_first(messages, "READY=1") or 0]
-        assert any(f.startswith("STATUS=") and "running" in f for f in first_ready), first_ready
-        assert ready
+        daemon = lab.start(env={"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "500000"})
+        listener.wait_for(lambda m: _first(m, "READY=1") is not None, what="READY=1")
+        first_ready = listener.fields()[_first(listener.fields(), "READY=1") or 0]
+        assert any(f.startswith("STATUS=") and " spent" in f for f in first_ready), first_ready
         daemon.wait_event("iteration_finished")
+        seen = len(listener.drain())  # received from now on while polling every 20 ms
         listener.wait_for(
-            lambda m: sum(f == ["WATCHDOG=1"] for f in m) >= 3, timeout=10, what="3 x WATCHDOG=1"
+            lambda m: sum(f == ["WATCHDOG=1"] for f in m[seen:]) >= 5, what="5 x WATCHDOG=1"
         )
+        pings = [at for at, fields in listener.drain()[seen:] if fields == ["WATCHDOG=1"]]
+        gaps = sorted(b - a for a, b in itertools.pairwise(pings[1:]))
+        assert 0.1 < gaps[len(gaps) // 2] < 0.5, f"every half WATCHDOG_USEC (0.25 s): {gaps}"
         listener.wait_for(
             lambda m: any("STATUS=0 running, 1 cooling down" in f for x in m for f in x),
             timeout=10,
@@ -445,6 +538,7 @@ def test_sd_notify_ready_status_reload_watchdog_and_stopping(lab: Lab) -> None:
         assert len(usec) == 1 and int(usec[0].split("=", 1)[1]) > 0, fields
 
         before_stop = len(listener.fields())
+        assert _first(listener.fields(), "STOPPING=1") is None
         assert daemon.stop() == 0, daemon.text()[-3000:]
         listener.wait_for(
             lambda m: _first(m, "STOPPING=1", before_stop) is not None, what="STOPPING=1"
@@ -482,9 +576,7 @@ def test_scheduled_target_waits_for_its_tick_and_runs_missed_ticks_once_at_start
     """A scheduled target (`* * * * *`) waits for the next tick; with next_run_at in the
     past (ticks missed while down) it runs exactly one iteration at start, then waits for
     the next tick (status `waiting`, next_run_at in the future) until SIGTERM: exit 0."""
-    lab.write(
-        [lab.target("cron", "keep", mode="scheduled", schedule="* * * * *")], defaults=FAST
-    )
+    lab.write([lab.target("cron", "keep", mode="scheduled", schedule="* * * * *")], defaults=FAST)
     root = lab.state_root("cron")
 
     before = datetime.now(UTC)

@@ -1,0 +1,377 @@
+"""Many targets in one daemon: throughput, peak memory, CPU, and nothing lost or double-counted.
+
+Part A, busy: 1,000 targets in continuous mode with a 1 s cooldown, the trivial orchestrator
+(`/bin/echo <result JSON>`), max_concurrent_iterations = 32, run for 60 s (`--quick`: 15 s),
+then SIGTERM. Figures: iterations per second between READY=1 and SIGTERM, peak RSS of the
+daemon (VmHWM from /proc/<pid>/status, children excluded; goal <= 150 MB), the daemon's own
+CPU (utime + stime from /proc/<pid>/stat) as % of one core, and the invariants after exit:
+every log numbers its iterations 1..n, total_cost_usd == sum of logged costs,
+iterations_completed == completed lines, nothing left in flight, and the number of log
+lines equals the number of `iteration_finished` events the daemon logged.
+
+Part B, idle: 10,000 targets (`--quick`: 2,000) with dry_run = true, continuous, 600 min
+cooldown, simulated_seconds = 0: each runs one simulated iteration, then cools down. Once
+STATUS= says all are cooling down: peak RSS (goal <= 500 MB) and idle CPU over 20 s
+(`--quick`: 5 s; goal < 2 % of one core).
+
+    .venv/bin/python bench/scale.py [--quick] [--only busy|idle] [--busy-targets N]
+                                    [--idle-targets N] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import common
+
+GOAL_BUSY_RSS_MB = 150.0
+GOAL_IDLE_RSS_MB = 500.0
+GOAL_IDLE_CPU_PCT = 2.0
+SAMPLE_S = 0.5
+
+
+def _wall(stamp: str) -> float:
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+class Sampler:
+    """Periodic readings of the daemon's /proc entries."""
+
+    def __init__(self, pid: int, t0: float) -> None:
+        self.pid = pid
+        self.t0 = t0
+        self.rows: list[dict[str, Any]] = []
+
+    def sample(self, status: str | None = None) -> dict[str, Any] | None:
+        mem = common.proc_status_kb(self.pid)
+        cpu = common.proc_cpu_detail_s(self.pid)
+        if not mem or not cpu:
+            return None
+        busy_s, total_s = common.system_cpu_s()
+        row = {
+            "t": round(time.monotonic() - self.t0, 3),
+            "rss_mb": round(mem.get("VmRSS", 0) / 1024, 2),
+            "hwm_mb": round(mem.get("VmHWM", 0) / 1024, 2),
+            "cpu_s": cpu["utime"] + cpu["stime"],
+            "utime_s": cpu["utime"],
+            "stime_s": cpu["stime"],
+            "children_cpu_s": cpu["cutime"] + cpu["cstime"],
+            "machine_busy_s": busy_s,
+            "machine_total_s": total_s,
+            "threads": common.proc_threads(self.pid),
+            "fds": common.proc_fds(self.pid),
+            "status": status,
+        }
+        self.rows.append(row)
+        return row
+
+    @staticmethod
+    def cpu_split(first: dict[str, Any], last: dict[str, Any], window: float) -> dict[str, Any]:
+        """CPU between two samples: the daemon (user, system), its children, the machine."""
+
+        def pct(key: str) -> float | None:
+            return 100 * (last[key] - first[key]) / window if window > 0 else None
+
+        machine_total = last["machine_total_s"] - first["machine_total_s"]
+        machine_busy = last["machine_busy_s"] - first["machine_busy_s"]
+        return {
+            "daemon_user_pct_of_one_core": pct("utime_s"),
+            "daemon_system_pct_of_one_core": pct("stime_s"),
+            "children_pct_of_one_core": pct("children_cpu_s"),
+            "machine_busy_pct_of_all_cores": (
+                100 * machine_busy / machine_total if machine_total > 0 else None
+            ),
+        }
+
+    def peak_mb(self) -> float | None:
+        return max((r["hwm_mb"] for r in self.rows), default=None)
+
+    def max_of(self, key: str) -> Any:
+        return max((r[key] for r in self.rows if r[key] is not None), default=None)
+
+
+def _config(work: Path, n: int, defaults: dict[str, Any]) -> Path:
+    targets = common.make_targets(work, n)
+    return common.write_config(
+        work / "config.toml",
+        daemon={
+            "state_dir": work / "state",
+            "max_concurrent_iterations": 32,
+            "shutdown_grace_seconds": 30,
+            "log_format": "json",
+            "log_level": "info",
+        },
+        budget={"max_cost_usd": 100_000_000.0, "cost_per_minute_usd": 0.10},
+        defaults=defaults,
+        targets=targets,
+    )
+
+
+def busy(work: Path, n: int, seconds: float) -> dict[str, Any]:
+    """Part A: n targets iterating for `seconds`, then SIGTERM."""
+    print(f"busy: {n} targets, 1 s cooldown, 32 concurrent, {seconds:g} s", flush=True)
+    config = _config(
+        work,
+        n,
+        {
+            "mode": "continuous",
+            "max_iterations": common.NO_LIMIT_ITERATIONS,
+            "max_cost_usd": common.NO_LIMIT_USD,
+            "plateau_window": common.NO_LIMIT_ITERATIONS,
+            "oscillation_window": 0,
+            "cooldown_minutes": 1 / 60,
+            "orchestrator": common.as_template(common.echo_argv()),
+            "handoff_arg": "",
+            "estimated_cost_usd": 0.0001,
+        },
+    )
+    out = work / "daemon.out"
+    result: dict[str, Any] = {"targets": n, "run_s": seconds}
+    with common.NotifyListener(work / "notify.sock") as notify:
+        t0 = time.monotonic()
+        proc = common.start_daemon(["--config", str(config)], env=notify.env, stdout=out, cwd=work)
+        sampler = Sampler(proc.pid, t0)
+        try:
+            ready = notify.wait_for(common.is_ready, timeout_s=300)
+            if ready is None:
+                raise RuntimeError(f"no READY=1 within 300 s:\n{common.tail(out)}")
+            result["start_to_ready_s"] = ready.at - t0
+            first = sampler.sample()
+            deadline = ready.at + seconds
+            while time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(min(SAMPLE_S, max(0.0, deadline - time.monotonic())))
+                sampler.sample(notify.last_status())
+            last = sampler.sample(notify.last_status())
+            term_wall = time.time()
+            stop_s, code = common.stop_daemon(proc, timeout_s=120)
+        finally:
+            common.kill_daemon(proc)
+    if first is None or last is None:
+        raise RuntimeError(f"the daemon died:\n{common.tail(out)}")
+    window = (last["t"] + t0) - ready.at
+    events = common.read_events(out)
+    finished = [e for e in events if e.get("event") == "iteration_finished"]
+    in_window = [
+        e for e in finished if "timestamp" in e and ready.wall <= _wall(e["timestamp"]) <= term_wall
+    ]
+    per_second = Counter(int(_wall(e["timestamp"]) - ready.wall) for e in finished)
+    roots = sorted((work / "state").iterdir())
+    roots = [r for r in roots if r.is_dir()]
+    audit = common.audit_state_roots(roots, allowed_status={"stopped_signal"})
+    cpu_s = last["cpu_s"] - first["cpu_s"]
+    result.update(
+        exit_code=code,
+        sigterm_to_exit_s=stop_s,
+        window_s=window,
+        iterations_in_window=len(in_window),
+        iterations_per_s=len(in_window) / window if window > 0 else None,
+        iterations_total=len(finished),
+        peak_rss_mb=sampler.peak_mb(),
+        rss_at_sigterm_mb=last["rss_mb"],
+        cpu_pct_of_one_core=100 * cpu_s / window if window > 0 else None,
+        cpu_s_in_window=cpu_s,
+        cpu_split=Sampler.cpu_split(first, last, window),
+        daemon_cpu_ms_per_iteration=1e3 * cpu_s / len(in_window) if in_window else None,
+        cpu_s_total_to_sigterm=last["cpu_s"],
+        max_threads=sampler.max_of("threads"),
+        max_fds=sampler.max_of("fds"),
+        log_lines=audit.log_lines,
+        iteration_finished_events=len(finished),
+        lost_or_double_counted=audit.log_lines - len(finished),
+        invariants_ok=not audit.problems and audit.log_lines == len(finished),
+        audit=audit.as_dict(),
+        iterations_per_second_timeline=[per_second.get(i, 0) for i in range(int(window) + 2)],
+        samples=sampler.rows,
+        goal_peak_rss_mb=GOAL_BUSY_RSS_MB,
+    )
+    return result
+
+
+def idle(work: Path, n: int, idle_s: float) -> dict[str, Any]:
+    """Part B: n dry-run targets, one iteration each, then all cooling down for 600 min."""
+    print(f"idle: {n} targets, dry run, 600 min cooldown, idle window {idle_s:g} s", flush=True)
+    soft, hard = common.raise_nofile_limit(n + 4096)
+    config = _config(
+        work,
+        n,
+        {
+            "mode": "continuous",
+            "dry_run": True,
+            "simulated_seconds": 0.0,
+            "max_iterations": 1000,
+            "max_cost_usd": common.NO_LIMIT_USD,
+            "cooldown_minutes": 600,
+            "estimated_cost_usd": 0.5,
+        },
+    )
+    out = work / "daemon.out"
+    result: dict[str, Any] = {"targets": n, "idle_s": idle_s, "nofile_limit": [soft, hard]}
+    with common.NotifyListener(work / "notify.sock") as notify:
+        t0 = time.monotonic()
+        proc = common.start_daemon(["--config", str(config)], env=notify.env, stdout=out, cwd=work)
+        sampler = Sampler(proc.pid, t0)
+        try:
+            ready = notify.wait_for(common.is_ready, timeout_s=600)
+            if ready is None:
+                raise RuntimeError(f"no READY=1 within 600 s:\n{common.tail(out)}")
+            result["start_to_ready_s"] = ready.at - t0
+            print(f"  READY after {ready.at - t0:.1f} s", flush=True)
+            cooled = None
+            deadline = time.monotonic() + 900
+            while cooled is None and time.monotonic() < deadline and proc.poll() is None:
+                cooled = notify.wait_for(common.all_cooling(n), timeout_s=SAMPLE_S * 4)
+                sampler.sample(notify.last_status())
+            if cooled is None:
+                raise RuntimeError(f"not all cooling down: {notify.last_status()}")
+            result["ready_to_all_cooling_s"] = cooled.at - ready.at
+            print(f"  all cooling down {cooled.at - ready.at:.1f} s after READY", flush=True)
+            time.sleep(3.0)  # let the last checkpoints and log lines of the burst settle
+            first = sampler.sample(notify.last_status())
+            end = time.monotonic() + idle_s
+            while time.monotonic() < end and proc.poll() is None:
+                time.sleep(min(SAMPLE_S, max(0.0, end - time.monotonic())))
+                sampler.sample(notify.last_status())
+            last = sampler.sample(notify.last_status())
+            stop_s, code = common.stop_daemon(proc, timeout_s=300)
+        finally:
+            common.kill_daemon(proc)
+    if first is None or last is None:
+        raise RuntimeError(f"the daemon died:\n{common.tail(out)}")
+    window = last["t"] - first["t"]
+    roots = [r for r in sorted((work / "state").iterdir()) if r.is_dir()]
+    audit = common.audit_state_roots(roots, allowed_status={"stopped_signal"})
+    finished = [e for e in common.read_events(out) if e.get("event") == "iteration_finished"]
+    cpu_s = last["cpu_s"] - first["cpu_s"]
+    result.update(
+        exit_code=code,
+        sigterm_to_exit_s=stop_s,
+        peak_rss_mb=sampler.peak_mb(),
+        rss_idle_mb=last["rss_mb"],
+        rss_per_target_kb=last["rss_mb"] * 1024 / n,
+        idle_window_s=window,
+        idle_cpu_s=cpu_s,
+        idle_cpu_pct_of_one_core=100 * cpu_s / window if window > 0 else None,
+        idle_cpu_split=Sampler.cpu_split(first, last, window),
+        max_threads=sampler.max_of("threads"),
+        max_fds=sampler.max_of("fds"),
+        log_lines=audit.log_lines,
+        iteration_finished_events=len(finished),
+        invariants_ok=not audit.problems and audit.log_lines == len(finished),
+        audit=audit.as_dict(),
+        samples=sampler.rows,
+        goal_peak_rss_mb=GOAL_IDLE_RSS_MB,
+        goal_idle_cpu_pct=GOAL_IDLE_CPU_PCT,
+    )
+    return result
+
+
+def plot(results: dict[str, Any]) -> Path | None:
+    """RSS and iterations per second of the busy run (needs matplotlib)."""
+    plt = common.pyplot()
+    if plt is None or "busy" not in results:
+        return None
+    b = results["busy"]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    ready = b["start_to_ready_s"]
+    ts = [r["t"] - ready for r in b["samples"]]
+    ax1.plot(ts, [r["rss_mb"] for r in b["samples"]], label="VmRSS")
+    ax1.plot(ts, [r["hwm_mb"] for r in b["samples"]], label="VmHWM", linestyle="--")
+    ax1.axhline(GOAL_BUSY_RSS_MB, color="red", linewidth=0.8, label="goal")
+    ax1.set_ylabel("MB")
+    ax1.legend(loc="lower right")
+    ax1.set_title(f"autoloopd, {b['targets']} targets, 32 concurrent (t = 0 at READY)")
+    rate = b["iterations_per_second_timeline"]
+    ax2.bar(range(len(rate)), rate, width=1.0)
+    ax2.set_ylabel("iterations / s")
+    ax2.set_xlabel("seconds since READY=1")
+    fig.tight_layout()
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    path = common.RESULTS / "scale.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--only", choices=("busy", "idle"), default=None)
+    p.add_argument("--busy-targets", type=int, default=1000)
+    p.add_argument("--idle-targets", type=int, default=None, help="default 10000 (quick 2000)")
+    p.add_argument("--seconds", type=float, default=None, help="busy run (default 60, quick 15)")
+    args = p.parse_args()
+    seconds = args.seconds or (15.0 if args.quick else 60.0)
+    idle_targets = args.idle_targets or (2000 if args.quick else 10000)
+    idle_s = 5.0 if args.quick else 20.0
+    results: dict[str, Any] = {"quick": args.quick}
+    with common.work_dir("scale", args.keep) as base:
+        results["machine"] = common.machine(base)
+        common.print_machine(results["machine"])
+        if args.only in (None, "busy"):
+            (base / "busy").mkdir()
+            results["busy"] = busy(base / "busy", args.busy_targets, seconds)
+        if args.only in (None, "idle"):
+            (base / "idle").mkdir()
+            results["idle"] = idle(base / "idle", idle_targets, idle_s)
+    rows = []
+    if "busy" in results:
+        b = results["busy"]
+        rows += [
+            ["busy", "targets", b["targets"], ""],
+            ["busy", "iterations/s (READY..SIGTERM)", f"{b['iterations_per_s']:.1f}", ""],
+            ["busy", "peak RSS MB (VmHWM)", f"{b['peak_rss_mb']:.1f}",
+             common.goal(b["peak_rss_mb"], GOAL_BUSY_RSS_MB) + f" (<= {GOAL_BUSY_RSS_MB:g})"],
+            ["busy", "CPU % of one core (daemon only)", f"{b['cpu_pct_of_one_core']:.1f}", ""],
+            ["busy", "  daemon CPU ms per iteration", f"{b['daemon_cpu_ms_per_iteration']:.2f}",
+             ""],
+            ["busy", "  orchestrators' CPU % of one core",
+             common.rnd(b["cpu_split"]["children_pct_of_one_core"], 1), ""],
+            ["busy", "  machine busy % (all cores, anyone)",
+             common.rnd(b["cpu_split"]["machine_busy_pct_of_all_cores"], 1), ""],
+            ["busy", "start to READY s", f"{b['start_to_ready_s']:.2f}", ""],
+            ["busy", "SIGTERM to exit s", common.rnd(b["sigterm_to_exit_s"], 2), ""],
+            ["busy", "log lines / iteration_finished",
+             f"{b['log_lines']} / {b['iteration_finished_events']}", ""],
+            ["busy", "per-target iterations min..max",
+             f"{b['audit']['per_target_completed_min']}..{b['audit']['per_target_completed_max']}",
+             ""],
+            ["busy", "invariants", "ok" if b["invariants_ok"] else "VIOLATED",
+             f"{b['audit']['problem_count']} problems"],
+        ]  # fmt: skip
+    if "idle" in results:
+        i = results["idle"]
+        rows += [
+            ["idle", "targets", i["targets"], ""],
+            ["idle", "start to READY s", f"{i['start_to_ready_s']:.1f}", ""],
+            ["idle", "READY to all cooling down s", f"{i['ready_to_all_cooling_s']:.1f}", ""],
+            ["idle", "peak RSS MB (VmHWM)", f"{i['peak_rss_mb']:.1f}",
+             common.goal(i["peak_rss_mb"], GOAL_IDLE_RSS_MB) + f" (<= {GOAL_IDLE_RSS_MB:g})"],
+            ["idle", "RSS per target kB (idle)", f"{i['rss_per_target_kb']:.1f}", ""],
+            ["idle", f"idle CPU % of one core ({i['idle_window_s']:.0f} s)",
+             f"{i['idle_cpu_pct_of_one_core']:.2f}",
+             common.goal(i["idle_cpu_pct_of_one_core"], GOAL_IDLE_CPU_PCT)
+             + f" (< {GOAL_IDLE_CPU_PCT:g})"],
+            ["idle", "  machine busy % (all cores, anyone)",
+             common.rnd(i["idle_cpu_split"]["machine_busy_pct_of_all_cores"], 1), ""],
+            ["idle", "max threads / fds", f"{i['max_threads']} / {i['max_fds']}", ""],
+            ["idle", "SIGTERM to exit s", common.rnd(i["sigterm_to_exit_s"], 2), ""],
+            ["idle", "invariants", "ok" if i["invariants_ok"] else "VIOLATED",
+             f"{i['audit']['problem_count']} problems"],
+        ]  # fmt: skip
+    print()
+    print(common.table(["part", "figure", "value", "goal"], rows))
+    for part in ("busy", "idle"):
+        if part in results and results[part]["audit"]["problems"]:
+            print(f"{part} problems: {results[part]['audit']['problems'][:5]}")
+    path = plot(results)
+    if path is not None:
+        results["plot"] = str(path)
+        print(f"plot: {path}")
+    print(f"results: {common.write_results('scale', results)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Start-up and shutdown of a daemon with 1,000 targets.
+
+Start: time from spawning `autoloopd --config` to its READY=1 datagram (we bind an AF_UNIX
+SOCK_DGRAM socket and pass it as NOTIFY_SOCKET), with a fresh state directory (every state
+root is created) and on a warm restart (every state root exists, with its state and log).
+Goal <= 2 s.
+
+Stop: time from SIGTERM to exit while every target is cooling down (STATUS= says so), with
+every state checkpointed; afterwards every state file must parse, hold status
+`stopped_signal` (or `cooldown`) with nothing in flight, and agree with its log. Goal <= 1 s.
+
+The targets use the built-in simulator (dry_run, simulated_seconds = 0) and a 600 min
+cooldown, so each runs one iteration after the fresh start and then waits. Each cycle
+(fresh start, stop, warm start, stop) runs 3 times (`--quick`: once); medians reported.
+
+    .venv/bin/python bench/startstop.py [--quick] [--targets N] [--runs N]
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+
+GOAL_START_S = 2.0
+GOAL_STOP_S = 1.0
+
+
+def _config(work: Path, n: int) -> Path:
+    return common.write_config(
+        work / "config.toml",
+        daemon={
+            "state_dir": work / "state",
+            "max_concurrent_iterations": 32,
+            "shutdown_grace_seconds": 30,
+            "log_format": "json",
+            "log_level": "info",
+        },
+        budget={"max_cost_usd": 100_000_000.0},
+        defaults={
+            "mode": "continuous",
+            "dry_run": True,
+            "simulated_seconds": 0.0,
+            "max_iterations": 1000,
+            "max_cost_usd": common.NO_LIMIT_USD,
+            "cooldown_minutes": 600,
+            "estimated_cost_usd": 0.5,
+        },
+        targets=common.make_targets(work, n),
+    )
+
+
+def one_cycle(work: Path, config: Path, n: int, kind: str) -> dict[str, Any]:
+    """Start (fresh or warm), wait until all cool down, SIGTERM, audit the state roots."""
+    out = work / f"daemon-{kind}.out"
+    with common.NotifyListener(work / "notify.sock") as notify:
+        t0, spawn_wall = time.monotonic(), time.time()
+        proc = common.start_daemon(["--config", str(config)], env=notify.env, stdout=out, cwd=work)
+        try:
+            ready = notify.wait_for(common.is_ready, timeout_s=300)
+            if ready is None:
+                raise RuntimeError(f"no READY=1 within 300 s:\n{common.tail(out)}")
+            cooled = notify.wait_for(common.all_cooling(n), timeout_s=600)
+            if cooled is None:
+                raise RuntimeError(f"not all cooling down: {notify.last_status()}")
+            time.sleep(0.5)  # a quiet moment: nothing in flight, no checkpoint being written
+            rss_mb = common.proc_status_kb(proc.pid).get("VmHWM", 0) / 1024
+            term_wall = time.time()
+            stop_s, code = common.stop_daemon(proc, timeout_s=120)
+            exit_wall = time.time()
+        finally:
+            common.kill_daemon(proc)
+    roots = [r for r in sorted((work / "state").iterdir()) if r.is_dir()]
+    audit = common.audit_state_roots(roots, allowed_status={"stopped_signal", "cooldown"})
+    ok = not audit.problems and audit.targets == n
+    phases = _phases(common.read_events(out), spawn_wall, ready.wall, term_wall, exit_wall)
+    return {
+        "phases_s": phases,
+        "kind": kind,
+        "start_to_ready_s": ready.at - t0,
+        "ready_to_all_cooling_s": cooled.at - ready.at,
+        "sigterm_to_exit_s": stop_s,
+        "exit_code": code,
+        "peak_rss_mb": rss_mb,
+        "states_ok": ok,
+        "audit": audit.as_dict(),
+    }
+
+
+def _phases(
+    events: list[dict[str, Any]], spawn: float, ready: float, term: float, exit_: float
+) -> dict[str, float | None]:
+    """Split start-up and shutdown by the daemon's own log events (wall clock)."""
+
+    def first(name: str, after: float = 0.0) -> float | None:
+        for e in events:
+            if e.get("event") == name and "timestamp" in e:
+                at = _wall(e["timestamp"])
+                if at >= after - 0.05:
+                    return at
+        return None
+
+    def last(name: str) -> float | None:
+        stamps = [_wall(e["timestamp"]) for e in events if e.get("event") == name]
+        return max(stamps) if stamps else None
+
+    def span(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round(b - a, 4)
+
+    starting = first("daemon_starting")
+    daemon_ready = first("daemon_ready")
+    shutdown = first("shutdown_requested", term)
+    stopped_last = last("target_stopped")
+    stopped = first("daemon_stopped", term)
+    return {
+        "spawn_to_daemon_starting (interpreter, imports, config)": span(spawn, starting),
+        "daemon_starting_to_daemon_ready (prepare every target)": span(starting, daemon_ready),
+        "daemon_ready_to_READY_received": span(daemon_ready, ready),
+        "sigterm_to_shutdown_requested": span(term, shutdown),
+        "shutdown_requested_to_last_target_stopped (final checkpoints)": span(
+            shutdown, stopped_last
+        ),
+        "last_target_stopped_to_daemon_stopped": span(stopped_last, stopped),
+        "daemon_stopped_to_exit (teardown)": span(stopped, exit_),
+    }
+
+
+def _wall(stamp: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def main() -> None:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--targets", type=int, default=1000)
+    p.add_argument("--runs", type=int, default=None, help="default 3 (quick 1)")
+    args = p.parse_args()
+    runs = args.runs or (1 if args.quick else 3)
+    n = args.targets
+    common.raise_nofile_limit(n + 4096)
+    cycles: list[dict[str, Any]] = []
+    with common.work_dir("startstop", args.keep) as base:
+        info = common.machine(base)
+        common.print_machine(info)
+        for run in range(runs):
+            work = base / f"run{run + 1}"
+            work.mkdir()
+            config = _config(work, n)
+            for kind in ("fresh", "warm"):
+                c = one_cycle(work, config, n, kind)
+                c["run"] = run + 1
+                cycles.append(c)
+                print(
+                    f"  run {run + 1} {kind}: start->READY {c['start_to_ready_s']:.2f} s, "
+                    f"SIGTERM->exit {common.rnd(c['sigterm_to_exit_s'], 2)} s, "
+                    f"states {'ok' if c['states_ok'] else 'NOT OK'}",
+                    flush=True,
+                )
+
+    def med(kind: str | None, key: str) -> float | None:
+        values = [
+            c[key] for c in cycles if (kind is None or c["kind"] == kind) and c[key] is not None
+        ]
+        return statistics.median(values) if values else None
+
+    summary = {
+        "start_fresh_median_s": med("fresh", "start_to_ready_s"),
+        "start_warm_median_s": med("warm", "start_to_ready_s"),
+        "stop_median_s": med(None, "sigterm_to_exit_s"),
+        "stop_after_fresh_median_s": med("fresh", "sigterm_to_exit_s"),
+        "stop_after_warm_median_s": med("warm", "sigterm_to_exit_s"),
+        "all_states_ok": all(c["states_ok"] for c in cycles),
+    }
+    results = {
+        "machine": info,
+        "quick": args.quick,
+        "targets": n,
+        "runs": runs,
+        "summary": summary,
+        "cycles": cycles,
+        "goal_start_s": GOAL_START_S,
+        "goal_stop_s": GOAL_STOP_S,
+    }
+    rows = [
+        ["start -> READY=1, fresh state dir", common.rnd(summary["start_fresh_median_s"], 2),
+         common.goal(summary["start_fresh_median_s"], GOAL_START_S) + f" (<= {GOAL_START_S:g})"],
+        ["start -> READY=1, warm restart", common.rnd(summary["start_warm_median_s"], 2),
+         common.goal(summary["start_warm_median_s"], GOAL_START_S) + f" (<= {GOAL_START_S:g})"],
+        ["SIGTERM -> exit, all cooling down", common.rnd(summary["stop_median_s"], 2),
+         common.goal(summary["stop_median_s"], GOAL_STOP_S) + f" (<= {GOAL_STOP_S:g})"],
+        ["every state parses, stopped, agrees with log",
+         "yes" if summary["all_states_ok"] else "NO", ""],
+    ]  # fmt: skip
+    print()
+    print(f"{n} targets, {runs} run(s), medians:")
+    print(common.table(["figure", "seconds", "goal"], rows))
+    phase_rows = []
+    for key in cycles[0]["phases_s"]:
+        for kind in ("fresh", "warm"):
+            values = [
+                c["phases_s"][key]
+                for c in cycles
+                if c["kind"] == kind and c["phases_s"][key] is not None
+            ]
+            phase_rows.append([key, kind, common.rnd(median_or_none(values), 3)])
+    print()
+    print(common.table(["phase (from the daemon's log events)", "cycle", "median s"], phase_rows))
+    print(f"results: {common.write_results('startstop', results)}")
+
+
+def median_or_none(values: list[float]) -> float | None:
+    """The median, None for no values."""
+    return statistics.median(values) if values else None
+
+
+if __name__ == "__main__":
+    main()
