@@ -9,7 +9,6 @@ state), until a stop condition or a stop request.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -32,7 +31,6 @@ from autoloop_daemon.convergence import (
     weighted_score,
 )
 from autoloop_daemon.exceptions import StateWriteError
-from autoloop_daemon.fsio import remove_stale_tmp
 from autoloop_daemon.models import (
     FINAL_STATUSES,
     STATUS_COOLDOWN,
@@ -46,9 +44,9 @@ from autoloop_daemon.models import (
     LogEntry,
     TargetSpec,
 )
-from autoloop_daemon.orchestrator import elapsed_cost_usd, run_iteration, run_marker
-from autoloop_daemon.process import find_marked, stop_group
+from autoloop_daemon.orchestrator import elapsed_cost_usd, run_iteration
 from autoloop_daemon.progress import Progress
+from autoloop_daemon.recovery import recover
 from autoloop_daemon.schedule import next_tick
 
 log = structlog.get_logger("autoloopd.target")
@@ -90,7 +88,6 @@ class TargetRunner:
         self._state_file = state_mod.state_path(spec.state_root)
         self._log_file = artifacts.log_path(spec.state_root)
         self.state: dict[str, Any] = {}
-        self._entries: list[LogEntry] = []  # the log while starting; dropped after prepare()
         self._progress = Progress(spec.weights_map, spec.min_improvement)
         self._last_entry: LogEntry | None = None
         # True when the state in memory is ahead of the file and the save was deferred (see
@@ -108,157 +105,18 @@ class TargetRunner:
 
     # ----------------------------------------------------------------- start-up
 
-    def _load_sync(
-        self, migrations: list[str]
-    ) -> tuple[dict[str, Any] | None, list[LogEntry], int, list[Path]]:
-        self._lock.acquire()
-        try:
-            artifacts.ensure_layout(self.spec.state_root)
-            root = self.spec.state_root
-            stale = [
-                p
-                for d in (root, root / "handoffs", root / "runs", root / "learner")
-                for p in remove_stale_tmp(d)
-            ]
-            loaded = state_mod.load_state(self._state_file, on_migrate=migrations.append)
-            entries, torn = artifacts.read_log(self._log_file)
-        except BaseException:
-            self._lock.release()
-            raise
-        return loaded, entries, torn, stale
-
     async def prepare(self) -> None:
-        """Lock the state root, recover from the log and checkpoint.
+        """Lock the state root, recover from the log and checkpoint (see recovery.py).
 
         Raises StateLockedError, StateCorruptError or StateWriteError; the files are left
         untouched by a refusal.
         """
-        migrations: list[str] = []
-        loaded, entries, torn, stale = await anyio.to_thread.run_sync(self._load_sync, migrations)
-        try:
-            with structlog.contextvars.bound_contextvars(target=self.spec.name):
-                if torn:
-                    log.warning("log_tail_truncated", path=str(self._log_file), bytes=torn)
-                if stale:
-                    log.info("stale_temp_files_removed", count=len(stale))
-                if loaded is None:
-                    loaded = state_mod.new_state(self.spec, to_iso(now_utc()))
-                    started_at = loaded.get("started_at")
-                    if entries:  # a log without a state: the log wins
-                        started_at = entries[0].started_at
-                    loaded["started_at"] = started_at
-                for line in migrations:
-                    log.info("state_migrated", detail=line)
-                if not entries and loaded is not None:
-                    # A state from the original script has no log: keep its history and cost.
-                    for entry in state_mod.seed_entries(loaded):
-                        await artifacts.append_log(self._log_file, entry)
-                        entries.append(entry)
-                    if entries:
-                        log.info("log_seeded_from_state", entries=len(entries))
-                self._entries = entries
-                self.state = loaded
-                await self._recover_in_flight()
-                await self._restore_last_handoff()
-                self.state = state_mod.apply_limits(
-                    state_mod.reconcile(
-                        self.state, self._entries, self.spec.weights_map, self.spec.min_improvement
-                    ),
-                    self.spec,
-                )
-                self.state["in_flight"] = None
-                self._progress = Progress.from_entries(
-                    self._entries, self.spec.weights_map, self.spec.min_improvement
-                )
-                self._last_entry = self._entries[-1] if self._entries else None
-                self._entries = []
-                await self._save()
-                self.prepared_cost_usd = float(self.state["total_cost_usd"])
-        except BaseException:
-            self._lock.release()
-            raise
-
-    async def _recover_in_flight(self) -> None:
-        in_flight = self.state.get("in_flight")
-        if not isinstance(in_flight, dict):
-            return
-        iteration = in_flight.get("iteration")
-        if not isinstance(iteration, int) or iteration < 1:
-            return
-        orphans = await anyio.to_thread.run_sync(find_marked, run_marker(self.spec, iteration))
-        for pid in orphans:
-            try:
-                pgid = os.getpgid(pid)
-            except ProcessLookupError:
-                continue
-            if pgid in (0, 1, os.getpgrp()):
-                continue  # never signal our own group (or init's)
-            log.warning("orphan_stopped", iteration=iteration, pid=pid, pgid=pgid)
-            with anyio.CancelScope(shield=True):
-                await stop_group(pgid, self.spec.term_grace_seconds, extra_pids=[pid])
-        if any(e.iteration == iteration for e in self._entries):
-            return  # it was logged; the state merely lagged the log
-        last = self._entries[-1].iteration if self._entries else 0
-        if iteration != last + 1:
-            log.warning("in_flight_ignored", iteration=iteration, last_logged=last)
-            return
-        started = parse_iso(in_flight.get("started_at")) or now_utc()
-        finished = now_utc() if orphans else self._last_sign_of_life(iteration, started)
-        duration = max(0.0, (finished - started).total_seconds())
-        entry = LogEntry(
-            iteration=iteration,
-            started_at=to_iso(started),
-            finished_at=to_iso(finished),
-            status="interrupted",
-            decision=None,
-            weighted_score=None,
-            cost_usd=0.0
-            if self.spec.dry_run
-            else elapsed_cost_usd(duration, self.spec.cost_per_minute_usd),
-            duration_seconds=round(duration, 3),
-            error="autoloopd stopped while this iteration ran (recovered at start)",
-        )
-        await artifacts.append_log(self._log_file, entry)
-        self._entries.append(entry)
-        log.warning(
-            "interrupted_iteration_recorded",
-            iteration=iteration,
-            cost_usd=entry.cost_usd,
-            orphans=len(orphans),
-        )
-
-    async def _restore_last_handoff(self) -> None:
-        """Rewrite the newest completed run's handoff when a crash lost it.
-
-        It is written after the run's log line, so a kill between the two leaves the next
-        iteration without the `--source` that tells it what the last one decided.
-        """
-        completed = [e for e in self._entries if e.completed]
-        if not completed:
-            return
-        last = completed[-1]
-        if artifacts.handoff_path(self.spec.state_root, last.iteration).is_file():
-            return
-        before = next((dict(e.scores) for e in reversed(completed[:-1]) if e.scores), {})
-        text = artifacts.render_handoff(
-            iteration=last.iteration,
-            decision=last.decision,
-            candidate_id=last.candidate_id,
-            artifact_path=last.artifact_path,
-            before=before,
-            after=dict(last.scores),
-        )
-        await artifacts.write_handoff(self.spec.state_root, last.iteration, text)
-        log.warning("handoff_restored", iteration=last.iteration)
-
-    def _last_sign_of_life(self, iteration: int, started: datetime) -> datetime:
-        """When a dead run last did something: its run log's mtime, else its start."""
-        try:
-            mtime = artifacts.run_log_path(self.spec.state_root, iteration).stat().st_mtime
-        except OSError:
-            return started
-        moment = datetime.fromtimestamp(mtime, tz=started.tzinfo)
-        return max(started, min(moment, now_utc()))
+        with structlog.contextvars.bound_contextvars(target=self.spec.name):
+            recovered = await recover(self.spec, self._lock)
+        self.state = recovered.state
+        self._progress = recovered.progress
+        self._last_entry = recovered.last_entry
+        self.prepared_cost_usd = float(self.state["total_cost_usd"])
 
     # ----------------------------------------------------------------- control
 

@@ -1,0 +1,194 @@
+"""Start-up recovery of one state root: lock it and bring its state up to its log.
+
+The log is the source of truth. At start: take the lock, remove temp files a killed write
+left, read the state (refusing a corrupt one untouched) and the log (truncating a torn last
+line), seed a log from an old state that has none, record a run that was in flight when the
+last process died as `interrupted` (stopping its orphaned process group), restore a handoff
+a crash lost, recompute the state from the log and checkpoint it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from autoloop_daemon import artifacts
+from autoloop_daemon import state as state_mod
+from autoloop_daemon.clock import now_utc, parse_iso, to_iso
+from autoloop_daemon.fsio import remove_stale_tmp
+from autoloop_daemon.models import LogEntry, TargetSpec
+from autoloop_daemon.orchestrator import elapsed_cost_usd, run_marker
+from autoloop_daemon.process import find_marked, stop_group
+from autoloop_daemon.progress import Progress
+
+log = structlog.get_logger("autoloopd.recovery")
+
+_SUBDIRS = ("handoffs", "runs", "learner")
+
+
+@dataclass(slots=True)
+class Recovered:
+    """A state root brought up to its log, ready for the target's cycle."""
+
+    state: dict[str, Any]
+    progress: Progress
+    last_entry: LogEntry | None
+
+
+def _load_sync(
+    spec: TargetSpec, lock: state_mod.StateLock, migrations: list[str]
+) -> tuple[dict[str, Any] | None, list[LogEntry], int, list[Path]]:
+    lock.acquire()
+    try:
+        root = spec.state_root
+        artifacts.ensure_layout(root)
+        stale = [p for d in (root, *(root / s for s in _SUBDIRS)) for p in remove_stale_tmp(d)]
+        loaded = state_mod.load_state(state_mod.state_path(root), on_migrate=migrations.append)
+        entries, torn = artifacts.read_log(artifacts.log_path(root))
+    except BaseException:
+        lock.release()
+        raise
+    return loaded, entries, torn, stale
+
+
+async def recover(spec: TargetSpec, lock: state_mod.StateLock) -> Recovered:
+    """Lock `spec`'s state root, recover it from its log and checkpoint it.
+
+    Raises StateLockedError, StateCorruptError or StateWriteError (the lock is released and
+    a refused file is left untouched).
+    """
+    migrations: list[str] = []
+    loaded, entries, torn, stale = await anyio.to_thread.run_sync(
+        _load_sync, spec, lock, migrations
+    )
+    log_file = artifacts.log_path(spec.state_root)
+    try:
+        if torn:
+            log.warning("log_tail_truncated", path=str(log_file), bytes=torn)
+        if stale:
+            log.info("stale_temp_files_removed", count=len(stale))
+        for line in migrations:
+            log.info("state_migrated", detail=line)
+        if loaded is None:
+            loaded = state_mod.new_state(spec, to_iso(now_utc()))
+            if entries:  # a log without a state: the log wins
+                loaded["started_at"] = entries[0].started_at
+        elif not entries:
+            # A state from the original script has no log: keep its history and cost.
+            for entry in state_mod.seed_entries(loaded):
+                await artifacts.append_log(log_file, entry)
+                entries.append(entry)
+            if entries:
+                log.info("log_seeded_from_state", entries=len(entries))
+        await _record_interrupted_run(spec, loaded, entries)
+        await _restore_last_handoff(spec, entries)
+        state = state_mod.apply_limits(
+            state_mod.reconcile(loaded, entries, spec.weights_map, spec.min_improvement), spec
+        )
+        state["in_flight"] = None
+        await state_mod.save_state(state_mod.state_path(spec.state_root), state)
+    except BaseException:
+        lock.release()
+        raise
+    return Recovered(
+        state=state,
+        progress=Progress.from_entries(entries, spec.weights_map, spec.min_improvement),
+        last_entry=entries[-1] if entries else None,
+    )
+
+
+async def _record_interrupted_run(
+    spec: TargetSpec, state: dict[str, Any], entries: list[LogEntry]
+) -> None:
+    """Log the run that was in flight when the last process died, as interrupted.
+
+    Its orphaned processes (found by their AUTOLOOPD_RUN marker) are stopped first; it is
+    charged its elapsed time at the target's rate (up to now if it still ran, else up to its
+    run log's last write).
+    """
+    in_flight = state.get("in_flight")
+    if not isinstance(in_flight, dict):
+        return
+    iteration = in_flight.get("iteration")
+    if not isinstance(iteration, int) or iteration < 1:
+        return
+    orphans = await anyio.to_thread.run_sync(find_marked, run_marker(spec, iteration))
+    for pid in orphans:
+        try:
+            pgid = os.getpgid(pid)
+        except ProcessLookupError:
+            continue
+        if pgid in (0, 1, os.getpgrp()):
+            continue  # never signal our own group (or init's)
+        log.warning("orphan_stopped", iteration=iteration, pid=pid, pgid=pgid)
+        with anyio.CancelScope(shield=True):
+            await stop_group(pgid, spec.term_grace_seconds, extra_pids=[pid])
+    if any(e.iteration == iteration for e in entries):
+        return  # it was logged; the state merely lagged the log
+    last = entries[-1].iteration if entries else 0
+    if iteration != last + 1:
+        log.warning("in_flight_ignored", iteration=iteration, last_logged=last)
+        return
+    started = parse_iso(in_flight.get("started_at")) or now_utc()
+    finished = now_utc() if orphans else _last_sign_of_life(spec, iteration, started)
+    duration = max(0.0, (finished - started).total_seconds())
+    entry = LogEntry(
+        iteration=iteration,
+        started_at=to_iso(started),
+        finished_at=to_iso(finished),
+        status="interrupted",
+        decision=None,
+        weighted_score=None,
+        cost_usd=0.0 if spec.dry_run else elapsed_cost_usd(duration, spec.cost_per_minute_usd),
+        duration_seconds=round(duration, 3),
+        error="autoloopd stopped while this iteration ran (recovered at start)",
+    )
+    await artifacts.append_log(artifacts.log_path(spec.state_root), entry)
+    entries.append(entry)
+    log.warning(
+        "interrupted_iteration_recorded",
+        iteration=iteration,
+        cost_usd=entry.cost_usd,
+        orphans=len(orphans),
+    )
+
+
+async def _restore_last_handoff(spec: TargetSpec, entries: list[LogEntry]) -> None:
+    """Rewrite the newest completed run's handoff when a crash lost it.
+
+    It is written after the run's log line, so a kill between the two leaves the next
+    iteration without the `--source` that tells it what the last one decided.
+    """
+    completed = [e for e in entries if e.completed]
+    if not completed:
+        return
+    last = completed[-1]
+    if artifacts.handoff_path(spec.state_root, last.iteration).is_file():
+        return
+    before = next((dict(e.scores) for e in reversed(completed[:-1]) if e.scores), {})
+    text = artifacts.render_handoff(
+        iteration=last.iteration,
+        decision=last.decision,
+        candidate_id=last.candidate_id,
+        artifact_path=last.artifact_path,
+        before=before,
+        after=dict(last.scores),
+    )
+    await artifacts.write_handoff(spec.state_root, last.iteration, text)
+    log.warning("handoff_restored", iteration=last.iteration)
+
+
+def _last_sign_of_life(spec: TargetSpec, iteration: int, started: datetime) -> datetime:
+    """When a dead run last did something: its run log's mtime, else its start."""
+    try:
+        mtime = artifacts.run_log_path(spec.state_root, iteration).stat().st_mtime
+    except OSError:
+        return started
+    moment = datetime.fromtimestamp(mtime, tz=started.tzinfo)
+    return max(started, min(moment, now_utc()))
