@@ -7,6 +7,7 @@ by a crash) is cut off; anything wrong before it is corruption and is refused un
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from autoloop_daemon import fsio
-from autoloop_daemon.exceptions import StateCorruptError
+from autoloop_daemon.exceptions import StateCorruptError, StateWriteError
 from autoloop_daemon.models import LogEntry
 
 LOG_NAME = "iteration_log.jsonl"
@@ -52,8 +53,19 @@ def ensure_layout(state_root: Path) -> None:
     """
     root = Path(state_root)
     fsio.make_dirs(root)
-    for name in (RUNS_DIR, HANDOFFS_DIR, LEARNER_DIR):
-        fsio.make_dirs(root / name)
+    created = False
+    try:
+        for name in (RUNS_DIR, HANDOFFS_DIR, LEARNER_DIR):
+            try:
+                (root / name).mkdir()
+                created = True
+            except FileExistsError:
+                if not (root / name).is_dir():
+                    raise NotADirectoryError(errno.ENOTDIR, str(root / name)) from None
+        if created:
+            fsio.fsync_dir(root)  # once for all three new entries
+    except OSError as exc:
+        raise StateWriteError(f"cannot create {root}: {fsio.describe_oserror(exc)}") from exc
 
 
 # --- the iteration log ----------------------------------------------------------------

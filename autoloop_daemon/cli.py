@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import resource
 import os
 import shlex
 import sys
@@ -35,6 +36,7 @@ from autoloop_daemon.exceptions import (
 )
 from autoloop_daemon.logging import configure_logging
 from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.process import use_pidfd_child_watcher
 from autoloop_daemon.sdnotify import Notifier
 from autoloop_daemon.supervisor import ReloadedConfig, Supervisor
 
@@ -211,6 +213,11 @@ def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
     )
 
 
+async def _run_supervisor(supervisor: Supervisor) -> int:
+    use_pidfd_child_watcher()
+    return await supervisor.run()
+
+
 def _echo(line: str) -> None:
     print(line, flush=True)
 
@@ -234,7 +241,7 @@ def _run_one_target(args: argparse.Namespace) -> int:
         one_shot=spec.mode == "scheduled",
         strict=True,
     )
-    return anyio.run(supervisor.run)
+    return anyio.run(_run_supervisor, supervisor)
 
 
 def _reloader(path: Path) -> ReloadedConfig:
@@ -247,6 +254,22 @@ def _reloader(path: Path) -> ReloadedConfig:
     )
 
 
+def _raise_open_file_limit(needed: int) -> None:
+    """Each target holds its lock file open: lift the soft limit towards the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = needed + 256  # pipes, sockets, run logs
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new_soft = wanted if hard == resource.RLIM_INFINITY else min(hard, max(wanted, soft))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+        if new_soft < wanted:
+            structlog.get_logger("autoloopd").warning(
+                "open_file_limit_low",
+                limit=new_soft,
+                needed=wanted,
+                hint="raise LimitNOFILE= (systemd) or ulimit -n",
+            )
+
+
 def _run_daemon(args: argparse.Namespace) -> int:
     cfg: AppConfig = load_config(args.config)
     if args.check:
@@ -255,6 +278,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
     configure_logging(
         args.log_format or cfg.daemon.log_format, args.log_level or cfg.daemon.log_level
     )
+    _raise_open_file_limit(len(cfg.targets))
     structlog.get_logger("autoloopd").info(
         "daemon_starting", config=str(cfg.path), targets=len(cfg.targets), pid=os.getpid()
     )
@@ -267,7 +291,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
         reloader=lambda: _reloader(cfg.path),
         notifier=Notifier(),
     )
-    return anyio.run(supervisor.run)
+    return anyio.run(_run_supervisor, supervisor)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

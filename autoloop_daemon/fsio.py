@@ -97,13 +97,16 @@ def _tmp_name(path: Path) -> Path:
 # --- sync API -------------------------------------------------------------------------
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Replace `path` with `data` atomically and durably.
 
     Writes `.<name>.<pid>.<random>.tmp` next to `path`, fsyncs it, renames it over `path`
     and fsyncs the directory. Raises StateWriteError("cannot write <path>: <strerror>") on
     any OSError; the temp file is removed and, unless the failure was the final directory
     sync (the rename already happened), the old file is untouched.
+
+    With `durable=False` the fsyncs are skipped: still atomic against a crash of this
+    process, but a power cut may lose the file (for files rebuilt from the log at start).
     """
     path = Path(path)
     tmp = _tmp_name(path)
@@ -112,12 +115,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
         _write_all(fd, data)
-        _fsync(fd)
+        if durable:
+            _fsync(fd)
         os.close(fd)
         fd = -1
         _replace(tmp, path)
         renamed = True
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     except OSError as exc:
         stage = " (directory sync after rename)" if renamed else ""
         raise StateWriteError(f"cannot write {path}: {describe_oserror(exc)}{stage}") from exc

@@ -16,9 +16,11 @@ See PITFALLS.md ("anyio") for why each step is done the way it is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -125,13 +127,13 @@ async def run_in_group(
     command = [os.fspath(arg) for arg in argv]
     if not command:
         raise ValueError("argv is empty")
-    log_fd = await anyio.to_thread.run_sync(_open_log, log_path)
+    sink = _LogSink(log_path)
     try:
         return await _run(
             command,
             cwd=cwd,
             env=dict(env),
-            sink=_LogSink(log_fd, log_path),
+            sink=sink,
             timeout_s=timeout_s,
             term_grace_s=term_grace_s,
             stdout_tail=_Tail(stdout_tail_bytes),
@@ -140,7 +142,7 @@ async def run_in_group(
         )
     finally:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(os.close, log_fd)
+            await sink.close()
 
 
 def signal_group(pgid: int, sig: int) -> bool:
@@ -414,11 +416,26 @@ class _LogSink:
     not kill the run.
     """
 
-    def __init__(self, fd: int, path: Path) -> None:
-        self._fd = fd
+    def __init__(self, path: Path) -> None:
+        self._fd = -1  # opened by the first write, in the same worker-thread call
         self._path = path
         self._lock = anyio.Lock()
         self._failed = False
+
+    def _open_and_write(self, chunk: bytes) -> None:
+        if self._fd < 0:
+            self._fd = _open_log(self._path)
+        _write_all(self._fd, chunk)
+
+    async def close(self) -> None:
+        """Close the log; a run that printed nothing still leaves an (empty) log file."""
+        async with self._lock:
+            if self._fd < 0:
+                with contextlib.suppress(OSError):
+                    self._fd = await anyio.to_thread.run_sync(_open_log, self._path)
+            if self._fd >= 0:
+                os.close(self._fd)  # a regular file's close does not block
+                self._fd = -1
 
     async def write(self, chunk: bytes) -> None:
         if self._failed:
@@ -427,7 +444,7 @@ class _LogSink:
             if self._failed:
                 return
             try:
-                await anyio.to_thread.run_sync(_write_all, self._fd, chunk)
+                await anyio.to_thread.run_sync(self._open_and_write, chunk)
             except OSError as exc:
                 self._failed = True
                 _log.warning("run_log_write_failed", path=str(self._path), error=str(exc))
@@ -517,3 +534,29 @@ def _read_stat(pid: int) -> tuple[str, int] | None:
         return fields[0].decode("ascii", "replace"), int(fields[2])
     except (IndexError, ValueError):
         return None
+
+
+def use_pidfd_child_watcher() -> bool:
+    """On Python 3.11, reap children through pidfds instead of a thread per child.
+
+    asyncio's default watcher there (ThreadedChildWatcher) starts one thread per
+    subprocess; under load that cost milliseconds per iteration. Python >= 3.12 uses pidfds
+    on its own. Call it once, from the running event loop of the process's only loop;
+    returns True when the watcher was installed.
+    """
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return False
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False  # not on asyncio (e.g. trio): nothing to do
+    try:
+        os.close(os.pidfd_open(os.getpid()))  # the kernel may lack pidfd support (< 5.3)
+    except OSError:
+        return False
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(loop)
+    asyncio.set_child_watcher(watcher)
+    return True

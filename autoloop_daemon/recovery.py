@@ -9,6 +9,7 @@ a crash lost, recompute the state from the log and checkpoint it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +30,8 @@ from autoloop_daemon.progress import Progress
 
 log = structlog.get_logger("autoloopd.recovery")
 
-_SUBDIRS = ("handoffs", "runs", "learner")
+# Where atomic writes leave temp files when killed (run logs are appended, never replaced).
+_SUBDIRS = ("handoffs", "learner")
 
 
 @dataclass(slots=True)
@@ -75,6 +77,7 @@ async def recover(spec: TargetSpec, lock: state_mod.StateLock) -> Recovered:
             log.info("stale_temp_files_removed", count=len(stale))
         for line in migrations:
             log.info("state_migrated", detail=line)
+        fresh = loaded is None
         if loaded is None:
             loaded = state_mod.new_state(spec, to_iso(now_utc()))
             if entries:  # a log without a state: the log wins
@@ -92,7 +95,8 @@ async def recover(spec: TargetSpec, lock: state_mod.StateLock) -> Recovered:
             state_mod.reconcile(loaded, entries, spec.weights_map, spec.min_improvement), spec
         )
         state["in_flight"] = None
-        await state_mod.save_state(state_mod.state_path(spec.state_root), state)
+        if state != loaded or fresh:  # a warm restart of an up-to-date state writes nothing
+            await state_mod.save_state(state_mod.state_path(spec.state_root), state)
     except BaseException:
         lock.release()
         raise
@@ -169,8 +173,10 @@ async def _restore_last_handoff(spec: TargetSpec, entries: list[LogEntry]) -> No
     if not completed:
         return
     last = completed[-1]
-    if artifacts.handoff_path(spec.state_root, last.iteration).is_file():
-        return
+    path = artifacts.handoff_path(spec.state_root, last.iteration)
+    with contextlib.suppress(OSError):
+        if path.stat().st_size > 0:  # written without fsync: a power cut may leave it empty
+            return
     before = next((dict(e.scores) for e in reversed(completed[:-1]) if e.scores), {})
     text = artifacts.render_handoff(
         iteration=last.iteration,

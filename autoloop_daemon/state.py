@@ -99,8 +99,8 @@ class StateLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
+        # The pid stays in the file (the next owner overwrites it): truncating here cost a
+        # metadata write per target at every shutdown.
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
@@ -505,7 +505,8 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _prepare(state: dict[str, Any]) -> bytes:
+def encode_state(state: dict[str, Any]) -> bytes:
+    """Set `state["updated_at"]` and serialise it as the state file's bytes."""
     state["updated_at"] = _now_iso()
     state.setdefault("schema_version", SCHEMA_VERSION)
     return fsio.dumps_json(state)
@@ -518,9 +519,9 @@ async def save_state(path: Path, state: dict[str, Any]) -> None:
     the dict while the write runs. Raises StateWriteError (the old file stays intact) and
     ValueError for NaN or Infinity in the state.
     """
-    await fsio.write_bytes_atomic(path, _prepare(state))
+    await fsio.write_bytes_atomic(path, encode_state(state))
 
 
 def save_state_sync(path: Path, state: dict[str, Any]) -> None:
     """`save_state` without a worker thread, for the last checkpoint after the event loop."""
-    fsio.atomic_write_bytes(path, _prepare(state))
+    fsio.atomic_write_bytes(path, encode_state(state))

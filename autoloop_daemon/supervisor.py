@@ -211,7 +211,8 @@ class Supervisor:
             status = STATUS_ERROR
         self._results[runner.spec.name] = status
         self._accounted_usd[runner.spec.name] = float(runner.state.get("total_cost_usd") or 0.0)
-        self._push_status()
+        # No status push here: with n targets stopping at once that walk would be O(n^2);
+        # the status loop reports within STATUS_INTERVAL_S.
 
     # ----------------------------------------------------------------- signals
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import anyio
 import structlog
 
-from autoloop_daemon import artifacts
+from autoloop_daemon import artifacts, fsio
 from autoloop_daemon import state as state_mod
 from autoloop_daemon.budget import Reservation, SharedBudget, estimate_cost
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
@@ -63,6 +63,26 @@ MAX_SLEEP_SLICE_S = 60.0
 
 def _no_echo(_line: str) -> None:
     return None
+
+
+def _commit_iteration(
+    log_file: Path,
+    entry: LogEntry,
+    handoff: tuple[Path, bytes] | None,
+    state_file: Path,
+    state_bytes: bytes | None,
+) -> None:
+    """Record one finished run in one worker-thread call, in crash-safe order.
+
+    The log line first (durable: it is the source of truth), then the handoff (atomic but
+    not fsynced: start-up rebuilds a lost one from the log), then the state (durable).
+    """
+    fsio.append_record(log_file, fsio.dumps_json_line(entry.to_json()))
+    if handoff is not None:
+        fsio.make_dirs(handoff[0].parent)
+        fsio.atomic_write_bytes(handoff[0], handoff[1], durable=False)
+    if state_bytes is not None:
+        fsio.atomic_write_bytes(state_file, state_bytes)
 
 
 class TargetRunner:
@@ -420,7 +440,6 @@ class TargetRunner:
             exit_code=result.exit_code if result else None,
             error=error,
         )
-        await artifacts.append_log(self._log_file, entry)  # the log first: source of truth
         self._last_entry = entry
         self._progress.add(entry)
         self._progress.apply_to(self.state)
@@ -438,23 +457,26 @@ class TargetRunner:
             self.state["status"] = STATUS_RUNNING
         else:
             self.state["status"] = STATUS_WAITING if spec.mode == "scheduled" else STATUS_COOLDOWN
-        async with anyio.create_task_group() as tg:
-            # The log line is durable: the handoff and the state can be written side by side
-            # (a crash between them is repaired from the log at start).
-            if self._may_defer_save(status):
-                self._dirty = True
-            else:
-                tg.start_soon(self._save)
-            if status == "completed":
-                text = artifacts.render_handoff(
-                    iteration=iteration,
-                    decision=entry.decision,
-                    candidate_id=entry.candidate_id,
-                    artifact_path=entry.artifact_path,
-                    before=before,
-                    after=scores,
-                )
-                tg.start_soon(artifacts.write_handoff, spec.state_root, iteration, text)
+        handoff: tuple[Path, bytes] | None = None
+        if status == "completed":
+            text = artifacts.render_handoff(
+                iteration=iteration,
+                decision=entry.decision,
+                candidate_id=entry.candidate_id,
+                artifact_path=entry.artifact_path,
+                before=before,
+                after=scores,
+            )
+            handoff = (artifacts.handoff_path(spec.state_root, iteration), text.encode())
+        state_bytes = None
+        if self._may_defer_save(status):
+            self._dirty = True
+        else:
+            self._dirty = False
+            state_bytes = state_mod.encode_state(self.state)
+        await anyio.to_thread.run_sync(
+            _commit_iteration, self._log_file, entry, handoff, self._state_file, state_bytes
+        )
         if status == "completed" and not scores and not self._warned_no_scores:
             self._warned_no_scores = True
             log.warning(

@@ -114,6 +114,16 @@ def machine(work_dir: Path | None = None) -> dict[str, Any]:
     }
     if work_dir is not None:
         info["work_dir_filesystem"] = _filesystem(work_dir)
+    info["code_sha256"] = code_digest()
+    with contextlib.suppress(Exception):
+        info["git_dirty_files"] = subprocess.run(
+            ["git", "status", "--porcelain", "--", "autoloop_daemon"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.count("\n")
     with contextlib.suppress(Exception):
         info["git_commit"] = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -126,10 +136,25 @@ def machine(work_dir: Path | None = None) -> dict[str, Any]:
     return info
 
 
+def code_digest() -> str:
+    """The first 12 hex digits of a SHA-256 over autoloop_daemon/*.py: the code measured."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "autoloop_daemon").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def result_name(name: str, quick: bool) -> str:
+    """`name`, or `name.quick` for a --quick run (so it never overwrites the full figures)."""
+    return f"{name}.quick" if quick else name
+
+
 def write_results(name: str, data: Mapping[str, Any]) -> Path:
-    """Write `bench/results/<name>.json` (atomically) and return its path."""
+    """Write `bench/results/<name>.json` (`<name>.quick.json` for --quick) atomically."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = RESULTS / f"{result_name(name, bool(data.get('quick')))}.json"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     os.replace(tmp, path)
@@ -142,6 +167,10 @@ def print_machine(info: Mapping[str, Any]) -> None:
         f"machine: {info['arch']}, {info['cores']} cores ({info['cpu']}), "
         f"Python {info['python']}, kernel {info['kernel']}, {info['date']}, "
         f"load average {info['loadavg_at_start']}"
+    )
+    print(
+        f"code: git {info.get('git_commit', '?')} with {info.get('git_dirty_files', '?')} "
+        f"changed file(s) in autoloop_daemon/, sha256 {info['code_sha256']}"
     )
     if "work_dir_filesystem" in info:
         print(f"work dir: {info['work_dir_filesystem']}")

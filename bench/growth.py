@@ -6,8 +6,9 @@ realistic entries (four scored dimensions, candidates, artifacts, keep/reject), 
 checkpoint) and its `_iterate()` is timed with the orchestrator replaced by an instant
 canned result: everything one iteration costs besides the orchestrator itself (in-flight
 checkpoint, log append with fsync, running totals, handoff, state checkpoint, log events).
-It is timed twice: with the real fsyncs, and with `fsio._fsync` made a no-op, which leaves
-the part that depends on N (CPU). Goal: within the 3 ms overhead budget at 10,000.
+It is timed twice, each from history N to N + reps (50; `--quick`: 20): with the real
+fsyncs, and with `fsio._fsync` made a no-op, which leaves the CPU part. Goal: within the
+3 ms overhead budget at 10,000.
 
 Also timed at each size, without I/O: the stop-condition check the runner does
 (`TargetRunner._stop_reason`), the generic path `state.loop_view` + `convergence.stop_reason`,
@@ -94,7 +95,7 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
     """Every figure for a history of n entries."""
     import anyio
 
-    from autoloop_daemon import convergence, fsio, state
+    from autoloop_daemon import artifacts, convergence, fsio, state
     from autoloop_daemon import target as target_mod
     from autoloop_daemon.budget import SharedBudget
     from autoloop_daemon.models import IterationResult, TargetSpec
@@ -141,21 +142,31 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
         fsyncs[0] += 1
 
     out: dict[str, Any] = {"history": n}
+    log_size = artifacts.log_path(root).stat().st_size
 
-    async def run() -> None:
+    async def prepared() -> Any:
         runner = target_mod.TargetRunner(
             spec, budget=SharedBudget(1e12), slots=anyio.CapacityLimiter(1)
         )
-        t0 = time.perf_counter()
         await runner.prepare()
+        return runner
+
+    async def run() -> None:
+        t0 = time.perf_counter()
+        runner = await prepared()
         out["prepare_ms"] = (time.perf_counter() - t0) * 1e3
+        out["runner_stop_reason_ms"] = time_call(runner._stop_reason) * 1e3
+        runner._lock.release()
         original = target_mod.run_iteration
         target_mod.run_iteration = instant  # type: ignore[assignment]
         try:
             for label, fsync in (("fsync", counting_fsync), ("no_fsync", no_fsync)):
+                # The log grows by one line per call: truncate it back to n lines first, so
+                # each mode runs from history n to n + reps.
+                os.truncate(artifacts.log_path(root), log_size)
+                state.state_path(root).unlink()
+                runner = await prepared()
                 fsio._fsync = fsync  # type: ignore[assignment]
-                fsyncs[0] = 0
-                await runner._iterate()  # warm-up
                 fsyncs[0] = 0
                 times = []
                 for _ in range(reps):
@@ -166,15 +177,13 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
                 out[f"iterate_{label}_p90_ms"] = common.percentile(times, 90) * 1e3  # type: ignore[operator]
                 if label == "fsync":
                     out["fsyncs_per_iteration"] = fsyncs[0] / reps
+                fsio._fsync = real_fsync  # type: ignore[assignment]
+                runner._lock.release()
         finally:
             fsio._fsync = real_fsync  # type: ignore[assignment]
             target_mod.run_iteration = original  # type: ignore[assignment]
-        out["runner_stop_reason_ms"] = time_call(runner._stop_reason) * 1e3
-        runner._lock.release()
 
     anyio.run(run)
-
-    from autoloop_daemon import artifacts
 
     entries, _ = artifacts.read_log(artifacts.log_path(root), repair=False)
     st = state.load_state(state.state_path(root))
@@ -226,7 +235,7 @@ def _runner_memory_kb(spec: Any) -> float:
     return (after - before) / 1024
 
 
-def plot(rows: list[dict[str, Any]]) -> Path | None:
+def plot(rows: list[dict[str, Any]], quick: bool) -> Path | None:
     """ms per iteration's bookkeeping against history size (needs matplotlib)."""
     plt = common.pyplot()
     if plt is None:
@@ -251,7 +260,7 @@ def plot(rows: list[dict[str, Any]]) -> Path | None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     common.RESULTS.mkdir(parents=True, exist_ok=True)
-    path = common.RESULTS / "growth.png"
+    path = common.RESULTS / f"{common.result_name('growth', quick)}.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
@@ -262,7 +271,7 @@ def main() -> None:
     p.add_argument("--sizes", default="10,1000,10000")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    reps = 20 if args.quick else 100
+    reps = 20 if args.quick else 50
 
     from autoloop_daemon.logging import configure_logging
 
@@ -287,7 +296,7 @@ def main() -> None:
             )
     table_rows = [
         [
-            r["history"],
+            f"{r['history']}..{r['entries_after']}",
             f"{r['iterate_fsync_median_ms']:.3f}",
             f"{r['iterate_no_fsync_median_ms']:.3f}",
             f"{r['fsyncs_per_iteration']:.1f}",
@@ -331,7 +340,7 @@ def main() -> None:
         "sizes": rows,
         "goal_ms": GOAL_MS,
     }
-    path = plot(rows)
+    path = plot(rows, args.quick)
     if path is not None:
         results["plot"] = str(path)
         print(f"plot: {path}")

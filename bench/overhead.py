@@ -151,7 +151,7 @@ def run_variant(work: Path, name: str, argv: list[str], blocks: int, per_block: 
     }
 
 
-def profile_block(work: Path, argv: list[str], n: int) -> Path | None:
+def profile_block(work: Path, argv: list[str], n: int, quick: bool) -> Path | None:
     """One more autoloopd run of n iterations under pyinstrument (if installed)."""
     try:
         import pyinstrument  # noqa: F401
@@ -160,7 +160,7 @@ def profile_block(work: Path, argv: list[str], n: int) -> Path | None:
         return None
     target, state_root = work / "target-profile", work / "state-profile"
     target.mkdir()
-    out = common.RESULTS / "overhead_profile.txt"
+    out = common.RESULTS / f"{common.result_name('overhead', quick)}_profile.txt"
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     cmd = [
         common.PYTHON, "-m", "pyinstrument", "--interval", "0.0005", "-r", "text",
@@ -335,7 +335,7 @@ def main() -> None:
         if args.breakdown:
             results["breakdown"] = breakdown(work, variants["echo"], blocks * per_block)
         if args.profile:
-            path = profile_block(work, variants["echo"], blocks * per_block)
+            path = profile_block(work, variants["echo"], blocks * per_block, args.quick)
             results["profile"] = str(path) if path else None
             if path:
                 print(f"profile: {path}")

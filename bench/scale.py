@@ -290,7 +290,7 @@ def plot(results: dict[str, Any]) -> Path | None:
     ax2.set_xlabel("seconds since READY=1")
     fig.tight_layout()
     common.RESULTS.mkdir(parents=True, exist_ok=True)
-    path = common.RESULTS / "scale.png"
+    path = common.RESULTS / f"{common.result_name('scale', results['quick'])}.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
