@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
 import os
+import resource
 import shlex
 import sys
 from collections.abc import Sequence
@@ -36,7 +36,7 @@ from autoloop_daemon.exceptions import (
 )
 from autoloop_daemon.logging import configure_logging
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.process import use_pidfd_child_watcher
+from autoloop_daemon.process import pidfd_child_watcher
 from autoloop_daemon.sdnotify import Notifier
 from autoloop_daemon.supervisor import ReloadedConfig, Supervisor
 
@@ -214,8 +214,8 @@ def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
 
 
 async def _run_supervisor(supervisor: Supervisor) -> int:
-    use_pidfd_child_watcher()
-    return await supervisor.run()
+    with pidfd_child_watcher():
+        return await supervisor.run()
 
 
 def _echo(line: str) -> None:

@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -536,27 +536,32 @@ def _read_stat(pid: int) -> tuple[str, int] | None:
         return None
 
 
-def use_pidfd_child_watcher() -> bool:
+@contextlib.contextmanager
+def pidfd_child_watcher() -> Iterator[bool]:
     """On Python 3.11, reap children through pidfds instead of a thread per child.
 
     asyncio's default watcher there (ThreadedChildWatcher) starts one thread per
     subprocess; under load that cost milliseconds per iteration. Python >= 3.12 uses pidfds
-    on its own. Call it once, from the running event loop of the process's only loop;
-    returns True when the watcher was installed.
+    on its own. Enter it from the running asyncio loop; on exit asyncio's default watcher
+    comes back (a watcher left attached to a closed loop would break the next loop).
+    Yields True when the pidfd watcher is in use.
     """
     if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
-        return False
+        yield False
+        return
     import asyncio
 
     try:
         loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return False  # not on asyncio (e.g. trio): nothing to do
-    try:
         os.close(os.pidfd_open(os.getpid()))  # the kernel may lack pidfd support (< 5.3)
-    except OSError:
-        return False
+    except (RuntimeError, OSError):  # not on asyncio, or no pidfds
+        yield False
+        return
     watcher = asyncio.PidfdChildWatcher()
     watcher.attach_loop(loop)
     asyncio.set_child_watcher(watcher)
-    return True
+    try:
+        yield True
+    finally:
+        # Closes ours; asyncio makes its default again on demand (typeshed forgets None).
+        asyncio.set_child_watcher(None)  # type: ignore[arg-type]

@@ -99,8 +99,8 @@ class StateLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        # The pid stays in the file (the next owner overwrites it): truncating here cost a
-        # metadata write per target at every shutdown.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # no stale pid: a refused run leaves the file as it found it
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

@@ -13,7 +13,6 @@ import math
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,33 +22,13 @@ from typing import Any
 
 from support import (
     assert_invariants,
-    fake,
     marked_processes,
+    orchestrator_argv,
     pid_alive,
     read_log,
     start_autoloopd,
     wait_for,
 )
-
-FAKE_ORCHESTRATOR = fake("fake_orchestrator.py")
-
-
-def orchestrator(behaviour: str, *args: str) -> list[str]:
-    """The argv template of the fake orchestrator with `behaviour` (placeholders filled in)."""
-    return [
-        sys.executable,
-        FAKE_ORCHESTRATOR,
-        "--behaviour",
-        behaviour,
-        "--target",
-        "{target}",
-        "--state-root",
-        "{state_root}",
-        "--iteration",
-        "{iteration}",
-        *args,
-    ]
-
 
 # --------------------------------------------------------------------------- TOML
 
@@ -109,7 +88,6 @@ class Lab:
         self.skills.mkdir(parents=True, exist_ok=True)
         self.state_dir = root / "state"
         self.config = root / "autoloopd.toml"
-        self.daemons: list[Daemon] = []
         self.runs = 0
 
     def target(self, name: str, behaviour: str, *args: str, **keys: Any) -> dict[str, Any]:
@@ -119,7 +97,7 @@ class Lab:
         return {
             "name": name,
             "path": str(path),
-            "orchestrator": orchestrator(behaviour, *args),
+            "orchestrator": orchestrator_argv(behaviour, *args),
             **keys,
         }
 
@@ -135,14 +113,7 @@ class Lab:
     def start(self, *, env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> Daemon:
         """Start `autoloopd --config <this config>`; its output goes to a new file here."""
         self.runs += 1
-        daemon = Daemon(self.config, self.root / f"autoloopd-{self.runs}.out", env=env, args=args)
-        self.daemons.append(daemon)
-        return daemon
-
-    def cleanup(self) -> None:
-        """SIGKILL any daemon a failed test left running."""
-        for daemon in self.daemons:
-            daemon.kill()
+        return Daemon(self.config, self.root / f"autoloopd-{self.runs}.out", env=env, args=args)
 
     def check_state_roots(self) -> None:
         """Invariants hold in every state root and no marked process is left running."""
@@ -257,12 +228,6 @@ class Daemon:
     def running(self) -> bool:
         """True while the daemon has not exited."""
         return self.proc.poll() is None and pid_alive(self.proc.pid)
-
-    def kill(self) -> None:
-        """SIGKILL the daemon if it still runs (test teardown)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def max_overlap(events: Sequence[Mapping[str, Any]]) -> int:

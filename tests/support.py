@@ -1,10 +1,13 @@
-"""Helpers for end-to-end tests: run the real autoloopd, wait on conditions, check invariants."""
+"""Helpers for end-to-end tests: run the real autoloopd, wait on conditions, check invariants
+(and the config texts the config tests break)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,6 +20,21 @@ TESTS = Path(__file__).resolve().parent
 FAKES = TESTS / "fakes"
 AUTOLOOPD = [sys.executable, "-m", "autoloop_daemon"]
 
+# A minimal valid target (for a config file next to directories `a` and `b`); the broken
+# configs of the tests append to or replace parts of it.
+TARGET_A = '[[targets]]\nname = "a"\npath = "a"\ndry_run = true\n'
+TARGET_B = '[[targets]]\nname = "b"\npath = "b"\ndry_run = true\n'
+
+
+def in_table(table: str, body: str) -> str:
+    """A valid config (TARGET_A) with `body` in its [`table`] table."""
+    return f"[{table}]\n{body}\n{TARGET_A}"
+
+
+def in_target(body: str) -> str:
+    """A valid config with `body` appended to its only target's table."""
+    return f"{TARGET_A}{body}\n"
+
 
 def fake(name: str) -> str:
     """Absolute path of a fake orchestrator script in tests/fakes/."""
@@ -27,9 +45,29 @@ def fake(name: str) -> str:
 
 def fake_cmd(name: str, *args: str) -> str:
     """A --orchestrator-cmd value running a fake with this interpreter."""
-    import shlex
-
     return shlex.join([sys.executable, fake(name), *args])
+
+
+def orchestrator_argv(behaviour: str, *args: str) -> list[str]:
+    """argv of the fake orchestrator with `behaviour`, passing the placeholders through."""
+    return [
+        sys.executable,
+        fake("fake_orchestrator.py"),
+        "--behaviour",
+        behaviour,
+        "--target",
+        "{target}",
+        "--state-root",
+        "{state_root}",
+        "--iteration",
+        "{iteration}",
+        *args,
+    ]
+
+
+def orchestrator_cmd(behaviour: str, *args: str) -> str:
+    """`orchestrator_argv` as one --orchestrator-cmd value."""
+    return shlex.join(orchestrator_argv(behaviour, *args))
 
 
 def wait_for(
@@ -61,6 +99,13 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def make_target(tmp_path: Path, name: str = "skill") -> tuple[Path, Path]:
+    """A target directory and a (not yet existing) state root under tmp_path."""
+    target = tmp_path / name
+    target.mkdir()
+    return target, tmp_path / "state"
+
+
 def run_autoloopd(
     args: Sequence[str], *, timeout: float = 60.0, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -76,13 +121,18 @@ def run_autoloopd(
     )
 
 
+# Every background autoloopd of the running test, so that the teardown in conftest.py can
+# kill what a failed test left running.
+_started: list[subprocess.Popen[bytes]] = []
+
+
 def start_autoloopd(
     args: Sequence[str], out: Path, *, env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start autoloopd in the background with stdout+stderr going to `out`."""
+    """Start autoloopd in the background with stdout+stderr going to `out` (remembered)."""
     handle = out.open("wb")
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [*AUTOLOOPD, *args],
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -91,6 +141,22 @@ def start_autoloopd(
         )
     finally:
         handle.close()
+    _started.append(proc)
+    return proc
+
+
+def kill_leftovers(run_prefix: str | None) -> None:
+    """SIGKILL every autoloopd started since the last call that still runs, then every
+    process whose run marker starts with `run_prefix` (when given)."""
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if run_prefix is not None:
+        for pid in marked_processes(run_prefix):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
@@ -149,6 +215,12 @@ def assert_invariants(state_root: Path) -> None:
     assert not problems, f"{state_root}: " + "; ".join(problems)
 
 
+def check_clean(state_root: Path) -> None:
+    """DESIGN.md's invariants hold and no process of any run of `state_root` is left."""
+    assert_invariants(state_root)
+    assert marked_processes(str(state_root.resolve())) == []
+
+
 def _pid_is_zombie(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -184,3 +256,20 @@ def marked_processes(prefix: str) -> list[int]:
         ):
             found.append(int(entry.name))
     return found
+
+
+def log_events(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines (structlog writes JSON when not on a terminal) among `text`."""
+    events = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    return events
+
+
+def read_pid(path: Path) -> int:
+    """The pid a fake wrote to `path`."""
+    return int(path.read_text())

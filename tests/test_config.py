@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from support import TARGET_A, TARGET_B, in_table, in_target
 
 from autoloop_daemon.config import (
     REFERENCE_ORCHESTRATOR,
@@ -17,10 +18,6 @@ from autoloop_daemon.config import (
 from autoloop_daemon.exceptions import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-
-# A minimal valid target; the broken configs below append to or replace parts of it.
-TARGET_A = '[[targets]]\nname = "a"\npath = "a"\ndry_run = true\n'
-TARGET_B = '[[targets]]\nname = "b"\npath = "b"\ndry_run = true\n'
 
 
 @pytest.fixture
@@ -229,26 +226,6 @@ def test_more_errors_are_counted(workdir: Path) -> None:
         load(path)
 
 
-def daemon(body: str) -> str:
-    """A valid config with `body` in its [daemon] table."""
-    return f"[daemon]\n{body}\n{TARGET_A}"
-
-
-def budget(body: str) -> str:
-    """A valid config with `body` in its [budget] table."""
-    return f"[budget]\n{body}\n{TARGET_A}"
-
-
-def defaults(body: str) -> str:
-    """A valid config with `body` in its [defaults] table."""
-    return f"[defaults]\n{body}\n{TARGET_A}"
-
-
-def target(body: str) -> str:
-    """A valid config with `body` appended to its only target's table."""
-    return f"{TARGET_A}{body}\n"
-
-
 BROKEN: list[tuple[str, str | bytes, str]] = [
     # (id, file content, expected key path / words in the message)
     ("syntax-table", "[daemon\n" + TARGET_A, "line 1, column"),
@@ -265,131 +242,159 @@ BROKEN: list[tuple[str, str | bytes, str]] = [
     ),
     ("unknown-top", "foo = 1\n" + TARGET_A, "foo: unknown key"),
     ("unknown-top-case", "[Daemon]\nlog_level = 'info'\n" + TARGET_A, "Daemon: unknown key"),
-    ("unknown-daemon", daemon("levle = 'info'"), "daemon.levle: unknown key"),
-    ("unknown-budget", budget("max_cost = 5"), "budget.max_cost: unknown key"),
-    ("unknown-defaults", defaults("max_iteration = 5"), "defaults.max_iteration: unknown key"),
-    ("name-in-defaults", defaults("name = 'x'"), "defaults.name: unknown key"),
+    ("unknown-daemon", in_table("daemon", "levle = 'info'"), "daemon.levle: unknown key"),
+    ("unknown-budget", in_table("budget", "max_cost = 5"), "budget.max_cost: unknown key"),
+    (
+        "unknown-defaults",
+        in_table("defaults", "max_iteration = 5"),
+        "defaults.max_iteration: unknown key",
+    ),
+    ("name-in-defaults", in_table("defaults", "name = 'x'"), "defaults.name: unknown key"),
     ("unknown-target", TARGET_A + TARGET_B + "max_cost = 5\n", "targets[1].max_cost: unknown key"),
     ("daemon-not-table", "daemon = 3\n" + TARGET_A, "daemon: must be a table"),
     (
         "concurrency-string",
-        daemon("max_concurrent_iterations = 'four'"),
+        in_table("daemon", "max_concurrent_iterations = 'four'"),
         "daemon.max_concurrent_iterations: must be an integer",
     ),
     (
         "concurrency-float",
-        daemon("max_concurrent_iterations = 2.5"),
+        in_table("daemon", "max_concurrent_iterations = 2.5"),
         "daemon.max_concurrent_iterations: must be an integer",
     ),
     (
         "concurrency-bool",
-        daemon("max_concurrent_iterations = true"),
+        in_table("daemon", "max_concurrent_iterations = true"),
         "daemon.max_concurrent_iterations: must be an integer",
     ),
     (
         "concurrency-zero",
-        daemon("max_concurrent_iterations = 0"),
+        in_table("daemon", "max_concurrent_iterations = 0"),
         "daemon.max_concurrent_iterations: must be at least 1",
     ),
     (
         "concurrency-huge",
-        daemon("max_concurrent_iterations = 100000"),
+        in_table("daemon", "max_concurrent_iterations = 100000"),
         "daemon.max_concurrent_iterations: must be at most",
     ),
     (
         "grace-negative",
-        daemon("shutdown_grace_seconds = -1"),
+        in_table("daemon", "shutdown_grace_seconds = -1"),
         "daemon.shutdown_grace_seconds: must be at least 0",
     ),
-    ("log-format", daemon("log_format = 'xml'"), "daemon.log_format: must be one of"),
-    ("state-dir-type", daemon("state_dir = 5"), "daemon.state_dir"),
-    ("state-dir-empty", daemon("state_dir = ''"), "daemon.state_dir: must not be empty"),
-    ("state-dir-file", daemon("state_dir = 'f'"), "daemon.state_dir: not a directory"),
-    ("budget-zero", budget("max_cost_usd = 0"), "budget.max_cost_usd: must be greater than 0"),
-    ("budget-nan", budget("max_cost_usd = nan"), "budget.max_cost_usd: must be a finite"),
-    ("budget-inf", budget("max_cost_usd = inf"), "budget.max_cost_usd: must be a finite"),
-    ("budget-huge", budget("max_cost_usd = 1e12"), "budget.max_cost_usd: must be at most"),
+    ("log-format", in_table("daemon", "log_format = 'xml'"), "daemon.log_format: must be one of"),
+    ("state-dir-type", in_table("daemon", "state_dir = 5"), "daemon.state_dir"),
+    (
+        "state-dir-empty",
+        in_table("daemon", "state_dir = ''"),
+        "daemon.state_dir: must not be empty",
+    ),
+    ("state-dir-file", in_table("daemon", "state_dir = 'f'"), "daemon.state_dir: not a directory"),
+    (
+        "budget-zero",
+        in_table("budget", "max_cost_usd = 0"),
+        "budget.max_cost_usd: must be greater than 0",
+    ),
+    (
+        "budget-nan",
+        in_table("budget", "max_cost_usd = nan"),
+        "budget.max_cost_usd: must be a finite",
+    ),
+    (
+        "budget-inf",
+        in_table("budget", "max_cost_usd = inf"),
+        "budget.max_cost_usd: must be a finite",
+    ),
+    (
+        "budget-huge",
+        in_table("budget", "max_cost_usd = 1e12"),
+        "budget.max_cost_usd: must be at most",
+    ),
     (
         "rate-bool",
-        budget("cost_per_minute_usd = true"),
+        in_table("budget", "cost_per_minute_usd = true"),
         "budget.cost_per_minute_usd: must be a number",
     ),
     (
         "rate-negative",
-        budget("cost_per_minute_usd = -0.1"),
+        in_table("budget", "cost_per_minute_usd = -0.1"),
         "budget.cost_per_minute_usd: must be at least 0",
     ),
     (
         "max-iterations-zero",
-        target("max_iterations = 0"),
+        in_target("max_iterations = 0"),
         "targets[0].max_iterations: must be at least 1",
     ),
     (
         "max-iterations-huge",
-        target("max_iterations = 10000000"),
+        in_target("max_iterations = 10000000"),
         "targets[0].max_iterations: must be at most",
     ),
     (
         "max-iterations-bool",
-        target("max_iterations = false"),
+        in_target("max_iterations = false"),
         "targets[0].max_iterations: must be an integer",
     ),
     (
         "max-iterations-int64",
-        target("max_iterations = 9223372036854775807"),
+        in_target("max_iterations = 9223372036854775807"),
         "targets[0].max_iterations: must be at most",
     ),
     (
         "max-cost-negative",
-        target("max_cost_usd = -5"),
+        in_target("max_cost_usd = -5"),
         "targets[0].max_cost_usd: must be greater than 0",
     ),
-    ("max-cost-nan", target("max_cost_usd = nan"), "targets[0].max_cost_usd: must be a finite"),
-    ("max-cost-string", target("max_cost_usd = '5'"), "targets[0].max_cost_usd: must be a number"),
-    ("plateau-zero", target("plateau_window = 0"), "targets[0].plateau_window"),
-    ("min-improvement-negative", target("min_improvement = -0.1"), "targets[0].min_improvement"),
+    ("max-cost-nan", in_target("max_cost_usd = nan"), "targets[0].max_cost_usd: must be a finite"),
+    (
+        "max-cost-string",
+        in_target("max_cost_usd = '5'"),
+        "targets[0].max_cost_usd: must be a number",
+    ),
+    ("plateau-zero", in_target("plateau_window = 0"), "targets[0].plateau_window"),
+    ("min-improvement-negative", in_target("min_improvement = -0.1"), "targets[0].min_improvement"),
     (
         "oscillation-one",
-        target("oscillation_window = 1"),
+        in_target("oscillation_window = 1"),
         "targets[0].oscillation_window: must be 0",
     ),
-    ("oscillation-negative", target("oscillation_window = -2"), "targets[0].oscillation_window"),
-    ("cooldown-negative", target("cooldown_minutes = -1"), "targets[0].cooldown_minutes"),
+    ("oscillation-negative", in_target("oscillation_window = -2"), "targets[0].oscillation_window"),
+    ("cooldown-negative", in_target("cooldown_minutes = -1"), "targets[0].cooldown_minutes"),
     (
         "cooldown-huge",
-        target("cooldown_minutes = 1e9"),
+        in_target("cooldown_minutes = 1e9"),
         "targets[0].cooldown_minutes: must be at most",
     ),
-    ("errors-zero", target("max_consecutive_errors = 0"), "targets[0].max_consecutive_errors"),
+    ("errors-zero", in_target("max_consecutive_errors = 0"), "targets[0].max_consecutive_errors"),
     (
         "timeout-zero",
-        target("iteration_timeout_minutes = 0"),
+        in_target("iteration_timeout_minutes = 0"),
         "targets[0].iteration_timeout_minutes",
     ),
     (
         "timeout-huge",
-        target("iteration_timeout_minutes = 600000"),
+        in_target("iteration_timeout_minutes = 600000"),
         "targets[0].iteration_timeout_minutes",
     ),
-    ("estimate-zero", target("estimated_cost_usd = 0"), "targets[0].estimated_cost_usd"),
-    ("term-grace-negative", target("term_grace_seconds = -1"), "targets[0].term_grace_seconds"),
-    ("simulated-negative", target("simulated_seconds = -0.5"), "targets[0].simulated_seconds"),
+    ("estimate-zero", in_target("estimated_cost_usd = 0"), "targets[0].estimated_cost_usd"),
+    ("term-grace-negative", in_target("term_grace_seconds = -1"), "targets[0].term_grace_seconds"),
+    ("simulated-negative", in_target("simulated_seconds = -0.5"), "targets[0].simulated_seconds"),
     (
         "backoff-order",
-        target("backoff_base_seconds = 60\nbackoff_max_seconds = 10"),
+        in_target("backoff_base_seconds = 60\nbackoff_max_seconds = 10"),
         "targets[0].backoff_max_seconds",
     ),
-    ("seed-float", target("seed = 1.5"), "targets[0].seed: must be an integer"),
+    ("seed-float", in_target("seed = 1.5"), "targets[0].seed: must be an integer"),
     ("dry-run-string", TARGET_A.replace("dry_run = true", "dry_run = 'yes'"), "targets[0].dry_run"),
-    ("weight-negative", target("weights = { accuracy = -1 }"), "targets[0].weights.accuracy"),
-    ("weight-string", target("weights = { accuracy = 'high' }"), "targets[0].weights.accuracy"),
-    ("mode-unknown", target("mode = 'forever'"), "targets[0].mode: must be one of"),
-    ("scheduled-no-schedule", target("mode = 'scheduled'"), "targets[0].schedule: required"),
-    ("scheduled-from-defaults", defaults("mode = 'scheduled'"), "targets[0].schedule"),
-    ("cron-range", target("mode = 'scheduled'\nschedule = '61 * * * *'"), "targets[0].schedule"),
-    ("cron-fields", target("schedule = '* * * *'"), "targets[0].schedule: "),
-    ("cron-seconds", target("schedule = '0 * * * * *'"), "targets[0].schedule: "),
-    ("cron-defaults", defaults("schedule = 'every day'"), "defaults.schedule"),
+    ("weight-negative", in_target("weights = { accuracy = -1 }"), "targets[0].weights.accuracy"),
+    ("weight-string", in_target("weights = { accuracy = 'high' }"), "targets[0].weights.accuracy"),
+    ("mode-unknown", in_target("mode = 'forever'"), "targets[0].mode: must be one of"),
+    ("scheduled-no-schedule", in_target("mode = 'scheduled'"), "targets[0].schedule: required"),
+    ("scheduled-from-defaults", in_table("defaults", "mode = 'scheduled'"), "targets[0].schedule"),
+    ("cron-range", in_target("mode = 'scheduled'\nschedule = '61 * * * *'"), "targets[0].schedule"),
+    ("cron-fields", in_target("schedule = '* * * *'"), "targets[0].schedule: "),
+    ("cron-seconds", in_target("schedule = '0 * * * * *'"), "targets[0].schedule: "),
+    ("cron-defaults", in_table("defaults", "schedule = 'every day'"), "defaults.schedule"),
     (
         "orchestrator-empty",
         '[[targets]]\nname = "a"\npath = "a"\norchestrator = []\n',
@@ -397,37 +402,37 @@ BROKEN: list[tuple[str, str | bytes, str]] = [
     ),
     (
         "orchestrator-string",
-        target("orchestrator = 'python3 x.py'"),
+        in_target("orchestrator = 'python3 x.py'"),
         "targets[0].orchestrator: must be an array",
     ),
     (
         "orchestrator-placeholder",
-        target("orchestrator = ['x', '--t={tagret}']"),
+        in_target("orchestrator = ['x', '--t={tagret}']"),
         "targets[0].orchestrator[1]: unknown placeholder",
     ),
     (
         "orchestrator-braces",
-        target("orchestrator = ['x', '{target']"),
+        in_target("orchestrator = ['x', '{target']"),
         "targets[0].orchestrator[1]",
     ),
     (
         "orchestrator-int",
-        target("orchestrator = ['x', 3]"),
+        in_target("orchestrator = ['x', 3]"),
         "targets[0].orchestrator[1]: must be a string",
     ),
     (
         "scorer-placeholder",
-        target("scorer = ['x', '{skill}']"),
+        in_target("scorer = ['x', '{skill}']"),
         "targets[0].scorer[1]: unknown placeholder",
     ),
     (
         "defaults-placeholder",
-        defaults("orchestrator = ['x', '{target!r}']"),
+        in_table("defaults", "orchestrator = ['x', '{target!r}']"),
         "defaults.orchestrator[1]",
     ),
-    ("env-bad-name", target("env = { 'BAD-NAME' = 'x' }"), "targets[0].env: "),
-    ("env-digit-name", target("env = { 1X = 'x' }"), "targets[0].env: "),
-    ("env-int-value", target("env = { X = 1 }"), "targets[0].env.X: must be a string"),
+    ("env-bad-name", in_target("env = { 'BAD-NAME' = 'x' }"), "targets[0].env: "),
+    ("env-digit-name", in_target("env = { 1X = 'x' }"), "targets[0].env: "),
+    ("env-int-value", in_target("env = { X = 1 }"), "targets[0].env.X: must be a string"),
     (
         "path-missing",
         '[[targets]]\nname = "a"\npath = "nope"\n',
@@ -460,7 +465,7 @@ BROKEN: list[tuple[str, str | bytes, str]] = [
     ),
     (
         "state-root-vs-default",
-        daemon("state_dir = 'st'") + TARGET_B + 'state_root = "st/a"\n',
+        in_table("daemon", "state_dir = 'st'") + TARGET_B + 'state_root = "st/a"\n',
         "targets[1].state_root: ",
     ),
     ("state-root-file", TARGET_A + 'state_root = "f"\n', "targets[0].state_root: not a directory"),

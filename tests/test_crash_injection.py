@@ -31,7 +31,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,9 +39,9 @@ from typing import Any
 
 import pytest
 from support import (
-    FAKES,
     assert_invariants,
     marked_processes,
+    orchestrator_argv,
     pid_alive,
     start_autoloopd,
     stop,
@@ -62,8 +61,16 @@ TARGETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("rejecter", ("--sleep", "0.05", "--decisions", "reject", "--cost", "0.03")),
     (
         "sequence",
-        ("--sleep", "0.1", "--decisions", "keep,reject,keep,revert", "--scores",
-         "0.4,0.5,0.6,0.7", "--cost", "0.08"),
+        (
+            "--sleep",
+            "0.1",
+            "--decisions",
+            "keep,reject,keep,revert",
+            "--scores",
+            "0.4,0.5,0.6,0.7",
+            "--cost",
+            "0.08",
+        ),
     ),
     ("long", ("--sleep", "1.5", "--decisions", "keep", "--cost", "0.2")),
 )
@@ -227,11 +234,7 @@ def write_config(tmp_path: Path, cap_usd: float) -> tuple[Path, Path, list[Path]
     roots = []
     for name, flags in TARGETS:
         (skills / name).mkdir(parents=True)
-        argv = [
-            sys.executable, str(FAKES / "fake_orchestrator.py"), "--behaviour", "slow",
-            *flags, "--record", str(tmp_path / f"record-{name}.jsonl"),
-            "--target", "{target}", "--state-root", "{state_root}", "--iteration", "{iteration}",
-        ]  # fmt: skip
+        argv = orchestrator_argv("slow", *flags, "--record", str(tmp_path / f"record-{name}.jsonl"))
         lines += [
             "[[targets]]",
             f"name = {json.dumps(name)}",
@@ -354,38 +357,33 @@ class CrashRun:
         delay = self.rng.uniform(0.05, 0.6)
         kill_at = started + delay if early else None
         ready = False
-        try:
-            while True:
-                now = time.monotonic()
-                if not ready and _has_event(out, "daemon_ready"):
-                    ready = True
-                    self.check_recovered(proc, leftovers)
-                    if kill_at is None:
-                        kill_at = time.monotonic() + delay
-                if proc.poll() is not None:
-                    break
-                if kill_at is not None and now >= kill_at:
-                    break
-                assert now - started < READY_TIMEOUT_S, f"{out}: no daemon_ready"
-                time.sleep(0.005)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(timeout=10)
-                self.tally.kills += 1
-                self.tally.kills_before_ready += not ready
-                exited = False
-            else:
-                code = proc.wait()
-                assert ready or _has_event(out, "daemon_ready"), f"{out}: exited before ready"
-                if not ready:
-                    self.check_recovered(proc, leftovers)
-                assert code == 0, f"{out}: exit code {code} without a kill"
-                self.tally.self_exits += 1
-                exited = True
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        while True:
+            now = time.monotonic()
+            if not ready and _has_event(out, "daemon_ready"):
+                ready = True
+                self.check_recovered(proc, leftovers)
+                if kill_at is None:
+                    kill_at = time.monotonic() + delay
+            if proc.poll() is not None:
+                break
+            if kill_at is not None and now >= kill_at:
+                break
+            assert now - started < READY_TIMEOUT_S, f"{out}: no daemon_ready"
+            time.sleep(0.005)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            self.tally.kills += 1
+            self.tally.kills_before_ready += not ready
+            exited = False
+        else:
+            code = proc.wait()
+            assert ready or _has_event(out, "daemon_ready"), f"{out}: exited before ready"
+            if not ready:
+                self.check_recovered(proc, leftovers)
+            assert code == 0, f"{out}: exit code {code} without a kill"
+            self.tally.self_exits += 1
+            exited = True
         _events(out)  # no traceback, every complete line JSON
         if exited:
             return [], True
@@ -396,19 +394,14 @@ class CrashRun:
     def finish(self, leftovers: list[tuple[int, str]]) -> None:
         """One more start, then a graceful SIGTERM: everything exact, nothing left running."""
         proc, out = self.start()
-        try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while not _has_event(out, "daemon_ready"):
-                assert proc.poll() is None or _has_event(out, "daemon_ready"), f"{out}: died"
-                assert time.monotonic() < deadline, f"{out}: no daemon_ready"
-                time.sleep(0.005)
-            self.check_recovered(proc, leftovers)
-            time.sleep(0.3)
-            code = proc.wait(timeout=30) if proc.poll() is not None else stop(proc)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not _has_event(out, "daemon_ready"):
+            assert proc.poll() is None or _has_event(out, "daemon_ready"), f"{out}: died"
+            assert time.monotonic() < deadline, f"{out}: no daemon_ready"
+            time.sleep(0.005)
+        self.check_recovered(proc, leftovers)
+        time.sleep(0.3)
+        code = proc.wait(timeout=30) if proc.poll() is not None else stop(proc)
         assert code == 0, f"{out}: exit code {code}"
         events = _events(out)
         assert events[-1]["event"] == "daemon_stopped", events[-1]

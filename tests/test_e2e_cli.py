@@ -8,28 +8,29 @@ run is left behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import (
-    assert_invariants,
+    check_clean,
     fake,
     fake_cmd,
+    log_events,
+    make_target,
     marked_processes,
+    orchestrator_cmd,
     pid_alive,
     read_log,
+    read_pid,
     read_state,
     run_autoloopd,
     start_autoloopd,
@@ -77,56 +78,7 @@ DECISION_LINE = re.compile(
 VOLATILE_LOG_FIELDS = ("started_at", "finished_at", "duration_seconds")
 
 
-# Background autoloopd processes of the running test, killed at teardown if a test failed
-# before it could stop them (with every orchestrator they left, found by their run marker).
-_started: list[subprocess.Popen[bytes]] = []
-
-
-def start(args: list[str], out: Path) -> subprocess.Popen[bytes]:
-    """`support.start_autoloopd`, remembered for the teardown."""
-    proc = start_autoloopd(args, out)
-    _started.append(proc)
-    return proc
-
-
-@pytest.fixture(autouse=True)
-def _no_leftovers(tmp_path: Path) -> Iterator[None]:
-    """After each test: kill what a failed test left running (its own processes only)."""
-    yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    for pid in marked_processes(str(tmp_path)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 # --- helpers ---------------------------------------------------------------------------
-
-
-def make_target(tmp_path: Path, name: str = "skill") -> tuple[Path, Path]:
-    """A target directory and a (not yet existing) state root under tmp_path."""
-    target = tmp_path / name
-    target.mkdir()
-    return target, tmp_path / "state"
-
-
-def orch(behaviour: str, *args: str) -> str:
-    """--orchestrator-cmd for the fake with `behaviour`, passing the placeholders through."""
-    return fake_cmd(
-        "fake_orchestrator.py",
-        "--behaviour",
-        behaviour,
-        "--target",
-        "{target}",
-        "--state-root",
-        "{state_root}",
-        "--iteration",
-        "{iteration}",
-        *args,
-    )
 
 
 def cli(target: Path, state_root: Path, *extra: str) -> list[str]:
@@ -134,30 +86,53 @@ def cli(target: Path, state_root: Path, *extra: str) -> list[str]:
     return ["--target", str(target), "--state-root", str(state_root), *extra]
 
 
-def check_clean(state_root: Path) -> None:
-    """DESIGN.md's invariants hold and no process of any run of `state_root` is left."""
-    assert_invariants(state_root)
-    assert marked_processes(str(state_root.resolve())) == []
+def run_with(
+    target: Path, state_root: Path, cmd: str, *extra: str, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run autoloopd to completion with orchestrator command `cmd` plus `extra`."""
+    return run_autoloopd(
+        cli(target, state_root, "--orchestrator-cmd", cmd, *extra), timeout=timeout
+    )
+
+
+def start_with(
+    target: Path, state_root: Path, cmd: str, *extra: str, out: Path
+) -> subprocess.Popen[bytes]:
+    """`run_with` in the background, its output going to `out`."""
+    return start_autoloopd(cli(target, state_root, "--orchestrator-cmd", cmd, *extra), out)
+
+
+def run_scored(
+    target: Path, state_root: Path, scorer: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """One iteration of an orchestrator that reports no scores, scored by `scorer`."""
+    return run_with(
+        target,
+        state_root,
+        orchestrator_cmd("keep", "--no-scores"),
+        "--scorer-cmd",
+        scorer,
+        "--max-iterations",
+        "1",
+        *extra,
+    )
+
+
+def start_hanging(
+    tmp_path: Path, *extra: str
+) -> tuple[subprocess.Popen[bytes], Path, Path, int, Path]:
+    """autoloopd (flags `extra`) on a new target whose orchestrator hangs, once that
+    orchestrator runs: (autoloopd, target, state root, orchestrator pid, autoloopd's output)."""
+    target, state_root = make_target(tmp_path)
+    ready, pid_file, out = tmp_path / "ready", tmp_path / "orch.pid", tmp_path / "out.txt"
+    cmd = orchestrator_cmd("hang", "--ready-file", str(ready), "--pid-file", str(pid_file))
+    proc = start_with(target, state_root, cmd, *extra, out=out)
+    wait_for(ready.exists, what="the orchestrator to start")
+    return proc, target, state_root, read_pid(pid_file), out
 
 
 def lines(text: str) -> list[str]:
     return text.splitlines()
-
-
-def log_events(text: str) -> list[dict[str, Any]]:
-    """The JSON log lines (structlog, non-terminal output) among `text`'s lines."""
-    events = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
-    return events
-
-
-def read_pid(path: Path) -> int:
-    return int(path.read_text())
 
 
 def stable_log(state_root: Path) -> list[dict[str, Any]]:
@@ -308,27 +283,21 @@ def test_resume_stops_at_max_iterations_refuses_a_rerun_and_continues_with_a_hig
     """max 2 -> stopped_max_iter; the same command again -> "Not continuing", exit 0, no new
     log line; max 4 -> two more iterations, numbered 3 and 4."""
     target, state_root = make_target(tmp_path)
-    cmd = orch("keep", "--scores", "0.5,0.6,0.7,0.8")
-    done = run_autoloopd(
-        cli(target, state_root, "--orchestrator-cmd", cmd, "--max-iterations", "2")
-    )
+    cmd = orchestrator_cmd("keep", "--scores", "0.5,0.6,0.7,0.8")
+    done = run_with(target, state_root, cmd, "--max-iterations", "2")
     assert done.returncode == 0, done.stderr
     assert "Stopped: max iterations reached (2)" in done.stdout
     assert read_state(state_root)["status"] == "stopped_max_iter"
     assert len(read_log(state_root)) == 2
     log_bytes = (state_root / "iteration_log.jsonl").read_bytes()
 
-    again = run_autoloopd(
-        cli(target, state_root, "--orchestrator-cmd", cmd, "--max-iterations", "2")
-    )
+    again = run_with(target, state_root, cmd, "--max-iterations", "2")
     assert again.returncode == 0, again.stderr
     assert "Not continuing" in again.stdout
     assert "--- Iteration" not in again.stdout
     assert (state_root / "iteration_log.jsonl").read_bytes() == log_bytes
 
-    more = run_autoloopd(
-        cli(target, state_root, "--orchestrator-cmd", cmd, "--max-iterations", "4")
-    )
+    more = run_with(target, state_root, cmd, "--max-iterations", "4")
     assert more.returncode == 0, more.stderr
     assert "--- Iteration 3/4 ---" in more.stdout and "--- Iteration 4/4 ---" in more.stdout
     entries = read_log(state_root)
@@ -345,10 +314,8 @@ def test_resume_stops_at_max_iterations_refuses_a_rerun_and_continues_with_a_hig
 def test_json_result_gives_decision_scores_and_cost(tmp_path: Path) -> None:
     """A JSON result line's decision, candidate, artifact, scores and cost_usd are logged."""
     target, state_root = make_target(tmp_path)
-    cmd = orch("keep", "--scores", "0.61", "--cost", "0.25")
-    done = run_autoloopd(
-        cli(target, state_root, "--orchestrator-cmd", cmd, "--max-iterations", "1")
-    )
+    cmd = orchestrator_cmd("keep", "--scores", "0.61", "--cost", "0.25")
+    done = run_with(target, state_root, cmd, "--max-iterations", "1")
     assert done.returncode == 0, done.stderr
     assert "Decision: keep  Weighted score: 0.6100  Cumulative cost: $0.2500" in done.stdout
     (entry,) = read_log(state_root)
@@ -383,17 +350,8 @@ def test_text_summary_result_costs_wall_time_at_the_rate_and_has_no_score(
         "os.execv(sys.executable, argv)\n"
     )
     cmd = shlex.join([sys.executable, str(wrapper), "--target", "{target}"])
-    done = run_autoloopd(
-        cli(
-            target,
-            state_root,
-            "--orchestrator-cmd",
-            cmd,
-            "--max-iterations",
-            "1",
-            "--cost-per-minute",
-            str(rate_per_minute),
-        )
+    done = run_with(
+        target, state_root, cmd, "--max-iterations", "1", "--cost-per-minute", str(rate_per_minute)
     )
     assert done.returncode == 0, done.stderr
     assert "Decision: keep  Weighted score: n/a" in done.stdout
@@ -417,18 +375,7 @@ def test_scorer_command_scores_a_result_without_scores_and_saves_learner_file(
     and its output is saved as learner/iteration-1.json."""
     target, state_root = make_target(tmp_path)
     scorer = fake_cmd("fake_scorer.py", "--skill-path", "{target}", "--scores", "a=0.8,b=0.6")
-    done = run_autoloopd(
-        cli(
-            target,
-            state_root,
-            "--orchestrator-cmd",
-            orch("keep", "--no-scores"),
-            "--scorer-cmd",
-            scorer,
-            "--max-iterations",
-            "1",
-        )
-    )
+    done = run_scored(target, state_root, scorer)
     assert done.returncode == 0, done.stderr
     (entry,) = read_log(state_root)
     assert entry["scores"] == {"a": 0.8, "b": 0.6}
@@ -442,20 +389,7 @@ def test_weights_change_the_weighted_score(tmp_path: Path) -> None:
     """--weights a=2,b=1 makes the weighted score (2 x 0.8 + 0.6) / 3."""
     target, state_root = make_target(tmp_path)
     scorer = fake_cmd("fake_scorer.py", "--scores", "a=0.8,b=0.6")
-    done = run_autoloopd(
-        cli(
-            target,
-            state_root,
-            "--orchestrator-cmd",
-            orch("keep", "--no-scores"),
-            "--scorer-cmd",
-            scorer,
-            "--weights",
-            "a=2,b=1",
-            "--max-iterations",
-            "1",
-        )
-    )
+    done = run_scored(target, state_root, scorer, "--weights", "a=2,b=1")
     assert done.returncode == 0, done.stderr
     (entry,) = read_log(state_root)
     expected = (2 * 0.8 + 1 * 0.6) / 3
@@ -475,10 +409,8 @@ def test_handoff_of_the_previous_iteration_is_passed_with_source(tmp_path: Path)
     iteration-1.md; --handoff-arg '' passes nothing."""
     target, state_root = make_target(tmp_path)
     record = tmp_path / "record.jsonl"
-    cmd = orch("keep", "--scores", "0.5,0.6", "--record", str(record))
-    done = run_autoloopd(
-        cli(target, state_root, "--orchestrator-cmd", cmd, "--max-iterations", "2")
-    )
+    cmd = orchestrator_cmd("keep", "--scores", "0.5,0.6", "--record", str(record))
+    done = run_with(target, state_root, cmd, "--max-iterations", "2")
     assert done.returncode == 0, done.stderr
     runs = [json.loads(line) for line in record.read_text().splitlines()]
     assert [r["iteration"] for r in runs] == [1, 2]
@@ -492,19 +424,8 @@ def test_handoff_of_the_previous_iteration_is_passed_with_source(tmp_path: Path)
     off.mkdir()
     target2, state_root2 = make_target(off)
     record2 = tmp_path / "record2.jsonl"
-    cmd2 = orch("keep", "--scores", "0.5,0.6", "--record", str(record2))
-    done = run_autoloopd(
-        cli(
-            target2,
-            state_root2,
-            "--orchestrator-cmd",
-            cmd2,
-            "--max-iterations",
-            "2",
-            "--handoff-arg",
-            "",
-        )
-    )
+    cmd2 = orchestrator_cmd("keep", "--scores", "0.5,0.6", "--record", str(record2))
+    done = run_with(target2, state_root2, cmd2, "--max-iterations", "2", "--handoff-arg", "")
     assert done.returncode == 0, done.stderr
     runs2 = [json.loads(line) for line in record2.read_text().splitlines()]
     assert [r["iteration"] for r in runs2] == [1, 2]
@@ -518,10 +439,10 @@ def test_handoff_of_the_previous_iteration_is_passed_with_source(tmp_path: Path)
 def test_alternating_keep_reject_with_rising_scores_stops_on_oscillation(tmp_path: Path) -> None:
     """keep, reject, keep, reject (scores still rising) -> stopped_oscillation after 4."""
     target, state_root = make_target(tmp_path)
-    cmd = orch("sequence", "--decisions", "keep,reject", "--scores", "0.5,0.6,0.7,0.8,0.9")
-    done = run_autoloopd(
-        cli(target, state_root, "--orchestrator-cmd", cmd, "--max-iterations", "10")
+    cmd = orchestrator_cmd(
+        "sequence", "--decisions", "keep,reject", "--scores", "0.5,0.6,0.7,0.8,0.9"
     )
+    done = run_with(target, state_root, cmd, "--max-iterations", "10")
     assert done.returncode == 0, done.stderr
     assert "Stopped: oscillation detected" in done.stdout
     state = read_state(state_root)
@@ -540,18 +461,15 @@ def test_min_improvement_turns_small_gains_into_a_plateau(tmp_path: Path) -> Non
         base = tmp_path / name
         base.mkdir()
         target, state_root = make_target(base)
-        done = run_autoloopd(
-            cli(
-                target,
-                state_root,
-                "--orchestrator-cmd",
-                orch("keep", "--scores", scores),
-                "--plateau-window",
-                "2",
-                "--max-iterations",
-                "6",
-                *extra,
-            )
+        done = run_with(
+            target,
+            state_root,
+            orchestrator_cmd("keep", "--scores", scores),
+            "--plateau-window",
+            "2",
+            "--max-iterations",
+            "6",
+            *extra,
         )
         assert done.returncode == 0, done.stderr
         results[name] = (read_state(state_root), done.stdout)
@@ -573,17 +491,14 @@ def test_circuit_breaker_trips_after_consecutive_crashes(tmp_path: Path) -> None
     trace holds the exit code and 'Pipeline error: boom', failed runs' costs count, nothing
     completed."""
     target, state_root = make_target(tmp_path)
-    done = run_autoloopd(
-        cli(
-            target,
-            state_root,
-            "--orchestrator-cmd",
-            orch("crash"),
-            "--max-consecutive-errors",
-            "2",
-            "--retry-backoff-seconds",
-            "0.1",
-        )
+    done = run_with(
+        target,
+        state_root,
+        orchestrator_cmd("crash"),
+        "--max-consecutive-errors",
+        "2",
+        "--retry-backoff-seconds",
+        "0.1",
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Stopped: circuit breaker tripped after 2 consecutive errors" in done.stdout
@@ -615,19 +530,16 @@ def test_a_success_resets_the_consecutive_error_count(tmp_path: Path) -> None:
         " '--iteration', str(iteration), *sys.argv[2:]])\n"
     )
     cmd = shlex.join([sys.executable, str(wrapper), "{iteration}"])
-    done = run_autoloopd(
-        cli(
-            target,
-            state_root,
-            "--orchestrator-cmd",
-            cmd,
-            "--max-consecutive-errors",
-            "2",
-            "--max-iterations",
-            "3",
-            "--retry-backoff-seconds",
-            "0.05",
-        )
+    done = run_with(
+        target,
+        state_root,
+        cmd,
+        "--max-consecutive-errors",
+        "2",
+        "--max-iterations",
+        "3",
+        "--retry-backoff-seconds",
+        "0.05",
     )
     assert done.returncode == 0, done.stdout + done.stderr
     entries = read_log(state_root)
@@ -646,20 +558,13 @@ def test_scheduled_mode_runs_exactly_one_iteration_per_invocation(tmp_path: Path
     """--mode scheduled on the command line: one iteration, exit 0; the next call runs one
     more (cron starts each)."""
     target, state_root = make_target(tmp_path)
-    args = cli(
-        target,
-        state_root,
-        "--orchestrator-cmd",
-        orch("keep", "--scores", "0.5,0.6,0.7"),
-        "--mode",
-        "scheduled",
-    )
-    first = run_autoloopd(args)
+    cmd = orchestrator_cmd("keep", "--scores", "0.5,0.6,0.7")
+    first = run_with(target, state_root, cmd, "--mode", "scheduled")
     assert first.returncode == 0, first.stderr
     assert "--- Iteration 1/5 ---" in first.stdout and "--- Iteration 2/5" not in first.stdout
     assert len(read_log(state_root)) == 1
     check_clean(state_root)
-    second = run_autoloopd(args)
+    second = run_with(target, state_root, cmd, "--mode", "scheduled")
     assert second.returncode == 0, second.stderr
     assert "--- Iteration 2/5 ---" in second.stdout and "--- Iteration 3/5" not in second.stdout
     assert [e["iteration"] for e in read_log(state_root)] == [1, 2]
@@ -675,27 +580,12 @@ def test_second_autoloopd_on_a_locked_state_root_fails_at_once_naming_the_holder
 ) -> None:
     """While one autoloopd runs a (hanging) iteration, a second one on the same state root
     exits 75 at once and names the first one's pid."""
-    target, state_root = make_target(tmp_path)
-    ready = tmp_path / "ready"
-    first = start(
-        cli(
-            target,
-            state_root,
-            "--orchestrator-cmd",
-            orch("hang", "--ready-file", str(ready)),
-            "--shutdown-grace-seconds",
-            "0.5",
-            "--term-grace-seconds",
-            "1",
-        ),
-        tmp_path / "first.out",
+    first, target, state_root, _, _ = start_hanging(
+        tmp_path, "--shutdown-grace-seconds", "0.5", "--term-grace-seconds", "1"
     )
     try:
-        wait_for(ready.exists, what="the first autoloopd's orchestrator to start")
         t0 = time.monotonic()
-        second = run_autoloopd(
-            cli(target, state_root, "--orchestrator-cmd", orch("keep")), timeout=20
-        )
+        second = run_with(target, state_root, orchestrator_cmd("keep"), timeout=20)
         elapsed = time.monotonic() - t0
         assert second.returncode == 75, second.stdout + second.stderr
         assert f"pid {first.pid}" in second.stderr
@@ -717,7 +607,7 @@ def test_corrupt_state_file_exits_65_names_the_file_and_leaves_it_untouched(
     state_file = state_root / "autoloop_state.json"
     garbage = b'{"schema_version": "1.0", "iterations_completed": 3, '
     state_file.write_bytes(garbage)
-    done = run_autoloopd(cli(target, state_root, "--orchestrator-cmd", orch("keep")))
+    done = run_with(target, state_root, orchestrator_cmd("keep"))
     assert done.returncode == 65, done.stdout + done.stderr
     assert str(state_file.resolve()) in done.stderr
     assert "Traceback" not in done.stderr
@@ -729,18 +619,14 @@ def test_corrupt_state_file_exits_65_names_the_file_and_leaves_it_untouched(
 def test_unknown_fields_in_the_state_file_survive_a_run(tmp_path: Path) -> None:
     """Fields autoloopd does not know are kept through a load, run and save."""
     target, state_root = make_target(tmp_path)
-    cmd = orch("keep", "--scores", "0.5,0.6,0.7")
-    done = run_autoloopd(
-        cli(target, state_root, "--orchestrator-cmd", cmd, "--max-iterations", "1")
-    )
+    cmd = orchestrator_cmd("keep", "--scores", "0.5,0.6,0.7")
+    done = run_with(target, state_root, cmd, "--max-iterations", "1")
     assert done.returncode == 0, done.stderr
     state = read_state(state_root)
     state["operator_note"] = {"owner": "qa", "tags": ["a", "b"]}
     state["x_custom_counter"] = 42
     (state_root / "autoloop_state.json").write_text(json.dumps(state))
-    done = run_autoloopd(
-        cli(target, state_root, "--orchestrator-cmd", cmd, "--max-iterations", "2")
-    )
+    done = run_with(target, state_root, cmd, "--max-iterations", "2")
     assert done.returncode == 0, done.stderr
     after = read_state(state_root)
     assert after["iterations_completed"] == 2
@@ -757,16 +643,13 @@ def test_sigint_lets_a_running_iteration_finish_within_the_grace_period(tmp_path
     completed, no new one starts, exit 0 long before the grace period ends."""
     target, state_root = make_target(tmp_path)
     ready = tmp_path / "ready"
-    proc = start(
-        cli(
-            target,
-            state_root,
-            "--orchestrator-cmd",
-            orch("slow", "--sleep", "1", "--ready-file", str(ready)),
-            "--shutdown-grace-seconds",
-            "10",
-        ),
-        tmp_path / "out.txt",
+    proc = start_with(
+        target,
+        state_root,
+        orchestrator_cmd("slow", "--sleep", "1", "--ready-file", str(ready)),
+        "--shutdown-grace-seconds",
+        "10",
+        out=tmp_path / "out.txt",
     )
     wait_for(ready.exists, what="the orchestrator to start")
     t0 = time.monotonic()
@@ -787,21 +670,7 @@ def test_sigterm_with_a_hanging_orchestrator_records_it_interrupted_after_the_gr
 ) -> None:
     """SIGTERM, orchestrator hangs, grace 1 s: the run is stopped and logged 'interrupted'
     (its cost counted), exit 0 within a few seconds, its process is gone."""
-    target, state_root = make_target(tmp_path)
-    ready, pid_file = tmp_path / "ready", tmp_path / "orch.pid"
-    proc = start(
-        cli(
-            target,
-            state_root,
-            "--orchestrator-cmd",
-            orch("hang", "--ready-file", str(ready), "--pid-file", str(pid_file)),
-            "--shutdown-grace-seconds",
-            "1",
-        ),
-        tmp_path / "out.txt",
-    )
-    wait_for(ready.exists, what="the orchestrator to start")
-    orch_pid = read_pid(pid_file)
+    proc, _, state_root, orch_pid, _ = start_hanging(tmp_path, "--shutdown-grace-seconds", "1")
     t0 = time.monotonic()
     assert stop(proc, signal.SIGTERM, timeout=20) == 0
     elapsed = time.monotonic() - t0
@@ -817,24 +686,9 @@ def test_sigterm_with_a_hanging_orchestrator_records_it_interrupted_after_the_gr
 
 def test_second_sigint_skips_the_grace_period(tmp_path: Path) -> None:
     """A second SIGINT stops a hanging orchestrator at once instead of after the 30 s grace."""
-    target, state_root = make_target(tmp_path)
-    ready, pid_file, out = tmp_path / "ready", tmp_path / "orch.pid", tmp_path / "out.txt"
-    proc = start(
-        cli(
-            target,
-            state_root,
-            "--orchestrator-cmd",
-            orch("hang", "--ready-file", str(ready), "--pid-file", str(pid_file)),
-            "--shutdown-grace-seconds",
-            "30",
-            "--log-level",
-            "info",
-            "--log-format",
-            "json",
-        ),
-        out,
+    proc, _, state_root, orch_pid, out = start_hanging(
+        tmp_path, "--shutdown-grace-seconds", "30", "--log-level", "info", "--log-format", "json"
     )
-    wait_for(ready.exists, what="the orchestrator to start")
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     wait_for(
@@ -843,7 +697,7 @@ def test_second_sigint_skips_the_grace_period(tmp_path: Path) -> None:
     )
     assert stop(proc, signal.SIGINT, timeout=20) == 0
     assert time.monotonic() - t0 < 8
-    assert not pid_alive(read_pid(pid_file))
+    assert not pid_alive(orch_pid)
     assert [e["status"] for e in read_log(state_root)] == ["interrupted"]
     events = [e.get("event") for e in log_events(out.read_text())]
     assert "shutdown_forced" in events
@@ -854,20 +708,17 @@ def test_sigterm_during_cooldown_exits_at_once_and_saves_next_run_at(tmp_path: P
     """Continuous mode, 10 min cooldown: SIGTERM during the cooldown exits 0 in < 3 s and
     the state keeps next_run_at (finished_at + 10 min)."""
     target, state_root = make_target(tmp_path)
-    proc = start(
-        cli(
-            target,
-            state_root,
-            "--orchestrator-cmd",
-            orch("keep"),
-            "--mode",
-            "continuous",
-            "--cooldown-minutes",
-            "10",
-            "--max-cost",
-            "5",
-        ),
-        tmp_path / "out.txt",
+    proc = start_with(
+        target,
+        state_root,
+        orchestrator_cmd("keep"),
+        "--mode",
+        "continuous",
+        "--cooldown-minutes",
+        "10",
+        "--max-cost",
+        "5",
+        out=tmp_path / "out.txt",
     )
 
     def cooling() -> bool:
@@ -890,11 +741,8 @@ def test_restart_honours_next_run_at_from_an_interrupted_cooldown(tmp_path: Path
     """A restart after SIGTERM during a 3 s cooldown waits until next_run_at before the
     next iteration instead of running at once."""
     target, state_root = make_target(tmp_path)
-    args = cli(
-        target,
-        state_root,
-        "--orchestrator-cmd",
-        orch("keep", "--scores", "0.5,0.6,0.7"),
+    cmd = orchestrator_cmd("keep", "--scores", "0.5,0.6,0.7")
+    flags = (
         "--mode",
         "continuous",
         "--cooldown-minutes",
@@ -904,13 +752,13 @@ def test_restart_honours_next_run_at_from_an_interrupted_cooldown(tmp_path: Path
         "--max-iterations",
         "2",
     )
-    proc = start(args, tmp_path / "out1.txt")
+    proc = start_with(target, state_root, cmd, *flags, out=tmp_path / "out1.txt")
     wait_for(lambda: logged_runs(state_root) == 1, what="the first iteration")
     assert stop(proc, signal.SIGTERM) == 0
     next_run_at = parse_iso(read_state(state_root)["next_run_at"])
     assert len(read_log(state_root)) == 1
 
-    done = run_autoloopd(args)
+    done = run_with(target, state_root, cmd, *flags)
     assert done.returncode == 0, done.stderr
     entries = read_log(state_root)
     assert [e["status"] for e in entries] == ["completed", "completed"]
@@ -923,21 +771,7 @@ def test_sigkill_mid_iteration_is_recovered_once_on_restart(tmp_path: Path) -> N
     """autoloopd SIGKILLed while its orchestrator hangs: the restart logs the run once as
     'interrupted' with a cost > 0, stops the orphaned orchestrator, then goes on with
     iteration 2; invariants hold and numbers have no gaps."""
-    target, state_root = make_target(tmp_path)
-    pid_file = tmp_path / "orch.pid"
-    proc = start(
-        cli(
-            target,
-            state_root,
-            "--orchestrator-cmd",
-            orch("hang", "--pid-file", str(pid_file)),
-            "--term-grace-seconds",
-            "2",
-        ),
-        tmp_path / "out1.txt",
-    )
-    wait_for(pid_file.exists, what="the orchestrator to start")
-    orphan = read_pid(pid_file)
+    proc, target, state_root, orphan, _ = start_hanging(tmp_path, "--term-grace-seconds", "2")
     wait_for(
         lambda: (state_now(state_root).get("in_flight") or {}).get("iteration") == 1,
         what="the in-flight checkpoint",
@@ -946,17 +780,14 @@ def test_sigkill_mid_iteration_is_recovered_once_on_restart(tmp_path: Path) -> N
     proc.wait(timeout=10)
     assert pid_alive(orphan), "the orchestrator runs in its own session and outlives SIGKILL"
 
-    done = run_autoloopd(
-        cli(
-            target,
-            state_root,
-            "--orchestrator-cmd",
-            orch("keep"),
-            "--max-iterations",
-            "1",
-            "--term-grace-seconds",
-            "2",
-        )
+    done = run_with(
+        target,
+        state_root,
+        orchestrator_cmd("keep"),
+        "--max-iterations",
+        "1",
+        "--term-grace-seconds",
+        "2",
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert not pid_alive(orphan), "the restart must stop the orphaned orchestrator"

@@ -14,13 +14,13 @@ import math
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_support import Lab, NotifyListener, logged_cost, max_overlap, parse_ts
+from daemon_support import Daemon, Lab, NotifyListener, logged_cost, max_overlap, parse_ts
 from support import AUTOLOOPD, child_env, read_log, read_state, run_autoloopd, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,14 +32,14 @@ FAST = {
     "term_grace_seconds": 2.0,
     "iteration_timeout_minutes": 1.0,
 }
+# The same for continuous targets that cool down for 10 minutes after each iteration.
+COOLING = {**FAST, "mode": "continuous", "cooldown_minutes": 10}
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    """A test's directories; SIGKILLs any autoloopd the test left running."""
-    lab = Lab(tmp_path)
-    yield lab
-    lab.cleanup()
+def lab(tmp_path: Path) -> Lab:
+    """A test's directories (conftest.py kills any autoloopd the test left running)."""
+    return Lab(tmp_path)
 
 
 def run_autoloopd_in(cwd: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -59,6 +59,16 @@ def run_autoloopd_in(cwd: Path, args: list[str]) -> subprocess.CompletedProcess[
 def statuses(lab: Lab, *names: str) -> dict[str, str]:
     """Each target's `status` from its state file."""
     return {name: read_state(lab.state_root(name))["status"] for name in names}
+
+
+def start_cooling(lab: Lab, names: Sequence[str]) -> Daemon:
+    """A daemon whose `keep` targets `names` (COOLING) have each run one iteration and are
+    all in their cooldown."""
+    lab.write([lab.target(name, "keep") for name in names], defaults=COOLING)
+    daemon = lab.start()
+    daemon.wait_event("iteration_finished", count=len(names))
+    wait_for(lambda: set(statuses(lab, *names).values()) == {"cooldown"}, what="all in cooldown")
+    return daemon
 
 
 # --------------------------------------------------------------------------- 1. many targets
@@ -274,10 +284,7 @@ def test_sigterm_while_targets_are_being_prepared_stops_them_all(lab: Lab) -> No
     signal handler is installed, before `daemon_ready`) stops every target, including those
     prepared after the signal: exit 0, nothing left running."""
     names = [f"t{i:02d}" for i in range(30)]
-    lab.write(
-        [lab.target(name, "keep") for name in names],
-        defaults={**FAST, "mode": "continuous", "cooldown_minutes": 10},
-    )
+    lab.write([lab.target(name, "keep") for name in names], defaults=COOLING)
     daemon = lab.start()
     # A target's lock file appears in prepare(), after the signal handler is installed.
     wait_for(
@@ -304,13 +311,7 @@ def test_sigterm_during_cooldown_exits_at_once_and_a_restart_honours_next_run_at
     """SIGTERM while every target cools down (10 min): exit 0 within ~2 s, each state keeps
     its next_run_at; a restart waits for it instead of starting an iteration."""
     names = ("a", "b", "c")
-    lab.write(
-        [lab.target(name, "keep") for name in names],
-        defaults={**FAST, "mode": "continuous", "cooldown_minutes": 10},
-    )
-    daemon = lab.start()
-    daemon.wait_event("iteration_finished", count=3)
-    wait_for(lambda: set(statuses(lab, *names).values()) == {"cooldown"}, what="all in cooldown")
+    daemon = start_cooling(lab, names)
     planned = {n: read_state(lab.state_root(n))["next_run_at"] for n in names}
     sent = time.monotonic()
     daemon.send(signal.SIGTERM)
@@ -348,13 +349,12 @@ def test_sighup_adds_removes_and_changes_targets_and_survives_a_broken_config(la
     """SIGHUP with B removed, C added and A's max_iterations changed: `config_reloaded`
     says so, B stops as `stopped_removed`, C runs, A keeps going. A broken config on the
     next SIGHUP is reported (`reload_failed`) and the daemon keeps running the old one."""
-    defaults = {**FAST, "mode": "continuous", "cooldown_minutes": 10}
     a, b, c = (lab.target(n, "keep", "--scores", "0.5,0.6,0.7") for n in ("a", "b", "c"))
-    lab.write([a, b], defaults=defaults)
+    lab.write([a, b], defaults=COOLING)
     daemon = lab.start()
     daemon.wait_event("iteration_finished", count=2)
 
-    lab.write([{**a, "max_iterations": 7}, c], defaults=defaults)
+    lab.write([{**a, "max_iterations": 7}, c], defaults=COOLING)
     daemon.send(signal.SIGHUP)
     (reloaded,) = daemon.wait_event("config_reloaded")
     assert (reloaded["added"], reloaded["removed"], reloaded["changed"]) == (["c"], ["b"], ["a"])
@@ -499,10 +499,7 @@ def test_sd_notify_ready_status_reload_watchdog_and_stopping(lab: Lab) -> None:
     WATCHDOG_USEC, STOPPING=1 on SIGTERM; the orchestrator never sees those variables."""
     listener = NotifyListener(lab.root)
     try:
-        lab.write(
-            [lab.target("probe", "probe")],
-            defaults={**FAST, "mode": "continuous", "cooldown_minutes": 10},
-        )
+        lab.write([lab.target("probe", "probe")], defaults=COOLING)
         daemon = lab.start(env={"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "500000"})
         listener.wait_for(lambda m: _first(m, "READY=1") is not None, what="READY=1")
         first_ready = listener.fields()[_first(listener.fields(), "READY=1") or 0]
@@ -634,13 +631,7 @@ def test_status_reads_every_target_while_the_daemon_runs_without_taking_a_lock(
     `--json` has the fields, `--state-root DIR` shows one target; none of them disturbs the
     running daemon (no lock taken)."""
     names = ("first", "second")
-    lab.write(
-        [lab.target(n, "keep") for n in names],
-        defaults={**FAST, "mode": "continuous", "cooldown_minutes": 10},
-    )
-    daemon = lab.start()
-    daemon.wait_event("iteration_finished", count=2)
-    wait_for(lambda: set(statuses(lab, *names).values()) == {"cooldown"}, what="cooldown")
+    daemon = start_cooling(lab, names)
 
     table = run_autoloopd(["status", "--config", str(lab.config)], timeout=30)
     assert table.returncode == 0, table
@@ -680,9 +671,7 @@ def test_status_reads_every_target_while_the_daemon_runs_without_taking_a_lock(
 def test_a_second_daemon_on_the_same_config_refuses_at_once_naming_the_holder(lab: Lab) -> None:
     """While one autoloopd runs a config, a second one exits 75 at once, naming the pid that
     holds the state; the first keeps running."""
-    lab.write(
-        [lab.target("a", "keep")], defaults={**FAST, "mode": "continuous", "cooldown_minutes": 10}
-    )
+    lab.write([lab.target("a", "keep")], defaults=COOLING)
     daemon = lab.start()
     daemon.wait_event("daemon_ready")
     began = time.monotonic()

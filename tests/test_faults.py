@@ -7,7 +7,6 @@ invariants hold and that no process of the run is left behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
@@ -15,17 +14,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import (
-    assert_invariants,
-    fake_cmd,
-    marked_processes,
+    check_clean,
+    log_events,
+    make_target,
+    orchestrator_cmd,
     pid_alive,
     read_log,
+    read_pid,
     read_state,
     run_autoloopd,
     start_autoloopd,
@@ -39,56 +39,7 @@ MIB = 1024 * 1024
 RSS_LIMIT_BYTES = 150 * 1000 * 1000
 
 
-# Background autoloopd processes of the running test, killed at teardown if a test failed
-# before it could stop them (with every orchestrator they left, found by their run marker).
-_started: list[subprocess.Popen[bytes]] = []
-
-
-def start(args: list[str], out: Path) -> subprocess.Popen[bytes]:
-    """`support.start_autoloopd`, remembered for the teardown."""
-    proc = start_autoloopd(args, out)
-    _started.append(proc)
-    return proc
-
-
-@pytest.fixture(autouse=True)
-def _no_leftovers(tmp_path: Path) -> Iterator[None]:
-    """After each test: kill what a failed test left running (its own processes only)."""
-    yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    for pid in marked_processes(str(tmp_path)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 # --- helpers ---------------------------------------------------------------------------
-
-
-def make_target(tmp_path: Path, name: str = "skill") -> tuple[Path, Path]:
-    """A target directory and a (not yet existing) state root under tmp_path."""
-    target = tmp_path / name
-    target.mkdir()
-    return target, tmp_path / "state"
-
-
-def orch(behaviour: str, *args: str) -> str:
-    """--orchestrator-cmd for the fake with `behaviour`, passing the placeholders through."""
-    return fake_cmd(
-        "fake_orchestrator.py",
-        "--behaviour",
-        behaviour,
-        "--target",
-        "{target}",
-        "--state-root",
-        "{state_root}",
-        "--iteration",
-        "{iteration}",
-        *args,
-    )
 
 
 def run_faulty(
@@ -117,12 +68,6 @@ def run_faulty(
     return done, time.monotonic() - t0
 
 
-def check_clean(state_root: Path) -> None:
-    """DESIGN.md's invariants hold and no process of any run of `state_root` is left."""
-    assert_invariants(state_root)
-    assert marked_processes(str(state_root.resolve())) == []
-
-
 def assert_tripped(done: subprocess.CompletedProcess[str], state_root: Path) -> dict[str, Any]:
     """The circuit breaker tripped cleanly: exit 1, status error, no traceback."""
     assert done.returncode == 1, done.stdout + done.stderr
@@ -139,20 +84,14 @@ def only_entry(state_root: Path) -> dict[str, Any]:
     return entries[0]
 
 
-def log_events(text: str) -> list[dict[str, Any]]:
-    """The JSON log lines (structlog writes JSON when not on a terminal) among `text`."""
-    events = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
-    return events
-
-
-def read_pid(path: Path) -> int:
-    return int(path.read_text())
+def run_once(
+    target: Path, state_root: Path, cmd: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """One iteration with orchestrator `cmd` that autoloopd finishes with exit 0; returns
+    (completed process, the one log entry)."""
+    done, _ = run_faulty(target, state_root, cmd, "--max-iterations", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done, only_entry(state_root)
 
 
 def vm_hwm_bytes(pid: int) -> int | None:
@@ -176,7 +115,7 @@ def test_non_zero_exit_is_a_failed_run_with_its_exit_code_and_stderr_tail(
     """Exit 7 -> a failed entry with exit_code 7; the breaker (1) trips: status error, exit 1,
     the trace has the exit code and the tail of stderr."""
     target, state_root = make_target(tmp_path)
-    done, _ = run_faulty(target, state_root, orch("crash", "--exit-code", "7"))
+    done, _ = run_faulty(target, state_root, orchestrator_cmd("crash", "--exit-code", "7"))
     state = assert_tripped(done, state_root)
     entry = only_entry(state_root)
     assert entry["status"] == "failed" and entry["exit_code"] == 7
@@ -190,7 +129,7 @@ def test_non_zero_exit_is_a_failed_run_with_its_exit_code_and_stderr_tail(
 def test_orchestrator_killed_by_a_signal_is_reported_as_sigkill(tmp_path: Path) -> None:
     """An orchestrator that dies of SIGKILL -> failed, exit_code -9, error names SIGKILL."""
     target, state_root = make_target(tmp_path)
-    done, _ = run_faulty(target, state_root, orch("signal", "--signal", "KILL"))
+    done, _ = run_faulty(target, state_root, orchestrator_cmd("signal", "--signal", "KILL"))
     state = assert_tripped(done, state_root)
     entry = only_entry(state_root)
     assert entry["status"] == "failed" and entry["exit_code"] == -9
@@ -204,7 +143,7 @@ def test_hang_past_the_timeout_is_stopped_and_failed_as_timed_out(tmp_path: Path
     grace is needed): failed 'timed out', its process gone, duration within timeout+grace."""
     target, state_root = make_target(tmp_path)
     pid_file = tmp_path / "orch.pid"
-    done, _ = run_faulty(target, state_root, orch("hang", "--pid-file", str(pid_file)))
+    done, _ = run_faulty(target, state_root, orchestrator_cmd("hang", "--pid-file", str(pid_file)))
     state = assert_tripped(done, state_root)
     entry = only_entry(state_root)
     assert entry["status"] == "failed"
@@ -219,7 +158,9 @@ def test_orchestrator_trapping_sigterm_is_sigkilled_after_the_term_grace(tmp_pat
     'timed out' after about timeout + grace, its SIGTERM complaint in the trace, pid gone."""
     target, state_root = make_target(tmp_path)
     pid_file = tmp_path / "orch.pid"
-    done, _ = run_faulty(target, state_root, orch("trap-term", "--pid-file", str(pid_file)))
+    done, _ = run_faulty(
+        target, state_root, orchestrator_cmd("trap-term", "--pid-file", str(pid_file))
+    )
     state = assert_tripped(done, state_root)
     entry = only_entry(state_root)
     assert entry["status"] == "failed" and "timed out" in entry["error"]
@@ -239,7 +180,7 @@ def test_grandchild_holding_stdout_open_does_not_hold_up_the_iteration(tmp_path:
     done, elapsed = run_faulty(
         target,
         state_root,
-        orch("grandchild", "--grandchild-pid-file", str(grandchild_file)),
+        orchestrator_cmd("grandchild", "--grandchild-pid-file", str(grandchild_file)),
         "--max-iterations",
         "1",
     )
@@ -260,7 +201,7 @@ def test_grandchild_that_left_the_group_does_not_hang_the_daemon(tmp_path: Path)
     done, _ = run_faulty(
         target,
         state_root,
-        orch(
+        orchestrator_cmd(
             "grandchild",
             "--grandchild-setsid",
             "--sleep",
@@ -294,7 +235,7 @@ def test_grandchild_that_left_the_group_does_not_hang_the_daemon(tmp_path: Path)
 def test_no_result_is_a_failed_run_printed_no_result(tmp_path: Path, behaviour: str) -> None:
     """Nothing on stdout, or random bytes -> failed 'orchestrator printed no result'."""
     target, state_root = make_target(tmp_path)
-    done, _ = run_faulty(target, state_root, orch(behaviour, "--bytes", "20000"))
+    done, _ = run_faulty(target, state_root, orchestrator_cmd(behaviour, "--bytes", "20000"))
     state = assert_tripped(done, state_root)
     entry = only_entry(state_root)
     assert entry["status"] == "failed" and entry["exit_code"] == 0
@@ -336,7 +277,7 @@ def test_invalid_result_field_fails_the_run_naming_the_field(
 ) -> None:
     """A JSON result with one invalid field -> failed 'invalid result: <field>: ...'."""
     target, state_root = make_target(tmp_path)
-    done, _ = run_faulty(target, state_root, orch("bad-json", "--bad-field", bad_field))
+    done, _ = run_faulty(target, state_root, orchestrator_cmd("bad-json", "--bad-field", bad_field))
     state = assert_tripped(done, state_root)
     entry = only_entry(state_root)
     assert entry["status"] == "failed"
@@ -357,14 +298,14 @@ def test_100_mb_of_output_is_streamed_to_the_run_log_with_bounded_memory(
     ~100 MiB, and autoloopd's peak RSS (VmHWM) stays under 150 MB."""
     target, state_root = make_target(tmp_path)
     out = tmp_path / "out.txt"
-    proc = start(
+    proc = start_autoloopd(
         [
             "--target",
             str(target),
             "--state-root",
             str(state_root),
             "--orchestrator-cmd",
-            orch("megabytes", "--mb", "100"),
+            orchestrator_cmd("megabytes", "--mb", "100"),
             "--max-iterations",
             "1",
             "--max-consecutive-errors",
@@ -397,9 +338,7 @@ def test_invalid_utf8_before_the_result_still_completes(tmp_path: Path) -> None:
     """Bytes that are not UTF-8 on stdout and stderr, then a result -> completed (keep); the
     run log keeps the raw bytes."""
     target, state_root = make_target(tmp_path)
-    done, _ = run_faulty(target, state_root, orch("invalid-utf8"), "--max-iterations", "1")
-    assert done.returncode == 0, done.stdout + done.stderr
-    entry = only_entry(state_root)
+    _, entry = run_once(target, state_root, orchestrator_cmd("invalid-utf8"))
     assert entry["status"] == "completed" and entry["decision"] == "keep"
     assert b"\xff\xfe invalid utf-8" in (state_root / "runs" / "iteration-1.log").read_bytes()
     check_clean(state_root)
@@ -411,11 +350,7 @@ def test_invalid_utf8_before_the_result_still_completes(tmp_path: Path) -> None:
 def test_learner_file_written_by_the_run_gives_the_scores(tmp_path: Path) -> None:
     """A result without scores plus a fresh learner/iteration-1.json -> its final_scores."""
     target, state_root = make_target(tmp_path)
-    done, _ = run_faulty(
-        target, state_root, orch("learner", "--scores", "0.66"), "--max-iterations", "1"
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    entry = only_entry(state_root)
+    _, entry = run_once(target, state_root, orchestrator_cmd("learner", "--scores", "0.66"))
     assert entry["scores"] == {"accuracy": 0.66, "coverage": 0.66}
     assert entry["weighted_score"] == pytest.approx(0.66)
     check_clean(state_root)
@@ -427,9 +362,7 @@ def test_learner_file_that_is_not_json_completes_without_scores_and_warns(
     """A learner file that is not JSON: the run still completes (keep) with no scores
     (weighted_score null) and a `learner_file_unreadable` warning is logged."""
     target, state_root = make_target(tmp_path)
-    done, _ = run_faulty(target, state_root, orch("bad-learner"), "--max-iterations", "1")
-    assert done.returncode == 0, done.stdout + done.stderr
-    entry = only_entry(state_root)
+    done, entry = run_once(target, state_root, orchestrator_cmd("bad-learner"))
     assert entry["status"] == "completed" and entry["decision"] == "keep"
     assert entry["weighted_score"] is None and entry["scores"] == {}
     warnings = [e for e in log_events(done.stderr) if e.get("event") == "learner_file_unreadable"]
@@ -445,7 +378,9 @@ def test_orchestrator_deleting_its_target_counts_then_trips_the_breaker(tmp_path
     """The run that deletes the target directory counts (keep); the next one fails with
     'target directory is missing' and the breaker trips: status error, exit 1, no crash."""
     target, state_root = make_target(tmp_path)
-    done, _ = run_faulty(target, state_root, orch("delete-target", "--scores", "0.5,0.6"))
+    done, _ = run_faulty(
+        target, state_root, orchestrator_cmd("delete-target", "--scores", "0.5,0.6")
+    )
     state = assert_tripped(done, state_root)
     assert not target.exists()
     entries = read_log(state_root)
@@ -467,7 +402,7 @@ def test_placeholder_values_are_never_run_by_a_shell(tmp_path: Path) -> None:
     target.mkdir()
     state_root = tmp_path / "state && touch PWNED4 | {target}"
     record = tmp_path / "record.jsonl"
-    cmd = orch("keep", "--scores", "0.5,0.6", "--record", str(record))
+    cmd = orchestrator_cmd("keep", "--scores", "0.5,0.6", "--record", str(record))
     done, _ = run_faulty(target, state_root, cmd, "--max-iterations", "2")
     assert done.returncode == 0, done.stdout + done.stderr
     runs = [json.loads(line) for line in record.read_text().splitlines()]

@@ -19,7 +19,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,8 +29,13 @@ import anyio
 import pytest
 import structlog
 from support import (
-    FAKES,
+    TARGET_A,
+    TARGET_B,
     assert_invariants,
+    in_table,
+    in_target,
+    orchestrator_argv,
+    orchestrator_cmd,
     read_log,
     read_state,
     run_autoloopd,
@@ -47,7 +51,6 @@ from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.target import TargetRunner
 
 EX_DATAERR, EX_IOERR, EX_TEMPFAIL, EX_CONFIG = 65, 74, 75, 78
-FAKE = str(FAKES / "fake_orchestrator.py")
 
 
 def toml_str(text: str) -> str:
@@ -65,87 +68,83 @@ def one_line(stderr: str) -> str:
 
 # === 1. broken configs through the binary ===================================================
 
-T_A = '[[targets]]\nname = "a"\npath = "a"\ndry_run = true\n'
-T_B = '[[targets]]\nname = "b"\npath = "b"\ndry_run = true\n'
-
-
-def _in(table: str, body: str) -> str:
-    return f"[{table}]\n{body}\n{T_A}"
-
-
-def _target(body: str) -> str:
-    return f"{T_A}{body}\n"
-
-
 # (id, content | "<directory>" | "<missing>", words the message must contain: key path first)
 CONFIGS: list[tuple[str, str | bytes, str]] = [
-    ("syntax-table-header", "[daemon\n" + T_A, "line 1, column"),
-    ("syntax-bare-word", T_A + "max_iterations = five\n", "line 5, column"),
-    ("syntax-duplicate-key", T_A + 'name = "again"\n', "line 5"),
-    ("syntax-unterminated", T_A + 'orchestrator = ["x\n', "line 5"),
+    ("syntax-table-header", "[daemon\n" + TARGET_A, "line 1, column"),
+    ("syntax-bare-word", TARGET_A + "max_iterations = five\n", "line 5, column"),
+    ("syntax-duplicate-key", TARGET_A + 'name = "again"\n', "line 5"),
+    ("syntax-unterminated", TARGET_A + 'orchestrator = ["x\n', "line 5"),
     ("empty-file", "", "targets: no [[targets]]"),
     ("whitespace-only", "\n   \n\t\n", "targets: no [[targets]]"),
     ("no-targets", "[daemon]\nlog_level = 'info'\n", "targets: no [[targets]]"),
     ("binary", b"\x7fELF\x02\x01\x01\x00\x00\x00" + bytes(range(256)), "binary"),
-    ("non-utf8", b"[daemon]\nlog_level = '\xc3\x28'\n" + T_A.encode(), "not valid UTF-8"),
-    ("byte-order-mark", "\ufeff" + T_A, "byte-order mark"),
+    ("non-utf8", b"[daemon]\nlog_level = '\xc3\x28'\n" + TARGET_A.encode(), "not valid UTF-8"),
+    ("byte-order-mark", "\ufeff" + TARGET_A, "byte-order mark"),
     ("directory", "<directory>", "is a directory"),
     ("missing", "<missing>", "no such file"),
-    ("unknown-top", "colour = 'blue'\n" + T_A, "colour: unknown key"),
-    ("unknown-daemon", _in("daemon", "state_dri = 'x'"), "daemon.state_dri: unknown key"),
-    ("unknown-daemon-inline", "daemon = { levle = 1 }\n" + T_A, "daemon.levle: unknown key"),
-    ("unknown-budget", _in("budget", "max_cost = 5.0"), "budget.max_cost: unknown key"),
-    ("unknown-defaults", _in("defaults", "cooldown = 5"), "defaults.cooldown: unknown key"),
-    ("unknown-target", T_A + T_B + "max_cost = 5\n", "targets[1].max_cost: unknown key"),
-    ("name-in-defaults", _in("defaults", "path = 'a'"), "defaults.path: unknown key"),
+    ("unknown-top", "colour = 'blue'\n" + TARGET_A, "colour: unknown key"),
+    ("unknown-daemon", in_table("daemon", "state_dri = 'x'"), "daemon.state_dri: unknown key"),
+    ("unknown-daemon-inline", "daemon = { levle = 1 }\n" + TARGET_A, "daemon.levle: unknown key"),
+    ("unknown-budget", in_table("budget", "max_cost = 5.0"), "budget.max_cost: unknown key"),
+    ("unknown-defaults", in_table("defaults", "cooldown = 5"), "defaults.cooldown: unknown key"),
+    ("unknown-target", TARGET_A + TARGET_B + "max_cost = 5\n", "targets[1].max_cost: unknown key"),
+    ("name-in-defaults", in_table("defaults", "path = 'a'"), "defaults.path: unknown key"),
     (
         "int-as-string",
-        _in("daemon", "max_concurrent_iterations = '4'"),
+        in_table("daemon", "max_concurrent_iterations = '4'"),
         "daemon.max_concurrent_iterations: must be an integer",
     ),
-    ("bool-as-number", _in("budget", "max_cost_usd = true"), "budget.max_cost_usd: must be"),
-    ("table-as-number", "budget = 5\n" + T_A, "budget: must be a table"),
+    ("bool-as-number", in_table("budget", "max_cost_usd = true"), "budget.max_cost_usd: must be"),
+    ("table-as-number", "budget = 5\n" + TARGET_A, "budget: must be a table"),
     ("targets-as-string", 'targets = "a"\n', "targets: must be an array"),
     ("targets-as-table", '[targets]\nname = "a"\npath = "a"\n', "targets: must be an array"),
     (
         "orchestrator-as-string",
-        _target("orchestrator = 'python3 x.py --target {target}'"),
+        in_target("orchestrator = 'python3 x.py --target {target}'"),
         "targets[0].orchestrator: must be an array",
     ),
-    ("negative-cost", _in("defaults", "max_cost_usd = -1"), "defaults.max_cost_usd: must be"),
-    ("zero-iterations", _target("max_iterations = 0"), "targets[0].max_iterations: must be"),
-    ("zero-concurrency", _in("daemon", "max_concurrent_iterations = 0"), "daemon.max_concurre"),
-    ("negative-grace", _in("daemon", "shutdown_grace_seconds = -1"), "daemon.shutdown_grace"),
-    ("float-1e400", _in("budget", "max_cost_usd = 1e400"), "budget.max_cost_usd: must be"),
-    ("int-10e30", _target("max_iterations = 1" + "0" * 30), "targets[0].max_iterations: must"),
-    ("huge-cooldown", _target("cooldown_minutes = 1e30"), "targets[0].cooldown_minutes"),
-    ("nan", _target("min_improvement = nan"), "targets[0].min_improvement: must be a finite"),
-    ("minus-inf", _in("daemon", "shutdown_grace_seconds = -inf"), "daemon.shutdown_grace"),
-    ("log-level", _in("daemon", "log_level = 'loud'"), "daemon.log_level: must be one of"),
-    ("weight-negative", _target("weights = { accuracy = -2 }"), "targets[0].weights.accuracy"),
+    ("negative-cost", in_table("defaults", "max_cost_usd = -1"), "defaults.max_cost_usd: must be"),
+    ("zero-iterations", in_target("max_iterations = 0"), "targets[0].max_iterations: must be"),
+    (
+        "zero-concurrency",
+        in_table("daemon", "max_concurrent_iterations = 0"),
+        "daemon.max_concurre",
+    ),
+    ("negative-grace", in_table("daemon", "shutdown_grace_seconds = -1"), "daemon.shutdown_grace"),
+    ("float-1e400", in_table("budget", "max_cost_usd = 1e400"), "budget.max_cost_usd: must be"),
+    ("int-10e30", in_target("max_iterations = 1" + "0" * 30), "targets[0].max_iterations: must"),
+    ("huge-cooldown", in_target("cooldown_minutes = 1e30"), "targets[0].cooldown_minutes"),
+    ("nan", in_target("min_improvement = nan"), "targets[0].min_improvement: must be a finite"),
+    ("minus-inf", in_table("daemon", "shutdown_grace_seconds = -inf"), "daemon.shutdown_grace"),
+    ("log-level", in_table("daemon", "log_level = 'loud'"), "daemon.log_level: must be one of"),
+    ("weight-negative", in_target("weights = { accuracy = -2 }"), "targets[0].weights.accuracy"),
     ("path-missing", '[[targets]]\nname = "a"\npath = "nope"\n', "targets[0].path: no such"),
     ("path-is-file", '[[targets]]\nname = "a"\npath = "f"\n', "targets[0].path: not a dir"),
     ("path-absent", '[[targets]]\nname = "a"\n', "targets[0].path: required key missing"),
-    ("state-root-is-file", T_A + 'state_root = "f"\n', "targets[0].state_root: not a dir"),
-    ("state-dir-is-file", _in("daemon", "state_dir = 'f'"), "daemon.state_dir: not a dir"),
+    ("state-root-is-file", TARGET_A + 'state_root = "f"\n', "targets[0].state_root: not a dir"),
+    ("state-dir-is-file", in_table("daemon", "state_dir = 'f'"), "daemon.state_dir: not a dir"),
     (
         "duplicate-name",
-        T_A + T_A.replace('path = "a"', 'path = "b"'),
+        TARGET_A + TARGET_A.replace('path = "a"', 'path = "b"'),
         "targets[1].name: duplicate target name",
     ),
     (
         "shared-state-root",
-        T_A + 'state_root = "s/x"\n' + T_B + 'state_root = "s/../s/x/"\n',
+        TARGET_A + 'state_root = "s/x"\n' + TARGET_B + 'state_root = "s/../s/x/"\n',
         "targets[1].state_root: ",
     ),
     (
         "state-root-is-anothers-default",
-        "[daemon]\nstate_dir = 'st'\n" + T_A + T_B + 'state_root = "st/a"\n',
+        "[daemon]\nstate_dir = 'st'\n" + TARGET_A + TARGET_B + 'state_root = "st/a"\n',
         "targets[1].state_root: ",
     ),
-    ("cron-out-of-range", _target("mode = 'scheduled'\nschedule = '61 * * * *'"), "schedule"),
-    ("cron-words", _target("mode = 'scheduled'\nschedule = 'every day'"), "targets[0].sched"),
-    ("scheduled-no-cron", _in("defaults", "mode = 'scheduled'"), "targets[0].schedule: required"),
+    ("cron-out-of-range", in_target("mode = 'scheduled'\nschedule = '61 * * * *'"), "schedule"),
+    ("cron-words", in_target("mode = 'scheduled'\nschedule = 'every day'"), "targets[0].sched"),
+    (
+        "scheduled-no-cron",
+        in_table("defaults", "mode = 'scheduled'"),
+        "targets[0].schedule: required",
+    ),
     (
         "orchestrator-empty",
         '[[targets]]\nname = "a"\npath = "a"\norchestrator = []\n',
@@ -158,12 +157,12 @@ CONFIGS: list[tuple[str, str | bytes, str]] = [
     ),
     (
         "placeholder-typo",
-        _target("orchestrator = ['x', '--t={tagret}']"),
+        in_target("orchestrator = ['x', '--t={tagret}']"),
         "targets[0].orchestrator[1]: unknown placeholder",
     ),
-    ("env-bad-name", _target("env = { 'A-B' = 'x' }"), "targets[0].env"),
-    ("name-slash", T_A.replace('name = "a"', 'name = "a/b"'), "targets[0].name"),
-    ("name-dotdot", T_A.replace('name = "a"', 'name = ".."'), "targets[0].name"),
+    ("env-bad-name", in_target("env = { 'A-B' = 'x' }"), "targets[0].env"),
+    ("name-slash", TARGET_A.replace('name = "a"', 'name = "a/b"'), "targets[0].name"),
+    ("name-dotdot", TARGET_A.replace('name = "a"', 'name = ".."'), "targets[0].name"),
 ]
 # Valid files made invalid by an AUTOLOOPD_* variable (the key path and the variable named).
 ENV_CASES: dict[str, dict[str, str]] = {
@@ -171,8 +170,8 @@ ENV_CASES: dict[str, dict[str, str]] = {
     "env-unknown-key": {"AUTOLOOPD_DAEMON__LEVLE": "info"},
 }
 CONFIGS += [
-    ("env-negative-cap", T_A, "budget.max_cost_usd: must be"),
-    ("env-unknown-key", T_A, "daemon.levle: unknown key"),
+    ("env-negative-cap", TARGET_A, "budget.max_cost_usd: must be"),
+    ("env-unknown-key", TARGET_A, "daemon.levle: unknown key"),
 ]
 
 
@@ -275,8 +274,16 @@ def _one_target(tmp_path: Path, state_root: Path, *extra: str) -> subprocess.Com
     skill.mkdir(exist_ok=True)
     return run_autoloopd(
         [
-            "--target", str(skill), "--state-root", str(state_root), "--dry-run",
-            "--simulated-seconds", "0", "--log-format", "json", *extra,
+            "--target",
+            str(skill),
+            "--state-root",
+            str(state_root),
+            "--dry-run",
+            "--simulated-seconds",
+            "0",
+            "--log-format",
+            "json",
+            *extra,
         ],
         timeout=60,
     )
@@ -464,7 +471,7 @@ def test_daemon_state_dir_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "blocker").write_text("a file\n")
     config = tmp_path / "c.toml"
-    config.write_text("[daemon]\nstate_dir = 'blocker/state'\nlog_format = 'json'\n" + T_A)
+    config.write_text("[daemon]\nstate_dir = 'blocker/state'\nlog_format = 'json'\n" + TARGET_A)
     done = run_autoloopd(["--config", str(config)], timeout=60)
     assert done.returncode == EX_IOERR, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
@@ -608,11 +615,9 @@ def _pwned(*places: Path) -> list[Path]:
 
 def _daemon_config(tmp_path: Path, targets: list[tuple[str, str, bool]]) -> Path:
     """Single-run targets (name, path as written, dry_run), the fake orchestrator recording."""
-    argv = [
-        sys.executable, FAKE, "--behaviour", "probe", "--record", str(tmp_path / "record.jsonl"),
-        "--target", "{target}", "--state-root", "{state_root}", "--iteration", "{iteration}",
-        "--label={target}|{state_root}",
-    ]  # fmt: skip
+    argv = orchestrator_argv(
+        "probe", "--record", str(tmp_path / "record.jsonl"), "--label={target}|{state_root}"
+    )
     lines = [
         "[daemon]",
         "state_dir = 'state'",
@@ -648,7 +653,7 @@ def test_odd_names_and_paths_reach_the_orchestrator_as_one_argument(tmp_path: Pa
         [
             (ODD_NAME, "skills/../skills/a b", False),
             ("dry " + ODD_NAME, f"skills/{ODD_NAME}", True),
-            ("quote's \"and\" spaces", f"./skills/../skills/{ODD_NAME}/", False),
+            ('quote\'s "and" spaces', f"./skills/../skills/{ODD_NAME}/", False),
         ],
     )
     done = run_autoloopd(["--config", str(config)], timeout=60)
@@ -659,7 +664,7 @@ def test_odd_names_and_paths_reach_the_orchestrator_as_one_argument(tmp_path: Pa
     expected = {
         ODD_NAME: skill_ab,
         "dry " + ODD_NAME: skill_odd,
-        "quote's \"and\" spaces": skill_odd,
+        'quote\'s "and" spaces': skill_odd,
     }
     state_dir = (tmp_path / "state").resolve()
     for name in expected:
@@ -705,8 +710,7 @@ def test_shell_syntax_in_paths_and_names_is_never_run(tmp_path: Path) -> None:
 
     # The one-target command line splits --orchestrator-cmd like a shell, never runs one.
     skill = tmp_path / "skills" / INJECTIONS[0]
-    cmd = f"{sys.executable} {FAKE} --behaviour keep --record {tmp_path / 'one.jsonl'} " \
-        "--target {target} --state-root {state_root} --iteration {iteration}"
+    cmd = orchestrator_cmd("keep", "--record", str(tmp_path / "one.jsonl"))
     done = run_autoloopd(
         ["--target", str(skill), "--state-root", str(tmp_path / "one$(touch PWNED4)"),
          "--orchestrator-cmd", cmd, "--max-iterations", "1"],
@@ -734,29 +738,24 @@ def test_second_owner_of_a_state_root_is_refused_naming_the_holder(tmp_path: Pat
     )
     out = tmp_path / "first.out"
     first = start_autoloopd(["--config", str(config)], out)
-    try:
-        wait_for(lambda: b'"daemon_ready"' in out.read_bytes(), what="daemon_ready")
-        wait_for(lambda: b'"iteration_finished"' in out.read_bytes(), what="one iteration")
-        started = time.monotonic()
-        second = run_autoloopd(["--config", str(config)], timeout=30)
-        assert second.returncode == EX_TEMPFAIL, second.stdout + second.stderr
-        line = one_line(second.stderr)
-        assert f"pid {first.pid}" in line and str((tmp_path / "state").resolve()) in line, line
-        root = (tmp_path / "state" / "a").resolve()
-        before = _tree(root)
-        one = run_autoloopd(
-            ["--target", str(tmp_path / "skill"), "--state-root", str(root), "--dry-run"],
-            timeout=30,
-        )
-        assert time.monotonic() - started < 10, "refusals must be immediate"
-        assert one.returncode == EX_TEMPFAIL, one.stdout + one.stderr
-        line = one_line(one.stderr)
-        assert f"pid {first.pid}" in line and str(root) in line, line
-        assert _tree(root) == before
-        assert first.poll() is None, "the first daemon must keep running"
-        assert stop(first, signal.SIGTERM) == 0
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+    wait_for(lambda: b'"daemon_ready"' in out.read_bytes(), what="daemon_ready")
+    wait_for(lambda: b'"iteration_finished"' in out.read_bytes(), what="one iteration")
+    started = time.monotonic()
+    second = run_autoloopd(["--config", str(config)], timeout=30)
+    assert second.returncode == EX_TEMPFAIL, second.stdout + second.stderr
+    line = one_line(second.stderr)
+    assert f"pid {first.pid}" in line and str((tmp_path / "state").resolve()) in line, line
+    root = (tmp_path / "state" / "a").resolve()
+    before = _tree(root)
+    one = run_autoloopd(
+        ["--target", str(tmp_path / "skill"), "--state-root", str(root), "--dry-run"],
+        timeout=30,
+    )
+    assert time.monotonic() - started < 10, "refusals must be immediate"
+    assert one.returncode == EX_TEMPFAIL, one.stdout + one.stderr
+    line = one_line(one.stderr)
+    assert f"pid {first.pid}" in line and str(root) in line, line
+    assert _tree(root) == before
+    assert first.poll() is None, "the first daemon must keep running"
+    assert stop(first, signal.SIGTERM) == 0
     assert_invariants(root)

@@ -17,13 +17,21 @@ def _random_log(rng: random.Random, n: int) -> list[LogEntry]:
         status = rng.choices(["completed", "failed", "interrupted"], [6, 2, 1])[0]
         scored = status == "completed" and rng.random() < 0.8
         scores = {"a": round(rng.random(), 3), "b": round(rng.random(), 3)} if scored else {}
-        entries.append(LogEntry(
-            iteration=i, started_at="2026-01-01T00:00:00Z", finished_at=f"t{i}",
-            status=status,  # type: ignore[arg-type]
-            decision=rng.choice(["keep", "reject", "revert"]) if status == "completed" else None,
-            weighted_score=None if not scored or rng.random() < 0.5 else round(rng.random(), 3),
-            cost_usd=round(rng.random(), 4), duration_seconds=1.0, scores=scores,
-        ))
+        entries.append(
+            LogEntry(
+                iteration=i,
+                started_at="2026-01-01T00:00:00Z",
+                finished_at=f"t{i}",
+                status=status,  # type: ignore[arg-type]
+                decision=rng.choice(["keep", "reject", "revert"])
+                if status == "completed"
+                else None,
+                weighted_score=None if not scored or rng.random() < 0.5 else round(rng.random(), 3),
+                cost_usd=round(rng.random(), 4),
+                duration_seconds=1.0,
+                scores=scores,
+            )
+        )
     return entries
 
 
@@ -38,9 +46,16 @@ def test_progress_matches_reconcile(seed: int) -> None:
     progress = Progress.from_entries(entries, weights, min_improvement)
     got: dict[str, object] = {"in_flight": None}
     progress.apply_to(got)
-    for key in ("iterations_completed", "score_history", "current_scores",
-                "best_weighted_score", "last_decision", "consecutive_errors",
-                "plateau_counter", "next_iteration"):
+    for key in (
+        "iterations_completed",
+        "score_history",
+        "current_scores",
+        "best_weighted_score",
+        "last_decision",
+        "consecutive_errors",
+        "plateau_counter",
+        "next_iteration",
+    ):
         assert got[key] == expected[key], key
     assert got["total_cost_usd"] == pytest.approx(expected["total_cost_usd"], abs=1e-9)
     view = loop_view(entries, weights)
