@@ -80,14 +80,10 @@ def _parse_line(raw: bytes) -> LogEntry:
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8 (byte {exc.start})") from None
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=fsio.reject_non_finite)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
     return LogEntry.from_json(data)
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"non-finite number {name}")
 
 
 def read_log(path: Path, *, repair: bool = True) -> tuple[list[LogEntry], int]:

@@ -269,6 +269,11 @@ def dumps_json(obj: Any) -> bytes:
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
 
 
+def reject_non_finite(name: str) -> float:
+    """`json.loads(parse_constant=...)` hook: NaN and Infinity are errors in our files."""
+    raise ValueError(f"non-finite number {name}")
+
+
 def dumps_json_line(obj: Any) -> bytes:
     """`obj` as one compact JSON line ending in a newline; NaN/Infinity raise ValueError."""
     text = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)

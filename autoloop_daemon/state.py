@@ -211,10 +211,6 @@ _PLAIN_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name}")
-
-
 def _schema_major(version: Any) -> int | None:
     if not isinstance(version, str):
         return None
@@ -255,7 +251,7 @@ def load_state(
     except UnicodeDecodeError as exc:
         raise corrupt(f"not UTF-8 (invalid byte at offset {exc.start})") from None
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=fsio.reject_non_finite)
     except json.JSONDecodeError as exc:
         where = f"{exc.msg}: line {exc.lineno} column {exc.colno}"
         if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):

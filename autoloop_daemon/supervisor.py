@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import signal
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -38,21 +39,14 @@ EXIT_TARGET_ERROR = 1
 Reloader = Callable[[], "ReloadedConfig"]
 
 
+@dataclass(frozen=True, slots=True)
 class ReloadedConfig:
     """What a reload yields: the targets and the supervisor-wide limits."""
 
-    def __init__(
-        self,
-        targets: Sequence[TargetSpec],
-        budget_cap_usd: float,
-        max_concurrent: int,
-        grace_s: float,
-    ) -> None:
-        """Hold the values; nothing here can fail."""
-        self.targets = tuple(targets)
-        self.budget_cap_usd = budget_cap_usd
-        self.max_concurrent = max_concurrent
-        self.grace_s = grace_s
+    targets: tuple[TargetSpec, ...]
+    budget_cap_usd: float
+    max_concurrent: int
+    grace_s: float
 
 
 class Supervisor:

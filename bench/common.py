@@ -522,6 +522,17 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"no TOML for {value!r}")
 
 
+def daemon_table(work: Path) -> dict[str, Any]:
+    """The `[daemon]` table the scale and start/stop benchmarks share (32 concurrent, JSON logs)."""
+    return {
+        "state_dir": work / "state",
+        "max_concurrent_iterations": 32,
+        "shutdown_grace_seconds": 30,
+        "log_format": "json",
+        "log_level": "info",
+    }
+
+
 def write_config(
     path: Path,
     *,

@@ -98,13 +98,7 @@ def _config(work: Path, n: int, defaults: dict[str, Any]) -> Path:
     targets = common.make_targets(work, n)
     return common.write_config(
         work / "config.toml",
-        daemon={
-            "state_dir": work / "state",
-            "max_concurrent_iterations": 32,
-            "shutdown_grace_seconds": 30,
-            "log_format": "json",
-            "log_level": "info",
-        },
+        daemon=common.daemon_table(work),
         budget={"max_cost_usd": 100_000_000.0, "cost_per_minute_usd": 0.10},
         defaults=defaults,
         targets=targets,

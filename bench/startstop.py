@@ -32,13 +32,7 @@ GOAL_STOP_S = 1.0
 def _config(work: Path, n: int) -> Path:
     return common.write_config(
         work / "config.toml",
-        daemon={
-            "state_dir": work / "state",
-            "max_concurrent_iterations": 32,
-            "shutdown_grace_seconds": 30,
-            "log_format": "json",
-            "log_level": "info",
-        },
+        daemon=common.daemon_table(work),
         budget={"max_cost_usd": 100_000_000.0},
         defaults={
             "mode": "continuous",
