@@ -23,9 +23,10 @@ from autoloop_daemon import artifacts
 from autoloop_daemon import state as state_mod
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
 from autoloop_daemon.fsio import remove_stale_tmp
+from autoloop_daemon.lock import StateLock
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.orchestrator import elapsed_cost_usd, run_marker
-from autoloop_daemon.process import find_marked, stop_group
+from autoloop_daemon.procfs import find_marked, stop_group
 from autoloop_daemon.progress import Progress
 
 log = structlog.get_logger("autoloopd.recovery")
@@ -44,7 +45,7 @@ class Recovered:
 
 
 def _load_sync(
-    spec: TargetSpec, lock: state_mod.StateLock, migrations: list[str]
+    spec: TargetSpec, lock: StateLock, migrations: list[str]
 ) -> tuple[dict[str, Any] | None, list[LogEntry], int, list[Path]]:
     lock.acquire()
     try:
@@ -59,7 +60,7 @@ def _load_sync(
     return loaded, entries, torn, stale
 
 
-async def recover(spec: TargetSpec, lock: state_mod.StateLock) -> Recovered:
+async def recover(spec: TargetSpec, lock: StateLock) -> Recovered:
     """Lock `spec`'s state root, recover it from its log and checkpoint it.
 
     Raises StateLockedError, StateCorruptError or StateWriteError (the lock is released and

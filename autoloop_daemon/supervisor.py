@@ -20,6 +20,7 @@ from anyio.abc import TaskStatus
 
 from autoloop_daemon.budget import SharedBudget
 from autoloop_daemon.exceptions import AutoloopError, ConfigError
+from autoloop_daemon.lock import StateLock
 from autoloop_daemon.models import (
     STATUS_ERROR,
     STATUS_STOPPED_BUDGET,
@@ -27,7 +28,6 @@ from autoloop_daemon.models import (
     TargetSpec,
 )
 from autoloop_daemon.sdnotify import Notifier
-from autoloop_daemon.state import StateLock
 from autoloop_daemon.target import Echo, TargetRunner
 
 log = structlog.get_logger("autoloopd.supervisor")

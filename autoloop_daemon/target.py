@@ -31,6 +31,7 @@ from autoloop_daemon.convergence import (
     weighted_score,
 )
 from autoloop_daemon.exceptions import StateWriteError
+from autoloop_daemon.lock import StateLock
 from autoloop_daemon.models import (
     FINAL_STATUSES,
     STATUS_COOLDOWN,
@@ -104,7 +105,7 @@ class TargetRunner:
         self._slots = slots
         self._echo = echo or _no_echo
         self._one_shot = one_shot
-        self._lock = state_mod.StateLock(spec.state_root)
+        self._lock = StateLock(spec.state_root)
         self._state_file = state_mod.state_path(spec.state_root)
         self._log_file = artifacts.log_path(spec.state_root)
         self.state: dict[str, Any] = {}

@@ -1,4 +1,4 @@
-"""Tests of autoloop_daemon.process with real subprocesses of the fakes in tests/fakes/.
+"""Tests of autoloop_daemon.process and .procfs with real subprocesses of the fakes in tests/fakes/.
 
 Every wait is on a condition under `anyio.fail_after` (or a deadline), never a bare sleep.
 """
@@ -20,14 +20,12 @@ from typing import Any
 import anyio
 import pytest
 
-from autoloop_daemon.process import (
+from autoloop_daemon.process import ProcessOutcome, child_environment, run_in_group
+from autoloop_daemon.procfs import (
     RUN_MARKER_ENV,
-    ProcessOutcome,
-    child_environment,
     find_marked,
     group_alive,
     pid_alive,
-    run_in_group,
     signal_group,
     stop_group,
 )

@@ -17,6 +17,7 @@ import pytest
 
 from autoloop_daemon import artifacts, convergence, state
 from autoloop_daemon.exceptions import StateCorruptError, StateLockedError
+from autoloop_daemon.lock import LOCK_NAME, StateLock
 from autoloop_daemon.models import LogEntry, TargetSpec
 
 NOW = "2025-01-01T00:00:00+00:00"
@@ -46,7 +47,7 @@ def _entry(iteration: int, status: str = "completed", **kw: Any) -> LogEntry:
 _HOLDER = """
 import sys
 from pathlib import Path
-from autoloop_daemon.state import StateLock
+from autoloop_daemon.lock import StateLock
 lock = StateLock(Path(sys.argv[1]))
 lock.acquire()
 print("locked", flush=True)
@@ -74,7 +75,7 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     )
     try:
         assert proc.stdout is not None
-        lock_file = tmp_path / "state" / state.LOCK_NAME
+        lock_file = tmp_path / "state" / LOCK_NAME
         # The pid is written right after the lock is taken; "locked" is printed after that.
         _wait_until(
             lambda: (
@@ -99,7 +100,7 @@ def test_lock_held_by_another_process_names_its_pid(
 ) -> None:
     """A second owner gets StateLockedError with the holder's pid; release lets it in."""
     root = tmp_path / "state"
-    lock = state.StateLock(root)
+    lock = StateLock(root)
     with pytest.raises(StateLockedError) as info:
         lock.acquire()
     assert str(info.value) == (
@@ -114,24 +115,24 @@ def test_lock_held_by_another_process_names_its_pid(
     lock.acquire()
     try:
         assert lock.held
-        assert (root / state.LOCK_NAME).read_text().strip() == str(os.getpid())
+        assert (root / LOCK_NAME).read_text().strip() == str(os.getpid())
     finally:
         lock.release()
-    assert (root / state.LOCK_NAME).exists()  # never unlinked
+    assert (root / LOCK_NAME).exists()  # never unlinked
 
 
 def test_lock_freed_when_holder_is_killed(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
     """SIGKILL of the owner frees the lock (the kernel drops it); a stale pid does not block."""
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait(timeout=10)
-    with state.StateLock(tmp_path / "state") as lock:
+    with StateLock(tmp_path / "state") as lock:
         assert lock.held
 
 
 def test_lock_twice_in_one_process(tmp_path: Path) -> None:
     """Two StateLock objects on one root exclude each other too; release is idempotent."""
-    first = state.StateLock(tmp_path)
-    second = state.StateLock(tmp_path)
+    first = StateLock(tmp_path)
+    second = StateLock(tmp_path)
     first.acquire()
     try:
         with pytest.raises(StateLockedError, match=f"pid {os.getpid()}"):
@@ -147,7 +148,7 @@ def test_lock_twice_in_one_process(tmp_path: Path) -> None:
 
 def test_lock_constructor_does_nothing(tmp_path: Path) -> None:
     """Creating a StateLock touches no file (constructors do nothing that can fail)."""
-    lock = state.StateLock(tmp_path / "missing" / "root")
+    lock = StateLock(tmp_path / "missing" / "root")
     assert not (tmp_path / "missing").exists()
     assert not lock.held
 
@@ -510,10 +511,11 @@ _WRITER = """
 import sys
 from pathlib import Path
 from autoloop_daemon import artifacts, fsio, state
+from autoloop_daemon.lock import StateLock
 from autoloop_daemon.models import LogEntry
 
 root = Path(sys.argv[1])
-lock = state.StateLock(root)
+lock = StateLock(root)
 lock.acquire()
 artifacts.ensure_layout(root)
 fsio.remove_stale_tmp(root)
