@@ -8,6 +8,7 @@ current task bound with ``structlog.contextvars.bound_contextvars`` (``target=``
 from __future__ import annotations
 
 import datetime as _dt
+import logging as _stdlib_logging
 import sys
 from pathlib import PurePath
 from typing import Any, TextIO
@@ -82,6 +83,40 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=cache,
     )
+    # Libraries log through the standard library (asyncio's "Exception in callback ..."
+    # among them): send those records through structlog too, so journald gets one JSON line
+    # per event instead of a raw multi-line traceback.
+    root = _stdlib_logging.getLogger()
+    root.handlers = [_ToStructlog()]
+    root.setLevel(level)
+    sys.unraisablehook = _unraisable_to_structlog  # "Exception ignored in ...", e.g. __del__
+
+
+def _unraisable_to_structlog(unraisable: Any) -> None:
+    """Log an exception Python could not raise (a finaliser's) as one structlog event."""
+    exc = unraisable.exc_value
+    structlog.get_logger().error(
+        unraisable.err_msg or "Exception ignored",
+        logger="python.unraisable",
+        object=repr(unraisable.object),
+        exc_info=(type(exc), exc, unraisable.exc_traceback) if exc is not None else None,
+    )
+
+
+class _ToStructlog(_stdlib_logging.Handler):
+    """A standard-library logging handler that re-emits each record as a structlog event."""
+
+    def emit(self, record: _stdlib_logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        structlog.get_logger().log(
+            record.levelno,
+            message,
+            logger=record.name,
+            exc_info=record.exc_info if record.exc_info else None,
+        )
 
 
 def get_logger(name: str | None = None) -> Any:

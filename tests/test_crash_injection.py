@@ -198,6 +198,11 @@ def _events(out: Path) -> list[dict[str, Any]]:
             event = json.loads(line)
         except ValueError:
             raise AssertionError(f"{out}: not a JSON log line: {line!r}") from None
+        # A bug surfaces as target_crashed, or as an error a library (asyncio) logged.
+        assert event.get("event") != "target_crashed", f"{out}: {line}"
+        assert not (event.get("logger") and event.get("level") in ("error", "critical")), (
+            f"{out}: {line}"
+        )
         events.append(event)
     return events
 
