@@ -5,8 +5,8 @@ The state file is a cache of `iteration_log.jsonl`: the log is written first, an
 (a crash between the two writes) is brought up to it. A state that cannot be read safely is
 refused with StateCorruptError and never rewritten. Unknown fields are kept.
 
-Fields beyond the seed's: `in_flight` (null or {iteration, started_at, pid}),
-`best_weighted_score`, `last_decision`, `next_iteration`, `updated_at`.
+Fields beyond the seed's: `in_flight` (null or {iteration, started_at}; an optional pid
+is accepted), `best_weighted_score`, `last_decision`, `next_iteration`, `updated_at`.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     "max_consecutive_errors": (_is_int, "an integer", False),
     "cooldown_minutes": (_is_number, "a finite number", False),
     "next_run_at": (_is_str, "a string", True),
-    "in_flight": (_is_in_flight, "an object {iteration, started_at, pid}", True),
+    "in_flight": (_is_in_flight, "an object {iteration, started_at}", True),
     "best_weighted_score": (_is_number, "a finite number", True),
     "last_decision": (_is_str, "a string", True),
     "next_iteration": (_is_int, "an integer", False),

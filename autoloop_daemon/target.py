@@ -302,19 +302,17 @@ class TargetRunner:
                 self._wait_scope = None
         return None
 
+    async def _acquire_slot(self) -> bool:
+        await self._slots.acquire()
+        return True
+
     async def _with_slot(self, reservation: Reservation) -> None:
         cost = 0.0
         got_slot = False
         try:
             if self._dirty and self._slots.available_tokens < 1:
                 await self._save()  # about to wait for a slot: checkpoint first
-            with anyio.CancelScope() as scope:
-                self._wait_scope = scope
-                if self._stop_requested:
-                    scope.cancel()
-                await self._slots.acquire()
-                got_slot = True
-            self._wait_scope = None
+            got_slot = bool(await self._interruptible(self._acquire_slot()))
             if got_slot and not self._stop_requested:
                 cost = await self._iterate()
         finally:
@@ -375,11 +373,9 @@ class TargetRunner:
         t0 = time.monotonic()
         self.phase = "running"
         self.state["status"] = STATUS_RUNNING
-        self.state["in_flight"] = {
-            "iteration": iteration,
-            "started_at": to_iso(started),
-            "pid": None,
-        }
+        # No pid: its processes are found after a crash by their AUTOLOOPD_RUN marker, which
+        # grandchildren inherit too (recording the pid would cost one more checkpoint).
+        self.state["in_flight"] = {"iteration": iteration, "started_at": to_iso(started)}
         self.state["next_run_at"] = None
         before_scores = dict(self.state.get("current_scores") or {})
         await self._save()
