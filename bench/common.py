@@ -389,6 +389,13 @@ class NotifyListener:
         with self._cond:
             self.messages.clear()
 
+    def wait_ready(self, timeout_s: float, out: Path) -> Notification:
+        """The READY=1 message; RuntimeError with the tail of the daemon's `out` if none comes."""
+        ready = self.wait_for(is_ready, timeout_s=timeout_s)
+        if ready is None:
+            raise RuntimeError(f"no READY=1 within {timeout_s:g} s:\n{tail(out)}")
+        return ready
+
     def wait_for(
         self, predicate: Callable[[Notification], bool], timeout_s: float
     ) -> Notification | None:
@@ -530,6 +537,19 @@ def daemon_table(work: Path) -> dict[str, Any]:
         "shutdown_grace_seconds": 30,
         "log_format": "json",
         "log_level": "info",
+    }
+
+
+def idle_defaults() -> dict[str, Any]:
+    """`[defaults]` for targets that run one instant simulated iteration, then cool down 10 h."""
+    return {
+        "mode": "continuous",
+        "dry_run": True,
+        "simulated_seconds": 0.0,
+        "max_iterations": 1000,
+        "max_cost_usd": NO_LIMIT_USD,
+        "cooldown_minutes": 600,
+        "estimated_cost_usd": 0.5,
     }
 
 

@@ -130,9 +130,7 @@ def busy(work: Path, n: int, seconds: float) -> dict[str, Any]:
         proc = common.start_daemon(["--config", str(config)], env=notify.env, stdout=out, cwd=work)
         sampler = Sampler(proc.pid, t0)
         try:
-            ready = notify.wait_for(common.is_ready, timeout_s=300)
-            if ready is None:
-                raise RuntimeError(f"no READY=1 within 300 s:\n{common.tail(out)}")
+            ready = notify.wait_ready(timeout_s=300, out=out)
             result["start_to_ready_s"] = ready.at - t0
             first = sampler.sample()
             deadline = ready.at + seconds
@@ -192,15 +190,7 @@ def idle(work: Path, n: int, idle_s: float) -> dict[str, Any]:
     config = _config(
         work,
         n,
-        {
-            "mode": "continuous",
-            "dry_run": True,
-            "simulated_seconds": 0.0,
-            "max_iterations": 1000,
-            "max_cost_usd": common.NO_LIMIT_USD,
-            "cooldown_minutes": 600,
-            "estimated_cost_usd": 0.5,
-        },
+        common.idle_defaults(),
     )
     out = work / "daemon.out"
     result: dict[str, Any] = {"targets": n, "idle_s": idle_s, "nofile_limit": [soft, hard]}
@@ -209,9 +199,7 @@ def idle(work: Path, n: int, idle_s: float) -> dict[str, Any]:
         proc = common.start_daemon(["--config", str(config)], env=notify.env, stdout=out, cwd=work)
         sampler = Sampler(proc.pid, t0)
         try:
-            ready = notify.wait_for(common.is_ready, timeout_s=600)
-            if ready is None:
-                raise RuntimeError(f"no READY=1 within 600 s:\n{common.tail(out)}")
+            ready = notify.wait_ready(timeout_s=600, out=out)
             result["start_to_ready_s"] = ready.at - t0
             print(f"  READY after {ready.at - t0:.1f} s", flush=True)
             cooled = None

@@ -34,15 +34,7 @@ def _config(work: Path, n: int) -> Path:
         work / "config.toml",
         daemon=common.daemon_table(work),
         budget={"max_cost_usd": 100_000_000.0},
-        defaults={
-            "mode": "continuous",
-            "dry_run": True,
-            "simulated_seconds": 0.0,
-            "max_iterations": 1000,
-            "max_cost_usd": common.NO_LIMIT_USD,
-            "cooldown_minutes": 600,
-            "estimated_cost_usd": 0.5,
-        },
+        defaults=common.idle_defaults(),
         targets=common.make_targets(work, n),
     )
 
@@ -54,9 +46,7 @@ def one_cycle(work: Path, config: Path, n: int, kind: str) -> dict[str, Any]:
         t0, spawn_wall = time.monotonic(), time.time()
         proc = common.start_daemon(["--config", str(config)], env=notify.env, stdout=out, cwd=work)
         try:
-            ready = notify.wait_for(common.is_ready, timeout_s=300)
-            if ready is None:
-                raise RuntimeError(f"no READY=1 within 300 s:\n{common.tail(out)}")
+            ready = notify.wait_ready(timeout_s=300, out=out)
             cooled = notify.wait_for(common.all_cooling(n), timeout_s=600)
             if cooled is None:
                 raise RuntimeError(f"not all cooling down: {notify.last_status()}")
