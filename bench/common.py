@@ -623,8 +623,8 @@ def audit_state_roots(roots: Iterable[Path], allowed_status: Iterable[str] | Non
     no torn tail; total_cost_usd equals the sum of the logged costs; iterations_completed
     equals the number of completed lines; no iteration is left in flight.
     """
-    from autoloop_daemon import artifacts
-    from autoloop_daemon import state as state_mod
+    from autoloop_daemon.storage.files import artifacts
+    from autoloop_daemon.storage.files import state_file as state_mod
 
     allowed = set(allowed_status) if allowed_status is not None else None
     audit = Audit()

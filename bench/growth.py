@@ -41,8 +41,8 @@ DIMENSIONS = ("accuracy", "coverage", "clarity", "consistency")
 
 def build_log(state_root: Path, n: int, seed: int = 1) -> None:
     """Write an iteration log of n completed entries (bulk, no fsync: this is set-up)."""
-    from autoloop_daemon import artifacts
     from autoloop_daemon.models import LogEntry
+    from autoloop_daemon.storage.files import artifacts
 
     rng = random.Random(seed)
     state_root.mkdir(parents=True)
@@ -95,10 +95,12 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
     """Every figure for a history of n entries."""
     import anyio
 
-    from autoloop_daemon import artifacts, convergence, fsio, state
-    from autoloop_daemon import target as target_mod
-    from autoloop_daemon.budget import SharedBudget
     from autoloop_daemon.models import IterationResult, TargetSpec
+    from autoloop_daemon.policy import stops as convergence
+    from autoloop_daemon.policy.budget import SharedBudget
+    from autoloop_daemon.runtime import target as target_mod
+    from autoloop_daemon.storage.files import artifacts, fsio
+    from autoloop_daemon.storage.files import state_file as state
 
     root = work / f"state-{n}"
     target = work / f"target-{n}"
@@ -211,8 +213,8 @@ def _runner_memory_kb(spec: Any) -> float:
     """KiB still allocated by a prepared runner (its own copy of the state root)."""
     import anyio
 
-    from autoloop_daemon import target as target_mod
-    from autoloop_daemon.budget import SharedBudget
+    from autoloop_daemon.policy.budget import SharedBudget
+    from autoloop_daemon.runtime import target as target_mod
 
     keep: list[Any] = []
 
@@ -273,7 +275,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     reps = 20 if args.quick else 50
 
-    from autoloop_daemon.logging import configure_logging
+    from autoloop_daemon.runtime.logs import configure_logging
 
     rows = []
     with (

@@ -71,7 +71,7 @@ def daemon_block(
     work: Path, target: Path, state_root: Path, argv: list[str], upto: int, n: int, handoff: bool
 ) -> dict[str, Any]:
     """Run autoloopd for iterations upto-n+1..upto; its intervals from the iteration log."""
-    from autoloop_daemon import artifacts
+    from autoloop_daemon.storage.files import artifacts
 
     out = work / "daemon.out"
     t0 = time.perf_counter()
@@ -188,8 +188,9 @@ def breakdown(work: Path, argv: list[str], n: int) -> dict[str, Any]:
     import anyio
     import anyio.to_thread
 
-    from autoloop_daemon import artifacts, cli, fsio
-    from autoloop_daemon import target as target_mod
+    from autoloop_daemon.cli import main as cli
+    from autoloop_daemon.runtime import target as target_mod
+    from autoloop_daemon.storage.files import artifacts, fsio
 
     calls: collections.Counter[str] = collections.Counter()
     spent: collections.Counter[str] = collections.Counter()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from autoloop_daemon import artifacts
 from autoloop_daemon.exceptions import StateCorruptError
 from autoloop_daemon.models import LogEntry
+from autoloop_daemon.storage.files import artifacts
 
 
 def _entry(iteration: int, **kw: object) -> LogEntry:

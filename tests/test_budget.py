@@ -6,7 +6,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from autoloop_daemon.budget import Ledger, SharedBudget, estimate_cost
+from autoloop_daemon.policy.budget import Ledger, SharedBudget, estimate_cost
 
 
 def test_ledger_reserves_only_what_fits() -> None:

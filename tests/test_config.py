@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from support import TARGET_A, TARGET_B, in_table, in_target
 
-from autoloop_daemon.config import (
+from autoloop_daemon.config.loader import (
     REFERENCE_ORCHESTRATOR,
     AppConfig,
     check_summary,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoloop_daemon.convergence import (
+from autoloop_daemon.policy.stops import (
     Limits,
     LoopView,
     backoff_seconds,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from autoloop_daemon import fsio
 from autoloop_daemon.exceptions import StateWriteError
+from autoloop_daemon.storage.files import fsio
 
 
 def _tmp_files(directory: Path) -> list[Path]:

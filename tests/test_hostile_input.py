@@ -44,11 +44,11 @@ from support import (
     wait_for,
 )
 
-from autoloop_daemon import fsio
-from autoloop_daemon.budget import SharedBudget
-from autoloop_daemon.logging import configure_logging
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.target import TargetRunner
+from autoloop_daemon.policy.budget import SharedBudget
+from autoloop_daemon.runtime.logs import configure_logging
+from autoloop_daemon.runtime.target import TargetRunner
+from autoloop_daemon.storage.files import fsio
 
 EX_DATAERR, EX_IOERR, EX_TEMPFAIL, EX_CONFIG = 65, 74, 75, 78
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import structlog
 
-from autoloop_daemon.logging import configure_logging, get_logger
+from autoloop_daemon.runtime.logs import configure_logging, get_logger
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

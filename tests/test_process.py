@@ -20,8 +20,8 @@ from typing import Any
 import anyio
 import pytest
 
-from autoloop_daemon.process import ProcessOutcome, child_environment, run_in_group
-from autoloop_daemon.procfs import (
+from autoloop_daemon.runs.process import ProcessOutcome, child_environment, run_in_group
+from autoloop_daemon.runs.procfs import (
     RUN_MARKER_ENV,
     find_marked,
     group_alive,
@@ -29,7 +29,7 @@ from autoloop_daemon.procfs import (
     signal_group,
     stop_group,
 )
-from autoloop_daemon.results import parse_result, tail_text
+from autoloop_daemon.runs.results import parse_result, tail_text
 
 FAKE_ORCHESTRATOR = Path(__file__).resolve().parent / "fakes" / "fake_orchestrator.py"
 

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from autoloop_daemon.models import LogEntry
-from autoloop_daemon.progress import Progress
-from autoloop_daemon.state import SCORE_HISTORY_LIMIT, loop_view, reconcile
+from autoloop_daemon.policy.progress import Progress
+from autoloop_daemon.storage.files.state_file import SCORE_HISTORY_LIMIT, loop_view, reconcile
 
 
 def _random_log(rng: random.Random, n: int) -> list[LogEntry]:

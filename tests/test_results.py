@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from autoloop_daemon.exceptions import ResultError
-from autoloop_daemon.results import (
+from autoloop_daemon.runs.results import (
     ParsedResult,
     parse_result,
     parse_scorer_output,

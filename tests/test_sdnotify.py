@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from autoloop_daemon.sdnotify import NOTIFY_ENV_VARS, Notifier
+from autoloop_daemon.runtime.sdnotify import NOTIFY_ENV_VARS, Notifier
 
 RECV_TIMEOUT_S = 5.0
 

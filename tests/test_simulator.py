@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from autoloop_daemon.convergence import is_plateau
-from autoloop_daemon.simulator import DIMENSIONS, baseline_score, simulate
+from autoloop_daemon.policy.stops import is_plateau
+from autoloop_daemon.runs.simulator import DIMENSIONS, baseline_score, simulate
 
 
 def test_simulator_is_deterministic_per_seed_target_and_iteration() -> None:

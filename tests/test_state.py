@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
-from autoloop_daemon import artifacts, convergence, state
 from autoloop_daemon.exceptions import StateCorruptError, StateLockedError
-from autoloop_daemon.lock import LOCK_NAME, StateLock
 from autoloop_daemon.models import LogEntry, TargetSpec
+from autoloop_daemon.policy import stops as convergence
+from autoloop_daemon.storage.files import artifacts
+from autoloop_daemon.storage.files import state_file as state
+from autoloop_daemon.storage.files.lock import LOCK_NAME, StateLock
 
 NOW = "2025-01-01T00:00:00+00:00"
 
@@ -47,7 +49,7 @@ def _entry(iteration: int, status: str = "completed", **kw: Any) -> LogEntry:
 _HOLDER = """
 import sys
 from pathlib import Path
-from autoloop_daemon.lock import StateLock
+from autoloop_daemon.storage.files.lock import StateLock
 lock = StateLock(Path(sys.argv[1]))
 lock.acquire()
 print("locked", flush=True)
@@ -510,8 +512,10 @@ async def test_seed_entries_round_trip_through_the_log(tmp_path: Path) -> None:
 _WRITER = """
 import sys
 from pathlib import Path
-from autoloop_daemon import artifacts, fsio, state
-from autoloop_daemon.lock import StateLock
+from autoloop_daemon.storage.files import artifacts
+from autoloop_daemon.storage.files import fsio
+from autoloop_daemon.storage.files import state_file as state
+from autoloop_daemon.storage.files.lock import StateLock
 from autoloop_daemon.models import LogEntry
 
 root = Path(sys.argv[1])

@@ -19,9 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from autoloop_daemon import convergence, fsio
 from autoloop_daemon.exceptions import StateCorruptError
 from autoloop_daemon.models import STATUS_IDLE, LogEntry, TargetSpec
+from autoloop_daemon.policy import stops as convergence
+from autoloop_daemon.storage.files import fsio
 
 STATE_NAME = "autoloop_state.json"
 SCHEMA_VERSION = "1.0"

@@ -17,12 +17,18 @@ from pathlib import Path
 import anyio
 import structlog
 
-from autoloop_daemon import artifacts, simulator
 from autoloop_daemon.exceptions import ResultError
-from autoloop_daemon.fsio import write_text_atomic
 from autoloop_daemon.models import IterationResult, TargetSpec
-from autoloop_daemon.process import ProcessOutcome, child_environment, run_in_group
-from autoloop_daemon.results import parse_result, parse_scorer_output, scores_from_json, tail_text
+from autoloop_daemon.runs import simulator
+from autoloop_daemon.runs.process import ProcessOutcome, child_environment, run_in_group
+from autoloop_daemon.runs.results import (
+    parse_result,
+    parse_scorer_output,
+    scores_from_json,
+    tail_text,
+)
+from autoloop_daemon.storage.files import artifacts
+from autoloop_daemon.storage.files.fsio import write_text_atomic
 
 log = structlog.get_logger("autoloopd.orchestrator")
 

@@ -25,7 +25,7 @@ import anyio
 import structlog
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 
-from autoloop_daemon.procfs import RUN_MARKER_ENV, group_alive, group_exists, stop_group
+from autoloop_daemon.runs.procfs import RUN_MARKER_ENV, group_alive, group_exists, stop_group
 
 __all__ = [
     "CHILD_ENV_DROP",

@@ -13,9 +13,9 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from autoloop_daemon.convergence import LoopView
 from autoloop_daemon.models import LogEntry
-from autoloop_daemon.state import SCORE_HISTORY_LIMIT, entry_score
+from autoloop_daemon.policy.stops import LoopView
+from autoloop_daemon.storage.files.state_file import SCORE_HISTORY_LIMIT, entry_score
 
 
 class Progress:

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from autoloop_daemon import fsio
 from autoloop_daemon.exceptions import StateLockedError, StateWriteError
+from autoloop_daemon.storage.files import fsio
 
 LOCK_NAME = ".autoloopd.lock"
 

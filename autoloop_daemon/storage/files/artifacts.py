@@ -14,9 +14,9 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from autoloop_daemon import fsio
 from autoloop_daemon.exceptions import StateCorruptError, StateWriteError
 from autoloop_daemon.models import LogEntry
+from autoloop_daemon.storage.files import fsio
 
 LOG_NAME = "iteration_log.jsonl"
 RUNS_DIR = "runs"

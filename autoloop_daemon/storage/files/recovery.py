@@ -19,15 +19,15 @@ from typing import Any
 import anyio
 import structlog
 
-from autoloop_daemon import artifacts
-from autoloop_daemon import state as state_mod
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
-from autoloop_daemon.fsio import remove_stale_tmp
-from autoloop_daemon.lock import StateLock
 from autoloop_daemon.models import LogEntry, TargetSpec
-from autoloop_daemon.orchestrator import elapsed_cost_usd, run_marker
-from autoloop_daemon.procfs import find_marked, stop_group
-from autoloop_daemon.progress import Progress
+from autoloop_daemon.policy.progress import Progress
+from autoloop_daemon.runs.orchestrator import elapsed_cost_usd, run_marker
+from autoloop_daemon.runs.procfs import find_marked, stop_group
+from autoloop_daemon.storage.files import artifacts
+from autoloop_daemon.storage.files import state_file as state_mod
+from autoloop_daemon.storage.files.fsio import remove_stale_tmp
+from autoloop_daemon.storage.files.lock import StateLock
 
 log = structlog.get_logger("autoloopd.recovery")
 

@@ -21,7 +21,7 @@ import anyio
 import structlog
 
 from autoloop_daemon import __version__
-from autoloop_daemon.config import (
+from autoloop_daemon.config.loader import (
     REFERENCE_ORCHESTRATOR,
     AppConfig,
     check_summary,
@@ -34,11 +34,11 @@ from autoloop_daemon.exceptions import (
     StateLockedError,
     StateWriteError,
 )
-from autoloop_daemon.logging import configure_logging
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.process import pidfd_child_watcher
-from autoloop_daemon.sdnotify import Notifier
-from autoloop_daemon.supervisor import ReloadedConfig, Supervisor
+from autoloop_daemon.runs.process import pidfd_child_watcher
+from autoloop_daemon.runtime.logs import configure_logging
+from autoloop_daemon.runtime.sdnotify import Notifier
+from autoloop_daemon.runtime.supervisor import ReloadedConfig, Supervisor
 
 EXIT_OK = 0
 EXIT_TARGET_ERROR = 1
@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run autoloopd with `argv` (default: sys.argv[1:]); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "status":
-        from autoloop_daemon.status import main as status_main
+        from autoloop_daemon.cli.status import main as status_main
 
         return status_main(argv[1:])
     parser = build_parser()

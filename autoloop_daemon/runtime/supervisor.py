@@ -18,17 +18,17 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from autoloop_daemon.budget import SharedBudget
 from autoloop_daemon.exceptions import AutoloopError, ConfigError
-from autoloop_daemon.lock import StateLock
 from autoloop_daemon.models import (
     STATUS_ERROR,
     STATUS_STOPPED_BUDGET,
     STATUS_STOPPED_REMOVED,
     TargetSpec,
 )
-from autoloop_daemon.sdnotify import Notifier
-from autoloop_daemon.target import Echo, TargetRunner
+from autoloop_daemon.policy.budget import SharedBudget
+from autoloop_daemon.runtime.sdnotify import Notifier
+from autoloop_daemon.runtime.target import Echo, TargetRunner
+from autoloop_daemon.storage.files.lock import StateLock
 
 log = structlog.get_logger("autoloopd.supervisor")
 

@@ -18,20 +18,8 @@ from typing import Any, TypeVar
 import anyio
 import structlog
 
-from autoloop_daemon import artifacts, fsio
-from autoloop_daemon import state as state_mod
-from autoloop_daemon.budget import Reservation, SharedBudget, estimate_cost
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
-from autoloop_daemon.convergence import (
-    Limits,
-    LoopView,
-    backoff_seconds,
-    describe_stop,
-    stop_reason,
-    weighted_score,
-)
 from autoloop_daemon.exceptions import StateWriteError
-from autoloop_daemon.lock import StateLock
 from autoloop_daemon.models import (
     FINAL_STATUSES,
     STATUS_COOLDOWN,
@@ -45,10 +33,22 @@ from autoloop_daemon.models import (
     LogEntry,
     TargetSpec,
 )
-from autoloop_daemon.orchestrator import elapsed_cost_usd, run_iteration
-from autoloop_daemon.progress import Progress
-from autoloop_daemon.recovery import recover
-from autoloop_daemon.schedule import next_tick
+from autoloop_daemon.policy.budget import Reservation, SharedBudget, estimate_cost
+from autoloop_daemon.policy.progress import Progress
+from autoloop_daemon.policy.schedule import next_tick
+from autoloop_daemon.policy.stops import (
+    Limits,
+    LoopView,
+    backoff_seconds,
+    describe_stop,
+    stop_reason,
+    weighted_score,
+)
+from autoloop_daemon.runs.orchestrator import elapsed_cost_usd, run_iteration
+from autoloop_daemon.storage.files import artifacts, fsio
+from autoloop_daemon.storage.files import state_file as state_mod
+from autoloop_daemon.storage.files.lock import StateLock
+from autoloop_daemon.storage.files.recovery import recover
 
 log = structlog.get_logger("autoloopd.target")
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autoloop_daemon.config import load_config
+from autoloop_daemon.config.loader import load_config
 from autoloop_daemon.exceptions import ConfigError, StateCorruptError
-from autoloop_daemon.state import load_state, state_path
+from autoloop_daemon.storage.files.state_file import load_state, state_path
 
 EXIT_CONFIG = 78
 
