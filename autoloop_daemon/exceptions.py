@@ -25,3 +25,7 @@ class StateWriteError(AutoloopError):
 
 class ResultError(AutoloopError):
     """The orchestrator's or scorer's output is present but invalid."""
+
+
+class UnknownTargetError(AutoloopError):
+    """A command named a target the daemon does not have."""

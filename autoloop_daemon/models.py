@@ -11,36 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Mode = Literal["single-run", "continuous", "scheduled"]
-Decision = Literal["keep", "reject", "revert", "pending"]
-DECISIONS: tuple[str, ...] = ("keep", "reject", "revert", "pending")
-RunStatus = Literal["completed", "failed", "interrupted"]
-
-# Statuses written to autoloop_state.json's `status` field.
-STATUS_IDLE = "idle"
-STATUS_RUNNING = "running"
-STATUS_COOLDOWN = "cooldown"
-STATUS_WAITING = "waiting"  # scheduled mode, waiting for the next tick
-STATUS_STOPPED_MAX_ITER = "stopped_max_iter"
-STATUS_STOPPED_COST = "stopped_cost"
-STATUS_STOPPED_BUDGET = "stopped_budget"
-STATUS_STOPPED_PLATEAU = "stopped_plateau"
-STATUS_STOPPED_OSCILLATION = "stopped_oscillation"
-STATUS_STOPPED_SIGNAL = "stopped_signal"
-STATUS_STOPPED_REMOVED = "stopped_removed"
-STATUS_ERROR = "error"
-
-# Statuses a re-run with the same limits does not continue from.
-FINAL_STATUSES: frozenset[str] = frozenset(
-    {
-        STATUS_STOPPED_MAX_ITER,
-        STATUS_STOPPED_COST,
-        STATUS_STOPPED_BUDGET,
-        STATUS_STOPPED_PLATEAU,
-        STATUS_STOPPED_OSCILLATION,
-        STATUS_ERROR,
-    }
-)
+from autoloop_daemon.vocab import Mode, RunStatus
 
 
 @dataclass(frozen=True, slots=True)

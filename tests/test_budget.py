@@ -6,7 +6,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from autoloop_daemon.policy.budget import Ledger, SharedBudget, estimate_cost
+from autoloop_daemon.policy.budget import Ledger, estimate_cost
+from autoloop_daemon.runtime.budget import SharedBudget
 
 
 def test_ledger_reserves_only_what_fits() -> None:

@@ -286,7 +286,7 @@ def test_resume_stops_at_max_iterations_refuses_a_rerun_and_continues_with_a_hig
     cmd = orchestrator_cmd("keep", "--scores", "0.5,0.6,0.7,0.8")
     done = run_with(target, state_root, cmd, "--max-iterations", "2")
     assert done.returncode == 0, done.stderr
-    assert "Stopped: max iterations reached (2)" in done.stdout
+    assert "Stopped: max_iterations reached (2/2)" in done.stdout
     assert read_state(state_root)["status"] == "stopped_max_iter"
     assert len(read_log(state_root)) == 2
     log_bytes = (state_root / "iteration_log.jsonl").read_bytes()
@@ -501,7 +501,7 @@ def test_circuit_breaker_trips_after_consecutive_crashes(tmp_path: Path) -> None
         "0.1",
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "Stopped: circuit breaker tripped after 2 consecutive errors" in done.stdout
+    assert "Stopped: consecutive_errors exceeded (2/2)" in done.stdout
     state = read_state(state_root)
     assert state["status"] == "error"
     assert state["iterations_completed"] == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -72,7 +73,9 @@ def assert_tripped(done: subprocess.CompletedProcess[str], state_root: Path) -> 
     """The circuit breaker tripped cleanly: exit 1, status error, no traceback."""
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    assert "Stopped: circuit breaker tripped" in done.stdout
+    assert re.search(
+        r"^Stopped: consecutive_errors exceeded \((\d+)/\1\): circuit breaker", done.stdout, re.M
+    ), done.stdout
     state = read_state(state_root)
     assert state["status"] == "error"
     return state
@@ -267,8 +270,6 @@ def test_truncated_json_result_line_is_no_result(tmp_path: Path) -> None:
         ("cost_usd", "cost_usd"),  # -1.0
         ("nan", "weighted_score"),  # NaN
         ("score", "scores.accuracy"),  # 1.5
-        ("attempts", "attempts"),  # "two"
-        ("decision", "decision"),  # "maybe"
         ("scores", "scores"),  # a list
     ],
 )
@@ -285,6 +286,28 @@ def test_invalid_result_field_fails_the_run_naming_the_field(
     assert f"invalid result: {named}:" in entry["error"], entry["error"]
     assert entry["cost_usd"] >= 0  # the reported (bad) cost is never charged
     assert f"invalid result: {named}:" in state["last_failure_trace"]
+    check_clean(state_root)
+
+
+@pytest.mark.parametrize(
+    ("bad_field", "decision"),
+    [("attempts", "keep"), ("decision", "maybe")],  # attempts "two"; an unknown word
+)
+def test_unused_attempts_or_an_unknown_decision_still_completes_the_iteration(
+    tmp_path: Path, bad_field: str, decision: str
+) -> None:
+    """`attempts` is unused: a bad value never fails a good run. A decision word autoloopd
+    does not know (a newer orchestrator's) is a completed iteration, recorded verbatim."""
+    target, state_root = make_target(tmp_path)
+    done, _ = run_faulty(
+        target, state_root, orchestrator_cmd("bad-json", "--bad-field", bad_field),
+        "--max-iterations", "1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Decision: {decision}  " in done.stdout
+    entry = only_entry(state_root)
+    assert (entry["status"], entry["decision"]) == ("completed", decision)
+    assert read_state(state_root)["iterations_completed"] == 1
     check_clean(state_root)
 
 

@@ -45,10 +45,13 @@ from support import (
 )
 
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.policy.budget import SharedBudget
+from autoloop_daemon.runtime.budget import SharedBudget
+from autoloop_daemon.runtime.events import EventBus
+from autoloop_daemon.runtime.journal import journal
 from autoloop_daemon.runtime.logs import configure_logging
 from autoloop_daemon.runtime.target import TargetRunner
 from autoloop_daemon.storage.files import fsio
+from autoloop_daemon.storage.files.store import FileTargetStore
 
 EX_DATAERR, EX_IOERR, EX_TEMPFAIL, EX_CONFIG = 65, 74, 75, 78
 
@@ -538,7 +541,15 @@ def _dry_spec(tmp_path: Path) -> TargetSpec:
 
 
 async def _run_target(spec: TargetSpec) -> str:
-    runner = TargetRunner(spec, budget=SharedBudget(100.0), slots=anyio.CapacityLimiter(1))
+    events = EventBus()
+    events.subscribe(journal)
+    runner = TargetRunner(
+        spec,
+        store=FileTargetStore(spec),
+        budget=SharedBudget(100.0),
+        slots=anyio.CapacityLimiter(1),
+        events=events,
+    )
     await runner.prepare()
     return await runner.run()
 

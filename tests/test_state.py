@@ -17,8 +17,9 @@ import pytest
 
 from autoloop_daemon.exceptions import StateCorruptError, StateLockedError
 from autoloop_daemon.models import LogEntry, TargetSpec
-from autoloop_daemon.policy import stops as convergence
-from autoloop_daemon.storage.files import artifacts
+from autoloop_daemon.policy import stops
+from autoloop_daemon.policy.progress import SCORE_HISTORY_LIMIT, Progress
+from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files import state_file as state
 from autoloop_daemon.storage.files.lock import LOCK_NAME, StateLock
 
@@ -247,7 +248,7 @@ def test_load_state_refuses_every_truncation(tmp_path: Path) -> None:
     """A state file cut at any byte (a torn non-atomic copy) is refused, never half-read."""
     path = tmp_path / state.STATE_NAME
     st = state.reconcile(state.new_state(_spec(tmp_path), NOW), _mixed_log(), {})
-    state.save_state_sync(path, st)
+    fsio.atomic_write_bytes(path, state.encode_state(st))
     full = path.read_bytes()
     body = full.rstrip()
     for cut in range(len(body)):
@@ -285,7 +286,7 @@ async def test_save_state_sets_updated_at_and_round_trips(tmp_path: Path) -> Non
     assert state.load_state(path) == st
     assert os.listdir(tmp_path) == [state.STATE_NAME]  # no temp file left
     st["status"] = "running"
-    state.save_state_sync(path, st)
+    fsio.atomic_write_bytes(path, state.encode_state(st))
     assert state.load_state(path) == st
 
 
@@ -307,7 +308,7 @@ def test_new_state_has_every_schema_field(tmp_path: Path) -> None:
     assert st["target"] == str(spec.path)
     assert st["next_iteration"] == 1
     path = tmp_path / state.STATE_NAME
-    state.save_state_sync(path, st)
+    fsio.atomic_write_bytes(path, state.encode_state(st))
     assert state.load_state(path) == st
 
 
@@ -394,16 +395,16 @@ def test_reconcile_total_cost_is_the_exact_sum() -> None:
     entries = [_entry(i, cost_usd=0.1 + i * 1e-7) for i in range(1, 1001)]
     result = state.reconcile({}, entries, {})
     assert abs(result["total_cost_usd"] - math.fsum(e.cost_usd for e in entries)) <= 1e-9
-    assert state.loop_view(entries).total_cost_usd == result["total_cost_usd"]
+    assert Progress.from_entries(entries, {}).total_cost_usd == result["total_cost_usd"]
 
 
 def test_reconcile_bounds_score_history() -> None:
     """score_history keeps only the newest SCORE_HISTORY_LIMIT completed entries."""
-    n = state.SCORE_HISTORY_LIMIT + 50
+    n = SCORE_HISTORY_LIMIT + 50
     entries = [_entry(i, weighted_score=i / (2 * n)) for i in range(1, n + 1)]
     result = state.reconcile({}, entries, {})
     history = result["score_history"]
-    assert len(history) == state.SCORE_HISTORY_LIMIT
+    assert len(history) == SCORE_HISTORY_LIMIT
     assert history[0]["iteration"] == 51
     assert history[-1]["iteration"] == n
     assert result["iterations_completed"] == n
@@ -421,7 +422,7 @@ def test_reconcile_plateau_counter_and_weights() -> None:
     result = state.reconcile({}, entries, {"a": 2.0, "b": 1.0})
     assert result["plateau_counter"] == 2
     assert result["score_history"][3]["weighted_score"] == pytest.approx(0.8)
-    assert result["plateau_counter"] == convergence.plateau_counter([0.8, 0.79, 0.8])
+    assert result["plateau_counter"] == stops.plateau_counter([0.8, 0.79, 0.8])
     # With a minimum improvement of 0.05, 0.84 does not count as beating 0.8 either.
     entries.append(_entry(5, weighted_score=0.84))
     assert state.reconcile({}, entries, {"a": 2.0}, min_improvement=0.05)["plateau_counter"] == 3
@@ -437,7 +438,7 @@ def test_reconcile_brings_a_lagging_state_up_to_its_log(tmp_path: Path) -> None:
     lagging = state.reconcile(state.new_state(_spec(tmp_path), NOW), entries[:1], {})
     lagging["in_flight"] = {"iteration": 2, "started_at": "start-2", "pid": 99999}
     lagging["status"] = "running"
-    state.save_state_sync(state.state_path(root), lagging)
+    fsio.atomic_write_bytes(state.state_path(root), state.encode_state(lagging))
     log.write_bytes(b"".join((json.dumps(e.to_json()) + "\n").encode() for e in entries))
 
     loaded = state.load_state(state.state_path(root))
@@ -462,13 +463,15 @@ def test_reconcile_keeps_in_flight_not_yet_logged() -> None:
 
 
 def test_loop_view_from_log() -> None:
-    """loop_view: completed count, total cost of all runs, scores and decisions of completed."""
-    view = state.loop_view(_mixed_log())
+    """The stop conditions' view: completed count, total cost of all runs, scores and
+    keep/not-keep of completed runs."""
+    view = Progress.from_entries(_mixed_log(), {}).view()
     assert view.iterations_completed == 3
     assert view.total_cost_usd == pytest.approx(0.62, abs=1e-9)
     assert list(view.scores) == [0.5, 0.7, 0.6]
-    assert list(view.decisions) == ["keep", "reject", "keep"]
-    assert state.loop_view([]) == convergence.LoopView(0, 0.0, [], [])
+    assert list(view.decisions) == ["keep", "not_keep", "keep"]
+    empty = Progress.from_entries([], {}).view()
+    assert (empty.iterations_completed, empty.total_cost_usd, list(empty.scores)) == (0, 0.0, [])
 
 
 def test_seed_entries_keep_a_logless_state() -> None:
@@ -526,7 +529,7 @@ fsio.remove_stale_tmp(root)
 log = artifacts.log_path(root)
 entries, _ = artifacts.read_log(log)
 st = state.reconcile(state.load_state(state.state_path(root)) or {}, entries, {})
-state.save_state_sync(state.state_path(root), st)
+fsio.atomic_write_bytes(state.state_path(root), state.encode_state(st))
 print("ready", flush=True)
 while True:
     n = len(entries) + 1
@@ -539,7 +542,7 @@ while True:
     fsio.append_record(log, fsio.dumps_json_line(entry.to_json()))
     entries.append(entry)
     st = state.reconcile(st, entries, {})
-    state.save_state_sync(state.state_path(root), st)
+    fsio.atomic_write_bytes(state.state_path(root), state.encode_state(st))
 """
 
 

@@ -34,19 +34,22 @@ from autoloop_daemon.exceptions import (
     StateLockedError,
     StateWriteError,
 )
+from autoloop_daemon.exit_codes import (
+    EXIT_CONFIG,
+    EXIT_DATAERR,
+    EXIT_INTERRUPTED,
+    EXIT_IOERR,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+)
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.runs.process import pidfd_child_watcher
+from autoloop_daemon.runtime.console import Console
+from autoloop_daemon.runtime.daemon import serve
+from autoloop_daemon.runtime.events import EventBus
 from autoloop_daemon.runtime.logs import configure_logging
 from autoloop_daemon.runtime.sdnotify import Notifier
 from autoloop_daemon.runtime.supervisor import ReloadedConfig, Supervisor
-
-EXIT_OK = 0
-EXIT_TARGET_ERROR = 1
-EXIT_USAGE = 2
-EXIT_DATAERR = 65  # a state or log file is corrupt (left untouched)
-EXIT_IOERR = 74  # a checkpoint could not be written
-EXIT_TEMPFAIL = 75  # another autoloopd owns the state root
-EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus
+from autoloop_daemon.storage.files.store import FileStorage
 
 DEFAULT_CAP_WARNING = "Default $50 cap applies. For overnight runs, explicitly set --max-cost."
 
@@ -213,11 +216,6 @@ def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
     )
 
 
-async def _run_supervisor(supervisor: Supervisor) -> int:
-    with pidfd_child_watcher():
-        return await supervisor.run()
-
-
 def _echo(line: str) -> None:
     print(line, flush=True)
 
@@ -231,17 +229,19 @@ def _run_one_target(args: argparse.Namespace) -> int:
     configure_logging(args.log_format or "auto", args.log_level or "warning", stream=sys.stderr)
     if spec.mode == "continuous" and args.max_cost is None:
         _echo(DEFAULT_CAP_WARNING)
+    events = EventBus()
+    events.subscribe(Console(_echo))
     supervisor = Supervisor(
         [spec],
+        storage=FileStorage(None),
         budget_cap_usd=math.inf,  # one target: its own cap (max_cost_usd) is the limit
         max_concurrent=1,
         grace_s=args.shutdown_grace_seconds,
-        notifier=Notifier(),
-        echo=_echo,
+        events=events,
         one_shot=spec.mode == "scheduled",
         strict=True,
     )
-    return anyio.run(_run_supervisor, supervisor)
+    return anyio.run(serve, supervisor, Notifier())
 
 
 def _reloader(path: Path) -> ReloadedConfig:
@@ -284,14 +284,13 @@ def _run_daemon(args: argparse.Namespace) -> int:
     )
     supervisor = Supervisor(
         cfg.targets,
+        storage=FileStorage(cfg.daemon.state_dir),
         budget_cap_usd=cfg.budget.max_cost_usd,
         max_concurrent=cfg.daemon.max_concurrent_iterations,
         grace_s=cfg.daemon.shutdown_grace_seconds,
-        state_dir=cfg.daemon.state_dir,
         reloader=lambda: _reloader(cfg.path),
-        notifier=Notifier(),
     )
-    return anyio.run(_run_supervisor, supervisor)
+    return anyio.run(serve, supervisor, Notifier())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -326,4 +325,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return EXIT_IOERR
     except KeyboardInterrupt:  # a Ctrl+C before the signal handler was installed
-        return 130
+        return EXIT_INTERRUPTED

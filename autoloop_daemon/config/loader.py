@@ -58,7 +58,8 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from autoloop_daemon.exceptions import ConfigError
-from autoloop_daemon.models import Mode, TargetSpec
+from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.vocab import Mode
 
 __all__ = [
     "REFERENCE_ORCHESTRATOR",

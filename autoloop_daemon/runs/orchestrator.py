@@ -230,9 +230,4 @@ async def run_iteration(
     )
 
 
-def elapsed_cost_usd(duration_s: float, cost_per_minute_usd: float) -> float:
-    """The estimated cost of a run that reported none: wall time at the target's rate."""
-    return round(max(0.0, duration_s) / 60.0 * cost_per_minute_usd, 6)
-
-
-__all__ = ["elapsed_cost_usd", "render_argv", "run_iteration", "run_marker"]
+__all__ = ["render_argv", "run_iteration", "run_marker"]
