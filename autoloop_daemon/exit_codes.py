@@ -5,7 +5,6 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_TARGET_ERROR = 1  # a target ended in `error` (circuit breaker) or could not start
 EXIT_USAGE = 2  # bad command-line usage, or an unknown target named on the command line
-EXIT_NOT_RUNNING = 3  # `status`: no daemon is running (as `systemctl status`)
 EXIT_DATAERR = 65  # a state or log file is corrupt (left untouched)
 EXIT_IOERR = 74  # a checkpoint could not be written
 EXIT_TEMPFAIL = 75  # another autoloopd owns the state root

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from autoloop_daemon import models
+from autoloop_daemon import exit_codes
 from autoloop_daemon.cli import main as cli
 from autoloop_daemon.config.loader import BudgetSettings, DaemonSettings, _TargetTable
+from autoloop_daemon.vocab import TargetStatus
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -80,11 +81,11 @@ def test_config_reference_has_every_key_and_flag() -> None:
 def test_design_has_every_status_and_exit_code() -> None:
     """docs/design.md explains every status of models.py and every exit code of the CLI."""
     text = (DOCS / "design.md").read_text()
-    statuses = [v for k, v in vars(models).items() if k.startswith("STATUS_")]
+    statuses = [s.value for s in TargetStatus]
     assert statuses
     missing = [s for s in statuses if f"| `{s}` |" not in text]
     assert missing == [], f"statuses missing from docs/design.md: {missing}"
-    codes = sorted({v for k, v in vars(cli).items() if k.startswith("EXIT_")} | {130})
+    codes = sorted({v for k, v in vars(exit_codes).items() if k.startswith("EXIT_")})
     missing_codes = [c for c in codes if not re.search(rf"^\| {c} \|", text, re.M)]
     assert missing_codes == [], f"exit codes missing from docs/design.md: {missing_codes}"
 
