@@ -260,12 +260,7 @@ def plot(rows: list[dict[str, Any]], quick: bool) -> Path | None:
     ax.set_ylabel("ms")
     ax.set_title("autoloopd: cost per iteration vs history size")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    common.RESULTS.mkdir(parents=True, exist_ok=True)
-    path = common.RESULTS / f"{common.result_name('growth', quick)}.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return common.save_plot(plt, fig, "growth", quick)
 
 
 def main() -> None:
