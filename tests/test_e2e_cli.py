@@ -2,7 +2,7 @@
 
 Every test runs the real `autoloopd` (`python -m autoloop_daemon`) as a subprocess against
 the fake orchestrators in tests/fakes/, waits on conditions (files, /proc, exit) with
-`support.wait_for`, and ends by checking DESIGN.md's invariants and that no process of any
+`wait_for` (tests/helpers), and ends by checking DESIGN.md's invariants and that no process of any
 run is left behind.
 """
 
@@ -15,28 +15,24 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import (
-    check_clean,
-    fake,
-    fake_cmd,
-    log_events,
-    make_target,
+
+from tests.helpers.audit import check_clean, read_state
+from tests.helpers.daemon import make_target
+from tests.helpers.fakes import fake, fake_cmd, orchestrator_cmd
+from tests.helpers.logs import json_lines, parse_ts, read_jsonl, read_log
+from tests.helpers.process import (
     marked_processes,
-    orchestrator_cmd,
     pid_alive,
-    read_log,
     read_pid,
-    read_state,
     run_autoloopd,
     start_autoloopd,
     stop,
-    wait_for,
 )
+from tests.helpers.wait import wait_for
 
 SEED_STATE_FIELDS = (
     "schema_version",
@@ -143,10 +139,6 @@ def stable_log(state_root: Path) -> list[dict[str, Any]]:
         kept = {k: v for k, v in entry.items() if k not in VOLATILE_LOG_FIELDS}
         stable.append(json.loads(json.dumps(kept).replace(root, "<state_root>")))
     return stable
-
-
-def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def logged_runs(state_root: Path) -> int:
@@ -412,7 +404,7 @@ def test_handoff_of_the_previous_iteration_is_passed_with_source(tmp_path: Path)
     cmd = orchestrator_cmd("keep", "--scores", "0.5,0.6", "--record", str(record))
     done = run_with(target, state_root, cmd, "--max-iterations", "2")
     assert done.returncode == 0, done.stderr
-    runs = [json.loads(line) for line in record.read_text().splitlines()]
+    runs = read_jsonl(record)
     assert [r["iteration"] for r in runs] == [1, 2]
     assert runs[0]["source"] == []
     handoff = state_root.resolve() / "handoffs" / "iteration-1.md"
@@ -427,7 +419,7 @@ def test_handoff_of_the_previous_iteration_is_passed_with_source(tmp_path: Path)
     cmd2 = orchestrator_cmd("keep", "--scores", "0.5,0.6", "--record", str(record2))
     done = run_with(target2, state_root2, cmd2, "--max-iterations", "2", "--handoff-arg", "")
     assert done.returncode == 0, done.stderr
-    runs2 = [json.loads(line) for line in record2.read_text().splitlines()]
+    runs2 = read_jsonl(record2)
     assert [r["iteration"] for r in runs2] == [1, 2]
     assert all(r["source"] == [] and "--source" not in r["argv"] for r in runs2)
     check_clean(state_root2)
@@ -692,14 +684,14 @@ def test_second_sigint_skips_the_grace_period(tmp_path: Path) -> None:
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     wait_for(
-        lambda: any(e.get("event") == "shutdown_requested" for e in log_events(out.read_text())),
+        lambda: any(e.get("event") == "shutdown_requested" for e in json_lines(out.read_text())),
         what="the first SIGINT to be handled",
     )
     assert stop(proc, signal.SIGINT, timeout=20) == 0
     assert time.monotonic() - t0 < 8
     assert not pid_alive(orch_pid)
     assert [e["status"] for e in read_log(state_root)] == ["interrupted"]
-    events = [e.get("event") for e in log_events(out.read_text())]
+    events = [e.get("event") for e in json_lines(out.read_text())]
     assert "shutdown_forced" in events
     check_clean(state_root)
 
@@ -732,7 +724,7 @@ def test_sigterm_during_cooldown_exits_at_once_and_saves_next_run_at(tmp_path: P
     state = read_state(state_root)
     (entry,) = read_log(state_root)
     assert state["next_run_at"] is not None
-    gap = parse_iso(state["next_run_at"]) - parse_iso(entry["finished_at"])
+    gap = parse_ts(state["next_run_at"]) - parse_ts(entry["finished_at"])
     assert gap.total_seconds() == pytest.approx(600, abs=2)
     check_clean(state_root)
 
@@ -755,14 +747,14 @@ def test_restart_honours_next_run_at_from_an_interrupted_cooldown(tmp_path: Path
     proc = start_with(target, state_root, cmd, *flags, out=tmp_path / "out1.txt")
     wait_for(lambda: logged_runs(state_root) == 1, what="the first iteration")
     assert stop(proc, signal.SIGTERM) == 0
-    next_run_at = parse_iso(read_state(state_root)["next_run_at"])
+    next_run_at = parse_ts(read_state(state_root)["next_run_at"])
     assert len(read_log(state_root)) == 1
 
     done = run_with(target, state_root, cmd, *flags)
     assert done.returncode == 0, done.stderr
     entries = read_log(state_root)
     assert [e["status"] for e in entries] == ["completed", "completed"]
-    started_second = parse_iso(entries[1]["started_at"])
+    started_second = parse_ts(entries[1]["started_at"])
     assert started_second >= next_run_at
     check_clean(state_root)
 

@@ -7,7 +7,6 @@ invariants hold and that no process of the run is left behind.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -19,19 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import (
-    check_clean,
-    log_events,
-    make_target,
-    orchestrator_cmd,
+
+from tests.helpers.audit import check_clean, read_state
+from tests.helpers.daemon import make_target
+from tests.helpers.fakes import orchestrator_cmd
+from tests.helpers.logs import json_lines, read_jsonl, read_log
+from tests.helpers.process import (
     pid_alive,
-    read_log,
+    proc_status_kb,
     read_pid,
-    read_state,
     run_autoloopd,
     start_autoloopd,
-    wait_for,
 )
+from tests.helpers.wait import wait_for
 
 TIMEOUT_MINUTES = 0.02  # 1.2 s
 TIMEOUT_S = TIMEOUT_MINUTES * 60
@@ -99,14 +98,8 @@ def run_once(
 
 def vm_hwm_bytes(pid: int) -> int | None:
     """The peak resident set size (VmHWM) of `pid`, or None once it is gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return None
+    kb = proc_status_kb(pid).get("VmHWM")
+    return None if kb is None else kb * 1024
 
 
 # --- the orchestrator fails ----------------------------------------------------------------
@@ -388,7 +381,7 @@ def test_learner_file_that_is_not_json_completes_without_scores_and_warns(
     done, entry = run_once(target, state_root, orchestrator_cmd("bad-learner"))
     assert entry["status"] == "completed" and entry["decision"] == "keep"
     assert entry["weighted_score"] is None and entry["scores"] == {}
-    warnings = [e for e in log_events(done.stderr) if e.get("event") == "learner_file_unreadable"]
+    warnings = [e for e in json_lines(done.stderr) if e.get("event") == "learner_file_unreadable"]
     assert warnings and warnings[0]["level"] == "warning", done.stderr
     assert warnings[0]["path"].endswith("learner/iteration-1.json")
     check_clean(state_root)
@@ -428,7 +421,7 @@ def test_placeholder_values_are_never_run_by_a_shell(tmp_path: Path) -> None:
     cmd = orchestrator_cmd("keep", "--scores", "0.5,0.6", "--record", str(record))
     done, _ = run_faulty(target, state_root, cmd, "--max-iterations", "2")
     assert done.returncode == 0, done.stdout + done.stderr
-    runs = [json.loads(line) for line in record.read_text().splitlines()]
+    runs = read_jsonl(record)
     assert [r["iteration"] for r in runs] == [1, 2]
     for run in runs:
         assert run["target"] == str(target.resolve())

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import pytest
 
 from autoloop_daemon.exceptions import StateCorruptError, StateLockedError
@@ -22,6 +23,7 @@ from autoloop_daemon.policy.progress import SCORE_HISTORY_LIMIT, Progress
 from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files import state_file as state
 from autoloop_daemon.storage.files.lock import LOCK_NAME, StateLock
+from tests.helpers.wait import wait_for
 
 NOW = "2025-01-01T00:00:00+00:00"
 
@@ -59,14 +61,6 @@ lock.release()
 """
 
 
-def _wait_until(condition: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """Another process that holds the lock of tmp_path/"state" until its stdin closes."""
@@ -80,11 +74,14 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
         assert proc.stdout is not None
         lock_file = tmp_path / "state" / LOCK_NAME
         # The pid is written right after the lock is taken; "locked" is printed after that.
-        _wait_until(
+        wait_for(
             lambda: (
                 proc.poll() is not None
                 or (lock_file.exists() and lock_file.read_text().strip() == str(proc.pid))
-            )
+            ),
+            timeout=10.0,
+            interval=0.01,
+            what="the holder to take the lock",
         )
         assert proc.poll() is None, "the lock holder died"
         assert proc.stdout.readline() == "locked\n"
@@ -260,6 +257,7 @@ def test_load_state_refuses_every_truncation(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_unknown_fields_survive_save_and_load(tmp_path: Path) -> None:
     """Fields this version does not know are written back unchanged."""
     path = tmp_path / state.STATE_NAME
@@ -267,7 +265,7 @@ async def test_unknown_fields_survive_save_and_load(tmp_path: Path) -> None:
     st["future_thing"] = {"nested": [1, 2, {"x": None}]}
     st["score_history"] = [{"iteration": 1, "weighted_score": 0.5, "extra": "kept"}]
     await state.save_state(path, st)
-    loaded = state.load_state(path)
+    loaded = await anyio.to_thread.run_sync(state.load_state, path)
     assert loaded is not None
     assert loaded["future_thing"] == {"nested": [1, 2, {"x": None}]}
     assert loaded["score_history"][0]["extra"] == "kept"
@@ -276,6 +274,7 @@ async def test_unknown_fields_survive_save_and_load(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_save_state_sets_updated_at_and_round_trips(tmp_path: Path) -> None:
     """save_state stamps updated_at and writes a file load_state accepts as it was."""
     path = tmp_path / state.STATE_NAME
@@ -283,11 +282,12 @@ async def test_save_state_sets_updated_at_and_round_trips(tmp_path: Path) -> Non
     st["in_flight"] = {"iteration": 1, "started_at": NOW, "pid": 1234}
     await state.save_state(path, st)
     assert st["updated_at"] != NOW
-    assert state.load_state(path) == st
+    # The sync calls run off the event loop, as the daemon's do (blockbuster checks).
+    assert await anyio.to_thread.run_sync(state.load_state, path) == st
     assert os.listdir(tmp_path) == [state.STATE_NAME]  # no temp file left
     st["status"] = "running"
-    fsio.atomic_write_bytes(path, state.encode_state(st))
-    assert state.load_state(path) == st
+    await anyio.to_thread.run_sync(fsio.atomic_write_bytes, path, state.encode_state(st))
+    assert await anyio.to_thread.run_sync(state.load_state, path) == st
 
 
 def test_new_state_has_every_schema_field(tmp_path: Path) -> None:
@@ -499,13 +499,14 @@ def test_seed_entries_keep_a_logless_state() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_seed_entries_round_trip_through_the_log(tmp_path: Path) -> None:
     """Migrated entries are valid log lines: appended, read back, reconciled."""
     path = tmp_path / artifacts.LOG_NAME
     seed = {"iterations_completed": 2, "total_cost_usd": 0.3, "score_history": []}
     for e in state.seed_entries(seed):
         await artifacts.append_log(path, e)
-    entries, torn = artifacts.read_log(path)
+    entries, torn = await anyio.to_thread.run_sync(artifacts.read_log, path)
     assert torn == 0
     assert state.reconcile(seed, entries, {})["iterations_completed"] == 2
 
