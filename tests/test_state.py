@@ -300,7 +300,10 @@ def test_new_state_has_every_schema_field(tmp_path: Path) -> None:
         "plateau_window", "status", "last_failure_trace", "consecutive_errors",
         "max_consecutive_errors", "cooldown_minutes", "next_run_at",
     }  # fmt: skip
-    extras = {"in_flight", "best_weighted_score", "last_decision", "next_iteration", "updated_at"}
+    extras = {
+        "in_flight", "best_weighted_score", "last_decision", "next_iteration", "updated_at",
+        "best_iteration", "estimated_cost_usd", "best_copy_iteration", "content_hash",
+    }  # fmt: skip
     assert set(st) == seed_fields | extras
     assert st["status"] == "idle"
     assert st["schema_version"] == "1.0"

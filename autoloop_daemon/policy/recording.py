@@ -20,6 +20,7 @@ def build_entry(
     finished: datetime,
     duration_s: float,
     result: IterationResult | None,
+    changed: bool | None = None,
 ) -> LogEntry:
     """The `iteration_log.jsonl` line of a run; `result` None means it was interrupted.
 
@@ -28,9 +29,8 @@ def build_entry(
     weighted score comes from the scores with the target's weights, else as reported.
     """
     if result is None:
-        cost = (
-            0.0 if spec.dry_run else charged_cost_usd(None, duration_s, spec.cost_per_minute_usd)[0]
-        )
+        rate = 0.0 if spec.dry_run else spec.cost_per_minute_usd
+        cost, _source = charged_cost_usd(None, duration_s, rate)
         return LogEntry(
             iteration=iteration,
             started_at=to_iso(started),
@@ -41,8 +41,9 @@ def build_entry(
             cost_usd=round(cost, 6),
             duration_seconds=round(duration_s, 3),
             error=INTERRUPTED_ERROR,
+            cost_source="estimated",
         )
-    cost, _source = charged_cost_usd(result.cost_usd, result.duration_s, spec.cost_per_minute_usd)
+    cost, source = charged_cost_usd(result.cost_usd, result.duration_s, spec.cost_per_minute_usd)
     scores = dict(result.scores)
     score = weighted_score(scores, spec.weights_map) if scores else result.weighted_score
     return LogEntry(
@@ -59,4 +60,6 @@ def build_entry(
         scores=scores,
         exit_code=result.exit_code,
         error=result.error,
+        cost_source=source,
+        changed=changed,
     )

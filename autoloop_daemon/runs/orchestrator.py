@@ -53,6 +53,36 @@ def render_argv(template: tuple[str, ...], spec: TargetSpec, iteration: int) -> 
     return [part.format_map(values) for part in template]
 
 
+MAX_SOURCES = 500
+
+
+def expand_sources(target: Path, patterns: tuple[str, ...]) -> list[str]:
+    """The regular files matching `patterns` (globs relative to `target`; `~` is the home
+    directory), sorted per pattern, each once, at most MAX_SOURCES. Blocking."""
+    found: list[str] = []
+    seen: set[str] = set()
+    for pattern in patterns:
+        expanded = Path(pattern).expanduser()
+        base, rel = (
+            (Path(expanded.anchor), str(expanded.relative_to(expanded.anchor)))
+            if (expanded.is_absolute())
+            else (target, pattern)
+        )
+        try:
+            matches = sorted(base.glob(rel))
+        except (OSError, ValueError, NotImplementedError):
+            continue
+        for match in matches:
+            text = str(match)
+            if text in seen or not match.is_file():
+                continue
+            seen.add(text)
+            found.append(text)
+            if len(found) >= MAX_SOURCES:
+                return found
+    return found
+
+
 def run_marker(spec: TargetSpec, iteration: int) -> str:
     """The value of AUTOLOOPD_RUN given to a run's processes, to find orphans after a crash."""
     return f"{spec.state_root}#{iteration}"
@@ -171,6 +201,8 @@ async def run_iteration(
     argv = render_argv(spec.orchestrator, spec, iteration)
     if handoff is not None and spec.handoff_arg:
         argv += [spec.handoff_arg, str(handoff)]
+        for source in await anyio.to_thread.run_sync(expand_sources, spec.path, spec.sources):
+            argv += [spec.handoff_arg, source]
     marker = run_marker(spec, iteration)
     try:
         outcome = await run_in_group(

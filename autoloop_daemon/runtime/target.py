@@ -26,12 +26,19 @@ from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.policy.recording import build_entry
 from autoloop_daemon.policy.stops import Limits, stop_reason
 from autoloop_daemon.runs.orchestrator import run_iteration
+from autoloop_daemon.runs.target_files import content_hash, save_best
 from autoloop_daemon.runtime import events as ev
 from autoloop_daemon.runtime.budget import SharedBudget
 from autoloop_daemon.storage.base import TargetStore
 from autoloop_daemon.storage.files import artifacts
 from autoloop_daemon.target_state import InFlight, TargetState
-from autoloop_daemon.vocab import FINAL_STATUSES, RunStatus, TargetStatus
+from autoloop_daemon.vocab import (
+    FINAL_STATUSES,
+    KNOWN_DECISIONS,
+    Decision,
+    RunStatus,
+    TargetStatus,
+)
 
 log = structlog.get_logger("autoloopd.target")
 
@@ -77,6 +84,8 @@ class TargetRunner:
         self._wait_scope: anyio.CancelScope | None = None
         self._iter_scope: anyio.CancelScope | None = None
         self._warned_no_scores = False
+        self._announced_wait: str | None = None
+        self._warned_decisions: set[str] = set()
         self.phase = "starting"  # running | cooldown | waiting | stopped
         self.running_since: float | None = None  # monotonic start of the running iteration
         self.final_status: str | None = None
@@ -191,6 +200,12 @@ class TargetRunner:
         )
 
     async def _cycle(self) -> str:
+        spec = self.spec
+        self._events.publish(
+            ev.TargetStarting(
+                spec.name, str(spec.path), spec.mode, spec.max_iterations, spec.max_cost_usd
+            )
+        )
         previous = self.state.known_status
         if previous == TargetStatus.ERROR:
             # Starting again after the circuit breaker tripped is the operator's retry.
@@ -233,6 +248,8 @@ class TargetRunner:
             await self._with_slot(reservation)
             if self._one_shot and not self._stop_requested:
                 stop = self._stop_reason()
+                if stop is None:
+                    self._events.publish(ev.ScheduledExit(self.spec.name))
                 return await self._finish(stop or self.state.status, announce=stop is not None)
 
     async def _apply_pending_spec(self) -> None:
@@ -307,6 +324,10 @@ class TargetRunner:
         if self.state.status != status or self._dirty:
             self.state.status = status
             await self._save()
+        next_run = self.state.next_run_at
+        if status == TargetStatus.COOLDOWN and next_run and next_run != self._announced_wait:
+            self._announced_wait = next_run
+            self._events.publish(ev.CoolingDown(self.spec.name, delay_s, next_run))
         log.debug("waiting", seconds=round(delay_s, 3), status=status)
         await self._interruptible(anyio.sleep(min(delay_s, MAX_SLEEP_SLICE_S)))
 
@@ -355,11 +376,55 @@ class TargetRunner:
             self._iter_scope = None
             self.running_since = None
             with anyio.CancelScope(shield=True):
+                changed = await self._files_changed(result)
                 entry = build_entry(
-                    spec, iteration, started, now_utc(), time.monotonic() - t0, result
+                    spec, iteration, started, now_utc(), time.monotonic() - t0, result, changed
                 )
                 await self._record(entry, result, before_scores)
+                await self._keep_best(entry)
             return entry.cost_usd
+
+    def _state_root_inside_target(self) -> Path | None:
+        root, target = self.spec.state_root, self.spec.path
+        return root if root.is_relative_to(target) else None
+
+    async def _files_changed(self, result: IterationResult | None) -> bool | None:
+        """Whether the run changed the target's files (None: not checked)."""
+        if self.spec.dry_run or result is None or result.status != "completed":
+            return None
+        before = self.state.content_hash
+        try:
+            after = await anyio.to_thread.run_sync(
+                content_hash, self.spec.path, self._state_root_inside_target()
+            )
+        except OSError as exc:
+            log.warning("content_hash_failed", error=str(exc))
+            return None
+        self.state.content_hash = after
+        return None if before is None else after != before
+
+    async def _keep_best(self, entry: LogEntry) -> None:
+        """Copy the target to best/ when a kept run that changed files reached a new best."""
+        if (
+            entry.decision != Decision.KEEP
+            or entry.changed is not True
+            or self.progress.best_iteration != entry.iteration
+        ):
+            return
+        try:
+            await anyio.to_thread.run_sync(
+                save_best,
+                self.spec.path,
+                self.spec.state_root,
+                entry.iteration,
+                self._state_root_inside_target(),
+            )
+        except OSError as exc:
+            log.warning("best_copy_failed", iteration=entry.iteration, error=str(exc))
+            return
+        self.state.best_copy_iteration = entry.iteration
+        self._dirty = True
+        log.info("best_version_saved", iteration=entry.iteration, score=self.progress.best)
 
     async def _record(
         self, entry: LogEntry, result: IterationResult | None, before: dict[str, float]
@@ -395,6 +460,17 @@ class TargetRunner:
             )
         self._dirty = plan.may_defer_save
         await self._store.record(entry, handoff, None if self._dirty else self.state)
+        if (
+            entry.decision is not None
+            and entry.decision not in KNOWN_DECISIONS
+            and entry.decision not in self._warned_decisions
+        ):
+            self._warned_decisions.add(entry.decision)
+            log.warning(
+                "unknown_decision",
+                decision=entry.decision,
+                hint="recorded verbatim as a completed iteration; it counts as not-keep",
+            )
         if entry.completed and not entry.scores and not self._warned_no_scores:
             self._warned_no_scores = True
             log.warning(
@@ -402,7 +478,11 @@ class TargetRunner:
                 hint="no scores in the result, no scorer, no learner file; "
                 "plateau detection neither advances nor resets",
             )
-        self._events.publish(ev.IterationFinished(self.spec.name, entry, self.state.total_cost_usd))
+        self._events.publish(
+            ev.IterationFinished(
+                self.spec.name, entry, self.state.total_cost_usd, self.progress.estimated_cost_usd
+            )
+        )
 
     # ----------------------------------------------------------------- finishing
 
@@ -420,7 +500,11 @@ class TargetRunner:
                 status=status,
                 reason=self.describe(status),
                 iterations_completed=self.state.iterations_completed,
+                max_iterations=self.spec.max_iterations,
                 total_cost_usd=self.state.total_cost_usd,
+                estimated_usd=self.progress.estimated_cost_usd,
+                best_score=self.progress.best,
+                best_iteration=self.progress.best_iteration,
                 location=self.location,
                 announce=announce,
             )
