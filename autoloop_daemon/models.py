@@ -53,6 +53,7 @@ class TargetSpec:
     schedule: str | None = None
     cost_per_minute_usd: float = 0.10
     estimated_cost_usd: float | None = None  # budget reservation before any history exists
+    max_iteration_cost_usd: float | None = None  # reservation per run, and a live limit
     term_grace_seconds: float = 10.0  # SIGTERM -> SIGKILL grace for the orchestrator's group
     backoff_base_seconds: float = 5.0  # first retry delay after a failed iteration (doubles)
     backoff_max_seconds: float = 300.0

@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cost cap in USD for this target (default 50.0)",
     )
+    one.add_argument(
+        "--max-iteration-cost",
+        type=_positive_float,
+        default=None,
+        help="USD one iteration may cost: reserved per run, and a run is stopped when its "
+        "live cost (wall time at the rate, or the orchestrator's progress lines) reaches it",
+    )
     one.add_argument("--plateau-window", type=_positive_int, default=3)
     one.add_argument("--min-improvement", type=_non_negative_float, default=0.0)
     one.add_argument("--oscillation-window", type=int, default=4)
@@ -210,6 +217,7 @@ def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
         mode=args.mode,
         max_iterations=args.max_iterations,
         max_cost_usd=50.0 if args.max_cost is None else args.max_cost,
+        max_iteration_cost_usd=args.max_iteration_cost,
         plateau_window=args.plateau_window,
         min_improvement=args.min_improvement,
         oscillation_window=args.oscillation_window,

@@ -201,6 +201,7 @@ class _TargetKeys(BaseModel):
     schedule: Annotated[str, AfterValidator(_check_cron)] | None = None
     cost_per_minute_usd: Rate | None = None
     estimated_cost_usd: Money | None = None
+    max_iteration_cost_usd: Money | None = None
     term_grace_seconds: Seconds | None = None
     backoff_base_seconds: Seconds | None = None
     backoff_max_seconds: Seconds | None = None

@@ -76,6 +76,7 @@ class Progress:
         self.plateau_counter = 0
         self.last_iteration = 0
         self.recent_costs: deque[float] = deque(maxlen=3)
+        self.reports_cost: bool | None = None  # did the last finished run report its cost
 
     @classmethod
     def from_entries(
@@ -114,6 +115,8 @@ class Progress:
         self.last_iteration = entry.iteration
         if entry.status != RunStatus.INTERRUPTED:
             self.recent_costs.append(entry.cost_usd)
+            if entry.cost_source is not None:
+                self.reports_cost = entry.cost_source == "reported"
         if not entry.completed:
             if entry.status == RunStatus.FAILED:
                 self.consecutive_errors += 1

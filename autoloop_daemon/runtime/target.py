@@ -9,6 +9,7 @@ published as events (runtime/events.py), never printed or logged here directly.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -22,13 +23,19 @@ from autoloop_daemon.exceptions import StateWriteError
 from autoloop_daemon.models import IterationResult, LogEntry, TargetSpec
 from autoloop_daemon.policy import cycle
 from autoloop_daemon.policy.budget import Reservation, estimate_cost
+from autoloop_daemon.policy.live_cost import (
+    REASON_BUDGET,
+    REASON_ITERATION_COST,
+    REASON_TARGET_COST,
+    StopAt,
+)
 from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.policy.recording import build_entry
 from autoloop_daemon.policy.stops import Limits, stop_reason
 from autoloop_daemon.runs.orchestrator import run_iteration
 from autoloop_daemon.runs.target_files import content_hash, save_best
 from autoloop_daemon.runtime import events as ev
-from autoloop_daemon.runtime.budget import SharedBudget
+from autoloop_daemon.runtime.budget import Meter, SharedBudget
 from autoloop_daemon.storage.base import TargetStore
 from autoloop_daemon.storage.files import artifacts
 from autoloop_daemon.target_state import InFlight, TargetState
@@ -47,6 +54,11 @@ T = TypeVar("T")
 # Reservation for a target's first iteration when it has no history and no estimate is
 # configured: ten minutes at the target's rate.
 FIRST_ESTIMATE_MINUTES = 10.0
+# The stop a cap's live cut leads to (a per-iteration limit only fails the run).
+CUT_STATUS = {
+    REASON_BUDGET: TargetStatus.STOPPED_BUDGET,
+    REASON_TARGET_COST: TargetStatus.STOPPED_COST,
+}
 # Long waits are slept in slices so a changed wall clock (NTP, suspend) is noticed.
 MAX_SLEEP_SLICE_S = 60.0
 
@@ -84,6 +96,8 @@ class TargetRunner:
         self._wait_scope: anyio.CancelScope | None = None
         self._iter_scope: anyio.CancelScope | None = None
         self._warned_no_scores = False
+        self._cut: StopAt | None = None  # when a cap says the running iteration must stop
+        self._cut_status: TargetStatus | None = None  # the stop a cap's cut leads to
         self._announced_wait: str | None = None
         self._warned_decisions: set[str] = set()
         self.phase = "starting"  # running | cooldown | waiting | stopped
@@ -120,8 +134,7 @@ class TargetRunner:
             self._stop_deadline = deadline
         if self._wait_scope is not None:
             self._wait_scope.cancel()
-        if self._iter_scope is not None:
-            self._iter_scope.deadline = min(self._iter_scope.deadline, self._stop_deadline)
+        self._apply_deadline()
 
     def force_stop(self) -> None:
         """Skip the grace period: stop a running iteration now."""
@@ -235,6 +248,8 @@ class TargetRunner:
                 list(self.progress.recent_costs),
                 self.spec.estimated_cost_usd,
                 FIRST_ESTIMATE_MINUTES * self.spec.cost_per_minute_usd,
+                fleet_recent_usd=self._budget.recent_costs,
+                iteration_limit_usd=self.spec.max_iteration_cost_usd,
             )
             if self._dirty and not self._budget.ledger.fits(estimate):
                 await self._save()  # about to wait for the budget: checkpoint first
@@ -246,6 +261,8 @@ class TargetRunner:
             if reservation is None:
                 return await self._finish(TargetStatus.STOPPED_BUDGET)
             await self._with_slot(reservation)
+            if self._cut_status is not None:
+                return await self._finish(self._cut_status)
             if self._one_shot and not self._stop_requested:
                 stop = self._stop_reason()
                 if stop is None:
@@ -368,21 +385,70 @@ class TargetRunner:
                 )
             )
             result: IterationResult | None = None
-            with anyio.CancelScope() as scope:
-                self._iter_scope = scope
-                if self._stop_deadline is not None:
-                    scope.deadline = self._stop_deadline
-                result = await run_iteration(spec, iteration, handoff=handoff)
-            self._iter_scope = None
+            self._cut = None
+            meter = self._open_meter()
+            try:
+                with anyio.CancelScope() as scope:
+                    self._iter_scope = scope
+                    self._apply_deadline()
+                    result = await run_iteration(
+                        spec, iteration, handoff=handoff, on_cost=meter.report
+                    )
+            finally:
+                self._iter_scope = None
+                live = meter.live_usd()
+                meter.close()
             self.running_since = None
+            cut = (
+                self._cut.reason
+                if result is None and self._cut is not None and self._cut_due()
+                else None
+            )
             with anyio.CancelScope(shield=True):
                 changed = await self._files_changed(result)
                 entry = build_entry(
-                    spec, iteration, started, now_utc(), time.monotonic() - t0, result, changed
-                )
+                    spec, iteration, started, now_utc(), time.monotonic() - t0, result, changed,
+                    cut=cut, live_cost_usd=live,
+                )  # fmt: skip
+                if cut is not None and cut in CUT_STATUS:
+                    self._cut_status = CUT_STATUS[cut]
                 await self._record(entry, result, before_scores)
                 await self._keep_best(entry)
             return entry.cost_usd
+
+    def _open_meter(self) -> Meter:
+        """Meter the run's live cost: by wall time unless its orchestrator reports cost."""
+        spec = self.spec
+        wall_time = (
+            not spec.dry_run and spec.cost_per_minute_usd > 0 and not self.progress.reports_cost
+        )
+        target_left = spec.max_cost_usd - self.state.total_cost_usd
+        limit = spec.max_iteration_cost_usd
+        own_reason = REASON_TARGET_COST
+        if limit is not None and limit < target_left:
+            target_left, own_reason = limit, REASON_ITERATION_COST
+        return self._budget.open_meter(
+            rate_usd_per_s=spec.cost_per_minute_usd / 60.0 if wall_time else 0.0,
+            own_limit_usd=target_left,
+            own_reason=own_reason,
+            on_plan=self._on_plan,
+        )
+
+    def _on_plan(self, plan: StopAt) -> None:
+        self._cut = plan if plan.reason is not None else None
+        self._apply_deadline()
+
+    def _apply_deadline(self) -> None:
+        """The running iteration ends at the stop deadline or when a cap says so."""
+        if self._iter_scope is None:
+            return
+        deadline = math.inf if self._stop_deadline is None else self._stop_deadline
+        if self._cut is not None:
+            deadline = min(deadline, self._cut.at_s)
+        self._iter_scope.deadline = deadline
+
+    def _cut_due(self) -> bool:
+        return self._cut is not None and anyio.current_time() >= self._cut.at_s - 1e-3
 
     def _state_root_inside_target(self) -> Path | None:
         root, target = self.spec.state_root, self.spec.path
