@@ -44,8 +44,16 @@ class Ledger:
         """True when `amount_usd` can be reserved now."""
         return amount_usd <= self.available_usd + _EPSILON_USD
 
-    def reserve(self, owner: str, amount_usd: float) -> Reservation | None:
-        """Set `amount_usd` aside for `owner`, or return None when it does not fit."""
+    def reserve(
+        self, owner: str, amount_usd: float, *, metered: bool = False
+    ) -> Reservation | None:
+        """Set `amount_usd` aside for `owner`, or return None when it does not fit.
+
+        A `metered` run (its live cost is watched and it is stopped at the cap) may start with
+        whatever is left when that is less than its estimate, as long as something is left.
+        """
+        if metered and not self.fits(amount_usd) and self.available_usd > _EPSILON_USD:
+            amount_usd = self.available_usd
         if not self.fits(amount_usd):
             return None
         self.reserved_usd += amount_usd

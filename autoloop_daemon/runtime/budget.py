@@ -72,14 +72,17 @@ class SharedBudget:
         self._changed.set()
         self._changed = anyio.Event()
 
-    async def reserve(self, owner: str, amount_usd: float) -> Reservation | None:
+    async def reserve(
+        self, owner: str, amount_usd: float, *, metered: bool = False
+    ) -> Reservation | None:
         """Reserve `amount_usd`, waiting for running iterations to settle if needed.
 
         Returns None when the amount does not fit even with nothing else in flight: the
-        caller stops its target with `stopped_budget`.
+        caller stops its target with `stopped_budget`. A `metered` run may start with less
+        (see `Ledger.reserve`): the live meter stops it at the cap.
         """
         while True:
-            reservation = self.ledger.reserve(owner, amount_usd)
+            reservation = self.ledger.reserve(owner, amount_usd, metered=metered)
             if reservation is not None:
                 return reservation
             if self.ledger.open_reservations == 0:

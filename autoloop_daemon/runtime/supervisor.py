@@ -118,6 +118,7 @@ class Supervisor:
         self._ready = False
         self._reload_before_ready = False
         self._started_at = to_iso(now_utc())
+        self._retired: dict[str, float] = {}  # state roots no longer configured -> spent
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -141,6 +142,15 @@ class Supervisor:
 
     async def _run(self) -> int:
         runners = await self._prepare_all(self._initial)
+        self._retired = await self._storage.spent_elsewhere(r.spec.state_root for r in runners)
+        if self._retired:
+            self._budget.charge(sum(self._retired.values()))
+            log.info(
+                "retired_spending_charged",
+                state_roots=len(self._retired),
+                spent_usd=round(sum(self._retired.values()), 6),
+            )
+        await self._remember_spending()
         self._ready = True
         self.events.publish(
             ev.DaemonReady(
@@ -157,6 +167,8 @@ class Supervisor:
             if self._reload_before_ready:
                 targets_tg.start_soon(self.reload)
         self._targets_tg = None
+        with anyio.CancelScope(shield=True):
+            await self._remember_spending()
         errors = tuple(
             sorted(n for n, r in self._records.items() if r.result == TargetStatus.ERROR)
         )
@@ -165,6 +177,18 @@ class Supervisor:
             ev.DaemonStopped(len(self._records), errors, failed, self._budget.spent_usd)
         )
         return EXIT_TARGET_ERROR if errors or failed else EXIT_OK
+
+    async def _remember_spending(self) -> None:
+        """Record every running target's state root and spending in the storage's registry."""
+        spent = {
+            r.runner.spec.state_root: r.runner.state.total_cost_usd
+            for r in self._records.values()
+            if r.runner is not None
+        }
+        try:
+            await self._storage.remember(spent)
+        except (OSError, AutoloopError) as exc:
+            log.warning("spending_registry_not_written", error=str(exc))
 
     def _failed_to_start(self) -> tuple[str, ...]:
         return tuple(sorted(n for n, r in self._records.items() if r.start_error is not None))
@@ -194,6 +218,10 @@ class Supervisor:
                 self.events.publish(ev.TargetNotStarted(spec.name, str(exc)))
                 return
             record.start_error, record.result, record.runner = None, None, runner
+            # A state root counted as retired at start (its target was renamed or removed, and
+            # is back): its spending is already charged.
+            retired = self._retired.pop(str(spec.state_root), 0.0)
+            record.accounted_usd = max(record.accounted_usd, retired)
             self._charge_prepared(record, runner)
             prepared.append(runner)
             if self._shutdown.requests:  # a stop arrived while this target was being prepared
@@ -353,6 +381,7 @@ class Supervisor:
             budget=BudgetSnapshot(
                 spent_usd=round(self._budget.spent_usd, 6),
                 reserved_usd=round(self._budget.ledger.reserved_usd, 6),
+                retired_usd=round(sum(self._retired.values()), 6),
                 cap_usd=cap if cap != float("inf") else None,
             ),
             targets=tuple(targets),
