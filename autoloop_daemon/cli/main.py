@@ -4,6 +4,7 @@ Three forms:
   autoloopd --config FILE [--check]          the daemon (every target in FILE)
   autoloopd --target DIR --state-root DIR    one target, the original script's flags
   autoloopd status (--config FILE | --state-root DIR) [--json]
+  autoloopd report (--config FILE | --state-root DIR) --output FILE [--format html|md]
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="autoloopd",
         description="Keep AI improvement loops running unattended, crash-safe and within budget.",
-        epilog="Also: 'autoloopd status --help'.",
+        epilog="Also: 'autoloopd status --help', 'autoloopd report --help'.",
     )
     p.add_argument("--version", action="version", version=f"autoloopd {__version__}")
     daemon = p.add_argument_group("daemon")
@@ -300,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from autoloop_daemon.cli.status import main as status_main
 
         return status_main(argv[1:])
+    if argv and argv[0] == "report":
+        from autoloop_daemon.report.cli import main as report_main
+
+        return report_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.check and args.config is None:
