@@ -44,6 +44,7 @@ from autoloop_daemon.exit_codes import (
     EXIT_TEMPFAIL,
 )
 from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.runtime.alerts import Alerter
 from autoloop_daemon.runtime.console import Console
 from autoloop_daemon.runtime.daemon import serve
 from autoloop_daemon.runtime.events import EventBus
@@ -291,7 +292,12 @@ def _run_daemon(args: argparse.Namespace) -> int:
         grace_s=cfg.daemon.shutdown_grace_seconds,
         reloader=lambda: _reloader(cfg.path),
     )
-    return anyio.run(serve, supervisor, Notifier())
+    alerter = (
+        Alerter(cfg.alerts, state_dir=cfg.daemon.state_dir, snapshot=supervisor.snapshot)
+        if cfg.alerts
+        else None
+    )
+    return anyio.run(serve, supervisor, Notifier(), alerter)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
