@@ -90,6 +90,7 @@ class LogEntry:
     scores: dict[str, float] = field(default_factory=dict)
     exit_code: int | None = None
     error: str | None = None
+    cost_source: str | None = None  # "reported" | "estimated" (wall time x rate); None: nothing
 
     @property
     def completed(self) -> bool:
@@ -129,6 +130,7 @@ class LogEntry:
                 scores={str(k): float(v) for k, v in scores_raw.items()},
                 exit_code=data.get("exit_code"),
                 error=data.get("error"),
+                cost_source=data.get("cost_source"),
             )
         except KeyError as exc:
             raise ValueError(f"missing field {exc.args[0]!r}") from None

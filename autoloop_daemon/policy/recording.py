@@ -41,8 +41,9 @@ def build_entry(
             cost_usd=round(cost, 6),
             duration_seconds=round(duration_s, 3),
             error=INTERRUPTED_ERROR,
+            cost_source=None if spec.dry_run else "estimated",
         )
-    cost, _source = charged_cost_usd(result.cost_usd, result.duration_s, spec.cost_per_minute_usd)
+    cost, source = charged_cost_usd(result.cost_usd, result.duration_s, spec.cost_per_minute_usd)
     scores = dict(result.scores)
     score = weighted_score(scores, spec.weights_map) if scores else result.weighted_score
     return LogEntry(
@@ -59,4 +60,5 @@ def build_entry(
         scores=scores,
         exit_code=result.exit_code,
         error=result.error,
+        cost_source=source,
     )

@@ -25,7 +25,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 svg.plot{background:#fafafa;border:1px solid #ddd}svg .axis{stroke:#999}
 svg .series{stroke:#1f6feb;stroke-width:1.5}svg circle{fill:#1f6feb}
 svg circle.cost-point{fill:#d97706}svg .cap{stroke:#b00020;stroke-dasharray:4 3}
-svg text{font-size:11px;fill:#555}svg .title{font-weight:600;fill:#222}
+svg text{font-size:11px;fill:#555}svg .title{font-weight:600;fill:#222}svg .cap-note{fill:#b00020}
 pre{background:#f6f8fa;padding:.6em;overflow:auto;white-space:pre-wrap}
 .muted{color:#777}
 """

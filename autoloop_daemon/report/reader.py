@@ -44,8 +44,8 @@ def read_target(name: str, state_root: Path) -> TargetReport:
     except StateCorruptError as exc:
         state, status = {}, "unreadable"
         problems.append(str(exc))
-    raws = _read_log_lines(log_path(state_root), problems)
-    rows = tuple(_row(state_root, entry, raw, problems) for entry, raw in raws)
+    entries = _read_log_lines(log_path(state_root), problems)
+    rows = tuple(_row(state_root, entry, problems) for entry in entries)
     completed = [row for row in rows if row.status == "completed"]
     return TargetReport(
         name=name,
@@ -63,8 +63,8 @@ def read_target(name: str, state_root: Path) -> TargetReport:
     )
 
 
-def _read_log_lines(path: Path, problems: list[str]) -> list[tuple[LogEntry, Mapping[str, Any]]]:
-    """Every line of the iteration log that parses, with its raw JSON; the rest as problems."""
+def _read_log_lines(path: Path, problems: list[str]) -> list[LogEntry]:
+    """Every line of the iteration log that parses; the others become problems."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -72,7 +72,7 @@ def _read_log_lines(path: Path, problems: list[str]) -> list[tuple[LogEntry, Map
     except OSError as exc:
         problems.append(f"{path}: cannot read: {exc.strerror or exc}")
         return []
-    out: list[tuple[LogEntry, Mapping[str, Any]]] = []
+    out: list[LogEntry] = []
     lines = data.split(b"\n")
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
@@ -81,16 +81,13 @@ def _read_log_lines(path: Path, problems: list[str]) -> list[tuple[LogEntry, Map
             problems.append(f"{path}:{lineno}: incomplete last line skipped")
             continue
         try:
-            raw = json.loads(line.decode("utf-8"))
-            out.append((LogEntry.from_json(raw), raw))
+            out.append(LogEntry.from_json(json.loads(line.decode("utf-8"))))
         except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
             problems.append(f"{path}:{lineno}: skipped: {exc}")
     return out
 
 
-def _row(
-    state_root: Path, entry: LogEntry, raw: Mapping[str, Any], problems: list[str]
-) -> IterationRow:
+def _row(state_root: Path, entry: LogEntry, problems: list[str]) -> IterationRow:
     return IterationRow(
         iteration=entry.iteration,
         started_at=entry.started_at,
@@ -99,8 +96,8 @@ def _row(
         decision=entry.decision,
         weighted_score=entry.weighted_score,
         cost_usd=entry.cost_usd,
-        # Lines written before the cost source was recorded say nothing: shown as reported.
-        estimated=raw.get("cost_source") == "estimated",
+        # Lines written before the cost source was recorded say nothing: shown without `~`.
+        estimated=entry.cost_source == "estimated",
         duration_s=entry.duration_seconds,
         candidate_id=entry.candidate_id,
         artifact_path=entry.artifact_path,

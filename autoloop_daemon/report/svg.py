@@ -2,7 +2,8 @@
 
 Each data point is a `<circle class="{point_class}" data-target=... data-x=... data-y=...>`
 so that a browser test (or a curious reader) can count and inspect them; an optional cap is
-a dashed horizontal line (`class="cap"`). The dashboard's JavaScript draws the same shapes.
+a dashed horizontal line (`class="cap"`), or a note when it is far above the data (drawing
+it would flatten the line). The dashboard's JavaScript draws the same shapes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from html import escape
 
 _PAD_LEFT, _PAD_RIGHT, _PAD_TOP, _PAD_BOTTOM = 56.0, 12.0, 22.0, 26.0
+_CAP_IN_VIEW = 2.0  # draw the cap line when it is at most this many times the largest value
 
 
 def _span(values: Sequence[float]) -> tuple[float, float]:
@@ -48,9 +50,10 @@ def line_plot(
             'text-anchor="middle">no data yet</text></svg>'
         )
     xs = [float(x) for x, _ in points]
-    ys = [float(y) for _, y in points] + ([cap] if cap is not None else [])
+    ys = [float(y) for _, y in points]
+    cap_drawn = cap is not None and math.isfinite(cap) and cap <= _CAP_IN_VIEW * max(ys)
     x_low, x_high = _span(xs)
-    y_low, y_high = _span([*ys, 0.0] if min(ys) >= 0 and cap is not None else ys)
+    y_low, y_high = _span([*ys, cap, 0.0] if cap_drawn and cap is not None else ys)
     inner_w = width - _PAD_LEFT - _PAD_RIGHT
     inner_h = height - _PAD_TOP - _PAD_BOTTOM
 
@@ -69,11 +72,18 @@ def line_plot(
         f"{escape(y_format(y_high))}</text>",
         f'<text class="tick" x="{_PAD_LEFT - 4}" y="{bottom}" text-anchor="end">'
         f"{escape(y_format(y_low))}</text>",
-        f'<text class="tick" x="{_PAD_LEFT}" y="{height - 8}">{escape(x_format(x_low))}</text>',
-        f'<text class="tick" x="{right}" y="{height - 8}" text-anchor="end">'
-        f"{escape(x_format(x_high))}</text>",
     ]
-    if cap is not None:
+    for x in sorted({min(xs), max(xs)}):
+        parts.append(
+            f'<text class="tick" x="{sx(x)}" y="{height - 8}" text-anchor="middle">'
+            f"{escape(x_format(x))}</text>"
+        )
+    if cap is not None and not cap_drawn and math.isfinite(cap):
+        parts.append(
+            f'<text class="cap-note" x="{right}" y="14" text-anchor="end">'
+            f"cap {escape(y_format(cap))} (off the chart)</text>"
+        )
+    if cap is not None and cap_drawn:
         parts.append(
             f'<line class="cap" x1="{_PAD_LEFT}" y1="{sy(cap)}" x2="{right}" y2="{sy(cap)}">'
             f"<title>cap {escape(y_format(cap))}</title></line>"

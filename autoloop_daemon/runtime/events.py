@@ -120,7 +120,7 @@ class IterationFinished(Event):
     target: str
     entry: LogEntry
     total_cost_usd: float
-    estimated: bool = False  # True when any of the target's cost is an estimate
+    estimated: bool = False  # True when this run's cost is an estimate (wall time x rate)
 
 
 @dataclass(frozen=True, slots=True)

@@ -402,7 +402,14 @@ class TargetRunner:
                 hint="no scores in the result, no scorer, no learner file; "
                 "plateau detection neither advances nor resets",
             )
-        self._events.publish(ev.IterationFinished(self.spec.name, entry, self.state.total_cost_usd))
+        self._events.publish(
+            ev.IterationFinished(
+                self.spec.name,
+                entry,
+                self.state.total_cost_usd,
+                estimated=entry.cost_source == "estimated",
+            )
+        )
 
     # ----------------------------------------------------------------- finishing
 

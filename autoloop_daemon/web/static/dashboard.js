@@ -80,7 +80,9 @@ function linePlot(points, opts) {
   const fx = opts.xFormat || ((v) => String(v));
   const xs = points.map((p) => p[0]);
   const ys = points.map((p) => p[1]);
-  const capped = opts.cap !== null && opts.cap !== undefined && isFinite(opts.cap);
+  const hasCap = opts.cap !== null && opts.cap !== undefined && isFinite(opts.cap);
+  // A cap far above the data would flatten the line: then it is a note, not a line.
+  const capped = hasCap && opts.cap <= 2 * Math.max(...ys);
   if (capped) ys.push(opts.cap, 0);
   const [xLow, xHigh] = span(xs);
   const [yLow, yHigh] = span(ys);
@@ -94,9 +96,14 @@ function linePlot(points, opts) {
     fy(yHigh)));
   svg.appendChild(svgEl("text", { class: "tick", x: left - 4, y: yBottom, "text-anchor": "end" },
     fy(yLow)));
-  svg.appendChild(svgEl("text", { class: "tick", x: left, y: height - 8 }, fx(xLow)));
-  svg.appendChild(svgEl("text", { class: "tick", x: xRight, y: height - 8, "text-anchor": "end" },
-    fx(xHigh)));
+  for (const x of [...new Set([Math.min(...xs), Math.max(...xs)])]) {
+    svg.appendChild(svgEl("text", { class: "tick", x: sx(x), y: height - 8,
+      "text-anchor": "middle" }, fx(x)));
+  }
+  if (hasCap && !capped) {
+    svg.appendChild(svgEl("text", { class: "cap-note", x: xRight, y: 14, "text-anchor": "end" },
+      "cap " + fy(opts.cap) + " (off the chart)"));
+  }
   if (capped) {
     const cap = svgEl("line", { class: "cap", x1: left, y1: sy(opts.cap), x2: xRight,
       y2: sy(opts.cap) });
