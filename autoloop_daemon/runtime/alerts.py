@@ -6,8 +6,9 @@ its own task, `run`, drains the queue and delivers (alert_delivery.py), logging
 `alert_sent` or `alert_failed` for each channel.
 
 Alert kinds: `budget_threshold` (a fraction of the shared cap or of a target's cap reached,
-checked at start and after every iteration), `target_stopped`, `circuit_breaker` (a target
-stopped in `error`) and `daemon_stopping` (a stop was requested, or every target is done).
+checked at start, on every budget change and after every iteration), `target_stopped`,
+`circuit_breaker` (a target stopped in `error`) and `daemon_stopping` (a stop was
+requested, or every target is done).
 Budget crossings fire once: their keys are kept in `<state_dir>/alerts_fired.json`
 (replaced atomically) so a restart does not send them again.
 """
@@ -180,9 +181,13 @@ class Alerter:
                 self._check_budget(snap)
                 for t in snap.targets:
                     self._check_target(t.target, t.total_cost_usd, t.max_cost_usd)
+            case ev.BudgetChanged():
+                if self._fractions:
+                    self._report_crossings(
+                        crossings(event.spent_usd, event.cap_usd, self._fractions)
+                    )
             case ev.IterationFinished():
                 snap = self._snapshot()
-                self._check_budget(snap)
                 cap = next((t.max_cost_usd for t in snap.targets if t.target == event.target), None)
                 self._check_target(event.target, event.total_cost_usd, cap)
             case ev.TargetStopped(announce=True):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 
 from autoloop_daemon.policy.budget import Ledger, Reservation
@@ -10,14 +12,23 @@ from autoloop_daemon.policy.budget import Ledger, Reservation
 class SharedBudget:
     """The ledger shared by every target of a supervisor, with waiting for settlements."""
 
-    def __init__(self, cap_usd: float, spent_usd: float = 0.0) -> None:
-        """Create the budget; nothing here can block or fail."""
+    def __init__(
+        self,
+        cap_usd: float,
+        spent_usd: float = 0.0,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        """Create the budget; `on_change` is called after every settlement, charge and new
+        cap (it must not block). Nothing here can block or fail."""
         self.ledger = Ledger(cap_usd, spent_usd)
         self._changed = anyio.Event()
+        self._on_change = on_change
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+        if self._on_change is not None:
+            self._on_change()
 
     async def reserve(self, owner: str, amount_usd: float) -> Reservation | None:
         """Reserve `amount_usd`, waiting for running iterations to settle if needed.
