@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from autoloop_daemon.config.alerts import ALERT_EVENTS, AlertSettings
 from autoloop_daemon.config.loader import load_config
 from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.policy.thresholds import crossings, new_crossings
@@ -232,3 +233,12 @@ def test_a_failing_alert_is_logged_and_the_daemon_carries_on(tmp_path: Path) -> 
         failed["command"]["attempts"] == 1 and "no exit within 0.5 s" in failed["command"]["error"]
     )
     assert read_state(lab.state_root("a"))["status"] == "stopped_max_iter"
+
+
+def test_config_reference_documents_every_alert_key_and_event() -> None:
+    """docs/config.md names every key of an [[alerts]] entry and every alert event."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
+    missing = [
+        name for name in [*AlertSettings.model_fields, *ALERT_EVENTS] if f"`{name}`" not in text
+    ]
+    assert missing == []
