@@ -1,1 +1,1 @@
-"""The read-only web dashboard's files (served by the control server at `/`)."""
+"""The dashboard's static files (package data)."""

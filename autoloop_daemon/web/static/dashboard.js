@@ -1,5 +1,7 @@
 // autoloopd dashboard: polls the control server's JSON and draws the fleet as a table and
-// SVG plots. Read-only, no libraries, no network beyond the two routes below:
+// SVG plots. Served as /static/dashboard.js beside / (index.html); every URL is relative,
+// so the page also works behind a path prefix. Read-only, no libraries, no network beyond
+// the two routes below:
 //   GET api/status                     the fleet snapshot
 //   GET api/targets/<name>/history     one target's iteration_log.jsonl entries
 // Every data point is a <circle class="point|cost-point|spend-point" data-target=...>.
