@@ -8,7 +8,6 @@ point per scored iteration, and save a screenshot under the test's tmp dir. With
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 from pathlib import Path
@@ -84,28 +83,21 @@ def test_report_in_the_browser_shows_the_fleet_and_every_plot(tmp_path: Path) ->
 def test_dashboard_in_the_browser_lists_every_target_and_draws_their_plots(
     tmp_path: Path,
 ) -> None:
-    """The dashboard served by a real daemon (`daemon.http_listen` on loopback) lists every
-    target in its table and draws one score point per scored iteration of each, refreshing
-    itself while the daemon runs; the spend plot draws one point per logged run."""
+    """The dashboard served by a real daemon (`daemon.http_listen` on loopback), loaded while
+    the fleet runs, lists every target in its table and, refreshing itself, ends with one
+    score point per scored iteration of each target and one spend point per logged run."""
     require_chromium()
     lab = Lab(tmp_path / "lab")
-    finished_fleet(lab)  # alpha and beta have scores, gamma's breaker tripped
-    # One more iteration each (raised limits), then a long cooldown keeps the daemon up.
-    targets = fleet_targets(lab)
-    for table in targets:
-        table["max_iterations"] = DRY_RUN_TARGETS.get(table["name"], 1) + 1
     port = free_port()
     lab.write(
-        targets,
-        defaults={"mode": "continuous", "cooldown_minutes": 10},
-        daemon={"http_listen": f"127.0.0.1:{port}"},
+        fleet_targets(lab, simulated_seconds=0.3),
+        defaults={"mode": "single-run"},
+        # Stay up once every target has stopped, so the finished fleet can be looked at.
+        daemon={"http_listen": f"127.0.0.1:{port}", "exit_when_idle": False},
     )
     daemon = lab.start()
     try:
-        for name in DRY_RUN_TARGETS:
-            daemon.wait_event("iteration_finished", target=name, timeout=60)
-        expected = {name: scored_points(lab, name) for name in ALL_TARGETS}
-        runs = sum(len(read_log(lab.state_root(n))) for n in ALL_TARGETS)
+        daemon.wait_event("daemon_ready")
         with browser_page(tmp_path) as page:
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_function(
@@ -114,6 +106,9 @@ def test_dashboard_in_the_browser_lists_every_target_and_draws_their_plots(
                 arg=ALL_TARGETS,
                 timeout=30_000,
             )
+            daemon.wait_event("target_stopped", count=len(ALL_TARGETS), timeout=60)
+            expected = {name: scored_points(lab, name) for name in ALL_TARGETS}
+            assert expected[BROKEN_TARGET] == 0 and all(expected[n] for n in DRY_RUN_TARGETS)
             page.wait_for_function(
                 """(expected) => Object.entries(expected).every(([name, n]) =>
                     document.querySelectorAll(
@@ -122,16 +117,17 @@ def test_dashboard_in_the_browser_lists_every_target_and_draws_their_plots(
                 timeout=30_000,
             )
             assert point_counts(page, "circle.point") == {n: c for n, c in expected.items() if c}
+            runs = sum(len(read_log(lab.state_root(n))) for n in ALL_TARGETS)
             page.wait_for_function(
                 "(n) => document.querySelectorAll('circle.spend-point').length === n",
                 arg=runs,
                 timeout=30_000,
             )
-            status = json.loads(page.evaluate("fetch('api/status').then(r => r.text())"))
-            assert sorted(t["target"] for t in status["targets"]) == sorted(ALL_TARGETS)
+            status = page.inner_text(f'#fleet tr[data-target="{BROKEN_TARGET}"] td.status')
+            assert status == "error"
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             assert page.errors == []
         assert (tmp_path / "dashboard.png").stat().st_size > 0
     finally:
         code = daemon.stop(signal.SIGTERM)
-    assert code in (0, 1), daemon.text()[-2000:]  # 1: gamma's breaker tripped again
+    assert code in (0, 1), daemon.text()[-2000:]  # 1: gamma ended in error

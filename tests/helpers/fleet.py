@@ -18,8 +18,9 @@ DRY_RUN_TARGETS: dict[str, int] = {"alpha": 3, "beta": 5}
 BROKEN_TARGET = "gamma"  # its orchestrator crashes: one failure trips the breaker
 
 
-def fleet_targets(lab: Lab) -> list[dict[str, Any]]:
-    """The `[[targets]]` tables of the fleet (directories created under the lab)."""
+def fleet_targets(lab: Lab, simulated_seconds: float = 0.01) -> list[dict[str, Any]]:
+    """The `[[targets]]` tables of the fleet (directories created under the lab); each
+    simulated iteration takes `simulated_seconds`."""
     targets: list[dict[str, Any]] = []
     for seed, (name, iterations) in enumerate(DRY_RUN_TARGETS.items()):
         path = lab.skills / name
@@ -31,7 +32,7 @@ def fleet_targets(lab: Lab) -> list[dict[str, Any]]:
                 "dry_run": True,
                 "seed": seed,
                 "max_iterations": iterations,
-                "simulated_seconds": 0.01,
+                "simulated_seconds": simulated_seconds,
             }
         )
     targets.append(

@@ -220,7 +220,7 @@ function renderSpend(status) {
   const points = all.map(([at, cost]) => [at, (total += cost)]);
   const cap = status.budget ? status.budget.cap_usd : null;
   const plot = linePlot(points, { target: "*", pointClass: "spend-point",
-    title: "Money spent by every target against the shared cap", cap,
+    title: "Spent by all targets", cap,
     xFormat: (x) => new Date(x).toLocaleTimeString(), yFormat: (y) => "$" + Number(y).toFixed(2) });
   document.getElementById("spend").replaceChildren(plot);
 }
