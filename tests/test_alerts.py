@@ -136,7 +136,13 @@ def test_alerts_fire_once_per_crossing_and_a_restart_does_not_repeat_them(
     out = tmp_path / "alerts.jsonl"
     targets = [
         dry_run(lab, "alpha", max_iterations=6, max_cost_usd=0.3, estimated_cost_usd=0.05),
-        lab.target("gamma", "crash", max_consecutive_errors=1, estimated_cost_usd=0.01),
+        lab.target(
+            "gamma",
+            "crash",
+            max_consecutive_errors=1,
+            estimated_cost_usd=0.01,
+            env={"API_KEY": "sk-alert-secret-never-sent"},
+        ),
     ]
     budget = {"max_cost_usd": 0.8}
     with webhook_receiver(fail_first=1) as hook:
@@ -172,6 +178,7 @@ def test_alerts_fire_once_per_crossing_and_a_restart_does_not_repeat_them(
         (stopping,) = [a for a in sent if a["event"] == "daemon_stopping"]
         assert stopping["reason"] == "all targets stopped"
         assert all(a["host"] and a["at"] and a["message"] for a in sent)
+        assert "sk-alert-secret-never-sent" not in out.read_text() + json.dumps(hook.accepted)
 
         # The webhook got the 0.5 crossings and the breaker, after one refused attempt.
         assert sorted(kinds(hook.accepted)) == sorted(

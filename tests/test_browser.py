@@ -15,7 +15,13 @@ from typing import Any
 
 from tests.helpers.browser import browser_page, require_chromium
 from tests.helpers.daemon import Lab
-from tests.helpers.fleet import BROKEN_TARGET, DRY_RUN_TARGETS, finished_fleet, fleet_targets
+from tests.helpers.fleet import (
+    BROKEN_TARGET,
+    DRY_RUN_TARGETS,
+    SECRET,
+    finished_fleet,
+    fleet_targets,
+)
 from tests.helpers.logs import read_log
 from tests.helpers.process import run_autoloopd
 
@@ -75,6 +81,7 @@ def test_report_in_the_browser_shows_the_fleet_and_every_plot(tmp_path: Path) ->
         }
         status = page.inner_text(f'#fleet tr[data-target="{BROKEN_TARGET}"]')
         assert "error" in status
+        assert SECRET not in page.content()
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         assert page.errors == []
     assert (tmp_path / "report.png").stat().st_size > 0
@@ -125,6 +132,7 @@ def test_dashboard_in_the_browser_lists_every_target_and_draws_their_plots(
             )
             status = page.inner_text(f'#fleet tr[data-target="{BROKEN_TARGET}"] td.status')
             assert status == "error"
+            assert SECRET not in page.content()
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             assert page.errors == []
         assert (tmp_path / "dashboard.png").stat().st_size > 0

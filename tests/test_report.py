@@ -19,7 +19,7 @@ from autoloop_daemon.report.model import FleetReport, IterationRow, TargetReport
 from autoloop_daemon.report.reader import read_target
 from autoloop_daemon.report.svg import line_plot
 from tests.helpers.daemon import Lab
-from tests.helpers.fleet import BROKEN_TARGET, DRY_RUN_TARGETS, finished_fleet
+from tests.helpers.fleet import BROKEN_TARGET, DRY_RUN_TARGETS, SECRET, finished_fleet
 from tests.helpers.logs import read_log
 from tests.helpers.process import run_autoloopd
 
@@ -131,6 +131,7 @@ def test_report_command_writes_html_with_every_target_plot_and_reason(
     assert "circuit breaker tripped; last: " in page
     assert "max_iterations reached (3/3)" in page
     assert re.findall(r"https?://(?!www\.w3\.org/2000/svg\b)", page) == []  # self-contained
+    assert SECRET not in page
     after = {p: p.read_bytes() for p in fleet.state_dir.rglob("*") if p.is_file()}
     assert after == before
 
@@ -146,6 +147,7 @@ def test_report_command_writes_markdown_from_state_roots(fleet: Lab, tmp_path: P
     assert [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| alpha")]
     assert "## alpha" in md and "## beta" in md and BROKEN_TARGET not in md
     assert "### Kept" in md and "<svg" not in md
+    assert SECRET not in md
 
 
 def test_report_command_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from tests.helpers.process import run_autoloopd
 # name -> max_iterations of the dry-run (simulator) targets; every iteration has a score.
 DRY_RUN_TARGETS: dict[str, int] = {"alpha": 3, "beta": 5}
 BROKEN_TARGET = "gamma"  # its orchestrator crashes: one failure trips the breaker
+SECRET = "sk-test-3c7e1d0a-never-shown"
 
 
 def fleet_targets(lab: Lab, simulated_seconds: float = 0.01) -> list[dict[str, Any]]:
@@ -36,7 +37,13 @@ def fleet_targets(lab: Lab, simulated_seconds: float = 0.01) -> list[dict[str, A
             }
         )
     targets.append(
-        lab.target(BROKEN_TARGET, "crash", max_consecutive_errors=1, backoff_base_seconds=0.1)
+        lab.target(
+            BROKEN_TARGET,
+            "crash",
+            max_consecutive_errors=1,
+            backoff_base_seconds=0.1,
+            env={"API_KEY": SECRET},  # must appear in no report, page or alert
+        )
     )
     return targets
 
