@@ -10,15 +10,22 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+import structlog
 
 from autoloop_daemon.config.alerts import ALERT_EVENTS, AlertSettings
 from autoloop_daemon.config.loader import load_config
 from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.policy.thresholds import crossings, new_crossings
+from autoloop_daemon.runtime import events as ev
+from autoloop_daemon.runtime.alerts import Alerter
+from autoloop_daemon.runtime.logs import configure_logging
+from autoloop_daemon.runtime.snapshot import BudgetSnapshot, FleetSnapshot
 from tests.helpers.audit import read_state
 from tests.helpers.config import TARGET_A
 from tests.helpers.daemon import Lab
@@ -249,3 +256,56 @@ def test_config_reference_documents_every_alert_key_and_event() -> None:
         name for name in [*AlertSettings.model_fields, *ALERT_EVENTS] if f"`{name}`" not in text
     ]
     assert missing == []
+
+
+# ----------------------------------------------------------------- in-process
+
+
+@pytest.fixture
+def captured() -> Iterator[list[dict[str, Any]]]:
+    """structlog events of the test (loggers uncached, so capture_logs sees every one)."""
+    configure_logging("json", "debug", cache=False)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            yield logs
+    finally:
+        structlog.reset_defaults()
+
+
+def _snapshot() -> FleetSnapshot:
+    return FleetSnapshot(
+        pid=1, started_at="2026-01-01T00:00:00Z", ready=True, shutting_down=False,
+        budget=BudgetSnapshot(spent_usd=0.0, reserved_usd=0.0, cap_usd=10.0), targets=(),
+    )  # fmt: skip
+
+
+def _stopped(name: str) -> ev.TargetStopped:
+    return ev.TargetStopped(name, "stopped_max_iter", "max_iterations reached", 1, 0.1, "/x")
+
+
+@pytest.mark.anyio
+@pytest.mark.no_blocking
+async def test_the_subscriber_never_waits_a_full_queue_drops_and_logs(
+    tmp_path: Path, captured: list[dict[str, Any]]
+) -> None:
+    """Publishing never blocks the loop: past the queue's size an alert is dropped and
+    logged (`alert_dropped`); the queued one is delivered once the alerter's task runs, and
+    a budget crossing seen again (a second BudgetChanged) is not queued twice."""
+    out = tmp_path / "alerts.jsonl"
+    rule = AlertSettings(events=["target_stopped", "budget_threshold"], command=sink(out))
+    alerter = Alerter([rule], state_dir=tmp_path, snapshot=_snapshot, queue_size=2)
+    alerter(ev.BudgetChanged(spent_usd=5.0, reserved_usd=0.0, cap_usd=10.0))  # 0.5 crossed
+    alerter(ev.BudgetChanged(spent_usd=5.5, reserved_usd=0.0, cap_usd=10.0))  # nothing new
+    alerter(_stopped("a"))
+    alerter(_stopped("b"))  # the queue (2) is full: dropped
+    dropped = [e for e in captured if e["event"] == "alert_dropped"]
+    assert [(e["alert"], e["reason"]) for e in dropped] == [("target_stopped", "queue full")]
+    async with anyio.create_task_group() as tg:
+        await tg.start(alerter.run)
+        await alerter.finish(limit_s=30)
+    sent = read_jsonl(out)
+    assert [(a["event"], a.get("fraction"), a.get("target")) for a in sent] == [
+        ("budget_threshold", 0.5, None),
+        ("target_stopped", None, "a"),
+    ]
+    assert json.loads((tmp_path / "alerts_fired.json").read_text())["fired"] == ["budget:0.5:10"]

@@ -116,8 +116,9 @@ class Alerter:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Load the fired crossings, then deliver queued alerts until `finish` closes it."""
         try:
-            self._fired.keys = await anyio.to_thread.run_sync(load_fired, self._path)
-            self._fired.saved = frozenset(self._fired.keys)
+            loaded = await anyio.to_thread.run_sync(load_fired, self._path)
+            self._fired.keys |= loaded  # keep any crossing seen before the task started
+            self._fired.saved = frozenset(loaded)
             task_status.started()
             async with self._receive:
                 async for alert in self._receive:
