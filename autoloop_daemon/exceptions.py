@@ -29,3 +29,7 @@ class ResultError(AutoloopError):
 
 class UnknownTargetError(AutoloopError):
     """A command named a target the daemon does not have."""
+
+
+class AlertDeliveryError(AutoloopError):
+    """An alert command or webhook failed (non-zero exit, timeout, HTTP error); one line."""

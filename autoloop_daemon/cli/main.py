@@ -4,6 +4,7 @@ Three forms:
   autoloopd --config FILE [--check]          the daemon (every target in FILE)
   autoloopd --target DIR --state-root DIR    one target, the original script's flags
   autoloopd status (--config FILE | --state-root DIR) [--json]
+  autoloopd report (--config FILE | --state-root DIR) --output FILE [--format html|md]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from autoloop_daemon.exit_codes import (
     EXIT_TEMPFAIL,
 )
 from autoloop_daemon.models import DEFAULT_SOURCES, TargetSpec
+from autoloop_daemon.runtime.alerts import Alerter
 from autoloop_daemon.runtime.console import Console
 from autoloop_daemon.runtime.daemon import serve
 from autoloop_daemon.runtime.events import EventBus
@@ -110,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="autoloopd",
         description="Keep AI improvement loops running unattended, crash-safe and within budget.",
-        epilog="Also: 'autoloopd status --help'.",
+        epilog="Also: 'autoloopd status --help', 'autoloopd report --help'.",
     )
     p.add_argument("--version", action="version", version=f"autoloopd {__version__}")
     daemon = p.add_argument_group("daemon")
@@ -330,7 +332,12 @@ def _run_daemon(args: argparse.Namespace) -> int:
         grace_s=cfg.daemon.shutdown_grace_seconds,
         reloader=lambda: _reloader(cfg.path),
     )
-    return anyio.run(serve, supervisor, Notifier())
+    alerter = (
+        Alerter(cfg.alerts, state_dir=cfg.daemon.state_dir, snapshot=supervisor.snapshot)
+        if cfg.alerts
+        else None
+    )
+    return anyio.run(serve, supervisor, Notifier(), alerter)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -340,6 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from autoloop_daemon.cli.status import main as status_main
 
         return status_main(argv[1:])
+    if argv and argv[0] == "report":
+        from autoloop_daemon.report.cli import main as report_main
+
+        return report_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.check and args.config is None:

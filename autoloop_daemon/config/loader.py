@@ -57,6 +57,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
+from autoloop_daemon.config.alerts import AlertSettings
 from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.vocab import Mode
@@ -230,6 +231,7 @@ class _FileSettings(BaseSettings):
     budget: BudgetSettings = BudgetSettings()
     defaults: _TargetKeys = _TargetKeys()
     targets: list[_TargetTable] = []
+    alerts: list[AlertSettings] = []
 
 
 def _inner_type(annotation: Any) -> Any:
@@ -336,6 +338,7 @@ class AppConfig:
     daemon: DaemonSettings
     budget: BudgetSettings
     targets: tuple[TargetSpec, ...]
+    alerts: tuple[AlertSettings, ...] = ()
 
 
 def validate_cron(expr: str) -> str | None:
@@ -387,7 +390,13 @@ def _load(path: Path, shown: str, env: Mapping[str, str]) -> AppConfig:
         raise ConfigError(f"{shown}: targets: no [[targets]] defined{hint}")
     daemon = settings.daemon.model_copy(update={"state_dir": state_dir})
     targets = _build_targets(settings, base, state_dir, shown)
-    return AppConfig(path=cfg_path, daemon=daemon, budget=settings.budget, targets=targets)
+    return AppConfig(
+        path=cfg_path,
+        daemon=daemon,
+        budget=settings.budget,
+        targets=targets,
+        alerts=tuple(settings.alerts),
+    )
 
 
 def _check_file(path: Path, shown: str) -> bool:
@@ -530,6 +539,7 @@ _MESSAGES = {
     "path_type": "must be a string (a path)",
     "list_type": "must be an array",
     "dict_type": "must be a table",
+    "too_short": "must not be empty",
     "model_type": "must be a table",
     "model_attributes_type": "must be a table",
 }
@@ -638,6 +648,11 @@ def check_summary(cfg: AppConfig) -> str:
         f"{cfg.daemon.shutdown_grace_seconds:g}s shutdown grace",
         f"targets:     {len(cfg.targets)}",
     ]
+    for i, alert in enumerate(cfg.alerts):
+        via = " and ".join(
+            w for w, on in (("command", alert.command), ("url", alert.url)) if on is not None
+        )
+        lines.append(f"alerts[{i}]:   {', '.join(alert.events)} via {via}")
     for t in cfg.targets:
         if t.mode == "scheduled":
             timing = f"schedule {_quote(t.schedule or '')}"

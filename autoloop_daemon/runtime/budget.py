@@ -61,16 +61,25 @@ class Meter:
 class SharedBudget:
     """The ledger shared by every target of a supervisor, with waiting and live meters."""
 
-    def __init__(self, cap_usd: float, spent_usd: float = 0.0) -> None:
-        """Create the budget; nothing here can block or fail."""
+    def __init__(
+        self,
+        cap_usd: float,
+        spent_usd: float = 0.0,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        """Create the budget; `on_change` is called after every settlement, charge and new
+        cap (it must not block). Nothing here can block or fail."""
         self.ledger = Ledger(cap_usd, spent_usd)
         self._changed = anyio.Event()
         self._meters: list[Meter] = []
         self.recent_costs: deque[float] = deque(maxlen=FLEET_EVIDENCE)
+        self._on_change = on_change
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+        if self._on_change is not None:
+            self._on_change()
 
     async def reserve(
         self, owner: str, amount_usd: float, *, metered: bool = False

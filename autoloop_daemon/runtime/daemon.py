@@ -3,6 +3,9 @@
 `serve` is the one place that wires the runtime together for the command line: the journal
 and sd_notify subscribe to the supervisor's events, the signal task forwards signals as
 commands, and the supervisor runs inside the same task group until every target stopped.
+With `[[alerts]]` configured, the alerter subscribes too; its task starts before the
+supervisor (so it knows which crossings already fired) and gets a bounded time at the end
+to deliver what is queued (the `daemon_stopping` alert above all).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import anyio
 
 from autoloop_daemon.exceptions import AutoloopError
 from autoloop_daemon.runs.process import pidfd_child_watcher
+from autoloop_daemon.runtime.alerts import Alerter
 from autoloop_daemon.runtime.journal import journal
 from autoloop_daemon.runtime.sdnotify import Notifier
 from autoloop_daemon.runtime.signals import handle_signals
@@ -18,9 +22,12 @@ from autoloop_daemon.runtime.supervisor import Supervisor
 from autoloop_daemon.runtime.systemd import SystemdReporter
 
 
-async def serve(supervisor: Supervisor, notifier: Notifier) -> int:
-    """Run `supervisor` with signal handling and systemd reporting; returns the exit code."""
+async def serve(supervisor: Supervisor, notifier: Notifier, alerter: Alerter | None = None) -> int:
+    """Run `supervisor` with signal handling, systemd reporting and alerts; returns the exit
+    code."""
     supervisor.events.subscribe(journal)
+    if alerter is not None:
+        supervisor.events.subscribe(alerter)
     reporter = SystemdReporter(supervisor, notifier)
     supervisor.events.subscribe(reporter)
     exit_code = 0
@@ -31,10 +38,14 @@ async def serve(supervisor: Supervisor, notifier: Notifier) -> int:
             await tg.start(handle_signals, supervisor, tg)
             tg.start_soon(notifier.watchdog_loop)
             tg.start_soon(reporter.status_loop)
+            if alerter is not None:
+                await tg.start(alerter.run)
             try:
                 exit_code = await supervisor.run()
             except AutoloopError as exc:  # raised bare, for the command line's exit code
                 error = exc
+            if alerter is not None:
+                await alerter.finish()
             tg.cancel_scope.cancel()
     if error is not None:
         raise error

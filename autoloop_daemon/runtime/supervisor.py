@@ -110,7 +110,7 @@ class Supervisor:
         self._one_shot = one_shot
         self._strict = strict
         self._records: dict[str, TargetRecord] = {}
-        self._budget = SharedBudget(budget_cap_usd)
+        self._budget = SharedBudget(budget_cap_usd, on_change=self._budget_changed)
         self._slots = anyio.CapacityLimiter(max_concurrent)
         self._targets_tg: TaskGroup | None = None
         self._shutdown = _Shutdown()
@@ -238,6 +238,10 @@ class Supervisor:
         """Charge the budget what the target's log holds beyond what it already knows."""
         self._budget.charge(max(0.0, runner.prepared_cost_usd - record.accounted_usd))
         record.accounted_usd = max(record.accounted_usd, runner.prepared_cost_usd)
+
+    def _budget_changed(self) -> None:
+        ledger = self._budget.ledger
+        self.events.publish(ev.BudgetChanged(ledger.spent_usd, ledger.reserved_usd, ledger.cap_usd))
 
     async def _run_target(self, runner: TargetRunner) -> None:
         name = runner.spec.name
