@@ -80,7 +80,7 @@ class Ledger:
         self.cap_usd = cap_usd
 
 
-FLEET_PERCENTILE = 0.95
+FLEET_PERCENTILE = 1.0  # the maximum: one dear run anywhere raises every reservation
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -104,7 +104,7 @@ def estimate_cost(
 
     With a per-iteration limit, the limit (a run is stopped when it reaches it, where its
     live cost can be seen). Otherwise the largest of: the target's last three costs (or,
-    before it has any, the configured estimate) and the fleet's 95th percentile of recent
+    before it has any, the configured estimate) and the fleet's highest recent
     costs (so that a rise seen on other targets is reserved for here too); with no evidence
     at all, `fallback_usd`.
     """
