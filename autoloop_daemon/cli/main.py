@@ -51,6 +51,7 @@ from autoloop_daemon.runtime.daemon import serve
 from autoloop_daemon.runtime.events import EventBus
 from autoloop_daemon.runtime.logs import configure_logging
 from autoloop_daemon.runtime.sdnotify import Notifier
+from autoloop_daemon.runtime.signals import hold_early_hangups
 from autoloop_daemon.runtime.supervisor import ReloadedConfig, Supervisor
 from autoloop_daemon.storage.files.store import FileStorage
 
@@ -304,6 +305,7 @@ def _raise_open_file_limit(needed: int) -> None:
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
+    hold_early_hangups()  # a SIGHUP during start-up is applied after READY
     cfg: AppConfig = load_config(args.config)
     if args.check:
         problems = [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +26,13 @@ import anyio
 import structlog
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 
-from autoloop_daemon.runs.procfs import RUN_MARKER_ENV, group_alive, group_exists, stop_group
+from autoloop_daemon.runs.procfs import (
+    RUN_MARKER_ENV,
+    group_alive,
+    group_exists,
+    signal_group,
+    stop_group,
+)
 
 __all__ = [
     "CHILD_ENV_DROP",
@@ -41,6 +48,19 @@ _DRAIN_AFTER_EXIT_S = 0.5  # readers' moment to reach EOF once the direct child 
 _REAP_S = 5.0  # bound on waiting for the direct child's exit code / the pipes' EOF after a kill
 
 _log = structlog.get_logger(__name__)
+
+# The process groups of every run in progress (this process's), for `kill_running_groups`.
+_RUNNING_GROUPS: set[int] = set()
+
+
+def kill_running_groups() -> list[int]:
+    """SIGKILL every running orchestrator's process group at once (the third Ctrl+C);
+    returns the groups signalled. Their runs then end as usual (reaped, recorded)."""
+    killed = []
+    for pgid in sorted(_RUNNING_GROUPS):
+        if signal_group(pgid, signal.SIGKILL):
+            killed.append(pgid)
+    return killed
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +182,7 @@ async def _run(
             start_new_session=True,
         )
     pid = process.pid  # the group's id too (start_new_session)
+    _RUNNING_GROUPS.add(pid)
     try:
         if on_started is not None:
             await on_started(pid)
@@ -175,6 +196,7 @@ async def _run(
     finally:
         with anyio.move_on_after(_REAP_S, shield=True):
             await process.aclose()
+        _RUNNING_GROUPS.discard(pid)
     return ProcessOutcome(
         pid=pid,
         returncode=returncode,

@@ -62,6 +62,14 @@ class ShutdownForced(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ShutdownKilled(Event):
+    """A third stop request: every running process group got SIGKILL."""
+
+    reason: str
+    process_groups: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ReloadStarted(Event):
     """The configuration is being read again."""
 

@@ -84,6 +84,10 @@ def journal(event: ev.Event) -> None:
             )
         case ev.ShutdownForced():
             log.warning("shutdown_forced", signal=event.reason, cancelled=list(event.cancelled))
+        case ev.ShutdownKilled():
+            log.warning(
+                "shutdown_killed", signal=event.reason, process_groups=list(event.process_groups)
+            )
         case ev.ConfigReloaded():
             log.info(
                 "config_reloaded",

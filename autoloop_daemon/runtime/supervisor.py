@@ -23,6 +23,7 @@ from autoloop_daemon.exceptions import AutoloopError, ConfigError, UnknownTarget
 from autoloop_daemon.exit_codes import EXIT_OK, EXIT_TARGET_ERROR
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.policy.reload import Known, plan_reload
+from autoloop_daemon.runs.process import kill_running_groups
 from autoloop_daemon.runtime import events as ev
 from autoloop_daemon.runtime.budget import SharedBudget
 from autoloop_daemon.runtime.snapshot import (
@@ -261,7 +262,8 @@ class Supervisor:
     # ----------------------------------------------------------------- commands
 
     def request_shutdown(self, reason: str) -> None:
-        """Stop gracefully; a second request skips the grace period."""
+        """Stop gracefully; a second request skips the grace period; a third SIGKILLs every
+        running orchestrator's process group at once."""
         self._shutdown.requests += 1
         self._shutdown.reasons.append(reason)
         runners = [r.runner for r in self._records.values() if r.runner is not None]
@@ -270,10 +272,15 @@ class Supervisor:
             self.events.publish(ev.ShutdownRequested(reason, self._grace_s, running))
             for runner in runners:
                 runner.request_stop(self._grace_s)
-        else:
+        elif self._shutdown.requests == 2:
             self.events.publish(ev.ShutdownForced(reason, running))
             for runner in runners:
                 runner.force_stop()
+        else:  # the third: no more waiting for anything
+            for runner in runners:
+                runner.force_stop()
+            groups = kill_running_groups()
+            self.events.publish(ev.ShutdownKilled(reason, tuple(groups)))
 
     @property
     def shutdown_requests(self) -> int:
