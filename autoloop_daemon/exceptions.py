@@ -29,3 +29,7 @@ class ResultError(AutoloopError):
 
 class UnknownTargetError(AutoloopError):
     """A command named a target the daemon does not have."""
+
+
+class CommandRefusedError(AutoloopError):
+    """A control command does not apply to the target as it is now (e.g. pause a stopped one)."""

@@ -4,6 +4,7 @@ Three forms:
   autoloopd --config FILE [--check]          the daemon (every target in FILE)
   autoloopd --target DIR --state-root DIR    one target, the original script's flags
   autoloopd status (--config FILE | --state-root DIR) [--json]
+  autoloopd ctl (--config FILE | --socket PATH) VERB [TARGET] [options]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import anyio
 import structlog
 
 from autoloop_daemon import __version__
+from autoloop_daemon.cli.control import control_settings, stay_up_when_idle
 from autoloop_daemon.config.loader import (
     REFERENCE_ORCHESTRATOR,
     AppConfig,
@@ -284,13 +286,14 @@ def _run_daemon(args: argparse.Namespace) -> int:
     )
     supervisor = Supervisor(
         cfg.targets,
+        stay_up=stay_up_when_idle(cfg.daemon.exit_when_idle),
         storage=FileStorage(cfg.daemon.state_dir),
         budget_cap_usd=cfg.budget.max_cost_usd,
         max_concurrent=cfg.daemon.max_concurrent_iterations,
         grace_s=cfg.daemon.shutdown_grace_seconds,
         reloader=lambda: _reloader(cfg.path),
     )
-    return anyio.run(serve, supervisor, Notifier())
+    return anyio.run(serve, supervisor, Notifier(), control_settings(cfg))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -300,6 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from autoloop_daemon.cli.status import main as status_main
 
         return status_main(argv[1:])
+    if argv and argv[0] == "ctl":
+        from autoloop_daemon.cli.ctl import main as ctl_main
+
+        return ctl_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.check and args.config is None:

@@ -1,8 +1,9 @@
 """Serving a supervisor as a process: signals, systemd, the journal, then the exit code.
 
-`serve` is the one place that wires the runtime together for the command line: the journal
-and sd_notify subscribe to the supervisor's events, the signal task forwards signals as
-commands, and the supervisor runs inside the same task group until every target stopped.
+`serve` is the one place that wires the runtime together for the command line: the journal,
+sd_notify and the metrics subscribe to the supervisor's events, the signal task forwards
+signals as commands, the control server (when configured) listens, and the supervisor runs
+inside the same task group until every target stopped.
 """
 
 from __future__ import annotations
@@ -11,16 +12,23 @@ import anyio
 
 from autoloop_daemon.exceptions import AutoloopError
 from autoloop_daemon.runs.process import pidfd_child_watcher
+from autoloop_daemon.runtime.control_server import ControlServer, ControlSettings
 from autoloop_daemon.runtime.journal import journal
+from autoloop_daemon.runtime.metrics import Metrics
 from autoloop_daemon.runtime.sdnotify import Notifier
 from autoloop_daemon.runtime.signals import handle_signals
 from autoloop_daemon.runtime.supervisor import Supervisor
 from autoloop_daemon.runtime.systemd import SystemdReporter
 
 
-async def serve(supervisor: Supervisor, notifier: Notifier) -> int:
-    """Run `supervisor` with signal handling and systemd reporting; returns the exit code."""
+async def serve(
+    supervisor: Supervisor, notifier: Notifier, control: ControlSettings | None = None
+) -> int:
+    """Run `supervisor` with signal handling, systemd reporting and (with `control`) the
+    control API; returns the exit code."""
     supervisor.events.subscribe(journal)
+    metrics = Metrics(supervisor.snapshot)
+    supervisor.events.subscribe(metrics)
     reporter = SystemdReporter(supervisor, notifier)
     supervisor.events.subscribe(reporter)
     exit_code = 0
@@ -31,10 +39,16 @@ async def serve(supervisor: Supervisor, notifier: Notifier) -> int:
             await tg.start(handle_signals, supervisor, tg)
             tg.start_soon(notifier.watchdog_loop)
             tg.start_soon(reporter.status_loop)
+            server = None if control is None else ControlServer(supervisor, metrics, control)
             try:
+                if server is not None:
+                    await tg.start(server.run)
                 exit_code = await supervisor.run()
             except AutoloopError as exc:  # raised bare, for the command line's exit code
                 error = exc
+            finally:
+                if server is not None:
+                    await server.close()
             tg.cancel_scope.cancel()
     if error is not None:
         raise error
