@@ -34,6 +34,7 @@ class TargetSnapshot:
     state_location: str
     paused: bool = False  # `autoloopd ctl pause` (kept in the state)
     estimated: bool = False  # some of the target's cost is wall time x rate
+    last_error: str | None = None  # the first line of the last failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,7 @@ def count_phases(phases: Iterable[str]) -> dict[str, int]:
         "running": 0, "cooldown": 0, "waiting": 0, "paused": 0, "stopped": 0, "not_started": 0
     }  # fmt: skip
     for phase in phases:
-        counts[phase if phase in counts else "running"] += 1
+        counts[phase if phase in counts else "running"] += 1  # "starting" counts as running
     return counts
 
 
@@ -96,3 +97,11 @@ def status_line(phases: dict[str, int], spent_usd: float, cap_usd: float | None)
         f"{phases['running']} running, {phases['cooldown']} cooling down, "
         f"{phases['waiting']} waiting, {phases['stopped']} stopped{failed}; {money}"
     )
+
+
+def first_line(text: str | None) -> str | None:
+    """The first non-blank line of `text` (None for none)."""
+    for line in (text or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return None

@@ -38,6 +38,7 @@ from autoloop_daemon.runtime.snapshot import (
     FleetSnapshot,
     TargetSnapshot,
     count_phases,
+    first_line,
     status_line,
 )
 from autoloop_daemon.runtime.target import TargetRunner
@@ -477,7 +478,7 @@ class Supervisor:
                 max_cost_usd=spec.max_cost_usd, best_weighted_score=None,
                 last_weighted_score=None, last_decision=None, consecutive_errors=0,
                 next_run_at=None, running_iteration=None, running_for_s=None,
-                state_location=str(spec.state_root),
+                state_location=str(spec.state_root), last_error=first_line(record.start_error),
             )  # fmt: skip
         state = runner.state
         limits = runner.limits()
@@ -501,4 +502,5 @@ class Supervisor:
             state_location=runner.location,
             paused=state.paused,
             estimated=name in self._estimated,
+            last_error=first_line(state.last_failure_trace),
         )
