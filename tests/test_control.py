@@ -4,6 +4,7 @@ HTTP, and `autoloopd ctl` / `autoloopd status` as a user runs them."""
 from __future__ import annotations
 
 import errno
+import http.client
 import json
 import os
 import pwd
@@ -24,6 +25,7 @@ from autoloop_daemon.exit_codes import (
 )
 from tests.helpers.control import api, ctl, target_status
 from tests.helpers.daemon import Daemon, Lab
+from tests.helpers.notify import NotifyListener
 from tests.helpers.process import run_autoloopd
 from tests.helpers.wait import wait_for
 
@@ -345,3 +347,72 @@ def test_the_socket_is_0660_and_the_kernel_refuses_other_users(lab: Lab, tmp_pat
         for leftover in public.iterdir():
             leftover.unlink()
         public.rmdir()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _http(port: int, url: str, token: str | None = None) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        conn.request("GET", url, headers=headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_tcp_listener_needs_a_token_off_loopback_and_then_requires_it(lab: Lab) -> None:
+    """`http_listen` on a non-loopback address without `http_token_file` is a config error
+    (exit 78 naming the key); with a token every request needs `Authorization: Bearer`."""
+    lab.write([dry(lab, "alpha")], daemon={"http_listen": "0.0.0.0:8765"})
+    refused = run_autoloopd(["--config", str(lab.config), "--check"])
+    assert refused.returncode == EXIT_CONFIG, refused
+    assert "daemon.http_listen" in refused.stderr and "token" in refused.stderr
+
+    token_file = lab.root / "token"
+    token_file.write_text("s3cret-token\n")
+    port = _free_port()
+    lab.write(
+        [dry(lab, "alpha")],
+        daemon={"http_listen": f"127.0.0.1:{port}", "http_token_file": str(token_file)},
+    )
+    daemon = start(lab)
+    daemon.wait_event("http_listening")
+    assert _http(port, "/api/budget")[0] == 401
+    assert _http(port, "/api/budget", "wrong")[0] == 401
+    code, body = _http(port, "/api/status", "s3cret-token")
+    assert code == 200 and body["daemon"]["pid"] == daemon.pid
+    assert api(sock_of(lab), "GET", "/api/budget")[0] == 200  # the unix socket needs none
+    assert daemon.stop() == 0
+
+
+def test_under_systemd_the_daemon_stays_up_when_every_target_stopped(lab: Lab) -> None:
+    """With NOTIFY_SOCKET set and `exit_when_idle = "auto"`, the daemon stays up once every
+    target stopped (STATUS=all targets stopped), `extend` starts one again, SIGTERM ends it;
+    with `exit_when_idle = true` it exits as soon as the targets are done."""
+    single = {"mode": "single-run", "max_iterations": 1}
+    lab.write([dry(lab, "alpha", **single)])
+    with NotifyListener(lab.root) as listener:
+        daemon = lab.start(env=listener.env)
+        daemon.wait_event("target_stopped", target="alpha")
+        listener.wait_for(
+            lambda m: any((n.get("STATUS") or "").startswith("all targets stopped") for n in m),
+            what="STATUS=all targets stopped",
+        )
+        assert daemon.running()
+        assert ctl(lab.config, "extend", "alpha", "--iterations", "1").returncode == 0
+        daemon.wait_event("target_stopped", count=2, target="alpha")
+        assert daemon.running()
+        assert daemon.stop() == 0
+        state = json.loads((lab.state_root("alpha") / "autoloop_state.json").read_text())
+        assert state["iterations_completed"] == 2
+
+        lab.write([dry(lab, "alpha", **single)], daemon={"exit_when_idle": True})
+        again = lab.start(env=listener.env)
+        assert again.wait() == 0  # on its own, once alpha (already at its limit) stopped
