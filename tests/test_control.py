@@ -416,3 +416,29 @@ def test_under_systemd_the_daemon_stays_up_when_every_target_stopped(lab: Lab) -
         lab.write([dry(lab, "alpha", **single)], daemon={"exit_when_idle": True})
         again = lab.start(env=listener.env)
         assert again.wait() == 0  # on its own, once alpha (already at its limit) stopped
+
+
+def test_on_the_journal_each_line_starts_with_its_syslog_priority(lab: Lab) -> None:
+    """With JOURNAL_STREAM naming its stdout, every JSON line starts with `<N>`: info `<6>`,
+    a failed iteration `<4>`, the circuit breaker's `target_stopped` `<3>`."""
+    bad = lab.target("bad", "crash", mode="single-run", max_consecutive_errors=1)
+    lab.write([bad, dry(lab, "good", mode="single-run", max_iterations=1)])
+    out = lab.root / "journal.out"
+    out.touch()  # the daemon's stdout: the same inode once opened for writing
+    st = out.stat()
+    daemon = Daemon(lab.config, out, env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    assert daemon.wait() == 1
+    lines = [line for line in out.read_text().splitlines() if line]
+    assert lines and all(line[:3] in ("<3>", "<4>", "<6>", "<7>") for line in lines), lines
+    by_event = {json.loads(line[3:])["event"]: line[:3] for line in lines}
+    assert by_event["daemon_ready"] == "<6>"
+    assert by_event["iteration_finished"] in ("<4>", "<6>")
+    stopped = [line for line in lines if '"target_stopped"' in line and '"bad"' in line]
+    assert stopped and stopped[0].startswith("<3>"), stopped
+    failed = [line for line in lines if '"iteration_finished"' in line and '"bad"' in line]
+    assert failed and failed[0].startswith("<4>"), failed
+
+    plain = lab.root / "plain.out"
+    again = Daemon(lab.config, plain, env={"JOURNAL_STREAM": "1:2"})  # not its stdout
+    again.wait()
+    assert all(line.startswith("{") for line in plain.read_text().splitlines() if line)
