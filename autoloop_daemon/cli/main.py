@@ -16,6 +16,7 @@ import resource
 import shlex
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -48,6 +49,7 @@ from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.runtime.console import Console
 from autoloop_daemon.runtime.daemon import serve
 from autoloop_daemon.runtime.events import EventBus
+from autoloop_daemon.runtime.live_view import shutdown_notice
 from autoloop_daemon.runtime.logs import configure_logging
 from autoloop_daemon.runtime.sdnotify import Notifier
 from autoloop_daemon.runtime.supervisor import ReloadedConfig, Supervisor
@@ -233,6 +235,8 @@ def _run_one_target(args: argparse.Namespace) -> int:
         _echo(DEFAULT_CAP_WARNING)
     events = EventBus()
     events.subscribe(Console(_echo))
+    if sys.stdout.isatty():
+        events.subscribe(shutdown_notice(_echo))
     supervisor = Supervisor(
         [spec],
         storage=FileStorage(None),
@@ -293,7 +297,9 @@ def _run_daemon(args: argparse.Namespace) -> int:
         grace_s=cfg.daemon.shutdown_grace_seconds,
         reloader=lambda: _reloader(cfg.path),
     )
-    return anyio.run(serve, supervisor, Notifier(), control_settings(cfg))
+    # On a terminal (and not forced to JSON): the live view and the Ctrl+C notice.
+    live = sys.stdout.isatty() and (args.log_format or cfg.daemon.log_format) != "json"
+    return anyio.run(partial(serve, supervisor, Notifier(), control_settings(cfg), live=live))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from autoloop_daemon.exceptions import AutoloopError
 from autoloop_daemon.runs.process import pidfd_child_watcher
 from autoloop_daemon.runtime.control_server import ControlServer, ControlSettings
 from autoloop_daemon.runtime.journal import journal
+from autoloop_daemon.runtime.live_view import LiveView, shutdown_notice
 from autoloop_daemon.runtime.metrics import Metrics
 from autoloop_daemon.runtime.sdnotify import Notifier
 from autoloop_daemon.runtime.signals import handle_signals
@@ -22,10 +23,14 @@ from autoloop_daemon.runtime.systemd import SystemdReporter
 
 
 async def serve(
-    supervisor: Supervisor, notifier: Notifier, control: ControlSettings | None = None
+    supervisor: Supervisor,
+    notifier: Notifier,
+    control: ControlSettings | None = None,
+    *,
+    live: bool = False,
 ) -> int:
-    """Run `supervisor` with signal handling, systemd reporting and (with `control`) the
-    control API; returns the exit code."""
+    """Run `supervisor` with signal handling, systemd reporting, (with `control`) the
+    control API and (with `live`, on a terminal) the live view; returns the exit code."""
     supervisor.events.subscribe(journal)
     metrics = Metrics(supervisor.snapshot)
     supervisor.events.subscribe(metrics)
@@ -39,6 +44,10 @@ async def serve(
             await tg.start(handle_signals, supervisor, tg)
             tg.start_soon(notifier.watchdog_loop)
             tg.start_soon(reporter.status_loop)
+            if live:
+                view = LiveView(supervisor.snapshot)
+                supervisor.events.subscribe(shutdown_notice(view.say))
+                tg.start_soon(view.run)
             server = None if control is None else ControlServer(supervisor, metrics, control)
             try:
                 if server is not None:
