@@ -12,7 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -97,6 +103,7 @@ class Metrics:
 
     def __init__(self, snapshot: Callable[[], FleetSnapshot]) -> None:
         """Register every metric in a registry of its own."""
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series
         self.registry = CollectorRegistry(auto_describe=True)
         self._iterations = Counter(
             "autoloopd_iterations",
