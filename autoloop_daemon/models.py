@@ -13,6 +13,16 @@ from typing import Any, Literal
 
 from autoloop_daemon.vocab import Mode, RunStatus
 
+# What improvement-orchestrator discovers by itself when it is given no --source: the
+# skill's memory and feedback, and the session-feedback store in the home directory.
+DEFAULT_SOURCES: tuple[str, ...] = (
+    ".improvement-memory/*.json",
+    ".feedback/*",
+    "learnings/*",
+    "memory/*",
+    "~/.claude/skills/session-feedback-analyzer/feedback-store/*.jsonl",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class TargetSpec:
@@ -33,6 +43,9 @@ class TargetSpec:
     orchestrator: tuple[str, ...] = ()
     scorer: tuple[str, ...] | None = None
     handoff_arg: str | None = "--source"
+    # Passed with the handoff (each matching file after `handoff_arg`), so that handing over
+    # never hides a feedback source the orchestrator would have discovered by itself.
+    sources: tuple[str, ...] = DEFAULT_SOURCES
     env: tuple[tuple[str, str], ...] = ()
     weights: tuple[tuple[str, float], ...] = ()
     dry_run: bool = False
@@ -40,6 +53,7 @@ class TargetSpec:
     schedule: str | None = None
     cost_per_minute_usd: float = 0.10
     estimated_cost_usd: float | None = None  # budget reservation before any history exists
+    max_iteration_cost_usd: float | None = None  # reservation per run, and a live limit
     term_grace_seconds: float = 10.0  # SIGTERM -> SIGKILL grace for the orchestrator's group
     backoff_base_seconds: float = 5.0  # first retry delay after a failed iteration (doubles)
     backoff_max_seconds: float = 300.0
@@ -73,6 +87,23 @@ def _finite_or_none(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+COST_SOURCES = ("reported", "estimated")
+
+
+def _optional_choice(data: dict[str, Any], key: str, choices: tuple[str, ...]) -> str | None:
+    value = data.get(key)
+    if value is not None and value not in choices:
+        raise ValueError(f"{key}: expected one of {', '.join(choices)}, found {value!r}")
+    return value
+
+
+def _optional_bool(data: dict[str, Any], key: str) -> bool | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{key}: expected true, false or null, found {value!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class LogEntry:
     """One line of `iteration_log.jsonl`: one orchestrator run, whatever its outcome."""
@@ -90,15 +121,28 @@ class LogEntry:
     scores: dict[str, float] = field(default_factory=dict)
     exit_code: int | None = None
     error: str | None = None
+    cost_source: str | None = None  # "reported" or "estimated" (wall time x rate); older: None
+    changed: bool | None = None  # did the target's files change in this run (None: unknown)
 
     @property
     def completed(self) -> bool:
         """True when the run produced a decision and counts towards `iterations_completed`."""
         return self.status == "completed"
 
+    @property
+    def estimated(self) -> bool:
+        """True when the cost is wall time x rate, not what the orchestrator reported."""
+        return self.cost_source == "estimated"
+
     def to_json(self) -> dict[str, Any]:
-        """The entry as a JSON-ready dict (key order is the file's column order)."""
-        return asdict(self)
+        """The entry as a JSON-ready dict (key order is the file's column order); the fields
+        added after the first version are left out while unset, so old lines stay as they were.
+        """
+        data = asdict(self)
+        for key in ("cost_source", "changed"):
+            if data[key] is None:
+                del data[key]
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> LogEntry:
@@ -129,6 +173,8 @@ class LogEntry:
                 scores={str(k): float(v) for k, v in scores_raw.items()},
                 exit_code=data.get("exit_code"),
                 error=data.get("error"),
+                cost_source=_optional_choice(data, "cost_source", COST_SOURCES),
+                changed=_optional_bool(data, "changed"),
             )
         except KeyError as exc:
             raise ValueError(f"missing field {exc.args[0]!r}") from None

@@ -57,6 +57,10 @@ class TargetState:
     next_run_at: str | None = None
     in_flight: InFlight | None = None
     best_weighted_score: float | None = None
+    best_iteration: int | None = None
+    estimated_cost_usd: float = 0.0  # the part of total_cost_usd that is wall time x rate
+    best_copy_iteration: int | None = None  # the iteration whose files are in best/
+    content_hash: str | None = None  # the target's files after the last completed run
     last_decision: str | None = None
     next_iteration: int = 1
     updated_at: str | None = None
@@ -125,6 +129,10 @@ class TargetState:
             "next_run_at": self.next_run_at,
             "in_flight": None if self.in_flight is None else self.in_flight.to_json(),
             "best_weighted_score": self.best_weighted_score,
+            "best_iteration": self.best_iteration,
+            "estimated_cost_usd": self.estimated_cost_usd,
+            "best_copy_iteration": self.best_copy_iteration,
+            "content_hash": self.content_hash,
             "last_decision": self.last_decision,
             "next_iteration": self.next_iteration,
             "updated_at": self.updated_at,

@@ -381,8 +381,13 @@ def test_production_config_has_absolute_paths_and_validates(tmp_path: Path) -> N
     paths = [data["daemon"]["state_dir"], *(t["path"] for t in data["targets"])]
     assert all(p.startswith("/") for p in paths), paths
     assert data["defaults"]["orchestrator"][0].startswith("/")
-    moved = text.replace("/srv/skills/", f"{tmp_path}/skills/").replace(
-        "/var/lib/autoloopd", f"{tmp_path}/state"
+    script = "/opt/auto-improvement/skills/improvement-orchestrator/scripts/orchestrate.py"
+    (tmp_path / "orchestrate.py").write_text("")
+    moved = (
+        text.replace("/srv/skills/", f"{tmp_path}/skills/")
+        .replace("/var/lib/autoloopd", f"{tmp_path}/state")
+        .replace("/opt/autoloopd/bin/python", sys.executable)
+        .replace(script, str(tmp_path / "orchestrate.py"))
     )
     for target in data["targets"]:
         (tmp_path / "skills" / target["name"]).mkdir(parents=True)

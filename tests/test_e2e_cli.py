@@ -187,15 +187,30 @@ def test_dry_run_defaults_print_seed_lines_and_write_every_file(tmp_path: Path) 
     done = run_autoloopd(cli(target, state_root, "--dry-run"))
     assert done.returncode == 0, done.stdout + done.stderr
     out = lines(done.stdout)
-    assert out[0] == "--- Iteration 1/5 ---"
-    assert DECISION_LINE.match(out[1]), out[1]
-    assert out[1].startswith("Decision: keep  Weighted score: 0.")
+    assert out[0] == (
+        f"Autoloop starting: target={target.resolve()}, mode=single-run, max_iter=5, "
+        "max_cost=$50.00"
+    )
+    assert out[1] == "--- Iteration 1/5 ---"
+    assert DECISION_LINE.match(out[2]), out[2]
+    assert out[2].startswith("Decision: keep  Weighted score: 0.")
     assert "Stopped: plateau detected (no improvement in last 3 iterations)" in out
-    assert out[-1] == f"State saved: {state_root.resolve() / 'autoloop_state.json'}"
+    state = read_state(state_root)
+    best = max(h["weighted_score"] for h in state["score_history"])
+    best_iteration = next(
+        h["iteration"] for h in state["score_history"] if h["weighted_score"] == best
+    )
+    assert out[-6:] == [
+        "=== Autoloop Summary ===",
+        f"  Iterations: {state['iterations_completed']}/5",
+        f"  Total cost: ${state['total_cost_usd']:.4f}",  # the simulator reports its cost
+        "  Status: stopped_plateau",
+        f"  Best score: {best:.4f} (iteration {best_iteration})",
+        f"  State saved: {state_root.resolve() / 'autoloop_state.json'}",
+    ]
     decision_lines = [line for line in out if line.startswith("Decision:")]
     assert all(DECISION_LINE.match(line) for line in decision_lines)
 
-    state = read_state(state_root)
     for field in SEED_STATE_FIELDS:
         assert field in state, field
     assert state["schema_version"] == "1.0"

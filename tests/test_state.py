@@ -305,7 +305,10 @@ def test_new_state_has_every_schema_field(tmp_path: Path) -> None:
         "plateau_window", "status", "last_failure_trace", "consecutive_errors",
         "max_consecutive_errors", "cooldown_minutes", "next_run_at",
     }  # fmt: skip
-    extras = {"in_flight", "best_weighted_score", "last_decision", "next_iteration", "updated_at"}
+    extras = {
+        "in_flight", "best_weighted_score", "last_decision", "next_iteration", "updated_at",
+        "best_iteration", "estimated_cost_usd", "best_copy_iteration", "content_hash",
+    }  # fmt: skip
     controls = {"paused", "extra_iterations", "extra_cost_usd"}  # `autoloopd ctl`
     assert set(st) == seed_fields | extras | controls
     assert (st["paused"], st["extra_iterations"], st["extra_cost_usd"]) == (False, 0, 0.0)

@@ -31,6 +31,7 @@ from autoloop_daemon.config.loader import (
     check_template_arg,
     load_config,
 )
+from autoloop_daemon.config.preflight import target_problems, writable_dir_problem
 from autoloop_daemon.exceptions import (
     ConfigError,
     StateCorruptError,
@@ -45,7 +46,7 @@ from autoloop_daemon.exit_codes import (
     EXIT_OK,
     EXIT_TEMPFAIL,
 )
-from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.models import DEFAULT_SOURCES, TargetSpec
 from autoloop_daemon.runtime.console import Console
 from autoloop_daemon.runtime.daemon import serve
 from autoloop_daemon.runtime.events import EventBus
@@ -94,6 +95,10 @@ def _command(text: str) -> tuple[str, ...]:
     return argv
 
 
+def _globs(text: str) -> tuple[str, ...]:
+    return tuple(filter(None, (p.strip() for p in text.split(","))))
+
+
 def _weights(text: str) -> tuple[tuple[str, float], ...]:
     pairs = []
     for item in filter(None, (p.strip() for p in text.split(","))):
@@ -127,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cost cap in USD for this target (default 50.0)",
     )
+    one.add_argument(
+        "--max-iteration-cost",
+        type=_positive_float,
+        default=None,
+        help="USD one iteration may cost: reserved per run, and a run is stopped when its "
+        "live cost (wall time at the rate, or the orchestrator's progress lines) reaches it",
+    )
     one.add_argument("--plateau-window", type=_positive_int, default=3)
     one.add_argument("--min-improvement", type=_non_negative_float, default=0.0)
     one.add_argument("--oscillation-window", type=int, default=4)
@@ -149,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--handoff-arg",
         default="--source",
         help="flag that passes the previous handoff ('' to disable)",
+    )
+    one.add_argument(
+        "--sources",
+        type=_globs,
+        default=DEFAULT_SOURCES,
+        help="comma-separated globs (relative to the target, ~ allowed) of feedback files "
+        "passed after --handoff-arg together with the handoff ('' for none; default: what "
+        "improvement-orchestrator discovers when given no --source)",
     )
     one.add_argument("--iteration-timeout-minutes", type=_positive_float, default=60.0)
     one.add_argument(
@@ -201,6 +221,7 @@ def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
         mode=args.mode,
         max_iterations=args.max_iterations,
         max_cost_usd=50.0 if args.max_cost is None else args.max_cost,
+        max_iteration_cost_usd=args.max_iteration_cost,
         plateau_window=args.plateau_window,
         min_improvement=args.min_improvement,
         oscillation_window=args.oscillation_window,
@@ -210,6 +231,7 @@ def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
         orchestrator=args.orchestrator_cmd or REFERENCE_ORCHESTRATOR,
         scorer=args.scorer_cmd,
         handoff_arg=args.handoff_arg or None,
+        sources=args.sources,
         weights=args.weights,
         dry_run=args.dry_run,
         seed=args.seed,
@@ -230,6 +252,15 @@ def _error(message: str) -> None:
 
 def _run_one_target(args: argparse.Namespace) -> int:
     spec = _spec_from_flags(args)
+    problems = target_problems(spec, "--orchestrator-cmd")
+    if problems:
+        hint = "" if args.orchestrator_cmd else " (give --orchestrator-cmd, or --dry-run)"
+        raise ConfigError(
+            problems[0]
+            .replace("--orchestrator-cmd.orchestrator", "--orchestrator-cmd")
+            .replace("--orchestrator-cmd.scorer", "--scorer-cmd")
+            + hint
+        )
     configure_logging(args.log_format or "auto", args.log_level or "warning", stream=sys.stderr)
     if spec.mode == "continuous" and args.max_cost is None:
         _echo(DEFAULT_CAP_WARNING)
@@ -279,7 +310,16 @@ def _raise_open_file_limit(needed: int) -> None:
 def _run_daemon(args: argparse.Namespace) -> int:
     cfg: AppConfig = load_config(args.config)
     if args.check:
+        problems = [
+            p for i, t in enumerate(cfg.targets) for p in target_problems(t, f"targets[{i}]")
+        ]
+        state_dir = writable_dir_problem(cfg.daemon.state_dir, "daemon.state_dir")
+        problems += [state_dir] if state_dir else []
         print(check_summary(cfg))
+        if problems:
+            for problem in problems:
+                _error(f"{cfg.path}: {problem}")
+            return EXIT_CONFIG
         return EXIT_OK
     configure_logging(
         args.log_format or cfg.daemon.log_format, args.log_level or cfg.daemon.log_level

@@ -109,7 +109,7 @@ def target_row(name: str, state_root: Path, *, now: float | None = None) -> dict
         last_decision=state.get("last_decision"),
         total_cost_usd=state.get("total_cost_usd"),
         max_cost_usd=(state.get("max_cost_usd") or 0.0) + (state.get("extra_cost_usd") or 0.0),
-        estimated=False,
+        estimated=(state.get("estimated_cost_usd") or 0.0) > 0,
         next_run_at=state.get("next_run_at"),
         consecutive_errors=state.get("consecutive_errors"),
     )

@@ -8,6 +8,7 @@ their estimates.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -71,17 +72,40 @@ class Ledger:
         self.cap_usd = cap_usd
 
 
+FLEET_PERCENTILE = 0.95
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The `fraction` quantile of `values` (nearest rank); 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))
+    return ordered[rank]
+
+
 def estimate_cost(
-    recent_costs_usd: Sequence[float], configured_usd: float | None, fallback_usd: float
+    recent_costs_usd: Sequence[float],
+    configured_usd: float | None,
+    fallback_usd: float,
+    *,
+    fleet_recent_usd: Sequence[float] = (),
+    iteration_limit_usd: float | None = None,
 ) -> float:
     """The reservation for a target's next iteration.
 
-    The largest of its last three costs when it has history (a pessimistic estimate keeps the
-    overshoot small), else the configured estimate, else `fallback_usd`.
+    With a per-iteration limit, the limit (a run is stopped when it reaches it, where its
+    live cost can be seen). Otherwise the largest of: the target's last three costs (or,
+    before it has any, the configured estimate) and the fleet's 95th percentile of recent
+    costs (so that a rise seen on other targets is reserved for here too); with no evidence
+    at all, `fallback_usd`.
     """
-    recent = [c for c in recent_costs_usd[-3:] if c > 0]
-    if recent:
-        return max(recent)
-    if configured_usd is not None:
-        return configured_usd
-    return fallback_usd
+    if iteration_limit_usd is not None:
+        return iteration_limit_usd
+    evidence = [c for c in recent_costs_usd[-3:] if c > 0]
+    if not evidence and configured_usd is not None:
+        evidence.append(configured_usd)
+    fleet = percentile([c for c in fleet_recent_usd if c > 0], FLEET_PERCENTILE)
+    if fleet > 0:
+        evidence.append(fleet)
+    return max(evidence) if evidence else fallback_usd

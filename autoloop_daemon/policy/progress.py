@@ -63,17 +63,20 @@ class Progress:
         self._weights = dict(weights)
         self._min_improvement = min_improvement
         self._cost_partials: list[float] = []
+        self._estimated_partials: list[float] = []
         self.completed = 0
         self.scores: array[float] = array("d")  # weighted scores of completed, scored entries
         self._kept = bytearray()  # 1 = keep, 0 = any other decision, per completed entry
         self.history: deque[dict[str, Any]] = deque(maxlen=SCORE_HISTORY_LIMIT)
         self.current_scores: dict[str, float] = {}
         self.best: float | None = None
+        self.best_iteration: int | None = None
         self.last_decision: str | None = None
         self.consecutive_errors = 0
         self.plateau_counter = 0
         self.last_iteration = 0
         self.recent_costs: deque[float] = deque(maxlen=3)
+        self.reports_cost: bool | None = None  # did the last finished run report its cost
 
     @classmethod
     def from_entries(
@@ -91,6 +94,11 @@ class Progress:
         return round(math.fsum(self._cost_partials), 9)
 
     @property
+    def estimated_cost_usd(self) -> float:
+        """The part of the total that is wall time x rate (no cost reported)."""
+        return round(math.fsum(self._estimated_partials), 9)
+
+    @property
     def decisions(self) -> Sequence[str]:
         """Each completed iteration as "keep" or "not_keep", oldest first."""
         return _KeptView(self._kept)
@@ -100,9 +108,15 @@ class Progress:
         self._cost_partials.append(entry.cost_usd)
         if len(self._cost_partials) > 64:  # keep fsum's input short but exact enough
             self._cost_partials = [math.fsum(self._cost_partials)]
+        if entry.estimated:
+            self._estimated_partials.append(entry.cost_usd)
+            if len(self._estimated_partials) > 64:
+                self._estimated_partials = [math.fsum(self._estimated_partials)]
         self.last_iteration = entry.iteration
         if entry.status != RunStatus.INTERRUPTED:
             self.recent_costs.append(entry.cost_usd)
+            if entry.cost_source is not None:
+                self.reports_cost = entry.cost_source == "reported"
         if not entry.completed:
             if entry.status == RunStatus.FAILED:
                 self.consecutive_errors += 1
@@ -111,12 +125,16 @@ class Progress:
         self.completed += 1
         score = entry_score(entry, self._weights)
         if score is not None:
-            if self.best is not None and score <= self.best + self._min_improvement:
+            counted = score
+            if entry.changed is False and entry.decision == Decision.KEEP and self.best is not None:
+                counted = min(score, self.best)  # a keep that changed nothing improved nothing
+            if self.best is not None and counted <= self.best + self._min_improvement:
                 self.plateau_counter += 1
             else:
                 self.plateau_counter = 0
-            self.scores.append(score)
-            self.best = score if self.best is None else max(self.best, score)
+            self.scores.append(counted)
+            if self.best is None or counted > self.best:
+                self.best, self.best_iteration = counted, entry.iteration
         self._kept.append(1 if entry.decision == Decision.KEEP else 0)
         self.last_decision = entry.decision
         if entry.scores:
@@ -147,6 +165,8 @@ class Progress:
         state.score_history = list(self.history)
         state.current_scores = dict(self.current_scores)
         state.best_weighted_score = self.best
+        state.best_iteration = self.best_iteration
+        state.estimated_cost_usd = self.estimated_cost_usd
         state.last_decision = self.last_decision
         state.consecutive_errors = self.consecutive_errors
         state.plateau_counter = self.plateau_counter

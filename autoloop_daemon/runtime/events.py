@@ -101,6 +101,33 @@ class TargetNotContinuing(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class TargetStarting(Event):
+    """A target's cycle begins (after recovery)."""
+
+    target: str
+    path: str
+    mode: str
+    max_iterations: int
+    max_cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class CoolingDown(Event):
+    """A continuous target waits out its cooldown before the next run."""
+
+    target: str
+    seconds: float
+    next_run_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledExit(Event):
+    """The one-shot scheduled form ran its single iteration and ends."""
+
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
 class IterationStarted(Event):
     """An orchestrator run begins."""
 
@@ -120,7 +147,7 @@ class IterationFinished(Event):
     target: str
     entry: LogEntry
     total_cost_usd: float
-    estimated: bool = False  # True when any of the target's cost is an estimate
+    estimated_usd: float = 0.0  # the part of the total that is wall time x rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +166,11 @@ class TargetStopped(Event):
     status: str
     reason: str
     iterations_completed: int
+    max_iterations: int
     total_cost_usd: float
+    estimated_usd: float
+    best_score: float | None
+    best_iteration: int | None
     location: str
     announce: bool = True  # False: the user was already told why (not continuing)
 

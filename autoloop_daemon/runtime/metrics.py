@@ -133,8 +133,7 @@ class Metrics:
         entry = event.entry
         self._iterations.labels(event.target, entry.status, entry.decision or "none").inc()
         if entry.cost_usd > 0:
-            source = "estimated" if event.estimated else "reported"
-            self._cost.labels(event.target, source).inc(entry.cost_usd)
+            self._cost.labels(event.target, entry.cost_source or "reported").inc(entry.cost_usd)
         self._duration.labels(event.target).observe(max(0.0, entry.duration_seconds))
 
     def render(self) -> bytes:

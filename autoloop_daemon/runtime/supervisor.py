@@ -133,8 +133,6 @@ class Supervisor:
         self._started_at = to_iso(now_utc())
         self._stay_up = stay_up
         self._shutdown_event: anyio.Event | None = None
-        self._estimated: set[str] = set()  # targets with wall-time-estimated cost
-        self.events.subscribe(self._note_estimated)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -361,10 +359,6 @@ class Supervisor:
         entries = await self._storage.target(record.spec).read_log()
         return [e.to_json() for e in entries[-limit:]]
 
-    def _note_estimated(self, event: ev.Event) -> None:
-        if isinstance(event, ev.IterationFinished) and event.estimated:
-            self._estimated.add(event.target)
-
     async def reload(self) -> ReloadReport:
         """Read the configuration again and apply it; reloads run one at a time.
 
@@ -501,6 +495,6 @@ class Supervisor:
             running_for_s=None if since is None else round(now - since, 3),
             state_location=runner.location,
             paused=state.paused,
-            estimated=name in self._estimated,
+            estimated=state.estimated_cost_usd > 0,
             last_error=first_line(state.last_failure_trace),
         )

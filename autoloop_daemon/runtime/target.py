@@ -9,6 +9,7 @@ published as events (runtime/events.py), never printed or logged here directly.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -22,16 +23,29 @@ from autoloop_daemon.exceptions import StateWriteError
 from autoloop_daemon.models import IterationResult, LogEntry, TargetSpec
 from autoloop_daemon.policy import cycle
 from autoloop_daemon.policy.budget import Reservation, estimate_cost
+from autoloop_daemon.policy.live_cost import (
+    REASON_BUDGET,
+    REASON_ITERATION_COST,
+    REASON_TARGET_COST,
+    StopAt,
+)
 from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.policy.recording import build_entry
 from autoloop_daemon.policy.stops import Limits, stop_reason
 from autoloop_daemon.runs.orchestrator import run_iteration
+from autoloop_daemon.runs.target_files import content_hash, save_best
 from autoloop_daemon.runtime import events as ev
-from autoloop_daemon.runtime.budget import SharedBudget
+from autoloop_daemon.runtime.budget import Meter, SharedBudget
 from autoloop_daemon.storage.base import TargetStore
 from autoloop_daemon.storage.files import artifacts
 from autoloop_daemon.target_state import InFlight, TargetState
-from autoloop_daemon.vocab import FINAL_STATUSES, RunStatus, TargetStatus
+from autoloop_daemon.vocab import (
+    FINAL_STATUSES,
+    KNOWN_DECISIONS,
+    Decision,
+    RunStatus,
+    TargetStatus,
+)
 
 log = structlog.get_logger("autoloopd.target")
 
@@ -40,6 +54,11 @@ T = TypeVar("T")
 # Reservation for a target's first iteration when it has no history and no estimate is
 # configured: ten minutes at the target's rate.
 FIRST_ESTIMATE_MINUTES = 10.0
+# The stop a cap's live cut leads to (a per-iteration limit only fails the run).
+CUT_STATUS = {
+    REASON_BUDGET: TargetStatus.STOPPED_BUDGET,
+    REASON_TARGET_COST: TargetStatus.STOPPED_COST,
+}
 # Long waits are slept in slices so a changed wall clock (NTP, suspend) is noticed.
 MAX_SLEEP_SLICE_S = 60.0
 
@@ -77,6 +96,10 @@ class TargetRunner:
         self._wait_scope: anyio.CancelScope | None = None
         self._iter_scope: anyio.CancelScope | None = None
         self._warned_no_scores = False
+        self._cut: StopAt | None = None  # when a cap says the running iteration must stop
+        self._cut_status: TargetStatus | None = None  # the stop a cap's cut leads to
+        self._announced_wait: str | None = None
+        self._warned_decisions: set[str] = set()
         self.phase = "starting"  # running | cooldown | waiting | stopped
         self.running_since: float | None = None  # monotonic start of the running iteration
         self.final_status: str | None = None
@@ -112,8 +135,7 @@ class TargetRunner:
             self._stop_deadline = deadline
         if self._wait_scope is not None:
             self._wait_scope.cancel()
-        if self._iter_scope is not None:
-            self._iter_scope.deadline = min(self._iter_scope.deadline, self._stop_deadline)
+        self._apply_deadline()
 
     def force_stop(self) -> None:
         """Skip the grace period: stop a running iteration now."""
@@ -226,6 +248,12 @@ class TargetRunner:
         )
 
     async def _cycle(self) -> str:
+        spec, limits = self.spec, self.limits()
+        self._events.publish(
+            ev.TargetStarting(
+                spec.name, str(spec.path), spec.mode, limits.max_iterations, limits.max_cost_usd
+            )
+        )
         previous = self.state.known_status
         if previous == TargetStatus.ERROR:
             # Starting again after the circuit breaker tripped is the operator's retry.
@@ -258,6 +286,8 @@ class TargetRunner:
                 list(self.progress.recent_costs),
                 self.spec.estimated_cost_usd,
                 FIRST_ESTIMATE_MINUTES * self.spec.cost_per_minute_usd,
+                fleet_recent_usd=self._budget.recent_costs,
+                iteration_limit_usd=self.spec.max_iteration_cost_usd,
             )
             if self._dirty and not self._budget.ledger.fits(estimate):
                 await self._save()  # about to wait for the budget: checkpoint first
@@ -269,8 +299,12 @@ class TargetRunner:
             if reservation is None:
                 return await self._finish(TargetStatus.STOPPED_BUDGET)
             await self._with_slot(reservation)
+            if self._cut_status is not None:
+                return await self._finish(self._cut_status)
             if self._one_shot and not self._stop_requested:
                 stop = self._stop_reason()
+                if stop is None:
+                    self._events.publish(ev.ScheduledExit(self.spec.name))
                 return await self._finish(stop or self.state.status, announce=stop is not None)
 
     async def _apply_pending_spec(self) -> None:
@@ -357,6 +391,10 @@ class TargetRunner:
         if self.state.status != status or self._dirty:
             self.state.status = status
             await self._save()
+        next_run = self.state.next_run_at
+        if status == TargetStatus.COOLDOWN and next_run and next_run != self._announced_wait:
+            self._announced_wait = next_run
+            self._events.publish(ev.CoolingDown(self.spec.name, delay_s, next_run))
         log.debug("waiting", seconds=round(delay_s, 3), status=status)
         await self._interruptible(anyio.sleep(min(delay_s, MAX_SLEEP_SLICE_S)))
 
@@ -397,19 +435,112 @@ class TargetRunner:
                 )
             )
             result: IterationResult | None = None
-            with anyio.CancelScope() as scope:
-                self._iter_scope = scope
-                if self._stop_deadline is not None:
-                    scope.deadline = self._stop_deadline
-                result = await run_iteration(spec, iteration, handoff=handoff)
-            self._iter_scope = None
+            self._cut = None
+            meter = self._open_meter()
+            try:
+                with anyio.CancelScope() as scope:
+                    self._iter_scope = scope
+                    self._apply_deadline()
+                    result = await run_iteration(
+                        spec, iteration, handoff=handoff, on_cost=meter.report
+                    )
+            finally:
+                self._iter_scope = None
+                live = meter.live_usd()
+                meter.close()
             self.running_since = None
+            cut = (
+                self._cut.reason
+                if result is None and self._cut is not None and self._cut_due()
+                else None
+            )
             with anyio.CancelScope(shield=True):
+                changed = await self._files_changed(result)
                 entry = build_entry(
-                    spec, iteration, started, now_utc(), time.monotonic() - t0, result
-                )
+                    spec, iteration, started, now_utc(), time.monotonic() - t0, result, changed,
+                    cut=cut, live_cost_usd=live,
+                )  # fmt: skip
+                if cut is not None and cut in CUT_STATUS:
+                    self._cut_status = CUT_STATUS[cut]
                 await self._record(entry, result, before_scores)
+                await self._keep_best(entry)
             return entry.cost_usd
+
+    def _open_meter(self) -> Meter:
+        """Meter the run's live cost: by wall time unless its orchestrator reports cost."""
+        spec = self.spec
+        wall_time = (
+            not spec.dry_run and spec.cost_per_minute_usd > 0 and not self.progress.reports_cost
+        )
+        target_left = self.limits().max_cost_usd - self.state.total_cost_usd  # with `ctl extend`
+        limit = spec.max_iteration_cost_usd
+        own_reason = REASON_TARGET_COST
+        if limit is not None and limit < target_left:
+            target_left, own_reason = limit, REASON_ITERATION_COST
+        return self._budget.open_meter(
+            rate_usd_per_s=spec.cost_per_minute_usd / 60.0 if wall_time else 0.0,
+            own_limit_usd=target_left,
+            own_reason=own_reason,
+            on_plan=self._on_plan,
+        )
+
+    def _on_plan(self, plan: StopAt) -> None:
+        self._cut = plan if plan.reason is not None else None
+        self._apply_deadline()
+
+    def _apply_deadline(self) -> None:
+        """The running iteration ends at the stop deadline or when a cap says so."""
+        if self._iter_scope is None:
+            return
+        deadline = math.inf if self._stop_deadline is None else self._stop_deadline
+        if self._cut is not None:
+            deadline = min(deadline, self._cut.at_s)
+        self._iter_scope.deadline = deadline
+
+    def _cut_due(self) -> bool:
+        return self._cut is not None and anyio.current_time() >= self._cut.at_s - 1e-3
+
+    def _state_root_inside_target(self) -> Path | None:
+        root, target = self.spec.state_root, self.spec.path
+        return root if root.is_relative_to(target) else None
+
+    async def _files_changed(self, result: IterationResult | None) -> bool | None:
+        """Whether the run changed the target's files (None: not checked)."""
+        if self.spec.dry_run or result is None or result.status != "completed":
+            return None
+        before = self.state.content_hash
+        try:
+            after = await anyio.to_thread.run_sync(
+                content_hash, self.spec.path, self._state_root_inside_target()
+            )
+        except OSError as exc:
+            log.warning("content_hash_failed", error=str(exc))
+            return None
+        self.state.content_hash = after
+        return None if before is None else after != before
+
+    async def _keep_best(self, entry: LogEntry) -> None:
+        """Copy the target to best/ when a kept run that changed files reached a new best."""
+        if (
+            entry.decision != Decision.KEEP
+            or entry.changed is not True
+            or self.progress.best_iteration != entry.iteration
+        ):
+            return
+        try:
+            await anyio.to_thread.run_sync(
+                save_best,
+                self.spec.path,
+                self.spec.state_root,
+                entry.iteration,
+                self._state_root_inside_target(),
+            )
+        except OSError as exc:
+            log.warning("best_copy_failed", iteration=entry.iteration, error=str(exc))
+            return
+        self.state.best_copy_iteration = entry.iteration
+        self._dirty = True
+        log.info("best_version_saved", iteration=entry.iteration, score=self.progress.best)
 
     async def _record(
         self, entry: LogEntry, result: IterationResult | None, before: dict[str, float]
@@ -445,6 +576,17 @@ class TargetRunner:
             )
         self._dirty = plan.may_defer_save
         await self._store.record(entry, handoff, None if self._dirty else self.state)
+        if (
+            entry.decision is not None
+            and entry.decision not in KNOWN_DECISIONS
+            and entry.decision not in self._warned_decisions
+        ):
+            self._warned_decisions.add(entry.decision)
+            log.warning(
+                "unknown_decision",
+                decision=entry.decision,
+                hint="recorded verbatim as a completed iteration; it counts as not-keep",
+            )
         if entry.completed and not entry.scores and not self._warned_no_scores:
             self._warned_no_scores = True
             log.warning(
@@ -452,7 +594,11 @@ class TargetRunner:
                 hint="no scores in the result, no scorer, no learner file; "
                 "plateau detection neither advances nor resets",
             )
-        self._events.publish(ev.IterationFinished(self.spec.name, entry, self.state.total_cost_usd))
+        self._events.publish(
+            ev.IterationFinished(
+                self.spec.name, entry, self.state.total_cost_usd, self.progress.estimated_cost_usd
+            )
+        )
 
     # ----------------------------------------------------------------- finishing
 
@@ -470,7 +616,11 @@ class TargetRunner:
                 status=status,
                 reason=self.describe(status),
                 iterations_completed=self.state.iterations_completed,
+                max_iterations=self.limits().max_iterations,
                 total_cost_usd=self.state.total_cost_usd,
+                estimated_usd=self.progress.estimated_cost_usd,
+                best_score=self.progress.best,
+                best_iteration=self.progress.best_iteration,
                 location=self.location,
                 announce=announce,
             )

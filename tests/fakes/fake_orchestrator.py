@@ -78,6 +78,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--grandchild-setsid", action="store_true")
     parser.add_argument("--record", default=os.environ.get("FAKE_RECORD"))
     parser.add_argument("--probe-env", action="append", default=[])
+    parser.add_argument(
+        "--no-change",
+        action="store_true",
+        help="keep without editing the target (by default a keep edits a file in it)",
+    )
     args, _unknown = parser.parse_known_args(argv)
     if args.behaviour not in BEHAVIOURS:
         parser.error(f"unknown behaviour {args.behaviour!r}; one of {', '.join(BEHAVIOURS)}")
@@ -194,7 +199,12 @@ def main(argv: list[str]) -> int:
 
     if behaviour in ("keep", "reject", "sequence"):
         progress(args)
-        emit(result(args))
+        obj = result(args)
+        if obj["decision"] == "keep" and args.target and not args.no_change:
+            # What a real keep does: the target's files change.
+            with open(os.path.join(args.target, "fake-kept.txt"), "a", encoding="utf-8") as out:
+                out.write(f"iteration {args.iteration}\n")
+        emit(obj)
     elif behaviour == "summary":
         progress(args)
         state_root = args.state_root or "."

@@ -146,6 +146,7 @@ async def _record_interrupted_run(
         cost_usd=0.0 if spec.dry_run else elapsed_cost_usd(duration, spec.cost_per_minute_usd),
         duration_seconds=round(duration, 3),
         error="autoloopd stopped while this iteration ran (recovered at start)",
+        cost_source="estimated",
     )
     await artifacts.append_log(artifacts.log_path(spec.state_root), entry)
     entries.append(entry)
