@@ -122,15 +122,19 @@ class ControlServer:
         self._settings = settings
         self._stop = anyio.Event()
         self._done = anyio.Event()
+        self._running = False
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop serving and wait (shielded, at most `timeout_s`) until `run` has returned."""
         self._stop.set()
+        if not self._running:
+            return
         with anyio.CancelScope(shield=True), anyio.move_on_after(timeout_s):
             await self._done.wait()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind, report started, serve until cancelled; the unix socket is removed after."""
+        self._running = True
         s = self._settings
         app = build_app(self._supervisor, self._metrics)
         servers: list[tuple[Any, socket.socket]] = []

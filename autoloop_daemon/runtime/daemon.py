@@ -8,6 +8,8 @@ inside the same task group until every target stopped.
 
 from __future__ import annotations
 
+from functools import partial
+
 import anyio
 
 from autoloop_daemon.exceptions import AutoloopError
@@ -50,9 +52,10 @@ async def serve(
                 tg.start_soon(view.run)
             server = None if control is None else ControlServer(supervisor, metrics, control)
             try:
-                if server is not None:
-                    await tg.start(server.run)
-                exit_code = await supervisor.run()
+                # The socket is bound once the state directory is ours (after its lock).
+                exit_code = await supervisor.run(
+                    None if server is None else partial(tg.start, server.run)
+                )
             except AutoloopError as exc:  # raised bare, for the command line's exit code
                 error = exc
             finally:

@@ -136,10 +136,16 @@ class Supervisor:
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def run(self) -> int:
-        """Run until every target has stopped; returns the process exit code."""
+    async def run(self, after_lock: Callable[[], Awaitable[object]] | None = None) -> int:
+        """Run until every target has stopped; returns the process exit code.
+
+        `after_lock` runs once the storage is owned, before any target is prepared (the
+        control server binds its socket there, so a second daemon is told who holds the lock).
+        """
         self._storage.acquire()  # StateLockedError / StateWriteError if it cannot
         try:
+            if after_lock is not None:
+                await after_lock()
             return await self._run()
         except BaseExceptionGroup as group:
             # A strict start-up error (locked, corrupt state) is raised inside the task group,
