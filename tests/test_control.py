@@ -115,6 +115,7 @@ def test_ctl_verbs_steer_a_running_daemon(lab: Lab) -> None:
 
     assert ctl(lab.config, "stop", "alpha").returncode == 0
     wait_for(lambda: target_status(sock, "alpha")["status"] == "stopped_signal", what="stop")
+    assert ctl(lab.config, "stop", "alpha").returncode == EXIT_REFUSED  # already stopped
     assert ctl(lab.config, "reset", "alpha").returncode == 0
     wait_for(lambda: target_status(sock, "alpha")["phase"] == "cooldown", what="reset")
 
@@ -442,3 +443,18 @@ def test_on_the_journal_each_line_starts_with_its_syslog_priority(lab: Lab) -> N
     again = Daemon(lab.config, plain, env={"JOURNAL_STREAM": "1:2"})  # not its stdout
     again.wait()
     assert all(line.startswith("{") for line in plain.read_text().splitlines() if line)
+
+
+def test_dashboard_files_are_served_and_nothing_beside_them(lab: Lab) -> None:
+    """`GET /` serves the packaged index.html; `/static/` serves only files of that
+    directory (a path leading out of it, or a missing file, is a JSON 404)."""
+    lab.write([dry(lab, "alpha")])
+    daemon = start(lab)
+    code, page = _raw_get(sock_of(lab), "/")
+    assert code == 200 and "<html" in page.lower()
+    assert _raw_get(sock_of(lab), "/static/index.html") == (code, page)
+    for url in ("/static/../control.py", "/static/..%2F..%2Fexit_codes.py", "/static/nope.js"):
+        status, body = _raw_get(sock_of(lab), url)
+        assert status == 404, (url, body)
+        assert "EXIT_" not in body and "import" not in body
+    assert daemon.stop() == 0

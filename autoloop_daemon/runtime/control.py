@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -90,8 +91,7 @@ def _target_command(supervisor: Supervisor) -> Handler:
                 case "run-now":
                     message = supervisor.run_now(name)
                 case "stop":
-                    supervisor.stop_target(name)
-                    message = f"{name}: stopping"
+                    message = supervisor.stop(name)
                 case "reset":
                     message = await supervisor.reset(name)
                 case "extend":
@@ -164,10 +164,10 @@ def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = No
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     async def index(request: Request) -> Response:
-        return _static_file(files, "index.html")
+        return await _static_file(files, "index.html")
 
     async def static_file(request: Request) -> Response:
-        return _static_file(files, request.path_params["file"])
+        return await _static_file(files, request.path_params["file"])
 
     return Starlette(
         routes=[
@@ -183,9 +183,13 @@ def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = No
     )
 
 
-def _static_file(root: Path, name: str) -> Response:
-    path = (root / name).resolve()
-    if not path.is_relative_to(root.resolve()) or not path.is_file():
+async def _static_file(root: Path, name: str) -> Response:
+    def find() -> Path | None:  # file system calls: in a worker thread
+        path = (root / name).resolve()
+        return path if path.is_relative_to(root.resolve()) and path.is_file() else None
+
+    path = await anyio.to_thread.run_sync(find)
+    if path is None:
         return _error(404, f"no such file: {name}")
     return FileResponse(path)
 

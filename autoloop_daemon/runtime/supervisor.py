@@ -304,6 +304,12 @@ class Supervisor:
             )
         return runner
 
+    def stop(self, name: str) -> str:
+        """`stop_target` for the operator: refused (CommandRefusedError) once stopped."""
+        self._live_runner(name, "stop")
+        self.stop_target(name)
+        return f"{name}: stopping (a running iteration gets the shutdown grace period)"
+
     async def pause(self, name: str) -> str:
         """Let a running iteration finish, then start no new one until `resume`."""
         await self._live_runner(name, "pause").set_paused(True)
