@@ -285,7 +285,7 @@ def collect(
                     "targets": _daemon_rows(payload, roots),
                 }
             why = f"the control socket answered {code}"
-    rows = [target_row(name, root) for name, root in roots.items()]
+    rows = [target_row(name, root) for name, root in sorted(roots.items())]  # as the daemon
     pid = next((p for p in map(lock_holder, lock_dirs) if p is not None), None)
     note = f"last known state from the files; {why}"
     return {"daemon": _not_running(pid, note), "budget": _file_budget(rows, cap), "targets": rows}
