@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="autoloopd",
         description="Keep AI improvement loops running unattended, crash-safe and within budget.",
-        epilog="Also: 'autoloopd status --help'.",
+        epilog="Also: 'autoloopd status --help', 'autoloopd ctl --help'.",
     )
     p.add_argument("--version", action="version", version=f"autoloopd {__version__}")
     daemon = p.add_argument_group("daemon")
