@@ -33,3 +33,7 @@ class UnknownTargetError(AutoloopError):
 
 class CommandRefusedError(AutoloopError):
     """A control command does not apply to the target as it is now (e.g. pause a stopped one)."""
+
+
+class AlertDeliveryError(AutoloopError):
+    """An alert command or webhook failed (non-zero exit, timeout, HTTP error); one line."""

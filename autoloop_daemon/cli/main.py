@@ -5,6 +5,7 @@ Three forms:
   autoloopd --target DIR --state-root DIR    one target, the original script's flags
   autoloopd status (--config FILE | --state-root DIR) [--json]
   autoloopd ctl (--config FILE | --socket PATH) VERB [TARGET] [options]
+  autoloopd report (--config FILE | --state-root DIR) --output FILE [--format html|md]
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from autoloop_daemon.exit_codes import (
     EXIT_TEMPFAIL,
 )
 from autoloop_daemon.models import DEFAULT_SOURCES, TargetSpec
+from autoloop_daemon.runtime.alerts import Alerter
 from autoloop_daemon.runtime.console import Console
 from autoloop_daemon.runtime.daemon import serve
 from autoloop_daemon.runtime.events import EventBus
@@ -114,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="autoloopd",
         description="Keep AI improvement loops running unattended, crash-safe and within budget.",
-        epilog="Also: 'autoloopd status --help', 'autoloopd ctl --help'.",
+        epilog="Also: 'autoloopd status --help', 'autoloopd ctl --help', "
+        "'autoloopd report --help'.",
     )
     p.add_argument("--version", action="version", version=f"autoloopd {__version__}")
     daemon = p.add_argument_group("daemon")
@@ -337,9 +340,16 @@ def _run_daemon(args: argparse.Namespace) -> int:
         grace_s=cfg.daemon.shutdown_grace_seconds,
         reloader=lambda: _reloader(cfg.path),
     )
+    alerter = (
+        Alerter(cfg.alerts, state_dir=cfg.daemon.state_dir, snapshot=supervisor.snapshot)
+        if cfg.alerts
+        else None
+    )
     # On a terminal (and not forced to JSON): the live view and the Ctrl+C notice.
     live = sys.stdout.isatty() and (args.log_format or cfg.daemon.log_format) != "json"
-    return anyio.run(partial(serve, supervisor, Notifier(), control_settings(cfg), live=live))
+    return anyio.run(
+        partial(serve, supervisor, Notifier(), alerter, control_settings(cfg), live=live)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -353,6 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from autoloop_daemon.cli.ctl import main as ctl_main
 
         return ctl_main(argv[1:])
+    if argv and argv[0] == "report":
+        from autoloop_daemon.report.cli import main as report_main
+
+        return report_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.check and args.config is None:

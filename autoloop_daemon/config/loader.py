@@ -57,6 +57,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
+from autoloop_daemon.config.alerts import AlertSettings
 from autoloop_daemon.config.control import check_control
 from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.models import TargetSpec
@@ -236,6 +237,7 @@ class _FileSettings(BaseSettings):
     budget: BudgetSettings = BudgetSettings()
     defaults: _TargetKeys = _TargetKeys()
     targets: list[_TargetTable] = []
+    alerts: list[AlertSettings] = []
 
 
 def _inner_type(annotation: Any) -> Any:
@@ -342,6 +344,7 @@ class AppConfig:
     daemon: DaemonSettings
     budget: BudgetSettings
     targets: tuple[TargetSpec, ...]
+    alerts: tuple[AlertSettings, ...] = ()
 
 
 def validate_cron(expr: str) -> str | None:
@@ -403,7 +406,13 @@ def _load(path: Path, shown: str, env: Mapping[str, str]) -> AppConfig:
         update={"state_dir": state_dir, "control_socket": sock, "http_token_file": token_file}
     )
     targets = _build_targets(settings, base, state_dir, shown)
-    return AppConfig(path=cfg_path, daemon=daemon, budget=settings.budget, targets=targets)
+    return AppConfig(
+        path=cfg_path,
+        daemon=daemon,
+        budget=settings.budget,
+        targets=targets,
+        alerts=tuple(settings.alerts),
+    )
 
 
 def _check_file(path: Path, shown: str) -> bool:
@@ -546,6 +555,7 @@ _MESSAGES = {
     "path_type": "must be a string (a path)",
     "list_type": "must be an array",
     "dict_type": "must be a table",
+    "too_short": "must not be empty",
     "model_type": "must be a table",
     "model_attributes_type": "must be a table",
 }
@@ -654,6 +664,11 @@ def check_summary(cfg: AppConfig) -> str:
         f"{cfg.daemon.shutdown_grace_seconds:g}s shutdown grace",
         f"targets:     {len(cfg.targets)}",
     ]
+    for i, alert in enumerate(cfg.alerts):
+        via = " and ".join(
+            w for w, on in (("command", alert.command), ("url", alert.url)) if on is not None
+        )
+        lines.append(f"alerts[{i}]:   {', '.join(alert.events)} via {via}")
     for t in cfg.targets:
         if t.mode == "scheduled":
             timing = f"schedule {_quote(t.schedule or '')}"

@@ -44,8 +44,16 @@ class Ledger:
         """True when `amount_usd` can be reserved now."""
         return amount_usd <= self.available_usd + _EPSILON_USD
 
-    def reserve(self, owner: str, amount_usd: float) -> Reservation | None:
-        """Set `amount_usd` aside for `owner`, or return None when it does not fit."""
+    def reserve(
+        self, owner: str, amount_usd: float, *, metered: bool = False
+    ) -> Reservation | None:
+        """Set `amount_usd` aside for `owner`, or return None when it does not fit.
+
+        A `metered` run (its live cost is watched and it is stopped at the cap) may start with
+        whatever is left when that is less than its estimate, as long as something is left.
+        """
+        if metered and not self.fits(amount_usd) and self.available_usd > _EPSILON_USD:
+            amount_usd = self.available_usd
         if not self.fits(amount_usd):
             return None
         self.reserved_usd += amount_usd
@@ -72,7 +80,7 @@ class Ledger:
         self.cap_usd = cap_usd
 
 
-FLEET_PERCENTILE = 0.95
+FLEET_PERCENTILE = 1.0  # the maximum: one dear run anywhere raises every reservation
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -96,7 +104,7 @@ def estimate_cost(
 
     With a per-iteration limit, the limit (a run is stopped when it reaches it, where its
     live cost can be seen). Otherwise the largest of: the target's last three costs (or,
-    before it has any, the configured estimate) and the fleet's 95th percentile of recent
+    before it has any, the configured estimate) and the fleet's highest recent
     costs (so that a rise seen on other targets is reserved for here too); with no evidence
     at all, `fallback_usd`.
     """

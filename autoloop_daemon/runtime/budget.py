@@ -61,25 +61,37 @@ class Meter:
 class SharedBudget:
     """The ledger shared by every target of a supervisor, with waiting and live meters."""
 
-    def __init__(self, cap_usd: float, spent_usd: float = 0.0) -> None:
-        """Create the budget; nothing here can block or fail."""
+    def __init__(
+        self,
+        cap_usd: float,
+        spent_usd: float = 0.0,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        """Create the budget; `on_change` is called after every settlement, charge and new
+        cap (it must not block). Nothing here can block or fail."""
         self.ledger = Ledger(cap_usd, spent_usd)
         self._changed = anyio.Event()
         self._meters: list[Meter] = []
         self.recent_costs: deque[float] = deque(maxlen=FLEET_EVIDENCE)
+        self._on_change = on_change
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+        if self._on_change is not None:
+            self._on_change()
 
-    async def reserve(self, owner: str, amount_usd: float) -> Reservation | None:
+    async def reserve(
+        self, owner: str, amount_usd: float, *, metered: bool = False
+    ) -> Reservation | None:
         """Reserve `amount_usd`, waiting for running iterations to settle if needed.
 
         Returns None when the amount does not fit even with nothing else in flight: the
-        caller stops its target with `stopped_budget`.
+        caller stops its target with `stopped_budget`. A `metered` run may start with less
+        (see `Ledger.reserve`): the live meter stops it at the cap.
         """
         while True:
-            reservation = self.ledger.reserve(owner, amount_usd)
+            reservation = self.ledger.reserve(owner, amount_usd, metered=metered)
             if reservation is not None:
                 return reservation
             if self.ledger.open_reservations == 0:

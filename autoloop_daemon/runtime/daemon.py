@@ -3,7 +3,10 @@
 `serve` is the one place that wires the runtime together for the command line: the journal,
 sd_notify and the metrics subscribe to the supervisor's events, the signal task forwards
 signals as commands, the control server (when configured) listens, and the supervisor runs
-inside the same task group until every target stopped.
+inside the same task group until every target stopped. With `[[alerts]]` configured, the
+alerter subscribes too; its task starts before the supervisor (so it knows which crossings
+already fired) and gets a bounded time at the end to deliver what is queued (the
+`daemon_stopping` alert above all).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import anyio
 
 from autoloop_daemon.exceptions import AutoloopError
 from autoloop_daemon.runs.process import pidfd_child_watcher
+from autoloop_daemon.runtime.alerts import Alerter
 from autoloop_daemon.runtime.control_server import ControlServer, ControlSettings
 from autoloop_daemon.runtime.journal import journal
 from autoloop_daemon.runtime.live_view import LiveView, shutdown_notice
@@ -27,13 +31,16 @@ from autoloop_daemon.runtime.systemd import SystemdReporter
 async def serve(
     supervisor: Supervisor,
     notifier: Notifier,
+    alerter: Alerter | None = None,
     control: ControlSettings | None = None,
     *,
     live: bool = False,
 ) -> int:
-    """Run `supervisor` with signal handling, systemd reporting, (with `control`) the
+    """Run `supervisor` with signal handling, systemd reporting, alerts, (with `control`) the
     control API and (with `live`, on a terminal) the live view; returns the exit code."""
     supervisor.events.subscribe(journal)
+    if alerter is not None:
+        supervisor.events.subscribe(alerter)
     metrics = Metrics(supervisor.snapshot)
     supervisor.events.subscribe(metrics)
     reporter = SystemdReporter(supervisor, notifier)
@@ -46,6 +53,8 @@ async def serve(
             await tg.start(handle_signals, supervisor, tg)
             tg.start_soon(notifier.watchdog_loop)
             tg.start_soon(reporter.status_loop)
+            if alerter is not None:
+                await tg.start(alerter.run)
             if live:
                 view = LiveView(supervisor.snapshot)
                 supervisor.events.subscribe(shutdown_notice(view.say))
@@ -61,6 +70,8 @@ async def serve(
             finally:
                 if server is not None:
                     await server.close()
+            if alerter is not None:
+                await alerter.finish()
             tg.cancel_scope.cancel()
     if error is not None:
         raise error

@@ -41,9 +41,10 @@ class TargetSnapshot:
 class BudgetSnapshot:
     """The shared budget now."""
 
-    spent_usd: float
+    spent_usd: float  # everything, including retired_usd
     reserved_usd: float
     cap_usd: float | None  # None: no shared cap (the one-target form)
+    retired_usd: float = 0.0  # spent by state roots no longer in the configuration
 
 
 @dataclass(frozen=True, slots=True)

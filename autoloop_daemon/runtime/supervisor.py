@@ -123,7 +123,7 @@ class Supervisor:
         self._one_shot = one_shot
         self._strict = strict
         self._records: dict[str, TargetRecord] = {}
-        self._budget = SharedBudget(budget_cap_usd)
+        self._budget = SharedBudget(budget_cap_usd, on_change=self._budget_changed)
         self._slots = anyio.CapacityLimiter(max_concurrent)
         self._targets_tg: TaskGroup | None = None
         self._shutdown = _Shutdown()
@@ -133,6 +133,7 @@ class Supervisor:
         self._started_at = to_iso(now_utc())
         self._stay_up = stay_up
         self._shutdown_event: anyio.Event | None = None
+        self._retired: dict[str, float] = {}  # state roots no longer configured -> spent
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -165,6 +166,15 @@ class Supervisor:
         if self._shutdown.requests:
             self._shutdown_event.set()
         runners = await self._prepare_all(self._initial)
+        self._retired = await self._storage.spent_elsewhere(r.spec.state_root for r in runners)
+        if self._retired:
+            self._budget.charge(sum(self._retired.values()))
+            log.info(
+                "retired_spending_charged",
+                state_roots=len(self._retired),
+                spent_usd=round(sum(self._retired.values()), 6),
+            )
+        await self._remember_spending()
         self._ready = True
         self.events.publish(
             ev.DaemonReady(
@@ -183,6 +193,8 @@ class Supervisor:
             if self._stay_up:
                 targets_tg.start_soon(self._shutdown_event.wait)
         self._targets_tg = None
+        with anyio.CancelScope(shield=True):
+            await self._remember_spending()
         errors = tuple(
             sorted(n for n, r in self._records.items() if r.result == TargetStatus.ERROR)
         )
@@ -191,6 +203,18 @@ class Supervisor:
             ev.DaemonStopped(len(self._records), errors, failed, self._budget.spent_usd)
         )
         return EXIT_TARGET_ERROR if errors or failed else EXIT_OK
+
+    async def _remember_spending(self) -> None:
+        """Record every running target's state root and spending in the storage's registry."""
+        spent = {
+            r.runner.spec.state_root: r.runner.state.total_cost_usd
+            for r in self._records.values()
+            if r.runner is not None
+        }
+        try:
+            await self._storage.remember(spent)
+        except (OSError, AutoloopError) as exc:
+            log.warning("spending_registry_not_written", error=str(exc))
 
     def _failed_to_start(self) -> tuple[str, ...]:
         return tuple(sorted(n for n, r in self._records.items() if r.start_error is not None))
@@ -220,6 +244,10 @@ class Supervisor:
                 self.events.publish(ev.TargetNotStarted(spec.name, str(exc)))
                 return
             record.start_error, record.result, record.runner = None, None, runner
+            # A state root counted as retired at start (its target was renamed or removed, and
+            # is back): its spending is already charged.
+            retired = self._retired.pop(str(spec.state_root), 0.0)
+            record.accounted_usd = max(record.accounted_usd, retired)
             self._charge_prepared(record, runner)
             prepared.append(runner)
             if self._shutdown.requests:  # a stop arrived while this target was being prepared
@@ -236,6 +264,10 @@ class Supervisor:
         """Charge the budget what the target's log holds beyond what it already knows."""
         self._budget.charge(max(0.0, runner.prepared_cost_usd - record.accounted_usd))
         record.accounted_usd = max(record.accounted_usd, runner.prepared_cost_usd)
+
+    def _budget_changed(self) -> None:
+        ledger = self._budget.ledger
+        self.events.publish(ev.BudgetChanged(ledger.spent_usd, ledger.reserved_usd, ledger.cap_usd))
 
     async def _run_target(self, runner: TargetRunner) -> None:
         name = runner.spec.name
@@ -468,6 +500,7 @@ class Supervisor:
             budget=BudgetSnapshot(
                 spent_usd=round(self._budget.spent_usd, 6),
                 reserved_usd=round(self._budget.ledger.reserved_usd, 6),
+                retired_usd=round(sum(self._retired.values()), 6),
                 cap_usd=cap if cap != float("inf") else None,
             ),
             targets=tuple(targets),

@@ -291,7 +291,9 @@ class TargetRunner:
             )
             if self._dirty and not self._budget.ledger.fits(estimate):
                 await self._save()  # about to wait for the budget: checkpoint first
-            reservation = await self._interruptible(self._budget.reserve(self.spec.name, estimate))
+            reservation = await self._interruptible(
+                self._budget.reserve(self.spec.name, estimate, metered=self._wall_time_priced())
+            )
             if self._stop_requested:
                 if reservation is not None:
                     self._budget.settle(reservation, 0.0)
@@ -466,12 +468,16 @@ class TargetRunner:
                 await self._keep_best(entry)
             return entry.cost_usd
 
+    def _wall_time_priced(self) -> bool:
+        """True when the next run is metered by wall time: its orchestrator did not report
+        its cost last time (or has not run yet) and the rate is not zero."""
+        spec = self.spec
+        return not spec.dry_run and spec.cost_per_minute_usd > 0 and not self.progress.reports_cost
+
     def _open_meter(self) -> Meter:
         """Meter the run's live cost: by wall time unless its orchestrator reports cost."""
         spec = self.spec
-        wall_time = (
-            not spec.dry_run and spec.cost_per_minute_usd > 0 and not self.progress.reports_cost
-        )
+        wall_time = self._wall_time_priced()
         target_left = self.limits().max_cost_usd - self.state.total_cost_usd  # with `ctl extend`
         limit = spec.max_iteration_cost_usd
         own_reason = REASON_TARGET_COST

@@ -10,6 +10,7 @@ same contract suite (tests/storage/test_contract.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -80,4 +81,13 @@ class Storage(Protocol):
 
     def release(self) -> None:
         """Give up the daemon-wide ownership (idempotent)."""
+        ...
+
+    async def spent_elsewhere(self, active_roots: Iterable[Path]) -> dict[str, float]:
+        """Money spent by targets the daemon runs no more (renamed, removed, moved), per
+        state root: it stays charged to the shared budget."""
+        ...
+
+    async def remember(self, spent_by_root: Mapping[Path, float]) -> None:
+        """Record the targets' state roots and spending, so that none is ever forgotten."""
         ...

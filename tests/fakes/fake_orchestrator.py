@@ -42,6 +42,7 @@ BEHAVIOURS = (
     "delete-target",
     "slow",
     "probe",
+    "progress-cost",
 )
 BAD_FIELDS = ("weighted_score", "cost_usd", "nan", "score", "attempts", "decision", "scores")
 PROBE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "AUTOLOOPD_RUN")
@@ -78,6 +79,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--grandchild-setsid", action="store_true")
     parser.add_argument("--record", default=os.environ.get("FAKE_RECORD"))
     parser.add_argument("--probe-env", action="append", default=[])
+    parser.add_argument("--progress-step", type=float, default=0.1, help="USD per progress line")
+    parser.add_argument("--progress-interval", type=float, default=0.1)
+    parser.add_argument("--progress-lines", type=int, default=50)
     parser.add_argument(
         "--no-change",
         action="store_true",
@@ -293,6 +297,12 @@ def main(argv: list[str]) -> int:
         progress(args)
         if args.target:
             shutil.rmtree(args.target, ignore_errors=True)
+        emit(result(args))
+    elif behaviour == "progress-cost":
+        # Live cost as it accrues: {"cost_usd": so far} lines, then the result.
+        for k in range(1, args.progress_lines + 1):
+            time.sleep(args.progress_interval)
+            emit({"cost_usd": round(k * args.progress_step, 6), "phase": "working"})
         emit(result(args))
     elif behaviour == "slow":
         progress(args)

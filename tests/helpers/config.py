@@ -63,6 +63,7 @@ def write_config(
     daemon: Mapping[str, Any] | None = None,
     budget: Mapping[str, Any] | None = None,
     defaults: Mapping[str, Any] | None = None,
+    alerts: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Write a daemon config; `daemon` gets `log_format = "json"` unless it says otherwise.
 
@@ -75,6 +76,8 @@ def write_config(
         lines += toml_table("[defaults]", defaults)
     for target in targets:
         lines += toml_table("[[targets]]", target)
+    for alert in alerts:
+        lines += toml_table("[[alerts]]", alert)
     tmp = path.with_name(path.name + ".writing")
     tmp.write_text("\n".join(lines), encoding="utf-8")
     tmp.replace(path)

@@ -9,10 +9,15 @@ fsynced: recovery rebuilds a lost one from the log), then the state (fsynced).
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import anyio
 
+from autoloop_daemon.exceptions import AutoloopError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files import artifacts, fsio
@@ -88,12 +93,85 @@ class FileTargetStore:
         self._lock.release()
 
 
+ROOTS_NAME = ".autoloopd-roots.json"
+
+
+def _read_roots(path: Path) -> dict[str, float]:
+    """The registry of state roots (root -> last known spending); {} if absent or unreadable."""
+    try:
+        data = json.loads(path.read_bytes(), parse_constant=fsio.reject_non_finite)
+    except (OSError, ValueError, RecursionError):
+        return {}
+    roots = data.get("roots") if isinstance(data, dict) else None
+    if not isinstance(roots, dict):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in roots.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+    }
+
+
+def _logged_spending(root: Path) -> float | None:
+    """The sum of a state root's logged costs; None when it has no readable log."""
+    try:
+        entries, _torn = artifacts.read_log(artifacts.log_path(root), repair=False)
+    except AutoloopError:
+        return None
+    if not entries and not artifacts.log_path(root).exists():
+        return None
+    return round(math.fsum(e.cost_usd for e in entries), 9)
+
+
+def _spent_elsewhere(state_dir: Path, active: frozenset[str]) -> dict[str, float]:
+    known = _read_roots(state_dir / ROOTS_NAME)
+    with contextlib.suppress(OSError):
+        for child in state_dir.iterdir():
+            if (child / artifacts.LOG_NAME).is_file():
+                known.setdefault(str(child), 0.0)
+    spent: dict[str, float] = {}
+    for root, last_known in known.items():
+        if root in active:
+            continue
+        logged = _logged_spending(Path(root))
+        spent[root] = last_known if logged is None else max(logged, last_known)
+    return spent
+
+
 class FileStorage:
-    """The files backend for a daemon whose targets live under `state_dir`."""
+    """The files backend for a daemon whose targets live under `state_dir`.
+
+    Besides the lock, `state_dir` keeps a registry of every state root the daemon has run
+    (`.autoloopd-roots.json`, root -> last known spending), so that money spent by a target
+    that was renamed, removed or given another state root is still charged to the budget.
+    """
 
     def __init__(self, state_dir: Path | None) -> None:
         """`state_dir` None: no daemon-wide lock (the one-target command line)."""
+        self._state_dir = state_dir
         self._lock = StateLock(state_dir) if state_dir is not None else None
+
+    async def spent_elsewhere(self, active_roots: Iterable[Path]) -> dict[str, float]:
+        """Per state root not in `active_roots`: what it spent (its log, else the registry's
+        last figure). Roots found under `state_dir` count even if never registered."""
+        if self._state_dir is None:
+            return {}
+        active = frozenset(str(r) for r in active_roots)
+        return await anyio.to_thread.run_sync(_spent_elsewhere, self._state_dir, active)
+
+    async def remember(self, spent_by_root: Mapping[Path, float]) -> None:
+        """Add or update state roots in the registry (atomically; never forgets one)."""
+        if self._state_dir is None or not spent_by_root:
+            return
+        path = self._state_dir / ROOTS_NAME
+
+        def work() -> None:
+            roots = _read_roots(path)
+            for root, spent in spent_by_root.items():
+                roots[str(root)] = max(round(spent, 9), roots.get(str(root), 0.0))
+            fsio.atomic_write_bytes(path, fsio.dumps_json({"roots": roots}))
+
+        await anyio.to_thread.run_sync(work)
 
     def target(self, spec: TargetSpec) -> FileTargetStore:
         """The store of `spec`'s state root."""

@@ -1,0 +1,101 @@
+"""The report's plain data: what the files say about each target, ready to render.
+
+Nothing here does I/O; `reader.py` fills these records from a state root and the renderers
+(`html.py`, `markdown.py`) turn them into text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class IterationRow:
+    """One line of a target's iteration log, with its handoff text when there is one."""
+
+    iteration: int
+    started_at: str
+    finished_at: str
+    status: str
+    decision: str | None
+    weighted_score: float | None
+    cost_usd: float
+    estimated: bool  # the cost is wall time x rate, not what the orchestrator reported
+    duration_s: float
+    candidate_id: str | None
+    artifact_path: str | None
+    error: str | None
+    handoff: str | None
+
+    @property
+    def kept(self) -> bool:
+        """True when the iteration's decision was `keep`."""
+        return self.decision == "keep"
+
+
+@dataclass(frozen=True, slots=True)
+class TargetReport:
+    """One target: its state's figures, its iterations and why it stopped."""
+
+    name: str
+    state_root: str
+    status: str
+    reason: str | None  # why it stopped, in words; None while it has not stopped
+    iterations_completed: int
+    max_iterations: int | None
+    total_cost_usd: float
+    max_cost_usd: float | None
+    best_weighted_score: float | None
+    last_decision: str | None
+    iterations: tuple[IterationRow, ...]
+    problems: tuple[str, ...] = ()  # what could not be read (shown, never fatal)
+
+    @property
+    def estimated(self) -> bool:
+        """True when any of the target's money is an estimate."""
+        return any(row.estimated for row in self.iterations)
+
+    @property
+    def kept(self) -> tuple[IterationRow, ...]:
+        """The iterations whose decision was `keep`."""
+        return tuple(row for row in self.iterations if row.kept)
+
+    @property
+    def scored(self) -> tuple[tuple[int, float], ...]:
+        """(iteration, weighted score) of every iteration that has a score."""
+        return tuple(
+            (row.iteration, row.weighted_score)
+            for row in self.iterations
+            if row.weighted_score is not None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FleetReport:
+    """Every target of one report, and where the figures came from."""
+
+    generated_at: str
+    source: str  # the config file or the state roots, for the heading
+    targets: tuple[TargetReport, ...]
+
+    @property
+    def total_cost_usd(self) -> float:
+        """What every target spent together."""
+        return sum(t.total_cost_usd for t in self.targets)
+
+    @property
+    def estimated(self) -> bool:
+        """True when any target's money is an estimate."""
+        return any(t.estimated for t in self.targets)
+
+
+def money(amount_usd: float | None, estimated: bool = False) -> str:
+    """`$1.2345`, `~$1.2345` for an estimate, `-` for nothing."""
+    if amount_usd is None:
+        return "-"
+    return f"{'~' if estimated else ''}${amount_usd:.4f}"
+
+
+def score(value: float | None) -> str:
+    """A score with four decimals, `-` for none."""
+    return "-" if value is None else f"{value:.4f}"

@@ -1,0 +1,148 @@
+"""Reading a target's files for the report, without locks and without changing anything.
+
+The daemon may be running: the state file is replaced atomically, the iteration log only
+grows, so plain reads see whole records. Nothing here repairs or refuses: a line that does
+not parse, an unreadable state or a missing handoff becomes a `problems` entry of the
+target, and the report still shows everything else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from autoloop_daemon.clock import now_utc, to_iso
+from autoloop_daemon.exceptions import StateCorruptError
+from autoloop_daemon.models import LogEntry
+from autoloop_daemon.policy.cycle import stop_sentence
+from autoloop_daemon.policy.stops import Limits, LoopView
+from autoloop_daemon.report.model import FleetReport, IterationRow, TargetReport
+from autoloop_daemon.storage.files.artifacts import handoff_path, log_path
+from autoloop_daemon.storage.files.state_file import load_state, state_path
+from autoloop_daemon.vocab import TargetStatus
+
+_HANDOFF_LIMIT = 64 * 1024  # a handoff is a short Markdown page; show at most this much
+
+
+def read_fleet(targets: Sequence[tuple[str, Path]], source: str) -> FleetReport:
+    """The report of every (name, state root) in `targets`, in the order given."""
+    return FleetReport(
+        generated_at=to_iso(now_utc()),
+        source=source,
+        targets=tuple(read_target(name, Path(root)) for name, root in targets),
+    )
+
+
+def read_target(name: str, state_root: Path) -> TargetReport:
+    """One target's report from its state root (status "no state yet" when there is none)."""
+    problems: list[str] = []
+    try:
+        state = load_state(state_path(state_root)) or {}
+        status = str(state.get("status", "no state yet"))
+    except StateCorruptError as exc:
+        state, status = {}, "unreadable"
+        problems.append(str(exc))
+    entries = _read_log_lines(log_path(state_root), problems)
+    rows = tuple(_row(state_root, entry, problems) for entry in entries)
+    completed = [row for row in rows if row.status == "completed"]
+    return TargetReport(
+        name=name,
+        state_root=str(state_root),
+        status=status,
+        reason=_reason(status, state, completed),
+        iterations_completed=int(state.get("iterations_completed", len(completed))),
+        max_iterations=state.get("max_iterations"),
+        total_cost_usd=float(state.get("total_cost_usd", sum(r.cost_usd for r in rows))),
+        max_cost_usd=state.get("max_cost_usd"),
+        best_weighted_score=state.get("best_weighted_score"),
+        last_decision=state.get("last_decision"),
+        iterations=rows,
+        problems=tuple(problems),
+    )
+
+
+def _read_log_lines(path: Path, problems: list[str]) -> list[LogEntry]:
+    """Every line of the iteration log that parses; the others become problems."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+        return []
+    out: list[LogEntry] = []
+    lines = data.split(b"\n")
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if lineno == len(lines):  # no newline after it: a write still under way, or torn
+            problems.append(f"{path}:{lineno}: incomplete last line skipped")
+            continue
+        try:
+            out.append(LogEntry.from_json(json.loads(line.decode("utf-8"))))
+        except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+            problems.append(f"{path}:{lineno}: skipped: {exc}")
+    return out
+
+
+def _row(state_root: Path, entry: LogEntry, problems: list[str]) -> IterationRow:
+    return IterationRow(
+        iteration=entry.iteration,
+        started_at=entry.started_at,
+        finished_at=entry.finished_at,
+        status=str(entry.status),
+        decision=entry.decision,
+        weighted_score=entry.weighted_score,
+        cost_usd=entry.cost_usd,
+        # Lines written before the cost source was recorded say nothing: shown without `~`.
+        estimated=entry.cost_source == "estimated",
+        duration_s=entry.duration_seconds,
+        candidate_id=entry.candidate_id,
+        artifact_path=entry.artifact_path,
+        error=entry.error,
+        handoff=_read_handoff(handoff_path(state_root, entry.iteration), problems),
+    )
+
+
+def _read_handoff(path: Path, problems: list[str]) -> str | None:
+    try:
+        with path.open("rb") as f:
+            data = f.read(_HANDOFF_LIMIT + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+        return None
+    text = data[:_HANDOFF_LIMIT].decode("utf-8", "replace")
+    return text + "\n[... cut at 64 KiB]" if len(data) > _HANDOFF_LIMIT else text
+
+
+def _reason(status: str, state: Mapping[str, Any], completed: Sequence[IterationRow]) -> str | None:
+    """Why the target stopped, in the words `status` uses; None when it has not stopped."""
+    if not status.startswith("stopped_") and status != TargetStatus.ERROR:
+        return None
+    if status == TargetStatus.STOPPED_BUDGET:
+        return "shared budget exhausted"
+    view = LoopView(
+        iterations_completed=int(state.get("iterations_completed", len(completed))),
+        total_cost_usd=float(state.get("total_cost_usd", 0.0)),
+        scores=[r.weighted_score for r in completed if r.weighted_score is not None],
+        decisions=[r.decision or "" for r in completed],
+    )
+    limits = Limits(
+        max_iterations=int(state.get("max_iterations") or 0),
+        max_cost_usd=float(state.get("max_cost_usd") or 0.0),
+        plateau_window=int(state.get("plateau_window") or 0),
+    )
+    return stop_sentence(
+        status,
+        view,
+        limits,
+        consecutive_errors=int(state.get("consecutive_errors") or 0),
+        max_consecutive_errors=int(state.get("max_consecutive_errors") or 0),
+        last_failure=state.get("last_failure_trace"),
+        budget_spent_usd=0.0,
+        budget_cap_usd=0.0,
+    )
