@@ -31,5 +31,9 @@ class UnknownTargetError(AutoloopError):
     """A command named a target the daemon does not have."""
 
 
+class CommandRefusedError(AutoloopError):
+    """A control command does not apply to the target as it is now (e.g. pause a stopped one)."""
+
+
 class AlertDeliveryError(AutoloopError):
     """An alert command or webhook failed (non-zero exit, timeout, HTTP error); one line."""

@@ -64,6 +64,10 @@ class TargetState:
     last_decision: str | None = None
     next_iteration: int = 1
     updated_at: str | None = None
+    # Operator controls (`autoloopd ctl`), kept across restarts.
+    paused: bool = False
+    extra_iterations: int = 0  # added to max_iterations by `ctl extend`
+    extra_cost_usd: float = 0.0  # added to max_cost_usd by `ctl extend`
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -132,6 +136,9 @@ class TargetState:
             "last_decision": self.last_decision,
             "next_iteration": self.next_iteration,
             "updated_at": self.updated_at,
+            "paused": self.paused,
+            "extra_iterations": self.extra_iterations,
+            "extra_cost_usd": self.extra_cost_usd,
         }
         for key, value in self.extra.items():
             data.setdefault(key, value)

@@ -19,6 +19,7 @@ class TargetStatus(StrEnum):
     RUNNING = "running"
     COOLDOWN = "cooldown"
     WAITING = "waiting"  # scheduled mode, waiting for the next tick
+    PAUSED = "paused"  # `autoloopd ctl pause`: no new iteration until resumed
     STOPPED_MAX_ITER = "stopped_max_iter"
     STOPPED_COST = "stopped_cost"
     STOPPED_BUDGET = "stopped_budget"

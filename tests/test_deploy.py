@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -71,11 +72,16 @@ def one(section: dict[str, list[str]], key: str) -> str:
     return values[0]
 
 
+SHIPPED_BINARY = "=/usr/local/bin/autoloopd "
+TEST_BINARY = f"={sys.executable} -m autoloop_daemon "
+
+
 def verifiable_copy(tmp_path: Path, text: str) -> Path:
-    """Write ``text`` as autoloopd.service in tmp_path with ExecStart pointing at a real binary."""
+    """Write ``text`` as autoloopd.service in tmp_path with every Exec*= line (start, the
+    --check before it, reload) pointing at a real binary."""
     assert SHIPPED_EXEC_START in text.splitlines()
     copy = tmp_path / "autoloopd.service"
-    copy.write_text(text.replace(SHIPPED_EXEC_START, TEST_EXEC_START))
+    copy.write_text(text.replace(SHIPPED_BINARY, TEST_BINARY))
     return copy
 
 
@@ -96,13 +102,15 @@ def test_systemd_analyze_verify_prints_nothing(tmp_path: Path) -> None:
     shipped = UNIT.read_text()
     copy = verifiable_copy(tmp_path, shipped)
 
-    # The copy differs from the shipped file in the ExecStart line only.
+    # The copy differs from the shipped file in the binary of the Exec*= lines only.
     diff = [
         (a, b)
         for a, b in zip(shipped.splitlines(), copy.read_text().splitlines(), strict=True)
         if a != b
     ]
-    assert diff == [(SHIPPED_EXEC_START, TEST_EXEC_START)]
+    assert (SHIPPED_EXEC_START, TEST_EXEC_START) in diff
+    assert [a.split("=", 1)[0] for a, _ in diff] == ["ExecStartPre", "ExecStart", "ExecReload"]
+    assert all(b == a.replace(SHIPPED_BINARY, TEST_BINARY) for a, b in diff)
 
     result = systemd_verify(copy)
     assert (result.stdout, result.stderr) == ("", "")
@@ -125,8 +133,14 @@ def test_unit_has_the_required_settings() -> None:
     assert one(service, "Type") == "notify"
     assert one(service, "NotifyAccess") == "main"
     assert f"ExecStart={one(service, 'ExecStart')}" == SHIPPED_EXEC_START
-    reload_cmd = one(service, "ExecReload")
-    assert "-HUP" in reload_cmd and "$MAINPID" in reload_cmd
+    # The config is checked before the start, and a reload that finds it invalid fails.
+    config = "--config /etc/autoloopd/config.toml"
+    assert one(service, "ExecStartPre") == f"/usr/local/bin/autoloopd {config} --check"
+    assert one(service, "ExecReload") == f"/usr/local/bin/autoloopd ctl {config} reload"
+    assert one(service, "EnvironmentFile") == "-/etc/autoloopd/env"
+    # One orchestrator killed for memory does not stop the service; MemoryMax= is an example.
+    assert one(service, "OOMPolicy") == "continue"
+    assert re.search(r"^#\s*MemoryMax=\d+[KMGT]?$", UNIT.read_text(), re.M)
     assert one(service, "KillMode") == "mixed"
     assert one(service, "KillSignal") == "SIGTERM"
 
@@ -136,7 +150,7 @@ def test_unit_has_the_required_settings() -> None:
 
     assert one(service, "Restart") == "on-failure"
     assert one(service, "RestartSec") == "10"
-    assert one(service, "RestartPreventExitStatus") == "78"
+    assert one(service, "RestartPreventExitStatus").split() == ["65", "78"]
     assert int(one(service, "WatchdogSec")) > 0
     # systemd 252 knows neither of these; the backoff is the start rate limit instead.
     assert "RestartSteps" not in service and "RestartMaxDelaySec" not in service
@@ -355,3 +369,32 @@ def test_readme_covers_operations() -> None:
         "MAILTO",
     ):
         assert needle in text, needle
+
+
+def test_production_config_has_absolute_paths_and_validates(tmp_path: Path) -> None:
+    """deploy/config.toml: every path absolute, the unit's state directory and socket, and
+    it passes `--check` once its target directories exist (moved under tmp_path here)."""
+    text = (DEPLOY / "config.toml").read_text()
+    data = tomllib.loads(text)
+    assert data["daemon"]["state_dir"] == "/var/lib/autoloopd"
+    assert data["daemon"]["control_socket"] == "/var/lib/autoloopd/autoloopd.sock"
+    paths = [data["daemon"]["state_dir"], *(t["path"] for t in data["targets"])]
+    assert all(p.startswith("/") for p in paths), paths
+    assert data["defaults"]["orchestrator"][0].startswith("/")
+    script = "/opt/auto-improvement/skills/improvement-orchestrator/scripts/orchestrate.py"
+    (tmp_path / "orchestrate.py").write_text("")
+    moved = (
+        text.replace("/srv/skills/", f"{tmp_path}/skills/")
+        .replace("/var/lib/autoloopd", f"{tmp_path}/state")
+        .replace("/opt/autoloopd/bin/python", sys.executable)
+        .replace(script, str(tmp_path / "orchestrate.py"))
+    )
+    for target in data["targets"]:
+        (tmp_path / "skills" / target["name"]).mkdir(parents=True)
+    config = tmp_path / "config.toml"
+    config.write_text(moved)
+    done = subprocess.run(
+        [sys.executable, "-m", "autoloop_daemon", "--config", str(config), "--check"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr

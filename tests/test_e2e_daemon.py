@@ -623,9 +623,11 @@ def test_status_reads_every_target_while_the_daemon_runs_without_taking_a_lock(
 
     table = run_autoloopd(["status", "--config", str(lab.config)], timeout=30)
     assert table.returncode == 0, table
-    lines = table.stdout.splitlines()
+    table_lines, _, summary = table.stdout.partition("\n\n")  # the table, then the daemon
+    lines = table_lines.splitlines()
     assert lines[0].split()[:2] == ["TARGET", "STATUS"]
     rows = {line.split()[0]: line.split()[1] for line in lines[1:]}
+    assert summary.startswith(f"daemon: running, pid {daemon.pid}"), summary
     assert rows == {"first": "cooldown", "second": "cooldown"}
 
     as_json = run_autoloopd(["status", "--config", str(lab.config), "--json"], timeout=30)

@@ -23,6 +23,7 @@ from autoloop_daemon.policy.progress import SCORE_HISTORY_LIMIT, Progress
 from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files import state_file as state
 from autoloop_daemon.storage.files.lock import LOCK_NAME, StateLock
+from autoloop_daemon.target_state import TargetState
 from tests.helpers.wait import wait_for
 
 NOW = "2025-01-01T00:00:00+00:00"
@@ -183,6 +184,10 @@ _VALID = json.dumps({"schema_version": "1.0", "iterations_completed": 1, "status
         (b'{"current_scores": {"a": "x"}}', "current_scores"),
         (b'{"in_flight": {"iteration": "1"}}', "in_flight"),
         (b'{"status": null}', "status"),
+        (b'{"paused": "yes"}', "paused"),
+        (b'{"paused": 1}', "paused"),
+        (b'{"extra_iterations": 1.5}', "extra_iterations"),
+        (b'{"extra_cost_usd": "2"}', "extra_cost_usd"),
         (b'{"schema_version": "2.0"}', "written by a newer autoloopd (schema 2.0)"),
         (b'{"schema_version": 1}', "schema_version"),
         ('{"target": "caf\u00e9"}'.encode("latin-1"), "not UTF-8"),
@@ -304,7 +309,9 @@ def test_new_state_has_every_schema_field(tmp_path: Path) -> None:
         "in_flight", "best_weighted_score", "last_decision", "next_iteration", "updated_at",
         "best_iteration", "estimated_cost_usd", "best_copy_iteration", "content_hash",
     }  # fmt: skip
-    assert set(st) == seed_fields | extras
+    controls = {"paused", "extra_iterations", "extra_cost_usd"}  # `autoloopd ctl`
+    assert set(st) == seed_fields | extras | controls
+    assert (st["paused"], st["extra_iterations"], st["extra_cost_usd"]) == (False, 0, 0.0)
     assert st["status"] == "idle"
     assert st["schema_version"] == "1.0"
     assert (st["max_iterations"], st["max_cost_usd"], st["cooldown_minutes"]) == (7, 12.5, 0.5)
@@ -586,3 +593,20 @@ def test_sigkill_at_random_instants_keeps_the_invariants(tmp_path: Path) -> None
         }
         assert loaded["next_iteration"] in (len(entries) + 1, len(entries))
     assert len(entries) > 8, "the writer should have made progress between kills"
+
+
+def test_operator_controls_round_trip_and_default_for_older_files(tmp_path: Path) -> None:
+    """`paused`, `extra_iterations` and `extra_cost_usd` are written and read back; a file
+    without them (an older one) loads with the defaults (not paused, no extension)."""
+    path = tmp_path / state.STATE_NAME
+    path.write_text(_VALID)
+    loaded = state.load_state(path)
+    assert loaded is not None
+    assert (loaded["paused"], loaded["extra_iterations"], loaded["extra_cost_usd"]) == (
+        False, 0, 0.0,
+    )  # fmt: skip
+    typed = TargetState.from_json(loaded)
+    typed.paused, typed.extra_iterations, typed.extra_cost_usd = True, 3, 1.5
+    data = typed.to_json()
+    assert (data["paused"], data["extra_iterations"], data["extra_cost_usd"]) == (True, 3, 1.5)
+    assert TargetState.from_json(data).paused is True

@@ -4,6 +4,7 @@ Three forms:
   autoloopd --config FILE [--check]          the daemon (every target in FILE)
   autoloopd --target DIR --state-root DIR    one target, the original script's flags
   autoloopd status (--config FILE | --state-root DIR) [--json]
+  autoloopd ctl (--config FILE | --socket PATH) VERB [TARGET] [options]
   autoloopd report (--config FILE | --state-root DIR) --output FILE [--format html|md]
 """
 
@@ -16,12 +17,14 @@ import resource
 import shlex
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import anyio
 import structlog
 
 from autoloop_daemon import __version__
+from autoloop_daemon.cli.control import control_settings, stay_up_when_idle
 from autoloop_daemon.config.loader import (
     REFERENCE_ORCHESTRATOR,
     AppConfig,
@@ -49,6 +52,7 @@ from autoloop_daemon.runtime.alerts import Alerter
 from autoloop_daemon.runtime.console import Console
 from autoloop_daemon.runtime.daemon import serve
 from autoloop_daemon.runtime.events import EventBus
+from autoloop_daemon.runtime.live_view import shutdown_notice
 from autoloop_daemon.runtime.logs import configure_logging
 from autoloop_daemon.runtime.sdnotify import Notifier
 from autoloop_daemon.runtime.signals import hold_early_hangups
@@ -113,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="autoloopd",
         description="Keep AI improvement loops running unattended, crash-safe and within budget.",
-        epilog="Also: 'autoloopd status --help', 'autoloopd report --help'.",
+        epilog="Also: 'autoloopd status --help', 'autoloopd ctl --help', "
+        "'autoloopd report --help'.",
     )
     p.add_argument("--version", action="version", version=f"autoloopd {__version__}")
     daemon = p.add_argument_group("daemon")
@@ -265,6 +270,8 @@ def _run_one_target(args: argparse.Namespace) -> int:
         _echo(DEFAULT_CAP_WARNING)
     events = EventBus()
     events.subscribe(Console(_echo))
+    if sys.stdout.isatty():
+        events.subscribe(shutdown_notice(_echo))
     supervisor = Supervisor(
         [spec],
         storage=FileStorage(None),
@@ -328,6 +335,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
     )
     supervisor = Supervisor(
         cfg.targets,
+        stay_up=stay_up_when_idle(cfg.daemon.exit_when_idle),
         storage=FileStorage(cfg.daemon.state_dir),
         budget_cap_usd=cfg.budget.max_cost_usd,
         max_concurrent=cfg.daemon.max_concurrent_iterations,
@@ -339,7 +347,11 @@ def _run_daemon(args: argparse.Namespace) -> int:
         if cfg.alerts
         else None
     )
-    return anyio.run(serve, supervisor, Notifier(), alerter)
+    # On a terminal (and not forced to JSON): the live view and the Ctrl+C notice.
+    live = sys.stdout.isatty() and (args.log_format or cfg.daemon.log_format) != "json"
+    return anyio.run(
+        partial(serve, supervisor, Notifier(), alerter, control_settings(cfg), live=live)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -349,6 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from autoloop_daemon.cli.status import main as status_main
 
         return status_main(argv[1:])
+    if argv and argv[0] == "ctl":
+        from autoloop_daemon.cli.ctl import main as ctl_main
+
+        return ctl_main(argv[1:])
     if argv and argv[0] == "report":
         from autoloop_daemon.report.cli import main as report_main
 

@@ -58,6 +58,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from autoloop_daemon.config.alerts import AlertSettings
+from autoloop_daemon.config.control import check_control
 from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.vocab import Mode
@@ -164,6 +165,11 @@ class DaemonSettings(BaseModel):
     shutdown_grace_seconds: Seconds = 30.0
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The control channel (config/control.py); control_socket defaults to state_dir's.
+    control_socket: Annotated[Path | None, Field(strict=False)] = None
+    http_listen: str | None = None
+    http_token_file: Annotated[Path | None, Field(strict=False)] = None
+    exit_when_idle: Literal["auto"] | bool = "auto"
 
 
 class BudgetSettings(BaseModel):
@@ -388,7 +394,17 @@ def _load(path: Path, shown: str, env: Mapping[str, str]) -> AppConfig:
     if not settings.targets:
         hint = " (the file is empty)" if empty else ""
         raise ConfigError(f"{shown}: targets: no [[targets]] defined{hint}")
-    daemon = settings.daemon.model_copy(update={"state_dir": state_dir})
+    d = settings.daemon
+    sock, token_file = check_control(
+        control_socket=d.control_socket,
+        http_listen=d.http_listen,
+        http_token_file=d.http_token_file,
+        base=base,
+        shown=shown,
+    )
+    daemon = d.model_copy(
+        update={"state_dir": state_dir, "control_socket": sock, "http_token_file": token_file}
+    )
     targets = _build_targets(settings, base, state_dir, shown)
     return AppConfig(
         path=cfg_path,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import structlog
 
 from autoloop_daemon.runtime import events as ev
-from autoloop_daemon.vocab import RunStatus
+from autoloop_daemon.vocab import RunStatus, TargetStatus
 
 log = structlog.get_logger("autoloopd")
 
@@ -45,7 +45,9 @@ def journal(event: ev.Event) -> None:
         case ev.IterationFinished():
             _iteration_finished(event)
         case ev.TargetStopped():
-            log.info(
+            # A tripped circuit breaker needs the operator: `journalctl -p err` shows it.
+            emit = log.error if event.status == TargetStatus.ERROR else log.info
+            emit(
                 "target_stopped",
                 target=event.target,
                 status=event.status,

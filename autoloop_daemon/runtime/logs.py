@@ -3,20 +3,36 @@
 Every event carries ``timestamp`` (ISO 8601, UTC), ``level``, ``event`` and whatever the
 current task bound with ``structlog.contextvars.bound_contextvars`` (``target=``,
 ``iteration=``). Each event is one line, flushed at once, so journald sees it immediately.
+When the output stream is connected to the journal (``JOURNAL_STREAM`` names its device and
+inode), each JSON line starts with its syslog priority (``<3>`` error ... ``<7>`` debug), which
+journald strips and stores (``SyslogLevelPrefix=yes``), so ``journalctl -p warning`` works.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import logging as _stdlib_logging
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any, TextIO
 
 import structlog
 from structlog.typing import Processor
 
-__all__ = ["LOG_FORMATS", "LOG_LEVELS", "configure_logging", "get_logger"]
+__all__ = ["LOG_FORMATS", "LOG_LEVELS", "configure_logging", "get_logger", "on_journal"]
+
+# syslog priorities of structlog's level names (sd-daemon(3): <3> error ... <7> debug).
+SYSLOG_PRIORITY: dict[str, int] = {
+    "critical": 2,
+    "exception": 3,
+    "error": 3,
+    "warning": 4,
+    "warn": 4,
+    "info": 6,
+    "debug": 7,
+}
 
 LOG_FORMATS: tuple[str, ...] = ("auto", "json", "console")
 """Accepted values of ``[daemon] log_format``."""
@@ -66,9 +82,12 @@ def configure_logging(
         structlog.processors.StackInfoRenderer(),
     ]
     if use_json:
+        render = structlog.processors.JSONRenderer(default=_json_default)
         processors += [
             structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(default=_json_default),
+            _PriorityPrefix(render)
+            if on_journal(sys.stdout if stream is None else stream)
+            else render,
         ]
     else:
         # ConsoleRenderer formats exc_info itself, after the line.
@@ -90,6 +109,32 @@ def configure_logging(
     root.handlers = [_ToStructlog()]
     root.setLevel(level)
     sys.unraisablehook = _unraisable_to_structlog  # "Exception ignored in ...", e.g. __del__
+
+
+def on_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """True when `stream` is the journal's: JOURNAL_STREAM is `<device>:<inode>` of it."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, sep, inode = value.partition(":")
+    if not sep or not device.isdigit() or not inode.isdigit():
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
+class _PriorityPrefix:
+    """Wrap a renderer: `<N>` (the syslog priority of the event's level) before the line."""
+
+    def __init__(self, render: Processor) -> None:
+        self._render = render
+
+    def __call__(self, logger: Any, method: str, event_dict: Any) -> str:
+        priority = SYSLOG_PRIORITY.get(str(event_dict.get("level", method)), 6)
+        line = self._render(logger, method, event_dict)
+        text = line.decode() if isinstance(line, bytes) else str(line)
+        return f"<{priority}>{text}"
 
 
 def _unraisable_to_structlog(unraisable: Any) -> None:

@@ -18,7 +18,7 @@ class TargetSnapshot:
 
     target: str
     status: str  # the state's status, or "not_started"
-    phase: str  # starting | running | cooldown | waiting | stopped | not_started
+    phase: str  # starting | running | cooldown | waiting | paused | stopped | not_started
     reason: str | None  # why it stopped, or why it could not start
     iterations_completed: int
     max_iterations: int
@@ -32,6 +32,9 @@ class TargetSnapshot:
     running_iteration: int | None
     running_for_s: float | None
     state_location: str
+    paused: bool = False  # `autoloopd ctl pause` (kept in the state)
+    estimated: bool = False  # some of the target's cost is wall time x rate
+    last_error: str | None = None  # the first line of the last failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,7 @@ class FleetSnapshot:
     shutting_down: bool
     budget: BudgetSnapshot
     targets: tuple[TargetSnapshot, ...]
+    queued: int = 0  # targets waiting for a concurrency slot
 
     def to_json(self) -> dict[str, Any]:
         """The snapshot as a JSON-ready dict (stable keys)."""
@@ -70,9 +74,11 @@ class FleetSnapshot:
 
 def count_phases(phases: Iterable[str]) -> dict[str, int]:
     """How many of `phases` are running, cooling down, waiting, stopped, not started."""
-    counts = {"running": 0, "cooldown": 0, "waiting": 0, "stopped": 0, "not_started": 0}
+    counts = {
+        "running": 0, "cooldown": 0, "waiting": 0, "paused": 0, "stopped": 0, "not_started": 0
+    }  # fmt: skip
     for phase in phases:
-        counts[phase if phase in counts else "running"] += 1
+        counts[phase if phase in counts else "running"] += 1  # "starting" counts as running
     return counts
 
 
@@ -84,7 +90,19 @@ def status_line(phases: dict[str, int], spent_usd: float, cap_usd: float | None)
         else f"${spent_usd:.2f} spent"
     )
     failed = f", {phases['not_started']} failed to start" if phases["not_started"] else ""
+    if sum(phases.values()) and phases["stopped"] == sum(phases.values()):
+        return f"all targets stopped; {money}"
+    if phases.get("paused"):
+        failed = f", {phases['paused']} paused{failed}"
     return (
         f"{phases['running']} running, {phases['cooldown']} cooling down, "
         f"{phases['waiting']} waiting, {phases['stopped']} stopped{failed}; {money}"
     )
+
+
+def first_line(text: str | None) -> str | None:
+    """The first non-blank line of `text` (None for none)."""
+    for line in (text or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return None

@@ -3,7 +3,9 @@
 Its lifecycle reads as a table of contents: start (recover every target, READY), run (one
 task per target), stop (every target checkpointed, STOPPING, exit code). Its public methods
 are the command API that signals, tests and a control channel all call: `snapshot()`,
-`request_shutdown()`, `reload()`, `stop_target()`. What happens is published on `events`.
+`request_shutdown()`, `reload()`, `stop_target()`, and the operator's commands `pause()`,
+`resume()`, `run_now()`, `extend()`, `reset()` (runtime/control.py serves them over HTTP).
+What happens is published on `events`.
 The exit code is 1 when a target ended in `error` or could not start.
 """
 
@@ -11,15 +13,21 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup
 
 from autoloop_daemon.clock import now_utc, to_iso
-from autoloop_daemon.exceptions import AutoloopError, ConfigError, UnknownTargetError
+from autoloop_daemon.exceptions import (
+    AutoloopError,
+    CommandRefusedError,
+    ConfigError,
+    UnknownTargetError,
+)
 from autoloop_daemon.exit_codes import EXIT_OK, EXIT_TARGET_ERROR
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.policy.reload import Known, plan_reload
@@ -31,6 +39,7 @@ from autoloop_daemon.runtime.snapshot import (
     FleetSnapshot,
     TargetSnapshot,
     count_phases,
+    first_line,
     status_line,
 )
 from autoloop_daemon.runtime.target import TargetRunner
@@ -97,8 +106,12 @@ class Supervisor:
         events: ev.EventBus | None = None,
         one_shot: bool = False,
         strict: bool = False,
+        stay_up: bool = False,
     ) -> None:
         """Configure; nothing starts until `run()`.
+
+        `stay_up` keeps the daemon running (idle, reloadable, controllable) after every
+        target has stopped, until a shutdown request (`daemon.exit_when_idle`).
 
         `strict` makes a target that cannot start (locked, corrupt state) fail the whole run
         with its error (the one-target command line); otherwise it is reported and skipped.
@@ -119,14 +132,22 @@ class Supervisor:
         self._ready = False
         self._reload_before_ready = False
         self._started_at = to_iso(now_utc())
+        self._stay_up = stay_up
+        self._shutdown_event: anyio.Event | None = None
         self._retired: dict[str, float] = {}  # state roots no longer configured -> spent
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def run(self) -> int:
-        """Run until every target has stopped; returns the process exit code."""
+    async def run(self, after_lock: Callable[[], Awaitable[object]] | None = None) -> int:
+        """Run until every target has stopped; returns the process exit code.
+
+        `after_lock` runs once the storage is owned, before any target is prepared (the
+        control server binds its socket there, so a second daemon is told who holds the lock).
+        """
         self._storage.acquire()  # StateLockedError / StateWriteError if it cannot
         try:
+            if after_lock is not None:
+                await after_lock()
             return await self._run()
         except BaseExceptionGroup as group:
             # A strict start-up error (locked, corrupt state) is raised inside the task group,
@@ -142,6 +163,9 @@ class Supervisor:
             self._storage.release()
 
     async def _run(self) -> int:
+        self._shutdown_event = anyio.Event()
+        if self._shutdown.requests:
+            self._shutdown_event.set()
         runners = await self._prepare_all(self._initial)
         self._retired = await self._storage.spent_elsewhere(r.spec.state_root for r in runners)
         if self._retired:
@@ -167,6 +191,8 @@ class Supervisor:
                 targets_tg.start_soon(self._run_target, runner)
             if self._reload_before_ready:
                 targets_tg.start_soon(self.reload)
+            if self._stay_up:
+                targets_tg.start_soon(self._shutdown_event.wait)
         self._targets_tg = None
         with anyio.CancelScope(shield=True):
             await self._remember_spending()
@@ -252,6 +278,8 @@ class Supervisor:
             log.exception("target_crashed", target=name)
             status = TargetStatus.ERROR
         record = self._records[name]
+        if record.runner is not runner:  # replaced by `reset` or `extend` while finishing
+            return
         record.result = status
         record.accounted_usd = runner.state.total_cost_usd
         restart, record.restart_spec = record.restart_spec, None
@@ -266,6 +294,8 @@ class Supervisor:
         running orchestrator's process group at once."""
         self._shutdown.requests += 1
         self._shutdown.reasons.append(reason)
+        if self._shutdown_event is not None:
+            self._shutdown_event.set()
         runners = [r.runner for r in self._records.values() if r.runner is not None]
         running = tuple(sorted(r.spec.name for r in runners if r.phase == "running"))
         if self._shutdown.requests == 1:
@@ -294,6 +324,91 @@ class Supervisor:
             raise UnknownTargetError(f"no target named {name!r}")
         if record.runner is not None:
             record.runner.request_stop(self._grace_s)
+
+    def _record(self, name: str) -> TargetRecord:
+        record = self._records.get(name)
+        if record is None:
+            raise UnknownTargetError(f"no target named {name!r}")
+        return record
+
+    def _live_runner(self, name: str, verb: str) -> TargetRunner:
+        """The target's runner while its cycle runs; CommandRefusedError once it stopped."""
+        record = self._record(name)
+        runner = record.runner
+        if runner is None or runner.final_status is not None or runner.stopping:
+            status = record.result or (runner.state.status if runner else "not_started")
+            raise CommandRefusedError(
+                f"cannot {verb} {name!r}: it is stopped ({status}); "
+                "'reset' or 'extend' starts it again"
+            )
+        return runner
+
+    def stop(self, name: str) -> str:
+        """`stop_target` for the operator: refused (CommandRefusedError) once stopped."""
+        self._live_runner(name, "stop")
+        self.stop_target(name)
+        return f"{name}: stopping (a running iteration gets the shutdown grace period)"
+
+    async def pause(self, name: str) -> str:
+        """Let a running iteration finish, then start no new one until `resume`."""
+        await self._live_runner(name, "pause").set_paused(True)
+        return f"{name}: paused"
+
+    async def resume(self, name: str) -> str:
+        """Undo `pause`."""
+        await self._live_runner(name, "resume").set_paused(False)
+        return f"{name}: resumed"
+
+    def run_now(self, name: str) -> str:
+        """Skip the target's current cooldown or schedule wait, once."""
+        runner = self._live_runner(name, "run now")
+        if runner.state.paused:
+            raise CommandRefusedError(f"cannot run {name!r} now: it is paused ('resume' first)")
+        runner.run_now()
+        return f"{name}: runs now" if runner.phase != "running" else f"{name}: already running"
+
+    async def extend(self, name: str, iterations: int, cost_usd: float) -> str:
+        """Raise the target's limits; a target stopped by them starts again."""
+        if iterations < 0 or cost_usd < 0 or not (iterations or cost_usd):
+            raise CommandRefusedError("extend needs --iterations N and/or --cost USD (> 0)")
+        record = self._record(name)
+        runner = record.runner
+        if runner is not None and runner.final_status is None and not runner.stopping:
+            await runner.extend(iterations, cost_usd)
+            return f"{name}: limits extended (+{iterations} iterations, +${cost_usd:.2f})"
+        await self._restart(record, lambda r: r.extend(iterations, cost_usd))
+        return f"{name}: limits extended (+{iterations} iterations, +${cost_usd:.2f}); started"
+
+    async def reset(self, name: str) -> str:
+        """Clear the circuit breaker and a final status; a stopped target starts again."""
+        record = self._record(name)
+        runner = record.runner
+        if runner is not None and runner.final_status is None and not runner.stopping:
+            await runner.clear_stop()
+            return f"{name}: error count cleared"
+        await self._restart(record, lambda r: r.clear_stop())
+        return f"{name}: reset; started"
+
+    async def _restart(
+        self, record: TargetRecord, adjust: Callable[[TargetRunner], Awaitable[None]]
+    ) -> None:
+        """Prepare the target again, apply `adjust` to its state, and run it."""
+        name = record.spec.name
+        if self._shutdown.requests or self._targets_tg is None:
+            raise CommandRefusedError(f"cannot start {name!r}: the daemon is shutting down")
+        if record.runner is not None and record.runner.final_status is None:
+            raise CommandRefusedError(f"cannot start {name!r}: it is still stopping")
+        runners = await self._prepare_all([record.restart_spec or record.spec])
+        if not runners:
+            raise CommandRefusedError(f"cannot start {name!r}: {record.start_error}")
+        await adjust(runners[0])
+        self._targets_tg.start_soon(self._run_target, runners[0])
+
+    async def history(self, name: str, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` lines of the target's iteration log, oldest first."""
+        record = self._record(name)
+        entries = await self._storage.target(record.spec).read_log()
+        return [e.to_json() for e in entries[-limit:]]
 
     async def reload(self) -> ReloadReport:
         """Read the configuration again and apply it; reloads run one at a time.
@@ -396,10 +511,10 @@ class Supervisor:
                 cap_usd=cap if cap != float("inf") else None,
             ),
             targets=tuple(targets),
+            queued=self._slots.statistics().tasks_waiting,
         )
 
-    @staticmethod
-    def _target_snapshot(name: str, record: TargetRecord, now: float) -> TargetSnapshot:
+    def _target_snapshot(self, name: str, record: TargetRecord, now: float) -> TargetSnapshot:
         runner = record.runner
         if runner is None:
             spec = record.spec
@@ -409,9 +524,10 @@ class Supervisor:
                 max_cost_usd=spec.max_cost_usd, best_weighted_score=None,
                 last_weighted_score=None, last_decision=None, consecutive_errors=0,
                 next_run_at=None, running_iteration=None, running_for_s=None,
-                state_location=str(spec.state_root),
+                state_location=str(spec.state_root), last_error=first_line(record.start_error),
             )  # fmt: skip
         state = runner.state
+        limits = runner.limits()
         since = runner.running_since
         return TargetSnapshot(
             target=name,
@@ -419,9 +535,9 @@ class Supervisor:
             phase=runner.phase,
             reason=runner.describe(runner.final_status) if runner.final_status else None,
             iterations_completed=state.iterations_completed,
-            max_iterations=runner.spec.max_iterations,
+            max_iterations=limits.max_iterations,
             total_cost_usd=round(state.total_cost_usd, 6),
-            max_cost_usd=runner.spec.max_cost_usd,
+            max_cost_usd=limits.max_cost_usd,
             best_weighted_score=state.best_weighted_score,
             last_weighted_score=runner.progress.last_score,
             last_decision=state.last_decision,
@@ -430,4 +546,7 @@ class Supervisor:
             running_iteration=state.in_flight.iteration if state.in_flight else None,
             running_for_s=None if since is None else round(now - since, 3),
             state_location=runner.location,
+            paused=state.paused,
+            estimated=state.estimated_cost_usd > 0,
+            last_error=first_line(state.last_failure_trace),
         )

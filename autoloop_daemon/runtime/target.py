@@ -104,6 +104,7 @@ class TargetRunner:
         self.running_since: float | None = None  # monotonic start of the running iteration
         self.final_status: str | None = None
         self.prepared_cost_usd = 0.0
+        self._run_now = False  # `ctl run-now`: skip the next wait once
 
     # ----------------------------------------------------------------- start-up
 
@@ -139,6 +140,40 @@ class TargetRunner:
     def force_stop(self) -> None:
         """Skip the grace period: stop a running iteration now."""
         self.request_stop(0.0, self._stop_status)
+
+    # Operator commands (`autoloopd ctl`); each is saved at once so it survives a restart.
+
+    async def set_paused(self, paused: bool) -> None:
+        """Pause (a running iteration finishes, then no new one starts) or resume."""
+        if self.state.paused != paused:
+            self.state.paused = paused
+            await self._save()
+        self._wake()
+
+    def run_now(self) -> None:
+        """Skip the current cooldown, schedule or backoff wait, once."""
+        self._run_now = True
+        self._wake()
+
+    async def extend(self, iterations: int, cost_usd: float) -> None:
+        """Raise this target's iteration and cost limits (kept in its state)."""
+        self.state.extra_iterations += iterations
+        self.state.extra_cost_usd = round(self.state.extra_cost_usd + cost_usd, 6)
+        await self._save()
+        self._wake()
+
+    async def clear_stop(self) -> None:
+        """Clear the circuit breaker and a final status, so the target runs again."""
+        self.state.consecutive_errors = 0
+        if self.state.is_final:
+            self.state.status = TargetStatus.IDLE
+        await self._save()
+        self._wake()
+
+    def _wake(self) -> None:
+        """End a cooldown, schedule or pause wait now (never a budget or slot wait)."""
+        if self._wait_scope is not None and self.phase in ("cooldown", "waiting", "paused"):
+            self._wait_scope.cancel()
 
     def update_spec(self, spec: TargetSpec) -> None:
         """Apply changed limits from the next iteration on (config reload)."""
@@ -187,10 +222,10 @@ class TargetRunner:
 
     def limits(self) -> Limits:
         """The limits the stop conditions compare against."""
-        s = self.spec
+        s, st = self.spec, self.state
         return Limits(
-            s.max_iterations, s.max_cost_usd, s.plateau_window, s.min_improvement,
-            s.oscillation_window,
+            s.max_iterations + st.extra_iterations, s.max_cost_usd + st.extra_cost_usd,
+            s.plateau_window, s.min_improvement, s.oscillation_window,
         )  # fmt: skip
 
     def _stop_reason(self) -> TargetStatus | None:
@@ -213,10 +248,10 @@ class TargetRunner:
         )
 
     async def _cycle(self) -> str:
-        spec = self.spec
+        spec, limits = self.spec, self.limits()
         self._events.publish(
             ev.TargetStarting(
-                spec.name, str(spec.path), spec.mode, spec.max_iterations, spec.max_cost_usd
+                spec.name, str(spec.path), spec.mode, limits.max_iterations, limits.max_cost_usd
             )
         )
         previous = self.state.known_status
@@ -240,6 +275,9 @@ class TargetRunner:
             reason = self._stop_reason()
             if reason is not None:
                 return await self._finish(reason)
+            if self.state.paused:
+                await self._wait_paused()
+                continue
             delay = self._delay_before_next()
             if delay > 0:
                 await self._wait(delay)
@@ -315,6 +353,11 @@ class TargetRunner:
             self._budget.settle(reservation, cost)
 
     def _delay_before_next(self) -> float:
+        if self._run_now:
+            self._run_now = False
+            if self.state.next_run_at is not None:
+                self.state.next_run_at, self._dirty = None, True
+            return 0.0
         last = self.last_entry
         failed = last is not None and last.status == RunStatus.FAILED
         wait = cycle.delay_before_next(
@@ -335,6 +378,13 @@ class TargetRunner:
             self.state.next_run_at = stored
             self._dirty = True
         return wait.delay_s
+
+    async def _wait_paused(self) -> None:
+        self.phase = "paused"
+        if self.state.status != TargetStatus.PAUSED or self._dirty:
+            self.state.status = TargetStatus.PAUSED
+            await self._save()
+        await self._interruptible(anyio.sleep(MAX_SLEEP_SLICE_S))
 
     async def _wait(self, delay_s: float) -> None:
         waiting = self.spec.mode == "scheduled" and not self.state.consecutive_errors
@@ -380,7 +430,7 @@ class TargetRunner:
                     target=spec.name,
                     iteration=iteration,
                     completed=self.state.iterations_completed,
-                    max_iterations=spec.max_iterations,
+                    max_iterations=self.limits().max_iterations,
                     retry=self.state.consecutive_errors,
                     handoff=None if handoff is None else str(handoff),
                     run_log=None if run_log is None else str(run_log),
@@ -428,7 +478,7 @@ class TargetRunner:
         """Meter the run's live cost: by wall time unless its orchestrator reports cost."""
         spec = self.spec
         wall_time = self._wall_time_priced()
-        target_left = spec.max_cost_usd - self.state.total_cost_usd
+        target_left = self.limits().max_cost_usd - self.state.total_cost_usd  # with `ctl extend`
         limit = spec.max_iteration_cost_usd
         own_reason = REASON_TARGET_COST
         if limit is not None and limit < target_left:
@@ -572,7 +622,7 @@ class TargetRunner:
                 status=status,
                 reason=self.describe(status),
                 iterations_completed=self.state.iterations_completed,
-                max_iterations=self.spec.max_iterations,
+                max_iterations=self.limits().max_iterations,
                 total_cost_usd=self.state.total_cost_usd,
                 estimated_usd=self.progress.estimated_cost_usd,
                 best_score=self.progress.best,

@@ -55,10 +55,12 @@ def run_autoloopd(
 
 
 def status_json(config: Path, *, timeout: float = 120.0) -> list[dict[str, Any]]:
-    """`autoloopd status --config CONFIG --json`: one row per target, read from its state
-    file (what scripts read instead of the daemon's STATUS= text)."""
+    """`autoloopd status --config CONFIG --json`: one row per target, from the running
+    daemon (its control socket) or else its state file (what scripts read instead of the
+    daemon's STATUS= text)."""
     done = run_autoloopd(["status", "--config", str(config), "--json"], timeout=timeout)
-    if done.returncode not in (0, 1):  # 1: some state file is unreadable (its row says so)
+    # 1: some state file is unreadable (its row says so); 3: no daemon runs (the files' rows)
+    if done.returncode not in (0, 1, 3):
         raise RuntimeError(f"autoloopd status exited {done.returncode}: {done.stderr.strip()}")
     rows: list[dict[str, Any]] = json.loads(done.stdout)["targets"]
     return rows

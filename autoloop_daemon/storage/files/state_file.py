@@ -6,7 +6,8 @@ The state file is a cache of `iteration_log.jsonl`: the log is written first, an
 refused with StateCorruptError and never rewritten. Unknown fields are kept.
 
 Fields beyond the seed's: `in_flight` (null or {iteration, started_at}; an optional pid
-is accepted), `best_weighted_score`, `last_decision`, `next_iteration`, `updated_at`.
+is accepted), `best_weighted_score`, `last_decision`, `next_iteration`, `updated_at`,
+and the operator's controls `paused`, `extra_iterations`, `extra_cost_usd` (`autoloopd ctl`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def _is_int(v: object) -> TypeGuard[int]:
 
 def _is_number(v: object) -> TypeGuard[float]:
     return (isinstance(v, int | float) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _is_bool(v: object) -> TypeGuard[bool]:
+    return isinstance(v, bool)
 
 
 def _is_str(v: object) -> TypeGuard[str]:
@@ -94,6 +99,9 @@ _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     "last_decision": (_is_str, "a string", True),
     "next_iteration": (_is_int, "an integer", False),
     "updated_at": (_is_str, "a string", True),
+    "paused": (_is_bool, "true or false", False),
+    "extra_iterations": (_is_int, "an integer", False),
+    "extra_cost_usd": (_is_number, "a finite number", False),
 }
 
 # Fields that do not depend on the target's settings, with the value a state missing them
@@ -112,6 +120,9 @@ _PLAIN_DEFAULTS: dict[str, Any] = {
     "best_weighted_score": None,
     "last_decision": None,
     "next_iteration": 1,
+    "paused": False,
+    "extra_iterations": 0,
+    "extra_cost_usd": 0.0,
 }
 
 

@@ -1,0 +1,142 @@
+"""`autoloopd ctl`: a thin client of a running daemon's control API.
+
+  autoloopd ctl (--config FILE | --socket PATH) VERB [TARGET] [options]
+
+Verbs: status, budget, reload, pause T, resume T, run-now T, stop T, reset T,
+extend T --iterations +N --cost +USD. Each prints one clear line (status and budget print
+the JSON) and exits 0, 2 for an unknown target, 3 when no daemon answers, 4 when the command
+does not apply to the target now, 77 when the socket refuses us, 78 when a reload finds the
+configuration invalid (so `ExecReload=autoloopd ctl reload` fails `systemctl reload`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from autoloop_daemon.cli.client import NotRunningError, request
+from autoloop_daemon.cli.control import socket_path
+from autoloop_daemon.config.loader import load_config
+from autoloop_daemon.exceptions import ConfigError
+from autoloop_daemon.exit_codes import (
+    EXIT_CONFIG,
+    EXIT_NOPERM,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+)
+
+TARGET_VERBS = ("pause", "resume", "run-now", "stop", "reset", "extend")
+VERBS = ("status", "budget", "reload", *TARGET_VERBS)
+
+
+def _signed_int(text: str) -> int:
+    value = int(text.lstrip("+"))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _signed_money(text: str) -> float:
+    value = float(text.lstrip("+$"))
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite amount >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `autoloopd ctl`."""
+    p = argparse.ArgumentParser(
+        prog="autoloopd ctl", description="Control a running autoloopd through its socket."
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="the daemon's config file (finds its socket)")
+    where.add_argument("--socket", type=Path, help="the control socket's path")
+    p.add_argument("verb", choices=VERBS)
+    p.add_argument("target", nargs="?", help="the target's name (for target commands)")
+    p.add_argument("--iterations", type=_signed_int, default=0, help="extend: +N iterations")
+    p.add_argument("--cost", type=_signed_money, default=0.0, help="extend: +USD of cost cap")
+    return p
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"autoloopd ctl: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: Sequence[str]) -> int:
+    """`autoloopd ctl` entry point; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    if args.verb in TARGET_VERBS and not args.target:
+        parser.error(f"{args.verb} needs a TARGET")
+    if args.verb not in TARGET_VERBS and args.target:
+        parser.error(f"{args.verb} takes no TARGET")
+    if args.verb == "extend" and not (args.iterations or args.cost):
+        parser.error("extend needs --iterations +N and/or --cost +USD")
+    path = args.socket
+    if path is None:
+        try:
+            path = socket_path(load_config(args.config))
+        except ConfigError as exc:
+            return _fail(str(exc), EXIT_CONFIG)
+        if path is None:
+            return _fail("the default control socket path is too long; set "
+                         "daemon.control_socket", EXIT_CONFIG)  # fmt: skip
+    method, url, body = _route(args)
+    try:
+        status, payload = request(path, method, url, body)
+    except NotRunningError as exc:
+        return _fail(f"autoloopd is not running: {exc}", EXIT_NOT_RUNNING)
+    except PermissionError as exc:
+        return _fail(
+            f"permission denied on {path} ({exc.strerror}): run as the service's user or "
+            "a member of its group",
+            EXIT_NOPERM,
+        )
+    return _report(args, status, payload)
+
+
+def _route(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+    if args.verb == "status":
+        return "GET", "/api/status", None
+    if args.verb == "budget":
+        return "GET", "/api/budget", None
+    if args.verb == "reload":
+        return "POST", "/api/reload", None
+    url = f"/api/targets/{args.target}/{args.verb}"
+    if args.verb == "extend":
+        return "POST", url, {"iterations": args.iterations, "cost_usd": args.cost}
+    return "POST", url, None
+
+
+def _report(args: argparse.Namespace, status: int, payload: Any) -> int:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if status == 404 and args.target:
+        return _fail(f"unknown target {args.target!r} (not in the daemon's configuration)",
+                     EXIT_USAGE)  # fmt: skip
+    if status == 409:
+        return _fail(str(error), EXIT_REFUSED)
+    if status == 422:  # a refused reload: the configuration error, as --check prints it
+        return _fail(f"reload refused: {error}", EXIT_CONFIG)
+    if status == 401:
+        return _fail(str(error), EXIT_NOPERM)
+    if status >= 400:
+        return _fail(f"{status}: {error}", EXIT_REFUSED)
+    if args.verb in ("status", "budget"):
+        print(json.dumps(payload, indent=2))
+    elif args.verb == "reload":
+        changes = ", ".join(
+            f"{key} {', '.join(payload[key])}"
+            for key in ("added", "removed", "changed")
+            if payload.get(key)
+        )
+        print(f"reloaded{': ' + changes if changes else ' (no target changed)'}")
+    else:
+        print(payload.get("message", "ok"))
+    return EXIT_OK
