@@ -9,6 +9,7 @@ import math
 import os
 import shlex
 import signal
+import stat as stat_mod
 import subprocess
 import sys
 import time
@@ -183,7 +184,8 @@ def read_log(state_root: Path) -> list[dict[str, Any]]:
         return []
     raw = path.read_bytes()
     assert raw == b"" or raw.endswith(b"\n"), f"{path}: torn last line"
-    return [json.loads(line) for line in raw.decode().splitlines()]
+    # Split on \n only: a value may hold U+2028 and friends, which splitlines() splits on.
+    return [json.loads(line) for line in raw.decode().split("\n")[:-1]]
 
 
 def invariant_violations(state_root: Path) -> list[str]:
@@ -273,3 +275,56 @@ def log_events(text: str) -> list[dict[str, Any]]:
 def read_pid(path: Path) -> int:
     """The pid a fake wrote to `path`."""
     return int(path.read_text())
+
+
+def run_one_target(
+    tmp_path: Path, state_root: Path, *extra: str, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """The seed-compatible one-target command line on `tmp_path/skill`: a fast dry run with
+    JSON logs on stderr, unless `extra` says otherwise (e.g. --orchestrator-cmd)."""
+    skill = tmp_path / "skill"
+    skill.mkdir(exist_ok=True)
+    dry = [] if "--orchestrator-cmd" in extra else ["--dry-run", "--simulated-seconds", "0"]
+    return run_autoloopd(
+        [
+            "--target",
+            str(skill),
+            "--state-root",
+            str(state_root),
+            *dry,
+            "--log-format",
+            "json",
+            *extra,
+        ],
+        timeout=timeout,
+    )
+
+
+def snapshot(root: Path) -> dict[str, bytes | str]:
+    """Every entry under `root`: a regular file's bytes, else its kind ("fifo", "dir", ...)
+    (to prove that nothing was touched, special files included)."""
+    found: dict[str, bytes | str] = {}
+    for path in sorted(root.rglob("*")):
+        mode = path.lstat().st_mode
+        rel = str(path.relative_to(root))
+        if stat_mod.S_ISREG(mode):
+            found[rel] = path.read_bytes()
+        else:
+            kinds = {
+                stat_mod.S_ISDIR: "dir",
+                stat_mod.S_ISFIFO: "fifo",
+                stat_mod.S_ISSOCK: "socket",
+                stat_mod.S_ISCHR: "chardev",
+                stat_mod.S_ISLNK: "symlink",
+            }
+            found[rel] = next((k for test, k in kinds.items() if test(mode)), "other")
+    return found
+
+
+def one_stderr_line(stderr: str) -> str:
+    """The single non-JSON line of `stderr` (failing if there are more or none, or a
+    traceback)."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if not line.startswith("{")]
+    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{stderr}"
+    return lines[0]

@@ -39,6 +39,7 @@ from autoloop_daemon.runs.process import pidfd_child_watcher
 from autoloop_daemon.runtime.logs import configure_logging
 from autoloop_daemon.runtime.sdnotify import Notifier
 from autoloop_daemon.runtime.supervisor import ReloadedConfig, Supervisor
+from autoloop_daemon.storage.files.lock import resolve_state_root
 
 EXIT_OK = 0
 EXIT_TARGET_ERROR = 1
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
     target: Path = args.target.expanduser().resolve()
-    state_root: Path = args.state_root.expanduser().resolve()
+    state_root = resolve_state_root(args.state_root)  # a symlinked root is refused, not followed
     if not target.is_dir():
         raise ConfigError(f"--target: not a directory: {args.target}")
     if state_root.exists() and not state_root.is_dir():
@@ -320,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return EXIT_TEMPFAIL
     except StateCorruptError as exc:
-        _error(f"{exc} (the file was left untouched)")
+        _error(f"{exc} (left untouched)")
         return EXIT_DATAERR
     except StateWriteError as exc:
         _error(str(exc))

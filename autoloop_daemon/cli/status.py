@@ -1,13 +1,16 @@
 """`autoloopd status`: a read-only table of every target's state, safe while the daemon runs.
 
 It only reads `autoloop_state.json` files (replaced atomically by the daemon, so a read never
-sees half a file) and takes no lock.
+sees half a file) and takes no lock. It never hangs: a state file that is a FIFO, a socket, a
+device or a directory is never opened in a way that could block, and is reported unreadable
+(exit 1) like any other file that cannot be read safely.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,12 +57,24 @@ def target_row(name: str, state_root: Path) -> dict[str, Any]:
     return row
 
 
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _fmt_score(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+    number = _finite(value)
+    return "-" if number is None else f"{number:.4f}"
 
 
 def _fmt_money(value: Any) -> str:
-    return f"${value:.2f}" if isinstance(value, (int, float)) else "-"
+    number = _finite(value)
+    return "-" if number is None else f"${number:.2f}"
 
 
 def render_table(rows: Sequence[dict[str, Any]]) -> str:

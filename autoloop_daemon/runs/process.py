@@ -7,6 +7,9 @@ bounded tails stay in memory. Whatever happens (normal exit, timeout, a grandchi
 the pipes open, cancellation from outside), no process of the group is left when it returns
 or raises; only a process that called `setsid()` itself escapes (systemd's cgroup catches it).
 
+The run log is opened (regular files only, 0640) before anything is started: a run log that
+is a FIFO, a socket, a directory or a link fails the run with RunLogError, never a hang.
+
 See PITFALLS.md ("anyio") for why each step is done the way it is.
 """
 
@@ -25,7 +28,9 @@ import anyio
 import structlog
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 
+from autoloop_daemon.exceptions import RunLogError, StateWriteError
 from autoloop_daemon.runs.procfs import RUN_MARKER_ENV, group_alive, group_exists, stop_group
+from autoloop_daemon.storage.files import fsio
 
 __all__ = [
     "CHILD_ENV_DROP",
@@ -106,7 +111,8 @@ async def run_in_group(
     group is stopped the same way after a short moment. When cancelled from outside, the
     group is stopped inside a shielded scope and the cancellation is re-raised.
 
-    Raises OSError when the program cannot be started (e.g. FileNotFoundError).
+    Raises RunLogError when the run log cannot be opened (nothing is started then) and
+    OSError when the program cannot be started (e.g. FileNotFoundError).
     """
     if isinstance(argv, str | bytes):
         raise TypeError("argv must be a sequence of arguments, not one string")
@@ -115,6 +121,7 @@ async def run_in_group(
         raise ValueError("argv is empty")
     sink = _LogSink(log_path)
     try:
+        await sink.open()
         return await _run(
             command,
             cwd=cwd,
@@ -303,47 +310,52 @@ class _Tail:
 class _LogSink:
     """The run log: chunks from both streams appended one at a time, in arrival order.
 
-    A write error (disk full) is logged once and later output is dropped: losing the log must
-    not kill the run.
+    `open` must succeed before the run starts. A write error later (disk full) is logged
+    once and later output is dropped: losing the log must not kill the run.
     """
 
     def __init__(self, path: Path) -> None:
-        self._fd = -1  # opened by the first write, in the same worker-thread call
+        self._fd = -1
         self._path = path
         self._lock = anyio.Lock()
         self._failed = False
 
-    def _open_and_write(self, chunk: bytes) -> None:
-        if self._fd < 0:
-            self._fd = _open_log(self._path)
-        _write_all(self._fd, chunk)
+    async def open(self) -> None:
+        """Open (or create, 0640) the log for appending; RunLogError if it cannot be."""
+        self._fd = await anyio.to_thread.run_sync(_open_log, self._path)
 
     async def close(self) -> None:
-        """Close the log; a run that printed nothing still leaves an (empty) log file."""
+        """Close the log (a run that printed nothing leaves an empty log file)."""
         async with self._lock:
-            if self._fd < 0:
-                with contextlib.suppress(OSError):
-                    self._fd = await anyio.to_thread.run_sync(_open_log, self._path)
             if self._fd >= 0:
                 os.close(self._fd)  # a regular file's close does not block
                 self._fd = -1
 
     async def write(self, chunk: bytes) -> None:
-        if self._failed:
+        if self._failed or self._fd < 0:
             return
         async with self._lock:
-            if self._failed:
+            if self._failed or self._fd < 0:
                 return
             try:
-                await anyio.to_thread.run_sync(self._open_and_write, chunk)
+                await anyio.to_thread.run_sync(_write_all, self._fd, chunk)
             except OSError as exc:
                 self._failed = True
                 _log.warning("run_log_write_failed", path=str(self._path), error=str(exc))
 
 
 def _open_log(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    """The run log's descriptor, opened for appending through `fsio.open_regular`."""
+    try:
+        fsio.make_dirs(path.parent)
+        try:
+            return fsio.open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            return fsio.open_regular(path, os.O_WRONLY | os.O_APPEND)
+    except StateWriteError as exc:
+        raise RunLogError(str(exc)) from None
+    except OSError as exc:
+        raise RunLogError(f"cannot open run log {path}: {fsio.describe_oserror(exc)}") from None
 
 
 def _write_all(fd: int, data: bytes) -> None:

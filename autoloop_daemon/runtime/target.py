@@ -47,7 +47,7 @@ from autoloop_daemon.policy.stops import (
 from autoloop_daemon.runs.orchestrator import elapsed_cost_usd, run_iteration
 from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files import state_file as state_mod
-from autoloop_daemon.storage.files.lock import StateLock
+from autoloop_daemon.storage.files.lock import StateLock, check_owned_root
 from autoloop_daemon.storage.files.recovery import recover
 
 log = structlog.get_logger("autoloopd.target")
@@ -78,6 +78,7 @@ def _commit_iteration(
     The log line first (durable: it is the source of truth), then the handoff (atomic but
     not fsynced: start-up rebuilds a lost one from the log), then the state (durable).
     """
+    check_owned_root(log_file.parent)  # never write through a state root replaced by a link
     fsio.append_record(log_file, fsio.dumps_json_line(entry.to_json()))
     if handoff is not None:
         fsio.make_dirs(handoff[0].parent)

@@ -78,6 +78,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--grandchild-setsid", action="store_true")
     parser.add_argument("--record", default=os.environ.get("FAKE_RECORD"))
     parser.add_argument("--probe-env", action="append", default=[])
+    parser.add_argument("--candidate-id", default=None)
+    parser.add_argument("--artifact-path", default=None)
+    parser.add_argument("--plant", action="append", default=[])
     args, _unknown = parser.parse_known_args(argv)
     if args.behaviour not in BEHAVIOURS:
         parser.error(f"unknown behaviour {args.behaviour!r}; one of {', '.join(BEHAVIOURS)}")
@@ -120,10 +123,11 @@ def scores_dict(args: argparse.Namespace) -> dict[str, float]:
 
 def result(args: argparse.Namespace, *, with_scores: bool = True) -> dict[str, Any]:
     state_root = args.state_root or "."
+    artifact = f"{state_root}/receipts/gate-{args.iteration:04d}.json"
     out: dict[str, Any] = {
         "decision": decision_for(args),
-        "candidate_id": f"cand-{args.iteration:02d}",
-        "artifact_path": f"{state_root}/receipts/gate-{args.iteration:04d}.json",
+        "candidate_id": args.candidate_id or f"cand-{args.iteration:02d}",
+        "artifact_path": args.artifact_path or artifact,
         "attempts": 1,
     }
     if with_scores and not args.no_scores:
@@ -159,6 +163,30 @@ def write_learner(args: argparse.Namespace, text: str) -> None:
     (learner / f"iteration-{args.iteration}.json").write_text(text, encoding="utf-8")
 
 
+def plant(args: argparse.Namespace) -> None:
+    """--plant KIND:PATH (PATH relative to --state-root): put a fifo, dir or socket there."""
+    for item in args.plant:
+        kind, _, rel = item.partition(":")
+        path = Path(args.state_root or ".") / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "dir":
+            path.mkdir()
+        elif kind == "socket":
+            import socket
+
+            sock = socket.socket(socket.AF_UNIX)
+            sock.bind(str(path))
+            sock.close()
+        else:
+            sys.exit(f"fake_orchestrator: --plant: unknown kind {kind!r}")
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.pid_file:
@@ -180,6 +208,7 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(args.stderr + "\n")
         sys.stderr.flush()
     behaviour = args.behaviour
+    plant(args)
 
     if behaviour == "trap-term":
 
@@ -217,6 +246,7 @@ def main(argv: list[str]) -> int:
     elif behaviour in ("hang", "trap-term"):
         progress(args)
         sleep_forever(args.sleep)
+
     elif behaviour == "grandchild":
         progress(args)
         seconds = 3600.0 if args.sleep is None else args.sleep

@@ -8,6 +8,11 @@ Every write that must survive a SIGKILL or a power cut goes through here:
 * `append_record` appends one record with a single `write` on an `O_APPEND` descriptor and
   fsyncs it; on failure it cuts the file back to its old size.
 
+Every file is opened with `open_regular`: O_NOFOLLOW|O_NONBLOCK, then fstat. A FIFO, socket,
+device, directory or symlink where a file should be is refused with NotRegularFileError
+instead of blocking forever (opening a FIFO blocks until a writer comes) or writing through
+a link. Files are created 0640 and directories 0750 whatever the umask.
+
 The system calls go through the small module-level functions `_write`, `_fsync` and
 `_replace` so that tests can make them fail (ENOSPC, EIO) and check what is left on disk.
 The async wrappers run each whole write (serialisation included) in ONE worker thread call;
@@ -20,20 +25,25 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import json
+import math
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 
-from autoloop_daemon.exceptions import StateWriteError
+from autoloop_daemon.exceptions import NotRegularFileError, StateWriteError
 
 TMP_SUFFIX = ".tmp"
 # Names made by `_tmp_name`: ".<name>.<pid>.<hex>.tmp".
 _TMP_RE = re.compile(r"^\..+\.\d+\.[0-9a-f]+\.tmp$")
-_FILE_MODE = 0o644
+FILE_MODE = 0o640  # state, logs, handoffs: readable by the group, nothing for others
+DIR_MODE = 0o750
+# Never block on a FIFO, never follow a link, never make a terminal our controlling tty.
+_SAFE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 # --- system calls, kept apart so tests can make them fail -------------------------------
@@ -62,6 +72,99 @@ def describe_oserror(exc: OSError) -> str:
     if exc.errno is not None:
         return os.strerror(exc.errno)
     return str(exc) or type(exc).__name__
+
+
+def describe_file_type(mode: int) -> str:
+    """What kind of file `mode` (an st_mode) is, for messages: "a FIFO", "a directory", ..."""
+    kinds = (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISLNK, "a symbolic link"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _not_regular(mode: int) -> NotRegularFileError:
+    return NotRegularFileError(f"is {describe_file_type(mode)}, not a regular file")
+
+
+def check_regular_or_absent(path: Path) -> None:
+    """Raise NotRegularFileError when `path` exists and is not a regular file (no link followed).
+
+    Lets a writer that replaces files by rename refuse a directory, FIFO or link up front.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise _not_regular(mode)
+
+
+def open_regular(path: Path, flags: int, create_mode: int = FILE_MODE) -> int:
+    """`os.open` that only ever opens a regular file; returns the descriptor.
+
+    The file is looked at first (lstat) and opened with O_NOFOLLOW|O_NONBLOCK, then checked
+    again on the descriptor (fstat), so a FIFO, socket, device, directory or symlink is
+    refused with NotRegularFileError ("is a FIFO, not a regular file") without blocking and
+    without being opened where that can be avoided. A file this call creates (O_CREAT|O_EXCL)
+    gets `create_mode` exactly, whatever the umask. Other failures raise OSError as usual.
+    """
+    if not flags & os.O_EXCL:
+        check_regular_or_absent(path)
+    try:
+        fd = os.open(path, flags | _SAFE_FLAGS, create_mode)
+    except OSError as exc:
+        if exc.errno in (errno_mod.ELOOP, errno_mod.ENXIO, errno_mod.EISDIR):
+            # A link (O_NOFOLLOW), a FIFO without a reader or a socket (ENXIO), a directory
+            # opened for writing: say what it is rather than quoting strerror.
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                raise exc from None
+            if not stat.S_ISREG(mode):
+                raise _not_regular(mode) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(mode)
+        if flags & os.O_CREAT and flags & os.O_EXCL:
+            os.fchmod(fd, create_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of the regular file `path` (see `open_regular`).
+
+    FileNotFoundError when it does not exist, NotRegularFileError when it is not a regular
+    file, and OSError (no errno) when it holds more than `limit` bytes.
+    """
+    fd = open_regular(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if limit is not None and size > limit:
+            raise OSError(f"larger than {limit} bytes ({size})")
+        chunks = []
+        total = 0
+        while True:
+            chunk = os.read(fd, max(size + 1, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if limit is not None and total > limit:
+                raise OSError(f"larger than {limit} bytes (still growing)")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -113,7 +216,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     fd = -1
     renamed = False
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        os.fchmod(fd, FILE_MODE)  # the umask may have taken bits away (or left too many)
         _write_all(fd, data)
         if durable:
             _fsync(fd)
@@ -138,10 +242,11 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
 def append_record(path: Path, line: bytes) -> None:
     """Append `line` (which should end with a newline) durably, in one `write`.
 
-    Opens with O_APPEND|O_CREAT (mode 0o644), writes the whole line with one `os.write`
-    (looping only on a short write), fsyncs, and fsyncs the directory when the file was
-    just created. On an OSError the file is cut back to its old size (a file this call
-    created is removed) and StateWriteError is raised.
+    Opens with O_APPEND|O_CREAT (a new file is 0640) through `open_regular`, writes the
+    whole line with one `os.write` (looping only on a short write), fsyncs, and fsyncs the
+    directory when the file was just created. On an OSError the file is cut back to its old
+    size (a file this call created is removed) and StateWriteError is raised; so is one
+    naming what `path` is when it is not a regular file.
     """
     path = Path(path)
     created = False
@@ -149,14 +254,10 @@ def append_record(path: Path, line: bytes) -> None:
     original_size = 0
     try:
         try:
-            fd = os.open(
-                path,
-                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                _FILE_MODE,
-            )
+            fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
             created = True
         except FileExistsError:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            fd = open_regular(path, os.O_WRONLY | os.O_APPEND)
         original_size = os.fstat(fd).st_size
         try:
             _write_all(fd, line)
@@ -188,7 +289,7 @@ def _undo_append(fd: int, path: Path, original_size: int, created: bool) -> None
 def truncate_file(path: Path, size: int) -> None:
     """Cut `path` down to `size` bytes and fsync it; OSError -> StateWriteError."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_WRONLY)
         try:
             os.ftruncate(fd, size)
             _fsync(fd)
@@ -198,8 +299,14 @@ def truncate_file(path: Path, size: int) -> None:
         raise StateWriteError(f"cannot truncate {path}: {describe_oserror(exc)}") from exc
 
 
+def make_dir(directory: Path) -> None:
+    """`mkdir` with mode 0750 exactly (whatever the umask); FileExistsError if it exists."""
+    os.mkdir(directory, DIR_MODE)
+    os.chmod(directory, DIR_MODE)
+
+
 def make_dirs(directory: Path) -> None:
-    """Create `directory` and missing parents, fsyncing each parent that gained an entry.
+    """Create `directory` and missing parents (0750), fsyncing each parent that gained an entry.
 
     OSError -> StateWriteError("cannot create <dir>: <strerror>").
     """
@@ -214,7 +321,7 @@ def make_dirs(directory: Path) -> None:
     try:
         for d in reversed(missing):
             try:
-                d.mkdir()
+                make_dir(d)
             except FileExistsError:
                 if not d.is_dir():  # a file in the way: say so, not "File exists"
                     raise NotADirectoryError(errno_mod.ENOTDIR, str(d)) from None
@@ -272,6 +379,26 @@ def dumps_json(obj: Any) -> bytes:
 def reject_non_finite(name: str) -> float:
     """`json.loads(parse_constant=...)` hook: NaN and Infinity are errors in our files."""
     raise ValueError(f"non-finite number {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf
+        raise ValueError(f"number out of range {text[:40]}")
+    return value
+
+
+def parse_json(text: str) -> Any:
+    """`json.loads` for autoloopd's own files, which hold only finite numbers.
+
+    NaN, Infinity and numbers that overflow to infinity (1e999) raise ValueError, and so
+    does nesting too deep for the parser ("nested too deeply", never a RecursionError).
+    json.JSONDecodeError (a ValueError) still says where the syntax broke.
+    """
+    try:
+        return json.loads(text, parse_constant=reject_non_finite, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def dumps_json_line(obj: Any) -> bytes:

@@ -20,6 +20,7 @@ import anyio
 import structlog
 
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
+from autoloop_daemon.exceptions import StateCorruptError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.runs.orchestrator import elapsed_cost_usd, run_marker
@@ -85,7 +86,12 @@ async def recover(spec: TargetSpec, lock: StateLock) -> Recovered:
                 loaded["started_at"] = entries[0].started_at
         elif not entries:
             # A state from the original script has no log: keep its history and cost.
-            for entry in state_mod.seed_entries(loaded):
+            try:
+                seeds = state_mod.seed_entries(loaded)
+            except ValueError as exc:  # e.g. a cost no run can have: not written to a log
+                state_file = state_mod.state_path(spec.state_root)
+                raise StateCorruptError(f"{state_file}: cannot seed a log from it: {exc}") from None
+            for entry in seeds:
                 await artifacts.append_log(log_file, entry)
                 entries.append(entry)
             if entries:
