@@ -36,6 +36,7 @@ from autoloop_daemon.exceptions import (
 )
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.runs.process import pidfd_child_watcher
+from autoloop_daemon.runs.reaper import become_subreaper, sweep
 from autoloop_daemon.runtime.logs import configure_logging
 from autoloop_daemon.runtime.sdnotify import Notifier
 from autoloop_daemon.runtime.supervisor import ReloadedConfig, Supervisor
@@ -214,9 +215,14 @@ def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
     )
 
 
-async def _run_supervisor(supervisor: Supervisor) -> int:
+async def _run_supervisor(supervisor: Supervisor, leftover_grace_s: float) -> int:
+    become_subreaper()  # before the first child: orphans of orchestrators become ours
     with pidfd_child_watcher():
-        return await supervisor.run()
+        try:
+            return await supervisor.run()
+        finally:  # whatever the runs orphaned and nobody swept yet: none outlives the daemon
+            with anyio.CancelScope(shield=True):
+                await sweep(None, leftover_grace_s)
 
 
 def _echo(line: str) -> None:
@@ -242,7 +248,7 @@ def _run_one_target(args: argparse.Namespace) -> int:
         one_shot=spec.mode == "scheduled",
         strict=True,
     )
-    return anyio.run(_run_supervisor, supervisor)
+    return anyio.run(_run_supervisor, supervisor, spec.term_grace_seconds)
 
 
 def _reloader(path: Path) -> ReloadedConfig:
@@ -292,7 +298,8 @@ def _run_daemon(args: argparse.Namespace) -> int:
         reloader=lambda: _reloader(cfg.path),
         notifier=Notifier(),
     )
-    return anyio.run(_run_supervisor, supervisor)
+    grace = max(t.term_grace_seconds for t in cfg.targets)
+    return anyio.run(_run_supervisor, supervisor, grace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,9 +64,14 @@ def render_argv(template: tuple[str, ...], spec: TargetSpec, iteration: int) -> 
     return [part.format_map(values) for part in template]
 
 
+def run_marker_prefix(spec: TargetSpec) -> str:
+    """What every run marker of `spec`'s state root starts with (an iteration number follows)."""
+    return f"{spec.state_root}#"
+
+
 def run_marker(spec: TargetSpec, iteration: int) -> str:
     """The value of AUTOLOOPD_RUN given to a run's processes, to find orphans after a crash."""
-    return f"{spec.state_root}#{iteration}"
+    return f"{run_marker_prefix(spec)}{iteration}"
 
 
 def _describe_exit(outcome: ProcessOutcome, timeout_s: float) -> str:
@@ -296,4 +301,4 @@ def elapsed_cost_usd(duration_s: float, cost_per_minute_usd: float) -> float:
     return min(round(max(0.0, duration_s) / 60.0 * cost_per_minute_usd, 6), MAX_RUN_COST_USD)
 
 
-__all__ = ["elapsed_cost_usd", "render_argv", "run_iteration", "run_marker"]
+__all__ = ["elapsed_cost_usd", "render_argv", "run_iteration", "run_marker", "run_marker_prefix"]

@@ -5,7 +5,8 @@ process group id equals its pid and a Ctrl+C in the terminal reaches the daemon,
 child. Its stdout and stderr are streamed, in arrival order, to one run log while only
 bounded tails stay in memory. Whatever happens (normal exit, timeout, a grandchild holding
 the pipes open, cancellation from outside), no process of the group is left when it returns
-or raises; only a process that called `setsid()` itself escapes (systemd's cgroup catches it).
+or raises, and neither is one that left the group with `setsid()` once the daemon is the
+subreaper (see reaper.py): the run's end sweeps what its tree orphaned.
 
 The run log is opened (regular files only, 0640) before anything is started: a run log that
 is a FIFO, a socket, a directory or a link fails the run with RunLogError, never a hang.
@@ -29,6 +30,7 @@ import structlog
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 
 from autoloop_daemon.exceptions import RunLogError, StateWriteError
+from autoloop_daemon.runs import reaper
 from autoloop_daemon.runs.procfs import RUN_MARKER_ENV, group_alive, group_exists, stop_group
 from autoloop_daemon.storage.files import fsio
 
@@ -104,7 +106,8 @@ async def run_in_group(
     /dev/null. stdout and stderr are appended to `log_path` (its directory is created) as
     they arrive; only the last `stdout_tail_bytes` / `stderr_tail_bytes` are kept in memory.
     `on_started(pid)` is awaited right after the spawn; if it raises, the group is stopped and
-    the error propagates.
+    the error propagates. When the run is over, `reaper.sweep` stops what its tree left
+    outside the group (adopted orphans; processes still carrying its AUTOLOOPD_RUN marker).
 
     After `timeout_s` the group gets SIGTERM, `term_grace_s` seconds, then SIGKILL. When the
     direct child exits but its pipes stay open (a grandchild holds them), the rest of the
@@ -119,23 +122,26 @@ async def run_in_group(
     command = [os.fspath(arg) for arg in argv]
     if not command:
         raise ValueError("argv is empty")
+    marker = env.get(RUN_MARKER_ENV)
     sink = _LogSink(log_path)
     try:
         await sink.open()
-        return await _run(
-            command,
-            cwd=cwd,
-            env=dict(env),
-            sink=sink,
-            timeout_s=timeout_s,
-            term_grace_s=term_grace_s,
-            stdout_tail=_Tail(stdout_tail_bytes),
-            stderr_tail=_Tail(stderr_tail_bytes),
-            on_started=on_started,
-        )
+        with reaper.run_registered(marker):
+            return await _run(
+                command,
+                cwd=cwd,
+                env=dict(env),
+                sink=sink,
+                timeout_s=timeout_s,
+                term_grace_s=term_grace_s,
+                stdout_tail=_Tail(stdout_tail_bytes),
+                stderr_tail=_Tail(stderr_tail_bytes),
+                on_started=on_started,
+            )
     finally:
         with anyio.CancelScope(shield=True):
             await sink.close()
+            await reaper.sweep(marker, term_grace_s)
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -167,6 +173,7 @@ async def _run(
             start_new_session=True,
         )
     pid = process.pid  # the group's id too (start_new_session)
+    reaper.child_started(pid)
     try:
         if on_started is not None:
             await on_started(pid)
@@ -180,6 +187,8 @@ async def _run(
     finally:
         with anyio.move_on_after(_REAP_S, shield=True):
             await process.aclose()
+        if process.returncode is not None:  # else asyncio still has to reap it
+            reaper.child_exited(pid)
     return ProcessOutcome(
         pid=pid,
         returncode=returncode,

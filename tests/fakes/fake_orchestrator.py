@@ -42,6 +42,8 @@ BEHAVIOURS = (
     "delete-target",
     "slow",
     "probe",
+    "daemonize",
+    "daemonize-hang",
 )
 BAD_FIELDS = ("weighted_score", "cost_usd", "nan", "score", "attempts", "decision", "scores")
 PROBE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "AUTOLOOPD_RUN")
@@ -80,6 +82,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--probe-env", action="append", default=[])
     parser.add_argument("--candidate-id", default=None)
     parser.add_argument("--artifact-path", default=None)
+    parser.add_argument("--daemon-pid-file", default=None)
+    parser.add_argument("--daemon-sleep", type=float, default=3600.0)
+    parser.add_argument("--daemon-trap-term", action="store_true")
+    parser.add_argument("--scrub-env", action="store_true")
     parser.add_argument("--plant", action="append", default=[])
     args, _unknown = parser.parse_known_args(argv)
     if args.behaviour not in BEHAVIOURS:
@@ -161,6 +167,40 @@ def write_learner(args: argparse.Namespace, text: str) -> None:
     learner = Path(args.state_root or ".") / "learner"
     learner.mkdir(parents=True, exist_ok=True)
     (learner / f"iteration-{args.iteration}.json").write_text(text, encoding="utf-8")
+
+
+def daemonize(args: argparse.Namespace) -> int:
+    """Start a sleeper the classic daemon way: fork, setsid, fork again, stdio on /dev/null.
+
+    With --scrub-env it is exec'd with only PATH in its environment (no AUTOLOOPD_RUN). Its
+    pid is appended to --daemon-pid-file; returns it.
+    """
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(read_end)
+            os.setsid()
+            grandchild = os.fork()
+            if grandchild == 0:
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                trap = "signal.signal(signal.SIGTERM, signal.SIG_IGN); " * args.daemon_trap_term
+                code = f"import signal, time; {trap}time.sleep({args.daemon_sleep!r})"
+                env = {"PATH": os.environ.get("PATH", "")} if args.scrub_env else dict(os.environ)
+                os.execve(sys.executable, [sys.executable, "-c", code], env)
+            os.write(write_end, f"{grandchild}\n".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        pid = int(pipe.read().strip())
+    os.waitpid(child, 0)
+    if args.daemon_pid_file:
+        with open(args.daemon_pid_file, "a", encoding="utf-8") as handle:
+            handle.write(f"{pid}\n")
+    return pid
 
 
 def plant(args: argparse.Namespace) -> None:
@@ -246,7 +286,14 @@ def main(argv: list[str]) -> int:
     elif behaviour in ("hang", "trap-term"):
         progress(args)
         sleep_forever(args.sleep)
-
+    elif behaviour == "daemonize":
+        progress(args)
+        daemonize(args)
+        emit(result(args))
+    elif behaviour == "daemonize-hang":
+        progress(args)
+        daemonize(args)
+        sleep_forever(args.sleep)
     elif behaviour == "grandchild":
         progress(args)
         seconds = 3600.0 if args.sleep is None else args.sleep

@@ -109,6 +109,9 @@ class StateLock:
         self.state_root = Path(state_root)
         self.path = self.state_root / LOCK_NAME
         self._fd: int | None = None
+        # The pid the last holder left in the file: it did not release the lock (it was
+        # killed), so what it started may still run. None after a clean release.
+        self.stale_holder: int | None = None
 
     @property
     def held(self) -> bool:
@@ -151,6 +154,8 @@ class StateLock:
             raise StateLockedError(
                 f"{self.state_root} is in use by another autoloopd (pid {holder}); stop it first"
             ) from None
+        stale = _read_pid(fd)
+        self.stale_holder = int(stale) if stale.isdigit() else None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
