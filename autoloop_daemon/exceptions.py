@@ -41,3 +41,7 @@ class LogLineIncompleteError(ValueError):
     On the last line this is what a write cut short leaves (a torn tail); anywhere else, and
     any line that is whole but holds a wrong value, is corruption.
     """
+
+
+class UnknownTargetError(AutoloopError):
+    """A command named a target the daemon does not have."""

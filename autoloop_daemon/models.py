@@ -13,40 +13,22 @@ from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
 from autoloop_daemon.exceptions import LogLineIncompleteError
+from autoloop_daemon.vocab import Mode, RunStatus
 
-Mode = Literal["single-run", "continuous", "scheduled"]
-Decision = Literal["keep", "reject", "revert", "pending"]
-DECISIONS: tuple[str, ...] = ("keep", "reject", "revert", "pending")
-RunStatus = Literal["completed", "failed", "interrupted"]
-RUN_STATUSES: tuple[str, ...] = ("completed", "failed", "interrupted")
+RUN_STATUSES: tuple[str, ...] = tuple(status.value for status in RunStatus)
 # The most one run may cost. No cap can be set above 1e9 USD ([budget] and max_cost_usd), so
 # a log line claiming more is damage or forgery, never a run, and is refused as corruption.
 MAX_RUN_COST_USD = 1e9
+COST_SOURCES = ("reported", "estimated")
 
-# Statuses written to autoloop_state.json's `status` field.
-STATUS_IDLE = "idle"
-STATUS_RUNNING = "running"
-STATUS_COOLDOWN = "cooldown"
-STATUS_WAITING = "waiting"  # scheduled mode, waiting for the next tick
-STATUS_STOPPED_MAX_ITER = "stopped_max_iter"
-STATUS_STOPPED_COST = "stopped_cost"
-STATUS_STOPPED_BUDGET = "stopped_budget"
-STATUS_STOPPED_PLATEAU = "stopped_plateau"
-STATUS_STOPPED_OSCILLATION = "stopped_oscillation"
-STATUS_STOPPED_SIGNAL = "stopped_signal"
-STATUS_STOPPED_REMOVED = "stopped_removed"
-STATUS_ERROR = "error"
-
-# Statuses a re-run with the same limits does not continue from.
-FINAL_STATUSES: frozenset[str] = frozenset(
-    {
-        STATUS_STOPPED_MAX_ITER,
-        STATUS_STOPPED_COST,
-        STATUS_STOPPED_BUDGET,
-        STATUS_STOPPED_PLATEAU,
-        STATUS_STOPPED_OSCILLATION,
-        STATUS_ERROR,
-    }
+# What improvement-orchestrator discovers by itself when it is given no --source: the
+# skill's memory and feedback, and the session-feedback store in the home directory.
+DEFAULT_SOURCES: tuple[str, ...] = (
+    ".improvement-memory/*.json",
+    ".feedback/*",
+    "learnings/*",
+    "memory/*",
+    "~/.claude/skills/session-feedback-analyzer/feedback-store/*.jsonl",
 )
 
 
@@ -69,6 +51,9 @@ class TargetSpec:
     orchestrator: tuple[str, ...] = ()
     scorer: tuple[str, ...] | None = None
     handoff_arg: str | None = "--source"
+    # Passed with the handoff (each matching file after `handoff_arg`), so that handing over
+    # never hides a feedback source the orchestrator would have discovered by itself.
+    sources: tuple[str, ...] = DEFAULT_SOURCES
     env: tuple[tuple[str, str], ...] = ()
     weights: tuple[tuple[str, float], ...] = ()
     dry_run: bool = False
@@ -76,6 +61,7 @@ class TargetSpec:
     schedule: str | None = None
     cost_per_minute_usd: float = 0.10
     estimated_cost_usd: float | None = None  # budget reservation before any history exists
+    max_iteration_cost_usd: float | None = None  # reservation per run, and a live limit
     term_grace_seconds: float = 10.0  # SIGTERM -> SIGKILL grace for the orchestrator's group
     backoff_base_seconds: float = 5.0  # first retry delay after a failed iteration (doubles)
     backoff_max_seconds: float = 300.0
@@ -171,6 +157,11 @@ def _entry_problem(e: LogEntry) -> str | None:
         not isinstance(e.exit_code, int) or isinstance(e.exit_code, bool)
     ):
         return f"exit_code: not an integer or null: {_short(e.exit_code)}"
+    if e.cost_source is not None and e.cost_source not in COST_SOURCES:
+        expected = ", ".join(COST_SOURCES)
+        return f"cost_source: expected one of {expected}, found {_short(e.cost_source)}"
+    if e.changed is not None and not isinstance(e.changed, bool):
+        return f"changed: expected true, false or null, found {_short(e.changed)}"
     return None
 
 
@@ -191,13 +182,16 @@ class LogEntry:
     scores: dict[str, float] = field(default_factory=dict)
     exit_code: int | None = None
     error: str | None = None
+    cost_source: str | None = None  # "reported" or "estimated" (wall time x rate); older: None
+    changed: bool | None = None  # did the target's files change in this run (None: unknown)
 
     def __post_init__(self) -> None:
         """Refuse an entry no run can produce: ValueError naming the field and the value.
 
         Strings are strings (or null where optional), `iteration` is a positive integer,
         scores and `weighted_score` lie within 0..1, `duration_seconds` is finite and >= 0,
-        and `cost_usd` is finite, >= 0 and at most MAX_RUN_COST_USD.
+        `cost_usd` is finite, >= 0 and at most MAX_RUN_COST_USD, `cost_source` one of
+        COST_SOURCES and `changed` a boolean (each may be null).
         """
         problem = _entry_problem(self)
         if problem is not None:
@@ -208,9 +202,20 @@ class LogEntry:
         """True when the run produced a decision and counts towards `iterations_completed`."""
         return self.status == "completed"
 
+    @property
+    def estimated(self) -> bool:
+        """True when the cost is wall time x rate, not what the orchestrator reported."""
+        return self.cost_source == "estimated"
+
     def to_json(self) -> dict[str, Any]:
-        """The entry as a JSON-ready dict (key order is the file's column order)."""
-        return asdict(self)
+        """The entry as a JSON-ready dict (key order is the file's column order); the fields
+        added after the first version are left out while unset, so old lines stay as they were.
+        """
+        data = asdict(self)
+        for key in ("cost_source", "changed"):
+            if data[key] is None:
+                del data[key]
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> LogEntry:
@@ -245,6 +250,8 @@ class LogEntry:
             scores={k: _as_float(v, f"scores.{k}") for k, v in scores.items()},
             exit_code=data.get("exit_code"),
             error=data.get("error"),
+            cost_source=data.get("cost_source"),
+            changed=data.get("changed"),
         )
 
 

@@ -1,8 +1,12 @@
-"""Shared helpers of the benchmarks: the machine, results files, /proc readings, sd_notify.
+"""Shared helpers of the benchmarks: the machine, results files, /proc readings, the configs.
 
 Benchmarks are not tests: nothing here asserts on timings. Each benchmark prints its
 figures and writes them, with a description of the machine, to `bench/results/<name>.json`.
 Every wait is bounded; a daemon that does not stop in time is killed (by its own pid).
+
+Running the daemon, its config file, the notify socket, its JSON log and the invariant audit
+come from tests/helpers/, the same code the tests use (`import common` first: it puts the
+repository on sys.path so that `tests.helpers` imports).
 """
 
 from __future__ import annotations
@@ -15,16 +19,13 @@ import math
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,10 @@ RESULTS = BENCH / "results"
 if str(ROOT) not in sys.path:  # `python bench/x.py` puts bench/ first, not the repository
     sys.path.insert(0, str(ROOT))
 
+from tests.helpers.daemon import Daemon  # noqa: E402 (needs the repository on sys.path)
+from tests.helpers.process import DidNotExit, proc_stat, status_json, stop  # noqa: E402
+
 PYTHON = sys.executable
-DAEMON: tuple[str, ...] = (PYTHON, "-m", "autoloop_daemon")
 TRIVIAL_ORCHESTRATOR = BENCH / "trivial_orchestrator.py"
 RESULT_JSON = '{"decision":"keep","scores":{"a":0.5},"cost_usd":0.0001}'
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -244,39 +247,11 @@ def goal(value: float | None, limit: float, *, below: bool = True) -> str:
 # --- /proc ------------------------------------------------------------------------------
 
 
-def proc_status_kb(pid: int) -> dict[str, int]:
-    """The `Vm*` and `Rss*` lines of /proc/<pid>/status in kB ({} once the process is gone)."""
-    out: dict[str, int] = {}
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key.startswith(("Vm", "Rss")) and rest.strip().endswith("kB"):
-            with contextlib.suppress(ValueError):
-                out[key] = int(rest.split()[0])
-    return out
-
-
-def proc_cpu_s(pid: int) -> float | None:
-    """utime + stime of `pid` itself (children excluded) in seconds, None if it is gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def proc_cpu_detail_s(pid: int) -> dict[str, float]:
     """utime, stime (the process) and cutime, cstime (its reaped children) in seconds."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
+    fields = proc_stat(pid)
+    if fields is None:
         return {}
-    fields = data[data.rfind(b")") + 2 :].split()
     names = ("utime", "stime", "cutime", "cstime")
     return {name: int(fields[11 + i]) / CLK_TCK for i, name in enumerate(names)}
 
@@ -317,156 +292,7 @@ def raise_nofile_limit(wanted: int) -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
-# --- sd_notify --------------------------------------------------------------------------
-
-
-@dataclass
-class Notification:
-    """One datagram the daemon sent to $NOTIFY_SOCKET."""
-
-    at: float  # time.monotonic() on arrival
-    wall: float  # time.time() on arrival
-    fields: dict[str, str]
-
-
-@dataclass
-class NotifyListener:
-    """A NOTIFY_SOCKET of our own: a thread records every datagram with its arrival time."""
-
-    path: Path
-    messages: list[Notification] = field(default_factory=list)
-    _sock: socket.socket | None = None
-    _thread: threading.Thread | None = None
-    _cond: threading.Condition = field(default_factory=threading.Condition)
-    _closed: bool = False
-
-    def __enter__(self) -> NotifyListener:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind(str(self.path))
-        sock.settimeout(0.2)
-        self._sock = sock
-        self._thread = threading.Thread(target=self._receive, name="notify", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._closed = True
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        if self._sock is not None:
-            self._sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-    def _receive(self) -> None:
-        assert self._sock is not None
-        while not self._closed:
-            try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            at, wall = time.monotonic(), time.time()
-            fields = {}
-            for line in data.decode("utf-8", "replace").splitlines():
-                key, _, value = line.partition("=")
-                fields[key] = value
-            with self._cond:
-                self.messages.append(Notification(at, wall, fields))
-                self._cond.notify_all()
-
-    @property
-    def env(self) -> dict[str, str]:
-        """The variable to give the daemon."""
-        return {"NOTIFY_SOCKET": str(self.path)}
-
-    def clear(self) -> None:
-        """Forget what was received so far."""
-        with self._cond:
-            self.messages.clear()
-
-    def wait_ready(self, timeout_s: float, out: Path) -> Notification:
-        """The READY=1 message; RuntimeError with the tail of the daemon's `out` if none comes."""
-        ready = self.wait_for(is_ready, timeout_s=timeout_s)
-        if ready is None:
-            raise RuntimeError(f"no READY=1 within {timeout_s:g} s:\n{tail(out)}")
-        return ready
-
-    def wait_for(
-        self, predicate: Callable[[Notification], bool], timeout_s: float
-    ) -> Notification | None:
-        """The first message (received so far or within `timeout_s`) matching `predicate`."""
-        deadline = time.monotonic() + timeout_s
-        seen = 0
-        with self._cond:
-            while True:
-                for message in self.messages[seen:]:
-                    if predicate(message):
-                        return message
-                seen = len(self.messages)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-
-    def last_status(self) -> str | None:
-        """The newest STATUS= text."""
-        with self._cond:
-            for message in reversed(self.messages):
-                if "STATUS" in message.fields:
-                    return message.fields["STATUS"]
-        return None
-
-
-def status_counts(text: str | None) -> dict[str, int]:
-    """'3 running, 5 cooling down, 0 waiting, 2 stopped; ...' -> {'running': 3, ...}."""
-    counts: dict[str, int] = {}
-    if not text:
-        return counts
-    for part in text.split(";", 1)[0].split(","):
-        words = part.split()
-        if len(words) >= 2 and words[0].isdigit():
-            counts[" ".join(words[1:])] = int(words[0])
-    return counts
-
-
-def is_ready(message: Notification) -> bool:
-    """The READY=1 datagram."""
-    return message.fields.get("READY") == "1"
-
-
-def all_cooling(n: int) -> Callable[[Notification], bool]:
-    """A STATUS= datagram saying that `n` targets are cooling down."""
-
-    def check(message: Notification) -> bool:
-        return status_counts(message.fields.get("STATUS")).get("cooling down", -1) >= n
-
-    return check
-
-
 # --- running the daemon ----------------------------------------------------------------
-
-
-def start_daemon(
-    args: Sequence[str], *, env: Mapping[str, str], stdout: Path, cwd: Path
-) -> subprocess.Popen[bytes]:
-    """Start `autoloopd ARGS` with its stdout and stderr in the file `stdout`."""
-    full_env = dict(os.environ)
-    full_env.update(env)
-    full_env.pop("AUTOLOOPD_RUN", None)
-    with open(stdout, "ab") as out:
-        return subprocess.Popen(
-            [*DAEMON, *args],
-            cwd=cwd,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def stop_daemon(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[float | None, int]:
@@ -478,32 +304,28 @@ def stop_daemon(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[float 
     if proc.poll() is not None:
         return 0.0, proc.returncode
     t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
     try:
-        code = proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return None, proc.wait(timeout=30)
+        code = stop(proc, timeout=timeout_s)
+    except DidNotExit:
+        return None, proc.returncode
     return time.monotonic() - t0, code
 
 
-def kill_daemon(proc: subprocess.Popen[bytes]) -> None:
-    """Make sure the daemon we started is gone (SIGKILL to its pid)."""
-    if proc.poll() is None:
-        proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """The JSON log lines the daemon printed (other lines are skipped)."""
-    events = []
-    with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    events.append(json.loads(line))
-    return events
+def wait_all_status(
+    daemon: Daemon, wanted: str, n: int, timeout_s: float, interval_s: float = 0.5
+) -> float:
+    """Poll `autoloopd status --json` until all `n` targets have status `wanted`; returns
+    time.monotonic() when that was seen. RuntimeError (with the daemon's last lines) when the
+    daemon exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = status_json(daemon.config)
+        if len(rows) == n and all(r.get("status") == wanted for r in rows):
+            return time.monotonic()
+        if daemon.proc.poll() is not None or time.monotonic() > deadline:
+            counts = Counter(str(r.get("status")) for r in rows)
+            raise RuntimeError(f"not all {wanted}: {dict(counts)}\n{tail(daemon.out)}")
+        time.sleep(interval_s)
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -515,18 +337,6 @@ def tail(path: Path, lines: int = 15) -> str:
 
 
 # --- configuration --------------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
 
 
 def daemon_table(work: Path) -> dict[str, Any]:
@@ -553,116 +363,16 @@ def idle_defaults() -> dict[str, Any]:
     }
 
 
-def write_config(
-    path: Path,
-    *,
-    daemon: Mapping[str, Any],
-    budget: Mapping[str, Any],
-    defaults: Mapping[str, Any],
-    targets: Sequence[tuple[str, Path]],
-) -> Path:
-    """Write a daemon config: sections, then one [[targets]] per (name, path)."""
-    out = []
-    for section, values in (("daemon", daemon), ("budget", budget), ("defaults", defaults)):
-        out.append(f"[{section}]")
-        out += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-        out.append("")
-    for name, target_path in targets:
-        out += ["[[targets]]", f"name = {_toml_value(name)}", f"path = {_toml_value(target_path)}"]
-    path.write_text("\n".join(out) + "\n")
-    return path
-
-
-def make_targets(base: Path, n: int) -> list[tuple[str, Path]]:
-    """`n` empty target directories under `base/targets`: [(name, path)]."""
-    names = [f"t{i:05d}" for i in range(n)]
+def make_targets(base: Path, n: int) -> list[dict[str, Any]]:
+    """`n` empty target directories under `base/targets`: their `[[targets]]` tables."""
     root = base / "targets"
     root.mkdir(parents=True, exist_ok=True)
-    for name in names:
+    targets = []
+    for i in range(n):
+        name = f"t{i:05d}"
         (root / name).mkdir(exist_ok=True)
-    return [(name, root / name) for name in names]
-
-
-# --- invariants after a run -------------------------------------------------------------
-
-
-@dataclass
-class Audit:
-    """What the files of many state roots say, after the daemon has exited."""
-
-    targets: int = 0
-    log_lines: int = 0
-    completed: int = 0
-    failed: int = 0
-    interrupted: int = 0
-    statuses: dict[str, int] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-    per_target_completed: list[int] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        per = self.per_target_completed
-        return {
-            "targets": self.targets,
-            "log_lines": self.log_lines,
-            "completed": self.completed,
-            "failed": self.failed,
-            "interrupted": self.interrupted,
-            "statuses": self.statuses,
-            "per_target_completed_min": min(per) if per else None,
-            "per_target_completed_max": max(per) if per else None,
-            "problems": self.problems[:20],
-            "problem_count": len(self.problems),
-        }
-
-
-def audit_state_roots(roots: Iterable[Path], allowed_status: Iterable[str] | None = None) -> Audit:
-    """Check DESIGN.md's invariants in every state root.
-
-    The state parses; the log numbers its iterations 1..n (`read_log` refuses otherwise) with
-    no torn tail; total_cost_usd equals the sum of the logged costs; iterations_completed
-    equals the number of completed lines; no iteration is left in flight.
-    """
-    from autoloop_daemon.storage.files import artifacts
-    from autoloop_daemon.storage.files import state_file as state_mod
-
-    allowed = set(allowed_status) if allowed_status is not None else None
-    audit = Audit()
-    for root in roots:
-        audit.targets += 1
-        try:
-            state = state_mod.load_state(state_mod.state_path(root))
-            entries, torn = artifacts.read_log(artifacts.log_path(root), repair=False)
-        except Exception as exc:  # a corrupt file is a finding, not a crash of the bench
-            audit.problems.append(f"{root.name}: {exc}")
-            continue
-        if state is None:
-            audit.problems.append(f"{root.name}: no state file")
-            continue
-        if torn:
-            audit.problems.append(f"{root.name}: torn log tail ({torn} bytes)")
-        done = sum(1 for e in entries if e.completed)
-        audit.log_lines += len(entries)
-        audit.completed += done
-        audit.failed += sum(1 for e in entries if e.status == "failed")
-        audit.interrupted += sum(1 for e in entries if e.status == "interrupted")
-        audit.per_target_completed.append(done)
-        status = str(state.get("status"))
-        audit.statuses[status] = audit.statuses.get(status, 0) + 1
-        if allowed is not None and status not in allowed:
-            audit.problems.append(f"{root.name}: status {status}")
-        cost = math.fsum(e.cost_usd for e in entries)
-        if abs(float(state["total_cost_usd"]) - cost) > 1e-6:
-            audit.problems.append(
-                f"{root.name}: total_cost_usd {state['total_cost_usd']} != logged {cost}"
-            )
-        if state["iterations_completed"] != done:
-            audit.problems.append(
-                f"{root.name}: iterations_completed {state['iterations_completed']} != {done}"
-            )
-        if state.get("in_flight") is not None:
-            audit.problems.append(f"{root.name}: in_flight left set: {state['in_flight']}")
-    return audit
+        targets.append({"name": name, "path": root / name})
+    return targets
 
 
 # --- plotting (optional) ----------------------------------------------------------------
@@ -678,3 +388,13 @@ def pyplot() -> Any:
     except ImportError:
         return None
     return plt
+
+
+def save_plot(plt: Any, fig: Any, name: str, quick: bool) -> Path:
+    """Lay out `fig`, write it to `bench/results/<name>[.quick].png` and close it."""
+    fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{result_name(name, quick)}.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -11,7 +11,7 @@ fsyncs, and with `fsio._fsync` made a no-op, which leaves the CPU part. Goal: wi
 3 ms overhead budget at 10,000.
 
 Also timed at each size, without I/O: the stop-condition check the runner does
-(`TargetRunner._stop_reason`), the generic path `state.loop_view` + `convergence.stop_reason`,
+(`TargetRunner._stop_reason`), the generic path `Progress.from_entries(...).view()` + `stop_reason`,
 `state.reconcile` (the full recomputation used at start-up), serialising the state
 (`fsio.dumps_json`); plus the state and log file sizes and the memory a prepared runner
 keeps (tracemalloc).
@@ -97,10 +97,13 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
 
     from autoloop_daemon.models import IterationResult, TargetSpec
     from autoloop_daemon.policy import stops as convergence
-    from autoloop_daemon.policy.budget import SharedBudget
+    from autoloop_daemon.policy.progress import Progress
     from autoloop_daemon.runtime import target as target_mod
+    from autoloop_daemon.runtime.budget import SharedBudget
+    from autoloop_daemon.runtime.events import EventBus
     from autoloop_daemon.storage.files import artifacts, fsio
     from autoloop_daemon.storage.files import state_file as state
+    from autoloop_daemon.storage.files.store import FileTargetStore
 
     root = work / f"state-{n}"
     target = work / f"target-{n}"
@@ -148,7 +151,11 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
 
     async def prepared() -> Any:
         runner = target_mod.TargetRunner(
-            spec, budget=SharedBudget(1e12), slots=anyio.CapacityLimiter(1)
+            spec,
+            store=FileTargetStore(spec),
+            budget=SharedBudget(1e12),
+            slots=anyio.CapacityLimiter(1),
+            events=EventBus(),
         )
         await runner.prepare()
         return runner
@@ -158,7 +165,7 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
         runner = await prepared()
         out["prepare_ms"] = (time.perf_counter() - t0) * 1e3
         out["runner_stop_reason_ms"] = time_call(runner._stop_reason) * 1e3
-        runner._lock.release()
+        runner._store.close()
         original = target_mod.run_iteration
         target_mod.run_iteration = instant  # type: ignore[assignment]
         try:
@@ -180,7 +187,7 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
                 if label == "fsync":
                     out["fsyncs_per_iteration"] = fsyncs[0] / reps
                 fsio._fsync = real_fsync  # type: ignore[assignment]
-                runner._lock.release()
+                runner._store.close()
         finally:
             fsio._fsync = real_fsync  # type: ignore[assignment]
             target_mod.run_iteration = original  # type: ignore[assignment]
@@ -198,7 +205,10 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
     )
     weights = spec.weights_map
     out["loop_view_plus_stop_reason_ms"] = (
-        time_call(lambda: convergence.stop_reason(state.loop_view(entries, weights), limits)) * 1e3
+        time_call(
+            lambda: convergence.stop_reason(Progress.from_entries(entries, weights).view(), limits)
+        )
+        * 1e3
     )
     out["reconcile_ms"] = time_call(lambda: state.reconcile(st, entries, weights)) * 1e3
     out["dumps_state_ms"] = time_call(lambda: fsio.dumps_json(st)) * 1e3
@@ -213,17 +223,23 @@ def _runner_memory_kb(spec: Any) -> float:
     """KiB still allocated by a prepared runner (its own copy of the state root)."""
     import anyio
 
-    from autoloop_daemon.policy.budget import SharedBudget
     from autoloop_daemon.runtime import target as target_mod
+    from autoloop_daemon.runtime.budget import SharedBudget
+    from autoloop_daemon.runtime.events import EventBus
+    from autoloop_daemon.storage.files.store import FileTargetStore
 
     keep: list[Any] = []
 
     async def make() -> None:
         runner = target_mod.TargetRunner(
-            spec, budget=SharedBudget(1e12), slots=anyio.CapacityLimiter(1)
+            spec,
+            store=FileTargetStore(spec),
+            budget=SharedBudget(1e12),
+            slots=anyio.CapacityLimiter(1),
+            events=EventBus(),
         )
         await runner.prepare()
-        runner._lock.release()
+        runner._store.close()
         keep.append(runner)
 
     gc.collect()
@@ -260,12 +276,7 @@ def plot(rows: list[dict[str, Any]], quick: bool) -> Path | None:
     ax.set_ylabel("ms")
     ax.set_title("autoloopd: cost per iteration vs history size")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    common.RESULTS.mkdir(parents=True, exist_ok=True)
-    path = common.RESULTS / f"{common.result_name('growth', quick)}.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return common.save_plot(plt, fig, "growth", quick)
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ spawn, checkpoints); --profile runs it under pyinstrument (bench/results/overhea
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import shlex
 import statistics
@@ -31,13 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import common
+import common  # first: puts the repository on sys.path
+
+from tests.helpers.audit import audit_state_roots
+from tests.helpers.logs import epoch_s, read_log
+from tests.helpers.process import kill, start_autoloopd
 
 GOAL_MS = 3.0
-
-
-def _parse(stamp: str) -> float:
-    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def plain_block(argv: list[str], n: int) -> list[float]:
@@ -71,25 +70,21 @@ def daemon_block(
     work: Path, target: Path, state_root: Path, argv: list[str], upto: int, n: int, handoff: bool
 ) -> dict[str, Any]:
     """Run autoloopd for iterations upto-n+1..upto; its intervals from the iteration log."""
-    from autoloop_daemon.storage.files import artifacts
-
     out = work / "daemon.out"
     t0 = time.perf_counter()
-    proc = common.start_daemon(
-        daemon_args(target, state_root, argv, upto, handoff), env={}, stdout=out, cwd=work
-    )
+    proc = start_autoloopd(daemon_args(target, state_root, argv, upto, handoff), out, cwd=work)
     try:
         code = proc.wait(timeout=300)
     finally:
-        common.kill_daemon(proc)
+        kill(proc)
     wall = time.perf_counter() - t0
     if code != 0:
         raise RuntimeError(f"autoloopd exited {code}:\n{common.tail(out)}")
-    entries, _ = artifacts.read_log(artifacts.log_path(state_root), repair=False)
+    entries = read_log(state_root)
     block = entries[upto - n : upto]
-    starts = [_parse(e.started_at) for e in block]
+    starts = [epoch_s(e["started_at"]) for e in block]
     intervals = [b - a for a, b in itertools.pairwise(starts)]
-    busy = _parse(block[-1].finished_at) - starts[0]
+    busy = epoch_s(block[-1]["finished_at"]) - starts[0]
     return {"wall_s": wall, "intervals": intervals, "in_loop_s": busy, "entries": len(entries)}
 
 
@@ -127,7 +122,7 @@ def run_variant(work: Path, name: str, argv: list[str], blocks: int, per_block: 
             f"plain {row['plain_median_ms']:.2f} ms, overhead {row['overhead_ms']:.2f} ms",
             flush=True,
         )
-    audit = common.audit_state_roots([state_root])
+    audit = audit_state_roots([state_root])
     med_d, med_p = statistics.median(daemon), statistics.median(plain)
     return {
         "orchestrator": argv,
@@ -285,8 +280,7 @@ def breakdown(work: Path, argv: list[str], n: int) -> dict[str, Any]:
     finally:
         for owner, name, original in reversed(restore):
             setattr(owner, name, original)
-    entries, _ = artifacts.read_log(artifacts.log_path(state_root), repair=False)
-    starts = [_parse(e.started_at) for e in entries]
+    starts = [epoch_s(e["started_at"]) for e in read_log(state_root)]
     intervals = [b - a for a, b in itertools.pairwise(starts)]
     rows = {
         key: {"calls_per_iter": calls[key] / n, "ms_per_iter": spent[key] / n * 1e3}

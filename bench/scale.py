@@ -11,7 +11,8 @@ lines equals the number of `iteration_finished` events the daemon logged.
 
 Part B, idle: 10,000 targets (`--quick`: 2,000) with dry_run = true, continuous, 600 min
 cooldown, simulated_seconds = 0: each runs one simulated iteration, then cools down. Once
-STATUS= says all are cooling down: peak RSS (goal <= 500 MB) and idle CPU over 20 s
+all have logged `iteration_finished` and `autoloopd status --json` says every target is
+cooling down: peak RSS (goal <= 500 MB) and idle CPU over 20 s
 (`--quick`: 5 s; goal < 2 % of one core).
 
     .venv/bin/python bench/scale.py [--quick] [--only busy|idle] [--busy-targets N]
@@ -20,13 +21,21 @@ STATUS= says all are cooling down: peak RSS (goal <= 500 MB) and idle CPU over 2
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import common
+import common  # first: puts the repository on sys.path
+
+from tests.helpers.audit import audit_state_roots
+from tests.helpers.config import write_config
+from tests.helpers.daemon import Daemon
+from tests.helpers.logs import epoch_s
+from tests.helpers.notify import Notification, NotifyListener
+from tests.helpers.process import kill, proc_status_kb
 
 GOAL_BUSY_RSS_MB = 150.0
 GOAL_IDLE_RSS_MB = 500.0
@@ -34,8 +43,13 @@ GOAL_IDLE_CPU_PCT = 2.0
 SAMPLE_S = 0.5
 
 
-def _wall(stamp: str) -> float:
-    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+class Started(NamedTuple):
+    """A started daemon: its sampler, when it was spawned (monotonic), its READY=1."""
+
+    daemon: Daemon
+    sampler: Sampler
+    t0: float
+    ready: Notification
 
 
 class Sampler:
@@ -46,8 +60,9 @@ class Sampler:
         self.t0 = t0
         self.rows: list[dict[str, Any]] = []
 
-    def sample(self, status: str | None = None) -> dict[str, Any] | None:
-        mem = common.proc_status_kb(self.pid)
+    def sample(self, finished: int | None = None) -> dict[str, Any] | None:
+        """One reading; `finished`: the iterations the daemon has logged as finished so far."""
+        mem = proc_status_kb(self.pid)
         cpu = common.proc_cpu_detail_s(self.pid)
         if not mem or not cpu:
             return None
@@ -64,7 +79,7 @@ class Sampler:
             "machine_total_s": total_s,
             "threads": common.proc_threads(self.pid),
             "fds": common.proc_fds(self.pid),
-            "status": status,
+            "iterations_finished": finished,
         }
         self.rows.append(row)
         return row
@@ -94,9 +109,23 @@ class Sampler:
         return max((r[key] for r in self.rows if r[key] is not None), default=None)
 
 
+@contextlib.contextmanager
+def _running(work: Path, config: Path, ready_timeout_s: float) -> Iterator[Started]:
+    """The daemon started with our notify socket, once it sent READY=1; killed at the end
+    (by its own pid) if it still runs."""
+    with NotifyListener(work) as notify:
+        t0 = time.monotonic()
+        daemon = Daemon(config, work / "daemon.out", env=notify.env, cwd=work)
+        try:
+            ready = notify.wait_ready(timeout=ready_timeout_s)
+            yield Started(daemon, Sampler(daemon.pid, t0), t0, ready)
+        finally:
+            kill(daemon.proc)
+
+
 def _config(work: Path, n: int, defaults: dict[str, Any]) -> Path:
     targets = common.make_targets(work, n)
-    return common.write_config(
+    return write_config(
         work / "config.toml",
         daemon=common.daemon_table(work),
         budget={"max_cost_usd": 100_000_000.0, "cost_per_minute_usd": 0.10},
@@ -123,37 +152,30 @@ def busy(work: Path, n: int, seconds: float) -> dict[str, Any]:
             "estimated_cost_usd": 0.0001,
         },
     )
-    out = work / "daemon.out"
     result: dict[str, Any] = {"targets": n, "run_s": seconds}
-    with common.NotifyListener(work / "notify.sock") as notify:
-        t0 = time.monotonic()
-        proc = common.start_daemon(["--config", str(config)], env=notify.env, stdout=out, cwd=work)
-        sampler = Sampler(proc.pid, t0)
-        try:
-            ready = notify.wait_ready(timeout_s=300, out=out)
-            result["start_to_ready_s"] = ready.at - t0
-            first = sampler.sample()
-            deadline = ready.at + seconds
-            while time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(min(SAMPLE_S, max(0.0, deadline - time.monotonic())))
-                sampler.sample(notify.last_status())
-            last = sampler.sample(notify.last_status())
-            term_wall = time.time()
-            stop_s, code = common.stop_daemon(proc, timeout_s=120)
-        finally:
-            common.kill_daemon(proc)
+    with _running(work, config, ready_timeout_s=300) as (daemon, sampler, t0, ready):
+        result["start_to_ready_s"] = ready.at - t0
+        first = sampler.sample()
+        deadline = ready.at + seconds
+        while time.monotonic() < deadline and daemon.proc.poll() is None:
+            time.sleep(min(SAMPLE_S, max(0.0, deadline - time.monotonic())))
+            sampler.sample(daemon.count("iteration_finished"))
+        last = sampler.sample(daemon.count("iteration_finished"))
+        term_wall = time.time()
+        stop_s, code = common.stop_daemon(daemon.proc, timeout_s=120)
     if first is None or last is None:
-        raise RuntimeError(f"the daemon died:\n{common.tail(out)}")
+        raise RuntimeError(f"the daemon died:\n{common.tail(daemon.out)}")
     window = (last["t"] + t0) - ready.at
-    events = common.read_events(out)
-    finished = [e for e in events if e.get("event") == "iteration_finished"]
+    finished = daemon.events("iteration_finished")
     in_window = [
-        e for e in finished if "timestamp" in e and ready.wall <= _wall(e["timestamp"]) <= term_wall
+        e
+        for e in finished
+        if "timestamp" in e and ready.wall <= epoch_s(e["timestamp"]) <= term_wall
     ]
-    per_second = Counter(int(_wall(e["timestamp"]) - ready.wall) for e in finished)
+    per_second = Counter(int(epoch_s(e["timestamp"]) - ready.wall) for e in finished)
     roots = sorted((work / "state").iterdir())
     roots = [r for r in roots if r.is_dir()]
-    audit = common.audit_state_roots(roots, allowed_status={"stopped_signal"})
+    audit = audit_state_roots(roots, allowed_status={"stopped_signal"})
     cpu_s = last["cpu_s"] - first["cpu_s"]
     result.update(
         exit_code=code,
@@ -192,41 +214,34 @@ def idle(work: Path, n: int, idle_s: float) -> dict[str, Any]:
         n,
         common.idle_defaults(),
     )
-    out = work / "daemon.out"
     result: dict[str, Any] = {"targets": n, "idle_s": idle_s, "nofile_limit": [soft, hard]}
-    with common.NotifyListener(work / "notify.sock") as notify:
-        t0 = time.monotonic()
-        proc = common.start_daemon(["--config", str(config)], env=notify.env, stdout=out, cwd=work)
-        sampler = Sampler(proc.pid, t0)
-        try:
-            ready = notify.wait_ready(timeout_s=600, out=out)
-            result["start_to_ready_s"] = ready.at - t0
-            print(f"  READY after {ready.at - t0:.1f} s", flush=True)
-            cooled = None
-            deadline = time.monotonic() + 900
-            while cooled is None and time.monotonic() < deadline and proc.poll() is None:
-                cooled = notify.wait_for(common.all_cooling(n), timeout_s=SAMPLE_S * 4)
-                sampler.sample(notify.last_status())
-            if cooled is None:
-                raise RuntimeError(f"not all cooling down: {notify.last_status()}")
-            result["ready_to_all_cooling_s"] = cooled.at - ready.at
-            print(f"  all cooling down {cooled.at - ready.at:.1f} s after READY", flush=True)
-            time.sleep(3.0)  # let the last checkpoints and log lines of the burst settle
-            first = sampler.sample(notify.last_status())
-            end = time.monotonic() + idle_s
-            while time.monotonic() < end and proc.poll() is None:
-                time.sleep(min(SAMPLE_S, max(0.0, end - time.monotonic())))
-                sampler.sample(notify.last_status())
-            last = sampler.sample(notify.last_status())
-            stop_s, code = common.stop_daemon(proc, timeout_s=300)
-        finally:
-            common.kill_daemon(proc)
+    with _running(work, config, ready_timeout_s=600) as (daemon, sampler, t0, ready):
+        result["start_to_ready_s"] = ready.at - t0
+        print(f"  READY after {ready.at - t0:.1f} s", flush=True)
+        # Each target logs one iteration_finished, then checkpoints its cooldown.
+        deadline = time.monotonic() + 900
+        while daemon.count("iteration_finished") < n and daemon.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {daemon.count('iteration_finished')} of {n} ran")
+            time.sleep(SAMPLE_S)
+            sampler.sample(daemon.count("iteration_finished"))
+        cooled_at = common.wait_all_status(daemon, "cooldown", n, timeout_s=300)
+        result["ready_to_all_cooling_s"] = cooled_at - ready.at
+        print(f"  all cooling down {cooled_at - ready.at:.1f} s after READY", flush=True)
+        time.sleep(3.0)  # let the last checkpoints and log lines of the burst settle
+        first = sampler.sample(daemon.count("iteration_finished"))
+        end = time.monotonic() + idle_s
+        while time.monotonic() < end and daemon.proc.poll() is None:
+            time.sleep(min(SAMPLE_S, max(0.0, end - time.monotonic())))
+            sampler.sample(daemon.count("iteration_finished"))
+        last = sampler.sample(daemon.count("iteration_finished"))
+        stop_s, code = common.stop_daemon(daemon.proc, timeout_s=300)
     if first is None or last is None:
-        raise RuntimeError(f"the daemon died:\n{common.tail(out)}")
+        raise RuntimeError(f"the daemon died:\n{common.tail(daemon.out)}")
     window = last["t"] - first["t"]
     roots = [r for r in sorted((work / "state").iterdir()) if r.is_dir()]
-    audit = common.audit_state_roots(roots, allowed_status={"stopped_signal"})
-    finished = [e for e in common.read_events(out) if e.get("event") == "iteration_finished"]
+    audit = audit_state_roots(roots, allowed_status={"stopped_signal"})
+    finished = daemon.events("iteration_finished")
     cpu_s = last["cpu_s"] - first["cpu_s"]
     result.update(
         exit_code=code,
@@ -270,12 +285,7 @@ def plot(results: dict[str, Any]) -> Path | None:
     ax2.bar(range(len(rate)), rate, width=1.0)
     ax2.set_ylabel("iterations / s")
     ax2.set_xlabel("seconds since READY=1")
-    fig.tight_layout()
-    common.RESULTS.mkdir(parents=True, exist_ok=True)
-    path = common.RESULTS / f"{common.result_name('scale', results['quick'])}.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return common.save_plot(plt, fig, "scale", results["quick"])
 
 
 def main() -> None:

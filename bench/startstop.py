@@ -5,9 +5,10 @@ SOCK_DGRAM socket and pass it as NOTIFY_SOCKET), with a fresh state directory (e
 root is created) and on a warm restart (every state root exists, with its state and log).
 Goal <= 2 s.
 
-Stop: time from SIGTERM to exit while every target is cooling down (STATUS= says so), with
-every state checkpointed; afterwards every state file must parse, hold status
-`stopped_signal` (or `cooldown`) with nothing in flight, and agree with its log. Goal <= 1 s.
+Stop: time from SIGTERM to exit while every target is cooling down (`autoloopd status
+--json` says so: every state file has status `cooldown`), with every state checkpointed;
+afterwards every state file must parse, hold status `stopped_signal` (or `cooldown`) with
+nothing in flight, and agree with its log. Goal <= 1 s.
 
 The targets use the built-in simulator (dry_run, simulated_seconds = 0) and a 600 min
 cooldown, so each runs one iteration after the fresh start and then waits. Each cycle
@@ -23,14 +24,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import common
+import common  # first: puts the repository on sys.path
+
+from tests.helpers.audit import audit_state_roots
+from tests.helpers.config import write_config
+from tests.helpers.daemon import Daemon
+from tests.helpers.logs import epoch_s
+from tests.helpers.notify import NotifyListener
+from tests.helpers.process import kill, proc_status_kb
 
 GOAL_START_S = 2.0
 GOAL_STOP_S = 1.0
 
 
 def _config(work: Path, n: int) -> Path:
-    return common.write_config(
+    return write_config(
         work / "config.toml",
         daemon=common.daemon_table(work),
         budget={"max_cost_usd": 100_000_000.0},
@@ -41,31 +49,30 @@ def _config(work: Path, n: int) -> Path:
 
 def one_cycle(work: Path, config: Path, n: int, kind: str) -> dict[str, Any]:
     """Start (fresh or warm), wait until all cool down, SIGTERM, audit the state roots."""
-    out = work / f"daemon-{kind}.out"
-    with common.NotifyListener(work / "notify.sock") as notify:
+    with NotifyListener(work) as notify:
         t0, spawn_wall = time.monotonic(), time.time()
-        proc = common.start_daemon(["--config", str(config)], env=notify.env, stdout=out, cwd=work)
+        daemon = Daemon(config, work / f"daemon-{kind}.out", env=notify.env, cwd=work)
         try:
-            ready = notify.wait_ready(timeout_s=300, out=out)
-            cooled = notify.wait_for(common.all_cooling(n), timeout_s=600)
-            if cooled is None:
-                raise RuntimeError(f"not all cooling down: {notify.last_status()}")
+            ready = notify.wait_ready(timeout=300)
+            if kind == "fresh":  # each target runs its one iteration, then cools down
+                daemon.wait_event("iteration_finished", count=n, timeout=600, interval=0.1)
+            cooled_at = common.wait_all_status(daemon, "cooldown", n, timeout_s=600)
             time.sleep(0.5)  # a quiet moment: nothing in flight, no checkpoint being written
-            rss_mb = common.proc_status_kb(proc.pid).get("VmHWM", 0) / 1024
+            rss_mb = proc_status_kb(daemon.pid).get("VmHWM", 0) / 1024
             term_wall = time.time()
-            stop_s, code = common.stop_daemon(proc, timeout_s=120)
+            stop_s, code = common.stop_daemon(daemon.proc, timeout_s=120)
             exit_wall = time.time()
         finally:
-            common.kill_daemon(proc)
+            kill(daemon.proc)
     roots = [r for r in sorted((work / "state").iterdir()) if r.is_dir()]
-    audit = common.audit_state_roots(roots, allowed_status={"stopped_signal", "cooldown"})
+    audit = audit_state_roots(roots, allowed_status={"stopped_signal", "cooldown"})
     ok = not audit.problems and audit.targets == n
-    phases = _phases(common.read_events(out), spawn_wall, ready.wall, term_wall, exit_wall)
+    phases = _phases(daemon.events(), spawn_wall, ready.wall, term_wall, exit_wall)
     return {
         "phases_s": phases,
         "kind": kind,
         "start_to_ready_s": ready.at - t0,
-        "ready_to_all_cooling_s": cooled.at - ready.at,
+        "ready_to_all_cooling_s": cooled_at - ready.at,
         "sigterm_to_exit_s": stop_s,
         "exit_code": code,
         "peak_rss_mb": rss_mb,
@@ -82,13 +89,13 @@ def _phases(
     def first(name: str, after: float = 0.0) -> float | None:
         for e in events:
             if e.get("event") == name and "timestamp" in e:
-                at = _wall(e["timestamp"])
+                at = epoch_s(e["timestamp"])
                 if at >= after - 0.05:
                     return at
         return None
 
     def last(name: str) -> float | None:
-        stamps = [_wall(e["timestamp"]) for e in events if e.get("event") == name]
+        stamps = [epoch_s(e["timestamp"]) for e in events if e.get("event") == name]
         return max(stamps) if stamps else None
 
     def span(a: float | None, b: float | None) -> float | None:
@@ -110,12 +117,6 @@ def _phases(
         "last_target_stopped_to_daemon_stopped": span(stopped_last, stopped),
         "daemon_stopped_to_exit (teardown)": span(stopped, exit_),
     }
-
-
-def _wall(stamp: str) -> float:
-    import datetime as dt
-
-    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def main() -> None:

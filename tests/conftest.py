@@ -1,12 +1,16 @@
-"""Shared pytest fixtures: pin anyio's backend to asyncio (PITFALLS: else every test runs twice)
-and kill whatever a test left running."""
+"""Shared pytest fixtures: pin anyio's backend to asyncio (PITFALLS: else every test runs
+twice), fail blocking calls on the event loop where asked, and kill whatever a test left
+running."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-import support
+from blockbuster import BlockBuster
+
+from tests.helpers.blocking import no_blocking
+from tests.helpers.process import kill_leftovers
 
 
 @pytest.fixture(scope="session")
@@ -15,12 +19,29 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture
+def blockbuster() -> Iterator[BlockBuster]:
+    """blockbuster active for the test (tests/helpers/blocking.py): a blocking call on the
+    event loop, from autoloopd's code or the test's, raises BlockingError. Sync fixtures
+    set up before it; a test may add `blockbuster.functions[...].can_block_in(...)`."""
+    with no_blocking() as buster:
+        yield buster
+
+
+@pytest.fixture(autouse=True)
+def _no_blocking_marker(request: pytest.FixtureRequest) -> None:
+    """Tests marked `no_blocking` (most in-process anyio tests) get the `blockbuster`
+    fixture."""
+    if request.node.get_closest_marker("no_blocking") is not None:
+        request.getfixturevalue("blockbuster")
+
+
 @pytest.fixture(autouse=True)
 def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each test: SIGKILL every autoloopd it started with `support.start_autoloopd` that
-    still runs and, for a test using tmp_path, every process of a run under tmp_path (found by
-    its run marker) -- what a failed test could not stop (its own processes only)."""
+    """After each test: SIGKILL every autoloopd it started with `start_autoloopd` that still
+    runs and, for a test using tmp_path, every process of a run under tmp_path (found by its
+    run marker) -- what a failed test could not stop (its own processes only)."""
     uses_tmp_path = "tmp_path" in request.fixturenames
     tmp_path = request.getfixturevalue("tmp_path") if uses_tmp_path else None
     yield
-    support.kill_leftovers(None if tmp_path is None else str(tmp_path))
+    kill_leftovers(None if tmp_path is None else str(tmp_path))

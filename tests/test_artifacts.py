@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anyio.to_thread
 import pytest
 
 from autoloop_daemon.exceptions import StateCorruptError
@@ -58,6 +59,7 @@ def test_read_log_missing_and_empty(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_append_then_read_round_trip(tmp_path: Path) -> None:
     """Entries appended with append_log read back equal, with every status."""
     path = tmp_path / artifacts.LOG_NAME
@@ -68,7 +70,8 @@ async def test_append_then_read_round_trip(tmp_path: Path) -> None:
     ]
     for e in entries:
         await artifacts.append_log(path, e)
-    assert artifacts.read_log(path) == (entries, 0)
+    # Read back off the event loop, as the daemon does (blockbuster checks).
+    assert await anyio.to_thread.run_sync(artifacts.read_log, path) == (entries, 0)
 
 
 def test_torn_tail_without_newline_is_truncated(tmp_path: Path) -> None:
@@ -249,6 +252,7 @@ def test_render_handoff_failed_iteration_and_threshold() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_write_handoff_creates_directory(tmp_path: Path) -> None:
     """write_handoff creates handoffs/ and writes the file atomically, returning its path."""
     path = await artifacts.write_handoff(tmp_path / "root", 5, "# Iteration 5 handoff\n")

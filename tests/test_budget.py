@@ -6,7 +6,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from autoloop_daemon.policy.budget import Ledger, SharedBudget, estimate_cost
+from autoloop_daemon.policy.budget import Ledger, estimate_cost
+from autoloop_daemon.runtime.budget import SharedBudget
 
 
 def test_ledger_reserves_only_what_fits() -> None:
@@ -30,6 +31,7 @@ def test_estimate_prefers_history_then_configured_then_fallback() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_reserve_waits_for_settlement_then_gives_up_when_nothing_runs() -> None:
     """A reservation that does not fit waits for running ones; alone, it is refused."""
     budget = SharedBudget(cap_usd=1.0)
@@ -51,6 +53,7 @@ async def test_reserve_waits_for_settlement_then_gives_up_when_nothing_runs() ->
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_many_concurrent_reservations_never_overcommit() -> None:
     """With 50 tasks competing, reserved plus spent never passes the cap."""
     budget = SharedBudget(cap_usd=10.0)

@@ -6,7 +6,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support import TARGET_A, TARGET_B, in_table, in_target
 
 from autoloop_daemon.config.loader import (
     REFERENCE_ORCHESTRATOR,
@@ -16,6 +15,7 @@ from autoloop_daemon.config.loader import (
     validate_cron,
 )
 from autoloop_daemon.exceptions import ConfigError
+from tests.helpers.config import TARGET_A, TARGET_B, in_table, in_target
 
 REPO = Path(__file__).resolve().parents[1]
 

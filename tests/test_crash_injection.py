@@ -38,14 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import (
-    assert_invariants,
-    marked_processes,
-    orchestrator_argv,
-    pid_alive,
-    start_autoloopd,
-    stop,
-)
+
+from tests.helpers.audit import assert_invariants, read_state
+from tests.helpers.config import write_config
+from tests.helpers.fakes import orchestrator_argv
+from tests.helpers.logs import json_lines
+from tests.helpers.process import marked_processes, pid_alive, proc_stat, start_autoloopd, stop
 
 KILLS = int(os.environ.get("AUTOLOOPD_CRASH_KILLS", "30"))
 SEED = int(os.environ.get("AUTOLOOPD_CRASH_SEED", str(random.SystemRandom().randrange(10**9))))
@@ -165,18 +163,9 @@ def check_root(state_raw: bytes | None, log_raw: bytes, *, allow_torn: bool) -> 
     )
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name (state is [0], ppid [1])."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw.rsplit(")", 1)[1].split()
-
-
 def _identity(pid: int) -> tuple[int, str] | None:
     """(pid, start time): survives pid reuse, unlike the pid alone."""
-    stat = _proc_stat(pid)
+    stat = proc_stat(pid)
     return None if stat is None else (pid, stat[19])
 
 
@@ -190,20 +179,18 @@ def _still_running(identity: tuple[int, str]) -> bool:
 def _events(out: Path) -> list[dict[str, Any]]:
     """The complete JSON lines the daemon printed (a killed one may leave half a last line)."""
     data = _read(out) or b""
-    complete = data[: data.rfind(b"\n") + 1]
-    events = []
-    for line in complete.decode(errors="replace").splitlines():
-        assert "Traceback" not in line, f"{out}: {line}"
-        try:
-            event = json.loads(line)
-        except ValueError:
-            raise AssertionError(f"{out}: not a JSON log line: {line!r}") from None
+    complete = data[: data.rfind(b"\n") + 1].decode(errors="replace")
+    assert "Traceback" not in complete, f"{out}: {complete}"
+    try:
+        events = json_lines(complete, strict=True)
+    except ValueError as exc:
+        raise AssertionError(f"{out}: {exc}") from None
+    for event in events:
         # A bug surfaces as target_crashed, or as an error a library (asyncio) logged.
-        assert event.get("event") != "target_crashed", f"{out}: {line}"
+        assert event.get("event") != "target_crashed", f"{out}: {event}"
         assert not (event.get("logger") and event.get("level") in ("error", "critical")), (
-            f"{out}: {line}"
+            f"{out}: {event}"
         )
-        events.append(event)
     return events
 
 
@@ -214,42 +201,37 @@ def _has_event(out: Path, name: str) -> bool:
 # --- the scenario -------------------------------------------------------------------------
 
 
-def write_config(tmp_path: Path, cap_usd: float) -> tuple[Path, Path, list[Path]]:
+def write_daemon_config(tmp_path: Path, cap_usd: float) -> tuple[Path, Path, list[Path]]:
     """The daemon config; returns (config, state_dir, state roots)."""
     skills = tmp_path / "skills"
     state_dir = tmp_path / "state"
-    lines = [
-        "[daemon]",
-        f"state_dir = {json.dumps(str(state_dir))}",
-        "max_concurrent_iterations = 3",  # fewer slots than targets: they contend
-        "shutdown_grace_seconds = 5",
-        'log_format = "json"',
-        'log_level = "info"',
-        "[budget]",
-        f"max_cost_usd = {cap_usd!r}",
-        "[defaults]",
-        'mode = "continuous"',
-        "cooldown_minutes = 0.0005",
-        "max_iterations = 10_000",
-        "max_cost_usd = 1e6",
-        "plateau_window = 1_000_000",
-        "oscillation_window = 0",
-        "term_grace_seconds = 2",
-    ]
-    roots = []
+    targets = []
     for name, flags in TARGETS:
         (skills / name).mkdir(parents=True)
         argv = orchestrator_argv("slow", *flags, "--record", str(tmp_path / f"record-{name}.jsonl"))
-        lines += [
-            "[[targets]]",
-            f"name = {json.dumps(name)}",
-            f"path = {json.dumps(str(skills / name))}",
-            f"orchestrator = {json.dumps(argv)}",
-        ]
-        roots.append(state_dir / name)
-    config = tmp_path / "autoloopd.toml"
-    config.write_text("\n".join(lines) + "\n")
-    return config, state_dir, roots
+        targets.append({"name": name, "path": str(skills / name), "orchestrator": argv})
+    config = write_config(
+        tmp_path / "autoloopd.toml",
+        daemon={
+            "state_dir": str(state_dir),
+            "max_concurrent_iterations": 3,  # fewer slots than targets: they contend
+            "shutdown_grace_seconds": 5,
+            "log_format": "json",
+            "log_level": "info",
+        },
+        budget={"max_cost_usd": cap_usd},
+        defaults={
+            "mode": "continuous",
+            "cooldown_minutes": 0.0005,
+            "max_iterations": 10_000,
+            "max_cost_usd": 1e6,
+            "plateau_window": 1_000_000,
+            "oscillation_window": 0,
+            "term_grace_seconds": 2,
+        },
+        targets=targets,
+    )
+    return config, state_dir, [state_dir / name for name, _ in TARGETS]
 
 
 @dataclass
@@ -272,7 +254,7 @@ class CrashRun:
         self.tmp_path = tmp_path
         self.cap_usd = cap_usd
         self.rng = rng
-        self.config, self.state_dir, self.roots = write_config(tmp_path, cap_usd)
+        self.config, self.state_dir, self.roots = write_daemon_config(tmp_path, cap_usd)
         self.tally = Tally()
         self.starts = 0
         self.outputs: list[Path] = []
@@ -324,7 +306,7 @@ class CrashRun:
             )
             self.tally.orphans_checked += 1
         for pid in marked_processes(str(self.state_dir)):
-            stat = _proc_stat(pid)
+            stat = proc_stat(pid)
             if stat is not None and pid_alive(pid):
                 assert int(stat[1]) == proc.pid, (
                     f"marked process {pid} (parent {stat[1]}) does not belong to the current "
@@ -416,7 +398,7 @@ class CrashRun:
             state_raw, log_raw = _snapshot(root)
             found = check_root(state_raw, log_raw, allow_torn=False)
             assert not found.problems and not found.lagging, (root, found.problems)
-            state = json.loads((root / "autoloop_state.json").read_text())
+            state = read_state(root)
             assert state["in_flight"] is None, state["in_flight"]
             self.tally.checks += 1
             all_entries.append(found.entries)
@@ -479,7 +461,7 @@ def test_sigkill_while_the_shared_budget_runs_out(tmp_path: Path) -> None:
     print(run.report(f"budget ${CAP_USD}"))
     assert run.tally.kills >= 3, "the budget ran out before the daemon could be killed"
     for root in run.roots:
-        status = json.loads((root / "autoloop_state.json").read_text())["status"]
+        status = read_state(root)["status"]
         assert status == "stopped_budget", (root, status)
     spent = math.fsum(e["cost_usd"] for found in run.entries for e in found)
     assert spent >= CAP_USD - 0.2, f"stopped at ${spent:.4f}, well before the ${CAP_USD} cap"

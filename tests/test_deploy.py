@@ -1,4 +1,4 @@
-"""The shipped systemd unit and cron example: systemd accepts them and they say what we need."""
+"""The shipped systemd units and cron example: systemd accepts them and they say what we need."""
 
 from __future__ import annotations
 
@@ -14,6 +14,25 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNIT = DEPLOY / "autoloopd.service"
 CRON = DEPLOY / "autoloopd-scheduled.cron"
 README = DEPLOY / "README.md"
+SCHEDULED = DEPLOY / "autoloopd-scheduled@.service"
+TIMER = DEPLOY / "autoloopd-scheduled@.timer"
+FAILURE = DEPLOY / "autoloopd-failure@.service"
+# Units made from the templates above, as an operator would start them.
+SCHEDULED_INSTANCES = (
+    "autoloopd-scheduled@tech-article.service",
+    "autoloopd-scheduled@tech-article.timer",
+    "autoloopd-failure@autoloopd-scheduled@tech-article.service.service",
+)
+# The sandbox of autoloopd.service, which the scheduled service repeats.
+HARDENING_KEYS = (
+    "User", "Group", "StateDirectory", "StateDirectoryMode", "UMask", "NoNewPrivileges",
+    "ProtectSystem", "ReadWritePaths", "PrivateTmp", "ProtectHome", "PrivateDevices",
+    "PrivateMounts", "ProtectProc", "RemoveIPC", "ProtectKernelTunables",
+    "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups", "ProtectClock",
+    "ProtectHostname", "CapabilityBoundingSet", "AmbientCapabilities", "RestrictSUIDSGID",
+    "LockPersonality", "RestrictRealtime", "SystemCallArchitectures",
+    "RestrictAddressFamilies", "KillMode", "KillSignal", "TimeoutStopSec",
+)  # fmt: skip
 
 SHIPPED_EXEC_START = "ExecStart=/usr/local/bin/autoloopd --config /etc/autoloopd/config.toml"
 TEST_EXEC_START = (
@@ -168,9 +187,145 @@ def test_cron_example_runs_one_scheduled_iteration_every_four_hours() -> None:
     assert argv[0] in {"autoloopd", "/usr/local/bin/autoloopd"}
     assert argv[argv.index("--mode") + 1] == "scheduled"
     assert "--target" in argv and "--state-root" in argv
-    assert re.search(r">>\s*/var/log/autoloopd/\S+\.log 2>&1$", command)
+    # Output appended to a log; a failure still prints one line, which cron mails.
+    assert re.search(r'>>\s*/var/log/autoloopd/\S+\.log 2>&1 \|\| echo "[^"]*\$\?[^"]*"$', command)
     assert "%" not in command  # cron turns % into a newline
     assert "flock" not in command  # autoloopd locks the state root itself
+
+
+def cron_job(text: str) -> str:
+    """The command of the cron file's only job line."""
+    jobs = [
+        line
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#") and not re.match(r"^\w+=", line)
+    ]
+    assert len(jobs) == 1
+    return jobs[0].split(None, 6)[6]
+
+
+def test_cron_example_mails_failures_to_someone() -> None:
+    """MAILTO is set to an address: an empty MAILTO would hide the circuit breaker's exit 1."""
+    settings = [
+        line.partition("=")[2].strip()
+        for line in CRON.read_text().splitlines()
+        if re.match(r"^\s*MAILTO\s*=", line)
+    ]
+    assert len(settings) == 1, settings
+    address = settings[0].strip("\"'")
+    assert address, "MAILTO is empty: cron would mail nothing"
+    assert re.fullmatch(r"[^@\s]+@[^@\s]+", address), address
+
+
+@pytest.mark.parametrize("exit_code", [0, 1, 75])
+def test_cron_command_reports_a_non_zero_exit(tmp_path: Path, exit_code: int) -> None:
+    """Run the job line with /bin/sh, as cron does, with a stand-in `autoloopd` on the PATH.
+
+    Its output lands in the log file; stdout (what cron mails) is empty after success and
+    names the exit status after a failure.
+    """
+    command = cron_job(CRON.read_text()).replace("/var/log/autoloopd/", f"{tmp_path}/log/")
+    (tmp_path / "log").mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "autoloopd"
+    fake.write_text(f'#!/bin/sh\necho "--- Iteration 1/30 ---"\necho "$*" >&2\nexit {exit_code}\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "LC_ALL": "C"}
+    result = subprocess.run(
+        ["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    (log_file,) = (tmp_path / "log").iterdir()
+    logged = log_file.read_text()
+    assert "--- Iteration 1/30 ---" in logged and "--mode scheduled" in logged
+    assert result.stderr == ""
+    if exit_code == 0:
+        assert result.stdout == ""  # no mail for a run that went well
+    else:
+        assert result.returncode == 0  # the echo ran
+        assert f"exited {exit_code}" in result.stdout
+        assert len(result.stdout.splitlines()) == 1
+
+
+def verifiable_scheduled_units(tmp_path: Path, inject: str | None = None) -> None:
+    """Copy the scheduled-mode units into tmp_path, ExecStart pointing at a real binary.
+
+    `inject` adds that line to the [Service] section of the scheduled service template.
+    """
+    for unit in (SCHEDULED, TIMER, FAILURE):
+        text = unit.read_text()
+        if unit is SCHEDULED:
+            shipped = "ExecStart=/usr/local/bin/autoloopd "
+            assert text.count(shipped) == 1
+            text = text.replace(shipped, f"ExecStart={sys.executable} -m autoloop_daemon ")
+            if inject is not None:
+                text = text.replace("[Service]\n", f"[Service]\n{inject}\n", 1)
+        (tmp_path / unit.name).write_text(text)
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("instance", SCHEDULED_INSTANCES)
+def test_scheduled_units_verify_with_no_output(tmp_path: Path, instance: str) -> None:
+    """Each scheduled-mode unit, instantiated from its template, verifies with no output."""
+    verifiable_scheduled_units(tmp_path)
+    result = systemd_verify(tmp_path / instance)
+    assert (result.stdout, result.stderr) == ("", "")
+    assert result.returncode == 0
+
+
+@needs_systemd_analyze
+def test_verify_reads_the_template_of_an_instance(tmp_path: Path) -> None:
+    """Sanity check of the test above: verifying an instance reads its template file."""
+    verifiable_scheduled_units(tmp_path, inject="NoSuchSetting=yes")
+    result = systemd_verify(tmp_path / SCHEDULED_INSTANCES[0])
+    assert "NoSuchSetting" in result.stdout + result.stderr
+
+
+def test_scheduled_service_runs_one_iteration_and_reports_failure() -> None:
+    """Type=oneshot, --mode scheduled for the instance's target, an OnFailure hook, the
+    daemon unit's sandbox, and no [Install] (the timer starts it)."""
+    unit = parse_unit(SCHEDULED.read_text())
+    service = unit["Service"]
+    assert one(service, "Type") == "oneshot"
+    argv = one(service, "ExecStart").split()
+    assert argv[0] == "/usr/local/bin/autoloopd"
+    assert argv[argv.index("--mode") + 1] == "scheduled"
+    assert argv[argv.index("--target") + 1] == "/srv/skills/%i"
+    assert argv[argv.index("--state-root") + 1] == "/var/lib/autoloopd/%i"
+    assert "--config" not in argv
+    assert "%I" not in one(service, "ExecStart")  # %I turns the name's dashes into slashes
+    assert service.get("Restart", ["no"]) == ["no"]  # the next tick is the retry
+    assert re.fullmatch(r"\d+(min|h|s)?", one(service, "TimeoutStartSec"))
+
+    hook = one(unit["Unit"], "OnFailure")
+    assert hook == "autoloopd-failure@%n.service"
+    assert (DEPLOY / "autoloopd-failure@.service").is_file()
+    assert "Install" not in unit
+
+    daemon = parse_unit(UNIT.read_text())["Service"]
+    for key in HARDENING_KEYS:
+        assert service.get(key) == daemon.get(key), key
+
+
+def test_timer_starts_the_service_of_its_instance() -> None:
+    """The timer template: a calendar, catch-up after downtime, enabled under timers.target."""
+    unit = parse_unit(TIMER.read_text())
+    timer = unit["Timer"]
+    assert one(timer, "OnCalendar")
+    assert one(timer, "Persistent") == "true"
+    assert "Unit" not in timer  # so autoloopd-scheduled@X.timer starts autoloopd-scheduled@X
+    assert TIMER.name.removesuffix(".timer") == SCHEDULED.name.removesuffix(".service")
+    assert one(unit["Install"], "WantedBy") == "timers.target"
+
+
+def test_failure_hook_logs_the_failed_unit() -> None:
+    """The OnFailure hook is a oneshot that logs the failed unit's status at priority err."""
+    service = parse_unit(FAILURE.read_text())["Service"]
+    assert one(service, "Type") == "oneshot"
+    commands = service["ExecStart"]
+    assert any("systemctl status" in c and "%i" in c for c in commands)
+    assert one(service, "SyslogLevel") == "err"
+    assert all(c.lstrip("-").startswith("/") for c in commands)  # absolute paths, no lookup
 
 
 def test_readme_covers_operations() -> None:
@@ -193,5 +348,10 @@ def test_readme_covers_operations() -> None:
         "shutdown_grace_seconds",
         "--mode scheduled",
         "flock",
+        "autoloopd-scheduled@.service",
+        "autoloopd-scheduled@.timer",
+        "autoloopd-failure@.service",
+        "OnFailure=",
+        "MAILTO",
     ):
         assert needle in text, needle

@@ -2,7 +2,7 @@
 
 Every test runs the real `autoloopd` (`python -m autoloop_daemon`) as a subprocess against
 the fake orchestrators in tests/fakes/, waits on conditions (files, /proc, exit) with
-`support.wait_for`, and ends by checking DESIGN.md's invariants and that no process of any
+`wait_for` (tests/helpers), and ends by checking DESIGN.md's invariants and that no process of any
 run is left behind.
 """
 
@@ -15,28 +15,24 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import (
-    check_clean,
-    fake,
-    fake_cmd,
-    log_events,
-    make_target,
+
+from tests.helpers.audit import check_clean, read_state
+from tests.helpers.daemon import make_target
+from tests.helpers.fakes import fake, fake_cmd, orchestrator_cmd
+from tests.helpers.logs import json_lines, parse_ts, read_jsonl, read_log
+from tests.helpers.process import (
     marked_processes,
-    orchestrator_cmd,
     pid_alive,
-    read_log,
     read_pid,
-    read_state,
     run_autoloopd,
     start_autoloopd,
     stop,
-    wait_for,
 )
+from tests.helpers.wait import wait_for
 
 SEED_STATE_FIELDS = (
     "schema_version",
@@ -145,10 +141,6 @@ def stable_log(state_root: Path) -> list[dict[str, Any]]:
     return stable
 
 
-def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 def logged_runs(state_root: Path) -> int:
     """How many lines the iteration log has now (0 while it is missing or being written)."""
     try:
@@ -195,15 +187,30 @@ def test_dry_run_defaults_print_seed_lines_and_write_every_file(tmp_path: Path) 
     done = run_autoloopd(cli(target, state_root, "--dry-run"))
     assert done.returncode == 0, done.stdout + done.stderr
     out = lines(done.stdout)
-    assert out[0] == "--- Iteration 1/5 ---"
-    assert DECISION_LINE.match(out[1]), out[1]
-    assert out[1].startswith("Decision: keep  Weighted score: 0.")
+    assert out[0] == (
+        f"Autoloop starting: target={target.resolve()}, mode=single-run, max_iter=5, "
+        "max_cost=$50.00"
+    )
+    assert out[1] == "--- Iteration 1/5 ---"
+    assert DECISION_LINE.match(out[2]), out[2]
+    assert out[2].startswith("Decision: keep  Weighted score: 0.")
     assert "Stopped: plateau detected (no improvement in last 3 iterations)" in out
-    assert out[-1] == f"State saved: {state_root.resolve() / 'autoloop_state.json'}"
+    state = read_state(state_root)
+    best = max(h["weighted_score"] for h in state["score_history"])
+    best_iteration = next(
+        h["iteration"] for h in state["score_history"] if h["weighted_score"] == best
+    )
+    assert out[-6:] == [
+        "=== Autoloop Summary ===",
+        f"  Iterations: {state['iterations_completed']}/5",
+        f"  Total cost: ${state['total_cost_usd']:.4f}",  # the simulator reports its cost
+        "  Status: stopped_plateau",
+        f"  Best score: {best:.4f} (iteration {best_iteration})",
+        f"  State saved: {state_root.resolve() / 'autoloop_state.json'}",
+    ]
     decision_lines = [line for line in out if line.startswith("Decision:")]
     assert all(DECISION_LINE.match(line) for line in decision_lines)
 
-    state = read_state(state_root)
     for field in SEED_STATE_FIELDS:
         assert field in state, field
     assert state["schema_version"] == "1.0"
@@ -286,7 +293,7 @@ def test_resume_stops_at_max_iterations_refuses_a_rerun_and_continues_with_a_hig
     cmd = orchestrator_cmd("keep", "--scores", "0.5,0.6,0.7,0.8")
     done = run_with(target, state_root, cmd, "--max-iterations", "2")
     assert done.returncode == 0, done.stderr
-    assert "Stopped: max iterations reached (2)" in done.stdout
+    assert "Stopped: max_iterations reached (2/2)" in done.stdout
     assert read_state(state_root)["status"] == "stopped_max_iter"
     assert len(read_log(state_root)) == 2
     log_bytes = (state_root / "iteration_log.jsonl").read_bytes()
@@ -412,7 +419,7 @@ def test_handoff_of_the_previous_iteration_is_passed_with_source(tmp_path: Path)
     cmd = orchestrator_cmd("keep", "--scores", "0.5,0.6", "--record", str(record))
     done = run_with(target, state_root, cmd, "--max-iterations", "2")
     assert done.returncode == 0, done.stderr
-    runs = [json.loads(line) for line in record.read_text().splitlines()]
+    runs = read_jsonl(record)
     assert [r["iteration"] for r in runs] == [1, 2]
     assert runs[0]["source"] == []
     handoff = state_root.resolve() / "handoffs" / "iteration-1.md"
@@ -427,7 +434,7 @@ def test_handoff_of_the_previous_iteration_is_passed_with_source(tmp_path: Path)
     cmd2 = orchestrator_cmd("keep", "--scores", "0.5,0.6", "--record", str(record2))
     done = run_with(target2, state_root2, cmd2, "--max-iterations", "2", "--handoff-arg", "")
     assert done.returncode == 0, done.stderr
-    runs2 = [json.loads(line) for line in record2.read_text().splitlines()]
+    runs2 = read_jsonl(record2)
     assert [r["iteration"] for r in runs2] == [1, 2]
     assert all(r["source"] == [] and "--source" not in r["argv"] for r in runs2)
     check_clean(state_root2)
@@ -501,7 +508,7 @@ def test_circuit_breaker_trips_after_consecutive_crashes(tmp_path: Path) -> None
         "0.1",
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "Stopped: circuit breaker tripped after 2 consecutive errors" in done.stdout
+    assert "Stopped: consecutive_errors exceeded (2/2)" in done.stdout
     state = read_state(state_root)
     assert state["status"] == "error"
     assert state["iterations_completed"] == 0
@@ -692,14 +699,14 @@ def test_second_sigint_skips_the_grace_period(tmp_path: Path) -> None:
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     wait_for(
-        lambda: any(e.get("event") == "shutdown_requested" for e in log_events(out.read_text())),
+        lambda: any(e.get("event") == "shutdown_requested" for e in json_lines(out.read_text())),
         what="the first SIGINT to be handled",
     )
     assert stop(proc, signal.SIGINT, timeout=20) == 0
     assert time.monotonic() - t0 < 8
     assert not pid_alive(orch_pid)
     assert [e["status"] for e in read_log(state_root)] == ["interrupted"]
-    events = [e.get("event") for e in log_events(out.read_text())]
+    events = [e.get("event") for e in json_lines(out.read_text())]
     assert "shutdown_forced" in events
     check_clean(state_root)
 
@@ -732,7 +739,7 @@ def test_sigterm_during_cooldown_exits_at_once_and_saves_next_run_at(tmp_path: P
     state = read_state(state_root)
     (entry,) = read_log(state_root)
     assert state["next_run_at"] is not None
-    gap = parse_iso(state["next_run_at"]) - parse_iso(entry["finished_at"])
+    gap = parse_ts(state["next_run_at"]) - parse_ts(entry["finished_at"])
     assert gap.total_seconds() == pytest.approx(600, abs=2)
     check_clean(state_root)
 
@@ -755,14 +762,14 @@ def test_restart_honours_next_run_at_from_an_interrupted_cooldown(tmp_path: Path
     proc = start_with(target, state_root, cmd, *flags, out=tmp_path / "out1.txt")
     wait_for(lambda: logged_runs(state_root) == 1, what="the first iteration")
     assert stop(proc, signal.SIGTERM) == 0
-    next_run_at = parse_iso(read_state(state_root)["next_run_at"])
+    next_run_at = parse_ts(read_state(state_root)["next_run_at"])
     assert len(read_log(state_root)) == 1
 
     done = run_with(target, state_root, cmd, *flags)
     assert done.returncode == 0, done.stderr
     entries = read_log(state_root)
     assert [e["status"] for e in entries] == ["completed", "completed"]
-    started_second = parse_iso(entries[1]["started_at"])
+    started_second = parse_ts(entries[1]["started_at"])
     assert started_second >= next_run_at
     check_clean(state_root)
 

@@ -12,7 +12,6 @@ import itertools
 import json
 import math
 import signal
-import subprocess
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -20,8 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_support import Daemon, Lab, NotifyListener, logged_cost, max_overlap, parse_ts
-from support import AUTOLOOPD, child_env, read_log, read_state, run_autoloopd, wait_for
+
+from tests.helpers.audit import read_state
+from tests.helpers.daemon import Daemon, Lab
+from tests.helpers.logs import logged_cost, max_overlap, parse_ts, read_log
+from tests.helpers.notify import Notification, NotifyListener
+from tests.helpers.process import run_autoloopd
+from tests.helpers.wait import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,20 +44,6 @@ COOLING = {**FAST, "mode": "continuous", "cooldown_minutes": 10}
 def lab(tmp_path: Path) -> Lab:
     """A test's directories (conftest.py kills any autoloopd the test left running)."""
     return Lab(tmp_path)
-
-
-def run_autoloopd_in(cwd: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
-    """`run_autoloopd` from directory `cwd` (relative --config paths resolve there)."""
-    return subprocess.run(
-        [*AUTOLOOPD, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=child_env(),
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
 
 
 def statuses(lab: Lab, *names: str) -> dict[str, str]:
@@ -476,7 +466,7 @@ def test_check_prints_a_summary_with_every_target(lab: Lab) -> None:
     assert str(lab.config) in result.stdout
     assert not lab.state_dir.exists(), "--check runs nothing"
 
-    example = run_autoloopd_in(REPO, ["--config", "config.example.toml", "--check"])
+    example = run_autoloopd(["--config", "config.example.toml", "--check"], timeout=30, cwd=REPO)
     assert example.returncode == 0, example
     for name in ("coding-standards", "tech-article", "commit-messages"):
         assert f"- {name}:" in example.stdout
@@ -485,10 +475,10 @@ def test_check_prints_a_summary_with_every_target(lab: Lab) -> None:
 # --------------------------------------------------------------------------- 8. sd_notify
 
 
-def _first(messages: list[list[str]], prefix: str, start: int = 0) -> int | None:
-    """Index of the first message at or after `start` with a field starting with `prefix`."""
+def _first(messages: list[Notification], prefix: str, start: int = 0) -> int | None:
+    """Index of the first message at or after `start` with a line starting with `prefix`."""
     for i in range(start, len(messages)):
-        if any(field.startswith(prefix) for field in messages[i]):
+        if any(line.startswith(prefix) for line in messages[i].lines):
             return i
     return None
 
@@ -497,32 +487,30 @@ def test_sd_notify_ready_status_reload_watchdog_and_stopping(lab: Lab) -> None:
     """With $NOTIFY_SOCKET set the daemon sends READY=1 (with STATUS=), STATUS= updates,
     RELOADING=1 + MONOTONIC_USEC= then READY=1 around SIGHUP, WATCHDOG=1 every half
     WATCHDOG_USEC, STOPPING=1 on SIGTERM; the orchestrator never sees those variables."""
-    listener = NotifyListener(lab.root)
-    try:
+    with NotifyListener(lab.root) as listener:
         lab.write([lab.target("probe", "probe")], defaults=COOLING)
-        daemon = lab.start(env={"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "500000"})
-        listener.wait_for(lambda m: _first(m, "READY=1") is not None, what="READY=1")
-        first_ready = listener.fields()[_first(listener.fields(), "READY=1") or 0]
+        daemon = lab.start(env={**listener.env, "WATCHDOG_USEC": "500000"})
+        first_ready = listener.wait_ready().lines
         assert any(f.startswith("STATUS=") and " spent" in f for f in first_ready), first_ready
         daemon.wait_event("iteration_finished")
-        seen = len(listener.drain())  # received from now on while polling every 20 ms
+        seen = len(listener.messages())  # timed on arrival by the listener's thread
         listener.wait_for(
-            lambda m: sum(f == ["WATCHDOG=1"] for f in m[seen:]) >= 5, what="5 x WATCHDOG=1"
+            lambda m: sum(n.lines == ["WATCHDOG=1"] for n in m[seen:]) >= 5, what="5 x WATCHDOG=1"
         )
-        pings = [at for at, fields in listener.drain()[seen:] if fields == ["WATCHDOG=1"]]
+        pings = [n.at for n in listener.messages()[seen:] if n.lines == ["WATCHDOG=1"]]
         gaps = sorted(b - a for a, b in itertools.pairwise(pings[1:]))
         assert 0.1 < gaps[len(gaps) // 2] < 0.5, f"every half WATCHDOG_USEC (0.25 s): {gaps}"
         listener.wait_for(
-            lambda m: any("STATUS=0 running, 1 cooling down" in f for x in m for f in x),
+            lambda m: any("STATUS=0 running, 1 cooling down" in f for n in m for f in n.lines),
             timeout=10,
             what="a STATUS= line saying the target cools down",
         )
 
-        before_reload = len(listener.fields())
+        before_reload = len(listener.messages())
         daemon.send(signal.SIGHUP)
         daemon.wait_event("config_reloaded")
 
-        def reload_pair(m: list[list[str]]) -> tuple[int, int] | None:
+        def reload_pair(m: list[Notification]) -> tuple[int, int] | None:
             reloading = _first(m, "RELOADING=1", before_reload)
             if reloading is None:
                 return None
@@ -530,18 +518,20 @@ def test_sd_notify_ready_status_reload_watchdog_and_stopping(lab: Lab) -> None:
             return None if again is None else (reloading, again)
 
         reloading, _ = listener.wait_for(reload_pair, what="RELOADING=1 then READY=1")
-        fields = listener.fields()[reloading]
+        fields = listener.lines()[reloading]
         usec = [f for f in fields if f.startswith("MONOTONIC_USEC=")]
         assert len(usec) == 1 and int(usec[0].split("=", 1)[1]) > 0, fields
 
-        before_stop = len(listener.fields())
-        assert _first(listener.fields(), "STOPPING=1") is None
+        before_stop = len(listener.messages())
+        assert _first(listener.messages(), "STOPPING=1") is None
         assert daemon.stop() == 0, daemon.text()[-3000:]
         listener.wait_for(
             lambda m: _first(m, "STOPPING=1", before_stop) is not None, what="STOPPING=1"
         )
         lab.check_state_roots()
-        assert all(len(m) >= 1 and all("=" in f for f in m) for m in listener.fields())
+        for message in listener.messages():
+            message.data.decode("utf-8")  # every datagram is UTF-8 ...
+            assert message.lines and all("=" in f for f in message.lines), message  # ... KEY=
 
         runs = lab.state_root("probe") / "runs" / "iteration-1.log"
         probe = next(
@@ -555,8 +545,6 @@ def test_sd_notify_ready_status_reload_watchdog_and_stopping(lab: Lab) -> None:
         assert probe["env"]["AUTOLOOPD_RUN"] == f"{lab.state_root('probe')}#1"
         assert probe["pgid"] == probe["pid"] != daemon.pid, "its own process group"
         assert probe["stdin"] == "/dev/null"
-    finally:
-        listener.close()
 
 
 # --------------------------------------------------------------------------- 9. scheduled

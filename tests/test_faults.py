@@ -7,8 +7,8 @@ invariants hold and that no process of the run is left behind.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -18,19 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import (
-    check_clean,
-    log_events,
-    make_target,
-    orchestrator_cmd,
+
+from tests.helpers.audit import check_clean, read_state
+from tests.helpers.daemon import make_target
+from tests.helpers.fakes import orchestrator_cmd
+from tests.helpers.logs import json_lines, read_jsonl, read_log
+from tests.helpers.process import (
     pid_alive,
-    read_log,
+    proc_status_kb,
     read_pid,
-    read_state,
     run_autoloopd,
     start_autoloopd,
-    wait_for,
 )
+from tests.helpers.wait import wait_for
 
 TIMEOUT_MINUTES = 0.02  # 1.2 s
 TIMEOUT_S = TIMEOUT_MINUTES * 60
@@ -72,7 +72,9 @@ def assert_tripped(done: subprocess.CompletedProcess[str], state_root: Path) -> 
     """The circuit breaker tripped cleanly: exit 1, status error, no traceback."""
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    assert "Stopped: circuit breaker tripped" in done.stdout
+    assert re.search(
+        r"^Stopped: consecutive_errors exceeded \((\d+)/\1\): circuit breaker", done.stdout, re.M
+    ), done.stdout
     state = read_state(state_root)
     assert state["status"] == "error"
     return state
@@ -96,14 +98,8 @@ def run_once(
 
 def vm_hwm_bytes(pid: int) -> int | None:
     """The peak resident set size (VmHWM) of `pid`, or None once it is gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return None
+    kb = proc_status_kb(pid).get("VmHWM")
+    return None if kb is None else kb * 1024
 
 
 # --- the orchestrator fails ----------------------------------------------------------------
@@ -267,8 +263,6 @@ def test_truncated_json_result_line_is_no_result(tmp_path: Path) -> None:
         ("cost_usd", "cost_usd"),  # -1.0
         ("nan", "weighted_score"),  # NaN
         ("score", "scores.accuracy"),  # 1.5
-        ("attempts", "attempts"),  # "two"
-        ("decision", "decision"),  # "maybe"
         ("scores", "scores"),  # a list
     ],
 )
@@ -285,6 +279,28 @@ def test_invalid_result_field_fails_the_run_naming_the_field(
     assert f"invalid result: {named}:" in entry["error"], entry["error"]
     assert entry["cost_usd"] >= 0  # the reported (bad) cost is never charged
     assert f"invalid result: {named}:" in state["last_failure_trace"]
+    check_clean(state_root)
+
+
+@pytest.mark.parametrize(
+    ("bad_field", "decision"),
+    [("attempts", "keep"), ("decision", "maybe")],  # attempts "two"; an unknown word
+)
+def test_unused_attempts_or_an_unknown_decision_still_completes_the_iteration(
+    tmp_path: Path, bad_field: str, decision: str
+) -> None:
+    """`attempts` is unused: a bad value never fails a good run. A decision word autoloopd
+    does not know (a newer orchestrator's) is a completed iteration, recorded verbatim."""
+    target, state_root = make_target(tmp_path)
+    done, _ = run_faulty(
+        target, state_root, orchestrator_cmd("bad-json", "--bad-field", bad_field),
+        "--max-iterations", "1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Decision: {decision}  " in done.stdout
+    entry = only_entry(state_root)
+    assert (entry["status"], entry["decision"]) == ("completed", decision)
+    assert read_state(state_root)["iterations_completed"] == 1
     check_clean(state_root)
 
 
@@ -365,7 +381,7 @@ def test_learner_file_that_is_not_json_completes_without_scores_and_warns(
     done, entry = run_once(target, state_root, orchestrator_cmd("bad-learner"))
     assert entry["status"] == "completed" and entry["decision"] == "keep"
     assert entry["weighted_score"] is None and entry["scores"] == {}
-    warnings = [e for e in log_events(done.stderr) if e.get("event") == "learner_file_unreadable"]
+    warnings = [e for e in json_lines(done.stderr) if e.get("event") == "learner_file_unreadable"]
     assert warnings and warnings[0]["level"] == "warning", done.stderr
     assert warnings[0]["path"].endswith("learner/iteration-1.json")
     check_clean(state_root)
@@ -405,7 +421,7 @@ def test_placeholder_values_are_never_run_by_a_shell(tmp_path: Path) -> None:
     cmd = orchestrator_cmd("keep", "--scores", "0.5,0.6", "--record", str(record))
     done, _ = run_faulty(target, state_root, cmd, "--max-iterations", "2")
     assert done.returncode == 0, done.stdout + done.stderr
-    runs = [json.loads(line) for line in record.read_text().splitlines()]
+    runs = read_jsonl(record)
     assert [r["iteration"] for r in runs] == [1, 2]
     for run in runs:
         assert run["target"] == str(target.resolve())

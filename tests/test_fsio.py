@@ -242,6 +242,7 @@ def test_make_dirs_creates_parents_and_reports_failure(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_write_json_atomic_indented_and_rejects_nan(tmp_path: Path) -> None:
     """JSON is written indented with a final newline; NaN is refused and the file kept."""
     path = tmp_path / "s.json"
@@ -255,6 +256,7 @@ async def test_write_json_atomic_indented_and_rejects_nan(tmp_path: Path) -> Non
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_write_text_atomic_and_append_json_line(tmp_path: Path) -> None:
     """Text is written as UTF-8; JSON lines are compact, one per call."""
     await fsio.write_text_atomic(tmp_path / "h.md", "# → done\n")
@@ -268,6 +270,7 @@ async def test_write_text_atomic_and_append_json_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_async_write_failure_raises_state_write_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,25 +27,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_support import Lab
-from support import (
-    AUTOLOOPD,
-    child_env,
-    fake,
-    log_events,
-    one_stderr_line,
-    orchestrator_cmd,
-    read_log,
-    read_state,
-    run_autoloopd,
-    run_one_target,
-    snapshot,
-    start_autoloopd,
-    stop,
-    wait_for,
-)
 
 from autoloop_daemon.storage.files.artifacts import render_handoff
+from tests.helpers.audit import read_state
+from tests.helpers.daemon import Lab
+from tests.helpers.fakes import fake, orchestrator_cmd
+from tests.helpers.hostile import one_stderr_line, run_one_target, snapshot
+from tests.helpers.logs import json_lines, read_log
+from tests.helpers.process import AUTOLOOPD, child_env, run_autoloopd, start_autoloopd, stop
+from tests.helpers.wait import wait_for
 
 EX_DATAERR = 65
 QUICK_RETRY = ("--retry-backoff-seconds", "0.05")
@@ -195,7 +185,7 @@ def test_learner_file_that_is_not_a_file_is_named_and_skipped(tmp_path: Path, ki
     assert done.returncode == 0, done.stdout + done.stderr
     [entry] = read_log(root)
     assert entry["status"] == "completed" and entry["scores"] == {}
-    warnings = [e for e in log_events(done.stderr) if e["event"] == "learner_file_unreadable"]
+    warnings = [e for e in json_lines(done.stderr) if e["event"] == "learner_file_unreadable"]
     assert [w["path"] for w in warnings] == [str(root / "learner" / "iteration-1.json")]
     assert "not a regular file" in warnings[0]["error"]
 
@@ -312,7 +302,7 @@ def test_daemon_refuses_only_the_target_whose_state_root_is_a_link(tmp_path: Pat
     )
     done = run_autoloopd(["--config", str(lab.config)], timeout=60)
     assert done.returncode == 1, done.stdout + done.stderr
-    events = log_events(done.stdout)
+    events = json_lines(done.stdout)
     refused = {e["target"]: e["error"] for e in events if e["event"] == "target_not_started"}
     assert list(refused) == ["linked"] and "is a symbolic link" in refused["linked"]
     assert list(elsewhere.iterdir()) == []

@@ -28,34 +28,23 @@ from typing import Any
 import anyio
 import pytest
 import structlog
-from support import (
-    TARGET_A,
-    TARGET_B,
-    assert_invariants,
-    in_table,
-    in_target,
-    orchestrator_argv,
-    orchestrator_cmd,
-    read_log,
-    read_state,
-    run_autoloopd,
-    start_autoloopd,
-    stop,
-    wait_for,
-)
 
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.policy.budget import SharedBudget
+from autoloop_daemon.runtime.budget import SharedBudget
+from autoloop_daemon.runtime.events import EventBus
+from autoloop_daemon.runtime.journal import journal
 from autoloop_daemon.runtime.logs import configure_logging
 from autoloop_daemon.runtime.target import TargetRunner
 from autoloop_daemon.storage.files import fsio
+from autoloop_daemon.storage.files.store import FileTargetStore
+from tests.helpers.audit import assert_invariants, read_state
+from tests.helpers.config import TARGET_A, TARGET_B, in_table, in_target, write_config
+from tests.helpers.fakes import orchestrator_argv, orchestrator_cmd
+from tests.helpers.logs import json_lines, read_jsonl, read_log
+from tests.helpers.process import run_autoloopd, start_autoloopd, stop
+from tests.helpers.wait import wait_for
 
 EX_DATAERR, EX_IOERR, EX_TEMPFAIL, EX_CONFIG = 65, 74, 75, 78
-
-
-def toml_str(text: str) -> str:
-    """A TOML basic string (JSON's escapes are valid TOML for what these tests use)."""
-    return json.dumps(text, ensure_ascii=False)
 
 
 def one_line(stderr: str) -> str:
@@ -337,7 +326,7 @@ def test_daemon_skips_a_target_with_a_broken_state_and_runs_the_others(tmp_path:
     done = run_autoloopd(["--config", str(config)], timeout=60)
     assert done.returncode == 1, done.stdout + done.stderr  # a target could not start
     assert "Traceback" not in done.stdout + done.stderr
-    events = [json.loads(line) for line in done.stdout.splitlines()]
+    events = json_lines(done.stdout, strict=True)
     refused = [e for e in events if e["event"] == "target_not_started"]
     assert len(refused) == 1 and refused[0]["target"] == "bad", refused
     assert str(bad_root / "autoloop_state.json") in refused[0]["error"]
@@ -393,7 +382,7 @@ def test_torn_last_log_line_is_cut_off_and_logged(tmp_path: Path, torn: bytes) -
     log_file.write_bytes(good + torn)
     done = _one_target(tmp_path, root, "--max-iterations", "3")
     assert done.returncode == 0, done.stderr
-    events = [json.loads(line) for line in done.stderr.splitlines()]
+    events = json_lines(done.stderr, strict=True)
     truncated = [e for e in events if e["event"] == "log_tail_truncated"]
     assert len(truncated) == 1 and truncated[0]["bytes"] == len(torn), events
     assert log_file.read_bytes().startswith(good)
@@ -436,7 +425,7 @@ def test_seed_era_state_without_schema_version_is_migrated(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     assert "--- Iteration 3/3 ---" in done.stdout
     assert "--- Iteration 1/" not in done.stdout
-    events = [json.loads(line)["event"] for line in done.stderr.splitlines()]
+    events = [e["event"] for e in json_lines(done.stderr, strict=True)]
     assert "state_migrated" in events and "log_seeded_from_state" in events, events
     log = read_log(root)
     assert [e["iteration"] for e in log] == [1, 2, 3]
@@ -538,12 +527,21 @@ def _dry_spec(tmp_path: Path) -> TargetSpec:
 
 
 async def _run_target(spec: TargetSpec) -> str:
-    runner = TargetRunner(spec, budget=SharedBudget(100.0), slots=anyio.CapacityLimiter(1))
+    events = EventBus()
+    events.subscribe(journal)
+    runner = TargetRunner(
+        spec,
+        store=FileTargetStore(spec),
+        budget=SharedBudget(100.0),
+        slots=anyio.CapacityLimiter(1),
+        events=events,
+    )
     await runner.prepare()
     return await runner.run()
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 @pytest.mark.parametrize("good_writes", range(1, 15))
 async def test_disk_full_during_a_checkpoint_stops_in_error_with_the_state_intact(
     tmp_path: Path,
@@ -618,30 +616,12 @@ def _daemon_config(tmp_path: Path, targets: list[tuple[str, str, bool]]) -> Path
     argv = orchestrator_argv(
         "probe", "--record", str(tmp_path / "record.jsonl"), "--label={target}|{state_root}"
     )
-    lines = [
-        "[daemon]",
-        "state_dir = 'state'",
-        "log_format = 'json'",
-        "[defaults]",
-        "mode = 'single-run'",
-        "max_iterations = 2",
-        f"orchestrator = {json.dumps(argv)}",
-    ]
-    for name, path, dry in targets:
-        lines += [
-            "[[targets]]",
-            f"name = {toml_str(name)}",
-            f"path = {toml_str(path)}",
-            f"dry_run = {'true' if dry else 'false'}",
-        ]
-    config = tmp_path / "autoloopd.toml"
-    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return config
-
-
-def _records(tmp_path: Path) -> list[dict[str, Any]]:
-    path = tmp_path / "record.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return write_config(
+        tmp_path / "autoloopd.toml",
+        daemon={"state_dir": "state", "log_format": "json"},
+        defaults={"mode": "single-run", "max_iterations": 2, "orchestrator": argv},
+        targets=[{"name": name, "path": path, "dry_run": dry} for name, path, dry in targets],
+    )
 
 
 def test_odd_names_and_paths_reach_the_orchestrator_as_one_argument(tmp_path: Path) -> None:
@@ -672,7 +652,7 @@ def test_odd_names_and_paths_reach_the_orchestrator_as_one_argument(tmp_path: Pa
         assert (root / "autoloop_state.json").is_file(), root
         assert_invariants(root)
         assert read_state(root)["iterations_completed"] == 2
-    records = _records(tmp_path)
+    records = read_jsonl(tmp_path / "record.jsonl")
     assert len(records) == 4  # two real targets x two iterations; the dry one runs none
     for record in records:
         root = record["state_root"]
@@ -696,7 +676,7 @@ def test_shell_syntax_in_paths_and_names_is_never_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert _pwned(tmp_path, Path.cwd()) == []
     assert (tmp_path / "skills" / "a; rm -rf b").is_dir()
-    records = _records(tmp_path)
+    records = read_jsonl(tmp_path / "record.jsonl")
     assert len(records) == 2 * len(INJECTIONS)
     seen = set()
     for record in records:

@@ -20,19 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_support import Lab
-from support import (
-    one_stderr_line,
-    orchestrator_cmd,
-    read_log,
-    read_state,
-    run_autoloopd,
-    run_one_target,
-    snapshot,
-)
 
 from autoloop_daemon.models import MAX_RUN_COST_USD, LogEntry
-from autoloop_daemon.runs.orchestrator import elapsed_cost_usd
+from autoloop_daemon.policy.cost import elapsed_cost_usd
+from tests.helpers.audit import read_state
+from tests.helpers.daemon import Lab
+from tests.helpers.fakes import orchestrator_cmd
+from tests.helpers.hostile import one_stderr_line, run_one_target, snapshot
+from tests.helpers.logs import read_log
+from tests.helpers.process import run_autoloopd
 
 EX_DATAERR = 65
 DEEP = 100_000  # levels of nesting: far past what json's parser allows

@@ -8,12 +8,12 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import structlog
 
 from autoloop_daemon.runtime.logs import configure_logging, get_logger
+from tests.helpers.logs import json_lines
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -34,12 +34,6 @@ def _reset_structlog() -> Iterator[None]:
     structlog.contextvars.clear_contextvars()
 
 
-def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
-    """Parse every output line as one JSON object."""
-    lines = stream.getvalue().splitlines()
-    return [json.loads(line) for line in lines]
-
-
 def test_json_format_writes_one_object_per_line_with_context() -> None:
     """Each event is one JSON line with event, level, UTC timestamp and bound contextvars."""
     stream = io.StringIO()
@@ -49,7 +43,7 @@ def test_json_format_writes_one_object_per_line_with_context() -> None:
         log.info("iteration_finished", decision="keep", weighted_score=0.72)
     log.warning("target_stopped", reason="plateau")
 
-    first, second = json_lines(stream)
+    first, second = json_lines(stream.getvalue(), strict=True)
     assert first["event"] == "iteration_finished"
     assert first["level"] == "info"
     assert first["target"] == "coding-standards"
@@ -70,7 +64,7 @@ def test_auto_format_is_json_when_not_a_tty() -> None:
     stream = io.StringIO()
     configure_logging("auto", stream=stream, cache=False)
     get_logger().info("daemon_started", targets=2)
-    (line,) = json_lines(stream)
+    (line,) = json_lines(stream.getvalue(), strict=True)
     assert line["event"] == "daemon_started"
     assert line["targets"] == 2
 
@@ -86,7 +80,7 @@ def test_json_renders_paths_and_exceptions() -> None:
     except RuntimeError:
         log.exception("iteration_failed")
 
-    saved, failed = json_lines(stream)
+    saved, failed = json_lines(stream.getvalue(), strict=True)
     assert saved["path"] == "/var/lib/autoloopd/x/autoloop_state.json"
     assert failed["level"] == "error"
     assert failed["event"] == "iteration_failed"
@@ -101,7 +95,7 @@ def test_get_logger_with_name_adds_no_fields() -> None:
     stream = io.StringIO()
     configure_logging("json", stream=stream, cache=False)
     get_logger("autoloop_daemon.target").info("cooldown_started", cooldown_s=1800)
-    (line,) = json_lines(stream)
+    (line,) = json_lines(stream.getvalue(), strict=True)
     assert set(line) == {"event", "level", "timestamp", "cooldown_s"}
 
 
@@ -111,7 +105,7 @@ def test_module_level_logger_follows_later_configuration() -> None:
     stream = io.StringIO()
     configure_logging("json", stream=stream, cache=False)
     early.info("daemon_started")
-    (line,) = json_lines(stream)
+    (line,) = json_lines(stream.getvalue(), strict=True)
     assert line["event"] == "daemon_started"
 
 
@@ -147,7 +141,7 @@ def test_json_format_on_a_tty_is_still_json() -> None:
     stream = TtyStream()
     configure_logging("json", stream=stream, cache=False)
     get_logger().info("daemon_started")
-    (line,) = json_lines(stream)
+    (line,) = json_lines(stream.getvalue(), strict=True)
     assert line["event"] == "daemon_started"
 
 
@@ -160,7 +154,10 @@ def test_level_filtering_drops_events_below_the_level() -> None:
     log.info("b_informed")
     log.warning("c_warned")
     log.error("d_failed")
-    assert [line["event"] for line in json_lines(stream)] == ["c_warned", "d_failed"]
+    assert [line["event"] for line in json_lines(stream.getvalue(), strict=True)] == [
+        "c_warned",
+        "d_failed",
+    ]
 
 
 def test_debug_level_keeps_debug_events() -> None:
@@ -168,7 +165,7 @@ def test_debug_level_keeps_debug_events() -> None:
     stream = io.StringIO()
     configure_logging("json", "debug", stream=stream, cache=False)
     get_logger().debug("budget_reserved", cost_usd=0.1)
-    assert [line["level"] for line in json_lines(stream)] == ["debug"]
+    assert [line["level"] for line in json_lines(stream.getvalue(), strict=True)] == ["debug"]
 
 
 def test_default_stream_is_stdout(capsys: pytest.CaptureFixture[str]) -> None:

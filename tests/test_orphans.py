@@ -21,18 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_support import Lab
-from support import (
-    log_events,
-    marked_processes,
-    orchestrator_cmd,
-    pid_alive,
-    read_log,
-    run_one_target,
-    start_autoloopd,
-    stop,
-    wait_for,
-)
+
+from tests.helpers.daemon import Lab
+from tests.helpers.fakes import orchestrator_cmd
+from tests.helpers.hostile import run_one_target
+from tests.helpers.logs import json_lines, read_log
+from tests.helpers.process import marked_processes, pid_alive, start_autoloopd, stop
+from tests.helpers.wait import wait_for
 
 GRACE = ("--term-grace-seconds", "0.5")
 
@@ -89,7 +84,7 @@ def test_daemonized_descendant_is_stopped_and_reaped_when_its_iteration_ends(
         wait_for(lambda: len(read_log(root)) == 1, what="the first iteration")
         [pid] = _pids(pid_file)
         assert _gone_and_reaped(pid), f"daemon {pid} of iteration 1 survived it"
-        events = log_events(out.read_text())
+        events = json_lines(out.read_text())
         stopped = [e["pids"] for e in events if e["event"] == "leftover_processes_stopped"]
         assert stopped == [[pid]]
         assert proc.poll() is None  # autoloopd itself waits in its cooldown
@@ -213,7 +208,7 @@ def test_restart_after_an_unclean_stop_stops_processes_of_earlier_runs(tmp_path:
         (root / ".autoloopd.lock").write_text("999999\n")  # what a SIGKILLed owner leaves
         done = run_one_target(tmp_path, root, "--max-iterations", "2", "--log-level", "info")
         assert done.returncode == 0, done.stderr
-        events = log_events(done.stderr)
+        events = json_lines(done.stderr)
         stopped = [e["pids"] for e in events if e["event"] == "earlier_run_processes_stopped"]
         assert stopped == [[helper.pid]]
         assert helper.wait(timeout=10) == -signal.SIGTERM

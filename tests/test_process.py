@@ -1,6 +1,8 @@
 """Tests of autoloop_daemon.process and .procfs with real subprocesses of the fakes in tests/fakes/.
 
 Every wait is on a condition under `anyio.fail_after` (or a deadline), never a bare sleep.
+The async tests run under blockbuster (`no_blocking`): they call the /proc readers
+(`pid_alive`, `group_alive`, `find_marked`) with `anyio.to_thread.run_sync`, as the daemon must.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from autoloop_daemon.runs.process import ProcessOutcome, child_environment, run_in_group
@@ -30,13 +33,9 @@ from autoloop_daemon.runs.procfs import (
     stop_group,
 )
 from autoloop_daemon.runs.results import parse_result, tail_text
-
-FAKE_ORCHESTRATOR = Path(__file__).resolve().parent / "fakes" / "fake_orchestrator.py"
-
-
-def orchestrator_argv(behaviour: str, *args: str) -> list[str]:
-    """argv running the fake orchestrator with `behaviour`."""
-    return [sys.executable, str(FAKE_ORCHESTRATOR), "--behaviour", behaviour, *args]
+from tests.helpers.fakes import fake_argv
+from tests.helpers.process import read_pid
+from tests.helpers.wait import wait_until
 
 
 async def run_fake(
@@ -51,7 +50,7 @@ async def run_fake(
 ) -> ProcessOutcome:
     """Run the fake orchestrator with `behaviour` and log to tmp_path/runs/iteration-1.log."""
     return await run_in_group(
-        orchestrator_argv(behaviour, "--state-root", str(tmp_path), *args),
+        fake_argv(behaviour, "--state-root", str(tmp_path), *args),
         cwd=tmp_path,
         env=env if env is not None else child_environment({}, f"test-{uuid.uuid4().hex}"),
         log_path=tmp_path / "runs" / "iteration-1.log",
@@ -62,18 +61,6 @@ async def run_fake(
     )
 
 
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll `predicate` until true; fail the test after `timeout_s`."""
-    with anyio.fail_after(timeout_s):
-        # Polling is the only option: files and /proc offer no event to wait on.
-        while not predicate():  # noqa: ASYNC110
-            await anyio.sleep(0.02)
-
-
-def read_pid(path: Path) -> int:
-    return int(path.read_text())
-
-
 def log_of(tmp_path: Path) -> bytes:
     return (tmp_path / "runs" / "iteration-1.log").read_bytes()
 
@@ -82,6 +69,7 @@ def log_of(tmp_path: Path) -> bytes:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_normal_exit_streams_both_outputs_to_log_and_tails(tmp_path: Path) -> None:
     """A child that exits 0 has its stdout and stderr in the log and in the tails."""
     started: list[int] = []
@@ -101,10 +89,11 @@ async def test_normal_exit_streams_both_outputs_to_log_and_tails(tmp_path: Path)
     assert b"hello-stderr\n" in log
     assert outcome.stdout_tail in log
     assert 0 < outcome.duration_s < 10
-    assert not group_alive(outcome.pid)
+    assert not await anyio.to_thread.run_sync(group_alive, outcome.pid)
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_run_log_is_appended_to(tmp_path: Path) -> None:
     """A second run with the same log path appends instead of truncating."""
     await run_fake(tmp_path, "keep", "--stderr", "first-run")
@@ -116,6 +105,7 @@ async def test_run_log_is_appended_to(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_exit_code_and_stderr_of_a_crash(tmp_path: Path) -> None:
     """A crashing child's exit code and stderr tail are reported; nothing is killed."""
     outcome = await run_fake(tmp_path, "crash")
@@ -124,6 +114,7 @@ async def test_exit_code_and_stderr_of_a_crash(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_child_killed_by_a_signal_has_negative_returncode(tmp_path: Path) -> None:
     """A child that dies of SIGKILL reports -9, and autoloopd did not kill it."""
     outcome = await run_fake(tmp_path, "signal")
@@ -133,6 +124,7 @@ async def test_child_killed_by_a_signal_has_negative_returncode(tmp_path: Path) 
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_odd_output_is_captured_without_errors(tmp_path: Path) -> None:
     """Invalid UTF-8, random bytes and silence are all fine; a result after bad bytes is read."""
     outcome = await run_fake(tmp_path, "invalid-utf8")
@@ -150,6 +142,7 @@ async def test_odd_output_is_captured_without_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_fifty_megabytes_go_to_the_log_with_bounded_tails(tmp_path: Path) -> None:
     """50 MiB of stdout all reach the log while memory holds only the bounded tails."""
     rss_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -180,6 +173,7 @@ async def test_fifty_megabytes_go_to_the_log_with_bounded_tails(tmp_path: Path) 
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_timeout_stops_a_hanging_child(tmp_path: Path) -> None:
     """A child that outlives timeout_s gets SIGTERM; the run reports timed_out promptly."""
     pid_file = tmp_path / "child.pid"
@@ -194,11 +188,12 @@ async def test_timeout_stops_a_hanging_child(tmp_path: Path) -> None:
     assert outcome.returncode == -signal.SIGTERM
     assert 0.9 <= elapsed < 4.0
     assert read_pid(pid_file) == outcome.pid
-    assert not pid_alive(outcome.pid)
-    assert not group_alive(outcome.pid)
+    assert not await anyio.to_thread.run_sync(pid_alive, outcome.pid)
+    assert not await anyio.to_thread.run_sync(group_alive, outcome.pid)
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_sigterm_trapping_child_gets_sigkill_after_grace(tmp_path: Path) -> None:
     """A child ignoring SIGTERM is SIGKILLed after term_grace_s; its output meanwhile is logged."""
     ready = tmp_path / "ready"
@@ -214,10 +209,11 @@ async def test_sigterm_trapping_child_gets_sigkill_after_grace(tmp_path: Path) -
     assert outcome.returncode == -signal.SIGKILL
     assert 2.4 <= elapsed < 6.0
     assert b"ignoring SIGTERM" in log_of(tmp_path)
-    assert not group_alive(outcome.pid)
+    assert not await anyio.to_thread.run_sync(group_alive, outcome.pid)
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_grandchild_holding_stdout_does_not_block_the_run(tmp_path: Path) -> None:
     """When the child exits but a grandchild keeps stdout open, the run returns promptly,
     with the child's result, and the grandchild is killed."""
@@ -235,11 +231,13 @@ async def test_grandchild_holding_stdout_does_not_block_the_run(tmp_path: Path) 
     assert result.decision == "keep"
     grandchild = read_pid(grandchild_file)
     # Already gone when run_in_group returns; it may linger as a zombie (PID 1 may not reap).
-    assert not pid_alive(grandchild)
-    assert not group_alive(outcome.pid)
+    # (/proc is read off the event loop, as the daemon does: blockbuster checks.)
+    assert not await anyio.to_thread.run_sync(pid_alive, grandchild)
+    assert not await anyio.to_thread.run_sync(group_alive, outcome.pid)
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_process_that_left_the_group_does_not_block_the_run(tmp_path: Path) -> None:
     """A grandchild that called setsid() escapes the group and keeps stdout open: the run
     still returns promptly with the child's result (only systemd's cgroup can catch it)."""
@@ -264,9 +262,10 @@ async def test_process_that_left_the_group_does_not_block_the_run(tmp_path: Path
         result = parse_result(tail_text(outcome.stdout_tail))
         assert result is not None
         assert result.decision == "keep"
-        assert find_marked(marker) == [escapee]  # what a restarted daemon would find
+        # What a restarted daemon would find (read off the event loop, as the daemon does).
+        assert await anyio.to_thread.run_sync(find_marked, marker) == [escapee]
     finally:
-        if escapee in find_marked(marker):
+        if escapee in await anyio.to_thread.run_sync(find_marked, marker):
             os.kill(escapee, signal.SIGKILL)
         await wait_until(lambda: not pid_alive(escapee))
 
@@ -311,6 +310,7 @@ async def cancel_when_started(
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_outside_cancellation_stops_the_group_and_reraises(tmp_path: Path) -> None:
     """Cancelling the task stops the child's group (SIGTERM) and re-raises the cancellation."""
     ready = tmp_path / "ready"
@@ -319,11 +319,12 @@ async def test_outside_cancellation_stops_the_group_and_reraises(tmp_path: Path)
     )
     assert reraised
     assert elapsed < 3.0  # SIGTERM was enough: the grace period was not waited out
-    assert not pid_alive(pid)
-    assert not group_alive(pid)
+    assert not await anyio.to_thread.run_sync(pid_alive, pid)
+    assert not await anyio.to_thread.run_sync(group_alive, pid)
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_outside_cancellation_escalates_to_sigkill(tmp_path: Path) -> None:
     """A SIGTERM-trapping child is SIGKILLed term_grace_s after an outside cancellation."""
     ready = tmp_path / "ready"
@@ -332,11 +333,12 @@ async def test_outside_cancellation_escalates_to_sigkill(tmp_path: Path) -> None
     )
     assert reraised
     assert 0.4 <= elapsed < 4.0
-    assert not group_alive(pid)
+    assert not await anyio.to_thread.run_sync(group_alive, pid)
     assert b"ignoring SIGTERM" in log_of(tmp_path)  # the pipes were read during the grace
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_on_started_failure_stops_the_child(tmp_path: Path) -> None:
     """If on_started raises, the group is stopped and that very error propagates."""
     pids: list[int] = []
@@ -347,13 +349,14 @@ async def test_on_started_failure_stops_the_child(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError, match="checkpoint failed"):
         await run_fake(tmp_path, "hang", on_started=on_started, term_grace_s=1.0)
-    assert not group_alive(pids[0])
+    assert not await anyio.to_thread.run_sync(group_alive, pids[0])
 
 
 # --- environment, stdin, markers ---------------------------------------------------------
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_child_sees_clean_environment_devnull_stdin_and_own_session(tmp_path: Path) -> None:
     """No systemd variables reach the child; it has the marker, /dev/null stdin, its own group."""
     base = {**os.environ, "NOTIFY_SOCKET": "/run/fake", "WATCHDOG_USEC": "1", "WATCHDOG_PID": "1"}
@@ -386,6 +389,7 @@ def test_child_environment_drops_systemd_variables_and_marks() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_find_marked_finds_a_live_marked_process(tmp_path: Path) -> None:
     """find_marked lists the child carrying the marker while it runs, and not after."""
     marker = f"find-{uuid.uuid4().hex}"
@@ -402,16 +406,17 @@ async def test_find_marked_finds_a_live_marked_process(tmp_path: Path) -> None:
             )
         )
         await wait_until(lambda: bool(pids) and pids[0] in find_marked(marker))
-        found = find_marked(marker)
+        found = await anyio.to_thread.run_sync(find_marked, marker)
         tg.cancel_scope.cancel()
     assert found == pids
-    assert find_marked(marker) == []
+    assert await anyio.to_thread.run_sync(find_marked, marker) == []
 
 
 # --- argv and errors ---------------------------------------------------------------------
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_missing_program_raises_oserror(tmp_path: Path) -> None:
     """A program that does not exist raises FileNotFoundError; no shell is involved."""
     with pytest.raises(FileNotFoundError):
@@ -427,6 +432,7 @@ async def test_missing_program_raises_oserror(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_argv_must_be_a_list(tmp_path: Path) -> None:
     """A single command string is refused: argv is never given to a shell."""
     with pytest.raises(TypeError):
@@ -460,6 +466,7 @@ def test_pid_alive_treats_a_zombie_as_gone() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_stop_group_and_signal_group_on_a_gone_group() -> None:
     """Signalling a group that no longer exists is harmless and fast."""
     async with await anyio.open_process(
@@ -467,12 +474,13 @@ async def test_stop_group_and_signal_group_on_a_gone_group() -> None:
     ) as child:
         await child.wait()
     assert not signal_group(child.pid, signal.SIGTERM)
-    assert not group_alive(child.pid)
+    assert not await anyio.to_thread.run_sync(group_alive, child.pid)
     with anyio.fail_after(1):
         await stop_group(child.pid, grace_s=5.0)
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_stop_group_refuses_our_own_group_and_init() -> None:
     """stop_group and signal_group never signal pgid 0, 1 or the caller's own group."""
     for pgid in (0, 1, os.getpgrp()):
@@ -483,6 +491,7 @@ async def test_stop_group_refuses_our_own_group_and_init() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_stop_group_stops_a_group_and_extra_pids() -> None:
     """stop_group SIGTERMs the group and any extra pid outside it, and waits until gone."""
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -494,8 +503,8 @@ async def test_stop_group_stops_a_group_and_extra_pids() -> None:
         try:
             with anyio.fail_after(5):
                 await stop_group(leader.pid, grace_s=2.0, extra_pids=[outsider.pid])
-            assert not group_alive(leader.pid)
-            assert not pid_alive(outsider.pid)
+            assert not await anyio.to_thread.run_sync(group_alive, leader.pid)
+            assert not await anyio.to_thread.run_sync(pid_alive, outsider.pid)
         finally:
             for proc in (leader, outsider):
                 if proc.returncode is None:

@@ -1,14 +1,50 @@
-"""Progress (O(1) per entry) agrees with state.reconcile (recomputed from the whole log)."""
+"""Progress (O(1) per entry) agrees with totals recomputed from scratch by a reference
+implementation written here, and state_file.reconcile writes exactly what Progress derives."""
 
 from __future__ import annotations
 
+import math
 import random
+from typing import Any
 
 import pytest
 
 from autoloop_daemon.models import LogEntry
-from autoloop_daemon.policy.progress import Progress
-from autoloop_daemon.storage.files.state_file import SCORE_HISTORY_LIMIT, loop_view, reconcile
+from autoloop_daemon.policy import stops
+from autoloop_daemon.policy.progress import SCORE_HISTORY_LIMIT, Progress, entry_score
+from autoloop_daemon.storage.files.state_file import reconcile
+from autoloop_daemon.target_state import TargetState
+
+
+def _reference(
+    entries: list[LogEntry], weights: dict[str, float], min_improvement: float
+) -> dict[str, Any]:
+    """Every log-derived field, recomputed from the whole log the obvious way."""
+    completed = [e for e in entries if e.completed]
+    scored = [(e, entry_score(e, weights)) for e in completed]
+    weighted = [s for _, s in scored if s is not None]
+    errors = 0
+    for e in reversed(entries):
+        if e.completed:
+            break
+        errors += e.status == "failed"
+    return {
+        "iterations_completed": len(completed),
+        "total_cost_usd": round(math.fsum(e.cost_usd for e in entries), 9),
+        "score_history": [
+            {"iteration": e.iteration, "weighted_score": s, "decision": e.decision,
+             "scores": dict(e.scores), "timestamp": e.finished_at}
+            for e, s in scored[-SCORE_HISTORY_LIMIT:]
+        ],
+        "current_scores": next((dict(e.scores) for e in reversed(completed) if e.scores), {}),
+        "best_weighted_score": max(weighted) if weighted else None,
+        "last_decision": completed[-1].decision if completed else None,
+        "consecutive_errors": errors,
+        "plateau_counter": stops.plateau_counter(weighted, min_improvement),
+        "next_iteration": entries[-1].iteration + 1 if entries else 1,
+        "scores": weighted,
+        "decisions": ["keep" if e.decision == "keep" else "not_keep" for e in completed],
+    }  # fmt: skip
 
 
 def _random_log(rng: random.Random, n: int) -> list[LogEntry]:
@@ -36,16 +72,20 @@ def _random_log(rng: random.Random, n: int) -> list[LogEntry]:
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_progress_matches_reconcile(seed: int) -> None:
-    """For random logs, the incremental totals equal the ones recomputed from scratch."""
+def test_progress_matches_reference(seed: int) -> None:
+    """For random logs, the incremental totals equal the ones recomputed from scratch, and
+    reconcile (the files backend's recovery step) writes exactly those."""
     rng = random.Random(seed)
     entries = _random_log(rng, rng.choice([0, 1, 5, 40, SCORE_HISTORY_LIMIT + 30]))
     weights = {"a": 2.0}
     min_improvement = rng.choice([0.0, 0.01])
-    expected = reconcile({"in_flight": None}, entries, weights, min_improvement)
+    expected = _reference(entries, weights, min_improvement)
     progress = Progress.from_entries(entries, weights, min_improvement)
-    got: dict[str, object] = {"in_flight": None}
-    progress.apply_to(got)
+    got = TargetState.from_json({}).to_json()
+    typed = TargetState.from_json({})
+    progress.apply_to(typed)
+    got = typed.to_json()
+    reconciled = reconcile({}, entries, weights, min_improvement)
     for key in (
         "iterations_completed",
         "score_history",
@@ -57,8 +97,8 @@ def test_progress_matches_reconcile(seed: int) -> None:
         "next_iteration",
     ):
         assert got[key] == expected[key], key
+        assert reconciled[key] == expected[key], key
     assert got["total_cost_usd"] == pytest.approx(expected["total_cost_usd"], abs=1e-9)
-    view = loop_view(entries, weights)
-    assert progress.view().scores == view.scores
-    assert progress.view().decisions == view.decisions
-    assert progress.view().iterations_completed == view.iterations_completed
+    assert list(progress.view().scores) == expected["scores"]
+    assert list(progress.view().decisions) == expected["decisions"]
+    assert progress.view().iterations_completed == expected["iterations_completed"]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,111 +12,82 @@ import anyio
 import pytest
 
 from autoloop_daemon.runtime.sdnotify import NOTIFY_ENV_VARS, Notifier
+from tests.helpers.notify import NotifyListener
+from tests.helpers.wait import wait_until
 
 RECV_TIMEOUT_S = 5.0
 
 
 @pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A directory with a short path: AF_UNIX paths are limited to 107 bytes."""
-    base = Path("/tmp") / f"sdn-{uuid.uuid4().hex[:8]}"
-    base.mkdir()
-    try:
-        yield base
-    finally:
-        for child in base.iterdir():
-            child.unlink()
-        base.rmdir()
+def path_listener(tmp_path: Path) -> Iterator[NotifyListener]:
+    """A listener bound in the file system, as systemd's notify socket would be."""
+    with NotifyListener(tmp_path) as listener:
+        yield listener
 
 
 @pytest.fixture
-def path_socket(tmp_path: Path, short_tmp: Path) -> Iterator[tuple[socket.socket, str]]:
-    """A bound SOCK_DGRAM socket in the file system, as systemd's notify socket would be."""
-    path = tmp_path / "notify.sock"
-    if len(os.fsencode(path)) >= 100:
-        path = short_tmp / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.settimeout(RECV_TIMEOUT_S)
-    try:
-        yield sock, str(path)
-    finally:
-        sock.close()
-
-
-@pytest.fixture
-def abstract_socket() -> Iterator[tuple[socket.socket, str]]:
-    """A bound SOCK_DGRAM socket in the abstract namespace; returns it and its '@name'."""
-    name = f"autoloopd-test-{os.getpid()}-{uuid.uuid4().hex}"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind("\0" + name)
-    sock.settimeout(RECV_TIMEOUT_S)
-    try:
-        yield sock, "@" + name
-    finally:
-        sock.close()
-
-
-def recv(sock: socket.socket) -> str:
-    """Receive one datagram as text (fails the test after RECV_TIMEOUT_S)."""
-    return sock.recv(4096).decode("utf-8")
+def abstract_listener() -> Iterator[NotifyListener]:
+    """A listener bound in the abstract namespace (NOTIFY_SOCKET is its '@name')."""
+    with NotifyListener(None) as listener:
+        yield listener
 
 
 def test_messages_arrive_as_exact_datagrams_on_a_path_socket(
-    path_socket: tuple[socket.socket, str],
+    path_listener: NotifyListener,
 ) -> None:
     """ready/status/stopping/reloading each send one datagram with exactly these fields."""
-    sock, path = path_socket
-    notifier = Notifier(environ={"NOTIFY_SOCKET": path})
+    recv = path_listener.receive
+    notifier = Notifier(environ=path_listener.env)
     assert notifier.enabled
     try:
         notifier.ready()
-        assert recv(sock) == "READY=1"
+        assert recv() == "READY=1"
         notifier.ready("2 targets running")
-        assert recv(sock) == "READY=1\nSTATUS=2 targets running"
+        assert recv() == "READY=1\nSTATUS=2 targets running"
         notifier.status("coding-standards: iteration 3/5\ntech-article: cooldown")
-        assert recv(sock) == "STATUS=coding-standards: iteration 3/5 tech-article: cooldown"
+        assert recv() == "STATUS=coding-standards: iteration 3/5 tech-article: cooldown"
         notifier.stopping()
-        assert recv(sock) == "STOPPING=1"
+        assert recv() == "STOPPING=1"
 
         before_us = time.monotonic_ns() // 1000
         notifier.reloading()
         after_us = time.monotonic_ns() // 1000
-        match = re.fullmatch(r"RELOADING=1\nMONOTONIC_USEC=(\d+)", recv(sock))
+        match = re.fullmatch(r"RELOADING=1\nMONOTONIC_USEC=(\d+)", recv())
         assert match is not None
         assert before_us <= int(match.group(1)) <= after_us
 
         notifier.notify("FOO=1", "BAR=two words")
-        assert recv(sock) == "FOO=1\nBAR=two words"
+        assert recv() == "FOO=1\nBAR=two words"
     finally:
         notifier.close()
 
 
 def test_abstract_namespace_socket_is_addressed_with_at_sign(
-    abstract_socket: tuple[socket.socket, str],
+    abstract_listener: NotifyListener,
 ) -> None:
     """'@name' in NOTIFY_SOCKET reaches the abstract socket named 'name'."""
-    sock, name = abstract_socket
-    notifier = Notifier(environ={"NOTIFY_SOCKET": name})
+    assert abstract_listener.env["NOTIFY_SOCKET"].startswith("@")
+    recv = abstract_listener.receive
+    notifier = Notifier(environ=abstract_listener.env)
     try:
         notifier.ready("up")
-        assert recv(sock) == "READY=1\nSTATUS=up"
+        assert recv() == "READY=1\nSTATUS=up"
         notifier.stopping()
-        assert recv(sock) == "STOPPING=1"
+        assert recv() == "STOPPING=1"
     finally:
         notifier.close()
 
 
-def test_close_then_notify_reopens_the_socket(path_socket: tuple[socket.socket, str]) -> None:
+def test_close_then_notify_reopens_the_socket(path_listener: NotifyListener) -> None:
     """close() is idempotent and a later message still arrives."""
-    sock, path = path_socket
-    notifier = Notifier(environ={"NOTIFY_SOCKET": path})
+    recv = path_listener.receive
+    notifier = Notifier(environ=path_listener.env)
     notifier.ready()
-    assert recv(sock) == "READY=1"
+    assert recv() == "READY=1"
     notifier.close()
     notifier.close()
     notifier.stopping()
-    assert recv(sock) == "STOPPING=1"
+    assert recv() == "STOPPING=1"
     notifier.close()
 
 
@@ -177,45 +146,37 @@ def test_watchdog_interval_is_none_when_not_asked_or_meant_for_another_pid() -> 
 
 
 @pytest.mark.anyio
-async def test_watchdog_loop_sends_watchdog_repeatedly(
-    path_socket: tuple[socket.socket, str],
-) -> None:
+@pytest.mark.no_blocking
+async def test_watchdog_loop_sends_watchdog_repeatedly(path_listener: NotifyListener) -> None:
     """watchdog_loop pings WATCHDOG=1 every half interval until cancelled."""
-    sock, path = path_socket
-    sock.setblocking(False)
     # WATCHDOG_USEC=100 ms -> one ping every 50 ms.
-    notifier = Notifier(environ={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"})
-    received: list[str] = []
+    notifier = Notifier(environ={**path_listener.env, "WATCHDOG_USEC": "100000"})
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(notifier.watchdog_loop)
-            with anyio.fail_after(RECV_TIMEOUT_S):
-                while len(received) < 3:
-                    await anyio.wait_readable(sock)
-                    received.append(sock.recv(4096).decode("utf-8"))
+            await wait_until(lambda: len(path_listener.messages()) >= 3, RECV_TIMEOUT_S)
             tg.cancel_scope.cancel()
     finally:
         notifier.close()
-    assert received == ["WATCHDOG=1"] * 3
+    received = [m.data.decode("utf-8") for m in path_listener.messages()]
+    assert received[:3] == ["WATCHDOG=1"] * 3
 
 
 @pytest.mark.anyio
-async def test_watchdog_loop_keeps_running_until_cancelled(
-    path_socket: tuple[socket.socket, str],
-) -> None:
+@pytest.mark.no_blocking
+async def test_watchdog_loop_keeps_running_until_cancelled(path_listener: NotifyListener) -> None:
     """Under move_on_after the loop is still pinging when the deadline cancels it."""
-    sock, path = path_socket
-    notifier = Notifier(environ={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "40000"})
+    notifier = Notifier(environ={**path_listener.env, "WATCHDOG_USEC": "40000"})
     with anyio.move_on_after(0.2) as scope:
         await notifier.watchdog_loop()
     notifier.close()
     assert scope.cancelled_caught
-    sock.settimeout(1.0)
-    assert recv(sock) == "WATCHDOG=1"
-    assert recv(sock) == "WATCHDOG=1"
+    assert path_listener.receive(timeout=1.0) == "WATCHDOG=1"
+    assert path_listener.receive(timeout=1.0) == "WATCHDOG=1"
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_watchdog_loop_returns_at_once_without_watchdog() -> None:
     """No WATCHDOG_USEC (or no socket): the loop returns instead of sleeping forever."""
     with anyio.fail_after(1):

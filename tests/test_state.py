@@ -13,14 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import pytest
 
 from autoloop_daemon.exceptions import StateCorruptError, StateLockedError
 from autoloop_daemon.models import LogEntry, TargetSpec
-from autoloop_daemon.policy import stops as convergence
-from autoloop_daemon.storage.files import artifacts
+from autoloop_daemon.policy import stops
+from autoloop_daemon.policy.progress import SCORE_HISTORY_LIMIT, Progress
+from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files import state_file as state
 from autoloop_daemon.storage.files.lock import LOCK_NAME, StateLock
+from tests.helpers.wait import wait_for
 
 NOW = "2025-01-01T00:00:00+00:00"
 
@@ -58,14 +61,6 @@ lock.release()
 """
 
 
-def _wait_until(condition: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """Another process that holds the lock of tmp_path/"state" until its stdin closes."""
@@ -79,11 +74,14 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
         assert proc.stdout is not None
         lock_file = tmp_path / "state" / LOCK_NAME
         # The pid is written right after the lock is taken; "locked" is printed after that.
-        _wait_until(
+        wait_for(
             lambda: (
                 proc.poll() is not None
                 or (lock_file.exists() and lock_file.read_text().strip() == str(proc.pid))
-            )
+            ),
+            timeout=10.0,
+            interval=0.01,
+            what="the holder to take the lock",
         )
         assert proc.poll() is None, "the lock holder died"
         assert proc.stdout.readline() == "locked\n"
@@ -247,7 +245,7 @@ def test_load_state_refuses_every_truncation(tmp_path: Path) -> None:
     """A state file cut at any byte (a torn non-atomic copy) is refused, never half-read."""
     path = tmp_path / state.STATE_NAME
     st = state.reconcile(state.new_state(_spec(tmp_path), NOW), _mixed_log(), {})
-    state.save_state_sync(path, st)
+    fsio.atomic_write_bytes(path, state.encode_state(st))
     full = path.read_bytes()
     body = full.rstrip()
     for cut in range(len(body)):
@@ -259,6 +257,7 @@ def test_load_state_refuses_every_truncation(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_unknown_fields_survive_save_and_load(tmp_path: Path) -> None:
     """Fields this version does not know are written back unchanged."""
     path = tmp_path / state.STATE_NAME
@@ -266,7 +265,7 @@ async def test_unknown_fields_survive_save_and_load(tmp_path: Path) -> None:
     st["future_thing"] = {"nested": [1, 2, {"x": None}]}
     st["score_history"] = [{"iteration": 1, "weighted_score": 0.5, "extra": "kept"}]
     await state.save_state(path, st)
-    loaded = state.load_state(path)
+    loaded = await anyio.to_thread.run_sync(state.load_state, path)
     assert loaded is not None
     assert loaded["future_thing"] == {"nested": [1, 2, {"x": None}]}
     assert loaded["score_history"][0]["extra"] == "kept"
@@ -275,6 +274,7 @@ async def test_unknown_fields_survive_save_and_load(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_save_state_sets_updated_at_and_round_trips(tmp_path: Path) -> None:
     """save_state stamps updated_at and writes a file load_state accepts as it was."""
     path = tmp_path / state.STATE_NAME
@@ -282,11 +282,12 @@ async def test_save_state_sets_updated_at_and_round_trips(tmp_path: Path) -> Non
     st["in_flight"] = {"iteration": 1, "started_at": NOW, "pid": 1234}
     await state.save_state(path, st)
     assert st["updated_at"] != NOW
-    assert state.load_state(path) == st
+    # The sync calls run off the event loop, as the daemon's do (blockbuster checks).
+    assert await anyio.to_thread.run_sync(state.load_state, path) == st
     assert os.listdir(tmp_path) == [state.STATE_NAME]  # no temp file left
     st["status"] = "running"
-    state.save_state_sync(path, st)
-    assert state.load_state(path) == st
+    await anyio.to_thread.run_sync(fsio.atomic_write_bytes, path, state.encode_state(st))
+    assert await anyio.to_thread.run_sync(state.load_state, path) == st
 
 
 def test_new_state_has_every_schema_field(tmp_path: Path) -> None:
@@ -299,7 +300,10 @@ def test_new_state_has_every_schema_field(tmp_path: Path) -> None:
         "plateau_window", "status", "last_failure_trace", "consecutive_errors",
         "max_consecutive_errors", "cooldown_minutes", "next_run_at",
     }  # fmt: skip
-    extras = {"in_flight", "best_weighted_score", "last_decision", "next_iteration", "updated_at"}
+    extras = {
+        "in_flight", "best_weighted_score", "last_decision", "next_iteration", "updated_at",
+        "best_iteration", "estimated_cost_usd", "best_copy_iteration", "content_hash",
+    }  # fmt: skip
     assert set(st) == seed_fields | extras
     assert st["status"] == "idle"
     assert st["schema_version"] == "1.0"
@@ -307,7 +311,7 @@ def test_new_state_has_every_schema_field(tmp_path: Path) -> None:
     assert st["target"] == str(spec.path)
     assert st["next_iteration"] == 1
     path = tmp_path / state.STATE_NAME
-    state.save_state_sync(path, st)
+    fsio.atomic_write_bytes(path, state.encode_state(st))
     assert state.load_state(path) == st
 
 
@@ -394,16 +398,16 @@ def test_reconcile_total_cost_is_the_exact_sum() -> None:
     entries = [_entry(i, cost_usd=0.1 + i * 1e-7) for i in range(1, 1001)]
     result = state.reconcile({}, entries, {})
     assert abs(result["total_cost_usd"] - math.fsum(e.cost_usd for e in entries)) <= 1e-9
-    assert state.loop_view(entries).total_cost_usd == result["total_cost_usd"]
+    assert Progress.from_entries(entries, {}).total_cost_usd == result["total_cost_usd"]
 
 
 def test_reconcile_bounds_score_history() -> None:
     """score_history keeps only the newest SCORE_HISTORY_LIMIT completed entries."""
-    n = state.SCORE_HISTORY_LIMIT + 50
+    n = SCORE_HISTORY_LIMIT + 50
     entries = [_entry(i, weighted_score=i / (2 * n)) for i in range(1, n + 1)]
     result = state.reconcile({}, entries, {})
     history = result["score_history"]
-    assert len(history) == state.SCORE_HISTORY_LIMIT
+    assert len(history) == SCORE_HISTORY_LIMIT
     assert history[0]["iteration"] == 51
     assert history[-1]["iteration"] == n
     assert result["iterations_completed"] == n
@@ -421,7 +425,7 @@ def test_reconcile_plateau_counter_and_weights() -> None:
     result = state.reconcile({}, entries, {"a": 2.0, "b": 1.0})
     assert result["plateau_counter"] == 2
     assert result["score_history"][3]["weighted_score"] == pytest.approx(0.8)
-    assert result["plateau_counter"] == convergence.plateau_counter([0.8, 0.79, 0.8])
+    assert result["plateau_counter"] == stops.plateau_counter([0.8, 0.79, 0.8])
     # With a minimum improvement of 0.05, 0.84 does not count as beating 0.8 either.
     entries.append(_entry(5, weighted_score=0.84))
     assert state.reconcile({}, entries, {"a": 2.0}, min_improvement=0.05)["plateau_counter"] == 3
@@ -437,7 +441,7 @@ def test_reconcile_brings_a_lagging_state_up_to_its_log(tmp_path: Path) -> None:
     lagging = state.reconcile(state.new_state(_spec(tmp_path), NOW), entries[:1], {})
     lagging["in_flight"] = {"iteration": 2, "started_at": "start-2", "pid": 99999}
     lagging["status"] = "running"
-    state.save_state_sync(state.state_path(root), lagging)
+    fsio.atomic_write_bytes(state.state_path(root), state.encode_state(lagging))
     log.write_bytes(b"".join((json.dumps(e.to_json()) + "\n").encode() for e in entries))
 
     loaded = state.load_state(state.state_path(root))
@@ -462,13 +466,15 @@ def test_reconcile_keeps_in_flight_not_yet_logged() -> None:
 
 
 def test_loop_view_from_log() -> None:
-    """loop_view: completed count, total cost of all runs, scores and decisions of completed."""
-    view = state.loop_view(_mixed_log())
+    """The stop conditions' view: completed count, total cost of all runs, scores and
+    keep/not-keep of completed runs."""
+    view = Progress.from_entries(_mixed_log(), {}).view()
     assert view.iterations_completed == 3
     assert view.total_cost_usd == pytest.approx(0.62, abs=1e-9)
     assert list(view.scores) == [0.5, 0.7, 0.6]
-    assert list(view.decisions) == ["keep", "reject", "keep"]
-    assert state.loop_view([]) == convergence.LoopView(0, 0.0, [], [])
+    assert list(view.decisions) == ["keep", "not_keep", "keep"]
+    empty = Progress.from_entries([], {}).view()
+    assert (empty.iterations_completed, empty.total_cost_usd, list(empty.scores)) == (0, 0.0, [])
 
 
 def test_seed_entries_keep_a_logless_state() -> None:
@@ -496,13 +502,14 @@ def test_seed_entries_keep_a_logless_state() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
 async def test_seed_entries_round_trip_through_the_log(tmp_path: Path) -> None:
     """Migrated entries are valid log lines: appended, read back, reconciled."""
     path = tmp_path / artifacts.LOG_NAME
     seed = {"iterations_completed": 2, "total_cost_usd": 0.3, "score_history": []}
     for e in state.seed_entries(seed):
         await artifacts.append_log(path, e)
-    entries, torn = artifacts.read_log(path)
+    entries, torn = await anyio.to_thread.run_sync(artifacts.read_log, path)
     assert torn == 0
     assert state.reconcile(seed, entries, {})["iterations_completed"] == 2
 
@@ -526,7 +533,7 @@ fsio.remove_stale_tmp(root)
 log = artifacts.log_path(root)
 entries, _ = artifacts.read_log(log)
 st = state.reconcile(state.load_state(state.state_path(root)) or {}, entries, {})
-state.save_state_sync(state.state_path(root), st)
+fsio.atomic_write_bytes(state.state_path(root), state.encode_state(st))
 print("ready", flush=True)
 while True:
     n = len(entries) + 1
@@ -539,7 +546,7 @@ while True:
     fsio.append_record(log, fsio.dumps_json_line(entry.to_json()))
     entries.append(entry)
     st = state.reconcile(st, entries, {})
-    state.save_state_sync(state.state_path(root), st)
+    fsio.atomic_write_bytes(state.state_path(root), state.encode_state(st))
 """
 
 

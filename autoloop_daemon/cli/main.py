@@ -28,27 +28,30 @@ from autoloop_daemon.config.loader import (
     check_template_arg,
     load_config,
 )
+from autoloop_daemon.config.preflight import target_problems, writable_dir_problem
 from autoloop_daemon.exceptions import (
     ConfigError,
     StateCorruptError,
     StateLockedError,
     StateWriteError,
 )
-from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.runs.process import pidfd_child_watcher
-from autoloop_daemon.runs.reaper import become_subreaper, sweep
+from autoloop_daemon.exit_codes import (
+    EXIT_CONFIG,
+    EXIT_DATAERR,
+    EXIT_INTERRUPTED,
+    EXIT_IOERR,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+)
+from autoloop_daemon.models import DEFAULT_SOURCES, TargetSpec
+from autoloop_daemon.runtime.console import Console
+from autoloop_daemon.runtime.daemon import serve
+from autoloop_daemon.runtime.events import EventBus
 from autoloop_daemon.runtime.logs import configure_logging
 from autoloop_daemon.runtime.sdnotify import Notifier
 from autoloop_daemon.runtime.supervisor import ReloadedConfig, Supervisor
 from autoloop_daemon.storage.files.lock import resolve_state_root
-
-EXIT_OK = 0
-EXIT_TARGET_ERROR = 1
-EXIT_USAGE = 2
-EXIT_DATAERR = 65  # a state or log file is corrupt (left untouched)
-EXIT_IOERR = 74  # a checkpoint could not be written
-EXIT_TEMPFAIL = 75  # another autoloopd owns the state root
-EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus
+from autoloop_daemon.storage.files.store import FileStorage
 
 DEFAULT_CAP_WARNING = "Default $50 cap applies. For overnight runs, explicitly set --max-cost."
 
@@ -89,6 +92,10 @@ def _command(text: str) -> tuple[str, ...]:
     return argv
 
 
+def _globs(text: str) -> tuple[str, ...]:
+    return tuple(filter(None, (p.strip() for p in text.split(","))))
+
+
 def _weights(text: str) -> tuple[tuple[str, float], ...]:
     pairs = []
     for item in filter(None, (p.strip() for p in text.split(","))):
@@ -122,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cost cap in USD for this target (default 50.0)",
     )
+    one.add_argument(
+        "--max-iteration-cost",
+        type=_positive_float,
+        default=None,
+        help="USD one iteration may cost: reserved per run, and a run is stopped when its "
+        "live cost (wall time at the rate, or the orchestrator's progress lines) reaches it",
+    )
     one.add_argument("--plateau-window", type=_positive_int, default=3)
     one.add_argument("--min-improvement", type=_non_negative_float, default=0.0)
     one.add_argument("--oscillation-window", type=int, default=4)
@@ -144,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--handoff-arg",
         default="--source",
         help="flag that passes the previous handoff ('' to disable)",
+    )
+    one.add_argument(
+        "--sources",
+        type=_globs,
+        default=DEFAULT_SOURCES,
+        help="comma-separated globs (relative to the target, ~ allowed) of feedback files "
+        "passed after --handoff-arg together with the handoff ('' for none; default: what "
+        "improvement-orchestrator discovers when given no --source)",
     )
     one.add_argument("--iteration-timeout-minutes", type=_positive_float, default=60.0)
     one.add_argument(
@@ -196,6 +218,7 @@ def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
         mode=args.mode,
         max_iterations=args.max_iterations,
         max_cost_usd=50.0 if args.max_cost is None else args.max_cost,
+        max_iteration_cost_usd=args.max_iteration_cost,
         plateau_window=args.plateau_window,
         min_improvement=args.min_improvement,
         oscillation_window=args.oscillation_window,
@@ -205,6 +228,7 @@ def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
         orchestrator=args.orchestrator_cmd or REFERENCE_ORCHESTRATOR,
         scorer=args.scorer_cmd,
         handoff_arg=args.handoff_arg or None,
+        sources=args.sources,
         weights=args.weights,
         dry_run=args.dry_run,
         seed=args.seed,
@@ -213,16 +237,6 @@ def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
         backoff_base_seconds=args.retry_backoff_seconds,
         term_grace_seconds=args.term_grace_seconds,
     )
-
-
-async def _run_supervisor(supervisor: Supervisor, leftover_grace_s: float) -> int:
-    become_subreaper()  # before the first child: orphans of orchestrators become ours
-    with pidfd_child_watcher():
-        try:
-            return await supervisor.run()
-        finally:  # whatever the runs orphaned and nobody swept yet: none outlives the daemon
-            with anyio.CancelScope(shield=True):
-                await sweep(None, leftover_grace_s)
 
 
 def _echo(line: str) -> None:
@@ -235,20 +249,31 @@ def _error(message: str) -> None:
 
 def _run_one_target(args: argparse.Namespace) -> int:
     spec = _spec_from_flags(args)
+    problems = target_problems(spec, "--orchestrator-cmd")
+    if problems:
+        hint = "" if args.orchestrator_cmd else " (give --orchestrator-cmd, or --dry-run)"
+        raise ConfigError(
+            problems[0]
+            .replace("--orchestrator-cmd.orchestrator", "--orchestrator-cmd")
+            .replace("--orchestrator-cmd.scorer", "--scorer-cmd")
+            + hint
+        )
     configure_logging(args.log_format or "auto", args.log_level or "warning", stream=sys.stderr)
     if spec.mode == "continuous" and args.max_cost is None:
         _echo(DEFAULT_CAP_WARNING)
+    events = EventBus()
+    events.subscribe(Console(_echo))
     supervisor = Supervisor(
         [spec],
+        storage=FileStorage(None),
         budget_cap_usd=math.inf,  # one target: its own cap (max_cost_usd) is the limit
         max_concurrent=1,
         grace_s=args.shutdown_grace_seconds,
-        notifier=Notifier(),
-        echo=_echo,
+        events=events,
         one_shot=spec.mode == "scheduled",
         strict=True,
     )
-    return anyio.run(_run_supervisor, supervisor, spec.term_grace_seconds)
+    return anyio.run(serve, supervisor, Notifier())
 
 
 def _reloader(path: Path) -> ReloadedConfig:
@@ -280,7 +305,16 @@ def _raise_open_file_limit(needed: int) -> None:
 def _run_daemon(args: argparse.Namespace) -> int:
     cfg: AppConfig = load_config(args.config)
     if args.check:
+        problems = [
+            p for i, t in enumerate(cfg.targets) for p in target_problems(t, f"targets[{i}]")
+        ]
+        state_dir = writable_dir_problem(cfg.daemon.state_dir, "daemon.state_dir")
+        problems += [state_dir] if state_dir else []
         print(check_summary(cfg))
+        if problems:
+            for problem in problems:
+                _error(f"{cfg.path}: {problem}")
+            return EXIT_CONFIG
         return EXIT_OK
     configure_logging(
         args.log_format or cfg.daemon.log_format, args.log_level or cfg.daemon.log_level
@@ -291,15 +325,13 @@ def _run_daemon(args: argparse.Namespace) -> int:
     )
     supervisor = Supervisor(
         cfg.targets,
+        storage=FileStorage(cfg.daemon.state_dir),
         budget_cap_usd=cfg.budget.max_cost_usd,
         max_concurrent=cfg.daemon.max_concurrent_iterations,
         grace_s=cfg.daemon.shutdown_grace_seconds,
-        state_dir=cfg.daemon.state_dir,
         reloader=lambda: _reloader(cfg.path),
-        notifier=Notifier(),
     )
-    grace = max(t.term_grace_seconds for t in cfg.targets)
-    return anyio.run(_run_supervisor, supervisor, grace)
+    return anyio.run(serve, supervisor, Notifier())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -334,4 +366,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return EXIT_IOERR
     except KeyboardInterrupt:  # a Ctrl+C before the signal handler was installed
-        return 130
+        return EXIT_INTERRUPTED

@@ -18,9 +18,8 @@ from typing import Any
 
 from autoloop_daemon.config.loader import load_config
 from autoloop_daemon.exceptions import ConfigError, StateCorruptError
+from autoloop_daemon.exit_codes import EXIT_CONFIG
 from autoloop_daemon.storage.files.state_file import load_state, state_path
-
-EXIT_CONFIG = 78
 
 
 def target_row(name: str, state_root: Path) -> dict[str, Any]:

@@ -58,8 +58,9 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from autoloop_daemon.exceptions import ConfigError
-from autoloop_daemon.models import Mode, TargetSpec
+from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.storage.files.lock import resolve_state_root
+from autoloop_daemon.vocab import Mode
 
 __all__ = [
     "REFERENCE_ORCHESTRATOR",
@@ -193,6 +194,7 @@ class _TargetKeys(BaseModel):
     orchestrator: list[Arg] | None = None
     scorer: list[Arg] | None = None
     handoff_arg: Annotated[str, AfterValidator(check_template_arg)] | None = None
+    sources: list[Annotated[str, BeforeValidator(_check_path_text)]] | None = None
     env: Annotated[dict[str, str], AfterValidator(_check_env)] | None = None
     weights: dict[str, Annotated[float, Field(ge=0, le=1e9)]] | None = None
     dry_run: bool | None = None
@@ -200,6 +202,7 @@ class _TargetKeys(BaseModel):
     schedule: Annotated[str, AfterValidator(_check_cron)] | None = None
     cost_per_minute_usd: Rate | None = None
     estimated_cost_usd: Money | None = None
+    max_iteration_cost_usd: Money | None = None
     term_grace_seconds: Seconds | None = None
     backoff_base_seconds: Seconds | None = None
     backoff_max_seconds: Seconds | None = None
@@ -477,6 +480,17 @@ def _build_targets(
                 f"{shown}: {key}.state_root: {root} is already the state root of "
                 f"targets[{roots[root]}]"
             )
+        if state_dir.is_relative_to(root):
+            raise ConfigError(
+                f"{shown}: {key}.state_root: {root} would hold daemon.state_dir ({state_dir}); "
+                "give the target a state root of its own"
+            )
+        for other, j in roots.items():
+            if root.is_relative_to(other) or other.is_relative_to(root):
+                raise ConfigError(
+                    f"{shown}: {key}.state_root: {root} and the state root of targets[{j}] "
+                    f"({other}) are nested; state roots must not contain each other"
+                )
         roots[root] = i
         late = _merged_problem(merged)
         if late is not None:
@@ -485,6 +499,7 @@ def _build_targets(
             orchestrator=tuple(merged["orchestrator"]),
             scorer=tuple(merged["scorer"]) if merged["scorer"] else None,
             handoff_arg=merged["handoff_arg"] or None,
+            sources=tuple(merged["sources"]),
             env=tuple(sorted(dict(merged["env"]).items())),
             weights=tuple(sorted(dict(merged["weights"]).items())),
         )

@@ -1,6 +1,5 @@
-"""The shared budget: reserve an iteration's expected cost before it starts, settle after.
-
-`Ledger` is the pure arithmetic; `SharedBudget` adds waiting. An iteration whose reservation
+"""The shared budget's arithmetic: reserve an iteration's expected cost before it starts,
+settle after. Pure; `runtime/budget.py` adds waiting. An iteration whose reservation
 does not fit waits until every running iteration has settled; if it still does not fit, its
 target stops with `stopped_budget`. Because nothing starts unless spent + reserved + estimate
 stays within the cap, the total can only exceed the cap by what running iterations cost beyond
@@ -9,10 +8,9 @@ their estimates.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import anyio
 
 # Money is compared with a little slack so that float sums do not refuse an exact fit.
 _EPSILON_USD = 1e-9
@@ -46,8 +44,16 @@ class Ledger:
         """True when `amount_usd` can be reserved now."""
         return amount_usd <= self.available_usd + _EPSILON_USD
 
-    def reserve(self, owner: str, amount_usd: float) -> Reservation | None:
-        """Set `amount_usd` aside for `owner`, or return None when it does not fit."""
+    def reserve(
+        self, owner: str, amount_usd: float, *, metered: bool = False
+    ) -> Reservation | None:
+        """Set `amount_usd` aside for `owner`, or return None when it does not fit.
+
+        A `metered` run (its live cost is watched and it is stopped at the cap) may start with
+        whatever is left when that is less than its estimate, as long as something is left.
+        """
+        if metered and not self.fits(amount_usd) and self.available_usd > _EPSILON_USD:
+            amount_usd = self.available_usd
         if not self.fits(amount_usd):
             return None
         self.reserved_usd += amount_usd
@@ -74,69 +80,40 @@ class Ledger:
         self.cap_usd = cap_usd
 
 
+FLEET_PERCENTILE = 0.95
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The `fraction` quantile of `values` (nearest rank); 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))
+    return ordered[rank]
+
+
 def estimate_cost(
-    recent_costs_usd: Sequence[float], configured_usd: float | None, fallback_usd: float
+    recent_costs_usd: Sequence[float],
+    configured_usd: float | None,
+    fallback_usd: float,
+    *,
+    fleet_recent_usd: Sequence[float] = (),
+    iteration_limit_usd: float | None = None,
 ) -> float:
     """The reservation for a target's next iteration.
 
-    The largest of its last three costs when it has history (a pessimistic estimate keeps the
-    overshoot small), else the configured estimate, else `fallback_usd`.
+    With a per-iteration limit, the limit (a run is stopped when it reaches it, where its
+    live cost can be seen). Otherwise the largest of: the target's last three costs (or,
+    before it has any, the configured estimate) and the fleet's 95th percentile of recent
+    costs (so that a rise seen on other targets is reserved for here too); with no evidence
+    at all, `fallback_usd`.
     """
-    recent = [c for c in recent_costs_usd[-3:] if c > 0]
-    if recent:
-        return max(recent)
-    if configured_usd is not None:
-        return configured_usd
-    return fallback_usd
-
-
-class SharedBudget:
-    """The ledger shared by every target of a supervisor, with waiting for settlements."""
-
-    def __init__(self, cap_usd: float, spent_usd: float = 0.0) -> None:
-        """Create the budget; nothing here can block or fail."""
-        self.ledger = Ledger(cap_usd, spent_usd)
-        self._changed = anyio.Event()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    async def reserve(self, owner: str, amount_usd: float) -> Reservation | None:
-        """Reserve `amount_usd`, waiting for running iterations to settle if needed.
-
-        Returns None when the amount does not fit even with nothing else in flight: the
-        caller stops its target with `stopped_budget`.
-        """
-        while True:
-            reservation = self.ledger.reserve(owner, amount_usd)
-            if reservation is not None:
-                return reservation
-            if self.ledger.open_reservations == 0:
-                return None
-            await self._changed.wait()
-
-    def settle(self, reservation: Reservation, actual_usd: float) -> None:
-        """Settle `reservation` with the real cost and wake anyone waiting to reserve."""
-        self.ledger.settle(reservation, actual_usd)
-        self._notify()
-
-    def charge(self, amount_usd: float) -> None:
-        """Charge money spent outside a reservation."""
-        self.ledger.charge(amount_usd)
-        self._notify()
-
-    def set_cap(self, cap_usd: float) -> None:
-        """Apply a new cap and wake waiters (they may fit now, or must give up)."""
-        self.ledger.set_cap(cap_usd)
-        self._notify()
-
-    @property
-    def spent_usd(self) -> float:
-        """Money spent so far by every target together."""
-        return self.ledger.spent_usd
-
-    @property
-    def cap_usd(self) -> float:
-        """The shared cap."""
-        return self.ledger.cap_usd
+    if iteration_limit_usd is not None:
+        return iteration_limit_usd
+    evidence = [c for c in recent_costs_usd[-3:] if c > 0]
+    if not evidence and configured_usd is not None:
+        evidence.append(configured_usd)
+    fleet = percentile([c for c in fleet_recent_usd if c > 0], FLEET_PERCENTILE)
+    if fleet > 0:
+        evidence.append(fleet)
+    return max(evidence) if evidence else fallback_usd

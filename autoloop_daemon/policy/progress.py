@@ -1,21 +1,58 @@
-"""A target's running totals from its log, updated in O(1) per iteration.
+"""A target's running totals from its log, updated in O(1) per iteration. Pure.
 
-`state.reconcile` recomputes everything from the whole log: right at start-up, but linear in
-the history. `Progress` is built once from the log and then advanced one entry at a time, so
-a checkpoint costs the same at iteration 10 and 10,000. `apply_to` writes exactly the fields
-`reconcile` derives (tested to agree).
+Built once from the log at start-up and then advanced one entry at a time, so a checkpoint
+costs the same at iteration 10 and 10,000. It is the one place where totals are derived
+from the log: `apply_to` writes every log-derived field of a `TargetState`.
+
+Memory per iteration is a few bytes: weighted scores sit in an `array('d')` (8 bytes each,
+kept whole because a plateau window may reach back any distance) and decisions as one
+keep/not-keep byte each, which is all the oscillation check looks at.
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, overload
 
 from autoloop_daemon.models import LogEntry
-from autoloop_daemon.policy.stops import LoopView
-from autoloop_daemon.storage.files.state_file import SCORE_HISTORY_LIMIT, entry_score
+from autoloop_daemon.policy.stops import LoopView, weighted_score
+from autoloop_daemon.target_state import TargetState
+from autoloop_daemon.vocab import Decision, RunStatus
+
+# The state keeps only the newest N score_history items; the log has them all.
+SCORE_HISTORY_LIMIT = 50
+NOT_KEEP = "not_keep"
+
+
+def entry_score(entry: LogEntry, weights: Mapping[str, float] | None = None) -> float | None:
+    """An entry's weighted score: as logged, else computed from its scores and `weights`."""
+    if entry.weighted_score is not None:
+        return entry.weighted_score
+    if weights is None or not entry.scores:
+        return None
+    return weighted_score(entry.scores, weights)
+
+
+class _KeptView(Sequence[str]):
+    """Decisions as the oscillation check sees them: "keep" or "not_keep", from one byte each."""
+
+    def __init__(self, kept: bytearray) -> None:
+        self._kept = kept
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [Decision.KEEP if k else NOT_KEEP for k in self._kept[index]]
+        return Decision.KEEP if self._kept[index] else NOT_KEEP
 
 
 class Progress:
@@ -26,17 +63,20 @@ class Progress:
         self._weights = dict(weights)
         self._min_improvement = min_improvement
         self._cost_partials: list[float] = []
+        self._estimated_partials: list[float] = []
         self.completed = 0
-        self.scores: list[float] = []  # weighted scores of completed entries that have one
-        self.decisions: list[str] = []
+        self.scores: array[float] = array("d")  # weighted scores of completed, scored entries
+        self._kept = bytearray()  # 1 = keep, 0 = any other decision, per completed entry
         self.history: deque[dict[str, Any]] = deque(maxlen=SCORE_HISTORY_LIMIT)
         self.current_scores: dict[str, float] = {}
         self.best: float | None = None
+        self.best_iteration: int | None = None
         self.last_decision: str | None = None
         self.consecutive_errors = 0
         self.plateau_counter = 0
         self.last_iteration = 0
         self.recent_costs: deque[float] = deque(maxlen=3)
+        self.reports_cost: bool | None = None  # did the last finished run report its cost
 
     @classmethod
     def from_entries(
@@ -50,33 +90,52 @@ class Progress:
 
     @property
     def total_cost_usd(self) -> float:
-        """The sum of every entry's cost, as `state.total_cost` computes it."""
+        """The sum of every entry's cost (failed and interrupted runs included)."""
         return round(math.fsum(self._cost_partials), 9)
+
+    @property
+    def estimated_cost_usd(self) -> float:
+        """The part of the total that is wall time x rate (no cost reported)."""
+        return round(math.fsum(self._estimated_partials), 9)
+
+    @property
+    def decisions(self) -> Sequence[str]:
+        """Each completed iteration as "keep" or "not_keep", oldest first."""
+        return _KeptView(self._kept)
 
     def add(self, entry: LogEntry) -> None:
         """Account for one more log entry."""
         self._cost_partials.append(entry.cost_usd)
         if len(self._cost_partials) > 64:  # keep fsum's input short but exact enough
             self._cost_partials = [math.fsum(self._cost_partials)]
+        if entry.estimated:
+            self._estimated_partials.append(entry.cost_usd)
+            if len(self._estimated_partials) > 64:
+                self._estimated_partials = [math.fsum(self._estimated_partials)]
         self.last_iteration = entry.iteration
-        if entry.status != "interrupted":
+        if entry.status != RunStatus.INTERRUPTED:
             self.recent_costs.append(entry.cost_usd)
+            if entry.cost_source is not None:
+                self.reports_cost = entry.cost_source == "reported"
         if not entry.completed:
-            if entry.status == "failed":
+            if entry.status == RunStatus.FAILED:
                 self.consecutive_errors += 1
             return
         self.consecutive_errors = 0
         self.completed += 1
         score = entry_score(entry, self._weights)
         if score is not None:
-            if self.best is not None and score <= self.best + self._min_improvement:
+            counted = score
+            if entry.changed is False and entry.decision == Decision.KEEP and self.best is not None:
+                counted = min(score, self.best)  # a keep that changed nothing improved nothing
+            if self.best is not None and counted <= self.best + self._min_improvement:
                 self.plateau_counter += 1
             else:
                 self.plateau_counter = 0
-            self.scores.append(score)
-            self.best = score if self.best is None else max(self.best, score)
-        if entry.decision is not None:
-            self.decisions.append(entry.decision)
+            self.scores.append(counted)
+            if self.best is None or counted > self.best:
+                self.best, self.best_iteration = counted, entry.iteration
+        self._kept.append(1 if entry.decision == Decision.KEEP else 0)
         self.last_decision = entry.decision
         if entry.scores:
             self.current_scores = dict(entry.scores)
@@ -90,20 +149,27 @@ class Progress:
             }
         )
 
+    @property
+    def last_score(self) -> float | None:
+        """The newest weighted score, if any iteration had one."""
+        return self.scores[-1] if self.scores else None
+
     def view(self) -> LoopView:
         """What the stop conditions look at."""
         return LoopView(self.completed, self.total_cost_usd, self.scores, self.decisions)
 
-    def apply_to(self, state: dict[str, Any]) -> None:
-        """Write the log-derived fields into `state` (in place)."""
-        state.update(
-            iterations_completed=self.completed,
-            total_cost_usd=self.total_cost_usd,
-            score_history=list(self.history),
-            current_scores=dict(self.current_scores),
-            best_weighted_score=self.best,
-            last_decision=self.last_decision,
-            consecutive_errors=self.consecutive_errors,
-            plateau_counter=self.plateau_counter,
-            next_iteration=self.last_iteration + 1,
-        )
+    def apply_to(self, state: TargetState) -> None:
+        """Write every log-derived field into `state` (in place)."""
+        state.iterations_completed = self.completed
+        state.total_cost_usd = self.total_cost_usd
+        state.score_history = list(self.history)
+        state.current_scores = dict(self.current_scores)
+        state.best_weighted_score = self.best
+        state.best_iteration = self.best_iteration
+        state.estimated_cost_usd = self.estimated_cost_usd
+        state.last_decision = self.last_decision
+        state.consecutive_errors = self.consecutive_errors
+        state.plateau_counter = self.plateau_counter
+        state.next_iteration = self.last_iteration + 1
+        if state.in_flight is not None and state.in_flight.iteration <= self.last_iteration:
+            state.in_flight = None  # the log already holds it

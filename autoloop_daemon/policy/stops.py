@@ -8,12 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from autoloop_daemon.models import (
-    STATUS_STOPPED_COST,
-    STATUS_STOPPED_MAX_ITER,
-    STATUS_STOPPED_OSCILLATION,
-    STATUS_STOPPED_PLATEAU,
-)
+from autoloop_daemon.vocab import Decision, TargetStatus
 
 
 def weighted_score(scores: Mapping[str, float], weights: Mapping[str, float]) -> float | None:
@@ -64,15 +59,13 @@ def is_plateau(history: Sequence[float], window: int, min_improvement: float = 0
 def is_oscillating(decisions: Sequence[str], window: int = 4) -> bool:
     """True when the last `window` decisions alternate between keep and not-keep.
 
-    keep, reject, keep, reject is oscillation; reject and revert both count as not-keep;
-    `pending` (human review) breaks the pattern. A window below 2 disables the check.
+    Only `keep` counts as keep; every other word (reject, revert, pending, pending_promote,
+    no_candidates, an unknown word...) is not-keep. keep, reject, keep, pending is
+    oscillation. A window below 2 disables the check.
     """
     if window < 2 or len(decisions) < window:
         return False
-    recent = decisions[-window:]
-    if any(d not in ("keep", "reject", "revert") for d in recent):
-        return False
-    kept = [d == "keep" for d in recent]
+    kept = [d == Decision.KEEP for d in decisions[-window:]]
     return all(kept[i] != kept[i + 1] for i in range(window - 1))
 
 
@@ -97,13 +90,12 @@ class Limits:
     oscillation_window: int = 4
 
 
+# The original script's sentences (scripts grep them), with autoloopd's detail after them.
 STOP_MESSAGES: dict[str, str] = {
-    STATUS_STOPPED_MAX_ITER: "max iterations reached ({n})",
-    STATUS_STOPPED_COST: "cost cap reached (${cost:.2f} of ${cap:.2f})",
-    STATUS_STOPPED_PLATEAU: "plateau detected (no improvement in last {window} iterations)",
-    STATUS_STOPPED_OSCILLATION: (
-        "oscillation detected (keep/reject alternating over {osc} iterations)"
-    ),
+    TargetStatus.STOPPED_MAX_ITER: "max_iterations reached ({done}/{n})",
+    TargetStatus.STOPPED_COST: "cost_cap exceeded (${cost:.2f} >= ${cap:.2f})",
+    TargetStatus.STOPPED_PLATEAU: "plateau detected (no improvement in last {window} iterations)",
+    TargetStatus.STOPPED_OSCILLATION: "oscillation detected (keep-reject alternating pattern)",
 }
 
 
@@ -114,13 +106,13 @@ def stop_reason(view: LoopView, limits: Limits) -> str | None:
     supervisor's ledger and the failure count).
     """
     if view.iterations_completed >= limits.max_iterations:
-        return STATUS_STOPPED_MAX_ITER
+        return TargetStatus.STOPPED_MAX_ITER
     if view.total_cost_usd >= limits.max_cost_usd:
-        return STATUS_STOPPED_COST
+        return TargetStatus.STOPPED_COST
     if is_plateau(view.scores, limits.plateau_window, limits.min_improvement):
-        return STATUS_STOPPED_PLATEAU
+        return TargetStatus.STOPPED_PLATEAU
     if is_oscillating(view.decisions, limits.oscillation_window):
-        return STATUS_STOPPED_OSCILLATION
+        return TargetStatus.STOPPED_OSCILLATION
     return None
 
 
@@ -130,6 +122,7 @@ def describe_stop(status: str, view: LoopView, limits: Limits) -> str:
     if template is None:
         return status
     return template.format(
+        done=view.iterations_completed,
         n=limits.max_iterations,
         cost=view.total_cost_usd,
         cap=limits.max_cost_usd,

@@ -13,6 +13,8 @@ non-finite numbers and nesting too deep. A run log that is not a regular file fa
 
 from __future__ import annotations
 
+import json
+import math
 import signal
 import stat
 import time
@@ -28,7 +30,7 @@ from autoloop_daemon.exceptions import (
     RunLogError,
     StateWriteError,
 )
-from autoloop_daemon.models import MAX_RUN_COST_USD, IterationResult, TargetSpec
+from autoloop_daemon.models import IterationResult, TargetSpec
 from autoloop_daemon.runs import simulator
 from autoloop_daemon.runs.process import ProcessOutcome, child_environment, run_in_group
 from autoloop_daemon.runs.results import (
@@ -49,6 +51,60 @@ LEARNER_SIZE_LIMIT = 16 * 1024 * 1024  # a scorer's output is kilobytes
 OnStarted = Callable[[int], Awaitable[None]]
 
 
+class ProgressReader:
+    """Finds progress lines in an orchestrator's stdout as it streams.
+
+    A progress line is a JSON object on one line with a `cost_usd` (the run's cost so far)
+    and no `decision` / `final_decision` (that would be the result). Each valid one is
+    handed to `on_cost`; anything else is ignored. Memory stays bounded: a line longer than
+    MAX_LINE_BYTES is skipped.
+    """
+
+    MAX_LINE_BYTES = 4096
+
+    def __init__(self, on_cost: Callable[[float], None]) -> None:
+        """Report each live cost to `on_cost`."""
+        self._on_cost = on_cost
+        self._partial = bytearray()
+        self._skipping = False
+
+    def __call__(self, chunk: bytes) -> None:
+        """Feed one chunk of stdout."""
+        lines = chunk.split(b"\n")
+        for i, piece in enumerate(lines):
+            last = i == len(lines) - 1
+            if not self._skipping:
+                self._partial += piece
+                if len(self._partial) > self.MAX_LINE_BYTES:
+                    self._partial.clear()
+                    self._skipping = True
+            if last:
+                break
+            if not self._skipping:
+                self._line(bytes(self._partial))
+            self._partial.clear()
+            self._skipping = False
+
+    def _line(self, raw: bytes) -> None:
+        text = raw.strip()
+        if not text.startswith(b"{") or b"cost_usd" not in text:
+            return
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError):
+            return
+        if not isinstance(obj, dict) or "decision" in obj or "final_decision" in obj:
+            return
+        cost = obj.get("cost_usd")
+        if isinstance(cost, int | float) and not isinstance(cost, bool):
+            try:
+                value = float(cost)
+            except OverflowError:  # an integer too large for a float
+                return
+            if math.isfinite(value) and value >= 0:
+                self._on_cost(value)
+
+
 def render_argv(template: tuple[str, ...], spec: TargetSpec, iteration: int) -> list[str]:
     """Fill `{target}`, `{state_root}` and `{iteration}` into each argv element.
 
@@ -62,6 +118,36 @@ def render_argv(template: tuple[str, ...], spec: TargetSpec, iteration: int) -> 
         "iteration": str(iteration),
     }
     return [part.format_map(values) for part in template]
+
+
+MAX_SOURCES = 500
+
+
+def expand_sources(target: Path, patterns: tuple[str, ...]) -> list[str]:
+    """The regular files matching `patterns` (globs relative to `target`; `~` is the home
+    directory), sorted per pattern, each once, at most MAX_SOURCES. Blocking."""
+    found: list[str] = []
+    seen: set[str] = set()
+    for pattern in patterns:
+        expanded = Path(pattern).expanduser()
+        base, rel = (
+            (Path(expanded.anchor), str(expanded.relative_to(expanded.anchor)))
+            if (expanded.is_absolute())
+            else (target, pattern)
+        )
+        try:
+            matches = sorted(base.glob(rel))
+        except (OSError, ValueError, NotImplementedError):
+            continue
+        for match in matches:
+            text = str(match)
+            if text in seen or not match.is_file():
+                continue
+            seen.add(text)
+            found.append(text)
+            if len(found) >= MAX_SOURCES:
+                return found
+    return found
 
 
 def run_marker_prefix(spec: TargetSpec) -> str:
@@ -183,7 +269,7 @@ async def _run_simulated(spec: TargetSpec, iteration: int) -> IterationResult:
     start = time.monotonic()
     run_log = artifacts.run_log_path(spec.state_root, iteration)
     learner = artifacts.learner_path(spec.state_root, iteration)
-    problem = _unwritable(run_log, learner)
+    problem = await anyio.to_thread.run_sync(_unwritable, run_log, learner)
     if problem is not None:
         return IterationResult(
             status="failed", duration_s=0.0, error=problem, failure_trace=problem
@@ -212,6 +298,7 @@ async def run_iteration(
     *,
     handoff: Path | None = None,
     on_started: OnStarted | None = None,
+    on_cost: Callable[[float], None] | None = None,
 ) -> IterationResult:
     """Run iteration `iteration` of `spec` and read what it decided.
 
@@ -229,6 +316,8 @@ async def run_iteration(
     argv = render_argv(spec.orchestrator, spec, iteration)
     if handoff is not None and spec.handoff_arg:
         argv += [spec.handoff_arg, str(handoff)]
+        for source in await anyio.to_thread.run_sync(expand_sources, spec.path, spec.sources):
+            argv += [spec.handoff_arg, source]
     marker = run_marker(spec, iteration)
     try:
         outcome = await run_in_group(
@@ -240,6 +329,7 @@ async def run_iteration(
             term_grace_s=spec.term_grace_seconds,
             stdout_tail_bytes=STDOUT_TAIL_BYTES,
             on_started=on_started,
+            on_stdout=None if on_cost is None else ProgressReader(on_cost),
         )
     except RunLogError as exc:
         error = f"not started: {exc}"
@@ -293,12 +383,4 @@ async def run_iteration(
     )
 
 
-def elapsed_cost_usd(duration_s: float, cost_per_minute_usd: float) -> float:
-    """The estimated cost of a run that reported none: wall time at the target's rate.
-
-    At most MAX_RUN_COST_USD, the most a log line may hold (only an absurd rate gets there).
-    """
-    return min(round(max(0.0, duration_s) / 60.0 * cost_per_minute_usd, 6), MAX_RUN_COST_USD)
-
-
-__all__ = ["elapsed_cost_usd", "render_argv", "run_iteration", "run_marker", "run_marker_prefix"]
+__all__ = ["render_argv", "run_iteration", "run_marker", "run_marker_prefix"]

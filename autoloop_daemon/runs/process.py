@@ -99,6 +99,7 @@ async def run_in_group(
     stdout_tail_bytes: int = 1 << 20,
     stderr_tail_bytes: int = 1 << 16,
     on_started: Callable[[int], Awaitable[None]] | None = None,
+    on_stdout: Callable[[bytes], None] | None = None,
 ) -> ProcessOutcome:
     """Run `argv` (no shell) in a new process group and return how it ended.
 
@@ -106,8 +107,9 @@ async def run_in_group(
     /dev/null. stdout and stderr are appended to `log_path` (its directory is created) as
     they arrive; only the last `stdout_tail_bytes` / `stderr_tail_bytes` are kept in memory.
     `on_started(pid)` is awaited right after the spawn; if it raises, the group is stopped and
-    the error propagates. When the run is over, `reaper.sweep` stops what its tree left
-    outside the group (adopted orphans; processes still carrying its AUTOLOOPD_RUN marker).
+    the error propagates. `on_stdout(chunk)` sees each chunk of stdout as it arrives (it
+    must not block). When the run is over, `reaper.sweep` stops what its tree left outside
+    the group (adopted orphans; processes still carrying its AUTOLOOPD_RUN marker).
 
     After `timeout_s` the group gets SIGTERM, `term_grace_s` seconds, then SIGKILL. When the
     direct child exits but its pipes stay open (a grandchild holds them), the rest of the
@@ -134,7 +136,7 @@ async def run_in_group(
                 sink=sink,
                 timeout_s=timeout_s,
                 term_grace_s=term_grace_s,
-                stdout_tail=_Tail(stdout_tail_bytes),
+                stdout_tail=_Tail(stdout_tail_bytes, on_stdout),
                 stderr_tail=_Tail(stderr_tail_bytes),
                 on_started=on_started,
             )
@@ -297,13 +299,16 @@ async def _pump(
 class _Tail:
     """The last `limit` bytes of a stream; holds at most about 2 x limit bytes."""
 
-    __slots__ = ("_buf", "_limit")
+    __slots__ = ("_buf", "_limit", "_watch")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, watch: Callable[[bytes], None] | None = None) -> None:
         self._limit = max(limit, 0)
         self._buf = bytearray()
+        self._watch = watch
 
     def add(self, chunk: bytes) -> None:
+        if self._watch is not None:
+            self._watch(chunk)
         if self._limit == 0:
             return
         self._buf += chunk

@@ -241,7 +241,7 @@ async def stop_pids(pids: Sequence[int], grace_s: float) -> None:
     for pid in targets:
         _signal_pid(pid, signal.SIGKILL)
     if not await _wait_pids_gone(targets, _KILL_WAIT_S):
-        _log.warning("processes_survived", pids=[p for p in targets if pid_alive(p)])
+        _log.warning("processes_survived", pids=targets)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ async def stop_pids(pids: Sequence[int], grace_s: float) -> None:
 async def _wait_pids_gone(pids: Sequence[int], timeout_s: float) -> bool:
     deadline = anyio.current_time() + max(timeout_s, 0.0)
     delay = _POLL_MIN_S
-    while any(pid_alive(pid) for pid in pids):  # a few /proc reads: fine on the loop
+    while await anyio.to_thread.run_sync(_any_pid_alive, pids):
         remaining = deadline - anyio.current_time()
         if remaining <= 0:
             return False
@@ -286,6 +286,10 @@ async def _wait_gone(pgid: int, pids: Sequence[int], timeout_s: float) -> bool:
             return False
         await anyio.sleep(min(delay, remaining))
         delay = min(delay * 2, _POLL_MAX_S)
+
+
+def _any_pid_alive(pids: Sequence[int]) -> bool:
+    return any(pid_alive(pid) for pid in pids)
 
 
 def _any_alive(pgid: int, pids: Sequence[int]) -> bool:

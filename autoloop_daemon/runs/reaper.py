@@ -1,13 +1,13 @@
 """autoloopd as the reaper of its orchestrators' descendants: nothing they start outlives them.
 
-`become_subreaper()` (PR_SET_CHILD_SUBREAPER, Linux >= 3.4, called once before the first
-child starts) makes every process that an orchestrator's tree orphans -- one that
-double-forked and called `setsid()`, with or without its environment -- a child of autoloopd
-instead of init. When a run ends, however it ends, `sweep` stops every such adopted process
-that no running run can own (SIGTERM and SIGCONT, the grace period, SIGKILL) and reaps it, in
-rounds, since stopping one re-parents its own children to us. Only the pids found that way
-are waited for: asyncio's own children (the orchestrators, registered with `child_started`)
-are never touched, so their exit status is never stolen.
+`become_subreaper()` (PR_SET_CHILD_SUBREAPER, Linux >= 3.4; runtime/daemon.py calls it once
+before the first child starts) makes every process that an orchestrator's tree orphans --
+one that double-forked and called `setsid()`, with or without its environment -- a child of
+autoloopd instead of init. When a run ends, however it ends, `sweep` stops every such
+adopted process that no running run can own (SIGTERM and SIGCONT, the grace period,
+SIGKILL) and reaps it, in rounds, since stopping one re-parents its own children to us.
+Only the pids found that way are waited for: asyncio's own children (the orchestrators,
+registered with `child_started`) are never touched, so their exit status is never stolen.
 
 Who owns an adopted process: a running run whose AUTOLOOPD_RUN marker it carries, or whose
 process group it is in. A process that both left its session and scrubbed its environment
@@ -42,9 +42,17 @@ from autoloop_daemon.runs.procfs import (
     stop_pids,
 )
 
-__all__ = ["become_subreaper", "child_exited", "child_started", "run_registered", "sweep"]
+__all__ = [
+    "FINAL_GRACE_S",
+    "become_subreaper",
+    "child_exited",
+    "child_started",
+    "run_registered",
+    "sweep",
+]
 
 PR_SET_CHILD_SUBREAPER = 36
+FINAL_GRACE_S = 5.0  # SIGTERM -> SIGKILL for what is left when the daemon stops
 _MAX_ROUNDS = 8  # depth of process trees to unwind; each round stops one generation
 
 _log = structlog.get_logger("autoloopd.reaper")

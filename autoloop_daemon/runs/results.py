@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoloop_daemon.exceptions import ResultError
-from autoloop_daemon.models import DECISIONS, MAX_RUN_COST_USD
+from autoloop_daemon.models import MAX_RUN_COST_USD
 
 __all__ = [
     "ParsedResult",
@@ -43,8 +43,11 @@ _SCORER_KEYS = ("final_scores", "dimensions")
 class ParsedResult:
     """An orchestrator's verdict on one iteration, as read from its stdout.
 
-    `decision` is lower-cased and one of keep, reject, revert, pending. Every other field is
-    None when the orchestrator did not report it; `scores` is None rather than empty.
+    `decision` is the orchestrator's word, stripped and lower-cased: keep, reject, revert,
+    pending, pending_promote, no_candidates, no_accepted_candidates, or any other word a
+    newer orchestrator prints (recorded verbatim). Every other field is None when the
+    orchestrator did not report it; `scores` is None rather than empty. `attempts` is
+    informational: a value that is not a count is dropped, never an error.
     """
 
     decision: str
@@ -167,13 +170,12 @@ def _decision(obj: dict[str, Any]) -> str:
 
 
 def _decision_value(raw: Any, field: str) -> str:
+    """The decision word: any non-empty single-line word is a decision (a completed run)."""
     if not isinstance(raw, str):
         raise ResultError(f"{field}: not a string: {_short(raw)}")
     decision = raw.strip().lower()
-    if decision not in DECISIONS:
-        raise ResultError(
-            f"{field}: unknown value {_short(raw)} (expected one of {', '.join(DECISIONS)})"
-        )
+    if not decision or len(decision) > 200 or any(c.isspace() for c in decision):
+        raise ResultError(f"{field}: not a decision word: {_short(raw)}")
     return decision
 
 
@@ -191,12 +193,9 @@ def _text(obj: dict[str, Any], *keys: str) -> str | None:
 
 
 def _attempts(value: Any) -> int | None:
-    if value is None:
+    """The run's attempt count, or None when absent or not a count (it is unused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ResultError(f"attempts: not an integer: {_short(value)}")
-    if value < 0:
-        raise ResultError(f"attempts: negative: {value}")
     return value
 
 
@@ -279,11 +278,9 @@ def _summary_fields(lines: list[str], first: int) -> dict[str, str]:
 def _result_from_fields(fields: dict[str, str]) -> ParsedResult:
     attempts: int | None = None
     raw_attempts = fields.get("attempts")
-    if raw_attempts is not None and raw_attempts.strip().lower() not in _NONE_WORDS:
+    if raw_attempts is not None:
         match = _ATTEMPTS.match(raw_attempts.strip())
-        if match is None:
-            raise ResultError(f"attempts: not an integer: {_short(raw_attempts)}")
-        attempts = int(match["n"])
+        attempts = int(match["n"]) if match is not None else None
     return ParsedResult(
         decision=_decision_value(fields["final decision"], "decision"),
         candidate_id=_summary_text(fields.get("candidate")),

@@ -44,6 +44,7 @@ BEHAVIOURS = (
     "probe",
     "daemonize",
     "daemonize-hang",
+    "progress-cost",
 )
 BAD_FIELDS = ("weighted_score", "cost_usd", "nan", "score", "attempts", "decision", "scores")
 PROBE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "AUTOLOOPD_RUN")
@@ -87,6 +88,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--daemon-trap-term", action="store_true")
     parser.add_argument("--scrub-env", action="store_true")
     parser.add_argument("--plant", action="append", default=[])
+    parser.add_argument("--progress-step", type=float, default=0.1, help="USD per progress line")
+    parser.add_argument("--progress-interval", type=float, default=0.1)
+    parser.add_argument("--progress-lines", type=int, default=50)
+    parser.add_argument(
+        "--no-change",
+        action="store_true",
+        help="keep without editing the target (by default a keep edits a file in it)",
+    )
     args, _unknown = parser.parse_known_args(argv)
     if args.behaviour not in BEHAVIOURS:
         parser.error(f"unknown behaviour {args.behaviour!r}; one of {', '.join(BEHAVIOURS)}")
@@ -263,7 +272,12 @@ def main(argv: list[str]) -> int:
 
     if behaviour in ("keep", "reject", "sequence"):
         progress(args)
-        emit(result(args))
+        obj = result(args)
+        if obj["decision"] == "keep" and args.target and not args.no_change:
+            # What a real keep does: the target's files change.
+            with open(os.path.join(args.target, "fake-kept.txt"), "a", encoding="utf-8") as out:
+                out.write(f"iteration {args.iteration}\n")
+        emit(obj)
     elif behaviour == "summary":
         progress(args)
         state_root = args.state_root or "."
@@ -360,6 +374,12 @@ def main(argv: list[str]) -> int:
         progress(args)
         if args.target:
             shutil.rmtree(args.target, ignore_errors=True)
+        emit(result(args))
+    elif behaviour == "progress-cost":
+        # Live cost as it accrues: {"cost_usd": so far} lines, then the result.
+        for k in range(1, args.progress_lines + 1):
+            time.sleep(args.progress_interval)
+            emit({"cost_usd": round(k * args.progress_step, 6), "phase": "working"})
         emit(result(args))
     elif behaviour == "slow":
         progress(args)

@@ -8,10 +8,8 @@ Every write that must survive a SIGKILL or a power cut goes through here:
 * `append_record` appends one record with a single `write` on an `O_APPEND` descriptor and
   fsyncs it; on failure it cuts the file back to its old size.
 
-Every file is opened with `open_regular`: O_NOFOLLOW|O_NONBLOCK, then fstat. A FIFO, socket,
-device, directory or symlink where a file should be is refused with NotRegularFileError
-instead of blocking forever (opening a FIFO blocks until a writer comes) or writing through
-a link. Files are created 0640 and directories 0750 whatever the umask.
+Existing files are opened with `regular.open_regular` (never a FIFO, a device or a link).
+Files are created 0640 and directories 0750 whatever the umask.
 
 The system calls go through the small module-level functions `_write`, `_fsync` and
 `_replace` so that tests can make them fail (ENOSPC, EIO) and check what is left on disk.
@@ -29,21 +27,49 @@ import math
 import os
 import re
 import secrets
-import stat
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 
-from autoloop_daemon.exceptions import NotRegularFileError, StateWriteError
+from autoloop_daemon.exceptions import StateWriteError
+from autoloop_daemon.storage.files.regular import (
+    FILE_MODE,
+    check_regular_or_absent,
+    describe_file_type,
+    open_regular,
+    read_regular,
+)
+
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "append_json_line",
+    "append_record",
+    "atomic_write_bytes",
+    "check_regular_or_absent",
+    "describe_file_type",
+    "describe_oserror",
+    "dumps_json",
+    "dumps_json_line",
+    "fsync_dir",
+    "make_dir",
+    "make_dirs",
+    "open_regular",
+    "parse_json",
+    "read_regular",
+    "reject_non_finite",
+    "remove_stale_tmp",
+    "truncate_file",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 TMP_SUFFIX = ".tmp"
 # Names made by `_tmp_name`: ".<name>.<pid>.<hex>.tmp".
 _TMP_RE = re.compile(r"^\..+\.\d+\.[0-9a-f]+\.tmp$")
-FILE_MODE = 0o640  # state, logs, handoffs: readable by the group, nothing for others
-DIR_MODE = 0o750
-# Never block on a FIFO, never follow a link, never make a terminal our controlling tty.
-_SAFE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+DIR_MODE = 0o750  # state directories: the group may read, others nothing
 
 
 # --- system calls, kept apart so tests can make them fail -------------------------------
@@ -72,99 +98,6 @@ def describe_oserror(exc: OSError) -> str:
     if exc.errno is not None:
         return os.strerror(exc.errno)
     return str(exc) or type(exc).__name__
-
-
-def describe_file_type(mode: int) -> str:
-    """What kind of file `mode` (an st_mode) is, for messages: "a FIFO", "a directory", ..."""
-    kinds = (
-        (stat.S_ISREG, "a regular file"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISLNK, "a symbolic link"),
-    )
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
-
-
-def _not_regular(mode: int) -> NotRegularFileError:
-    return NotRegularFileError(f"is {describe_file_type(mode)}, not a regular file")
-
-
-def check_regular_or_absent(path: Path) -> None:
-    """Raise NotRegularFileError when `path` exists and is not a regular file (no link followed).
-
-    Lets a writer that replaces files by rename refuse a directory, FIFO or link up front.
-    """
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(mode):
-        raise _not_regular(mode)
-
-
-def open_regular(path: Path, flags: int, create_mode: int = FILE_MODE) -> int:
-    """`os.open` that only ever opens a regular file; returns the descriptor.
-
-    The file is looked at first (lstat) and opened with O_NOFOLLOW|O_NONBLOCK, then checked
-    again on the descriptor (fstat), so a FIFO, socket, device, directory or symlink is
-    refused with NotRegularFileError ("is a FIFO, not a regular file") without blocking and
-    without being opened where that can be avoided. A file this call creates (O_CREAT|O_EXCL)
-    gets `create_mode` exactly, whatever the umask. Other failures raise OSError as usual.
-    """
-    if not flags & os.O_EXCL:
-        check_regular_or_absent(path)
-    try:
-        fd = os.open(path, flags | _SAFE_FLAGS, create_mode)
-    except OSError as exc:
-        if exc.errno in (errno_mod.ELOOP, errno_mod.ENXIO, errno_mod.EISDIR):
-            # A link (O_NOFOLLOW), a FIFO without a reader or a socket (ENXIO), a directory
-            # opened for writing: say what it is rather than quoting strerror.
-            try:
-                mode = os.lstat(path).st_mode
-            except OSError:
-                raise exc from None
-            if not stat.S_ISREG(mode):
-                raise _not_regular(mode) from None
-        raise
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise _not_regular(mode)
-        if flags & os.O_CREAT and flags & os.O_EXCL:
-            os.fchmod(fd, create_mode)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def read_regular(path: Path, limit: int | None = None) -> bytes:
-    """The bytes of the regular file `path` (see `open_regular`).
-
-    FileNotFoundError when it does not exist, NotRegularFileError when it is not a regular
-    file, and OSError (no errno) when it holds more than `limit` bytes.
-    """
-    fd = open_regular(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        if limit is not None and size > limit:
-            raise OSError(f"larger than {limit} bytes ({size})")
-        chunks = []
-        total = 0
-        while True:
-            chunk = os.read(fd, max(size + 1, 65536))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if limit is not None and total > limit:
-                raise OSError(f"larger than {limit} bytes (still growing)")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,27 +22,22 @@ import structlog
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
 from autoloop_daemon.exceptions import StateCorruptError
 from autoloop_daemon.models import LogEntry, TargetSpec
+from autoloop_daemon.policy.cost import elapsed_cost_usd
 from autoloop_daemon.policy.progress import Progress
-from autoloop_daemon.runs.orchestrator import elapsed_cost_usd, run_marker, run_marker_prefix
+from autoloop_daemon.runs.orchestrator import run_marker, run_marker_prefix
 from autoloop_daemon.runs.procfs import find_marked, find_runs, stop_group, stop_pids
+from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files import artifacts
 from autoloop_daemon.storage.files import state_file as state_mod
 from autoloop_daemon.storage.files.fsio import remove_stale_tmp
 from autoloop_daemon.storage.files.lock import StateLock
+from autoloop_daemon.target_state import TargetState
+from autoloop_daemon.vocab import RunStatus
 
 log = structlog.get_logger("autoloopd.recovery")
 
 # Where atomic writes leave temp files when killed (run logs are appended, never replaced).
 _SUBDIRS = ("handoffs", "learner")
-
-
-@dataclass(slots=True)
-class Recovered:
-    """A state root brought up to its log, ready for the target's cycle."""
-
-    state: dict[str, Any]
-    progress: Progress
-    last_entry: LogEntry | None
 
 
 def _load_sync(
@@ -101,20 +95,19 @@ async def recover(spec: TargetSpec, lock: StateLock) -> Recovered:
             await _stop_earlier_runs(spec, loaded.get("in_flight"))
         await _record_interrupted_run(spec, loaded, entries)
         await _restore_last_handoff(spec, entries)
-        state = state_mod.apply_limits(
-            state_mod.reconcile(loaded, entries, spec.weights_map, spec.min_improvement), spec
-        )
-        state["in_flight"] = None
-        if state != loaded or fresh:  # a warm restart of an up-to-date state writes nothing
+        progress = Progress.from_entries(entries, spec.weights_map, spec.min_improvement)
+        state = TargetState.from_json(loaded)
+        progress.apply_to(state)
+        state.apply_limits(spec)
+        state.in_flight = None
+        if (
+            fresh or state.to_json() != loaded
+        ):  # a warm restart of an up-to-date state writes nothing
             await state_mod.save_state(state_mod.state_path(spec.state_root), state)
     except BaseException:
         lock.release()
         raise
-    return Recovered(
-        state=state,
-        progress=Progress.from_entries(entries, spec.weights_map, spec.min_improvement),
-        last_entry=entries[-1] if entries else None,
-    )
+    return Recovered(state=state, progress=progress, last_entry=entries[-1] if entries else None)
 
 
 async def _stop_earlier_runs(spec: TargetSpec, in_flight: Any) -> None:
@@ -176,12 +169,13 @@ async def _record_interrupted_run(
         iteration=iteration,
         started_at=to_iso(started),
         finished_at=to_iso(finished),
-        status="interrupted",
+        status=RunStatus.INTERRUPTED,
         decision=None,
         weighted_score=None,
         cost_usd=0.0 if spec.dry_run else elapsed_cost_usd(duration, spec.cost_per_minute_usd),
         duration_seconds=round(duration, 3),
         error="autoloopd stopped while this iteration ran (recovered at start)",
+        cost_source="estimated",
     )
     await artifacts.append_log(artifacts.log_path(spec.state_root), entry)
     entries.append(entry)

@@ -15,21 +15,22 @@ import copy
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeGuard
 
+import anyio.to_thread
+
+from autoloop_daemon.clock import now_utc, to_iso
 from autoloop_daemon.exceptions import NotRegularFileError, StateCorruptError
-from autoloop_daemon.models import STATUS_IDLE, LogEntry, TargetSpec
-from autoloop_daemon.policy import stops as convergence
+from autoloop_daemon.models import LogEntry, TargetSpec
+from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.storage.files import fsio
 from autoloop_daemon.storage.files.lock import check_owned_root
+from autoloop_daemon.target_state import SCHEMA_VERSION, TargetState
+from autoloop_daemon.vocab import RunStatus, TargetStatus
 
 STATE_NAME = "autoloop_state.json"
-SCHEMA_VERSION = "1.0"
 SCHEMA_MAJOR = 1
-# The state keeps only the newest N score_history items; the log has them all.
-SCORE_HISTORY_LIMIT = 50
 # A state file is a few kilobytes; one larger than this is not read into memory.
 STATE_SIZE_LIMIT = 64 * 1024 * 1024
 
@@ -135,6 +136,10 @@ _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     "next_run_at": (_is_str, "a string", True),
     "in_flight": (_is_in_flight, "an object {iteration, started_at}", True),
     "best_weighted_score": (_is_number, "a finite number", True),
+    "best_iteration": (_is_int, "an integer", True),
+    "estimated_cost_usd": (_is_number, "a finite number", False),
+    "best_copy_iteration": (_is_int, "an integer", True),
+    "content_hash": (_is_str, "a string", True),
     "last_decision": (_is_str, "a string", True),
     "next_iteration": (_is_int, "an integer", False),
     "updated_at": (_is_str, "a string", True),
@@ -148,7 +153,7 @@ _PLAIN_DEFAULTS: dict[str, Any] = {
     "current_scores": {},
     "score_history": [],
     "plateau_counter": 0,
-    "status": STATUS_IDLE,
+    "status": str(TargetStatus.IDLE),
     "last_failure_trace": None,
     "consecutive_errors": 0,
     "next_run_at": None,
@@ -249,60 +254,15 @@ def load_state(
 
 
 def new_state(spec: TargetSpec, now_iso: str) -> dict[str, Any]:
-    """A fresh state for `spec`: every schema field at its initial value, status "idle"."""
-    state: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "target": str(spec.path),
-        "started_at": now_iso,
-        "iterations_completed": 0,
-        "max_iterations": spec.max_iterations,
-        "total_cost_usd": 0.0,
-        "max_cost_usd": spec.max_cost_usd,
-        "current_scores": {},
-        "score_history": [],
-        "plateau_counter": 0,
-        "plateau_window": spec.plateau_window,
-        "status": STATUS_IDLE,
-        "last_failure_trace": None,
-        "consecutive_errors": 0,
-        "max_consecutive_errors": spec.max_consecutive_errors,
-        "cooldown_minutes": spec.cooldown_minutes,
-        "next_run_at": None,
-        "in_flight": None,
-        "best_weighted_score": None,
-        "last_decision": None,
-        "next_iteration": 1,
-        "updated_at": now_iso,
-    }
-    return state
+    """A fresh state file object for `spec`: every schema field at its initial value."""
+    return TargetState.new(spec, now_iso).to_json()
 
 
 def apply_limits(state: Mapping[str, Any], spec: TargetSpec) -> dict[str, Any]:
     """A copy of `state` with the target and its limits taken from `spec`."""
-    result = dict(state)
-    result.update(
-        target=str(spec.path),
-        max_iterations=spec.max_iterations,
-        max_cost_usd=spec.max_cost_usd,
-        plateau_window=spec.plateau_window,
-        max_consecutive_errors=spec.max_consecutive_errors,
-        cooldown_minutes=spec.cooldown_minutes,
-    )
-    return result
-
-
-def entry_score(entry: LogEntry, weights: Mapping[str, float] | None = None) -> float | None:
-    """An entry's weighted score: as logged, else computed from its scores and `weights`."""
-    if entry.weighted_score is not None:
-        return entry.weighted_score
-    if weights is None or not entry.scores:
-        return None
-    return convergence.weighted_score(entry.scores, weights)
-
-
-def total_cost(entries: Sequence[LogEntry]) -> float:
-    """The sum of every entry's cost (failed and interrupted runs included)."""
-    return round(math.fsum(e.cost_usd for e in entries), 9)
+    typed = TargetState.from_json(dict(state))
+    typed.apply_limits(spec)
+    return typed.to_json()
 
 
 def reconcile(
@@ -313,77 +273,13 @@ def reconcile(
 ) -> dict[str, Any]:
     """A copy of `state` with every field the log determines recomputed from `entries`. Pure.
 
-    Recomputed: iterations_completed, total_cost_usd (all entries), score_history (the
-    completed entries, newest SCORE_HISTORY_LIMIT), current_scores, best_weighted_score,
-    last_decision, consecutive_errors (failed runs since the last completed one;
-    interrupted runs neither count nor reset), plateau_counter, next_iteration, and
-    in_flight, which is cleared when the log already holds that iteration. An entry
-    without a logged weighted score gets one from its scores and `weights`. Every other
+    The fields are those `Progress.apply_to` writes (the one derivation of totals from a
+    log); `in_flight` is cleared when the log already holds that iteration. Every other
     field, unknown ones included, is kept.
     """
-    completed = [e for e in entries if e.completed]
-    scored = [(e, entry_score(e, weights)) for e in completed]
-    weighted = [s for _, s in scored if s is not None]
-
-    history = [
-        {
-            "iteration": e.iteration,
-            "weighted_score": s,
-            "decision": e.decision,
-            "scores": dict(e.scores),
-            "timestamp": e.finished_at,
-        }
-        for e, s in scored[-SCORE_HISTORY_LIMIT:]
-    ]
-    current_scores: dict[str, float] = {}
-    for e in reversed(completed):
-        if e.scores:
-            current_scores = dict(e.scores)
-            break
-    consecutive_errors = 0
-    for e in reversed(entries):
-        if e.completed:
-            break
-        if e.status == "failed":
-            consecutive_errors += 1
-
-    result = copy.deepcopy(dict(state))
-    result.update(
-        iterations_completed=len(completed),
-        total_cost_usd=total_cost(entries),
-        score_history=history,
-        current_scores=current_scores,
-        best_weighted_score=max(weighted) if weighted else None,
-        last_decision=completed[-1].decision if completed else None,
-        consecutive_errors=consecutive_errors,
-        plateau_counter=convergence.plateau_counter(weighted, min_improvement),
-        next_iteration=entries[-1].iteration + 1 if entries else 1,
-    )
-    in_flight = result.get("in_flight")
-    if isinstance(in_flight, dict) and entries:
-        iteration = in_flight.get("iteration")
-        if _is_int(iteration) and iteration <= entries[-1].iteration:
-            result["in_flight"] = None
-    return result
-
-
-def loop_view(
-    entries: Sequence[LogEntry], weights: Mapping[str, float] | None = None
-) -> convergence.LoopView:
-    """What the stop conditions look at, from the log.
-
-    Completed count, total cost of all entries, weighted scores of completed entries that
-    have one (computed from scores and `weights` when given and not logged), decisions of
-    completed entries.
-    """
-    completed = [e for e in entries if e.completed]
-    scores = [s for s in (entry_score(e, weights) for e in completed) if s is not None]
-    return convergence.LoopView(
-        iterations_completed=len(completed),
-        total_cost_usd=total_cost(entries),
-        scores=scores,
-        decisions=[e.decision for e in completed if e.decision is not None],
-    )
+    typed = TargetState.from_json(dict(state))
+    Progress.from_entries(entries, weights, min_improvement).apply_to(typed)
+    return typed.to_json()
 
 
 def seed_entries(state: Mapping[str, Any]) -> list[LogEntry]:
@@ -412,7 +308,7 @@ def seed_entries(state: Mapping[str, Any]) -> list[LogEntry]:
                 iteration=1,
                 started_at=stamp,
                 finished_at=stamp,
-                status="failed",
+                status=RunStatus.FAILED,
                 decision=None,
                 weighted_score=None,
                 cost_usd=cost,
@@ -437,7 +333,7 @@ def seed_entries(state: Mapping[str, Any]) -> list[LogEntry]:
                 iteration=i,
                 started_at=when,
                 finished_at=when,
-                status="completed",
+                status=RunStatus.COMPLETED,
                 decision=decision if isinstance(decision, str) else None,
                 weighted_score=float(ws) if _is_number(ws) else None,
                 cost_usd=max(item_cost, 0.0),
@@ -454,31 +350,29 @@ def seed_entries(state: Mapping[str, Any]) -> list[LogEntry]:
 # --- saving ---------------------------------------------------------------------------
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def encode_state(state: dict[str, Any]) -> bytes:
-    """Set `state["updated_at"]` and serialise it as the state file's bytes."""
-    state["updated_at"] = _now_iso()
-    state.setdefault("schema_version", SCHEMA_VERSION)
+def encode_state(state: TargetState | dict[str, Any]) -> bytes:
+    """Stamp `updated_at` (in place) and serialise the state file's bytes."""
+    stamp = to_iso(now_utc())
+    if isinstance(state, TargetState):
+        state.updated_at = stamp
+        return fsio.dumps_json(state.to_json())
+    state["updated_at"] = stamp
     return fsio.dumps_json(state)
 
 
-async def save_state(path: Path, state: dict[str, Any]) -> None:
-    """Set `state["updated_at"]` and replace the state file atomically (fsio).
+async def save_state(path: Path, state: TargetState | dict[str, Any]) -> None:
+    """Stamp `updated_at` and replace the state file atomically (fsio).
 
-    The state is serialised before the worker thread starts, so other tasks may change
-    the dict while the write runs. Raises StateWriteError (the old file stays intact) and
-    ValueError for NaN or Infinity in the state. A state root this process locked that has
-    since been replaced (a symbolic link, another directory) is refused with StateWriteError
-    (see `lock.check_owned_root`).
+    The state is serialised before the worker thread starts, so other tasks may change it
+    while the write runs. Raises StateWriteError (the old file stays intact) and ValueError
+    for NaN or Infinity in the state. A state root this process locked that has since been
+    replaced (a symbolic link, another directory) is refused with StateWriteError (see
+    `lock.check_owned_root`).
     """
-    check_owned_root(Path(path).parent)
-    await fsio.write_bytes_atomic(path, encode_state(state))
+    data = encode_state(state)
 
+    def _work() -> None:
+        check_owned_root(Path(path).parent)
+        fsio.atomic_write_bytes(path, data)
 
-def save_state_sync(path: Path, state: dict[str, Any]) -> None:
-    """`save_state` without a worker thread, for the last checkpoint after the event loop."""
-    check_owned_root(Path(path).parent)
-    fsio.atomic_write_bytes(path, encode_state(state))
+    await anyio.to_thread.run_sync(_work)

@@ -1,0 +1,136 @@
+"""What a target does next, as pure functions of plain data.
+
+`after_run`: the status and `next_run_at` that follow a recorded run, and whether its state
+save may be deferred. `delay_before_next`: how long to wait before the next run (failure
+backoff, cooldown, schedule), with a stored `next_run_at` brought back within what the
+current settings allow. `stop_sentence`: the reason a target stopped, in words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from autoloop_daemon.policy.schedule import next_tick
+from autoloop_daemon.policy.stops import Limits, LoopView, backoff_seconds, describe_stop
+from autoloop_daemon.vocab import Mode, RunStatus, TargetStatus
+
+
+@dataclass(frozen=True, slots=True)
+class AfterRun:
+    """The target's position after a recorded run."""
+
+    status: TargetStatus
+    next_run_at: datetime | None  # None: run again as soon as the stop checks allow
+    may_defer_save: bool
+
+
+def after_run(
+    *,
+    run_status: RunStatus,
+    mode: Mode,
+    one_shot: bool,
+    stop_requested: bool,
+    finished: datetime,
+    cooldown_s: float,
+    schedule: str | None,
+) -> AfterRun:
+    """Status, next run and save deferral after a run that ended with `run_status`.
+
+    A failed or interrupted run cools down (the retry backoff). A completed run in
+    continuous mode waits out the cooldown, in scheduled mode the next tick; the one-shot
+    form and single-run mode go straight on. The save may be deferred only in single-run
+    mode after a completed run, when the next run starts at once and its in-flight save
+    carries this one's results (the log line is already durable, and start-up repairs a
+    state that lags its log).
+    """
+    completed = run_status == RunStatus.COMPLETED
+    next_run_at: datetime | None = None
+    if completed and not one_shot:
+        if mode == "continuous":
+            next_run_at = finished + timedelta(seconds=cooldown_s)
+        elif mode == "scheduled" and schedule:
+            next_run_at = next_tick(schedule, finished)
+    if not completed:
+        status = TargetStatus.COOLDOWN
+    elif one_shot or mode == "single-run":
+        status = TargetStatus.RUNNING
+    else:
+        status = TargetStatus.WAITING if mode == "scheduled" else TargetStatus.COOLDOWN
+    defer = completed and mode == "single-run" and not one_shot and not stop_requested
+    return AfterRun(status=status, next_run_at=next_run_at, may_defer_save=defer)
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """How long to wait before the next run, and the `next_run_at` to keep."""
+
+    delay_s: float
+    next_run_at: datetime | None
+
+
+def delay_before_next(
+    *,
+    now: datetime,
+    mode: Mode,
+    one_shot: bool,
+    consecutive_errors: int,
+    last_failed_at: datetime | None,
+    backoff_base_s: float,
+    backoff_max_s: float,
+    next_run_at: datetime | None,
+    last_finished_at: datetime | None,
+    cooldown_s: float,
+    schedule: str | None,
+) -> Wait:
+    """The wait before the next run.
+
+    After failures, the doubling backoff from the last failure. In continuous and scheduled
+    mode (not one-shot), until `next_run_at`; a scheduled target without one waits for the
+    next tick. A stored `next_run_at` later than the current settings allow (written before
+    the cooldown was shortened or the schedule changed, or simply far in the future) is
+    brought back: at most the cooldown after the last run, or the next tick from now.
+    """
+    delay = 0.0
+    if consecutive_errors > 0 and last_failed_at is not None:
+        backoff = backoff_seconds(consecutive_errors, backoff_base_s, backoff_max_s)
+        delay = (last_failed_at - now).total_seconds() + backoff
+    if one_shot or mode == "single-run":
+        return Wait(max(0.0, delay), next_run_at)
+    if mode == "scheduled" and schedule:
+        tick = next_tick(schedule, now)
+        next_run_at = tick if next_run_at is None else min(next_run_at, tick)
+    elif mode == "continuous" and next_run_at is not None:
+        latest = (last_finished_at or now) + timedelta(seconds=cooldown_s)
+        next_run_at = min(next_run_at, max(latest, now))
+    if next_run_at is not None:
+        delay = max(delay, (next_run_at - now).total_seconds())
+    return Wait(max(0.0, delay), next_run_at)
+
+
+def stop_sentence(
+    status: str,
+    view: LoopView,
+    limits: Limits,
+    *,
+    consecutive_errors: int,
+    max_consecutive_errors: int,
+    last_failure: str | None,
+    budget_spent_usd: float,
+    budget_cap_usd: float,
+) -> str:
+    """Why a target stopped, in the words printed after `Stopped:` and shown by `status`."""
+    if status == TargetStatus.ERROR:
+        lines = (last_failure or "").strip().splitlines()
+        last = lines[0] if lines else "unknown error"
+        return (
+            f"consecutive_errors exceeded ({consecutive_errors}/{max_consecutive_errors}): "
+            f"circuit breaker tripped; last: {last}"
+        )
+    if status == TargetStatus.STOPPED_BUDGET:
+        return f"shared budget exhausted (${budget_spent_usd:.2f} of ${budget_cap_usd:.2f} spent)"
+    if status == TargetStatus.STOPPED_SIGNAL:
+        return "interrupted by signal"
+    if status == TargetStatus.STOPPED_REMOVED:
+        return "removed from the configuration"
+    return describe_stop(status, view, limits)

@@ -1,0 +1,84 @@
+"""The log entry of one finished run, from what the run produced. Pure."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from autoloop_daemon.clock import to_iso
+from autoloop_daemon.models import IterationResult, LogEntry, TargetSpec
+from autoloop_daemon.policy.cost import charged_cost_usd
+from autoloop_daemon.policy.live_cost import (
+    REASON_BUDGET,
+    REASON_ITERATION_COST,
+    REASON_TARGET_COST,
+)
+from autoloop_daemon.policy.stops import weighted_score
+from autoloop_daemon.vocab import RunStatus
+
+INTERRUPTED_ERROR = "stopped by autoloopd shutdown"
+CUT_ERRORS = {
+    REASON_BUDGET: "stopped: its live cost would pass the shared budget's cap",
+    REASON_TARGET_COST: "stopped: its live cost would pass the target's max_cost_usd",
+    REASON_ITERATION_COST: "stopped: its live cost reached max_iteration_cost_usd",
+}
+
+
+def build_entry(
+    spec: TargetSpec,
+    iteration: int,
+    started: datetime,
+    finished: datetime,
+    duration_s: float,
+    result: IterationResult | None,
+    changed: bool | None = None,
+    cut: str | None = None,
+    live_cost_usd: float | None = None,
+) -> LogEntry:
+    """The `iteration_log.jsonl` line of a run; `result` None means it was interrupted.
+
+    An interrupted run is charged its wall time at the target's rate (nothing for the
+    simulator), or the live cost the orchestrator last reported if that is more; `cut`
+    says which cap stopped it (policy/live_cost.py). A finished run is charged what it
+    reported, else its wall time at the rate. The weighted score comes from the scores
+    with the target's weights, else as reported.
+    """
+    if result is None:
+        rate = 0.0 if spec.dry_run else spec.cost_per_minute_usd
+        cost, source = charged_cost_usd(None, duration_s, rate)
+        if live_cost_usd is not None and live_cost_usd > cost:
+            cost, source = live_cost_usd, "reported"
+        # A run stopped at its own per-iteration limit failed (it counts towards the circuit
+        # breaker, so a target whose runs always cost too much does not retry for ever).
+        failed = cut == REASON_ITERATION_COST
+        return LogEntry(
+            iteration=iteration,
+            started_at=to_iso(started),
+            finished_at=to_iso(finished),
+            status=RunStatus.FAILED if failed else RunStatus.INTERRUPTED,
+            decision=None,
+            weighted_score=None,
+            cost_usd=round(cost, 6),
+            duration_seconds=round(duration_s, 3),
+            error=CUT_ERRORS.get(cut or "", INTERRUPTED_ERROR),
+            cost_source=source,
+        )
+    cost, source = charged_cost_usd(result.cost_usd, result.duration_s, spec.cost_per_minute_usd)
+    scores = dict(result.scores)
+    score = weighted_score(scores, spec.weights_map) if scores else result.weighted_score
+    return LogEntry(
+        iteration=iteration,
+        started_at=to_iso(started),
+        finished_at=to_iso(finished),
+        status=RunStatus(result.status),
+        decision=result.decision,
+        weighted_score=None if score is None else round(score, 6),
+        cost_usd=round(cost, 6),
+        duration_seconds=round(duration_s, 3),
+        candidate_id=result.candidate_id,
+        artifact_path=result.artifact_path,
+        scores=scores,
+        exit_code=result.exit_code,
+        error=result.error,
+        cost_source=source,
+        changed=changed,
+    )

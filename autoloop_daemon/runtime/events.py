@@ -1,0 +1,207 @@
+"""Typed events the runtime publishes, and the bus that hands them to subscribers.
+
+The target runners and the supervisor publish what happened; everything that reports it
+subscribes: the one-target console lines (console.py), the structlog journal (journal.py),
+sd_notify, and later a control channel, metrics and alerts. Subscribers are called
+synchronously in the publisher's task and must not block; one that raises is logged and
+kept out of the publisher's way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from autoloop_daemon.models import LogEntry
+
+log = structlog.get_logger("autoloopd.events")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base of every event."""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonReady(Event):
+    """Every target that could start has been recovered; work begins."""
+
+    targets: int
+    failed: int
+    spent_usd: float
+    cap_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStopped(Event):
+    """Every target has stopped; the process is about to exit."""
+
+    targets: int
+    errors: tuple[str, ...]
+    failed_to_start: tuple[str, ...]
+    spent_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownRequested(Event):
+    """The first stop request: no new iterations, running ones get `grace_s`."""
+
+    reason: str
+    grace_s: float
+    running: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownForced(Event):
+    """A second stop request: the grace period is skipped."""
+
+    reason: str
+    cancelled: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadStarted(Event):
+    """The configuration is being read again."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReloaded(Event):
+    """A reload was applied."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+    cap_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadFailed(Event):
+    """A reload was refused; the previous configuration stays."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class TargetNotStarted(Event):
+    """A target could not be opened (locked, corrupt, unwritable); the others run."""
+
+    target: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class TargetNotContinuing(Event):
+    """A target that already stopped for a reason that still holds."""
+
+    target: str
+    status: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TargetStarting(Event):
+    """A target's cycle begins (after recovery)."""
+
+    target: str
+    path: str
+    mode: str
+    max_iterations: int
+    max_cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class CoolingDown(Event):
+    """A continuous target waits out its cooldown before the next run."""
+
+    target: str
+    seconds: float
+    next_run_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledExit(Event):
+    """The one-shot scheduled form ran its single iteration and ends."""
+
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class IterationStarted(Event):
+    """An orchestrator run begins."""
+
+    target: str
+    iteration: int
+    completed: int  # completed iterations before this one
+    max_iterations: int
+    retry: int  # consecutive failures before this run (0: not a retry)
+    handoff: str | None
+    run_log: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IterationFinished(Event):
+    """A run was recorded (log line written)."""
+
+    target: str
+    entry: LogEntry
+    total_cost_usd: float
+    estimated_usd: float = 0.0  # the part of the total that is wall time x rate
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointFailed(Event):
+    """A state could not be written; the target stops in `error`."""
+
+    target: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class TargetStopped(Event):
+    """A target's cycle ended."""
+
+    target: str
+    status: str
+    reason: str
+    iterations_completed: int
+    max_iterations: int
+    total_cost_usd: float
+    estimated_usd: float
+    best_score: float | None
+    best_iteration: int | None
+    location: str
+    announce: bool = True  # False: the user was already told why (not continuing)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetChanged(Event):
+    """Money was charged or the cap changed."""
+
+    spent_usd: float
+    reserved_usd: float
+    cap_usd: float
+
+
+Subscriber = Callable[[Event], None]
+
+
+@dataclass(slots=True)
+class EventBus:
+    """Hands each published event to every subscriber, in subscription order."""
+
+    _subscribers: list[Subscriber] = field(default_factory=list)
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Add `subscriber`; returns a function that removes it."""
+        self._subscribers.append(subscriber)
+        return lambda: self._subscribers.remove(subscriber)
+
+    def publish(self, event: Event) -> None:
+        """Call every subscriber with `event`; a failing subscriber is logged, not raised."""
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("subscriber_failed", event_type=type(event).__name__)

@@ -1,0 +1,90 @@
+"""The structured snapshot of a running daemon: one record feeds STATUS=, `status` and more.
+
+`FleetSnapshot` is plain data (JSON-ready through `to_json`) so that sd_notify's one-line
+STATUS=, a control channel, metrics and a dashboard all render the same facts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSnapshot:
+    """One target as the supervisor sees it now."""
+
+    target: str
+    status: str  # the state's status, or "not_started"
+    phase: str  # starting | running | cooldown | waiting | stopped | not_started
+    reason: str | None  # why it stopped, or why it could not start
+    iterations_completed: int
+    max_iterations: int
+    total_cost_usd: float
+    max_cost_usd: float
+    best_weighted_score: float | None
+    last_weighted_score: float | None
+    last_decision: str | None
+    consecutive_errors: int
+    next_run_at: str | None
+    running_iteration: int | None
+    running_for_s: float | None
+    state_location: str
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSnapshot:
+    """The shared budget now."""
+
+    spent_usd: float  # everything, including retired_usd
+    reserved_usd: float
+    cap_usd: float | None  # None: no shared cap (the one-target form)
+    retired_usd: float = 0.0  # spent by state roots no longer in the configuration
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    """The whole daemon now."""
+
+    pid: int
+    started_at: str
+    ready: bool
+    shutting_down: bool
+    budget: BudgetSnapshot
+    targets: tuple[TargetSnapshot, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The snapshot as a JSON-ready dict (stable keys)."""
+        return asdict(self)
+
+    def count_by_phase(self) -> dict[str, int]:
+        """How many targets are in each phase."""
+        return count_phases(t.phase for t in self.targets)
+
+    def status_line(self) -> str:
+        """The one-line summary sent to systemd as STATUS=."""
+        return status_line(self.count_by_phase(), self.budget.spent_usd, self.budget.cap_usd)
+
+
+def count_phases(phases: Iterable[str]) -> dict[str, int]:
+    """How many of `phases` are running, cooling down, waiting, stopped, not started."""
+    counts = {"running": 0, "cooldown": 0, "waiting": 0, "stopped": 0, "not_started": 0}
+    for phase in phases:
+        counts[phase if phase in counts else "running"] += 1
+    return counts
+
+
+def status_line(phases: dict[str, int], spent_usd: float, cap_usd: float | None) -> str:
+    """`2 running, 1 cooling down, 0 waiting, 3 stopped; $1.20 of $10.00 spent`."""
+    money = (
+        f"${spent_usd:.2f} of ${cap_usd:.2f} spent"
+        if cap_usd is not None and math.isfinite(cap_usd)
+        else f"${spent_usd:.2f} spent"
+    )
+    failed = f", {phases['not_started']} failed to start" if phases["not_started"] else ""
+    return (
+        f"{phases['running']} running, {phases['cooldown']} cooling down, "
+        f"{phases['waiting']} waiting, {phases['stopped']} stopped{failed}; {money}"
+    )

@@ -1,0 +1,194 @@
+"""The files backend: one directory per state root, written crash-safe.
+
+`FileStorage` owns `daemon.state_dir` (a lock file) and hands out one `FileTargetStore` per
+target. A store's `open` takes the state root's lock and recovers it from its log
+(recovery.py); `record` writes one finished run in ONE worker-thread call, in the order the
+crash guarantees need: the log line (fsynced: the source of truth), the handoff (atomic, not
+fsynced: recovery rebuilds a lost one from the log), then the state (fsynced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import anyio
+
+from autoloop_daemon.exceptions import AutoloopError
+from autoloop_daemon.models import LogEntry, TargetSpec
+from autoloop_daemon.storage.base import Recovered
+from autoloop_daemon.storage.files import artifacts, fsio
+from autoloop_daemon.storage.files import state_file as state_mod
+from autoloop_daemon.storage.files.lock import StateLock, check_owned_root
+from autoloop_daemon.storage.files.recovery import recover
+from autoloop_daemon.target_state import TargetState
+
+
+def _commit(
+    log_file: Path,
+    entry: LogEntry,
+    handoff: tuple[Path, bytes] | None,
+    state_file: Path,
+    state_bytes: bytes | None,
+) -> None:
+    check_owned_root(log_file.parent)  # never write through a state root replaced by a link
+    fsio.append_record(log_file, fsio.dumps_json_line(entry.to_json()))
+    if handoff is not None:
+        fsio.make_dirs(handoff[0].parent)
+        fsio.atomic_write_bytes(handoff[0], handoff[1], durable=False)
+    if state_bytes is not None:
+        fsio.atomic_write_bytes(state_file, state_bytes)
+
+
+class FileTargetStore:
+    """One target's state root on disk (see the module docstring)."""
+
+    def __init__(self, spec: TargetSpec) -> None:
+        """Describe the state root; nothing touches the disk until `open`."""
+        self._spec = spec
+        self._lock = StateLock(spec.state_root)
+        self._state_file = state_mod.state_path(spec.state_root)
+        self._log_file = artifacts.log_path(spec.state_root)
+
+    @property
+    def location(self) -> str:
+        """The state file's path."""
+        return str(self._state_file)
+
+    async def open(self) -> Recovered:
+        """Lock the state root and recover it from its log (recovery.py)."""
+        return await recover(self._spec, self._lock)
+
+    async def record(self, entry: LogEntry, handoff: str | None, state: TargetState | None) -> None:
+        """Append the log line, write the handoff, replace the state: one worker call."""
+        handoff_file = None
+        if handoff is not None:
+            path = artifacts.handoff_path(self._spec.state_root, entry.iteration)
+            handoff_file = (path, handoff.encode())
+        state_bytes = None if state is None else state_mod.encode_state(state)
+        await anyio.to_thread.run_sync(
+            _commit, self._log_file, entry, handoff_file, self._state_file, state_bytes
+        )
+
+    async def save(self, state: TargetState) -> None:
+        """Replace the state file atomically and durably."""
+        await state_mod.save_state(self._state_file, state)
+
+    async def read_log(self) -> list[LogEntry]:
+        """The whole iteration log (a torn tail is left for `open` to repair)."""
+        entries, _torn = await anyio.to_thread.run_sync(
+            lambda: artifacts.read_log(self._log_file, repair=False)
+        )
+        return entries
+
+    def handoff_file(self, iteration: int) -> Path | None:
+        """`handoffs/iteration-N.md` when it exists."""
+        path = artifacts.handoff_path(self._spec.state_root, iteration)
+        return path if path.is_file() else None
+
+    def close(self) -> None:
+        """Release the state root's lock."""
+        self._lock.release()
+
+
+ROOTS_NAME = ".autoloopd-roots.json"
+MAX_SPENT_USD = 1e15  # an integer above this in the registry is damage (and too big a float)
+
+
+def _read_roots(path: Path) -> dict[str, float]:
+    """The registry of state roots (root -> last known spending); {} if absent or unreadable."""
+    try:  # a regular file only: a FIFO planted here must not hang the daemon
+        data = fsio.parse_json(fsio.read_regular(path, 64 * 1024 * 1024).decode("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    roots = data.get("roots") if isinstance(data, dict) else None
+    if not isinstance(roots, dict):
+        return {}
+    return {str(k): v for k, v in ((k, _spent(v)) for k, v in roots.items()) if v is not None}
+
+
+def _spent(value: object) -> float | None:
+    """A registry figure as a float, or None when it is not a plausible amount."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0 <= value <= MAX_SPENT_USD:  # also keeps integers too big for a float out
+        return None
+    return float(value)
+
+
+def _logged_spending(root: Path) -> float | None:
+    """The sum of a state root's logged costs; None when it has no readable log."""
+    try:
+        entries, _torn = artifacts.read_log(artifacts.log_path(root), repair=False)
+    except AutoloopError:
+        return None
+    if not entries and not artifacts.log_path(root).exists():
+        return None
+    return round(math.fsum(e.cost_usd for e in entries), 9)
+
+
+def _spent_elsewhere(state_dir: Path, active: frozenset[str]) -> dict[str, float]:
+    known = _read_roots(state_dir / ROOTS_NAME)
+    with contextlib.suppress(OSError):
+        for child in state_dir.iterdir():
+            if (child / artifacts.LOG_NAME).is_file():
+                known.setdefault(str(child), 0.0)
+    spent: dict[str, float] = {}
+    for root, last_known in known.items():
+        if root in active:
+            continue
+        logged = _logged_spending(Path(root))
+        spent[root] = last_known if logged is None else max(logged, last_known)
+    return spent
+
+
+class FileStorage:
+    """The files backend for a daemon whose targets live under `state_dir`.
+
+    Besides the lock, `state_dir` keeps a registry of every state root the daemon has run
+    (`.autoloopd-roots.json`, root -> last known spending), so that money spent by a target
+    that was renamed, removed or given another state root is still charged to the budget.
+    """
+
+    def __init__(self, state_dir: Path | None) -> None:
+        """`state_dir` None: no daemon-wide lock (the one-target command line)."""
+        self._state_dir = state_dir
+        self._lock = StateLock(state_dir) if state_dir is not None else None
+
+    async def spent_elsewhere(self, active_roots: Iterable[Path]) -> dict[str, float]:
+        """Per state root not in `active_roots`: what it spent (its log, else the registry's
+        last figure). Roots found under `state_dir` count even if never registered."""
+        if self._state_dir is None:
+            return {}
+        active = frozenset(str(r) for r in active_roots)
+        return await anyio.to_thread.run_sync(_spent_elsewhere, self._state_dir, active)
+
+    async def remember(self, spent_by_root: Mapping[Path, float]) -> None:
+        """Add or update state roots in the registry (atomically; never forgets one)."""
+        if self._state_dir is None or not spent_by_root:
+            return
+        path = self._state_dir / ROOTS_NAME
+
+        def work() -> None:
+            roots = _read_roots(path)
+            for root, spent in spent_by_root.items():
+                roots[str(root)] = max(round(spent, 9), roots.get(str(root), 0.0))
+            fsio.atomic_write_bytes(path, fsio.dumps_json({"roots": roots}))
+
+        await anyio.to_thread.run_sync(work)
+
+    def target(self, spec: TargetSpec) -> FileTargetStore:
+        """The store of `spec`'s state root."""
+        return FileTargetStore(spec)
+
+    def acquire(self) -> None:
+        """Lock `state_dir` (creating it); StateLockedError names the holder."""
+        if self._lock is not None:
+            self._lock.acquire()
+
+    def release(self) -> None:
+        """Release `state_dir`'s lock."""
+        if self._lock is not None:
+            self._lock.release()

@@ -1,0 +1,75 @@
+"""The project's words as enums: a target's status, a run's outcome, the decision words.
+
+Each is a `StrEnum`, so a member is written to JSON as its plain value and compares equal to
+the string the files hold; the on-disk schema does not change.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+Mode = Literal["single-run", "continuous", "scheduled"]
+
+
+class TargetStatus(StrEnum):
+    """The `status` field of `autoloop_state.json`: where a target is in its life."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    COOLDOWN = "cooldown"
+    WAITING = "waiting"  # scheduled mode, waiting for the next tick
+    STOPPED_MAX_ITER = "stopped_max_iter"
+    STOPPED_COST = "stopped_cost"
+    STOPPED_BUDGET = "stopped_budget"
+    STOPPED_PLATEAU = "stopped_plateau"
+    STOPPED_OSCILLATION = "stopped_oscillation"
+    STOPPED_SIGNAL = "stopped_signal"
+    STOPPED_REMOVED = "stopped_removed"
+    ERROR = "error"
+
+    @property
+    def is_final(self) -> bool:
+        """True for a stop condition a re-run with the same limits does not continue from."""
+        return self in FINAL_STATUSES
+
+    @property
+    def is_stopped(self) -> bool:
+        """True for every status a target ends its cycle with."""
+        return self.startswith("stopped_") or self is TargetStatus.ERROR
+
+
+# Statuses a re-run with the same limits does not continue from.
+FINAL_STATUSES: frozenset[TargetStatus] = frozenset(
+    {
+        TargetStatus.STOPPED_MAX_ITER,
+        TargetStatus.STOPPED_COST,
+        TargetStatus.STOPPED_BUDGET,
+        TargetStatus.STOPPED_PLATEAU,
+        TargetStatus.STOPPED_OSCILLATION,
+        TargetStatus.ERROR,
+    }
+)
+
+
+class RunStatus(StrEnum):
+    """How one orchestrator run ended (the `status` of an `iteration_log.jsonl` line)."""
+
+    COMPLETED = "completed"  # a decision was read: counts towards iterations_completed
+    FAILED = "failed"  # non-zero exit, timeout, no or unreadable result: counts as an error
+    INTERRUPTED = "interrupted"  # stopped by autoloopd itself (shutdown, crash recovery)
+
+
+class Decision(StrEnum):
+    """The decision words autoloopd knows. Any other word is still recorded verbatim."""
+
+    KEEP = "keep"
+    REJECT = "reject"
+    REVERT = "revert"
+    PENDING = "pending"
+    PENDING_PROMOTE = "pending_promote"
+    NO_CANDIDATES = "no_candidates"
+    NO_ACCEPTED_CANDIDATES = "no_accepted_candidates"
+
+
+KNOWN_DECISIONS: frozenset[str] = frozenset(d.value for d in Decision)
