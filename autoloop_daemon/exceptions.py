@@ -27,6 +27,22 @@ class ResultError(AutoloopError):
     """The orchestrator's or scorer's output is present but invalid."""
 
 
+class RunLogError(AutoloopError):
+    """A run's log file cannot be opened for appending (not a regular file, no permission)."""
+
+
+class NotRegularFileError(OSError):
+    """A path autoloopd reads or writes is a FIFO, socket, device, directory or symlink."""
+
+
+class LogLineIncompleteError(ValueError):
+    """A log line is not a whole entry (not JSON, not an object, a field missing).
+
+    On the last line this is what a write cut short leaves (a torn tail); anywhere else, and
+    any line that is whole but holds a wrong value, is corruption.
+    """
+
+
 class UnknownTargetError(AutoloopError):
     """A command named a target the daemon does not have."""
 

@@ -1,7 +1,8 @@
 """Plain data shared between modules: a target's resolved settings, log entries, results.
 
 Nothing here does I/O; every type is a frozen dataclass so it can be passed between tasks
-freely and compared in tests.
+freely and compared in tests. A `LogEntry` checks its own fields when it is made, so no code
+path can write a log line that the log reader would refuse.
 """
 
 from __future__ import annotations
@@ -9,9 +10,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
+from autoloop_daemon.exceptions import LogLineIncompleteError
 from autoloop_daemon.vocab import Mode, RunStatus
+
+RUN_STATUSES: tuple[str, ...] = tuple(status.value for status in RunStatus)
+# The most one run may cost. No cap can be set above 1e9 USD ([budget] and max_cost_usd), so
+# a log line claiming more is damage or forgery, never a run, and is refused as corruption.
+MAX_RUN_COST_USD = 1e9
+COST_SOURCES = ("reported", "estimated")
 
 # What improvement-orchestrator discovers by itself when it is given no --source: the
 # skill's memory and feedback, and the session-feedback store in the home directory.
@@ -80,28 +88,81 @@ class TargetSpec:
         return dict(self.env)
 
 
-def _finite_or_none(value: Any) -> float | None:
-    if value is None:
-        return None
-    f = float(value)
-    return f if math.isfinite(f) else None
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-COST_SOURCES = ("reported", "estimated")
+def _is_number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _optional_choice(data: dict[str, Any], key: str, choices: tuple[str, ...]) -> str | None:
-    value = data.get(key)
-    if value is not None and value not in choices:
-        raise ValueError(f"{key}: expected one of {', '.join(choices)}, found {value!r}")
+def _as_float(value: Any, name: str) -> Any:
+    """A JSON number as a float (an int too large for one is an error); anything else as is."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"{name}: not a finite number: {_short(value)}") from None
     return value
 
 
-def _optional_bool(data: dict[str, Any], key: str) -> bool | None:
-    value = data.get(key)
-    if value is not None and not isinstance(value, bool):
-        raise ValueError(f"{key}: expected true, false or null, found {value!r}")
-    return value
+def _number_problem(name: str, value: Any, high: float) -> str | None:
+    """Why `value` is not a finite number within 0..`high`, or None."""
+    if not _is_number(value):
+        return f"{name}: not a number: {_short(value)}"
+    if not math.isfinite(value):
+        return f"{name}: not a finite number: {value!r}"
+    if value < 0:
+        return f"{name}: negative: {value!r}"
+    if value > high:
+        if high == 1.0:
+            return f"{name}: {value!r} is outside 0..1"
+        return f"{name}: {value!r} is above {high:,.0f}, more than any run can cost"
+    return None
+
+
+def _entry_problem(e: LogEntry) -> str | None:
+    """The first field of `e` that no run can produce, described; None when all are fine."""
+    if not isinstance(e.iteration, int) or isinstance(e.iteration, bool) or e.iteration < 1:
+        return f"iteration: not a positive integer: {_short(e.iteration)}"
+    for name in ("started_at", "finished_at"):
+        if not isinstance(getattr(e, name), str):
+            return f"{name}: not a string: {_short(getattr(e, name))}"
+    if e.status not in RUN_STATUSES:
+        return f"status: unknown value {_short(e.status)}"
+    for name in ("decision", "candidate_id", "artifact_path", "error"):
+        value = getattr(e, name)
+        if value is not None and not isinstance(value, str):
+            return f"{name}: not a string or null: {_short(value)}"
+    if e.weighted_score is not None:
+        problem = _number_problem("weighted_score", e.weighted_score, 1.0)
+        if problem:
+            return problem
+    problem = _number_problem("cost_usd", e.cost_usd, MAX_RUN_COST_USD)
+    if problem:
+        return problem
+    problem = _number_problem("duration_seconds", e.duration_seconds, math.inf)
+    if problem:
+        return problem
+    if not isinstance(e.scores, dict):
+        return f"scores: not an object: {_short(e.scores)}"
+    for dim, score in e.scores.items():
+        if not isinstance(dim, str):
+            return f"scores: dimension name not a string: {_short(dim)}"
+        problem = _number_problem(f"scores.{dim}", score, 1.0)
+        if problem:
+            return problem
+    if e.exit_code is not None and (
+        not isinstance(e.exit_code, int) or isinstance(e.exit_code, bool)
+    ):
+        return f"exit_code: not an integer or null: {_short(e.exit_code)}"
+    if e.cost_source is not None and e.cost_source not in COST_SOURCES:
+        expected = ", ".join(COST_SOURCES)
+        return f"cost_source: expected one of {expected}, found {_short(e.cost_source)}"
+    if e.changed is not None and not isinstance(e.changed, bool):
+        return f"changed: expected true, false or null, found {_short(e.changed)}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +184,18 @@ class LogEntry:
     error: str | None = None
     cost_source: str | None = None  # "reported" or "estimated" (wall time x rate); older: None
     changed: bool | None = None  # did the target's files change in this run (None: unknown)
+
+    def __post_init__(self) -> None:
+        """Refuse an entry no run can produce: ValueError naming the field and the value.
+
+        Strings are strings (or null where optional), `iteration` is a positive integer,
+        scores and `weighted_score` lie within 0..1, `duration_seconds` is finite and >= 0,
+        `cost_usd` is finite, >= 0 and at most MAX_RUN_COST_USD, `cost_source` one of
+        COST_SOURCES and `changed` a boolean (each may be null).
+        """
+        problem = _entry_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
 
     @property
     def completed(self) -> bool:
@@ -146,40 +219,40 @@ class LogEntry:
 
     @classmethod
     def from_json(cls, data: Any) -> LogEntry:
-        """Parse one decoded log line; raises ValueError naming the bad field."""
+        """Parse one decoded log line; raises ValueError naming the bad field.
+
+        LogLineIncompleteError (a ValueError) when it is not an object or a required field
+        (iteration, started_at, finished_at, cost_usd) is missing: what a torn write leaves.
+        Every present field is type-checked as `__post_init__` describes; `status` defaults
+        to "completed", `duration_seconds` to 0 and `scores` (null or absent) to {}.
+        """
         if not isinstance(data, dict):
-            raise ValueError("log line is not a JSON object")
-        try:
-            iteration = data["iteration"]
-            if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 1:
-                raise ValueError(f"iteration: not a positive integer: {iteration!r}")
-            status = data.get("status", "completed")
-            if status not in ("completed", "failed", "interrupted"):
-                raise ValueError(f"status: unknown value {status!r}")
-            scores_raw = data.get("scores") or {}
-            if not isinstance(scores_raw, dict):
-                raise ValueError("scores: not an object")
-            return cls(
-                iteration=iteration,
-                started_at=str(data["started_at"]),
-                finished_at=str(data["finished_at"]),
-                status=status,
-                decision=data.get("decision"),
-                weighted_score=_finite_or_none(data.get("weighted_score")),
-                cost_usd=float(data["cost_usd"]),
-                duration_seconds=float(data.get("duration_seconds", 0.0)),
-                candidate_id=data.get("candidate_id"),
-                artifact_path=data.get("artifact_path"),
-                scores={str(k): float(v) for k, v in scores_raw.items()},
-                exit_code=data.get("exit_code"),
-                error=data.get("error"),
-                cost_source=_optional_choice(data, "cost_source", COST_SOURCES),
-                changed=_optional_bool(data, "changed"),
-            )
-        except KeyError as exc:
-            raise ValueError(f"missing field {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            raise ValueError(str(exc)) from None
+            raise LogLineIncompleteError("log line is not a JSON object")
+        for key in ("iteration", "started_at", "finished_at", "cost_usd"):
+            if key not in data:
+                raise LogLineIncompleteError(f"missing field {key!r}")
+        scores = data.get("scores")
+        if scores is None:
+            scores = {}
+        if not isinstance(scores, dict):
+            raise ValueError(f"scores: not an object: {_short(scores)}")
+        return cls(
+            iteration=data["iteration"],
+            started_at=data["started_at"],
+            finished_at=data["finished_at"],
+            status=data.get("status", "completed"),
+            decision=data.get("decision"),
+            weighted_score=_as_float(data.get("weighted_score"), "weighted_score"),
+            cost_usd=_as_float(data["cost_usd"], "cost_usd"),
+            duration_seconds=_as_float(data.get("duration_seconds", 0.0), "duration_seconds"),
+            candidate_id=data.get("candidate_id"),
+            artifact_path=data.get("artifact_path"),
+            scores={k: _as_float(v, f"scores.{k}") for k, v in scores.items()},
+            exit_code=data.get("exit_code"),
+            error=data.get("error"),
+            cost_source=data.get("cost_source"),
+            changed=data.get("changed"),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,7 @@ from autoloop_daemon.runtime.logs import configure_logging
 from autoloop_daemon.runtime.sdnotify import Notifier
 from autoloop_daemon.runtime.signals import hold_early_hangups
 from autoloop_daemon.runtime.supervisor import ReloadedConfig, Supervisor
+from autoloop_daemon.storage.files.lock import resolve_state_root
 from autoloop_daemon.storage.files.store import FileStorage
 
 DEFAULT_CAP_WARNING = "Default $50 cap applies. For overnight runs, explicitly set --max-cost."
@@ -211,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
     target: Path = args.target.expanduser().resolve()
-    state_root: Path = args.state_root.expanduser().resolve()
+    state_root = resolve_state_root(args.state_root)  # a symlinked root is refused, not followed
     if not target.is_dir():
         raise ConfigError(f"--target: not a directory: {args.target}")
     if state_root.exists() and not state_root.is_dir():
@@ -388,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return EXIT_TEMPFAIL
     except StateCorruptError as exc:
-        _error(f"{exc} (the file was left untouched)")
+        _error(f"{exc} (left untouched)")
         return EXIT_DATAERR
     except StateWriteError as exc:
         _error(str(exc))

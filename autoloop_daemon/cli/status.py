@@ -6,13 +6,16 @@ the state directory (its pid, checked in /proc; no lock is taken, so a running d
 never disturbed) and each `autoloop_state.json` (replaced atomically, never seen half
 written) gives the target's last known state. Exit 0 when a daemon runs, 3 when none does
 (as `systemctl status`), 1 when a state file is unreadable. The JSON keys are documented in
-docs/design.md ("Status JSON").
+docs/design.md ("Status JSON"). It never hangs: a
+state file that is a FIFO, a socket, a device or a directory is never opened in a way
+that could block, and is reported unreadable.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +31,7 @@ from autoloop_daemon.exit_codes import EXIT_CONFIG, EXIT_NOT_RUNNING, EXIT_OK, E
 from autoloop_daemon.policy.stops import STOP_MESSAGES
 from autoloop_daemon.runtime.snapshot import first_line
 from autoloop_daemon.storage.files.lock import LOCK_NAME
+from autoloop_daemon.storage.files.regular import read_regular
 from autoloop_daemon.storage.files.state_file import load_state, state_path
 from autoloop_daemon.vocab import TargetStatus
 
@@ -119,7 +123,7 @@ def target_row(name: str, state_root: Path, *, now: float | None = None) -> dict
 def lock_holder(directory: Path) -> int | None:
     """The pid of a live autoloopd holding `directory`'s lock file, read without locking."""
     try:
-        text = (directory / LOCK_NAME).read_text(encoding="ascii", errors="replace").strip()
+        text = read_regular(directory / LOCK_NAME, limit=64).decode("ascii", "replace").strip()
     except OSError:
         return None
     if not text.isdigit():
@@ -179,14 +183,24 @@ def _daemon_rows(payload: dict[str, Any], roots: dict[str, Path]) -> list[dict[s
 # ------------------------------------------------------------------ rendering
 
 
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _fmt_score(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, int | float) else "-"
+    number = _finite(value)
+    return "-" if number is None else f"{number:.4f}"
 
 
 def _fmt_money(value: Any, estimated: bool = False) -> str:
-    if not isinstance(value, int | float):
-        return "-"
-    return f"{'~' if estimated else ''}${value:.2f}"
+    number = _finite(value)
+    return "-" if number is None else f"{'~' if estimated else ''}${number:.2f}"
 
 
 def _fmt_local(iso: Any) -> str:

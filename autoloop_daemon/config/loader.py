@@ -61,6 +61,7 @@ from autoloop_daemon.config.alerts import AlertSettings
 from autoloop_daemon.config.control import check_control
 from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.storage.files.lock import resolve_state_root
 from autoloop_daemon.vocab import Mode
 
 __all__ = [
@@ -446,9 +447,13 @@ def _syntax_error(shown: str, exc: tomllib.TOMLDecodeError) -> str:
     return f"{shown}: {match.group(2)}: TOML syntax error: {problem[:1].lower()}{problem[1:]}"
 
 
-def _resolve(value: Path | str, base: Path, shown: str, key: str) -> Path:
+def _resolve(
+    value: Path | str, base: Path, shown: str, key: str, *, keep_last: bool = False
+) -> Path:
     try:
         path = Path(value).expanduser()
+        if keep_last:  # a state root that is a symlink is refused at start, not followed
+            return resolve_state_root(path, base)
         return (base / path).resolve()  # an absolute `path` replaces `base`
     except (RuntimeError, OSError, ValueError) as exc:
         raise ConfigError(f"{shown}: {key}: cannot resolve {_quote(str(value))}: {exc}") from None
@@ -492,7 +497,7 @@ def _build_targets(
             problem = "not a directory" if path.exists() else "no such directory"
             raise ConfigError(f"{shown}: {key}.path: {problem}: {path}")
         raw_root = table.state_root if table.state_root is not None else state_dir / table.name
-        root = _resolve(raw_root, base, shown, f"{key}.state_root")
+        root = _resolve(raw_root, base, shown, f"{key}.state_root", keep_last=True)
         if root.exists() and not root.is_dir():
             raise ConfigError(f"{shown}: {key}.state_root: not a directory: {root}")
         if root in roots:

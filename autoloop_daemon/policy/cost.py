@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from autoloop_daemon.models import MAX_RUN_COST_USD
+
 
 def elapsed_cost_usd(duration_s: float, cost_per_minute_usd: float) -> float:
-    """The estimated cost of a run that reported none: wall time at the target's rate."""
-    return round(max(0.0, duration_s) / 60.0 * cost_per_minute_usd, 6)
+    """The estimated cost of a run that reported none: wall time at the target's rate.
+
+    At most MAX_RUN_COST_USD, the most a log line may hold (only an absurd rate gets there).
+    """
+    return min(round(max(0.0, duration_s) / 60.0 * cost_per_minute_usd, 6), MAX_RUN_COST_USD)
 
 
 def charged_cost_usd(

@@ -4,6 +4,11 @@ Builds the argv from the target's template (never through a shell), runs it in i
 process group via `process.run_in_group`, reads the result as DESIGN.md orders it (JSON line,
 then text summary, then failure) and finds the scores (result, scorer command, newest
 `learner/*.json`). Returns an `IterationResult`; writing the log and state is the caller's.
+
+Files the run leaves in the state root are the orchestrator's to write, so they are read
+with suspicion: only regular files (no FIFO, socket, device, directory or link: those are
+named in a warning and skipped), of bounded size, through the JSON reader that refuses
+non-finite numbers and nesting too deep. A run log that is not a regular file fails the run.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,7 +24,12 @@ from pathlib import Path
 import anyio
 import structlog
 
-from autoloop_daemon.exceptions import ResultError
+from autoloop_daemon.exceptions import (
+    NotRegularFileError,
+    ResultError,
+    RunLogError,
+    StateWriteError,
+)
 from autoloop_daemon.models import IterationResult, TargetSpec
 from autoloop_daemon.runs import simulator
 from autoloop_daemon.runs.process import ProcessOutcome, child_environment, run_in_group
@@ -28,13 +39,14 @@ from autoloop_daemon.runs.results import (
     scores_from_json,
     tail_text,
 )
-from autoloop_daemon.storage.files import artifacts
+from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files.fsio import write_text_atomic
 
 log = structlog.get_logger("autoloopd.orchestrator")
 
 TRACE_LIMIT_BYTES = 64 * 1024
 STDOUT_TAIL_BYTES = 1 << 20
+LEARNER_SIZE_LIMIT = 16 * 1024 * 1024  # a scorer's output is kilobytes
 
 OnStarted = Callable[[int], Awaitable[None]]
 
@@ -85,7 +97,10 @@ class ProgressReader:
             return
         cost = obj.get("cost_usd")
         if isinstance(cost, int | float) and not isinstance(cost, bool):
-            value = float(cost)
+            try:
+                value = float(cost)
+            except OverflowError:  # an integer too large for a float
+                return
             if math.isfinite(value) and value >= 0:
                 self._on_cost(value)
 
@@ -135,9 +150,14 @@ def expand_sources(target: Path, patterns: tuple[str, ...]) -> list[str]:
     return found
 
 
+def run_marker_prefix(spec: TargetSpec) -> str:
+    """What every run marker of `spec`'s state root starts with (an iteration number follows)."""
+    return f"{spec.state_root}#"
+
+
 def run_marker(spec: TargetSpec, iteration: int) -> str:
     """The value of AUTOLOOPD_RUN given to a run's processes, to find orphans after a crash."""
-    return f"{spec.state_root}#{iteration}"
+    return f"{run_marker_prefix(spec)}{iteration}"
 
 
 def _describe_exit(outcome: ProcessOutcome, timeout_s: float) -> str:
@@ -178,6 +198,9 @@ async def _scores_from_scorer(spec: TargetSpec, iteration: int, marker: str) -> 
             term_grace_s=spec.term_grace_seconds,
             stdout_tail_bytes=STDOUT_TAIL_BYTES,
         )
+    except RunLogError as exc:
+        log.warning("scorer_failed", error=str(exc))
+        return {}
     except OSError as exc:
         log.warning("scorer_failed", error=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
         return {}
@@ -190,33 +213,72 @@ async def _scores_from_scorer(spec: TargetSpec, iteration: int, marker: str) -> 
     except ResultError as exc:
         log.warning("scorer_failed", error=f"unreadable scorer output: {exc}")
         return {}
-    await write_text_atomic(artifacts.learner_path(spec.state_root, iteration), text)
+    learner = artifacts.learner_path(spec.state_root, iteration)
+    try:
+        fsio.check_regular_or_absent(learner)
+        await write_text_atomic(learner, text)
+    except (NotRegularFileError, StateWriteError) as exc:  # the scores stand without it
+        log.warning("learner_file_not_saved", path=str(learner), error=str(exc))
     return scores
 
 
 def _newest_learner_scores(state_root: Path, since_wall: float) -> dict[str, float]:
-    """Scores from the newest `learner/*.json` modified at or after `since_wall` (sync)."""
+    """Scores from the newest `learner/*.json` modified at or after `since_wall` (sync).
+
+    Fresh entries that are not regular files, or that cannot be read or parsed, are named
+    in a `learner_file_unreadable` warning and skipped; none of them is opened in a way
+    that could block or follow a link.
+    """
     learner = state_root / "learner"
+    candidates = []
     try:
-        candidates = [(p.stat().st_mtime, p) for p in learner.glob("*.json") if p.is_file()]
+        for path in learner.glob("*.json"):
+            try:
+                st = path.lstat()
+            except OSError:
+                continue  # gone meanwhile
+            if st.st_mtime >= since_wall - 1.0:
+                candidates.append((st.st_mtime, path, st.st_mode))
     except OSError:
         return {}
-    fresh = sorted((c for c in candidates if c[0] >= since_wall - 1.0), reverse=True)
-    for _mtime, path in fresh:
+    for _mtime, path, mode in sorted(candidates, reverse=True):
+        if not stat.S_ISREG(mode):
+            error = f"is {fsio.describe_file_type(mode)}, not a regular file"
+            log.warning("learner_file_unreadable", path=str(path), error=error)
+            continue
         try:
-            return scores_from_json(json.loads(path.read_text(encoding="utf-8")))
+            raw = fsio.read_regular(path, LEARNER_SIZE_LIMIT)
+            return scores_from_json(fsio.parse_json(raw.decode("utf-8")))
         except (OSError, ValueError, ResultError) as exc:
-            log.warning("learner_file_unreadable", path=str(path), error=str(exc))
+            error = fsio.describe_oserror(exc) if isinstance(exc, OSError) else str(exc)
+            log.warning("learner_file_unreadable", path=str(path), error=error)
     return {}
+
+
+def _unwritable(*paths: Path) -> str | None:
+    """Why one of `paths` cannot be replaced by a new regular file, or None."""
+    for path in paths:
+        try:
+            fsio.check_regular_or_absent(path)
+        except NotRegularFileError as exc:
+            return f"cannot write {path}: {exc}"
+    return None
 
 
 async def _run_simulated(spec: TargetSpec, iteration: int) -> IterationResult:
     start = time.monotonic()
+    run_log = artifacts.run_log_path(spec.state_root, iteration)
+    learner = artifacts.learner_path(spec.state_root, iteration)
+    problem = await anyio.to_thread.run_sync(_unwritable, run_log, learner)
+    if problem is not None:
+        return IterationResult(
+            status="failed", duration_s=0.0, error=problem, failure_trace=problem
+        )
     run = simulator.simulate(spec.seed, spec.name, iteration)
     await anyio.sleep(spec.simulated_seconds)
     stdout = run.stdout(str(spec.path), str(spec.state_root), iteration)
-    await write_text_atomic(artifacts.run_log_path(spec.state_root, iteration), stdout)
-    await write_text_atomic(artifacts.learner_path(spec.state_root, iteration), run.learner_json())
+    await write_text_atomic(run_log, stdout)
+    await write_text_atomic(learner, run.learner_json())
     return IterationResult(
         status="completed",
         duration_s=time.monotonic() - start,
@@ -269,6 +331,11 @@ async def run_iteration(
             on_started=on_started,
             on_stdout=None if on_cost is None else ProgressReader(on_cost),
         )
+    except RunLogError as exc:
+        error = f"not started: {exc}"
+        return IterationResult(
+            status="failed", duration_s=time.monotonic() - start, error=error, failure_trace=error
+        )
     except OSError as exc:
         error = f"cannot start orchestrator {argv[0]!r}: {exc.strerror or exc}"
         return IterationResult(
@@ -316,4 +383,4 @@ async def run_iteration(
     )
 
 
-__all__ = ["render_argv", "run_iteration", "run_marker"]
+__all__ = ["render_argv", "run_iteration", "run_marker", "run_marker_prefix"]

@@ -5,7 +5,11 @@ process group id equals its pid and a Ctrl+C in the terminal reaches the daemon,
 child. Its stdout and stderr are streamed, in arrival order, to one run log while only
 bounded tails stay in memory. Whatever happens (normal exit, timeout, a grandchild holding
 the pipes open, cancellation from outside), no process of the group is left when it returns
-or raises; only a process that called `setsid()` itself escapes (systemd's cgroup catches it).
+or raises, and neither is one that left the group with `setsid()` once the daemon is the
+subreaper (see reaper.py): the run's end sweeps what its tree orphaned.
+
+The run log is opened (regular files only, 0640) before anything is started: a run log that
+is a FIFO, a socket, a directory or a link fails the run with RunLogError, never a hang.
 
 See PITFALLS.md ("anyio") for why each step is done the way it is.
 """
@@ -26,6 +30,8 @@ import anyio
 import structlog
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 
+from autoloop_daemon.exceptions import RunLogError, StateWriteError
+from autoloop_daemon.runs import reaper
 from autoloop_daemon.runs.procfs import (
     RUN_MARKER_ENV,
     group_alive,
@@ -33,6 +39,7 @@ from autoloop_daemon.runs.procfs import (
     signal_group,
     stop_group,
 )
+from autoloop_daemon.storage.files import fsio
 
 __all__ = [
     "CHILD_ENV_DROP",
@@ -121,36 +128,42 @@ async def run_in_group(
     they arrive; only the last `stdout_tail_bytes` / `stderr_tail_bytes` are kept in memory.
     `on_started(pid)` is awaited right after the spawn; if it raises, the group is stopped and
     the error propagates. `on_stdout(chunk)` sees each chunk of stdout as it arrives (it
-    must not block).
+    must not block). When the run is over, `reaper.sweep` stops what its tree left outside
+    the group (adopted orphans; processes still carrying its AUTOLOOPD_RUN marker).
 
     After `timeout_s` the group gets SIGTERM, `term_grace_s` seconds, then SIGKILL. When the
     direct child exits but its pipes stay open (a grandchild holds them), the rest of the
     group is stopped the same way after a short moment. When cancelled from outside, the
     group is stopped inside a shielded scope and the cancellation is re-raised.
 
-    Raises OSError when the program cannot be started (e.g. FileNotFoundError).
+    Raises RunLogError when the run log cannot be opened (nothing is started then) and
+    OSError when the program cannot be started (e.g. FileNotFoundError).
     """
     if isinstance(argv, str | bytes):
         raise TypeError("argv must be a sequence of arguments, not one string")
     command = [os.fspath(arg) for arg in argv]
     if not command:
         raise ValueError("argv is empty")
+    marker = env.get(RUN_MARKER_ENV)
     sink = _LogSink(log_path)
     try:
-        return await _run(
-            command,
-            cwd=cwd,
-            env=dict(env),
-            sink=sink,
-            timeout_s=timeout_s,
-            term_grace_s=term_grace_s,
-            stdout_tail=_Tail(stdout_tail_bytes, on_stdout),
-            stderr_tail=_Tail(stderr_tail_bytes),
-            on_started=on_started,
-        )
+        await sink.open()
+        with reaper.run_registered(marker):
+            return await _run(
+                command,
+                cwd=cwd,
+                env=dict(env),
+                sink=sink,
+                timeout_s=timeout_s,
+                term_grace_s=term_grace_s,
+                stdout_tail=_Tail(stdout_tail_bytes, on_stdout),
+                stderr_tail=_Tail(stderr_tail_bytes),
+                on_started=on_started,
+            )
     finally:
         with anyio.CancelScope(shield=True):
             await sink.close()
+            await reaper.sweep(marker, term_grace_s)
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -183,6 +196,7 @@ async def _run(
         )
     pid = process.pid  # the group's id too (start_new_session)
     _RUNNING_GROUPS.add(pid)
+    reaper.child_started(pid)
     try:
         if on_started is not None:
             await on_started(pid)
@@ -197,6 +211,8 @@ async def _run(
         with anyio.move_on_after(_REAP_S, shield=True):
             await process.aclose()
         _RUNNING_GROUPS.discard(pid)
+        if process.returncode is not None:  # else asyncio still has to reap it
+            reaper.child_exited(pid)
     return ProcessOutcome(
         pid=pid,
         returncode=returncode,
@@ -330,47 +346,52 @@ class _Tail:
 class _LogSink:
     """The run log: chunks from both streams appended one at a time, in arrival order.
 
-    A write error (disk full) is logged once and later output is dropped: losing the log must
-    not kill the run.
+    `open` must succeed before the run starts. A write error later (disk full) is logged
+    once and later output is dropped: losing the log must not kill the run.
     """
 
     def __init__(self, path: Path) -> None:
-        self._fd = -1  # opened by the first write, in the same worker-thread call
+        self._fd = -1
         self._path = path
         self._lock = anyio.Lock()
         self._failed = False
 
-    def _open_and_write(self, chunk: bytes) -> None:
-        if self._fd < 0:
-            self._fd = _open_log(self._path)
-        _write_all(self._fd, chunk)
+    async def open(self) -> None:
+        """Open (or create, 0640) the log for appending; RunLogError if it cannot be."""
+        self._fd = await anyio.to_thread.run_sync(_open_log, self._path)
 
     async def close(self) -> None:
-        """Close the log; a run that printed nothing still leaves an (empty) log file."""
+        """Close the log (a run that printed nothing leaves an empty log file)."""
         async with self._lock:
-            if self._fd < 0:
-                with contextlib.suppress(OSError):
-                    self._fd = await anyio.to_thread.run_sync(_open_log, self._path)
             if self._fd >= 0:
                 os.close(self._fd)  # a regular file's close does not block
                 self._fd = -1
 
     async def write(self, chunk: bytes) -> None:
-        if self._failed:
+        if self._failed or self._fd < 0:
             return
         async with self._lock:
-            if self._failed:
+            if self._failed or self._fd < 0:
                 return
             try:
-                await anyio.to_thread.run_sync(self._open_and_write, chunk)
+                await anyio.to_thread.run_sync(_write_all, self._fd, chunk)
             except OSError as exc:
                 self._failed = True
                 _log.warning("run_log_write_failed", path=str(self._path), error=str(exc))
 
 
 def _open_log(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    """The run log's descriptor, opened for appending through `fsio.open_regular`."""
+    try:
+        fsio.make_dirs(path.parent)
+        try:
+            return fsio.open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            return fsio.open_regular(path, os.O_WRONLY | os.O_APPEND)
+    except StateWriteError as exc:
+        raise RunLogError(str(exc)) from None
+    except OSError as exc:
+        raise RunLogError(f"cannot open run log {path}: {fsio.describe_oserror(exc)}") from None
 
 
 def _write_all(fd: int, data: bytes) -> None:

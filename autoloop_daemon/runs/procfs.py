@@ -12,18 +12,25 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import anyio
 import structlog
 
 __all__ = [
     "RUN_MARKER_ENV",
+    "ProcStat",
+    "children_of",
     "find_marked",
+    "find_runs",
     "group_alive",
     "group_exists",
     "pid_alive",
+    "proc_stat",
+    "run_marker_of",
     "signal_group",
     "stop_group",
+    "stop_pids",
 ]
 
 RUN_MARKER_ENV = "AUTOLOOPD_RUN"
@@ -98,6 +105,77 @@ def group_exists(pgid: int) -> bool:
     return True
 
 
+class ProcStat(NamedTuple):
+    """The fields of /proc/<pid>/stat that autoloopd looks at."""
+
+    state: str  # R, S, D, Z (zombie), ...
+    ppid: int
+    pgrp: int
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """State, parent and process group of `pid` from /proc, or None if it is gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # "pid (comm) state ppid pgrp ..."; comm may hold spaces and parentheses.
+    fields = data[data.rfind(b")") + 1 :].split()
+    try:
+        return ProcStat(fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[2]))
+    except (IndexError, ValueError):
+        return None
+
+
+def children_of(ppid: int) -> list[int]:
+    """Pids whose parent is `ppid`, zombies included (scans /proc; run it in a thread)."""
+    found = []
+    for pid in _proc_pids():
+        stat = proc_stat(pid)
+        if stat is not None and stat.ppid == ppid:
+            found.append(pid)
+    return found
+
+
+def run_marker_of(pid: int) -> str | None:
+    """The AUTOLOOPD_RUN value in the environment `pid` was started with, or None.
+
+    None too when it has none, is gone, or its environment cannot be read (a zombie's).
+    """
+    prefix = f"{RUN_MARKER_ENV}=".encode()
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read()
+    except OSError:
+        return None
+    for item in environ.split(b"\0"):
+        if item.startswith(prefix):
+            return item[len(prefix) :].decode("utf-8", "surrogateescape")
+    return None
+
+
+def find_runs(prefix: str) -> list[tuple[int, str]]:
+    """(pid, marker) of live processes whose AUTOLOOPD_RUN marker starts with `prefix`.
+
+    Sorted by pid; this process is never listed (see `find_marked` for who can be seen).
+    """
+    me = os.getpid()
+    found = []
+    for pid in _proc_pids():
+        if pid == me:
+            continue
+        marker = run_marker_of(pid)
+        if marker is not None and marker.startswith(prefix) and pid_alive(pid):
+            found.append((pid, marker))
+    return sorted(found)
+
+
 def find_marked(marker: str) -> list[int]:
     """Pids of live processes whose environment holds `AUTOLOOPD_RUN=<marker>` (sorted).
 
@@ -145,7 +223,40 @@ async def stop_group(pgid: int, grace_s: float, extra_pids: Sequence[int] = ()) 
         _log.warning("process_group_survived", pgid=pgid, extra_pids=extras)
 
 
+async def stop_pids(pids: Sequence[int], grace_s: float) -> None:
+    """Stop single processes: SIGTERM (and SIGCONT), up to `grace_s`, then SIGKILL.
+
+    Returns once every one is gone (a zombie counts as gone), or after SIGKILL plus a bounded
+    wait (a warning is logged if one survives). Never signals pid 0 or 1 or this process.
+    """
+    me = os.getpid()
+    targets = [pid for pid in pids if pid > 1 and pid != me]
+    if not targets:
+        return
+    for sig in (signal.SIGTERM, signal.SIGCONT):
+        for pid in targets:
+            _signal_pid(pid, sig)
+    if await _wait_pids_gone(targets, grace_s):
+        return
+    for pid in targets:
+        _signal_pid(pid, signal.SIGKILL)
+    if not await _wait_pids_gone(targets, _KILL_WAIT_S):
+        _log.warning("processes_survived", pids=targets)
+
+
 # --- helpers -------------------------------------------------------------------------------
+
+
+async def _wait_pids_gone(pids: Sequence[int], timeout_s: float) -> bool:
+    deadline = anyio.current_time() + max(timeout_s, 0.0)
+    delay = _POLL_MIN_S
+    while await anyio.to_thread.run_sync(_any_pid_alive, pids):
+        remaining = deadline - anyio.current_time()
+        if remaining <= 0:
+            return False
+        await anyio.sleep(min(delay, remaining))
+        delay = min(delay * 2, _POLL_MAX_S)
+    return True
 
 
 def _check_pgid(pgid: int) -> None:
@@ -177,6 +288,10 @@ async def _wait_gone(pgid: int, pids: Sequence[int], timeout_s: float) -> bool:
         delay = min(delay * 2, _POLL_MAX_S)
 
 
+def _any_pid_alive(pids: Sequence[int]) -> bool:
+    return any(pid_alive(pid) for pid in pids)
+
+
 def _any_alive(pgid: int, pids: Sequence[int]) -> bool:
     return group_alive(pgid) or any(pid_alive(pid) for pid in pids)
 
@@ -195,14 +310,5 @@ def _proc_pids() -> list[int]:
 
 def _read_stat(pid: int) -> tuple[str, int] | None:
     """(state, pgrp) from /proc/<pid>/stat, or None if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    # "pid (comm) state ppid pgrp ..."; comm may hold spaces and parentheses.
-    fields = data[data.rfind(b")") + 1 :].split()
-    try:
-        return fields[0].decode("ascii", "replace"), int(fields[2])
-    except (IndexError, ValueError):
-        return None
+    stat = proc_stat(pid)
+    return None if stat is None else (stat.state, stat.pgrp)

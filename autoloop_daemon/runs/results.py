@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoloop_daemon.exceptions import ResultError
+from autoloop_daemon.models import MAX_RUN_COST_USD
 
 __all__ = [
     "ParsedResult",
@@ -202,6 +203,10 @@ def _cost(value: Any) -> float | None:
     cost = _number(value, "cost_usd")
     if cost is not None and cost < 0:
         raise ResultError(f"cost_usd: negative: {cost!r}")
+    if cost is not None and cost > MAX_RUN_COST_USD:
+        raise ResultError(
+            f"cost_usd: {cost!r} is above {MAX_RUN_COST_USD:,.0f}, more than any run can cost"
+        )
     return cost
 
 

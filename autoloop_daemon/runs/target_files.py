@@ -19,6 +19,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from autoloop_daemon.storage.files.regular import open_regular
+
 BEST_LINK = "best"
 _BEST_PREFIX = "best-iteration-"
 _SKIP_NAMES = frozenset({".git"})
@@ -57,7 +59,11 @@ def content_hash(target: Path, exclude: Path | None = None) -> str:
             digest.update(f"L\0{rel}\0{os.readlink(path)}\0".encode())
         elif stat.S_ISREG(info.st_mode):
             digest.update(f"F\0{rel}\0{info.st_size}\0".encode())
-            with contextlib.suppress(OSError), path.open("rb") as handle:
+            # open_regular: a file swapped for a FIFO since the lstat cannot block the hash
+            with (
+                contextlib.suppress(OSError),
+                os.fdopen(open_regular(path, os.O_RDONLY), "rb") as handle,
+            ):
                 while chunk := handle.read(_CHUNK):
                     digest.update(chunk)
         elif stat.S_ISDIR(info.st_mode):

@@ -17,6 +17,7 @@ import anyio
 
 from autoloop_daemon.exceptions import AutoloopError
 from autoloop_daemon.runs.process import pidfd_child_watcher
+from autoloop_daemon.runs.reaper import FINAL_GRACE_S, become_subreaper, sweep
 from autoloop_daemon.runtime.alerts import Alerter
 from autoloop_daemon.runtime.control_server import ControlServer, ControlSettings
 from autoloop_daemon.runtime.journal import journal
@@ -47,6 +48,7 @@ async def serve(
     supervisor.events.subscribe(reporter)
     exit_code = 0
     error: AutoloopError | None = None
+    become_subreaper()  # before the first child: orphans of orchestrators become ours
     with pidfd_child_watcher():
         async with anyio.create_task_group() as tg:
             # The signal receiver stays open until every final checkpoint is written.
@@ -73,6 +75,8 @@ async def serve(
             if alerter is not None:
                 await alerter.finish()
             tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):  # what no run's sweep took: none outlives us
+            await sweep(None, FINAL_GRACE_S)
     if error is not None:
         raise error
     return exit_code

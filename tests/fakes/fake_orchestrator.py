@@ -42,6 +42,8 @@ BEHAVIOURS = (
     "delete-target",
     "slow",
     "probe",
+    "daemonize",
+    "daemonize-hang",
     "progress-cost",
 )
 BAD_FIELDS = ("weighted_score", "cost_usd", "nan", "score", "attempts", "decision", "scores")
@@ -79,6 +81,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--grandchild-setsid", action="store_true")
     parser.add_argument("--record", default=os.environ.get("FAKE_RECORD"))
     parser.add_argument("--probe-env", action="append", default=[])
+    parser.add_argument("--candidate-id", default=None)
+    parser.add_argument("--artifact-path", default=None)
+    parser.add_argument("--daemon-pid-file", default=None)
+    parser.add_argument("--daemon-sleep", type=float, default=3600.0)
+    parser.add_argument("--daemon-trap-term", action="store_true")
+    parser.add_argument("--scrub-env", action="store_true")
+    parser.add_argument("--plant", action="append", default=[])
     parser.add_argument("--progress-step", type=float, default=0.1, help="USD per progress line")
     parser.add_argument("--progress-interval", type=float, default=0.1)
     parser.add_argument("--progress-lines", type=int, default=50)
@@ -129,10 +138,11 @@ def scores_dict(args: argparse.Namespace) -> dict[str, float]:
 
 def result(args: argparse.Namespace, *, with_scores: bool = True) -> dict[str, Any]:
     state_root = args.state_root or "."
+    artifact = f"{state_root}/receipts/gate-{args.iteration:04d}.json"
     out: dict[str, Any] = {
         "decision": decision_for(args),
-        "candidate_id": f"cand-{args.iteration:02d}",
-        "artifact_path": f"{state_root}/receipts/gate-{args.iteration:04d}.json",
+        "candidate_id": args.candidate_id or f"cand-{args.iteration:02d}",
+        "artifact_path": args.artifact_path or artifact,
         "attempts": 1,
     }
     if with_scores and not args.no_scores:
@@ -168,6 +178,64 @@ def write_learner(args: argparse.Namespace, text: str) -> None:
     (learner / f"iteration-{args.iteration}.json").write_text(text, encoding="utf-8")
 
 
+def daemonize(args: argparse.Namespace) -> int:
+    """Start a sleeper the classic daemon way: fork, setsid, fork again, stdio on /dev/null.
+
+    With --scrub-env it is exec'd with only PATH in its environment (no AUTOLOOPD_RUN). Its
+    pid is appended to --daemon-pid-file; returns it.
+    """
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(read_end)
+            os.setsid()
+            grandchild = os.fork()
+            if grandchild == 0:
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                trap = "signal.signal(signal.SIGTERM, signal.SIG_IGN); " * args.daemon_trap_term
+                code = f"import signal, time; {trap}time.sleep({args.daemon_sleep!r})"
+                env = {"PATH": os.environ.get("PATH", "")} if args.scrub_env else dict(os.environ)
+                os.execve(sys.executable, [sys.executable, "-c", code], env)
+            os.write(write_end, f"{grandchild}\n".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        pid = int(pipe.read().strip())
+    os.waitpid(child, 0)
+    if args.daemon_pid_file:
+        with open(args.daemon_pid_file, "a", encoding="utf-8") as handle:
+            handle.write(f"{pid}\n")
+    return pid
+
+
+def plant(args: argparse.Namespace) -> None:
+    """--plant KIND:PATH (PATH relative to --state-root): put a fifo, dir or socket there."""
+    for item in args.plant:
+        kind, _, rel = item.partition(":")
+        path = Path(args.state_root or ".") / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "dir":
+            path.mkdir()
+        elif kind == "socket":
+            import socket
+
+            sock = socket.socket(socket.AF_UNIX)
+            sock.bind(str(path))
+            sock.close()
+        else:
+            sys.exit(f"fake_orchestrator: --plant: unknown kind {kind!r}")
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.pid_file:
@@ -189,6 +257,7 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(args.stderr + "\n")
         sys.stderr.flush()
     behaviour = args.behaviour
+    plant(args)
 
     if behaviour == "trap-term":
 
@@ -230,6 +299,14 @@ def main(argv: list[str]) -> int:
         sleep_forever(None)  # in case the signal is caught or ignored
     elif behaviour in ("hang", "trap-term"):
         progress(args)
+        sleep_forever(args.sleep)
+    elif behaviour == "daemonize":
+        progress(args)
+        daemonize(args)
+        emit(result(args))
+    elif behaviour == "daemonize-hang":
+        progress(args)
+        daemonize(args)
         sleep_forever(args.sleep)
     elif behaviour == "grandchild":
         progress(args)

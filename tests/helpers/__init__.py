@@ -9,6 +9,8 @@
 - `audit`: the one check of DESIGN.md's invariants on state roots.
 - `fakes`: argv of the fake orchestrators in tests/fakes/.
 - `blocking`: blockbuster, set up to fail a blocking call on the event loop.
+- `hostile`: the one-target run, a state-root snapshot and the one stderr line, for tests
+  that put hostile files in front of the binary.
 
 Nothing here imports pytest: the benchmarks (`python bench/x.py`) use these modules too.
 """

@@ -137,7 +137,8 @@ def read_log(state_root: Path) -> list[dict[str, Any]]:
         return []
     raw = path.read_bytes()
     assert raw == b"" or raw.endswith(b"\n"), f"{path}: torn last line"
-    return [json.loads(line) for line in raw.decode().splitlines()]
+    # Split on \n only: a value may hold U+2028 and friends, which splitlines() splits on.
+    return [json.loads(line) for line in raw.decode().split("\n")[:-1]]
 
 
 def logged_cost(state_root: Path) -> float:

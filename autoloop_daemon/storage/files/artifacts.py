@@ -2,19 +2,28 @@
 
 `iteration_log.jsonl` is the source of truth. It is append-only, one line per orchestrator
 run, and iteration numbers run 1..n in order. On start a torn last line (a write cut short
-by a crash) is cut off; anything wrong before it is corruption and is refused untouched.
+by a crash: no newline, not JSON, or an object without its required fields) is cut off.
+Anything else wrong is corruption and is refused untouched: a bad line before the last, and
+on any line a value no run can produce (a negative, non-finite or absurd cost, a wrong type,
+nesting too deep for the parser), since a write cut short cannot make one.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
 import anyio.to_thread
 
-from autoloop_daemon.exceptions import StateCorruptError, StateWriteError
+from autoloop_daemon.exceptions import (
+    LogLineIncompleteError,
+    NotRegularFileError,
+    StateCorruptError,
+    StateWriteError,
+)
 from autoloop_daemon.models import LogEntry
 from autoloop_daemon.storage.files import fsio
 
@@ -24,6 +33,8 @@ HANDOFFS_DIR = "handoffs"
 LEARNER_DIR = "learner"
 REMAINING_THRESHOLD = 0.80
 REJECTING_DECISIONS: frozenset[str] = frozenset({"reject", "revert"})
+# Longest value (candidate id, artifact path, error, dimension) shown in a handoff line.
+HANDOFF_VALUE_CHARS = 300
 
 
 def log_path(state_root: Path) -> Path:
@@ -47,7 +58,7 @@ def learner_path(state_root: Path, iteration: int) -> Path:
 
 
 def ensure_layout(state_root: Path) -> None:
-    """Create the state root and its `runs/`, `handoffs/`, `learner/` (with parents).
+    """Create the state root and its `runs/`, `handoffs/`, `learner/` (with parents, 0750).
 
     Each new directory entry is fsynced. OSError -> StateWriteError naming the directory.
     """
@@ -57,7 +68,7 @@ def ensure_layout(state_root: Path) -> None:
     try:
         for name in (RUNS_DIR, HANDOFFS_DIR, LEARNER_DIR):
             try:
-                (root / name).mkdir()
+                fsio.make_dir(root / name)
                 created = True
             except FileExistsError:
                 if not (root / name).is_dir():
@@ -72,38 +83,50 @@ def ensure_layout(state_root: Path) -> None:
 
 
 def _parse_line(raw: bytes) -> LogEntry:
-    """One log line (without its newline) as an entry; ValueError says what is wrong."""
+    """One log line (without its newline) as an entry; ValueError says what is wrong.
+
+    LogLineIncompleteError when the line is not a whole entry (empty, not UTF-8, not JSON,
+    not an object, a required field missing), a plain ValueError for a whole line holding a
+    value no run can produce.
+    """
     if not raw.strip():
-        raise ValueError("empty line")
+        raise LogLineIncompleteError("empty line")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"not UTF-8 (byte {exc.start})") from None
+        raise LogLineIncompleteError(f"not UTF-8 (byte {exc.start})") from None
     try:
-        data = json.loads(text, parse_constant=fsio.reject_non_finite)
+        data = fsio.parse_json(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise LogLineIncompleteError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
     return LogEntry.from_json(data)
 
 
 def read_log(path: Path, *, repair: bool = True) -> tuple[list[LogEntry], int]:
     """Read the iteration log; returns its entries and the bytes of torn tail cut off.
 
-    A missing file gives ([], 0). A last line without a newline, or one that does not
-    parse as a log entry, is a torn tail: the file is truncated (and fsynced) to the end of
-    the previous good line and the number of bytes removed is returned. With
+    A missing file gives ([], 0). A last line without a newline, or one that is not a whole
+    entry (see `_parse_line`), is a torn tail: the file is truncated (and fsynced) to the
+    end of the previous good line and the number of bytes removed is returned. With
     `repair=False` (for readers that do not own the state root, e.g. `autoloopd status`)
     the tail is skipped and counted but the file is not touched.
 
-    A bad line before the last one, a duplicated iteration number or numbers not 1..n in
-    order are corruption: StateCorruptError("<path>:<line>: <problem>") is raised and the
-    file is left as it is. A truncation that fails raises StateWriteError.
+    A bad line before the last one, a line (the last too) with a value no run can produce
+    (negative, non-finite or absurd cost, wrong types, too deeply nested), a duplicated
+    iteration number or numbers not 1..n in order are corruption:
+    StateCorruptError("<path>:<line>: <problem>") is raised and the file is left as it is.
+    So is a log that is not a regular file ("<path>: is a FIFO, not a regular file"). A
+    truncation that fails raises StateWriteError.
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = fsio.read_regular(path)
     except FileNotFoundError:
         return [], 0
+    except NotRegularFileError as exc:
+        raise StateCorruptError(f"{path}: {exc}") from None
     except OSError as exc:
         raise StateCorruptError(f"{path}: cannot read: {fsio.describe_oserror(exc)}") from exc
 
@@ -118,8 +141,8 @@ def read_log(path: Path, *, repair: bool = True) -> tuple[list[LogEntry], int]:
         try:
             entry = _parse_line(data[good_end:newline])
         except ValueError as exc:
-            if newline + 1 == len(data):
-                break  # the last line: a torn tail
+            if newline + 1 == len(data) and isinstance(exc, LogLineIncompleteError):
+                break  # the last line, and what a cut write leaves: a torn tail
             raise StateCorruptError(f"{path}:{lineno}: {exc}") from None
         expected = len(entries) + 1
         if entry.iteration != expected:
@@ -162,8 +185,22 @@ def _fmt_delta(before: float | None, after: float | None) -> str:
     return f"{delta:+.2f}"
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+def _one_line(text: str, limit: int = HANDOFF_VALUE_CHARS) -> str:
+    """`text` made inert for one Markdown line: no line breaks, no control characters.
+
+    Every kind of line break and whitespace (\\r, \\v, U+2028, ...) becomes one space and
+    other control or format characters are dropped, so a value an orchestrator chose can
+    never start a line of its own (a heading, a list item, a fence) in the handoff.
+    """
+    visible = "".join(
+        ch for ch in text if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf")
+    )
+    flat = " ".join(visible.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _value(text: str | None, default: str) -> str:
+    return (_one_line(text) if text is not None else "") or default
 
 
 def render_handoff(
@@ -179,6 +216,9 @@ def render_handoff(
 ) -> str:
     """The Markdown handoff of one iteration, for the next one to read. Pure.
 
+    Every value an orchestrator chose (candidate, artifact, error, dimension names) is put
+    on its line flattened (`_one_line`): it cannot add lines or sections to the handoff.
+
     Sections: `## Decided` (decision, candidate, artifact, and the error if any),
     `## Rejected` (the candidate when the decision is reject/revert, else "none"),
     `## Scores` (every dimension of `before` or `after`, sorted:
@@ -186,15 +226,15 @@ def render_handoff(
     whose score after, or before when there is no score after, is below `threshold`).
     """
     lines = [f"# Iteration {iteration} handoff", "", "## Decided"]
-    lines.append(f"- Decision: {decision or 'none'}")
-    lines.append(f"- Candidate: {candidate_id or 'none'}")
-    lines.append(f"- Artifact: {artifact_path or 'none'}")
-    if error:
+    lines.append(f"- Decision: {_value(decision, 'none')}")
+    lines.append(f"- Candidate: {_value(candidate_id, 'none')}")
+    lines.append(f"- Artifact: {_value(artifact_path, 'none')}")
+    if error and _one_line(error):
         lines.append(f"- Error: {_one_line(error)}")
 
     lines += ["", "## Rejected"]
     if decision in REJECTING_DECISIONS:
-        lines.append(f"- {candidate_id or 'unnamed candidate'} ({decision})")
+        lines.append(f"- {_value(candidate_id, 'unnamed candidate')} ({decision})")
     else:
         lines.append("none")
 
@@ -204,14 +244,15 @@ def render_handoff(
         lines.append("none")
     for dim in dimensions:
         old, new = before.get(dim), after.get(dim)
-        lines.append(f"- {dim}: {_fmt_score(old)} → {_fmt_score(new)} ({_fmt_delta(old, new)})")
+        shown = _value(dim, "(unnamed)")
+        lines.append(f"- {shown}: {_fmt_score(old)} → {_fmt_score(new)} ({_fmt_delta(old, new)})")
 
     lines += ["", "## Remaining"]
     remaining = []
     for dim in dimensions:
         current = after.get(dim, before.get(dim))
         if current is not None and current < threshold:
-            remaining.append(f"- {dim}: {current:.2f} (below {threshold:.2f})")
+            remaining.append(f"- {_value(dim, '(unnamed)')}: {current:.2f} (below {threshold:.2f})")
     lines += remaining or ["none"]
     return "\n".join(lines) + "\n"
 

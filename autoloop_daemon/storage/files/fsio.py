@@ -8,6 +8,9 @@ Every write that must survive a SIGKILL or a power cut goes through here:
 * `append_record` appends one record with a single `write` on an `O_APPEND` descriptor and
   fsyncs it; on failure it cuts the file back to its old size.
 
+Existing files are opened with `regular.open_regular` (never a FIFO, a device or a link).
+Files are created 0640 and directories 0750 whatever the umask.
+
 The system calls go through the small module-level functions `_write`, `_fsync` and
 `_replace` so that tests can make them fail (ENOSPC, EIO) and check what is left on disk.
 The async wrappers run each whole write (serialisation included) in ONE worker thread call;
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import json
+import math
 import os
 import re
 import secrets
@@ -29,11 +33,43 @@ from typing import Any
 import anyio.to_thread
 
 from autoloop_daemon.exceptions import StateWriteError
+from autoloop_daemon.storage.files.regular import (
+    FILE_MODE,
+    check_regular_or_absent,
+    describe_file_type,
+    open_regular,
+    read_regular,
+)
+
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "append_json_line",
+    "append_record",
+    "atomic_write_bytes",
+    "check_regular_or_absent",
+    "describe_file_type",
+    "describe_oserror",
+    "dumps_json",
+    "dumps_json_line",
+    "fsync_dir",
+    "make_dir",
+    "make_dirs",
+    "open_regular",
+    "parse_json",
+    "read_regular",
+    "reject_non_finite",
+    "remove_stale_tmp",
+    "truncate_file",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 TMP_SUFFIX = ".tmp"
 # Names made by `_tmp_name`: ".<name>.<pid>.<hex>.tmp".
 _TMP_RE = re.compile(r"^\..+\.\d+\.[0-9a-f]+\.tmp$")
-_FILE_MODE = 0o644
+DIR_MODE = 0o750  # state directories: the group may read, others nothing
 
 
 # --- system calls, kept apart so tests can make them fail -------------------------------
@@ -113,7 +149,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     fd = -1
     renamed = False
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        os.fchmod(fd, FILE_MODE)  # the umask may have taken bits away (or left too many)
         _write_all(fd, data)
         if durable:
             _fsync(fd)
@@ -138,10 +175,11 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
 def append_record(path: Path, line: bytes) -> None:
     """Append `line` (which should end with a newline) durably, in one `write`.
 
-    Opens with O_APPEND|O_CREAT (mode 0o644), writes the whole line with one `os.write`
-    (looping only on a short write), fsyncs, and fsyncs the directory when the file was
-    just created. On an OSError the file is cut back to its old size (a file this call
-    created is removed) and StateWriteError is raised.
+    Opens with O_APPEND|O_CREAT (a new file is 0640) through `open_regular`, writes the
+    whole line with one `os.write` (looping only on a short write), fsyncs, and fsyncs the
+    directory when the file was just created. On an OSError the file is cut back to its old
+    size (a file this call created is removed) and StateWriteError is raised; so is one
+    naming what `path` is when it is not a regular file.
     """
     path = Path(path)
     created = False
@@ -149,14 +187,10 @@ def append_record(path: Path, line: bytes) -> None:
     original_size = 0
     try:
         try:
-            fd = os.open(
-                path,
-                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                _FILE_MODE,
-            )
+            fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
             created = True
         except FileExistsError:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            fd = open_regular(path, os.O_WRONLY | os.O_APPEND)
         original_size = os.fstat(fd).st_size
         try:
             _write_all(fd, line)
@@ -188,7 +222,7 @@ def _undo_append(fd: int, path: Path, original_size: int, created: bool) -> None
 def truncate_file(path: Path, size: int) -> None:
     """Cut `path` down to `size` bytes and fsync it; OSError -> StateWriteError."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_WRONLY)
         try:
             os.ftruncate(fd, size)
             _fsync(fd)
@@ -198,8 +232,14 @@ def truncate_file(path: Path, size: int) -> None:
         raise StateWriteError(f"cannot truncate {path}: {describe_oserror(exc)}") from exc
 
 
+def make_dir(directory: Path) -> None:
+    """`mkdir` with mode 0750 exactly (whatever the umask); FileExistsError if it exists."""
+    os.mkdir(directory, DIR_MODE)
+    os.chmod(directory, DIR_MODE)
+
+
 def make_dirs(directory: Path) -> None:
-    """Create `directory` and missing parents, fsyncing each parent that gained an entry.
+    """Create `directory` and missing parents (0750), fsyncing each parent that gained an entry.
 
     OSError -> StateWriteError("cannot create <dir>: <strerror>").
     """
@@ -214,7 +254,7 @@ def make_dirs(directory: Path) -> None:
     try:
         for d in reversed(missing):
             try:
-                d.mkdir()
+                make_dir(d)
             except FileExistsError:
                 if not d.is_dir():  # a file in the way: say so, not "File exists"
                     raise NotADirectoryError(errno_mod.ENOTDIR, str(d)) from None
@@ -272,6 +312,26 @@ def dumps_json(obj: Any) -> bytes:
 def reject_non_finite(name: str) -> float:
     """`json.loads(parse_constant=...)` hook: NaN and Infinity are errors in our files."""
     raise ValueError(f"non-finite number {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf
+        raise ValueError(f"number out of range {text[:40]}")
+    return value
+
+
+def parse_json(text: str) -> Any:
+    """`json.loads` for autoloopd's own files, which hold only finite numbers.
+
+    NaN, Infinity and numbers that overflow to infinity (1e999) raise ValueError, and so
+    does nesting too deep for the parser ("nested too deeply", never a RecursionError).
+    json.JSONDecodeError (a ValueError) still says where the syntax broke.
+    """
+    try:
+        return json.loads(text, parse_constant=reject_non_finite, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def dumps_json_line(obj: Any) -> bytes:

@@ -2,6 +2,10 @@
 
 A second autoloopd on the same state root (or the daemon's `state_dir`) is refused at once
 with StateLockedError naming the holder's pid; a holder that dies, however it dies, frees it.
+
+A state root must be a real directory: a symbolic link is refused when the lock is taken,
+and `check_owned_root` refuses further writes once the directory that was locked has been
+replaced (by a link or another directory), so autoloopd never writes where a link points.
 """
 
 from __future__ import annotations
@@ -10,13 +14,85 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 from types import TracebackType
 
-from autoloop_daemon.exceptions import StateLockedError, StateWriteError
+from autoloop_daemon.exceptions import (
+    NotRegularFileError,
+    StateCorruptError,
+    StateLockedError,
+    StateWriteError,
+)
 from autoloop_daemon.storage.files import fsio
 
 LOCK_NAME = ".autoloopd.lock"
+
+# State roots locked by this process -> (st_dev, st_ino) of the directory that was locked.
+_owned: dict[Path, tuple[int, int]] = {}
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+def check_owned_root(state_root: Path) -> None:
+    """Refuse to write into a state root that is no longer the directory this process locked.
+
+    Raises StateWriteError saying what happened and what to do when `state_root` was
+    replaced by a symbolic link, by another directory, or removed. Does nothing for a root
+    this process does not hold (one lstat otherwise).
+    """
+    root = Path(state_root)
+    identity = _owned.get(root)
+    if identity is None:
+        return
+    try:
+        st = os.lstat(root)
+    except OSError as exc:
+        what = f"is gone ({fsio.describe_oserror(exc)})"
+    else:
+        if stat.S_ISLNK(st.st_mode):
+            what = f"was replaced by a symbolic link (to {_link_target(root)})"
+        elif (st.st_dev, st.st_ino) != identity:
+            what = "was replaced by another directory"
+        else:
+            return
+    raise StateWriteError(
+        f"{root}: the state root {what} while autoloopd owned it; nothing more is written "
+        f"there. Put the original directory back at {root} and start again"
+    )
+
+
+def resolve_state_root(path: Path, base: Path | None = None) -> Path:
+    """`path` (relative to `base`, default the working directory) made absolute, with its
+    parents resolved but its last component kept as given.
+
+    `Path.resolve()` would follow a state root that is a symbolic link, silently and at every
+    start; kept, the link is seen (and refused) when the root is locked.
+    """
+    absolute = (base or Path.cwd()) / Path(path).expanduser()
+    if absolute.name in ("", ".."):
+        return absolute.resolve()
+    return absolute.parent.resolve() / absolute.name
+
+
+def _refuse_symlinked_root(root: Path) -> None:
+    try:
+        mode = os.lstat(root).st_mode
+    except OSError:
+        return  # missing: make_dirs creates it (or says why it cannot)
+    if stat.S_ISLNK(mode):
+        target = os.path.realpath(root)
+        raise StateCorruptError(
+            f"{root}: the state root is a symbolic link (to {target}); autoloopd does not "
+            "follow one, since an orchestrator could redirect the daemon's writes with it. "
+            f"If the link is yours, set the state root to {target}; otherwise replace the "
+            "link with the original directory"
+        )
 
 
 class StateLock:
@@ -33,6 +109,9 @@ class StateLock:
         self.state_root = Path(state_root)
         self.path = self.state_root / LOCK_NAME
         self._fd: int | None = None
+        # The pid the last holder left in the file: it did not release the lock (it was
+        # killed), so what it started may still run. None after a clean release.
+        self.stale_holder: int | None = None
 
     @property
     def held(self) -> bool:
@@ -43,14 +122,22 @@ class StateLock:
         """Take the lock without waiting, creating the state root and lock file if needed.
 
         Raises StateLockedError naming the holder's pid when another process (or another
-        StateLock in this one) holds it, and StateWriteError when the lock file cannot be
-        created. Acquiring a lock this object already holds is a RuntimeError.
+        StateLock in this one) holds it, StateCorruptError when the state root is a symbolic
+        link or the lock file is not a regular file (a FIFO would block), and StateWriteError
+        when the lock file cannot be created (mode 0640). Acquiring a lock this object
+        already holds is a RuntimeError.
         """
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this StateLock")
+        _refuse_symlinked_root(self.state_root)
         fsio.make_dirs(self.state_root)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fd = fsio.open_regular(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+            except FileExistsError:
+                fd = fsio.open_regular(self.path, os.O_RDWR)
+        except NotRegularFileError as exc:
+            raise StateCorruptError(f"{self.path}: {exc}") from None
         except OSError as exc:
             raise StateWriteError(
                 f"cannot open lock file {self.path}: {fsio.describe_oserror(exc)}"
@@ -67,11 +154,19 @@ class StateLock:
             raise StateLockedError(
                 f"{self.state_root} is in use by another autoloopd (pid {holder}); stop it first"
             ) from None
+        stale = _read_pid(fd)
+        self.stale_holder = int(stale) if stale.isdigit() else None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except OSError:
             pass  # the pid is only for the message; the lock itself is held
+        try:
+            st = os.lstat(self.state_root)
+        except OSError:
+            pass  # the check below cannot be armed; the lock itself is held
+        else:
+            _owned[self.state_root] = (st.st_dev, st.st_ino)
         self._fd = fd
 
     def release(self) -> None:
@@ -79,6 +174,7 @@ class StateLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        _owned.pop(self.state_root, None)
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)  # no stale pid: a refused run leaves the file as it found it
         with contextlib.suppress(OSError):

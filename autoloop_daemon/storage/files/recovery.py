@@ -2,8 +2,9 @@
 
 The log is the source of truth. At start: take the lock, remove temp files a killed write
 left, read the state (refusing a corrupt one untouched) and the log (truncating a torn last
-line), seed a log from an old state that has none, record a run that was in flight when the
-last process died as `interrupted` (stopping its orphaned process group), restore a handoff
+line), seed a log from an old state that has none, stop what earlier runs left running
+(found by their AUTOLOOPD_RUN marker), record a run that was in flight when the last process
+died as `interrupted` (stopping its orphaned process group), restore a handoff
 a crash lost, recompute the state from the log and checkpoint it.
 """
 
@@ -19,11 +20,12 @@ import anyio
 import structlog
 
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
+from autoloop_daemon.exceptions import StateCorruptError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy.cost import elapsed_cost_usd
 from autoloop_daemon.policy.progress import Progress
-from autoloop_daemon.runs.orchestrator import run_marker
-from autoloop_daemon.runs.procfs import find_marked, stop_group
+from autoloop_daemon.runs.orchestrator import run_marker, run_marker_prefix
+from autoloop_daemon.runs.procfs import find_marked, find_runs, stop_group, stop_pids
 from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files import artifacts
 from autoloop_daemon.storage.files import state_file as state_mod
@@ -79,11 +81,18 @@ async def recover(spec: TargetSpec, lock: StateLock) -> Recovered:
                 loaded["started_at"] = entries[0].started_at
         elif not entries:
             # A state from the original script has no log: keep its history and cost.
-            for entry in state_mod.seed_entries(loaded):
+            try:
+                seeds = state_mod.seed_entries(loaded)
+            except ValueError as exc:  # e.g. a cost no run can have: not written to a log
+                state_file = state_mod.state_path(spec.state_root)
+                raise StateCorruptError(f"{state_file}: cannot seed a log from it: {exc}") from None
+            for entry in seeds:
                 await artifacts.append_log(log_file, entry)
                 entries.append(entry)
             if entries:
                 log.info("log_seeded_from_state", entries=len(entries))
+        if lock.stale_holder is not None:  # the last owner was killed: look for its runs
+            await _stop_earlier_runs(spec, loaded.get("in_flight"))
         await _record_interrupted_run(spec, loaded, entries)
         await _restore_last_handoff(spec, entries)
         progress = Progress.from_entries(entries, spec.weights_map, spec.min_improvement)
@@ -99,6 +108,26 @@ async def recover(spec: TargetSpec, lock: StateLock) -> Recovered:
         lock.release()
         raise
     return Recovered(state=state, progress=progress, last_entry=entries[-1] if entries else None)
+
+
+async def _stop_earlier_runs(spec: TargetSpec, in_flight: Any) -> None:
+    """Stop every process still carrying the marker of one of this root's finished runs.
+
+    What an earlier autoloopd that was killed left behind (daemonized helpers of past
+    iterations, with their environment); the run in flight is `_record_interrupted_run`'s.
+    The lock guarantees that no live autoloopd owns such a process. Only called when the
+    lock file still names the last owner (it never released the lock): a clean stop has
+    swept everything already, and scanning every process's environment costs time.
+    """
+    prefix = run_marker_prefix(spec)
+    current = in_flight.get("iteration") if isinstance(in_flight, dict) else None
+    skip = run_marker(spec, current) if isinstance(current, int) else None
+    found = await anyio.to_thread.run_sync(find_runs, prefix)
+    pids = [pid for pid, marker in found if marker != skip and marker[len(prefix) :].isdigit()]
+    if pids:
+        log.warning("earlier_run_processes_stopped", pids=pids)
+        with anyio.CancelScope(shield=True):
+            await stop_pids(pids, spec.term_grace_seconds)
 
 
 async def _record_interrupted_run(

@@ -19,16 +19,21 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
 
+import anyio.to_thread
+
 from autoloop_daemon.clock import now_utc, to_iso
-from autoloop_daemon.exceptions import StateCorruptError
+from autoloop_daemon.exceptions import NotRegularFileError, StateCorruptError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.storage.files import fsio
+from autoloop_daemon.storage.files.lock import check_owned_root
 from autoloop_daemon.target_state import SCHEMA_VERSION, TargetState
 from autoloop_daemon.vocab import RunStatus, TargetStatus
 
 STATE_NAME = "autoloop_state.json"
 SCHEMA_MAJOR = 1
+# A state file is a few kilobytes; one larger than this is not read into memory.
+STATE_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 # --- loading --------------------------------------------------------------------------
@@ -44,7 +49,20 @@ def _is_int(v: object) -> TypeGuard[int]:
 
 
 def _is_number(v: object) -> TypeGuard[float]:
-    return (isinstance(v, int | float) and not isinstance(v, bool)) and math.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _is_cost(v: object) -> TypeGuard[float]:
+    return _is_number(v) and v >= 0
+
+
+def _is_unit(v: object) -> TypeGuard[float]:
+    return _is_number(v) and 0.0 <= v <= 1.0
 
 
 def _is_bool(v: object) -> TypeGuard[bool]:
@@ -63,6 +81,37 @@ def _is_history(v: object) -> TypeGuard[list[dict[str, Any]]]:
     return isinstance(v, list) and all(isinstance(item, dict) for item in v)
 
 
+# score_history item field -> (check, description); every one may be null or absent.
+_HISTORY_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "iteration": (_is_int, "an integer"),
+    "weighted_score": (_is_unit, "a number within 0..1"),
+    "decision": (_is_str, "a string"),
+    "scores": (
+        lambda v: isinstance(v, dict) and all(_is_unit(x) for x in v.values()),
+        "an object of numbers within 0..1",
+    ),
+    "timestamp": (_is_str, "a string"),
+}
+
+
+def _history_problem(history: list[dict[str, Any]]) -> str | None:
+    for i, item in enumerate(history):
+        for key, (check, description) in _HISTORY_TYPES.items():
+            value = item.get(key)
+            if value is not None and not check(value):
+                found = _shown(value)
+                return f"score_history[{i}].{key}: expected {description}, found {found}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    """`value` for a message: short JSON, or its type when it cannot be written as JSON."""
+    try:
+        return json.dumps(value)[:80]
+    except (ValueError, RecursionError):
+        return type(value).__name__
+
+
 def _is_in_flight(v: object) -> bool:
     return (
         isinstance(v, dict)
@@ -78,7 +127,7 @@ _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     "started_at": (_is_str, "a string", True),
     "iterations_completed": (_is_int, "an integer", False),
     "max_iterations": (_is_int, "an integer", False),
-    "total_cost_usd": (_is_number, "a finite number", False),
+    "total_cost_usd": (_is_cost, "a finite number >= 0", False),
     "max_cost_usd": (_is_number, "a finite number", False),
     "current_scores": (_is_scores, "an object of numbers", True),
     "score_history": (_is_history, "a list of objects", False),
@@ -139,9 +188,12 @@ def load_state(
     """Read and check a state file; None when it does not exist.
 
     Raises StateCorruptError("<path>: <problem>"), leaving the file untouched, when it
-    cannot be read, is empty, not UTF-8, not JSON (or truncated JSON), not an object, has a
-    known field of the wrong type, or has a schema_version this version does not know
-    (newer than 1.x: "written by a newer autoloopd (schema 2.0); refusing to touch it").
+    is not a regular file ("is a FIFO, not a regular file": never opened in a way that could
+    block), cannot be read, is larger than STATE_SIZE_LIMIT, is empty, not UTF-8, not JSON
+    (or truncated JSON), nested too deeply, holds a non-finite number anywhere (NaN, 1e999),
+    is not an object, has a known field (or a score_history item's field) of the wrong type
+    or range, or has a schema_version this version does not know (newer than 1.x: "written
+    by a newer autoloopd (schema 2.0); refusing to touch it").
 
     A state without schema_version is migrated to "1.0" in memory and `on_migrate` is
     called with a one-line description (for the caller to log). Known fields that are
@@ -150,9 +202,11 @@ def load_state(
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = fsio.read_regular(path, STATE_SIZE_LIMIT)
     except FileNotFoundError:
         return None
+    except NotRegularFileError as exc:
+        raise StateCorruptError(f"{path}: {exc}") from None
     except OSError as exc:
         raise StateCorruptError(f"{path}: cannot read: {fsio.describe_oserror(exc)}") from exc
 
@@ -166,7 +220,7 @@ def load_state(
     except UnicodeDecodeError as exc:
         raise corrupt(f"not UTF-8 (invalid byte at offset {exc.start})") from None
     try:
-        data = json.loads(text, parse_constant=fsio.reject_non_finite)
+        data = fsio.parse_json(text)
     except json.JSONDecodeError as exc:
         where = f"{exc.msg}: line {exc.lineno} column {exc.colno}"
         if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
@@ -197,7 +251,11 @@ def load_state(
         if value is None and nullable:
             continue
         if not check(value):
-            raise corrupt(f"{field}: expected {description}, found {json.dumps(value)[:80]}")
+            raise corrupt(f"{field}: expected {description}, found {_shown(value)}")
+    history = data.get("score_history")
+    problem = _history_problem(history) if _is_history(history) else None
+    if problem is not None:
+        raise corrupt(problem)
     for field, default in _PLAIN_DEFAULTS.items():
         data.setdefault(field, copy.deepcopy(default))
     return data
@@ -318,6 +376,14 @@ async def save_state(path: Path, state: TargetState | dict[str, Any]) -> None:
 
     The state is serialised before the worker thread starts, so other tasks may change it
     while the write runs. Raises StateWriteError (the old file stays intact) and ValueError
-    for NaN or Infinity in the state.
+    for NaN or Infinity in the state. A state root this process locked that has since been
+    replaced (a symbolic link, another directory) is refused with StateWriteError (see
+    `lock.check_owned_root`).
     """
-    await fsio.write_bytes_atomic(path, encode_state(state))
+    data = encode_state(state)
+
+    def _work() -> None:
+        check_owned_root(Path(path).parent)
+        fsio.atomic_write_bytes(path, data)
+
+    await anyio.to_thread.run_sync(_work)

@@ -10,7 +10,6 @@ fsynced: recovery rebuilds a lost one from the log), then the state (fsynced).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,7 +21,7 @@ from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files import state_file as state_mod
-from autoloop_daemon.storage.files.lock import StateLock
+from autoloop_daemon.storage.files.lock import StateLock, check_owned_root
 from autoloop_daemon.storage.files.recovery import recover
 from autoloop_daemon.target_state import TargetState
 
@@ -34,6 +33,7 @@ def _commit(
     state_file: Path,
     state_bytes: bytes | None,
 ) -> None:
+    check_owned_root(log_file.parent)  # never write through a state root replaced by a link
     fsio.append_record(log_file, fsio.dumps_json_line(entry.to_json()))
     if handoff is not None:
         fsio.make_dirs(handoff[0].parent)
@@ -94,22 +94,28 @@ class FileTargetStore:
 
 
 ROOTS_NAME = ".autoloopd-roots.json"
+MAX_SPENT_USD = 1e15  # an integer above this in the registry is damage (and too big a float)
 
 
 def _read_roots(path: Path) -> dict[str, float]:
     """The registry of state roots (root -> last known spending); {} if absent or unreadable."""
-    try:
-        data = json.loads(path.read_bytes(), parse_constant=fsio.reject_non_finite)
-    except (OSError, ValueError, RecursionError):
+    try:  # a regular file only: a FIFO planted here must not hang the daemon
+        data = fsio.parse_json(fsio.read_regular(path, 64 * 1024 * 1024).decode("utf-8"))
+    except (OSError, ValueError):
         return {}
     roots = data.get("roots") if isinstance(data, dict) else None
     if not isinstance(roots, dict):
         return {}
-    return {
-        str(k): float(v)
-        for k, v in roots.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-    }
+    return {str(k): v for k, v in ((k, _spent(v)) for k, v in roots.items()) if v is not None}
+
+
+def _spent(value: object) -> float | None:
+    """A registry figure as a float, or None when it is not a plausible amount."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0 <= value <= MAX_SPENT_USD:  # also keeps integers too big for a float out
+        return None
+    return float(value)
 
 
 def _logged_spending(root: Path) -> float | None:

@@ -1,0 +1,118 @@
+"""Opening only regular files: what an orchestrator puts in a state root cannot hang us.
+
+An orchestrator can leave a FIFO, a socket, a device node, a directory or a symbolic link
+where autoloopd keeps a file. Opening a FIFO for reading blocks until a writer comes (and
+in a worker thread that even SIGTERM cannot interrupt); following a link writes elsewhere.
+So a file is looked at first (lstat), opened with O_NOFOLLOW|O_NONBLOCK|O_NOCTTY and checked
+again on the descriptor (fstat): anything but a regular file is NotRegularFileError
+("is a FIFO, not a regular file"), raised without blocking.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+import stat
+from pathlib import Path
+
+from autoloop_daemon.exceptions import NotRegularFileError
+
+FILE_MODE = 0o640  # state, logs, handoffs: readable by the group, nothing for others
+# Never block on a FIFO, never follow a link, never make a terminal our controlling tty.
+_SAFE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def describe_file_type(mode: int) -> str:
+    """What kind of file `mode` (an st_mode) is, for messages: "a FIFO", "a directory", ..."""
+    kinds = (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISLNK, "a symbolic link"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _not_regular(mode: int) -> NotRegularFileError:
+    return NotRegularFileError(f"is {describe_file_type(mode)}, not a regular file")
+
+
+def check_regular_or_absent(path: Path) -> None:
+    """Raise NotRegularFileError when `path` exists and is not a regular file (no link followed).
+
+    Lets a writer that replaces files by rename refuse a directory, FIFO or link up front.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise _not_regular(mode)
+
+
+def open_regular(path: Path, flags: int, create_mode: int = FILE_MODE) -> int:
+    """`os.open` that only ever opens a regular file; returns the descriptor.
+
+    The file is looked at first (lstat) and opened with O_NOFOLLOW|O_NONBLOCK, then checked
+    again on the descriptor (fstat), so a FIFO, socket, device, directory or symlink is
+    refused with NotRegularFileError ("is a FIFO, not a regular file") without blocking and
+    without being opened where that can be avoided. A file this call creates (O_CREAT|O_EXCL)
+    gets `create_mode` exactly, whatever the umask. Other failures raise OSError as usual.
+    """
+    if not flags & os.O_EXCL:
+        check_regular_or_absent(path)
+    try:
+        fd = os.open(path, flags | _SAFE_FLAGS, create_mode)
+    except OSError as exc:
+        if exc.errno in (errno_mod.ELOOP, errno_mod.ENXIO, errno_mod.EISDIR):
+            # A link (O_NOFOLLOW), a FIFO without a reader or a socket (ENXIO), a directory
+            # opened for writing: say what it is rather than quoting strerror.
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                raise exc from None
+            if not stat.S_ISREG(mode):
+                raise _not_regular(mode) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(mode)
+        # O_NONBLOCK means nothing to a regular file; cleared, the descriptor is what it is
+        # (and a checker such as blockbuster sees its reads as the blocking calls they are).
+        os.set_blocking(fd, True)
+        if flags & os.O_CREAT and flags & os.O_EXCL:
+            os.fchmod(fd, create_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of the regular file `path` (see `open_regular`).
+
+    FileNotFoundError when it does not exist, NotRegularFileError when it is not a regular
+    file, and OSError (no errno) when it holds more than `limit` bytes.
+    """
+    fd = open_regular(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if limit is not None and size > limit:
+            raise OSError(f"larger than {limit} bytes ({size})")
+        chunks = []
+        total = 0
+        while True:
+            chunk = os.read(fd, max(size + 1, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if limit is not None and total > limit:
+                raise OSError(f"larger than {limit} bytes (still growing)")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
