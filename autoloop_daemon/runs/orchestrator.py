@@ -155,6 +155,13 @@ def run_marker_prefix(spec: TargetSpec) -> str:
     return f"{spec.state_root}#"
 
 
+def _handoff_sources(handoff: Path, spec: TargetSpec) -> list[str]:
+    """The handoff (if it still exists) and the feedback sources passed with it. Blocking."""
+    if not handoff.is_file():
+        return []
+    return [str(handoff), *expand_sources(spec.path, spec.sources)]
+
+
 def run_marker(spec: TargetSpec, iteration: int) -> str:
     """The value of AUTOLOOPD_RUN given to a run's processes, to find orphans after a crash."""
     return f"{run_marker_prefix(spec)}{iteration}"
@@ -315,8 +322,7 @@ async def run_iteration(
         return IterationResult(status="failed", duration_s=0.0, error=error, failure_trace=error)
     argv = render_argv(spec.orchestrator, spec, iteration)
     if handoff is not None and spec.handoff_arg:
-        argv += [spec.handoff_arg, str(handoff)]
-        for source in await anyio.to_thread.run_sync(expand_sources, spec.path, spec.sources):
+        for source in await anyio.to_thread.run_sync(_handoff_sources, handoff, spec):
             argv += [spec.handoff_arg, source]
     marker = run_marker(spec, iteration)
     try:

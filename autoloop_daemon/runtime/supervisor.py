@@ -13,27 +13,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import anyio
 import structlog
-from anyio.abc import TaskGroup
 
-from autoloop_daemon.clock import now_utc, to_iso
 from autoloop_daemon.exceptions import (
     AutoloopError,
-    CommandRefusedError,
-    ConfigError,
-    UnknownTargetError,
 )
 from autoloop_daemon.exit_codes import EXIT_OK, EXIT_TARGET_ERROR
-from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.policy.reload import Known, plan_reload
-from autoloop_daemon.runs.process import kill_running_groups
 from autoloop_daemon.runtime import events as ev
-from autoloop_daemon.runtime.budget import SharedBudget
+from autoloop_daemon.runtime.reloading import Reloading
 from autoloop_daemon.runtime.snapshot import (
     BudgetSnapshot,
     FleetSnapshot,
@@ -42,99 +32,21 @@ from autoloop_daemon.runtime.snapshot import (
     first_line,
     status_line,
 )
-from autoloop_daemon.runtime.target import TargetRunner
-from autoloop_daemon.storage.base import Storage
+from autoloop_daemon.runtime.supervisor_base import (
+    ReloadedConfig,
+    Reloader,
+    ReloadReport,
+    TargetRecord,
+)
 from autoloop_daemon.vocab import TargetStatus
 
 log = structlog.get_logger("autoloopd.supervisor")
 
-
-@dataclass(frozen=True, slots=True)
-class ReloadedConfig:
-    """What a reload yields: the targets and the supervisor-wide limits."""
-
-    targets: tuple[TargetSpec, ...]
-    budget_cap_usd: float
-    max_concurrent: int
-    grace_s: float
+__all__ = ["ReloadReport", "ReloadedConfig", "Reloader", "Supervisor", "TargetRecord"]
 
 
-Reloader = Callable[[], ReloadedConfig]
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadReport:
-    """What a reload did, or why it was refused (`error`)."""
-
-    ok: bool
-    error: str | None = None
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()
-
-
-@dataclass(slots=True)
-class TargetRecord:
-    """Everything the supervisor knows of one target."""
-
-    spec: TargetSpec
-    runner: TargetRunner | None = None
-    start_error: str | None = None
-    result: str | None = None  # the final status once its cycle has ended
-    accounted_usd: float = 0.0  # logged spending the budget already holds
-    restart_spec: TargetSpec | None = None  # run again once the current cycle ends
-
-
-@dataclass(slots=True)
-class _Shutdown:
-    requests: int = 0
-    reasons: list[str] = field(default_factory=list)
-
-
-class Supervisor:
+class Supervisor(Reloading):
     """Runs many targets concurrently under one budget until none can run any more."""
-
-    def __init__(
-        self,
-        targets: Sequence[TargetSpec],
-        *,
-        storage: Storage,
-        budget_cap_usd: float,
-        max_concurrent: int,
-        grace_s: float,
-        reloader: Reloader | None = None,
-        events: ev.EventBus | None = None,
-        one_shot: bool = False,
-        strict: bool = False,
-        stay_up: bool = False,
-    ) -> None:
-        """Configure; nothing starts until `run()`.
-
-        `stay_up` keeps the daemon running (idle, reloadable, controllable) after every
-        target has stopped, until a shutdown request (`daemon.exit_when_idle`).
-
-        `strict` makes a target that cannot start (locked, corrupt state) fail the whole run
-        with its error (the one-target command line); otherwise it is reported and skipped.
-        """
-        self._initial = tuple(targets)
-        self._storage = storage
-        self._grace_s = grace_s
-        self._reloader = reloader
-        self.events = events or ev.EventBus()
-        self._one_shot = one_shot
-        self._strict = strict
-        self._records: dict[str, TargetRecord] = {}
-        self._budget = SharedBudget(budget_cap_usd, on_change=self._budget_changed)
-        self._slots = anyio.CapacityLimiter(max_concurrent)
-        self._targets_tg: TaskGroup | None = None
-        self._shutdown = _Shutdown()
-        self._reload_lock = anyio.Lock()
-        self._ready = False
-        self._reload_before_ready = False
-        self._started_at = to_iso(now_utc())
-        self._stay_up = stay_up
-        self._shutdown_event: anyio.Event | None = None
-        self._retired: dict[str, float] = {}  # state roots no longer configured -> spent
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -204,285 +116,6 @@ class Supervisor:
             ev.DaemonStopped(len(self._records), errors, failed, self._budget.spent_usd)
         )
         return EXIT_TARGET_ERROR if errors or failed else EXIT_OK
-
-    async def _remember_spending(self) -> None:
-        """Record every running target's state root and spending in the storage's registry."""
-        spent = {
-            r.runner.spec.state_root: r.runner.state.total_cost_usd
-            for r in self._records.values()
-            if r.runner is not None
-        }
-        try:
-            await self._storage.remember(spent)
-        except (OSError, AutoloopError) as exc:
-            log.warning("spending_registry_not_written", error=str(exc))
-
-    def _failed_to_start(self) -> tuple[str, ...]:
-        return tuple(sorted(n for n, r in self._records.items() if r.start_error is not None))
-
-    async def _prepare_all(self, specs: Sequence[TargetSpec]) -> list[TargetRunner]:
-        prepared: list[TargetRunner] = []
-        strict_error: list[AutoloopError] = []
-
-        async def prepare(spec: TargetSpec) -> None:
-            record = self._records.setdefault(spec.name, TargetRecord(spec))
-            record.spec = spec
-            runner = TargetRunner(
-                spec,
-                store=self._storage.target(spec),
-                budget=self._budget,
-                slots=self._slots,
-                events=self.events,
-                one_shot=self._one_shot,
-            )
-            try:
-                await runner.prepare()
-            except AutoloopError as exc:
-                if self._strict:
-                    strict_error.append(exc)
-                    return
-                record.start_error, record.runner = str(exc), None
-                self.events.publish(ev.TargetNotStarted(spec.name, str(exc)))
-                return
-            record.start_error, record.result, record.runner = None, None, runner
-            # A state root counted as retired at start (its target was renamed or removed, and
-            # is back): its spending is already charged.
-            retired = self._retired.pop(str(spec.state_root), 0.0)
-            record.accounted_usd = max(record.accounted_usd, retired)
-            self._charge_prepared(record, runner)
-            prepared.append(runner)
-            if self._shutdown.requests:  # a stop arrived while this target was being prepared
-                runner.request_stop(self._grace_s)
-
-        async with anyio.create_task_group() as tg:
-            for spec in specs:
-                tg.start_soon(prepare, spec)
-        if strict_error:
-            raise strict_error[0]
-        return sorted(prepared, key=lambda r: r.spec.name)
-
-    def _charge_prepared(self, record: TargetRecord, runner: TargetRunner) -> None:
-        """Charge the budget what the target's log holds beyond what it already knows."""
-        self._budget.charge(max(0.0, runner.prepared_cost_usd - record.accounted_usd))
-        record.accounted_usd = max(record.accounted_usd, runner.prepared_cost_usd)
-
-    def _budget_changed(self) -> None:
-        ledger = self._budget.ledger
-        self.events.publish(ev.BudgetChanged(ledger.spent_usd, ledger.reserved_usd, ledger.cap_usd))
-
-    async def _run_target(self, runner: TargetRunner) -> None:
-        name = runner.spec.name
-        try:
-            status = await runner.run()
-        except Exception:  # a bug in one target must not stop the others
-            log.exception("target_crashed", target=name)
-            status = TargetStatus.ERROR
-        record = self._records[name]
-        if record.runner is not runner:  # replaced by `reset` or `extend` while finishing
-            return
-        record.result = status
-        record.accounted_usd = runner.state.total_cost_usd
-        restart, record.restart_spec = record.restart_spec, None
-        if restart is not None and not self._shutdown.requests and self._targets_tg is not None:
-            for again in await self._prepare_all([restart]):
-                self._targets_tg.start_soon(self._run_target, again)
-
-    # ----------------------------------------------------------------- commands
-
-    def request_shutdown(self, reason: str) -> None:
-        """Stop gracefully; a second request skips the grace period; a third SIGKILLs every
-        running orchestrator's process group at once."""
-        self._shutdown.requests += 1
-        self._shutdown.reasons.append(reason)
-        if self._shutdown_event is not None:
-            self._shutdown_event.set()
-        runners = [r.runner for r in self._records.values() if r.runner is not None]
-        running = tuple(sorted(r.spec.name for r in runners if r.phase == "running"))
-        if self._shutdown.requests == 1:
-            self.events.publish(ev.ShutdownRequested(reason, self._grace_s, running))
-            for runner in runners:
-                runner.request_stop(self._grace_s)
-        elif self._shutdown.requests == 2:
-            self.events.publish(ev.ShutdownForced(reason, running))
-            for runner in runners:
-                runner.force_stop()
-        else:  # the third: no more waiting for anything
-            for runner in runners:
-                runner.force_stop()
-            groups = kill_running_groups()
-            self.events.publish(ev.ShutdownKilled(reason, tuple(groups)))
-
-    @property
-    def shutdown_requests(self) -> int:
-        """How many stop requests arrived (0: running normally)."""
-        return self._shutdown.requests
-
-    def stop_target(self, name: str) -> None:
-        """Stop one target gracefully (`stopped_signal`); UnknownTargetError if unknown."""
-        record = self._records.get(name)
-        if record is None:
-            raise UnknownTargetError(f"no target named {name!r}")
-        if record.runner is not None:
-            record.runner.request_stop(self._grace_s)
-
-    def _record(self, name: str) -> TargetRecord:
-        record = self._records.get(name)
-        if record is None:
-            raise UnknownTargetError(f"no target named {name!r}")
-        return record
-
-    def _live_runner(self, name: str, verb: str) -> TargetRunner:
-        """The target's runner while its cycle runs; CommandRefusedError once it stopped."""
-        record = self._record(name)
-        runner = record.runner
-        if runner is None or runner.final_status is not None or runner.stopping:
-            status = record.result or (runner.state.status if runner else "not_started")
-            raise CommandRefusedError(
-                f"cannot {verb} {name!r}: it is stopped ({status}); "
-                "'reset' or 'extend' starts it again"
-            )
-        return runner
-
-    def stop(self, name: str) -> str:
-        """`stop_target` for the operator: refused (CommandRefusedError) once stopped."""
-        self._live_runner(name, "stop")
-        self.stop_target(name)
-        return f"{name}: stopping (a running iteration gets the shutdown grace period)"
-
-    async def pause(self, name: str) -> str:
-        """Let a running iteration finish, then start no new one until `resume`."""
-        await self._live_runner(name, "pause").set_paused(True)
-        return f"{name}: paused"
-
-    async def resume(self, name: str) -> str:
-        """Undo `pause`."""
-        await self._live_runner(name, "resume").set_paused(False)
-        return f"{name}: resumed"
-
-    def run_now(self, name: str) -> str:
-        """Skip the target's current cooldown or schedule wait, once."""
-        runner = self._live_runner(name, "run now")
-        if runner.state.paused:
-            raise CommandRefusedError(f"cannot run {name!r} now: it is paused ('resume' first)")
-        runner.run_now()
-        return f"{name}: runs now" if runner.phase != "running" else f"{name}: already running"
-
-    async def extend(self, name: str, iterations: int, cost_usd: float) -> str:
-        """Raise the target's limits; a target stopped by them starts again."""
-        if iterations < 0 or cost_usd < 0 or not (iterations or cost_usd):
-            raise CommandRefusedError("extend needs --iterations N and/or --cost USD (> 0)")
-        record = self._record(name)
-        runner = record.runner
-        if runner is not None and runner.final_status is None and not runner.stopping:
-            await runner.extend(iterations, cost_usd)
-            return f"{name}: limits extended (+{iterations} iterations, +${cost_usd:.2f})"
-        await self._restart(record, lambda r: r.extend(iterations, cost_usd))
-        return f"{name}: limits extended (+{iterations} iterations, +${cost_usd:.2f}); started"
-
-    async def reset(self, name: str) -> str:
-        """Clear the circuit breaker and a final status; a stopped target starts again."""
-        record = self._record(name)
-        runner = record.runner
-        if runner is not None and runner.final_status is None and not runner.stopping:
-            await runner.clear_stop()
-            return f"{name}: error count cleared"
-        await self._restart(record, lambda r: r.clear_stop())
-        return f"{name}: reset; started"
-
-    async def _restart(
-        self, record: TargetRecord, adjust: Callable[[TargetRunner], Awaitable[None]]
-    ) -> None:
-        """Prepare the target again, apply `adjust` to its state, and run it."""
-        name = record.spec.name
-        if self._shutdown.requests or self._targets_tg is None:
-            raise CommandRefusedError(f"cannot start {name!r}: the daemon is shutting down")
-        if record.runner is not None and record.runner.final_status is None:
-            raise CommandRefusedError(f"cannot start {name!r}: it is still stopping")
-        runners = await self._prepare_all([record.restart_spec or record.spec])
-        if not runners:
-            raise CommandRefusedError(f"cannot start {name!r}: {record.start_error}")
-        await adjust(runners[0])
-        self._targets_tg.start_soon(self._run_target, runners[0])
-
-    async def history(self, name: str, limit: int) -> list[dict[str, Any]]:
-        """The newest `limit` lines of the target's iteration log, oldest first."""
-        record = self._record(name)
-        entries = await self._storage.target(record.spec).read_log()
-        return [e.to_json() for e in entries[-limit:]]
-
-    async def reload(self) -> ReloadReport:
-        """Read the configuration again and apply it; reloads run one at a time.
-
-        Before READY the reload is remembered and applied right after it.
-        """
-        if self._reloader is None:
-            return ReloadReport(ok=False, error="no configuration file to reload")
-        if not self._ready:
-            self._reload_before_ready = True
-            return ReloadReport(ok=True)
-        async with self._reload_lock:
-            if self._shutdown.requests:
-                return ReloadReport(ok=False, error="shutting down")
-            self.events.publish(ev.ReloadStarted())
-            try:
-                new = await anyio.to_thread.run_sync(self._reloader)
-            except ConfigError as exc:
-                self.events.publish(ev.ReloadFailed(str(exc)))
-                return ReloadReport(ok=False, error=str(exc))
-            report = await self._apply(new)
-            self.events.publish(
-                ev.ConfigReloaded(report.added, report.removed, report.changed, new.budget_cap_usd)
-            )
-            return report
-
-    async def _apply(self, new: ReloadedConfig) -> ReloadReport:
-        known = {
-            name: Known(
-                r.runner.spec, r.runner.latest_spec, r.runner.final_status, r.runner.stop_status
-            )
-            for name, r in self._records.items()
-            if r.runner is not None
-        }
-        wanted = {t.name: t for t in new.targets}
-        for name in [n for n, r in self._records.items() if r.runner is None and n not in wanted]:
-            del self._records[name]  # failed to start and gone from the config
-        plan = plan_reload(known, wanted, new.budget_cap_usd > self._budget.cap_usd)
-        for name in plan.forget:
-            self._records[name].runner = None
-        for name in plan.stop:
-            runner = self._records[name].runner
-            assert runner is not None
-            runner.request_stop(self._grace_s, TargetStatus.STOPPED_REMOVED)
-        for name, spec in plan.change.items():
-            runner = self._records[name].runner
-            assert runner is not None
-            runner.update_spec(spec)
-        for name, spec in plan.restart_when_done.items():
-            self._records[name].restart_spec = spec
-        for name in plan.root_ignored:
-            log.warning(
-                "reload_state_root_ignored",
-                target=name,
-                hint="a new state_root takes effect after a restart",
-            )
-        start = plan.start
-        self._budget.set_cap(new.budget_cap_usd)
-        self._slots.total_tokens = new.max_concurrent
-        self._grace_s = new.grace_s
-        added = []
-        for runner in await self._prepare_all(start):
-            added.append(runner.spec.name)
-            if self._targets_tg is not None:
-                self._targets_tg.start_soon(self._run_target, runner)
-        for name in plan.forget:
-            if self._records[name].runner is None and name not in wanted:
-                del self._records[name]
-        return ReloadReport(
-            ok=True,
-            added=tuple(sorted(added)),
-            removed=tuple(sorted(plan.stop)),
-            changed=tuple(sorted(plan.change)),
-        )
 
     # ----------------------------------------------------------------- snapshot
 

@@ -163,7 +163,11 @@ async def _record_interrupted_run(
         log.warning("in_flight_ignored", iteration=iteration, last_logged=last)
         return
     started = parse_iso(in_flight.get("started_at")) or now_utc()
-    finished = now_utc() if orphans else _last_sign_of_life(spec, iteration, started)
+    finished = (
+        now_utc()
+        if orphans
+        else await anyio.to_thread.run_sync(_last_sign_of_life, spec, iteration, started)
+    )
     duration = max(0.0, (finished - started).total_seconds())
     entry = LogEntry(
         iteration=iteration,
@@ -199,7 +203,8 @@ async def _restore_last_handoff(spec: TargetSpec, entries: list[LogEntry]) -> No
     last = completed[-1]
     path = artifacts.handoff_path(spec.state_root, last.iteration)
     with contextlib.suppress(OSError):
-        if path.stat().st_size > 0:  # written without fsync: a power cut may leave it empty
+        # Written without fsync: a power cut may leave it empty.
+        if (await anyio.to_thread.run_sync(path.stat)).st_size > 0:
             return
     before = next((dict(e.scores) for e in reversed(completed[:-1]) if e.scores), {})
     text = artifacts.render_handoff(

@@ -84,9 +84,9 @@ class FileTargetStore:
         return entries
 
     def handoff_file(self, iteration: int) -> Path | None:
-        """`handoffs/iteration-N.md` when it exists."""
-        path = artifacts.handoff_path(self._spec.state_root, iteration)
-        return path if path.is_file() else None
+        """`handoffs/iteration-N.md` (written with the run's record, restored by recovery;
+        the orchestrator's runner checks it still exists, off the event loop)."""
+        return artifacts.handoff_path(self._spec.state_root, iteration)
 
     def close(self) -> None:
         """Release the state root's lock."""

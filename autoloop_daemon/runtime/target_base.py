@@ -1,0 +1,110 @@
+"""The state every part of a target runner shares, and opening the target's store.
+
+`TargetRunnerBase` holds what the cycle (target.py), one iteration (iteration.py) and the
+operator's controls (target_control.py) work on; each of those is one class in the chain
+`TargetRunnerBase` -> `TargetControls` -> `IterationSteps` -> `TargetRunner`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+import structlog
+
+from autoloop_daemon.clock import now_utc, to_iso
+from autoloop_daemon.models import LogEntry, TargetSpec
+from autoloop_daemon.policy.live_cost import (
+    StopAt,
+)
+from autoloop_daemon.policy.progress import Progress
+from autoloop_daemon.policy.stops import Limits
+from autoloop_daemon.runtime import events as ev
+from autoloop_daemon.runtime.budget import SharedBudget
+from autoloop_daemon.storage.base import TargetStore
+from autoloop_daemon.target_state import TargetState
+from autoloop_daemon.vocab import (
+    TargetStatus,
+)
+
+log = structlog.get_logger("autoloopd.target")
+
+
+class TargetRunnerBase:
+    """A target runner's shared state (see the module docstring)."""
+
+    def __init__(
+        self,
+        spec: TargetSpec,
+        *,
+        store: TargetStore,
+        budget: SharedBudget,
+        slots: anyio.CapacityLimiter,
+        events: ev.EventBus,
+        one_shot: bool = False,
+    ) -> None:
+        """Set up a runner; nothing here touches storage (see `prepare`)."""
+        self.spec = spec
+        self._pending_spec: TargetSpec | None = None
+        self._store = store
+        self._budget = budget
+        self._slots = slots
+        self._events = events
+        self._one_shot = one_shot
+        self.state = TargetState.new(spec, to_iso(now_utc()))
+        self.progress = Progress(spec.weights_map, spec.min_improvement)
+        self.last_entry: LogEntry | None = None
+        # True when the state in memory is ahead of the store and the save was deferred
+        # (policy.cycle.after_run); every wait, stop and the next in-flight save flush it.
+        self._dirty = False
+        self._stop_requested = False
+        self._stop_status = TargetStatus.STOPPED_SIGNAL
+        self._stop_deadline: float | None = None
+        self._wait_scope: anyio.CancelScope | None = None
+        self._iter_scope: anyio.CancelScope | None = None
+        self._warned_no_scores = False
+        self._cut: StopAt | None = None  # when a cap says the running iteration must stop
+        self._cut_status: TargetStatus | None = None  # the stop a cap's cut leads to
+        self._announced_wait: str | None = None
+        self._warned_decisions: set[str] = set()
+        self.phase = "starting"  # running | cooldown | waiting | stopped
+        self.running_since: float | None = None  # monotonic start of the running iteration
+        self.final_status: str | None = None
+        self.prepared_cost_usd = 0.0
+        self._run_now = False  # `ctl run-now`: skip the next wait once
+
+    # ----------------------------------------------------------------- start-up
+
+    async def prepare(self) -> None:
+        """Open the store: lock, recover from the log, checkpoint.
+
+        Raises StateLockedError, StateCorruptError or StateWriteError; nothing is changed
+        by a refusal.
+        """
+        with structlog.contextvars.bound_contextvars(target=self.spec.name):
+            recovered = await self._store.open()
+        self.state = recovered.state
+        self.progress = recovered.progress
+        self.last_entry = recovered.last_entry
+        self.prepared_cost_usd = self.state.total_cost_usd
+
+    async def _save(self) -> None:
+        self._dirty = False
+        await self._store.save(self.state)
+
+    def limits(self) -> Limits:
+        """The limits the stop conditions compare against."""
+        s, st = self.spec, self.state
+        return Limits(
+            s.max_iterations + st.extra_iterations, s.max_cost_usd + st.extra_cost_usd,
+            s.plateau_window, s.min_improvement, s.oscillation_window,
+        )  # fmt: skip
+
+    def _apply_deadline(self) -> None:
+        """The running iteration ends at the stop deadline or when a cap says so."""
+        if self._iter_scope is None:
+            return
+        deadline = math.inf if self._stop_deadline is None else self._stop_deadline
+        if self._cut is not None:
+            deadline = min(deadline, self._cut.at_s)
+        self._iter_scope.deadline = deadline
