@@ -10,10 +10,10 @@ import pytest
 from autoloop_daemon.config.loader import (
     REFERENCE_ORCHESTRATOR,
     AppConfig,
-    check_summary,
     load_config,
     validate_cron,
 )
+from autoloop_daemon.config.summary import check_summary
 from autoloop_daemon.exceptions import ConfigError
 from tests.helpers.config import TARGET_A, TARGET_B, in_table, in_target
 

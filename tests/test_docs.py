@@ -9,7 +9,7 @@ import pytest
 
 from autoloop_daemon import exit_codes
 from autoloop_daemon.cli import main as cli
-from autoloop_daemon.config.loader import BudgetSettings, DaemonSettings, _TargetTable
+from autoloop_daemon.config.settings import BudgetSettings, DaemonSettings, _TargetTable
 from autoloop_daemon.vocab import TargetStatus
 
 REPO = Path(__file__).resolve().parent.parent

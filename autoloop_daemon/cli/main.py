@@ -25,14 +25,10 @@ import structlog
 
 from autoloop_daemon import __version__
 from autoloop_daemon.cli.control import control_settings, stay_up_when_idle
-from autoloop_daemon.config.loader import (
-    REFERENCE_ORCHESTRATOR,
-    AppConfig,
-    check_summary,
-    check_template_arg,
-    load_config,
-)
+from autoloop_daemon.config.loader import AppConfig, load_config
 from autoloop_daemon.config.preflight import target_problems, writable_dir_problem
+from autoloop_daemon.config.settings import REFERENCE_ORCHESTRATOR, check_template_arg
+from autoloop_daemon.config.summary import check_summary
 from autoloop_daemon.exceptions import (
     ConfigError,
     StateCorruptError,
