@@ -91,6 +91,24 @@ def time_call(func: Callable[[], Any], min_s: float = 0.2, max_reps: int = 2000)
     return statistics.median(times)
 
 
+def new_runner(spec: Any) -> Any:
+    """A target runner on the files backend with an unlimited budget (not yet prepared)."""
+    import anyio
+
+    from autoloop_daemon.runtime import target as target_mod
+    from autoloop_daemon.runtime.budget import SharedBudget
+    from autoloop_daemon.runtime.events import EventBus
+    from autoloop_daemon.storage.files.store import FileTargetStore
+
+    return target_mod.TargetRunner(
+        spec,
+        store=FileTargetStore(spec),
+        budget=SharedBudget(1e12),
+        slots=anyio.CapacityLimiter(1),
+        events=EventBus(),
+    )
+
+
 def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
     """Every figure for a history of n entries."""
     import anyio
@@ -99,11 +117,8 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
     from autoloop_daemon.policy import stops as convergence
     from autoloop_daemon.policy.progress import Progress
     from autoloop_daemon.runtime import target as target_mod
-    from autoloop_daemon.runtime.budget import SharedBudget
-    from autoloop_daemon.runtime.events import EventBus
     from autoloop_daemon.storage.files import artifacts, fsio
     from autoloop_daemon.storage.files import state_file as state
-    from autoloop_daemon.storage.files.store import FileTargetStore
 
     root = work / f"state-{n}"
     target = work / f"target-{n}"
@@ -150,13 +165,7 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
     log_size = artifacts.log_path(root).stat().st_size
 
     async def prepared() -> Any:
-        runner = target_mod.TargetRunner(
-            spec,
-            store=FileTargetStore(spec),
-            budget=SharedBudget(1e12),
-            slots=anyio.CapacityLimiter(1),
-            events=EventBus(),
-        )
+        runner = new_runner(spec)
         await runner.prepare()
         return runner
 
@@ -223,21 +232,10 @@ def _runner_memory_kb(spec: Any) -> float:
     """KiB still allocated by a prepared runner (its own copy of the state root)."""
     import anyio
 
-    from autoloop_daemon.runtime import target as target_mod
-    from autoloop_daemon.runtime.budget import SharedBudget
-    from autoloop_daemon.runtime.events import EventBus
-    from autoloop_daemon.storage.files.store import FileTargetStore
-
     keep: list[Any] = []
 
     async def make() -> None:
-        runner = target_mod.TargetRunner(
-            spec,
-            store=FileTargetStore(spec),
-            budget=SharedBudget(1e12),
-            slots=anyio.CapacityLimiter(1),
-            events=EventBus(),
-        )
+        runner = new_runner(spec)
         await runner.prepare()
         runner._store.close()
         keep.append(runner)

@@ -5,10 +5,13 @@ running."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import structlog
 from blockbuster import BlockBuster
 
+from autoloop_daemon.runtime.logs import configure_logging
 from tests.helpers.blocking import no_blocking
 from tests.helpers.process import kill_leftovers
 
@@ -45,3 +48,14 @@ def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
     tmp_path = request.getfixturevalue("tmp_path") if uses_tmp_path else None
     yield
     kill_leftovers(None if tmp_path is None else str(tmp_path))
+
+
+@pytest.fixture
+def captured() -> Iterator[list[dict[str, Any]]]:
+    """structlog events of the test (loggers uncached, so capture_logs sees every one)."""
+    configure_logging("json", "debug", cache=False)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            yield logs
+    finally:
+        structlog.reset_defaults()

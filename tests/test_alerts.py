@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-import structlog
 
 from autoloop_daemon.config.alerts import ALERT_EVENTS, AlertSettings
 from autoloop_daemon.config.loader import load_config
@@ -24,7 +22,6 @@ from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.policy.thresholds import crossings, new_crossings
 from autoloop_daemon.runtime import events as ev
 from autoloop_daemon.runtime.alerts import Alerter
-from autoloop_daemon.runtime.logs import configure_logging
 from autoloop_daemon.runtime.snapshot import BudgetSnapshot, FleetSnapshot
 from tests.helpers.audit import read_state
 from tests.helpers.config import TARGET_A
@@ -259,17 +256,6 @@ def test_config_reference_documents_every_alert_key_and_event() -> None:
 
 
 # ----------------------------------------------------------------- in-process
-
-
-@pytest.fixture
-def captured() -> Iterator[list[dict[str, Any]]]:
-    """structlog events of the test (loggers uncached, so capture_logs sees every one)."""
-    configure_logging("json", "debug", cache=False)
-    try:
-        with structlog.testing.capture_logs() as logs:
-            yield logs
-    finally:
-        structlog.reset_defaults()
 
 
 def _snapshot() -> FleetSnapshot:

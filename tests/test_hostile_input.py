@@ -27,19 +27,18 @@ from typing import Any
 
 import anyio
 import pytest
-import structlog
 
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.runtime.budget import SharedBudget
 from autoloop_daemon.runtime.events import EventBus
 from autoloop_daemon.runtime.journal import journal
-from autoloop_daemon.runtime.logs import configure_logging
 from autoloop_daemon.runtime.target import TargetRunner
 from autoloop_daemon.storage.files import fsio
 from autoloop_daemon.storage.files.store import FileTargetStore
 from tests.helpers.audit import assert_invariants, read_state
 from tests.helpers.config import TARGET_A, TARGET_B, in_table, in_target, write_config
 from tests.helpers.fakes import orchestrator_argv, orchestrator_cmd
+from tests.helpers.hostile import GOOD_STATE
 from tests.helpers.logs import json_lines, read_jsonl, read_log
 from tests.helpers.process import run_autoloopd, start_autoloopd, stop
 from tests.helpers.wait import wait_for
@@ -226,15 +225,6 @@ def test_broken_config_exits_78_with_one_line_naming_file_and_key(
 
 # === 2. state and log files ==================================================================
 
-GOOD_STATE: dict[str, Any] = {
-    "schema_version": "1.0",
-    "target": "/x",
-    "started_at": "2025-01-01T00:00:00+00:00",
-    "iterations_completed": 0,
-    "total_cost_usd": 0.0,
-    "score_history": [],
-    "status": "idle",
-}
 
 STATES: list[tuple[str, bytes, str]] = [
     ("not-json", b"this is not JSON\n", "not valid JSON"),
@@ -497,17 +487,6 @@ def test_immutable_state_root_is_a_clear_error(tmp_path: Path) -> None:
 
 
 # === 4. disk full during a checkpoint (in-process) ===========================================
-
-
-@pytest.fixture
-def captured() -> Iterator[list[dict[str, Any]]]:
-    """structlog events of the test (loggers uncached, so capture_logs sees every one)."""
-    configure_logging("json", "debug", cache=False)
-    try:
-        with structlog.testing.capture_logs() as logs:
-            yield logs
-    finally:
-        structlog.reset_defaults()
 
 
 def _dry_spec(tmp_path: Path) -> TargetSpec:

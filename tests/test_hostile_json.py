@@ -26,7 +26,7 @@ from autoloop_daemon.policy.cost import elapsed_cost_usd
 from tests.helpers.audit import read_state
 from tests.helpers.daemon import Lab
 from tests.helpers.fakes import orchestrator_cmd
-from tests.helpers.hostile import one_stderr_line, run_one_target, snapshot
+from tests.helpers.hostile import GOOD_STATE, one_stderr_line, run_one_target, snapshot
 from tests.helpers.logs import read_log
 from tests.helpers.process import run_autoloopd
 
@@ -234,16 +234,6 @@ def test_log_entries_refuse_what_no_run_can_produce() -> None:
 
 
 # --- the state file ---------------------------------------------------------------------------
-
-GOOD_STATE: dict[str, Any] = {
-    "schema_version": "1.0",
-    "target": "/x",
-    "started_at": "2025-01-01T00:00:00+00:00",
-    "iterations_completed": 0,
-    "total_cost_usd": 0.0,
-    "score_history": [],
-    "status": "idle",
-}
 
 
 def _state_text(**fields: Any) -> str:

@@ -11,6 +11,7 @@ Three forms:
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import resource
@@ -351,33 +352,26 @@ def _run_daemon(args: argparse.Namespace) -> int:
     )
 
 
+SUBCOMMANDS = {
+    "status": "autoloop_daemon.cli.status",
+    "ctl": "autoloop_daemon.cli.ctl",
+    "report": "autoloop_daemon.report.cli",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run autoloopd with `argv` (default: sys.argv[1:]); returns the exit code."""
+    """Run autoloopd with `argv` (default: sys.argv[1:]); returns the exit code.
+
+    Every form reports a user's error the same way: one line on stderr, a distinct exit code
+    (a subcommand may raise ConfigError and friends; they are mapped here).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "status":
-        from autoloop_daemon.cli.status import main as status_main
-
-        return status_main(argv[1:])
-    if argv and argv[0] == "ctl":
-        from autoloop_daemon.cli.ctl import main as ctl_main
-
-        return ctl_main(argv[1:])
-    if argv and argv[0] == "report":
-        from autoloop_daemon.report.cli import main as report_main
-
-        return report_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.check and args.config is None:
-        parser.error("--check needs --config FILE")
-    if args.config is not None and args.target is not None:
-        parser.error("use either --config FILE or --target DIR --state-root DIR, not both")
-    if args.config is None and (args.target is None or args.state_root is None):
-        parser.error("give --config FILE, or --target DIR and --state-root DIR")
     try:
-        if args.config is not None:
-            return _run_daemon(args)
-        return _run_one_target(args)
+        if argv and argv[0] in SUBCOMMANDS:
+            module = importlib.import_module(SUBCOMMANDS[argv[0]])
+            code: int = module.main(argv[1:])
+            return code
+        return _main_forms(argv)
     except ConfigError as exc:
         _error(str(exc))
         return EXIT_CONFIG
@@ -392,3 +386,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_IOERR
     except KeyboardInterrupt:  # a Ctrl+C before the signal handler was installed
         return EXIT_INTERRUPTED
+
+
+def _main_forms(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check and args.config is None:
+        parser.error("--check needs --config FILE")
+    if args.config is not None and args.target is not None:
+        parser.error("use either --config FILE or --target DIR --state-root DIR, not both")
+    if args.config is None and (args.target is None or args.state_root is None):
+        parser.error("give --config FILE, or --target DIR and --state-root DIR")
+    if args.config is not None:
+        return _run_daemon(args)
+    return _run_one_target(args)

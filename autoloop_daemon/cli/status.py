@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +25,8 @@ from autoloop_daemon.cli.client import NotRunningError, request
 from autoloop_daemon.cli.control import socket_path
 from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.config.loader import load_config
-from autoloop_daemon.exceptions import ConfigError, StateCorruptError
-from autoloop_daemon.exit_codes import EXIT_CONFIG, EXIT_NOT_RUNNING, EXIT_OK, EXIT_TARGET_ERROR
+from autoloop_daemon.exceptions import StateCorruptError
+from autoloop_daemon.exit_codes import EXIT_NOT_RUNNING, EXIT_OK, EXIT_TARGET_ERROR
 from autoloop_daemon.policy.stops import STOP_MESSAGES
 from autoloop_daemon.runtime.snapshot import first_line
 from autoloop_daemon.storage.files.lock import LOCK_NAME
@@ -320,11 +319,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     args = p.parse_args(list(argv))
     if args.config is not None:
-        try:
-            cfg = load_config(args.config)
-        except ConfigError as exc:
-            print(f"autoloopd: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
+        cfg = load_config(args.config)  # a ConfigError is reported by cli/main.py (78)
         roots = {t.name: t.state_root for t in cfg.targets}
         sock = args.socket or socket_path(cfg)
         lock_dirs = [cfg.daemon.state_dir, *roots.values()]

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autoloop_daemon.config.loader import load_config
-from autoloop_daemon.exceptions import ConfigError, StateWriteError
-from autoloop_daemon.exit_codes import EXIT_CONFIG, EXIT_IOERR, EXIT_OK
+from autoloop_daemon.exceptions import StateWriteError
+from autoloop_daemon.exit_codes import EXIT_IOERR, EXIT_OK
 from autoloop_daemon.report.html import render_html
 from autoloop_daemon.report.markdown import render_markdown
 from autoloop_daemon.report.reader import read_fleet
@@ -48,11 +48,7 @@ def main(argv: Sequence[str]) -> int:
     """`autoloopd report` entry point; returns the exit code."""
     args = build_parser().parse_args(list(argv))
     if args.config is not None:
-        try:
-            cfg = load_config(args.config)
-        except ConfigError as exc:
-            print(f"autoloopd: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
+        cfg = load_config(args.config)  # a ConfigError is reported by cli/main.py (78)
         targets = [(t.name, t.state_root) for t in cfg.targets]
         source = str(cfg.path)
     else:

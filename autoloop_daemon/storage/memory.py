@@ -88,9 +88,7 @@ class MemoryTargetStore:
         if not self._open:
             raise RuntimeError(f"{self.location}: not opened")
 
-    async def record(
-        self, entry: LogEntry, handoff: str | None, state: TargetState | None
-    ) -> None:
+    async def record(self, entry: LogEntry, handoff: str | None, state: TargetState | None) -> None:
         """Append the entry (numbers must follow on), keep the handoff, replace the state."""
         self._check_open()
         expected = len(self._records.entries) + 1

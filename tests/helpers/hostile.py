@@ -6,6 +6,7 @@ from __future__ import annotations
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from tests.helpers.process import run_autoloopd
 
@@ -16,6 +17,18 @@ _KINDS = (
     (stat.S_ISCHR, "chardev"),
     (stat.S_ISLNK, "symlink"),
 )
+
+
+# A minimal valid state file object, for tests that break one field of it.
+GOOD_STATE: dict[str, Any] = {
+    "schema_version": "1.0",
+    "target": "/x",
+    "started_at": "2025-01-01T00:00:00+00:00",
+    "iterations_completed": 0,
+    "total_cost_usd": 0.0,
+    "score_history": [],
+    "status": "idle",
+}
 
 
 def run_one_target(
