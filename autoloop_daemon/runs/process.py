@@ -54,7 +54,7 @@ _CHUNK_BYTES = 64 * 1024  # one read from a pipe
 _DRAIN_AFTER_EXIT_S = 0.5  # readers' moment to reach EOF once the direct child has exited
 _REAP_S = 5.0  # bound on waiting for the direct child's exit code / the pipes' EOF after a kill
 
-_log = structlog.get_logger(__name__)
+_log = structlog.get_logger("autoloopd.process")
 
 # The process groups of every run in progress (this process's), for `kill_running_groups`.
 _RUNNING_GROUPS: set[int] = set()

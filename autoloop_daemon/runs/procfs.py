@@ -40,7 +40,7 @@ _POLL_MIN_S = 0.01
 _POLL_MAX_S = 0.1
 _GONE_STATES = frozenset({"Z", "X", "x"})  # zombie or dead: no longer running
 
-_log = structlog.get_logger(__name__)
+_log = structlog.get_logger("autoloopd.procfs")
 
 
 def signal_group(pgid: int, sig: int) -> bool:

@@ -23,7 +23,7 @@ __all__ = ["NOTIFY_ENV_VARS", "Notifier"]
 NOTIFY_ENV_VARS: tuple[str, ...] = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 """The variables systemd sets for the main process; strip them from children's environment."""
 
-_log = structlog.get_logger(__name__)
+_log = structlog.get_logger("autoloopd.sdnotify")
 
 
 class Notifier:
