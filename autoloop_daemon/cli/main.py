@@ -286,9 +286,10 @@ def _reloader(path: Path) -> ReloadedConfig:
     cfg = load_config(path)
     return ReloadedConfig(
         cfg.targets,
-        cfg.budget.max_cost_usd,
+        cfg.budget.lifetime_cap_usd,
         cfg.daemon.max_concurrent_iterations,
         cfg.daemon.shutdown_grace_seconds,
+        cfg.budget.budget_window(),
     )
 
 
@@ -334,7 +335,8 @@ def _run_daemon(args: argparse.Namespace) -> int:
         cfg.targets,
         stay_up=stay_up_when_idle(cfg.daemon.exit_when_idle),
         storage=FileStorage(cfg.daemon.state_dir),
-        budget_cap_usd=cfg.budget.max_cost_usd,
+        budget_cap_usd=cfg.budget.lifetime_cap_usd,
+        window=cfg.budget.budget_window(),
         max_concurrent=cfg.daemon.max_concurrent_iterations,
         grace_s=cfg.daemon.shutdown_grace_seconds,
         reloader=lambda: _reloader(cfg.path),

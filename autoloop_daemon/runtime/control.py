@@ -65,6 +65,11 @@ def budget_payload(snap: FleetSnapshot) -> dict[str, Any]:
         "reserved_usd": b.reserved_usd,
         "cap_usd": b.cap_usd,
         "remaining_usd": None if b.cap_usd is None else round(max(0.0, b.cap_usd - b.spent_usd), 6),
+        "window": b.window,
+        "window_start": b.window_start,
+        "window_resets_at": b.window_resets_at,
+        "window_spent_usd": b.window_spent_usd,
+        "window_cap_usd": b.window_cap_usd,
     }
 
 

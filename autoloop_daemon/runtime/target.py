@@ -22,6 +22,7 @@ from autoloop_daemon.policy.budget import Reservation, estimate_cost
 from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.policy.stops import stop_reason
 from autoloop_daemon.runtime import events as ev
+from autoloop_daemon.runtime.budget import WindowFull
 from autoloop_daemon.runtime.iteration import IterationSteps
 from autoloop_daemon.vocab import (
     FINAL_STATUSES,
@@ -142,6 +143,9 @@ class TargetRunner(IterationSteps):
                 continue
             if reservation is None:
                 return await self._finish(TargetStatus.STOPPED_BUDGET)
+            if isinstance(reservation, WindowFull):
+                await self._wait_window(reservation)
+                continue
             await self._with_slot(reservation)
             if self._cut_status is not None:
                 return await self._finish(self._cut_status)
@@ -241,6 +245,20 @@ class TargetRunner(IterationSteps):
             self._events.publish(ev.CoolingDown(self.spec.name, delay_s, next_run))
         log.debug("waiting", seconds=round(delay_s, 3), status=status)
         await self._interruptible(anyio.sleep(min(delay_s, MAX_SLEEP_SLICE_S)))
+
+    async def _wait_window(self, full: WindowFull) -> None:
+        """The budget window's cap is reached: wait (`waiting_budget`) until it ends."""
+        self.phase = "waiting"
+        reset_at = to_iso(full.reset_at)
+        if self.state.status != TargetStatus.WAITING_BUDGET or self._dirty:
+            self.state.status = TargetStatus.WAITING_BUDGET
+            self.state.next_run_at = reset_at
+            await self._save()
+        if self._announced_wait != reset_at:
+            self._announced_wait = reset_at
+            self._events.publish(ev.WaitingBudget(self.spec.name, reset_at))
+        delay = (full.reset_at - now_utc()).total_seconds()
+        await self._interruptible(anyio.sleep(min(max(0.0, delay) + 0.01, MAX_SLEEP_SLICE_S)))
 
     async def _finish(self, status: str, *, announce: bool = True) -> str:
         self.phase = "stopped"

@@ -12,13 +12,14 @@ import math
 import anyio
 import structlog
 
-from autoloop_daemon.clock import now_utc, to_iso
+from autoloop_daemon.clock import now_utc, parse_iso, to_iso
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy.live_cost import (
     StopAt,
 )
 from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.policy.stops import Limits
+from autoloop_daemon.policy.windows import spent_in_window
 from autoloop_daemon.runtime import events as ev
 from autoloop_daemon.runtime.budget import SharedBudget
 from autoloop_daemon.storage.base import TargetStore
@@ -71,6 +72,7 @@ class TargetRunnerBase:
         self.running_since: float | None = None  # monotonic start of the running iteration
         self.final_status: str | None = None
         self.prepared_cost_usd = 0.0
+        self.prepared_window_cost_usd = 0.0  # of it, in the budget's current window
         self._run_now = False  # `ctl run-now`: skip the next wait once
 
     # ----------------------------------------------------------------- start-up
@@ -87,6 +89,12 @@ class TargetRunnerBase:
         self.progress = recovered.progress
         self.last_entry = recovered.last_entry
         self.prepared_cost_usd = self.state.total_cost_usd
+        since = self._budget.window_start
+        if since is not None and self.prepared_cost_usd > 0:
+            entries = await self._store.read_log()
+            self.prepared_window_cost_usd = spent_in_window(
+                ((parse_iso(e.started_at), e.cost_usd) for e in entries), since
+            )
 
     async def _save(self) -> None:
         self._dirty = False
