@@ -23,6 +23,7 @@ from datetime import datetime
 import anyio
 
 from autoloop_daemon.clock import now_utc, to_iso
+from autoloop_daemon.policy.allocation import RateEvidence, pooled_rate
 from autoloop_daemon.policy.budget import Ledger, Reservation
 from autoloop_daemon.policy.live_cost import MeterView, StopAt, live_cost_usd, plan_stops
 from autoloop_daemon.policy.windows import BudgetWindow
@@ -97,6 +98,8 @@ class SharedBudget:
         self.recent_costs: deque[float] = deque(maxlen=FLEET_EVIDENCE)
         self._on_change = on_change
         self._clock = clock
+        # Each target's recent improvement rate, for the fleet's pooled rate (allocation).
+        self.rates: dict[str, RateEvidence] = {}
         self.window: BudgetWindow | None = None
         self.window_start: datetime | None = None
         self.window_end: datetime | None = None
@@ -245,6 +248,11 @@ class SharedBudget:
     def cap_usd(self) -> float:
         """The shared lifetime cap."""
         return self.ledger.cap_usd
+
+    @property
+    def pooled_rate(self) -> float:
+        """The fleet's rate of closing headroom per iteration (policy/allocation.py)."""
+        return pooled_rate(self.rates.values())
 
     @property
     def window_spent_usd(self) -> float:

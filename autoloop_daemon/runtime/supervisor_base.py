@@ -20,6 +20,7 @@ from autoloop_daemon.exceptions import (
 )
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.runtime import events as ev
+from autoloop_daemon.runtime.admission import RankedSlots
 from autoloop_daemon.runtime.budget import BudgetWindow, SharedBudget
 from autoloop_daemon.runtime.target import TargetRunner
 from autoloop_daemon.storage.base import Storage
@@ -88,6 +89,7 @@ class SupervisorBase:
         strict: bool = False,
         stay_up: bool = False,
         window: BudgetWindow | None = None,
+        allocation: str = "fcfs",
     ) -> None:
         """Configure; nothing starts until `run()`.
 
@@ -95,6 +97,8 @@ class SupervisorBase:
         target has stopped, until a shutdown request (`daemon.exit_when_idle`).
 
         `budget_cap_usd` is the lifetime cap; `window` adds a cap per budget window.
+        `allocation` "gain_per_usd" hands concurrency slots out by estimated gain per
+        dollar (runtime/admission.py) instead of first come first served.
 
         `strict` makes a target that cannot start (locked, corrupt state) fail the whole run
         with its error (the one-target command line); otherwise it is reported and skipped.
@@ -108,7 +112,11 @@ class SupervisorBase:
         self._strict = strict
         self._records: dict[str, TargetRecord] = {}
         self._budget = SharedBudget(budget_cap_usd, on_change=self._budget_changed, window=window)
-        self._slots = anyio.CapacityLimiter(max_concurrent)
+        self._slots: anyio.CapacityLimiter | RankedSlots = (
+            RankedSlots(max_concurrent)
+            if allocation == "gain_per_usd"
+            else anyio.CapacityLimiter(max_concurrent)
+        )
         self._targets_tg: TaskGroup | None = None
         self._shutdown = _Shutdown()
         self._reload_lock = anyio.Lock()
