@@ -196,6 +196,7 @@ class _TargetKeys(BaseModel):
     backoff_base_seconds: Seconds | None = None
     backoff_max_seconds: Seconds | None = None
     simulated_seconds: Seconds | None = None
+    simulation: Literal["classic", "fleet"] | None = None
     min_gain_per_usd: Rate | None = None
     target_score: Annotated[float, Field(ge=0, le=1)] | None = None
     deadline: Annotated[str, AfterValidator(check_deadline)] | None = None
