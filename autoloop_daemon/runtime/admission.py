@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 
 import anyio
 
-MAX_PASSES = 8  # grants a waiter may be passed over before it goes first
+# Aging: a waiter passed over AGING_ROUNDS times the number of waiters (at least
+# MIN_PASSES times) goes first. In bench/policy.py a fixed 8 passes made the order nearly
+# first come first served (ratio 1.00 at 2x the fleet's cost); two rounds keep most of the
+# gain (1.14 at 2x, 1.12 at 4x on 40 worlds) while every waiter still gets its turn.
+AGING_ROUNDS = 2
+MIN_PASSES = 4
 
 
 @dataclass(slots=True)
@@ -36,8 +41,9 @@ class SlotStatistics:
 class RankedSlots:
     """At most `total_tokens` slots taken at once; freed ones go to the best-ranked waiter."""
 
-    def __init__(self, total_tokens: int, max_passes: int = MAX_PASSES) -> None:
-        """Nothing here can block or fail."""
+    def __init__(self, total_tokens: int, max_passes: int | None = None) -> None:
+        """`max_passes` fixes the aging limit (default: relative to the waiters). Nothing
+        here can block or fail."""
         self._total = total_tokens
         self._used = 0
         self._max_passes = max_passes
@@ -100,7 +106,10 @@ class RankedSlots:
             chosen.event.set()
 
     def _choose(self) -> _Waiter:
-        aged = [w for w in self._waiters if w.passes >= self._max_passes]
+        limit = self._max_passes
+        if limit is None:
+            limit = max(MIN_PASSES, AGING_ROUNDS * len(self._waiters))
+        aged = [w for w in self._waiters if w.passes >= limit]
         if aged:
             return min(aged, key=lambda w: w.seq)
         return max(self._waiters, key=lambda w: (_safe(w.rank), -w.seq))

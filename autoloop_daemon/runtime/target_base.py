@@ -130,10 +130,16 @@ class TargetRunnerBase:
         )
 
     def gain_per_usd(self) -> float:
-        """The estimated gain per dollar of the next iteration (policy/allocation.py)."""
+        """The estimated gain per dollar of the next iteration (policy/allocation.py).
+
+        The expected cost is the mean of the target's own recent costs: the reservation is
+        cautious (the fleet's dearest recent run), which would make every target look alike.
+        """
+        recent = [c for c in self.progress.recent_costs if c > 0]
+        cost = sum(recent) / len(recent) if recent else self.next_estimate_usd()
         return gain_per_usd(
             self.progress.scores,
-            self.next_estimate_usd(),
+            cost,
             self._budget.pooled_rate,
             self.progress.current_scores or None,
         )
