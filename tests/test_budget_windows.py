@@ -23,6 +23,7 @@ from autoloop_daemon.policy.windows import BudgetWindow, parse_window
 from autoloop_daemon.runtime import events as ev
 from autoloop_daemon.runtime.alerts import Alerter
 from autoloop_daemon.runtime.budget import SharedBudget, WindowFull
+from autoloop_daemon.runtime.metrics import Metrics
 from autoloop_daemon.runtime.snapshot import BudgetSnapshot, FleetSnapshot
 from autoloop_daemon.runtime.supervisor import Supervisor
 from autoloop_daemon.storage.files.store import FileStorage
@@ -204,8 +205,8 @@ async def test_a_30s_window_caps_spend_per_window_and_the_target_resumes_in_the_
     assert state["status"] == TargetStatus.STOPPED_MAX_ITER
 
 
-def test_status_shows_the_window_and_its_reset_time() -> None:
-    """The snapshot's status line speaks of the window's money."""
+def test_status_and_metrics_show_the_window_and_its_reset_time() -> None:
+    """The snapshot's status line speaks of the window's money; /metrics has its gauges."""
     snap = FleetSnapshot(
         pid=1, started_at="x", ready=True, shutting_down=False, targets=(),
         budget=BudgetSnapshot(
@@ -215,3 +216,12 @@ def test_status_shows_the_window_and_its_reset_time() -> None:
         ),
     )  # fmt: skip
     assert snap.status_line().endswith("$1.00 of $2.00 spent this daily window")
+    text = Metrics(lambda: snap).render().decode()
+    assert 'autoloopd_budget_window_spent_usd{window="daily"} 1.0' in text
+    assert 'autoloopd_budget_window_cap_usd{window="daily"} 2.0' in text
+    reset = next(
+        line.split()[-1]
+        for line in text.splitlines()
+        if line.startswith("autoloopd_budget_window_resets_timestamp_seconds{")
+    )
+    assert float(reset) == _at("2026-12-02T00:00:00Z").timestamp()

@@ -132,11 +132,18 @@ class TargetRunnerBase:
     def gain_per_usd(self) -> float:
         """The estimated gain per dollar of the next iteration (policy/allocation.py).
 
-        The expected cost is the mean of the target's own recent costs: the reservation is
-        cautious (the fleet's dearest recent run), which would make every target look alike.
+        The expected cost is the mean of the target's own recent costs, else of the fleet's
+        (else the reservation): the reservation is cautious (the fleet's dearest recent
+        run), which would make every target look alike and new ones look dear.
         """
         recent = [c for c in self.progress.recent_costs if c > 0]
-        cost = sum(recent) / len(recent) if recent else self.next_estimate_usd()
+        fleet = [c for c in self._budget.recent_costs if c > 0]
+        if recent:
+            cost = sum(recent) / len(recent)
+        elif fleet:
+            cost = sum(fleet) / len(fleet)
+        else:
+            cost = self.next_estimate_usd()
         return gain_per_usd(
             self.progress.scores,
             cost,
