@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from autoloop_daemon.cli.status import render_summary
 from autoloop_daemon.clock import now_utc, parse_iso
 from autoloop_daemon.config.alerts import AlertSettings
 from autoloop_daemon.config.loader import load_config
@@ -225,3 +226,17 @@ def test_status_and_metrics_show_the_window_and_its_reset_time() -> None:
         if line.startswith("autoloopd_budget_window_resets_timestamp_seconds{")
     )
     assert float(reset) == _at("2026-12-02T00:00:00Z").timestamp()
+
+
+def test_status_summary_prints_the_window_line() -> None:
+    """`autoloopd status` prints the window, its money and when the next one opens."""
+    report = {
+        "daemon": {"source": "socket", "uptime_s": 5.0, "pid": 1},
+        "budget": {
+            "spent_usd": 3.0, "reserved_usd": 0.0, "cap_usd": None, "window": "6h",
+            "window_spent_usd": 1.0, "window_cap_usd": 2.0,
+            "window_resets_at": "2026-12-01T18:00:00Z",
+        },
+    }  # fmt: skip
+    summary = render_summary(report)
+    assert "window: 6h, $1.00 of $2.00 spent, next window at 2026-12-01T18:00:00Z" in summary
