@@ -66,6 +66,10 @@ class TargetSpec:
     backoff_base_seconds: float = 5.0  # first retry delay after a failed iteration (doubles)
     backoff_max_seconds: float = 300.0
     simulated_seconds: float = 0.2  # wall time of one simulated (dry-run) iteration
+    simulation: str = "classic"  # the simulator's world: "classic" or "fleet"
+    min_gain_per_usd: float = 0.0  # stop when the estimated gain per dollar falls below (0 off)
+    target_score: float | None = None  # stop once the best weighted score reaches it
+    deadline: str | None = None  # "HH:MM" (local, daily) or an ISO timestamp
 
     @property
     def cooldown_s(self) -> float:

@@ -20,6 +20,7 @@ class TargetStatus(StrEnum):
     COOLDOWN = "cooldown"
     WAITING = "waiting"  # scheduled mode, waiting for the next tick
     PAUSED = "paused"  # `autoloopd ctl pause`: no new iteration until resumed
+    WAITING_BUDGET = "waiting_budget"  # the budget window's cap is reached: next window
     STOPPED_MAX_ITER = "stopped_max_iter"
     STOPPED_COST = "stopped_cost"
     STOPPED_BUDGET = "stopped_budget"
@@ -27,6 +28,9 @@ class TargetStatus(StrEnum):
     STOPPED_OSCILLATION = "stopped_oscillation"
     STOPPED_SIGNAL = "stopped_signal"
     STOPPED_REMOVED = "stopped_removed"
+    STOPPED_LOW_YIELD = "stopped_low_yield"  # estimated gain per dollar below min_gain_per_usd
+    STOPPED_TARGET_REACHED = "stopped_target_reached"  # best weighted score >= target_score
+    STOPPED_DEADLINE = "stopped_deadline"  # past the deadline: no new iteration
     ERROR = "error"
 
     @property
@@ -48,6 +52,8 @@ FINAL_STATUSES: frozenset[TargetStatus] = frozenset(
         TargetStatus.STOPPED_BUDGET,
         TargetStatus.STOPPED_PLATEAU,
         TargetStatus.STOPPED_OSCILLATION,
+        TargetStatus.STOPPED_LOW_YIELD,
+        TargetStatus.STOPPED_TARGET_REACHED,
         TargetStatus.ERROR,
     }
 )

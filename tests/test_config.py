@@ -221,7 +221,7 @@ def test_error_uses_the_path_as_given(workdir: Path, monkeypatch: pytest.MonkeyP
 
 def test_more_errors_are_counted(workdir: Path) -> None:
     """Only the first error is shown, with the number of others."""
-    path = write(workdir, TARGET_A + "max_iterations = 0\nmax_cost_usd = 0\nplateau_window = 0\n")
+    path = write(workdir, TARGET_A + "max_iterations = 0\nmax_cost_usd = 0\nseed = 0.5\n")
     with pytest.raises(ConfigError, match=r"\(and 2 more\)$"):
         load(path)
 
@@ -351,7 +351,7 @@ BROKEN: list[tuple[str, str | bytes, str]] = [
         in_target("max_cost_usd = '5'"),
         "targets[0].max_cost_usd: must be a number",
     ),
-    ("plateau-zero", in_target("plateau_window = 0"), "targets[0].plateau_window"),
+    ("plateau-negative", in_target("plateau_window = -1"), "targets[0].plateau_window"),
     ("min-improvement-negative", in_target("min_improvement = -0.1"), "targets[0].min_improvement"),
     (
         "oscillation-one",

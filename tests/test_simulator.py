@@ -28,3 +28,24 @@ def test_simulated_run_is_well_formed() -> None:
     assert run.cost_usd > 0
     assert run.decision in ("keep", "reject")
     assert '"decision"' in run.stdout("/t", "/s", 2).splitlines()[-1]
+
+
+def test_the_fleet_world_is_seeded_and_keeps_by_a_noisy_gate() -> None:
+    """A fleet-world run is a pure function of (seed, name, iteration); a keep moves the
+    true score by the candidate's change, a reject leaves it; flat targets never gain."""
+    from autoloop_daemon.runs import fleet_world
+    from autoloop_daemon.runs.simulator import simulate_world
+
+    assert simulate_world("fleet", 3, "t1", 4) == simulate_world("fleet", 3, "t1", 4)
+    kinds = set()
+    for i in range(60):
+        world = fleet_world.world_target(5, f"t{i}")
+        kinds.add(world.kind)
+        steps = fleet_world.trajectory(5, f"t{i}", 10)
+        for step in steps:
+            if not step.kept:
+                assert step.true_after == step.true_before
+        if world.kind == "flat":
+            assert steps[-1].true_after <= world.start + 1e-12
+        assert 0.05 * 0.3 < steps[0].cost_usd < 3.0 * 4
+    assert kinds == {"improving", "jumpy", "flat", "fragile"}

@@ -45,6 +45,7 @@ from autoloop_daemon.exit_codes import (
     EXIT_TEMPFAIL,
 )
 from autoloop_daemon.models import DEFAULT_SOURCES, TargetSpec
+from autoloop_daemon.policy.deadline import check_deadline
 from autoloop_daemon.runtime.alerts import Alerter
 from autoloop_daemon.runtime.console import Console
 from autoloop_daemon.runtime.daemon import serve
@@ -79,6 +80,20 @@ def _positive_float(text: str) -> float:
     if value == 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return value
+
+
+def _score(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a score between 0 and 1, got {text}")
+    return value
+
+
+def _deadline(text: str) -> str:
+    try:
+        return check_deadline(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _command(text: str) -> tuple[str, ...]:
@@ -201,6 +216,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.2,
         help="wall time of one simulated iteration (with --dry-run)",
     )
+    one.add_argument(
+        "--min-gain-per-usd",
+        type=_non_negative_float,
+        default=0.0,
+        help="stop (stopped_low_yield) when the estimated gain per dollar of the next "
+        "iteration falls below this (0: off)",
+    )
+    one.add_argument(
+        "--target-score",
+        type=_score,
+        default=None,
+        help="stop (stopped_target_reached) once the best weighted score reaches this",
+    )
+    one.add_argument(
+        "--deadline",
+        type=_deadline,
+        default=None,
+        help="no new iteration after this local time of day (HH:MM, daily) or ISO "
+        "timestamp (stopped_deadline)",
+    )
     logs = p.add_argument_group("logging")
     logs.add_argument("--log-format", choices=("auto", "json", "console"), default=None)
     logs.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
@@ -241,6 +276,9 @@ def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
         simulated_seconds=args.simulated_seconds,
         backoff_base_seconds=args.retry_backoff_seconds,
         term_grace_seconds=args.term_grace_seconds,
+        min_gain_per_usd=args.min_gain_per_usd,
+        target_score=args.target_score,
+        deadline=args.deadline,
     )
 
 
@@ -287,9 +325,10 @@ def _reloader(path: Path) -> ReloadedConfig:
     cfg = load_config(path)
     return ReloadedConfig(
         cfg.targets,
-        cfg.budget.max_cost_usd,
+        cfg.budget.lifetime_cap_usd,
         cfg.daemon.max_concurrent_iterations,
         cfg.daemon.shutdown_grace_seconds,
+        cfg.budget.budget_window(),
     )
 
 
@@ -335,7 +374,9 @@ def _run_daemon(args: argparse.Namespace) -> int:
         cfg.targets,
         stay_up=stay_up_when_idle(cfg.daemon.exit_when_idle),
         storage=FileStorage(cfg.daemon.state_dir),
-        budget_cap_usd=cfg.budget.max_cost_usd,
+        budget_cap_usd=cfg.budget.lifetime_cap_usd,
+        window=cfg.budget.budget_window(),
+        allocation=cfg.budget.allocation,
         max_concurrent=cfg.daemon.max_concurrent_iterations,
         grace_s=cfg.daemon.shutdown_grace_seconds,
         reloader=lambda: _reloader(cfg.path),

@@ -64,6 +64,8 @@ def _file_reason(state: dict[str, Any]) -> str | None:
         return "removed from the configuration"
     if status == TargetStatus.STOPPED_BUDGET:
         return "shared budget exhausted"
+    if status == TargetStatus.WAITING_BUDGET:
+        return f"budget window spent; resumes at {state.get('next_run_at')}"
     template = STOP_MESSAGES.get(str(status))
     if template is None:
         return None
@@ -271,6 +273,11 @@ def render_summary(report: dict[str, Any]) -> str:
         money += f" of {_fmt_money(b['cap_usd'])}, {_fmt_money(b['remaining_usd'])} left"
     if b.get("reserved_usd"):
         money += f", {_fmt_money(b['reserved_usd'])} reserved by running iterations"
+    if b.get("window") is not None and b.get("window_cap_usd") is not None:
+        money += (
+            f"\nwindow: {b['window']}, {_fmt_money(b['window_spent_usd'] or 0.0)} of "
+            f"{_fmt_money(b['window_cap_usd'])} spent, next window at {b['window_resets_at']}"
+        )
     return f"{daemon}\n{money}"
 
 
@@ -323,7 +330,8 @@ def main(argv: Sequence[str]) -> int:
         roots = {t.name: t.state_root for t in cfg.targets}
         sock = args.socket or socket_path(cfg)
         lock_dirs = [cfg.daemon.state_dir, *roots.values()]
-        cap: float | None = cfg.budget.max_cost_usd
+        lifetime = cfg.budget.lifetime_cap_usd
+        cap: float | None = lifetime if math.isfinite(lifetime) else None
     else:
         roots = {root.resolve().name: root.resolve() for root in args.state_root}
         sock, lock_dirs, cap = args.socket, list(roots.values()), None

@@ -25,6 +25,8 @@ from pydantic_settings import (
 )
 
 from autoloop_daemon.config.alerts import AlertSettings
+from autoloop_daemon.policy.deadline import check_deadline
+from autoloop_daemon.policy.windows import BudgetWindow, load_zone, parse_window
 from autoloop_daemon.vocab import Mode
 
 ENV_PREFIX = "AUTOLOOPD_"
@@ -126,13 +128,40 @@ class DaemonSettings(BaseModel):
     exit_when_idle: Literal["auto"] | bool = "auto"
 
 
+def _check_window(text: str) -> str:
+    parse_window(text, "UTC")
+    return text
+
+
+def _check_zone(name: str) -> str:
+    load_zone(name)
+    return name
+
+
 class BudgetSettings(BaseModel):
-    """`[budget]`: the money cap shared by every target."""
+    """`[budget]`: the money cap shared by every target (per window, with `window`)."""
 
     model_config = _STRICT
 
     max_cost_usd: Money = 100.0
     cost_per_minute_usd: Rate = 0.10
+    window: Annotated[str, AfterValidator(_check_window)] | None = None
+    window_timezone: Annotated[str, AfterValidator(_check_zone)] | None = None
+    lifetime_max_cost_usd: Money | None = None
+    allocation: Literal["fcfs", "gain_per_usd"] = "fcfs"
+
+    def budget_window(self) -> BudgetWindow | None:
+        """The window and its cap, or None without `window`."""
+        if self.window is None:
+            return None
+        return BudgetWindow(parse_window(self.window, self.window_timezone), self.max_cost_usd)
+
+    @property
+    def lifetime_cap_usd(self) -> float:
+        """The total cap: `max_cost_usd` without a window, else `lifetime_max_cost_usd`."""
+        if self.window is None:
+            return self.max_cost_usd
+        return self.lifetime_max_cost_usd or float("inf")
 
 
 class _TargetKeys(BaseModel):
@@ -143,7 +172,7 @@ class _TargetKeys(BaseModel):
     mode: Mode | None = None
     max_iterations: Count | None = None
     max_cost_usd: Money | None = None
-    plateau_window: Count | None = None
+    plateau_window: Annotated[int, Field(ge=0, le=1_000_000)] | None = None  # 0: off
     min_improvement: Annotated[float, Field(ge=0, le=1)] | None = None
     oscillation_window: (
         Annotated[int, Field(ge=0, le=1_000_000), AfterValidator(_check_oscillation)] | None
@@ -167,6 +196,10 @@ class _TargetKeys(BaseModel):
     backoff_base_seconds: Seconds | None = None
     backoff_max_seconds: Seconds | None = None
     simulated_seconds: Seconds | None = None
+    simulation: Literal["classic", "fleet"] | None = None
+    min_gain_per_usd: Rate | None = None
+    target_score: Annotated[float, Field(ge=0, le=1)] | None = None
+    deadline: Annotated[str, AfterValidator(check_deadline)] | None = None
 
 
 class _TargetTable(_TargetKeys):

@@ -4,6 +4,10 @@ does not fit waits until every running iteration has settled; if it still does n
 target stops with `stopped_budget`. Because nothing starts unless spent + reserved + estimate
 stays within the cap, the total can only exceed the cap by what running iterations cost beyond
 their estimates.
+
+With a budget window (policy/windows.py) the ledger also keeps a second cap, per window: a
+reservation remembers the window it was made in and its cost is charged there; when a new
+window opens (`roll`), its spending starts from what is already known to belong to it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ class Reservation:
     owner: str
     amount_usd: float
     settled: bool = False
+    window: str | None = None  # the window it was made in (its start, ISO), if any
 
 
 class Ledger:
@@ -34,11 +39,36 @@ class Ledger:
         self.spent_usd = spent_usd
         self.reserved_usd = 0.0
         self.open_reservations = 0
+        # The window cap (inf: no window), the current window and its spending.
+        self.window_cap_usd = math.inf
+        self.window: str | None = None
+        self.window_spent_usd = 0.0
+        self.window_reserved_usd = 0.0
+
+    @property
+    def lifetime_available_usd(self) -> float:
+        """Money neither spent nor reserved under the lifetime cap."""
+        return self.cap_usd - self.spent_usd - self.reserved_usd
+
+    @property
+    def window_available_usd(self) -> float:
+        """Money neither spent nor reserved in the current window."""
+        return self.window_cap_usd - self.window_spent_usd - self.window_reserved_usd
 
     @property
     def available_usd(self) -> float:
-        """Money neither spent nor reserved."""
-        return self.cap_usd - self.spent_usd - self.reserved_usd
+        """Money neither spent nor reserved (the tighter of the lifetime and window caps)."""
+        return min(self.lifetime_available_usd, self.window_available_usd)
+
+    def roll(self, window: str, spent_usd: float = 0.0) -> bool:
+        """Enter `window` (a no-op when already in it) with `spent_usd` already charged to
+        it; True when the window changed."""
+        if window == self.window:
+            return False
+        self.window = window
+        self.window_spent_usd = spent_usd
+        self.window_reserved_usd = 0.0
+        return True
 
     def fits(self, amount_usd: float) -> bool:
         """True when `amount_usd` can be reserved now."""
@@ -57,8 +87,9 @@ class Ledger:
         if not self.fits(amount_usd):
             return None
         self.reserved_usd += amount_usd
+        self.window_reserved_usd += amount_usd
         self.open_reservations += 1
-        return Reservation(owner, amount_usd)
+        return Reservation(owner, amount_usd, window=self.window)
 
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
         """Release `reservation` and charge what the iteration really cost (idempotent)."""
@@ -70,10 +101,17 @@ class Ledger:
         if self.open_reservations == 0:
             self.reserved_usd = 0.0  # drop accumulated float dust
         self.spent_usd += actual_usd
+        if reservation.window == self.window:
+            self.window_reserved_usd = max(0.0, self.window_reserved_usd - reservation.amount_usd)
+            if self.open_reservations == 0:
+                self.window_reserved_usd = 0.0
+            self.window_spent_usd += actual_usd
 
-    def charge(self, amount_usd: float) -> None:
-        """Charge money spent outside a reservation (e.g. an interrupted run found at start)."""
+    def charge(self, amount_usd: float, window_usd: float | None = None) -> None:
+        """Charge money spent outside a reservation (e.g. an interrupted run found at start);
+        `window_usd` of it (default all) belongs to the current window."""
         self.spent_usd += amount_usd
+        self.window_spent_usd += amount_usd if window_usd is None else window_usd
 
     def set_cap(self, cap_usd: float) -> None:
         """Apply a new cap (config reload); running reservations are kept."""

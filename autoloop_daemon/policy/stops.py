@@ -1,12 +1,13 @@
-"""Stop conditions as pure functions of plain data: plateau, oscillation, limits.
+"""Stop conditions as pure functions of plain data: plateau, oscillation, limits, goals.
 
 No I/O here. The target's cycle calls `stop_reason` before and after every iteration.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from autoloop_daemon.vocab import Decision, TargetStatus
 
@@ -96,7 +97,41 @@ STOP_MESSAGES: dict[str, str] = {
     TargetStatus.STOPPED_COST: "cost_cap exceeded (${cost:.2f} >= ${cap:.2f})",
     TargetStatus.STOPPED_PLATEAU: "plateau detected (no improvement in last {window} iterations)",
     TargetStatus.STOPPED_OSCILLATION: "oscillation detected (keep-reject alternating pattern)",
+    TargetStatus.STOPPED_TARGET_REACHED: "target_score reached",
+    TargetStatus.STOPPED_LOW_YIELD: "low yield (estimated gain per dollar below min_gain_per_usd)",
+    TargetStatus.STOPPED_DEADLINE: "deadline passed",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Goals:
+    """The optional goals of a target: a score to reach, a least yield, a deadline."""
+
+    target_score: float | None = None
+    min_gain_per_usd: float = 0.0
+    deadline_at: datetime | None = None
+
+
+def goal_reason(
+    goals: Goals,
+    *,
+    best: float | None,
+    scored: int,
+    gain_per_usd: Callable[[], float],
+    now: datetime,
+    min_scored: int = 3,
+) -> str | None:
+    """The status a target stops with for one of its goals, or None to go on: the target
+    score reached, the estimated yield below the least (after `min_scored` scored
+    iterations; `gain_per_usd` is only called then), or the deadline passed."""
+    if goals.target_score is not None and best is not None and best >= goals.target_score:
+        return TargetStatus.STOPPED_TARGET_REACHED
+    low = goals.min_gain_per_usd > 0 and scored >= min_scored
+    if low and gain_per_usd() < goals.min_gain_per_usd:
+        return TargetStatus.STOPPED_LOW_YIELD
+    if goals.deadline_at is not None and now >= goals.deadline_at:
+        return TargetStatus.STOPPED_DEADLINE
+    return None
 
 
 def stop_reason(view: LoopView, limits: Limits) -> str | None:

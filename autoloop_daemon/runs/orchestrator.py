@@ -281,7 +281,7 @@ async def _run_simulated(spec: TargetSpec, iteration: int) -> IterationResult:
         return IterationResult(
             status="failed", duration_s=0.0, error=problem, failure_trace=problem
         )
-    run = simulator.simulate(spec.seed, spec.name, iteration)
+    run = simulator.simulate_world(spec.simulation, spec.seed, spec.name, iteration)
     await anyio.sleep(spec.simulated_seconds)
     stdout = run.stdout(str(spec.path), str(spec.state_root), iteration)
     await write_text_atomic(run_log, stdout)

@@ -4,6 +4,10 @@ Pure functions of (seed, target name, iteration), so a dry run can be replayed e
 resumed after a crash with the same numbers. The first iteration lifts the scores from a
 baseline; later candidates mostly fall just short of the best, so the default loop
 (`plateau_window` 3, five iterations) visibly stops on a plateau.
+
+`simulation = "fleet"` selects the fleet world instead (runs/fleet_world.py): targets with
+hidden true curves, noisy measurements and keep decisions, and lognormal costs, for
+running a simulated fleet under the real daemon and for bench/policy.py.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
+
+from autoloop_daemon.runs import fleet_world
 
 DIMENSIONS: tuple[str, ...] = ("accuracy", "coverage", "clarity", "consistency")
 
@@ -98,3 +104,24 @@ def simulate(seed: int, target: str, iteration: int) -> SimulatedRun:
         cost_usd=cost,
         candidate_id=f"sim-{iteration:04d}-{target}",
     )
+
+
+def simulate_fleet(seed: int, target: str, iteration: int) -> SimulatedRun:
+    """Iteration `iteration` (1-based) of `target` in the fleet world `seed`."""
+    world = fleet_world.world_target(seed, target)
+    step = fleet_world.trajectory(seed, target, iteration)[-1]
+    scores = fleet_world.dimension_scores(world, step.measured)
+    return SimulatedRun(
+        decision="keep" if step.kept else "reject",
+        scores=scores,
+        weighted_score=round(sum(scores.values()) / len(scores), 4),
+        cost_usd=round(step.cost_usd, 6),
+        candidate_id=f"sim-{iteration:04d}-{target}",
+    )
+
+
+def simulate_world(world: str, seed: int, target: str, iteration: int) -> SimulatedRun:
+    """The simulated run of `world` ("classic" or "fleet")."""
+    if world == "fleet":
+        return simulate_fleet(seed, target, iteration)
+    return simulate(seed, target, iteration)

@@ -5,7 +5,8 @@
 its own task, `run`, drains the queue and delivers (alert_delivery.py), logging
 `alert_sent` or `alert_failed` for each channel.
 
-Alert kinds: `budget_threshold` (a fraction of the shared cap or of a target's cap reached,
+Alert kinds: `budget_threshold` (a fraction of the shared cap, of the current budget window's
+cap (once per window) or of a target's cap reached,
 checked at start, on every budget change and after every iteration), `target_stopped`,
 `circuit_breaker` (a target stopped in `error`) and `daemon_stopping` (a stop was
 requested, or every target is done).
@@ -187,6 +188,15 @@ class Alerter:
                     self._report_crossings(
                         crossings(event.spent_usd, event.cap_usd, self._fractions)
                     )
+                    if event.window_start is not None:
+                        self._report_crossings(
+                            crossings(
+                                event.window_spent_usd,
+                                event.window_cap_usd,
+                                self._fractions,
+                                window=event.window_start,
+                            )
+                        )
             case ev.IterationFinished():
                 snap = self._snapshot()
                 cap = next((t.max_cost_usd for t in snap.targets if t.target == event.target), None)
@@ -209,9 +219,14 @@ class Alerter:
 
     def _check_budget(self, snap: FleetSnapshot) -> None:
         if self._fractions:
-            self._report_crossings(
-                crossings(snap.budget.spent_usd, snap.budget.cap_usd, self._fractions)
-            )
+            b = snap.budget
+            self._report_crossings(crossings(b.spent_usd, b.cap_usd, self._fractions))
+            if b.window_start is not None and b.window_spent_usd is not None:
+                self._report_crossings(
+                    crossings(
+                        b.window_spent_usd, b.window_cap_usd, self._fractions, window=b.window_start
+                    )
+                )
 
     def _check_target(self, name: str, spent_usd: float, cap_usd: float | None) -> None:
         if self._fractions:
@@ -221,6 +236,8 @@ class Alerter:
         for crossing in new_crossings(found, self._fired.keys):
             self._fired.keys.add(crossing.key)
             who = "the shared budget" if crossing.target is None else crossing.target
+            if crossing.window is not None:
+                who = f"the budget window from {crossing.window}"
             self._queue(
                 "budget_threshold",
                 {
@@ -229,6 +246,7 @@ class Alerter:
                     "fraction": crossing.fraction,
                     "spent_usd": round(crossing.spent_usd, 6),
                     "cap_usd": crossing.cap_usd,
+                    "window": crossing.window,
                     "message": f"{who} reached {crossing.fraction:.0%} of its cap "
                     f"(${crossing.spent_usd:.2f} of ${crossing.cap_usd:.2f})",
                 },

@@ -6,6 +6,10 @@ wall-time-priced target, or the orchestrator's own progress lines). Whenever a m
 reports or closes, or money settles, every meter is told when it must be stopped
 (policy/live_cost.py) so that neither the shared cap nor the target's caps are passed by
 more than what the runs cost during their termination grace.
+
+With a budget window, a reservation that does not fit the window's cap (while the lifetime
+cap still has room) yields `WindowFull`: its target waits for the next window, then asks
+again. The live meters stop runs at the tighter of the two caps.
 """
 
 from __future__ import annotations
@@ -13,15 +17,30 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 
 import anyio
 
+from autoloop_daemon.clock import now_utc, to_iso
+from autoloop_daemon.policy.allocation import RateEvidence, pooled_rate
 from autoloop_daemon.policy.budget import Ledger, Reservation
 from autoloop_daemon.policy.live_cost import MeterView, StopAt, live_cost_usd, plan_stops
+from autoloop_daemon.policy.windows import BudgetWindow
 
 FLEET_EVIDENCE = 100  # settled costs the fleet-wide reservation estimate looks at
 
+__all__ = ["BudgetWindow", "Meter", "SharedBudget", "WindowFull"]
+
 OnPlan = Callable[[StopAt], None]
+_EPSILON_USD = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class WindowFull:
+    """The current window's cap is reached: ask again once the window ends at `reset_at`."""
+
+    reset_at: datetime
 
 
 class Meter:
@@ -66,14 +85,70 @@ class SharedBudget:
         cap_usd: float,
         spent_usd: float = 0.0,
         on_change: Callable[[], None] | None = None,
+        *,
+        window: BudgetWindow | None = None,
+        clock: Callable[[], datetime] = now_utc,
     ) -> None:
         """Create the budget; `on_change` is called after every settlement, charge and new
-        cap (it must not block). Nothing here can block or fail."""
+        cap (it must not block). `cap_usd` is the lifetime cap; `window` adds a cap per
+        window, read on `clock`. Nothing here can block or fail."""
         self.ledger = Ledger(cap_usd, spent_usd)
         self._changed = anyio.Event()
         self._meters: list[Meter] = []
         self.recent_costs: deque[float] = deque(maxlen=FLEET_EVIDENCE)
         self._on_change = on_change
+        self._clock = clock
+        # Each target's recent improvement rate, for the fleet's pooled rate (allocation).
+        self.rates: dict[str, RateEvidence] = {}
+        self.window: BudgetWindow | None = None
+        self.window_start: datetime | None = None
+        self.window_end: datetime | None = None
+        self.set_window(window, notify=False)
+
+    def set_window(self, window: BudgetWindow | None, *, notify: bool = True) -> None:
+        """Apply a (new) window setting; the current window's spending is kept when the
+        window itself stays the same."""
+        self.window = window
+        self.ledger.window_cap_usd = math.inf if window is None else window.cap_usd
+        if window is None:
+            self.ledger.window = None
+            self.window_start = self.window_end = None
+        else:
+            self.roll(notify=notify)
+        if notify:
+            self._notify()
+            self.replan()
+
+    def roll(self, *, notify: bool = True) -> bool:
+        """Enter the window of now if it changed (spending starts from zero); True if so."""
+        if self.window is None:
+            return False
+        start, end = self.window.window.bounds(self._clock())
+        self.window_start, self.window_end = start, end
+        if not self.ledger.roll(to_iso(start)):
+            return False
+        if notify:
+            self._notify()
+            self.replan()
+        return True
+
+    def window_full(self, amount_usd: float, *, metered: bool) -> WindowFull | None:
+        """`WindowFull` when `amount_usd` fails only for the window's cap and would fit a
+        fresh window; None otherwise."""
+        ledger = self.ledger
+        if self.window is None or self.window_end is None:
+            return None
+        if metered:
+            lifetime_ok = ledger.lifetime_available_usd > _EPSILON_USD
+            window_short = ledger.window_available_usd <= _EPSILON_USD
+            fits_fresh = True
+        else:
+            lifetime_ok = amount_usd <= ledger.lifetime_available_usd + _EPSILON_USD
+            window_short = amount_usd > ledger.window_available_usd + _EPSILON_USD
+            fits_fresh = amount_usd <= ledger.window_cap_usd + _EPSILON_USD
+        if lifetime_ok and window_short and fits_fresh:
+            return WindowFull(self.window_end)
+        return None
 
     def _notify(self) -> None:
         self._changed.set()
@@ -83,20 +158,26 @@ class SharedBudget:
 
     async def reserve(
         self, owner: str, amount_usd: float, *, metered: bool = False
-    ) -> Reservation | None:
+    ) -> Reservation | WindowFull | None:
         """Reserve `amount_usd`, waiting for running iterations to settle if needed.
 
         Returns None when the amount does not fit even with nothing else in flight: the
-        caller stops its target with `stopped_budget`. A `metered` run may start with less
-        (see `Ledger.reserve`): the live meter stops it at the cap.
+        caller stops its target with `stopped_budget`; `WindowFull` when only the window's
+        cap is in the way (the caller waits for the next window). A `metered` run may start
+        with less (see `Ledger.reserve`): the live meter stops it at the cap.
         """
         while True:
+            self.roll()
             reservation = self.ledger.reserve(owner, amount_usd, metered=metered)
             if reservation is not None:
                 return reservation
             if self.ledger.open_reservations == 0:
-                return None
-            await self._changed.wait()
+                return self.window_full(amount_usd, metered=metered)
+            timeout = math.inf
+            if self.window_end is not None:
+                timeout = max(0.0, (self.window_end - self._clock()).total_seconds()) + 0.01
+            with anyio.move_on_after(timeout):
+                await self._changed.wait()
 
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
         """Settle `reservation` with the real cost and wake anyone waiting to reserve."""
@@ -106,9 +187,10 @@ class SharedBudget:
         self._notify()
         self.replan()
 
-    def charge(self, amount_usd: float) -> None:
-        """Charge money spent outside a reservation."""
-        self.ledger.charge(amount_usd)
+    def charge(self, amount_usd: float, window_usd: float | None = None) -> None:
+        """Charge money spent outside a reservation (`window_usd` of it in this window)."""
+        self.roll(notify=False)
+        self.ledger.charge(amount_usd, window_usd)
         self._notify()
         self.replan()
 
@@ -142,12 +224,12 @@ class SharedBudget:
         """Tell every meter when it must stop, given the money settled and live now."""
         if not self._meters:
             return
-        plans = plan_stops(
-            [m.view for m in self._meters],
-            self.ledger.spent_usd,
-            self.ledger.cap_usd,
-            anyio.current_time(),
+        ledger = self.ledger
+        # The meters may use what is left under the tighter of the two caps.
+        left = min(
+            ledger.cap_usd - ledger.spent_usd, ledger.window_cap_usd - ledger.window_spent_usd
         )
+        plans = plan_stops([m.view for m in self._meters], 0.0, left, anyio.current_time())
         for meter, plan in zip(list(self._meters), plans, strict=True):
             meter.on_plan(plan)
 
@@ -164,5 +246,15 @@ class SharedBudget:
 
     @property
     def cap_usd(self) -> float:
-        """The shared cap."""
+        """The shared lifetime cap."""
         return self.ledger.cap_usd
+
+    @property
+    def pooled_rate(self) -> float:
+        """The fleet's rate of closing headroom per iteration (policy/allocation.py)."""
+        return pooled_rate(self.rates.values())
+
+    @property
+    def window_spent_usd(self) -> float:
+        """Money charged to the current window (0 without a window)."""
+        return self.ledger.window_spent_usd if self.window is not None else 0.0

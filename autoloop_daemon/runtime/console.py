@@ -60,6 +60,8 @@ class Console:
                 self._finished(event)
             case ev.CoolingDown():
                 self._echo(f"  Cooling down {event.seconds / 60:.1f}m (next: {event.next_run_at})")
+            case ev.WaitingBudget():
+                self._echo(f"  Budget window spent: waiting until {event.reset_at}")
             case ev.ScheduledExit():
                 self._echo("  Scheduled mode: exiting after single iteration")
             case ev.ShutdownRequested() if event.reason == "SIGINT":

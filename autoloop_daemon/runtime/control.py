@@ -58,14 +58,24 @@ def status_payload(snap: FleetSnapshot, now: float | None = None) -> dict[str, A
 
 
 def budget_payload(snap: FleetSnapshot) -> dict[str, Any]:
-    """`GET /api/budget`: spent, reserved, cap and what remains (null without a cap)."""
+    """`GET /api/budget`: spent, reserved, cap and what remains (null without a cap); with a
+    budget window, also the window, its spending, its cap and when the next one opens."""
     b = snap.budget
-    return {
+    payload: dict[str, Any] = {
         "spent_usd": b.spent_usd,
         "reserved_usd": b.reserved_usd,
         "cap_usd": b.cap_usd,
         "remaining_usd": None if b.cap_usd is None else round(max(0.0, b.cap_usd - b.spent_usd), 6),
     }
+    if b.window is not None:
+        payload.update(
+            window=b.window,
+            window_start=b.window_start,
+            window_resets_at=b.window_resets_at,
+            window_spent_usd=b.window_spent_usd,
+            window_cap_usd=b.window_cap_usd,
+        )
+    return payload
 
 
 def _error(status: int, message: str, target: str | None = None) -> JSONResponse:

@@ -184,12 +184,23 @@ class TargetStopped(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class WaitingBudget(Event):
+    """A target waits for the next budget window (its cap for this one is reached)."""
+
+    target: str
+    reset_at: str
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetChanged(Event):
     """Money was charged or the cap changed."""
 
     spent_usd: float
     reserved_usd: float
     cap_usd: float
+    window_start: str | None = None  # the budget window's start (ISO), if there is one
+    window_spent_usd: float = 0.0
+    window_cap_usd: float = float("inf")
 
 
 Subscriber = Callable[[Event], None]

@@ -192,6 +192,7 @@ class IterationSteps(TargetControls):
         self.last_entry = entry
         self.progress.add(entry)
         self.progress.apply_to(self.state)
+        self._note_rate()
         self.state.in_flight = None
         if result is not None and entry.status == RunStatus.FAILED:
             self.state.last_failure_trace = result.failure_trace or result.error

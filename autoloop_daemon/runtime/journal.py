@@ -55,6 +55,8 @@ def journal(event: ev.Event) -> None:
                 iterations_completed=event.iterations_completed,
                 total_cost_usd=event.total_cost_usd,
             )
+        case ev.WaitingBudget():
+            log.info("waiting_budget", target=event.target, resets_at=event.reset_at)
         case ev.TargetNotContinuing():
             log.info("target_not_continuing", target=event.target, status=event.status)
         case ev.CheckpointFailed():

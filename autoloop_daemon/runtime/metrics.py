@@ -22,6 +22,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.runtime import events as ev
 from autoloop_daemon.runtime.snapshot import FleetSnapshot
 from autoloop_daemon.vocab import TargetStatus
@@ -60,6 +61,7 @@ class _SnapshotCollector(Collector):
             )
             left.add_metric([], max(0.0, budget.cap_usd - budget.spent_usd))
             yield left
+        yield from _window_metrics(snap)
         status = GaugeMetricFamily(
             "autoloopd_target_status",
             "1 for the target's current status",
@@ -139,3 +141,30 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+
+def _window_metrics(snap: FleetSnapshot) -> Iterator[Metric]:
+    """The budget window's spending, cap and reset time (nothing without a window)."""
+    b = snap.budget
+    if b.window is None or b.window_cap_usd is None or b.window_spent_usd is None:
+        return
+    spent = GaugeMetricFamily(
+        "autoloopd_budget_window_spent_usd", "Money charged to the current budget window",
+        labels=["window"],
+    )  # fmt: skip
+    spent.add_metric([b.window], b.window_spent_usd)
+    yield spent
+    cap = GaugeMetricFamily(
+        "autoloopd_budget_window_cap_usd", "The cap per budget window", labels=["window"]
+    )
+    cap.add_metric([b.window], b.window_cap_usd)
+    yield cap
+    resets = parse_iso(b.window_resets_at)
+    if resets is not None:
+        reset = GaugeMetricFamily(
+            "autoloopd_budget_window_resets_timestamp_seconds",
+            "When the next budget window opens (Unix time)",
+            labels=["window"],
+        )
+        reset.add_metric([b.window], resets.timestamp())
+        yield reset

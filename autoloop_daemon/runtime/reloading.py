@@ -78,6 +78,7 @@ class Reloading(FleetCommands):
             )
         start = plan.start
         self._budget.set_cap(new.budget_cap_usd)
+        self._apply_window(new)
         self._slots.total_tokens = new.max_concurrent
         self._grace_s = new.grace_s
         added = []
@@ -94,3 +95,15 @@ class Reloading(FleetCommands):
             removed=tuple(sorted(plan.stop)),
             changed=tuple(sorted(plan.change)),
         )
+
+    def _apply_window(self, new: ReloadedConfig) -> None:
+        """A new cap per window applies at once; a new kind of window (whose spending would
+        have to be recounted from the logs) only after a restart."""
+        old = self._budget.window
+        if new.window is not None and old is not None and new.window.window == old.window:
+            if new.window.cap_usd != old.cap_usd:
+                self._budget.set_window(new.window)
+        elif new.window != old:
+            log.warning(
+                "reload_window_ignored", hint="a new [budget] window takes effect after a restart"
+            )

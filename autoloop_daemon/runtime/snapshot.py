@@ -45,6 +45,11 @@ class BudgetSnapshot:
     reserved_usd: float
     cap_usd: float | None  # None: no shared cap (the one-target form)
     retired_usd: float = 0.0  # spent by state roots no longer in the configuration
+    window: str | None = None  # `[budget] window` ("daily", "6h"...), None without one
+    window_start: str | None = None  # the current window (ISO UTC)
+    window_resets_at: str | None = None  # when the next window opens (ISO UTC)
+    window_spent_usd: float | None = None  # charged to the current window
+    window_cap_usd: float | None = None  # the cap per window (`max_cost_usd`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +74,12 @@ class FleetSnapshot:
 
     def status_line(self) -> str:
         """The one-line summary sent to systemd as STATUS=."""
-        return status_line(self.count_by_phase(), self.budget.spent_usd, self.budget.cap_usd)
+        b = self.budget
+        if b.window_cap_usd is not None and b.window_spent_usd is not None:
+            return status_line(
+                self.count_by_phase(), b.window_spent_usd, b.window_cap_usd, b.window
+            )
+        return status_line(self.count_by_phase(), b.spent_usd, b.cap_usd)
 
 
 def count_phases(phases: Iterable[str]) -> dict[str, int]:
@@ -82,13 +92,18 @@ def count_phases(phases: Iterable[str]) -> dict[str, int]:
     return counts
 
 
-def status_line(phases: dict[str, int], spent_usd: float, cap_usd: float | None) -> str:
-    """`2 running, 1 cooling down, 0 waiting, 3 stopped; $1.20 of $10.00 spent`."""
+def status_line(
+    phases: dict[str, int], spent_usd: float, cap_usd: float | None, window: str | None = None
+) -> str:
+    """`2 running, 1 cooling down, 0 waiting, 3 stopped; $1.20 of $10.00 spent` (with a
+    budget window: `... spent this daily window`)."""
     money = (
         f"${spent_usd:.2f} of ${cap_usd:.2f} spent"
         if cap_usd is not None and math.isfinite(cap_usd)
         else f"${spent_usd:.2f} spent"
     )
+    if window is not None:
+        money += f" this {window} window"
     failed = f", {phases['not_started']} failed to start" if phases["not_started"] else ""
     if sum(phases.values()) and phases["stopped"] == sum(phases.values()):
         return f"all targets stopped; {money}"

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import structlog
 
+from autoloop_daemon.clock import to_iso
 from autoloop_daemon.exceptions import (
     AutoloopError,
 )
@@ -81,7 +82,11 @@ class Supervisor(Reloading):
         runners = await self._prepare_all(self._initial)
         self._retired = await self._storage.spent_elsewhere(r.spec.state_root for r in runners)
         if self._retired:
-            self._budget.charge(sum(self._retired.values()))
+            start = self._budget.window_start
+            in_window = 0.0
+            if start is not None:
+                in_window = await self._storage.spent_since(self._retired, start)
+            self._budget.charge(sum(self._retired.values()), in_window)
             log.info(
                 "retired_spending_charged",
                 state_roots=len(self._retired),
@@ -125,13 +130,21 @@ class Supervisor(Reloading):
             r.runner.phase if r.runner is not None else "not_started"
             for r in self._records.values()
         )
-        return status_line(phases, self._budget.spent_usd, self._budget.cap_usd)
+        budget = self._budget
+        if budget.window is not None:
+            return status_line(
+                phases, budget.window_spent_usd, budget.window.cap_usd, budget.window.window.name
+            )
+        return status_line(phases, budget.spent_usd, budget.cap_usd)
 
     def snapshot(self) -> FleetSnapshot:
         """The daemon and every target now."""
         now = time.monotonic()
         targets = [self._target_snapshot(name, r, now) for name, r in sorted(self._records.items())]
         cap = self._budget.cap_usd
+        budget = self._budget
+        budget.roll()
+        window = budget.window
         return FleetSnapshot(
             pid=os.getpid(),
             started_at=self._started_at,
@@ -142,6 +155,11 @@ class Supervisor(Reloading):
                 reserved_usd=round(self._budget.ledger.reserved_usd, 6),
                 retired_usd=round(sum(self._retired.values()), 6),
                 cap_usd=cap if cap != float("inf") else None,
+                window=None if window is None else window.window.name,
+                window_start=None if budget.window_start is None else to_iso(budget.window_start),
+                window_resets_at=None if budget.window_end is None else to_iso(budget.window_end),
+                window_spent_usd=None if window is None else round(budget.window_spent_usd, 6),
+                window_cap_usd=None if window is None else window.cap_usd,
             ),
             targets=tuple(targets),
             queued=self._slots.statistics().tasks_waiting,

@@ -20,7 +20,8 @@ from autoloop_daemon.exceptions import (
 )
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.runtime import events as ev
-from autoloop_daemon.runtime.budget import SharedBudget
+from autoloop_daemon.runtime.admission import RankedSlots
+from autoloop_daemon.runtime.budget import BudgetWindow, SharedBudget
 from autoloop_daemon.runtime.target import TargetRunner
 from autoloop_daemon.storage.base import Storage
 from autoloop_daemon.vocab import TargetStatus
@@ -36,6 +37,7 @@ class ReloadedConfig:
     budget_cap_usd: float
     max_concurrent: int
     grace_s: float
+    window: BudgetWindow | None = None
 
 
 Reloader = Callable[[], ReloadedConfig]
@@ -86,11 +88,17 @@ class SupervisorBase:
         one_shot: bool = False,
         strict: bool = False,
         stay_up: bool = False,
+        window: BudgetWindow | None = None,
+        allocation: str = "fcfs",
     ) -> None:
         """Configure; nothing starts until `run()`.
 
         `stay_up` keeps the daemon running (idle, reloadable, controllable) after every
         target has stopped, until a shutdown request (`daemon.exit_when_idle`).
+
+        `budget_cap_usd` is the lifetime cap; `window` adds a cap per budget window.
+        `allocation` "gain_per_usd" hands concurrency slots out by estimated gain per
+        dollar (runtime/admission.py) instead of first come first served.
 
         `strict` makes a target that cannot start (locked, corrupt state) fail the whole run
         with its error (the one-target command line); otherwise it is reported and skipped.
@@ -103,8 +111,12 @@ class SupervisorBase:
         self._one_shot = one_shot
         self._strict = strict
         self._records: dict[str, TargetRecord] = {}
-        self._budget = SharedBudget(budget_cap_usd, on_change=self._budget_changed)
-        self._slots = anyio.CapacityLimiter(max_concurrent)
+        self._budget = SharedBudget(budget_cap_usd, on_change=self._budget_changed, window=window)
+        self._slots: anyio.CapacityLimiter | RankedSlots = (
+            RankedSlots(max_concurrent)
+            if allocation == "gain_per_usd"
+            else anyio.CapacityLimiter(max_concurrent)
+        )
         self._targets_tg: TaskGroup | None = None
         self._shutdown = _Shutdown()
         self._reload_lock = anyio.Lock()
@@ -173,12 +185,22 @@ class SupervisorBase:
 
     def _charge_prepared(self, record: TargetRecord, runner: TargetRunner) -> None:
         """Charge the budget what the target's log holds beyond what it already knows."""
-        self._budget.charge(max(0.0, runner.prepared_cost_usd - record.accounted_usd))
+        unknown = max(0.0, runner.prepared_cost_usd - record.accounted_usd)
+        self._budget.charge(unknown, min(unknown, runner.prepared_window_cost_usd))
         record.accounted_usd = max(record.accounted_usd, runner.prepared_cost_usd)
 
     def _budget_changed(self) -> None:
         ledger = self._budget.ledger
-        self.events.publish(ev.BudgetChanged(ledger.spent_usd, ledger.reserved_usd, ledger.cap_usd))
+        self.events.publish(
+            ev.BudgetChanged(
+                ledger.spent_usd,
+                ledger.reserved_usd,
+                ledger.cap_usd,
+                ledger.window,
+                ledger.window_spent_usd,
+                ledger.window_cap_usd,
+            )
+        )
 
     async def _run_target(self, runner: TargetRunner) -> None:
         name = runner.spec.name

@@ -18,10 +18,14 @@ import structlog
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
 from autoloop_daemon.exceptions import StateWriteError
 from autoloop_daemon.policy import cycle
-from autoloop_daemon.policy.budget import Reservation, estimate_cost
+from autoloop_daemon.policy.budget import Reservation
+from autoloop_daemon.policy.deadline import deadline_after
 from autoloop_daemon.policy.progress import Progress
-from autoloop_daemon.policy.stops import stop_reason
+from autoloop_daemon.policy.stops import goal_reason, stop_reason
+from autoloop_daemon.policy.windows import local_zone
 from autoloop_daemon.runtime import events as ev
+from autoloop_daemon.runtime.admission import RankedSlots
+from autoloop_daemon.runtime.budget import WindowFull
 from autoloop_daemon.runtime.iteration import IterationSteps
 from autoloop_daemon.vocab import (
     FINAL_STATUSES,
@@ -33,9 +37,6 @@ log = structlog.get_logger("autoloopd.target")
 
 T = TypeVar("T")
 
-# Reservation for a target's first iteration when it has no history and no estimate is
-# configured: ten minutes at the target's rate.
-FIRST_ESTIMATE_MINUTES = 10.0
 # Long waits are slept in slices so a changed wall clock (NTP, suspend) is noticed.
 MAX_SLEEP_SLICE_S = 60.0
 
@@ -65,7 +66,13 @@ class TargetRunner(IterationSteps):
     def _stop_reason(self) -> TargetStatus | None:
         if self.state.consecutive_errors >= self.spec.max_consecutive_errors:
             return TargetStatus.ERROR
-        reason = stop_reason(self.progress.view(), self.limits())
+        reason = stop_reason(self.progress.view(), self.limits()) or goal_reason(
+            self._goals(),
+            best=self.progress.best,
+            scored=len(self.progress.scores),
+            gain_per_usd=self.gain_per_usd,
+            now=now_utc(),
+        )
         return None if reason is None else TargetStatus(reason)
 
     def describe(self, status: str) -> str:
@@ -84,6 +91,8 @@ class TargetRunner(IterationSteps):
     async def _begin(self) -> str | None:
         """Announce the start; the status to finish with at once, or None to go on."""
         spec, limits = self.spec, self.limits()
+        if spec.deadline is not None:
+            self._deadline_at = deadline_after(spec.deadline, now_utc(), local_zone())
         self._events.publish(
             ev.TargetStarting(
                 spec.name, str(spec.path), spec.mode, limits.max_iterations, limits.max_cost_usd
@@ -124,25 +133,11 @@ class TargetRunner(IterationSteps):
             if delay > 0:
                 await self._wait(delay)
                 continue  # re-check everything after a wait
-            estimate = estimate_cost(
-                list(self.progress.recent_costs),
-                self.spec.estimated_cost_usd,
-                FIRST_ESTIMATE_MINUTES * self.spec.cost_per_minute_usd,
-                fleet_recent_usd=self._budget.recent_costs,
-                iteration_limit_usd=self.spec.max_iteration_cost_usd,
-            )
-            if self._dirty and not self._budget.ledger.fits(estimate):
-                await self._save()  # about to wait for the budget: checkpoint first
-            reservation = await self._interruptible(
-                self._budget.reserve(self.spec.name, estimate, metered=self._wall_time_priced())
-            )
-            if self._stop_requested:
-                if reservation is not None:
-                    self._budget.settle(reservation, 0.0)
+            ended = await self._turn()
+            if ended is not None:
+                return ended
+            if self._turn_skipped:
                 continue
-            if reservation is None:
-                return await self._finish(TargetStatus.STOPPED_BUDGET)
-            await self._with_slot(reservation)
             if self._cut_status is not None:
                 return await self._finish(self._cut_status)
             if self._one_shot and not self._stop_requested:
@@ -177,16 +172,68 @@ class TargetRunner(IterationSteps):
         return None
 
     async def _acquire_slot(self) -> bool:
-        await self._slots.acquire()
+        if isinstance(self._slots, RankedSlots):
+            await self._slots.acquire_ranked(self.gain_per_usd)
+        else:
+            await self._slots.acquire()
         return True
 
-    async def _with_slot(self, reservation: Reservation) -> None:
-        cost = 0.0
-        got_slot = False
+    async def _take_slot(self) -> bool:
+        """Wait for a concurrency slot (checkpointing first if it will wait); False when a
+        stop request ended the wait."""
+        if self._dirty and self._slots.available_tokens < 1:
+            await self._save()  # about to wait for a slot: checkpoint first
+        return bool(await self._interruptible(self._acquire_slot()))
+
+    async def _turn(self) -> str | None:
+        """Reserve the budget and take a slot, then run one iteration. Returns a status to
+        finish with, or None (`_turn_skipped` set when nothing ran: go round again).
+
+        First come first served reserves first, then waits for a slot (as always). With
+        ranked slots (`allocation = "gain_per_usd"`) the slot comes first, so that the
+        best-ranked target is also the next one to spend; it is given back before waiting
+        for the next budget window.
+        """
+        self._turn_skipped = True
+        ranked = isinstance(self._slots, RankedSlots)
+        held = False
         try:
-            if self._dirty and self._slots.available_tokens < 1:
-                await self._save()  # about to wait for a slot: checkpoint first
-            got_slot = bool(await self._interruptible(self._acquire_slot()))
+            if ranked:
+                held = await self._take_slot()
+                if not held or self._stop_requested:
+                    return None
+            estimate = self.next_estimate_usd()
+            if self._dirty and not self._budget.ledger.fits(estimate):
+                await self._save()  # about to wait for the budget: checkpoint first
+            reservation = await self._interruptible(
+                self._budget.reserve(self.spec.name, estimate, metered=self._wall_time_priced())
+            )
+            if self._stop_requested:
+                if isinstance(reservation, Reservation):
+                    self._budget.settle(reservation, 0.0)
+                return None
+            if reservation is None:
+                return await self._finish(TargetStatus.STOPPED_BUDGET)
+            if isinstance(reservation, WindowFull):
+                if held:
+                    held = False
+                    self._slots.release()
+                await self._wait_window(reservation)
+                return None
+            self._turn_skipped = False
+            held = False  # _with_slot gives it back
+            await self._with_slot(reservation, have_slot=ranked)
+            return None
+        finally:
+            if held:
+                self._slots.release()
+
+    async def _with_slot(self, reservation: Reservation, *, have_slot: bool = False) -> None:
+        cost = 0.0
+        got_slot = have_slot
+        try:
+            if not got_slot:
+                got_slot = await self._take_slot()
             if got_slot and not self._stop_requested:
                 cost = await self._iterate()
         finally:
@@ -241,6 +288,20 @@ class TargetRunner(IterationSteps):
             self._events.publish(ev.CoolingDown(self.spec.name, delay_s, next_run))
         log.debug("waiting", seconds=round(delay_s, 3), status=status)
         await self._interruptible(anyio.sleep(min(delay_s, MAX_SLEEP_SLICE_S)))
+
+    async def _wait_window(self, full: WindowFull) -> None:
+        """The budget window's cap is reached: wait (`waiting_budget`) until it ends."""
+        self.phase = "waiting"
+        reset_at = to_iso(full.reset_at)
+        if self.state.status != TargetStatus.WAITING_BUDGET or self._dirty:
+            self.state.status = TargetStatus.WAITING_BUDGET
+            self.state.next_run_at = reset_at
+            await self._save()
+        if self._announced_wait != reset_at:
+            self._announced_wait = reset_at
+            self._events.publish(ev.WaitingBudget(self.spec.name, reset_at))
+        delay = (full.reset_at - now_utc()).total_seconds()
+        await self._interruptible(anyio.sleep(min(max(0.0, delay) + 0.01, MAX_SLEEP_SLICE_S)))
 
     async def _finish(self, status: str, *, announce: bool = True) -> str:
         self.phase = "stopped"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -86,6 +87,11 @@ class Storage(Protocol):
     async def spent_elsewhere(self, active_roots: Iterable[Path]) -> dict[str, float]:
         """Money spent by targets the daemon runs no more (renamed, removed, moved), per
         state root: it stays charged to the shared budget."""
+        ...
+
+    async def spent_since(self, roots: Iterable[str], since: datetime) -> float:
+        """Money logged by the state roots `roots` (retired ones) for runs started at or
+        after `since`: their share of the current budget window."""
         ...
 
     async def remember(self, spent_by_root: Mapping[Path, float]) -> None:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 
 import anyio
 
+from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.exceptions import AutoloopError
 from autoloop_daemon.models import LogEntry, TargetSpec
+from autoloop_daemon.policy.windows import spent_in_window
 from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files import state_file as state_mod
@@ -144,6 +147,17 @@ def _spent_elsewhere(state_dir: Path, active: frozenset[str]) -> dict[str, float
     return spent
 
 
+def _spent_since(roots: Iterable[str], since: datetime) -> float:
+    total = 0.0
+    for root in roots:
+        try:
+            entries, _torn = artifacts.read_log(artifacts.log_path(Path(root)), repair=False)
+        except AutoloopError:
+            continue
+        total += spent_in_window(((parse_iso(e.started_at), e.cost_usd) for e in entries), since)
+    return total
+
+
 class FileStorage:
     """The files backend for a daemon whose targets live under `state_dir`.
 
@@ -164,6 +178,10 @@ class FileStorage:
             return {}
         active = frozenset(str(r) for r in active_roots)
         return await anyio.to_thread.run_sync(_spent_elsewhere, self._state_dir, active)
+
+    async def spent_since(self, roots: Iterable[str], since: datetime) -> float:
+        """What the logs of `roots` hold for runs started at or after `since`."""
+        return await anyio.to_thread.run_sync(_spent_since, tuple(roots), since)
 
     async def remember(self, spent_by_root: Mapping[Path, float]) -> None:
         """Add or update state roots in the registry (atomically; never forgets one)."""

@@ -1,0 +1,124 @@
+"""Concurrency slots handed out by priority (`[budget] allocation = "gain_per_usd"`).
+
+`RankedSlots` stands in for `anyio.CapacityLimiter`: a target asks for a slot with a rank
+(its estimated gain per dollar, read when a slot frees up, not when it started waiting);
+a freed slot goes to the waiter with the highest rank. Aging keeps any target from waiting
+for ever: a waiter passed over `MAX_PASSES` times goes first (oldest such waiter first).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+# Aging: a waiter passed over AGING_ROUNDS times the number of waiters (at least
+# MIN_PASSES times) goes first. In bench/policy.py a fixed 8 passes made the order nearly
+# first come first served (ratio 1.00 at 2x the fleet's cost); two rounds keep most of the
+# gain (1.14 at 2x, 1.12 at 4x on 40 worlds) while every waiter still gets its turn.
+AGING_ROUNDS = 2
+MIN_PASSES = 4
+
+
+@dataclass(slots=True)
+class _Waiter:
+    rank: Callable[[], float]
+    seq: int
+    event: anyio.Event = field(default_factory=anyio.Event)
+    passes: int = 0
+    granted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SlotStatistics:
+    """What `statistics()` reports (the field CapacityLimiter's statistics also have)."""
+
+    tasks_waiting: int
+
+
+class RankedSlots:
+    """At most `total_tokens` slots taken at once; freed ones go to the best-ranked waiter."""
+
+    def __init__(self, total_tokens: int, max_passes: int | None = None) -> None:
+        """`max_passes` fixes the aging limit (default: relative to the waiters). Nothing
+        here can block or fail."""
+        self._total = total_tokens
+        self._used = 0
+        self._max_passes = max_passes
+        self._waiters: list[_Waiter] = []
+        self._seq = itertools.count()
+
+    @property
+    def total_tokens(self) -> int:
+        """How many slots there are."""
+        return self._total
+
+    @total_tokens.setter
+    def total_tokens(self, value: int) -> None:
+        self._total = value
+        self._grant()
+
+    @property
+    def available_tokens(self) -> int:
+        """Slots free now."""
+        return max(0, self._total - self._used)
+
+    def statistics(self) -> SlotStatistics:
+        """How many wait for a slot."""
+        return SlotStatistics(len(self._waiters))
+
+    async def acquire(self) -> None:
+        """Take a slot with no particular rank (the lowest)."""
+        await self.acquire_ranked(lambda: float("-inf"))
+
+    async def acquire_ranked(self, rank: Callable[[], float]) -> None:
+        """Take a slot, waiting behind better-ranked targets; `rank` is read at each grant."""
+        if self._used < self._total and not self._waiters:
+            self._used += 1
+            await anyio.lowlevel.checkpoint()
+            return
+        waiter = _Waiter(rank, next(self._seq))
+        self._waiters.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.granted:  # cancelled just as the slot arrived: hand it on
+                self.release()
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back; the best-ranked waiter gets it."""
+        self._used = max(0, self._used - 1)
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self._used < self._total:
+            chosen = self._choose()
+            self._waiters.remove(chosen)
+            for other in self._waiters:
+                other.passes += 1
+            chosen.granted = True
+            self._used += 1
+            chosen.event.set()
+
+    def _choose(self) -> _Waiter:
+        limit = self._max_passes
+        if limit is None:
+            limit = max(MIN_PASSES, AGING_ROUNDS * len(self._waiters))
+        aged = [w for w in self._waiters if w.passes >= limit]
+        if aged:
+            return min(aged, key=lambda w: w.seq)
+        return max(self._waiters, key=lambda w: (_safe(w.rank), -w.seq))
+
+
+def _safe(rank: Callable[[], float]) -> float:
+    """A rank that cannot break the queue: NaN and errors rank lowest."""
+    try:
+        value = float(rank())
+    except Exception:
+        return float("-inf")
+    return value if value == value else float("-inf")

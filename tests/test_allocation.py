@@ -1,0 +1,213 @@
+"""Allocation and goals: the gain-per-dollar estimate, ranked concurrency slots (with
+aging), and the new stops (target score, low yield, deadline) with their one-target flags."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+
+from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.policy.allocation import (
+    RateEvidence,
+    closure,
+    gain_per_usd,
+    headroom,
+    pooled_rate,
+    shrunk_rate,
+)
+from autoloop_daemon.policy.deadline import check_deadline, deadline_after
+from autoloop_daemon.policy.stops import Goals, goal_reason
+from autoloop_daemon.runtime import events as ev
+from autoloop_daemon.runtime.admission import RankedSlots
+from autoloop_daemon.runtime.supervisor import Supervisor
+from autoloop_daemon.storage.files.store import FileStorage
+from autoloop_daemon.vocab import TargetStatus
+from tests.helpers.process import run_autoloopd
+
+
+def test_closure_counts_the_share_of_headroom_closed_by_the_best_so_far() -> None:
+    """0.5 -> 0.6 closes 0.1 of 0.47; a worse score closes nothing; one score is no step."""
+    assert closure([0.5]) == RateEvidence(0.0, 0)
+    ev_ = closure([0.5, 0.6, 0.55])
+    assert ev_.iterations == 2
+    assert ev_.closed == pytest.approx(0.1 / 0.47)
+
+
+def test_the_rate_is_shrunk_towards_the_pool_and_gain_is_per_dollar() -> None:
+    """A target with no history gets the pooled rate; gain scales with headroom / cost."""
+    pooled = pooled_rate([RateEvidence(1.0, 4), RateEvidence(0.0, 6)])
+    assert pooled == pytest.approx(0.1)
+    assert shrunk_rate(RateEvidence(0.0, 0), pooled) == pytest.approx(0.1)
+    cheap = gain_per_usd([0.5], 0.5, pooled)
+    dear = gain_per_usd([0.5], 1.0, pooled)
+    near_top = gain_per_usd([0.95], 0.5, pooled)
+    assert cheap == pytest.approx(2 * dear)
+    assert near_top < cheap
+
+
+def test_per_dimension_headroom_sees_lagging_dimensions() -> None:
+    """A weighted score near the top with a dimension far below 0.80 still has room."""
+    assert headroom(0.96) == pytest.approx(0.01)
+    assert headroom(0.96, {"a": 1.0, "b": 0.4}) == pytest.approx(0.2)
+
+
+def test_goal_reason_checks_target_score_then_yield_then_deadline() -> None:
+    """Each goal stops with its own status; the yield only after 3 scored iterations."""
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    kw = {"scored": 5, "gain_per_usd": lambda: 0.01, "now": now}
+    assert goal_reason(Goals(target_score=0.8), best=0.81, **kw) == "stopped_target_reached"
+    assert goal_reason(Goals(min_gain_per_usd=0.1), best=0.5, **kw) == "stopped_low_yield"
+    early = {**kw, "scored": 2}
+    assert goal_reason(Goals(min_gain_per_usd=0.1), best=0.5, **early) is None
+    past = Goals(deadline_at=now - timedelta(seconds=1))
+    assert goal_reason(past, best=0.5, **kw) == "stopped_deadline"
+    assert goal_reason(Goals(), best=0.99, **kw) is None
+
+
+def test_a_daily_deadline_is_the_next_such_time_after_the_start() -> None:
+    """ "18:00" after 19:00 is tomorrow's; an ISO timestamp is itself; junk is refused."""
+    start = datetime(2026, 12, 1, 19, 0, tzinfo=UTC)
+    assert deadline_after("18:00", start, UTC) == datetime(2026, 12, 2, 18, 0, tzinfo=UTC)
+    assert deadline_after("20:30", start, UTC) == datetime(2026, 12, 1, 20, 30, tzinfo=UTC)
+    stamp = "2026-12-01T10:00:00Z"
+    assert deadline_after(stamp, start, UTC) == datetime(2026, 12, 1, 10, tzinfo=UTC)
+    with pytest.raises(ValueError, match="HH:MM"):
+        check_deadline("tomorrow")
+
+
+@pytest.mark.anyio
+@pytest.mark.no_blocking
+async def test_ranked_slots_go_to_the_best_rank_and_aging_lets_everyone_through() -> None:
+    """With one slot held, waiters are served by rank (read when the slot frees up), and
+    a waiter passed over `max_passes` times goes first."""
+    slots = RankedSlots(1, max_passes=2)
+    await slots.acquire()
+    order: list[str] = []
+    ranks = {"low": 0.1, "mid": 0.5, "high": 0.9}
+
+    async def want(name: str) -> None:
+        await slots.acquire_ranked(lambda: ranks[name])
+        order.append(name)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for name in ranks:
+                tg.start_soon(want, name)
+            await anyio.wait_all_tasks_blocked()
+            assert slots.statistics().tasks_waiting == 3
+            ranks["mid"] = 1.0  # ranks are read at grant time
+            for _ in range(3):
+                slots.release()
+                await anyio.wait_all_tasks_blocked()
+    assert order == ["mid", "high", "low"]
+
+    # Aging: "low" is passed over twice, then goes before a better-ranked newcomer.
+    order.clear()
+    ranks.update(low=0.0, mid=0.5, high=0.9)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for name in ("low", "mid", "high"):
+                tg.start_soon(want, name)
+                await anyio.wait_all_tasks_blocked()
+            slots.release()  # high (low passed over once)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(want, "high")
+            await anyio.wait_all_tasks_blocked()
+            slots.release()  # high again (low passed over twice)
+            await anyio.wait_all_tasks_blocked()
+            for _ in range(2):
+                slots.release()
+                await anyio.wait_all_tasks_blocked()
+            slots.release()
+    assert order[:3] == ["high", "high", "low"]
+
+
+@pytest.mark.anyio
+async def test_gain_per_usd_allocation_runs_the_fleet_through_ranked_slots(
+    tmp_path: Path,
+) -> None:
+    """End to end in process: with allocation gain_per_usd and one slot, every target runs
+    to its own stop; the money stays within the shared cap."""
+    specs = []
+    for i, name in enumerate(("a", "b", "c")):
+        (tmp_path / name).mkdir()
+        specs.append(
+            TargetSpec(
+                name=name,
+                path=tmp_path / name,
+                state_root=tmp_path / "state" / name,
+                mode="continuous",
+                cooldown_minutes=0.0,
+                max_iterations=4,
+                dry_run=True,
+                seed=i,
+                simulated_seconds=0.0,
+                plateau_window=0,
+                oscillation_window=0,
+                max_iteration_cost_usd=0.25,
+            )
+        )
+    events: list[ev.Event] = []
+    sup = Supervisor(
+        specs, storage=FileStorage(tmp_path / "state"), budget_cap_usd=2.0,
+        max_concurrent=1, grace_s=5.0, allocation="gain_per_usd",
+    )  # fmt: skip
+    sup.events.subscribe(events.append)
+    with anyio.fail_after(30):
+        assert await sup.run() == 0
+    stops = {e.target: e.status for e in events if isinstance(e, ev.TargetStopped)}
+    assert set(stops) == {"a", "b", "c"}
+    assert set(stops.values()) <= {TargetStatus.STOPPED_MAX_ITER, TargetStatus.STOPPED_BUDGET}
+    assert sup.snapshot().budget.spent_usd <= 2.0 + 1e-9
+
+
+def _state(root: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads((root / "autoloop_state.json").read_text())
+    return data
+
+
+@pytest.mark.parametrize(
+    ("flags", "status"),
+    [
+        (["--target-score", "0.01"], "stopped_target_reached"),
+        (["--min-gain-per-usd", "1000000"], "stopped_low_yield"),
+        (["--deadline", "2000-01-01T00:00:00Z"], "stopped_deadline"),
+    ],
+)
+def test_one_target_flags_stop_with_their_status(
+    tmp_path: Path, flags: list[str], status: str
+) -> None:
+    """--target-score, --min-gain-per-usd and --deadline stop the one-target form."""
+    target, root = tmp_path / "skill", tmp_path / "state"
+    target.mkdir()
+    args = ["--target", str(target), "--state-root", str(root), "--dry-run"]
+    args += ["--simulated-seconds", "0", "--max-iterations", "10", "--plateau-window", "50"]
+    args += ["--oscillation-window", "0", "--mode", "continuous", "--cooldown-minutes", "0"]
+    args += ["--max-cost", "100", *flags]
+    done = run_autoloopd(args, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = _state(root)
+    assert state["status"] == status
+    completed = state["iterations_completed"]
+    assert isinstance(completed, int)
+    if status == "stopped_low_yield":
+        assert completed == 3  # checked once 3 scored iterations exist
+    elif status == "stopped_target_reached":
+        assert completed == 1
+    else:
+        assert completed == 0
+    assert math.isfinite(float(str(state["total_cost_usd"])))
+
+
+def test_a_bad_deadline_flag_is_a_usage_error(tmp_path: Path) -> None:
+    """--deadline that is neither HH:MM nor a timestamp exits 2 naming the flag."""
+    done = run_autoloopd(
+        ["--target", str(tmp_path), "--state-root", str(tmp_path / "s"), "--deadline", "soon"]
+    )
+    assert done.returncode == 2
+    assert "--deadline" in done.stderr
