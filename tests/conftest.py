@@ -10,6 +10,7 @@ import pytest
 from blockbuster import BlockBuster
 
 from tests.helpers.blocking import no_blocking
+from tests.helpers.cluster import fresh_database
 from tests.helpers.process import kill_leftovers
 
 
@@ -45,3 +46,9 @@ def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
     tmp_path = request.getfixturevalue("tmp_path") if uses_tmp_path else None
     yield
     kill_leftovers(None if tmp_path is None else str(tmp_path))
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for the test (skips without AUTOLOOPD_TEST_DSN)."""
+    yield from fresh_database()
