@@ -6,6 +6,7 @@ Three forms:
   autoloopd status (--config FILE | --state-root DIR) [--json]
   autoloopd ctl (--config FILE | --socket PATH) VERB [TARGET] [options]
   autoloopd report (--config FILE | --state-root DIR) --output FILE [--format html|md]
+  autoloopd db (init | migrate | --check) [--config FILE]   the cluster database's schema
 """
 
 from __future__ import annotations
@@ -362,6 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from autoloop_daemon.cli.ctl import main as ctl_main
 
         return ctl_main(argv[1:])
+    if argv and argv[0] == "db":
+        from autoloop_daemon.cli.db import main as db_main
+
+        return db_main(argv[1:])
     if argv and argv[0] == "report":
         from autoloop_daemon.report.cli import main as report_main
 

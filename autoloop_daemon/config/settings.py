@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from autoloop_daemon.config.alerts import AlertSettings
+from autoloop_daemon.config.cluster import ClusterSettings
 from autoloop_daemon.vocab import Mode
 
 ENV_PREFIX = "AUTOLOOPD_"
@@ -192,6 +193,7 @@ class _FileSettings(BaseSettings):
     defaults: _TargetKeys = _TargetKeys()
     targets: list[_TargetTable] = []
     alerts: list[AlertSettings] = []
+    cluster: ClusterSettings = ClusterSettings()
 
 
 def validate_cron(expr: str) -> str | None:

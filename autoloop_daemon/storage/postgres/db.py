@@ -47,6 +47,17 @@ class Database:
     async def open(self) -> None:
         """Open the pool and wait for one connection (ClusterError if none within timeout)."""
         pool_mod = _require_psycopg()
+        import psycopg
+
+        try:  # one plain connection first: fails fast, with the server's own reason
+            with anyio.CancelScope(shield=True), anyio.fail_after(self.timeout_s + 1):
+                probe = await psycopg.AsyncConnection.connect(
+                    self.dsn, connect_timeout=max(1, int(self.timeout_s))
+                )
+                await probe.close()
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ClusterError(f"cannot connect to the cluster database: {reason}") from exc
         pool = pool_mod.AsyncConnectionPool(
             self.dsn, min_size=1, max_size=self._max_size, open=False, timeout=self.timeout_s
         )
