@@ -15,6 +15,7 @@ from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.storage.postgres import leases
 from autoloop_daemon.storage.postgres.budget import ClusterBudget, FencedError
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
+from autoloop_daemon.storage.postgres.keeper import LeaseKeeper
 from autoloop_daemon.storage.postgres.schema import SCHEMA_VERSION, check, migrate
 from autoloop_daemon.storage.postgres.store import (
     FencedWriteError,
@@ -22,6 +23,7 @@ from autoloop_daemon.storage.postgres.store import (
     cluster_log,
     push_entry,
 )
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -190,3 +192,22 @@ async def test_a_push_that_fails_waits_and_goes_out_with_the_next_record(
     await store.record(_entry(3), None, None)
     assert [e.iteration for e in await cluster_log(db, "t")] == [1, 2, 3]
     store.close()
+
+
+async def test_the_keeper_renews_notices_a_lost_lease_and_self_fences(db: Database) -> None:
+    await leases.register(db, ["t1", "t2"])
+    lost: list[str] = []
+    keeper = LeaseKeeper(db, "a", lease_s=1.5, renew_s=0.1, deadline_s=0.6, on_lost=lost.append)
+    assert len(await keeper.claim(["t1", "t2"])) == 2
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(keeper.run)
+        await anyio.sleep(2.0)  # longer than the lease: renewals keep it
+        assert sorted(keeper.held) == ["t1", "t2"] and lost == []
+        # another host took t1 (as a takeover would): the next renewal notices
+        await _sql(db, "UPDATE targets SET lease_holder = 'b', fencing_token = 9 WHERE name = 't1'")
+        await wait_until(lambda: lost == ["t1"])
+        await db.close()  # the database is gone: past the deadline, the host gives up t2
+        await wait_until(lambda: lost == ["t1", "t2"])
+        assert not keeper.fresh and keeper.held == {}
+        tg.cancel_scope.cancel()
+    await db.open()
