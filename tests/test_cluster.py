@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
+from autoloop_daemon.exceptions import StateLockedError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.storage.postgres import leases
 from autoloop_daemon.storage.postgres.budget import ClusterBudget, FencedError
@@ -211,3 +212,55 @@ async def test_the_keeper_renews_notices_a_lost_lease_and_self_fences(db: Databa
         assert not keeper.fresh and keeper.held == {}
         tg.cancel_scope.cancel()
     await db.open()
+
+
+async def test_a_moved_lease_brings_the_history_and_a_fenced_journal_is_kept_aside(
+    db: Database, tmp_path: Path
+) -> None:
+    def spec(host: str) -> TargetSpec:
+        return TargetSpec(name="t", path=tmp_path, state_root=tmp_path / host / "t")
+
+    a = PostgresStorage(db, "a", tmp_path / "a").target(spec("a"))
+    await a.open()
+    await a.record(_entry(1), "h1", None)
+    await a.record(_entry(2), "h2", None)
+    a.close()  # host a freezes: its lease expires without a release
+    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    b = PostgresStorage(db, "b", tmp_path / "b").target(spec("b"))
+    recovered = await b.open()
+    assert recovered.state.iterations_completed == 2  # continues where the cluster is
+    assert [e.iteration for e in await b.read_log()] == [1, 2]
+    await b.record(_entry(3, cost=0.2), "h3", None)
+    # host a wakes up and writes its own iteration 3: journaled, refused by the cluster
+    a2 = PostgresStorage(db, "a", tmp_path / "a").target(spec("a"))
+    with pytest.raises(StateLockedError):
+        await a2.open()
+    b.close()
+    await b.release()
+    recovered = await a2.open()
+    assert recovered.state.iterations_completed == 3
+    assert await a2.read_log() == await cluster_log(db, "t")
+    a2.close()
+
+
+async def test_a_fenced_local_run_is_replaced_by_the_clusters_and_kept_aside(
+    db: Database, tmp_path: Path
+) -> None:
+    spec = TargetSpec(name="t", path=tmp_path, state_root=tmp_path / "a" / "t")
+    a = PostgresStorage(db, "a", tmp_path / "a").target(spec)
+    await a.open()
+    await a.record(_entry(1), None, None)
+    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    (b,) = await leases.claim(db, "b", ["t"], 30)
+    await push_entry(db, b, _entry(2, cost=0.4), None)
+    with pytest.raises(FencedWriteError):
+        await a.record(_entry(2), None, None)  # a's own run 2: kept in its journal only
+    a.close()
+    await leases.release(db, b)
+    again = PostgresStorage(db, "a", tmp_path / "a").target(spec)
+    recovered = await again.open()
+    assert await again.read_log() == [_entry(1), _entry(2, cost=0.4)]
+    assert recovered.state.total_cost_usd == pytest.approx(0.5)
+    kept = tmp_path / "a" / "t" / "iteration_log.fenced-1.jsonl"
+    assert kept.read_text().count("\n") == 2
+    again.close()

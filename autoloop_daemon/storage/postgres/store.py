@@ -7,8 +7,9 @@ idempotent on (target, iteration), so a retry after a lost commit acknowledgemen
 no-op, and refused when the fencing token is no longer the target's (a late write from a
 host whose lease moved). Entries that could not be pushed wait in order and are pushed by
 the next `record`, `push_pending` or `open`. `open` claims the target's lease (another live
-holder: StateLockedError), recovers the local files and pushes the local entries the
-database lacks (the first claim of an existing state root imports its log).
+holder: StateLockedError), recovers the local files and brings them and the cluster's log
+together (sync.py: the first claim of an existing state root imports its log; a lease that
+moved here brings the other host's iterations).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 import structlog
 
 from autoloop_daemon.exceptions import StateLockedError, StateWriteError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files.store import FileStorage, FileTargetStore
-from autoloop_daemon.storage.postgres import leases
+from autoloop_daemon.storage.postgres import leases, sync
 from autoloop_daemon.storage.postgres.budget import money
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.target_state import TargetState
@@ -114,7 +116,8 @@ class PostgresTargetStore:
         return f"{self._local.location} (cluster row targets/{self._spec.name})"
 
     async def open(self) -> Recovered:
-        """Claim the lease, recover the local journal, push what the database lacks."""
+        """Claim the lease, recover the local journal and bring it and the cluster's log
+        together (sync.py): push what the database lacks, take what the journal lacks."""
         db, host = self._storage.db, self._storage.host_id
         await leases.register(db, [self._spec.name])
         got = await leases.claim(db, host, [self._spec.name], self._storage.lease_s)
@@ -123,10 +126,16 @@ class PostgresTargetStore:
             raise StateLockedError(f"{self._spec.name}: leased by host {holder} in the cluster")
         self.lease = got[0]
         recovered = await self._local.open()
-        known = {e.iteration for e in await cluster_log(db, self._spec.name)}
-        self._pending = [
-            (e, None) for e in await self._local.read_log() if e.iteration not in known
-        ]
+        cluster = await cluster_log(db, self._spec.name)
+        plan = sync.plan(await self._local.read_log(), cluster)
+        if plan.append or plan.replace:
+            root = self._spec.state_root
+            kept = await anyio.to_thread.run_sync(sync.apply_locally, root, plan, cluster)
+            log.info("cluster_journal_synced", target=self._spec.name, added=len(plan.append),
+                     fenced_journal_kept=None if kept is None else str(kept))  # fmt: skip
+            self._local.close()
+            recovered = await self._local.open()  # the state follows the completed log
+        self._pending = [(e, None) for e in plan.push]
         await self.push_pending()
         return recovered
 
