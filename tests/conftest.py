@@ -4,13 +4,14 @@ running."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 from blockbuster import BlockBuster
 
 from tests.helpers.blocking import no_blocking
-from tests.helpers.cluster import fresh_database
+from tests.helpers.cluster import DSN_VAR, NO_DSN, fresh_database
 from tests.helpers.process import kill_leftovers
 
 
@@ -52,3 +53,10 @@ def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
 def pg_dsn() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for the test (skips without AUTOLOOPD_TEST_DSN)."""
     yield from fresh_database()
+
+
+def pytest_report_header() -> str:
+    """Say up front whether the cluster tests run (a skipped suite must not look passed)."""
+    if os.environ.get(DSN_VAR):
+        return f"cluster tests: on the PostgreSQL of {DSN_VAR}"
+    return f"cluster tests: SKIPPED, {NO_DSN}"
