@@ -1,5 +1,5 @@
-"""The storage contract: what every backend (storage/base.py) must do, one suite run
-against each (files; PostgreSQL when AUTOLOOPD_TEST_DSN names a server)."""
+"""The storage contract for the cluster backend: each case runs against files and against
+PostgreSQL (when AUTOLOOPD_TEST_DSN names a server), two owners of one storage apart."""
 
 from __future__ import annotations
 
