@@ -4,6 +4,7 @@ running."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from blockbuster import BlockBuster
 
 from autoloop_daemon.runtime.logs import configure_logging
 from tests.helpers.blocking import no_blocking
+from tests.helpers.cluster import DSN_VAR, NO_DSN, fresh_database
 from tests.helpers.process import kill_leftovers
 
 
@@ -59,3 +61,16 @@ def captured() -> Iterator[list[dict[str, Any]]]:
             yield logs
     finally:
         structlog.reset_defaults()
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for the test (skips without AUTOLOOPD_TEST_DSN)."""
+    yield from fresh_database()
+
+
+def pytest_report_header() -> str:
+    """Say up front whether the cluster tests run (a skipped suite must not look passed)."""
+    if os.environ.get(DSN_VAR):
+        return f"cluster tests: on the PostgreSQL of {DSN_VAR}"
+    return f"cluster tests: SKIPPED, {NO_DSN}"

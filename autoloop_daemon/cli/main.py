@@ -6,6 +6,7 @@ Three forms:
   autoloopd status (--config FILE | --state-root DIR) [--json]
   autoloopd ctl (--config FILE | --socket PATH) VERB [TARGET] [options]
   autoloopd report (--config FILE | --state-root DIR) --output FILE [--format html|md]
+  autoloopd db (init | migrate | --check) [--config FILE]   the cluster database's schema
 """
 
 from __future__ import annotations
@@ -363,6 +364,14 @@ def _run_daemon(args: argparse.Namespace) -> int:
                 _error(f"{cfg.path}: {problem}")
             return EXIT_CONFIG
         return EXIT_OK
+    if cfg.cluster.dsn is not None:
+        # Honest until the supervisor claims targets through storage/postgres/: running this
+        # host alone while the config says "cluster" would split one budget in two.
+        raise ConfigError(
+            f"{cfg.path}: cluster.dsn: the daemon does not run targets in cluster mode yet "
+            "(only `autoloopd db init|migrate|--check` use [cluster]); remove cluster.dsn "
+            "to run on this host's files"
+        )
     configure_logging(
         args.log_format or cfg.daemon.log_format, args.log_level or cfg.daemon.log_level
     )
@@ -397,6 +406,7 @@ SUBCOMMANDS = {
     "status": "autoloop_daemon.cli.status",
     "ctl": "autoloop_daemon.cli.ctl",
     "report": "autoloop_daemon.report.cli",
+    "db": "autoloop_daemon.cli.db",
 }
 
 

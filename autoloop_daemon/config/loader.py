@@ -26,7 +26,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from pydantic_settings import (
 )
 
 from autoloop_daemon.config.alerts import AlertSettings
+from autoloop_daemon.config.cluster import ClusterSettings
 from autoloop_daemon.config.control import check_control
 from autoloop_daemon.config.environment import _bind
 from autoloop_daemon.config.errors import _render_errors
@@ -72,6 +73,7 @@ class AppConfig:
     budget: BudgetSettings
     targets: tuple[TargetSpec, ...]
     alerts: tuple[AlertSettings, ...] = ()
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AppConfig:
@@ -126,6 +128,7 @@ def _load(path: Path, shown: str, env: Mapping[str, str]) -> AppConfig:
         budget=settings.budget,
         targets=targets,
         alerts=tuple(settings.alerts),
+        cluster=settings.cluster,
     )
 
 

@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from autoloop_daemon.config.alerts import AlertSettings
+from autoloop_daemon.config.cluster import ClusterSettings
 from autoloop_daemon.policy.deadline import check_deadline
 from autoloop_daemon.policy.windows import BudgetWindow, load_zone, parse_window
 from autoloop_daemon.vocab import Mode
@@ -225,6 +226,7 @@ class _FileSettings(BaseSettings):
     defaults: _TargetKeys = _TargetKeys()
     targets: list[_TargetTable] = []
     alerts: list[AlertSettings] = []
+    cluster: ClusterSettings = ClusterSettings()
 
 
 def validate_cron(expr: str) -> str | None:

@@ -11,4 +11,3 @@ def next_tick(expression: str, after: datetime) -> datetime:
     """The first tick of `expression` strictly after `after` (timezone-aware in, UTC out)."""
     moment = next(iter(CronSim(expression, after)))
     return moment
-

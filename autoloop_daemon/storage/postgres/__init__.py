@@ -1,0 +1,1 @@
+"""The PostgreSQL backend (cluster mode): several hosts, one database, one budget."""

@@ -1,0 +1,224 @@
+"""One budget for every host: reservations and settlement as transactions on the budget row.
+
+Each reserve and settle locks the budget row (`SELECT ... FOR UPDATE`), so the check
+"spent + reserved + estimate <= cap" and the booking are one step for all hosts together:
+the cap holds for any number of hosts (reading the row without the lock overspent in the
+measurements of the design notes). A reservation is made under a lease (its fencing token
+must still be the target's); settling is idempotent (a retry after a lost commit
+acknowledgement changes nothing) and a settlement under a stale token books only the real
+cost, replacing what the claim charged when it expired the reservation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import partial
+from typing import Any, Literal
+
+import anyio
+
+from autoloop_daemon.policy.budget import Reservation
+from autoloop_daemon.storage.postgres.db import Database
+from autoloop_daemon.storage.postgres.leases import Lease
+
+POLL_S = 0.2  # waiting for other hosts' reservations to settle (no notification is relied on)
+_EPSILON = Decimal("0.000000001")
+
+Settled = Literal["settled", "duplicate", "late"]
+
+
+def money(value: float) -> Decimal:
+    """A float amount as the exact decimal of its shortest repr (what the user sees)."""
+    return Decimal(repr(float(value)))
+
+
+@dataclass(slots=True)
+class ClusterReservation(Reservation):
+    """A reservation row: its id, and the lease it was made under."""
+
+    id: int = 0
+    token: int = 0
+
+
+class FencedError(Exception):
+    """The lease was lost: this host may not start an iteration of the target."""
+
+
+class ClusterBudget:
+    """The budget row `budget_id`, shared by every host (SharedBudget's operations, async)."""
+
+    def __init__(self, db: Database, budget_id: str = "default") -> None:
+        """Bind to the row; `ensure` creates it."""
+        self._db = db
+        self.budget_id = budget_id
+
+    async def ensure(self, cap_usd: float) -> None:
+        """Create the budget row with `cap_usd` if absent (an existing cap is kept)."""
+
+        async def work(conn: Any) -> None:
+            await conn.execute(
+                "INSERT INTO budgets (id, cap_usd) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (self.budget_id, money(cap_usd)),
+            )
+
+        await self._db.run(work)
+
+    async def reserve(
+        self,
+        lease: Lease,
+        iteration: int,
+        amount_usd: float,
+        *,
+        metered: bool = False,
+        rate_usd_per_s: float = 0.0,
+    ) -> ClusterReservation | None:
+        """Reserve `amount_usd` for `iteration` of the lease's target, waiting while other
+        reservations are open; None when it cannot fit even with none open. A retry for the
+        same (target, iteration) returns the reservation already made. FencedError when the
+        lease is no longer this host's."""
+        while True:
+            result = await self._db.run(
+                partial(
+                    self._try_reserve,
+                    lease=lease,
+                    iteration=iteration,
+                    amount_usd=amount_usd,
+                    metered=metered,
+                    rate=rate_usd_per_s,
+                )
+            )
+            if isinstance(result, ClusterReservation):
+                return result
+            if result == "never":
+                return None
+            await anyio.sleep(POLL_S)
+
+    async def _try_reserve(
+        self,
+        conn: Any,
+        *,
+        lease: Lease,
+        iteration: int,
+        amount_usd: float,
+        metered: bool,
+        rate: float,
+    ) -> ClusterReservation | str:
+        cur = await conn.execute(  # target row first, then the budget row: one lock order
+            """SELECT 1 FROM targets WHERE name = %s AND lease_holder = %s
+               AND fencing_token = %s AND lease_expires_at > now() FOR UPDATE""",
+            (lease.target, lease.host, lease.token),
+        )
+        if await cur.fetchone() is None:
+            raise FencedError(f"lease on {lease.target} lost (token {lease.token})")
+        cur = await conn.execute(
+            "SELECT id, amount_usd FROM reservations WHERE target = %s AND iteration = %s",
+            (lease.target, iteration),
+        )
+        existing = await cur.fetchone()
+        if existing is not None:
+            return ClusterReservation(
+                lease.target, float(existing[1]), id=existing[0], token=lease.token
+            )
+        cur = await conn.execute(
+            "SELECT cap_usd - spent_usd - reserved_usd FROM budgets WHERE id = %s FOR UPDATE",
+            (self.budget_id,),
+        )
+        (available,) = await cur.fetchone()
+        amount = money(amount_usd)
+        if metered and amount > available + _EPSILON and available > _EPSILON:
+            amount = available
+        if amount > available + _EPSILON:
+            cur = await conn.execute(
+                "SELECT count(*) FROM reservations WHERE budget = %s AND state = 'open'",
+                (self.budget_id,),
+            )
+            (open_count,) = await cur.fetchone()
+            return "wait" if open_count else "never"
+        cur = await conn.execute(
+            """INSERT INTO reservations
+                   (budget, target, iteration, fencing_token, host, amount_usd, rate_usd_per_s)
+               VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+            (self.budget_id, lease.target, iteration, lease.token, lease.host, amount, money(rate)),
+        )
+        (rid,) = await cur.fetchone()
+        await conn.execute(
+            "UPDATE budgets SET reserved_usd = reserved_usd + %s WHERE id = %s",
+            (amount, self.budget_id),
+        )
+        return ClusterReservation(lease.target, float(amount), id=rid, token=lease.token)
+
+    async def settle(self, reservation: ClusterReservation, actual_usd: float) -> Settled:
+        """Book the real cost: `settled`; `duplicate` for a retry of a settlement already
+        made (nothing changes); `late` when the claim of another host had expired it (its
+        expiry charge is replaced by the real cost)."""
+
+        async def work(conn: Any) -> Settled:
+            cur = await conn.execute(  # reservation, then budget: the claim's lock order
+                "SELECT state, amount_usd, charged_usd FROM reservations WHERE id = %s FOR UPDATE",
+                (reservation.id,),
+            )
+            state, amount, charged = await cur.fetchone()
+            await conn.execute("SELECT 1 FROM budgets WHERE id = %s FOR UPDATE", (self.budget_id,))
+            actual = money(actual_usd)
+            if state in ("settled", "late_settled"):
+                return "duplicate"
+            if state == "open":
+                await conn.execute(
+                    """UPDATE budgets SET spent_usd = spent_usd + %s,
+                              reserved_usd = reserved_usd - %s WHERE id = %s""",
+                    (actual, amount, self.budget_id),
+                )
+                new_state: str = "settled"
+            else:  # expired by a takeover: it was charged then; book the real cost instead
+                await conn.execute(
+                    "UPDATE budgets SET spent_usd = spent_usd + %s WHERE id = %s",
+                    (actual - charged, self.budget_id),
+                )
+                new_state = "late_settled"
+            await conn.execute(
+                "UPDATE reservations SET state = %s, charged_usd = %s WHERE id = %s",
+                (new_state, actual, reservation.id),
+            )
+            reservation.settled = True
+            return "settled" if new_state == "settled" else "late"
+
+        return await self._db.run(work)
+
+    async def charge(self, amount_usd: float, reason: str) -> None:
+        """Book money spent outside a reservation."""
+
+        async def work(conn: Any) -> None:
+            await conn.execute(
+                "INSERT INTO charges (budget, amount_usd, reason) VALUES (%s, %s, %s)",
+                (self.budget_id, money(amount_usd), reason),
+            )
+            await conn.execute(
+                "UPDATE budgets SET spent_usd = spent_usd + %s WHERE id = %s",
+                (money(amount_usd), self.budget_id),
+            )
+
+        await self._db.run(work)
+
+    async def set_cap(self, cap_usd: float) -> None:
+        """Apply a new cap (open reservations are kept)."""
+
+        async def work(conn: Any) -> None:
+            await conn.execute(
+                "UPDATE budgets SET cap_usd = %s WHERE id = %s", (money(cap_usd), self.budget_id)
+            )
+
+        await self._db.run(work)
+
+    async def totals(self) -> tuple[Decimal, Decimal, Decimal]:
+        """(cap, spent, reserved), exact."""
+
+        async def work(conn: Any) -> tuple[Decimal, Decimal, Decimal]:
+            cur = await conn.execute(
+                "SELECT cap_usd, spent_usd, reserved_usd FROM budgets WHERE id = %s",
+                (self.budget_id,),
+            )
+            row = await cur.fetchone()
+            return row[0], row[1], row[2]
+
+        return await self._db.run(work)

@@ -1,0 +1,111 @@
+"""Keeping a host's leases: renew them on time, and give them up before they can move.
+
+`LeaseKeeper.run` renews every held lease every `renew_s` in one statement. A lease missing
+from the answer was lost (another host took it): `on_lost(target)` is called at once and the
+caller stops that target's run. When renewals fail (database unreachable), the keeper
+counts from when the last successful renewal was *sent*, on CLOCK_BOOTTIME (it keeps
+counting through a suspend, unlike the monotonic clock): past `deadline_s` every lease is
+given up through `on_lost` (self-fencing), so the runs stop before the database's expiry
+lets another host start them. Constraint: deadline + the runs' stop grace < lease.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import anyio
+import structlog
+
+from autoloop_daemon.storage.postgres import leases
+from autoloop_daemon.storage.postgres.db import ClusterError, Database
+
+log = structlog.get_logger("autoloopd.cluster")
+
+
+def boottime() -> float:
+    """Seconds on a clock that counts suspend time (PITFALLS)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+class LeaseKeeper:
+    """The leases one host holds, renewed by `run` (see the module docstring)."""
+
+    def __init__(
+        self,
+        db: Database,
+        host: str,
+        *,
+        lease_s: float,
+        renew_s: float,
+        on_lost: Callable[[str], None],
+        deadline_s: float | None = None,
+    ) -> None:
+        """`deadline_s` defaults to half the lease (room for the runs' stop grace)."""
+        self._db = db
+        self.host = host
+        self.lease_s = lease_s
+        self.renew_s = renew_s
+        self.deadline_s = lease_s / 2 if deadline_s is None else deadline_s
+        self._on_lost = on_lost
+        self.held: dict[str, leases.Lease] = {}
+        self._last_ok_sent = boottime()
+
+    @property
+    def fresh(self) -> bool:
+        """True while the leases are known good (a new run may start)."""
+        return boottime() - self._last_ok_sent < self.deadline_s
+
+    async def claim(self, names: Sequence[str], limit: int | None = None) -> list[leases.Lease]:
+        """Claim free or expired leases among `names` not held yet; the new ones."""
+        wanted = [n for n in names if n not in self.held]
+        if not wanted or (limit is not None and limit <= 0):
+            return []
+        sent, had_none = boottime(), not self.held
+        got = await leases.claim(self._db, self.host, wanted, self.lease_s, limit=limit)
+        for lease in got:
+            self.held[lease.target] = lease
+        if had_none:  # the new leases' clock starts now (held ones count from their renewal)
+            self._last_ok_sent = sent
+        return got
+
+    async def renew_once(self) -> None:
+        """One renewal round (what `run` repeats)."""
+        if not self.held:
+            self._last_ok_sent = boottime()
+            return
+        sent = boottime()
+        try:
+            kept = await leases.renew(self._db, list(self.held.values()), self.lease_s)
+        except ClusterError as exc:
+            if not self.fresh:
+                log.error("cluster_self_fence", host=self.host, held=sorted(self.held),
+                          error=str(exc))  # fmt: skip
+                self._lose(list(self.held))
+            return
+        self._last_ok_sent = sent
+        alive = {lease.target for lease in kept}
+        for lease in kept:
+            self.held[lease.target] = lease
+        self._lose([name for name in self.held if name not in alive])
+
+    def _lose(self, names: list[str]) -> None:
+        for name in names:
+            self.held.pop(name, None)
+            log.warning("cluster_lease_lost", host=self.host, target=name)
+            self._on_lost(name)
+
+    async def run(self) -> None:
+        """Renew every `renew_s` until cancelled."""
+        while True:
+            await self.renew_once()
+            await anyio.sleep(self.renew_s)
+
+    async def release_all(self) -> None:
+        """Give every lease up (graceful stop): other hosts take over without waiting."""
+        for lease in list(self.held.values()):
+            try:
+                await leases.release(self._db, lease)
+            except ClusterError as exc:
+                log.warning("cluster_release_failed", target=lease.target, error=str(exc))
+            self.held.pop(lease.target, None)

@@ -1,0 +1,154 @@
+"""Leases on targets: one host runs a target at a time, and a dead host's targets move.
+
+A lease is (holder, expiry on the database clock, fencing token). Claiming takes free or
+expired leases and bumps the token; in the same transaction, open reservations of earlier
+tokens are closed as `expired` and charged (elapsed time x rate, capped at the reservation:
+the old host may really have spent it). Renewing and releasing match holder and token, so a
+host whose lease moved cannot extend or drop the new holder's lease; a write under an old
+token is refused (store.py, budget.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from autoloop_daemon.storage.postgres.db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A held lease: write under `token` only."""
+
+    target: str
+    host: str
+    token: int
+    expires_at: datetime
+
+
+async def register(db: Database, names: Iterable[str]) -> None:
+    """Make sure every target has a row (idempotent)."""
+    rows = [(n,) for n in sorted(set(names))]
+
+    async def work(conn: Any) -> None:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO targets (name) VALUES (%s) ON CONFLICT DO NOTHING", rows
+            )
+
+    if rows:
+        await db.run(work)
+
+
+_EXPIRE_OLD_RESERVATIONS = """
+WITH old AS (
+    SELECT r.id, r.budget,
+           least(r.amount_usd,
+                 r.rate_usd_per_s * extract(epoch FROM now() - r.created_at)::numeric) AS cost,
+           r.amount_usd
+    FROM reservations r
+    WHERE r.target = %(name)s AND r.state = 'open' AND r.fencing_token < %(token)s
+    FOR UPDATE
+), closed AS (
+    UPDATE reservations r SET state = 'expired', charged_usd = old.cost
+    FROM old WHERE r.id = old.id
+    RETURNING old.budget, old.cost, old.amount_usd
+)
+UPDATE budgets b SET spent_usd = b.spent_usd + s.cost, reserved_usd = b.reserved_usd - s.amount
+FROM (SELECT budget, sum(cost) AS cost, sum(amount_usd) AS amount FROM closed GROUP BY budget) s
+WHERE b.id = s.budget
+"""
+
+
+async def claim(
+    db: Database, host: str, names: Sequence[str], lease_s: float, *, limit: int | None = None
+) -> list[Lease]:
+    """Take the free or expired leases among `names` (at most `limit`); skips rows another
+    host is claiming right now (SKIP LOCKED). Leases this host already holds are renewed."""
+
+    async def work(conn: Any) -> list[Lease]:
+        await conn.execute(
+            "INSERT INTO hosts (id) VALUES (%s) ON CONFLICT (id) DO UPDATE SET seen_at = now()",
+            (host,),
+        )
+        cur = await conn.execute(
+            """SELECT name, (lease_holder = %(host)s AND lease_expires_at > now()) AS mine
+               FROM targets
+               WHERE name = ANY(%(names)s)
+                 AND (lease_holder IS NULL OR lease_expires_at <= now()
+                      OR lease_holder = %(host)s)
+               ORDER BY name LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
+            {"host": host, "names": list(names), "limit": limit},
+        )
+        picked = await cur.fetchall()
+        leases = []
+        for name, mine in picked:
+            cur = await conn.execute(
+                """UPDATE targets SET lease_holder = %(host)s,
+                          lease_expires_at = now() + make_interval(secs => %(secs)s),
+                          fencing_token = fencing_token + (CASE WHEN %(mine)s THEN 0 ELSE 1 END)
+                   WHERE name = %(name)s RETURNING fencing_token, lease_expires_at""",
+                {"host": host, "secs": lease_s, "name": name, "mine": bool(mine)},
+            )
+            token, expires = await cur.fetchone()
+            if not mine:
+                await conn.execute(_EXPIRE_OLD_RESERVATIONS, {"name": name, "token": token})
+            leases.append(Lease(name, host, int(token), expires))
+        return leases
+
+    return await db.run(work)
+
+
+async def renew(db: Database, leases: Sequence[Lease], lease_s: float) -> list[Lease]:
+    """Extend the leases still held (holder and token match, not yet expired): the ones
+    missing from the result are lost, and their runs must stop at once."""
+    if not leases:
+        return []
+    host = leases[0].host
+
+    async def work(conn: Any) -> list[Lease]:
+        await conn.execute("UPDATE hosts SET seen_at = now() WHERE id = %s", (host,))
+        cur = await conn.execute(
+            """UPDATE targets t SET lease_expires_at = now() + make_interval(secs => %(secs)s)
+               FROM unnest(%(names)s::text[], %(tokens)s::bigint[]) AS h(name, token)
+               WHERE t.name = h.name AND t.fencing_token = h.token
+                 AND t.lease_holder = %(host)s AND t.lease_expires_at > now()
+               RETURNING t.name, t.fencing_token, t.lease_expires_at""",
+            {
+                "secs": lease_s,
+                "names": [lease.target for lease in leases],
+                "tokens": [lease.token for lease in leases],
+                "host": host,
+            },
+        )
+        return [Lease(n, host, int(t), e) for n, t, e in await cur.fetchall()]
+
+    return await db.run(work)
+
+
+async def release(db: Database, lease: Lease) -> bool:
+    """Give the lease up now (graceful stop); False when it was no longer ours."""
+
+    async def work(conn: Any) -> bool:
+        cur = await conn.execute(
+            """UPDATE targets SET lease_holder = NULL, lease_expires_at = NULL
+               WHERE name = %s AND lease_holder = %s AND fencing_token = %s""",
+            (lease.target, lease.host, lease.token),
+        )
+        return bool(cur.rowcount)
+
+    return await db.run(work)
+
+
+async def holders(db: Database) -> dict[str, tuple[str | None, bool]]:
+    """Each target's lease holder and whether the lease is live (for status)."""
+
+    async def work(conn: Any) -> dict[str, tuple[str | None, bool]]:
+        cur = await conn.execute(
+            "SELECT name, lease_holder, coalesce(lease_expires_at > now(), false) FROM targets"
+        )
+        return {n: (h, bool(live)) for n, h, live in await cur.fetchall()}
+
+    return await db.run(work)

@@ -1,0 +1,220 @@
+"""The PostgreSQL backend: the files backend as each host's journal, the database as the
+cluster's record.
+
+`record` writes the local files first (the durable journal: a database outage loses
+nothing), then pushes the entry to the database in one transaction under the target's lease:
+idempotent on (target, iteration), so a retry after a lost commit acknowledgement is a
+no-op, and refused when the fencing token is no longer the target's (a late write from a
+host whose lease moved). Entries that could not be pushed wait in order and are pushed by
+the next `record`, `push_pending` or `open`. `open` claims the target's lease (another live
+holder: StateLockedError), recovers the local files and brings them and the cluster's log
+together (sync.py: the first claim of an existing state root imports its log; a lease that
+moved here brings the other host's iterations).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import structlog
+
+from autoloop_daemon.exceptions import StateLockedError, StateWriteError
+from autoloop_daemon.models import LogEntry, TargetSpec
+from autoloop_daemon.storage.base import Recovered
+from autoloop_daemon.storage.files.store import FileStorage, FileTargetStore
+from autoloop_daemon.storage.postgres import leases, sync
+from autoloop_daemon.storage.postgres.budget import money
+from autoloop_daemon.storage.postgres.db import ClusterError, Database
+from autoloop_daemon.target_state import TargetState
+
+log = structlog.get_logger("autoloopd.cluster")
+
+Pushed = Literal["recorded", "duplicate"]
+
+
+class FencedWriteError(StateWriteError):
+    """A write under a fencing token that is no longer the target's: refused."""
+
+
+async def push_entry(
+    db: Database, lease: leases.Lease, entry: LogEntry, handoff: str | None
+) -> Pushed:
+    """Insert `entry` under `lease` (see the module docstring); FencedWriteError if stale."""
+    body = json.dumps(entry.to_json(), sort_keys=True)
+
+    async def work(conn: Any) -> Pushed:
+        cur = await conn.execute(
+            "SELECT lease_holder, fencing_token FROM targets WHERE name = %s FOR UPDATE",
+            (lease.target,),
+        )
+        holder, token = await cur.fetchone()
+        cur = await conn.execute(
+            """SELECT host, fencing_token, entry FROM iterations
+               WHERE target = %s AND iteration = %s""",
+            (lease.target, entry.iteration),
+        )
+        existing = await cur.fetchone()
+        if existing is not None:
+            if (existing[0], existing[1]) == (lease.host, lease.token) and existing[
+                2
+            ] == json.loads(body):
+                return "duplicate"  # our own earlier commit whose acknowledgement was lost
+            raise FencedWriteError(
+                f"{lease.target}: iteration {entry.iteration} was already recorded by "
+                f"{existing[0]} (token {existing[1]}); this write (token {lease.token}) is refused"
+            )
+        if (holder, token) != (lease.host, lease.token):
+            raise FencedWriteError(
+                f"{lease.target}: lease moved to {holder} (token {token}); the write of "
+                f"iteration {entry.iteration} under token {lease.token} is refused"
+            )
+        await conn.execute(
+            """INSERT INTO iterations (target, iteration, host, fencing_token, cost_usd, entry)
+               VALUES (%s, %s, %s, %s, %s, %s::jsonb)""",
+            (lease.target, entry.iteration, lease.host, lease.token, money(entry.cost_usd), body),
+        )
+        if handoff is not None:
+            await conn.execute(
+                "UPDATE targets SET handoff = %s, handoff_iteration = %s WHERE name = %s",
+                (handoff, entry.iteration, lease.target),
+            )
+        return "recorded"
+
+    return await db.run(work)
+
+
+async def cluster_log(db: Database, target: str) -> list[LogEntry]:
+    """The cluster's iteration log of `target`, oldest first."""
+
+    async def work(conn: Any) -> list[LogEntry]:
+        cur = await conn.execute(
+            "SELECT entry FROM iterations WHERE target = %s ORDER BY iteration", (target,)
+        )
+        return [LogEntry.from_json(row[0]) for row in await cur.fetchall()]
+
+    return await db.run(work)
+
+
+class PostgresTargetStore:
+    """One target: the local state root (journal) plus its rows in the cluster database."""
+
+    def __init__(self, storage: PostgresStorage, spec: TargetSpec) -> None:
+        """Describe the store; nothing is claimed until `open`."""
+        self._storage = storage
+        self._spec = spec
+        self._local = FileTargetStore(spec)
+        self.lease: leases.Lease | None = None
+        self._pending: list[tuple[LogEntry, str | None]] = []
+
+    @property
+    def location(self) -> str:
+        """The local state file, and the database row."""
+        return f"{self._local.location} (cluster row targets/{self._spec.name})"
+
+    async def open(self) -> Recovered:
+        """Claim the lease, recover the local journal and bring it and the cluster's log
+        together (sync.py): push what the database lacks, take what the journal lacks."""
+        db, host = self._storage.db, self._storage.host_id
+        await leases.register(db, [self._spec.name])
+        got = await leases.claim(db, host, [self._spec.name], self._storage.lease_s)
+        if not got:
+            holder = (await leases.holders(db)).get(self._spec.name, (None, False))[0]
+            raise StateLockedError(f"{self._spec.name}: leased by host {holder} in the cluster")
+        self.lease = got[0]
+        recovered = await self._local.open()
+        cluster = await cluster_log(db, self._spec.name)
+        plan = sync.plan(await self._local.read_log(), cluster)
+        if plan.append or plan.replace:
+            root = self._spec.state_root
+            kept = await anyio.to_thread.run_sync(sync.apply_locally, root, plan, cluster)
+            log.info("cluster_journal_synced", target=self._spec.name, added=len(plan.append),
+                     fenced_journal_kept=None if kept is None else str(kept))  # fmt: skip
+            self._local.close()
+            recovered = await self._local.open()  # the state follows the completed log
+        self._pending = [(e, None) for e in plan.push]
+        await self.push_pending()
+        return recovered
+
+    async def record(self, entry: LogEntry, handoff: str | None, state: TargetState | None) -> None:
+        """Journal locally (durable), then push to the database (kept for later if it is
+        unreachable). FencedWriteError when the lease moved: the local journal keeps it."""
+        await self._local.record(entry, handoff, state)
+        self._pending.append((entry, handoff))
+        await self.push_pending()
+
+    async def push_pending(self) -> int:
+        """Push the entries waiting for the database, in order; how many are left."""
+        if self.lease is None:
+            raise StateWriteError(f"{self._spec.name}: not opened")
+        while self._pending:
+            entry, handoff = self._pending[0]
+            try:
+                await push_entry(self._storage.db, self.lease, entry, handoff)
+            except FencedWriteError:
+                self._pending.clear()  # never retried: the lease is gone
+                raise
+            except ClusterError as exc:
+                log.warning("cluster_push_deferred", target=self._spec.name,
+                            iteration=entry.iteration, error=str(exc))  # fmt: skip
+                break
+            self._pending.pop(0)
+        return len(self._pending)
+
+    async def save(self, state: TargetState) -> None:
+        """Replace the local state (a cache of the log)."""
+        await self._local.save(state)
+
+    async def read_log(self) -> list[LogEntry]:
+        """The local journal."""
+        return await self._local.read_log()
+
+    def handoff_file(self, iteration: int) -> Path | None:
+        """The local handoff file."""
+        return self._local.handoff_file(iteration)
+
+    def close(self) -> None:
+        """Release the local lock; the lease is released by `release` (or expires)."""
+        self._local.close()
+
+    async def release(self) -> None:
+        """Give the lease up (graceful stop), so another host takes over at once."""
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            await leases.release(self._storage.db, lease)
+
+
+class PostgresStorage:
+    """The cluster backend: a `FileStorage` for the local journal, a database for the rest."""
+
+    def __init__(
+        self, db: Database, host_id: str, state_dir: Path | None, *, lease_s: float = 60.0
+    ) -> None:
+        """Bind to an opened `Database` as `host_id`."""
+        self.db = db
+        self.host_id = host_id
+        self.lease_s = lease_s
+        self._files = FileStorage(state_dir)
+
+    def target(self, spec: TargetSpec) -> PostgresTargetStore:
+        """The store of `spec`."""
+        return PostgresTargetStore(self, spec)
+
+    def acquire(self) -> None:
+        """Lock the local state directory (one daemon per host and state_dir)."""
+        self._files.acquire()
+
+    def release(self) -> None:
+        """Release the local state directory."""
+        self._files.release()
+
+    async def spent_elsewhere(self, active_roots: Iterable[Path]) -> dict[str, float]:
+        """As the files backend (this host's roots)."""
+        return await self._files.spent_elsewhere(active_roots)
+
+    async def remember(self, spent_by_root: Mapping[Path, float]) -> None:
+        """As the files backend."""
+        await self._files.remember(spent_by_root)

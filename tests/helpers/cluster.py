@@ -1,0 +1,44 @@
+"""The cluster tests' database: a fresh PostgreSQL database per test, on the server named by
+AUTOLOOPD_TEST_DSN (.ci/run starts a throwaway one). Without it the tests skip, saying why."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+DSN_VAR = "AUTOLOOPD_TEST_DSN"
+NO_DSN = f"needs a PostgreSQL: set {DSN_VAR} (.ci/run starts one with .ci/postgres)"
+
+
+def server_dsn() -> str:
+    """The server's DSN, or skip the test with the reason."""
+    dsn = os.environ.get(DSN_VAR)
+    if not dsn:
+        pytest.skip(NO_DSN)
+    return dsn
+
+
+def _with_dbname(dsn: str, name: str) -> str:
+    import psycopg.conninfo
+
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    params["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+
+
+def fresh_database() -> Iterator[str]:
+    """Create an empty database, yield its DSN, drop it afterwards."""
+    import psycopg
+
+    admin = server_dsn()
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_dbname(admin, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -1,0 +1,268 @@
+"""Cluster mode on a real PostgreSQL: schema versions, leases with fencing, the one budget,
+idempotent pushes. Each test gets a fresh database (skips without AUTOLOOPD_TEST_DSN)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from autoloop_daemon.exceptions import StateLockedError
+from autoloop_daemon.models import LogEntry, TargetSpec
+from autoloop_daemon.storage.postgres import leases
+from autoloop_daemon.storage.postgres.budget import ClusterBudget, FencedError
+from autoloop_daemon.storage.postgres.db import ClusterError, Database
+from autoloop_daemon.storage.postgres.keeper import LeaseKeeper
+from autoloop_daemon.storage.postgres.schema import SCHEMA_VERSION, check, migrate
+from autoloop_daemon.storage.postgres.store import (
+    FencedWriteError,
+    PostgresStorage,
+    cluster_log,
+    push_entry,
+)
+from tests.helpers.wait import wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def db(pg_dsn: str) -> AsyncIterator[Database]:
+    """An open pool on a fresh database with the schema."""
+    database = Database(pg_dsn, max_size=8)
+    await database.open()
+    await migrate(database)
+    yield database
+    await database.close()
+
+
+async def _sql(db: Database, statement: str, params: Any = None) -> list[Any]:
+    async def work(conn: Any) -> list[Any]:
+        cur = await conn.execute(statement, params)
+        return list(await cur.fetchall()) if cur.description else []
+
+    return await db.run(work)
+
+
+def _entry(iteration: int, cost: float = 0.1) -> LogEntry:
+    return LogEntry(
+        iteration=iteration,
+        started_at="s",
+        finished_at="f",
+        status="completed",
+        decision="keep",
+        weighted_score=0.5,
+        cost_usd=cost,
+        duration_seconds=1.0,
+    )
+
+
+async def test_schema_init_is_idempotent_and_check_reads_the_version(pg_dsn: str) -> None:
+    database = Database(pg_dsn)
+    await database.open()
+    try:
+        with pytest.raises(ClusterError, match="no autoloopd schema"):
+            await check(database)
+        with pytest.raises(ClusterError, match="db init"):
+            await migrate(database, create=False)
+        assert await migrate(database) == (0, SCHEMA_VERSION)
+        assert await migrate(database) == (SCHEMA_VERSION, SCHEMA_VERSION)
+        assert await check(database) == SCHEMA_VERSION
+    finally:
+        await database.close()
+
+
+async def test_a_newer_schema_is_refused(db: Database) -> None:
+    await _sql(db, "UPDATE autoloopd_schema SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(ClusterError, match="newer than this autoloopd"):
+        await migrate(db)
+    with pytest.raises(ClusterError, match="newer"):
+        await check(db)
+
+
+async def test_an_unreachable_database_is_one_clear_error() -> None:
+    database = Database("postgresql://nobody@127.0.0.1:1/none", timeout_s=2)
+    with pytest.raises(ClusterError, match="cannot connect"):
+        await database.open()
+
+
+async def test_a_target_is_leased_to_one_host_and_an_expired_lease_moves(db: Database) -> None:
+    await leases.register(db, ["t1", "t2"])
+    a = await leases.claim(db, "a", ["t1", "t2"], 0.5)
+    assert [(x.target, x.token) for x in a] == [("t1", 1), ("t2", 1)]
+    assert await leases.claim(db, "b", ["t1", "t2"], 30) == []  # both held
+    # a stops renewing (dead host): its leases expire on the database clock and move to b
+    b: list[leases.Lease] = []
+    with anyio.fail_after(10):
+        while len(b) < 2:
+            b += await leases.claim(db, "b", ["t1", "t2"], 30)
+            await anyio.sleep(0.05)
+    assert {(x.target, x.token) for x in b} == {("t1", 2), ("t2", 2)}
+    assert await leases.renew(db, a, 30) == []  # a learns it lost both
+    assert not await leases.release(db, a[0])  # and cannot drop b's lease
+    assert (await leases.holders(db))["t1"] == ("b", True)
+
+
+async def test_renew_keeps_the_lease_and_release_frees_it_at_once(db: Database) -> None:
+    await leases.register(db, ["t"])
+    (lease,) = await leases.claim(db, "a", ["t"], 30)
+    (renewed,) = await leases.renew(db, [lease], 30)
+    assert renewed.token == lease.token and renewed.expires_at >= lease.expires_at
+    assert await leases.release(db, lease)
+    (taken,) = await leases.claim(db, "b", ["t"], 30)
+    assert taken.token == lease.token + 1
+
+
+async def test_a_late_write_with_an_old_token_is_refused_and_a_lost_ack_retry_is_a_no_op(
+    db: Database,
+) -> None:
+    await leases.register(db, ["t"])
+    (old,) = await leases.claim(db, "a", ["t"], 30)
+    assert await push_entry(db, old, _entry(1), "h1") == "recorded"
+    assert await push_entry(db, old, _entry(1), "h1") == "duplicate"  # ack lost, retried
+    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    (new,) = await leases.claim(db, "b", ["t"], 30)
+    with pytest.raises(FencedWriteError, match="lease moved to b"):
+        await push_entry(db, old, _entry(2), None)
+    assert await push_entry(db, new, _entry(2), None) == "recorded"
+    with pytest.raises(FencedWriteError, match="already recorded by b"):
+        await push_entry(db, old, _entry(2, cost=0.3), None)
+    assert [e.iteration for e in await cluster_log(db, "t")] == [1, 2]
+
+
+async def test_the_cap_holds_across_hosts_reserving_at_once(db: Database) -> None:
+    names = [f"t{i}" for i in range(12)]
+    await leases.register(db, names)
+    held = await leases.claim(db, "a", names[:6], 30) + await leases.claim(db, "b", names[6:], 30)
+    budget = ClusterBudget(db)
+    await budget.ensure(1.0)
+    got: list[Any] = []
+
+    async def run(lease: leases.Lease) -> None:
+        for iteration in range(1, 4):
+            reservation = await budget.reserve(lease, iteration, 0.15)
+            if reservation is None:
+                return
+            got.append(reservation)
+            assert await budget.settle(reservation, 0.1) == "settled"
+            assert await budget.settle(reservation, 0.1) == "duplicate"
+
+    async with anyio.create_task_group() as tg:
+        for lease in held:
+            tg.start_soon(run, lease)
+    cap, spent, reserved = await budget.totals()
+    assert reserved == 0
+    assert spent == Decimal("0.1") * len(got)  # exact, no float dust
+    assert spent <= cap and len(got) == 9  # 9 x 0.1 + 0.15 > 1.0: the tenth never fit
+
+
+async def test_a_takeover_charges_the_dead_hosts_run_and_its_late_settle_books_the_real_cost(
+    db: Database,
+) -> None:
+    await leases.register(db, ["t"])
+    budget = ClusterBudget(db)
+    await budget.ensure(10.0)
+    (old,) = await leases.claim(db, "a", ["t"], 30)
+    reservation = await budget.reserve(old, 1, 2.0, rate_usd_per_s=0.01)
+    assert reservation is not None
+    # it has run for 100 s at $0.01/s when the lease expires: $1 of its $2 reservation
+    await _sql(db, "UPDATE reservations SET created_at = now() - interval '100 s'")
+    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    (new,) = await leases.claim(db, "b", ["t"], 30)
+    _cap, spent, reserved = await budget.totals()
+    assert reserved == 0 and Decimal("1.0") <= spent < Decimal("1.1")  # elapsed x rate
+    with pytest.raises(FencedError):
+        await budget.reserve(old, 2, 1.0)  # the fenced host may start nothing
+    assert await budget.settle(reservation, 0.75) == "late"  # its real cost replaces it
+    assert (await budget.totals())[1] == Decimal("0.75")
+    assert await budget.reserve(new, 2, 1.0) is not None
+
+
+async def test_a_push_that_fails_waits_and_goes_out_with_the_next_record(
+    db: Database, tmp_path: Path
+) -> None:
+    storage = PostgresStorage(db, "a", tmp_path / "d")
+    store = storage.target(TargetSpec(name="t", path=tmp_path, state_root=tmp_path / "t"))
+    await store.open()
+    await store.record(_entry(1), None, None)
+    await db.close()  # the database goes away: the journal still takes the record
+    await store.record(_entry(2), None, None)
+    assert [e.iteration for e in await store.read_log()] == [1, 2]
+    await db.open()
+    await store.record(_entry(3), None, None)
+    assert [e.iteration for e in await cluster_log(db, "t")] == [1, 2, 3]
+    store.close()
+
+
+async def test_the_keeper_renews_notices_a_lost_lease_and_self_fences(db: Database) -> None:
+    await leases.register(db, ["t1", "t2"])
+    lost: list[str] = []
+    keeper = LeaseKeeper(db, "a", lease_s=1.5, renew_s=0.1, deadline_s=0.6, on_lost=lost.append)
+    assert len(await keeper.claim(["t1", "t2"])) == 2
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(keeper.run)
+        await anyio.sleep(2.0)  # longer than the lease: renewals keep it
+        assert sorted(keeper.held) == ["t1", "t2"] and lost == []
+        # another host took t1 (as a takeover would): the next renewal notices
+        await _sql(db, "UPDATE targets SET lease_holder = 'b', fencing_token = 9 WHERE name = 't1'")
+        await wait_until(lambda: lost == ["t1"])
+        await db.close()  # the database is gone: past the deadline, the host gives up t2
+        await wait_until(lambda: lost == ["t1", "t2"])
+        assert not keeper.fresh and keeper.held == {}
+        tg.cancel_scope.cancel()
+    await db.open()
+
+
+async def test_a_moved_lease_brings_the_history_and_a_fenced_journal_is_kept_aside(
+    db: Database, tmp_path: Path
+) -> None:
+    def spec(host: str) -> TargetSpec:
+        return TargetSpec(name="t", path=tmp_path, state_root=tmp_path / host / "t")
+
+    a = PostgresStorage(db, "a", tmp_path / "a").target(spec("a"))
+    await a.open()
+    await a.record(_entry(1), "h1", None)
+    await a.record(_entry(2), "h2", None)
+    a.close()  # host a freezes: its lease expires without a release
+    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    b = PostgresStorage(db, "b", tmp_path / "b").target(spec("b"))
+    recovered = await b.open()
+    assert recovered.state.iterations_completed == 2  # continues where the cluster is
+    assert [e.iteration for e in await b.read_log()] == [1, 2]
+    await b.record(_entry(3, cost=0.2), "h3", None)
+    # host a wakes up and writes its own iteration 3: journaled, refused by the cluster
+    a2 = PostgresStorage(db, "a", tmp_path / "a").target(spec("a"))
+    with pytest.raises(StateLockedError):
+        await a2.open()
+    b.close()
+    await b.release()
+    recovered = await a2.open()
+    assert recovered.state.iterations_completed == 3
+    assert await a2.read_log() == await cluster_log(db, "t")
+    a2.close()
+
+
+async def test_a_fenced_local_run_is_replaced_by_the_clusters_and_kept_aside(
+    db: Database, tmp_path: Path
+) -> None:
+    spec = TargetSpec(name="t", path=tmp_path, state_root=tmp_path / "a" / "t")
+    a = PostgresStorage(db, "a", tmp_path / "a").target(spec)
+    await a.open()
+    await a.record(_entry(1), None, None)
+    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    (b,) = await leases.claim(db, "b", ["t"], 30)
+    await push_entry(db, b, _entry(2, cost=0.4), None)
+    with pytest.raises(FencedWriteError):
+        await a.record(_entry(2), None, None)  # a's own run 2: kept in its journal only
+    a.close()
+    await leases.release(db, b)
+    again = PostgresStorage(db, "a", tmp_path / "a").target(spec)
+    recovered = await again.open()
+    assert await again.read_log() == [_entry(1), _entry(2, cost=0.4)]
+    assert recovered.state.total_cost_usd == pytest.approx(0.5)
+    kept = tmp_path / "a" / "t" / "iteration_log.fenced-1.jsonl"
+    assert kept.read_text().count("\n") == 2
+    again.close()
