@@ -30,6 +30,7 @@ from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files import artifacts
 from autoloop_daemon.storage.files import state_file as state_mod
 from autoloop_daemon.storage.files.fsio import remove_stale_tmp
+from autoloop_daemon.storage.files.group_commit import GroupCommit
 from autoloop_daemon.storage.files.lock import StateLock
 from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import RunStatus
@@ -56,8 +57,10 @@ def _load_sync(
     return loaded, entries, torn, stale
 
 
-async def recover(spec: TargetSpec, lock: StateLock) -> Recovered:
+async def recover(spec: TargetSpec, lock: StateLock, commits: GroupCommit) -> Recovered:
     """Lock `spec`'s state root, recover it from its log and checkpoint it.
+
+    The checkpoint goes through `commits`, so the targets started together sync together.
 
     Raises StateLockedError, StateCorruptError or StateWriteError (the lock is released and
     a refused file is left untouched).
@@ -103,7 +106,8 @@ async def recover(spec: TargetSpec, lock: StateLock) -> Recovered:
         if (
             fresh or state.to_json() != loaded
         ):  # a warm restart of an up-to-date state writes nothing
-            await state_mod.save_state(state_mod.state_path(spec.state_root), state)
+            data = state_mod.encode_state(state)
+            await commits.write(state_mod.state_path(spec.state_root), data, check_root=True)
     except BaseException:
         lock.release()
         raise
