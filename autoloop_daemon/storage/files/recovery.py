@@ -49,7 +49,10 @@ def _load_sync(
     try:
         root = spec.state_root
         artifacts.ensure_layout(root)
-        stale = [p for d in (root, *(root / s for s in _SUBDIRS)) for p in remove_stale_tmp(d)]
+        # Only a killed writer leaves temp files. The subdirectories gain a file per
+        # iteration, so they are listed only when the last owner did not release the lock.
+        dirs = (root, *(root / s for s in _SUBDIRS)) if lock.stale_holder is not None else (root,)
+        stale = [p for d in dirs for p in remove_stale_tmp(d)]
         loaded = state_mod.load_state(state_mod.state_path(root), on_migrate=migrations.append)
         marker = None if loaded is None else loaded.get("log_checkpoint")
         summary = read_summary(root, marker, spec.weights_map, spec.min_improvement)
