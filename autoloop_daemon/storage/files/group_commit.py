@@ -9,7 +9,8 @@ tasks of the tick can queue theirs, then ONE worker-thread call commits the batc
 2. they are made durable together: one `syncfs` per file system (falling back to one
    fsync per file when syncfs is missing or fails, which also says which file failed);
 3. the renames, in arrival order (two writes of one path in a batch: the later wins);
-4. one directory fsync per directory.
+4. the renames made durable: one more `syncfs` per file system when several directories
+   gained names there, else one directory fsync each.
 
 So the guarantee is `atomic_write_bytes`'s, file by file: a rename happens only once its
 data is durable, and a reader (or a crash) sees the old file or the new one. A batch of one
@@ -105,6 +106,44 @@ def _make_durable(items: list[_Write], fds: dict[int, int]) -> None:
                 _fail(items[i], exc)
 
 
+def _syncfs_dir(directory: Path) -> bool:
+    """syncfs on `directory`'s file system; False when it cannot be done."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        _syncfs(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _sync_dirs(renamed: dict[Path, list[_Write]]) -> None:
+    """Step 4: the renames made durable. Where several directories of one file system
+    gained names, one syncfs covers them all (each target's state has a directory of its
+    own, and one fsync each cost as much as the rest of the batch); else, or when syncfs
+    fails, one fsync per directory."""
+    by_device: dict[int, list[Path]] = {}
+    for directory, done in renamed.items():
+        try:
+            by_device.setdefault(os.stat(directory).st_dev, []).append(directory)
+        except OSError as exc:
+            for item in done:
+                _fail(item, exc, " (directory sync after rename)")
+    for dirs in by_device.values():
+        if len(dirs) > 1 and _syncfs_dir(dirs[0]):
+            continue
+        for directory in dirs:
+            try:
+                fsio.fsync_dir(directory)
+            except OSError as exc:
+                for item in renamed[directory]:
+                    _fail(item, exc, " (directory sync after rename)")
+
+
 def commit_batch(items: list[_Write]) -> None:
     """Commit `items` (steps 1-4 of the module docstring); errors land in `item.error`."""
     if len(items) == 1:  # exactly `atomic_write_bytes`
@@ -150,12 +189,7 @@ def commit_batch(items: list[_Write]) -> None:
                 continue
             del tmps[i]
             renamed.setdefault(item.path.parent, []).append(item)
-        for directory, done in renamed.items():
-            try:
-                fsio.fsync_dir(directory)
-            except OSError as exc:
-                for item in done:
-                    _fail(item, exc, " (directory sync after rename)")
+        _sync_dirs(renamed)
     finally:
         for fd in fds.values():
             with contextlib.suppress(OSError):
