@@ -63,9 +63,18 @@ async def test_one_ticks_writes_are_committed_in_one_worker_call(
     for d in set(dirs):
         d.mkdir()
     writes = [(d / f"f{i}.json", f"new {i}\n".encode()) for i, d in enumerate(dirs)]
+    syncs: list[int] = []
+    real_syncfs = group_commit._syncfs
+
+    def counting_syncfs(fd: int) -> None:
+        syncs.append(fd)
+        real_syncfs(fd)
+
+    monkeypatch.setattr(group_commit, "_syncfs", counting_syncfs)
     results = await _write_all(GroupCommit(), writes)
     assert results == [None] * 30
     assert batches == [30]
+    assert len(syncs) == 1  # the 30 files; 3 directories are fsynced one by one
     for path, data in writes:
         assert path.read_bytes() == data
     assert not [p for d in set(dirs) for p in _tmp_files(d)]
@@ -107,6 +116,7 @@ async def test_a_failing_sync_fails_that_file_and_leaves_it_untouched(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
+    monkeypatch.setattr(group_commit, "SYNCFS_MIN_FILES", 2)  # so that syncfs is tried
     monkeypatch.setattr(group_commit, "_syncfs", no_syncfs)
     monkeypatch.setattr(fsio, "_fsync", fsync_fails_second)
     results = await _write_all(GroupCommit(), [(p, b"new\n") for p in paths])

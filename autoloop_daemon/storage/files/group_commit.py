@@ -6,11 +6,12 @@ first `write` of a tick becomes the batch's leader: it yields once so that the o
 tasks of the tick can queue theirs, then ONE worker-thread call commits the batch:
 
 1. every temp file is written (`.<name>.<pid>.<hex>.tmp`, as `fsio.atomic_write_bytes`);
-2. they are made durable together: one `syncfs` per file system (falling back to one
-   fsync per file when syncfs is missing or fails, which also says which file failed);
+2. they are made durable together: one `syncfs` per file system when the batch holds at
+   least SYNCFS_MIN_FILES files there, else (or when syncfs is missing or fails, which
+   also says which file failed) one fsync per file, all in the same worker call;
 3. the renames, in arrival order (two writes of one path in a batch: the later wins);
-4. the renames made durable: one more `syncfs` per file system when several directories
-   gained names there, else one directory fsync each.
+4. the renames made durable: one more `syncfs` per file system when at least
+   SYNCFS_MIN_FILES directories gained names there, else one directory fsync each.
 
 So the guarantee is `atomic_write_bytes`'s, file by file: a rename happens only once its
 data is durable, and a reader (or a crash) sees the old file or the new one. A batch of one
@@ -43,6 +44,9 @@ __all__ = ["GroupCommit", "commit_batch"]
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+# syncfs also writes back every other process's dirty data on the file system: worth it for
+# a start-up's or a shutdown's thousands of files, not for a handful (one fsync each then).
+SYNCFS_MIN_FILES = 16
 
 
 @dataclass(eq=False)
@@ -95,7 +99,7 @@ def _make_durable(items: list[_Write], fds: dict[int, int]) -> None:
         except OSError as exc:
             _fail(items[i], exc)
     for indices in by_device.values():
-        if len(indices) > 1:
+        if len(indices) >= SYNCFS_MIN_FILES:
             with contextlib.suppress(OSError):
                 _syncfs(fds[indices[0]])
                 continue
@@ -134,7 +138,7 @@ def _sync_dirs(renamed: dict[Path, list[_Write]]) -> None:
             for item in done:
                 _fail(item, exc, " (directory sync after rename)")
     for dirs in by_device.values():
-        if len(dirs) > 1 and _syncfs_dir(dirs[0]):
+        if len(dirs) >= SYNCFS_MIN_FILES and _syncfs_dir(dirs[0]):
             continue
         for directory in dirs:
             try:
