@@ -68,6 +68,9 @@ class TargetState:
     paused: bool = False
     extra_iterations: int = 0  # added to max_iterations by `ctl extend`
     extra_cost_usd: float = 0.0  # added to max_cost_usd by `ctl extend`
+    # Where start-up last read the log to (storage/files/log_checkpoint.py); written only
+    # when set, so the states of short logs stay as they were.
+    log_checkpoint: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -140,6 +143,8 @@ class TargetState:
             "extra_iterations": self.extra_iterations,
             "extra_cost_usd": self.extra_cost_usd,
         }
+        if self.log_checkpoint is not None:
+            data["log_checkpoint"] = dict(self.log_checkpoint)
         for key, value in self.extra.items():
             data.setdefault(key, value)
         return data

@@ -14,6 +14,10 @@ The targets use the built-in simulator (dry_run, simulated_seconds = 0) and a 60
 cooldown, so each runs one iteration after the fresh start and then waits. Each cycle
 (fresh start, stop, warm start, stop) runs 3 times (`--quick`: once); medians reported.
 
+Floor, measured after each cycle in the same run: writing as many small files as there are
+targets (each the size of a state file, each in a directory of its own) and making them
+durable with one syncfs. Issue 14 measures with `--targets 10000 --runs 1`.
+
     .venv/bin/python bench/startstop.py [--quick] [--targets N] [--runs N]
 """
 
@@ -45,6 +49,39 @@ def _config(work: Path, n: int) -> Path:
         defaults=common.idle_defaults(),
         targets=common.make_targets(work, n),
     )
+
+
+def sync_floor(work: Path, n: int, size: int) -> float:
+    """The floor of start and stop: seconds to write `n` files of `size` bytes, one in each
+    of `n` directories made beforehand (as the state files), and make them durable with ONE
+    syncfs; the directories are removed afterwards."""
+    import ctypes
+    import ctypes.util
+    import os
+    import shutil
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    base = work / "floor"
+    dirs = [base / f"d{i:05d}" for i in range(n)]
+    for d in dirs:
+        d.mkdir(parents=True)
+    payload = b"x" * (size - 1) + b"\n"
+    t0 = time.perf_counter()
+    for d in dirs:
+        fd = os.open(d / "state.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            os.write(fd, payload)
+        finally:
+            os.close(fd)
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if libc.syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), "syncfs failed")
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - t0
+    shutil.rmtree(base)
+    return elapsed
 
 
 def one_cycle(work: Path, config: Path, n: int, kind: str) -> dict[str, Any]:
@@ -137,12 +174,14 @@ def main() -> None:
             config = _config(work, n)
             for kind in ("fresh", "warm"):
                 c = one_cycle(work, config, n, kind)
+                state_size = (work / "state" / "t00000" / "autoloop_state.json").stat().st_size
+                c["floor_s"] = sync_floor(work, n, state_size)
                 c["run"] = run + 1
                 cycles.append(c)
                 print(
                     f"  run {run + 1} {kind}: start->READY {c['start_to_ready_s']:.2f} s, "
                     f"SIGTERM->exit {common.rnd(c['sigterm_to_exit_s'], 2)} s, "
-                    f"states {'ok' if c['states_ok'] else 'NOT OK'}",
+                    f"floor {c['floor_s']:.2f} s, states {'ok' if c['states_ok'] else 'NOT OK'}",
                     flush=True,
                 )
 
@@ -159,6 +198,7 @@ def main() -> None:
         "stop_after_fresh_median_s": med("fresh", "sigterm_to_exit_s"),
         "stop_after_warm_median_s": med("warm", "sigterm_to_exit_s"),
         "all_states_ok": all(c["states_ok"] for c in cycles),
+        "floor_median_s": med(None, "floor_s"),
     }
     results = {
         "machine": info,
@@ -170,19 +210,28 @@ def main() -> None:
         "goal_start_s": GOAL_START_S,
         "goal_stop_s": GOAL_STOP_S,
     }
+    floor = summary["floor_median_s"]
+
+    def ratio(value: float | None) -> str:
+        return "" if value is None or not floor else f"{value / floor:.1f}x"
+
     rows = [
         ["start -> READY=1, fresh state dir", common.rnd(summary["start_fresh_median_s"], 2),
+         ratio(summary["start_fresh_median_s"]),
          common.goal(summary["start_fresh_median_s"], GOAL_START_S) + f" (<= {GOAL_START_S:g})"],
         ["start -> READY=1, warm restart", common.rnd(summary["start_warm_median_s"], 2),
+         ratio(summary["start_warm_median_s"]),
          common.goal(summary["start_warm_median_s"], GOAL_START_S) + f" (<= {GOAL_START_S:g})"],
         ["SIGTERM -> exit, all cooling down", common.rnd(summary["stop_median_s"], 2),
+         ratio(summary["stop_median_s"]),
          common.goal(summary["stop_median_s"], GOAL_STOP_S) + f" (<= {GOAL_STOP_S:g})"],
+        [f"floor: {n} small files written, one syncfs", common.rnd(floor, 3), "1.0x", ""],
         ["every state parses, stopped, agrees with log",
-         "yes" if summary["all_states_ok"] else "NO", ""],
+         "yes" if summary["all_states_ok"] else "NO", "", ""],
     ]  # fmt: skip
     print()
     print(f"{n} targets, {runs} run(s), medians:")
-    print(common.table(["figure", "seconds", "goal"], rows))
+    print(common.table(["figure", "seconds", "ratio to floor", "goal"], rows))
     phase_rows = []
     for key in cycles[0]["phases_s"]:
         for kind in ("fresh", "warm"):

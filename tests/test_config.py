@@ -468,6 +468,16 @@ BROKEN: list[tuple[str, str | bytes, str]] = [
         in_table("daemon", "state_dir = 'st'") + TARGET_B + 'state_root = "st/a"\n',
         "targets[1].state_root: ",
     ),
+    (
+        "state-root-inside-another",
+        TARGET_A + 'state_root = "x"\n' + TARGET_B + 'state_root = "x/in"\n',
+        "targets[1].state_root: ",
+    ),
+    (
+        "state-root-holding-another",
+        TARGET_A + 'state_root = "x/in"\n' + TARGET_B + 'state_root = "x"\n',
+        "are nested; state roots must not contain each other",
+    ),
     ("state-root-file", TARGET_A + 'state_root = "f"\n', "targets[0].state_root: not a directory"),
     ("targets-table", '[targets]\nname = "a"\npath = "a"\n', "targets: must be an array of tables"),
     ("targets-string", 'targets = "a"\n', "targets: must be an array of tables"),

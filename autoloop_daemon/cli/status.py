@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from autoloop_daemon.cli.client import NotRunningError, request
-from autoloop_daemon.cli.control import socket_path
+from autoloop_daemon.cli.control import quick_socket, socket_path
 from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.config.loader import load_config
 from autoloop_daemon.exceptions import StateCorruptError
@@ -311,6 +312,18 @@ def collect(
     return {"daemon": _not_running(pid, note), "budget": _file_budget(rows, cap), "targets": rows}
 
 
+def _from_daemon(sock: Path) -> dict[str, Any] | None:
+    """`collect`'s report when the daemon on `sock` answers, else None."""
+    try:
+        code, payload = request(sock, "GET", "/api/status", timeout=SOCKET_TIMEOUT_S)
+    except (NotRunningError, PermissionError):
+        return None
+    if code != 200 or not isinstance(payload, dict):
+        return None
+    daemon = {**payload["daemon"], "source": "socket", "control_socket": str(sock)}
+    return {"daemon": daemon, "budget": payload["budget"], "targets": _daemon_rows(payload, {})}
+
+
 def main(argv: Sequence[str]) -> int:
     """`autoloopd status` entry point; returns the exit code."""
     p = argparse.ArgumentParser(
@@ -325,17 +338,23 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--socket", type=Path, help="ask the daemon on this control socket")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     args = p.parse_args(list(argv))
+    report = None
     if args.config is not None:
+        sock = args.socket or quick_socket(args.config, os.environ)
+        report = None if sock is None else _from_daemon(sock)
+    if report is not None:
+        pass  # the daemon answered: the targets' tables need not be read
+    elif args.config is not None:
         cfg = load_config(args.config)  # a ConfigError is reported by cli/main.py (78)
         roots = {t.name: t.state_root for t in cfg.targets}
         sock = args.socket or socket_path(cfg)
         lock_dirs = [cfg.daemon.state_dir, *roots.values()]
         lifetime = cfg.budget.lifetime_cap_usd
         cap: float | None = lifetime if math.isfinite(lifetime) else None
+        report = collect(roots, sock, lock_dirs, cap)
     else:
         roots = {root.resolve().name: root.resolve() for root in args.state_root}
-        sock, lock_dirs, cap = args.socket, list(roots.values()), None
-    report = collect(roots, sock, lock_dirs, cap)
+        report = collect(roots, args.socket, list(roots.values()), None)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

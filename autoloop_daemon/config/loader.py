@@ -197,6 +197,7 @@ def _build_targets(
     }
     names: dict[str, int] = {}
     roots: dict[Path, int] = {}
+    inside: dict[Path, int] = {}  # every parent of a state root -> the first such root
     specs: list[TargetSpec] = []
     for i, table in enumerate(settings.targets):
         key = f"targets[{i}]"
@@ -226,13 +227,18 @@ def _build_targets(
                 f"{shown}: {key}.state_root: {root} would hold daemon.state_dir ({state_dir}); "
                 "give the target a state root of its own"
             )
-        for other, j in roots.items():
-            if root.is_relative_to(other) or other.is_relative_to(root):
-                raise ConfigError(
-                    f"{shown}: {key}.state_root: {root} and the state root of targets[{j}] "
-                    f"({other}) are nested; state roots must not contain each other"
-                )
+        # Nested roots, found through each root's parents: O(depth) per target, not O(n).
+        outer = next((p for p in root.parents if p in roots), None)
+        j = roots[outer] if outer is not None else inside.get(root)
+        if j is not None:
+            other = outer if outer is not None else specs[j].state_root
+            raise ConfigError(
+                f"{shown}: {key}.state_root: {root} and the state root of targets[{j}] "
+                f"({other}) are nested; state roots must not contain each other"
+            )
         roots[root] = i
+        for parent in root.parents:
+            inside.setdefault(parent, i)
         late = _merged_problem(merged)
         if late is not None:
             raise ConfigError(f"{shown}: {key}.{late}")

@@ -121,18 +121,35 @@ def read_log(path: Path, *, repair: bool = True) -> tuple[list[LogEntry], int]:
     truncation that fails raises StateWriteError.
     """
     path = Path(path)
-    try:
-        data = fsio.read_regular(path)
-    except FileNotFoundError:
+    data = read_log_bytes(path)
+    if data is None:
         return [], 0
+    entries, torn, _end = parse_log(path, data, repair=repair)
+    return entries, torn
+
+
+def read_log_bytes(path: Path) -> bytes | None:
+    """The log's bytes; None when it does not exist. StateCorruptError when it is not a
+    regular file or cannot be read."""
+    try:
+        return fsio.read_regular(path)
+    except FileNotFoundError:
+        return None
     except NotRegularFileError as exc:
         raise StateCorruptError(f"{path}: {exc}") from None
     except OSError as exc:
         raise StateCorruptError(f"{path}: cannot read: {fsio.describe_oserror(exc)}") from exc
 
+
+def parse_log(
+    path: Path, data: bytes, *, start: int = 0, first_iteration: int = 1, repair: bool = True
+) -> tuple[list[LogEntry], int, int]:
+    """`read_log` on the log's bytes `data` from offset `start` (just past a newline), where
+    iteration `first_iteration` must be; returns (entries, torn tail bytes, end offset of
+    the last good line). Line numbers in errors count from the start of the file."""
     entries: list[LogEntry] = []
-    good_end = 0  # offset just past the last good line's newline
-    lineno = 0
+    good_end = start  # offset just past the last good line's newline
+    lineno = first_iteration - 1
     while good_end < len(data):
         lineno += 1
         newline = data.find(b"\n", good_end)
@@ -144,9 +161,9 @@ def read_log(path: Path, *, repair: bool = True) -> tuple[list[LogEntry], int]:
             if newline + 1 == len(data) and isinstance(exc, LogLineIncompleteError):
                 break  # the last line, and what a cut write leaves: a torn tail
             raise StateCorruptError(f"{path}:{lineno}: {exc}") from None
-        expected = len(entries) + 1
+        expected = len(entries) + first_iteration
         if entry.iteration != expected:
-            if entry.iteration <= len(entries):
+            if entry.iteration < expected:
                 problem = f"iteration {entry.iteration} appears twice"
             else:
                 problem = f"iteration {entry.iteration} out of order (expected {expected})"
@@ -157,7 +174,7 @@ def read_log(path: Path, *, repair: bool = True) -> tuple[list[LogEntry], int]:
     torn = len(data) - good_end
     if torn and repair:
         fsio.truncate_file(path, good_end)
-    return entries, torn
+    return entries, torn, good_end
 
 
 async def append_log(path: Path, entry: LogEntry) -> None:

@@ -60,14 +60,16 @@ __all__ = [
     "read_regular",
     "reject_non_finite",
     "remove_stale_tmp",
+    "tmp_name",
     "truncate_file",
+    "write_all",
     "write_bytes_atomic",
     "write_json_atomic",
     "write_text_atomic",
 ]
 
 TMP_SUFFIX = ".tmp"
-# Names made by `_tmp_name`: ".<name>.<pid>.<hex>.tmp".
+# Names made by `tmp_name`: ".<name>.<pid>.<hex>.tmp".
 _TMP_RE = re.compile(r"^\..+\.\d+\.[0-9a-f]+\.tmp$")
 DIR_MODE = 0o750  # state directories: the group may read, others nothing
 
@@ -100,7 +102,7 @@ def describe_oserror(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     """Write all of `data`, looping only on a short write."""
     view = memoryview(data)
     written = 0
@@ -126,7 +128,8 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _tmp_name(path: Path) -> Path:
+def tmp_name(path: Path) -> Path:
+    """A fresh temp name next to `path`: `.<name>.<pid>.<hex>.tmp` (see `remove_stale_tmp`)."""
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
 
 
@@ -145,13 +148,13 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     process, but a power cut may lose the file (for files rebuilt from the log at start).
     """
     path = Path(path)
-    tmp = _tmp_name(path)
+    tmp = tmp_name(path)
     fd = -1
     renamed = False
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         os.fchmod(fd, FILE_MODE)  # the umask may have taken bits away (or left too many)
-        _write_all(fd, data)
+        write_all(fd, data)
         if durable:
             _fsync(fd)
         os.close(fd)
@@ -193,7 +196,7 @@ def append_record(path: Path, line: bytes) -> None:
             fd = open_regular(path, os.O_WRONLY | os.O_APPEND)
         original_size = os.fstat(fd).st_size
         try:
-            _write_all(fd, line)
+            write_all(fd, line)
             _fsync(fd)
             if created:
                 fsync_dir(path.parent)

@@ -2,7 +2,8 @@
 
 The log is the source of truth. At start: take the lock, remove temp files a killed write
 left, read the state (refusing a corrupt one untouched) and the log (truncating a torn last
-line), seed a log from an old state that has none, stop what earlier runs left running
+line; only past the state's log checkpoint when it still holds, log_checkpoint.py), seed
+a log from an old state that has none, stop what earlier runs left running
 (found by their AUTOLOOPD_RUN marker), record a run that was in flight when the last process
 died as `interrupted` (stopping its orphaned process group), restore a handoff
 a crash lost, recompute the state from the log and checkpoint it.
@@ -23,14 +24,15 @@ from autoloop_daemon.clock import now_utc, parse_iso, to_iso
 from autoloop_daemon.exceptions import StateCorruptError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy.cost import elapsed_cost_usd
-from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.runs.orchestrator import run_marker, run_marker_prefix
 from autoloop_daemon.runs.procfs import find_marked, find_runs, stop_group, stop_pids
 from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files import artifacts
 from autoloop_daemon.storage.files import state_file as state_mod
 from autoloop_daemon.storage.files.fsio import remove_stale_tmp
+from autoloop_daemon.storage.files.group_commit import GroupCommit
 from autoloop_daemon.storage.files.lock import StateLock
+from autoloop_daemon.storage.files.log_checkpoint import LogSummary, read_summary
 from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import RunStatus
 
@@ -42,34 +44,38 @@ _SUBDIRS = ("handoffs", "learner")
 
 def _load_sync(
     spec: TargetSpec, lock: StateLock, migrations: list[str]
-) -> tuple[dict[str, Any] | None, list[LogEntry], int, list[Path]]:
+) -> tuple[dict[str, Any] | None, LogSummary, list[Path]]:
     lock.acquire()
     try:
         root = spec.state_root
         artifacts.ensure_layout(root)
-        stale = [p for d in (root, *(root / s for s in _SUBDIRS)) for p in remove_stale_tmp(d)]
+        # Only a killed writer leaves temp files. The subdirectories gain a file per
+        # iteration, so they are listed only when the last owner did not release the lock.
+        dirs = (root, *(root / s for s in _SUBDIRS)) if lock.stale_holder is not None else (root,)
+        stale = [p for d in dirs for p in remove_stale_tmp(d)]
         loaded = state_mod.load_state(state_mod.state_path(root), on_migrate=migrations.append)
-        entries, torn = artifacts.read_log(artifacts.log_path(root))
+        marker = None if loaded is None else loaded.get("log_checkpoint")
+        summary = read_summary(root, marker, spec.weights_map, spec.min_improvement)
     except BaseException:
         lock.release()
         raise
-    return loaded, entries, torn, stale
+    return loaded, summary, stale
 
 
-async def recover(spec: TargetSpec, lock: StateLock) -> Recovered:
+async def recover(spec: TargetSpec, lock: StateLock, commits: GroupCommit) -> Recovered:
     """Lock `spec`'s state root, recover it from its log and checkpoint it.
+
+    The checkpoint goes through `commits`, so the targets started together sync together.
 
     Raises StateLockedError, StateCorruptError or StateWriteError (the lock is released and
     a refused file is left untouched).
     """
     migrations: list[str] = []
-    loaded, entries, torn, stale = await anyio.to_thread.run_sync(
-        _load_sync, spec, lock, migrations
-    )
+    loaded, summary, stale = await anyio.to_thread.run_sync(_load_sync, spec, lock, migrations)
     log_file = artifacts.log_path(spec.state_root)
     try:
-        if torn:
-            log.warning("log_tail_truncated", path=str(log_file), bytes=torn)
+        if summary.torn:
+            log.warning("log_tail_truncated", path=str(log_file), bytes=summary.torn)
         if stale:
             log.info("stale_temp_files_removed", count=len(stale))
         for line in migrations:
@@ -77,9 +83,9 @@ async def recover(spec: TargetSpec, lock: StateLock) -> Recovered:
         fresh = loaded is None
         if loaded is None:
             loaded = state_mod.new_state(spec, to_iso(now_utc()))
-            if entries:  # a log without a state: the log wins
-                loaded["started_at"] = entries[0].started_at
-        elif not entries:
+            if summary.first_started_at is not None:  # a log without a state: the log wins
+                loaded["started_at"] = summary.first_started_at
+        elif summary.last_entry is None:
             # A state from the original script has no log: keep its history and cost.
             try:
                 seeds = state_mod.seed_entries(loaded)
@@ -88,26 +94,28 @@ async def recover(spec: TargetSpec, lock: StateLock) -> Recovered:
                 raise StateCorruptError(f"{state_file}: cannot seed a log from it: {exc}") from None
             for entry in seeds:
                 await artifacts.append_log(log_file, entry)
-                entries.append(entry)
-            if entries:
-                log.info("log_seeded_from_state", entries=len(entries))
+                summary.add(entry)
+            if seeds:
+                log.info("log_seeded_from_state", entries=len(seeds))
         if lock.stale_holder is not None:  # the last owner was killed: look for its runs
             await _stop_earlier_runs(spec, loaded.get("in_flight"))
-        await _record_interrupted_run(spec, loaded, entries)
-        await _restore_last_handoff(spec, entries)
-        progress = Progress.from_entries(entries, spec.weights_map, spec.min_improvement)
+        await _record_interrupted_run(spec, loaded, summary)
+        await _restore_last_handoff(spec, summary)
+        progress = summary.progress
         state = TargetState.from_json(loaded)
+        state.log_checkpoint = summary.marker
         progress.apply_to(state)
         state.apply_limits(spec)
         state.in_flight = None
         if (
             fresh or state.to_json() != loaded
         ):  # a warm restart of an up-to-date state writes nothing
-            await state_mod.save_state(state_mod.state_path(spec.state_root), state)
+            data = state_mod.encode_state(state)
+            await commits.write(state_mod.state_path(spec.state_root), data, check_root=True)
     except BaseException:
         lock.release()
         raise
-    return Recovered(state=state, progress=progress, last_entry=entries[-1] if entries else None)
+    return Recovered(state=state, progress=progress, last_entry=summary.last_entry)
 
 
 async def _stop_earlier_runs(spec: TargetSpec, in_flight: Any) -> None:
@@ -131,7 +139,7 @@ async def _stop_earlier_runs(spec: TargetSpec, in_flight: Any) -> None:
 
 
 async def _record_interrupted_run(
-    spec: TargetSpec, state: dict[str, Any], entries: list[LogEntry]
+    spec: TargetSpec, state: dict[str, Any], summary: LogSummary
 ) -> None:
     """Log the run that was in flight when the last process died, as interrupted.
 
@@ -156,9 +164,9 @@ async def _record_interrupted_run(
         log.warning("orphan_stopped", iteration=iteration, pid=pid, pgid=pgid)
         with anyio.CancelScope(shield=True):
             await stop_group(pgid, spec.term_grace_seconds, extra_pids=[pid])
-    if any(e.iteration == iteration for e in entries):
+    last = summary.progress.last_iteration  # the log numbers its lines 1..last
+    if iteration <= last:
         return  # it was logged; the state merely lagged the log
-    last = entries[-1].iteration if entries else 0
     if iteration != last + 1:
         log.warning("in_flight_ignored", iteration=iteration, last_logged=last)
         return
@@ -182,7 +190,7 @@ async def _record_interrupted_run(
         cost_source="estimated",
     )
     await artifacts.append_log(artifacts.log_path(spec.state_root), entry)
-    entries.append(entry)
+    summary.add(entry)
     log.warning(
         "interrupted_iteration_recorded",
         iteration=iteration,
@@ -191,22 +199,21 @@ async def _record_interrupted_run(
     )
 
 
-async def _restore_last_handoff(spec: TargetSpec, entries: list[LogEntry]) -> None:
+async def _restore_last_handoff(spec: TargetSpec, summary: LogSummary) -> None:
     """Rewrite the newest completed run's handoff when a crash lost it.
 
     It is written after the run's log line, so a kill between the two leaves the next
     iteration without the `--source` that tells it what the last one decided.
     """
-    completed = [e for e in entries if e.completed]
-    if not completed:
+    last = summary.last_completed
+    if last is None:
         return
-    last = completed[-1]
     path = artifacts.handoff_path(spec.state_root, last.iteration)
     with contextlib.suppress(OSError):
         # Written without fsync: a power cut may leave it empty.
         if (await anyio.to_thread.run_sync(path.stat)).st_size > 0:
             return
-    before = next((dict(e.scores) for e in reversed(completed[:-1]) if e.scores), {})
+    before = summary.before_scores
     text = artifacts.render_handoff(
         iteration=last.iteration,
         decision=last.decision,

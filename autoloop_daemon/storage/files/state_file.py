@@ -7,7 +7,8 @@ refused with StateCorruptError and never rewritten. Unknown fields are kept.
 
 Fields beyond the seed's: `in_flight` (null or {iteration, started_at}; an optional pid
 is accepted), `best_weighted_score`, `last_decision`, `next_iteration`, `updated_at`,
-and the operator's controls `paused`, `extra_iterations`, `extra_cost_usd` (`autoloopd ctl`).
+the operator's controls `paused`, `extra_iterations`, `extra_cost_usd` (`autoloopd ctl`),
+and `log_checkpoint` (where start-up last read the log to; see log_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.storage.files import fsio
 from autoloop_daemon.storage.files.lock import check_owned_root
+from autoloop_daemon.storage.files.log_checkpoint import is_marker
 from autoloop_daemon.target_state import SCHEMA_VERSION, TargetState
 from autoloop_daemon.vocab import RunStatus, TargetStatus
 
@@ -151,6 +153,11 @@ _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     "paused": (_is_bool, "true or false", False),
     "extra_iterations": (_is_int, "an integer", False),
     "extra_cost_usd": (_is_number, "a finite number", False),
+    "log_checkpoint": (
+        is_marker,
+        "an object {offset, line_sha256, prefix_crc32}",
+        True,
+    ),
 }
 
 # Fields that do not depend on the target's settings, with the value a state missing them

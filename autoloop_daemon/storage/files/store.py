@@ -24,6 +24,7 @@ from autoloop_daemon.policy.windows import spent_in_window
 from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files import state_file as state_mod
+from autoloop_daemon.storage.files.group_commit import GroupCommit
 from autoloop_daemon.storage.files.lock import StateLock, check_owned_root
 from autoloop_daemon.storage.files.recovery import recover
 from autoloop_daemon.target_state import TargetState
@@ -48,9 +49,14 @@ def _commit(
 class FileTargetStore:
     """One target's state root on disk (see the module docstring)."""
 
-    def __init__(self, spec: TargetSpec) -> None:
-        """Describe the state root; nothing touches the disk until `open`."""
+    def __init__(self, spec: TargetSpec, commits: GroupCommit | None = None) -> None:
+        """Describe the state root; nothing touches the disk until `open`.
+
+        `commits`: the group commit shared with the other targets (FileStorage's), so that
+        the checkpoints of many targets at once are made durable together.
+        """
         self._spec = spec
+        self._commits = commits if commits is not None else GroupCommit()
         self._lock = StateLock(spec.state_root)
         self._state_file = state_mod.state_path(spec.state_root)
         self._log_file = artifacts.log_path(spec.state_root)
@@ -62,7 +68,7 @@ class FileTargetStore:
 
     async def open(self) -> Recovered:
         """Lock the state root and recover it from its log (recovery.py)."""
-        return await recover(self._spec, self._lock)
+        return await recover(self._spec, self._lock, self._commits)
 
     async def record(self, entry: LogEntry, handoff: str | None, state: TargetState | None) -> None:
         """Append the log line, write the handoff, replace the state: one worker call."""
@@ -76,8 +82,9 @@ class FileTargetStore:
         )
 
     async def save(self, state: TargetState) -> None:
-        """Replace the state file atomically and durably."""
-        await state_mod.save_state(self._state_file, state)
+        """Replace the state file atomically and durably (group-committed)."""
+        data = state_mod.encode_state(state)
+        await self._commits.write(self._state_file, data, check_root=True)
 
     async def read_log(self) -> list[LogEntry]:
         """The whole iteration log (a torn tail is left for `open` to repair)."""
@@ -170,6 +177,7 @@ class FileStorage:
         """`state_dir` None: no daemon-wide lock (the one-target command line)."""
         self._state_dir = state_dir
         self._lock = StateLock(state_dir) if state_dir is not None else None
+        self._commits = GroupCommit()
 
     async def spent_elsewhere(self, active_roots: Iterable[Path]) -> dict[str, float]:
         """Per state root not in `active_roots`: what it spent (its log, else the registry's
@@ -199,7 +207,7 @@ class FileStorage:
 
     def target(self, spec: TargetSpec) -> FileTargetStore:
         """The store of `spec`'s state root."""
-        return FileTargetStore(spec)
+        return FileTargetStore(spec, self._commits)
 
     def acquire(self) -> None:
         """Lock `state_dir` (creating it); StateLockedError names the holder."""

@@ -1,0 +1,262 @@
+"""Group commit: the atomic replaces that arrive within one loop tick made durable together.
+
+At start-up and shutdown every target checkpoints its state at once, and one fsync chain
+each (write, fsync, rename, directory fsync) costs a journal commit per file. Here the
+first `write` of a tick becomes the batch's leader: it yields once so that the other
+tasks of the tick can queue theirs, then ONE worker-thread call commits the batch:
+
+1. every temp file is written (`.<name>.<pid>.<hex>.tmp`, as `fsio.atomic_write_bytes`);
+2. they are made durable together: one `syncfs` per file system when the batch holds at
+   least SYNCFS_MIN_FILES files there, else (or when syncfs is missing or fails, which
+   also says which file failed) one fsync per file, all in the same worker call;
+3. the renames, in arrival order (two writes of one path in a batch: the later wins);
+4. the renames made durable: one more `syncfs` per file system when at least
+   SYNCFS_MIN_FILES directories gained names there, else one directory fsync each.
+
+So the guarantee is `atomic_write_bytes`'s, file by file: a rename happens only once its
+data is durable, and a reader (or a crash) sees the old file or the new one. A batch of one
+is exactly `atomic_write_bytes`. Each caller gets its own file's StateWriteError.
+
+Writes already queued always finish: the waits are shielded, so a cancelled caller returns
+(raising its cancellation) only once its file is committed, and a leader never leaves the
+others of its batch waiting. One batch is in the worker thread at a time; what arrives
+meanwhile forms the next one, led by its first writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from autoloop_daemon.exceptions import StateWriteError
+from autoloop_daemon.storage.files import fsio
+from autoloop_daemon.storage.files.lock import check_owned_root
+
+__all__ = ["GroupCommit", "commit_batch"]
+
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+# syncfs also writes back every other process's dirty data on the file system: worth it for
+# a start-up's or a shutdown's thousands of files, not for a handful (one fsync each then).
+SYNCFS_MIN_FILES = 16
+
+
+@dataclass(eq=False)
+class _Write:
+    path: Path
+    data: bytes
+    check_root: bool
+    done: anyio.Event = field(default_factory=anyio.Event)
+    lead: bool = False  # set with `done` when this writer must commit the next batch
+    error: StateWriteError | None = None
+
+
+def _load_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        func = libc.syncfs
+    except (OSError, AttributeError, TypeError):
+        return None
+    func.argtypes = [ctypes.c_int]
+    func.restype = ctypes.c_int
+    return func
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _syncfs(fd: int) -> None:
+    """syncfs(2) on the file system of `fd`; OSError when it fails or does not exist."""
+    if _SYNCFS is None:
+        raise OSError(38, "syncfs not available")
+    if _SYNCFS(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _fail(item: _Write, exc: OSError, stage: str = "") -> None:
+    if item.error is None:
+        item.error = StateWriteError(
+            f"cannot write {item.path}: {fsio.describe_oserror(exc)}{stage}"
+        )
+
+
+def _make_durable(items: list[_Write], fds: dict[int, int]) -> None:
+    """Step 2: one syncfs per file system; per-file fsyncs when that is not possible."""
+    by_device: dict[int, list[int]] = {}
+    for i, fd in fds.items():
+        try:
+            by_device.setdefault(os.fstat(fd).st_dev, []).append(i)
+        except OSError as exc:
+            _fail(items[i], exc)
+    for indices in by_device.values():
+        if len(indices) >= SYNCFS_MIN_FILES:
+            with contextlib.suppress(OSError):
+                _syncfs(fds[indices[0]])
+                continue
+        for i in indices:  # one file, or syncfs failed: fsync each (errors are per file)
+            try:
+                fsio._fsync(fds[i])
+            except OSError as exc:
+                _fail(items[i], exc)
+
+
+def _syncfs_dir(directory: Path) -> bool:
+    """syncfs on `directory`'s file system; False when it cannot be done."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        _syncfs(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _sync_dirs(renamed: dict[Path, list[_Write]]) -> None:
+    """Step 4: the renames made durable. Where several directories of one file system
+    gained names, one syncfs covers them all (each target's state has a directory of its
+    own, and one fsync each cost as much as the rest of the batch); else, or when syncfs
+    fails, one fsync per directory."""
+    by_device: dict[int, list[Path]] = {}
+    for directory, done in renamed.items():
+        try:
+            by_device.setdefault(os.stat(directory).st_dev, []).append(directory)
+        except OSError as exc:
+            for item in done:
+                _fail(item, exc, " (directory sync after rename)")
+    for dirs in by_device.values():
+        if len(dirs) >= SYNCFS_MIN_FILES and _syncfs_dir(dirs[0]):
+            continue
+        for directory in dirs:
+            try:
+                fsio.fsync_dir(directory)
+            except OSError as exc:
+                for item in renamed[directory]:
+                    _fail(item, exc, " (directory sync after rename)")
+
+
+def commit_batch(items: list[_Write]) -> None:
+    """Commit `items` (steps 1-4 of the module docstring); errors land in `item.error`."""
+    if len(items) == 1:  # exactly `atomic_write_bytes`
+        item = items[0]
+        try:
+            if item.check_root:
+                check_owned_root(item.path.parent)
+            fsio.atomic_write_bytes(item.path, item.data)
+        except StateWriteError as exc:
+            item.error = exc
+        return
+    tmps: dict[int, Path] = {}
+    fds: dict[int, int] = {}
+    try:
+        for i, item in enumerate(items):
+            try:
+                if item.check_root:
+                    check_owned_root(item.path.parent)
+                tmp = fsio.tmp_name(item.path)
+                fd = os.open(tmp, _CREATE, fsio.FILE_MODE)
+                tmps[i] = tmp
+                fds[i] = fd
+                os.fchmod(fd, fsio.FILE_MODE)
+                fsio.write_all(fd, item.data)
+            except StateWriteError as exc:
+                item.error = exc
+            except OSError as exc:
+                _fail(item, exc)
+        _make_durable(items, {i: fd for i, fd in fds.items() if items[i].error is None})
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        fds.clear()
+        renamed: dict[Path, list[_Write]] = {}
+        for i, tmp in list(tmps.items()):
+            item = items[i]
+            if item.error is not None:
+                continue
+            try:
+                fsio._replace(tmp, item.path)
+            except OSError as exc:
+                _fail(item, exc)
+                continue
+            del tmps[i]
+            renamed.setdefault(item.path.parent, []).append(item)
+        _sync_dirs(renamed)
+    finally:
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for tmp in tmps.values():
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+class GroupCommit:
+    """Batches `write`s that arrive within one loop tick (see the module docstring).
+
+    Bound to no event loop until the first `write`; use one per event loop.
+    """
+
+    def __init__(self) -> None:
+        """An empty queue; nothing is started."""
+        self._pending: list[_Write] = []
+        self._busy = False  # a leader is gathering or committing a batch
+
+    async def write(self, path: Path, data: bytes, *, check_root: bool = False) -> None:
+        """Replace `path` with `data` atomically and durably, batched with the tick's others.
+
+        `check_root`: refuse (StateWriteError) a state root replaced since it was locked
+        (`lock.check_owned_root` on `path`'s directory). Raises StateWriteError.
+        """
+        item = _Write(Path(path), data, check_root)
+        self._pending.append(item)
+        with anyio.CancelScope(shield=True):
+            if self._busy:
+                await item.done.wait()
+                if not item.lead:
+                    self._raise(item)
+                    return
+            self._busy = True
+            await self._lead()
+        self._raise(item)
+
+    @staticmethod
+    def _raise(item: _Write) -> None:
+        if item.error is not None:
+            raise item.error
+
+    async def _lead(self) -> None:
+        """Gather one tick's writes, commit them in one worker call, hand on the lead."""
+        try:
+            await anyio.lowlevel.checkpoint()  # let the other tasks of this tick queue theirs
+            batch, self._pending = self._pending, []
+            try:
+                await anyio.to_thread.run_sync(commit_batch, batch)
+            except BaseException as exc:  # not an OSError (those are per item): all fail
+                for item in batch:
+                    if item.error is None:
+                        item.error = StateWriteError(f"cannot write {item.path}: {exc!r}")
+                raise
+            finally:
+                for item in batch:
+                    if not item.lead:
+                        item.done.set()
+        finally:
+            if self._pending:
+                nxt = self._pending[0]
+                nxt.lead = True
+                nxt.done.set()
+            else:
+                self._busy = False
