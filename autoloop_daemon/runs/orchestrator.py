@@ -317,13 +317,9 @@ async def run_iteration(
         return await _run_simulated(spec, iteration)
     start = time.monotonic()
     started_wall = time.time()
-    if not spec.path.is_dir():
-        error = f"target directory is missing: {spec.path}"
-        return IterationResult(status="failed", duration_s=0.0, error=error, failure_trace=error)
-    argv = render_argv(spec.orchestrator, spec, iteration)
-    if handoff is not None and spec.handoff_arg:
-        for source in await anyio.to_thread.run_sync(_handoff_sources, handoff, spec):
-            argv += [spec.handoff_arg, source]
+    argv = await anyio.to_thread.run_sync(_argv_for, spec, iteration, handoff)
+    if argv is None:
+        return _not_run(f"target directory is missing: {spec.path}", start)
     marker = run_marker(spec, iteration)
     try:
         outcome = await run_in_group(
@@ -338,15 +334,39 @@ async def run_iteration(
             on_stdout=None if on_cost is None else ProgressReader(on_cost),
         )
     except RunLogError as exc:
-        error = f"not started: {exc}"
-        return IterationResult(
-            status="failed", duration_s=time.monotonic() - start, error=error, failure_trace=error
-        )
+        return _not_run(f"not started: {exc}", start)
     except OSError as exc:
-        error = f"cannot start orchestrator {argv[0]!r}: {exc.strerror or exc}"
-        return IterationResult(
-            status="failed", duration_s=time.monotonic() - start, error=error, failure_trace=error
-        )
+        return _not_run(f"cannot start orchestrator {argv[0]!r}: {exc.strerror or exc}", start)
+    return await _read_outcome(spec, iteration, marker, outcome, start, started_wall)
+
+
+def _argv_for(spec: TargetSpec, iteration: int, handoff: Path | None) -> list[str] | None:
+    """The orchestrator's argv with the handoff and feedback sources; None when the target
+    directory is gone. Blocking (it looks at the disk)."""
+    if not spec.path.is_dir():
+        return None
+    argv = render_argv(spec.orchestrator, spec, iteration)
+    if handoff is not None and spec.handoff_arg:
+        for source in _handoff_sources(handoff, spec):
+            argv += [spec.handoff_arg, source]
+    return argv
+
+
+def _not_run(error: str, start: float) -> IterationResult:
+    return IterationResult(
+        status="failed", duration_s=time.monotonic() - start, error=error, failure_trace=error
+    )
+
+
+async def _read_outcome(
+    spec: TargetSpec,
+    iteration: int,
+    marker: str,
+    outcome: ProcessOutcome,
+    start: float,
+    started_wall: float,
+) -> IterationResult:
+    """What a finished run decided: its exit, its result, then its scores."""
 
     def failed(error: str, what: str) -> IterationResult:
         return IterationResult(
@@ -368,7 +388,6 @@ async def run_iteration(
         )
     if result is None:
         return failed("orchestrator printed no result", "printed no result")
-
     scores = result.scores
     if scores is None and spec.scorer:
         scores = await _scores_from_scorer(spec, iteration, marker)
