@@ -211,14 +211,7 @@ class IterationSteps(TargetControls):
         self.state.status = plan.status
         handoff = None
         if entry.completed:
-            handoff = artifacts.render_handoff(
-                iteration=entry.iteration,
-                decision=entry.decision,
-                candidate_id=entry.candidate_id,
-                artifact_path=entry.artifact_path,
-                before=before,
-                after=dict(entry.scores),
-            )
+            handoff = artifacts.handoff_for(entry, before)
         self._dirty = plan.may_defer_save
         await self._store.record(entry, handoff, None if self._dirty else self.state)
         if (

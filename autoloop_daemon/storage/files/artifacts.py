@@ -220,6 +220,18 @@ def _value(text: str | None, default: str) -> str:
     return (_one_line(text) if text is not None else "") or default
 
 
+def handoff_for(entry: LogEntry, before: Mapping[str, float]) -> str:
+    """The handoff of a completed log entry, given the scores before it. Pure."""
+    return render_handoff(
+        iteration=entry.iteration,
+        decision=entry.decision,
+        candidate_id=entry.candidate_id,
+        artifact_path=entry.artifact_path,
+        before=before,
+        after=dict(entry.scores),
+    )
+
+
 def render_handoff(
     *,
     iteration: int,

@@ -214,14 +214,7 @@ async def _restore_last_handoff(spec: TargetSpec, summary: LogSummary) -> None:
         if (await anyio.to_thread.run_sync(path.stat)).st_size > 0:
             return
     before = summary.before_scores
-    text = artifacts.render_handoff(
-        iteration=last.iteration,
-        decision=last.decision,
-        candidate_id=last.candidate_id,
-        artifact_path=last.artifact_path,
-        before=before,
-        after=dict(last.scores),
-    )
+    text = artifacts.handoff_for(last, before)
     await artifacts.write_handoff(spec.state_root, last.iteration, text)
     log.warning("handoff_restored", iteration=last.iteration)
 
