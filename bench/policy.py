@@ -211,6 +211,7 @@ def main() -> int:
         "machine": common.machine(),
     }
     common.write_results("policy", data)
+    plot_path = plot(summary, args.quick)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -237,7 +238,33 @@ def main() -> int:
     ]  # fmt: skip
     print(common.table(headers, rows))
     print("(oracle: true curves, same noisy keep decision; its limit in the study was 0.94)")
+    print(f"plot: {plot_path}" if plot_path else "plot: skipped (pip install '.[bench]')")
     return 0
+
+
+def plot(summary: dict[str, Any], quick: bool) -> Path | None:
+    """Fraction of the oracle's gain per budget, fcfs beside gain_per_usd (None without
+    matplotlib)."""
+    plt = common.pyplot()
+    if plt is None:
+        return None
+    budgets = list(summary["budgets"])
+    fcfs = [summary["budgets"][k]["fcfs"]["fraction_of_oracle"] for k in budgets]
+    ranked = [summary["budgets"][k]["fraction_of_oracle"] for k in budgets]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = range(len(budgets))
+    ax.bar([x - 0.2 for x in xs], fcfs, width=0.4, label="fcfs")
+    ax.bar([x + 0.2 for x in xs], ranked, width=0.4, label="gain_per_usd")
+    for x, k in zip(xs, budgets, strict=True):
+        b = summary["budgets"][k]
+        ax.annotate(f"x{b['ratio']:.2f}", (x + 0.2, b["fraction_of_oracle"]),
+                    ha="center", va="bottom", fontsize=9)  # fmt: skip
+    ax.set_xticks(list(xs), [f"{k}x mean cost" for k in budgets])
+    ax.set_ylabel("fraction of the oracle's true gain")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Allocation policies, {summary['worlds']} seeded fleet worlds")
+    ax.legend(loc="lower right")
+    return common.save_plot(plt, fig, "policy", quick)
 
 
 def _tmpfs() -> str | None:
