@@ -297,3 +297,18 @@ async def test_the_subscriber_never_waits_a_full_queue_drops_and_logs(
         ("target_stopped", None, "a"),
     ]
     assert json.loads((tmp_path / "alerts_fired.json").read_text())["fired"] == ["budget:0.5:10"]
+
+
+def test_budget_alert_at_sets_the_fractions_of_alerts_that_set_none(tmp_path: Path) -> None:
+    """`[budget] alert_at` is the default `budget_fractions` of every [[alerts]] entry that
+    names none of its own; an entry's own list wins."""
+    (tmp_path / "a").mkdir()
+    config = tmp_path / "c.toml"
+    config.write_text(
+        "[budget]\nalert_at = [0.9, 0.25]\n"
+        '[[alerts]]\nevents = ["budget_threshold"]\ncommand = ["true"]\n'
+        '[[alerts]]\nevents = ["budget_threshold"]\ncommand = ["true"]\nbudget_fractions = [0.5]\n'
+        '[[targets]]\nname = "a"\npath = "a"\ndry_run = true\n'
+    )
+    cfg = load_config(config)
+    assert [a.budget_fractions for a in cfg.alerts] == [[0.25, 0.9], [0.5]]

@@ -50,7 +50,8 @@ def _check_url(url: str) -> str:
     return url
 
 
-def _check_fractions(fractions: list[float]) -> list[float]:
+def check_fractions(fractions: list[float]) -> list[float]:
+    """Fractions of a cap, each once, in ascending order."""
     if len(set(fractions)) != len(fractions):
         raise ValueError("a fraction appears twice")
     return sorted(fractions)
@@ -72,7 +73,7 @@ class AlertSettings(BaseModel):
     budget_fractions: Annotated[
         list[Annotated[float, Field(gt=0, le=10)]],
         Field(min_length=1),
-        AfterValidator(_check_fractions),
+        AfterValidator(check_fractions),
     ] = list(DEFAULT_FRACTIONS)
 
     @model_validator(mode="after")

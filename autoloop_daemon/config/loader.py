@@ -127,7 +127,12 @@ def _load(path: Path, shown: str, env: Mapping[str, str]) -> AppConfig:
         daemon=daemon,
         budget=settings.budget,
         targets=targets,
-        alerts=tuple(settings.alerts),
+        alerts=tuple(
+            a
+            if "budget_fractions" in a.model_fields_set or settings.budget.alert_at is None
+            else a.model_copy(update={"budget_fractions": settings.budget.alert_at})
+            for a in settings.alerts
+        ),
         cluster=settings.cluster,
     )
 

@@ -24,7 +24,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from autoloop_daemon.config.alerts import AlertSettings
+from autoloop_daemon.config.alerts import AlertSettings, check_fractions
 from autoloop_daemon.config.cluster import ClusterSettings
 from autoloop_daemon.policy.deadline import check_deadline
 from autoloop_daemon.policy.windows import BudgetWindow, load_zone, parse_window
@@ -150,6 +150,17 @@ class BudgetSettings(BaseModel):
     window_timezone: Annotated[str, AfterValidator(_check_zone)] | None = None
     lifetime_max_cost_usd: Money | None = None
     allocation: Literal["fcfs", "gain_per_usd"] = "fcfs"
+    # Soft thresholds: fractions of the (window's, and the lifetime) cap at which
+    # `budget_threshold` alerts fire, for every [[alerts]] entry that sets no
+    # budget_fractions of its own.
+    alert_at: (
+        Annotated[
+            list[Annotated[float, Field(gt=0, le=10)]],
+            Field(min_length=1),
+            AfterValidator(check_fractions),
+        ]
+        | None
+    ) = None
 
     def budget_window(self) -> BudgetWindow | None:
         """The window and its cap, or None without `window`."""
