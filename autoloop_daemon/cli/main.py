@@ -1,6 +1,6 @@
-"""The `autoloopd` command: argument parsing, exit codes and the seed-compatible flags.
+"""The `autoloopd` command: its forms, the daemon and one-target runs, and the exit codes.
 
-Three forms:
+The forms (the parser of the first two is cli/parser.py):
   autoloopd --config FILE [--check]          the daemon (every target in FILE)
   autoloopd --target DIR --state-root DIR    one target, the original script's flags
   autoloopd status (--config FILE | --state-root DIR) [--json]

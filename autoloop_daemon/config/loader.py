@@ -1,4 +1,4 @@
-"""The TOML configuration: pydantic-settings models, loading, merging and validation.
+"""The TOML configuration: loading one file, resolving paths, merging and validating it.
 
 `load_config` reads one TOML file through pydantic-settings (sources, highest first: init,
 `AUTOLOOPD_*` environment variables with `__` for nesting, the TOML file), validates every
