@@ -16,6 +16,7 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,10 +63,18 @@ def bind_unix(path: Path) -> socket.socket:
         if _answers(path):
             raise StateLockedError(f"another autoloopd serves the control socket {path}")
         path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
+
+    def bind(sock: socket.socket) -> None:
         sock.bind(str(path))
         os.chmod(path, SOCKET_MODE)  # before listen(): no connection is accepted before it
+
+    return _listening(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), bind)
+
+
+def _listening(sock: socket.socket, bind: Callable[[socket.socket], None]) -> socket.socket:
+    """`sock` bound by `bind`, listening and non-blocking; closed if any step fails."""
+    try:
+        bind(sock)
         sock.listen(BACKLOG)
     except BaseException:
         sock.close()
@@ -89,16 +98,12 @@ def bind_tcp(listen: str) -> socket.socket:
     """A listening TCP socket on `HOST:PORT`."""
     host, port = parse_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
+
+    def bind(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(BACKLOG)
-    except BaseException:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
+
+    return _listening(socket.socket(family, socket.SOCK_STREAM), bind)
 
 
 def _hypercorn_config(sock: socket.socket) -> HypercornConfig:
