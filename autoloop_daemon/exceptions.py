@@ -23,6 +23,11 @@ class StateWriteError(AutoloopError):
     """A checkpoint could not be written (disk full, read-only); the previous file is intact."""
 
 
+class FencedWriteError(StateWriteError):
+    """Cluster mode: a write under a lease (fencing token) that is no longer the target's was
+    refused; the local journal keeps it and its real cost is booked."""
+
+
 class ResultError(AutoloopError):
     """The orchestrator's or scorer's output is present but invalid."""
 

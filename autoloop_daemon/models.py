@@ -70,6 +70,7 @@ class TargetSpec:
     min_gain_per_usd: float = 0.0  # stop when the estimated gain per dollar falls below (0 off)
     target_score: float | None = None  # stop once the best weighted score reaches it
     deadline: str | None = None  # "HH:MM" (local, daily) or an ISO timestamp
+    hosts: tuple[str, ...] = ()  # cluster mode: the only hosts that may run it (empty: any)
 
     @property
     def cooldown_s(self) -> float:

@@ -31,6 +31,8 @@ class TargetStatus(StrEnum):
     STOPPED_LOW_YIELD = "stopped_low_yield"  # estimated gain per dollar below min_gain_per_usd
     STOPPED_TARGET_REACHED = "stopped_target_reached"  # best weighted score >= target_score
     STOPPED_DEADLINE = "stopped_deadline"  # past the deadline: no new iteration
+    LEASE_LOST = "lease_lost"  # cluster: the lease moved (or was given up); another host runs it
+    HANDED_OVER = "handed_over"  # cluster: given to another host (a fair share each)
     ERROR = "error"
 
     @property
@@ -41,7 +43,11 @@ class TargetStatus(StrEnum):
     @property
     def is_stopped(self) -> bool:
         """True for every status a target ends its cycle with."""
-        return self.startswith("stopped_") or self is TargetStatus.ERROR
+        return self.startswith("stopped_") or self in (
+            TargetStatus.ERROR,
+            TargetStatus.LEASE_LOST,
+            TargetStatus.HANDED_OVER,
+        )
 
 
 # Statuses a re-run with the same limits does not continue from.

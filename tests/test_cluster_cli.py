@@ -12,6 +12,7 @@ import pytest
 from autoloop_daemon.config.loader import load_config
 from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.exit_codes import EXIT_CONFIG, EXIT_DATAERR, EXIT_OK, EXIT_TEMPFAIL
+from autoloop_daemon.storage.postgres.schema import SCHEMA_VERSION
 from tests.helpers.process import AUTOLOOPD
 
 
@@ -30,7 +31,7 @@ def test_db_init_then_check_then_migrate(pg_dsn: str) -> None:
     done = _db("init", dsn=pg_dsn)
     assert done.returncode == EXIT_OK and "upgraded from version 0" in done.stdout
     check = _db("--check", dsn=pg_dsn)
-    assert check.returncode == EXIT_OK and "schema version 1" in check.stdout
+    assert check.returncode == EXIT_OK and f"schema version {SCHEMA_VERSION}" in check.stdout
     again = _db("migrate", dsn=pg_dsn)
     assert again.returncode == EXIT_OK and "already at version" in again.stdout
 

@@ -46,6 +46,7 @@ from autoloop_daemon.exit_codes import (
 )
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.runtime.alerts import Alerter
+from autoloop_daemon.runtime.cluster_hosting import ClusterLink
 from autoloop_daemon.runtime.console import Console
 from autoloop_daemon.runtime.daemon import serve
 from autoloop_daemon.runtime.events import EventBus
@@ -54,8 +55,10 @@ from autoloop_daemon.runtime.logs import configure_logging
 from autoloop_daemon.runtime.sdnotify import Notifier
 from autoloop_daemon.runtime.signals import hold_early_hangups
 from autoloop_daemon.runtime.supervisor import ReloadedConfig, Supervisor
+from autoloop_daemon.storage.base import Storage
 from autoloop_daemon.storage.files.lock import resolve_state_root
 from autoloop_daemon.storage.files.store import FileStorage
+from autoloop_daemon.storage.postgres.db import ClusterError
 
 DEFAULT_CAP_WARNING = "Default $50 cap applies. For overnight runs, explicitly set --max-cost."
 
@@ -175,20 +178,17 @@ def _run_daemon(args: argparse.Namespace) -> int:
         ]
         state_dir = writable_dir_problem(cfg.daemon.state_dir, "daemon.state_dir")
         problems += [state_dir] if state_dir else []
+        if cfg.cluster.enabled:
+            from autoloop_daemon.cli.cluster_daemon import check_cluster
+
+            database = check_cluster(cfg)
+            problems += [database] if database else []
         print(check_summary(cfg))
         if problems:
             for problem in problems:
                 _error(f"{cfg.path}: {problem}")
             return EXIT_CONFIG
         return EXIT_OK
-    if cfg.cluster.dsn is not None:
-        # Honest until the supervisor claims targets through storage/postgres/: running this
-        # host alone while the config says "cluster" would split one budget in two.
-        raise ConfigError(
-            f"{cfg.path}: cluster.dsn: the daemon does not run targets in cluster mode yet "
-            "(only `autoloopd db init|migrate|--check` use [cluster]); remove cluster.dsn "
-            "to run on this host's files"
-        )
     configure_logging(
         args.log_format or cfg.daemon.log_format, args.log_level or cfg.daemon.log_level
     )
@@ -196,27 +196,34 @@ def _run_daemon(args: argparse.Namespace) -> int:
     structlog.get_logger("autoloopd").info(
         "daemon_starting", config=str(cfg.path), targets=len(cfg.targets), pid=os.getpid()
     )
-    supervisor = Supervisor(
-        cfg.targets,
-        stay_up=stay_up_when_idle(cfg.daemon.exit_when_idle),
-        storage=FileStorage(cfg.daemon.state_dir),
-        budget_cap_usd=cfg.budget.lifetime_cap_usd,
-        window=cfg.budget.budget_window(),
-        allocation=cfg.budget.allocation,
-        max_concurrent=cfg.daemon.max_concurrent_iterations,
-        grace_s=cfg.daemon.shutdown_grace_seconds,
-        reloader=lambda: _reloader(cfg.path),
-    )
-    alerter = (
-        Alerter(cfg.alerts, state_dir=cfg.daemon.state_dir, snapshot=supervisor.snapshot)
-        if cfg.alerts
-        else None
-    )
     # On a terminal (and not forced to JSON): the live view and the Ctrl+C notice.
     live = sys.stdout.isatty() and (args.log_format or cfg.daemon.log_format) != "json"
-    return anyio.run(
-        partial(serve, supervisor, Notifier(), alerter, control_settings(cfg), live=live)
-    )
+
+    async def serve_on(storage: Storage, cluster: ClusterLink | None = None) -> int:
+        supervisor = Supervisor(
+            cfg.targets,
+            stay_up=stay_up_when_idle(cfg.daemon.exit_when_idle),
+            storage=storage,
+            budget_cap_usd=cfg.budget.lifetime_cap_usd,
+            window=cfg.budget.budget_window(),
+            allocation=cfg.budget.allocation,
+            max_concurrent=cfg.daemon.max_concurrent_iterations,
+            grace_s=cfg.daemon.shutdown_grace_seconds,
+            reloader=lambda: _reloader(cfg.path),
+            cluster=cluster,
+        )
+        alerter = (
+            Alerter(cfg.alerts, state_dir=cfg.daemon.state_dir, snapshot=supervisor.snapshot)
+            if cfg.alerts
+            else None
+        )
+        return await serve(supervisor, Notifier(), alerter, control_settings(cfg), live=live)
+
+    if cfg.cluster.enabled:
+        from autoloop_daemon.cli.cluster_daemon import serve_in_cluster
+
+        return anyio.run(partial(serve_in_cluster, cfg, serve_on))
+    return anyio.run(serve_on, FileStorage(cfg.daemon.state_dir))
 
 
 SUBCOMMANDS = {
@@ -252,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StateWriteError as exc:
         _error(str(exc))
         return EXIT_IOERR
+    except ClusterError as exc:  # the cluster's database is unreachable or has the wrong schema
+        _error(str(exc))
+        return EXIT_TEMPFAIL
     except KeyboardInterrupt:  # a Ctrl+C before the signal handler was installed
         return EXIT_INTERRUPTED
 

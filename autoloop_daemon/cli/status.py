@@ -40,7 +40,7 @@ ROW_KEYS = (
     "target", "status", "paused", "reason", "last_error", "iterations_completed",
     "max_iterations", "running_iteration", "running_for_s", "in_flight",
     "best_weighted_score", "last_weighted_score", "last_decision", "total_cost_usd",
-    "max_cost_usd", "estimated", "next_run_at", "consecutive_errors", "state_root",
+    "max_cost_usd", "estimated", "next_run_at", "consecutive_errors", "state_root", "host",
 )  # fmt: skip
 
 
@@ -234,6 +234,8 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
         status = str(r.get("status") or "-")
         if r.get("paused") and status != TargetStatus.PAUSED:
             status += ",paused"
+        if r.get("host"):  # cluster mode: the host running it
+            status += f"@{r['host']}"
         est = bool(r.get("estimated"))
         why = r.get("reason") or (f"last error: {r['last_error']}" if r.get("last_error") else None)
         lines.append(
@@ -279,6 +281,15 @@ def render_summary(report: dict[str, Any]) -> str:
             f"\nwindow: {b['window']}, {_fmt_money(b['window_spent_usd'] or 0.0)} of "
             f"{_fmt_money(b['window_cap_usd'])} spent, next window at {b['window_resets_at']}"
         )
+    cluster = report.get("cluster")
+    if cluster:
+        hosts = ", ".join(
+            f"{h['host']} {'live' if h['live'] else 'stopped' if h['stopped'] else 'silent'}"
+            f" ({h['leases']} leases, seen {h['seen_at']})"
+            for h in cluster["hosts"]
+        )
+        fresh = "" if cluster["leases_fresh"] else " (its leases are stale: self-fenced)"
+        return f"{daemon}\n{money}\ncluster: this host {cluster['host']}{fresh}; hosts: {hosts}"
     return f"{daemon}\n{money}"
 
 
@@ -304,6 +315,7 @@ def collect(
                     "daemon": daemon,
                     "budget": payload["budget"],
                     "targets": _daemon_rows(payload, roots),
+                    **({"cluster": payload["cluster"]} if "cluster" in payload else {}),
                 }
             why = f"the control socket answered {code}"
     rows = [target_row(name, root) for name, root in sorted(roots.items())]  # as the daemon
@@ -321,7 +333,10 @@ def _from_daemon(sock: Path) -> dict[str, Any] | None:
     if code != 200 or not isinstance(payload, dict):
         return None
     daemon = {**payload["daemon"], "source": "socket", "control_socket": str(sock)}
-    return {"daemon": daemon, "budget": payload["budget"], "targets": _daemon_rows(payload, {})}
+    report = {"daemon": daemon, "budget": payload["budget"], "targets": _daemon_rows(payload, {})}
+    if "cluster" in payload:
+        report["cluster"] = payload["cluster"]
+    return report
 
 
 def main(argv: Sequence[str]) -> int:

@@ -121,6 +121,11 @@ def _load(path: Path, shown: str, env: Mapping[str, str]) -> AppConfig:
     daemon = d.model_copy(
         update={"state_dir": state_dir, "control_socket": sock, "http_token_file": token_file}
     )
+    if settings.cluster.enabled and settings.budget.window is not None:
+        raise ConfigError(
+            f"{shown}: budget.window: budget windows are not supported in cluster mode yet "
+            "(the cluster's budget is one lifetime cap); remove window or cluster.dsn"
+        )
     targets = _build_targets(settings, base, state_dir, shown)
     return AppConfig(
         path=cfg_path,
@@ -215,7 +220,8 @@ def _build_targets(
             )
         names[table.name] = i
         path = _resolve(table.path, base, shown, f"{key}.path")
-        if not path.is_dir():
+        # In cluster mode a host may not see every target's directory: it never claims those.
+        if not path.is_dir() and (path.exists() or not settings.cluster.enabled):
             problem = "not a directory" if path.exists() else "no such directory"
             raise ConfigError(f"{shown}: {key}.path: {problem}: {path}")
         raw_root = table.state_root if table.state_root is not None else state_dir / table.name
@@ -254,6 +260,7 @@ def _build_targets(
             sources=tuple(merged["sources"]),
             env=tuple(sorted(dict(merged["env"]).items())),
             weights=tuple(sorted(dict(merged["weights"]).items())),
+            hosts=tuple(merged["hosts"]),
         )
         specs.append(TargetSpec(name=table.name, path=path, state_root=root, **merged))
     return tuple(specs)

@@ -65,6 +65,12 @@ def check_template_arg(arg: str) -> str:
     return arg
 
 
+def _check_host(host: str) -> str:
+    if not host or len(host) > 200 or not host.isprintable():
+        raise ValueError(f"{_quote(host)} is not a host id (1 to 200 printable characters)")
+    return host
+
+
 def _check_name(name: str) -> str:
     if not name or name in (".", ".."):
         raise ValueError(f"{_quote(name)} is not a usable target name")
@@ -212,6 +218,11 @@ class _TargetKeys(BaseModel):
     min_gain_per_usd: Rate | None = None
     target_score: Annotated[float, Field(ge=0, le=1)] | None = None
     deadline: Annotated[str, AfterValidator(check_deadline)] | None = None
+    # Cluster mode: the host ids ([cluster] host_id) that may run the target (default: any
+    # host that can see its directory).
+    hosts: (
+        Annotated[list[Annotated[str, AfterValidator(_check_host)]], Field(min_length=1)] | None
+    ) = None
 
 
 class _TargetTable(_TargetKeys):

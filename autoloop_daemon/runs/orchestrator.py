@@ -299,6 +299,9 @@ async def _run_simulated(spec: TargetSpec, iteration: int) -> IterationResult:
     )
 
 
+FENCE_ENV = "AUTOLOOPD_FENCE"
+
+
 async def run_iteration(
     spec: TargetSpec,
     iteration: int,
@@ -306,8 +309,12 @@ async def run_iteration(
     handoff: Path | None = None,
     on_started: OnStarted | None = None,
     on_cost: Callable[[float], None] | None = None,
+    fence: str | None = None,
 ) -> IterationResult:
     """Run iteration `iteration` of `spec` and read what it decided.
+
+    `fence` (cluster mode: `<target>:<fencing token>`) is passed as AUTOLOOPD_FENCE, for
+    sinks that can refuse the writes of a host whose lease moved.
 
     Never raises for orchestrator misbehaviour: a failed run comes back with status
     "failed", a one-line `error` and a `failure_trace`. Cancellation (daemon shutdown) is
@@ -321,11 +328,14 @@ async def run_iteration(
     if argv is None:
         return _not_run(f"target directory is missing: {spec.path}", start)
     marker = run_marker(spec, iteration)
+    env = child_environment(spec.env_map, marker)
+    if fence is not None:
+        env[FENCE_ENV] = fence
     try:
         outcome = await run_in_group(
             argv,
             cwd=None,
-            env=child_environment(spec.env_map, marker),
+            env=env,
             log_path=artifacts.run_log_path(spec.state_root, iteration),
             timeout_s=spec.timeout_s,
             term_grace_s=spec.term_grace_seconds,

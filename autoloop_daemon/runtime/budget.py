@@ -157,9 +157,16 @@ class SharedBudget:
             self._on_change()
 
     async def reserve(
-        self, owner: str, amount_usd: float, *, metered: bool = False
+        self,
+        owner: str,
+        amount_usd: float,
+        *,
+        metered: bool = False,
+        iteration: int = 0,
+        rate_usd_per_s: float = 0.0,
     ) -> Reservation | WindowFull | None:
         """Reserve `amount_usd`, waiting for running iterations to settle if needed.
+        (`iteration` and `rate_usd_per_s` matter to the cluster's budget only.)
 
         Returns None when the amount does not fit even with nothing else in flight: the
         caller stops its target with `stopped_budget`; `WindowFull` when only the window's

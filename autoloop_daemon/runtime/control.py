@@ -14,6 +14,7 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ def status_payload(snap: FleetSnapshot, now: float | None = None) -> dict[str, A
         },
         "budget": budget_payload(snap),
         "targets": [snap_target for snap_target in snap.to_json()["targets"]],
+        **({} if snap.cluster is None else {"cluster": asdict(snap.cluster)}),
     }
 
 
@@ -99,9 +101,9 @@ def _target_command(supervisor: Supervisor) -> Handler:
                 case "resume":
                     message = await supervisor.resume(name)
                 case "run-now":
-                    message = supervisor.run_now(name)
+                    message = await supervisor.run_now(name)
                 case "stop":
-                    message = supervisor.stop(name)
+                    message = await supervisor.stop(name)
                 case "reset":
                     message = await supervisor.reset(name)
                 case "extend":

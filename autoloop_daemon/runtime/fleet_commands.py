@@ -15,13 +15,14 @@ from autoloop_daemon.exceptions import (
 )
 from autoloop_daemon.runs.process import kill_running_groups
 from autoloop_daemon.runtime import events as ev
-from autoloop_daemon.runtime.supervisor_base import SupervisorBase, TargetRecord
+from autoloop_daemon.runtime.cluster_hosting import ClusterHosting
+from autoloop_daemon.runtime.supervisor_base import TargetRecord
 from autoloop_daemon.runtime.target import TargetRunner
 
 log = structlog.get_logger("autoloopd.supervisor")
 
 
-class FleetCommands(SupervisorBase):
+class FleetCommands(ClusterHosting):
     """Commands to the whole fleet and to one target."""
 
     def request_shutdown(self, reason: str) -> None:
@@ -60,12 +61,6 @@ class FleetCommands(SupervisorBase):
         if record.runner is not None:
             record.runner.request_stop(self._grace_s)
 
-    def _record(self, name: str) -> TargetRecord:
-        record = self._records.get(name)
-        if record is None:
-            raise UnknownTargetError(f"no target named {name!r}")
-        return record
-
     def _live_runner(self, name: str, verb: str) -> TargetRunner:
         """The target's runner while its cycle runs; CommandRefusedError once it stopped."""
         record = self._record(name)
@@ -78,24 +73,36 @@ class FleetCommands(SupervisorBase):
             )
         return runner
 
-    def stop(self, name: str) -> str:
+    async def stop(self, name: str) -> str:
         """`stop_target` for the operator: refused (CommandRefusedError) once stopped."""
+        routed = await self.cluster_command("stop", name)
+        if routed is not None:
+            return routed
         self._live_runner(name, "stop")
         self.stop_target(name)
         return f"{name}: stopping (a running iteration gets the shutdown grace period)"
 
     async def pause(self, name: str) -> str:
         """Let a running iteration finish, then start no new one until `resume`."""
+        routed = await self.cluster_command("pause", name)
+        if routed is not None:
+            return routed
         await self._live_runner(name, "pause").set_paused(True)
         return f"{name}: paused"
 
     async def resume(self, name: str) -> str:
         """Undo `pause`."""
+        routed = await self.cluster_command("resume", name)
+        if routed is not None:
+            return routed
         await self._live_runner(name, "resume").set_paused(False)
         return f"{name}: resumed"
 
-    def run_now(self, name: str) -> str:
+    async def run_now(self, name: str) -> str:
         """Skip the target's current cooldown or schedule wait, once."""
+        routed = await self.cluster_command("run-now", name)
+        if routed is not None:
+            return routed
         runner = self._live_runner(name, "run now")
         if runner.state.paused:
             raise CommandRefusedError(f"cannot run {name!r} now: it is paused ('resume' first)")
@@ -107,6 +114,7 @@ class FleetCommands(SupervisorBase):
         if iterations < 0 or cost_usd < 0 or not (iterations or cost_usd):
             raise CommandRefusedError("extend needs --iterations N and/or --cost USD (> 0)")
         record = self._record(name)
+        self.refuse_remote_extend(name)
         runner = record.runner
         if runner is not None and runner.final_status is None and not runner.stopping:
             await runner.extend(iterations, cost_usd)
@@ -117,6 +125,9 @@ class FleetCommands(SupervisorBase):
     async def reset(self, name: str) -> str:
         """Clear the circuit breaker and a final status; a stopped target starts again."""
         record = self._record(name)
+        routed = await self.cluster_reset(name)
+        if routed is not None:
+            return routed
         runner = record.runner
         if runner is not None and runner.final_status is None and not runner.stopping:
             await runner.clear_stop()

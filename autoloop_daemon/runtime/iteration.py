@@ -14,6 +14,7 @@ import anyio
 import structlog
 
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
+from autoloop_daemon.exceptions import FencedWriteError
 from autoloop_daemon.models import IterationResult, LogEntry
 from autoloop_daemon.policy import cycle
 from autoloop_daemon.policy.live_cost import (
@@ -91,7 +92,11 @@ class IterationSteps(TargetControls):
                     self._iter_scope = scope
                     self._apply_deadline()
                     result = await run_iteration(
-                        spec, iteration, handoff=handoff, on_cost=meter.report
+                        spec,
+                        iteration,
+                        handoff=handoff,
+                        on_cost=meter.report,
+                        fence=self._store.fence,
                     )
             finally:
                 self._iter_scope = None
@@ -213,7 +218,11 @@ class IterationSteps(TargetControls):
         if entry.completed:
             handoff = artifacts.handoff_for(entry, before)
         self._dirty = plan.may_defer_save
-        await self._store.record(entry, handoff, None if self._dirty else self.state)
+        try:
+            await self._store.record(entry, handoff, None if self._dirty else self.state)
+        except FencedWriteError as exc:  # cluster: journaled here; the lease is elsewhere
+            log.warning("cluster_write_fenced", error=str(exc))
+            self.request_stop(0.0, TargetStatus.LEASE_LOST)
         if (
             entry.decision is not None
             and entry.decision not in KNOWN_DECISIONS

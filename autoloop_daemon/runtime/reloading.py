@@ -12,7 +12,7 @@ from autoloop_daemon.exceptions import (
 from autoloop_daemon.policy.reload import Known, plan_reload
 from autoloop_daemon.runtime import events as ev
 from autoloop_daemon.runtime.fleet_commands import FleetCommands
-from autoloop_daemon.runtime.supervisor_base import ReloadedConfig, ReloadReport
+from autoloop_daemon.runtime.supervisor_base import ReloadedConfig, ReloadReport, TargetRecord
 from autoloop_daemon.vocab import TargetStatus
 
 log = structlog.get_logger("autoloopd.supervisor")
@@ -45,6 +45,9 @@ class Reloading(FleetCommands):
                 ev.ConfigReloaded(report.added, report.removed, report.changed, new.budget_cap_usd)
             )
             return report
+
+    async def _reload_after_ready(self) -> None:
+        await self.reload()
 
     async def _apply(self, new: ReloadedConfig) -> ReloadReport:
         known = {
@@ -82,6 +85,12 @@ class Reloading(FleetCommands):
         self._slots.total_tokens = new.max_concurrent
         self._grace_s = new.grace_s
         added = []
+        if self._member is not None:  # cluster mode: the member's next round claims them
+            for spec in start:
+                self._records.setdefault(spec.name, TargetRecord(spec)).spec = spec
+            added = [s.name for s in start if s.name not in self._member.specs]
+            self._member.configure(new.targets)
+            start = []
         for runner in await self._prepare_all(start):
             added.append(runner.spec.name)
             if self._targets_tg is not None:

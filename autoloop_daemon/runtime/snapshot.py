@@ -35,6 +35,7 @@ class TargetSnapshot:
     paused: bool = False  # `autoloopd ctl pause` (kept in the state)
     estimated: bool = False  # some of the target's cost is wall time x rate
     last_error: str | None = None  # the first line of the last failure
+    host: str | None = None  # cluster mode: the host running it (None: none, or no cluster)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,26 @@ class BudgetSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class HostSnapshot:
+    """One host of a cluster: when it last renewed its leases, and how many it holds."""
+
+    host: str
+    seen_at: str
+    live: bool  # renewed within a lease period, and not stopped
+    stopped: bool  # left the cluster gracefully
+    leases: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSnapshot:
+    """Cluster mode: this host, whether its leases are known good, and every host."""
+
+    host: str
+    leases_fresh: bool
+    hosts: tuple[HostSnapshot, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class FleetSnapshot:
     """The whole daemon now."""
 
@@ -63,6 +84,7 @@ class FleetSnapshot:
     budget: BudgetSnapshot
     targets: tuple[TargetSnapshot, ...]
     queued: int = 0  # targets waiting for a concurrency slot
+    cluster: ClusterSnapshot | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The snapshot as a JSON-ready dict (stable keys)."""
@@ -85,7 +107,8 @@ class FleetSnapshot:
 def count_phases(phases: Iterable[str]) -> dict[str, int]:
     """How many of `phases` are running, cooling down, waiting, stopped, not started."""
     counts = {
-        "running": 0, "cooldown": 0, "waiting": 0, "paused": 0, "stopped": 0, "not_started": 0
+        "running": 0, "cooldown": 0, "waiting": 0, "paused": 0, "stopped": 0, "not_started": 0,
+        "elsewhere": 0,
     }  # fmt: skip
     for phase in phases:
         counts[phase if phase in counts else "running"] += 1  # "starting" counts as running
@@ -104,11 +127,13 @@ def status_line(
     )
     if window is not None:
         money += f" this {window} window"
-    failed = f", {phases['not_started']} failed to start" if phases["not_started"] else ""
     if sum(phases.values()) and phases["stopped"] == sum(phases.values()):
         return f"all targets stopped; {money}"
+    failed = f", {phases['not_started']} failed to start" if phases["not_started"] else ""
     if phases.get("paused"):
         failed = f", {phases['paused']} paused{failed}"
+    if phases.get("elsewhere"):  # cluster mode: run by other hosts
+        failed = f", {phases['elsewhere']} on other hosts{failed}"
     return (
         f"{phases['running']} running, {phases['cooldown']} cooling down, "
         f"{phases['waiting']} waiting, {phases['stopped']} stopped{failed}; {money}"

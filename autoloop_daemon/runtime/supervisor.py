@@ -79,6 +79,8 @@ class Supervisor(Reloading):
         self._shutdown_event = anyio.Event()
         if self._shutdown.requests:
             self._shutdown_event.set()
+        if self._member is not None:
+            return await self._run_cluster()
         runners = await self._prepare_all(self._initial)
         self._retired = await self._storage.spent_elsewhere(r.spec.state_root for r in runners)
         if self._retired:
@@ -163,10 +165,15 @@ class Supervisor(Reloading):
             ),
             targets=tuple(targets),
             queued=self._slots.statistics().tasks_waiting,
+            cluster=self._cluster_snapshot(),
         )
 
     def _target_snapshot(self, name: str, record: TargetRecord, now: float) -> TargetSnapshot:
         runner = record.runner
+        ended_here = runner is None or runner.final_status is not None
+        remote = self._remote_snapshot(name, record) if ended_here else None
+        if remote is not None:
+            return remote
         if runner is None:
             spec = record.spec
             return TargetSnapshot(
@@ -200,4 +207,5 @@ class Supervisor(Reloading):
             paused=state.paused,
             estimated=state.estimated_cost_usd > 0,
             last_error=first_line(state.last_failure_trace),
+            host=None if self._member is None else self._member.host,
         )

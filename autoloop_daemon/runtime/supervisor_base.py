@@ -2,7 +2,7 @@
 
 `SupervisorBase` holds what the lifecycle (supervisor.py), the operator's commands
 (fleet_commands.py) and reloads (reloading.py) work on; each of those is one class in the
-chain `SupervisorBase` -> `FleetCommands` -> `Reloading` -> `Supervisor`.
+chain `SupervisorBase` -> `ClusterHosting` -> `FleetCommands` -> `Reloading` -> `Supervisor`.
 """
 
 from __future__ import annotations

@@ -206,7 +206,13 @@ class TargetRunner(IterationSteps):
             if self._dirty and not self._budget.ledger.fits(estimate):
                 await self._save()  # about to wait for the budget: checkpoint first
             reservation = await self._interruptible(
-                self._budget.reserve(self.spec.name, estimate, metered=self._wall_time_priced())
+                self._budget.reserve(
+                    self.spec.name,
+                    estimate,
+                    metered=self._wall_time_priced(),
+                    iteration=self.state.next_iteration,
+                    rate_usd_per_s=self.spec.cost_per_minute_usd / 60.0,
+                )
             )
             if self._stop_requested:
                 if isinstance(reservation, Reservation):

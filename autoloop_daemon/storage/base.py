@@ -38,6 +38,12 @@ class TargetStore(Protocol):
         """Where the state lives, for users (a path, or a database row's name)."""
         ...
 
+    @property
+    def fence(self) -> str | None:
+        """Cluster mode: `<target>:<fencing token>` of the lease the store writes under,
+        passed to the orchestrator as AUTOLOOPD_FENCE; None without leases."""
+        ...
+
     async def open(self) -> Recovered:
         """Take ownership of the target and recover it from its log.
 

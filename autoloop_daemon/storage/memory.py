@@ -46,6 +46,11 @@ class MemoryTargetStore:
         self._open = False
 
     @property
+    def fence(self) -> str | None:
+        """No lease, no fencing token (single-host mode)."""
+        return None
+
+    @property
     def location(self) -> str:
         """A name for users."""
         return f"memory:{self._spec.state_root}"

@@ -64,6 +64,7 @@ def write_config(
     budget: Mapping[str, Any] | None = None,
     defaults: Mapping[str, Any] | None = None,
     alerts: Sequence[Mapping[str, Any]] = (),
+    cluster: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a daemon config; `daemon` gets `log_format = "json"` unless it says otherwise.
 
@@ -74,6 +75,8 @@ def write_config(
         lines += toml_table("[budget]", budget)
     if defaults:
         lines += toml_table("[defaults]", defaults)
+    if cluster:
+        lines += toml_table("[cluster]", cluster)
     for target in targets:
         lines += toml_table("[[targets]]", target)
     for alert in alerts:

@@ -62,6 +62,11 @@ class FileTargetStore:
         self._log_file = artifacts.log_path(spec.state_root)
 
     @property
+    def fence(self) -> str | None:
+        """No lease, no fencing token (single-host mode)."""
+        return None
+
+    @property
     def location(self) -> str:
         """The state file's path."""
         return str(self._state_file)

@@ -22,6 +22,7 @@ from autoloop_daemon.policy.budget import Reservation
 from autoloop_daemon.storage.postgres.db import Database
 from autoloop_daemon.storage.postgres.leases import Lease
 
+DEFAULT_BUDGET = "default"
 POLL_S = 0.2  # waiting for other hosts' reservations to settle (no notification is relied on)
 _EPSILON = Decimal("0.000000001")
 
@@ -41,6 +42,62 @@ class ClusterReservation(Reservation):
     token: int = 0
 
 
+async def settle_in(
+    conn: Any, budget_id: str, target: str, iteration: int, token: int, actual_usd: float
+) -> Settled | None:
+    """Settle the reservation of (`target`, `iteration`, `token`) with its real cost inside
+    the caller's transaction (see `ClusterBudget.settle`); None when there is none (money
+    spent without a reservation: the caller charges it). Locks the reservation row, then the
+    budget row: the claim's lock order."""
+    cur = await conn.execute(
+        """SELECT id, budget, state, amount_usd, charged_usd FROM reservations
+           WHERE target = %s AND iteration = %s AND fencing_token = %s FOR UPDATE""",
+        (target, iteration, token),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    rid, budget, state, amount, charged = row
+    await conn.execute("SELECT 1 FROM budgets WHERE id = %s FOR UPDATE", (budget,))
+    actual = money(actual_usd)
+    if state in ("settled", "late_settled"):
+        return "duplicate"
+    if state == "open":
+        await conn.execute(
+            """UPDATE budgets SET spent_usd = spent_usd + %s, reserved_usd = reserved_usd - %s
+               WHERE id = %s""",
+            (actual, amount, budget),
+        )
+        new_state = "settled"
+    else:  # expired by a takeover: it was charged then; book the real cost instead
+        await conn.execute(
+            "UPDATE budgets SET spent_usd = spent_usd + %s WHERE id = %s",
+            (actual - charged, budget),
+        )
+        new_state = "late_settled"
+    await conn.execute(
+        "UPDATE reservations SET state = %s, charged_usd = %s WHERE id = %s",
+        (new_state, actual, rid),
+    )
+    return "settled" if new_state == "settled" else "late"
+
+
+async def charge_in(conn: Any, budget_id: str, amount_usd: float, reason: str) -> None:
+    """Book money spent outside a reservation, inside the caller's transaction (a budget
+    row that does not exist yet is created with a zero cap: the daemon sets its cap)."""
+    await conn.execute(
+        "INSERT INTO budgets (id, cap_usd) VALUES (%s, 0) ON CONFLICT DO NOTHING", (budget_id,)
+    )
+    await conn.execute(
+        "INSERT INTO charges (budget, amount_usd, reason) VALUES (%s, %s, %s)",
+        (budget_id, money(amount_usd), reason),
+    )
+    await conn.execute(
+        "UPDATE budgets SET spent_usd = spent_usd + %s WHERE id = %s",
+        (money(amount_usd), budget_id),
+    )
+
+
 class FencedError(Exception):
     """The lease was lost: this host may not start an iteration of the target."""
 
@@ -48,7 +105,7 @@ class FencedError(Exception):
 class ClusterBudget:
     """The budget row `budget_id`, shared by every host (SharedBudget's operations, async)."""
 
-    def __init__(self, db: Database, budget_id: str = "default") -> None:
+    def __init__(self, db: Database, budget_id: str = DEFAULT_BUDGET) -> None:
         """Bind to the row; `ensure` creates it."""
         self._db = db
         self.budget_id = budget_id
@@ -78,21 +135,36 @@ class ClusterBudget:
         same (target, iteration) returns the reservation already made. FencedError when the
         lease is no longer this host's."""
         while True:
-            result = await self._db.run(
-                partial(
-                    self._try_reserve,
-                    lease=lease,
-                    iteration=iteration,
-                    amount_usd=amount_usd,
-                    metered=metered,
-                    rate=rate_usd_per_s,
-                )
+            result = await self.attempt(
+                lease, iteration, amount_usd, metered=metered, rate_usd_per_s=rate_usd_per_s
             )
             if isinstance(result, ClusterReservation):
                 return result
             if result == "never":
                 return None
             await anyio.sleep(POLL_S)
+
+    async def attempt(
+        self,
+        lease: Lease,
+        iteration: int,
+        amount_usd: float,
+        *,
+        metered: bool = False,
+        rate_usd_per_s: float = 0.0,
+    ) -> ClusterReservation | Literal["wait", "never"]:
+        """One try of `reserve`: the reservation, or "wait" (other reservations are open),
+        or "never" (it cannot fit even with none open)."""
+        return await self._db.run(
+            partial(
+                self._try_reserve,
+                lease=lease,
+                iteration=iteration,
+                amount_usd=amount_usd,
+                metered=metered,
+                rate=rate_usd_per_s,
+            )
+        )
 
     async def _try_reserve(
         self,
@@ -103,7 +175,7 @@ class ClusterBudget:
         amount_usd: float,
         metered: bool,
         rate: float,
-    ) -> ClusterReservation | str:
+    ) -> ClusterReservation | Literal["wait", "never"]:
         cur = await conn.execute(  # target row first, then the budget row: one lock order
             """SELECT 1 FROM targets WHERE name = %s AND lease_holder = %s
                AND fencing_token = %s AND lease_expires_at > now() FOR UPDATE""",
@@ -112,11 +184,12 @@ class ClusterBudget:
         if await cur.fetchone() is None:
             raise FencedError(f"lease on {lease.target} lost (token {lease.token})")
         cur = await conn.execute(
-            "SELECT id, amount_usd FROM reservations WHERE target = %s AND iteration = %s",
-            (lease.target, iteration),
+            """SELECT id, amount_usd FROM reservations
+               WHERE target = %s AND iteration = %s AND fencing_token = %s AND state = 'open'""",
+            (lease.target, iteration, lease.token),
         )
         existing = await cur.fetchone()
-        if existing is not None:
+        if existing is not None:  # a retry whose acknowledgement was lost
             return ClusterReservation(
                 lease.target, float(existing[1]), id=existing[0], token=lease.token
             )
@@ -154,49 +227,52 @@ class ClusterBudget:
         expiry charge is replaced by the real cost)."""
 
         async def work(conn: Any) -> Settled:
-            cur = await conn.execute(  # reservation, then budget: the claim's lock order
-                "SELECT state, amount_usd, charged_usd FROM reservations WHERE id = %s FOR UPDATE",
+            cur = await conn.execute(
+                "SELECT target, iteration, fencing_token FROM reservations WHERE id = %s",
                 (reservation.id,),
             )
-            state, amount, charged = await cur.fetchone()
-            await conn.execute("SELECT 1 FROM budgets WHERE id = %s FOR UPDATE", (self.budget_id,))
-            actual = money(actual_usd)
-            if state in ("settled", "late_settled"):
-                return "duplicate"
-            if state == "open":
-                await conn.execute(
-                    """UPDATE budgets SET spent_usd = spent_usd + %s,
-                              reserved_usd = reserved_usd - %s WHERE id = %s""",
-                    (actual, amount, self.budget_id),
-                )
-                new_state: str = "settled"
-            else:  # expired by a takeover: it was charged then; book the real cost instead
-                await conn.execute(
-                    "UPDATE budgets SET spent_usd = spent_usd + %s WHERE id = %s",
-                    (actual - charged, self.budget_id),
-                )
-                new_state = "late_settled"
-            await conn.execute(
-                "UPDATE reservations SET state = %s, charged_usd = %s WHERE id = %s",
-                (new_state, actual, reservation.id),
-            )
-            reservation.settled = True
-            return "settled" if new_state == "settled" else "late"
+            target, iteration, token = await cur.fetchone()
+            result = await settle_in(conn, self.budget_id, target, iteration, token, actual_usd)
+            assert result is not None  # the row exists: it was read just above
+            return result
 
-        return await self._db.run(work)
+        result = await self._db.run(work)
+        reservation.settled = True
+        return result
+
+    async def cancel(self, reservation: ClusterReservation) -> None:
+        """Give back a reservation whose iteration never started (idempotent): the row goes,
+        so the same iteration may be reserved again under this lease. Expired by a takeover
+        meanwhile: its expiry charge is replaced by nothing spent."""
+
+        async def work(conn: Any) -> None:
+            cur = await conn.execute(
+                """SELECT target, iteration, fencing_token, state, amount_usd FROM reservations
+                   WHERE id = %s FOR UPDATE""",
+                (reservation.id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return
+            target, iteration, token, state, amount = row
+            if state != "open":
+                await settle_in(conn, self.budget_id, target, iteration, token, 0.0)
+                return
+            await conn.execute("SELECT 1 FROM budgets WHERE id = %s FOR UPDATE", (self.budget_id,))
+            await conn.execute("DELETE FROM reservations WHERE id = %s", (reservation.id,))
+            await conn.execute(
+                "UPDATE budgets SET reserved_usd = reserved_usd - %s WHERE id = %s",
+                (amount, self.budget_id),
+            )
+
+        await self._db.run(work)
+        reservation.settled = True
 
     async def charge(self, amount_usd: float, reason: str) -> None:
         """Book money spent outside a reservation."""
 
         async def work(conn: Any) -> None:
-            await conn.execute(
-                "INSERT INTO charges (budget, amount_usd, reason) VALUES (%s, %s, %s)",
-                (self.budget_id, money(amount_usd), reason),
-            )
-            await conn.execute(
-                "UPDATE budgets SET spent_usd = spent_usd + %s WHERE id = %s",
-                (money(amount_usd), self.budget_id),
-            )
+            await charge_in(conn, self.budget_id, amount_usd, reason)
 
         await self._db.run(work)
 

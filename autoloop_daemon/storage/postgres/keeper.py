@@ -62,7 +62,9 @@ class LeaseKeeper:
         if not wanted or (limit is not None and limit <= 0):
             return []
         sent, had_none = boottime(), not self.held
-        got = await leases.claim(self._db, self.host, wanted, self.lease_s, limit=limit)
+        got = await leases.claim(
+            self._db, self.host, wanted, self.lease_s, limit=limit, bump_own=True
+        )
         for lease in got:
             self.held[lease.target] = lease
         if had_none:  # the new leases' clock starts now (held ones count from their renewal)
@@ -86,7 +88,8 @@ class LeaseKeeper:
         self._last_ok_sent = sent
         alive = {lease.target for lease in kept}
         for lease in kept:
-            self.held[lease.target] = lease
+            if lease.target in self.held:  # not given up while the renewal was on its way
+                self.held[lease.target] = lease
         self._lose([name for name in self.held if name not in alive])
 
     def _lose(self, names: list[str]) -> None:

@@ -63,10 +63,19 @@ WHERE b.id = s.budget
 
 
 async def claim(
-    db: Database, host: str, names: Sequence[str], lease_s: float, *, limit: int | None = None
+    db: Database,
+    host: str,
+    names: Sequence[str],
+    lease_s: float,
+    *,
+    limit: int | None = None,
+    bump_own: bool = False,
 ) -> list[Lease]:
     """Take the free or expired leases among `names` (at most `limit`); skips rows another
-    host is claiming right now (SKIP LOCKED). Leases this host already holds are renewed."""
+    host is claiming right now (SKIP LOCKED). Leases this host already holds are renewed,
+    unless `bump_own`: then they get a new token too, and the open reservations of the old
+    one are expired and charged (a restarted daemon does not know what its previous life
+    reserved)."""
 
     async def work(conn: Any) -> list[Lease]:
         await conn.execute(
@@ -84,7 +93,8 @@ async def claim(
         )
         picked = await cur.fetchall()
         leases = []
-        for name, mine in picked:
+        for name, held in picked:
+            mine = held and not bump_own
             cur = await conn.execute(
                 """UPDATE targets SET lease_holder = %(host)s,
                           lease_expires_at = now() + make_interval(secs => %(secs)s),

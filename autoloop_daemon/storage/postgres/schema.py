@@ -59,6 +59,24 @@ MIGRATIONS: list[list[str]] = [
             reason text NOT NULL,
             created_at timestamptz NOT NULL DEFAULT now())""",
     ],
+    [  # 2: the daemon runs in cluster mode: a reservation per lease (a moved lease reserves
+        # the same iteration number again), what every host must know of a target (finished
+        # with which limits, the operator's flags, the last status its holder reported)
+        "ALTER TABLE reservations DROP CONSTRAINT reservations_target_iteration_key",
+        """ALTER TABLE reservations ADD CONSTRAINT reservations_lease_iteration
+            UNIQUE (target, iteration, fencing_token)""",
+        """ALTER TABLE targets
+            ADD COLUMN finished_status text,
+            ADD COLUMN finished_limits text,
+            ADD COLUMN paused boolean NOT NULL DEFAULT false,
+            ADD COLUMN run_now boolean NOT NULL DEFAULT false,
+            ADD COLUMN stopped boolean NOT NULL DEFAULT false,
+            ADD COLUMN status text,
+            ADD COLUMN iterations_completed integer NOT NULL DEFAULT 0,
+            ADD COLUMN total_cost_usd numeric NOT NULL DEFAULT 0,
+            ADD COLUMN status_at timestamptz""",
+        "ALTER TABLE hosts ADD COLUMN pid integer, ADD COLUMN stopped_at timestamptz",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

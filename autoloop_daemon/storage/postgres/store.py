@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
 import structlog
 
-from autoloop_daemon.exceptions import StateLockedError, StateWriteError
+from autoloop_daemon.exceptions import FencedWriteError, StateLockedError, StateWriteError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.storage.base import Recovered
+from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files.store import FileStorage, FileTargetStore
 from autoloop_daemon.storage.postgres import leases, sync
-from autoloop_daemon.storage.postgres.budget import money
+from autoloop_daemon.storage.postgres.budget import DEFAULT_BUDGET, charge_in, money, settle_in
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.target_state import TargetState
 
@@ -35,18 +37,29 @@ log = structlog.get_logger("autoloopd.cluster")
 
 Pushed = Literal["recorded", "duplicate"]
 
-
-class FencedWriteError(StateWriteError):
-    """A write under a fencing token that is no longer the target's: refused."""
+__all__ = [
+    "FencedWriteError",
+    "PostgresStorage",
+    "PostgresTargetStore",
+    "cluster_log",
+    "push_entry",
+]
 
 
 async def push_entry(
-    db: Database, lease: leases.Lease, entry: LogEntry, handoff: str | None
+    db: Database,
+    lease: leases.Lease,
+    entry: LogEntry,
+    handoff: str | None,
+    *,
+    budget_id: str = DEFAULT_BUDGET,
 ) -> Pushed:
-    """Insert `entry` under `lease` (see the module docstring); FencedWriteError if stale."""
+    """Insert `entry` under `lease` and settle its reservation in the same transaction
+    (see the module docstring); FencedWriteError if the lease moved (the run's real cost is
+    still booked, replacing what the takeover charged)."""
     body = json.dumps(entry.to_json(), sort_keys=True)
 
-    async def work(conn: Any) -> Pushed:
+    async def work(conn: Any) -> Pushed | str:
         cur = await conn.execute(
             "SELECT lease_holder, fencing_token FROM targets WHERE name = %s FOR UPDATE",
             (lease.target,),
@@ -63,12 +76,14 @@ async def push_entry(
                 2
             ] == json.loads(body):
                 return "duplicate"  # our own earlier commit whose acknowledgement was lost
-            raise FencedWriteError(
+            await _book(conn, budget_id, lease, entry)
+            return (
                 f"{lease.target}: iteration {entry.iteration} was already recorded by "
                 f"{existing[0]} (token {existing[1]}); this write (token {lease.token}) is refused"
             )
         if (holder, token) != (lease.host, lease.token):
-            raise FencedWriteError(
+            await _book(conn, budget_id, lease, entry)
+            return (
                 f"{lease.target}: lease moved to {holder} (token {token}); the write of "
                 f"iteration {entry.iteration} under token {lease.token} is refused"
             )
@@ -77,6 +92,7 @@ async def push_entry(
                VALUES (%s, %s, %s, %s, %s, %s::jsonb)""",
             (lease.target, entry.iteration, lease.host, lease.token, money(entry.cost_usd), body),
         )
+        await _book(conn, budget_id, lease, entry)
         if handoff is not None:
             await conn.execute(
                 "UPDATE targets SET handoff = %s, handoff_iteration = %s WHERE name = %s",
@@ -84,7 +100,36 @@ async def push_entry(
             )
         return "recorded"
 
-    return await db.run(work)
+    result = await db.run(work)
+    if result not in ("recorded", "duplicate"):
+        raise FencedWriteError(result)  # raised after the commit: the late booking stays
+    return result  # type: ignore[return-value]
+
+
+async def _book(conn: Any, budget_id: str, lease: leases.Lease, entry: LogEntry) -> None:
+    """Book the run's money exactly once: settle its reservation (made under this lease, or
+    under an earlier one that a takeover expired: the real cost replaces the expiry charge);
+    nothing when a reservation of it was already settled (a journaled run pushed again);
+    a charge when it never had one (an entry from before the cluster)."""
+    settled = await settle_in(
+        conn, budget_id, lease.target, entry.iteration, lease.token, entry.cost_usd
+    )
+    if settled is not None:
+        return
+    cur = await conn.execute(
+        """SELECT fencing_token, state FROM reservations WHERE target = %s AND iteration = %s
+           ORDER BY fencing_token DESC LIMIT 1""",
+        (lease.target, entry.iteration),
+    )
+    row = await cur.fetchone()
+    if row is not None:
+        if row[1] in ("open", "expired"):
+            await settle_in(conn, budget_id, lease.target, entry.iteration, row[0], entry.cost_usd)
+        return
+    if entry.cost_usd > 0:
+        await charge_in(
+            conn, budget_id, entry.cost_usd, f"{lease.target} iteration {entry.iteration}"
+        )
 
 
 async def cluster_log(db: Database, target: str) -> list[LogEntry]:
@@ -102,12 +147,14 @@ async def cluster_log(db: Database, target: str) -> list[LogEntry]:
 class PostgresTargetStore:
     """One target: the local state root (journal) plus its rows in the cluster database."""
 
-    def __init__(self, storage: PostgresStorage, spec: TargetSpec) -> None:
-        """Describe the store; nothing is claimed until `open`."""
+    def __init__(
+        self, storage: PostgresStorage, spec: TargetSpec, lease: leases.Lease | None = None
+    ) -> None:
+        """Describe the store; `open` claims the lease unless `lease` is one already held."""
         self._storage = storage
         self._spec = spec
         self._local = FileTargetStore(spec)
-        self.lease: leases.Lease | None = None
+        self.lease: leases.Lease | None = lease
         self._pending: list[tuple[LogEntry, str | None]] = []
 
     @property
@@ -115,16 +162,24 @@ class PostgresTargetStore:
         """The local state file, and the database row."""
         return f"{self._local.location} (cluster row targets/{self._spec.name})"
 
+    @property
+    def fence(self) -> str | None:
+        """`<target>:<fencing token>` for the orchestrator's AUTOLOOPD_FENCE (sinks that can
+        check it refuse a fenced host's late writes too)."""
+        return None if self.lease is None else f"{self._spec.name}:{self.lease.token}"
+
     async def open(self) -> Recovered:
-        """Claim the lease, recover the local journal and bring it and the cluster's log
-        together (sync.py): push what the database lacks, take what the journal lacks."""
+        """Claim the lease (unless held), recover the local journal and bring it and the
+        cluster's log together (sync.py): push what the database lacks, take what the
+        journal lacks, and the last handoff when it was written on another host."""
         db, host = self._storage.db, self._storage.host_id
-        await leases.register(db, [self._spec.name])
-        got = await leases.claim(db, host, [self._spec.name], self._storage.lease_s)
-        if not got:
-            holder = (await leases.holders(db)).get(self._spec.name, (None, False))[0]
-            raise StateLockedError(f"{self._spec.name}: leased by host {holder} in the cluster")
-        self.lease = got[0]
+        if self.lease is None:
+            await leases.register(db, [self._spec.name])
+            got = await leases.claim(db, host, [self._spec.name], self._storage.lease_s)
+            if not got:
+                holder = (await leases.holders(db)).get(self._spec.name, (None, False))[0]
+                raise StateLockedError(f"{self._spec.name}: leased by host {holder} in the cluster")
+            self.lease = got[0]
         recovered = await self._local.open()
         cluster = await cluster_log(db, self._spec.name)
         plan = sync.plan(await self._local.read_log(), cluster)
@@ -135,9 +190,29 @@ class PostgresTargetStore:
                      fenced_journal_kept=None if kept is None else str(kept))  # fmt: skip
             self._local.close()
             recovered = await self._local.open()  # the state follows the completed log
+        await self._restore_handoff()
         self._pending = [(e, None) for e in plan.push]
         await self.push_pending()
         return recovered
+
+    async def _restore_handoff(self) -> None:
+        """Write the cluster's last handoff locally when this host lacks it (moved lease)."""
+
+        async def work(conn: Any) -> tuple[str | None, int | None]:
+            cur = await conn.execute(
+                "SELECT handoff, handoff_iteration FROM targets WHERE name = %s",
+                (self._spec.name,),
+            )
+            row = await cur.fetchone()
+            return (None, None) if row is None else (row[0], row[1])
+
+        text, iteration = await self._storage.db.run(work)
+        if text is None or iteration is None:
+            return
+        path = artifacts.handoff_path(self._spec.state_root, iteration)
+        written = await anyio.to_thread.run_sync(_write_missing, path, text.encode())
+        if written:
+            log.info("cluster_handoff_restored", target=self._spec.name, iteration=iteration)
 
     async def record(self, entry: LogEntry, handoff: str | None, state: TargetState | None) -> None:
         """Journal locally (durable), then push to the database (kept for later if it is
@@ -187,6 +262,15 @@ class PostgresTargetStore:
             await leases.release(self._storage.db, lease)
 
 
+def _write_missing(path: Path, body: bytes) -> bool:
+    """Write `body` to `path` durably unless it exists; True when written (blocking)."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fsio.atomic_write_bytes(path, body)
+    return True
+
+
 class PostgresStorage:
     """The cluster backend: a `FileStorage` for the local journal, a database for the rest."""
 
@@ -198,10 +282,19 @@ class PostgresStorage:
         self.host_id = host_id
         self.lease_s = lease_s
         self._files = FileStorage(state_dir)
+        self._held: dict[str, leases.Lease] = {}
 
     def target(self, spec: TargetSpec) -> PostgresTargetStore:
-        """The store of `spec`."""
-        return PostgresTargetStore(self, spec)
+        """The store of `spec` (`open` claims its lease)."""
+        return PostgresTargetStore(self, spec, self._held.get(spec.name))
+
+    def hold(self, lease: leases.Lease) -> None:
+        """A lease the host claimed: the next store of its target opens under it."""
+        self._held[lease.target] = lease
+
+    def drop(self, target: str) -> None:
+        """The lease of `target` is no longer held."""
+        self._held.pop(target, None)
 
     def acquire(self) -> None:
         """Lock the local state directory (one daemon per host and state_dir)."""
@@ -214,6 +307,10 @@ class PostgresStorage:
     async def spent_elsewhere(self, active_roots: Iterable[Path]) -> dict[str, float]:
         """As the files backend (this host's roots)."""
         return await self._files.spent_elsewhere(active_roots)
+
+    async def spent_since(self, roots: Iterable[str], since: datetime) -> float:
+        """As the files backend (this host's retired roots)."""
+        return await self._files.spent_since(roots, since)
 
     async def remember(self, spent_by_root: Mapping[Path, float]) -> None:
         """As the files backend."""
