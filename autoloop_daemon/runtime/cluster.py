@@ -1,11 +1,12 @@
 """This host as a member of a cluster: claim targets, keep their leases, give them back.
 
-One loop (`ClusterMember.run`), every `renew_seconds`: renew the held leases (a lease missing
-from the answer was lost: its run is stopped at once; past the renew deadline without a
-successful renewal every run is stopped: self-fencing, storage/postgres/keeper.py), read
-the cluster's view (each target's holder, finished status and operator flags; the live
-hosts), apply the flags to the targets run here, hand over targets beyond a fair share,
-and claim free or expired leases of targets this host may run, up to its fair share:
+Two loops (`ClusterMember.run`), every `renew_seconds`. One renews the held leases (a lease
+missing from the answer was lost: its run is stopped at once; past the renew deadline
+without a successful renewal every run is stopped: self-fencing, storage/postgres/keeper.py).
+The other runs the rounds: read the cluster's view (each target's holder, finished status
+and operator flags; the live hosts), apply the flags to the targets run here, hand over
+targets beyond a fair share, and claim free or expired leases of targets this host may
+run, up to its fair share:
 `ceil(open targets / live hosts)`. A host may run a target when the target is configured,
 not finished with its current limits, not stopped by an operator, its `hosts` list (if
 any) names this host, and its directory exists here: a host that cannot see a target's
@@ -195,23 +196,27 @@ class ClusterMember:
     # ----------------------------------------------------------------- the loop
 
     async def run(self, stay_up: Callable[[], bool]) -> None:
-        """Rounds until shutdown (cancelled) or until every target is finished everywhere
-        and `stay_up()` is False."""
-        while not self._closing:
-            try:
-                await self.round()
-            except ClusterError as exc:
-                log.warning("cluster_round_failed", error=str(exc))
-            if not stay_up() and self.all_finished():
-                log.info("cluster_all_finished", targets=len(self.specs))
-                return
-            with anyio.move_on_after(self.renew_s):
-                await self._wake.wait()
-            self._wake = anyio.Event()
+        """Renew the leases (its own task: a slow round never delays a renewal) and run
+        rounds, until shutdown (cancelled) or until every target is finished everywhere and
+        `stay_up()` is False."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.keeper.run)
+            while not self._closing:
+                try:
+                    await self.round()
+                except ClusterError as exc:
+                    log.warning("cluster_round_failed", error=str(exc))
+                if not stay_up() and self.all_finished():
+                    log.info("cluster_all_finished", targets=len(self.specs))
+                    break
+                with anyio.move_on_after(self.renew_s):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+            tg.cancel_scope.cancel()
 
     async def round(self) -> None:
-        """One round (see the module docstring). Raises ClusterError."""
-        await self.keeper.renew_once()  # lost leases stop their runs (self._lost)
+        """One round (see the module docstring; the renewals run beside it). Raises
+        ClusterError."""
         new = [n for n in self.specs if n not in self.view.targets]
         if new:
             await leases.register(self.db, new)

@@ -77,8 +77,11 @@ class LeaseKeeper:
             self._last_ok_sent = boottime()
             return
         sent = boottime()
+        left = self.deadline_s - (sent - self._last_ok_sent)  # a hung call must not outlast it
         try:
-            kept = await leases.renew(self._db, list(self.held.values()), self.lease_s)
+            kept = await leases.renew(
+                self._db, list(self.held.values()), self.lease_s, timeout_s=max(0.2, left)
+            )
         except ClusterError as exc:
             if not self.fresh:
                 log.error("cluster_self_fence", host=self.host, held=sorted(self.held),

@@ -111,9 +111,12 @@ async def claim(
     return await db.run(work)
 
 
-async def renew(db: Database, leases: Sequence[Lease], lease_s: float) -> list[Lease]:
+async def renew(
+    db: Database, leases: Sequence[Lease], lease_s: float, *, timeout_s: float | None = None
+) -> list[Lease]:
     """Extend the leases still held (holder and token match, not yet expired): the ones
-    missing from the result are lost, and their runs must stop at once."""
+    missing from the result are lost, and their runs must stop at once. `timeout_s` bounds
+    the call (the keeper's renew deadline must not wait for a hung database)."""
     if not leases:
         return []
     host = leases[0].host
@@ -135,7 +138,7 @@ async def renew(db: Database, leases: Sequence[Lease], lease_s: float) -> list[L
         )
         return [Lease(n, host, int(t), e) for n, t, e in await cur.fetchall()]
 
-    return await db.run(work)
+    return await db.run(work, timeout_s=timeout_s)
 
 
 async def release(db: Database, lease: Lease) -> bool:
