@@ -4,6 +4,7 @@ may not run. (The chaos tests, with kills and freezes, are in test_cluster_chaos
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -134,3 +135,62 @@ def test_budget_windows_are_refused_in_cluster_mode(tmp_path: Path) -> None:
     assert done.returncode == EXIT_CONFIG
     assert "budget.window: budget windows are not supported in cluster mode" in done.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_the_readme_two_host_demo_runs(lab: ClusterLab, tmp_path: Path) -> None:
+    """README's demo: examples/cluster.toml on two hosts (its simulator made faster through
+    the environment): both exit 0, the pinned target ran on host-b only, every target did
+    its iterations once, the money adds up."""
+    config = Path(__file__).resolve().parents[1] / "examples" / "cluster.toml"
+    init = run_autoloopd(["db", "init"], env={"AUTOLOOPD_CLUSTER__DSN": lab.dsn})
+    assert init.returncode == EXIT_OK, init.stderr
+    fast = {
+        "AUTOLOOPD_CLUSTER__DSN": lab.dsn, "AUTOLOOPD_DEFAULTS__SIMULATED_SECONDS": "0.1",
+        "AUTOLOOPD_DEFAULTS__COOLDOWN_MINUTES": "0", "AUTOLOOPD_DAEMON__LOG_FORMAT": "json",
+        "AUTOLOOPD_CLUSTER__LEASE_SECONDS": "3", "AUTOLOOPD_CLUSTER__RENEW_SECONDS": "0.5",
+    }  # fmt: skip
+    hosts = []
+    for host in ("host-a", "host-b"):
+        lab.config = config
+        hosts.append(lab.start(host, env=fast))
+    assert [h.wait(timeout=90) for h in hosts] == [EXIT_OK, EXIT_OK]
+    done = dict(lab.sql("SELECT target, count(*) FROM iterations GROUP BY target"))
+    assert done == {"coding-standards": 8, "commit-messages": 8, "tech-article": 8,
+                    "tech-article-short": 4}  # fmt: skip
+    pinned = lab.sql("SELECT DISTINCT host FROM iterations WHERE target = 'tech-article-short'")
+    assert pinned == [("host-b",)]
+    ((spent, logged),) = lab.sql(
+        "SELECT spent_usd, (SELECT sum(cost_usd) FROM iterations) FROM budgets"
+    )
+    assert spent == logged
+
+
+def test_ctl_on_one_host_steers_a_target_another_host_runs(lab: ClusterLab) -> None:
+    """`ctl pause` sent to h1 for a target pinned to h2: h2 pauses it (its status says so,
+    and it starts no new iteration); `resume` on h1 lets it finish; `status` on h1 names
+    the host running it."""
+    lab.write(
+        [_dry(lab, "mine", hosts=["h1"], max_iterations=2), _dry(lab, "theirs", hosts=["h2"])],
+        defaults={**DEFAULTS, "max_iterations": 40, "simulated_seconds": 0.2},
+    )
+    lab.init()
+    h1, h2 = lab.start("h1"), lab.start("h2")
+    h2.wait_event("iteration_finished", target="theirs", timeout=30)
+    env = {"AUTOLOOPD_DAEMON__STATE_DIR": str(lab.state_dir("h1"))}
+    paused = run_autoloopd(["ctl", "--config", str(lab.config), "pause", "theirs"], env=env)
+    assert paused.returncode == EXIT_OK, paused.stderr
+    assert "cluster-wide; held by h2" in paused.stdout
+    wait_for(lambda: lab.sql("SELECT 1 FROM targets WHERE name = 'theirs' AND status = 'paused'"),
+             timeout=20, what="h2 pausing the target")  # fmt: skip
+    ((before,),) = lab.sql("SELECT count(*) FROM iterations WHERE target = 'theirs'")
+    status = run_autoloopd(["status", "--config", str(lab.config), "--json"], env=env)
+    report = json.loads(status.stdout)
+    theirs = next(t for t in report["targets"] if t["target"] == "theirs")
+    assert theirs["host"] == "h2" and theirs["paused"] is True
+    assert {h["host"] for h in report["cluster"]["hosts"]} == {"h1", "h2"}
+    ((after,),) = lab.sql("SELECT count(*) FROM iterations WHERE target = 'theirs'")
+    assert after == before  # nothing new started while paused
+    resumed = run_autoloopd(["ctl", "--config", str(lab.config), "resume", "theirs"], env=env)
+    assert resumed.returncode == EXIT_OK, resumed.stderr
+    assert h1.wait(timeout=90) == EXIT_OK and h2.wait(timeout=90) == EXIT_OK
+    assert lab.sql("SELECT count(*) FROM iterations WHERE target = 'theirs'") == [(40,)]
