@@ -14,6 +14,7 @@ import pytest
 from autoloop_daemon.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_TEMPFAIL
 from tests.helpers.cluster import fresh_database
 from tests.helpers.cluster_lab import ClusterLab
+from tests.helpers.control import raw_get
 from tests.helpers.process import run_autoloopd
 from tests.helpers.wait import wait_for
 
@@ -167,8 +168,8 @@ def test_the_readme_two_host_demo_runs(lab: ClusterLab, tmp_path: Path) -> None:
 
 def test_ctl_on_one_host_steers_a_target_another_host_runs(lab: ClusterLab) -> None:
     """`ctl pause` sent to h1 for a target pinned to h2: h2 pauses it (its status says so,
-    and it starts no new iteration); `resume` on h1 lets it finish; `status` on h1 names
-    the host running it."""
+    and it starts no new iteration); `resume` on h1 lets it finish; `status` and `/metrics`
+    on h1 name the host running it and every host's liveness."""
     lab.write(
         [_dry(lab, "mine", hosts=["h1"], max_iterations=2), _dry(lab, "theirs", hosts=["h2"])],
         defaults={**DEFAULTS, "max_iterations": 40, "simulated_seconds": 0.2},
@@ -188,6 +189,10 @@ def test_ctl_on_one_host_steers_a_target_another_host_runs(lab: ClusterLab) -> N
     theirs = next(t for t in report["targets"] if t["target"] == "theirs")
     assert theirs["host"] == "h2" and theirs["paused"] is True
     assert {h["host"] for h in report["cluster"]["hosts"]} == {"h1", "h2"}
+    code, metrics = raw_get(lab.state_dir("h1") / "autoloopd.sock", "/metrics")
+    assert code == 200
+    assert 'autoloopd_cluster_target_host{host="h2",target="theirs"} 1.0' in metrics
+    assert 'autoloopd_cluster_host_live{host="h2"} 1.0' in metrics
     ((after,),) = lab.sql("SELECT count(*) FROM iterations WHERE target = 'theirs'")
     assert after == before  # nothing new started while paused
     resumed = run_autoloopd(["ctl", "--config", str(lab.config), "resume", "theirs"], env=env)
