@@ -123,8 +123,9 @@ def test_check_probes_the_database(lab: ClusterLab, tmp_path: Path) -> None:
     assert down.stderr.count("\n") == 1 and "cannot connect to the cluster database" in down.stderr
 
 
-def test_budget_windows_are_refused_in_cluster_mode(tmp_path: Path) -> None:
-    """One line naming budget.window, exit 78, before any connection is tried."""
+def test_a_calendar_window_needs_a_time_zone_in_cluster_mode(tmp_path: Path) -> None:
+    """Hosts in different zones would disagree on when a day starts: one line naming
+    budget.window_timezone, exit 78, before any connection is tried."""
     (tmp_path / "a").mkdir()
     config = tmp_path / "config.toml"
     config.write_text(
@@ -134,8 +135,46 @@ def test_budget_windows_are_refused_in_cluster_mode(tmp_path: Path) -> None:
     )
     done = run_autoloopd(["--config", str(config)])
     assert done.returncode == EXIT_CONFIG
-    assert "budget.window: budget windows are not supported in cluster mode" in done.stderr
+    assert "budget.window_timezone: required in cluster mode" in done.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_a_budget_window_holds_for_the_cluster_and_the_next_one_resumes(
+    lab: ClusterLab,
+) -> None:
+    """`window = "3s"` with $1 per window on two hosts: the spending of each window (runs
+    are charged to the window they were reserved in) passes its cap by at most what runs
+    cost beyond their reservations, targets wait for the next window (`waiting_budget`)
+    instead of stopping, and more than one window is used before every target is done."""
+    lab.write(
+        [_dry(lab, n) for n in "abc"],
+        defaults={**DEFAULTS, "max_iterations": 6, "simulated_seconds": 0.1},
+        budget={"max_cost_usd": 1.0, "window": "3s", "lifetime_max_cost_usd": 100},
+    )
+    lab.init()
+    hosts = [lab.start("h1"), lab.start("h2")]
+    assert [h.wait(timeout=120) for h in hosts] == [EXIT_OK, EXIT_OK]
+    assert sorted(lab.sql("SELECT target, count(*) FROM iterations GROUP BY 1")) == [
+        (n, 6) for n in "abc"
+    ]
+    windows = lab.sql(
+        """SELECT w.starts_at, w.cap_usd, w.spent_usd, w.reserved_usd,
+                  coalesce(sum(greatest(0, r.charged_usd - r.amount_usd)), 0),
+                  coalesce(sum(r.charged_usd), 0)
+           FROM budget_windows w LEFT JOIN reservations r
+             ON r.window_start = w.starts_at AND r.state <> 'open'
+           GROUP BY 1, 2, 3, 4 ORDER BY 1"""
+    )
+    assert len(windows) >= 2
+    for start, cap, spent, reserved, beyond, charged in windows:
+        assert reserved == 0 and spent == charged, start
+        assert spent <= cap + beyond, f"window {start}: {spent} > {cap} + {beyond}"
+    waited = [e for h in hosts for e in h.events("waiting_budget")]
+    assert waited, "no target waited for the next window"
+    ((spent, logged),) = lab.sql(
+        "SELECT spent_usd, (SELECT sum(cost_usd) FROM iterations) FROM budgets"
+    )
+    assert spent == logged
 
 
 def test_the_readme_two_host_demo_runs(lab: ClusterLab, tmp_path: Path) -> None:
@@ -199,3 +238,26 @@ def test_ctl_on_one_host_steers_a_target_another_host_runs(lab: ClusterLab) -> N
     assert resumed.returncode == EXIT_OK, resumed.stderr
     assert h1.wait(timeout=90) == EXIT_OK and h2.wait(timeout=90) == EXIT_OK
     assert lab.sql("SELECT count(*) FROM iterations WHERE target = 'theirs'") == [(40,)]
+
+
+def test_a_reload_adds_and_removes_targets_in_the_cluster(lab: ClusterLab) -> None:
+    """`ctl reload` with a target added and one removed: the new one is registered and
+    claimed, the removed one stops (`stopped_removed`) and is not claimed again."""
+    slow = {**DEFAULTS, "max_iterations": 400, "simulated_seconds": 0.1}
+    lab.write([_dry(lab, "stays"), _dry(lab, "goes")], defaults=slow)
+    lab.init()
+    host = lab.start("h1")
+    host.wait_event("iteration_finished", target="goes", timeout=30)
+    lab.write([_dry(lab, "stays"), _dry(lab, "new", max_iterations=3)], defaults=slow)
+    env = {"AUTOLOOPD_DAEMON__STATE_DIR": str(lab.state_dir("h1"))}
+    reloaded = run_autoloopd(["ctl", "--config", str(lab.config), "reload"], env=env)
+    assert reloaded.returncode == EXIT_OK, reloaded.stderr
+    host.wait_event("target_stopped", target="goes", status="stopped_removed", timeout=30)
+    wait_for(lambda: lab.sql("SELECT 1 FROM iterations WHERE target = 'new' AND iteration = 3"),
+             timeout=30, what="the added target's three iterations")  # fmt: skip
+    ((goes,),) = lab.sql("SELECT count(*) FROM iterations WHERE target = 'goes'")
+    stopped = run_autoloopd(["ctl", "--config", str(lab.config), "stop", "stays"], env=env)
+    assert stopped.returncode == EXIT_OK, stopped.stderr
+    assert host.wait(timeout=60) == EXIT_OK  # `new` finished, `stays` stopped by the operator
+    assert lab.sql("SELECT count(*) FROM iterations WHERE target = 'goes'") == [(goes,)]
+    assert lab.sql("SELECT lease_holder FROM targets WHERE name = 'goes'") == [(None,)]

@@ -81,6 +81,7 @@ class ClusterHosting(SupervisorBase):
             may_start=lambda: member.keeper.fresh,
             on_lost=lambda name: self._stop_for_cluster(name, TargetStatus.LEASE_LOST),
             on_change=self._budget_changed,
+            window=self._budget.window,
         )
 
     @property
