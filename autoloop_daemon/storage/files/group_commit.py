@@ -17,6 +17,11 @@ So the guarantee is `atomic_write_bytes`'s, file by file: a rename happens only 
 data is durable, and a reader (or a crash) sees the old file or the new one. A batch of one
 is exactly `atomic_write_bytes`. Each caller gets its own file's StateWriteError.
 
+It also releases the targets' state locks (`release`): truncating a lock file waits for
+the journal, so while a batch is being committed the release is done in the worker, right
+after the batch, instead of on the event loop (where it blocked every other task once per
+target at shutdown). Every release is done before the last writer of the last batch returns.
+
 Writes already queued always finish: the waits are shielded, so a cancelled caller returns
 (raising its cancellation) only once its file is committed, and a leader never leaves the
 others of its batch waiting. One batch is in the worker thread at a time; what arrives
@@ -29,6 +34,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +44,7 @@ import anyio.to_thread
 
 from autoloop_daemon.exceptions import StateWriteError
 from autoloop_daemon.storage.files import fsio
-from autoloop_daemon.storage.files.lock import check_owned_root
+from autoloop_daemon.storage.files.lock import StateLock, check_owned_root
 
 __all__ = ["GroupCommit", "commit_batch"]
 
@@ -203,6 +209,15 @@ def commit_batch(items: list[_Write]) -> None:
                 os.unlink(tmp)
 
 
+def _commit_then_release(items: list[_Write], releases: Sequence[Callable[[], None]]) -> None:
+    """`commit_batch`, then the lock releases handed over while it was being gathered."""
+    try:
+        commit_batch(items)
+    finally:
+        for release in releases:
+            release()
+
+
 class GroupCommit:
     """Batches `write`s that arrive within one loop tick (see the module docstring).
 
@@ -213,6 +228,15 @@ class GroupCommit:
         """An empty queue; nothing is started."""
         self._pending: list[_Write] = []
         self._busy = False  # a leader is gathering or committing a batch
+        self._releases: list[Callable[[], None]] = []  # lock releases for the next batch
+
+    def release(self, lock: StateLock) -> None:
+        """Release a target's state lock: now when no batch is being committed, else in the
+        worker thread right after the batch (see the module docstring)."""
+        if self._busy:
+            self._releases.append(lock.release_later())
+        else:
+            lock.release()
 
     async def write(self, path: Path, data: bytes, *, check_root: bool = False) -> None:
         """Replace `path` with `data` atomically and durably, batched with the tick's others.
@@ -242,8 +266,9 @@ class GroupCommit:
         try:
             await anyio.lowlevel.checkpoint()  # let the other tasks of this tick queue theirs
             batch, self._pending = self._pending, []
+            releases, self._releases = self._releases, []
             try:
-                await anyio.to_thread.run_sync(commit_batch, batch)
+                await anyio.to_thread.run_sync(_commit_then_release, batch, releases)
             except BaseException as exc:  # not an OSError (those are per item): all fail
                 for item in batch:
                     if item.error is None:
@@ -260,3 +285,7 @@ class GroupCommit:
                 nxt.done.set()
             else:
                 self._busy = False
+                # Handed over during the worker call; the batch is durable, the disk idle.
+                releases, self._releases = self._releases, []
+                for release in releases:
+                    release()

@@ -15,6 +15,8 @@ import errno
 import fcntl
 import os
 import stat
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -30,6 +32,13 @@ LOCK_NAME = ".autoloopd.lock"
 
 # State roots locked by this process -> (st_dev, st_ino) of the directory that was locked.
 _owned: dict[Path, tuple[int, int]] = {}
+
+# State roots whose lock this process is releasing off the event loop (`release_later`):
+# an `acquire` of the same root here (a target re-added by a reload) waits for the release
+# rather than refusing, as it would find the lock free had the release been immediate.
+_releasing: dict[Path, threading.Event] = {}
+_releasing_guard = threading.Lock()
+RELEASE_WAIT_S = 30.0
 
 
 def _link_target(path: Path) -> str:
@@ -143,7 +152,7 @@ class StateLock:
                 f"cannot open lock file {self.path}: {fsio.describe_oserror(exc)}"
             ) from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_or_wait_for_release(fd, self.state_root)
         except OSError as exc:
             holder = _read_pid(fd)
             os.close(fd)
@@ -181,6 +190,30 @@ class StateLock:
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
+    def release_later(self) -> Callable[[], None]:
+        """Hand the release over: returns the function that releases the lock, to be called
+        once, in a worker thread (or where the disk is known idle).
+
+        `release` truncates the lock file, which waits for the file system's journal: on
+        the event loop, during a group commit's syncfs, that blocked the loop once per
+        target at shutdown. Until the function runs, an `acquire` of this root in this
+        process waits for it (up to RELEASE_WAIT_S).
+        """
+        event = threading.Event()
+        with _releasing_guard:
+            _releasing[self.state_root] = event
+
+        def release() -> None:
+            try:
+                self.release()
+            finally:
+                with _releasing_guard:
+                    if _releasing.get(self.state_root) is event:
+                        del _releasing[self.state_root]
+                event.set()
+
+        return release
+
     def __enter__(self) -> StateLock:
         """`acquire` and return self."""
         self.acquire()
@@ -194,6 +227,20 @@ class StateLock:
     ) -> None:
         """`release`."""
         self.release()
+
+
+def _flock_or_wait_for_release(fd: int, root: Path) -> None:
+    """flock `fd` without blocking; if this process is releasing `root`'s lock off the loop
+    (`StateLock.release_later`), wait for that release and try once more. OSError."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        with _releasing_guard:
+            pending = _releasing.get(root)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or pending is None:
+            raise
+        pending.wait(RELEASE_WAIT_S)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _read_pid(fd: int) -> str:
