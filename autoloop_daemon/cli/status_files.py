@@ -101,7 +101,7 @@ def lock_holder(directory: Path) -> int | None:
     except OSError:
         return None
     if not text.isdigit():
-        return None  # released locks are truncated
+        return None  # a released lock holds only blanks
     pid = int(text)
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
