@@ -18,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,37 @@ async def test_writes_arriving_during_a_commit_form_the_next_batch(tmp_path: Pat
         for i in range(40):
             tg.start_soon(later, i)
     assert [p.read_bytes() for p in paths] == [f"{i}\n".encode() for i in range(40)]
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+async def test_directories_created_unsynced_are_synced_with_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """A new state root's entry (made by make_dirs(unsynced=...)) is durable once the first
+    file written into it is: its parent is fsynced in the same commit."""
+    synced: list[Path] = []
+    real = fsio.fsync_dir
+
+    def recording(directory: Path) -> None:
+        synced.append(Path(directory))
+        real(directory)
+
+    monkeypatch.setattr(fsio, "fsync_dir", recording)
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    roots, unsynced = [state_dir / f"t{i}" for i in range(batch)], []
+    for root in roots:
+        fsio.make_dirs(root, unsynced=unsynced)
+    assert unsynced == [state_dir] and synced == []
+    await _write_all_synced(GroupCommit(), roots, unsynced)
+    assert state_dir in synced
+    assert all((root / "s.json").read_bytes() == b"{}" for root in roots)
+
+
+async def _write_all_synced(commits: GroupCommit, roots: list[Path], dirs: list[Path]) -> None:
+    async with anyio.create_task_group() as tg:
+        for root in roots:
+            tg.start_soon(partial(commits.write, root / "s.json", b"{}", sync_dirs=dirs))
 
 
 async def test_a_lock_released_during_a_commit_is_released_right_after_the_batch(

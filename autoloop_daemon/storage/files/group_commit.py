@@ -11,7 +11,8 @@ tasks of the tick can queue theirs, then ONE worker-thread call commits the batc
    also says which file failed) one fsync per file, all in the same worker call;
 3. the renames, in arrival order (two writes of one path in a batch: the later wins);
 4. the renames made durable: one more `syncfs` per file system when at least
-   SYNCFS_MIN_FILES directories gained names there, else one directory fsync each.
+   SYNCFS_MIN_FILES directories gained names there, else one directory fsync each; the
+   directories a writer created without syncing (a new state root) are synced here too.
 
 So the guarantee is `atomic_write_bytes`'s, file by file: a rename happens only once its
 data is durable, and a reader (or a crash) sees the old file or the new one. A batch of one
@@ -60,6 +61,7 @@ class _Write:
     path: Path
     data: bytes
     check_root: bool
+    dirs: tuple[Path, ...] = ()  # more directories to make durable with this file's rename
     done: anyio.Event = field(default_factory=anyio.Event)
     lead: bool = False  # set with `done` when this writer must commit the next batch
     error: StateWriteError | None = None
@@ -156,14 +158,18 @@ def _sync_dirs(renamed: dict[Path, list[_Write]]) -> None:
 
 def commit_batch(items: list[_Write]) -> None:
     """Commit `items` (steps 1-4 of the module docstring); errors land in `item.error`."""
-    if len(items) == 1:  # exactly `atomic_write_bytes`
+    if len(items) == 1:  # exactly `atomic_write_bytes` (then the item's own directories)
         item = items[0]
         try:
             if item.check_root:
                 check_owned_root(item.path.parent)
             fsio.atomic_write_bytes(item.path, item.data)
+            for directory in item.dirs:
+                fsio.fsync_dir(directory)
         except StateWriteError as exc:
             item.error = exc
+        except OSError as exc:
+            _fail(item, exc, " (directory sync)")
         return
     tmps: dict[int, Path] = {}
     fds: dict[int, int] = {}
@@ -199,6 +205,8 @@ def commit_batch(items: list[_Write]) -> None:
                 continue
             del tmps[i]
             renamed.setdefault(item.path.parent, []).append(item)
+            for directory in item.dirs:
+                renamed.setdefault(directory, []).append(item)
         _sync_dirs(renamed)
     finally:
         for fd in fds.values():
@@ -238,13 +246,22 @@ class GroupCommit:
         else:
             lock.release()
 
-    async def write(self, path: Path, data: bytes, *, check_root: bool = False) -> None:
+    async def write(
+        self,
+        path: Path,
+        data: bytes,
+        *,
+        check_root: bool = False,
+        sync_dirs: Sequence[Path] = (),
+    ) -> None:
         """Replace `path` with `data` atomically and durably, batched with the tick's others.
 
         `check_root`: refuse (StateWriteError) a state root replaced since it was locked
-        (`lock.check_owned_root` on `path`'s directory). Raises StateWriteError.
+        (`lock.check_owned_root` on `path`'s directory). `sync_dirs`: directories whose new
+        entries (created unsynced, `fsio.make_dirs`) are made durable with the rename (step
+        4), so `path` is reachable after a crash once this returns. Raises StateWriteError.
         """
-        item = _Write(Path(path), data, check_root)
+        item = _Write(Path(path), data, check_root, tuple(sync_dirs))
         self._pending.append(item)
         with anyio.CancelScope(shield=True):
             if self._busy:

@@ -134,8 +134,11 @@ class StateLock:
         """True between a successful `acquire` and `release`."""
         return self._fd is not None
 
-    def acquire(self) -> None:
+    def acquire(self, *, unsynced: list[Path] | None = None) -> None:
         """Take the lock without waiting, creating the state root and lock file if needed.
+
+        `unsynced`: the directories that gained an entry are listed there instead of being
+        fsynced (`fsio.make_dirs`); the lock file itself needs no durability.
 
         Raises StateLockedError naming the holder's pid when another process (or another
         StateLock in this one) holds it, StateCorruptError when the state root is a symbolic
@@ -146,7 +149,7 @@ class StateLock:
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this StateLock")
         _refuse_symlinked_root(self.state_root)
-        fsio.make_dirs(self.state_root)
+        fsio.make_dirs(self.state_root, unsynced=unsynced)
         try:
             try:
                 fd = fsio.open_regular(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
