@@ -23,7 +23,6 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from autoloop_daemon.runs import reaper, spawn
 from autoloop_daemon.runs.process import ProcessOutcome, child_environment, run_in_group
 from autoloop_daemon.runs.procfs import (
     RUN_MARKER_ENV,
@@ -91,34 +90,6 @@ async def test_normal_exit_streams_both_outputs_to_log_and_tails(tmp_path: Path)
     assert outcome.stdout_tail in log
     assert 0 < outcome.duration_s < 10
     assert not await anyio.to_thread.run_sync(group_alive, outcome.pid)
-
-
-@pytest.mark.anyio
-@pytest.mark.no_blocking
-async def test_without_pidfds_the_loops_own_spawn_does_the_same(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The fallback (anyio.open_process) streams, tails and stops the group as well."""
-    monkeypatch.setattr(spawn, "PIDFDS", False)
-    outcome = await run_fake(tmp_path, "keep", "--stderr", "hello-stderr")
-    assert (outcome.returncode, outcome.timed_out, outcome.killed) == (0, False, False)
-    assert outcome.stderr_tail == b"hello-stderr\n"
-    assert b"hello-stderr\n" in log_of(tmp_path)
-    assert not await anyio.to_thread.run_sync(group_alive, outcome.pid)
-
-
-def test_a_child_without_a_marker_is_not_swept_while_one_is_being_spawned() -> None:
-    """Between fork and exec a child has no run marker yet: not an orphan then."""
-    child = subprocess.Popen(
-        ["sleep", "30"], env={k: v for k, v in os.environ.items() if k != RUN_MARKER_ENV}
-    )
-    try:
-        assert reaper._unowned(child.pid, None)
-        with reaper.spawning():
-            assert not reaper._unowned(child.pid, None)
-    finally:
-        child.kill()
-        child.wait()
 
 
 @pytest.mark.anyio

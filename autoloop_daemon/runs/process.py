@@ -8,7 +8,6 @@ the pipes open, cancellation from outside), no process of the group is left when
 or raises, and neither is one that left the group with `setsid()` once the daemon is the
 subreaper (see reaper.py): the run's end sweeps what its tree orphaned.
 
-The child is started off the event loop (spawn.py) and its output streamed by run_output.py.
 The run log is opened (regular files only, 0640) before anything is started: a run log that
 is a FIFO, a socket, a directory or a link fails the run with RunLogError, never a hang.
 
@@ -20,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-from anyio.abc import Process
+import structlog
+from anyio.abc import ByteReceiveStream, Process, TaskGroup
 
-from autoloop_daemon.runs import reaper, spawn
+from autoloop_daemon.exceptions import RunLogError, StateWriteError
+from autoloop_daemon.runs import reaper
 from autoloop_daemon.runs.procfs import (
     RUN_MARKER_ENV,
     group_alive,
@@ -37,7 +39,7 @@ from autoloop_daemon.runs.procfs import (
     signal_group,
     stop_group,
 )
-from autoloop_daemon.runs.run_output import LogSink, Readers, Tail
+from autoloop_daemon.storage.files import fsio
 
 __all__ = [
     "CHILD_ENV_DROP",
@@ -48,9 +50,11 @@ __all__ = [
 
 CHILD_ENV_DROP: tuple[str, ...] = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
+_CHUNK_BYTES = 64 * 1024  # one read from a pipe
 _DRAIN_AFTER_EXIT_S = 0.5  # readers' moment to reach EOF once the direct child has exited
 _REAP_S = 5.0  # bound on waiting for the direct child's exit code / the pipes' EOF after a kill
 
+_log = structlog.get_logger("autoloopd.process")
 
 # The process groups of every run in progress (this process's), for `kill_running_groups`.
 _RUNNING_GROUPS: set[int] = set()
@@ -141,8 +145,9 @@ async def run_in_group(
     if not command:
         raise ValueError("argv is empty")
     marker = env.get(RUN_MARKER_ENV)
-    sink = LogSink(log_path)
+    sink = _LogSink(log_path)
     try:
+        await sink.open()
         with reaper.run_registered(marker):
             return await _run(
                 command,
@@ -151,8 +156,8 @@ async def run_in_group(
                 sink=sink,
                 timeout_s=timeout_s,
                 term_grace_s=term_grace_s,
-                stdout_tail=Tail(stdout_tail_bytes, on_stdout),
-                stderr_tail=Tail(stderr_tail_bytes),
+                stdout_tail=_Tail(stdout_tail_bytes, on_stdout),
+                stderr_tail=_Tail(stderr_tail_bytes),
                 on_started=on_started,
             )
     finally:
@@ -169,19 +174,26 @@ async def _run(
     *,
     cwd: Path | None,
     env: dict[str, str],
-    sink: LogSink,
+    sink: _LogSink,
     timeout_s: float,
     term_grace_s: float,
-    stdout_tail: Tail,
-    stderr_tail: Tail,
+    stdout_tail: _Tail,
+    stderr_tail: _Tail,
     on_started: Callable[[int], Awaitable[None]] | None,
 ) -> ProcessOutcome:
     started = time.monotonic()
     # Shielded so that a cancellation cannot land between fork and our bookkeeping: it is
     # delivered at the next checkpoint, inside the try below, which stops the group.
-    # The run log is opened first, in the same worker call (RunLogError: nothing starts).
     with anyio.CancelScope(shield=True):
-        process = await spawn.start(command, cwd=cwd, env=env, before=sink.open_sync)
+        process = await anyio.open_process(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
     pid = process.pid  # the group's id too (start_new_session)
     _RUNNING_GROUPS.add(pid)
     reaper.child_started(pid)
@@ -214,9 +226,9 @@ async def _run(
 
 async def _supervise(
     process: Process,
-    sink: LogSink,
-    stdout_tail: Tail,
-    stderr_tail: Tail,
+    sink: _LogSink,
+    stdout_tail: _Tail,
+    stderr_tail: _Tail,
     timeout_s: float,
     term_grace_s: float,
 ) -> tuple[int | None, bool, bool]:
@@ -228,7 +240,7 @@ async def _supervise(
     returncode: int | None = None
     killed = False
     async with anyio.create_task_group() as tg:
-        readers = Readers(tg, process, sink, stdout_tail, stderr_tail)
+        readers = _Readers(tg, process, sink, stdout_tail, stderr_tail)
         with anyio.move_on_after(timeout_s):
             returncode = await process.wait()
             with anyio.move_on_after(_DRAIN_AFTER_EXIT_S):
@@ -250,7 +262,7 @@ async def _supervise(
 
 
 async def _abort(
-    process: Process, sink: LogSink, stdout_tail: Tail, stderr_tail: Tail, grace_s: float
+    process: Process, sink: _LogSink, stdout_tail: _Tail, stderr_tail: _Tail, grace_s: float
 ) -> None:
     """Stop the group after an error or outside cancellation; call it shielded.
 
@@ -258,7 +270,7 @@ async def _abort(
     on a full pipe and its last words reach the run log.
     """
     async with anyio.create_task_group() as tg:
-        readers = Readers(tg, process, sink, stdout_tail, stderr_tail)
+        readers = _Readers(tg, process, sink, stdout_tail, stderr_tail)
         await stop_group(process.pid, grace_s)
         if process.returncode is None:
             with anyio.move_on_after(_REAP_S):
@@ -266,6 +278,127 @@ async def _abort(
         with anyio.move_on_after(_DRAIN_AFTER_EXIT_S):
             await readers.wait()
         tg.cancel_scope.cancel()
+
+
+class _Readers:
+    """Two tasks pumping the child's stdout and stderr into the log and the tails."""
+
+    def __init__(
+        self,
+        tg: TaskGroup,
+        process: Process,
+        sink: _LogSink,
+        stdout_tail: _Tail,
+        stderr_tail: _Tail,
+    ) -> None:
+        self._done = (anyio.Event(), anyio.Event())
+        tg.start_soon(_pump, process.stdout, stdout_tail, sink, self._done[0])
+        tg.start_soon(_pump, process.stderr, stderr_tail, sink, self._done[1])
+
+    async def wait(self) -> None:
+        """Return when both streams reached EOF (or were closed)."""
+        for event in self._done:
+            await event.wait()
+
+
+async def _pump(
+    stream: ByteReceiveStream | None, tail: _Tail, sink: _LogSink, done: anyio.Event
+) -> None:
+    try:
+        if stream is None:
+            return
+        while True:
+            try:
+                chunk = await stream.receive(_CHUNK_BYTES)
+            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            tail.add(chunk)
+            await sink.write(chunk)
+    finally:
+        done.set()
+
+
+class _Tail:
+    """The last `limit` bytes of a stream; holds at most about 2 x limit bytes."""
+
+    __slots__ = ("_buf", "_limit", "_watch")
+
+    def __init__(self, limit: int, watch: Callable[[bytes], None] | None = None) -> None:
+        self._limit = max(limit, 0)
+        self._buf = bytearray()
+        self._watch = watch
+
+    def add(self, chunk: bytes) -> None:
+        if self._watch is not None:
+            self._watch(chunk)
+        if self._limit == 0:
+            return
+        self._buf += chunk
+        if len(self._buf) > 2 * self._limit:  # trim rarely: amortised O(1) per byte
+            del self._buf[: len(self._buf) - self._limit]
+
+    def value(self) -> bytes:
+        if self._limit == 0:
+            return b""
+        return bytes(self._buf[-self._limit :])
+
+
+class _LogSink:
+    """The run log: chunks from both streams appended one at a time, in arrival order.
+
+    `open` must succeed before the run starts. A write error later (disk full) is logged
+    once and later output is dropped: losing the log must not kill the run.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd = -1
+        self._path = path
+        self._lock = anyio.Lock()
+        self._failed = False
+
+    async def open(self) -> None:
+        """Open (or create, 0640) the log for appending; RunLogError if it cannot be."""
+        self._fd = await anyio.to_thread.run_sync(_open_log, self._path)
+
+    async def close(self) -> None:
+        """Close the log (a run that printed nothing leaves an empty log file)."""
+        async with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)  # a regular file's close does not block
+                self._fd = -1
+
+    async def write(self, chunk: bytes) -> None:
+        if self._failed or self._fd < 0:
+            return
+        async with self._lock:
+            if self._failed or self._fd < 0:
+                return
+            try:
+                await anyio.to_thread.run_sync(_write_all, self._fd, chunk)
+            except OSError as exc:
+                self._failed = True
+                _log.warning("run_log_write_failed", path=str(self._path), error=str(exc))
+
+
+def _open_log(path: Path) -> int:
+    """The run log's descriptor, opened for appending through `fsio.open_regular`."""
+    try:
+        fsio.make_dirs(path.parent)
+        try:
+            return fsio.open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            return fsio.open_regular(path, os.O_WRONLY | os.O_APPEND)
+    except StateWriteError as exc:
+        raise RunLogError(str(exc)) from None
+    except OSError as exc:
+        raise RunLogError(f"cannot open run log {path}: {fsio.describe_oserror(exc)}") from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 @contextlib.contextmanager

@@ -61,7 +61,6 @@ _log = structlog.get_logger("autoloopd.reaper")
 _subreaper: bool | None = None
 _live_markers: Counter[str] = Counter()  # markers of runs in progress
 _live_children: set[int] = set()  # their direct children (each leads its own group)
-_spawning = 0  # children being started in worker threads (runs/spawn.py)
 
 
 def become_subreaper() -> bool:
@@ -101,21 +100,6 @@ def run_registered(marker: str | None) -> Iterator[None]:
             del _live_markers[marker]
 
 
-@contextlib.contextmanager
-def spawning() -> Iterator[None]:
-    """Mark a child as being started (off the event loop) for the block.
-
-    Between its fork and its exec a child still has the daemon's environment (no run
-    marker) and is not yet a known child: `sweep` must not take it for an orphan then.
-    """
-    global _spawning
-    _spawning += 1
-    try:
-        yield
-    finally:
-        _spawning -= 1
-
-
 def child_started(pid: int) -> None:
     """Record a direct child (an orchestrator): it and its process group are not swept."""
     _live_children.add(pid)
@@ -142,8 +126,8 @@ async def sweep(marker: str | None, grace_s: float) -> list[int]:
             if not _may_have_adopted():
                 break
             candidates = await anyio.to_thread.run_sync(children_of, os.getpid())
-            # Judged on the event loop's thread; a child being started in a worker thread
-            # (no marker yet) is left alone while `spawning` says one is (see `_unowned`).
+            # Judged on the event loop's thread, where asyncio forks and execs its children
+            # synchronously: a child being spawned is never mistaken for an orphan.
             victims = [pid for pid in candidates if _unowned(pid, marker)]
         elif marker is not None:
             victims = await anyio.to_thread.run_sync(find_marked, marker)
@@ -184,9 +168,7 @@ def _unowned(pid: int, ended_marker: str | None) -> bool:
     if stat.pgrp in _live_children:
         return False  # still in a running run's process group
     marker = run_marker_of(pid)
-    if marker is None:
-        return _spawning == 0  # else perhaps a child between fork and exec: next sweep
-    return marker == ended_marker or marker not in _live_markers
+    return marker is None or marker == ended_marker or marker not in _live_markers
 
 
 def _reap(pids: list[int]) -> None:
