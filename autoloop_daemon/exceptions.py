@@ -28,6 +28,11 @@ class FencedWriteError(StateWriteError):
     refused; the local journal keeps it and its real cost is booked."""
 
 
+class ClusterError(AutoloopError):
+    """Cluster mode: the database cannot be reached, refused a statement, or has the wrong
+    schema."""
+
+
 class ResultError(AutoloopError):
     """The orchestrator's or scorer's output is present but invalid."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autoloop_daemon import exit_codes
-from autoloop_daemon.cli import main as cli
+from autoloop_daemon.cli.parser import build_parser
 from autoloop_daemon.config.settings import BudgetSettings, DaemonSettings, _TargetTable
 from autoloop_daemon.vocab import TargetStatus
 
@@ -70,7 +70,7 @@ def test_config_reference_has_every_key_and_flag() -> None:
     assert missing == [], f"keys missing from docs/config.md: {missing}"
     flags = [
         option
-        for action in cli.build_parser()._actions
+        for action in build_parser()._actions
         for option in action.option_strings
         if option.startswith("--") and option != "--help"
     ]

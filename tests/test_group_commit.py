@@ -2,9 +2,10 @@
 
 Pinned down: one worker call commits a tick's writes; every file holds its new bytes; a
 failure (a missing directory, a failing fsync) fails that file's writer only and leaves its
-old file intact; two writes of one path keep the later; and a process SIGKILLed while it
-group-commits leaves every file whole (old or new, never torn) and only temp files that
-start-up removes.
+old file intact; two writes of one path keep the later; a target's lock released while a
+batch commits is released in the worker right after it (and an acquire of that root waits
+for it rather than refusing); and a process SIGKILLed while it group-commits leaves every
+file whole (old or new, never torn) and only temp files that start-up removes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,9 @@ import anyio
 import pytest
 
 from autoloop_daemon.exceptions import StateWriteError
-from autoloop_daemon.storage.files import fsio, group_commit
+from autoloop_daemon.storage.files import fsio, group_commit, lock
 from autoloop_daemon.storage.files.group_commit import GroupCommit
+from autoloop_daemon.storage.files.lock import LOCK_NAME, StateLock
 
 pytestmark = pytest.mark.anyio
 
@@ -146,6 +150,103 @@ async def test_writes_arriving_during_a_commit_form_the_next_batch(tmp_path: Pat
         for i in range(40):
             tg.start_soon(later, i)
     assert [p.read_bytes() for p in paths] == [f"{i}\n".encode() for i in range(40)]
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+async def test_directories_created_unsynced_are_synced_with_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """A new state root's entry (made by make_dirs(unsynced=...)) is durable once the first
+    file written into it is: its parent is fsynced in the same commit."""
+    synced: list[Path] = []
+    real = fsio.fsync_dir
+
+    def recording(directory: Path) -> None:
+        synced.append(Path(directory))
+        real(directory)
+
+    monkeypatch.setattr(fsio, "fsync_dir", recording)
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    roots, unsynced = [state_dir / f"t{i}" for i in range(batch)], []
+    for root in roots:
+        fsio.make_dirs(root, unsynced=unsynced)
+    assert unsynced == [state_dir] and synced == []
+    await _write_all_synced(GroupCommit(), roots, unsynced)
+    assert state_dir in synced
+    assert all((root / "s.json").read_bytes() == b"{}" for root in roots)
+
+
+async def _write_all_synced(commits: GroupCommit, roots: list[Path], dirs: list[Path]) -> None:
+    async with anyio.create_task_group() as tg:
+        for root in roots:
+            tg.start_soon(partial(commits.write, root / "s.json", b"{}", sync_dirs=dirs))
+
+
+async def test_a_lock_released_during_a_commit_is_released_right_after_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered, go = threading.Event(), threading.Event()
+    real = group_commit.commit_batch
+
+    def held_open(items: list[Any]) -> None:
+        entered.set()
+        go.wait(30)
+        real(items)
+
+    monkeypatch.setattr(group_commit, "commit_batch", held_open)
+    commits = GroupCommit()
+    root = tmp_path / "root"
+    state_lock = StateLock(root)
+    state_lock.acquire()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(commits.write, tmp_path / "state.json", b"{}")
+        assert await anyio.to_thread.run_sync(entered.wait, 10)
+        commits.release(state_lock)  # a batch is in the worker: handed over, not done here
+        assert (root / LOCK_NAME).read_text().strip() == str(os.getpid())
+        go.set()
+    assert (root / LOCK_NAME).read_text().strip() == ""  # released before the write returned
+    again = StateLock(root)
+    again.acquire()
+    assert again.stale_holder is None
+    again.release()
+
+
+def test_an_acquire_waits_for_a_release_handed_to_a_worker(tmp_path: Path) -> None:
+    """A target re-added by a reload at once: its new lock waits instead of refusing."""
+    root = tmp_path / "root"
+    first = StateLock(root)
+    first.acquire()
+    release = first.release_later()
+    waiting = threading.Event()
+    real_event = lock._releasing[root]
+
+    class Observed(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waiting.set()
+            return real_event.wait(timeout)
+
+    lock._releasing[root] = Observed()
+    second = StateLock(root)
+    outcome: list[BaseException | None] = []
+
+    def take() -> None:
+        try:
+            second.acquire()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    taker = threading.Thread(target=take)
+    taker.start()
+    assert waiting.wait(10), "the acquire did not wait for the pending release"
+    release()
+    taker.join(10)
+    assert outcome == [None]
+    assert second.held and second.stale_holder is None
+    second.release()
+    assert real_event.is_set()
+    lock._releasing.pop(root, None)  # the Observed stand-in, not the release's own event
 
 
 _WRITER = textwrap.dedent(

@@ -122,6 +122,28 @@ def test_lock_held_by_another_process_names_its_pid(
     assert (root / LOCK_NAME).exists()  # never unlinked
 
 
+@pytest.mark.parametrize("before", ["4194304\n", "", "x" * 1000, "  \n"])
+def test_a_lock_file_names_its_holder_and_nothing_once_released(
+    tmp_path: Path, before: str
+) -> None:
+    """The pid is written over what was there (blank-padded), a release blanks it: a stale
+    pid is seen only where the last holder did not release (it was killed)."""
+    root = tmp_path / "state"
+    root.mkdir()
+    (root / LOCK_NAME).write_text(before)
+    lock = StateLock(root)
+    lock.acquire()
+    assert lock.stale_holder == (4194304 if before.strip().isdigit() else None)
+    assert (root / LOCK_NAME).read_text().strip() == str(os.getpid())
+    assert (root / LOCK_NAME).stat().st_size <= 64
+    lock.release()
+    assert (root / LOCK_NAME).read_text().strip() == ""
+    again = StateLock(root)
+    again.acquire()
+    assert again.stale_holder is None
+    again.release()
+
+
 def test_lock_freed_when_holder_is_killed(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
     """SIGKILL of the owner frees the lock (the kernel drops it); a stale pid does not block."""
     os.kill(holder.pid, signal.SIGKILL)

@@ -1,19 +1,36 @@
-"""`autoloopd status` finds the daemon's socket from the `[daemon]` table alone.
+"""`autoloopd status` and `ctl` find the daemon's socket fast, and print what they printed.
 
 Pinned down: the shortcut gives the socket `load_config` would (default under state_dir, or
 `control_socket` relative to the config file), and gives up (None: the whole config is read)
 whenever it could differ: an AUTOLOOPD_DAEMON__* override, a `daemon` table written as
-dotted keys, a table that does not validate.
+dotted keys, a table that does not validate (every table it accepts validates, with the
+same socket). Asking a daemon imports neither pydantic, structlog, anyio nor the runtime,
+and the fast JSON text is byte for byte `json.dumps(indent=2)`.
 """
 
 from __future__ import annotations
 
+import json
+import random
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from autoloop_daemon.cli.control import quick_socket, socket_path
+from autoloop_daemon.cli.control import socket_path
+from autoloop_daemon.cli.json_text import dumps_indented
+from autoloop_daemon.cli.quick_socket import (
+    DAEMON_CHECKS,
+    DEFAULT_STATE_DIR,
+    ENV_PREFIX,
+    quick_socket,
+)
+from autoloop_daemon.cli.status import _state_root
+from autoloop_daemon.config import settings
 from autoloop_daemon.config.loader import load_config
+from autoloop_daemon.exceptions import ConfigError
 
 TARGET = '\n[[targets]]\nname = "a"\npath = "a"\n'
 
@@ -31,6 +48,8 @@ def _config(tmp_path: Path, daemon: str) -> Path:
         '[daemon]\nstate_dir = "st"\n',
         '[daemon]\nstate_dir = "st"\ncontrol_socket = "run/ctl.sock"  # here\n',
         '# a comment\n[budget]\nmax_cost_usd = 5.0\n\n[ daemon ]\nstate_dir = "st2"\n',
+        '[daemon]\nstate_dir = "st"\nmax_concurrent_iterations = 32\nshutdown_grace_seconds = 30'
+        '\nlog_format = "json"\nlog_level = "info"\nexit_when_idle = false\n',
     ],
 )
 def test_the_shortcut_finds_the_socket_load_config_would(tmp_path: Path, daemon: str) -> None:
@@ -52,3 +71,135 @@ def test_the_shortcut_gives_up_where_it_could_differ(
     tmp_path: Path, daemon: str, environ: dict[str, str]
 ) -> None:
     assert quick_socket(_config(tmp_path, daemon), environ) is None
+
+
+VALUES = {
+    "state_dir": ['"st"', '""', '"  "', "1", '"a\\u0000b"'],
+    "max_concurrent_iterations": ["1", "10000", "0", "10001", "2.0", "true", '"4"'],
+    "shutdown_grace_seconds": ["0", "2.5", "-1", "31536001", "nan", "inf", "true", '"3"'],
+    "log_format": ['"json"', '"console"', '"auto"', '"xml"', "1"],
+    "log_level": ['"debug"', '"error"', '"trace"', "true"],
+    "control_socket": ['"run/c.sock"', '""', "3"],
+    "http_listen": ['"127.0.0.1:8765"', "8765"],
+    "http_token_file": ['"token"', "5"],
+    "exit_when_idle": ["true", "false", '"auto"', '"yes"', "1"],
+}
+CASES = [(key, value) for key, values in VALUES.items() for value in values]
+
+
+@pytest.mark.parametrize(("key", "value"), CASES, ids=[f"{k}={v}" for k, v in CASES])
+def test_every_table_the_shortcut_accepts_validates_with_the_same_socket(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    """The shortcut's checks are never looser than the schema's (it may give up more often)."""
+    if key == "http_token_file":
+        (tmp_path / "token").write_text("secret-token\n", encoding="utf-8")
+    state_dir = "" if key == "state_dir" else 'state_dir = "st"\n'
+    path = _config(tmp_path, f"[daemon]\n{state_dir}{key} = {value}\n")
+    quick = quick_socket(path, {})
+    try:
+        full = socket_path(load_config(path, environ={}))
+    except ConfigError:
+        assert quick is None
+    else:
+        assert quick in (None, full)
+
+
+def test_the_shortcut_knows_every_key_and_default_of_the_schema() -> None:
+    assert set(DAEMON_CHECKS) == set(settings.DaemonSettings.model_fields)
+    assert settings.DaemonSettings().state_dir == DEFAULT_STATE_DIR
+    assert settings.ENV_PREFIX == ENV_PREFIX
+
+
+def _random_value(rng: random.Random, depth: int) -> Any:
+    scalars = [None, True, False, 0, -7, 10**20, 0.1, 1e-9, float("nan"), float("inf"), "",
+               "é\n\"}", "},\n  {", "\u2028"]  # fmt: skip
+    kind = rng.randrange(4 if depth < 3 else 1)
+    if kind == 0:
+        return rng.choice(scalars)
+    if kind == 1:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    if kind == 2:
+        return {f"k{i}": _random_value(rng, depth + 1) for i in range(rng.randrange(4))}
+    return [{"a": rng.choice(scalars), "}": 1} for _ in range(rng.randrange(1, 4))]
+
+
+def test_the_fast_json_text_is_that_of_json_dumps_indent_2() -> None:
+    rng = random.Random(14)
+    samples: list[Any] = [_random_value(rng, 0) for _ in range(500)]
+    samples += [{1: 2, "a": {2: [1, {}]}}, ("t", (1, [])), [{"a": 1}, {}], [{"a": [1]}]]
+    for sample in samples:
+        assert dumps_indented(sample) == json.dumps(sample, indent=2)
+
+
+STATUS_PAYLOAD = {
+    "daemon": {"running": True, "pid": 1, "started_at": "2026-01-01T00:00:00Z",
+               "uptime_s": 1.0, "ready": True, "shutting_down": False},
+    "budget": {"spent_usd": 0.5, "reserved_usd": 0.0, "cap_usd": 10.0, "remaining_usd": 9.5},
+    "targets": [{"target": "a", "status": "cooldown", "phase": "cooldown",
+                 "iterations_completed": 1, "state_location": "/s/a/autoloop_state.json"}],
+}  # fmt: skip
+
+# A fake daemon on the config's socket (stdlib HTTP in a thread), then `autoloopd status`.
+SCRIPT = """
+import json, socketserver, sys, threading
+from http.server import BaseHTTPRequestHandler
+sock, config, payload = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+class Answer(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+    def address_string(self):
+        return "unix"
+    def log_message(self, *args):
+        pass
+server = socketserver.UnixStreamServer(sock, Answer)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+from autoloop_daemon.cli.main import main
+code = main(["status", "--config", config, "--json"])
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in
+               ("pydantic", "pydantic_settings", "structlog", "anyio", "starlette", "hypercorn")
+               or m.startswith(("autoloop_daemon.runtime", "autoloop_daemon.config.settings")))
+print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+def test_status_from_a_daemon_imports_nothing_heavy_and_prints_the_same_json(
+    tmp_path: Path,
+) -> None:
+    sock = tmp_path / "st" / "autoloopd.sock"
+    sock.parent.mkdir()
+    config = _config(tmp_path, '[daemon]\nstate_dir = "st"\n')
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(sock), str(config), json.dumps(STATUS_PAYLOAD)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    outcome = json.loads(done.stderr.strip().splitlines()[-1])
+    assert outcome == {"code": 0, "heavy": []}
+    row = dict.fromkeys(
+        ("target", "status", "paused", "reason", "last_error", "iterations_completed",
+         "max_iterations", "running_iteration", "running_for_s", "in_flight",
+         "best_weighted_score", "last_weighted_score", "last_decision", "total_cost_usd",
+         "max_cost_usd", "estimated", "next_run_at", "consecutive_errors", "state_root",
+         "host")
+    )  # fmt: skip
+    row.update(target="a", status="cooldown", iterations_completed=1, state_root="/s/a")
+    expected = {
+        "daemon": {**STATUS_PAYLOAD["daemon"], "source": "socket", "control_socket": str(sock)},
+        "budget": STATUS_PAYLOAD["budget"],
+        "targets": [row],
+    }
+    assert done.stdout == json.dumps(expected, indent=2) + "\n"
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["/a/b/autoloop_state.json", "/a/b", ".json", "/.json", "/a/.json", "/a/..json", "/x.json",
+     "/", "//a/b.json", "/a//b.json", "/a/./b.json", "/a/b/", "/a/b/.", "a/b.json", "", None,
+     "/a/b.JSON", "/a/b.json/", "/a/../b.json", "/a/b.json.bak", "/é/ü.json"],
+)  # fmt: skip
+def test_a_rows_state_root_is_what_path_says(location: str | None) -> None:
+    path = Path(location or ".")
+    assert _state_root(location) == str(path.parent if path.suffix == ".json" else path)

@@ -12,15 +12,15 @@ configuration invalid (so `ExecReload=autoloopd ctl reload` fails `systemctl rel
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from autoloop_daemon.cli.client import NotRunningError, request
-from autoloop_daemon.cli.control import socket_path
-from autoloop_daemon.config.loader import load_config
+from autoloop_daemon.cli.json_text import dumps_indented
+from autoloop_daemon.cli.quick_socket import quick_socket
 from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.exit_codes import (
     EXIT_CONFIG,
@@ -80,9 +80,11 @@ def main(argv: Sequence[str]) -> int:
     if args.verb == "extend" and not (args.iterations or args.cost):
         parser.error("extend needs --iterations +N and/or --cost +USD")
     path = args.socket
+    if path is None and args.verb != "reload":  # a reload checks the whole config first
+        path = quick_socket(args.config, os.environ)
     if path is None:
         try:
-            path = socket_path(load_config(args.config))
+            path = _socket_from_config(args.config)
         except ConfigError as exc:
             return _fail(str(exc), EXIT_CONFIG)
         if path is None:
@@ -100,6 +102,14 @@ def main(argv: Sequence[str]) -> int:
             EXIT_NOPERM,
         )
     return _report(args, status, payload)
+
+
+def _socket_from_config(config: Path) -> Path | None:
+    """The control socket of `config`, the whole config read and checked (ConfigError)."""
+    from autoloop_daemon.cli.control import socket_path  # pydantic: slow to import
+    from autoloop_daemon.config.loader import load_config
+
+    return socket_path(load_config(config))
 
 
 def _route(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
@@ -129,7 +139,7 @@ def _report(args: argparse.Namespace, status: int, payload: Any) -> int:
     if status >= 400:
         return _fail(f"{status}: {error}", EXIT_REFUSED)
     if args.verb in ("status", "budget"):
-        print(json.dumps(payload, indent=2))
+        print(dumps_indented(payload))
     elif args.verb == "reload":
         changes = ", ".join(
             f"{key} {', '.join(payload[key])}"

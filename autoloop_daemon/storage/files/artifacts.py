@@ -57,13 +57,15 @@ def learner_path(state_root: Path, iteration: int) -> Path:
     return Path(state_root) / LEARNER_DIR / f"iteration-{iteration}.json"
 
 
-def ensure_layout(state_root: Path) -> None:
+def ensure_layout(state_root: Path, *, unsynced: list[Path] | None = None) -> None:
     """Create the state root and its `runs/`, `handoffs/`, `learner/` (with parents, 0750).
 
-    Each new directory entry is fsynced. OSError -> StateWriteError naming the directory.
+    Each new directory entry is fsynced, or, with `unsynced`, its directory is appended to
+    it for the caller to sync (`fsio.make_dirs`). OSError -> StateWriteError naming the
+    directory.
     """
     root = Path(state_root)
-    fsio.make_dirs(root)
+    fsio.make_dirs(root, unsynced=unsynced)
     created = False
     try:
         for name in (RUNS_DIR, HANDOFFS_DIR, LEARNER_DIR):
@@ -73,8 +75,10 @@ def ensure_layout(state_root: Path) -> None:
             except FileExistsError:
                 if not (root / name).is_dir():
                     raise NotADirectoryError(errno.ENOTDIR, str(root / name)) from None
-        if created:
+        if created and unsynced is None:
             fsio.fsync_dir(root)  # once for all three new entries
+        elif created and unsynced is not None and root not in unsynced:
+            unsynced.append(root)
     except OSError as exc:
         raise StateWriteError(f"cannot create {root}: {fsio.describe_oserror(exc)}") from exc
 

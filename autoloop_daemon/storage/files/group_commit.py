@@ -11,11 +11,17 @@ tasks of the tick can queue theirs, then ONE worker-thread call commits the batc
    also says which file failed) one fsync per file, all in the same worker call;
 3. the renames, in arrival order (two writes of one path in a batch: the later wins);
 4. the renames made durable: one more `syncfs` per file system when at least
-   SYNCFS_MIN_FILES directories gained names there, else one directory fsync each.
+   SYNCFS_MIN_FILES directories gained names there, else one directory fsync each; the
+   directories a writer created without syncing (a new state root) are synced here too.
 
 So the guarantee is `atomic_write_bytes`'s, file by file: a rename happens only once its
 data is durable, and a reader (or a crash) sees the old file or the new one. A batch of one
 is exactly `atomic_write_bytes`. Each caller gets its own file's StateWriteError.
+
+It also releases the targets' state locks (`release`): truncating a lock file waits for
+the journal, so while a batch is being committed the release is done in the worker, right
+after the batch, instead of on the event loop (where it blocked every other task once per
+target at shutdown). Every release is done before the last writer of the last batch returns.
 
 Writes already queued always finish: the waits are shielded, so a cancelled caller returns
 (raising its cancellation) only once its file is committed, and a leader never leaves the
@@ -29,6 +35,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +45,7 @@ import anyio.to_thread
 
 from autoloop_daemon.exceptions import StateWriteError
 from autoloop_daemon.storage.files import fsio
-from autoloop_daemon.storage.files.lock import check_owned_root
+from autoloop_daemon.storage.files.lock import StateLock, check_owned_root
 
 __all__ = ["GroupCommit", "commit_batch"]
 
@@ -54,6 +61,7 @@ class _Write:
     path: Path
     data: bytes
     check_root: bool
+    dirs: tuple[Path, ...] = ()  # more directories to make durable with this file's rename
     done: anyio.Event = field(default_factory=anyio.Event)
     lead: bool = False  # set with `done` when this writer must commit the next batch
     error: StateWriteError | None = None
@@ -150,14 +158,18 @@ def _sync_dirs(renamed: dict[Path, list[_Write]]) -> None:
 
 def commit_batch(items: list[_Write]) -> None:
     """Commit `items` (steps 1-4 of the module docstring); errors land in `item.error`."""
-    if len(items) == 1:  # exactly `atomic_write_bytes`
+    if len(items) == 1:  # exactly `atomic_write_bytes` (then the item's own directories)
         item = items[0]
         try:
             if item.check_root:
                 check_owned_root(item.path.parent)
             fsio.atomic_write_bytes(item.path, item.data)
+            for directory in item.dirs:
+                fsio.fsync_dir(directory)
         except StateWriteError as exc:
             item.error = exc
+        except OSError as exc:
+            _fail(item, exc, " (directory sync)")
         return
     tmps: dict[int, Path] = {}
     fds: dict[int, int] = {}
@@ -193,6 +205,8 @@ def commit_batch(items: list[_Write]) -> None:
                 continue
             del tmps[i]
             renamed.setdefault(item.path.parent, []).append(item)
+            for directory in item.dirs:
+                renamed.setdefault(directory, []).append(item)
         _sync_dirs(renamed)
     finally:
         for fd in fds.values():
@@ -201,6 +215,15 @@ def commit_batch(items: list[_Write]) -> None:
         for tmp in tmps.values():
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _commit_then_release(items: list[_Write], releases: Sequence[Callable[[], None]]) -> None:
+    """`commit_batch`, then the lock releases handed over while it was being gathered."""
+    try:
+        commit_batch(items)
+    finally:
+        for release in releases:
+            release()
 
 
 class GroupCommit:
@@ -213,14 +236,32 @@ class GroupCommit:
         """An empty queue; nothing is started."""
         self._pending: list[_Write] = []
         self._busy = False  # a leader is gathering or committing a batch
+        self._releases: list[Callable[[], None]] = []  # lock releases for the next batch
 
-    async def write(self, path: Path, data: bytes, *, check_root: bool = False) -> None:
+    def release(self, lock: StateLock) -> None:
+        """Release a target's state lock: now when no batch is being committed, else in the
+        worker thread right after the batch (see the module docstring)."""
+        if self._busy:
+            self._releases.append(lock.release_later())
+        else:
+            lock.release()
+
+    async def write(
+        self,
+        path: Path,
+        data: bytes,
+        *,
+        check_root: bool = False,
+        sync_dirs: Sequence[Path] = (),
+    ) -> None:
         """Replace `path` with `data` atomically and durably, batched with the tick's others.
 
         `check_root`: refuse (StateWriteError) a state root replaced since it was locked
-        (`lock.check_owned_root` on `path`'s directory). Raises StateWriteError.
+        (`lock.check_owned_root` on `path`'s directory). `sync_dirs`: directories whose new
+        entries (created unsynced, `fsio.make_dirs`) are made durable with the rename (step
+        4), so `path` is reachable after a crash once this returns. Raises StateWriteError.
         """
-        item = _Write(Path(path), data, check_root)
+        item = _Write(Path(path), data, check_root, tuple(sync_dirs))
         self._pending.append(item)
         with anyio.CancelScope(shield=True):
             if self._busy:
@@ -242,8 +283,9 @@ class GroupCommit:
         try:
             await anyio.lowlevel.checkpoint()  # let the other tasks of this tick queue theirs
             batch, self._pending = self._pending, []
+            releases, self._releases = self._releases, []
             try:
-                await anyio.to_thread.run_sync(commit_batch, batch)
+                await anyio.to_thread.run_sync(_commit_then_release, batch, releases)
             except BaseException as exc:  # not an OSError (those are per item): all fail
                 for item in batch:
                     if item.error is None:
@@ -260,3 +302,7 @@ class GroupCommit:
                 nxt.done.set()
             else:
                 self._busy = False
+                # Handed over during the worker call; the batch is durable, the disk idle.
+                releases, self._releases = self._releases, []
+                for release in releases:
+                    release()

@@ -15,6 +15,8 @@ import errno
 import fcntl
 import os
 import stat
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -29,7 +31,20 @@ from autoloop_daemon.storage.files import fsio
 LOCK_NAME = ".autoloopd.lock"
 
 # State roots locked by this process -> (st_dev, st_ino) of the directory that was locked.
-_owned: dict[Path, tuple[int, int]] = {}
+# Keyed by the path's text: hashing a fresh Path (every write checks its root) cost a
+# tenth of a shutdown's samples.
+_owned: dict[str, tuple[int, int]] = {}
+# A lock file's pid is overwritten in place, padded with blanks (a released lock holds only
+# blanks): truncating the file cost ~0.6 ms per lock (the block freed through the journal),
+# seconds at 10,000 targets; a longer file than this (not ours) is truncated first.
+_MARKER_MAX_BYTES = 64
+
+# State roots whose lock this process is releasing off the event loop (`release_later`):
+# an `acquire` of the same root here (a target re-added by a reload) waits for the release
+# rather than refusing, as it would find the lock free had the release been immediate.
+_releasing: dict[Path, threading.Event] = {}
+_releasing_guard = threading.Lock()
+RELEASE_WAIT_S = 30.0
 
 
 def _link_target(path: Path) -> str:
@@ -46,10 +61,11 @@ def check_owned_root(state_root: Path) -> None:
     replaced by a symbolic link, by another directory, or removed. Does nothing for a root
     this process does not hold (one lstat otherwise).
     """
-    root = Path(state_root)
-    identity = _owned.get(root)
+    key = os.fspath(state_root if isinstance(state_root, Path) else Path(state_root))
+    identity = _owned.get(key)
     if identity is None:
         return
+    root = Path(state_root)
     try:
         st = os.lstat(root)
     except OSError as exc:
@@ -118,8 +134,11 @@ class StateLock:
         """True between a successful `acquire` and `release`."""
         return self._fd is not None
 
-    def acquire(self) -> None:
+    def acquire(self, *, unsynced: list[Path] | None = None) -> None:
         """Take the lock without waiting, creating the state root and lock file if needed.
+
+        `unsynced`: the directories that gained an entry are listed there instead of being
+        fsynced (`fsio.make_dirs`); the lock file itself needs no durability.
 
         Raises StateLockedError naming the holder's pid when another process (or another
         StateLock in this one) holds it, StateCorruptError when the state root is a symbolic
@@ -130,7 +149,7 @@ class StateLock:
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this StateLock")
         _refuse_symlinked_root(self.state_root)
-        fsio.make_dirs(self.state_root)
+        fsio.make_dirs(self.state_root, unsynced=unsynced)
         try:
             try:
                 fd = fsio.open_regular(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
@@ -143,7 +162,7 @@ class StateLock:
                 f"cannot open lock file {self.path}: {fsio.describe_oserror(exc)}"
             ) from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_or_wait_for_release(fd, self.state_root)
         except OSError as exc:
             holder = _read_pid(fd)
             os.close(fd)
@@ -156,17 +175,14 @@ class StateLock:
             ) from None
         stale = _read_pid(fd)
         self.stale_holder = int(stale) if stale.isdigit() else None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError:
-            pass  # the pid is only for the message; the lock itself is held
+        with contextlib.suppress(OSError):  # the pid is only for the message; the lock is held
+            _write_marker(fd, f"{os.getpid()}\n")
         try:
             st = os.lstat(self.state_root)
         except OSError:
             pass  # the check below cannot be armed; the lock itself is held
         else:
-            _owned[self.state_root] = (st.st_dev, st.st_ino)
+            _owned[os.fspath(self.state_root)] = (st.st_dev, st.st_ino)
         self._fd = fd
 
     def release(self) -> None:
@@ -174,12 +190,36 @@ class StateLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        _owned.pop(self.state_root, None)
+        _owned.pop(os.fspath(self.state_root), None)
         with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)  # no stale pid: a refused run leaves the file as it found it
+            _write_marker(fd, "")  # no stale pid: a refused run leaves the file as it found it
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+    def release_later(self) -> Callable[[], None]:
+        """Hand the release over: returns the function that releases the lock, to be called
+        once, in a worker thread (or where the disk is known idle).
+
+        `release` writes the lock file, which may wait for the file system's journal: on
+        the event loop, during a group commit's syncfs, that blocked the loop once per
+        target at shutdown. Until the function runs, an `acquire` of this root in this
+        process waits for it (up to RELEASE_WAIT_S).
+        """
+        event = threading.Event()
+        with _releasing_guard:
+            _releasing[self.state_root] = event
+
+        def release() -> None:
+            try:
+                self.release()
+            finally:
+                with _releasing_guard:
+                    if _releasing.get(self.state_root) is event:
+                        del _releasing[self.state_root]
+                event.set()
+
+        return release
 
     def __enter__(self) -> StateLock:
         """`acquire` and return self."""
@@ -194,6 +234,30 @@ class StateLock:
     ) -> None:
         """`release`."""
         self.release()
+
+
+def _write_marker(fd: int, text: str) -> None:
+    """Make the lock file say `text` (a pid line, or nothing), overwriting it in place."""
+    data = text.encode()
+    size = os.fstat(fd).st_size
+    if size > _MARKER_MAX_BYTES:
+        os.ftruncate(fd, 0)
+        size = 0
+    os.pwrite(fd, data + b" " * (size - len(data)), 0)
+
+
+def _flock_or_wait_for_release(fd: int, root: Path) -> None:
+    """flock `fd` without blocking; if this process is releasing `root`'s lock off the loop
+    (`StateLock.release_later`), wait for that release and try once more. OSError."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        with _releasing_guard:
+            pending = _releasing.get(root)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or pending is None:
+            raise
+        pending.wait(RELEASE_WAIT_S)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _read_pid(fd: int) -> str:

@@ -104,8 +104,8 @@ class FileTargetStore:
         return artifacts.handoff_path(self._spec.state_root, iteration)
 
     def close(self) -> None:
-        """Release the state root's lock."""
-        self._lock.release()
+        """Release the state root's lock (after the group commit in flight, if one is)."""
+        self._commits.release(self._lock)
 
 
 ROOTS_NAME = ".autoloopd-roots.json"

@@ -13,15 +13,13 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 
-from autoloop_daemon.exceptions import AutoloopError
+from autoloop_daemon.exceptions import ClusterError
+
+__all__ = ["CALL_TIMEOUT_S", "ClusterError", "Database"]
 
 T = TypeVar("T")
 
 CALL_TIMEOUT_S = 10.0
-
-
-class ClusterError(AutoloopError):
-    """The database cannot be reached, refused a statement, or has the wrong schema."""
 
 
 def _require_psycopg() -> Any:

@@ -1,0 +1,136 @@
+"""The rows of `autoloopd status` and how they print: the keys, the table, the summary.
+
+One row per target whatever its source (the daemon's answer or the state files); the JSON
+form is `cli/json_text.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from autoloop_daemon.clock import parse_iso
+from autoloop_daemon.vocab import TargetStatus
+
+ROW_KEYS = (
+    "target", "status", "paused", "reason", "last_error", "iterations_completed",
+    "max_iterations", "running_iteration", "running_for_s", "in_flight",
+    "best_weighted_score", "last_weighted_score", "last_decision", "total_cost_usd",
+    "max_cost_usd", "estimated", "next_run_at", "consecutive_errors", "state_root", "host",
+)  # fmt: skip
+
+
+def make_row(**values: Any) -> dict[str, Any]:
+    """A status row: every key of ROW_KEYS (None unless given), then `values`."""
+    row = dict.fromkeys(ROW_KEYS)
+    row.update(values)
+    return row
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _fmt_score(value: Any) -> str:
+    number = _finite(value)
+    return "-" if number is None else f"{number:.4f}"
+
+
+def _fmt_money(value: Any, estimated: bool = False) -> str:
+    number = _finite(value)
+    return "-" if number is None else f"{'~' if estimated else ''}${number:.2f}"
+
+
+def _fmt_local(iso: Any) -> str:
+    when = parse_iso(iso) if isinstance(iso, str) else None
+    return "-" if when is None else when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _fmt_duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def render_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as an aligned text table."""
+    header = ("TARGET", "STATUS", "ITER", "DECISION", "BEST", "LAST", "COST/CAP", "NEXT RUN",
+              "WHY")  # fmt: skip
+    lines = [header]
+    for r in rows:
+        done, cap = r.get("iterations_completed"), r.get("max_iterations")
+        iteration = f"{done}/{cap}" if done is not None else "-"
+        if r.get("running_iteration"):
+            elapsed = r.get("running_for_s")
+            took = f" {_fmt_duration(elapsed)}" if isinstance(elapsed, int | float) else ""
+            iteration += f" (#{r['running_iteration']} running{took})"
+        status = str(r.get("status") or "-")
+        if r.get("paused") and status != TargetStatus.PAUSED:
+            status += ",paused"
+        if r.get("host"):  # cluster mode: the host running it
+            status += f"@{r['host']}"
+        est = bool(r.get("estimated"))
+        why = r.get("reason") or (f"last error: {r['last_error']}" if r.get("last_error") else None)
+        lines.append(
+            (
+                str(r["target"]),
+                status,
+                iteration,
+                str(r.get("last_decision") or "-"),
+                _fmt_score(r.get("best_weighted_score")),
+                _fmt_score(r.get("last_weighted_score")),
+                f"{_fmt_money(r.get('total_cost_usd'), est)}/{_fmt_money(r.get('max_cost_usd'))}",
+                _fmt_local(r.get("next_run_at")),
+                str(why or "-"),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    ]
+    errors = [f"{r['target']}: {r['error']}" for r in rows if r.get("error")]
+    return "\n".join(out + errors)
+
+
+def render_summary(report: dict[str, Any]) -> str:
+    """The daemon line and the budget line printed under the table."""
+    d, b = report["daemon"], report["budget"]
+    if d["source"] == "socket":
+        up = _fmt_duration(d["uptime_s"] or 0.0)
+        state = "shutting down" if d.get("shutting_down") else "running"
+        daemon = f"daemon: {state}, pid {d['pid']}, up {up}"
+    elif d["running"]:
+        daemon = f"daemon: running, pid {d['pid']} ({d['note']})"
+    else:
+        daemon = f"daemon: not running ({d['note']})"
+    money = f"budget: {_fmt_money(b['spent_usd'])} spent"
+    if b.get("cap_usd") is not None:
+        money += f" of {_fmt_money(b['cap_usd'])}, {_fmt_money(b['remaining_usd'])} left"
+    if b.get("reserved_usd"):
+        money += f", {_fmt_money(b['reserved_usd'])} reserved by running iterations"
+    if b.get("window") is not None and b.get("window_cap_usd") is not None:
+        money += (
+            f"\nwindow: {b['window']}, {_fmt_money(b['window_spent_usd'] or 0.0)} of "
+            f"{_fmt_money(b['window_cap_usd'])} spent, next window at {b['window_resets_at']}"
+        )
+    cluster = report.get("cluster")
+    if cluster:
+        hosts = ", ".join(
+            f"{h['host']} {'live' if h['live'] else 'stopped' if h['stopped'] else 'silent'}"
+            f" ({h['leases']} leases, seen {h['seen_at']})"
+            for h in cluster["hosts"]
+        )
+        fresh = "" if cluster["leases_fresh"] else " (its leases are stale: self-fenced)"
+        return f"{daemon}\n{money}\ncluster: this host {cluster['host']}{fresh}; hosts: {hosts}"
+    return f"{daemon}\n{money}"
