@@ -153,7 +153,8 @@ async def test_the_cap_holds_across_hosts_reserving_at_once(db: Database) -> Non
     async with anyio.create_task_group() as tg:
         for lease in held:
             tg.start_soon(run, lease)
-    cap, spent, reserved = await budget.totals()
+    totals = await budget.totals()
+    cap, spent, reserved = totals.cap, totals.spent, totals.reserved
     assert reserved == 0
     assert spent == Decimal("0.1") * len(got)  # exact, no float dust
     assert spent <= cap and len(got) == 9  # 9 x 0.1 + 0.15 > 1.0: the tenth never fit
@@ -172,12 +173,13 @@ async def test_a_takeover_charges_the_dead_hosts_run_and_its_late_settle_books_t
     await _sql(db, "UPDATE reservations SET created_at = now() - interval '100 s'")
     await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
     (new,) = await leases.claim(db, "b", ["t"], 30)
-    _cap, spent, reserved = await budget.totals()
+    totals = await budget.totals()
+    spent, reserved = totals.spent, totals.reserved
     assert reserved == 0 and Decimal("1.0") <= spent < Decimal("1.1")  # elapsed x rate
     with pytest.raises(FencedError):
         await budget.reserve(old, 2, 1.0)  # the fenced host may start nothing
     assert await budget.settle(reservation, 0.75) == "late"  # its real cost replaces it
-    assert (await budget.totals())[1] == Decimal("0.75")
+    assert (await budget.totals()).spent == Decimal("0.75")
     assert await budget.reserve(new, 2, 1.0) is not None
 
 

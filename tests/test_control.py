@@ -23,7 +23,7 @@ from autoloop_daemon.exit_codes import (
     EXIT_REFUSED,
     EXIT_USAGE,
 )
-from tests.helpers.control import api, ctl, target_status
+from tests.helpers.control import api, ctl, raw_get, target_status
 from tests.helpers.daemon import Daemon, Lab
 from tests.helpers.notify import NotifyListener
 from tests.helpers.process import run_autoloopd
@@ -231,7 +231,7 @@ def test_no_secret_reaches_any_response_or_log(lab: Lab) -> None:
     sock = sock_of(lab)
     bodies = []
     for url in ("/api/status", "/api/budget", "/api/targets/alpha/history", "/metrics", "/"):
-        conn_status, body = _raw_get(sock, url)
+        conn_status, body = raw_get(sock, url)
         assert conn_status == 200, (url, body)
         bodies.append(body)
     code, _ = api(sock, "POST", "/api/targets/alpha/pause")
@@ -245,18 +245,6 @@ def test_no_secret_reaches_any_response_or_log(lab: Lab) -> None:
         assert SECRET not in body
 
 
-def _raw_get(sock: Path, url: str) -> tuple[int, str]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(30)
-        s.connect(str(sock))
-        s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode("utf-8", "replace")
-
-
 def test_metrics_parse_with_the_expected_samples(lab: Lab) -> None:
     """`GET /metrics` is valid Prometheus text with iterations by target/status/decision,
     cost by source, budget, one-hot target status, scores, durations and readiness."""
@@ -264,7 +252,7 @@ def test_metrics_parse_with_the_expected_samples(lab: Lab) -> None:
     daemon = start(lab)
     finished(daemon, "alpha")
     daemon.wait_event("target_stopped", target="beta")
-    code, text = _raw_get(sock_of(lab), "/metrics")
+    code, text = raw_get(sock_of(lab), "/metrics")
     assert code == 200
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -450,11 +438,11 @@ def test_dashboard_files_are_served_and_nothing_beside_them(lab: Lab) -> None:
     directory (a path leading out of it, or a missing file, is a JSON 404)."""
     lab.write([dry(lab, "alpha")])
     daemon = start(lab)
-    code, page = _raw_get(sock_of(lab), "/")
+    code, page = raw_get(sock_of(lab), "/")
     assert code == 200 and "<html" in page.lower()
-    assert _raw_get(sock_of(lab), "/static/index.html") == (code, page)
+    assert raw_get(sock_of(lab), "/static/index.html") == (code, page)
     for url in ("/static/../control.py", "/static/..%2F..%2Fexit_codes.py", "/static/nope.js"):
-        status, body = _raw_get(sock_of(lab), url)
+        status, body = raw_get(sock_of(lab), url)
         assert status == 404, (url, body)
         assert "EXIT_" not in body and "import" not in body
     assert daemon.stop() == 0

@@ -52,6 +52,7 @@ from autoloop_daemon.config.settings import (
 )
 from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.policy.windows import CALENDAR
 from autoloop_daemon.storage.files.lock import resolve_state_root
 
 __all__ = [
@@ -121,10 +122,11 @@ def _load(path: Path, shown: str, env: Mapping[str, str]) -> AppConfig:
     daemon = d.model_copy(
         update={"state_dir": state_dir, "control_socket": sock, "http_token_file": token_file}
     )
-    if settings.cluster.enabled and settings.budget.window is not None:
+    budget = settings.budget
+    if settings.cluster.enabled and budget.window in CALENDAR and not budget.window_timezone:
         raise ConfigError(
-            f"{shown}: budget.window: budget windows are not supported in cluster mode yet "
-            "(the cluster's budget is one lifetime cap); remove window or cluster.dsn"
+            f"{shown}: budget.window_timezone: required in cluster mode with a calendar "
+            f"window ({budget.window!r}): every host must agree on when a window opens"
         )
     targets = _build_targets(settings, base, state_dir, shown)
     return AppConfig(

@@ -252,9 +252,13 @@ class ClusterMember:
         excess = len(self.keeper.held) - self.fair_share() - len(self._handing_over)
         if excess <= 0 or self.view.live_hosts < 2:
             return
+
+        def busy(name: str) -> bool:
+            local = self._local(name)
+            return local is None or local.running
+
         candidates = [n for n in sorted(self.keeper.held) if n not in self._handing_over]
-        local = {n: self._local(n) for n in candidates}
-        order = sorted(candidates, key=lambda n: (local[n] is None or local[n].running, n))  # type: ignore[union-attr]
+        order = sorted(candidates, key=busy)  # idle ones first (a stable sort keeps names)
         for name in order[:excess]:
             self._handing_over.add(name)
             log.info("cluster_handing_over", target=name, share=self.fair_share())
@@ -271,12 +275,14 @@ class ClusterMember:
         )
 
     def all_finished(self) -> bool:
-        """Every configured target finished with its current limits, none running here."""
-        return (
-            bool(self.view.targets)
-            and all(self._finished(n) for n in self.specs)
-            and not self.keeper.held
-        )
+        """Every configured target finished with its current limits (or stopped by an
+        operator), none running here."""
+
+        def done(name: str) -> bool:
+            row = self.view.targets.get(name)
+            return self._finished(name) or (row is not None and row.stopped)
+
+        return bool(self.view.targets) and all(map(done, self.specs)) and not self.keeper.held
 
     def _may_claim(self, name: str) -> bool:
         spec = self.specs[name]
@@ -299,6 +305,12 @@ class ClusterMember:
         return self.keeper.held.get(name)
 
     # ----------------------------------------------------------------- ends
+
+    def forget(self, name: str) -> None:
+        """Stop renewing `name`'s lease without releasing it (it expires by itself)."""
+        self.keeper.held.pop(name, None)
+        self._handing_over.discard(name)
+        self.wake()
 
     async def ended(self, name: str, status: str, final: LocalTarget | None = None) -> None:
         """A target run here ended with `status` (`final`: its last numbers): record a

@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from decimal import Decimal
 
 import anyio
 import anyio.lowlevel
 import structlog
 
 from autoloop_daemon.policy.budget import Reservation
-from autoloop_daemon.runtime.budget import SharedBudget, WindowFull
-from autoloop_daemon.storage.postgres.budget import POLL_S, ClusterBudget, ClusterReservation
+from autoloop_daemon.runtime.budget import BudgetWindow, SharedBudget, WindowFull
+from autoloop_daemon.storage.postgres.budget import (
+    POLL_S,
+    ClusterBudget,
+    ClusterReservation,
+    Totals,
+)
 from autoloop_daemon.storage.postgres.budget import FencedError as LeaseFencedError
 from autoloop_daemon.storage.postgres.db import ClusterError
 from autoloop_daemon.storage.postgres.leases import Lease
@@ -46,11 +50,12 @@ class ClusterSharedBudget(SharedBudget):
         may_start: Callable[[], bool],
         on_lost: Callable[[str], None],
         on_change: Callable[[], None] | None = None,
+        window: BudgetWindow | None = None,
     ) -> None:
         """`lease_of(target)` is the lease held on it (None: not held); `may_start()` is
         False while the leases are not known good (no new run starts); `on_lost(target)`
         stops a target whose lease turned out lost."""
-        super().__init__(cap_usd, on_change=on_change)
+        super().__init__(cap_usd, on_change=on_change, window=window)
         self.cluster = cluster
         self._lease_of = lease_of
         self._may_start = may_start
@@ -84,13 +89,18 @@ class ClusterSharedBudget(SharedBudget):
             if not self._may_start():
                 await anyio.sleep(POLL_S)
                 continue
+            self.roll()
+            window = None
+            if self.window is not None and self.window_start is not None:
+                window = (self.window_start, self.window.cap_usd)
             try:
                 # Shielded: a reservation made must come back to the caller, or it would stay
                 # open with no one to settle it (the caller settles it if it was stopped).
                 with anyio.CancelScope(shield=True):
                     result = await self.cluster.attempt(
-                        lease, iteration, amount_usd, metered=metered, rate_usd_per_s=rate_usd_per_s
-                    )
+                        lease, iteration, amount_usd, metered=metered,
+                        rate_usd_per_s=rate_usd_per_s, window=window,
+                    )  # fmt: skip
             except LeaseFencedError:
                 self._on_lost(owner)
                 await anyio.sleep_forever()
@@ -104,12 +114,17 @@ class ClusterSharedBudget(SharedBudget):
                 return result
             if result == "never":
                 return None
+            if result == "window_full":
+                assert self.window_end is not None
+                return WindowFull(self.window_end)
             await anyio.sleep(POLL_S)
 
     def _book_local(self, reservation: ClusterReservation) -> None:
         ledger = self.ledger
         ledger.reserved_usd += reservation.amount_usd
+        ledger.window_reserved_usd += reservation.amount_usd
         ledger.open_reservations += 1
+        reservation.window = ledger.window
         self._wake_refresh()
 
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
@@ -159,24 +174,38 @@ class ClusterSharedBudget(SharedBudget):
             else:  # nothing ran (a stop came first): give it back, the number may be reused
                 await self.cluster.cancel(reservation)
             self._unsettled.pop(0)
-        cap, spent, reserved = await self.cluster.totals()
+        self.roll(notify=False)
+        totals = await self.cluster.totals(self.window_start if self.window else None)
         self.reachable = True
-        self._mirror(cap, spent, reserved)
+        self._mirror(totals)
 
     @property
     def unsettled(self) -> int:
         """Settlements not yet written to the database."""
         return len(self._unsettled)
 
-    def _mirror(self, cap: Decimal, spent: Decimal, reserved: Decimal) -> None:
+    def _mirror(self, totals: Totals) -> None:
+        """This host's ledger from the cluster's totals: spent is the cluster's (plus what
+        was settled here and not yet there), the caps less what other hosts hold reserved."""
         ledger = self.ledger
         mine = ledger.reserved_usd if ledger.open_reservations else 0.0
-        others = max(0.0, float(reserved) - mine)
-        pending = math.fsum(a for _, a in self._unsettled)  # settled here, not there yet
-        new_cap = float(cap) - others
-        new_spent = float(spent) + pending
-        if (new_cap, new_spent) != (ledger.cap_usd, ledger.spent_usd):
-            ledger.cap_usd, ledger.spent_usd = new_cap, new_spent
+        pending = math.fsum(a for _, a in self._unsettled)
+        mirrored = (
+            float(totals.cap) - max(0.0, float(totals.reserved) - mine),
+            float(totals.spent) + pending,
+        )
+        before = (ledger.cap_usd, ledger.spent_usd, ledger.window_cap_usd, ledger.window_spent_usd)
+        ledger.cap_usd, ledger.spent_usd = mirrored
+        if totals.window is not None and self.window is not None:
+            window_spent, window_reserved = totals.window
+            mine_here = ledger.window_reserved_usd if ledger.open_reservations else 0.0
+            others = max(0.0, float(window_reserved) - mine_here)
+            ledger.window_cap_usd = self.window.cap_usd - others
+            ledger.window_spent_usd = float(window_spent) + math.fsum(
+                a for r, a in self._unsettled if r.window == ledger.window
+            )
+        after = (ledger.cap_usd, ledger.spent_usd, ledger.window_cap_usd, ledger.window_spent_usd)
+        if after != before:
             self._notify()
             self.replan()
 

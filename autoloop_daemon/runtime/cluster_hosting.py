@@ -81,6 +81,7 @@ class ClusterHosting(SupervisorBase):
             may_start=lambda: member.keeper.fresh,
             on_lost=lambda name: self._stop_for_cluster(name, TargetStatus.LEASE_LOST),
             on_change=self._budget_changed,
+            window=self._budget.window,
         )
 
     @property
@@ -108,6 +109,7 @@ class ClusterHosting(SupervisorBase):
         )
         async with anyio.create_task_group() as services:
             services.start_soon(budget.run, member.renew_s)
+            services.start_soon(self._push_loop, member.renew_s)
             async with anyio.create_task_group() as targets_tg:
                 self._targets_tg = targets_tg
                 targets_tg.start_soon(self._rounds)
@@ -115,6 +117,7 @@ class ClusterHosting(SupervisorBase):
                     targets_tg.start_soon(self._reload_after_ready)
             self._targets_tg = None
             with anyio.CancelScope(shield=True):
+                await self._link.storage.push_waiting()
                 await member.leave()
                 left = await settle_remaining(budget, SETTLE_AT_EXIT_S)
                 if left:
@@ -137,6 +140,12 @@ class ClusterHosting(SupervisorBase):
         if record is None:
             raise UnknownTargetError(f"no target named {name!r}")
         return record
+
+    async def _push_loop(self, every_s: float) -> None:
+        """Push the journal entries a database outage held back, until cancelled."""
+        while True:
+            await anyio.sleep(every_s)
+            await self._link.storage.push_waiting()
 
     async def _rounds(self) -> None:
         """The member's rounds, until every target is finished or a shutdown is asked."""
@@ -210,6 +219,14 @@ class ClusterHosting(SupervisorBase):
             name = runner.spec.name
             self._link.storage.drop(name)
             with anyio.CancelScope(shield=True):
+                # Its last entries first: a target is never marked finished before the
+                # database has the iterations that finished it.
+                await self._link.storage.push_waiting()
+                if self._link.storage.has_waiting(name):
+                    # Still unreachable: no renewal, the lease expires; the journal keeps them
+                    # and the push loop goes on trying.
+                    self._member.forget(name)
+                    return
                 state = runner.state
                 final = LocalTarget(
                     str(state.status), state.iterations_completed, state.total_cost_usd, False

@@ -98,6 +98,7 @@ class _SnapshotCollector(Collector):
         )
         queued.add_metric([], float(snap.queued))
         yield queued
+        yield from _cluster_metrics(snap)
 
 
 class Metrics:
@@ -168,3 +169,36 @@ def _window_metrics(snap: FleetSnapshot) -> Iterator[Metric]:
         )
         reset.add_metric([b.window], resets.timestamp())
         yield reset
+
+
+def _cluster_metrics(snap: FleetSnapshot) -> Iterator[Metric]:
+    """Cluster mode: this host's lease freshness, every host's liveness and leases, and
+    which host runs each target (none without a cluster)."""
+    cluster = snap.cluster
+    if cluster is None:
+        return
+    fresh = GaugeMetricFamily(
+        "autoloopd_cluster_leases_fresh", "1 while this host's leases are known good"
+    )
+    fresh.add_metric([], 1.0 if cluster.leases_fresh else 0.0)
+    yield fresh
+    live = GaugeMetricFamily(
+        "autoloopd_cluster_host_live", "1 when the host renewed within a lease", labels=["host"]
+    )
+    leases = GaugeMetricFamily(
+        "autoloopd_cluster_host_leases", "Leases the host holds", labels=["host"]
+    )
+    for host in cluster.hosts:
+        live.add_metric([host.host], 1.0 if host.live else 0.0)
+        leases.add_metric([host.host], float(host.leases))
+    yield live
+    yield leases
+    where = GaugeMetricFamily(
+        "autoloopd_cluster_target_host",
+        "1 for the host running the target",
+        labels=["target", "host"],
+    )
+    for t in snap.targets:
+        if t.host is not None:
+            where.add_metric([t.target, t.host], 1.0)
+    yield where

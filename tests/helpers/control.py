@@ -1,8 +1,10 @@
 """Talking to a running daemon's control API from tests: `ctl` runs `autoloopd ctl`, `api`
-sends one HTTP request over the unix socket and returns (status, JSON)."""
+sends one HTTP request over the unix socket and returns (status, JSON); `raw_get` returns
+the body as text (`/metrics`, the dashboard)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -27,3 +29,16 @@ def target_status(sock: Path, name: str) -> dict[str, Any]:
     assert code == 200, payload
     by_name = {t["target"]: t for t in payload["targets"]}
     return dict(by_name[name])
+
+
+def raw_get(sock: Path, url: str) -> tuple[int, str]:
+    """`GET url` over the unix socket `sock`: (HTTP status, the body as text)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(sock))
+        s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode("utf-8", "replace")

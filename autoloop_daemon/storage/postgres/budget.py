@@ -12,6 +12,7 @@ cost, replacing what the claim charged when it expired the reservation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any, Literal
@@ -50,36 +51,47 @@ async def settle_in(
     spent without a reservation: the caller charges it). Locks the reservation row, then the
     budget row: the claim's lock order."""
     cur = await conn.execute(
-        """SELECT id, budget, state, amount_usd, charged_usd FROM reservations
+        """SELECT id, budget, state, amount_usd, charged_usd, window_start FROM reservations
            WHERE target = %s AND iteration = %s AND fencing_token = %s FOR UPDATE""",
         (target, iteration, token),
     )
     row = await cur.fetchone()
     if row is None:
         return None
-    rid, budget, state, amount, charged = row
+    rid, budget, state, amount, charged, window = row
     await conn.execute("SELECT 1 FROM budgets WHERE id = %s FOR UPDATE", (budget,))
     actual = money(actual_usd)
     if state in ("settled", "late_settled"):
         return "duplicate"
     if state == "open":
-        await conn.execute(
-            """UPDATE budgets SET spent_usd = spent_usd + %s, reserved_usd = reserved_usd - %s
-               WHERE id = %s""",
-            (actual, amount, budget),
-        )
-        new_state = "settled"
+        spent, released, new_state = actual, amount, "settled"
     else:  # expired by a takeover: it was charged then; book the real cost instead
-        await conn.execute(
-            "UPDATE budgets SET spent_usd = spent_usd + %s WHERE id = %s",
-            (actual - charged, budget),
-        )
-        new_state = "late_settled"
+        spent, released, new_state = actual - charged, Decimal(0), "late_settled"
+    await _book_money(conn, budget, window, spent=spent, released=released)
     await conn.execute(
         "UPDATE reservations SET state = %s, charged_usd = %s WHERE id = %s",
         (new_state, actual, rid),
     )
     return "settled" if new_state == "settled" else "late"
+
+
+async def _book_money(
+    conn: Any, budget: str, window: datetime | None, *, spent: Decimal, released: Decimal
+) -> None:
+    """Add `spent` to the budget (and its window's row) and release `released` of what was
+    reserved. The budget row must be locked already; the window row is locked here (the
+    lock order: target, reservation, budget, window)."""
+    await conn.execute(
+        """UPDATE budgets SET spent_usd = spent_usd + %s, reserved_usd = reserved_usd - %s
+           WHERE id = %s""",
+        (spent, released, budget),
+    )
+    if window is not None:
+        await conn.execute(
+            """UPDATE budget_windows SET spent_usd = spent_usd + %s,
+                      reserved_usd = reserved_usd - %s WHERE budget = %s AND starts_at = %s""",
+            (spent, released, budget, window),
+        )
 
 
 async def charge_in(conn: Any, budget_id: str, amount_usd: float, reason: str) -> None:
@@ -140,7 +152,7 @@ class ClusterBudget:
             )
             if isinstance(result, ClusterReservation):
                 return result
-            if result == "never":
+            if result != "wait":
                 return None
             await anyio.sleep(POLL_S)
 
@@ -152,9 +164,12 @@ class ClusterBudget:
         *,
         metered: bool = False,
         rate_usd_per_s: float = 0.0,
-    ) -> ClusterReservation | Literal["wait", "never"]:
+        window: tuple[datetime, float] | None = None,
+    ) -> ClusterReservation | Literal["wait", "never", "window_full"]:
         """One try of `reserve`: the reservation, or "wait" (other reservations are open),
-        or "never" (it cannot fit even with none open)."""
+        "window_full" (only the cap of the budget window starting at `window[0]`, whose cap
+        is `window[1]`, is in the way: ask again in the next window), or "never" (it cannot
+        fit even with none open)."""
         return await self._db.run(
             partial(
                 self._try_reserve,
@@ -163,6 +178,7 @@ class ClusterBudget:
                 amount_usd=amount_usd,
                 metered=metered,
                 rate=rate_usd_per_s,
+                window=window,
             )
         )
 
@@ -175,7 +191,8 @@ class ClusterBudget:
         amount_usd: float,
         metered: bool,
         rate: float,
-    ) -> ClusterReservation | Literal["wait", "never"]:
+        window: tuple[datetime, float] | None,
+    ) -> ClusterReservation | Literal["wait", "never", "window_full"]:
         cur = await conn.execute(  # target row first, then the budget row: one lock order
             """SELECT 1 FROM targets WHERE name = %s AND lease_holder = %s
                AND fencing_token = %s AND lease_expires_at > now() FOR UPDATE""",
@@ -197,7 +214,9 @@ class ClusterBudget:
             "SELECT cap_usd - spent_usd - reserved_usd FROM budgets WHERE id = %s FOR UPDATE",
             (self.budget_id,),
         )
-        (available,) = await cur.fetchone()
+        (lifetime,) = await cur.fetchone()
+        in_window = None if window is None else await self._window_left(conn, *window)
+        available = lifetime if in_window is None else min(lifetime, in_window)
         amount = money(amount_usd)
         if metered and amount > available + _EPSILON and available > _EPSILON:
             amount = available
@@ -207,19 +226,38 @@ class ClusterBudget:
                 (self.budget_id,),
             )
             (open_count,) = await cur.fetchone()
-            return "wait" if open_count else "never"
+            if open_count:
+                return "wait"
+            if window is not None and in_window is not None:
+                return _full_or_never(amount, lifetime, in_window, money(window[1]), metered)
+            return "never"
+        start = None if window is None else window[0]
         cur = await conn.execute(
-            """INSERT INTO reservations
-                   (budget, target, iteration, fencing_token, host, amount_usd, rate_usd_per_s)
-               VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id""",
-            (self.budget_id, lease.target, iteration, lease.token, lease.host, amount, money(rate)),
-        )
+            """INSERT INTO reservations (budget, target, iteration, fencing_token, host,
+                   amount_usd, rate_usd_per_s, window_start)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+            (self.budget_id, lease.target, iteration, lease.token, lease.host, amount,
+             money(rate), start),
+        )  # fmt: skip
         (rid,) = await cur.fetchone()
-        await conn.execute(
-            "UPDATE budgets SET reserved_usd = reserved_usd + %s WHERE id = %s",
-            (amount, self.budget_id),
-        )
+        await _book_money(conn, self.budget_id, start, spent=Decimal(0), released=-amount)
         return ClusterReservation(lease.target, float(amount), id=rid, token=lease.token)
+
+    async def _window_left(self, conn: Any, start: datetime, cap_usd: float) -> Decimal:
+        """Lock the window's row (created, or its cap set to the configured one) and return
+        what is left in it."""
+        await conn.execute(
+            """INSERT INTO budget_windows (budget, starts_at, cap_usd) VALUES (%s, %s, %s)
+               ON CONFLICT (budget, starts_at) DO UPDATE SET cap_usd = excluded.cap_usd""",
+            (self.budget_id, start, money(cap_usd)),
+        )
+        cur = await conn.execute(
+            """SELECT cap_usd - spent_usd - reserved_usd FROM budget_windows
+               WHERE budget = %s AND starts_at = %s FOR UPDATE""",
+            (self.budget_id, start),
+        )
+        (left,) = await cur.fetchone()
+        return Decimal(left)
 
     async def settle(self, reservation: ClusterReservation, actual_usd: float) -> Settled:
         """Book the real cost: `settled`; `duplicate` for a retry of a settlement already
@@ -247,23 +285,20 @@ class ClusterBudget:
 
         async def work(conn: Any) -> None:
             cur = await conn.execute(
-                """SELECT target, iteration, fencing_token, state, amount_usd FROM reservations
-                   WHERE id = %s FOR UPDATE""",
+                """SELECT target, iteration, fencing_token, state, amount_usd, window_start
+                   FROM reservations WHERE id = %s FOR UPDATE""",
                 (reservation.id,),
             )
             row = await cur.fetchone()
             if row is None:
                 return
-            target, iteration, token, state, amount = row
+            target, iteration, token, state, amount, window = row
             if state != "open":
                 await settle_in(conn, self.budget_id, target, iteration, token, 0.0)
                 return
             await conn.execute("SELECT 1 FROM budgets WHERE id = %s FOR UPDATE", (self.budget_id,))
             await conn.execute("DELETE FROM reservations WHERE id = %s", (reservation.id,))
-            await conn.execute(
-                "UPDATE budgets SET reserved_usd = reserved_usd - %s WHERE id = %s",
-                (amount, self.budget_id),
-            )
+            await _book_money(conn, self.budget_id, window, spent=Decimal(0), released=amount)
 
         await self._db.run(work)
         reservation.settled = True
@@ -286,15 +321,49 @@ class ClusterBudget:
 
         await self._db.run(work)
 
-    async def totals(self) -> tuple[Decimal, Decimal, Decimal]:
-        """(cap, spent, reserved), exact."""
+    async def totals(self, window_start: datetime | None = None) -> Totals:
+        """The cap, spent and reserved money, exact; with `window_start`, the same for that
+        window (zeros when it has no row yet)."""
 
-        async def work(conn: Any) -> tuple[Decimal, Decimal, Decimal]:
+        async def work(conn: Any) -> Totals:
             cur = await conn.execute(
                 "SELECT cap_usd, spent_usd, reserved_usd FROM budgets WHERE id = %s",
                 (self.budget_id,),
             )
-            row = await cur.fetchone()
-            return row[0], row[1], row[2]
+            cap, spent, reserved = await cur.fetchone()
+            window = None
+            if window_start is not None:
+                cur = await conn.execute(
+                    """SELECT spent_usd, reserved_usd FROM budget_windows
+                       WHERE budget = %s AND starts_at = %s""",
+                    (self.budget_id, window_start),
+                )
+                row = await cur.fetchone()
+                window = (Decimal(0), Decimal(0)) if row is None else (row[0], row[1])
+            return Totals(cap, spent, reserved, window)
 
         return await self._db.run(work)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """The budget row (and a window's spent and reserved money), exact."""
+
+    cap: Decimal
+    spent: Decimal
+    reserved: Decimal
+    window: tuple[Decimal, Decimal] | None = None
+
+
+def _full_or_never(
+    amount: Decimal, lifetime: Decimal, window: Decimal, window_cap: Decimal, metered: bool
+) -> Literal["window_full", "never"]:
+    """With nothing open anywhere: "window_full" when only the window's cap is in the way
+    and the amount would fit a fresh window (policy as in runtime/budget.py), else "never"."""
+    if metered:
+        lifetime_ok, window_short, fits_fresh = lifetime > _EPSILON, window <= _EPSILON, True
+    else:
+        lifetime_ok = amount <= lifetime + _EPSILON
+        window_short = amount > window + _EPSILON
+        fits_fresh = amount <= window_cap + _EPSILON
+    return "window_full" if lifetime_ok and window_short and fits_fresh else "never"

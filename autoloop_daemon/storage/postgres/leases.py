@@ -44,22 +44,41 @@ async def register(db: Database, names: Iterable[str]) -> None:
 
 _EXPIRE_OLD_RESERVATIONS = """
 WITH old AS (
-    SELECT r.id, r.budget,
+    SELECT r.id, r.budget, r.window_start, r.amount_usd,
            least(r.amount_usd,
-                 r.rate_usd_per_s * extract(epoch FROM now() - r.created_at)::numeric) AS cost,
-           r.amount_usd
+                 r.rate_usd_per_s * extract(epoch FROM now() - r.created_at)::numeric) AS cost
     FROM reservations r
     WHERE r.target = %(name)s AND r.state = 'open' AND r.fencing_token < %(token)s
+    ORDER BY r.id
     FOR UPDATE
 ), closed AS (
     UPDATE reservations r SET state = 'expired', charged_usd = old.cost
     FROM old WHERE r.id = old.id
-    RETURNING old.budget, old.cost, old.amount_usd
+    RETURNING old.budget, old.window_start, old.cost, old.amount_usd
+), by_budget AS (
+    UPDATE budgets b SET spent_usd = b.spent_usd + s.cost,
+                         reserved_usd = b.reserved_usd - s.amount
+    FROM (SELECT budget, sum(cost) AS cost, sum(amount_usd) AS amount
+          FROM closed GROUP BY budget) s
+    WHERE b.id = s.budget
 )
-UPDATE budgets b SET spent_usd = b.spent_usd + s.cost, reserved_usd = b.reserved_usd - s.amount
-FROM (SELECT budget, sum(cost) AS cost, sum(amount_usd) AS amount FROM closed GROUP BY budget) s
-WHERE b.id = s.budget
+SELECT budget, window_start, sum(cost), sum(amount_usd) FROM closed
+WHERE window_start IS NOT NULL GROUP BY budget, window_start ORDER BY budget, window_start
 """
+
+# Then the windows' rows, after the budget rows: the lock order of every transaction.
+_EXPIRE_IN_WINDOW = """
+UPDATE budget_windows SET spent_usd = spent_usd + %s, reserved_usd = reserved_usd - %s
+WHERE budget = %s AND starts_at = %s
+"""
+
+
+async def _expire_old(conn: Any, name: str, token: int) -> None:
+    """Close the open reservations of earlier tokens as expired, charged (see the module
+    docstring), on the budget and on their windows."""
+    cur = await conn.execute(_EXPIRE_OLD_RESERVATIONS, {"name": name, "token": token})
+    for budget, window, cost, amount in await cur.fetchall():
+        await conn.execute(_EXPIRE_IN_WINDOW, (cost, amount, budget, window))
 
 
 async def claim(
@@ -104,7 +123,7 @@ async def claim(
             )
             token, expires = await cur.fetchone()
             if not mine:
-                await conn.execute(_EXPIRE_OLD_RESERVATIONS, {"name": name, "token": token})
+                await _expire_old(conn, name, token)
             leases.append(Lease(name, host, int(token), expires))
         return leases
 

@@ -77,6 +77,16 @@ MIGRATIONS: list[list[str]] = [
             ADD COLUMN status_at timestamptz""",
         "ALTER TABLE hosts ADD COLUMN pid integer, ADD COLUMN stopped_at timestamptz",
     ],
+    [  # 3: budget windows: a cap per window, held for the whole cluster like the lifetime cap
+        """CREATE TABLE budget_windows (
+            budget text NOT NULL REFERENCES budgets(id),
+            starts_at timestamptz NOT NULL,
+            cap_usd numeric NOT NULL CHECK (cap_usd >= 0),
+            spent_usd numeric NOT NULL DEFAULT 0,
+            reserved_usd numeric NOT NULL DEFAULT 0,
+            PRIMARY KEY (budget, starts_at))""",
+        "ALTER TABLE reservations ADD COLUMN window_start timestamptz",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -163,6 +163,11 @@ class PostgresTargetStore:
         return f"{self._local.location} (cluster row targets/{self._spec.name})"
 
     @property
+    def target(self) -> str:
+        """The target's name."""
+        return self._spec.name
+
+    @property
     def fence(self) -> str | None:
         """`<target>:<fencing token>` for the orchestrator's AUTOLOOPD_FENCE (sinks that can
         check it refuse a fenced host's late writes too)."""
@@ -222,7 +227,8 @@ class PostgresTargetStore:
         await self.push_pending()
 
     async def push_pending(self) -> int:
-        """Push the entries waiting for the database, in order; how many are left."""
+        """Push the entries waiting for the database, in order; how many are left (they are
+        pushed by the next record, or by the storage's `push_waiting`)."""
         if self.lease is None:
             raise StateWriteError(f"{self._spec.name}: not opened")
         while self._pending:
@@ -237,6 +243,7 @@ class PostgresTargetStore:
                             iteration=entry.iteration, error=str(exc))  # fmt: skip
                 break
             self._pending.pop(0)
+        self._storage.waiting(self, bool(self._pending))
         return len(self._pending)
 
     async def save(self, state: TargetState) -> None:
@@ -283,10 +290,33 @@ class PostgresStorage:
         self.lease_s = lease_s
         self._files = FileStorage(state_dir)
         self._held: dict[str, leases.Lease] = {}
+        self._waiting: set[PostgresTargetStore] = set()
 
     def target(self, spec: TargetSpec) -> PostgresTargetStore:
         """The store of `spec` (`open` claims its lease)."""
         return PostgresTargetStore(self, spec, self._held.get(spec.name))
+
+    def waiting(self, store: PostgresTargetStore, has_entries: bool) -> None:
+        """`store` has entries the database does not have yet (or no longer)."""
+        if has_entries:
+            self._waiting.add(store)
+        else:
+            self._waiting.discard(store)
+
+    async def push_waiting(self) -> int:
+        """Push every store's waiting entries (after a database outage the runs may have
+        ended: nothing else would push them); how many entries are still waiting."""
+        left = 0
+        for store in list(self._waiting):
+            try:
+                left += await store.push_pending()
+            except FencedWriteError as exc:  # the journal keeps it; its money was booked
+                log.warning("cluster_write_fenced", error=str(exc))
+        return left
+
+    def has_waiting(self, target: str) -> bool:
+        """True when `target`'s store still has entries the database lacks."""
+        return any(store.target == target for store in self._waiting)
 
     def hold(self, lease: leases.Lease) -> None:
         """A lease the host claimed: the next store of its target opens under it."""
