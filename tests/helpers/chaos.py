@@ -25,7 +25,7 @@ from tests.helpers.chaos_record import Run, read_runs
 from tests.helpers.cluster_lab import ClusterLab
 from tests.helpers.fakes import fake
 from tests.helpers.process import marked_processes, proc_stat
-from tests.helpers.wait import wait_for
+from tests.helpers.wait import WaitTimeout, wait_for
 
 LEASE_S = 3.0
 RENEW_S = 0.5
@@ -106,9 +106,9 @@ class ChaosLab(ClusterLab):
         self.write(targets, budget={"max_cost_usd": cap_usd})
 
     def start_hosts(self) -> None:
-        """Start every host at once."""
+        """Start every host at once (libpq names each host's sessions after it)."""
         for host in HOSTS:
-            self.start(host)
+            self.start(host, env={"PGAPPNAME": f"autoloopd-{host}"})
 
     def runs(self) -> list[Run]:
         """The runs recorded so far."""
@@ -198,7 +198,38 @@ class ChaosLab(ClusterLab):
                 return pids
             self.thaw(pids)
 
-    def wait_moved(self, names: tuple[str, ...], victim: str, since: float) -> dict[str, float]:
+    def catch_in_transaction(self, host: str, attempts: int = 500) -> set[int]:
+        """Freeze `host` at a moment when one of its database sessions is inside a
+        transaction holding the budget row's lock (thawed and tried again until then); the
+        frozen pids."""
+        for _ in range(attempts):
+            pids = self.freeze(host)
+            settled = wait_for(lambda: self._sessions_of(host), timeout=10, interval=0.005,
+                               what=f"{host}'s sessions to stop")  # fmt: skip
+            if any(state == "idle in transaction" and "budgets" in locks
+                   for state, locks in settled):  # fmt: skip
+                return pids
+            self.thaw(pids)
+            wait_for(lambda: self.leases_of(host), timeout=20, interval=0.01,
+                     what=f"{host} holding a lease")  # fmt: skip
+        raise AssertionError(f"{host} was never frozen inside a transaction")
+
+    def _sessions_of(self, host: str) -> list[tuple[str, list[str]]] | None:
+        """(state, locked relations) of each session of `host`; None while one is still
+        running a statement (a frozen host's sessions end theirs, then idle)."""
+        rows = self.sql(
+            """SELECT a.state, array_remove(array_agg(DISTINCT l.relation::regclass::text), NULL)
+               FROM pg_stat_activity a LEFT JOIN pg_locks l ON l.pid = a.pid AND l.granted
+                    AND l.mode NOT IN ('AccessShareLock')
+               WHERE a.application_name = %s GROUP BY a.pid, a.state""",
+            (f"autoloopd-{host}",),
+        )
+        sessions = [(str(state), list(locks)) for state, locks in rows]
+        return None if any(state == "active" for state, _ in sessions) else sessions
+
+    def wait_moved(
+        self, names: tuple[str, ...], victim: str, since: float, timeout: float = LEASE_S * 5 + 20
+    ) -> dict[str, float]:
         """Wait until no target of `names` is `victim`'s any more (another host holds it, or
         it is finished); seconds from `since` until each was seen moved (polled)."""
         moved: dict[str, float] = {}
@@ -216,9 +247,30 @@ class ChaosLab(ClusterLab):
                     moved[name] = now - since
             return len(moved) == len(names)
 
-        wait_for(all_moved, timeout=LEASE_S * 5 + 20, interval=0.05,
-                 what=f"the leases of {victim} to move")  # fmt: skip
+        try:
+            wait_for(all_moved, timeout=timeout, interval=0.05,
+                     what=f"the leases of {victim} to move")  # fmt: skip
+        except WaitTimeout as exc:
+            raise WaitTimeout(f"{exc}\n{self.diagnosis()}") from None
         return moved
+
+    def diagnosis(self) -> str:
+        """The targets' rows and the database's sessions (who holds what, idle in a
+        transaction since when): for the message of a wait that timed out."""
+        targets = self.sql(
+            "SELECT name, lease_holder, lease_expires_at - now(), fencing_token, "
+            "finished_status FROM targets ORDER BY name"
+        )
+        sessions = self.sql(
+            """SELECT a.pid, a.state, now() - a.xact_start, left(a.query, 120),
+                      array_agg(DISTINCT l.relation::regclass::text)
+               FROM pg_stat_activity a LEFT JOIN pg_locks l ON l.pid = a.pid
+                    AND l.relation IS NOT NULL AND l.granted
+               WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+               GROUP BY 1, 2, 3, 4 ORDER BY 3 DESC NULLS LAST"""
+        )
+        lines = ["targets:", *map(str, targets), "sessions:", *map(str, sessions)]
+        return "\n".join(lines)
 
     def wait_rerun(self, names: tuple[str, ...], victim: str, since: float) -> None:
         """Wait until each of `names` has a run started by another host after `since`, or is
@@ -284,6 +336,25 @@ def freeze(lab: ChaosLab) -> Outcome:
     outcome.exit_codes = lab.wait_exits()
     outcome.runs = lab.runs()
     for run in outcome.runs:  # the victim's runs were not running while it was frozen
+        if run.host == VICTIM:
+            run.frozen.append((frozen_at, outcome.resumed_at))
+    return outcome
+
+
+def freeze_in_transaction(lab: ChaosLab) -> Outcome:
+    """`freeze`, at a moment when the victim is inside a database transaction holding the
+    budget row's lock (a VM paused between two statements of a reservation or a push)."""
+    lab.wait_all_hosts_working(VICTIM)
+    pids = lab.catch_in_transaction(VICTIM)
+    frozen_at = time.monotonic()
+    held = tuple(lab.leases_of(VICTIM))
+    outcome = Outcome("freeze", VICTIM, event_at=frozen_at, victim_targets=held)
+    outcome.moved_after_s = lab.wait_moved(held, VICTIM, frozen_at, timeout=LEASE_S * 3 + 6)
+    outcome.resumed_at = time.monotonic()
+    lab.thaw(pids)
+    outcome.exit_codes = lab.wait_exits()
+    outcome.runs = lab.runs()
+    for run in outcome.runs:
         if run.host == VICTIM:
             run.frozen.append((frozen_at, outcome.resumed_at))
     return outcome
@@ -375,7 +446,9 @@ def play(lab: ChaosLab, scenario: str, server: PrivatePostgres | None = None) ->
     lab.write_targets()
     lab.init()
     lab.start_hosts()
-    plays: dict[str, Callable[..., Outcome]] = {"crash": crash, "freeze": freeze}
+    plays: dict[str, Callable[..., Outcome]] = {
+        "crash": crash, "freeze": freeze, "freeze_in_transaction": freeze_in_transaction,
+    }  # fmt: skip
     if scenario == "db_restart":
         assert server is not None
         return db_restart(lab, server)

@@ -84,18 +84,24 @@ def active(run: Run, until: float | None = None) -> list[Interval]:
     return pieces
 
 
-def overlap_s(a: Iterable[Interval], b: Sequence[Interval]) -> float:
-    """Seconds in both sets of intervals."""
-    return sum(max(0.0, min(a1, b1) - max(a0, b0)) for a0, a1 in a for b0, b1 in b)
+def common(a: Iterable[Interval], b: Sequence[Interval]) -> list[Interval]:
+    """The intervals in both sets of intervals."""
+    both = ((max(a0, b0), min(a1, b1)) for a0, a1 in a for b0, b1 in b)
+    return [(lo, hi) for lo, hi in both if hi > lo]
 
 
 @dataclass(frozen=True, slots=True)
 class Overlap:
-    """Two runs of one target that ran at the same time, and for how long."""
+    """Two runs of one target that ran at the same time: when, and for how long."""
 
     first: Run
     second: Run
-    seconds: float
+    spans: tuple[Interval, ...]
+
+    @property
+    def seconds(self) -> float:
+        """How long both ran."""
+        return sum(hi - lo for lo, hi in self.spans)
 
     def describe(self) -> str:
         """One line for an assertion message."""
@@ -113,7 +119,7 @@ def overlaps(runs: Sequence[Run], killed_at: Mapping[str, float]) -> list[Overla
         spans = [active(r, killed_at.get(r.host)) for r in target_runs]
         for i, first in enumerate(target_runs):
             for j in range(i + 1, len(target_runs)):
-                seconds = overlap_s(spans[i], spans[j])
-                if seconds > 0:
-                    found.append(Overlap(first, target_runs[j], seconds))
+                both = common(spans[i], spans[j])
+                if both:
+                    found.append(Overlap(first, target_runs[j], tuple(both)))
     return found
