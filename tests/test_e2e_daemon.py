@@ -196,10 +196,10 @@ def test_shared_budget_caps_twenty_targets_and_a_restart_spends_nothing_more(lab
 
 
 def test_sigterm_lets_running_iterations_finish_within_the_grace_period(lab: Lab) -> None:
-    """SIGTERM while two 3-second iterations run: both finish and are recorded as completed
-    (grace 10 s), nothing new starts, every target is checkpointed, exit 0."""
+    """SIGTERM while two 1.5-second iterations run: both finish and are recorded as
+    completed (grace 10 s), nothing new starts, every target is checkpointed, exit 0."""
     lab.write(
-        [lab.target(name, "slow", "--sleep", "3") for name in ("a", "b")],
+        [lab.target(name, "slow", "--sleep", "1.5") for name in ("a", "b")],
         daemon={"shutdown_grace_seconds": 10},
         defaults={**FAST, "mode": "continuous", "cooldown_minutes": 0.001},
     )

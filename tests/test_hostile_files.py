@@ -320,7 +320,7 @@ def test_state_root_replaced_by_a_link_while_running_stops_the_target(tmp_path: 
     out = tmp_path / "autoloopd.out"
     proc = start_autoloopd(
         ["--target", str(tmp_path / "skill"), "--state-root", str(root), "--dry-run",
-         "--simulated-seconds", "0", "--mode", "continuous", "--cooldown-minutes", "0.05",
+         "--simulated-seconds", "0", "--mode", "continuous", "--cooldown-minutes", "0.02",
          "--max-cost", "10"],
         out,
     )  # fmt: skip

@@ -37,12 +37,12 @@ def logged_total(state_root: Path) -> float:
 
 def test_wall_time_priced_run_is_stopped_at_the_targets_cap(tmp_path: Path) -> None:
     """An orchestrator that reports no cost and runs for 30 s at $6/min ($0.10/s) against a
-    $0.50 cap: stopped after ~5 s, recorded as interrupted and charged what it cost, the
+    $0.10 cap: stopped after ~1 s, recorded as interrupted and charged what it cost, the
     target stops `stopped_cost`, and the total passes the cap by at most the grace's cost."""
     target, state_root = make_target(tmp_path)
     cmd = orchestrator_cmd("slow", "--sleep", "30", "--no-cost")
     done = run_autoloopd(
-        one_target(target, state_root, cmd, "--cost-per-minute", "6", "--max-cost", "0.5"),
+        one_target(target, state_root, cmd, "--cost-per-minute", "6", "--max-cost", "0.1"),
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -52,26 +52,26 @@ def test_wall_time_priced_run_is_stopped_at_the_targets_cap(tmp_path: Path) -> N
     assert entries[0]["cost_source"] == "estimated"
     total = logged_total(state_root)
     grace_cost = 0.10 * (TERM_GRACE_S + 0.5)  # the grace, plus scheduling slack
-    assert 0.5 <= total <= 0.5 + grace_cost, total
+    assert 0.1 <= total <= 0.1 + grace_cost, total
     assert read_state(state_root)["status"] == "stopped_cost"
     check_clean(state_root)
 
 
 def test_per_iteration_limit_stops_a_run_live_and_fails_it(tmp_path: Path) -> None:
-    """--max-iteration-cost 0.2 at $0.10/s: each run is stopped at ~2 s and fails (so the
+    """--max-iteration-cost 0.05 at $0.10/s: each run is stopped at ~0.5 s and fails (so the
     circuit breaker trips after 2, instead of retrying for ever)."""
     target, state_root = make_target(tmp_path)
     cmd = orchestrator_cmd("slow", "--sleep", "30", "--no-cost")
     done = run_autoloopd(
         one_target(target, state_root, cmd, "--cost-per-minute", "6", "--max-cost", "50",
-                   "--max-iteration-cost", "0.2", "--max-consecutive-errors", "2"),
+                   "--max-iteration-cost", "0.05", "--max-consecutive-errors", "2"),
         timeout=60,
     )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
     entries = read_log(state_root)
     assert [e["status"] for e in entries] == ["failed", "failed"]
     assert all("max_iteration_cost_usd" in e["error"] for e in entries)
-    assert all(0.2 <= e["cost_usd"] <= 0.2 + 0.10 * (TERM_GRACE_S + 0.5) for e in entries)
+    assert all(0.05 <= e["cost_usd"] <= 0.05 + 0.10 * (TERM_GRACE_S + 0.5) for e in entries)
     assert read_state(state_root)["status"] == "error"
 
 
@@ -95,8 +95,8 @@ def test_progress_lines_give_the_live_cost(tmp_path: Path) -> None:
 
 
 def test_shared_cap_stops_every_running_wall_time_iteration(tmp_path: Path) -> None:
-    """Four targets, four at once (each reserves $0.20), each run 30 s at $6/min with no
-    reported cost, a $1.00 shared cap: the four runs are stopped together at ~2.5 s, every
+    """Four targets, four at once (each reserves $0.05), each run 30 s at $6/min with no
+    reported cost, a $0.20 shared cap: the four runs are stopped together at ~0.5 s, every
     target ends
     stopped_budget and the fleet's total passes the cap by at most the grace's cost."""
     names = ["a", "b", "c", "d"]
@@ -106,12 +106,12 @@ def test_shared_cap_stops_every_running_wall_time_iteration(tmp_path: Path) -> N
     write_config(
         config,
         daemon={"state_dir": str(tmp_path / "state"), "max_concurrent_iterations": 4},
-        budget={"max_cost_usd": 1.0, "cost_per_minute_usd": 6.0},
+        budget={"max_cost_usd": 0.2, "cost_per_minute_usd": 6.0},
         defaults={
             "mode": "single-run",
             "orchestrator": orchestrator_argv("slow", "--sleep", "30", "--no-cost"),
             "term_grace_seconds": TERM_GRACE_S,
-            "estimated_cost_usd": 0.2,  # four reservations fit in the cap
+            "estimated_cost_usd": 0.05,  # four reservations fit in the cap
         },
         targets=[{"name": n, "path": n} for n in names],
     )
@@ -119,7 +119,7 @@ def test_shared_cap_stops_every_running_wall_time_iteration(tmp_path: Path) -> N
     assert done.returncode == 0, done.stdout[-3000:]
     roots = [tmp_path / "state" / n for n in names]
     total = math.fsum(logged_total(root) for root in roots)
-    assert 1.0 <= total <= 1.0 + 4 * 0.10 * (TERM_GRACE_S + 0.5), total
+    assert 0.2 <= total <= 0.2 + 4 * 0.10 * (TERM_GRACE_S + 0.5), total
     for root in roots:
         assert read_state(root)["status"] == "stopped_budget"
         assert [e["status"] for e in read_log(root)] == ["interrupted"]

@@ -171,21 +171,26 @@ def test_restart_after_sigkill_stops_what_the_killed_daemon_left(tmp_path: Path)
     pid_file = tmp_path / "daemons.pid"
     root = tmp_path / "state"
     (tmp_path / "skill").mkdir()
-    args = [
-        "--target", str(tmp_path / "skill"), "--state-root", str(root),
-        "--orchestrator-cmd",
-        orchestrator_cmd("daemonize-hang", "--daemon-pid-file", str(pid_file)),
-        "--max-iterations", "1", "--iteration-timeout-minutes", "0.02", "--log-format", "json",
-        "--retry-backoff-seconds", "0.05", *GRACE,
-    ]  # fmt: skip
+
+    def args(timeout_minutes: str) -> list[str]:
+        return [
+            "--orchestrator-cmd",
+            orchestrator_cmd("daemonize-hang", "--daemon-pid-file", str(pid_file)),
+            "--max-iterations", "1", "--iteration-timeout-minutes", timeout_minutes,
+            "--log-format", "json", "--retry-backoff-seconds", "0.05", *GRACE,
+        ]  # fmt: skip
+
     with _cleanup(pid_file):
-        proc = start_autoloopd(args, tmp_path / "first.out")
+        # The first daemon's run must still hang when it is killed: a 1.2 s timeout.
+        first = ["--target", str(tmp_path / "skill"), "--state-root", str(root), *args("0.02")]
+        proc = start_autoloopd(first, tmp_path / "first.out")
         wait_for(lambda: len(_pids(pid_file)) == 1, what="the daemon of iteration 1")
         assert stop(proc, signal.SIGKILL) == -signal.SIGKILL
         [orphan] = _pids(pid_file)
         survivors = marked_processes(str(root.resolve()))
         assert orphan in survivors and len(survivors) == 2  # orchestrator and its daemon
-        done = run_one_target(tmp_path, root, *args[4:])
+        # The restart's own runs hang too (until the circuit breaker): 0.3 s each is enough.
+        done = run_one_target(tmp_path, root, *args("0.005"))
         assert marked_processes(str(root.resolve())) == []
         assert not pid_alive(orphan)
         assert "interrupted_iteration_recorded" in done.stderr

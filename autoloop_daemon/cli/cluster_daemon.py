@@ -37,7 +37,10 @@ async def serve_in_cluster(cfg: AppConfig, serve: Serve) -> int:
     """
     cluster = cfg.cluster
     assert cluster.dsn is not None
-    db = Database(cluster.dsn, max_size=_pool_size(cfg))
+    # A transaction of ours lasts milliseconds: one idle for a quarter of a lease belongs to
+    # a frozen host, and the server ends it so that its locks do not stall the cluster.
+    idle = max(0.5, min(5.0, cluster.lease_seconds / 4))
+    db = Database(cluster.dsn, max_size=_pool_size(cfg), idle_in_transaction_s=idle)
     await db.open()
     try:
         await check(db)

@@ -37,11 +37,31 @@ def _require_psycopg() -> Any:
 class Database:
     """A connection pool on `dsn`; `run` executes one transaction function on it."""
 
-    def __init__(self, dsn: str, *, max_size: int = 4, timeout_s: float = CALL_TIMEOUT_S) -> None:
-        """Describe the pool; nothing connects until `open`."""
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        max_size: int = 4,
+        timeout_s: float = CALL_TIMEOUT_S,
+        idle_in_transaction_s: float | None = None,
+    ) -> None:
+        """Describe the pool; nothing connects until `open`.
+
+        `idle_in_transaction_s`: the server ends a transaction of ours that waits that long
+        for its next statement (a frozen or partitioned host), releasing its row locks, so
+        a host stopped in the middle of a transaction cannot stall every other host.
+        """
         self.dsn = dsn
         self._max_size = max_size
         self.timeout_s = timeout_s
+        self._options: dict[str, Any] = (
+            {}
+            if idle_in_transaction_s is None
+            else {
+                "options": "-c idle_in_transaction_session_timeout="
+                f"{max(1, round(idle_in_transaction_s * 1000))}"
+            }
+        )
         self._pool: Any = None
 
     async def open(self) -> None:
@@ -52,14 +72,19 @@ class Database:
         try:  # one plain connection first: fails fast, with the server's own reason
             with anyio.CancelScope(shield=True), anyio.fail_after(self.timeout_s + 1):
                 probe = await psycopg.AsyncConnection.connect(
-                    self.dsn, connect_timeout=max(1, int(self.timeout_s))
+                    self.dsn, connect_timeout=max(1, int(self.timeout_s)), **self._options
                 )
                 await probe.close()
         except (psycopg.Error, OSError, TimeoutError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ClusterError(f"cannot connect to the cluster database: {reason}") from exc
         pool = pool_mod.AsyncConnectionPool(
-            self.dsn, min_size=1, max_size=self._max_size, open=False, timeout=self.timeout_s
+            self.dsn,
+            min_size=1,
+            max_size=self._max_size,
+            open=False,
+            timeout=self.timeout_s,
+            kwargs=self._options,
         )
         try:
             with anyio.CancelScope(shield=True), anyio.fail_after(self.timeout_s + 1):
