@@ -25,9 +25,10 @@ from typing import Any
 
 import common  # first: puts the repository on sys.path
 
-from tests.helpers.chaos import SCENARIOS, ChaosLab, play, postgres_available, private_postgres
+from tests.helpers.chaos import SCENARIOS, ChaosLab, play
 from tests.helpers.chaos_checks import Figures, check
 from tests.helpers.cluster import DSN_VAR, fresh_database
+from tests.helpers.private_pg import postgres_available, private_postgres
 
 
 def _play_once(scenario: str, keep: bool) -> Figures:

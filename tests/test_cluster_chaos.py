@@ -22,11 +22,10 @@ from tests.helpers.chaos import (
     ChaosLab,
     overlap_margin_s,
     play,
-    postgres_available,
-    private_postgres,
 )
 from tests.helpers.chaos_checks import assert_holds, check
 from tests.helpers.cluster import fresh_database, server_dsn
+from tests.helpers.private_pg import postgres_available, private_postgres
 
 pytest.importorskip("psycopg", reason="cluster mode needs the optional extra autoloopd[cluster]")
 

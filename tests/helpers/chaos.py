@@ -1,22 +1,20 @@
 """Chaos on a cluster: three real `autoloopd` hosts on one database running the recording
 fake orchestrator (tests/fakes/chaos_orchestrator.py); a host crashed (SIGKILL) or frozen
 (SIGSTOP, later SIGCONT) together with every process it started, or the database restarted
-under them. `run_scenario` plays one scenario to the end (every host exited) and returns
-what happened, for the checks and figures of tests/helpers/chaos_checks.py; the tests
-(tests/test_cluster_chaos.py) and the benchmark (bench/chaos.py) share it.
+under them (a private server: tests/helpers/private_pg.py). `play` runs one scenario to the
+end (every host exited) and returns what happened, for the checks and figures of
+tests/helpers/chaos_checks.py; the tests (tests/test_cluster_chaos.py) and the benchmark
+(bench/chaos.py) share it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 from tests.helpers.chaos_record import Run, read_runs
 from tests.helpers.cluster_lab import ClusterLab
 from tests.helpers.fakes import fake
+from tests.helpers.private_pg import PrivatePostgres
 from tests.helpers.process import marked_processes, proc_stat
 from tests.helpers.wait import WaitTimeout, wait_for
 
@@ -34,8 +33,6 @@ COST_PER_MINUTE_USD = 6.0  # 0.1 $/s: what a takeover charges per second of a de
 HOSTS = ("h1", "h2", "h3")
 VICTIM = "h2"
 SCENARIOS = ("crash", "freeze", "db_restart")
-REPO = Path(__file__).resolve().parents[2]
-CI_POSTGRES = REPO / ".ci" / "postgres"
 
 
 def overlap_margin_s(lease_s: float = LEASE_S, term_grace_s: float = TERM_GRACE_S) -> float:
@@ -377,68 +374,6 @@ def db_restart(lab: ChaosLab, server: PrivatePostgres) -> Outcome:
     outcome.exit_codes = lab.wait_exits()
     outcome.runs = lab.runs()
     return outcome
-
-
-# ------------------------------------------------------------------------- a private server
-
-
-def postgres_available() -> str | None:
-    """Why a private PostgreSQL cannot be started here (None: it can)."""
-    if not any(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")):
-        return "needs PostgreSQL's server binaries in /usr/lib/postgresql/*/bin (apt postgresql)"
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        return "needs runuser to run PostgreSQL as nobody"
-    return None
-
-
-class PrivatePostgres:
-    """A throwaway PostgreSQL server of one test (.ci/postgres start/stop/restart), so that
-    stopping it disturbs no other test. Its directory is in /tmp directly: run as root,
-    the server runs as `nobody`, which must reach it (pytest's tmp_path is root's only)."""
-
-    def __init__(self) -> None:
-        """Nothing runs until `start`."""
-        self.dir = Path(tempfile.mkdtemp(prefix="autoloopd-chaos-pg-"))
-        self.dsn = ""
-
-    def _ci(self, command: str) -> str:
-        done = subprocess.run(
-            [str(CI_POSTGRES), command, str(self.dir)],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise AssertionError(f".ci/postgres {command} failed: {done.stderr.strip()}")
-        return done.stdout.strip()
-
-    def start(self) -> str:
-        """Initialise and start the server; its DSN."""
-        self.dsn = self._ci("start")
-        return self.dsn
-
-    def stop(self) -> None:
-        """Stop it (fast: open connections are cut)."""
-        self._ci("stop")
-
-    def restart(self) -> None:
-        """Start it again on the same port."""
-        assert self._ci("restart") == self.dsn
-
-    def close(self) -> None:
-        """Stop it and delete its directory."""
-        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
-            self._ci("stop")
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """A started private server, stopped and deleted afterwards."""
-    server = PrivatePostgres()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
 
 
 def play(lab: ChaosLab, scenario: str, server: PrivatePostgres | None = None) -> Outcome:
