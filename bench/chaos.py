@@ -1,6 +1,7 @@
 """The chaos figures of cluster mode: three real hosts on one PostgreSQL database, one of them
-crashed (kill -9 with its orchestrators), frozen past its lease (SIGSTOP, then SIGCONT), or
-the database restarted under them (a private server, stopped and started on the same port).
+crashed (kill -9 with its orchestrators), frozen past its lease (SIGSTOP, then SIGCONT; also
+frozen inside a transaction that holds the budget row's lock), or the database restarted
+under them (a private server, stopped and started on the same port).
 
 Each scenario is the one the tests play (tests/helpers/chaos.py: 6 targets x 6 iterations,
 lease 3 s, renewals every 0.5 s, termination grace 0.5 s), `--runs` times. Reported per
@@ -106,8 +107,7 @@ def main() -> int:
     """Play the scenarios; print the summary and the JSON, write bench/results/chaos.json."""
     p = common.parser(__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=3, help="plays of each scenario (quick: 1)")
-    p.add_argument("--only", choices=(*SCENARIOS, "freeze_in_transaction"), action="append",
-                   help="only these (freeze_in_transaction: only when asked)")  # fmt: skip
+    p.add_argument("--only", choices=SCENARIOS, action="append", help="these scenarios only")
     args = p.parse_args()
     if not os.environ.get(DSN_VAR):
         print(f"set {DSN_VAR} to a PostgreSQL server (.ci/postgres start DIR)")

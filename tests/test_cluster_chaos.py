@@ -72,18 +72,13 @@ def test_a_frozen_host_is_fenced_when_it_is_thawed(lab: ChaosLab) -> None:
     assert outcome.exit_codes[VICTIM] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon bug: a host frozen inside a transaction keeps its row locks (budget row, "
-    "target rows), so the other hosts' claims, reservations and renewals wait on them: its "
-    "leases never move and every host fences itself (the fix: an idle-in-transaction "
-    "timeout on the daemon's sessions below the renew deadline)",
-)
 def test_a_host_frozen_inside_a_transaction_does_not_stall_the_cluster(lab: ChaosLab) -> None:
     """As the frozen host above, frozen between two statements of a transaction that holds
     the budget row's lock (a reservation, a settlement, a push; 12 iterations a target:
-    catching that moment may take a while): its leases still move within the lease, the
-    others go on, and everything holds afterwards."""
+    catching that moment may take a while): the server ends that transaction (its idle
+    timeout, a quarter of the lease), so its leases still move within the lease, the
+    other hosts go on (before that timeout they all waited on the lock and fenced
+    themselves), and everything holds afterwards."""
     lab.iterations = 12
     outcome = play(lab, "freeze_in_transaction")
     assert_holds(check(lab, outcome))

@@ -32,7 +32,7 @@ TERM_GRACE_S = 0.5
 COST_PER_MINUTE_USD = 6.0  # 0.1 $/s: what a takeover charges per second of a dead host's run
 HOSTS = ("h1", "h2", "h3")
 VICTIM = "h2"
-SCENARIOS = ("crash", "freeze", "db_restart")
+SCENARIOS = ("crash", "freeze", "freeze_in_transaction", "db_restart")
 
 
 def overlap_margin_s(lease_s: float = LEASE_S, term_grace_s: float = TERM_GRACE_S) -> float:
@@ -130,20 +130,22 @@ class ChaosLab(ClusterLab):
         return found | set(marked_processes(f"{self.state_dir(host)}/"))
 
     def freeze(self, host: str) -> set[int]:
-        """SIGSTOP the host's daemon first (it starts nothing more), then every process it
-        started, until a scan finds none left running; the frozen pids."""
-        frozen: set[int] = set()
-        while True:
-            fresh = self.processes_of(host) - frozen
-            if not fresh:
-                return frozen
-            for pid in sorted(fresh):  # the daemon's pid is the lowest: it stops first
+        """SIGSTOP the host's daemon and wait until it has stopped (it starts nothing more;
+        a child it is spawning has exec'd: the spawn is a vfork, and a child stopped before
+        its exec would keep the parent from ever stopping), then every process it started,
+        until a scan finds none left running; the frozen pids."""
+        frozen = {self.daemons[host].pid}
+        fresh = set(frozen)
+        while fresh:
+            for pid in sorted(fresh):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGSTOP)
-            frozen |= fresh
             self.frozen |= fresh
             wait_for(partial(_all_stopped, sorted(fresh)), timeout=10, interval=0.005,
                      what=f"{host}'s processes to stop")  # fmt: skip
+            fresh = self.processes_of(host) - frozen
+            frozen |= fresh
+        return frozen
 
     def thaw(self, pids: set[int]) -> None:
         """SIGCONT `pids`."""
