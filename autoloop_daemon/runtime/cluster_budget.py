@@ -9,7 +9,9 @@ is synchronous for the runner: the local ledger settles at once and the database
 the background, retried until it succeeds (idempotent; the record of a run usually settled
 it already, in the same transaction as its log entry). The mirror: the local ledger's spent
 money is the cluster's, and its cap is the cluster's cap less what other hosts hold
-reserved, so the live meters stop this host's runs where the cluster's money ends.
+reserved, so the live meters stop this host's runs where the cluster's money ends. It is
+read again as soon as a reservation is granted, before its run starts: a mirror read while
+other hosts held the whole cap would cut the run at once.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class ClusterSharedBudget(SharedBudget):
         self._cap_wanted: float | None = None
         self._configured_cap = cap_usd
         self.reachable = True
+        self._syncing = anyio.Lock()
 
     async def reserve(
         self,
@@ -101,6 +104,9 @@ class ClusterSharedBudget(SharedBudget):
                         lease, iteration, amount_usd, metered=metered,
                         rate_usd_per_s=rate_usd_per_s, window=window,
                     )  # fmt: skip
+                    if isinstance(result, ClusterReservation):
+                        self._book_local(result)
+                        await self._refresh()
             except LeaseFencedError:
                 self._on_lost(owner)
                 await anyio.sleep_forever()
@@ -110,7 +116,6 @@ class ClusterSharedBudget(SharedBudget):
                 continue
             self.reachable = True
             if isinstance(result, ClusterReservation):
-                self._book_local(result)
                 return result
             if result == "never":
                 return None
@@ -144,6 +149,21 @@ class ClusterSharedBudget(SharedBudget):
     def _wake_refresh(self) -> None:
         self._work.set()
 
+    async def _refresh(self) -> None:
+        """Mirror the cluster's totals now, after a reservation and before its run starts:
+        the run's meter must not be planned on a mirror read before the reservation (when
+        other hosts may have held the whole cap: it would cut the run at once). Best effort,
+        bounded: otherwise the background loop, woken by the booking, does it."""
+        with anyio.move_on_after(RETRY_S):
+            async with self._syncing:  # not in the middle of a round: `pending` would be off
+                try:
+                    window_start = self.window_start if self.window else None
+                    totals = await self.cluster.totals(window_start, timeout_s=RETRY_S)
+                except ClusterError as exc:
+                    self._unreachable(exc)
+                    return
+                self._mirror(totals)
+
     def _unreachable(self, exc: ClusterError) -> None:
         if self.reachable:
             log.warning("cluster_database_unreachable", error=str(exc))
@@ -164,6 +184,10 @@ class ClusterSharedBudget(SharedBudget):
 
     async def sync(self) -> None:
         """One round of `run` (also the last one at shutdown). Raises ClusterError."""
+        async with self._syncing:
+            await self._sync()
+
+    async def _sync(self) -> None:
         if self._cap_wanted is not None:
             await self.cluster.set_cap(self._cap_wanted)
             self._cap_wanted = None
@@ -188,7 +212,9 @@ class ClusterSharedBudget(SharedBudget):
         """This host's ledger from the cluster's totals: spent is the cluster's (plus what
         was settled here and not yet there), the caps less what other hosts hold reserved."""
         ledger = self.ledger
-        mine = ledger.reserved_usd if ledger.open_reservations else 0.0
+        # Settled here but not yet there: still open there, and this host's, not another's.
+        pending_usd = math.fsum(r.amount_usd for r, _ in self._unsettled)
+        mine = (ledger.reserved_usd if ledger.open_reservations else 0.0) + pending_usd
         pending = math.fsum(a for _, a in self._unsettled)
         mirrored = (
             float(totals.cap) - max(0.0, float(totals.reserved) - mine),
@@ -198,7 +224,9 @@ class ClusterSharedBudget(SharedBudget):
         ledger.cap_usd, ledger.spent_usd = mirrored
         if totals.window is not None and self.window is not None:
             window_spent, window_reserved = totals.window
-            mine_here = ledger.window_reserved_usd if ledger.open_reservations else 0.0
+            mine_here = (ledger.window_reserved_usd if ledger.open_reservations else 0.0) + (
+                math.fsum(r.amount_usd for r, _ in self._unsettled if r.window == ledger.window)
+            )
             others = max(0.0, float(window_reserved) - mine_here)
             ledger.window_cap_usd = self.window.cap_usd - others
             ledger.window_spent_usd = float(window_spent) + math.fsum(

@@ -321,9 +321,11 @@ class ClusterBudget:
 
         await self._db.run(work)
 
-    async def totals(self, window_start: datetime | None = None) -> Totals:
+    async def totals(
+        self, window_start: datetime | None = None, *, timeout_s: float | None = None
+    ) -> Totals:
         """The cap, spent and reserved money, exact; with `window_start`, the same for that
-        window (zeros when it has no row yet)."""
+        window (zeros when it has no row yet). `timeout_s` bounds the call."""
 
         async def work(conn: Any) -> Totals:
             cur = await conn.execute(
@@ -342,7 +344,7 @@ class ClusterBudget:
                 window = (Decimal(0), Decimal(0)) if row is None else (row[0], row[1])
             return Totals(cap, spent, reserved, window)
 
-        return await self._db.run(work)
+        return await self._db.run(work, timeout_s=timeout_s)
 
 
 @dataclass(frozen=True, slots=True)

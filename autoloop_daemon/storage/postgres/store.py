@@ -156,6 +156,7 @@ class PostgresTargetStore:
         self._local = FileTargetStore(spec)
         self.lease: leases.Lease | None = lease
         self._pending: list[tuple[LogEntry, str | None]] = []
+        self._pushing = anyio.Lock()
 
     @property
     def location(self) -> str:
@@ -228,7 +229,13 @@ class PostgresTargetStore:
 
     async def push_pending(self) -> int:
         """Push the entries waiting for the database, in order; how many are left (they are
-        pushed by the next record, or by the storage's `push_waiting`)."""
+        pushed by the next record, or by the storage's `push_waiting`). One push at a time
+        per store: the push loop, a target's end and a record may all push at once, and
+        two of them would push the same entry and drop two (one never pushed)."""
+        async with self._pushing:
+            return await self._push_in_order()
+
+    async def _push_in_order(self) -> int:
         if self.lease is None:
             raise StateWriteError(f"{self._spec.name}: not opened")
         while self._pending:
