@@ -14,7 +14,7 @@ import pytest
 from autoloop_daemon.exceptions import StateLockedError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.storage.postgres import leases
-from autoloop_daemon.storage.postgres.budget import ClusterBudget, FencedError
+from autoloop_daemon.storage.postgres.budget import ClusterBudget, ClusterReservation, FencedError
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.storage.postgres.keeper import LeaseKeeper
 from autoloop_daemon.storage.postgres.schema import SCHEMA_VERSION, check, migrate
@@ -158,6 +158,28 @@ async def test_the_cap_holds_across_hosts_reserving_at_once(db: Database) -> Non
     assert reserved == 0
     assert spent == Decimal("0.1") * len(got)  # exact, no float dust
     assert spent <= cap and len(got) == 9  # 9 x 0.1 + 0.15 > 1.0: the tenth never fit
+
+
+async def test_a_metered_run_waits_beside_other_reservations_and_takes_the_last_money_alone(
+    db: Database,
+) -> None:
+    """Started with a sliver beside another host's open reservation, a metered run would be
+    cut at once by its meter (which counts that reservation): it waits; with nothing open,
+    it gets what is left and its meter stops it at the cap."""
+    await leases.register(db, ["a", "b"])
+    (la,) = await leases.claim(db, "ha", ["a"], 30)
+    (lb,) = await leases.claim(db, "hb", ["b"], 30)
+    budget = ClusterBudget(db)
+    await budget.ensure(1.0)
+    big = await budget.reserve(la, 1, 0.9)
+    assert big is not None
+    assert await budget.attempt(lb, 1, 0.5, metered=True) == "wait"
+    assert await budget.settle(big, 0.8) == "settled"
+    last = await budget.attempt(lb, 1, 0.5, metered=True)
+    assert isinstance(last, ClusterReservation) and last.amount_usd == pytest.approx(0.2)
+    assert await budget.attempt(la, 2, 0.5) == "wait"  # b's run is open: a waits for it
+    assert await budget.settle(last, 0.2) == "settled"
+    assert await budget.attempt(la, 2, 0.5) == "never"  # nothing open, nothing left
 
 
 async def test_a_takeover_charges_the_dead_hosts_run_and_its_late_settle_books_the_real_cost(

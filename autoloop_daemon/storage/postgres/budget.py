@@ -218,8 +218,6 @@ class ClusterBudget:
         in_window = None if window is None else await self._window_left(conn, *window)
         available = lifetime if in_window is None else min(lifetime, in_window)
         amount = money(amount_usd)
-        if metered and amount > available + _EPSILON and available > _EPSILON:
-            amount = available
         if amount > available + _EPSILON:
             cur = await conn.execute(
                 "SELECT count(*) FROM reservations WHERE budget = %s AND state = 'open'",
@@ -227,10 +225,15 @@ class ClusterBudget:
             )
             (open_count,) = await cur.fetchone()
             if open_count:
+                # Wait, even for a metered run: started with a sliver beside other hosts'
+                # reservations, its meter (which counts them) would cut it at once.
                 return "wait"
-            if window is not None and in_window is not None:
+            if metered and available > _EPSILON:
+                amount = available  # the last money: its live meter stops it at the cap
+            elif window is not None and in_window is not None:
                 return _full_or_never(amount, lifetime, in_window, money(window[1]), metered)
-            return "never"
+            else:
+                return "never"
         start = None if window is None else window[0]
         cur = await conn.execute(
             """INSERT INTO reservations (budget, target, iteration, fencing_token, host,
