@@ -186,6 +186,10 @@ class SharedBudget:
             with anyio.move_on_after(timeout):
                 await self._changed.wait()
 
+    def may_start(self, owner: str) -> bool:
+        """True when `owner` may start the run it reserved for now (always, on one host)."""
+        return True
+
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
         """Settle `reservation` with the real cost and wake anyone waiting to reserve."""
         self.ledger.settle(reservation, actual_usd)

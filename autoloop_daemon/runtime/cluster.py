@@ -328,10 +328,11 @@ class ClusterMember:
                 (status, None if spec is None else limits_key(spec), name, finished),
             )
             if final is not None:
-                await conn.execute(
+                await conn.execute(  # never over the report of a host that took it over
                     """UPDATE targets SET status = %s, iterations_completed = %s,
-                              total_cost_usd = %s, status_at = now() WHERE name = %s""",
-                    (status, final.iterations_completed, final.total_cost_usd, name),
+                              total_cost_usd = %s, status_at = now()
+                       WHERE name = %s AND (lease_holder IS NULL OR lease_holder = %s)""",
+                    (status, final.iterations_completed, final.total_cost_usd, name, self.host),
                 )
             if lease is not None:
                 await conn.execute(

@@ -132,6 +132,11 @@ class ClusterSharedBudget(SharedBudget):
         reservation.window = ledger.window
         self._wake_refresh()
 
+    def may_start(self, owner: str) -> bool:
+        """The lease is still held and known good: checked again just before the run
+        starts (a host frozen between its reservation and its run must not start it)."""
+        return self._lease_of(owner) is not None and self._may_start()
+
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
         """Settle locally now; in the database in the background (see the module docstring)."""
         if reservation.settled:

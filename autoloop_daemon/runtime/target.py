@@ -240,7 +240,7 @@ class TargetRunner(IterationSteps):
         try:
             if not got_slot:
                 got_slot = await self._take_slot()
-            if got_slot and not self._stop_requested:
+            if got_slot and not self._stop_requested and self._budget.may_start(self.spec.name):
                 cost = await self._iterate()
         finally:
             if got_slot:
