@@ -261,3 +261,29 @@ def test_a_reload_adds_and_removes_targets_in_the_cluster(lab: ClusterLab) -> No
     assert host.wait(timeout=60) == EXIT_OK  # `new` finished, `stays` stopped by the operator
     assert lab.sql("SELECT count(*) FROM iterations WHERE target = 'goes'") == [(goes,)]
     assert lab.sql("SELECT lease_holder FROM targets WHERE name = 'goes'") == [(None,)]
+
+
+def test_extend_on_any_host_moves_with_the_target(lab: ClusterLab) -> None:
+    """A target pinned to h2 finished its 2 iterations; `ctl extend --iterations +2` sent
+    to h1 clears its finished status on the cluster's row and h2 claims it again and runs
+    exactly 2 more (the daemons stay up: `exit_when_idle = false`)."""
+    lab.write(
+        [_dry(lab, "t", hosts=["h2"], max_iterations=2)],
+        defaults=DEFAULTS,
+        daemon={"exit_when_idle": False},
+    )
+    lab.init()
+    h1, h2 = lab.start("h1"), lab.start("h2")
+    wait_for(lambda: lab.sql("SELECT 1 FROM targets WHERE finished_status IS NOT NULL"),
+             timeout=30, what="t finished")  # fmt: skip
+    env = {"AUTOLOOPD_DAEMON__STATE_DIR": str(lab.state_dir("h1"))}
+    extended = run_autoloopd(
+        ["ctl", "--config", str(lab.config), "extend", "t", "--iterations", "+2"], env=env
+    )
+    assert extended.returncode == EXIT_OK, extended.stderr
+    assert "cluster-wide" in extended.stdout
+    wait_for(lambda: lab.sql("SELECT 1 FROM targets WHERE finished_status = 'stopped_max_iter'"
+                             " AND iterations_completed = 4"),
+             timeout=30, what="t running its two more iterations on h2")  # fmt: skip
+    assert lab.sql("SELECT count(*), min(host), max(host) FROM iterations") == [(4, "h2", "h2")]
+    assert h1.stop() == EXIT_OK and h2.stop() == EXIT_OK

@@ -68,6 +68,8 @@ class TargetRow:
     status: str | None
     iterations_completed: int
     total_cost_usd: float
+    extra_iterations: int = 0  # `ctl extend`, for whichever host runs it
+    extra_cost_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +103,13 @@ async def read_view(db: Database, lease_s: float) -> ClusterView:
         cur = await conn.execute(
             """SELECT name, lease_holder, coalesce(lease_expires_at > now(), false),
                       finished_status, finished_limits, paused, run_now, stopped, status,
-                      iterations_completed, total_cost_usd FROM targets"""
+                      iterations_completed, total_cost_usd, extra_iterations, extra_cost_usd
+               FROM targets"""
         )
         targets = {
             row[0]: TargetRow(row[1], bool(row[2]), row[3], row[4], bool(row[5]),
-                              bool(row[6]), bool(row[7]), row[8], int(row[9]), float(row[10]))
+                              bool(row[6]), bool(row[7]), row[8], int(row[9]), float(row[10]),
+                              int(row[11]), float(row[12]))
             for row in await cur.fetchall()
         }  # fmt: skip
         cur = await conn.execute(

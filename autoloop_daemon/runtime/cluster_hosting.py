@@ -28,7 +28,7 @@ from autoloop_daemon.runtime.cluster_budget import ClusterSharedBudget, settle_r
 from autoloop_daemon.runtime.snapshot import ClusterSnapshot, HostSnapshot, TargetSnapshot
 from autoloop_daemon.runtime.supervisor_base import SupervisorBase, TargetRecord
 from autoloop_daemon.runtime.target import TargetRunner
-from autoloop_daemon.storage.postgres.budget import ClusterBudget
+from autoloop_daemon.storage.postgres.budget import ClusterBudget, money
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.storage.postgres.store import PostgresStorage
 from autoloop_daemon.vocab import TargetStatus
@@ -178,6 +178,7 @@ class ClusterHosting(SupervisorBase):
             return
         row = self._member.view.targets.get(spec.name)
         if row is not None:
+            await self._apply_extension(runners[0], row)
             await self._apply_flags(spec.name, row)
         self._targets_tg.start_soon(self._run_target, runners[0])
 
@@ -315,14 +316,44 @@ class ClusterHosting(SupervisorBase):
         self._member.wake()
         return f"{name}: reset cluster-wide; the next host with room claims it"
 
-    def refuse_remote_extend(self, name: str) -> None:
-        """`extend` in cluster mode works on a target this host runs (its state holds the
-        extension); elsewhere it is refused with where to do it."""
-        if self._member is None or self._local_target(name) is not None:
-            return
+    async def cluster_extend(self, name: str, iterations: int, cost_usd: float) -> str | None:
+        """`extend` in cluster mode: the extension is added on the target's row (it moves
+        with the lease) and its finished status and operator stop are cleared, so a host
+        claims it again; the host running it applies it at once (this one) or at its next
+        claim. None without a cluster (the caller acts locally)."""
+        if self._member is None:
+            return None
+        self._record(name)
+
+        async def work(conn: Any) -> None:
+            await conn.execute(
+                """UPDATE targets SET extra_iterations = extra_iterations + %s,
+                          extra_cost_usd = extra_cost_usd + %s, finished_status = NULL,
+                          finished_limits = NULL, stopped = false WHERE name = %s""",
+                (iterations, money(cost_usd), name),
+            )
+
+        try:
+            await self._member.db.run(work)
+        except ClusterError as exc:
+            raise CommandRefusedError(f"{name}: the cluster database refused: {exc}") from exc
+        self._member.wake()
+        added = f"+{iterations} iterations, +${cost_usd:.2f}"
+        runner = self._records[name].runner
+        if runner is not None and runner.final_status is None and not runner.stopping:
+            await runner.extend(iterations, cost_usd)
+            return f"{name}: limits extended ({added}; cluster-wide, runs here)"
         holder = self._holder(name)
-        where = f"on {holder}, which runs it" if holder else "in the config (then reload)"
-        raise CommandRefusedError(f"cannot extend {name!r} from this host: do it {where}")
+        where = f"held by {holder}" if holder else "the next host with room claims it"
+        return f"{name}: limits extended ({added}; cluster-wide, {where})"
+
+    async def _apply_extension(self, runner: TargetRunner, row: TargetRow) -> None:
+        """A claimed target takes the cluster's extension (`ctl extend` on any host)."""
+        state = runner.state
+        more_n = row.extra_iterations - state.extra_iterations
+        more_usd = round(row.extra_cost_usd - state.extra_cost_usd, 6)
+        if more_n > 0 or more_usd > 0:
+            await runner.extend(max(0, more_n), max(0.0, more_usd))
 
     # ----------------------------------------------------------------- status
 

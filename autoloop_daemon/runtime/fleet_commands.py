@@ -114,7 +114,9 @@ class FleetCommands(ClusterHosting):
         if iterations < 0 or cost_usd < 0 or not (iterations or cost_usd):
             raise CommandRefusedError("extend needs --iterations N and/or --cost USD (> 0)")
         record = self._record(name)
-        self.refuse_remote_extend(name)
+        routed = await self.cluster_extend(name, iterations, cost_usd)
+        if routed is not None:
+            return routed
         runner = record.runner
         if runner is not None and runner.final_status is None and not runner.stopping:
             await runner.extend(iterations, cost_usd)

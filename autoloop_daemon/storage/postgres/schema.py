@@ -87,6 +87,11 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (budget, starts_at))""",
         "ALTER TABLE reservations ADD COLUMN window_start timestamptz",
     ],
+    [  # 4: `ctl extend` for the whole cluster: the extension moves with the lease
+        """ALTER TABLE targets
+            ADD COLUMN extra_iterations integer NOT NULL DEFAULT 0,
+            ADD COLUMN extra_cost_usd numeric NOT NULL DEFAULT 0""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
