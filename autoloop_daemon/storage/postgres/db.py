@@ -83,6 +83,9 @@ class Database:
             open=False,
             timeout=self.timeout_s,
             kwargs=self._options,
+            # After a database restart every pooled connection is broken: checked at checkout,
+            # a broken one is replaced at once instead of failing one call each.
+            check=pool_mod.AsyncConnectionPool.check_connection,
         )
         try:
             with anyio.CancelScope(shield=True), anyio.fail_after(self.timeout_s + 1):
