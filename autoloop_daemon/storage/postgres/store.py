@@ -36,6 +36,7 @@ from autoloop_daemon.target_state import TargetState
 log = structlog.get_logger("autoloopd.cluster")
 
 Pushed = Literal["recorded", "duplicate"]
+PUSH_TIMEOUT_S = 3.0  # a push takes milliseconds; past this it is deferred (the journal has it)
 
 __all__ = [
     "FencedWriteError",
@@ -100,7 +101,8 @@ async def push_entry(
             )
         return "recorded"
 
-    result = await db.run(work)
+    # The journal has it: during an outage, defer it soon rather than hold the run's record.
+    result = await db.run(work, timeout_s=min(db.timeout_s, PUSH_TIMEOUT_S))
     if result not in ("recorded", "duplicate"):
         raise FencedWriteError(result)  # raised after the commit: the late booking stays
     return result  # type: ignore[return-value]
