@@ -176,10 +176,30 @@ def _syntax_error(shown: str, exc: tomllib.TOMLDecodeError) -> str:
 
 
 def _resolve(
-    value: Path | str, base: Path, shown: str, key: str, *, keep_last: bool = False
+    value: Path | str,
+    base: Path,
+    shown: str,
+    key: str,
+    *,
+    keep_last: bool = False,
+    folders: dict[str, Path] | None = None,
 ) -> Path:
+    """`value` made absolute against `base` and resolved (`keep_last`: all but its last
+    component, as `resolve_state_root`). `folders` caches resolved parent directories across
+    calls: 10,000 targets in one directory resolve it once, not once each (~8 `lstat`s)."""
     try:
         path = Path(value).expanduser()
+        if folders is not None:
+            absolute = base / path
+            name = absolute.name
+            if name not in ("", ".."):  # then resolving the parent first resolves the same
+                folder = str(absolute.parent)
+                real = folders.get(folder)
+                if real is None:
+                    real = folders[folder] = absolute.parent.resolve()
+                joined = real / name
+                if keep_last or not joined.is_symlink():
+                    return joined
         if keep_last:  # a state root that is a symlink is refused at start, not followed
             return resolve_state_root(path, base)
         return (base / path).resolve()  # an absolute `path` replaces `base`
@@ -208,8 +228,12 @@ def _build_targets(
         **settings.defaults.model_dump(exclude_none=True),
     }
     names: dict[str, int] = {}
-    roots: dict[Path, int] = {}
-    inside: dict[Path, int] = {}  # every parent of a state root -> the first such root
+    # Roots and their parents as strings: hashing and walking a `Path` costs several times
+    # more, and every root is absolute and normalised (resolved) already.
+    roots: dict[str, int] = {}
+    inside: dict[str, int] = {}  # every parent of a state root -> the first such root
+    folders: dict[str, Path] = {}  # resolved parent directories (see `_resolve`)
+    holds_state_dir = {str(state_dir), *_parents(str(state_dir))}  # a root here holds it
     specs: list[TargetSpec] = []
     for i, table in enumerate(settings.targets):
         key = f"targets[{i}]"
@@ -221,36 +245,38 @@ def _build_targets(
                 f"(also targets[{names[table.name]}])"
             )
         names[table.name] = i
-        path = _resolve(table.path, base, shown, f"{key}.path")
+        path = _resolve(table.path, base, shown, f"{key}.path", folders=folders)
         # In cluster mode a host may not see every target's directory: it never claims those.
         if not path.is_dir() and (path.exists() or not settings.cluster.enabled):
             problem = "not a directory" if path.exists() else "no such directory"
             raise ConfigError(f"{shown}: {key}.path: {problem}: {path}")
         raw_root = table.state_root if table.state_root is not None else state_dir / table.name
-        root = _resolve(raw_root, base, shown, f"{key}.state_root", keep_last=True)
+        root = _resolve(raw_root, base, shown, f"{key}.state_root", keep_last=True, folders=folders)
         if root.exists() and not root.is_dir():
             raise ConfigError(f"{shown}: {key}.state_root: not a directory: {root}")
-        if root in roots:
+        root_text = str(root)
+        if root_text in roots:
             raise ConfigError(
                 f"{shown}: {key}.state_root: {root} is already the state root of "
-                f"targets[{roots[root]}]"
+                f"targets[{roots[root_text]}]"
             )
-        if state_dir.is_relative_to(root):
+        parents = _parents(root_text)
+        if root_text in holds_state_dir:
             raise ConfigError(
                 f"{shown}: {key}.state_root: {root} would hold daemon.state_dir ({state_dir}); "
                 "give the target a state root of its own"
             )
         # Nested roots, found through each root's parents: O(depth) per target, not O(n).
-        outer = next((p for p in root.parents if p in roots), None)
-        j = roots[outer] if outer is not None else inside.get(root)
+        outer = next((p for p in parents if p in roots), None)
+        j = roots[outer] if outer is not None else inside.get(root_text)
         if j is not None:
             other = outer if outer is not None else specs[j].state_root
             raise ConfigError(
                 f"{shown}: {key}.state_root: {root} and the state root of targets[{j}] "
                 f"({other}) are nested; state roots must not contain each other"
             )
-        roots[root] = i
-        for parent in root.parents:
+        roots[root_text] = i
+        for parent in parents:
             inside.setdefault(parent, i)
         late = _merged_problem(merged)
         if late is not None:
@@ -266,6 +292,16 @@ def _build_targets(
         )
         specs.append(TargetSpec(name=table.name, path=path, state_root=root, **merged))
     return tuple(specs)
+
+
+def _parents(path: str) -> list[str]:
+    """The ancestors of the absolute, normalised `path`, nearest first (`Path.parents`)."""
+    out = []
+    parent = os.path.dirname(path)
+    while parent != path:
+        out.append(parent)
+        path, parent = parent, os.path.dirname(parent)
+    return out
 
 
 def _merged_problem(merged: Mapping[str, Any]) -> str | None:

@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.exceptions import CommandRefusedError, StateCorruptError, UnknownTargetError
 from autoloop_daemon.runtime.metrics import CONTENT_TYPE, Metrics
-from autoloop_daemon.runtime.snapshot import FleetSnapshot
+from autoloop_daemon.runtime.snapshot import FleetSnapshot, plain
 from autoloop_daemon.runtime.supervisor import Supervisor
 
 HISTORY_LIMIT = 2000
@@ -40,8 +40,11 @@ def static_dir() -> Path:
     return Path(str(resources.files("autoloop_daemon") / "web" / "static"))
 
 
-def status_payload(snap: FleetSnapshot, now: float | None = None) -> dict[str, Any]:
-    """`GET /api/status`: the daemon, the budget and every target (stable keys)."""
+def status_payload(
+    snap: FleetSnapshot, now: float | None = None, rows: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """`GET /api/status`: the daemon, the budget and every target (stable keys); the targets
+    are `rows` when given (`Supervisor.target_rows()`), else those of `snap`."""
     now = time.time() if now is None else now
     started = parse_iso(snap.started_at)
     return {
@@ -54,7 +57,7 @@ def status_payload(snap: FleetSnapshot, now: float | None = None) -> dict[str, A
             "shutting_down": snap.shutting_down,
         },
         "budget": budget_payload(snap),
-        "targets": [snap_target for snap_target in snap.to_json()["targets"]],
+        "targets": [plain(target) for target in snap.targets] if rows is None else rows,
         **({} if snap.cluster is None else {"cluster": asdict(snap.cluster)}),
     }
 
@@ -144,10 +147,12 @@ def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = No
     files = static or static_dir()
 
     async def status(request: Request) -> Response:
-        return JSONResponse(status_payload(supervisor.snapshot()))
+        # The budget and the rows at the same instant (nothing awaits in between).
+        snap = supervisor.snapshot(targets=False)
+        return JSONResponse(status_payload(snap, rows=supervisor.target_rows()))
 
     async def budget(request: Request) -> Response:
-        return JSONResponse(budget_payload(supervisor.snapshot()))
+        return JSONResponse(budget_payload(supervisor.snapshot(targets=False)))
 
     async def history(request: Request) -> Response:
         name = request.path_params["name"]

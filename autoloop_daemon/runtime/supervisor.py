@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import structlog
@@ -31,6 +32,7 @@ from autoloop_daemon.runtime.snapshot import (
     TargetSnapshot,
     count_phases,
     first_line,
+    plain,
     status_line,
 )
 from autoloop_daemon.runtime.supervisor_base import (
@@ -139,10 +141,10 @@ class Supervisor(Reloading):
             )
         return status_line(phases, budget.spent_usd, budget.cap_usd)
 
-    def snapshot(self) -> FleetSnapshot:
-        """The daemon and every target now."""
-        now = time.monotonic()
-        targets = [self._target_snapshot(name, r, now) for name, r in sorted(self._records.items())]
+    def snapshot(self, targets: bool = True) -> FleetSnapshot:
+        """The daemon and every target now (`targets=False`: with none, for callers that
+        take the targets from `target_rows()`, which is much cheaper at 10,000 targets)."""
+        rows = self.target_rows() if targets else []
         cap = self._budget.cap_usd
         budget = self._budget
         budget.roll()
@@ -163,49 +165,61 @@ class Supervisor(Reloading):
                 window_spent_usd=None if window is None else round(budget.window_spent_usd, 6),
                 window_cap_usd=None if window is None else window.cap_usd,
             ),
-            targets=tuple(targets),
+            targets=tuple(TargetSnapshot(**row) for row in rows),
             queued=self._slots.statistics().tasks_waiting,
             cluster=self._cluster_snapshot(),
         )
 
-    def _target_snapshot(self, name: str, record: TargetRecord, now: float) -> TargetSnapshot:
+    def target_rows(self) -> list[dict[str, Any]]:
+        """Every target now, by name, as the fields of its `TargetSnapshot` in their order
+        (what `snapshot().to_json()["targets"]` holds, without building the dataclasses:
+        a frozen one costs ~5 µs, a fifth of a second per status request at 10,000)."""
+        now = time.monotonic()
+        records = self._records
+        return [self._target_row(name, records[name], now) for name in sorted(records)]
+
+    def _target_row(self, name: str, record: TargetRecord, now: float) -> dict[str, Any]:
         runner = record.runner
         ended_here = runner is None or runner.final_status is not None
         remote = self._remote_snapshot(name, record) if ended_here else None
         if remote is not None:
-            return remote
+            return plain(remote)
         if runner is None:
             spec = record.spec
-            return TargetSnapshot(
-                target=name, status="not_started", phase="not_started", reason=record.start_error,
-                iterations_completed=0, max_iterations=spec.max_iterations, total_cost_usd=0.0,
-                max_cost_usd=spec.max_cost_usd, best_weighted_score=None,
-                last_weighted_score=None, last_decision=None, consecutive_errors=0,
-                next_run_at=None, running_iteration=None, running_for_s=None,
-                state_location=str(spec.state_root), last_error=first_line(record.start_error),
-            )  # fmt: skip
+            return {
+                "target": name, "status": "not_started", "phase": "not_started",
+                "reason": record.start_error, "iterations_completed": 0,
+                "max_iterations": spec.max_iterations, "total_cost_usd": 0.0,
+                "max_cost_usd": spec.max_cost_usd, "best_weighted_score": None,
+                "last_weighted_score": None, "last_decision": None, "consecutive_errors": 0,
+                "next_run_at": None, "running_iteration": None, "running_for_s": None,
+                "state_location": str(spec.state_root), "paused": False, "estimated": False,
+                "last_error": first_line(record.start_error), "host": None,
+            }  # fmt: skip
         state = runner.state
-        limits = runner.limits()
         since = runner.running_since
-        return TargetSnapshot(
-            target=name,
-            status=str(state.status),
-            phase=runner.phase,
-            reason=runner.describe(runner.final_status) if runner.final_status else None,
-            iterations_completed=state.iterations_completed,
-            max_iterations=limits.max_iterations,
-            total_cost_usd=round(state.total_cost_usd, 6),
-            max_cost_usd=limits.max_cost_usd,
-            best_weighted_score=state.best_weighted_score,
-            last_weighted_score=runner.progress.last_score,
-            last_decision=state.last_decision,
-            consecutive_errors=state.consecutive_errors,
-            next_run_at=state.next_run_at,
-            running_iteration=state.in_flight.iteration if state.in_flight else None,
-            running_for_s=None if since is None else round(now - since, 3),
-            state_location=runner.location,
-            paused=state.paused,
-            estimated=state.estimated_cost_usd > 0,
-            last_error=first_line(state.last_failure_trace),
-            host=None if self._member is None else self._member.host,
-        )
+        final = runner.final_status
+        in_flight = state.in_flight
+        trace = state.last_failure_trace
+        return {
+            "target": name,
+            "status": str(state.status),
+            "phase": runner.phase,
+            "reason": runner.describe(final) if final else None,
+            "iterations_completed": state.iterations_completed,
+            "max_iterations": runner.max_iterations_now,
+            "total_cost_usd": round(state.total_cost_usd, 6),
+            "max_cost_usd": runner.max_cost_usd_now,
+            "best_weighted_score": state.best_weighted_score,
+            "last_weighted_score": runner.progress.last_score,
+            "last_decision": state.last_decision,
+            "consecutive_errors": state.consecutive_errors,
+            "next_run_at": state.next_run_at,
+            "running_iteration": None if in_flight is None else in_flight.iteration,
+            "running_for_s": None if since is None else round(now - since, 3),
+            "state_location": runner.location,
+            "paused": state.paused,
+            "estimated": state.estimated_cost_usd > 0,
+            "last_error": None if trace is None else first_line(trace),
+            "host": None if self._member is None else self._member.host,
+        }

@@ -113,11 +113,21 @@ class TargetRunnerBase:
 
     def limits(self) -> Limits:
         """The limits the stop conditions compare against."""
-        s, st = self.spec, self.state
+        s = self.spec
         return Limits(
-            s.max_iterations + st.extra_iterations, s.max_cost_usd + st.extra_cost_usd,
+            self.max_iterations_now, self.max_cost_usd_now,
             s.plateau_window, s.min_improvement, s.oscillation_window,
         )  # fmt: skip
+
+    @property
+    def max_iterations_now(self) -> int:
+        """The iteration limit with what `ctl extend` added."""
+        return self.spec.max_iterations + self.state.extra_iterations
+
+    @property
+    def max_cost_usd_now(self) -> float:
+        """The cost limit with what `ctl extend` added."""
+        return self.spec.max_cost_usd + self.state.extra_cost_usd
 
     def next_estimate_usd(self) -> float:
         """What the next iteration is expected to cost (its budget reservation)."""

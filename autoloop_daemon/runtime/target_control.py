@@ -6,6 +6,8 @@ cycle where it waits.
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import structlog
 
@@ -16,6 +18,18 @@ from autoloop_daemon.vocab import (
 )
 
 log = structlog.get_logger("autoloopd.target")
+
+
+def cancel_soon(scope: anyio.CancelScope) -> None:
+    """Cancel `scope` from the event loop's next callback rather than from the calling task.
+
+    anyio writes the calling task into the cancel's reason, and formatting an asyncio task
+    (its coroutine and frame) costs ~15 µs: 0.15 s or more on the event loop when a
+    shutdown stops 10,000 waiting targets. From a loop callback there is no calling task.
+    A wait entered before the callback runs cancels itself (`_interruptible` checks the
+    stop request on entry), and cancelling a scope that has ended does nothing.
+    """
+    asyncio.get_running_loop().call_soon(scope.cancel)
 
 
 class TargetControls(TargetRunnerBase):
@@ -32,7 +46,7 @@ class TargetControls(TargetRunnerBase):
         if self._stop_deadline is None or deadline < self._stop_deadline:
             self._stop_deadline = deadline
         if self._wait_scope is not None:
-            self._wait_scope.cancel()
+            cancel_soon(self._wait_scope)
         self._apply_deadline()
 
     def force_stop(self) -> None:

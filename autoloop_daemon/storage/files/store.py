@@ -27,6 +27,7 @@ from autoloop_daemon.storage.files import state_file as state_mod
 from autoloop_daemon.storage.files.group_commit import GroupCommit
 from autoloop_daemon.storage.files.lock import StateLock, check_owned_root
 from autoloop_daemon.storage.files.recovery import recover
+from autoloop_daemon.storage.files.worker_batch import WorkerBatch
 from autoloop_daemon.target_state import TargetState
 
 
@@ -49,14 +50,21 @@ def _commit(
 class FileTargetStore:
     """One target's state root on disk (see the module docstring)."""
 
-    def __init__(self, spec: TargetSpec, commits: GroupCommit | None = None) -> None:
+    def __init__(
+        self,
+        spec: TargetSpec,
+        commits: GroupCommit | None = None,
+        loads: WorkerBatch | None = None,
+    ) -> None:
         """Describe the state root; nothing touches the disk until `open`.
 
         `commits`: the group commit shared with the other targets (FileStorage's), so that
-        the checkpoints of many targets at once are made durable together.
+        the checkpoints of many targets at once are made durable together; `loads`: the
+        batch their start-up loads share (FileStorage's).
         """
         self._spec = spec
         self._commits = commits if commits is not None else GroupCommit()
+        self._loads = loads
         self._lock = StateLock(spec.state_root)
         self._state_file = state_mod.state_path(spec.state_root)
         self._log_file = artifacts.log_path(spec.state_root)
@@ -73,7 +81,7 @@ class FileTargetStore:
 
     async def open(self) -> Recovered:
         """Lock the state root and recover it from its log (recovery.py)."""
-        return await recover(self._spec, self._lock, self._commits)
+        return await recover(self._spec, self._lock, self._commits, self._loads)
 
     async def record(self, entry: LogEntry, handoff: str | None, state: TargetState | None) -> None:
         """Append the log line, write the handoff, replace the state: one worker call."""
@@ -183,6 +191,7 @@ class FileStorage:
         self._state_dir = state_dir
         self._lock = StateLock(state_dir) if state_dir is not None else None
         self._commits = GroupCommit()
+        self._loads = WorkerBatch()
 
     async def spent_elsewhere(self, active_roots: Iterable[Path]) -> dict[str, float]:
         """Per state root not in `active_roots`: what it spent (its log, else the registry's
@@ -212,7 +221,7 @@ class FileStorage:
 
     def target(self, spec: TargetSpec) -> FileTargetStore:
         """The store of `spec`'s state root."""
-        return FileTargetStore(spec, self._commits)
+        return FileTargetStore(spec, self._commits, self._loads)
 
     def acquire(self) -> None:
         """Lock `state_dir` (creating it); StateLockedError names the holder."""
