@@ -287,3 +287,28 @@ def test_extend_on_any_host_moves_with_the_target(lab: ClusterLab) -> None:
              timeout=30, what="t running its two more iterations on h2")  # fmt: skip
     assert lab.sql("SELECT count(*), min(host), max(host) FROM iterations") == [(4, "h2", "h2")]
     assert h1.stop() == EXIT_OK and h2.stop() == EXIT_OK
+
+
+def test_status_without_a_daemon_here_shows_the_cluster(lab: ClusterLab) -> None:
+    """On a host whose daemon is not running, `status` says so (exit 3) and still shows
+    every target as the cluster's database has it: the host running it, its totals, the
+    cluster's budget and every host's liveness."""
+    lab.write([_dry(lab, "t", max_iterations=200, simulated_seconds=0.1)], defaults=DEFAULTS)
+    lab.init()
+    h2 = lab.start("h2")
+    wait_for(lambda: lab.sql("SELECT 1 FROM targets WHERE status IS NOT NULL"),
+             timeout=30, what="h2 reporting the target")  # fmt: skip
+    env = {"AUTOLOOPD_DAEMON__STATE_DIR": str(lab.state_dir("h1")),
+           "AUTOLOOPD_CLUSTER__HOST_ID": "h1"}  # fmt: skip
+    done = run_autoloopd(["status", "--config", str(lab.config), "--json"], env=env)
+    assert done.returncode == 3, done.stderr  # no daemon on this host
+    report = json.loads(done.stdout)
+    (row,) = report["targets"]
+    assert row["host"] == "h2" and row["iterations_completed"] >= 0
+    assert report["budget"]["cap_usd"] == 100.0  # the default [budget] cap
+    assert [h["host"] for h in report["cluster"]["hosts"]] == ["h2"]
+    assert report["cluster"]["hosts"][0]["live"] is True
+    assert "the cluster's database" in report["daemon"]["note"]
+    text = run_autoloopd(["status", "--config", str(lab.config)], env=env)
+    assert "@h2" in text.stdout and "cluster: this host h1" in text.stdout
+    assert h2.stop() == EXIT_OK

@@ -127,7 +127,13 @@ def _from_config(config: Path, sock: Path | None) -> dict[str, Any]:
     lock_dirs = [cfg.daemon.state_dir, *roots.values()]
     lifetime = cfg.budget.lifetime_cap_usd
     cap = lifetime if math.isfinite(lifetime) else None
-    return collect(roots, sock or socket_path(cfg), lock_dirs, cap)
+    report = collect(roots, sock or socket_path(cfg), lock_dirs, cap)
+    if cfg.cluster.dsn is not None and report["daemon"]["source"] == "files":
+        from autoloop_daemon.cli.status_cluster import with_cluster
+
+        c = cfg.cluster
+        report = with_cluster(report, cfg.cluster.dsn, c.host, c.lease_seconds)
+    return report
 
 
 def main(argv: Sequence[str]) -> int:
