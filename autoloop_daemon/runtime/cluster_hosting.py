@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -25,7 +25,7 @@ from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.runtime import events as ev
 from autoloop_daemon.runtime.cluster import ClusterMember, LocalTarget, TargetRow
 from autoloop_daemon.runtime.cluster_budget import ClusterSharedBudget, settle_remaining
-from autoloop_daemon.runtime.snapshot import ClusterSnapshot, HostSnapshot, TargetSnapshot
+from autoloop_daemon.runtime.snapshot import ClusterSnapshot, TargetSnapshot
 from autoloop_daemon.runtime.supervisor_base import SupervisorBase, TargetRecord
 from autoloop_daemon.runtime.target import TargetRunner
 from autoloop_daemon.storage.postgres.budget import ClusterBudget, money
@@ -242,22 +242,26 @@ class ClusterHosting(SupervisorBase):
 
     # ----------------------------------------------------------------- operator
 
-    async def _set_flag(self, name: str, flag: str, value: bool) -> None:
-        assert flag in ("paused", "run_now", "stopped")
-
-        async def work(conn: Any) -> int:
-            cur = await conn.execute(
-                f"UPDATE targets SET {flag} = %s WHERE name = %s",  # flag: one of three names
-                (value, name),
-            )
-            return int(cur.rowcount)
-
+    async def _update_row(self, name: str, assignments: str, params: tuple[Any, ...]) -> None:
+        """`UPDATE targets SET <assignments>` on `name`'s row for an operator's command
+        (a database error refuses the command in one line), then a round soon."""
         assert self._member is not None
+
+        async def work(conn: Any) -> None:
+            await conn.execute(
+                f"UPDATE targets SET {assignments} WHERE name = %s",  # our own SQL text
+                (*params, name),
+            )
+
         try:
             await self._member.db.run(work)
         except ClusterError as exc:
             raise CommandRefusedError(f"{name}: the cluster database refused: {exc}") from exc
         self._member.wake()
+
+    async def _set_flag(self, name: str, flag: str, value: bool) -> None:
+        assert flag in ("paused", "run_now", "stopped")
+        await self._update_row(name, f"{flag} = %s", (value,))
 
     def _holder(self, name: str) -> str | None:
         assert self._member is not None
@@ -278,18 +282,15 @@ class ClusterHosting(SupervisorBase):
         else:
             await self._set_flag(name, "stopped", True)
         holder = self._holder(name) or "no host yet"
-        if holder == self._member.host:
-            row = self._member.view.targets.get(name)
-            if verb == "stop":
-                self._stop_for_cluster(name, TargetStatus.STOPPED_SIGNAL)
-            elif row is not None:
-                runner = self._records[name].runner
-                if runner is not None and not runner.stopping:
-                    if verb in ("pause", "resume"):
-                        await runner.set_paused(verb == "pause")
-                    else:
-                        runner.run_now()
-                        await self._set_flag(name, "run_now", False)
+        row = self._member.view.targets.get(name)
+        if holder == self._member.host and verb == "stop":
+            self._stop_for_cluster(name, TargetStatus.STOPPED_SIGNAL)
+        elif holder == self._member.host and row is not None:  # as its next round would
+            if verb == "run-now":
+                row = replace(row, run_now=True)
+            else:
+                row = replace(row, paused=verb == "pause")
+            await self._apply_flags(name, row)
         done = {"pause": "paused", "resume": "resumed", "run-now": "runs now", "stop": "stopping"}
         return f"{name}: {done[verb]} (cluster-wide; held by {holder})"
 
@@ -302,18 +303,9 @@ class ClusterHosting(SupervisorBase):
             return None
         self._record(name)
 
-        async def work(conn: Any) -> None:
-            await conn.execute(
-                """UPDATE targets SET stopped = false, finished_status = NULL,
-                          finished_limits = NULL WHERE name = %s""",
-                (name,),
-            )
-
-        try:
-            await self._member.db.run(work)
-        except ClusterError as exc:
-            raise CommandRefusedError(f"{name}: the cluster database refused: {exc}") from exc
-        self._member.wake()
+        await self._update_row(
+            name, "stopped = false, finished_status = NULL, finished_limits = NULL", ()
+        )
         return f"{name}: reset cluster-wide; the next host with room claims it"
 
     async def cluster_extend(self, name: str, iterations: int, cost_usd: float) -> str | None:
@@ -325,19 +317,12 @@ class ClusterHosting(SupervisorBase):
             return None
         self._record(name)
 
-        async def work(conn: Any) -> None:
-            await conn.execute(
-                """UPDATE targets SET extra_iterations = extra_iterations + %s,
-                          extra_cost_usd = extra_cost_usd + %s, finished_status = NULL,
-                          finished_limits = NULL, stopped = false WHERE name = %s""",
-                (iterations, money(cost_usd), name),
-            )
-
-        try:
-            await self._member.db.run(work)
-        except ClusterError as exc:
-            raise CommandRefusedError(f"{name}: the cluster database refused: {exc}") from exc
-        self._member.wake()
+        await self._update_row(
+            name,
+            """extra_iterations = extra_iterations + %s, extra_cost_usd = extra_cost_usd + %s,
+               finished_status = NULL, finished_limits = NULL, stopped = false""",
+            (iterations, money(cost_usd)),
+        )
         added = f"+{iterations} iterations, +${cost_usd:.2f}"
         runner = self._records[name].runner
         if runner is not None and runner.final_status is None and not runner.stopping:
@@ -381,15 +366,4 @@ class ClusterHosting(SupervisorBase):
         member = self._member
         if member is None:
             return None
-        held: dict[str, int] = {}
-        for row in member.view.targets.values():
-            if row.holder is not None and row.live:
-                held[row.holder] = held.get(row.holder, 0) + 1
-        return ClusterSnapshot(
-            host=member.host,
-            leases_fresh=member.keeper.fresh,
-            hosts=tuple(
-                HostSnapshot(h.host, h.seen_at, h.live, h.stopped, held.get(h.host, 0))
-                for h in member.view.hosts
-            ),
-        )
+        return member.view.snapshot(member.host, member.keeper.fresh)
