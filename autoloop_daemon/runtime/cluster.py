@@ -31,6 +31,7 @@ import anyio
 import structlog
 
 from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.runtime.snapshot import ClusterSnapshot, HostSnapshot
 from autoloop_daemon.storage.postgres import leases
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.storage.postgres.keeper import LeaseKeeper
@@ -94,6 +95,22 @@ class ClusterView:
     def live_hosts(self) -> int:
         """Hosts that renewed within a lease (at least this one)."""
         return max(1, sum(1 for h in self.hosts if h.live))
+
+    def snapshot(self, host: str, leases_fresh: bool) -> ClusterSnapshot:
+        """For `status`, the API and metrics: `host`'s view of every host, with the live
+        leases each holds."""
+        held: dict[str, int] = {}
+        for row in self.targets.values():
+            if row.holder is not None and row.live:
+                held[row.holder] = held.get(row.holder, 0) + 1
+        return ClusterSnapshot(
+            host=host,
+            leases_fresh=leases_fresh,
+            hosts=tuple(
+                HostSnapshot(h.host, h.seen_at, h.live, h.stopped, held.get(h.host, 0))
+                for h in self.hosts
+            ),
+        )
 
 
 async def read_view(db: Database, lease_s: float) -> ClusterView:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import anyio
 
 from autoloop_daemon.policy.budget import Reservation
-from autoloop_daemon.storage.postgres.db import Database
+from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.storage.postgres.leases import Lease
 
 DEFAULT_BUDGET = "default"
@@ -335,7 +335,10 @@ class ClusterBudget:
                 "SELECT cap_usd, spent_usd, reserved_usd FROM budgets WHERE id = %s",
                 (self.budget_id,),
             )
-            cap, spent, reserved = await cur.fetchone()
+            budget = await cur.fetchone()
+            if budget is None:
+                raise ClusterError(f"no budget {self.budget_id!r} yet: no daemon has started")
+            cap, spent, reserved = budget
             window = None
             if window_start is not None:
                 cur = await conn.execute(
