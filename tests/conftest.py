@@ -5,7 +5,7 @@ running."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +13,8 @@ import structlog
 from blockbuster import BlockBuster
 
 from autoloop_daemon.runtime.logs import configure_logging
+from autoloop_daemon.storage.postgres.db import Database
+from autoloop_daemon.storage.postgres.schema import migrate
 from tests.helpers.blocking import no_blocking
 from tests.helpers.cluster import DSN_VAR, NO_DSN, fresh_database
 from tests.helpers.process import kill_leftovers
@@ -85,6 +87,16 @@ def captured() -> Iterator[list[dict[str, Any]]]:
 def pg_dsn() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for the test (skips without AUTOLOOPD_TEST_DSN)."""
     yield from fresh_database()
+
+
+@pytest.fixture
+async def db(pg_dsn: str) -> AsyncIterator[Database]:
+    """An open pool (8 connections) on a fresh database with the cluster schema."""
+    database = Database(pg_dsn, max_size=8)
+    await database.open()
+    await migrate(database)
+    yield database
+    await database.close()
 
 
 def pytest_report_header() -> str:

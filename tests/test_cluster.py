@@ -3,7 +3,6 @@ idempotent pushes. Each test gets a fresh database (skips without AUTOLOOPD_TEST
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,16 +26,6 @@ from autoloop_daemon.storage.postgres.store import (
 from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def db(pg_dsn: str) -> AsyncIterator[Database]:
-    """An open pool on a fresh database with the schema."""
-    database = Database(pg_dsn, max_size=8)
-    await database.open()
-    await migrate(database)
-    yield database
-    await database.close()
 
 
 async def _sql(db: Database, statement: str, params: Any = None) -> list[Any]:

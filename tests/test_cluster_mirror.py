@@ -9,27 +9,14 @@ with almost all of the budget unspent."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from autoloop_daemon.runtime.cluster_budget import ClusterSharedBudget
 from autoloop_daemon.storage.postgres import leases
 from autoloop_daemon.storage.postgres.budget import ClusterBudget, ClusterReservation
 from autoloop_daemon.storage.postgres.db import Database
-from autoloop_daemon.storage.postgres.schema import migrate
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def db(pg_dsn: str) -> AsyncIterator[Database]:
-    """An open pool on a fresh database with the schema."""
-    database = Database(pg_dsn)
-    await database.open()
-    await migrate(database)
-    yield database
-    await database.close()
 
 
 async def test_a_granted_reservation_is_in_the_mirror_before_its_run_starts(db: Database) -> None:

@@ -8,7 +8,6 @@ pushed, or the queue ran empty under the second (IndexError: the daemon died, ex
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -16,20 +15,9 @@ import pytest
 
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.storage.postgres.db import Database
-from autoloop_daemon.storage.postgres.schema import migrate
 from autoloop_daemon.storage.postgres.store import PostgresStorage, cluster_log
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def db(pg_dsn: str) -> AsyncIterator[Database]:
-    """An open pool on a fresh database with the schema."""
-    database = Database(pg_dsn)
-    await database.open()
-    await migrate(database)
-    yield database
-    await database.close()
 
 
 def _entry(iteration: int) -> LogEntry:
