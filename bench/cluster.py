@@ -26,8 +26,8 @@ import anyio
 import common  # puts the repository on sys.path
 
 from autoloop_daemon.storage.postgres import leases
-from autoloop_daemon.storage.postgres.budget import ClusterBudget
 from autoloop_daemon.storage.postgres.db import Database
+from autoloop_daemon.storage.postgres.ledger import ClusterBudget
 from autoloop_daemon.storage.postgres.schema import migrate
 
 

@@ -95,9 +95,9 @@ def new_runner(spec: Any) -> Any:
     """A target runner on the files backend with an unlimited budget (not yet prepared)."""
     import anyio
 
-    from autoloop_daemon.runtime import target as target_mod
-    from autoloop_daemon.runtime.budget import SharedBudget
-    from autoloop_daemon.runtime.events import EventBus
+    from autoloop_daemon.engine import target_runner as target_mod
+    from autoloop_daemon.engine.budget import SharedBudget
+    from autoloop_daemon.engine.events import EventBus
     from autoloop_daemon.storage.files.store import FileTargetStore
 
     return target_mod.TargetRunner(
@@ -113,10 +113,10 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
     """Every figure for a history of n entries."""
     import anyio
 
+    from autoloop_daemon.engine import target_runner as target_mod
     from autoloop_daemon.models import IterationResult, TargetSpec
     from autoloop_daemon.policy import stops as convergence
     from autoloop_daemon.policy.progress import Progress
-    from autoloop_daemon.runtime import target as target_mod
     from autoloop_daemon.storage.files import artifacts, fsio
     from autoloop_daemon.storage.files import state_file as state
 
@@ -284,7 +284,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     reps = 20 if args.quick else 50
 
-    from autoloop_daemon.runtime.logs import configure_logging
+    from autoloop_daemon.observers.logs import configure_logging
 
     rows = []
     with (

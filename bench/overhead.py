@@ -218,7 +218,7 @@ def breakdown(work: Path, argv: list[str], n: int) -> dict[str, Any]:
     import anyio.to_thread
 
     from autoloop_daemon.cli import main as cli
-    from autoloop_daemon.runtime import target as target_mod
+    from autoloop_daemon.engine import target_runner as target_mod
     from autoloop_daemon.storage.files import artifacts, fsio
 
     calls: collections.Counter[str] = collections.Counter()

@@ -34,10 +34,10 @@ from typing import Any
 import anyio
 import common  # first: puts the repository on sys.path
 
+from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.observers.logs import configure_logging
 from autoloop_daemon.runs import fleet_world
-from autoloop_daemon.runtime.logs import configure_logging
-from autoloop_daemon.runtime.supervisor import Supervisor
 from autoloop_daemon.storage.files.store import FileStorage
 
 TARGETS = 20

@@ -46,9 +46,9 @@ def prepare_times(spec: Any, runs: int) -> list[float]:
     """Seconds per `TargetRunner.prepare` of `spec` (the first, which checkpoints, excluded)."""
     import anyio
 
-    from autoloop_daemon.runtime.budget import SharedBudget
-    from autoloop_daemon.runtime.events import EventBus
-    from autoloop_daemon.runtime.target import TargetRunner
+    from autoloop_daemon.engine.budget import SharedBudget
+    from autoloop_daemon.engine.events import EventBus
+    from autoloop_daemon.engine.target_runner import TargetRunner
     from autoloop_daemon.storage.files.store import FileTargetStore
 
     async def once() -> float:

@@ -12,7 +12,7 @@ import pytest
 import structlog
 from blockbuster import BlockBuster
 
-from autoloop_daemon.runtime.logs import configure_logging
+from autoloop_daemon.observers.logs import configure_logging
 from autoloop_daemon.storage.postgres.db import Database
 from autoloop_daemon.storage.postgres.schema import migrate
 from tests.helpers.blocking import no_blocking

@@ -18,11 +18,11 @@ import pytest
 
 from autoloop_daemon.config.alerts import ALERT_EVENTS, AlertSettings
 from autoloop_daemon.config.loader import load_config
+from autoloop_daemon.engine import events as ev
+from autoloop_daemon.engine.snapshot import BudgetSnapshot, FleetSnapshot
 from autoloop_daemon.exceptions import ConfigError
+from autoloop_daemon.observers.alerts import Alerter
 from autoloop_daemon.policy.thresholds import crossings, new_crossings
-from autoloop_daemon.runtime import events as ev
-from autoloop_daemon.runtime.alerts import Alerter
-from autoloop_daemon.runtime.snapshot import BudgetSnapshot, FleetSnapshot
 from tests.helpers.audit import read_state
 from tests.helpers.config import TARGET_A
 from tests.helpers.daemon import Lab

@@ -11,6 +11,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from autoloop_daemon.engine import events as ev
+from autoloop_daemon.engine.admission import RankedSlots
+from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.policy.allocation import (
     RateEvidence,
@@ -22,9 +25,6 @@ from autoloop_daemon.policy.allocation import (
 )
 from autoloop_daemon.policy.deadline import check_deadline, deadline_after
 from autoloop_daemon.policy.stops import Goals, goal_reason
-from autoloop_daemon.runtime import events as ev
-from autoloop_daemon.runtime.admission import RankedSlots
-from autoloop_daemon.runtime.supervisor import Supervisor
 from autoloop_daemon.storage.files.store import FileStorage
 from autoloop_daemon.vocab import TargetStatus
 from tests.helpers.process import run_autoloopd

@@ -6,8 +6,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from autoloop_daemon.policy.budget import Ledger, estimate_cost
-from autoloop_daemon.runtime.budget import SharedBudget
+from autoloop_daemon.engine.budget import SharedBudget
+from autoloop_daemon.policy.ledger import Ledger, estimate_cost
 
 
 def test_ledger_reserves_only_what_fits() -> None:

@@ -16,17 +16,17 @@ from autoloop_daemon.cli.status import render_summary
 from autoloop_daemon.clock import now_utc, parse_iso
 from autoloop_daemon.config.alerts import AlertSettings
 from autoloop_daemon.config.loader import load_config
+from autoloop_daemon.engine import events as ev
+from autoloop_daemon.engine.budget import SharedBudget, WindowFull
+from autoloop_daemon.engine.snapshot import BudgetSnapshot, FleetSnapshot
+from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.policy.budget import Ledger
+from autoloop_daemon.observers.alerts import Alerter
+from autoloop_daemon.observers.metrics import Metrics
+from autoloop_daemon.policy.ledger import Ledger
 from autoloop_daemon.policy.thresholds import crossings, new_crossings
 from autoloop_daemon.policy.windows import BudgetWindow, parse_window
-from autoloop_daemon.runtime import events as ev
-from autoloop_daemon.runtime.alerts import Alerter
-from autoloop_daemon.runtime.budget import SharedBudget, WindowFull
-from autoloop_daemon.runtime.metrics import Metrics
-from autoloop_daemon.runtime.snapshot import BudgetSnapshot, FleetSnapshot
-from autoloop_daemon.runtime.supervisor import Supervisor
 from autoloop_daemon.storage.files.store import FileStorage
 from autoloop_daemon.vocab import TargetStatus
 from tests.helpers.config import TARGET_A

@@ -13,9 +13,9 @@ import pytest
 from autoloop_daemon.exceptions import StateLockedError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.storage.postgres import leases
-from autoloop_daemon.storage.postgres.budget import ClusterBudget, ClusterReservation, FencedError
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.storage.postgres.keeper import LeaseKeeper
+from autoloop_daemon.storage.postgres.ledger import ClusterBudget, ClusterReservation, FencedError
 from autoloop_daemon.storage.postgres.schema import SCHEMA_VERSION, check, migrate
 from autoloop_daemon.storage.postgres.store import (
     FencedWriteError,

@@ -1,4 +1,4 @@
-"""A host's mirror of the cluster's budget (runtime/cluster_budget.py) on a real PostgreSQL:
+"""A host's mirror of the cluster's budget (cluster/budget.py) on a real PostgreSQL:
 the live meters of a run must see the cluster with the run's own reservation in it.
 
 Found by the chaos tests: a host whose mirror was last read while other hosts held the whole
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 
-from autoloop_daemon.runtime.cluster_budget import ClusterSharedBudget
+from autoloop_daemon.cluster.budget import ClusterSharedBudget
 from autoloop_daemon.storage.postgres import leases
-from autoloop_daemon.storage.postgres.budget import ClusterBudget, ClusterReservation
 from autoloop_daemon.storage.postgres.db import Database
+from autoloop_daemon.storage.postgres.ledger import ClusterBudget, ClusterReservation
 
 pytestmark = pytest.mark.anyio
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from autoloop_daemon.cli.client import request
+from autoloop_daemon.control.client import request
 from autoloop_daemon.exit_codes import (
     EXIT_CONFIG,
     EXIT_NOT_RUNNING,

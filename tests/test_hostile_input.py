@@ -28,11 +28,11 @@ from typing import Any
 import anyio
 import pytest
 
+from autoloop_daemon.engine.budget import SharedBudget
+from autoloop_daemon.engine.events import EventBus
+from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.runtime.budget import SharedBudget
-from autoloop_daemon.runtime.events import EventBus
-from autoloop_daemon.runtime.journal import journal
-from autoloop_daemon.runtime.target import TargetRunner
+from autoloop_daemon.observers.journal import journal
 from autoloop_daemon.storage.files import fsio
 from autoloop_daemon.storage.files.store import FileTargetStore
 from tests.helpers.audit import assert_invariants, read_state

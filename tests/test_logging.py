@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from autoloop_daemon.runtime.logs import configure_logging, get_logger
+from autoloop_daemon.observers.logs import configure_logging, get_logger
 from tests.helpers.logs import json_lines
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -14,9 +14,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from autoloop_daemon.engine import events as ev
+from autoloop_daemon.engine.supervisor import ReloadedConfig, Supervisor
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.runtime import events as ev
-from autoloop_daemon.runtime.supervisor import ReloadedConfig, Supervisor
 from autoloop_daemon.storage.memory import MemoryStorage
 from autoloop_daemon.vocab import TargetStatus
 

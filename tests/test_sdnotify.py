@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from autoloop_daemon.runtime.sdnotify import NOTIFY_ENV_VARS, Notifier
+from autoloop_daemon.observers.sdnotify import NOTIFY_ENV_VARS, Notifier
 from tests.helpers.notify import NotifyListener
 from tests.helpers.wait import wait_until
 

@@ -19,17 +19,17 @@ from typing import Any
 
 import pytest
 
-from autoloop_daemon.cli.control import socket_path
 from autoloop_daemon.cli.json_text import dumps_indented
-from autoloop_daemon.cli.quick_socket import (
+from autoloop_daemon.cli.status import _state_root
+from autoloop_daemon.config import settings
+from autoloop_daemon.config.loader import load_config
+from autoloop_daemon.control.quick_socket import (
     DAEMON_CHECKS,
     DEFAULT_STATE_DIR,
     ENV_PREFIX,
     quick_socket,
 )
-from autoloop_daemon.cli.status import _state_root
-from autoloop_daemon.config import settings
-from autoloop_daemon.config.loader import load_config
+from autoloop_daemon.control.settings import socket_path
 from autoloop_daemon.exceptions import ConfigError
 
 TARGET = '\n[[targets]]\nname = "a"\npath = "a"\n'

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autoloop_daemon.cli.client import NotRunningError, request
 from autoloop_daemon.cli.json_text import dumps_indented
-from autoloop_daemon.cli.quick_socket import quick_socket
+from autoloop_daemon.control.client import NotRunningError, request
+from autoloop_daemon.control.quick_socket import quick_socket
 from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.exit_codes import (
     EXIT_CONFIG,
@@ -106,8 +106,8 @@ def main(argv: Sequence[str]) -> int:
 
 def _socket_from_config(config: Path) -> Path | None:
     """The control socket of `config`, the whole config read and checked (ConfigError)."""
-    from autoloop_daemon.cli.control import socket_path  # pydantic: slow to import
     from autoloop_daemon.config.loader import load_config
+    from autoloop_daemon.control.settings import socket_path  # pydantic: slow to import
 
     return socket_path(load_config(config))
 

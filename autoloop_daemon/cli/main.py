@@ -8,7 +8,7 @@ The forms:
   autoloopd report (--config FILE | --state-root DIR) --output FILE [--format html|md]
   autoloopd db (init | migrate | --check) [--config FILE]   the cluster database's schema
 
-Only the module of the chosen form is imported (the first two: cli/forms.py): `status` and
+Only the module of the chosen form is imported (the first two: cli/run.py): `status` and
 `ctl` ask a running daemon and must not pay for importing the settings schema (pydantic),
 structlog or the runtime (`python -X importtime -m autoloop_daemon status ...` shows it).
 """
@@ -34,7 +34,7 @@ from autoloop_daemon.exit_codes import (
     EXIT_TEMPFAIL,
 )
 
-FORMS = "autoloop_daemon.cli.forms"
+FORMS = "autoloop_daemon.cli.run"
 SUBCOMMANDS = {
     "status": "autoloop_daemon.cli.status",
     "ctl": "autoloop_daemon.cli.ctl",

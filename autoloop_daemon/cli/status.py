@@ -1,7 +1,7 @@
 """`autoloopd status`: whether a daemon runs, and every target's state, told truthfully.
 
 It asks the daemon's control socket first (one request, whatever the number of targets),
-finding the socket from the config's `[daemon]` table alone (cli/quick_socket.py). When
+finding the socket from the config's `[daemon]` table alone (control/quick_socket.py). When
 nothing answers it falls back to the files (cli/status_files.py). Exit 0 when a daemon
 runs, 3 when none does (as `systemctl status`), 1 when a state file is unreadable. The
 JSON keys are documented in docs/design.md ("Status JSON").
@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autoloop_daemon.cli.client import NotRunningError, request
 from autoloop_daemon.cli.json_text import dumps_indented
-from autoloop_daemon.cli.quick_socket import quick_socket
 from autoloop_daemon.cli.status_render import ROW_KEYS, render_summary, render_table
+from autoloop_daemon.control.client import NotRunningError, request
+from autoloop_daemon.control.quick_socket import quick_socket
 from autoloop_daemon.exit_codes import EXIT_NOT_RUNNING, EXIT_OK, EXIT_TARGET_ERROR
 
 SOCKET_TIMEOUT_S = 10.0
@@ -119,8 +119,8 @@ def _from_files(
 
 def _from_config(config: Path, sock: Path | None) -> dict[str, Any]:
     """The report for every target of `config`, the whole config read (and checked)."""
-    from autoloop_daemon.cli.control import socket_path  # pydantic: slow to import
     from autoloop_daemon.config.loader import load_config
+    from autoloop_daemon.control.settings import socket_path  # pydantic: slow to import
 
     cfg = load_config(config)  # a ConfigError is reported by cli/main.py (78)
     roots = {t.name: t.state_root for t in cfg.targets}

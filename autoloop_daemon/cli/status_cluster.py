@@ -13,10 +13,10 @@ from typing import Any
 
 import anyio
 
+from autoloop_daemon.cluster.member import ClusterView, read_view
 from autoloop_daemon.exceptions import ClusterError
-from autoloop_daemon.runtime.cluster import ClusterView, read_view
-from autoloop_daemon.storage.postgres.budget import ClusterBudget, Totals
 from autoloop_daemon.storage.postgres.db import Database
+from autoloop_daemon.storage.postgres.ledger import ClusterBudget, Totals
 
 CONNECT_TIMEOUT_S = 5.0
 

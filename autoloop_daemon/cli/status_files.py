@@ -16,9 +16,9 @@ from typing import Any
 
 from autoloop_daemon.cli.status_render import make_row
 from autoloop_daemon.clock import parse_iso
+from autoloop_daemon.engine.snapshot import first_line
 from autoloop_daemon.exceptions import StateCorruptError
 from autoloop_daemon.policy.stops import STOP_MESSAGES
-from autoloop_daemon.runtime.snapshot import first_line
 from autoloop_daemon.storage.files.lock import LOCK_NAME
 from autoloop_daemon.storage.files.regular import read_regular
 from autoloop_daemon.storage.files.state_file import load_state, state_path

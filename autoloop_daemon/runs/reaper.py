@@ -1,6 +1,6 @@
 """autoloopd as the reaper of its orchestrators' descendants: nothing they start outlives them.
 
-`become_subreaper()` (PR_SET_CHILD_SUBREAPER, Linux >= 3.4; runtime/daemon.py calls it once
+`become_subreaper()` (PR_SET_CHILD_SUBREAPER, Linux >= 3.4; cli/serve.py calls it once
 before the first child starts) makes every process that an orchestrator's tree orphans --
 one that double-forked and called `setsid()`, with or without its environment -- a child of
 autoloopd instead of init. When a run ends, however it ends, `sweep` stops every such

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from autoloop_daemon.cli.client import request
+from autoloop_daemon.control.client import request
 from tests.helpers.process import run_autoloopd
 
 

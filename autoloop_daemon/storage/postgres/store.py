@@ -29,8 +29,8 @@ from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files.store import FileStorage, FileTargetStore
 from autoloop_daemon.storage.postgres import leases, sync
-from autoloop_daemon.storage.postgres.budget import DEFAULT_BUDGET, charge_in, money, settle_in
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
+from autoloop_daemon.storage.postgres.ledger import DEFAULT_BUDGET, charge_in, money, settle_in
 from autoloop_daemon.target_state import TargetState
 
 log = structlog.get_logger("autoloopd.cluster")

@@ -1,0 +1,82 @@
+"""Serving a supervisor as a process: signals, systemd, the journal, then the exit code.
+
+`serve` is the one place that wires the runtime together for the command line: the journal,
+sd_notify and the metrics subscribe to the supervisor's events, the signal task forwards
+signals as commands, the control server (when configured) listens, and the supervisor runs
+inside the same task group until every target stopped. With `[[alerts]]` configured, the
+alerter subscribes too; its task starts before the supervisor (so it knows which crossings
+already fired) and gets a bounded time at the end to deliver what is queued (the
+`daemon_stopping` alert above all).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import anyio
+
+from autoloop_daemon.control.server import ControlServer, ControlSettings
+from autoloop_daemon.engine.signals import handle_signals
+from autoloop_daemon.engine.supervisor import Supervisor
+from autoloop_daemon.exceptions import AutoloopError
+from autoloop_daemon.observers.alerts import Alerter
+from autoloop_daemon.observers.journal import journal
+from autoloop_daemon.observers.live_view import LiveView, shutdown_notice
+from autoloop_daemon.observers.metrics import Metrics
+from autoloop_daemon.observers.sdnotify import Notifier
+from autoloop_daemon.observers.systemd import SystemdReporter
+from autoloop_daemon.runs.process import pidfd_child_watcher
+from autoloop_daemon.runs.reaper import FINAL_GRACE_S, become_subreaper, sweep
+
+
+async def serve(
+    supervisor: Supervisor,
+    notifier: Notifier,
+    alerter: Alerter | None = None,
+    control: ControlSettings | None = None,
+    *,
+    live: bool = False,
+) -> int:
+    """Run `supervisor` with signal handling, systemd reporting, alerts, (with `control`) the
+    control API and (with `live`, on a terminal) the live view; returns the exit code."""
+    supervisor.events.subscribe(journal)
+    if alerter is not None:
+        supervisor.events.subscribe(alerter)
+    metrics = Metrics(supervisor.snapshot)
+    supervisor.events.subscribe(metrics)
+    reporter = SystemdReporter(supervisor, notifier)
+    supervisor.events.subscribe(reporter)
+    exit_code = 0
+    error: AutoloopError | None = None
+    become_subreaper()  # before the first child: orphans of orchestrators become ours
+    with pidfd_child_watcher():
+        async with anyio.create_task_group() as tg:
+            # The signal receiver stays open until every final checkpoint is written.
+            await tg.start(handle_signals, supervisor, tg)
+            tg.start_soon(notifier.watchdog_loop)
+            tg.start_soon(reporter.status_loop)
+            if alerter is not None:
+                await tg.start(alerter.run)
+            if live:
+                view = LiveView(supervisor.snapshot)
+                supervisor.events.subscribe(shutdown_notice(view.say))
+                tg.start_soon(view.run)
+            server = None if control is None else ControlServer(supervisor, metrics, control)
+            try:
+                # The socket is bound once the state directory is ours (after its lock).
+                exit_code = await supervisor.run(
+                    None if server is None else partial(tg.start, server.run)
+                )
+            except AutoloopError as exc:  # raised bare, for the command line's exit code
+                error = exc
+            finally:
+                if server is not None:
+                    await server.close()
+            if alerter is not None:
+                await alerter.finish()
+            tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):  # what no run's sweep took: none outlives us
+            await sweep(None, FINAL_GRACE_S)
+    if error is not None:
+        raise error
+    return exit_code
