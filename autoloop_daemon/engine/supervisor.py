@@ -171,9 +171,8 @@ class Supervisor:
 
     def _stop(self) -> int:
         """STOPPING, and the exit code."""
-        errors = tuple(
-            sorted(n for n, r in self._records.items() if r.result == TargetStatus.ERROR)
-        )
+        records = self._records.items()
+        errors = tuple(sorted(n for n, r in records if r.result == TargetStatus.ERROR))
         failed = self._failed_to_start()
         self.events.publish(
             ev.DaemonStopped(len(self._records), errors, failed, self._budget.spent_usd)
@@ -272,17 +271,9 @@ class Supervisor:
         await self.hosting.target_ended(runner)
 
     def _budget_changed(self) -> None:
-        ledger = self._budget.ledger
-        self.events.publish(
-            ev.BudgetChanged(
-                ledger.spent_usd,
-                ledger.reserved_usd,
-                ledger.cap_usd,
-                ledger.window,
-                ledger.window_spent_usd,
-                ledger.window_cap_usd,
-            )
-        )
+        b = self._budget.ledger
+        changed = (b.spent_usd, b.reserved_usd, b.cap_usd, b.window)
+        self.events.publish(ev.BudgetChanged(*changed, b.window_spent_usd, b.window_cap_usd))
 
     # ----------------------------------------------------------------- shutdown and stop
 
@@ -383,8 +374,7 @@ class Supervisor:
         """The daemon and every target now (`targets=False`: with none, for callers that
         take the targets from `target_rows()`, which is much cheaper at 10,000 targets)."""
         rows = self.target_rows() if targets else []
-        cap = self._budget.cap_usd
-        budget = self._budget
+        budget, cap = self._budget, self._budget.cap_usd
         budget.roll()
         window = budget.window
         return FleetSnapshot(
@@ -393,8 +383,8 @@ class Supervisor:
             ready=self._ready,
             shutting_down=self._shutdown_requests > 0,
             budget=BudgetSnapshot(
-                spent_usd=round(self._budget.spent_usd, 6),
-                reserved_usd=round(self._budget.ledger.reserved_usd, 6),
+                spent_usd=round(budget.spent_usd, 6),
+                reserved_usd=round(budget.ledger.reserved_usd, 6),
                 retired_usd=round(self.hosting.retired_usd, 6),
                 cap_usd=cap if cap != float("inf") else None,
                 window=None if window is None else window.window.name,
