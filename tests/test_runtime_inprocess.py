@@ -15,7 +15,8 @@ import anyio
 import pytest
 
 from autoloop_daemon.engine import events as ev
-from autoloop_daemon.engine.supervisor import ReloadedConfig, Supervisor
+from autoloop_daemon.engine.records import ReloadedConfig
+from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.storage.memory import MemoryStorage
 from autoloop_daemon.vocab import TargetStatus

@@ -24,15 +24,16 @@ import structlog
 from autoloop_daemon.cli.main import report_error
 from autoloop_daemon.cli.parser import build_parser
 from autoloop_daemon.cli.serve import serve
-from autoloop_daemon.cluster.hosting import ClusterLink
 from autoloop_daemon.config.loader import AppConfig, load_config
 from autoloop_daemon.config.preflight import target_problems, writable_dir_problem
 from autoloop_daemon.config.settings import REFERENCE_ORCHESTRATOR
 from autoloop_daemon.config.summary import check_summary
 from autoloop_daemon.control.settings import control_settings, stay_up_when_idle
 from autoloop_daemon.engine.events import EventBus
+from autoloop_daemon.engine.hosting import Hosting, LocalHosting
+from autoloop_daemon.engine.records import ReloadedConfig
 from autoloop_daemon.engine.signals import hold_early_hangups
-from autoloop_daemon.engine.supervisor import ReloadedConfig, Supervisor
+from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.exit_codes import EXIT_CONFIG, EXIT_OK
 from autoloop_daemon.models import TargetSpec
@@ -116,6 +117,7 @@ def _run_one_target(args: argparse.Namespace) -> int:
         budget_cap_usd=math.inf,  # one target: its own cap (max_cost_usd) is the limit
         max_concurrent=1,
         grace_s=args.shutdown_grace_seconds,
+        hosting=LocalHosting(),
         events=events,
         one_shot=spec.mode == "scheduled",
         strict=True,
@@ -180,7 +182,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
     # On a terminal (and not forced to JSON): the live view and the Ctrl+C notice.
     live = sys.stdout.isatty() and (args.log_format or cfg.daemon.log_format) != "json"
 
-    async def serve_on(storage: Storage, cluster: ClusterLink | None = None) -> int:
+    async def serve_on(storage: Storage, hosting: Hosting) -> int:
         supervisor = Supervisor(
             cfg.targets,
             stay_up=stay_up_when_idle(cfg.daemon.exit_when_idle),
@@ -191,7 +193,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
             max_concurrent=cfg.daemon.max_concurrent_iterations,
             grace_s=cfg.daemon.shutdown_grace_seconds,
             reloader=lambda: _reloader(cfg.path),
-            cluster=cluster,
+            hosting=hosting,
         )
         alerter = (
             Alerter(cfg.alerts, state_dir=cfg.daemon.state_dir, snapshot=supervisor.snapshot)
@@ -204,7 +206,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
         from autoloop_daemon.cluster.connect import serve_in_cluster
 
         return anyio.run(partial(serve_in_cluster, cfg, serve_on))
-    return anyio.run(serve_on, FileStorage(cfg.daemon.state_dir))
+    return anyio.run(serve_on, FileStorage(cfg.daemon.state_dir), LocalHosting())
 
 
 def main(argv: Sequence[str]) -> int:

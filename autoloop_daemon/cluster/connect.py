@@ -1,4 +1,5 @@
-"""The daemon in cluster mode: open the database, check its schema, then serve as a member.
+"""The daemon in cluster mode: open the database, check its schema, then serve as a member
+(the composition root's choice of `ClusterHosting` for the supervisor).
 
 `autoloopd --config F` with `[cluster] dsn` runs here: the same config file on every host,
 each with its own `daemon.state_dir` (its journal) and `host_id`. The database must hold
@@ -9,11 +10,10 @@ or upgrades it on its own, so two versions never race to change it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import anyio
 
-from autoloop_daemon.cluster.hosting import ClusterLink
+from autoloop_daemon.cluster.hosting import ClusterHosting, ClusterLink
 from autoloop_daemon.config.loader import AppConfig
 from autoloop_daemon.storage.postgres.db import Database
 from autoloop_daemon.storage.postgres.schema import check
@@ -23,7 +23,7 @@ from autoloop_daemon.storage.postgres.store import PostgresStorage
 # connections are enough, and a pool per host keeps the database's connection count low.
 POOL_SIZE = 4
 
-Serve = Callable[[PostgresStorage, ClusterLink], Awaitable[int]]
+Serve = Callable[[PostgresStorage, ClusterHosting], Awaitable[int]]
 
 
 def _pool_size(cfg: AppConfig) -> int:
@@ -31,7 +31,7 @@ def _pool_size(cfg: AppConfig) -> int:
 
 
 async def serve_in_cluster(cfg: AppConfig, serve: Serve) -> int:
-    """Open the cluster's database, check the schema, and `serve(storage, link)`.
+    """Open the cluster's database, check the schema, and `serve(storage, hosting)`.
 
     Raises ClusterError (unreachable, wrong schema) before anything starts.
     """
@@ -54,7 +54,7 @@ async def serve_in_cluster(cfg: AppConfig, serve: Serve) -> int:
             lease_s=cluster.lease_seconds,
             renew_s=cluster.renew_seconds,
         )
-        return await serve(storage, link)
+        return await serve(storage, ClusterHosting(link))
     finally:
         with anyio.CancelScope(shield=True):
             await db.close()
@@ -79,8 +79,3 @@ def check_cluster(cfg: AppConfig) -> str | None:
     except ClusterError as exc:
         return f"cluster.dsn: {exc}"
     return None
-
-
-def missing_paths(cfg: AppConfig) -> list[Path]:
-    """Target directories this host cannot see (it never claims those targets)."""
-    return [t.path for t in cfg.targets if not t.path.is_dir()]

@@ -1,35 +1,35 @@
-"""The supervisor in cluster mode: targets run when this host claims their lease.
+"""Cluster mode's `Hosting`: targets run here when this host claims their lease.
 
-`ClusterHosting` sits in the supervisor chain (`SupervisorBase` -> `ClusterHosting` ->
-`FleetCommands` -> ...). Without a cluster it changes nothing. With one, `_run_cluster`
-replaces the single-host start: the budget is the cluster's (cluster/budget.py),
-no target is prepared up front, and the member's rounds (cluster/member.py) claim leases
-and start the targets, stop those whose lease was lost, and give the leases back when the
-targets end. The operator's commands on a target held by another host go through the
-cluster's row (`ctl pause`, `resume`, `run-now`, `stop` apply wherever it runs).
+`ClusterHosting` holds what cluster mode needs (the member, the link, the cluster's
+budget) and implements engine/hosting.py's hooks with them: the budget is the cluster's
+(cluster/budget.py), no target is prepared up front, and the member's rounds
+(cluster/member.py) claim leases and start the targets, stop those whose lease was lost, and
+give the leases back when the targets end. The operator's commands on a target held by
+another host go through the cluster's row (`ctl pause`, `resume`, `run-now`, `stop` apply
+wherever it runs; storage/postgres/target_flags.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import anyio
 import structlog
 
 from autoloop_daemon.cluster.budget import ClusterSharedBudget, settle_remaining
 from autoloop_daemon.cluster.member import ClusterMember, LocalTarget, TargetRow
-from autoloop_daemon.engine import events as ev
+from autoloop_daemon.engine.budget import BudgetWindow, SharedBudget
+from autoloop_daemon.engine.hosting import Fleet
+from autoloop_daemon.engine.records import TargetRecord
 from autoloop_daemon.engine.snapshot import ClusterSnapshot, TargetSnapshot
-from autoloop_daemon.engine.supervisor_base import SupervisorBase, TargetRecord
 from autoloop_daemon.engine.target_runner import TargetRunner
-from autoloop_daemon.exceptions import CommandRefusedError, UnknownTargetError
-from autoloop_daemon.exit_codes import EXIT_OK, EXIT_TARGET_ERROR
+from autoloop_daemon.exceptions import CommandRefusedError
 from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.storage.postgres import target_flags
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
-from autoloop_daemon.storage.postgres.ledger import ClusterBudget, money
+from autoloop_daemon.storage.postgres.ledger import ClusterBudget
 from autoloop_daemon.storage.postgres.store import PostgresStorage
 from autoloop_daemon.vocab import TargetStatus
 
@@ -40,7 +40,7 @@ SETTLE_AT_EXIT_S = 10.0  # the last settlements' bound at shutdown
 
 @dataclass(frozen=True, slots=True)
 class ClusterLink:
-    """What the supervisor needs to run as a member of a cluster."""
+    """What this host needs to run as a member of a cluster."""
 
     db: Database
     storage: PostgresStorage
@@ -49,19 +49,11 @@ class ClusterLink:
     renew_s: float
 
 
-class ClusterHosting(SupervisorBase):
-    """Cluster mode's part of the supervisor (see the module docstring)."""
+class ClusterHosting:
+    """The supervisor's targets as this host's share of a cluster (module docstring)."""
 
-    def __init__(
-        self, targets: Sequence[TargetSpec], *, cluster: ClusterLink | None = None, **kwargs: Any
-    ) -> None:
-        """As `SupervisorBase`; with `cluster`, run as a member of that cluster."""
-        super().__init__(targets, **kwargs)
-        self._member: ClusterMember | None = None
-        if cluster is not None:
-            self._join_cluster(cluster)
-
-    def _join_cluster(self, link: ClusterLink) -> None:
+    def __init__(self, link: ClusterLink) -> None:
+        """Configure the membership; nothing touches the database until `start`."""
         self._link = link
         self._member = ClusterMember(
             link.db,
@@ -73,49 +65,61 @@ class ClusterHosting(SupervisorBase):
             local=self._local_target,
             apply_flags=self._apply_flags,
         )
+        self._fleet: Fleet | None = None
+        self._budget: ClusterSharedBudget | None = None
+
+    @property
+    def host(self) -> str | None:
+        """This host's id, for the rows of the targets run here."""
+        return self._link.host
+
+    @property
+    def retired_usd(self) -> float:
+        """0: the cluster's budget row holds every host's spending."""
+        return 0.0
+
+    @property
+    def _attached(self) -> tuple[Fleet, ClusterSharedBudget]:
+        assert self._fleet is not None and self._budget is not None, "not attached"
+        return self._fleet, self._budget
+
+    def attach(self, fleet: Fleet) -> None:
+        """Remember the fleet."""
+        self._fleet = fleet
+
+    def make_budget(
+        self, cap_usd: float, window: BudgetWindow | None, on_change: Callable[[], None]
+    ) -> SharedBudget:
+        """The cluster's budget row, reserved under the targets' leases."""
         member = self._member
         self._budget = ClusterSharedBudget(
-            ClusterBudget(link.db),
-            self._budget.cap_usd,
+            ClusterBudget(self._link.db),
+            cap_usd,
             lease_of=member.lease_of,
             may_start=lambda: member.keeper.fresh,
             on_lost=lambda name: self._stop_for_cluster(name, TargetStatus.LEASE_LOST),
-            on_change=self._budget_changed,
-            window=self._budget.window,
+            on_change=on_change,
+            window=window,
         )
-
-    @property
-    def cluster(self) -> ClusterMember | None:
-        """This host's membership (None in single-host mode)."""
-        return self._member
+        return self._budget
 
     # ----------------------------------------------------------------- the run
 
-    async def _run_cluster(self) -> int:
-        member, budget = self._member, self._budget
-        assert member is not None and isinstance(budget, ClusterSharedBudget)
+    async def start(self, specs: Sequence[TargetSpec]) -> list[TargetRunner]:
+        """Join: the budget row and this host's row; nothing runs before a claim."""
+        budget = self._attached[1]
         await budget.start(budget.cap_usd)
-        await member.join(self._initial)
-        for spec in self._initial:
-            self._records.setdefault(spec.name, TargetRecord(spec))
-        self._ready = True
-        self.events.publish(
-            ev.DaemonReady(
-                targets=len(self._initial),
-                failed=0,
-                spent_usd=budget.spent_usd,
-                cap_usd=budget.cap_usd,
-            )
-        )
+        await self._member.join(specs)
+        return []
+
+    async def run(self, targets: Callable[[], Awaitable[None]]) -> None:
+        """The budget's and the journal's background work around the targets; then push
+        what is left, give every lease back and settle (bounded)."""
+        member, budget = self._member, self._attached[1]
         async with anyio.create_task_group() as services:
             services.start_soon(budget.run, member.renew_s)
             services.start_soon(self._push_loop, member.renew_s)
-            async with anyio.create_task_group() as targets_tg:
-                self._targets_tg = targets_tg
-                targets_tg.start_soon(self._rounds)
-                if self._reload_before_ready:
-                    targets_tg.start_soon(self._reload_after_ready)
-            self._targets_tg = None
+            await targets()
             with anyio.CancelScope(shield=True):
                 await self._link.storage.push_waiting()
                 await member.leave()
@@ -123,23 +127,6 @@ class ClusterHosting(SupervisorBase):
                 if left:
                     log.warning("cluster_settlements_left", left=left)
             services.cancel_scope.cancel()
-        errors = tuple(
-            sorted(n for n, r in self._records.items() if r.result == TargetStatus.ERROR)
-        )
-        failed = self._failed_to_start()
-        self.events.publish(ev.DaemonStopped(len(self._records), errors, failed, budget.spent_usd))
-        return EXIT_TARGET_ERROR if errors or failed else EXIT_OK
-
-    async def _reload_after_ready(self) -> None:
-        """A reload asked for before READY (the supervisor's `reload`)."""
-        raise NotImplementedError  # Reloading overrides it
-
-    def _record(self, name: str) -> TargetRecord:
-        """The target's record; UnknownTargetError if there is none."""
-        record = self._records.get(name)
-        if record is None:
-            raise UnknownTargetError(f"no target named {name!r}")
-        return record
 
     async def _push_loop(self, every_s: float) -> None:
         """Push the journal entries a database outage held back, until cancelled."""
@@ -147,10 +134,8 @@ class ClusterHosting(SupervisorBase):
             await anyio.sleep(every_s)
             await self._link.storage.push_waiting()
 
-    async def _rounds(self) -> None:
+    async def serve(self, shutdown: anyio.Event, stay_up: bool) -> None:
         """The member's rounds, until every target is finished or a shutdown is asked."""
-        assert self._member is not None and self._shutdown_event is not None
-        shutdown = self._shutdown_event
         async with anyio.create_task_group() as tg:
 
             async def stop_at_shutdown() -> None:
@@ -158,21 +143,21 @@ class ClusterHosting(SupervisorBase):
                 tg.cancel_scope.cancel()
 
             tg.start_soon(stop_at_shutdown)
-            await self._member.run(lambda: self._stay_up)
-            if self._stay_up:  # every target finished: idle until a stop request
+            await self._member.run(lambda: stay_up)
+            if stay_up:  # every target finished: idle until a stop request
                 await shutdown.wait()
             tg.cancel_scope.cancel()
 
-    # ----------------------------------------------------------------- callbacks
+    # ----------------------------------------------------------------- the member's callbacks
 
     async def _start_claimed(self, spec: TargetSpec) -> None:
         """A lease was claimed: prepare and run the target under it."""
-        assert self._member is not None
+        fleet = self._attached[0]
         lease = self._member.lease_of(spec.name)
-        if lease is None or self._shutdown.requests or self._targets_tg is None:
+        if lease is None or not fleet.accepting:
             return
         self._link.storage.hold(lease)
-        runners = await self._prepare_all([spec])
+        runners = await fleet.prepare([spec])
         if not runners:  # cannot start here (locked, corrupt): give the lease back
             await self._member.ended(spec.name, "not_started")
             return
@@ -180,17 +165,18 @@ class ClusterHosting(SupervisorBase):
         if row is not None:
             await self._apply_extension(runners[0], row)
             await self._apply_flags(spec.name, row)
-        self._targets_tg.start_soon(self._run_target, runners[0])
+        fleet.launch(runners[0])
 
     def _stop_for_cluster(self, name: str, status: TargetStatus) -> None:
-        record = self._records.get(name)
+        fleet = self._attached[0]
+        record = fleet.record(name)
         if record is None or record.runner is None or record.runner.final_status is not None:
             return
         grace = {TargetStatus.LEASE_LOST: 0.0, TargetStatus.HANDED_OVER: math.inf}
-        record.runner.request_stop(grace.get(status, self._grace_s), status)
+        record.runner.request_stop(grace.get(status, fleet.grace_s), status)
 
     def _local_target(self, name: str) -> LocalTarget | None:
-        record = self._records.get(name)
+        record = self._attached[0].record(name)
         if record is None:
             return None
         if record.start_error is not None:
@@ -204,83 +190,80 @@ class ClusterHosting(SupervisorBase):
             running=runner.phase in ("running", "starting"),
         )  # fmt: skip
 
-    async def _apply_flags(self, name: str, row: TargetRow) -> None:
-        runner = self._records[name].runner if name in self._records else None
+    def _live_runner(self, name: str) -> TargetRunner | None:
+        record = self._attached[0].record(name)
+        runner = None if record is None else record.runner
         if runner is None or runner.final_status is not None or runner.stopping:
+            return None
+        return runner
+
+    async def _apply_flags(self, name: str, row: TargetRow) -> None:
+        runner = self._live_runner(name)
+        if runner is None:
             return
         if runner.state.paused != row.paused:
             await runner.set_paused(row.paused)
         if row.run_now:
             runner.run_now()
-            await self._set_flag(name, "run_now", False)
+            await self._write(name, target_flags.set_flag(self._link.db, name, "run_now", False))
 
-    async def _run_target(self, runner: TargetRunner) -> None:
-        await super()._run_target(runner)
-        if self._member is not None:
-            name = runner.spec.name
-            self._link.storage.drop(name)
-            with anyio.CancelScope(shield=True):
-                # Its last entries first: a target is never marked finished before the
-                # database has the iterations that finished it.
-                await self._link.storage.push_waiting()
-                if self._link.storage.has_waiting(name):
-                    # Still unreachable: no renewal, the lease expires; the journal keeps them
-                    # and the push loop goes on trying.
-                    self._member.forget(name)
-                    return
-                state = runner.state
-                final = LocalTarget(
-                    str(state.status), state.iterations_completed, state.total_cost_usd, False
-                )
-                await self._member.ended(name, runner.final_status or TargetStatus.ERROR, final)
+    async def _apply_extension(self, runner: TargetRunner, row: TargetRow) -> None:
+        """A claimed target takes the cluster's extension (`ctl extend` on any host)."""
+        state = runner.state
+        more_n = row.extra_iterations - state.extra_iterations
+        more_usd = round(row.extra_cost_usd - state.extra_cost_usd, 6)
+        if more_n > 0 or more_usd > 0:
+            await runner.extend(max(0, more_n), max(0.0, more_usd))
 
-    def _charge_prepared(self, record: TargetRecord, runner: TargetRunner) -> None:
-        if self._member is None:
-            super()._charge_prepared(record, runner)
-        else:  # the cluster's budget row holds every pushed entry already
-            record.accounted_usd = max(record.accounted_usd, runner.prepared_cost_usd)
+    async def target_ended(self, runner: TargetRunner) -> None:
+        """Push its last entries, then mark it finished for every host and give the lease
+        back (or, with the database still unreachable, let the lease expire)."""
+        name = runner.spec.name
+        self._link.storage.drop(name)
+        with anyio.CancelScope(shield=True):
+            # Its last entries first: a target is never marked finished before the
+            # database has the iterations that finished it.
+            await self._link.storage.push_waiting()
+            if self._link.storage.has_waiting(name):
+                # Still unreachable: no renewal, the lease expires; the journal keeps them
+                # and the push loop goes on trying.
+                self._member.forget(name)
+                return
+            state = runner.state
+            final = LocalTarget(
+                str(state.status), state.iterations_completed, state.total_cost_usd, False
+            )
+            await self._member.ended(name, runner.final_status or TargetStatus.ERROR, final)
+
+    def charge_prepared(self, runner: TargetRunner, accounted_usd: float) -> float:
+        """Nothing: the cluster's budget row holds every pushed entry already."""
+        return max(accounted_usd, runner.prepared_cost_usd)
 
     # ----------------------------------------------------------------- operator
 
-    async def _update_row(self, name: str, assignments: str, params: tuple[Any, ...]) -> None:
-        """`UPDATE targets SET <assignments>` on `name`'s row for an operator's command
-        (a database error refuses the command in one line), then a round soon."""
-        assert self._member is not None
-
-        async def work(conn: Any) -> None:
-            await conn.execute(
-                f"UPDATE targets SET {assignments} WHERE name = %s",  # our own SQL text
-                (*params, name),
-            )
-
+    async def _write(self, name: str, update: Awaitable[None]) -> None:
+        """An operator's change of `name`'s row (a database error refuses the command in
+        one line), then a round soon."""
         try:
-            await self._member.db.run(work)
+            await update
         except ClusterError as exc:
             raise CommandRefusedError(f"{name}: the cluster database refused: {exc}") from exc
         self._member.wake()
 
-    async def _set_flag(self, name: str, flag: str, value: bool) -> None:
-        assert flag in ("paused", "run_now", "stopped")
-        await self._update_row(name, f"{flag} = %s", (value,))
-
     def _holder(self, name: str) -> str | None:
-        assert self._member is not None
         row = self._member.view.targets.get(name)
         return row.holder if row is not None and row.live else None
 
-    async def cluster_command(self, verb: str, name: str) -> str | None:
+    async def command(self, verb: str, name: str) -> str | None:
         """`pause`, `resume`, `run-now`, `stop` for the whole cluster: the flag is set on the
-        target's row, and applied by whichever host runs it (at once when it is this one).
-        None in single-host mode (the caller acts locally)."""
-        if self._member is None:
-            return None
-        self._record(name)  # UnknownTargetError
+        target's row, and applied by whichever host runs it (at once when it is this one)."""
+        db = self._link.db
         if verb in ("pause", "resume"):
-            await self._set_flag(name, "paused", verb == "pause")
+            await self._write(name, target_flags.set_flag(db, name, "paused", verb == "pause"))
         elif verb == "run-now":
-            await self._set_flag(name, "run_now", True)
+            await self._write(name, target_flags.set_flag(db, name, "run_now", True))
         else:
-            await self._set_flag(name, "stopped", True)
+            await self._write(name, target_flags.set_flag(db, name, "stopped", True))
         holder = self._holder(name) or "no host yet"
         row = self._member.view.targets.get(name)
         if holder == self._member.host and verb == "stop":
@@ -294,57 +277,42 @@ class ClusterHosting(SupervisorBase):
         done = {"pause": "paused", "resume": "resumed", "run-now": "runs now", "stop": "stopping"}
         return f"{name}: {done[verb]} (cluster-wide; held by {holder})"
 
-    async def cluster_reset(self, name: str) -> str | None:
-        """`reset` in cluster mode for a target this host does not run: clear the
-        operator's stop and the finished status, so that a host claims it again (its
-        circuit breaker is reset when it starts). None when this host runs it, or without
-        a cluster (the caller acts locally)."""
-        if self._member is None or self._local_target(name) is not None:
+    async def reset(self, name: str) -> str | None:
+        """For a target this host does not run: clear the operator's stop and the finished
+        status, so that a host claims it again (its circuit breaker is reset when it
+        starts). None when this host runs it (reset here)."""
+        if self._local_target(name) is not None:
             return None
-        self._record(name)
-
-        await self._update_row(
-            name, "stopped = false, finished_status = NULL, finished_limits = NULL", ()
-        )
+        await self._write(name, target_flags.reset(self._link.db, name))
         return f"{name}: reset cluster-wide; the next host with room claims it"
 
-    async def cluster_extend(self, name: str, iterations: int, cost_usd: float) -> str | None:
-        """`extend` in cluster mode: the extension is added on the target's row (it moves
-        with the lease) and its finished status and operator stop are cleared, so a host
-        claims it again; the host running it applies it at once (this one) or at its next
-        claim. None without a cluster (the caller acts locally)."""
-        if self._member is None:
-            return None
-        self._record(name)
-
-        await self._update_row(
-            name,
-            """extra_iterations = extra_iterations + %s, extra_cost_usd = extra_cost_usd + %s,
-               finished_status = NULL, finished_limits = NULL, stopped = false""",
-            (iterations, money(cost_usd)),
-        )
+    async def extend(self, name: str, iterations: int, cost_usd: float) -> str | None:
+        """The extension is added on the target's row (it moves with the lease) and its
+        finished status and operator stop are cleared, so a host claims it again; the host
+        running it applies it at once (this one) or at its next claim."""
+        await self._write(name, target_flags.extend(self._link.db, name, iterations, cost_usd))
         added = f"+{iterations} iterations, +${cost_usd:.2f}"
-        runner = self._records[name].runner
-        if runner is not None and runner.final_status is None and not runner.stopping:
+        runner = self._live_runner(name)
+        if runner is not None:
             await runner.extend(iterations, cost_usd)
             return f"{name}: limits extended ({added}; cluster-wide, runs here)"
         holder = self._holder(name)
         where = f"held by {holder}" if holder else "the next host with room claims it"
         return f"{name}: limits extended ({added}; cluster-wide, {where})"
 
-    async def _apply_extension(self, runner: TargetRunner, row: TargetRow) -> None:
-        """A claimed target takes the cluster's extension (`ctl extend` on any host)."""
-        state = runner.state
-        more_n = row.extra_iterations - state.extra_iterations
-        more_usd = round(row.extra_cost_usd - state.extra_cost_usd, 6)
-        if more_n > 0 or more_usd > 0:
-            await runner.extend(max(0, more_n), max(0.0, more_usd))
+    async def reconfigure(
+        self, targets: Sequence[TargetSpec], start: Sequence[TargetSpec]
+    ) -> list[str]:
+        """The member's next round registers and claims them; added: those it did not know."""
+        added = [s.name for s in start if s.name not in self._member.specs]
+        self._member.configure(targets)
+        return added
 
     # ----------------------------------------------------------------- status
 
-    def _remote_snapshot(self, name: str, record: TargetRecord) -> TargetSnapshot | None:
+    def remote_snapshot(self, name: str, record: TargetRecord) -> TargetSnapshot | None:
         """A target this host does not run, as the cluster's row says (None: no row)."""
-        if self._member is None or record.start_error is not None:
+        if record.start_error is not None:
             return None
         row = self._member.view.targets.get(name)
         spec = record.spec
@@ -362,8 +330,6 @@ class ClusterHosting(SupervisorBase):
             state_location=f"cluster row targets/{name}", paused=row.paused, host=holder,
         )  # fmt: skip
 
-    def _cluster_snapshot(self) -> ClusterSnapshot | None:
-        member = self._member
-        if member is None:
-            return None
-        return member.view.snapshot(member.host, member.keeper.fresh)
+    def cluster_snapshot(self) -> ClusterSnapshot | None:
+        """This host's view of every host and the leases each holds."""
+        return self._member.view.snapshot(self._member.host, self._member.keeper.fresh)

@@ -1,8 +1,9 @@
 """The control API: an ASGI app (Starlette) that is a thin layer over the supervisor.
 
-Each route looks the target up, calls one supervisor method and returns JSON, like
-supervisord's rpcinterface: `autoloopd ctl`, `autoloopd status` and the dashboard are all
-clients of these routes (docs/design.md, "Control API"). Errors are JSON
+Each route calls one method of the supervisor or of its `Commands` (engine/commands.py:
+look the target up, check its state, act) and returns JSON, like supervisord's
+rpcinterface: `autoloopd ctl`, `autoloopd status` and the dashboard are all clients of
+these routes (docs/design.md, "Control API"). Errors are JSON
 `{"error": "...", "target": "..."}` with 404 for an unknown target, 409 for a command that
 does not apply now, 400 for a bad request, 422 for a refused reload. Nothing here ever
 renders a target's `env` (secrets): responses come from the snapshot and the logs only.
@@ -27,6 +28,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from autoloop_daemon.clock import parse_iso
+from autoloop_daemon.engine.commands import Commands
 from autoloop_daemon.engine.snapshot import FleetSnapshot, plain
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import CommandRefusedError, StateCorruptError, UnknownTargetError
@@ -93,22 +95,22 @@ def _error(status: int, message: str, target: str | None = None) -> JSONResponse
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _target_command(supervisor: Supervisor) -> Handler:
+def _target_command(commands: Commands) -> Handler:
     async def command(request: Request) -> Response:
         name = request.path_params["name"]
         verb = request.path_params["verb"]
         try:
             match verb:
                 case "pause":
-                    message = await supervisor.pause(name)
+                    message = await commands.pause(name)
                 case "resume":
-                    message = await supervisor.resume(name)
+                    message = await commands.resume(name)
                 case "run-now":
-                    message = await supervisor.run_now(name)
+                    message = await commands.run_now(name)
                 case "stop":
-                    message = await supervisor.stop(name)
+                    message = await commands.stop(name)
                 case "reset":
-                    message = await supervisor.reset(name)
+                    message = await commands.reset(name)
                 case "extend":
                     body = await _json_body(request)
                     iterations = body.get("iterations", 0)
@@ -117,7 +119,7 @@ def _target_command(supervisor: Supervisor) -> Handler:
                         return _error(400, "iterations must be a whole number", name)
                     if not isinstance(cost, int | float) or isinstance(cost, bool):
                         return _error(400, "cost_usd must be a number", name)
-                    message = await supervisor.extend(name, iterations, float(cost))
+                    message = await commands.extend(name, iterations, float(cost))
                 case _:
                     return _error(404, f"unknown command {verb!r}", name)
         except UnknownTargetError:
@@ -145,6 +147,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
 def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = None) -> Starlette:
     """The control API over `supervisor`; `metrics` renders `/metrics`."""
     files = static or static_dir()
+    commands = Commands(supervisor)
 
     async def status(request: Request) -> Response:
         # The budget and the rows at the same instant (nothing awaits in between).
@@ -157,7 +160,7 @@ def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = No
     async def history(request: Request) -> Response:
         name = request.path_params["name"]
         try:
-            entries = await supervisor.history(name, HISTORY_LIMIT)
+            entries = await commands.history(name, HISTORY_LIMIT)
         except UnknownTargetError:
             return _error(404, f"no target named {name!r}", name)
         except StateCorruptError as exc:
@@ -191,7 +194,7 @@ def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = No
             Route("/api/status", status),
             Route("/api/budget", budget),
             Route("/api/targets/{name}/history", history),
-            Route("/api/targets/{name}/{verb}", _target_command(supervisor), methods=["POST"]),
+            Route("/api/targets/{name}/{verb}", _target_command(commands), methods=["POST"]),
             Route("/api/reload", reload, methods=["POST"]),
             Route("/metrics", prometheus),
             Route("/", index),

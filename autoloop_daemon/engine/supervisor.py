@@ -1,11 +1,12 @@
 """The supervisor: every target in one task group, the shared budget, shutdown and reload.
 
-Its lifecycle reads as a table of contents: start (recover every target, READY), run (one
-task per target), stop (every target checkpointed, STOPPING, exit code). Its public methods
-are the command API that signals, tests and a control channel all call: `snapshot()`,
-`request_shutdown()`, `reload()`, `stop_target()`, and the operator's commands `pause()`,
-`resume()`, `run_now()`, `extend()`, `reset()` (control/api.py serves them over HTTP).
-What happens is published on `events`.
+Its lifecycle reads as a table of contents: start (the hosting takes up the configured
+targets, READY), run (one task per target, among the hosting's services), stop (every
+target checkpointed, STOPPING, exit code). Where targets run is its `Hosting`
+(engine/hosting.py), chosen by the composition root; the operator's verbs are
+`Commands(supervisor)` (engine/commands.py). Signals, systemd, metrics, the control channel
+and tests call `snapshot()`, `target_rows()`, `status_line()`, `request_shutdown()`,
+`reload()` and `stop_target()`. What happens is published on `events`.
 The exit code is 1 when a target ended in `error` or could not start.
 """
 
@@ -13,15 +14,20 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
 import structlog
+from anyio.abc import TaskGroup
 
-from autoloop_daemon.clock import to_iso
+from autoloop_daemon.clock import now_utc, to_iso
 from autoloop_daemon.engine import events as ev
-from autoloop_daemon.engine.reloading import Reloading
+from autoloop_daemon.engine.admission import RankedSlots
+from autoloop_daemon.engine.budget import BudgetWindow
+from autoloop_daemon.engine.hosting import Hosting, LocalHosting
+from autoloop_daemon.engine.records import ReloadedConfig, Reloader, ReloadReport, TargetRecord
+from autoloop_daemon.engine.reload import apply_to_runners, apply_window, plan_for
 from autoloop_daemon.engine.snapshot import (
     BudgetSnapshot,
     FleetSnapshot,
@@ -31,25 +37,74 @@ from autoloop_daemon.engine.snapshot import (
     plain,
     status_line,
 )
-from autoloop_daemon.engine.supervisor_base import (
-    ReloadedConfig,
-    Reloader,
-    ReloadReport,
-    TargetRecord,
-)
-from autoloop_daemon.exceptions import (
-    AutoloopError,
-)
+from autoloop_daemon.engine.target_runner import TargetRunner
+from autoloop_daemon.exceptions import AutoloopError, ConfigError, UnknownTargetError
 from autoloop_daemon.exit_codes import EXIT_OK, EXIT_TARGET_ERROR
+from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.runs.process import kill_running_groups
+from autoloop_daemon.storage.base import Storage
 from autoloop_daemon.vocab import TargetStatus
 
 log = structlog.get_logger("autoloopd.supervisor")
 
-__all__ = ["ReloadReport", "ReloadedConfig", "Reloader", "Supervisor", "TargetRecord"]
 
-
-class Supervisor(Reloading):
+class Supervisor:
     """Runs many targets concurrently under one budget until none can run any more."""
+
+    def __init__(
+        self,
+        targets: Sequence[TargetSpec],
+        *,
+        storage: Storage,
+        budget_cap_usd: float,
+        max_concurrent: int,
+        grace_s: float,
+        hosting: Hosting | None = None,
+        reloader: Reloader | None = None,
+        events: ev.EventBus | None = None,
+        one_shot: bool = False,
+        strict: bool = False,
+        stay_up: bool = False,
+        window: BudgetWindow | None = None,
+        allocation: str = "fcfs",
+    ) -> None:
+        """Configure; nothing starts until `run()`.
+
+        `hosting` is where the targets run (default: all of them here, `LocalHosting`).
+        `stay_up` keeps the daemon running (idle, reloadable, controllable) after every
+        target has stopped, until a shutdown request (`daemon.exit_when_idle`).
+
+        `budget_cap_usd` is the lifetime cap; `window` adds a cap per budget window.
+        `allocation` "gain_per_usd" hands concurrency slots out by estimated gain per
+        dollar (engine/admission.py) instead of first come first served.
+
+        `strict` makes a target that cannot start (locked, corrupt state) fail the whole run
+        with its error (the one-target command line); otherwise it is reported and skipped.
+        """
+        self._initial = tuple(targets)
+        self._storage = storage
+        self._grace_s = grace_s
+        self._reloader = reloader
+        self.events = events or ev.EventBus()
+        self._one_shot = one_shot
+        self._strict = strict
+        self._stay_up = stay_up
+        self._records: dict[str, TargetRecord] = {}
+        self.hosting: Hosting = hosting or LocalHosting()
+        self.hosting.attach(self)
+        self._budget = self.hosting.make_budget(budget_cap_usd, window, self._budget_changed)
+        self._slots: anyio.CapacityLimiter | RankedSlots = (
+            RankedSlots(max_concurrent)
+            if allocation == "gain_per_usd"
+            else anyio.CapacityLimiter(max_concurrent)
+        )
+        self._targets_tg: TaskGroup | None = None
+        self._shutdown_requests = 0
+        self._shutdown_event: anyio.Event | None = None
+        self._reload_lock = anyio.Lock()
+        self._ready = False
+        self._reload_before_ready = False
+        self._started_at = to_iso(now_utc())
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -79,52 +134,226 @@ class Supervisor(Reloading):
 
     async def _run(self) -> int:
         self._shutdown_event = anyio.Event()
-        if self._shutdown.requests:
+        if self._shutdown_requests:
             self._shutdown_event.set()
-        if self._member is not None:
-            return await self._run_cluster()
-        runners = await self._prepare_all(self._initial)
-        self._retired = await self._storage.spent_elsewhere(r.spec.state_root for r in runners)
-        if self._retired:
-            start = self._budget.window_start
-            in_window = 0.0
-            if start is not None:
-                in_window = await self._storage.spent_since(self._retired, start)
-            self._budget.charge(sum(self._retired.values()), in_window)
-            log.info(
-                "retired_spending_charged",
-                state_roots=len(self._retired),
-                spent_usd=round(sum(self._retired.values()), 6),
-            )
-        await self._remember_spending()
+        runners = await self._start()
+        await self.hosting.run(lambda: self._run_targets(runners))
+        return self._stop()
+
+    async def _start(self) -> list[TargetRunner]:
+        """Every configured target recorded and taken up by the hosting; READY."""
+        for spec in self._initial:
+            self._records.setdefault(spec.name, TargetRecord(spec))
+        runners = await self.hosting.start(self._initial)
         self._ready = True
+        failed = len(self._failed_to_start())
         self.events.publish(
             ev.DaemonReady(
-                targets=len(runners),
-                failed=len(self._failed_to_start()),
+                targets=len(self._records) - failed,
+                failed=failed,
                 spent_usd=self._budget.spent_usd,
                 cap_usd=self._budget.cap_usd,
             )
         )
+        return runners
+
+    async def _run_targets(self, runners: list[TargetRunner]) -> None:
+        """One task per target (and the hosting's own) until every one has ended."""
+        assert self._shutdown_event is not None
         async with anyio.create_task_group() as targets_tg:
             self._targets_tg = targets_tg
             for runner in runners:
                 targets_tg.start_soon(self._run_target, runner)
+            targets_tg.start_soon(self.hosting.serve, self._shutdown_event, self._stay_up)
             if self._reload_before_ready:
                 targets_tg.start_soon(self.reload)
-            if self._stay_up:
-                targets_tg.start_soon(self._shutdown_event.wait)
         self._targets_tg = None
-        with anyio.CancelScope(shield=True):
-            await self._remember_spending()
-        errors = tuple(
-            sorted(n for n, r in self._records.items() if r.result == TargetStatus.ERROR)
-        )
+
+    def _stop(self) -> int:
+        """STOPPING, and the exit code."""
+        records = self._records.items()
+        errors = tuple(sorted(n for n, r in records if r.result == TargetStatus.ERROR))
         failed = self._failed_to_start()
         self.events.publish(
             ev.DaemonStopped(len(self._records), errors, failed, self._budget.spent_usd)
         )
         return EXIT_TARGET_ERROR if errors or failed else EXIT_OK
+
+    def _failed_to_start(self) -> tuple[str, ...]:
+        return tuple(sorted(n for n, r in self._records.items() if r.start_error is not None))
+
+    # ----------------------------------------------------------------- targets (the Fleet)
+
+    @property
+    def grace_s(self) -> float:
+        """The shutdown grace period a graceful stop gives a running iteration."""
+        return self._grace_s
+
+    @property
+    def accepting(self) -> bool:
+        """True while targets may start: the run is under way and no shutdown was asked."""
+        return not self._shutdown_requests and self._targets_tg is not None
+
+    @property
+    def storage(self) -> Storage:
+        """Where the targets' states and logs live."""
+        return self._storage
+
+    def record(self, name: str) -> TargetRecord | None:
+        """The target's record (None: no such target)."""
+        return self._records.get(name)
+
+    def runners(self) -> list[TargetRunner]:
+        """Every target's current runner (targets that never started have none)."""
+        return [r.runner for r in self._records.values() if r.runner is not None]
+
+    async def prepare(self, specs: Sequence[TargetSpec]) -> list[TargetRunner]:
+        """Prepare `specs` concurrently; the runners of those that could start, by name. One
+        that cannot is reported (`TargetNotStarted`), or with `strict` raises its error."""
+        prepared: list[TargetRunner] = []
+        strict_error: list[AutoloopError] = []
+
+        async def prepare(spec: TargetSpec) -> None:
+            record = self._records.setdefault(spec.name, TargetRecord(spec))
+            record.spec = spec
+            runner = TargetRunner(
+                spec,
+                store=self._storage.target(spec),
+                budget=self._budget,
+                slots=self._slots,
+                events=self.events,
+                one_shot=self._one_shot,
+            )
+            try:
+                await runner.prepare()
+            except AutoloopError as exc:
+                if self._strict:
+                    strict_error.append(exc)
+                    return
+                record.start_error, record.runner = str(exc), None
+                self.events.publish(ev.TargetNotStarted(spec.name, str(exc)))
+                return
+            record.start_error, record.result, record.runner = None, None, runner
+            record.accounted_usd = self.hosting.charge_prepared(runner, record.accounted_usd)
+            prepared.append(runner)
+            if self._shutdown_requests:  # a stop arrived while this target was being prepared
+                runner.request_stop(self._grace_s)
+
+        async with anyio.create_task_group() as tg:
+            for spec in specs:
+                tg.start_soon(prepare, spec)
+        if strict_error:
+            raise strict_error[0]
+        return sorted(prepared, key=lambda r: r.spec.name)
+
+    def launch(self, runner: TargetRunner) -> bool:
+        """Run a prepared runner in the targets' task group; False once that has closed."""
+        if self._targets_tg is None:
+            return False
+        self._targets_tg.start_soon(self._run_target, runner)
+        return True
+
+    async def _run_target(self, runner: TargetRunner) -> None:
+        name = runner.spec.name
+        try:
+            status = await runner.run()
+        except Exception:  # a bug in one target must not stop the others
+            log.exception("target_crashed", target=name)
+            status = TargetStatus.ERROR
+        record = self._records[name]
+        if record.runner is runner:  # else replaced by `reset` or `extend` while finishing
+            record.result = status
+            record.accounted_usd = runner.state.total_cost_usd
+            restart, record.restart_spec = record.restart_spec, None
+            if restart is not None and self.accepting:
+                for again in await self.prepare([restart]):
+                    self.launch(again)
+        await self.hosting.target_ended(runner)
+
+    def _budget_changed(self) -> None:
+        b = self._budget.ledger
+        changed = (b.spent_usd, b.reserved_usd, b.cap_usd, b.window)
+        self.events.publish(ev.BudgetChanged(*changed, b.window_spent_usd, b.window_cap_usd))
+
+    # ----------------------------------------------------------------- shutdown and stop
+
+    def request_shutdown(self, reason: str) -> None:
+        """Stop gracefully; a second request skips the grace period; a third SIGKILLs every
+        running orchestrator's process group at once."""
+        self._shutdown_requests += 1
+        if self._shutdown_event is not None:
+            self._shutdown_event.set()
+        runners = self.runners()
+        running = tuple(sorted(r.spec.name for r in runners if r.phase == "running"))
+        if self._shutdown_requests == 1:
+            self.events.publish(ev.ShutdownRequested(reason, self._grace_s, running))
+            for runner in runners:
+                runner.request_stop(self._grace_s)
+        elif self._shutdown_requests == 2:
+            self.events.publish(ev.ShutdownForced(reason, running))
+            for runner in runners:
+                runner.force_stop()
+        else:  # the third: no more waiting for anything
+            for runner in runners:
+                runner.force_stop()
+            groups = kill_running_groups()
+            self.events.publish(ev.ShutdownKilled(reason, tuple(groups)))
+
+    def stop_target(self, name: str) -> None:
+        """Stop one target gracefully (`stopped_signal`); UnknownTargetError if unknown."""
+        record = self._records.get(name)
+        if record is None:
+            raise UnknownTargetError(f"no target named {name!r}")
+        if record.runner is not None:
+            record.runner.request_stop(self._grace_s)
+
+    # ----------------------------------------------------------------- reload
+
+    async def reload(self) -> ReloadReport:
+        """Read the configuration again and apply it; reloads run one at a time.
+
+        Before READY the reload is remembered and applied right after it.
+        """
+        if self._reloader is None:
+            return ReloadReport(ok=False, error="no configuration file to reload")
+        if not self._ready:
+            self._reload_before_ready = True
+            return ReloadReport(ok=True)
+        async with self._reload_lock:
+            if self._shutdown_requests:
+                return ReloadReport(ok=False, error="shutting down")
+            self.events.publish(ev.ReloadStarted())
+            try:
+                new = await anyio.to_thread.run_sync(self._reloader)
+            except ConfigError as exc:
+                self.events.publish(ev.ReloadFailed(str(exc)))
+                return ReloadReport(ok=False, error=str(exc))
+            report = await self._apply(new)
+            self.events.publish(
+                ev.ConfigReloaded(report.added, report.removed, report.changed, new.budget_cap_usd)
+            )
+            return report
+
+    async def _apply(self, new: ReloadedConfig) -> ReloadReport:
+        wanted = {t.name: t for t in new.targets}
+        plan = plan_for(self._records, wanted, new.budget_cap_usd > self._budget.cap_usd)
+        apply_to_runners(self._records, plan, self._grace_s)
+        self._budget.set_cap(new.budget_cap_usd)
+        apply_window(self._budget, new.window)
+        self._slots.total_tokens = new.max_concurrent
+        self._grace_s = new.grace_s
+        for spec in plan.start:
+            self._records.setdefault(spec.name, TargetRecord(spec)).spec = spec
+        added = await self.hosting.reconfigure(new.targets, plan.start)
+        for name in plan.forget:
+            if self._records[name].runner is None and name not in wanted:
+                del self._records[name]
+        return ReloadReport(
+            ok=True,
+            added=tuple(sorted(added)),
+            removed=tuple(sorted(plan.stop)),
+            changed=tuple(sorted(plan.change)),
+        )
 
     # ----------------------------------------------------------------- snapshot
 
@@ -145,19 +374,18 @@ class Supervisor(Reloading):
         """The daemon and every target now (`targets=False`: with none, for callers that
         take the targets from `target_rows()`, which is much cheaper at 10,000 targets)."""
         rows = self.target_rows() if targets else []
-        cap = self._budget.cap_usd
-        budget = self._budget
+        budget, cap = self._budget, self._budget.cap_usd
         budget.roll()
         window = budget.window
         return FleetSnapshot(
             pid=os.getpid(),
             started_at=self._started_at,
             ready=self._ready,
-            shutting_down=self._shutdown.requests > 0,
+            shutting_down=self._shutdown_requests > 0,
             budget=BudgetSnapshot(
-                spent_usd=round(self._budget.spent_usd, 6),
-                reserved_usd=round(self._budget.ledger.reserved_usd, 6),
-                retired_usd=round(sum(self._retired.values()), 6),
+                spent_usd=round(budget.spent_usd, 6),
+                reserved_usd=round(budget.ledger.reserved_usd, 6),
+                retired_usd=round(self.hosting.retired_usd, 6),
                 cap_usd=cap if cap != float("inf") else None,
                 window=None if window is None else window.window.name,
                 window_start=None if budget.window_start is None else to_iso(budget.window_start),
@@ -167,7 +395,7 @@ class Supervisor(Reloading):
             ),
             targets=tuple(TargetSnapshot(**row) for row in rows),
             queued=self._slots.statistics().tasks_waiting,
-            cluster=self._cluster_snapshot(),
+            cluster=self.hosting.cluster_snapshot(),
         )
 
     def target_rows(self) -> list[dict[str, Any]]:
@@ -181,7 +409,7 @@ class Supervisor(Reloading):
     def _target_row(self, name: str, record: TargetRecord, now: float) -> dict[str, Any]:
         runner = record.runner
         ended_here = runner is None or runner.final_status is not None
-        remote = self._remote_snapshot(name, record) if ended_here else None
+        remote = self.hosting.remote_snapshot(name, record) if ended_here else None
         if remote is not None:
             return plain(remote)
         if runner is None:
@@ -221,5 +449,5 @@ class Supervisor(Reloading):
             "paused": state.paused,
             "estimated": state.estimated_cost_usd > 0,
             "last_error": None if trace is None else first_line(trace),
-            "host": None if self._member is None else self._member.host,
+            "host": self.hosting.host,
         }

@@ -1,65 +1,72 @@
-"""The supervisor's commands: shutdown, and the operator's stop, pause, resume, run-now,
-extend, reset and history of one target (a thin layer over the target runners; the
-control channel and the signal task call these)."""
+"""The operator's verbs on one target: stop, pause, resume, run-now, extend, reset, history.
+
+`Commands` holds the supervisor (supervisord's rpcinterface shape): each verb looks the
+target up, asks the hosting whether it routes the verb (cluster mode: through the
+cluster's row), otherwise checks the target's state and calls one runner method. The
+control API (control/api.py) serves these; `Supervised` is all they use of the supervisor.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
-import structlog
-
-from autoloop_daemon.cluster.hosting import ClusterHosting
-from autoloop_daemon.engine import events as ev
-from autoloop_daemon.engine.supervisor_base import TargetRecord
+from autoloop_daemon.engine.hosting import Hosting
+from autoloop_daemon.engine.records import TargetRecord
 from autoloop_daemon.engine.target_runner import TargetRunner
-from autoloop_daemon.exceptions import (
-    CommandRefusedError,
-    UnknownTargetError,
-)
-from autoloop_daemon.runs.process import kill_running_groups
-
-log = structlog.get_logger("autoloopd.supervisor")
+from autoloop_daemon.exceptions import CommandRefusedError, UnknownTargetError
+from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.storage.base import Storage
 
 
-class FleetCommands(ClusterHosting):
-    """Commands to the whole fleet and to one target."""
-
-    def request_shutdown(self, reason: str) -> None:
-        """Stop gracefully; a second request skips the grace period; a third SIGKILLs every
-        running orchestrator's process group at once."""
-        self._shutdown.requests += 1
-        self._shutdown.reasons.append(reason)
-        if self._shutdown_event is not None:
-            self._shutdown_event.set()
-        runners = [r.runner for r in self._records.values() if r.runner is not None]
-        running = tuple(sorted(r.spec.name for r in runners if r.phase == "running"))
-        if self._shutdown.requests == 1:
-            self.events.publish(ev.ShutdownRequested(reason, self._grace_s, running))
-            for runner in runners:
-                runner.request_stop(self._grace_s)
-        elif self._shutdown.requests == 2:
-            self.events.publish(ev.ShutdownForced(reason, running))
-            for runner in runners:
-                runner.force_stop()
-        else:  # the third: no more waiting for anything
-            for runner in runners:
-                runner.force_stop()
-            groups = kill_running_groups()
-            self.events.publish(ev.ShutdownKilled(reason, tuple(groups)))
+class Supervised(Protocol):
+    """What the commands use of the supervisor."""
 
     @property
-    def shutdown_requests(self) -> int:
-        """How many stop requests arrived (0: running normally)."""
-        return self._shutdown.requests
+    def hosting(self) -> Hosting:
+        """Routes a verb elsewhere (or answers None: act here)."""
+        ...
+
+    @property
+    def accepting(self) -> bool:
+        """True while targets may start: the run is under way and no shutdown was asked."""
+        ...
+
+    @property
+    def storage(self) -> Storage:
+        """Where the targets' logs live."""
+        ...
+
+    def record(self, name: str) -> TargetRecord | None:
+        """The target's record (None: no such target)."""
+        ...
 
     def stop_target(self, name: str) -> None:
-        """Stop one target gracefully (`stopped_signal`); UnknownTargetError if unknown."""
-        record = self._records.get(name)
+        """Stop one target gracefully."""
+        ...
+
+    async def prepare(self, specs: Sequence[TargetSpec]) -> list[TargetRunner]:
+        """Prepare `specs`; the runners of those that could start."""
+        ...
+
+    def launch(self, runner: TargetRunner) -> bool:
+        """Run a prepared runner; False once the targets' task group has closed."""
+        ...
+
+
+class Commands:
+    """The operator's verbs over `supervisor` (see the module docstring)."""
+
+    def __init__(self, supervisor: Supervised) -> None:
+        """Hold the supervisor; nothing else."""
+        self._supervisor = supervisor
+
+    def _record(self, name: str) -> TargetRecord:
+        """The target's record; UnknownTargetError if there is none."""
+        record = self._supervisor.record(name)
         if record is None:
             raise UnknownTargetError(f"no target named {name!r}")
-        if record.runner is not None:
-            record.runner.request_stop(self._grace_s)
+        return record
 
     def _live_runner(self, name: str, verb: str) -> TargetRunner:
         """The target's runner while its cycle runs; CommandRefusedError once it stopped."""
@@ -74,17 +81,19 @@ class FleetCommands(ClusterHosting):
         return runner
 
     async def stop(self, name: str) -> str:
-        """`stop_target` for the operator: refused (CommandRefusedError) once stopped."""
-        routed = await self.cluster_command("stop", name)
+        """Stop the target gracefully: refused (CommandRefusedError) once stopped."""
+        self._record(name)
+        routed = await self._supervisor.hosting.command("stop", name)
         if routed is not None:
             return routed
         self._live_runner(name, "stop")
-        self.stop_target(name)
+        self._supervisor.stop_target(name)
         return f"{name}: stopping (a running iteration gets the shutdown grace period)"
 
     async def pause(self, name: str) -> str:
         """Let a running iteration finish, then start no new one until `resume`."""
-        routed = await self.cluster_command("pause", name)
+        self._record(name)
+        routed = await self._supervisor.hosting.command("pause", name)
         if routed is not None:
             return routed
         await self._live_runner(name, "pause").set_paused(True)
@@ -92,7 +101,8 @@ class FleetCommands(ClusterHosting):
 
     async def resume(self, name: str) -> str:
         """Undo `pause`."""
-        routed = await self.cluster_command("resume", name)
+        self._record(name)
+        routed = await self._supervisor.hosting.command("resume", name)
         if routed is not None:
             return routed
         await self._live_runner(name, "resume").set_paused(False)
@@ -100,7 +110,8 @@ class FleetCommands(ClusterHosting):
 
     async def run_now(self, name: str) -> str:
         """Skip the target's current cooldown or schedule wait, once."""
-        routed = await self.cluster_command("run-now", name)
+        self._record(name)
+        routed = await self._supervisor.hosting.command("run-now", name)
         if routed is not None:
             return routed
         runner = self._live_runner(name, "run now")
@@ -114,7 +125,7 @@ class FleetCommands(ClusterHosting):
         if iterations < 0 or cost_usd < 0 or not (iterations or cost_usd):
             raise CommandRefusedError("extend needs --iterations N and/or --cost USD (> 0)")
         record = self._record(name)
-        routed = await self.cluster_extend(name, iterations, cost_usd)
+        routed = await self._supervisor.hosting.extend(name, iterations, cost_usd)
         if routed is not None:
             return routed
         runner = record.runner
@@ -127,7 +138,7 @@ class FleetCommands(ClusterHosting):
     async def reset(self, name: str) -> str:
         """Clear the circuit breaker and a final status; a stopped target starts again."""
         record = self._record(name)
-        routed = await self.cluster_reset(name)
+        routed = await self._supervisor.hosting.reset(name)
         if routed is not None:
             return routed
         runner = record.runner
@@ -142,18 +153,18 @@ class FleetCommands(ClusterHosting):
     ) -> None:
         """Prepare the target again, apply `adjust` to its state, and run it."""
         name = record.spec.name
-        if self._shutdown.requests or self._targets_tg is None:
+        if not self._supervisor.accepting:
             raise CommandRefusedError(f"cannot start {name!r}: the daemon is shutting down")
         if record.runner is not None and record.runner.final_status is None:
             raise CommandRefusedError(f"cannot start {name!r}: it is still stopping")
-        runners = await self._prepare_all([record.restart_spec or record.spec])
+        runners = await self._supervisor.prepare([record.restart_spec or record.spec])
         if not runners:
             raise CommandRefusedError(f"cannot start {name!r}: {record.start_error}")
         await adjust(runners[0])
-        self._targets_tg.start_soon(self._run_target, runners[0])
+        self._supervisor.launch(runners[0])
 
     async def history(self, name: str, limit: int) -> list[dict[str, Any]]:
         """The newest `limit` lines of the target's iteration log, oldest first."""
         record = self._record(name)
-        entries = await self._storage.target(record.spec).read_log()
+        entries = await self._supervisor.storage.target(record.spec).read_log()
         return [e.to_json() for e in entries[-limit:]]
