@@ -17,7 +17,7 @@ from anyio.abc import TaskGroup
 from autoloop_daemon.clock import now_utc, to_iso
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.admission import RankedSlots
-from autoloop_daemon.engine.budget import BudgetWindow, SharedBudget
+from autoloop_daemon.engine.budget import Budget, BudgetWindow, SharedBudget
 from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import (
     AutoloopError,
@@ -111,7 +111,9 @@ class SupervisorBase:
         self._one_shot = one_shot
         self._strict = strict
         self._records: dict[str, TargetRecord] = {}
-        self._budget = SharedBudget(budget_cap_usd, on_change=self._budget_changed, window=window)
+        self._budget: Budget = SharedBudget(
+            budget_cap_usd, on_change=self._budget_changed, window=window
+        )
         self._slots: anyio.CapacityLimiter | RankedSlots = (
             RankedSlots(max_concurrent)
             if allocation == "gain_per_usd"
