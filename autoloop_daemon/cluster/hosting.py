@@ -20,7 +20,7 @@ import anyio
 import structlog
 
 from autoloop_daemon.cluster.budget import ClusterSharedBudget, settle_remaining
-from autoloop_daemon.cluster.member import ClusterMember, LocalTarget, TargetRow
+from autoloop_daemon.cluster.member import ClusterMember, LocalTarget, cluster_snapshot
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.snapshot import ClusterSnapshot, TargetSnapshot
 from autoloop_daemon.engine.supervisor_base import SupervisorBase, TargetRecord
@@ -30,6 +30,7 @@ from autoloop_daemon.exit_codes import EXIT_OK, EXIT_TARGET_ERROR
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.storage.postgres.ledger import ClusterBudget, money
+from autoloop_daemon.storage.postgres.membership import TargetRow
 from autoloop_daemon.storage.postgres.store import PostgresStorage
 from autoloop_daemon.vocab import TargetStatus
 
@@ -366,4 +367,4 @@ class ClusterHosting(SupervisorBase):
         member = self._member
         if member is None:
             return None
-        return member.view.snapshot(member.host, member.keeper.fresh)
+        return cluster_snapshot(member.view, member.host, member.keeper.fresh)
