@@ -224,7 +224,7 @@ class ClusterSharedBudget:
         return self._lease_of(owner) is not None and self._may_start()
 
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
-        """Settle locally now; in the database in the background (see the module docstring)."""
+        """Settle the mirror now; the database in the background (see the module docstring)."""
         if reservation.settled:
             return
         self.mirror.settle(reservation, actual_usd)
