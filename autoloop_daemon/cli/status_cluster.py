@@ -13,10 +13,11 @@ from typing import Any
 
 import anyio
 
-from autoloop_daemon.cluster.member import ClusterView, read_view
+from autoloop_daemon.cluster.member import cluster_snapshot
 from autoloop_daemon.exceptions import ClusterError
 from autoloop_daemon.storage.postgres.db import Database
 from autoloop_daemon.storage.postgres.ledger import ClusterBudget, Totals
+from autoloop_daemon.storage.postgres.membership import ClusterView, read_view
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -57,6 +58,6 @@ def with_cluster(report: dict[str, Any], dsn: str, host: str, lease_s: float) ->
         "remaining_usd": round(max(0.0, cap - spent), 6),
     }
     # No daemon here: this host holds no lease ("leases_fresh" false: nothing runs here).
-    report["cluster"] = asdict(view.snapshot(host, leases_fresh=False))
+    report["cluster"] = asdict(cluster_snapshot(view, host, leases_fresh=False))
     report["daemon"]["note"] += "; every target as the cluster's database has it"
     return report

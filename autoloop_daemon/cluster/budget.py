@@ -1,30 +1,42 @@
 """The shared budget in cluster mode: every reservation is a transaction on the cluster's
 budget row, and this host's ledger mirrors the cluster's totals for its live meters.
 
-`ClusterSharedBudget` keeps `SharedBudget`'s interface, so a target runner cannot tell the
-difference. `reserve` reserves in the database under the target's lease (the cap holds for
-any number of hosts; storage/postgres/ledger.py); while the database cannot be reached
+`ClusterSharedBudget` is the engine's `Budget` (engine/budget.py), so a target runner cannot
+tell the difference. It holds a `SharedBudget` as its local mirror (the ledger the live
+meters are planned on, the window, the fleet's recent costs and rates) and hands it what it
+does not change. `reserve` reserves in the database under the target's lease (the cap holds
+for any number of hosts; storage/postgres/ledger.py); while the database cannot be reached
 nothing new starts (the reservation is retried); a lost lease stops the target. `settle`
-is synchronous for the runner: the local ledger settles at once and the database settles in
+is synchronous for the runner: the mirror settles at once and the database settles in
 the background, retried until it succeeds (idempotent; the record of a run usually settled
-it already, in the same transaction as its log entry). The mirror: the local ledger's spent
-money is the cluster's, and its cap is the cluster's cap less what other hosts hold
-reserved, so the live meters stop this host's runs where the cluster's money ends. It is
-read again as soon as a reservation is granted, before its run starts: a mirror read while
-other hosts held the whole cap would cut the run at once.
+it already, in the same transaction as its log entry). The mirror: its spent money is the
+cluster's, and its cap is the cluster's cap less what other hosts hold reserved, so the live
+meters stop this host's runs where the cluster's money ends. It is read again as soon as a
+reservation is granted, before its run starts: a mirror read while other hosts held the
+whole cap would cut the run at once.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
+from datetime import datetime
 
 import anyio
 import anyio.lowlevel
 import structlog
 
-from autoloop_daemon.engine.budget import BudgetWindow, SharedBudget, WindowFull
-from autoloop_daemon.policy.ledger import Reservation
+from autoloop_daemon.engine.budget import (
+    Budget,
+    BudgetWindow,
+    Meter,
+    OnPlan,
+    SharedBudget,
+    WindowFull,
+)
+from autoloop_daemon.policy.allocation import RateEvidence
+from autoloop_daemon.policy.ledger import Ledger, Reservation
 from autoloop_daemon.storage.postgres.db import ClusterError
 from autoloop_daemon.storage.postgres.leases import Lease
 from autoloop_daemon.storage.postgres.ledger import (
@@ -40,8 +52,8 @@ log = structlog.get_logger("autoloopd.cluster")
 RETRY_S = 1.0  # a database call that failed is tried again after this
 
 
-class ClusterSharedBudget(SharedBudget):
-    """`SharedBudget` on the cluster's budget row (see the module docstring)."""
+class ClusterSharedBudget:
+    """The engine's `Budget` on the cluster's budget row (see the module docstring)."""
 
     def __init__(
         self,
@@ -56,8 +68,9 @@ class ClusterSharedBudget(SharedBudget):
     ) -> None:
         """`lease_of(target)` is the lease held on it (None: not held); `may_start()` is
         False while the leases are not known good (no new run starts); `on_lost(target)`
-        stops a target whose lease turned out lost."""
-        super().__init__(cap_usd, on_change=on_change, window=window)
+        stops a target whose lease turned out lost. `on_change` and `window` are the
+        mirror's (`SharedBudget`)."""
+        self.mirror = SharedBudget(cap_usd, on_change=on_change, window=window)
         self.cluster = cluster
         self._lease_of = lease_of
         self._may_start = may_start
@@ -68,6 +81,79 @@ class ClusterSharedBudget(SharedBudget):
         self._configured_cap = cap_usd
         self.reachable = True
         self._syncing = anyio.Lock()
+
+    # ----------------------------------------------------------------- the mirror's own
+
+    @property
+    def ledger(self) -> Ledger:
+        """The mirror's ledger: the cluster's totals as this host's meters may spend them."""
+        return self.mirror.ledger
+
+    @property
+    def window(self) -> BudgetWindow | None:
+        """The budget window setting (None: lifetime cap only)."""
+        return self.mirror.window
+
+    @property
+    def window_start(self) -> datetime | None:
+        """The current window's start (None without a window)."""
+        return self.mirror.window_start
+
+    @property
+    def window_end(self) -> datetime | None:
+        """The current window's end (None without a window)."""
+        return self.mirror.window_end
+
+    @property
+    def window_spent_usd(self) -> float:
+        """Money charged to the current window, cluster-wide as last mirrored."""
+        return self.mirror.window_spent_usd
+
+    @property
+    def spent_usd(self) -> float:
+        """Money spent by the whole cluster, as last mirrored."""
+        return self.mirror.spent_usd
+
+    @property
+    def recent_costs(self) -> deque[float]:
+        """The costs settled on this host, for the reservation estimate."""
+        return self.mirror.recent_costs
+
+    @property
+    def rates(self) -> dict[str, RateEvidence]:
+        """The recent improvement rates of the targets run here."""
+        return self.mirror.rates
+
+    @property
+    def pooled_rate(self) -> float:
+        """The pooled rate of the targets run here (policy/allocation.py)."""
+        return self.mirror.pooled_rate
+
+    def roll(self, *, notify: bool = True) -> bool:
+        """Enter the window of now if it changed (the mirror's window); True if so."""
+        return self.mirror.roll(notify=notify)
+
+    def set_window(self, window: BudgetWindow | None, *, notify: bool = True) -> None:
+        """Apply a (new) window setting to the mirror."""
+        self.mirror.set_window(window, notify=notify)
+
+    def charge(self, amount_usd: float, window_usd: float | None = None) -> None:
+        """Charge the mirror money spent outside a reservation (the cluster's row holds
+        every pushed entry already)."""
+        self.mirror.charge(amount_usd, window_usd)
+
+    def open_meter(
+        self, *, rate_usd_per_s: float, own_limit_usd: float, own_reason: str, on_plan: OnPlan
+    ) -> Meter:
+        """Start metering a running iteration on the mirror."""
+        return self.mirror.open_meter(
+            rate_usd_per_s=rate_usd_per_s,
+            own_limit_usd=own_limit_usd,
+            own_reason=own_reason,
+            on_plan=on_plan,
+        )
+
+    # ----------------------------------------------------------------- the cluster's
 
     async def reserve(
         self,
@@ -138,10 +224,10 @@ class ClusterSharedBudget(SharedBudget):
         return self._lease_of(owner) is not None and self._may_start()
 
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
-        """Settle locally now; in the database in the background (see the module docstring)."""
+        """Settle the mirror now; the database in the background (see the module docstring)."""
         if reservation.settled:
             return
-        super().settle(reservation, actual_usd)
+        self.mirror.settle(reservation, actual_usd)
         if isinstance(reservation, ClusterReservation):
             self._unsettled.append((reservation, actual_usd))
             self._wake_refresh()
@@ -239,8 +325,7 @@ class ClusterSharedBudget(SharedBudget):
             )
         after = (ledger.cap_usd, ledger.spent_usd, ledger.window_cap_usd, ledger.window_spent_usd)
         if after != before:
-            self._notify()
-            self.replan()
+            self.mirror.ledger_changed()
 
     @property
     def cap_usd(self) -> float:
@@ -265,3 +350,6 @@ async def settle_remaining(budget: ClusterSharedBudget, timeout_s: float) -> int
             log.warning("cluster_settlements_left", error=str(exc), left=budget.unsettled)
     await anyio.lowlevel.checkpoint()
     return budget.unsettled
+
+
+_CLUSTER_BUDGET_IS_A_BUDGET: type[Budget] = ClusterSharedBudget  # mypy checks the seam here

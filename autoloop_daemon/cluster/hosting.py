@@ -19,8 +19,8 @@ import anyio
 import structlog
 
 from autoloop_daemon.cluster.budget import ClusterSharedBudget, settle_remaining
-from autoloop_daemon.cluster.member import ClusterMember, LocalTarget, TargetRow
-from autoloop_daemon.engine.budget import BudgetWindow, SharedBudget
+from autoloop_daemon.cluster.member import ClusterMember, LocalTarget, cluster_snapshot
+from autoloop_daemon.engine.budget import Budget, BudgetWindow
 from autoloop_daemon.engine.hosting import Fleet
 from autoloop_daemon.engine.records import TargetRecord
 from autoloop_daemon.engine.snapshot import ClusterSnapshot, TargetSnapshot
@@ -30,6 +30,7 @@ from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.storage.postgres import target_flags
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.storage.postgres.ledger import ClusterBudget
+from autoloop_daemon.storage.postgres.membership import TargetRow
 from autoloop_daemon.storage.postgres.store import PostgresStorage
 from autoloop_daemon.vocab import TargetStatus
 
@@ -89,7 +90,7 @@ class ClusterHosting:
 
     def make_budget(
         self, cap_usd: float, window: BudgetWindow | None, on_change: Callable[[], None]
-    ) -> SharedBudget:
+    ) -> Budget:
         """The cluster's budget row, reserved under the targets' leases."""
         member = self._member
         self._budget = ClusterSharedBudget(
@@ -332,4 +333,5 @@ class ClusterHosting:
 
     def cluster_snapshot(self) -> ClusterSnapshot | None:
         """This host's view of every host and the leases each holds."""
-        return self._member.view.snapshot(self._member.host, self._member.keeper.fresh)
+        member = self._member
+        return cluster_snapshot(member.view, member.host, member.keeper.fresh)

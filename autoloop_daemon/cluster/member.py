@@ -15,6 +15,7 @@ path never claims it.
 When every configured target is finished cluster-wide and none runs here, the loop ends
 (so does the daemon, unless `exit_when_idle = false`). What the supervisor does with a
 claimed lease (prepare and run the target) and with a lost one (stop it) are callbacks.
+The rows it reads and writes are storage/postgres/membership.py's (and leases.py's).
 """
 
 from __future__ import annotations
@@ -24,17 +25,22 @@ import json
 import math
 import os
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import anyio
 import structlog
 
 from autoloop_daemon.engine.snapshot import ClusterSnapshot, HostSnapshot
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.storage.postgres import leases
+from autoloop_daemon.storage.postgres import leases, membership
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.storage.postgres.keeper import LeaseKeeper
+from autoloop_daemon.storage.postgres.membership import (
+    ClusterView,
+    TargetReport,
+    TargetRow,
+    read_view,
+)
 from autoloop_daemon.vocab import FINAL_STATUSES, TargetStatus
 
 log = structlog.get_logger("autoloopd.cluster")
@@ -55,93 +61,21 @@ def limits_key(spec: TargetSpec) -> str:
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True, slots=True)
-class TargetRow:
-    """One target as the cluster's database has it."""
-
-    holder: str | None
-    live: bool
-    finished_status: str | None
-    finished_limits: str | None
-    paused: bool
-    run_now: bool
-    stopped: bool
-    status: str | None
-    iterations_completed: int
-    total_cost_usd: float
-    extra_iterations: int = 0  # `ctl extend`, for whichever host runs it
-    extra_cost_usd: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class HostRow:
-    """One host: when it last renewed, and whether it counts as live."""
-
-    host: str
-    seen_at: str
-    live: bool
-    pid: int | None
-    stopped: bool
-
-
-@dataclass(slots=True)
-class ClusterView:
-    """The cluster as read at the last round."""
-
-    targets: dict[str, TargetRow] = field(default_factory=dict)
-    hosts: tuple[HostRow, ...] = ()
-
-    @property
-    def live_hosts(self) -> int:
-        """Hosts that renewed within a lease (at least this one)."""
-        return max(1, sum(1 for h in self.hosts if h.live))
-
-    def snapshot(self, host: str, leases_fresh: bool) -> ClusterSnapshot:
-        """For `status`, the API and metrics: `host`'s view of every host, with the live
-        leases each holds."""
-        held: dict[str, int] = {}
-        for row in self.targets.values():
-            if row.holder is not None and row.live:
-                held[row.holder] = held.get(row.holder, 0) + 1
-        return ClusterSnapshot(
-            host=host,
-            leases_fresh=leases_fresh,
-            hosts=tuple(
-                HostSnapshot(h.host, h.seen_at, h.live, h.stopped, held.get(h.host, 0))
-                for h in self.hosts
-            ),
-        )
-
-
-async def read_view(db: Database, lease_s: float) -> ClusterView:
-    """Every target's row and every host's liveness, in one transaction."""
-
-    async def work(conn: Any) -> ClusterView:
-        cur = await conn.execute(
-            """SELECT name, lease_holder, coalesce(lease_expires_at > now(), false),
-                      finished_status, finished_limits, paused, run_now, stopped, status,
-                      iterations_completed, total_cost_usd, extra_iterations, extra_cost_usd
-               FROM targets"""
-        )
-        targets = {
-            row[0]: TargetRow(row[1], bool(row[2]), row[3], row[4], bool(row[5]),
-                              bool(row[6]), bool(row[7]), row[8], int(row[9]), float(row[10]),
-                              int(row[11]), float(row[12]))
-            for row in await cur.fetchall()
-        }  # fmt: skip
-        cur = await conn.execute(
-            """SELECT id, seen_at, seen_at > now() - make_interval(secs => %s)
-                      AND stopped_at IS NULL, pid, stopped_at IS NOT NULL
-               FROM hosts ORDER BY id""",
-            (lease_s,),
-        )
-        hosts = tuple(
-            HostRow(h, seen.isoformat(), bool(live), pid, bool(stopped))
-            for h, seen, live, pid, stopped in await cur.fetchall()
-        )
-        return ClusterView(targets, hosts)
-
-    return await db.run(work)
+def cluster_snapshot(view: ClusterView, host: str, leases_fresh: bool) -> ClusterSnapshot:
+    """For `status`, the API and metrics: `host`'s view of every host, with the live leases
+    each holds."""
+    held: dict[str, int] = {}
+    for row in view.targets.values():
+        if row.holder is not None and row.live:
+            held[row.holder] = held.get(row.holder, 0) + 1
+    return ClusterSnapshot(
+        host=host,
+        leases_fresh=leases_fresh,
+        hosts=tuple(
+            HostSnapshot(h.host, h.seen_at, h.live, h.stopped, held.get(h.host, 0))
+            for h in view.hosts
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,15 +126,7 @@ class ClusterMember:
     async def join(self, specs: Iterable[TargetSpec]) -> None:
         """Register this host and the configured targets (rows for new ones)."""
         self.configure(specs)
-
-        async def work(conn: Any) -> None:
-            await conn.execute(
-                """INSERT INTO hosts (id, pid) VALUES (%s, %s) ON CONFLICT (id)
-                   DO UPDATE SET seen_at = now(), pid = excluded.pid, stopped_at = NULL""",
-                (self.host, os.getpid()),
-            )
-
-        await self.db.run(work)
+        await membership.register_host(self.db, self.host, os.getpid())
         await leases.register(self.db, list(self.specs))
         self.view = await read_view(self.db, self.lease_s)
 
@@ -341,29 +267,19 @@ class ClusterMember:
         self._handing_over.discard(name)
         spec = self.specs.get(name)
         finished = status in FINAL_STATUSES and spec is not None
-
-        async def work(conn: Any) -> None:
-            await conn.execute(
-                """UPDATE targets SET finished_status = %s, finished_limits = %s
-                   WHERE name = %s AND %s""",
-                (status, None if spec is None else limits_key(spec), name, finished),
-            )
-            if final is not None:
-                await conn.execute(  # never over the report of a host that took it over
-                    """UPDATE targets SET status = %s, iterations_completed = %s,
-                              total_cost_usd = %s, status_at = now()
-                       WHERE name = %s AND (lease_holder IS NULL OR lease_holder = %s)""",
-                    (status, final.iterations_completed, final.total_cost_usd, name, self.host),
-                )
-            if lease is not None:
-                await conn.execute(
-                    """UPDATE targets SET lease_holder = NULL, lease_expires_at = NULL
-                       WHERE name = %s AND lease_holder = %s AND fencing_token = %s""",
-                    (name, lease.host, lease.token),
-                )
-
+        report = None
+        if final is not None:
+            report = TargetReport(name, status, final.iterations_completed, final.total_cost_usd)
         try:
-            await self.db.run(work)
+            await membership.target_ended(
+                self.db,
+                self.host,
+                name,
+                finished_status=status if finished else None,
+                finished_limits=None if spec is None else limits_key(spec),
+                report=report,
+                lease=lease,
+            )
         except ClusterError as exc:  # the lease expires by itself; a later holder finishes it
             log.warning("cluster_release_failed", target=name, error=str(exc))
         self.wake()
@@ -371,36 +287,19 @@ class ClusterMember:
     async def _report(self) -> None:
         """Tell the cluster how the targets run here are doing (for status on any host)."""
         rows = [(n, self._local(n)) for n in self.keeper.held]
-        known = [(n, t) for n, t in rows if t is not None]
-        if not known:
-            return
-
-        async def work(conn: Any) -> None:
-            await conn.execute(
-                """UPDATE targets t SET status = r.status, iterations_completed = r.done,
-                          total_cost_usd = r.cost, status_at = now()
-                   FROM unnest(%s::text[], %s::text[], %s::int[], %s::numeric[])
-                        AS r(name, status, done, cost)
-                   WHERE t.name = r.name""",
-                (
-                    [n for n, _ in known],
-                    [t.status for _, t in known],
-                    [t.iterations_completed for _, t in known],
-                    [t.total_cost_usd for _, t in known],
-                ),
-            )
-
-        await self.db.run(work)
+        known = [
+            TargetReport(n, t.status, t.iterations_completed, t.total_cost_usd)
+            for n, t in rows
+            if t is not None
+        ]
+        if known:
+            await membership.report_status(self.db, known)
 
     async def leave(self) -> None:
         """Graceful stop: give every lease back and say this host stopped."""
         self._closing = True
         await self.keeper.release_all()
-
-        async def work(conn: Any) -> None:
-            await conn.execute("UPDATE hosts SET stopped_at = now() WHERE id = %s", (self.host,))
-
         try:
-            await self.db.run(work)
+            await membership.host_stopped(self.db, self.host)
         except ClusterError as exc:
             log.warning("cluster_leave_failed", error=str(exc))

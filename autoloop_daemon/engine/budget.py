@@ -10,6 +10,10 @@ more than what the runs cost during their termination grace.
 With a budget window, a reservation that does not fit the window's cap (while the lifetime
 cap still has room) yields `WindowFull`: its target waits for the next window, then asks
 again. The live meters stop runs at the tighter of the two caps.
+
+`Budget` is what the engine (the supervisor and its target runners) uses of a budget: the
+seam between this host's `SharedBudget` and the cluster's (cluster/budget.py), chosen once
+by whoever builds the supervisor.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 import anyio
 
@@ -30,7 +35,7 @@ from autoloop_daemon.policy.windows import BudgetWindow
 
 FLEET_EVIDENCE = 100  # settled costs the fleet-wide reservation estimate looks at
 
-__all__ = ["BudgetWindow", "Meter", "SharedBudget", "WindowFull"]
+__all__ = ["Budget", "BudgetWindow", "Meter", "SharedBudget", "WindowFull"]
 
 OnPlan = Callable[[StopAt], None]
 _EPSILON_USD = 1e-9
@@ -41,6 +46,103 @@ class WindowFull:
     """The current window's cap is reached: ask again once the window ends at `reset_at`."""
 
     reset_at: datetime
+
+
+class Budget(Protocol):
+    """What the engine uses of a budget (`SharedBudget` here, `ClusterSharedBudget` in a
+    cluster); each member is documented on `SharedBudget`."""
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger the live meters are planned on (the totals in events and snapshots)."""
+        ...
+
+    @property
+    def window(self) -> BudgetWindow | None:
+        """The budget window setting (None: lifetime cap only)."""
+        ...
+
+    @property
+    def window_start(self) -> datetime | None:
+        """The current window's start (None without a window)."""
+        ...
+
+    @property
+    def window_end(self) -> datetime | None:
+        """The current window's end (None without a window)."""
+        ...
+
+    @property
+    def window_spent_usd(self) -> float:
+        """Money charged to the current window (0 without a window)."""
+        ...
+
+    @property
+    def spent_usd(self) -> float:
+        """Money spent so far by every target together."""
+        ...
+
+    @property
+    def cap_usd(self) -> float:
+        """The shared lifetime cap."""
+        ...
+
+    @property
+    def recent_costs(self) -> deque[float]:
+        """The last settled costs, for the fleet-wide reservation estimate."""
+        ...
+
+    @property
+    def rates(self) -> dict[str, RateEvidence]:
+        """Each target's recent improvement rate (targets write their own entry)."""
+        ...
+
+    @property
+    def pooled_rate(self) -> float:
+        """The fleet's rate of closing headroom per iteration."""
+        ...
+
+    def roll(self, *, notify: bool = True) -> bool:
+        """Enter the window of now if it changed; True if so."""
+        ...
+
+    def set_window(self, window: BudgetWindow | None, *, notify: bool = True) -> None:
+        """Apply a (new) window setting."""
+        ...
+
+    def set_cap(self, cap_usd: float) -> None:
+        """Apply a new lifetime cap."""
+        ...
+
+    def charge(self, amount_usd: float, window_usd: float | None = None) -> None:
+        """Charge money spent outside a reservation."""
+        ...
+
+    async def reserve(
+        self,
+        owner: str,
+        amount_usd: float,
+        *,
+        metered: bool = False,
+        iteration: int = 0,
+        rate_usd_per_s: float = 0.0,
+    ) -> Reservation | WindowFull | None:
+        """Reserve `amount_usd` for `owner`'s next run, waiting while it does not fit."""
+        ...
+
+    def may_start(self, owner: str) -> bool:
+        """True when `owner` may start the run it reserved for now."""
+        ...
+
+    def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        """Settle `reservation` with the real cost."""
+        ...
+
+    def open_meter(
+        self, *, rate_usd_per_s: float, own_limit_usd: float, own_reason: str, on_plan: OnPlan
+    ) -> Meter:
+        """Start metering a running iteration; `on_plan` is told when it must stop."""
+        ...
 
 
 class Meter:
@@ -149,6 +251,12 @@ class SharedBudget:
         if lifetime_ok and window_short and fits_fresh:
             return WindowFull(self.window_end)
         return None
+
+    def ledger_changed(self) -> None:
+        """The ledger was changed from outside (a cluster's mirror of its totals): wake the
+        waiting reservations, tell `on_change` and replan the meters."""
+        self._notify()
+        self.replan()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -269,3 +377,6 @@ class SharedBudget:
     def window_spent_usd(self) -> float:
         """Money charged to the current window (0 without a window)."""
         return self.ledger.window_spent_usd if self.window is not None else 0.0
+
+
+_SHARED_BUDGET_IS_A_BUDGET: type[Budget] = SharedBudget  # mypy checks the seam here

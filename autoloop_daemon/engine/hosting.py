@@ -15,7 +15,7 @@ from typing import Protocol
 import anyio
 import structlog
 
-from autoloop_daemon.engine.budget import BudgetWindow, SharedBudget
+from autoloop_daemon.engine.budget import Budget, BudgetWindow, SharedBudget
 from autoloop_daemon.engine.records import TargetRecord
 from autoloop_daemon.engine.snapshot import ClusterSnapshot, TargetSnapshot
 from autoloop_daemon.engine.target_runner import TargetRunner
@@ -80,7 +80,7 @@ class Hosting(Protocol):
 
     def make_budget(
         self, cap_usd: float, window: BudgetWindow | None, on_change: Callable[[], None]
-    ) -> SharedBudget:
+    ) -> Budget:
         """The budget every target of the supervisor shares (called once, unstarted)."""
         ...
 

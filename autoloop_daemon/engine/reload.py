@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import structlog
 
-from autoloop_daemon.engine.budget import BudgetWindow, SharedBudget
+from autoloop_daemon.engine.budget import Budget, BudgetWindow
 from autoloop_daemon.engine.records import TargetRecord
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.policy.reload import Known, ReloadPlan, plan_reload
@@ -56,7 +56,7 @@ def apply_to_runners(records: dict[str, TargetRecord], plan: ReloadPlan, grace_s
         )
 
 
-def apply_window(budget: SharedBudget, new: BudgetWindow | None) -> None:
+def apply_window(budget: Budget, new: BudgetWindow | None) -> None:
     """A new cap per window applies at once; a new kind of window (whose spending would
     have to be recounted from the logs) only after a restart."""
     old = budget.window

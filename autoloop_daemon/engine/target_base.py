@@ -16,7 +16,7 @@ import structlog
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.admission import RankedSlots
-from autoloop_daemon.engine.budget import SharedBudget
+from autoloop_daemon.engine.budget import Budget
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy.allocation import closure, gain_per_usd
 from autoloop_daemon.policy.ledger import estimate_cost
@@ -47,7 +47,7 @@ class TargetRunnerBase:
         spec: TargetSpec,
         *,
         store: TargetStore,
-        budget: SharedBudget,
+        budget: Budget,
         slots: anyio.CapacityLimiter | RankedSlots,
         events: ev.EventBus,
         one_shot: bool = False,
