@@ -1,4 +1,4 @@
-"""The project's words as enums: a target's status, a run's outcome, the decision words.
+"""The project's words as enums: a target's status and phase, a run's outcome, the decisions.
 
 Each is a `StrEnum`, so a member is written to JSON as its plain value and compares equal to
 the string the files hold; the on-disk schema does not change.
@@ -63,6 +63,36 @@ FINAL_STATUSES: frozenset[TargetStatus] = frozenset(
         TargetStatus.ERROR,
     }
 )
+
+
+class Phase(StrEnum):
+    """Where a target's runner is in its cycle now (in memory only; `status` is what is kept).
+
+    The snapshot, `status`, STATUS= and the dashboard show it.
+    """
+
+    STARTING = "starting"  # before its first iteration or wait
+    RUNNING = "running"  # an iteration (until the next wait or stop)
+    COOLDOWN = "cooldown"
+    WAITING = "waiting"  # a schedule tick or the next budget window
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    NOT_STARTED = "not_started"  # the supervisor could not prepare it (no runner)
+    ELSEWHERE = "elsewhere"  # cluster mode: another host runs it
+
+    @property
+    def counts_as_running(self) -> bool:
+        """True while the target is in a turn or about to take one (starting, running)."""
+        return self in RUNNING_PHASES
+
+    @property
+    def is_waiting(self) -> bool:
+        """True in a wait: cooldown, schedule tick or budget window, pause."""
+        return self in WAITING_PHASES
+
+
+RUNNING_PHASES: frozenset[Phase] = frozenset({Phase.STARTING, Phase.RUNNING})
+WAITING_PHASES: frozenset[Phase] = frozenset({Phase.COOLDOWN, Phase.WAITING, Phase.PAUSED})
 
 
 class RunStatus(StrEnum):

@@ -113,7 +113,7 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
     """Every figure for a history of n entries."""
     import anyio
 
-    from autoloop_daemon.engine import target_runner as target_mod
+    from autoloop_daemon.engine import iteration as iteration_mod
     from autoloop_daemon.models import IterationResult, TargetSpec
     from autoloop_daemon.policy import stops as convergence
     from autoloop_daemon.policy.progress import Progress
@@ -175,8 +175,8 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
         out["prepare_ms"] = (time.perf_counter() - t0) * 1e3
         out["runner_stop_reason_ms"] = time_call(runner._stop_reason) * 1e3
         runner._store.close()
-        original = target_mod.run_iteration
-        target_mod.run_iteration = instant  # type: ignore[assignment]
+        original = iteration_mod.run_iteration
+        iteration_mod.run_iteration = instant  # type: ignore[assignment]
         try:
             for label, fsync in (("fsync", counting_fsync), ("no_fsync", no_fsync)):
                 # The log grows by one line per call: truncate it back to n lines first, so
@@ -189,7 +189,7 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
                 times = []
                 for _ in range(reps):
                     t1 = time.perf_counter()
-                    await runner._iterate()
+                    await iteration_mod.Iteration(runner).run()
                     times.append(time.perf_counter() - t1)
                 out[f"iterate_{label}_median_ms"] = statistics.median(times) * 1e3
                 out[f"iterate_{label}_p90_ms"] = common.percentile(times, 90) * 1e3  # type: ignore[operator]
@@ -199,7 +199,7 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
                 runner._store.close()
         finally:
             fsio._fsync = real_fsync  # type: ignore[assignment]
-            target_mod.run_iteration = original  # type: ignore[assignment]
+            iteration_mod.run_iteration = original  # type: ignore[assignment]
 
     anyio.run(run)
 

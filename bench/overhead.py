@@ -218,6 +218,7 @@ def breakdown(work: Path, argv: list[str], n: int) -> dict[str, Any]:
     import anyio.to_thread
 
     from autoloop_daemon.cli import main as cli
+    from autoloop_daemon.engine import iteration as iteration_mod
     from autoloop_daemon.engine import target_runner as target_mod
     from autoloop_daemon.storage.files import artifacts, fsio
 
@@ -296,8 +297,8 @@ def breakdown(work: Path, argv: list[str], n: int) -> dict[str, Any]:
         patch(watcher, "add_child_handler", timed_sync("ThreadedChildWatcher.add_child_handler"))
     patch(fsio, "_fsync", timed_sync("fsync"))
     patch(target_mod.TargetRunner, "_save", timed_async("TargetRunner._save (all)"))
-    patch(target_mod.TargetRunner, "_record", timed_async("TargetRunner._record"))
-    patch(target_mod, "run_iteration", timed_async("run_iteration"))
+    patch(iteration_mod.Iteration, "_record", timed_async("Iteration._record"))
+    patch(iteration_mod, "run_iteration", timed_async("run_iteration"))
     patch(artifacts, "append_log", timed_async("artifacts.append_log"))
     patch(artifacts, "write_handoff", timed_async("artifacts.write_handoff"))
     target, state_root = work / "target-breakdown", work / "state-breakdown"

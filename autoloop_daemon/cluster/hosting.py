@@ -188,7 +188,7 @@ class ClusterHosting:
         state = runner.state
         return LocalTarget(
             str(state.status), state.iterations_completed, state.total_cost_usd,
-            running=runner.phase in ("running", "starting"),
+            running=runner.phase.counts_as_running,
         )  # fmt: skip
 
     def _live_runner(self, name: str) -> TargetRunner | None:

@@ -17,6 +17,7 @@ from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import CommandRefusedError, UnknownTargetError
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.storage.base import Storage
+from autoloop_daemon.vocab import Phase
 
 
 class Supervised(Protocol):
@@ -118,7 +119,7 @@ class Commands:
         if runner.state.paused:
             raise CommandRefusedError(f"cannot run {name!r} now: it is paused ('resume' first)")
         runner.run_now()
-        return f"{name}: runs now" if runner.phase != "running" else f"{name}: already running"
+        return f"{name}: runs now" if runner.phase != Phase.RUNNING else f"{name}: already running"
 
     async def extend(self, name: str, iterations: int, cost_usd: float) -> str:
         """Raise the target's limits; a target stopped by them starts again."""

@@ -1,14 +1,16 @@
 """One iteration of a target: run the orchestrator under a live cost meter, then record it.
 
-The run's end is decided by the stop deadline and the caps (policy/live_cost.py via the
-budget's meter); what it changed in the target's files is hashed, the best version copied,
-and the result recorded (log line, handoff, state) in one storage call.
+The runner builds an `Iteration` per turn that runs one. The run's end is decided by the
+stop deadline and the caps (engine/stop_control.py, policy/live_cost.py via the budget's
+meter); what it changed in the target's files is hashed, the best version copied, and the
+result recorded (log line, handoff, state) in one storage call.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
@@ -16,138 +18,123 @@ import structlog
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.budget import Meter
-from autoloop_daemon.engine.target_control import TargetControls
 from autoloop_daemon.exceptions import FencedWriteError
 from autoloop_daemon.models import IterationResult, LogEntry
 from autoloop_daemon.policy import cycle
-from autoloop_daemon.policy.live_cost import (
-    REASON_BUDGET,
-    REASON_ITERATION_COST,
-    REASON_TARGET_COST,
-    StopAt,
-)
+from autoloop_daemon.policy.live_cost import REASON_ITERATION_COST, REASON_TARGET_COST
 from autoloop_daemon.policy.recording import build_entry
 from autoloop_daemon.runs.orchestrator import run_iteration
 from autoloop_daemon.runs.target_files import content_hash, save_best
 from autoloop_daemon.storage.files import artifacts
 from autoloop_daemon.target_state import InFlight
-from autoloop_daemon.vocab import (
-    KNOWN_DECISIONS,
-    Decision,
-    RunStatus,
-    TargetStatus,
-)
+from autoloop_daemon.vocab import KNOWN_DECISIONS, Decision, Phase, RunStatus, TargetStatus
+
+if TYPE_CHECKING:
+    from autoloop_daemon.engine.target_runner import TargetRunner
 
 log = structlog.get_logger("autoloopd.target")
 
-# The stop a cap's live cut leads to (a per-iteration limit only fails the run).
-CUT_STATUS = {
-    REASON_BUDGET: TargetStatus.STOPPED_BUDGET,
-    REASON_TARGET_COST: TargetStatus.STOPPED_COST,
-}
 
+class Iteration:
+    """The next iteration of `runner`'s target: `run()` runs and records it.
 
-class IterationSteps(TargetControls):
-    """Running and recording one iteration."""
+    A part of its runner (which builds it, and whose state it advances), not a stage of it:
+    it reads the runner's spec, state and progress and writes the state only through the
+    runner's `_enter` and its checkpoint.
+    """
 
-    def _last_handoff(self) -> Path | None:
-        if not self.progress.history:
-            return None
-        return self._store.handoff_file(int(self.progress.history[-1]["iteration"]))
+    __slots__ = ("_runner", "number", "spec")
 
-    async def _iterate(self) -> float:
-        """Run and record one iteration; returns what it cost (for the budget)."""
-        spec = self.spec
-        iteration = self.state.next_iteration
+    def __init__(self, runner: TargetRunner) -> None:
+        """The iteration after the last one `runner`'s state counts (nothing runs yet)."""
+        self._runner = runner
+        self.spec = runner.spec
+        self.number = runner.state.next_iteration
+
+    async def run(self) -> float:
+        """Run and record the iteration; returns what it cost (for the budget)."""
+        runner, spec, state = self._runner, self.spec, self._runner.state
         started = now_utc()
-        t0 = time.monotonic()
-        self.phase = "running"
-        self.running_since = t0
-        self.state.status = TargetStatus.RUNNING
+        t0 = runner.running_since = time.monotonic()
+        runner._enter(TargetStatus.RUNNING, Phase.RUNNING)
         # No pid: its processes are found after a crash by their AUTOLOOPD_RUN marker, which
         # grandchildren inherit too (recording the pid would cost one more checkpoint).
-        self.state.in_flight = InFlight(iteration, to_iso(started))
-        self.state.next_run_at = None
-        before_scores = dict(self.state.current_scores)
-        await self._save()
+        state.in_flight = InFlight(self.number, to_iso(started))
+        state.next_run_at = None
+        before_scores = dict(state.current_scores)
+        await runner._save()
         handoff = self._last_handoff()
-        run_log = None if spec.dry_run else artifacts.run_log_path(spec.state_root, iteration)
-        with structlog.contextvars.bound_contextvars(iteration=iteration):
-            self._events.publish(
+        run_log = None if spec.dry_run else artifacts.run_log_path(spec.state_root, self.number)
+        with structlog.contextvars.bound_contextvars(iteration=self.number):
+            runner._events.publish(
                 ev.IterationStarted(
                     target=spec.name,
-                    iteration=iteration,
-                    completed=self.state.iterations_completed,
-                    max_iterations=self.limits().max_iterations,
-                    retry=self.state.consecutive_errors,
+                    iteration=self.number,
+                    completed=state.iterations_completed,
+                    max_iterations=runner.limits().max_iterations,
+                    retry=state.consecutive_errors,
                     handoff=None if handoff is None else str(handoff),
                     run_log=None if run_log is None else str(run_log),
                 )
             )
-            result: IterationResult | None = None
-            self._cut = None
-            meter = self._open_meter()
-            try:
-                with anyio.CancelScope() as scope:
-                    self._iter_scope = scope
-                    self._apply_deadline()
-                    result = await run_iteration(
-                        spec,
-                        iteration,
-                        handoff=handoff,
-                        on_cost=meter.report,
-                        fence=self._store.fence,
-                    )
-            finally:
-                self._iter_scope = None
-                live = meter.live_usd()
-                meter.close()
-            self.running_since = None
-            cut = (
-                self._cut.reason
-                if result is None and self._cut is not None and self._cut_due()
-                else None
-            )
+            result, live_usd = await self._run_metered(handoff)
+            runner.running_since = None
+            cut = None if result is not None else runner._stop.cut_reason()
             with anyio.CancelScope(shield=True):
                 changed = await self._files_changed(result)
                 entry = build_entry(
-                    spec, iteration, started, now_utc(), time.monotonic() - t0, result, changed,
-                    cut=cut, live_cost_usd=live,
+                    spec, self.number, started, now_utc(), time.monotonic() - t0, result,
+                    changed, cut=cut, live_cost_usd=live_usd,
                 )  # fmt: skip
-                if cut is not None and cut in CUT_STATUS:
-                    self._cut_status = CUT_STATUS[cut]
                 await self._record(entry, result, before_scores)
                 await self._keep_best(entry)
             return entry.cost_usd
 
-    def _wall_time_priced(self) -> bool:
-        """True when the next run is metered by wall time: its orchestrator did not report
-        its cost last time (or has not run yet) and the rate is not zero."""
-        spec = self.spec
-        return not spec.dry_run and spec.cost_per_minute_usd > 0 and not self.progress.reports_cost
+    async def _run_metered(self, handoff: Path | None) -> tuple[IterationResult | None, float]:
+        """Run the orchestrator until it ends, the stop deadline or a cap's cut.
+
+        Returns its result (None: cut or stopped) and the meter's live cost.
+        """
+        stop = self._runner._stop
+        result: IterationResult | None = None
+        stop.clear_cut()
+        meter = self._open_meter()
+        try:
+            with anyio.CancelScope() as scope:
+                stop.iteration_started(scope)
+                result = await run_iteration(
+                    self.spec,
+                    self.number,
+                    handoff=handoff,
+                    on_cost=meter.report,
+                    fence=self._runner._store.fence,
+                )
+        finally:
+            stop.iteration_ended()
+            live_usd = meter.live_usd()
+            meter.close()
+        return result, live_usd
+
+    def _last_handoff(self) -> Path | None:
+        history = self._runner.progress.history
+        if not history:
+            return None
+        return self._runner._store.handoff_file(int(history[-1]["iteration"]))
 
     def _open_meter(self) -> Meter:
         """Meter the run's live cost: by wall time unless its orchestrator reports cost."""
-        spec = self.spec
-        wall_time = self._wall_time_priced()
-        target_left = self.limits().max_cost_usd - self.state.total_cost_usd  # with `ctl extend`
+        runner, spec = self._runner, self.spec
+        target_left = runner.limits().max_cost_usd - runner.state.total_cost_usd
         limit = spec.max_iteration_cost_usd
         own_reason = REASON_TARGET_COST
         if limit is not None and limit < target_left:
             target_left, own_reason = limit, REASON_ITERATION_COST
-        return self._budget.open_meter(
-            rate_usd_per_s=spec.cost_per_minute_usd / 60.0 if wall_time else 0.0,
+        return runner._budget.open_meter(
+            rate_usd_per_s=spec.cost_per_minute_usd / 60.0 if runner._wall_time_priced() else 0.0,
             own_limit_usd=target_left,
             own_reason=own_reason,
-            on_plan=self._on_plan,
+            on_plan=runner._stop.on_plan,
         )
-
-    def _on_plan(self, plan: StopAt) -> None:
-        self._cut = plan if plan.reason is not None else None
-        self._apply_deadline()
-
-    def _cut_due(self) -> bool:
-        return self._cut is not None and anyio.current_time() >= self._cut.at_s - 1e-3
 
     def _state_root_inside_target(self) -> Path | None:
         root, target = self.spec.state_root, self.spec.path
@@ -157,7 +144,8 @@ class IterationSteps(TargetControls):
         """Whether the run changed the target's files (None: not checked)."""
         if self.spec.dry_run or result is None or result.status != "completed":
             return None
-        before = self.state.content_hash
+        state = self._runner.state
+        before = state.content_hash
         try:
             after = await anyio.to_thread.run_sync(
                 content_hash, self.spec.path, self._state_root_inside_target()
@@ -165,15 +153,16 @@ class IterationSteps(TargetControls):
         except OSError as exc:
             log.warning("content_hash_failed", error=str(exc))
             return None
-        self.state.content_hash = after
+        state.content_hash = after
         return None if before is None else after != before
 
     async def _keep_best(self, entry: LogEntry) -> None:
         """Copy the target to best/ when a kept run that changed files reached a new best."""
+        runner = self._runner
         if (
             entry.decision != Decision.KEEP
             or entry.changed is not True
-            or self.progress.best_iteration != entry.iteration
+            or runner.progress.best_iteration != entry.iteration
         ):
             return
         try:
@@ -187,62 +176,66 @@ class IterationSteps(TargetControls):
         except OSError as exc:
             log.warning("best_copy_failed", iteration=entry.iteration, error=str(exc))
             return
-        self.state.best_copy_iteration = entry.iteration
-        self._dirty = True
-        log.info("best_version_saved", iteration=entry.iteration, score=self.progress.best)
+        runner.state.best_copy_iteration = entry.iteration
+        runner._dirty = True
+        log.info("best_version_saved", iteration=entry.iteration, score=runner.progress.best)
 
     async def _record(
         self, entry: LogEntry, result: IterationResult | None, before: dict[str, float]
     ) -> None:
-        self.last_entry = entry
-        self.progress.add(entry)
-        self.progress.apply_to(self.state)
-        self._note_rate()
-        self.state.in_flight = None
+        """Add `entry` to the progress and the state, plan what comes next, store it."""
+        runner, spec = self._runner, self.spec
+        state, progress = runner.state, runner.progress
+        runner.last_entry = entry
+        progress.add(entry)
+        progress.apply_to(state)
+        runner._note_rate()
+        state.in_flight = None
         if result is not None and entry.status == RunStatus.FAILED:
-            self.state.last_failure_trace = result.failure_trace or result.error
-        finished = parse_iso(entry.finished_at) or now_utc()
+            state.last_failure_trace = result.failure_trace or result.error
         plan = cycle.after_run(
             run_status=RunStatus(entry.status),
-            mode=self.spec.mode,
-            one_shot=self._one_shot,
-            stop_requested=self._stop_requested,
-            finished=finished,
-            cooldown_s=self.spec.cooldown_s,
-            schedule=self.spec.schedule,
+            mode=spec.mode,
+            one_shot=runner._one_shot,
+            stop_requested=runner._stop.requested,
+            finished=parse_iso(entry.finished_at) or now_utc(),
+            cooldown_s=spec.cooldown_s,
+            schedule=spec.schedule,
         )
         if plan.next_run_at is not None:
-            self.state.next_run_at = to_iso(plan.next_run_at)
-        self.state.status = plan.status
-        handoff = None
-        if entry.completed:
-            handoff = artifacts.handoff_for(entry, before)
-        self._dirty = plan.may_defer_save
+            state.next_run_at = to_iso(plan.next_run_at)
+        runner._enter(plan.status, Phase.RUNNING)
+        handoff = artifacts.handoff_for(entry, before) if entry.completed else None
+        runner._dirty = plan.may_defer_save
         try:
-            await self._store.record(entry, handoff, None if self._dirty else self.state)
+            await runner._store.record(entry, handoff, None if runner._dirty else state)
         except FencedWriteError as exc:  # cluster: journaled here; the lease is elsewhere
             log.warning("cluster_write_fenced", error=str(exc))
-            self.request_stop(0.0, TargetStatus.LEASE_LOST)
-        if (
-            entry.decision is not None
-            and entry.decision not in KNOWN_DECISIONS
-            and entry.decision not in self._warned_decisions
-        ):
-            self._warned_decisions.add(entry.decision)
-            log.warning(
-                "unknown_decision",
-                decision=entry.decision,
-                hint="recorded verbatim as a completed iteration; it counts as not-keep",
+            runner.request_stop(0.0, TargetStatus.LEASE_LOST)
+        self._warn_once(entry)
+        runner._events.publish(
+            ev.IterationFinished(
+                spec.name, entry, state.total_cost_usd, progress.estimated_cost_usd
             )
-        if entry.completed and not entry.scores and not self._warned_no_scores:
-            self._warned_no_scores = True
+        )
+
+    def _warn_once(self, entry: LogEntry) -> None:
+        """Warn, once per runner, of a decision word not known and of a run with no scores."""
+        warned = self._runner._warned
+        decision = entry.decision
+        if decision is not None and decision not in KNOWN_DECISIONS:
+            key = f"decision {decision}"
+            if key not in warned:
+                warned.add(key)
+                log.warning(
+                    "unknown_decision",
+                    decision=decision,
+                    hint="recorded verbatim as a completed iteration; it counts as not-keep",
+                )
+        if entry.completed and not entry.scores and "scores_missing" not in warned:
+            warned.add("scores_missing")
             log.warning(
                 "scores_missing",
                 hint="no scores in the result, no scorer, no learner file; "
                 "plateau detection neither advances nor resets",
             )
-        self._events.publish(
-            ev.IterationFinished(
-                self.spec.name, entry, self.state.total_cost_usd, self.progress.estimated_cost_usd
-            )
-        )

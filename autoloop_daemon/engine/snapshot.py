@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from autoloop_daemon.vocab import Phase
+
 
 @dataclass(frozen=True, slots=True)
 class TargetSnapshot:
@@ -18,7 +20,7 @@ class TargetSnapshot:
 
     target: str
     status: str  # the state's status, or "not_started"
-    phase: str  # starting | running | cooldown | waiting | paused | stopped | not_started
+    phase: str  # a Phase (vocab.py)
     reason: str | None  # why it stopped, or why it could not start
     iterations_completed: int
     max_iterations: int
@@ -124,14 +126,15 @@ def plain(record: Any) -> dict[str, Any]:
     return {name: getattr(record, name) for name in names}
 
 
+# The phases counted, in the order of the counts ("starting" counts as running).
+_COUNTED = tuple(phase.value for phase in Phase if phase is not Phase.STARTING)
+
+
 def count_phases(phases: Iterable[str]) -> dict[str, int]:
     """How many of `phases` are running, cooling down, waiting, stopped, not started."""
-    counts = {
-        "running": 0, "cooldown": 0, "waiting": 0, "paused": 0, "stopped": 0, "not_started": 0,
-        "elsewhere": 0,
-    }  # fmt: skip
+    counts = dict.fromkeys(_COUNTED, 0)
     for phase in phases:
-        counts[phase if phase in counts else "running"] += 1  # "starting" counts as running
+        counts[phase if phase in counts else Phase.RUNNING] += 1
     return counts
 
 

@@ -43,7 +43,7 @@ from autoloop_daemon.exit_codes import EXIT_OK, EXIT_TARGET_ERROR
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.runs.process import kill_running_groups
 from autoloop_daemon.storage.base import Storage
-from autoloop_daemon.vocab import TargetStatus
+from autoloop_daemon.vocab import Phase, TargetStatus
 
 log = structlog.get_logger("autoloopd.supervisor")
 
@@ -284,7 +284,7 @@ class Supervisor:
         if self._shutdown_event is not None:
             self._shutdown_event.set()
         runners = self.runners()
-        running = tuple(sorted(r.spec.name for r in runners if r.phase == "running"))
+        running = tuple(sorted(r.spec.name for r in runners if r.phase == Phase.RUNNING))
         if self._shutdown_requests == 1:
             self.events.publish(ev.ShutdownRequested(reason, self._grace_s, running))
             for runner in runners:

@@ -1,16 +1,18 @@
 """One target's iterate / cooldown cycle, with graceful stop.
 
 `TargetRunner.prepare()` opens the target's store (lock, recovery from the log). `run()` then
-loops: check the stop conditions, wait (cooldown, schedule tick or failure backoff), reserve
-budget, take a concurrency slot, run one iteration and record it, until a stop condition or a
-stop request. What comes next is decided by the pure functions of `policy/`; what happened is
-published as events (engine/events.py), never printed or logged here directly.
+goes round: check the stop conditions, wait (pause, cooldown, schedule tick or failure
+backoff), take a turn (reserve budget, take a concurrency slot, run one iteration and record
+it), until a stop condition or a stop request. What comes next is decided by the pure
+functions of `policy/`; what happened is published as events (engine/events.py), never
+printed here. It is built from parts with their own state: its `StopControl`
+(engine/stop_control.py), its `Waits` (engine/waits.py), and the `Iteration`
+(engine/iteration.py) it builds per turn that runs one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TypeVar
+from datetime import datetime
 
 import anyio
 import structlog
@@ -18,31 +20,128 @@ import structlog
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.admission import RankedSlots
-from autoloop_daemon.engine.budget import WindowFull
-from autoloop_daemon.engine.iteration import IterationSteps
+from autoloop_daemon.engine.budget import Budget, WindowFull
+from autoloop_daemon.engine.iteration import Iteration
+from autoloop_daemon.engine.stop_control import StopControl
+from autoloop_daemon.engine.waits import Waits
 from autoloop_daemon.exceptions import StateWriteError
+from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy import cycle
+from autoloop_daemon.policy.allocation import closure, gain_per_usd
 from autoloop_daemon.policy.deadline import deadline_after
-from autoloop_daemon.policy.ledger import Reservation
+from autoloop_daemon.policy.ledger import Reservation, estimate_cost
 from autoloop_daemon.policy.progress import Progress
-from autoloop_daemon.policy.stops import goal_reason, stop_reason
-from autoloop_daemon.policy.windows import local_zone
-from autoloop_daemon.vocab import (
-    FINAL_STATUSES,
-    RunStatus,
-    TargetStatus,
-)
+from autoloop_daemon.policy.stops import Goals, Limits, goal_reason, stop_reason
+from autoloop_daemon.policy.windows import local_zone, spent_in_window
+from autoloop_daemon.storage.base import TargetStore
+from autoloop_daemon.target_state import TargetState
+from autoloop_daemon.vocab import FINAL_STATUSES, Phase, TargetStatus
 
 log = structlog.get_logger("autoloopd.target")
 
-T = TypeVar("T")
+# Reservation for a target's first iteration when it has no history and no estimate is
+# configured: ten minutes at the target's rate.
+FIRST_ESTIMATE_MINUTES = 10.0
 
-# Long waits are slept in slices so a changed wall clock (NTP, suspend) is noticed.
-MAX_SLEEP_SLICE_S = 60.0
 
-
-class TargetRunner(IterationSteps):
+class TargetRunner:
     """Runs one target until a stop condition or a stop request; owns its store."""
+
+    def __init__(
+        self,
+        spec: TargetSpec,
+        *,
+        store: TargetStore,
+        budget: Budget,
+        slots: anyio.CapacityLimiter | RankedSlots,
+        events: ev.EventBus,
+        one_shot: bool = False,
+    ) -> None:
+        """Set up a runner; nothing here touches storage (see `prepare`)."""
+        self.spec = spec
+        self._pending_spec: TargetSpec | None = None
+        self._store = store
+        self._budget = budget
+        self._slots = slots
+        self._events = events
+        self._one_shot = one_shot
+        self._stop = StopControl()
+        self._waits = Waits(self)
+        self.state = TargetState.new(spec, to_iso(now_utc()))
+        self.progress = Progress(spec.weights_map, spec.min_improvement)
+        self.last_entry: LogEntry | None = None
+        self._phase = Phase.STARTING
+        # True when the state in memory is ahead of the store and the save was deferred
+        # (policy.cycle.after_run); every wait, stop and the next in-flight save flush it.
+        self._dirty = False
+        self.running_since: float | None = None  # monotonic start of the running iteration
+        self.final_status: str | None = None
+        self.prepared_cost_usd = 0.0
+        self.prepared_window_cost_usd = 0.0  # of it, in the budget's current window
+        self._deadline_at: datetime | None = None  # `deadline`, fixed when the cycle begins
+        self._warned: set[str] = set()  # warnings given once per runner (engine/iteration.py)
+
+    # ----------------------------------------------------------------- status and phase
+
+    @property
+    def phase(self) -> Phase:
+        """Where the runner is in its cycle now."""
+        return self._phase
+
+    def _enter(self, status: str, phase: Phase) -> None:
+        """The one place a runner's status and phase change (supervisord's `change_state`).
+
+        A changed status makes the state dirty: the next checkpoint writes it. The events a
+        transition publishes are published by the caller after that checkpoint, so that no
+        subscriber hears of a status the store does not hold yet.
+        """
+        self._phase = phase
+        if status != self.state.status:
+            self.state.status = status
+            self._dirty = True
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self._stop.requested
+
+    @property
+    def stop_status(self) -> TargetStatus | None:
+        """The status a requested stop ends with, or None when none was requested."""
+        return self._stop.status if self._stop.requested else None
+
+    @property
+    def location(self) -> str:
+        """Where the state lives (for users)."""
+        return self._store.location
+
+    # ----------------------------------------------------------------- start-up
+
+    async def prepare(self) -> None:
+        """Open the store: lock, recover from the log, checkpoint.
+
+        Raises StateLockedError, StateCorruptError or StateWriteError; nothing is changed
+        by a refusal.
+        """
+        with structlog.contextvars.bound_contextvars(target=self.spec.name):
+            recovered = await self._store.open()
+        self.state = recovered.state
+        self.progress = recovered.progress
+        self.last_entry = recovered.last_entry
+        self.prepared_cost_usd = self.state.total_cost_usd
+        self._note_rate()
+        since = self._budget.window_start
+        if since is not None and self.prepared_cost_usd > 0:
+            entries = await self._store.read_log()
+            self.prepared_window_cost_usd = spent_in_window(
+                ((parse_iso(e.started_at), e.cost_usd) for e in entries), since
+            )
+
+    async def _save(self) -> None:
+        self._dirty = False
+        await self._store.save(self.state)
+
+    # ----------------------------------------------------------------- the cycle
 
     async def run(self) -> str:
         """Run the cycle until it stops; returns the final status. Closes the store."""
@@ -54,39 +153,23 @@ class TargetRunner(IterationSteps):
                 while isinstance(exc, BaseExceptionGroup):
                     exc = exc.exceptions[0]
                 status = TargetStatus.ERROR
-                self.state.status = status
+                self._enter(status, Phase.STOPPED)
                 self.state.last_failure_trace = str(exc)
                 self._events.publish(ev.CheckpointFailed(self.spec.name, str(exc)))
             finally:
-                self.phase = "stopped"
+                self._enter(self.state.status, Phase.STOPPED)
                 self._store.close()
             self.final_status = status
             return status
 
-    def _stop_reason(self) -> TargetStatus | None:
-        if self.state.consecutive_errors >= self.spec.max_consecutive_errors:
-            return TargetStatus.ERROR
-        reason = stop_reason(self.progress.view(), self.limits()) or goal_reason(
-            self._goals(),
-            best=self.progress.best,
-            scored=len(self.progress.scores),
-            gain_per_usd=self.gain_per_usd,
-            now=now_utc(),
-        )
-        return None if reason is None else TargetStatus(reason)
-
-    def describe(self, status: str) -> str:
-        """Why the target stopped (or would stop) with `status`, in words."""
-        return cycle.stop_sentence(
-            status,
-            self.progress.view(),
-            self.limits(),
-            consecutive_errors=self.state.consecutive_errors,
-            max_consecutive_errors=self.spec.max_consecutive_errors,
-            last_failure=self.state.last_failure_trace,
-            budget_spent_usd=self._budget.spent_usd,
-            budget_cap_usd=self._budget.cap_usd,
-        )
+    async def _cycle(self) -> str:
+        """Begin; then check -> wait -> turn until one of them finishes the target."""
+        ended = await self._begin()
+        while ended is None:
+            ended = await self._check()
+            if ended is None and not await self._waits.before_turn():
+                ended = await self._turn()
+        return ended
 
     async def _begin(self) -> str | None:
         """Announce the start; the status to finish with at once, or None to go on."""
@@ -114,109 +197,33 @@ class TargetRunner(IterationSteps):
             log.info("target_resumed", previous_status=previous)
         return None
 
-    async def _cycle(self) -> str:
-        ended = await self._begin()
-        if ended is not None:
-            return ended
-        while True:
-            if self._pending_spec is not None:
-                await self._apply_pending_spec()
-            if self._stop_requested:
-                return await self._finish(self._stop_status)
-            reason = self._stop_reason()
-            if reason is not None:
-                return await self._finish(reason)
-            if self.state.paused:
-                await self._wait_paused()
-                continue
-            delay = self._delay_before_next()
-            if delay > 0:
-                await self._wait(delay)
-                continue  # re-check everything after a wait
-            ended = await self._turn()
-            if ended is not None:
-                return ended
-            if self._turn_skipped:
-                continue
-            if self._cut_status is not None:
-                return await self._finish(self._cut_status)
-            if self._one_shot and not self._stop_requested:
-                stop = self._stop_reason()
-                if stop is None:
-                    self._events.publish(ev.ScheduledExit(self.spec.name))
-                return await self._finish(stop or self.state.status, announce=stop is not None)
-
-    async def _apply_pending_spec(self) -> None:
-        assert self._pending_spec is not None
-        old, self.spec, self._pending_spec = self.spec, self._pending_spec, None
-        if (old.weights, old.min_improvement) != (self.spec.weights, self.spec.min_improvement):
-            # Weighted scores and the plateau streak depend on these: rebuild from the log.
-            entries = await self._store.read_log()
-            self.progress = Progress.from_entries(
-                entries, self.spec.weights_map, self.spec.min_improvement
-            )
-            self.progress.apply_to(self.state)
-        self.state.apply_limits(self.spec)
-        log.info("limits_applied")
-
-    async def _interruptible(self, awaitable: Awaitable[T]) -> T | None:
-        """Await `awaitable` unless a stop request cancels the wait (then None)."""
-        with anyio.CancelScope() as scope:
-            self._wait_scope = scope
-            if self._stop_requested:
-                scope.cancel()
-            try:
-                return await awaitable
-            finally:
-                self._wait_scope = None
-        return None
-
-    async def _acquire_slot(self) -> bool:
-        if isinstance(self._slots, RankedSlots):
-            await self._slots.acquire_ranked(self.gain_per_usd)
-        else:
-            await self._slots.acquire()
-        return True
-
-    async def _take_slot(self) -> bool:
-        """Wait for a concurrency slot (checkpointing first if it will wait); False when a
-        stop request ended the wait."""
-        if self._dirty and self._slots.available_tokens < 1:
-            await self._save()  # about to wait for a slot: checkpoint first
-        return bool(await self._interruptible(self._acquire_slot()))
+    async def _check(self) -> str | None:
+        """Apply a pending reload, then finish on a stop request or a stop condition."""
+        if self._pending_spec is not None:
+            await self._apply_pending_spec()
+        if self._stop.requested:
+            return await self._finish(self._stop.status)
+        reason = self._stop_reason()
+        return None if reason is None else await self._finish(reason)
 
     async def _turn(self) -> str | None:
         """Reserve the budget and take a slot, then run one iteration. Returns a status to
-        finish with, or None (`_turn_skipped` set when nothing ran: go round again).
+        finish with (budget exhausted, a cap's cut, a one-shot's end), or None.
 
         First come first served reserves first, then waits for a slot (as always). With
         ranked slots (`allocation = "gain_per_usd"`) the slot comes first, so that the
         best-ranked target is also the next one to spend; it is given back before waiting
         for the next budget window.
         """
-        self._turn_skipped = True
         ranked = isinstance(self._slots, RankedSlots)
         held = False
         try:
             if ranked:
-                held = await self._take_slot()
-                if not held or self._stop_requested:
+                held = await self._waits.slot()
+                if not held or self._stop.requested:
                     return None
-            estimate = self.next_estimate_usd()
-            if self._dirty and not self._budget.ledger.fits(estimate):
-                await self._save()  # about to wait for the budget: checkpoint first
-            reservation = await self._interruptible(
-                self._budget.reserve(
-                    self.spec.name,
-                    estimate,
-                    metered=self._wall_time_priced(),
-                    iteration=self.state.next_iteration,
-                    rate_usd_per_s=self.spec.cost_per_minute_usd / 60.0,
-                )
-            )
-            if self._stop_requested:
-                if isinstance(reservation, Reservation):
-                    self._budget.settle(reservation, 0.0)
+            reservation = await self._waits.reserve()
+            if self._stop.requested:
                 return None
             if reservation is None:
                 return await self._finish(TargetStatus.STOPPED_BUDGET)
@@ -224,96 +231,45 @@ class TargetRunner(IterationSteps):
                 if held:
                     held = False
                     self._slots.release()
-                await self._wait_window(reservation)
+                await self._waits.window(reservation)
                 return None
-            self._turn_skipped = False
-            held = False  # _with_slot gives it back
-            await self._with_slot(reservation, have_slot=ranked)
-            return None
+            held = False  # _run_reserved gives it back
+            await self._run_reserved(reservation, have_slot=ranked)
         finally:
             if held:
                 self._slots.release()
+        return await self._after_iteration()
 
-    async def _with_slot(self, reservation: Reservation, *, have_slot: bool = False) -> None:
-        cost = 0.0
+    async def _run_reserved(self, reservation: Reservation, *, have_slot: bool) -> None:
+        """Run one iteration on `reservation` (taking a slot unless one is held), then
+        settle the reservation with what it cost and give the slot back."""
+        cost_usd = 0.0
         got_slot = have_slot
         try:
             if not got_slot:
-                got_slot = await self._take_slot()
-            if got_slot and not self._stop_requested and self._budget.may_start(self.spec.name):
-                cost = await self._iterate()
+                got_slot = await self._waits.slot()
+            if got_slot and not self._stop.requested and self._budget.may_start(self.spec.name):
+                cost_usd = await Iteration(self).run()
         finally:
             if got_slot:
                 self._slots.release()
-            self._budget.settle(reservation, cost)
+            self._budget.settle(reservation, cost_usd)
 
-    def _delay_before_next(self) -> float:
-        if self._run_now:
-            self._run_now = False
-            if self.state.next_run_at is not None:
-                self.state.next_run_at, self._dirty = None, True
-            return 0.0
-        last = self.last_entry
-        failed = last is not None and last.status == RunStatus.FAILED
-        wait = cycle.delay_before_next(
-            now=now_utc(),
-            mode=self.spec.mode,
-            one_shot=self._one_shot,
-            consecutive_errors=self.state.consecutive_errors,
-            last_failed_at=parse_iso(last.finished_at) if failed and last else None,
-            backoff_base_s=self.spec.backoff_base_seconds,
-            backoff_max_s=self.spec.backoff_max_seconds,
-            next_run_at=parse_iso(self.state.next_run_at),
-            last_finished_at=parse_iso(last.finished_at) if last else None,
-            cooldown_s=self.spec.cooldown_s,
-            schedule=self.spec.schedule,
-        )
-        stored = None if wait.next_run_at is None else to_iso(wait.next_run_at)
-        if stored != self.state.next_run_at and not self._one_shot:
-            self.state.next_run_at = stored
-            self._dirty = True
-        return wait.delay_s
-
-    async def _wait_paused(self) -> None:
-        self.phase = "paused"
-        if self.state.status != TargetStatus.PAUSED or self._dirty:
-            self.state.status = TargetStatus.PAUSED
-            await self._save()
-        await self._interruptible(anyio.sleep(MAX_SLEEP_SLICE_S))
-
-    async def _wait(self, delay_s: float) -> None:
-        waiting = self.spec.mode == "scheduled" and not self.state.consecutive_errors
-        status = TargetStatus.WAITING if waiting else TargetStatus.COOLDOWN
-        self.phase = "waiting" if waiting else "cooldown"
-        if self.state.status != status or self._dirty:
-            self.state.status = status
-            await self._save()
-        next_run = self.state.next_run_at
-        if status == TargetStatus.COOLDOWN and next_run and next_run != self._announced_wait:
-            self._announced_wait = next_run
-            self._events.publish(ev.CoolingDown(self.spec.name, delay_s, next_run))
-        log.debug("waiting", seconds=round(delay_s, 3), status=status)
-        await self._interruptible(anyio.sleep(min(delay_s, MAX_SLEEP_SLICE_S)))
-
-    async def _wait_window(self, full: WindowFull) -> None:
-        """The budget window's cap is reached: wait (`waiting_budget`) until it ends."""
-        self.phase = "waiting"
-        reset_at = to_iso(full.reset_at)
-        if self.state.status != TargetStatus.WAITING_BUDGET or self._dirty:
-            self.state.status = TargetStatus.WAITING_BUDGET
-            self.state.next_run_at = reset_at
-            await self._save()
-        if self._announced_wait != reset_at:
-            self._announced_wait = reset_at
-            self._events.publish(ev.WaitingBudget(self.spec.name, reset_at))
-        delay = (full.reset_at - now_utc()).total_seconds()
-        await self._interruptible(anyio.sleep(min(max(0.0, delay) + 0.01, MAX_SLEEP_SLICE_S)))
+    async def _after_iteration(self) -> str | None:
+        """Finish after a cap's cut, and after the one run of a one-shot target."""
+        if self._stop.cut_status is not None:
+            return await self._finish(self._stop.cut_status)
+        if not self._one_shot or self._stop.requested:
+            return None
+        stop = self._stop_reason()
+        if stop is None:
+            self._events.publish(ev.ScheduledExit(self.spec.name))
+        return await self._finish(stop or self.state.status, announce=stop is not None)
 
     async def _finish(self, status: str, *, announce: bool = True) -> str:
-        self.phase = "stopped"
         if status == TargetStatus.STOPPED_SIGNAL and self.state.is_final:
             status = self.state.status
-        self.state.status = status
+        self._enter(status, Phase.STOPPED)
         self.state.in_flight = None
         with anyio.CancelScope(shield=True):
             await self._save()
@@ -333,3 +289,158 @@ class TargetRunner(IterationSteps):
             )
         )
         return status
+
+    # ----------------------------------------------------------------- commands
+
+    def request_stop(
+        self, grace_s: float, status: TargetStatus = TargetStatus.STOPPED_SIGNAL
+    ) -> None:
+        """Start no new iteration; let a running one finish within `grace_s`, then stop it."""
+        self._stop.request(grace_s, status)
+
+    def force_stop(self) -> None:
+        """Skip the grace period: stop a running iteration now."""
+        self._stop.force()
+
+    # Operator commands (`autoloopd ctl`); each is saved at once so it survives a restart.
+
+    async def set_paused(self, paused: bool) -> None:
+        """Pause (a running iteration finishes, then no new one starts) or resume."""
+        if self.state.paused != paused:
+            self.state.paused = paused
+            await self._save()
+        self._wake()
+
+    def run_now(self) -> None:
+        """Skip the current cooldown, schedule or backoff wait, once."""
+        self._waits.run_now = True
+        self._wake()
+
+    async def extend(self, iterations: int, cost_usd: float) -> None:
+        """Raise this target's iteration and cost limits (kept in its state)."""
+        self.state.extra_iterations += iterations
+        self.state.extra_cost_usd = round(self.state.extra_cost_usd + cost_usd, 6)
+        await self._save()
+        self._wake()
+
+    async def clear_stop(self) -> None:
+        """Clear the circuit breaker and a final status, so the target runs again."""
+        self.state.consecutive_errors = self.progress.consecutive_errors = 0
+        if self.state.is_final:
+            self._enter(TargetStatus.IDLE, self._phase)
+        await self._save()
+        self._wake()
+
+    def _wake(self) -> None:
+        """End a pause, cooldown, schedule or budget-window wait now."""
+        if self._phase.is_waiting:
+            self._stop.cancel_wait()
+
+    def update_spec(self, spec: TargetSpec) -> None:
+        """Apply changed limits from the next iteration on (config reload)."""
+        self._pending_spec = None if spec == self.spec else spec
+
+    @property
+    def latest_spec(self) -> TargetSpec:
+        """The spec of the newest configuration: a pending one, else the one in use."""
+        return self._pending_spec or self.spec
+
+    async def _apply_pending_spec(self) -> None:
+        assert self._pending_spec is not None
+        old, self.spec, self._pending_spec = self.spec, self._pending_spec, None
+        if (old.weights, old.min_improvement) != (self.spec.weights, self.spec.min_improvement):
+            # Weighted scores and the plateau streak depend on these: rebuild from the log.
+            entries = await self._store.read_log()
+            self.progress = Progress.from_entries(
+                entries, self.spec.weights_map, self.spec.min_improvement
+            )
+            self.progress.apply_to(self.state)
+        self.state.apply_limits(self.spec)
+        log.info("limits_applied")
+
+    # ----------------------------------------------------------------- limits and estimates
+
+    def limits(self) -> Limits:
+        """The limits the stop conditions compare against."""
+        s = self.spec
+        return Limits(
+            self.max_iterations_now, self.max_cost_usd_now,
+            s.plateau_window, s.min_improvement, s.oscillation_window,
+        )  # fmt: skip
+
+    @property
+    def max_iterations_now(self) -> int:
+        """The iteration limit with what `ctl extend` added."""
+        return self.spec.max_iterations + self.state.extra_iterations
+
+    @property
+    def max_cost_usd_now(self) -> float:
+        """The cost limit with what `ctl extend` added."""
+        return self.spec.max_cost_usd + self.state.extra_cost_usd
+
+    def _stop_reason(self) -> TargetStatus | None:
+        if self.state.consecutive_errors >= self.spec.max_consecutive_errors:
+            return TargetStatus.ERROR
+        reason = stop_reason(self.progress.view(), self.limits()) or goal_reason(
+            Goals(self.spec.target_score, self.spec.min_gain_per_usd, self._deadline_at),
+            best=self.progress.best,
+            scored=len(self.progress.scores),
+            gain_per_usd=self.gain_per_usd,
+            now=now_utc(),
+        )
+        return None if reason is None else TargetStatus(reason)
+
+    def describe(self, status: str) -> str:
+        """Why the target stopped (or would stop) with `status`, in words."""
+        return cycle.stop_sentence(
+            status,
+            self.progress.view(),
+            self.limits(),
+            consecutive_errors=self.state.consecutive_errors,
+            max_consecutive_errors=self.spec.max_consecutive_errors,
+            last_failure=self.state.last_failure_trace,
+            budget_spent_usd=self._budget.spent_usd,
+            budget_cap_usd=self._budget.cap_usd,
+        )
+
+    def next_estimate_usd(self) -> float:
+        """What the next iteration is expected to cost (its budget reservation)."""
+        return estimate_cost(
+            list(self.progress.recent_costs),
+            self.spec.estimated_cost_usd,
+            FIRST_ESTIMATE_MINUTES * self.spec.cost_per_minute_usd,
+            fleet_recent_usd=self._budget.recent_costs,
+            iteration_limit_usd=self.spec.max_iteration_cost_usd,
+        )
+
+    def gain_per_usd(self) -> float:
+        """The estimated gain per dollar of the next iteration (policy/allocation.py).
+
+        The expected cost is the mean of the target's own recent costs, else of the fleet's
+        (else the reservation): the reservation is cautious (the fleet's dearest recent
+        run), which would make every target look alike and new ones look dear.
+        """
+        recent = [c for c in self.progress.recent_costs if c > 0]
+        fleet = [c for c in self._budget.recent_costs if c > 0]
+        if recent:
+            cost = sum(recent) / len(recent)
+        elif fleet:
+            cost = sum(fleet) / len(fleet)
+        else:
+            cost = self.next_estimate_usd()
+        return gain_per_usd(
+            self.progress.scores,
+            cost,
+            self._budget.pooled_rate,
+            self.progress.current_scores or None,
+        )
+
+    def _wall_time_priced(self) -> bool:
+        """True when the next run is metered by wall time: its orchestrator did not report
+        its cost last time (or has not run yet) and the rate is not zero."""
+        spec = self.spec
+        return not spec.dry_run and spec.cost_per_minute_usd > 0 and not self.progress.reports_cost
+
+    def _note_rate(self) -> None:
+        """Tell the fleet how fast this target has been improving."""
+        self._budget.rates[self.spec.name] = closure(self.progress.scores)

@@ -1,0 +1,137 @@
+"""When a target runner must stop, and the two cancel scopes a stop ends.
+
+A stop request (signal, `ctl stop`, reload, cluster) ends the runner's wait at once and its
+running iteration at the stop deadline (now + grace). A cap's live cut (policy/live_cost.py,
+through the budget's meter) ends the running iteration when the money runs out, and decides
+the status the runner stops with afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import anyio
+
+from autoloop_daemon.policy.live_cost import REASON_BUDGET, REASON_TARGET_COST, StopAt
+from autoloop_daemon.vocab import TargetStatus
+
+T = TypeVar("T")
+
+# The stop a cap's live cut leads to (a per-iteration limit only fails the run).
+CUT_STATUS = {
+    REASON_BUDGET: TargetStatus.STOPPED_BUDGET,
+    REASON_TARGET_COST: TargetStatus.STOPPED_COST,
+}
+
+
+def cancel_soon(scope: anyio.CancelScope) -> None:
+    """Cancel `scope` from the event loop's next callback rather than from the calling task.
+
+    anyio writes the calling task into the cancel's reason, and formatting an asyncio task
+    (its coroutine and frame) costs ~15 µs: 0.15 s or more on the event loop when a
+    shutdown stops 10,000 waiting targets. From a loop callback there is no calling task.
+    A wait entered before the callback runs cancels itself (`interruptible` checks the
+    stop request on entry), and cancelling a scope that has ended does nothing.
+    """
+    asyncio.get_running_loop().call_soon(scope.cancel)
+
+
+class StopControl:
+    """One runner's stop request, its deadline, a cap's cut, and the scopes they cancel."""
+
+    __slots__ = (
+        "_cut",
+        "_deadline_s",
+        "_iter_scope",
+        "_wait_scope",
+        "cut_status",
+        "requested",
+        "status",
+    )
+
+    def __init__(self) -> None:
+        """No stop requested, no wait or iteration in progress."""
+        self.requested = False
+        self.status = TargetStatus.STOPPED_SIGNAL  # what a requested stop ends with
+        self.cut_status: TargetStatus | None = None  # the stop a cap's cut leads to
+        self._deadline_s: float | None = None  # when the running iteration must end
+        self._cut: StopAt | None = None  # when a cap says the running iteration must end
+        self._wait_scope: anyio.CancelScope | None = None
+        self._iter_scope: anyio.CancelScope | None = None
+
+    def request(self, grace_s: float, status: TargetStatus) -> None:
+        """Stop with `status` (the first request's): end a wait now, an iteration in `grace_s`."""
+        if not self.requested:
+            self.status = status
+        self.requested = True
+        deadline_s = anyio.current_time() + grace_s
+        if self._deadline_s is None or deadline_s < self._deadline_s:
+            self._deadline_s = deadline_s
+        if self._wait_scope is not None:
+            cancel_soon(self._wait_scope)
+        self._apply_deadline()
+
+    def force(self) -> None:
+        """Skip the grace period: end the running iteration now."""
+        self.request(0.0, self.status)
+
+    async def interruptible(self, awaitable: Awaitable[T]) -> T | None:
+        """Await `awaitable` unless a stop request (or `cancel_wait`) ends the wait: None."""
+        with anyio.CancelScope() as scope:
+            self._wait_scope = scope
+            if self.requested:
+                scope.cancel()
+            try:
+                return await awaitable
+            finally:
+                self._wait_scope = None
+        return None
+
+    def cancel_wait(self) -> None:
+        """End the wait in progress now, if there is one."""
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    # The running iteration: its scope ends at the stop deadline or when a cap says so.
+
+    def clear_cut(self) -> None:
+        """Forget the last iteration's cut (before the next iteration's meter opens)."""
+        self._cut = None
+
+    def on_plan(self, plan: StopAt) -> None:
+        """The meter's latest plan: a cap's cut moves the running iteration's end."""
+        self._cut = plan if plan.reason is not None else None
+        self._apply_deadline()
+
+    def iteration_started(self, scope: anyio.CancelScope) -> None:
+        """`scope` holds the running iteration: give it the current deadline."""
+        self._iter_scope = scope
+        self._apply_deadline()
+
+    def iteration_ended(self) -> None:
+        """The running iteration's scope is left: stops and cuts no longer move it."""
+        self._iter_scope = None
+
+    def cut_reason(self) -> str | None:
+        """The reason of the cap whose cut ended the run that came back without a result.
+
+        None when no cut was due (the run ended for another reason). A cut by the budget or
+        by the target's cost also sets `cut_status`, the stop the runner ends with.
+        """
+        cut = self._cut
+        if cut is None or cut.reason is None or anyio.current_time() < cut.at_s - 1e-3:
+            return None
+        if cut.reason in CUT_STATUS:
+            self.cut_status = CUT_STATUS[cut.reason]
+        return cut.reason
+
+    def _apply_deadline(self) -> None:
+        if self._iter_scope is None:
+            return
+        deadline_s = math.inf if self._deadline_s is None else self._deadline_s
+        if self._cut is not None:
+            deadline_s = min(deadline_s, self._cut.at_s)
+        self._iter_scope.deadline = deadline_s

@@ -1,0 +1,167 @@
+"""Everything a target runner waits for: a pause, a cooldown, a schedule tick, a failure's
+backoff, the budget (a reservation, the next window) and a concurrency slot.
+
+Each wait checkpoints a state that is ahead of the store first, and ends early on a stop
+request (engine/stop_control.py); the pause, cooldown, schedule and window waits also on an
+operator's command (the runner's `_wake`). The first four change the runner's status and
+phase (through its `_enter`), and a new cooldown or budget window is announced once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from autoloop_daemon.clock import now_utc, parse_iso, to_iso
+from autoloop_daemon.engine import events as ev
+from autoloop_daemon.engine.admission import RankedSlots
+from autoloop_daemon.engine.budget import WindowFull
+from autoloop_daemon.policy import cycle
+from autoloop_daemon.policy.ledger import Reservation
+from autoloop_daemon.vocab import Phase, RunStatus, TargetStatus
+
+if TYPE_CHECKING:
+    from autoloop_daemon.engine.target_runner import TargetRunner
+
+log = structlog.get_logger("autoloopd.target")
+
+# Long waits are slept in slices so a changed wall clock (NTP, suspend) is noticed.
+MAX_SLEEP_SLICE_S = 60.0
+
+
+class Waits:
+    """A runner's waits, with the run-now request and the last wait announced.
+
+    A part of its runner (which holds one), not a stage of it: it reads the runner's spec,
+    state and last entry, and changes the status only through the runner's `_enter`.
+    """
+
+    __slots__ = ("_announced", "_runner", "run_now")
+
+    def __init__(self, runner: TargetRunner) -> None:
+        """Nothing waited for yet."""
+        self._runner = runner
+        self.run_now = False  # `ctl run-now`: skip the next wait once
+        self._announced: str | None = None  # the next run or window an event announced
+
+    async def before_turn(self) -> bool:
+        """Wait while paused or until the next run is due; True when it waited (the
+        runner checks its stop conditions again after every wait)."""
+        if self._runner.state.paused:
+            await self._paused()
+            return True
+        delay_s = self._delay_s()
+        if delay_s <= 0:
+            return False
+        await self._cooldown(delay_s)
+        return True
+
+    async def reserve(self) -> Reservation | WindowFull | None:
+        """Reserve the next iteration's estimate (checkpointing first if it will wait).
+
+        None when the budget is exhausted, or when a stop request ended the wait (then
+        nothing is held).
+        """
+        runner = self._runner
+        spec, budget, stop = runner.spec, runner._budget, runner._stop
+        estimate_usd = runner.next_estimate_usd()
+        if runner._dirty and not budget.ledger.fits(estimate_usd):
+            await runner._save()  # about to wait for the budget: checkpoint first
+        reservation = await stop.interruptible(
+            budget.reserve(
+                spec.name,
+                estimate_usd,
+                metered=runner._wall_time_priced(),
+                iteration=runner.state.next_iteration,
+                rate_usd_per_s=spec.cost_per_minute_usd / 60.0,
+            )
+        )
+        if stop.requested and isinstance(reservation, Reservation):
+            budget.settle(reservation, 0.0)
+            return None
+        return reservation
+
+    async def slot(self) -> bool:
+        """Wait for a concurrency slot (checkpointing first if it will wait); False when a
+        stop request ended the wait."""
+        runner = self._runner
+        if runner._dirty and runner._slots.available_tokens < 1:
+            await runner._save()  # about to wait for a slot: checkpoint first
+        return bool(await runner._stop.interruptible(self._acquire_slot()))
+
+    async def _acquire_slot(self) -> bool:
+        slots = self._runner._slots
+        if isinstance(slots, RankedSlots):
+            await slots.acquire_ranked(self._runner.gain_per_usd)
+        else:
+            await slots.acquire()
+        return True
+
+    async def window(self, full: WindowFull) -> None:
+        """The budget window's cap is reached: wait (`waiting_budget`) until it ends."""
+        runner = self._runner
+        runner._enter(TargetStatus.WAITING_BUDGET, Phase.WAITING)
+        reset_at = to_iso(full.reset_at)
+        if runner._dirty:
+            runner.state.next_run_at = reset_at
+            await runner._save()
+        if self._announced != reset_at:
+            self._announced = reset_at
+            runner._events.publish(ev.WaitingBudget(runner.spec.name, reset_at))
+        delay_s = (full.reset_at - now_utc()).total_seconds()
+        await runner._stop.interruptible(
+            anyio.sleep(min(max(0.0, delay_s) + 0.01, MAX_SLEEP_SLICE_S))
+        )
+
+    def _delay_s(self) -> float:
+        """How long until the next run is due (0: now); notes a changed next run."""
+        runner = self._runner
+        spec, state, last = runner.spec, runner.state, runner.last_entry
+        if self.run_now:
+            self.run_now = False
+            if state.next_run_at is not None:
+                state.next_run_at, runner._dirty = None, True
+            return 0.0
+        failed = last is not None and last.status == RunStatus.FAILED
+        wait = cycle.delay_before_next(
+            now=now_utc(),
+            mode=spec.mode,
+            one_shot=runner._one_shot,
+            consecutive_errors=state.consecutive_errors,
+            last_failed_at=parse_iso(last.finished_at) if failed and last else None,
+            backoff_base_s=spec.backoff_base_seconds,
+            backoff_max_s=spec.backoff_max_seconds,
+            next_run_at=parse_iso(state.next_run_at),
+            last_finished_at=parse_iso(last.finished_at) if last else None,
+            cooldown_s=spec.cooldown_s,
+            schedule=spec.schedule,
+        )
+        stored = None if wait.next_run_at is None else to_iso(wait.next_run_at)
+        if stored != state.next_run_at and not runner._one_shot:
+            state.next_run_at = stored
+            runner._dirty = True
+        return wait.delay_s
+
+    async def _paused(self) -> None:
+        runner = self._runner
+        runner._enter(TargetStatus.PAUSED, Phase.PAUSED)
+        if runner._dirty:
+            await runner._save()
+        await runner._stop.interruptible(anyio.sleep(MAX_SLEEP_SLICE_S))
+
+    async def _cooldown(self, delay_s: float) -> None:
+        """Wait `delay_s` (a slice of it at most): a schedule tick, else a cooldown."""
+        runner = self._runner
+        waiting = runner.spec.mode == "scheduled" and not runner.state.consecutive_errors
+        status = TargetStatus.WAITING if waiting else TargetStatus.COOLDOWN
+        runner._enter(status, Phase.WAITING if waiting else Phase.COOLDOWN)
+        if runner._dirty:
+            await runner._save()
+        next_run = runner.state.next_run_at
+        if status == TargetStatus.COOLDOWN and next_run and next_run != self._announced:
+            self._announced = next_run
+            runner._events.publish(ev.CoolingDown(runner.spec.name, delay_s, next_run))
+        log.debug("waiting", seconds=round(delay_s, 3), status=status)
+        await runner._stop.interruptible(anyio.sleep(min(delay_s, MAX_SLEEP_SLICE_S)))
