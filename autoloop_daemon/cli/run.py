@@ -41,6 +41,7 @@ from autoloop_daemon.observers.console import Console
 from autoloop_daemon.observers.live_view import shutdown_notice
 from autoloop_daemon.observers.logs import configure_logging
 from autoloop_daemon.observers.sdnotify import Notifier
+from autoloop_daemon.runs.leftovers import MarkedLeftovers
 from autoloop_daemon.storage.base import Storage
 from autoloop_daemon.storage.files.lock import resolve_state_root
 from autoloop_daemon.storage.files.store import FileStorage
@@ -112,7 +113,7 @@ def _run_one_target(args: argparse.Namespace) -> int:
         events.subscribe(shutdown_notice(_echo))
     supervisor = Supervisor(
         [spec],
-        storage=FileStorage(None),
+        storage=FileStorage(None, leftovers=MarkedLeftovers()),
         budget_cap_usd=math.inf,  # one target: its own cap (max_cost_usd) is the limit
         max_concurrent=1,
         grace_s=args.shutdown_grace_seconds,
@@ -204,7 +205,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
         from autoloop_daemon.cluster.connect import serve_in_cluster
 
         return anyio.run(partial(serve_in_cluster, cfg, serve_on))
-    return anyio.run(serve_on, FileStorage(cfg.daemon.state_dir))
+    return anyio.run(serve_on, FileStorage(cfg.daemon.state_dir, leftovers=MarkedLeftovers()))
 
 
 def main(argv: Sequence[str]) -> int:

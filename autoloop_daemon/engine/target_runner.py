@@ -25,7 +25,7 @@ from autoloop_daemon.policy import cycle
 from autoloop_daemon.policy.deadline import deadline_after
 from autoloop_daemon.policy.ledger import Reservation
 from autoloop_daemon.policy.progress import Progress
-from autoloop_daemon.policy.stops import goal_reason, stop_reason
+from autoloop_daemon.policy.stops import goal_reason, stop_reason, stop_sentence
 from autoloop_daemon.policy.windows import local_zone
 from autoloop_daemon.vocab import (
     FINAL_STATUSES,
@@ -77,7 +77,7 @@ class TargetRunner(IterationSteps):
 
     def describe(self, status: str) -> str:
         """Why the target stopped (or would stop) with `status`, in words."""
-        return cycle.stop_sentence(
+        sentence = stop_sentence(
             status,
             self.progress.view(),
             self.limits(),
@@ -86,7 +86,9 @@ class TargetRunner(IterationSteps):
             last_failure=self.state.last_failure_trace,
             budget_spent_usd=self._budget.spent_usd,
             budget_cap_usd=self._budget.cap_usd,
+            next_run_at=self.state.next_run_at,
         )
+        return status if sentence is None else sentence
 
     async def _begin(self) -> str | None:
         """Announce the start; the status to finish with at once, or None to go on."""
