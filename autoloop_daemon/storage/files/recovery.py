@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -111,15 +111,7 @@ async def recover(
             log.info("stale_temp_files_removed", count=len(stale))
         for line in migrations:
             log.info("state_migrated", detail=line)
-        if loaded is None:
-            state = TargetState.new(spec, to_iso(now_utc()))
-            if summary.first_started_at is not None:  # a log without a state: the log wins
-                state.started_at = summary.first_started_at
-            before = None
-        else:
-            state, before = loaded, loaded.to_json()
-            if summary.last_entry is None:
-                await _seed_log(spec, state, summary)
+        state, before = await _starting_state(spec, loaded, summary)
         running = None if state.in_flight is None else state.in_flight.iteration
         if lock.stale_holder is not None and leftovers is not None:
             # The last owner was killed: look for its runs.
@@ -141,6 +133,25 @@ async def recover(
         lock.release()
         raise
     return Recovered(state=state, progress=progress, last_entry=summary.last_entry)
+
+
+async def _starting_state(
+    spec: TargetSpec, loaded: TargetState | None, summary: LogSummary
+) -> tuple[TargetState, dict[str, Any] | None]:
+    """The state recovery starts from, and the file's content (None: there is no file).
+
+    A log without a state gives a fresh state started when the log did; a state from the
+    original script, which has no log, gets one written from its history and cost.
+    """
+    if loaded is None:
+        state = TargetState.new(spec, to_iso(now_utc()))
+        if summary.first_started_at is not None:  # a log without a state: the log wins
+            state.started_at = summary.first_started_at
+        return state, None
+    before = loaded.to_json()
+    if summary.last_entry is None:
+        await _seed_log(spec, loaded, summary)
+    return loaded, before
 
 
 async def _seed_log(spec: TargetSpec, state: TargetState, summary: LogSummary) -> None:

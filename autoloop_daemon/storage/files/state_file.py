@@ -195,6 +195,20 @@ def load_state(
     except OSError as exc:
         raise StateCorruptError(f"{path}: cannot read: {fsio.describe_oserror(exc)}") from exc
 
+    data = _parse(raw, path)
+    if "schema_version" not in data:
+        data["schema_version"] = SCHEMA_VERSION
+        if on_migrate is not None:
+            on_migrate(f"{path}: no schema_version; migrated to {SCHEMA_VERSION}")
+    problem = _problem(data)
+    if problem is not None:
+        raise StateCorruptError(f"{path}: {problem}")
+    return TargetState.from_json(data)
+
+
+def _parse(raw: bytes, path: Path) -> dict[str, Any]:
+    """The JSON object of a state file's bytes; StateCorruptError when there is none."""
+
     def corrupt(problem: str) -> StateCorruptError:
         return StateCorruptError(f"{path}: {problem}")
 
@@ -215,20 +229,19 @@ def load_state(
         raise corrupt(f"not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise corrupt(f"not a JSON object (found {type(data).__name__})")
+    return data
 
-    if "schema_version" not in data:
-        data["schema_version"] = SCHEMA_VERSION
-        if on_migrate is not None:
-            on_migrate(f"{path}: no schema_version; migrated to {SCHEMA_VERSION}")
+
+def _problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a state file's object (its schema, a field's type), or None."""
     version = data["schema_version"]
     major = _schema_major(version)
     if major is None:
-        raise corrupt(f"schema_version: not a version string: {version!r}")
+        return f"schema_version: not a version string: {version!r}"
     if major > SCHEMA_MAJOR:
-        raise corrupt(f"written by a newer autoloopd (schema {version}); refusing to touch it")
+        return f"written by a newer autoloopd (schema {version}); refusing to touch it"
     if major < SCHEMA_MAJOR:
-        raise corrupt(f"unsupported schema {version}; refusing to touch it")
-
+        return f"unsupported schema {version}; refusing to touch it"
     for field, (check, description, nullable) in _FIELD_TYPES.items():
         if field not in data:
             continue
@@ -236,12 +249,9 @@ def load_state(
         if value is None and nullable:
             continue
         if not check(value):
-            raise corrupt(f"{field}: expected {description}, found {_shown(value)}")
+            return f"{field}: expected {description}, found {_shown(value)}"
     history = data.get("score_history")
-    problem = _history_problem(history) if _is_history(history) else None
-    if problem is not None:
-        raise corrupt(problem)
-    return TargetState.from_json(data)
+    return _history_problem(history) if _is_history(history) else None
 
 
 # --- building and deriving ------------------------------------------------------------
@@ -251,7 +261,7 @@ def seed_entries(state: TargetState) -> list[LogEntry]:
     """Log entries that stand for a state written without a log (the seed script's).
 
     For a state whose log is missing or empty but which records iterations or cost:
-    `reconcile` against an empty log would reset both to zero. Appending these entries to
+    recomputing it from an empty log would reset both to zero. Appending these entries to
     the log first keeps them: one completed entry per completed iteration (decision,
     scores, score and timestamp from score_history where it has them, oldest first) and
     the recorded total cost spread over them (or one failed entry carrying it when no
