@@ -118,7 +118,7 @@ def measure_size(work: Path, n: int, reps: int) -> dict[str, Any]:
     from autoloop_daemon.policy import stops as convergence
     from autoloop_daemon.policy.progress import Progress
     from autoloop_daemon.storage.files import artifacts, fsio
-    from autoloop_daemon.storage.files import state_file as state
+    from tests.helpers import state_json as state
 
     root = work / f"state-{n}"
     target = work / f"target-{n}"

@@ -8,11 +8,11 @@ from autoloop_daemon.policy.stops import (
     Limits,
     LoopView,
     backoff_seconds,
-    describe_stop,
     is_oscillating,
     is_plateau,
     plateau_counter,
     stop_reason,
+    stop_sentence,
     weighted_score,
 )
 
@@ -81,7 +81,8 @@ def test_stop_reason_order_and_messages() -> None:
     assert stop_reason(view, LIMITS) == "stopped_cost"
     view = LoopView(4, 1.0, [0.9, 0.1, 0.1, 0.1], ["keep", "reject", "keep", "reject"])
     assert stop_reason(view, LIMITS) == "stopped_plateau"
-    assert describe_stop("stopped_plateau", view, LIMITS) == (
+    errors = {"consecutive_errors": 0, "max_consecutive_errors": 3, "last_failure": None}
+    assert stop_sentence("stopped_plateau", view, LIMITS, **errors) == (
         "plateau detected (no improvement in last 3 iterations)"
     )
     view = LoopView(4, 1.0, [0.1, 0.2, 0.3, 0.4], ["keep", "reject", "keep", "reject"])

@@ -87,7 +87,7 @@ def _lines_read(spec: TargetSpec) -> int:
     loaded = state_mod.load_state(state_mod.state_path(spec.state_root))
     assert loaded is not None
     summary = log_checkpoint.read_summary(
-        spec.state_root, loaded.get("log_checkpoint"), spec.weights_map, spec.min_improvement
+        spec.state_root, loaded.log_checkpoint, spec.weights_map, spec.min_improvement
     )
     return summary.lines_read
 

@@ -21,9 +21,9 @@ from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy import stops
 from autoloop_daemon.policy.progress import SCORE_HISTORY_LIMIT, Progress
 from autoloop_daemon.storage.files import artifacts, fsio
-from autoloop_daemon.storage.files import state_file as state
 from autoloop_daemon.storage.files.lock import LOCK_NAME, StateLock
 from autoloop_daemon.target_state import TargetState
+from tests.helpers import state_json as state
 from tests.helpers.wait import wait_for
 
 NOW = "2025-01-01T00:00:00+00:00"
@@ -550,9 +550,9 @@ import sys
 from pathlib import Path
 from autoloop_daemon.storage.files import artifacts
 from autoloop_daemon.storage.files import fsio
-from autoloop_daemon.storage.files import state_file as state
 from autoloop_daemon.storage.files.lock import StateLock
 from autoloop_daemon.models import LogEntry
+from tests.helpers import state_json as state
 
 root = Path(sys.argv[1])
 lock = StateLock(root)

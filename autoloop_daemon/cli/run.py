@@ -42,6 +42,7 @@ from autoloop_daemon.observers.console import Console
 from autoloop_daemon.observers.live_view import shutdown_notice
 from autoloop_daemon.observers.logs import configure_logging
 from autoloop_daemon.observers.sdnotify import Notifier
+from autoloop_daemon.runs.leftovers import MarkedLeftovers
 from autoloop_daemon.storage.base import Storage
 from autoloop_daemon.storage.files.lock import resolve_state_root
 from autoloop_daemon.storage.files.store import FileStorage
@@ -113,7 +114,7 @@ def _run_one_target(args: argparse.Namespace) -> int:
         events.subscribe(shutdown_notice(_echo))
     supervisor = Supervisor(
         [spec],
-        storage=FileStorage(None),
+        storage=FileStorage(None, leftovers=MarkedLeftovers()),
         budget_cap_usd=math.inf,  # one target: its own cap (max_cost_usd) is the limit
         max_concurrent=1,
         grace_s=args.shutdown_grace_seconds,
@@ -206,7 +207,9 @@ def _run_daemon(args: argparse.Namespace) -> int:
         from autoloop_daemon.cluster.connect import serve_in_cluster
 
         return anyio.run(partial(serve_in_cluster, cfg, serve_on))
-    return anyio.run(serve_on, FileStorage(cfg.daemon.state_dir), LocalHosting())
+    return anyio.run(
+        serve_on, FileStorage(cfg.daemon.state_dir, leftovers=MarkedLeftovers()), LocalHosting()
+    )
 
 
 def main(argv: Sequence[str]) -> int:

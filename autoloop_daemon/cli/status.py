@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from autoloop_daemon.cli.json_text import dumps_indented
-from autoloop_daemon.cli.status_render import ROW_KEYS, render_summary, render_table
+from autoloop_daemon.cli.status_render import render_summary, render_table, status_row
 from autoloop_daemon.control.client import NotRunningError, request
 from autoloop_daemon.control.quick_socket import quick_socket
 from autoloop_daemon.exit_codes import EXIT_NOT_RUNNING, EXIT_OK, EXIT_TARGET_ERROR
@@ -35,11 +35,9 @@ SOCKET_TIMEOUT_S = 10.0
 def _daemon_rows(payload: dict[str, Any], roots: dict[str, Path]) -> list[dict[str, Any]]:
     rows = []
     for t in payload["targets"]:
-        row = {k: t.get(k) for k in ROW_KEYS}  # what make_row gives, at 10,000 rows a second
-        row["in_flight"] = t.get("running_iteration")
         root = roots.get(t["target"])
-        row["state_root"] = _state_root(t.get("state_location")) if root is None else str(root)
-        rows.append(row)
+        state_root = _state_root(t.get("state_location")) if root is None else str(root)
+        rows.append(status_row(t, state_root))
     return rows
 
 

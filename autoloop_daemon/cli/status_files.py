@@ -14,84 +14,68 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autoloop_daemon.cli.status_render import make_row
+from autoloop_daemon.cli.status_render import make_row, status_row
 from autoloop_daemon.clock import parse_iso
-from autoloop_daemon.engine.snapshot import first_line
 from autoloop_daemon.exceptions import StateCorruptError
-from autoloop_daemon.policy.stops import STOP_MESSAGES
+from autoloop_daemon.policy.stops import Limits, LoopView, stop_sentence
 from autoloop_daemon.storage.files.lock import LOCK_NAME
 from autoloop_daemon.storage.files.regular import read_regular
 from autoloop_daemon.storage.files.state_file import load_state, state_path
-from autoloop_daemon.vocab import TargetStatus
-
-
-def _file_reason(state: dict[str, Any]) -> str | None:
-    status = state.get("status")
-    extra_n, extra_usd = state.get("extra_iterations") or 0, state.get("extra_cost_usd") or 0.0
-    if status == TargetStatus.ERROR:
-        last = first_line(state.get("last_failure_trace")) or "unknown error"
-        return f"circuit breaker tripped; last: {last}"
-    if status == TargetStatus.STOPPED_SIGNAL:
-        return "interrupted by signal"
-    if status == TargetStatus.STOPPED_REMOVED:
-        return "removed from the configuration"
-    if status == TargetStatus.STOPPED_BUDGET:
-        return "shared budget exhausted"
-    if status == TargetStatus.WAITING_BUDGET:
-        return f"budget window spent; resumes at {state.get('next_run_at')}"
-    template = STOP_MESSAGES.get(str(status))
-    if template is None:
-        return None
-    return template.format(
-        done=state.get("iterations_completed"),
-        n=(state.get("max_iterations") or 0) + extra_n,
-        cost=state.get("total_cost_usd") or 0.0,
-        cap=(state.get("max_cost_usd") or 0.0) + extra_usd,
-        window=state.get("plateau_window"),
-        osc="",
-    )
+from autoloop_daemon.target_row import row_json
+from autoloop_daemon.target_state import TargetState
 
 
 def target_row(name: str, state_root: Path, *, now: float | None = None) -> dict[str, Any]:
-    """One target's last known state from its state file ("no state yet" without one)."""
-    row = make_row(target=name, state_root=str(state_root))
+    """One target's last known state from its state file ("no state yet" without one): the
+    daemon's row (target_row.py) as far as the file tells it, as a status row."""
     try:
         state = load_state(state_path(state_root))
     except StateCorruptError as exc:
-        row.update(status="unreadable", error=str(exc))
-        return row
+        return make_row(
+            target=name, state_root=str(state_root), status="unreadable", error=str(exc)
+        )
     if state is None:
-        row.update(status="no state yet")
-        return row
-    last_score = None
-    for item in reversed(state.get("score_history") or []):
-        if isinstance(item, dict) and item.get("weighted_score") is not None:
-            last_score = item["weighted_score"]
-            break
-    in_flight = state.get("in_flight")
-    running = in_flight.get("iteration") if isinstance(in_flight, dict) else None
-    started = parse_iso(in_flight.get("started_at")) if isinstance(in_flight, dict) else None
+        return make_row(target=name, state_root=str(state_root), status="no state yet")
+    max_iterations = state.max_iterations + state.extra_iterations
+    max_cost_usd = state.max_cost_usd + state.extra_cost_usd
+    started = None if state.in_flight is None else parse_iso(state.in_flight.started_at)
     now = time.time() if now is None else now
-    row.update(
-        status=state.get("status"),
-        paused=bool(state.get("paused")),
-        reason=_file_reason(state),
-        last_error=first_line(state.get("last_failure_trace")),
-        iterations_completed=state.get("iterations_completed"),
-        max_iterations=(state.get("max_iterations") or 0) + (state.get("extra_iterations") or 0),
-        running_iteration=running,
+    row = row_json(
+        state,
+        name=name,
+        phase="offline",
+        reason=_reason(state, max_iterations, max_cost_usd),
+        max_iterations=max_iterations,
+        max_cost_usd=max_cost_usd,
+        last_weighted_score=_last_score(state.score_history),
         running_for_s=None if started is None else round(now - started.timestamp(), 3),
-        in_flight=running,
-        best_weighted_score=state.get("best_weighted_score"),
-        last_weighted_score=last_score,
-        last_decision=state.get("last_decision"),
-        total_cost_usd=state.get("total_cost_usd"),
-        max_cost_usd=(state.get("max_cost_usd") or 0.0) + (state.get("extra_cost_usd") or 0.0),
-        estimated=(state.get("estimated_cost_usd") or 0.0) > 0,
-        next_run_at=state.get("next_run_at"),
-        consecutive_errors=state.get("consecutive_errors"),
+        state_location=str(state_path(state_root)),
+        host=None,
     )
-    return row
+    return status_row(row, str(state_root))
+
+
+def _reason(state: TargetState, max_iterations: int, max_cost_usd: float) -> str | None:
+    """Why the target stopped, as the daemon says it (without the shared budget's figures)."""
+    view = LoopView(state.iterations_completed, state.total_cost_usd, (), ())
+    limits = Limits(max_iterations, max_cost_usd, state.plateau_window)
+    return stop_sentence(
+        str(state.status),
+        view,
+        limits,
+        consecutive_errors=state.consecutive_errors,
+        max_consecutive_errors=state.max_consecutive_errors,
+        last_failure=state.last_failure_trace,
+        next_run_at=state.next_run_at,
+    )
+
+
+def _last_score(history: list[dict[str, Any]]) -> float | None:
+    for item in reversed(history):
+        if item.get("weighted_score") is not None:
+            score: float = item["weighted_score"]
+            return score
+    return None
 
 
 def lock_holder(directory: Path) -> int | None:

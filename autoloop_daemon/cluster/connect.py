@@ -15,6 +15,7 @@ import anyio
 
 from autoloop_daemon.cluster.hosting import ClusterHosting, ClusterLink
 from autoloop_daemon.config.loader import AppConfig
+from autoloop_daemon.runs.leftovers import MarkedLeftovers
 from autoloop_daemon.storage.postgres.db import Database
 from autoloop_daemon.storage.postgres.schema import check
 from autoloop_daemon.storage.postgres.store import PostgresStorage
@@ -45,7 +46,11 @@ async def serve_in_cluster(cfg: AppConfig, serve: Serve) -> int:
     try:
         await check(db)
         storage = PostgresStorage(
-            db, cluster.host, cfg.daemon.state_dir, lease_s=cluster.lease_seconds
+            db,
+            cluster.host,
+            cfg.daemon.state_dir,
+            lease_s=cluster.lease_seconds,
+            leftovers=MarkedLeftovers(),
         )
         link = ClusterLink(
             db=db,

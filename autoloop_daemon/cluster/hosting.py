@@ -32,6 +32,7 @@ from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.storage.postgres.ledger import ClusterBudget
 from autoloop_daemon.storage.postgres.membership import TargetRow
 from autoloop_daemon.storage.postgres.store import PostgresStorage
+from autoloop_daemon.target_row import blank_state
 from autoloop_daemon.vocab import TargetStatus
 
 log = structlog.get_logger("autoloopd.cluster")
@@ -321,14 +322,14 @@ class ClusterHosting:
             return None
         holder = row.holder if row.live else None
         phase = "stopped" if row.finished_status or row.stopped else "elsewhere"
-        return TargetSnapshot(
-            target=name, status=row.finished_status or row.status or "idle", phase=phase,
-            reason=None, iterations_completed=row.iterations_completed,
-            max_iterations=spec.max_iterations, total_cost_usd=round(row.total_cost_usd, 6),
-            max_cost_usd=spec.max_cost_usd, best_weighted_score=None,
-            last_weighted_score=None, last_decision=None, consecutive_errors=0,
-            next_run_at=None, running_iteration=None, running_for_s=None,
-            state_location=f"cluster row targets/{name}", paused=row.paused, host=holder,
+        state = blank_state(spec, status=row.finished_status or row.status or "idle")
+        state.iterations_completed = row.iterations_completed
+        state.total_cost_usd = row.total_cost_usd
+        state.paused = row.paused
+        return TargetSnapshot.of(
+            state, name=name, phase=phase, reason=None, max_iterations=spec.max_iterations,
+            max_cost_usd=spec.max_cost_usd, last_weighted_score=None, running_for_s=None,
+            state_location=f"cluster row targets/{name}", host=holder,
         )  # fmt: skip
 
     def cluster_snapshot(self) -> ClusterSnapshot | None:

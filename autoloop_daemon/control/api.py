@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.engine.commands import Commands
-from autoloop_daemon.engine.snapshot import FleetSnapshot, plain
+from autoloop_daemon.engine.snapshot import FleetSnapshot
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import CommandRefusedError, StateCorruptError, UnknownTargetError
 from autoloop_daemon.observers.metrics import CONTENT_TYPE, Metrics
@@ -59,7 +59,7 @@ def status_payload(
             "shutting_down": snap.shutting_down,
         },
         "budget": budget_payload(snap),
-        "targets": [plain(target) for target in snap.targets] if rows is None else rows,
+        "targets": [target.to_json() for target in snap.targets] if rows is None else rows,
         **({} if snap.cluster is None else {"cluster": asdict(snap.cluster)}),
     }
 

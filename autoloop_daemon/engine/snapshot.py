@@ -1,7 +1,8 @@
 """The structured snapshot of a running daemon: one record feeds STATUS=, `status` and more.
 
 `FleetSnapshot` is plain data (JSON-ready through `to_json`) so that sd_notify's one-line
-STATUS=, a control channel, metrics and a dashboard all render the same facts.
+STATUS=, a control channel, metrics and a dashboard all render the same facts. Its targets
+are `TargetRow`s (target_row.py, shared with the cluster and `status` without a daemon).
 """
 
 from __future__ import annotations
@@ -11,33 +12,12 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from autoloop_daemon.target_row import TargetRow
 from autoloop_daemon.vocab import Phase
 
-
-@dataclass(frozen=True, slots=True)
-class TargetSnapshot:
-    """One target as the supervisor sees it now."""
-
-    target: str
-    status: str  # the state's status, or "not_started"
-    phase: str  # a Phase (vocab.py)
-    reason: str | None  # why it stopped, or why it could not start
-    iterations_completed: int
-    max_iterations: int
-    total_cost_usd: float
-    max_cost_usd: float
-    best_weighted_score: float | None
-    last_weighted_score: float | None
-    last_decision: str | None
-    consecutive_errors: int
-    next_run_at: str | None
-    running_iteration: int | None
-    running_for_s: float | None
-    state_location: str
-    paused: bool = False  # `autoloopd ctl pause` (kept in the state)
-    estimated: bool = False  # some of the target's cost is wall time x rate
-    last_error: str | None = None  # the first line of the last failure
-    host: str | None = None  # cluster mode: the host running it (None: none, or no cluster)
+# The row's former name, still imported by cluster/hosting.py (whose `TargetRow` is the
+# cluster database's row): one type, two names, until that import is renamed.
+TargetSnapshot = TargetRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +64,7 @@ class FleetSnapshot:
     ready: bool
     shutting_down: bool
     budget: BudgetSnapshot
-    targets: tuple[TargetSnapshot, ...]
+    targets: tuple[TargetRow, ...]
     queued: int = 0  # targets waiting for a concurrency slot
     cluster: ClusterSnapshot | None = None
 
@@ -96,7 +76,7 @@ class FleetSnapshot:
         """
         out = plain(self)
         out["budget"] = plain(self.budget)
-        out["targets"] = [plain(target) for target in self.targets]
+        out["targets"] = [target.to_json() for target in self.targets]
         out["cluster"] = None if self.cluster is None else asdict(self.cluster)  # a few hosts
         return out
 
@@ -161,11 +141,3 @@ def status_line(
         f"{phases['running']} running, {phases['cooldown']} cooling down, "
         f"{phases['waiting']} waiting, {phases['stopped']} stopped{failed}; {money}"
     )
-
-
-def first_line(text: str | None) -> str | None:
-    """The first non-blank line of `text` (None for none)."""
-    for line in (text or "").splitlines():
-        if line.strip():
-            return line.strip()
-    return None

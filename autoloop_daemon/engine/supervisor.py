@@ -33,8 +33,6 @@ from autoloop_daemon.engine.snapshot import (
     FleetSnapshot,
     TargetSnapshot,
     count_phases,
-    first_line,
-    plain,
     status_line,
 )
 from autoloop_daemon.engine.target_runner import TargetRunner
@@ -43,6 +41,7 @@ from autoloop_daemon.exit_codes import EXIT_OK, EXIT_TARGET_ERROR
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.runs.process import kill_running_groups
 from autoloop_daemon.storage.base import Storage
+from autoloop_daemon.target_row import not_started_row, row_json
 from autoloop_daemon.vocab import Phase, TargetStatus
 
 log = structlog.get_logger("autoloopd.supervisor")
@@ -411,43 +410,20 @@ class Supervisor:
         ended_here = runner is None or runner.final_status is not None
         remote = self.hosting.remote_snapshot(name, record) if ended_here else None
         if remote is not None:
-            return plain(remote)
+            return remote.to_json()
         if runner is None:
-            spec = record.spec
-            return {
-                "target": name, "status": "not_started", "phase": "not_started",
-                "reason": record.start_error, "iterations_completed": 0,
-                "max_iterations": spec.max_iterations, "total_cost_usd": 0.0,
-                "max_cost_usd": spec.max_cost_usd, "best_weighted_score": None,
-                "last_weighted_score": None, "last_decision": None, "consecutive_errors": 0,
-                "next_run_at": None, "running_iteration": None, "running_for_s": None,
-                "state_location": str(spec.state_root), "paused": False, "estimated": False,
-                "last_error": first_line(record.start_error), "host": None,
-            }  # fmt: skip
-        state = runner.state
+            return not_started_row(name, record.spec, record.start_error)
         since = runner.running_since
         final = runner.final_status
-        in_flight = state.in_flight
-        trace = state.last_failure_trace
-        return {
-            "target": name,
-            "status": str(state.status),
-            "phase": runner.phase,
-            "reason": runner.describe(final) if final else None,
-            "iterations_completed": state.iterations_completed,
-            "max_iterations": runner.max_iterations_now,
-            "total_cost_usd": round(state.total_cost_usd, 6),
-            "max_cost_usd": runner.max_cost_usd_now,
-            "best_weighted_score": state.best_weighted_score,
-            "last_weighted_score": runner.progress.last_score,
-            "last_decision": state.last_decision,
-            "consecutive_errors": state.consecutive_errors,
-            "next_run_at": state.next_run_at,
-            "running_iteration": None if in_flight is None else in_flight.iteration,
-            "running_for_s": None if since is None else round(now - since, 3),
-            "state_location": runner.location,
-            "paused": state.paused,
-            "estimated": state.estimated_cost_usd > 0,
-            "last_error": None if trace is None else first_line(trace),
-            "host": self.hosting.host,
-        }
+        return row_json(
+            runner.state,
+            name=name,
+            phase=runner.phase,
+            reason=runner.describe(final) if final else None,
+            max_iterations=runner.max_iterations_now,
+            max_cost_usd=runner.max_cost_usd_now,
+            last_weighted_score=runner.progress.last_score,
+            running_for_s=None if since is None else round(now - since, 3),
+            state_location=runner.location,
+            host=self.hosting.host,
+        )

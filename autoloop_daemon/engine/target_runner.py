@@ -26,12 +26,11 @@ from autoloop_daemon.engine.stop_control import StopControl
 from autoloop_daemon.engine.waits import Waits
 from autoloop_daemon.exceptions import StateWriteError
 from autoloop_daemon.models import LogEntry, TargetSpec
-from autoloop_daemon.policy import cycle
 from autoloop_daemon.policy.allocation import closure, gain_per_usd
 from autoloop_daemon.policy.deadline import deadline_after
 from autoloop_daemon.policy.ledger import Reservation, estimate_cost
 from autoloop_daemon.policy.progress import Progress
-from autoloop_daemon.policy.stops import Goals, Limits, goal_reason, stop_reason
+from autoloop_daemon.policy.stops import Goals, Limits, goal_reason, stop_reason, stop_sentence
 from autoloop_daemon.policy.windows import local_zone, spent_in_window
 from autoloop_daemon.storage.base import TargetStore
 from autoloop_daemon.target_state import TargetState
@@ -392,7 +391,7 @@ class TargetRunner:
 
     def describe(self, status: str) -> str:
         """Why the target stopped (or would stop) with `status`, in words."""
-        return cycle.stop_sentence(
+        sentence = stop_sentence(
             status,
             self.progress.view(),
             self.limits(),
@@ -401,7 +400,9 @@ class TargetRunner:
             last_failure=self.state.last_failure_trace,
             budget_spent_usd=self._budget.spent_usd,
             budget_cap_usd=self._budget.cap_usd,
+            next_run_at=self.state.next_run_at,
         )
+        return status if sentence is None else sentence
 
     def next_estimate_usd(self) -> float:
         """What the next iteration is expected to cost (its budget reservation)."""

@@ -19,7 +19,8 @@ from rich.text import Text
 
 from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.engine import events as ev
-from autoloop_daemon.engine.snapshot import FleetSnapshot, TargetSnapshot
+from autoloop_daemon.engine.snapshot import FleetSnapshot
+from autoloop_daemon.target_row import TargetRow
 
 REFRESH_S = 0.5
 MAX_ROWS = 20  # the view shows the targets that matter now; `status` shows them all
@@ -56,7 +57,7 @@ def _countdown(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def _detail(t: TargetSnapshot, now: float) -> str:
+def _detail(t: TargetRow, now: float) -> str:
     if t.running_iteration is not None:
         elapsed = _countdown(t.running_for_s or 0.0)
         return f"iteration {t.running_iteration} running for {elapsed}"

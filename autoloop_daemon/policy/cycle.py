@@ -3,7 +3,7 @@
 `after_run`: the status and `next_run_at` that follow a recorded run, and whether its state
 save may be deferred. `delay_before_next`: how long to wait before the next run (failure
 backoff, cooldown, schedule), with a stored `next_run_at` brought back within what the
-current settings allow. `stop_sentence`: the reason a target stopped, in words.
+current settings allow. (Why a target stopped, in words: `stops.stop_sentence`.)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from autoloop_daemon.policy.schedule import next_tick
-from autoloop_daemon.policy.stops import Limits, LoopView, backoff_seconds, describe_stop
+from autoloop_daemon.policy.stops import backoff_seconds
 from autoloop_daemon.vocab import Mode, RunStatus, TargetStatus
 
 
@@ -106,31 +106,3 @@ def delay_before_next(
     if next_run_at is not None:
         delay = max(delay, (next_run_at - now).total_seconds())
     return Wait(max(0.0, delay), next_run_at)
-
-
-def stop_sentence(
-    status: str,
-    view: LoopView,
-    limits: Limits,
-    *,
-    consecutive_errors: int,
-    max_consecutive_errors: int,
-    last_failure: str | None,
-    budget_spent_usd: float,
-    budget_cap_usd: float,
-) -> str:
-    """Why a target stopped, in the words printed after `Stopped:` and shown by `status`."""
-    if status == TargetStatus.ERROR:
-        lines = (last_failure or "").strip().splitlines()
-        last = lines[0] if lines else "unknown error"
-        return (
-            f"consecutive_errors exceeded ({consecutive_errors}/{max_consecutive_errors}): "
-            f"circuit breaker tripped; last: {last}"
-        )
-    if status == TargetStatus.STOPPED_BUDGET:
-        return f"shared budget exhausted (${budget_spent_usd:.2f} of ${budget_cap_usd:.2f} spent)"
-    if status == TargetStatus.STOPPED_SIGNAL:
-        return "interrupted by signal"
-    if status == TargetStatus.STOPPED_REMOVED:
-        return "removed from the configuration"
-    return describe_stop(status, view, limits)

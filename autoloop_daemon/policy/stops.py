@@ -1,6 +1,7 @@
 """Stop conditions as pure functions of plain data: plateau, oscillation, limits, goals.
 
 No I/O here. The target's cycle calls `stop_reason` before and after every iteration.
+`stop_sentence` is the one place that words why a target stopped.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class Limits:
     oscillation_window: int = 4
 
 
-# The original script's sentences (scripts grep them), with autoloopd's detail after them.
+# The original script's sentences (scripts grep them), with autoloopd's detail after them,
+# and autoloopd's own; `stop_sentence` fills them in.
 STOP_MESSAGES: dict[str, str] = {
     TargetStatus.STOPPED_MAX_ITER: "max_iterations reached ({done}/{n})",
     TargetStatus.STOPPED_COST: "cost_cap exceeded (${cost:.2f} >= ${cap:.2f})",
@@ -100,6 +102,8 @@ STOP_MESSAGES: dict[str, str] = {
     TargetStatus.STOPPED_TARGET_REACHED: "target_score reached",
     TargetStatus.STOPPED_LOW_YIELD: "low yield (estimated gain per dollar below min_gain_per_usd)",
     TargetStatus.STOPPED_DEADLINE: "deadline passed",
+    TargetStatus.STOPPED_SIGNAL: "interrupted by signal",
+    TargetStatus.STOPPED_REMOVED: "removed from the configuration",
 }
 
 
@@ -151,11 +155,40 @@ def stop_reason(view: LoopView, limits: Limits) -> str | None:
     return None
 
 
-def describe_stop(status: str, view: LoopView, limits: Limits) -> str:
-    """The human sentence printed after `Stopped:` for a stop status."""
+def stop_sentence(
+    status: str,
+    view: LoopView,
+    limits: Limits,
+    *,
+    consecutive_errors: int,
+    max_consecutive_errors: int,
+    last_failure: str | None,
+    budget_spent_usd: float | None = None,
+    budget_cap_usd: float | None = None,
+    next_run_at: str | None = None,
+) -> str | None:
+    """Why a target with `status` stopped (or waits for the budget), in the words printed
+    after `Stopped:` and shown by `status`, the live view and the report; None for a status
+    without words (running, cooling down, a cluster's lease_lost...).
+
+    The one home of these sentences. A reader without the shared budget's figures (status
+    without a daemon, the report) leaves them out and gets the sentence without them.
+    """
+    if status == TargetStatus.ERROR:
+        last = first_line(last_failure) or "unknown error"
+        return (
+            f"consecutive_errors exceeded ({consecutive_errors}/{max_consecutive_errors}): "
+            f"circuit breaker tripped; last: {last}"
+        )
+    if status == TargetStatus.STOPPED_BUDGET:
+        if budget_spent_usd is None or budget_cap_usd is None:
+            return "shared budget exhausted"
+        return f"shared budget exhausted (${budget_spent_usd:.2f} of ${budget_cap_usd:.2f} spent)"
+    if status == TargetStatus.WAITING_BUDGET:
+        return f"budget window spent; resumes at {next_run_at}"
     template = STOP_MESSAGES.get(status)
     if template is None:
-        return status
+        return None
     return template.format(
         done=view.iterations_completed,
         n=limits.max_iterations,
@@ -164,6 +197,14 @@ def describe_stop(status: str, view: LoopView, limits: Limits) -> str:
         window=limits.plateau_window,
         osc=limits.oscillation_window,
     )
+
+
+def first_line(text: str | None) -> str | None:
+    """The first non-blank line of `text`, stripped (None for none)."""
+    for line in (text or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return None
 
 
 def backoff_seconds(consecutive_errors: int, base_s: float, max_s: float) -> float:

@@ -9,18 +9,17 @@ target, and the report still shows everything else.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from autoloop_daemon.clock import now_utc, to_iso
 from autoloop_daemon.exceptions import StateCorruptError
 from autoloop_daemon.models import LogEntry
-from autoloop_daemon.policy.cycle import stop_sentence
-from autoloop_daemon.policy.stops import Limits, LoopView
+from autoloop_daemon.policy.stops import Limits, LoopView, stop_sentence
 from autoloop_daemon.report.model import FleetReport, IterationRow, TargetReport
 from autoloop_daemon.storage.files.artifacts import handoff_path, log_path
 from autoloop_daemon.storage.files.state_file import load_state, state_path
+from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import TargetStatus
 
 _HANDOFF_LIMIT = 64 * 1024  # a handoff is a short Markdown page; show at most this much
@@ -38,11 +37,12 @@ def read_fleet(targets: Sequence[tuple[str, Path]], source: str) -> FleetReport:
 def read_target(name: str, state_root: Path) -> TargetReport:
     """One target's report from its state root (status "no state yet" when there is none)."""
     problems: list[str] = []
+    state: TargetState | None = None
     try:
-        state = load_state(state_path(state_root)) or {}
-        status = str(state.get("status", "no state yet"))
+        state = load_state(state_path(state_root))
+        status = "no state yet" if state is None else str(state.status)
     except StateCorruptError as exc:
-        state, status = {}, "unreadable"
+        status = "unreadable"
         problems.append(str(exc))
     entries = _read_log_lines(log_path(state_root), problems)
     rows = tuple(_row(state_root, entry, problems) for entry in entries)
@@ -51,13 +51,15 @@ def read_target(name: str, state_root: Path) -> TargetReport:
         name=name,
         state_root=str(state_root),
         status=status,
-        reason=_reason(status, state, completed),
-        iterations_completed=int(state.get("iterations_completed", len(completed))),
-        max_iterations=state.get("max_iterations"),
-        total_cost_usd=float(state.get("total_cost_usd", sum(r.cost_usd for r in rows))),
-        max_cost_usd=state.get("max_cost_usd"),
-        best_weighted_score=state.get("best_weighted_score"),
-        last_decision=state.get("last_decision"),
+        reason=None if state is None else _reason(state, completed),
+        iterations_completed=len(completed) if state is None else state.iterations_completed,
+        max_iterations=None if state is None else state.max_iterations,
+        total_cost_usd=float(
+            sum(r.cost_usd for r in rows) if state is None else state.total_cost_usd
+        ),
+        max_cost_usd=None if state is None else state.max_cost_usd,
+        best_weighted_score=None if state is None else state.best_weighted_score,
+        last_decision=None if state is None else state.last_decision,
         iterations=rows,
         problems=tuple(problems),
     )
@@ -119,30 +121,24 @@ def _read_handoff(path: Path, problems: list[str]) -> str | None:
     return text + "\n[... cut at 64 KiB]" if len(data) > _HANDOFF_LIMIT else text
 
 
-def _reason(status: str, state: Mapping[str, Any], completed: Sequence[IterationRow]) -> str | None:
+def _reason(state: TargetState, completed: Sequence[IterationRow]) -> str | None:
     """Why the target stopped, in the words `status` uses; None when it has not stopped."""
+    status = str(state.status)
     if not status.startswith("stopped_") and status != TargetStatus.ERROR:
         return None
-    if status == TargetStatus.STOPPED_BUDGET:
-        return "shared budget exhausted"
     view = LoopView(
-        iterations_completed=int(state.get("iterations_completed", len(completed))),
-        total_cost_usd=float(state.get("total_cost_usd", 0.0)),
+        iterations_completed=state.iterations_completed,
+        total_cost_usd=state.total_cost_usd,
         scores=[r.weighted_score for r in completed if r.weighted_score is not None],
         decisions=[r.decision or "" for r in completed],
     )
-    limits = Limits(
-        max_iterations=int(state.get("max_iterations") or 0),
-        max_cost_usd=float(state.get("max_cost_usd") or 0.0),
-        plateau_window=int(state.get("plateau_window") or 0),
-    )
-    return stop_sentence(
+    limits = Limits(state.max_iterations, state.max_cost_usd, state.plateau_window)
+    sentence = stop_sentence(
         status,
         view,
         limits,
-        consecutive_errors=int(state.get("consecutive_errors") or 0),
-        max_consecutive_errors=int(state.get("max_consecutive_errors") or 0),
-        last_failure=state.get("last_failure_trace"),
-        budget_spent_usd=0.0,
-        budget_cap_usd=0.0,
+        consecutive_errors=state.consecutive_errors,
+        max_consecutive_errors=state.max_consecutive_errors,
+        last_failure=state.last_failure_trace,
     )
+    return status if sentence is None else sentence

@@ -7,15 +7,17 @@ a log from an old state that has none, stop what earlier runs left running
 (found by their AUTOLOOPD_RUN marker), record a run that was in flight when the last process
 died as `interrupted` (stopping its orphaned process group), restore a handoff
 a crash lost, recompute the state from the log and checkpoint it.
+
+Finding and stopping processes is not storage's business: the caller hands in `Leftovers`
+(runs/leftovers.py, passed down by the composition root); without one nothing is stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -24,8 +26,6 @@ from autoloop_daemon.clock import now_utc, parse_iso, to_iso
 from autoloop_daemon.exceptions import StateCorruptError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy.cost import elapsed_cost_usd
-from autoloop_daemon.runs.orchestrator import run_marker, run_marker_prefix
-from autoloop_daemon.runs.procfs import find_marked, find_runs, stop_group, stop_pids
 from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files import artifacts
 from autoloop_daemon.storage.files import state_file as state_mod
@@ -43,9 +43,21 @@ log = structlog.get_logger("autoloopd.recovery")
 _SUBDIRS = ("handoffs", "learner")
 
 
+class Leftovers(Protocol):
+    """Finds and stops what a state root's earlier runs left running (by their marker)."""
+
+    async def stop_finished_runs(self, spec: TargetSpec, running: int | None) -> None:
+        """Stop the processes of `spec`'s finished runs (all but run `running`)."""
+        ...
+
+    async def stop_run(self, spec: TargetSpec, iteration: int) -> int:
+        """Stop the orphans of `spec`'s run `iteration`; how many there were."""
+        ...
+
+
 def _load_sync(
     spec: TargetSpec, lock: StateLock, migrations: list[str], unsynced: list[Path]
-) -> tuple[dict[str, Any] | None, LogSummary, list[Path]]:
+) -> tuple[TargetState | None, LogSummary, list[Path]]:
     # New directories are made durable with the first checkpoint (`unsynced`): one syncfs
     # for a whole fresh fleet instead of two directory fsyncs per target.
     lock.acquire(unsynced=unsynced)
@@ -57,7 +69,7 @@ def _load_sync(
         dirs = (root, *(root / s for s in _SUBDIRS)) if lock.stale_holder is not None else (root,)
         stale = [p for d in dirs for p in remove_stale_tmp(d)]
         loaded = state_mod.load_state(state_mod.state_path(root), on_migrate=migrations.append)
-        marker = None if loaded is None else loaded.get("log_checkpoint")
+        marker = None if loaded is None else loaded.log_checkpoint
         summary = read_summary(root, marker, spec.weights_map, spec.min_improvement)
     except BaseException:
         lock.release()
@@ -66,9 +78,15 @@ def _load_sync(
 
 
 async def recover(
-    spec: TargetSpec, lock: StateLock, commits: GroupCommit, loads: WorkerBatch | None = None
+    spec: TargetSpec,
+    lock: StateLock,
+    commits: GroupCommit,
+    loads: WorkerBatch | None = None,
+    leftovers: Leftovers | None = None,
 ) -> Recovered:
     """Lock `spec`'s state root, recover it from its log and checkpoint it.
+
+    `leftovers` stops what earlier runs left running (None: nothing is looked for).
 
     The checkpoint goes through `commits`, so the targets started together sync together;
     the loading (lock, layout, state, log) through `loads` when given, so that the targets
@@ -93,36 +111,20 @@ async def recover(
             log.info("stale_temp_files_removed", count=len(stale))
         for line in migrations:
             log.info("state_migrated", detail=line)
-        fresh = loaded is None
-        if loaded is None:
-            loaded = state_mod.new_state(spec, to_iso(now_utc()))
-            if summary.first_started_at is not None:  # a log without a state: the log wins
-                loaded["started_at"] = summary.first_started_at
-        elif summary.last_entry is None:
-            # A state from the original script has no log: keep its history and cost.
-            try:
-                seeds = state_mod.seed_entries(loaded)
-            except ValueError as exc:  # e.g. a cost no run can have: not written to a log
-                state_file = state_mod.state_path(spec.state_root)
-                raise StateCorruptError(f"{state_file}: cannot seed a log from it: {exc}") from None
-            for entry in seeds:
-                await artifacts.append_log(log_file, entry)
-                summary.add(entry)
-            if seeds:
-                log.info("log_seeded_from_state", entries=len(seeds))
-        if lock.stale_holder is not None:  # the last owner was killed: look for its runs
-            await _stop_earlier_runs(spec, loaded.get("in_flight"))
-        await _record_interrupted_run(spec, loaded, summary)
+        state, before = await _starting_state(spec, loaded, summary)
+        running = None if state.in_flight is None else state.in_flight.iteration
+        if lock.stale_holder is not None and leftovers is not None:
+            # The last owner was killed: look for its runs.
+            await leftovers.stop_finished_runs(spec, running)
+        await _record_interrupted_run(spec, state, summary, leftovers)
         await _restore_last_handoff(spec, summary)
         progress = summary.progress
-        state = TargetState.from_json(loaded)
         state.log_checkpoint = summary.marker
         progress.apply_to(state)
         state.apply_limits(spec)
         state.in_flight = None
-        if (
-            fresh or unsynced or state.to_json() != loaded
-        ):  # a warm restart of an up-to-date state writes nothing
+        # A warm restart of an up-to-date state writes nothing (a migrated one is written).
+        if before is None or unsynced or migrations or state.to_json() != before:
             data = state_mod.encode_state(state)
             await commits.write(
                 state_mod.state_path(spec.state_root), data, check_root=True, sync_dirs=unsynced
@@ -133,28 +135,43 @@ async def recover(
     return Recovered(state=state, progress=progress, last_entry=summary.last_entry)
 
 
-async def _stop_earlier_runs(spec: TargetSpec, in_flight: Any) -> None:
-    """Stop every process still carrying the marker of one of this root's finished runs.
+async def _starting_state(
+    spec: TargetSpec, loaded: TargetState | None, summary: LogSummary
+) -> tuple[TargetState, dict[str, Any] | None]:
+    """The state recovery starts from, and the file's content (None: there is no file).
 
-    What an earlier autoloopd that was killed left behind (daemonized helpers of past
-    iterations, with their environment); the run in flight is `_record_interrupted_run`'s.
-    The lock guarantees that no live autoloopd owns such a process. Only called when the
-    lock file still names the last owner (it never released the lock): a clean stop has
-    swept everything already, and scanning every process's environment costs time.
+    A log without a state gives a fresh state started when the log did; a state from the
+    original script, which has no log, gets one written from its history and cost.
     """
-    prefix = run_marker_prefix(spec)
-    current = in_flight.get("iteration") if isinstance(in_flight, dict) else None
-    skip = run_marker(spec, current) if isinstance(current, int) else None
-    found = await anyio.to_thread.run_sync(find_runs, prefix)
-    pids = [pid for pid, marker in found if marker != skip and marker[len(prefix) :].isdigit()]
-    if pids:
-        log.warning("earlier_run_processes_stopped", pids=pids)
-        with anyio.CancelScope(shield=True):
-            await stop_pids(pids, spec.term_grace_seconds)
+    if loaded is None:
+        state = TargetState.new(spec, to_iso(now_utc()))
+        if summary.first_started_at is not None:  # a log without a state: the log wins
+            state.started_at = summary.first_started_at
+        return state, None
+    before = loaded.to_json()
+    if summary.last_entry is None:
+        await _seed_log(spec, loaded, summary)
+    return loaded, before
+
+
+async def _seed_log(spec: TargetSpec, state: TargetState, summary: LogSummary) -> None:
+    """Write a log for a state from the original script, which has none: its history and
+    cost are kept (state_file.seed_entries)."""
+    try:
+        seeds = state_mod.seed_entries(state)
+    except ValueError as exc:  # e.g. a cost no run can have: not written to a log
+        state_file = state_mod.state_path(spec.state_root)
+        raise StateCorruptError(f"{state_file}: cannot seed a log from it: {exc}") from None
+    log_file = artifacts.log_path(spec.state_root)
+    for entry in seeds:
+        await artifacts.append_log(log_file, entry)
+        summary.add(entry)
+    if seeds:
+        log.info("log_seeded_from_state", entries=len(seeds))
 
 
 async def _record_interrupted_run(
-    spec: TargetSpec, state: dict[str, Any], summary: LogSummary
+    spec: TargetSpec, state: TargetState, summary: LogSummary, leftovers: Leftovers | None
 ) -> None:
     """Log the run that was in flight when the last process died, as interrupted.
 
@@ -162,30 +179,18 @@ async def _record_interrupted_run(
     charged its elapsed time at the target's rate (up to now if it still ran, else up to its
     run log's last write).
     """
-    in_flight = state.get("in_flight")
-    if not isinstance(in_flight, dict):
+    in_flight = state.in_flight
+    if in_flight is None or in_flight.iteration < 1:
         return
-    iteration = in_flight.get("iteration")
-    if not isinstance(iteration, int) or iteration < 1:
-        return
-    orphans = await anyio.to_thread.run_sync(find_marked, run_marker(spec, iteration))
-    for pid in orphans:
-        try:
-            pgid = os.getpgid(pid)
-        except ProcessLookupError:
-            continue
-        if pgid in (0, 1, os.getpgrp()):
-            continue  # never signal our own group (or init's)
-        log.warning("orphan_stopped", iteration=iteration, pid=pid, pgid=pgid)
-        with anyio.CancelScope(shield=True):
-            await stop_group(pgid, spec.term_grace_seconds, extra_pids=[pid])
+    iteration = in_flight.iteration
+    orphans = 0 if leftovers is None else await leftovers.stop_run(spec, iteration)
     last = summary.progress.last_iteration  # the log numbers its lines 1..last
     if iteration <= last:
         return  # it was logged; the state merely lagged the log
     if iteration != last + 1:
         log.warning("in_flight_ignored", iteration=iteration, last_logged=last)
         return
-    started = parse_iso(in_flight.get("started_at")) or now_utc()
+    started = parse_iso(in_flight.started_at) or now_utc()
     finished = (
         now_utc()
         if orphans
@@ -210,7 +215,7 @@ async def _record_interrupted_run(
         "interrupted_iteration_recorded",
         iteration=iteration,
         cost_usd=entry.cost_usd,
-        orphans=len(orphans),
+        orphans=orphans,
     )
 
 

@@ -1,9 +1,11 @@
-"""`autoloop_state.json` (the seed's schema 1.0) and its recovery from the log.
+"""`autoloop_state.json` (the seed's schema 1.0): reading and checking it, seeding a log
+from an old one, encoding it.
 
 The state file is a cache of `iteration_log.jsonl`: the log is written first, and on start
-`reconcile` recomputes from it every field the log determines, so a state that lags its log
-(a crash between the two writes) is brought up to it. A state that cannot be read safely is
-refused with StateCorruptError and never rewritten. Unknown fields are kept.
+recovery (recovery.py) recomputes from it every field the log determines, so a state that
+lags its log (a crash between the two writes) is brought up to it. A state that cannot be
+read safely is refused with StateCorruptError and never rewritten. Unknown fields are kept.
+`load_state` gives a `TargetState`, to recovery, `status` without a daemon and the report.
 
 Fields beyond the seed's: `in_flight` (null or {iteration, started_at}; an optional pid
 is accepted), `best_weighted_score`, `last_decision`, `next_iteration`, `updated_at`,
@@ -13,24 +15,19 @@ and `log_checkpoint` (where start-up last read the log to; see log_checkpoint.py
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeGuard
 
-import anyio.to_thread
-
 from autoloop_daemon.clock import now_utc, to_iso
 from autoloop_daemon.exceptions import NotRegularFileError, StateCorruptError
-from autoloop_daemon.models import LogEntry, TargetSpec
-from autoloop_daemon.policy.progress import Progress
+from autoloop_daemon.models import LogEntry
 from autoloop_daemon.storage.files import fsio
-from autoloop_daemon.storage.files.lock import check_owned_root
 from autoloop_daemon.storage.files.log_checkpoint import is_marker
 from autoloop_daemon.target_state import SCHEMA_VERSION, TargetState
-from autoloop_daemon.vocab import RunStatus, TargetStatus
+from autoloop_daemon.vocab import RunStatus
 
 STATE_NAME = "autoloop_state.json"
 SCHEMA_MAJOR = 1
@@ -160,27 +157,6 @@ _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     ),
 }
 
-# Fields that do not depend on the target's settings, with the value a state missing them
-# (an older file) gets on load.
-_PLAIN_DEFAULTS: dict[str, Any] = {
-    "iterations_completed": 0,
-    "total_cost_usd": 0.0,
-    "current_scores": {},
-    "score_history": [],
-    "plateau_counter": 0,
-    "status": str(TargetStatus.IDLE),
-    "last_failure_trace": None,
-    "consecutive_errors": 0,
-    "next_run_at": None,
-    "in_flight": None,
-    "best_weighted_score": None,
-    "last_decision": None,
-    "next_iteration": 1,
-    "paused": False,
-    "extra_iterations": 0,
-    "extra_cost_usd": 0.0,
-}
-
 
 def _schema_major(version: Any) -> int | None:
     if not isinstance(version, str):
@@ -191,8 +167,10 @@ def _schema_major(version: Any) -> int | None:
 
 def load_state(
     path: Path, *, on_migrate: Callable[[str], None] | None = None
-) -> dict[str, Any] | None:
+) -> TargetState | None:
     """Read and check a state file; None when it does not exist.
+
+    Recovery, `status` without a daemon and the report all read a state through here.
 
     Raises StateCorruptError("<path>: <problem>"), leaving the file untouched, when it
     is not a regular file ("is a FIFO, not a regular file": never opened in a way that could
@@ -204,8 +182,8 @@ def load_state(
 
     A state without schema_version is migrated to "1.0" in memory and `on_migrate` is
     called with a one-line description (for the caller to log). Known fields that are
-    missing and do not depend on the target's settings get their initial values (the
-    target's limits come from `apply_limits`). Unknown fields are returned as they are.
+    missing get their initial values (the target's limits come from
+    `TargetState.apply_limits`). Unknown fields ride along in the state's `extra`.
     """
     path = Path(path)
     try:
@@ -216,6 +194,20 @@ def load_state(
         raise StateCorruptError(f"{path}: {exc}") from None
     except OSError as exc:
         raise StateCorruptError(f"{path}: cannot read: {fsio.describe_oserror(exc)}") from exc
+
+    data = _parse(raw, path)
+    if "schema_version" not in data:
+        data["schema_version"] = SCHEMA_VERSION
+        if on_migrate is not None:
+            on_migrate(f"{path}: no schema_version; migrated to {SCHEMA_VERSION}")
+    problem = _problem(data)
+    if problem is not None:
+        raise StateCorruptError(f"{path}: {problem}")
+    return TargetState.from_json(data)
+
+
+def _parse(raw: bytes, path: Path) -> dict[str, Any]:
+    """The JSON object of a state file's bytes; StateCorruptError when there is none."""
 
     def corrupt(problem: str) -> StateCorruptError:
         return StateCorruptError(f"{path}: {problem}")
@@ -237,20 +229,19 @@ def load_state(
         raise corrupt(f"not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise corrupt(f"not a JSON object (found {type(data).__name__})")
+    return data
 
-    if "schema_version" not in data:
-        data["schema_version"] = SCHEMA_VERSION
-        if on_migrate is not None:
-            on_migrate(f"{path}: no schema_version; migrated to {SCHEMA_VERSION}")
+
+def _problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a state file's object (its schema, a field's type), or None."""
     version = data["schema_version"]
     major = _schema_major(version)
     if major is None:
-        raise corrupt(f"schema_version: not a version string: {version!r}")
+        return f"schema_version: not a version string: {version!r}"
     if major > SCHEMA_MAJOR:
-        raise corrupt(f"written by a newer autoloopd (schema {version}); refusing to touch it")
+        return f"written by a newer autoloopd (schema {version}); refusing to touch it"
     if major < SCHEMA_MAJOR:
-        raise corrupt(f"unsupported schema {version}; refusing to touch it")
-
+        return f"unsupported schema {version}; refusing to touch it"
     for field, (check, description, nullable) in _FIELD_TYPES.items():
         if field not in data:
             continue
@@ -258,66 +249,29 @@ def load_state(
         if value is None and nullable:
             continue
         if not check(value):
-            raise corrupt(f"{field}: expected {description}, found {_shown(value)}")
+            return f"{field}: expected {description}, found {_shown(value)}"
     history = data.get("score_history")
-    problem = _history_problem(history) if _is_history(history) else None
-    if problem is not None:
-        raise corrupt(problem)
-    for field, default in _PLAIN_DEFAULTS.items():
-        data.setdefault(field, copy.deepcopy(default))
-    return data
+    return _history_problem(history) if _is_history(history) else None
 
 
 # --- building and deriving ------------------------------------------------------------
 
 
-def new_state(spec: TargetSpec, now_iso: str) -> dict[str, Any]:
-    """A fresh state file object for `spec`: every schema field at its initial value."""
-    return TargetState.new(spec, now_iso).to_json()
-
-
-def apply_limits(state: Mapping[str, Any], spec: TargetSpec) -> dict[str, Any]:
-    """A copy of `state` with the target and its limits taken from `spec`."""
-    typed = TargetState.from_json(dict(state))
-    typed.apply_limits(spec)
-    return typed.to_json()
-
-
-def reconcile(
-    state: Mapping[str, Any],
-    entries: Sequence[LogEntry],
-    weights: Mapping[str, float],
-    min_improvement: float = 0.0,
-) -> dict[str, Any]:
-    """A copy of `state` with every field the log determines recomputed from `entries`. Pure.
-
-    The fields are those `Progress.apply_to` writes (the one derivation of totals from a
-    log); `in_flight` is cleared when the log already holds that iteration. Every other
-    field, unknown ones included, is kept.
-    """
-    typed = TargetState.from_json(dict(state))
-    Progress.from_entries(entries, weights, min_improvement).apply_to(typed)
-    return typed.to_json()
-
-
-def seed_entries(state: Mapping[str, Any]) -> list[LogEntry]:
+def seed_entries(state: TargetState) -> list[LogEntry]:
     """Log entries that stand for a state written without a log (the seed script's).
 
     For a state whose log is missing or empty but which records iterations or cost:
-    `reconcile` against an empty log would reset both to zero. Appending these entries to
+    recomputing it from an empty log would reset both to zero. Appending these entries to
     the log first keeps them: one completed entry per completed iteration (decision,
     scores, score and timestamp from score_history where it has them, oldest first) and
     the recorded total cost spread over them (or one failed entry carrying it when no
     iteration completed). Returns [] when there is nothing to keep.
     """
-    completed = state.get("iterations_completed", 0)
-    completed = completed if _is_int(completed) and completed > 0 else 0
-    cost = state.get("total_cost_usd", 0.0)
-    cost = float(cost) if _is_number(cost) and cost > 0 else 0.0
-    raw_history = state.get("score_history")
-    history = [h for h in raw_history if isinstance(h, dict)] if _is_history(raw_history) else []
+    completed = max(state.iterations_completed, 0)
+    cost = state.total_cost_usd if state.total_cost_usd > 0 else 0.0
+    history = state.score_history
     count = max(completed, len(history))
-    stamp = str(state.get("updated_at") or state.get("started_at") or "")
+    stamp = str(state.updated_at or state.started_at or "")
     if count == 0:
         if cost == 0.0:
             return []
@@ -368,29 +322,7 @@ def seed_entries(state: Mapping[str, Any]) -> list[LogEntry]:
 # --- saving ---------------------------------------------------------------------------
 
 
-def encode_state(state: TargetState | dict[str, Any]) -> bytes:
+def encode_state(state: TargetState) -> bytes:
     """Stamp `updated_at` (in place) and serialise the state file's bytes."""
-    stamp = to_iso(now_utc())
-    if isinstance(state, TargetState):
-        state.updated_at = stamp
-        return fsio.dumps_json(state.to_json())
-    state["updated_at"] = stamp
-    return fsio.dumps_json(state)
-
-
-async def save_state(path: Path, state: TargetState | dict[str, Any]) -> None:
-    """Stamp `updated_at` and replace the state file atomically (fsio).
-
-    The state is serialised before the worker thread starts, so other tasks may change it
-    while the write runs. Raises StateWriteError (the old file stays intact) and ValueError
-    for NaN or Infinity in the state. A state root this process locked that has since been
-    replaced (a symbolic link, another directory) is refused with StateWriteError (see
-    `lock.check_owned_root`).
-    """
-    data = encode_state(state)
-
-    def _work() -> None:
-        check_owned_root(Path(path).parent)
-        fsio.atomic_write_bytes(path, data)
-
-    await anyio.to_thread.run_sync(_work)
+    state.updated_at = to_iso(now_utc())
+    return fsio.dumps_json(state.to_json())

@@ -26,7 +26,7 @@ from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files import state_file as state_mod
 from autoloop_daemon.storage.files.group_commit import GroupCommit
 from autoloop_daemon.storage.files.lock import StateLock, check_owned_root
-from autoloop_daemon.storage.files.recovery import recover
+from autoloop_daemon.storage.files.recovery import Leftovers, recover
 from autoloop_daemon.storage.files.worker_batch import WorkerBatch
 from autoloop_daemon.target_state import TargetState
 
@@ -55,16 +55,19 @@ class FileTargetStore:
         spec: TargetSpec,
         commits: GroupCommit | None = None,
         loads: WorkerBatch | None = None,
+        leftovers: Leftovers | None = None,
     ) -> None:
         """Describe the state root; nothing touches the disk until `open`.
 
         `commits`: the group commit shared with the other targets (FileStorage's), so that
         the checkpoints of many targets at once are made durable together; `loads`: the
-        batch their start-up loads share (FileStorage's).
+        batch their start-up loads share (FileStorage's); `leftovers`: what stops the
+        processes earlier runs left (None: nothing is looked for; recovery.py).
         """
         self._spec = spec
         self._commits = commits if commits is not None else GroupCommit()
         self._loads = loads
+        self._leftovers = leftovers
         self._lock = StateLock(spec.state_root)
         self._state_file = state_mod.state_path(spec.state_root)
         self._log_file = artifacts.log_path(spec.state_root)
@@ -81,7 +84,7 @@ class FileTargetStore:
 
     async def open(self) -> Recovered:
         """Lock the state root and recover it from its log (recovery.py)."""
-        return await recover(self._spec, self._lock, self._commits, self._loads)
+        return await recover(self._spec, self._lock, self._commits, self._loads, self._leftovers)
 
     async def record(self, entry: LogEntry, handoff: str | None, state: TargetState | None) -> None:
         """Append the log line, write the handoff, replace the state: one worker call."""
@@ -186,9 +189,12 @@ class FileStorage:
     that was renamed, removed or given another state root is still charged to the budget.
     """
 
-    def __init__(self, state_dir: Path | None) -> None:
-        """`state_dir` None: no daemon-wide lock (the one-target command line)."""
+    def __init__(self, state_dir: Path | None, *, leftovers: Leftovers | None = None) -> None:
+        """`state_dir` None: no daemon-wide lock (the one-target command line). `leftovers`:
+        what stops the processes a killed daemon's runs left (runs/leftovers.py, given by
+        the composition root; None in tests and benchmarks: nothing is looked for)."""
         self._state_dir = state_dir
+        self._leftovers = leftovers
         self._lock = StateLock(state_dir) if state_dir is not None else None
         self._commits = GroupCommit()
         self._loads = WorkerBatch()
@@ -221,7 +227,7 @@ class FileStorage:
 
     def target(self, spec: TargetSpec) -> FileTargetStore:
         """The store of `spec`'s state root."""
-        return FileTargetStore(spec, self._commits, self._loads)
+        return FileTargetStore(spec, self._commits, self._loads, self._leftovers)
 
     def acquire(self) -> None:
         """Lock `state_dir` (creating it); StateLockedError names the holder."""

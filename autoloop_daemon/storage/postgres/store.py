@@ -27,6 +27,7 @@ from autoloop_daemon.exceptions import FencedWriteError, StateLockedError, State
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files import artifacts, fsio
+from autoloop_daemon.storage.files.recovery import Leftovers
 from autoloop_daemon.storage.files.store import FileStorage, FileTargetStore
 from autoloop_daemon.storage.postgres import leases, sync
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
@@ -155,7 +156,7 @@ class PostgresTargetStore:
         """Describe the store; `open` claims the lease unless `lease` is one already held."""
         self._storage = storage
         self._spec = spec
-        self._local = FileTargetStore(spec)
+        self._local = FileTargetStore(spec, leftovers=storage.leftovers)
         self.lease: leases.Lease | None = lease
         self._pending: list[tuple[LogEntry, str | None]] = []
         self._pushing = anyio.Lock()
@@ -291,13 +292,20 @@ class PostgresStorage:
     """The cluster backend: a `FileStorage` for the local journal, a database for the rest."""
 
     def __init__(
-        self, db: Database, host_id: str, state_dir: Path | None, *, lease_s: float = 60.0
+        self,
+        db: Database,
+        host_id: str,
+        state_dir: Path | None,
+        *,
+        lease_s: float = 60.0,
+        leftovers: Leftovers | None = None,
     ) -> None:
-        """Bind to an opened `Database` as `host_id`."""
+        """Bind to an opened `Database` as `host_id` (`leftovers`: as FileStorage's)."""
         self.db = db
         self.host_id = host_id
         self.lease_s = lease_s
-        self._files = FileStorage(state_dir)
+        self.leftovers = leftovers
+        self._files = FileStorage(state_dir, leftovers=leftovers)
         self._held: dict[str, leases.Lease] = {}
         self._waiting: set[PostgresTargetStore] = set()
 
