@@ -11,12 +11,12 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import anyio
 import pytest
 
-from autoloop_daemon.config.alerts import ALERT_EVENTS, AlertSettings
+from autoloop_daemon.config.alerts import AlertEvent, AlertSettings
 from autoloop_daemon.config.loader import load_config
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.snapshot import BudgetSnapshot, FleetSnapshot
@@ -250,7 +250,9 @@ def test_config_reference_documents_every_alert_key_and_event() -> None:
     """docs/config.md names every key of an [[alerts]] entry and every alert event."""
     text = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
     missing = [
-        name for name in [*AlertSettings.model_fields, *ALERT_EVENTS] if f"`{name}`" not in text
+        name
+        for name in [*AlertSettings.model_fields, *get_args(AlertEvent)]
+        if f"`{name}`" not in text
     ]
     assert missing == []
 

@@ -20,7 +20,6 @@ DIMENSION_LINE = 0.80  # the handoff's line: a dimension below it still has work
 RECENT = 4  # scored iterations the rate looks at
 PRIOR_ITERATIONS = 2.0  # weight of the fleet's pooled rate, in iterations
 DEFAULT_POOLED_RATE = 0.2  # the prior before any target has history
-MIN_SCORED = 3  # scored iterations before `min_gain_per_usd` may stop a target
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,11 @@
 """An in-memory storage backend: the protocols of storage/base.py without a disk.
 
-For in-process tests and simulations (bench/policy.py): the same records and guarantees the
-files backend gives within one process (one owner per target, the log as the source of
-truth, the state brought up to its log on open, an in-flight run recorded as interrupted),
-and nothing survives the process. Records are copied in and out, so a caller cannot change
-what was stored by mutating its objects afterwards.
+For in-process tests: the same records and guarantees the files backend gives within one
+process (one owner per target, the log as the source of truth, the state brought up to its
+log on open, an in-flight run recorded as interrupted), and nothing survives the process.
+It passes no handoffs to the orchestrator (there is no file to pass), so it keeps none.
+Records are copied in and out, so a caller cannot change what was stored by mutating its
+objects afterwards.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ class _Records:
 
     entries: list[LogEntry] = field(default_factory=list)
     state: TargetState | None = None
-    handoffs: dict[int, str] = field(default_factory=dict)
     owned: bool = False
 
 
@@ -94,14 +94,13 @@ class MemoryTargetStore:
             raise RuntimeError(f"{self.location}: not opened")
 
     async def record(self, entry: LogEntry, handoff: str | None, state: TargetState | None) -> None:
-        """Append the entry (numbers must follow on), keep the handoff, replace the state."""
+        """Append the entry (numbers must follow on) and replace the state; the handoff is
+        not kept (see `handoff_file`)."""
         self._check_open()
         expected = len(self._records.entries) + 1
         if entry.iteration != expected:
             raise ValueError(f"iteration {entry.iteration} out of order (expected {expected})")
         self._records.entries.append(entry)
-        if handoff is not None:
-            self._records.handoffs[entry.iteration] = handoff
         if state is not None:
             self._records.state = copy.deepcopy(state)
 
@@ -115,12 +114,8 @@ class MemoryTargetStore:
         return list(self._records.entries)
 
     def handoff_file(self, iteration: int) -> Path | None:
-        """None: handoffs are kept in memory (see `handoff_text`), there is no file to pass."""
+        """None: this backend passes no handoffs."""
         return None
-
-    def handoff_text(self, iteration: int) -> str | None:
-        """The handoff iteration `iteration` left, if any."""
-        return self._records.handoffs.get(iteration)
 
     def close(self) -> None:
         """Give up ownership (idempotent)."""
