@@ -198,9 +198,11 @@ def busy_rounds(work: Path, sizes: Sizes) -> dict[str, Rounds]:
     """`busy_runs` daemons of `busy_targets` targets, each measured in `busy_windows`
     windows after READY=1 and a warm-up; after each run, one floor per window."""
     parts = {key: Rounds() for key in ("cpu_per_iteration", "iterations_per_s", "memory")}
-    config = scale.fleet_config(work, sizes.busy_targets, scale.busy_defaults())
-    for _ in range(sizes.busy_runs):
-        windows = busy_windows(work, config, sizes)
+    for run in range(1, sizes.busy_runs + 1):
+        run_dir = work / f"run{run}"  # a fresh fleet each run, as scale.py's busy part
+        run_dir.mkdir()
+        config = scale.fleet_config(run_dir, sizes.busy_targets, scale.busy_defaults())
+        windows = busy_windows(run_dir, config, sizes)
         memory_floors = floors.import_floors_mb(len(windows))
         for w, memory_floor in zip(windows, memory_floors, strict=True):
             cpu_floor = floors.asyncio_cpu_floor_ms(sizes.floor_runs)
@@ -233,7 +235,10 @@ def busy_windows(work: Path, config: Path, sizes: Sizes) -> list[dict[str, float
     roots = [r for r in (work / "state").iterdir() if r.is_dir()]
     audit = audit_state_roots(roots, allowed_status={"stopped_signal"})
     if audit.problems or audit.log_lines != len(finished):
-        raise RuntimeError(f"busy run: invariants violated: {audit.problems[:3]}")
+        raise RuntimeError(
+            f"busy run: invariants violated: {audit.problems[:3]}, {audit.log_lines} log "
+            f"lines for {len(finished)} iteration_finished events"
+        )
     windows = []
     for (t0, cpu0, _), (t1, cpu1, hwm) in itertools.pairwise(marks):
         count = sum(1 for at in finished if t0 <= at < t1)
