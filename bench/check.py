@@ -45,7 +45,7 @@ benchmarks, whose measuring code this reuses. The figures and their floors:
 Busy rounds are windows: the full form runs 3 daemons with one 15 s window each (each
 round its own process and peak), `--quick` one daemon with 3 windows of 1 s (so the memory
 rounds of `--quick` are one process's peak read three times). The full form takes about
-5 minutes on a 2-core machine; `--quick` about 30-45 s.
+5 minutes on a 2-core machine (287 s at load 2-4); `--quick` 32-62 s at load 8-12.
 """
 
 from __future__ import annotations
