@@ -35,7 +35,8 @@ RESULTS = BENCH / "results"
 if str(ROOT) not in sys.path:  # `python bench/x.py` puts bench/ first, not the repository
     sys.path.insert(0, str(ROOT))
 
-from tests.helpers.daemon import Daemon  # noqa: E402 (needs the repository on sys.path)
+from tests.helpers.config import write_config  # noqa: E402 (needs the repository on sys.path)
+from tests.helpers.daemon import Daemon  # noqa: E402
 from tests.helpers.process import DidNotExit, proc_stat, status_json, stop  # noqa: E402
 
 PYTHON = sys.executable
@@ -64,6 +65,35 @@ def python_argv() -> list[str]:
 def as_template(argv: Sequence[str]) -> list[str]:
     """`argv` as an orchestrator template: braces doubled so none reads as a placeholder."""
     return [part.replace("{", "{{").replace("}", "}}") for part in argv]
+
+
+# --- the durability floor --------------------------------------------------------------
+
+FLOOR_LOG_LINE = b'{"iteration":1,"status":"completed","decision":"keep"}'.ljust(300) + b"\n"
+FLOOR_STATE_BYTES = b"{" + b" " * 10_700 + b"}\n"  # a state file is ~10.7 kB
+
+
+def durability_iteration(argv: Sequence[str], directory: Path) -> None:
+    """One iteration of the durability floor: spawn `argv` and read its output, append one
+    line to `directory/log` with fsync, replace `directory/state` atomically (temp file,
+    fsync, rename, directory fsync). The least one iteration's contract needs, with the
+    daemon's own file primitives (`fsio`)."""
+    from autoloop_daemon.storage.files import fsio
+
+    subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=True, timeout=60)
+    fsio.append_record(directory / "log", FLOOR_LOG_LINE)
+    fsio.atomic_write_bytes(directory / "state", FLOOR_STATE_BYTES)
+
+
+def durability_floor_block(argv: Sequence[str], n: int, directory: Path) -> list[float]:
+    """Seconds per `durability_iteration`, n times, one after the other in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        durability_iteration(argv, directory)
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 # --- the machine and the results file --------------------------------------------------
@@ -348,6 +378,17 @@ def daemon_table(work: Path) -> dict[str, Any]:
         "log_format": "json",
         "log_level": "info",
     }
+
+
+def idle_config(work: Path, n: int) -> Path:
+    """`work/config.toml` for `n` idle targets (`idle_defaults`) with the shared `[daemon]`."""
+    return write_config(
+        work / "config.toml",
+        daemon=daemon_table(work),
+        budget={"max_cost_usd": 100_000_000.0},
+        defaults=idle_defaults(),
+        targets=make_targets(work, n),
+    )
 
 
 def idle_defaults() -> dict[str, Any]:

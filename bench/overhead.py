@@ -12,9 +12,9 @@ the process start-up. The state root is kept between blocks (the next block rais
 --max-iterations), so the last block runs with a 450-entry history.
 
 Overhead per iteration = median(autoloopd) - median(plain); goal <= 3 ms. The durability
-floor, interleaved with the plain loop, is one spawn plus the three fsyncs an iteration's
-contract needs (log line, handoff, state: a small write and `os.fsync` each); goal:
-autoloopd within 1.2x of it.
+floor, interleaved with the plain loop, is one spawn plus what an iteration's contract needs
+on disk (`common.durability_iteration`: a log line appended with fsync, the state replaced
+atomically with its fsyncs and the directory's); goal: autoloopd within 1.2x of it.
 
     .venv/bin/python bench/overhead.py [--quick] [--variant echo|python|both]
                                        [--breakdown] [--profile]
@@ -49,29 +49,6 @@ def plain_block(argv: list[str], n: int) -> list[float]:
     for _ in range(n):
         t0 = time.perf_counter()
         subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=True, timeout=60)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def floor_block(argv: list[str], n: int, directory: Path) -> list[float]:
-    """Seconds per durability floor, n times: one `subprocess.run(argv)` and the three
-    fsyncs an iteration's contract needs (the log line, its handoff, the state), each a
-    small write to its own file then `os.fsync`, with nothing else."""
-    import os
-
-    times = []
-    payload = b"x" * 200 + b"\n"
-    names = [directory / f"floor-{k}" for k in range(3)]
-    for _ in range(n):
-        t0 = time.perf_counter()
-        subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=True, timeout=60)
-        for name in names:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-            try:
-                os.write(fd, payload)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
         times.append(time.perf_counter() - t0)
     return times
 
@@ -135,7 +112,7 @@ def run_variant(work: Path, name: str, argv: list[str], blocks: int, per_block: 
                 times = plain_block(argv, per_block)
                 plain += times
                 row["plain_median_ms"] = statistics.median(times) * 1e3
-                times = floor_block(argv, per_block, work)
+                times = common.durability_floor_block(argv, per_block, work / "floor")
                 floor += times
                 row["floor_median_ms"] = statistics.median(times) * 1e3
             else:

@@ -110,7 +110,7 @@ class Sampler:
 
 
 @contextlib.contextmanager
-def _running(work: Path, config: Path, ready_timeout_s: float) -> Iterator[Started]:
+def running(work: Path, config: Path, ready_timeout_s: float) -> Iterator[Started]:
     """The daemon started with our notify socket, once it sent READY=1; killed at the end
     (by its own pid) if it still runs."""
     with NotifyListener(work) as notify:
@@ -123,7 +123,7 @@ def _running(work: Path, config: Path, ready_timeout_s: float) -> Iterator[Start
             kill(daemon.proc)
 
 
-def _config(work: Path, n: int, defaults: dict[str, Any]) -> Path:
+def fleet_config(work: Path, n: int, defaults: dict[str, Any]) -> Path:
     targets = common.make_targets(work, n)
     return write_config(
         work / "config.toml",
@@ -134,26 +134,27 @@ def _config(work: Path, n: int, defaults: dict[str, Any]) -> Path:
     )
 
 
+def busy_defaults() -> dict[str, Any]:
+    """`[defaults]` of the busy part: `/bin/echo <result JSON>`, 1 s cooldown, no limit."""
+    return {
+        "mode": "continuous",
+        "max_iterations": common.NO_LIMIT_ITERATIONS,
+        "max_cost_usd": common.NO_LIMIT_USD,
+        "plateau_window": common.NO_LIMIT_ITERATIONS,
+        "oscillation_window": 0,
+        "cooldown_minutes": 1 / 60,
+        "orchestrator": common.as_template(common.echo_argv()),
+        "handoff_arg": "",
+        "estimated_cost_usd": 0.0001,
+    }
+
+
 def busy(work: Path, n: int, seconds: float) -> dict[str, Any]:
     """Part A: n targets iterating for `seconds`, then SIGTERM."""
     print(f"busy: {n} targets, 1 s cooldown, 32 concurrent, {seconds:g} s", flush=True)
-    config = _config(
-        work,
-        n,
-        {
-            "mode": "continuous",
-            "max_iterations": common.NO_LIMIT_ITERATIONS,
-            "max_cost_usd": common.NO_LIMIT_USD,
-            "plateau_window": common.NO_LIMIT_ITERATIONS,
-            "oscillation_window": 0,
-            "cooldown_minutes": 1 / 60,
-            "orchestrator": common.as_template(common.echo_argv()),
-            "handoff_arg": "",
-            "estimated_cost_usd": 0.0001,
-        },
-    )
+    config = fleet_config(work, n, busy_defaults())
     result: dict[str, Any] = {"targets": n, "run_s": seconds}
-    with _running(work, config, ready_timeout_s=300) as (daemon, sampler, t0, ready):
+    with running(work, config, ready_timeout_s=300) as (daemon, sampler, t0, ready):
         result["start_to_ready_s"] = ready.at - t0
         first = sampler.sample()
         deadline = ready.at + seconds
@@ -209,13 +210,13 @@ def idle(work: Path, n: int, idle_s: float) -> dict[str, Any]:
     """Part B: n dry-run targets, one iteration each, then all cooling down for 600 min."""
     print(f"idle: {n} targets, dry run, 600 min cooldown, idle window {idle_s:g} s", flush=True)
     soft, hard = common.raise_nofile_limit(n + 4096)
-    config = _config(
+    config = fleet_config(
         work,
         n,
         common.idle_defaults(),
     )
     result: dict[str, Any] = {"targets": n, "idle_s": idle_s, "nofile_limit": [soft, hard]}
-    with _running(work, config, ready_timeout_s=600) as (daemon, sampler, t0, ready):
+    with running(work, config, ready_timeout_s=600) as (daemon, sampler, t0, ready):
         result["start_to_ready_s"] = ready.at - t0
         print(f"  READY after {ready.at - t0:.1f} s", flush=True)
         # Each target logs one iteration_finished, then checkpoints its cooldown.

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import common  # first: puts the repository on sys.path
 
 from tests.helpers.audit import audit_state_roots
-from tests.helpers.config import write_config
 from tests.helpers.daemon import Daemon
 from tests.helpers.logs import epoch_s
 from tests.helpers.notify import NotifyListener
@@ -39,16 +39,6 @@ from tests.helpers.process import kill, proc_status_kb
 
 GOAL_START_S = 2.0
 GOAL_STOP_S = 1.0
-
-
-def _config(work: Path, n: int) -> Path:
-    return write_config(
-        work / "config.toml",
-        daemon=common.daemon_table(work),
-        budget={"max_cost_usd": 100_000_000.0},
-        defaults=common.idle_defaults(),
-        targets=common.make_targets(work, n),
-    )
 
 
 def sync_floor(work: Path, n: int, size: int) -> float:
@@ -84,8 +74,17 @@ def sync_floor(work: Path, n: int, size: int) -> float:
     return elapsed
 
 
-def one_cycle(work: Path, config: Path, n: int, kind: str) -> dict[str, Any]:
-    """Start (fresh or warm), wait until all cool down, SIGTERM, audit the state roots."""
+def one_cycle(
+    work: Path,
+    config: Path,
+    n: int,
+    kind: str,
+    while_cooling: Callable[[Daemon], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Start (fresh or warm), wait until all cool down, SIGTERM, audit the state roots.
+
+    `while_cooling`, when given, is called with the daemon once every target is cooling
+    down, before the SIGTERM; what it returns is added to the cycle's figures."""
     with NotifyListener(work) as notify:
         t0, spawn_wall = time.monotonic(), time.time()
         daemon = Daemon(config, work / f"daemon-{kind}.out", env=notify.env, cwd=work)
@@ -95,6 +94,7 @@ def one_cycle(work: Path, config: Path, n: int, kind: str) -> dict[str, Any]:
                 daemon.wait_event("iteration_finished", count=n, timeout=600, interval=0.1)
             cooled_at = common.wait_all_status(daemon, "cooldown", n, timeout_s=600)
             time.sleep(0.5)  # a quiet moment: nothing in flight, no checkpoint being written
+            extra = while_cooling(daemon) if while_cooling is not None else {}
             rss_mb = proc_status_kb(daemon.pid).get("VmHWM", 0) / 1024
             term_wall = time.time()
             stop_s, code = common.stop_daemon(daemon.proc, timeout_s=120)
@@ -115,6 +115,7 @@ def one_cycle(work: Path, config: Path, n: int, kind: str) -> dict[str, Any]:
         "peak_rss_mb": rss_mb,
         "states_ok": ok,
         "audit": audit.as_dict(),
+        **extra,
     }
 
 
@@ -171,7 +172,7 @@ def main() -> None:
         for run in range(runs):
             work = base / f"run{run + 1}"
             work.mkdir()
-            config = _config(work, n)
+            config = common.idle_config(work, n)
             for kind in ("fresh", "warm"):
                 c = one_cycle(work, config, n, kind)
                 state_size = (work / "state" / "t00000" / "autoloop_state.json").stat().st_size

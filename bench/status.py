@@ -22,7 +22,6 @@ from pathlib import Path
 
 import common  # first: puts the repository on sys.path
 
-from tests.helpers.config import write_config
 from tests.helpers.daemon import Daemon
 from tests.helpers.notify import NotifyListener
 from tests.helpers.process import AUTOLOOPD, kill
@@ -47,13 +46,7 @@ def main() -> None:
     with common.work_dir("status", args.keep) as work:
         info = common.machine(work)
         common.print_machine(info)
-        config = write_config(
-            work / "config.toml",
-            daemon=common.daemon_table(work),
-            budget={"max_cost_usd": 100_000_000.0},
-            defaults=common.idle_defaults(),
-            targets=common.make_targets(work, n),
-        )
+        config = common.idle_config(work, n)
         status = [*AUTOLOOPD, "status", "--config", str(config), "--json"]
         floor = [sys.executable, "-c", "pass"]
         with NotifyListener(work) as notify:
