@@ -18,7 +18,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.policy.stops import first_line
 from autoloop_daemon.target_state import TargetState
 
 # Phases a row may have; "offline": read from the files, no daemon runs the target here.
@@ -26,6 +25,14 @@ PHASES = (
     "starting", "running", "cooldown", "waiting", "paused", "stopped", "not_started",
     "elsewhere", "offline",
 )  # fmt: skip
+
+
+def first_line(text: str | None) -> str | None:
+    """The first non-blank line of `text`, stripped (None for none)."""
+    for line in (text or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return None
 
 
 @dataclass(frozen=True, slots=True)

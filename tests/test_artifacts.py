@@ -10,6 +10,7 @@ import pytest
 
 from autoloop_daemon.exceptions import StateCorruptError
 from autoloop_daemon.models import LogEntry
+from autoloop_daemon.policy import handoff
 from autoloop_daemon.storage.files import artifacts
 
 
@@ -179,7 +180,7 @@ def _sections(text: str) -> list[str]:
 
 def test_render_handoff_keep_with_deltas() -> None:
     """A kept candidate: decision listed, nothing rejected, before → after with signed deltas."""
-    text = artifacts.render_handoff(
+    text = handoff.render_handoff(
         iteration=4,
         decision="keep",
         candidate_id="cand-01-skill",
@@ -209,7 +210,7 @@ def test_render_handoff_keep_with_deltas() -> None:
 @pytest.mark.parametrize("decision", ["reject", "revert"])
 def test_render_handoff_rejected_candidate(decision: str) -> None:
     """A rejected or reverted candidate appears under Rejected."""
-    text = artifacts.render_handoff(
+    text = handoff.render_handoff(
         iteration=2,
         decision=decision,
         candidate_id="cand-07",
@@ -225,7 +226,7 @@ def test_render_handoff_rejected_candidate(decision: str) -> None:
 
 def test_render_handoff_failed_iteration_and_threshold() -> None:
     """No decision: shows "none" and the error on one line; threshold is configurable."""
-    text = artifacts.render_handoff(
+    text = handoff.render_handoff(
         iteration=1,
         decision=None,
         candidate_id=None,
@@ -238,7 +239,7 @@ def test_render_handoff_failed_iteration_and_threshold() -> None:
     assert "- Error: Pipeline error: boom" in text
     assert "## Scores\nnone\n" in text
     assert "## Remaining\nnone\n" in text
-    strict = artifacts.render_handoff(
+    strict = handoff.render_handoff(
         iteration=1,
         decision="pending",
         candidate_id="c",

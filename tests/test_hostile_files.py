@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from autoloop_daemon.storage.files.artifacts import render_handoff
+from autoloop_daemon.policy.handoff import render_handoff
 from tests.helpers.audit import read_state
 from tests.helpers.daemon import Lab
 from tests.helpers.fakes import fake, orchestrator_cmd

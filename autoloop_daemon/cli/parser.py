@@ -164,6 +164,12 @@ def _runner_flags(one: Any) -> None:
         help="USD per minute charged when the orchestrator reports no cost",
     )
     one.add_argument("--weights", type=_weights, default=(), help="e.g. accuracy=2,coverage=1")
+    _timing_flags(one)
+    _goal_flags(one)
+
+
+def _timing_flags(one: Any) -> None:
+    """The one-target form's waits and graces."""
     one.add_argument("--shutdown-grace-seconds", type=_non_negative_float, default=30.0)
     one.add_argument(
         "--retry-backoff-seconds",
@@ -185,6 +191,10 @@ def _runner_flags(one: Any) -> None:
         default=0.2,
         help="wall time of one simulated iteration (with --dry-run)",
     )
+
+
+def _goal_flags(one: Any) -> None:
+    """The one-target form's goals: yield, score and deadline stops."""
     one.add_argument(
         "--min-gain-per-usd",
         type=_non_negative_float,

@@ -254,44 +254,64 @@ def _build_targets(
         root = _resolve(raw_root, base, shown, f"{key}.state_root", keep_last=True, folders=folders)
         if root.exists() and not root.is_dir():
             raise ConfigError(f"{shown}: {key}.state_root: not a directory: {root}")
-        root_text = str(root)
-        if root_text in roots:
-            raise ConfigError(
-                f"{shown}: {key}.state_root: {root} is already the state root of "
-                f"targets[{roots[root_text]}]"
-            )
-        parents = _parents(root_text)
-        if root_text in holds_state_dir:
-            raise ConfigError(
-                f"{shown}: {key}.state_root: {root} would hold daemon.state_dir ({state_dir}); "
-                "give the target a state root of its own"
-            )
-        # Nested roots, found through each root's parents: O(depth) per target, not O(n).
-        outer = next((p for p in parents if p in roots), None)
-        j = roots[outer] if outer is not None else inside.get(root_text)
-        if j is not None:
-            other = outer if outer is not None else specs[j].state_root
-            raise ConfigError(
-                f"{shown}: {key}.state_root: {root} and the state root of targets[{j}] "
-                f"({other}) are nested; state roots must not contain each other"
-            )
-        roots[root_text] = i
-        for parent in parents:
-            inside.setdefault(parent, i)
+        where = f"{shown}: {key}.state_root"
+        _claim_root(root, i, where, roots, inside, (state_dir, holds_state_dir), specs)
         late = _merged_problem(merged)
         if late is not None:
             raise ConfigError(f"{shown}: {key}.{late}")
-        merged.update(
-            orchestrator=tuple(merged["orchestrator"]),
-            scorer=tuple(merged["scorer"]) if merged["scorer"] else None,
-            handoff_arg=merged["handoff_arg"] or None,
-            sources=tuple(merged["sources"]),
-            env=tuple(sorted(dict(merged["env"]).items())),
-            weights=tuple(sorted(dict(merged["weights"]).items())),
-            hosts=tuple(merged["hosts"]),
-        )
-        specs.append(TargetSpec(name=table.name, path=path, state_root=root, **merged))
+        specs.append(TargetSpec(name=table.name, path=path, state_root=root, **_frozen(merged)))
     return tuple(specs)
+
+
+def _frozen(merged: dict[str, Any]) -> dict[str, Any]:
+    """A target's merged values as `TargetSpec` holds them (tuples, sorted pairs)."""
+    return {
+        **merged,
+        "orchestrator": tuple(merged["orchestrator"]),
+        "scorer": tuple(merged["scorer"]) if merged["scorer"] else None,
+        "handoff_arg": merged["handoff_arg"] or None,
+        "sources": tuple(merged["sources"]),
+        "env": tuple(sorted(dict(merged["env"]).items())),
+        "weights": tuple(sorted(dict(merged["weights"]).items())),
+        "hosts": tuple(merged["hosts"]),
+    }
+
+
+def _claim_root(
+    root: Path,
+    i: int,
+    where: str,
+    roots: dict[str, int],
+    inside: dict[str, int],
+    state_dir: tuple[Path, set[str]],
+    specs: list[TargetSpec],
+) -> None:
+    """Record target `i`'s state root; ConfigError (at `where`) when it repeats another's,
+    holds the daemon's state_dir (given with the set of it and its parents), or nests with
+    another root."""
+    root_text = str(root)
+    if root_text in roots:
+        raise ConfigError(
+            f"{where}: {root} is already the state root of targets[{roots[root_text]}]"
+        )
+    parents = _parents(root_text)
+    if root_text in state_dir[1]:
+        raise ConfigError(
+            f"{where}: {root} would hold daemon.state_dir ({state_dir[0]}); "
+            "give the target a state root of its own"
+        )
+    # Nested roots, found through each root's parents: O(depth) per target, not O(n).
+    outer = next((p for p in parents if p in roots), None)
+    j = roots[outer] if outer is not None else inside.get(root_text)
+    if j is not None:
+        other = outer if outer is not None else specs[j].state_root
+        raise ConfigError(
+            f"{where}: {root} and the state root of targets[{j}] "
+            f"({other}) are nested; state roots must not contain each other"
+        )
+    roots[root_text] = i
+    for parent in parents:
+        inside.setdefault(parent, i)
 
 
 def _parents(path: str) -> list[str]:

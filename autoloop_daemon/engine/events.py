@@ -9,6 +9,7 @@ kept out of the publisher's way.
 
 from __future__ import annotations
 
+from abc import ABC
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,9 +20,10 @@ from autoloop_daemon.models import LogEntry
 log = structlog.get_logger("autoloopd.events")
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """Base of every event."""
+class Event(ABC):  # noqa: B024 (a marker: the bus's type, never instantiated itself)
+    """Base of every event: an abstract marker the bus and its subscribers are typed with."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)

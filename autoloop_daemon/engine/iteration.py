@@ -21,11 +21,11 @@ from autoloop_daemon.engine.budget import Meter
 from autoloop_daemon.exceptions import FencedWriteError
 from autoloop_daemon.models import IterationResult, LogEntry
 from autoloop_daemon.policy import cycle
+from autoloop_daemon.policy.handoff import handoff_for
 from autoloop_daemon.policy.live_cost import REASON_ITERATION_COST, REASON_TARGET_COST
 from autoloop_daemon.policy.recording import build_entry
-from autoloop_daemon.runs.orchestrator import run_iteration
+from autoloop_daemon.runs.orchestrator import run_iteration, run_log_file
 from autoloop_daemon.runs.target_files import content_hash, save_best
-from autoloop_daemon.storage.files import artifacts
 from autoloop_daemon.target_state import InFlight
 from autoloop_daemon.vocab import KNOWN_DECISIONS, Decision, Phase, RunStatus, TargetStatus
 
@@ -64,7 +64,7 @@ class Iteration:
         before_scores = dict(state.current_scores)
         await runner._save()
         handoff = self._last_handoff()
-        run_log = None if spec.dry_run else artifacts.run_log_path(spec.state_root, self.number)
+        run_log = run_log_file(spec, self.number)
         with structlog.contextvars.bound_contextvars(iteration=self.number):
             runner._events.publish(
                 ev.IterationStarted(
@@ -205,7 +205,7 @@ class Iteration:
         if plan.next_run_at is not None:
             state.next_run_at = to_iso(plan.next_run_at)
         runner._enter(plan.status, Phase.RUNNING)
-        handoff = artifacts.handoff_for(entry, before) if entry.completed else None
+        handoff = handoff_for(entry, before) if entry.completed else None
         runner._dirty = plan.may_defer_save
         try:
             await runner._store.record(entry, handoff, None if runner._dirty else state)

@@ -63,6 +63,13 @@ def journal(event: ev.Event) -> None:
             log.error("checkpoint_failed", target=event.target, error=event.error)
         case ev.TargetNotStarted():
             log.error("target_not_started", target=event.target, error=event.error)
+        case _:
+            _daemon_event(event)
+
+
+def _daemon_event(event: ev.Event) -> None:
+    """The journal line of an event of the whole daemon (start, stop, shutdown, reload)."""
+    match event:
         case ev.DaemonReady():
             log.info(
                 "daemon_ready",

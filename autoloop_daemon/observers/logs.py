@@ -72,6 +72,28 @@ def configure_logging(
         names = ", ".join(name for name in LOG_LEVELS if name != "warn")
         raise ValueError(f"log_level must be one of {names}, not {log_level!r}")
 
+    processors = _processors(fmt, stream)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        context_class=dict,
+        # PrintLogger prints one line per event with flush=True; with file=None it writes to
+        # whatever sys.stdout is at that moment.
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=cache,
+    )
+    # Libraries log through the standard library (asyncio's "Exception in callback ..."
+    # among them): send those records through structlog too, so journald gets one JSON line
+    # per event instead of a raw multi-line traceback.
+    root = _stdlib_logging.getLogger()
+    root.handlers = [_ToStructlog()]
+    root.setLevel(level)
+    sys.unraisablehook = _unraisable_to_structlog  # "Exception ignored in ...", e.g. __del__
+
+
+def _processors(fmt: str, stream: TextIO | None) -> list[Processor]:
+    """The processor chain: JSON (with journald priorities on the journal's stream) unless the
+    format is console, or auto on a terminal."""
     is_tty = _isatty(sys.stdout if stream is None else stream)
     use_json = fmt == "json" or (fmt == "auto" and not is_tty)
 
@@ -92,23 +114,7 @@ def configure_logging(
     else:
         # ConsoleRenderer formats exc_info itself, after the line.
         processors.append(structlog.dev.ConsoleRenderer(colors=is_tty))
-
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        context_class=dict,
-        # PrintLogger prints one line per event with flush=True; with file=None it writes to
-        # whatever sys.stdout is at that moment.
-        logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=cache,
-    )
-    # Libraries log through the standard library (asyncio's "Exception in callback ..."
-    # among them): send those records through structlog too, so journald gets one JSON line
-    # per event instead of a raw multi-line traceback.
-    root = _stdlib_logging.getLogger()
-    root.handlers = [_ToStructlog()]
-    root.setLevel(level)
-    sys.unraisablehook = _unraisable_to_structlog  # "Exception ignored in ...", e.g. __del__
+    return processors
 
 
 def on_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:

@@ -62,42 +62,7 @@ class _SnapshotCollector(Collector):
             left.add_metric([], max(0.0, budget.cap_usd - budget.spent_usd))
             yield left
         yield from _window_metrics(snap)
-        status = GaugeMetricFamily(
-            "autoloopd_target_status",
-            "1 for the target's current status",
-            labels=["target", "status"],
-        )
-        best = GaugeMetricFamily(
-            "autoloopd_target_best_weighted_score", "Best weighted score", labels=["target"]
-        )
-        last = GaugeMetricFamily(
-            "autoloopd_target_last_weighted_score", "Last weighted score", labels=["target"]
-        )
-        paused = GaugeMetricFamily("autoloopd_target_paused", "1 while paused", labels=["target"])
-        cost = GaugeMetricFamily(
-            "autoloopd_target_cost_usd", "The target's total cost so far", labels=["target"]
-        )
-        running = 0
-        for t in snap.targets:
-            for name in STATUSES:
-                status.add_metric([t.target, name], 1.0 if t.status == name else 0.0)
-            if t.best_weighted_score is not None:
-                best.add_metric([t.target], t.best_weighted_score)
-            if t.last_weighted_score is not None:
-                last.add_metric([t.target], t.last_weighted_score)
-            paused.add_metric([t.target], 1.0 if t.paused else 0.0)
-            cost.add_metric([t.target], t.total_cost_usd)
-            running += t.running_iteration is not None
-        yield from (status, best, last, paused, cost)
-        run = GaugeMetricFamily("autoloopd_iterations_running", "Iterations running now")
-        run.add_metric([], float(running))
-        yield run
-        queued = GaugeMetricFamily(
-            "autoloopd_iterations_queued",
-            "Targets ready to run but waiting for a concurrency slot",
-        )
-        queued.add_metric([], float(snap.queued))
-        yield queued
+        yield from _target_metrics(snap)
         yield from _cluster_metrics(snap)
 
 
@@ -142,6 +107,46 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+
+def _target_metrics(snap: FleetSnapshot) -> Iterator[Metric]:
+    """Each target's status, scores, pause and cost; the running and queued iterations."""
+    status = GaugeMetricFamily(
+        "autoloopd_target_status",
+        "1 for the target's current status",
+        labels=["target", "status"],
+    )
+    best = GaugeMetricFamily(
+        "autoloopd_target_best_weighted_score", "Best weighted score", labels=["target"]
+    )
+    last = GaugeMetricFamily(
+        "autoloopd_target_last_weighted_score", "Last weighted score", labels=["target"]
+    )
+    paused = GaugeMetricFamily("autoloopd_target_paused", "1 while paused", labels=["target"])
+    cost = GaugeMetricFamily(
+        "autoloopd_target_cost_usd", "The target's total cost so far", labels=["target"]
+    )
+    running = 0
+    for t in snap.targets:
+        for name in STATUSES:
+            status.add_metric([t.target, name], 1.0 if t.status == name else 0.0)
+        if t.best_weighted_score is not None:
+            best.add_metric([t.target], t.best_weighted_score)
+        if t.last_weighted_score is not None:
+            last.add_metric([t.target], t.last_weighted_score)
+        paused.add_metric([t.target], 1.0 if t.paused else 0.0)
+        cost.add_metric([t.target], t.total_cost_usd)
+        running += t.running_iteration is not None
+    yield from (status, best, last, paused, cost)
+    run = GaugeMetricFamily("autoloopd_iterations_running", "Iterations running now")
+    run.add_metric([], float(running))
+    yield run
+    queued = GaugeMetricFamily(
+        "autoloopd_iterations_queued",
+        "Targets ready to run but waiting for a concurrency slot",
+    )
+    queued.add_metric([], float(snap.queued))
+    yield queued
 
 
 def _window_metrics(snap: FleetSnapshot) -> Iterator[Metric]:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from autoloop_daemon.target_row import first_line
 from autoloop_daemon.vocab import Decision, TargetStatus
 
 
@@ -197,14 +198,6 @@ def stop_sentence(
         window=limits.plateau_window,
         osc=limits.oscillation_window,
     )
-
-
-def first_line(text: str | None) -> str | None:
-    """The first non-blank line of `text`, stripped (None for none)."""
-    for line in (text or "").splitlines():
-        if line.strip():
-            return line.strip()
-    return None
 
 
 def backoff_seconds(consecutive_errors: int, base_s: float, max_s: float) -> float:

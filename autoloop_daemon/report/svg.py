@@ -38,12 +38,7 @@ def line_plot(
 ) -> str:
     """An SVG plot of `points` (x, y) joined by a line, with min/max labels on both axes."""
     attr_target = escape(target, quote=True)
-    head = (
-        f'<svg class="plot" data-target="{attr_target}" data-kind="{escape(point_class)}" '
-        f'xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title, quote=True)}">'
-        f'<text class="title" x="{_PAD_LEFT}" y="14">{escape(title)}</text>'
-    )
+    head = _head(attr_target, point_class, title, width, height)
     if not points:
         return (
             f'{head}<text class="empty" x="{width / 2}" y="{height / 2}" '
@@ -73,28 +68,50 @@ def line_plot(
         f'<text class="tick" x="{_PAD_LEFT - 4}" y="{bottom}" text-anchor="end">'
         f"{escape(y_format(y_low))}</text>",
     ]
-    for x in sorted({min(xs), max(xs)}):
-        parts.append(
-            f'<text class="tick" x="{sx(x)}" y="{height - 8}" text-anchor="middle">'
-            f"{escape(x_format(x))}</text>"
-        )
-    if cap is not None and not cap_drawn and math.isfinite(cap):
-        parts.append(
-            f'<text class="cap-note" x="{right}" y="14" text-anchor="end">'
-            f"cap {escape(y_format(cap))} (off the chart)</text>"
-        )
-    if cap is not None and cap_drawn:
-        parts.append(
-            f'<line class="cap" x1="{_PAD_LEFT}" y1="{sy(cap)}" x2="{right}" y2="{sy(cap)}">'
-            f"<title>cap {escape(y_format(cap))}</title></line>"
-        )
+    parts += [
+        f'<text class="tick" x="{sx(x)}" y="{height - 8}" text-anchor="middle">'
+        f"{escape(x_format(x))}</text>"
+        for x in sorted({min(xs), max(xs)})
+    ]
+    parts += _cap_marks(cap, cap_drawn, right, sy, y_format)
     path = " ".join(f"{sx(x)},{sy(y)}" for x, y in points)
     parts.append(f'<polyline class="series" fill="none" points="{path}"/>')
-    for x, y in points:
-        parts.append(
-            f'<circle class="{escape(point_class)}" data-target="{attr_target}" '
-            f'data-x="{x:g}" data-y="{y:.6g}" cx="{sx(x)}" cy="{sy(y)}" r="3">'
-            f"<title>{escape(x_format(x))}: {escape(y_format(y))}</title></circle>"
-        )
+    parts += [
+        f'<circle class="{escape(point_class)}" data-target="{attr_target}" '
+        f'data-x="{x:g}" data-y="{y:.6g}" cx="{sx(x)}" cy="{sy(y)}" r="3">'
+        f"<title>{escape(x_format(x))}: {escape(y_format(y))}</title></circle>"
+        for x, y in points
+    ]
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _cap_marks(
+    cap: float | None,
+    drawn: bool,
+    right: float,
+    sy: Callable[[float], float],
+    y_format: Callable[[float], str],
+) -> list[str]:
+    """The cap as a line across the plot, or a note when it lies far above the data."""
+    if cap is None or not math.isfinite(cap):
+        return []
+    if not drawn:
+        return [
+            f'<text class="cap-note" x="{right}" y="14" text-anchor="end">'
+            f"cap {escape(y_format(cap))} (off the chart)</text>"
+        ]
+    return [
+        f'<line class="cap" x1="{_PAD_LEFT}" y1="{sy(cap)}" x2="{right}" y2="{sy(cap)}">'
+        f"<title>cap {escape(y_format(cap))}</title></line>"
+    ]
+
+
+def _head(attr_target: str, point_class: str, title: str, width: int, height: int) -> str:
+    """The plot's opening tag and its title."""
+    return (
+        f'<svg class="plot" data-target="{attr_target}" data-kind="{escape(point_class)}" '
+        f'xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title, quote=True)}">'
+        f'<text class="title" x="{_PAD_LEFT}" y="14">{escape(title)}</text>'
+    )

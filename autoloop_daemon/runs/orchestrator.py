@@ -162,6 +162,11 @@ def _handoff_sources(handoff: Path, spec: TargetSpec) -> list[str]:
     return [str(handoff), *expand_sources(spec.path, spec.sources)]
 
 
+def run_log_file(spec: TargetSpec, iteration: int) -> Path | None:
+    """Where the orchestrator's output of `iteration` goes (None on the simulator)."""
+    return None if spec.dry_run else artifacts.run_log_path(spec.state_root, iteration)
+
+
 def run_marker(spec: TargetSpec, iteration: int) -> str:
     """The value of AUTOLOOPD_RUN given to a run's processes, to find orphans after a crash."""
     return f"{run_marker_prefix(spec)}{iteration}"

@@ -26,6 +26,7 @@ from autoloop_daemon.clock import now_utc, parse_iso, to_iso
 from autoloop_daemon.exceptions import StateCorruptError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy.cost import elapsed_cost_usd
+from autoloop_daemon.policy.handoff import handoff_for
 from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files import artifacts
 from autoloop_daemon.storage.files import state_file as state_mod
@@ -234,7 +235,7 @@ async def _restore_last_handoff(spec: TargetSpec, summary: LogSummary) -> None:
         if (await anyio.to_thread.run_sync(path.stat)).st_size > 0:
             return
     before = summary.before_scores
-    text = artifacts.handoff_for(last, before)
+    text = handoff_for(last, before)
     await artifacts.write_handoff(spec.state_root, last.iteration, text)
     log.warning("handoff_restored", iteration=last.iteration)
 

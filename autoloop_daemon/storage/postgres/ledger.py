@@ -193,23 +193,9 @@ class ClusterBudget:
         rate: float,
         window: tuple[datetime, float] | None,
     ) -> ClusterReservation | Literal["wait", "never", "window_full"]:
-        cur = await conn.execute(  # target row first, then the budget row: one lock order
-            """SELECT 1 FROM targets WHERE name = %s AND lease_holder = %s
-               AND fencing_token = %s AND lease_expires_at > now() FOR UPDATE""",
-            (lease.target, lease.host, lease.token),
-        )
-        if await cur.fetchone() is None:
-            raise FencedError(f"lease on {lease.target} lost (token {lease.token})")
-        cur = await conn.execute(
-            """SELECT id, amount_usd FROM reservations
-               WHERE target = %s AND iteration = %s AND fencing_token = %s AND state = 'open'""",
-            (lease.target, iteration, lease.token),
-        )
-        existing = await cur.fetchone()
+        existing = await _held_and_open(conn, lease, iteration)
         if existing is not None:  # a retry whose acknowledgement was lost
-            return ClusterReservation(
-                lease.target, float(existing[1]), id=existing[0], token=lease.token
-            )
+            return existing
         cur = await conn.execute(
             "SELECT cap_usd - spent_usd - reserved_usd FROM budgets WHERE id = %s FOR UPDATE",
             (self.budget_id,),
@@ -375,3 +361,24 @@ def _full_or_never(
         window_short = amount > window + _EPSILON
         fits_fresh = amount <= window_cap + _EPSILON
     return "window_full" if lifetime_ok and window_short and fits_fresh else "never"
+
+
+async def _held_and_open(conn: Any, lease: Lease, iteration: int) -> ClusterReservation | None:
+    """Lock the target's row under `lease` (FencedError when the lease is lost), then find
+    the reservation of `iteration` already open under it (None: none)."""
+    cur = await conn.execute(  # target row first, then the budget row: one lock order
+        """SELECT 1 FROM targets WHERE name = %s AND lease_holder = %s
+           AND fencing_token = %s AND lease_expires_at > now() FOR UPDATE""",
+        (lease.target, lease.host, lease.token),
+    )
+    if await cur.fetchone() is None:
+        raise FencedError(f"lease on {lease.target} lost (token {lease.token})")
+    cur = await conn.execute(
+        """SELECT id, amount_usd FROM reservations
+           WHERE target = %s AND iteration = %s AND fencing_token = %s AND state = 'open'""",
+        (lease.target, iteration, lease.token),
+    )
+    existing = await cur.fetchone()
+    if existing is None:
+        return None
+    return ClusterReservation(lease.target, float(existing[1]), id=existing[0], token=lease.token)
