@@ -20,12 +20,6 @@ from typing import Any
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.target_state import TargetState
 
-# Phases a row may have; "offline": read from the files, no daemon runs the target here.
-PHASES = (
-    "starting", "running", "cooldown", "waiting", "paused", "stopped", "not_started",
-    "elsewhere", "offline",
-)  # fmt: skip
-
 
 def first_line(text: str | None) -> str | None:
     """The first non-blank line of `text`, stripped (None for none)."""

@@ -40,15 +40,6 @@ class TargetStatus(StrEnum):
         """True for a stop condition a re-run with the same limits does not continue from."""
         return self in FINAL_STATUSES
 
-    @property
-    def is_stopped(self) -> bool:
-        """True for every status a target ends its cycle with."""
-        return self.startswith("stopped_") or self in (
-            TargetStatus.ERROR,
-            TargetStatus.LEASE_LOST,
-            TargetStatus.HANDED_OVER,
-        )
-
 
 # Statuses a re-run with the same limits does not continue from.
 FINAL_STATUSES: frozenset[TargetStatus] = frozenset(

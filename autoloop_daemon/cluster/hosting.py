@@ -23,16 +23,16 @@ from autoloop_daemon.cluster.member import ClusterMember, LocalTarget, cluster_s
 from autoloop_daemon.engine.budget import Budget, BudgetWindow
 from autoloop_daemon.engine.hosting import Fleet
 from autoloop_daemon.engine.records import TargetRecord
-from autoloop_daemon.engine.snapshot import ClusterSnapshot, TargetSnapshot
+from autoloop_daemon.engine.snapshot import ClusterSnapshot
 from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import CommandRefusedError
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.storage.postgres import target_flags
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.storage.postgres.ledger import ClusterBudget
-from autoloop_daemon.storage.postgres.membership import TargetRow
+from autoloop_daemon.storage.postgres.membership import ClusterTargetRow
 from autoloop_daemon.storage.postgres.store import PostgresStorage
-from autoloop_daemon.target_row import blank_state
+from autoloop_daemon.target_row import TargetRow, blank_state
 from autoloop_daemon.vocab import TargetStatus
 
 log = structlog.get_logger("autoloopd.cluster")
@@ -199,7 +199,7 @@ class ClusterHosting:
             return None
         return runner
 
-    async def _apply_flags(self, name: str, row: TargetRow) -> None:
+    async def _apply_flags(self, name: str, row: ClusterTargetRow) -> None:
         runner = self._live_runner(name)
         if runner is None:
             return
@@ -209,7 +209,7 @@ class ClusterHosting:
             runner.run_now()
             await self._write(name, target_flags.set_flag(self._link.db, name, "run_now", False))
 
-    async def _apply_extension(self, runner: TargetRunner, row: TargetRow) -> None:
+    async def _apply_extension(self, runner: TargetRunner, row: ClusterTargetRow) -> None:
         """A claimed target takes the cluster's extension (`ctl extend` on any host)."""
         state = runner.state
         more_n = row.extra_iterations - state.extra_iterations
@@ -312,7 +312,7 @@ class ClusterHosting:
 
     # ----------------------------------------------------------------- status
 
-    def remote_snapshot(self, name: str, record: TargetRecord) -> TargetSnapshot | None:
+    def remote_snapshot(self, name: str, record: TargetRecord) -> TargetRow | None:
         """A target this host does not run, as the cluster's row says (None: no row)."""
         if record.start_error is not None:
             return None
@@ -326,7 +326,7 @@ class ClusterHosting:
         state.iterations_completed = row.iterations_completed
         state.total_cost_usd = row.total_cost_usd
         state.paused = row.paused
-        return TargetSnapshot.of(
+        return TargetRow.of(
             state, name=name, phase=phase, reason=None, max_iterations=spec.max_iterations,
             max_cost_usd=spec.max_cost_usd, last_weighted_score=None, running_for_s=None,
             state_location=f"cluster row targets/{name}", host=holder,

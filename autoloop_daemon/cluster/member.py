@@ -36,21 +36,17 @@ from autoloop_daemon.storage.postgres import leases, membership
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.storage.postgres.keeper import LeaseKeeper
 from autoloop_daemon.storage.postgres.membership import (
+    ClusterTargetRow,
     ClusterView,
     TargetReport,
-    TargetRow,
     read_view,
 )
 from autoloop_daemon.vocab import FINAL_STATUSES, TargetStatus
 
 log = structlog.get_logger("autoloopd.cluster")
 
+
 # A target run here ends with one of these: it goes on elsewhere (not finished).
-NOT_FINISHED = frozenset(
-    {TargetStatus.STOPPED_SIGNAL, TargetStatus.LEASE_LOST, TargetStatus.HANDED_OVER}
-)
-
-
 def limits_key(spec: TargetSpec) -> str:
     """What a finished status depends on: the same on every host with the same config."""
     fields = (
@@ -101,7 +97,7 @@ class ClusterMember:
         start: Callable[[TargetSpec], Awaitable[None]],
         stop: Callable[[str, TargetStatus], None],
         local: Callable[[str], LocalTarget | None],
-        apply_flags: Callable[[str, TargetRow], Awaitable[None]],
+        apply_flags: Callable[[str, ClusterTargetRow], Awaitable[None]],
     ) -> None:
         """`start(spec)` runs a target whose lease was just claimed; `stop(name, status)`
         stops one (lease lost, handed over, stopped by an operator); `local(name)` is a

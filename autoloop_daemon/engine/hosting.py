@@ -17,11 +17,12 @@ import structlog
 
 from autoloop_daemon.engine.budget import Budget, BudgetWindow, SharedBudget
 from autoloop_daemon.engine.records import TargetRecord
-from autoloop_daemon.engine.snapshot import ClusterSnapshot, TargetSnapshot
+from autoloop_daemon.engine.snapshot import ClusterSnapshot
 from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import AutoloopError
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.storage.base import Storage
+from autoloop_daemon.target_row import TargetRow
 
 log = structlog.get_logger("autoloopd.supervisor")
 
@@ -120,7 +121,7 @@ class Hosting(Protocol):
         """Route `extend` of a known target: the reply, or None to act locally."""
         ...
 
-    def remote_snapshot(self, name: str, record: TargetRecord) -> TargetSnapshot | None:
+    def remote_snapshot(self, name: str, record: TargetRecord) -> TargetRow | None:
         """A target not running here, as another host runs it (None: as this host has it)."""
         ...
 
@@ -235,7 +236,7 @@ class LocalHosting:
         """Always local."""
         return None
 
-    def remote_snapshot(self, name: str, record: TargetRecord) -> TargetSnapshot | None:
+    def remote_snapshot(self, name: str, record: TargetRecord) -> TargetRow | None:
         """No target runs elsewhere."""
         return None
 

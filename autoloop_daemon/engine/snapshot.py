@@ -15,10 +15,6 @@ from typing import Any
 from autoloop_daemon.target_row import TargetRow
 from autoloop_daemon.vocab import Phase
 
-# The row's former name, still imported by cluster/hosting.py (whose `TargetRow` is the
-# cluster database's row): one type, two names, until that import is renamed.
-TargetSnapshot = TargetRow
-
 
 @dataclass(frozen=True, slots=True)
 class BudgetSnapshot:

@@ -31,7 +31,6 @@ from autoloop_daemon.engine.reload import apply_to_runners, apply_window, plan_f
 from autoloop_daemon.engine.snapshot import (
     BudgetSnapshot,
     FleetSnapshot,
-    TargetSnapshot,
     count_phases,
     status_line,
 )
@@ -41,7 +40,7 @@ from autoloop_daemon.exit_codes import EXIT_OK, EXIT_TARGET_ERROR
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.runs.process import kill_running_groups
 from autoloop_daemon.storage.base import Storage
-from autoloop_daemon.target_row import not_started_row, row_json
+from autoloop_daemon.target_row import TargetRow, not_started_row, row_json
 from autoloop_daemon.vocab import Phase, TargetStatus
 
 log = structlog.get_logger("autoloopd.supervisor")
@@ -392,13 +391,13 @@ class Supervisor:
                 window_spent_usd=None if window is None else round(budget.window_spent_usd, 6),
                 window_cap_usd=None if window is None else window.cap_usd,
             ),
-            targets=tuple(TargetSnapshot(**row) for row in rows),
+            targets=tuple(TargetRow(**row) for row in rows),
             queued=self._slots.statistics().tasks_waiting,
             cluster=self.hosting.cluster_snapshot(),
         )
 
     def target_rows(self) -> list[dict[str, Any]]:
-        """Every target now, by name, as the fields of its `TargetSnapshot` in their order
+        """Every target now, by name, as the fields of its `TargetRow` in their order
         (what `snapshot().to_json()["targets"]` holds, without building the dataclasses:
         a frozen one costs ~5 µs, a fifth of a second per status request at 10,000)."""
         now = time.monotonic()

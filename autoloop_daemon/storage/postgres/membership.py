@@ -18,7 +18,7 @@ from autoloop_daemon.storage.postgres.leases import Lease
 
 
 @dataclass(frozen=True, slots=True)
-class TargetRow:
+class ClusterTargetRow:
     """One target as the cluster's database has it."""
 
     holder: str | None
@@ -50,7 +50,7 @@ class HostRow:
 class ClusterView:
     """The cluster as read at the last round."""
 
-    targets: dict[str, TargetRow] = field(default_factory=dict)
+    targets: dict[str, ClusterTargetRow] = field(default_factory=dict)
     hosts: tuple[HostRow, ...] = ()
 
     @property
@@ -81,7 +81,7 @@ async def read_view(db: Database, lease_s: float) -> ClusterView:
                FROM targets"""
         )
         targets = {
-            row[0]: TargetRow(row[1], bool(row[2]), row[3], row[4], bool(row[5]),
+            row[0]: ClusterTargetRow(row[1], bool(row[2]), row[3], row[4], bool(row[5]),
                               bool(row[6]), bool(row[7]), row[8], int(row[9]), float(row[10]),
                               int(row[11]), float(row[12]))
             for row in await cur.fetchall()
