@@ -55,28 +55,9 @@ class TargetRow:
     host: str | None = None  # cluster mode: the host running it (None: none, or no cluster)
 
     @classmethod
-    def of(
-        cls,
-        state: TargetState,
-        *,
-        name: str,
-        phase: str,
-        reason: str | None,
-        max_iterations: int,
-        max_cost_usd: float,
-        last_weighted_score: float | None,
-        running_for_s: float | None,
-        state_location: str,
-        host: str | None,
-    ) -> TargetRow:
-        """The row of `state` (the arguments are `row_json`'s)."""
-        return cls(
-            **row_json(
-                state, name=name, phase=phase, reason=reason, max_iterations=max_iterations,
-                max_cost_usd=max_cost_usd, last_weighted_score=last_weighted_score,
-                running_for_s=running_for_s, state_location=state_location, host=host,
-            )
-        )  # fmt: skip
+    def of(cls, state: TargetState, **fields: Any) -> TargetRow:
+        """The row of `state`; `fields` are `row_json`'s keyword arguments."""
+        return cls(**row_json(state, **fields))
 
     def to_json(self) -> dict[str, Any]:
         """The row as `row_json` gives it (the same keys, in the same order)."""
