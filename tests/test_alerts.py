@@ -314,3 +314,24 @@ def test_budget_alert_at_sets_the_fractions_of_alerts_that_set_none(tmp_path: Pa
     )
     cfg = load_config(config)
     assert [a.budget_fractions for a in cfg.alerts] == [[0.25, 0.9], [0.5]]
+
+
+def test_a_slow_alert_command_is_never_swept_as_a_runs_leftover(tmp_path: Path) -> None:
+    """An alert command still running while other targets' runs end (each end sweeps the
+    orphans no running run owns) is delivered once, on its first call: the sweep must not
+    take it for a run's leftover and kill it (it used to: exit -15, then a retry or a loss)."""
+    lab = Lab(tmp_path)
+    out = tmp_path / "alerts.jsonl"
+    targets = [
+        dry_run(lab, "quick", max_iterations=1),
+        lab.target("busy", "keep", max_iterations=25, cooldown_minutes=0),
+    ]
+    alerts = [{"events": ["target_stopped"], "command": sink(out, "--delay", "2"), "retries": 2}]
+    lab.write(targets, defaults={"mode": "continuous"}, budget={"max_cost_usd": 50}, alerts=alerts)
+    done = run_autoloopd(["--config", str(lab.config)], timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    stopped = [a["target"] for a in read_jsonl(out) if a["event"] == "target_stopped"]
+    assert sorted(stopped) == ["busy", "quick"]
+    calls = Path(f"{out}.calls").read_text()
+    assert calls == "..", f"{len(calls)} calls for 2 alerts: one was killed and retried"
+    assert "leftover_processes_stopped" not in done.stdout + done.stderr

@@ -7,7 +7,9 @@ urllib in a worker thread. Each failed attempt is retried after a doubling backo
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -16,9 +18,11 @@ from dataclasses import dataclass
 
 import anyio
 import anyio.to_thread
+from anyio.abc import ByteSendStream, Process
 
 from autoloop_daemon import __version__
 from autoloop_daemon.exceptions import AlertDeliveryError
+from autoloop_daemon.runs import reaper
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
@@ -37,32 +41,67 @@ class Outcome:
     error: str | None = None
 
 
+async def _communicate(process: Process, data: bytes) -> tuple[int, bytes]:
+    """Write `data` to the child's stdin (a child that exits without reading it is not an
+    error here: its exit code says how it went), read its stderr, wait for its exit."""
+    assert process.stdin is not None and process.stderr is not None
+    stderr = bytearray()
+
+    async def feed(stdin: ByteSendStream) -> None:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await stdin.send(data)
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await stdin.aclose()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(feed, process.stdin)
+        async for chunk in process.stderr:
+            stderr += chunk
+            del stderr[: max(0, len(stderr) - 64 * _STDERR_TAIL)]
+    return await process.wait(), bytes(stderr)
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
 async def run_command(argv: tuple[str, ...], data: bytes, timeout_s: float) -> None:
-    """Run `argv` with `data` on stdin; AlertDeliveryError on failure, timeout or exit != 0."""
+    """Run `argv` with `data` on stdin; AlertDeliveryError on failure, timeout or exit != 0.
+
+    The child is registered with the reaper while it runs, so that the sweep after a run's
+    end (which stops every adopted process no running run owns) never takes it for a run's
+    leftover: an alert command is stopped by its own timeout alone.
+    """
     env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
     try:
-        with anyio.fail_after(timeout_s):
-            result = await anyio.run_process(
+        with anyio.CancelScope(shield=True):  # no cancellation between fork and registering
+            process = await anyio.open_process(
                 list(argv),
-                input=data,
+                stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                check=False,
                 env=env,
                 start_new_session=True,
             )
-    except TimeoutError:
-        raise AlertDeliveryError(f"{argv[0]}: no exit within {timeout_s:g} s") from None
     except OSError as exc:
         raise AlertDeliveryError(f"{argv[0]}: cannot start: {exc.strerror or exc}") from None
-    if result.returncode != 0:
-        tail = _one_line(result.stderr.decode("utf-8", "replace"))[-_STDERR_TAIL:]
+    reaper.child_started(process.pid)
+    try:
+        with anyio.fail_after(timeout_s):
+            returncode, stderr = await _communicate(process, data)
+    except TimeoutError:
+        raise AlertDeliveryError(f"{argv[0]}: no exit within {timeout_s:g} s") from None
+    finally:
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            await process.aclose()
+        reaper.child_exited(process.pid)
+    if returncode != 0:
+        tail = _one_line(stderr.decode("utf-8", "replace"))[-_STDERR_TAIL:]
         raise AlertDeliveryError(
-            f"{argv[0]}: exit code {result.returncode}" + (f": {tail}" if tail else "")
+            f"{argv[0]}: exit code {returncode}" + (f": {tail}" if tail else "")
         )
 
 

@@ -2,7 +2,8 @@
 """A fake alert command: appends its stdin (one alert's JSON) as one line to the file argv[1].
 
 `--fail-first N` makes the first N calls exit 1 (counted in `<file>.calls`), to exercise
-retries. One `os.write` on an O_APPEND descriptor per alert, so concurrent calls never
+retries; `--delay S` makes each call take S seconds before it appends (a slow delivery).
+One `os.write` on an O_APPEND descriptor per alert, so concurrent calls never
 interleave. Standard library only.
 """
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 
 def main() -> int:
     """Append stdin to argv[1]; exit 1 for the first --fail-first calls."""
     out = sys.argv[1]
-    fail_first = int(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[2] == "--fail-first" else 0
+    flags = dict(zip(sys.argv[2::2], sys.argv[3::2], strict=False))
+    fail_first = int(flags.get("--fail-first", 0))
     fd = os.open(out + ".calls", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.write(fd, b".")
     os.close(fd)
@@ -26,6 +29,7 @@ def main() -> int:
         print(f"alert_sink: failing call {calls} on purpose", file=sys.stderr)
         return 1
     alert = json.loads(sys.stdin.buffer.read())
+    time.sleep(float(flags.get("--delay", 0)))
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.write(fd, (json.dumps(alert) + "\n").encode())
     os.close(fd)
