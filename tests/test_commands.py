@@ -36,6 +36,11 @@ class FakeRunner:
     state: FakeState = field(default_factory=FakeState)
     calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
 
+    @property
+    def live(self) -> bool:
+        """As the runner's: its cycle runs and no stop was requested."""
+        return self.final_status is None and not self.stopping
+
     async def set_paused(self, paused: bool) -> None:
         self.calls.append(("set_paused", (paused,)))
         self.state.paused = paused

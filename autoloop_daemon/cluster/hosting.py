@@ -195,9 +195,7 @@ class ClusterHosting:
     def _live_runner(self, name: str) -> TargetRunner | None:
         record = self._attached[0].record(name)
         runner = None if record is None else record.runner
-        if runner is None or runner.final_status is not None or runner.stopping:
-            return None
-        return runner
+        return runner if runner is not None and runner.live else None
 
     async def _apply_flags(self, name: str, row: ClusterTargetRow) -> None:
         runner = self._live_runner(name)

@@ -8,50 +8,27 @@ control API (control/api.py) serves these; `Supervised` is all they use of the s
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from autoloop_daemon.engine.hosting import Hosting
+from autoloop_daemon.engine.hosting import Fleet, Hosting
 from autoloop_daemon.engine.records import TargetRecord
 from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import CommandRefusedError, UnknownTargetError
-from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.storage.base import Storage
 from autoloop_daemon.vocab import Phase
 
 
-class Supervised(Protocol):
-    """What the commands use of the supervisor."""
+class Supervised(Fleet, Protocol):
+    """What the commands use of the supervisor: the hostings' `Fleet`, plus the hosting
+    that may route a verb elsewhere and the graceful stop of one target."""
 
     @property
     def hosting(self) -> Hosting:
         """Routes a verb elsewhere (or answers None: act here)."""
         ...
 
-    @property
-    def accepting(self) -> bool:
-        """True while targets may start: the run is under way and no shutdown was asked."""
-        ...
-
-    @property
-    def storage(self) -> Storage:
-        """Where the targets' logs live."""
-        ...
-
-    def record(self, name: str) -> TargetRecord | None:
-        """The target's record (None: no such target)."""
-        ...
-
     def stop_target(self, name: str) -> None:
         """Stop one target gracefully."""
-        ...
-
-    async def prepare(self, specs: Sequence[TargetSpec]) -> list[TargetRunner]:
-        """Prepare `specs`; the runners of those that could start."""
-        ...
-
-    def launch(self, runner: TargetRunner) -> bool:
-        """Run a prepared runner; False once the targets' task group has closed."""
         ...
 
 
@@ -73,7 +50,7 @@ class Commands:
         """The target's runner while its cycle runs; CommandRefusedError once it stopped."""
         record = self._record(name)
         runner = record.runner
-        if runner is None or runner.final_status is not None or runner.stopping:
+        if runner is None or not runner.live:
             status = record.result or (runner.state.status if runner else "not_started")
             raise CommandRefusedError(
                 f"cannot {verb} {name!r}: it is stopped ({status}); "
@@ -81,11 +58,15 @@ class Commands:
             )
         return runner
 
+    async def _routed(self, verb: str, name: str) -> str | None:
+        """The hosting's answer when it routes `verb` elsewhere (cluster mode), else None:
+        act here. UnknownTargetError for an unknown target."""
+        self._record(name)
+        return await self._supervisor.hosting.command(verb, name)
+
     async def stop(self, name: str) -> str:
         """Stop the target gracefully: refused (CommandRefusedError) once stopped."""
-        self._record(name)
-        routed = await self._supervisor.hosting.command("stop", name)
-        if routed is not None:
+        if (routed := await self._routed("stop", name)) is not None:
             return routed
         self._live_runner(name, "stop")
         self._supervisor.stop_target(name)
@@ -93,27 +74,21 @@ class Commands:
 
     async def pause(self, name: str) -> str:
         """Let a running iteration finish, then start no new one until `resume`."""
-        self._record(name)
-        routed = await self._supervisor.hosting.command("pause", name)
-        if routed is not None:
+        if (routed := await self._routed("pause", name)) is not None:
             return routed
         await self._live_runner(name, "pause").set_paused(True)
         return f"{name}: paused"
 
     async def resume(self, name: str) -> str:
         """Undo `pause`."""
-        self._record(name)
-        routed = await self._supervisor.hosting.command("resume", name)
-        if routed is not None:
+        if (routed := await self._routed("resume", name)) is not None:
             return routed
         await self._live_runner(name, "resume").set_paused(False)
         return f"{name}: resumed"
 
     async def run_now(self, name: str) -> str:
         """Skip the target's current cooldown or schedule wait, once."""
-        self._record(name)
-        routed = await self._supervisor.hosting.command("run-now", name)
-        if routed is not None:
+        if (routed := await self._routed("run-now", name)) is not None:
             return routed
         runner = self._live_runner(name, "run now")
         if runner.state.paused:
@@ -130,7 +105,7 @@ class Commands:
         if routed is not None:
             return routed
         runner = record.runner
-        if runner is not None and runner.final_status is None and not runner.stopping:
+        if runner is not None and runner.live:
             await runner.extend(iterations, cost_usd)
             return f"{name}: limits extended (+{iterations} iterations, +${cost_usd:.2f})"
         await self._restart(record, lambda r: r.extend(iterations, cost_usd))
@@ -143,7 +118,7 @@ class Commands:
         if routed is not None:
             return routed
         runner = record.runner
-        if runner is not None and runner.final_status is None and not runner.stopping:
+        if runner is not None and runner.live:
             await runner.clear_stop()
             return f"{name}: error count cleared"
         await self._restart(record, lambda r: r.clear_stop())

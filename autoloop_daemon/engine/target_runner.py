@@ -100,9 +100,10 @@ class TargetRunner:
             self._dirty = True
 
     @property
-    def stopping(self) -> bool:
-        """True once a stop was requested."""
-        return self._stop.requested
+    def live(self) -> bool:
+        """True while its cycle runs and no stop was requested: commands act on it directly
+        (otherwise a stopped target is started again, or the command refused)."""
+        return self.final_status is None and not self._stop.requested
 
     @property
     def stop_status(self) -> TargetStatus | None:
