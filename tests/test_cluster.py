@@ -279,3 +279,55 @@ async def test_a_fenced_local_run_is_replaced_by_the_clusters_and_kept_aside(
     kept = tmp_path / "a" / "t" / "iteration_log.fenced-1.jsonl"
     assert kept.read_text().count("\n") == 2
     again.close()
+
+
+async def _reservation_states(db: Database) -> list[tuple[int, str, Decimal]]:
+    rows = await _sql(db, "SELECT iteration, state, charged_usd FROM reservations ORDER BY id")
+    return [(int(i), str(s), Decimal(c)) for i, s, c in rows]
+
+
+async def test_a_run_settled_but_not_recorded_when_its_lease_moves_is_late_settled(
+    db: Database,
+) -> None:
+    """The chaos test's rare failure, step by step: a host's push is deferred (a frozen or
+    killed transaction), its budget's background settlement books the run, then the lease
+    moves before the push goes out. The takeover turns that settlement into late_settled
+    (booked, its record refused); the fenced push changes nothing; the money is exact."""
+    await leases.register(db, ["t"])
+    budget = ClusterBudget(db)
+    await budget.ensure(10.0)
+    (old,) = await leases.claim(db, "a", ["t"], 30)
+    reservation = await budget.reserve(old, 1, 2.0, rate_usd_per_s=0.01)
+    assert reservation is not None
+    assert await budget.settle(reservation, 0.75) == "settled"  # the push was deferred
+    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    (new,) = await leases.claim(db, "b", ["t"], 30)
+    assert await _reservation_states(db) == [(1, "late_settled", Decimal("0.75"))]
+    with pytest.raises(FencedWriteError, match="lease moved to b"):
+        await push_entry(db, old, _entry(1, cost=0.75), None)
+    assert await _reservation_states(db) == [(1, "late_settled", Decimal("0.75"))]
+    totals = await budget.totals()
+    assert (totals.spent, totals.reserved) == (Decimal("0.75"), 0)
+    rerun = await budget.reserve(new, 1, 1.0)  # the new holder runs iteration 1 again
+    assert rerun is not None
+    assert await push_entry(db, new, _entry(1, cost=0.5), None) == "recorded"
+    assert await _reservation_states(db) == [
+        (1, "late_settled", Decimal("0.75")),
+        (1, "settled", Decimal("0.5")),
+    ]
+    assert (await budget.totals()).spent == Decimal("1.25")
+
+
+async def test_a_settled_run_recorded_before_a_takeover_stays_settled(db: Database) -> None:
+    """A settlement whose iteration was recorded is the run's, whoever takes over later."""
+    await leases.register(db, ["t"])
+    budget = ClusterBudget(db)
+    await budget.ensure(10.0)
+    (old,) = await leases.claim(db, "a", ["t"], 30)
+    reservation = await budget.reserve(old, 1, 2.0)
+    assert reservation is not None
+    assert await push_entry(db, old, _entry(1, cost=0.75), None) == "recorded"
+    assert await budget.settle(reservation, 0.75) == "duplicate"
+    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    await leases.claim(db, "b", ["t"], 30)
+    assert await _reservation_states(db) == [(1, "settled", Decimal("0.75"))]

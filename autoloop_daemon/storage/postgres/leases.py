@@ -3,9 +3,11 @@
 A lease is (holder, expiry on the database clock, fencing token). Claiming takes free or
 expired leases and bumps the token; in the same transaction, open reservations of earlier
 tokens are closed as `expired` and charged (elapsed time x rate, capped at the reservation:
-the old host may really have spent it). Renewing and releasing match holder and token, so a
-host whose lease moved cannot extend or drop the new holder's lease; a write under an old
-token is refused (store.py, budget.py).
+the old host may really have spent it), and settled ones whose iteration was never recorded
+become `late_settled` (the budget's background settlement can book a run before its record
+is pushed; a takeover in between means that record will be refused). Renewing and
+releasing match holder and token, so a host whose lease moved cannot extend or drop the new
+holder's lease; a write under an old token is refused (store.py, budget.py).
 """
 
 from __future__ import annotations
@@ -66,6 +68,17 @@ SELECT budget, window_start, sum(cost), sum(amount_usd) FROM closed
 WHERE window_start IS NOT NULL GROUP BY budget, window_start ORDER BY budget, window_start
 """
 
+# A run settled under an earlier token whose iteration its host has not recorded (its push
+# was deferred, then the host froze or died): from now on that push is fenced, so the
+# settlement is a late one. Its money stays booked as it is; only the label says so.
+_FENCE_SETTLED_UNRECORDED = """
+UPDATE reservations r SET state = 'late_settled'
+WHERE r.target = %(name)s AND r.state = 'settled' AND r.fencing_token < %(token)s
+  AND NOT EXISTS (SELECT 1 FROM iterations i
+                  WHERE i.target = r.target AND i.iteration = r.iteration
+                    AND i.host = r.host AND i.fencing_token >= r.fencing_token)
+"""
+
 # Then the windows' rows, after the budget rows: the lock order of every transaction.
 _EXPIRE_IN_WINDOW = """
 UPDATE budget_windows SET spent_usd = spent_usd + %s, reserved_usd = reserved_usd - %s
@@ -75,10 +88,12 @@ WHERE budget = %s AND starts_at = %s
 
 async def _expire_old(conn: Any, name: str, token: int) -> None:
     """Close the open reservations of earlier tokens as expired, charged (see the module
-    docstring), on the budget and on their windows."""
+    docstring), on the budget and on their windows; a settled one whose iteration was not
+    recorded becomes late_settled (its record can only be refused now)."""
     cur = await conn.execute(_EXPIRE_OLD_RESERVATIONS, {"name": name, "token": token})
     for budget, window, cost, amount in await cur.fetchall():
         await conn.execute(_EXPIRE_IN_WINDOW, (cost, amount, budget, window))
+    await conn.execute(_FENCE_SETTLED_UNRECORDED, {"name": name, "token": token})
 
 
 async def claim(
