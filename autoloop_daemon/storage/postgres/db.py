@@ -96,6 +96,13 @@ class Database:
             raise ClusterError(f"cannot connect to the cluster database: {exc}") from exc
         self._pool = pool
 
+    def companion(self, max_size: int = 1) -> Database:
+        """A separate pool on the same server with the same settings (not opened): work
+        that must never queue behind this pool's calls for a connection gets its own."""
+        other = Database(self.dsn, max_size=max_size, timeout_s=self.timeout_s)
+        other._options = dict(self._options)
+        return other
+
     async def close(self) -> None:
         """Close the pool (idempotent)."""
         pool, self._pool = self._pool, None

@@ -7,6 +7,11 @@ counts from when the last successful renewal was *sent*, on CLOCK_BOOTTIME (it k
 counting through a suspend, unlike the monotonic clock): past `deadline_s` every lease is
 given up through `on_lost` (self-fencing), so the runs stop before the database's expiry
 lets another host start them. Constraint: deadline + the runs' stop grace < lease.
+
+Renewals never wait on the budget: while `run` runs they go through a connection of their
+own (a companion pool of one), so budget work that fills the daemon's pool cannot delay
+them, and their statement takes no lock another host's budget work holds (leases.renew).
+A host therefore fences itself only when it cannot get an answer from the database.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class LeaseKeeper:
         self._on_lost = on_lost
         self.held: dict[str, leases.Lease] = {}
         self._last_ok_sent = boottime()
+        self._renew_db: Database | None = None  # its own connection while `run` runs
 
     @property
     def fresh(self) -> bool:
@@ -80,7 +86,10 @@ class LeaseKeeper:
         left = self.deadline_s - (sent - self._last_ok_sent)  # a hung call must not outlast it
         try:
             kept = await leases.renew(
-                self._db, list(self.held.values()), self.lease_s, timeout_s=max(0.2, left)
+                self._renew_db or self._db,
+                list(self.held.values()),
+                self.lease_s,
+                timeout_s=max(0.2, left),
             )
         except ClusterError as exc:
             if not self.fresh:
@@ -102,10 +111,31 @@ class LeaseKeeper:
             self._on_lost(name)
 
     async def run(self) -> None:
-        """Renew every `renew_s` until cancelled."""
-        while True:
-            await self.renew_once()
-            await anyio.sleep(self.renew_s)
+        """Renew every `renew_s` until cancelled, on a connection of its own once it is
+        open (opened beside the renewals: a database that does not answer must not hold up
+        the renewal that fences this host; until then the daemon's pool is used)."""
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._open_own)
+                while True:
+                    await self.renew_once()
+                    await anyio.sleep(self.renew_s)
+        finally:
+            own, self._renew_db = self._renew_db, None
+            if own is not None:
+                await own.close()
+
+    async def _open_own(self) -> None:
+        """Open the renewals' own connection, trying again every renewal period."""
+        while self._renew_db is None:
+            own = self._db.companion(max_size=1)
+            try:
+                await own.open()
+            except ClusterError as exc:
+                log.warning("cluster_renew_connection_failed", host=self.host, error=str(exc))
+                await anyio.sleep(self.renew_s)
+                continue
+            self._renew_db = own
 
     async def release_all(self) -> None:
         """Give every lease up (graceful stop): other hosts take over without waiting."""

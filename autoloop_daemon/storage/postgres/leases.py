@@ -19,6 +19,8 @@ from typing import Any
 
 from autoloop_daemon.storage.postgres.db import Database
 
+RENEW_LOCK_TIMEOUT_MS = 1000  # a renewal fails (and is tried again) rather than queue
+
 
 @dataclass(frozen=True, slots=True)
 class Lease:
@@ -156,7 +158,16 @@ async def renew(
     host = leases[0].host
 
     async def work(conn: Any) -> list[Lease]:
-        await conn.execute("UPDATE hosts SET seen_at = now() WHERE id = %s", (host,))
+        # Never wait on a lock: a renewal that waits may outlast its deadline. The rows it
+        # updates are only ever held briefly (reservations and pushes take KEY SHARE, which
+        # an update of the lease columns does not wait for); the host row may be held by a
+        # claim that waits on the budget row, so it is skipped then (the claim sets it).
+        await conn.execute(f"SET LOCAL lock_timeout = {RENEW_LOCK_TIMEOUT_MS}")
+        await conn.execute(
+            """UPDATE hosts SET seen_at = now() WHERE id IN
+               (SELECT id FROM hosts WHERE id = %s FOR UPDATE SKIP LOCKED)""",
+            (host,),
+        )
         cur = await conn.execute(
             """UPDATE targets t SET lease_expires_at = now() + make_interval(secs => %(secs)s)
                FROM unnest(%(names)s::text[], %(tokens)s::bigint[]) AS h(name, token)

@@ -366,9 +366,12 @@ def _full_or_never(
 async def _held_and_open(conn: Any, lease: Lease, iteration: int) -> ClusterReservation | None:
     """Lock the target's row under `lease` (FencedError when the lease is lost), then find
     the reservation of `iteration` already open under it (None: none)."""
-    cur = await conn.execute(  # target row first, then the budget row: one lock order
+    # Target row first, then the budget row: one lock order. KEY SHARE keeps a claim from
+    # moving the lease meanwhile (it locks FOR UPDATE) but not the holder's renewal, which
+    # must never wait behind the budget row's queue.
+    cur = await conn.execute(
         """SELECT 1 FROM targets WHERE name = %s AND lease_holder = %s
-           AND fencing_token = %s AND lease_expires_at > now() FOR UPDATE""",
+           AND fencing_token = %s AND lease_expires_at > now() FOR KEY SHARE""",
         (lease.target, lease.host, lease.token),
     )
     if await cur.fetchone() is None:

@@ -62,8 +62,8 @@ async def push_entry(
     body = json.dumps(entry.to_json(), sort_keys=True)
 
     async def work(conn: Any) -> Pushed | str:
-        cur = await conn.execute(
-            "SELECT lease_holder, fencing_token FROM targets WHERE name = %s FOR UPDATE",
+        cur = await conn.execute(  # KEY SHARE: a claim waits, a renewal does not (ledger.py)
+            "SELECT lease_holder, fencing_token FROM targets WHERE name = %s FOR KEY SHARE",
             (lease.target,),
         )
         holder, token = await cur.fetchone()

@@ -1,0 +1,65 @@
+"""Lease renewal never waits on the budget (issue 21): with the budget row held by another
+connection and every pooled connection of the host waiting behind it in reservations, the
+host's renewals still go through, on time, on their own connection; so a busy cluster
+never makes a healthy host fence itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from autoloop_daemon.storage.postgres import leases
+from autoloop_daemon.storage.postgres.db import Database
+from autoloop_daemon.storage.postgres.keeper import LeaseKeeper
+from autoloop_daemon.storage.postgres.ledger import ClusterBudget, ClusterReservation
+from tests.helpers.wait import wait_until
+
+psycopg = pytest.importorskip("psycopg", reason="cluster mode needs autoloopd[cluster]")
+
+pytestmark = pytest.mark.anyio
+
+POOL = 8  # the `db` fixture's pool size
+HELD_S = 3.0  # the budget row's lock is held longer than the lease
+
+
+async def _expiries(dsn: str) -> dict[str, Any]:
+    """The leases' expiries, read outside the host's pool (all its slots are waiting)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute("SELECT name, lease_expires_at FROM targets")
+        return dict(await cur.fetchall())
+
+
+async def test_renewals_go_through_while_the_budget_row_is_held_and_the_pool_is_busy(
+    db: Database,
+) -> None:
+    names = [f"t{i}" for i in range(POOL)]
+    await leases.register(db, names)
+    budget = ClusterBudget(db)
+    await budget.ensure(100.0)
+    lost: list[str] = []
+    keeper = LeaseKeeper(db, "a", lease_s=2.0, renew_s=0.2, deadline_s=1.0, on_lost=lost.append)
+    assert len(await keeper.claim(names)) == POOL
+    granted: list[ClusterReservation | str] = []
+
+    async def reserve(name: str) -> None:
+        granted.append(await budget.attempt(keeper.held[name], 1, 1.0))
+
+    async with await psycopg.AsyncConnection.connect(db.dsn) as other_host:
+        await other_host.execute("SELECT 1 FROM budgets FOR UPDATE")  # holds it, in a transaction
+        before = await _expiries(db.dsn)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keeper.run)
+            for name in names:  # each waits on the budget row, holding a pool slot and
+                tg.start_soon(reserve, name)  # its target row (KEY SHARE)
+            await anyio.sleep(HELD_S)  # the scenario: a lock held longer than the lease
+            assert lost == [] and keeper.fresh and sorted(keeper.held) == names
+            assert granted == []  # all still waiting on the budget row
+            after = await _expiries(db.dsn)
+            assert all(after[n] > before[n] for n in names), "the renewals went through"
+            await other_host.rollback()
+            await wait_until(lambda: len(granted) == POOL, timeout_s=10)
+            tg.cancel_scope.cancel()
+    assert all(isinstance(g, ClusterReservation) for g in granted) and lost == []
+    assert (await budget.totals()).reserved == POOL
