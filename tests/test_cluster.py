@@ -336,3 +336,20 @@ async def test_a_settled_run_recorded_before_a_takeover_stays_settled(db: Databa
     await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
     await leases.claim(db, "b", ["t"], 30)
     assert await _reservation_states(db) == [(1, "settled", Decimal("0.75"))]
+
+
+async def test_the_fence_given_to_orchestrators_changes_on_a_takeover(
+    db: Database, tmp_path: Path
+) -> None:
+    """AUTOLOOPD_FENCE (`<target>:<token>`): the next holder's token is greater."""
+    spec = TargetSpec(name="t", path=tmp_path, state_root=tmp_path / "a" / "t")
+    first = PostgresStorage(db, "a", tmp_path / "da").target(spec)
+    await first.open()
+    assert first.fence == "t:1"
+    first.close()
+    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    moved = TargetSpec(name="t", path=tmp_path, state_root=tmp_path / "b" / "t")
+    second = PostgresStorage(db, "b", tmp_path / "db").target(moved)
+    await second.open()
+    assert second.fence == "t:2"
+    second.close()

@@ -63,3 +63,36 @@ async def test_renewals_go_through_while_the_budget_row_is_held_and_the_pool_is_
             tg.cancel_scope.cancel()
     assert all(isinstance(g, ClusterReservation) for g in granted) and lost == []
     assert (await budget.totals()).reserved == POOL
+
+
+async def test_the_wait_path_finds_open_reservations_by_index_among_many_closed(
+    db: Database,
+) -> None:
+    """Near the cap, a retry asks whether any reservation is open: with 50,000 settled
+    rows it is answered from the partial index of open ones, not by a scan of them all."""
+    await leases.register(db, ["t"])
+    budget = ClusterBudget(db)
+    await budget.ensure(1.0)
+    (lease,) = await leases.claim(db, "a", ["t"], 30)
+
+    async def work(conn: Any) -> list[str]:
+        await conn.execute(
+            """INSERT INTO reservations (budget, target, iteration, fencing_token, host,
+                   amount_usd, charged_usd, state)
+               SELECT 'default', 't', i, 0, 'old', 0.01, 0.01, 'settled'
+               FROM generate_series(1, 50000) AS i"""
+        )
+        await conn.execute("ANALYZE reservations")
+        cur = await conn.execute(
+            """EXPLAIN SELECT EXISTS (SELECT 1 FROM reservations
+                                      WHERE budget = 'default' AND state = 'open')"""
+        )
+        return [row[0] for row in await cur.fetchall()]
+
+    plan = "\n".join(await db.run(work))
+    assert "reservations_open" in plan and "Seq Scan" not in plan, plan
+    first = await budget.attempt(lease, 50001, 0.6)
+    assert isinstance(first, ClusterReservation)
+    assert await budget.attempt(lease, 50002, 0.6) == "wait"  # another is open
+    await budget.settle(first, 0.5)
+    assert await budget.attempt(lease, 50002, 0.6) == "never"  # none open, no room

@@ -197,20 +197,16 @@ class ClusterBudget:
         if existing is not None:  # a retry whose acknowledgement was lost
             return existing
         cur = await conn.execute(
-            "SELECT cap_usd - spent_usd - reserved_usd FROM budgets WHERE id = %s FOR UPDATE",
+            """SELECT cap_usd - spent_usd - reserved_usd, reserved_usd FROM budgets
+               WHERE id = %s FOR UPDATE""",
             (self.budget_id,),
         )
-        (lifetime,) = await cur.fetchone()
+        lifetime, reserved = await cur.fetchone()
         in_window = None if window is None else await self._window_left(conn, *window)
         available = lifetime if in_window is None else min(lifetime, in_window)
         amount = money(amount_usd)
         if amount > available + _EPSILON:
-            cur = await conn.execute(
-                "SELECT count(*) FROM reservations WHERE budget = %s AND state = 'open'",
-                (self.budget_id,),
-            )
-            (open_count,) = await cur.fetchone()
-            if open_count:
+            if reserved > 0 or await _any_open(conn, self.budget_id):
                 # Wait, even for a metered run: started with a sliver beside other hosts'
                 # reservations, its meter (which counts them) would cut it at once.
                 return "wait"
@@ -361,6 +357,18 @@ def _full_or_never(
         window_short = amount > window + _EPSILON
         fits_fresh = amount <= window_cap + _EPSILON
     return "window_full" if lifetime_ok and window_short and fits_fresh else "never"
+
+
+async def _any_open(conn: Any, budget_id: str) -> bool:
+    """Whether any reservation of the budget is open (one probe of the partial index
+    `reservations_open`: the budget row's reserved total answers first in the wait path,
+    this only for open reservations of nothing)."""
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM reservations WHERE budget = %s AND state = 'open')",
+        (budget_id,),
+    )
+    (found,) = await cur.fetchone()
+    return bool(found)
 
 
 async def _held_and_open(conn: Any, lease: Lease, iteration: int) -> ClusterReservation | None:
