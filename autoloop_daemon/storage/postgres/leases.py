@@ -52,7 +52,9 @@ WITH old AS (
            least(r.amount_usd,
                  r.rate_usd_per_s * extract(epoch FROM now() - r.created_at)::numeric) AS cost
     FROM reservations r
-    WHERE r.target = %(name)s AND r.state = 'open' AND r.fencing_token < %(token)s
+    JOIN unnest(%(names)s::text[], %(tokens)s::bigint[]) AS c(name, token)
+      ON r.target = c.name AND r.fencing_token < c.token
+    WHERE r.state = 'open'
     ORDER BY r.id
     FOR UPDATE
 ), closed AS (
@@ -75,7 +77,8 @@ WHERE window_start IS NOT NULL GROUP BY budget, window_start ORDER BY budget, wi
 # settlement is a late one. Its money stays booked as it is; only the label says so.
 _FENCE_SETTLED_UNRECORDED = """
 UPDATE reservations r SET state = 'late_settled'
-WHERE r.target = %(name)s AND r.state = 'settled' AND r.fencing_token < %(token)s
+FROM unnest(%(names)s::text[], %(tokens)s::bigint[]) AS c(name, token)
+WHERE r.target = c.name AND r.state = 'settled' AND r.fencing_token < c.token
   AND NOT EXISTS (SELECT 1 FROM iterations i
                   WHERE i.target = r.target AND i.iteration = r.iteration
                     AND i.host = r.host AND i.fencing_token >= r.fencing_token)
@@ -88,14 +91,35 @@ WHERE budget = %s AND starts_at = %s
 """
 
 
-async def _expire_old(conn: Any, name: str, token: int) -> None:
-    """Close the open reservations of earlier tokens as expired, charged (see the module
-    docstring), on the budget and on their windows; a settled one whose iteration was not
-    recorded becomes late_settled (its record can only be refused now)."""
-    cur = await conn.execute(_EXPIRE_OLD_RESERVATIONS, {"name": name, "token": token})
+async def _expire_old(conn: Any, tokens: dict[str, int]) -> None:
+    """Close the open reservations of tokens earlier than each target's new one as expired,
+    charged (see the module docstring), on the budget and on their windows; a settled one
+    whose iteration was not recorded becomes late_settled (its record can only be refused
+    now). Set-based: one statement each, whatever the number of targets."""
+    if not tokens:
+        return
+    params = {"names": list(tokens), "tokens": list(tokens.values())}
+    cur = await conn.execute(_EXPIRE_OLD_RESERVATIONS, params)
     for budget, window, cost, amount in await cur.fetchall():
         await conn.execute(_EXPIRE_IN_WINDOW, (cost, amount, budget, window))
-    await conn.execute(_FENCE_SETTLED_UNRECORDED, {"name": name, "token": token})
+    await conn.execute(_FENCE_SETTLED_UNRECORDED, params)
+
+
+_CLAIM = """
+WITH picked AS (
+    SELECT name, coalesce(lease_holder = %(host)s AND lease_expires_at > now(), false) AS mine
+    FROM targets
+    WHERE name = ANY(%(names)s)
+      AND (lease_holder IS NULL OR lease_expires_at <= now() OR lease_holder = %(host)s)
+    ORDER BY name LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+UPDATE targets t SET lease_holder = %(host)s,
+       lease_expires_at = now() + make_interval(secs => %(secs)s),
+       fencing_token = t.fencing_token
+                       + (CASE WHEN p.mine AND NOT %(bump)s THEN 0 ELSE 1 END)
+FROM picked p WHERE t.name = p.name
+RETURNING t.name, t.fencing_token, t.lease_expires_at, p.mine AND NOT %(bump)s
+"""
 
 
 async def claim(
@@ -119,30 +143,13 @@ async def claim(
             (host,),
         )
         cur = await conn.execute(
-            """SELECT name, (lease_holder = %(host)s AND lease_expires_at > now()) AS mine
-               FROM targets
-               WHERE name = ANY(%(names)s)
-                 AND (lease_holder IS NULL OR lease_expires_at <= now()
-                      OR lease_holder = %(host)s)
-               ORDER BY name LIMIT %(limit)s FOR UPDATE SKIP LOCKED""",
-            {"host": host, "names": list(names), "limit": limit},
-        )
-        picked = await cur.fetchall()
-        leases = []
-        for name, held in picked:
-            mine = held and not bump_own
-            cur = await conn.execute(
-                """UPDATE targets SET lease_holder = %(host)s,
-                          lease_expires_at = now() + make_interval(secs => %(secs)s),
-                          fencing_token = fencing_token + (CASE WHEN %(mine)s THEN 0 ELSE 1 END)
-                   WHERE name = %(name)s RETURNING fencing_token, lease_expires_at""",
-                {"host": host, "secs": lease_s, "name": name, "mine": bool(mine)},
-            )
-            token, expires = await cur.fetchone()
-            if not mine:
-                await _expire_old(conn, name, token)
-            leases.append(Lease(name, host, int(token), expires))
-        return leases
+            _CLAIM,
+            {"host": host, "names": list(names), "limit": limit, "secs": lease_s,
+             "bump": bump_own},
+        )  # fmt: skip
+        rows = sorted(await cur.fetchall())
+        await _expire_old(conn, {name: int(token) for name, token, _, kept in rows if not kept})
+        return [Lease(name, host, int(token), expires) for name, token, expires, _ in rows]
 
     return await db.run(work)
 
@@ -196,6 +203,24 @@ async def release(db: Database, lease: Lease) -> bool:
             (lease.target, lease.host, lease.token),
         )
         return bool(cur.rowcount)
+
+    return await db.run(work)
+
+
+async def release_many(db: Database, leases: Sequence[Lease]) -> int:
+    """Give up every lease of `leases` still ours in one statement; how many were."""
+    if not leases:
+        return 0
+
+    async def work(conn: Any) -> int:
+        cur = await conn.execute(
+            """UPDATE targets t SET lease_holder = NULL, lease_expires_at = NULL
+               FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS h(name, host, token)
+               WHERE t.name = h.name AND t.lease_holder = h.host
+                 AND t.fencing_token = h.token""",
+            ([x.target for x in leases], [x.host for x in leases], [x.token for x in leases]),
+        )
+        return int(cur.rowcount)
 
     return await db.run(work)
 
