@@ -5,9 +5,12 @@ binary."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
+from markdown_it import MarkdownIt
 
 from autoloop_daemon.exit_codes import EXIT_CONFIG
 from tests.helpers.config import write_config
@@ -58,3 +61,44 @@ def test_names_with_joiners_and_inner_spaces_are_still_fine(tmp_path: Path) -> N
     )
     result = run_autoloopd(["--config", str(config), "--check"])
     assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- the report
+
+INJECTIONS = (
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    "x\n## Decided\n- keep",
+    "[link](javascript:alert(1)) ![i](x) `code` *em* _em_ __b__ &lt; | cell",
+)
+
+
+def _log_line(iteration: int, **fields: object) -> bytes:
+    entry: dict[str, object] = {
+        "iteration": iteration, "started_at": "2026-01-01T00:00:00Z",
+        "finished_at": "2026-01-01T00:01:00Z", "status": "completed", "decision": "keep",
+        "weighted_score": 0.5, "cost_usd": 0.25, "duration_seconds": 60.0,
+        "cost_source": "reported",
+    }  # fmt: skip
+    entry.update(fields)
+    return json.dumps(entry).encode() + b"\n"
+
+
+def test_the_markdown_report_shows_hostile_names_and_ids_as_text(tmp_path: Path) -> None:
+    """A target named like a tag, candidate ids, errors and a handoff full of HTML and
+    Markdown: rendered (CommonMark, as a viewer would), no tag, link, image or heading
+    comes from them; the text is still there to read."""
+    root = tmp_path / "<img src=x onerror=alert(1)> ## x"
+    root.mkdir()
+    lines = [_log_line(n + 1, candidate_id=text, error=text) for n, text in enumerate(INJECTIONS)]
+    (root / "iteration_log.jsonl").write_bytes(b"".join(lines))
+    (root / "handoffs").mkdir()
+    (root / "handoffs" / "iteration-1.md").write_text("\n".join(INJECTIONS))
+    done = run_autoloopd(["report", "--state-root", str(root), "--output", "-", "--format", "md"])
+    assert done.returncode == 0, done.stderr
+    html = MarkdownIt("commonmark").enable("table").render(done.stdout)
+    assert "<script" not in html and "<img" not in html and "<a " not in html
+    assert "<code>code</code>" not in html and "<em>" not in html and "<strong>b" not in html
+    assert re.findall(r"<h(\d)>", html) == ["1", "2", "3", "3"], html  # title, target, kept, runs
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=alert(1)&gt; ## x" in html
