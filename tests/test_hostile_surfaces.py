@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ from markdown_it import MarkdownIt
 
 from autoloop_daemon.exit_codes import EXIT_CONFIG
 from tests.helpers.config import write_config
+from tests.helpers.daemon import Daemon, Lab
 from tests.helpers.process import run_autoloopd
+from tests.helpers.wait import wait_for
 
 HOSTILE_NAMES = {
     "bidi override": "evil\u202etxt.exe",
@@ -102,3 +105,58 @@ def test_the_markdown_report_shows_hostile_names_and_ids_as_text(tmp_path: Path)
     assert re.findall(r"<h(\d)>", html) == ["1", "2", "3", "3"], html  # title, target, kept, runs
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;img src=x onerror=alert(1)&gt; ## x" in html
+
+
+# --------------------------------------------------------------------------- start-up signals
+
+# Each import's line, printed when it completes (`python -X importtime`, on stderr).
+_RUNTIME_IMPORTED = re.compile(r"\|\s+autoloop_daemon\.cli\.run$", re.M)
+COOLING = {"mode": "continuous", "cooldown_minutes": 10, "backoff_base_seconds": 0.1}
+
+
+def _catches(pid: int, signum: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    (caught,) = re.findall(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M)
+    return bool(int(caught, 16) >> (signum - 1) & 1)
+
+
+def _signal_during_imports(daemon: Daemon, signum: int) -> None:
+    """Send `signum` as soon as the entry point holds signals, while the runtime is still
+    being imported (the window in which a SIGHUP used to end the daemon silently)."""
+    wait_for(
+        lambda: _catches(daemon.pid, signal.SIGHUP) or _RUNTIME_IMPORTED.search(daemon.text()),
+        timeout=30,
+        interval=0.001,
+        what="the entry point holding SIGHUP",
+    )
+    assert not _RUNTIME_IMPORTED.search(daemon.text()), "SIGHUP is held only after the imports"
+    daemon.send(signum)
+
+
+def test_a_sighup_during_the_imports_is_applied_after_ready(tmp_path: Path) -> None:
+    """A reload asked for while autoloopd is still importing (`systemctl reload` right after
+    a start) is not fatal: it is applied once the daemon is READY, and it keeps running."""
+    lab = Lab(tmp_path)
+    lab.write([lab.target("a", "keep")], defaults=COOLING)
+    daemon = lab.start(env={"PYTHONPROFILEIMPORTTIME": "1"})
+    _signal_during_imports(daemon, signal.SIGHUP)
+    ready = daemon.wait_event("daemon_ready")[0]
+    reloaded = daemon.wait_event("config_reloaded")[0]
+    assert daemon.events().index(ready) < daemon.events().index(reloaded)
+    assert daemon.running()
+    assert daemon.stop() == 0
+    lab.check_state_roots()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_stop_during_the_imports_is_an_ordinary_shutdown(tmp_path: Path, signum: int) -> None:
+    """SIGTERM or SIGINT while importing: the daemon starts, stops at once as asked, every
+    state file whole; exit 0 (not -15 or a KeyboardInterrupt's 130)."""
+    lab = Lab(tmp_path)
+    lab.write([lab.target("a", "keep")], defaults=COOLING)
+    daemon = lab.start(env={"PYTHONPROFILEIMPORTTIME": "1"})
+    _signal_during_imports(daemon, signum)
+    assert daemon.wait() == 0, daemon.text()[-3000:]
+    (requested,) = daemon.events("shutdown_requested")
+    assert requested["signal"] == signal.Signals(signum).name
+    lab.check_state_roots()
