@@ -5,17 +5,23 @@ binary."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import re
 import signal
+import socket
+import threading
 from pathlib import Path
 
 import pytest
 from markdown_it import MarkdownIt
 
 from autoloop_daemon.exit_codes import EXIT_CONFIG
+from autoloop_daemon.observers.alerts import DRAIN_LIMIT_S
 from tests.helpers.config import write_config
 from tests.helpers.daemon import Daemon, Lab
+from tests.helpers.logs import json_lines
 from tests.helpers.process import run_autoloopd
 from tests.helpers.wait import wait_for
 
@@ -160,3 +166,85 @@ def test_a_stop_during_the_imports_is_an_ordinary_shutdown(tmp_path: Path, signu
     (requested,) = daemon.events("shutdown_requested")
     assert requested["signal"] == signal.Signals(signum).name
     lab.check_state_roots()
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+class Trickler:
+    """A webhook that reads the request, then answers one byte every `every_s` seconds,
+    never finishing (each byte arrives well within any per-read socket timeout)."""
+
+    def __init__(self, every_s: float = 2.0) -> None:
+        """Listen on 127.0.0.1; `url` is where to POST."""
+        self.every_s = every_s
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hook"
+        self.connections = 0
+        self.stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while not self.stopped.is_set():
+                conn, _ = self.server.accept()
+                self.connections += 1
+                threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            for byte in itertools.cycle(b"HTTP/1.1 200 OK\r\nX-Slow: "):
+                conn.sendall(bytes([byte]))
+                if self.stopped.wait(self.every_s):
+                    return
+
+    def close(self) -> None:
+        """Stop answering and listening."""
+        self.stopped.set()
+        self.server.close()
+
+
+def test_a_trickling_webhook_cannot_hold_the_daemon_after_sigterm(tmp_path: Path) -> None:
+    """A webhook answering a byte every 2 s: an attempt ends at its `timeout_seconds` in all
+    (`alert_failed`), and at shutdown the delivery gets DRAIN_LIMIT_S, after which what is
+    still in flight is logged as `alert_not_delivered`; the daemon exits 0 on one SIGTERM
+    (it used to stay up until a second SIGTERM killed it: -15, a failure for systemd)."""
+    trickler = Trickler()
+    lab = Lab(tmp_path)
+    alerts = [
+        {"events": ["daemon_stopping"], "url": trickler.url, "timeout_seconds": 3, "retries": 0},
+        {"events": ["daemon_stopping"], "url": trickler.url, "timeout_seconds": 600, "retries": 0},
+    ]
+    lab.write([lab.target("a", "keep")], defaults=COOLING, alerts=alerts)
+    try:
+        daemon = lab.start()
+        daemon.wait_event("iteration_finished")
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait(timeout=DRAIN_LIMIT_S + 40) == 0, daemon.text()[-3000:]
+    finally:
+        trickler.close()
+    (failed,) = daemon.events("alert_failed")
+    assert failed["rule"] == 0 and "no complete answer within 3 s" in failed["error"]
+    (lost,) = daemon.events("alert_not_delivered")
+    assert lost["alert"] == "daemon_stopping" and f"{DRAIN_LIMIT_S:g} s" in lost["error"]
+    assert trickler.connections == 2
+    lab.check_state_roots()
+
+
+def test_an_alert_command_that_exits_before_reading_is_an_alert_failed(tmp_path: Path) -> None:
+    """Commands that close stdin and exit at once (the write may meet a closed pipe): each
+    attempt is an `alert_failed` with its exit code, never an exception; exit 0."""
+    lab = Lab(tmp_path)
+    gone = ["sh", "-c", "exec 0<&-; exit 3"]
+    alerts = [
+        {"events": ["target_stopped"], "command": gone, "retries": 1, "timeout_seconds": 5}
+        for _ in range(4)
+    ]
+    lab.write([lab.target("a", "keep", max_iterations=1)], alerts=alerts)
+    done = run_autoloopd(["--config", str(lab.config)], timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    failed = [e for e in json_lines(done.stdout) if e["event"] == "alert_failed"]
+    assert [e["rule"] for e in failed] == [0, 1, 2, 3], done.stdout
+    assert all(e["attempts"] == 2 and "sh: exit code 3" in e["error"] for e in failed)
+    assert "Traceback" not in done.stdout + done.stderr
