@@ -8,10 +8,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import re
+import resource
 import signal
 import socket
+import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +26,7 @@ from autoloop_daemon.observers.alerts import DRAIN_LIMIT_S
 from tests.helpers.config import write_config
 from tests.helpers.daemon import Daemon, Lab
 from tests.helpers.logs import json_lines
-from tests.helpers.process import run_autoloopd
+from tests.helpers.process import AUTOLOOPD, child_env, run_autoloopd
 from tests.helpers.wait import wait_for
 
 HOSTILE_NAMES = {
@@ -248,3 +252,86 @@ def test_an_alert_command_that_exits_before_reading_is_an_alert_failed(tmp_path:
     assert [e["rule"] for e in failed] == [0, 1, 2, 3], done.stdout
     assert all(e["attempts"] == 2 and "sh: exit code 3" in e["error"] for e in failed)
     assert "Traceback" not in done.stdout + done.stderr
+
+
+# --------------------------------------------------------------------------- hostile files
+
+GIB = 1 << 30
+
+
+def _limited(gib: int) -> Callable[[], None]:
+    """A preexec: at most `gib` GiB of address space, so reading a 2 GB line whole fails."""
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (gib * GIB, gib * GIB))
+
+
+def _run_limited(args: list[str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*AUTOLOOPD, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_limited(1),
+        check=False,
+    )
+
+
+def _root(tmp_path: Path, name: str) -> Path:
+    root = tmp_path / name
+    (root / "handoffs").mkdir(parents=True)
+    return root
+
+
+def test_the_report_reads_hostile_files_as_problems_of_their_target(tmp_path: Path) -> None:
+    """A FIFO log (no hang), a log linked to /dev/zero (never read), a line
+    nested 100,000 deep and a 2 GB last line without a newline (never read whole, under a
+    1 GiB address-space limit): each is a problem of its target, exit 0, no traceback."""
+    fifo = _root(tmp_path, "fifo")
+    os.mkfifo(fifo / "iteration_log.jsonl")
+    zero = _root(tmp_path, "zero")
+    (zero / "iteration_log.jsonl").symlink_to("/dev/zero")
+    deep = _root(tmp_path, "deep")
+    nested = b"[" * 100_000 + b"]" * 100_000
+    (deep / "iteration_log.jsonl").write_bytes(_log_line(1) + nested + b"\n" + _log_line(2))
+    os.mkfifo(deep / "handoffs" / "iteration-1.md")  # a handoff that is a FIFO: no hang
+    huge = _root(tmp_path, "huge")
+    with (huge / "iteration_log.jsonl").open("wb") as log:
+        log.write(_log_line(1))
+        log.truncate(2 * GIB)  # sparse: 2 GB of NUL bytes and no newline
+    (huge / "handoffs" / "iteration-1.md").symlink_to("/dev/zero")
+    roots = [fifo, zero, deep, huge]
+    args = ["report", "--output", "-", "--format", "md"]
+    done = _run_limited([*args, *(a for r in roots for a in ("--state-root", str(r)))])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and done.stderr == ""
+    md = done.stdout
+    assert md.count("is a FIFO, not a regular file") == 2, md  # fifo's log, deep's handoff
+    assert "is a symbolic link, not a regular file" in md
+    assert "deep/iteration_log.jsonl:2: skipped: nested too deeply" in md, md
+    assert "huge/iteration_log.jsonl:2: incomplete last line skipped" in md, md
+    assert (huge / "iteration_log.jsonl").stat().st_size == 2 * GIB  # nothing changed
+
+
+def test_start_up_cuts_a_2_gb_torn_line_without_reading_it_whole(tmp_path: Path) -> None:
+    """A state root whose log ends in 2 GB without a newline (a torn write, however long):
+    the daemon's start-up, under a 1 GiB address-space limit, cuts it as a torn tail and
+    runs on from the last whole line."""
+    target, state_root = tmp_path / "skill", tmp_path / "state"
+    target.mkdir()
+    done = run_autoloopd(
+        ["--target", str(target), "--state-root", str(state_root), "--dry-run",
+         "--max-iterations", "1", "--simulated-seconds", "0.01"]
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    log = state_root / "iteration_log.jsonl"
+    whole = log.stat().st_size
+    with log.open("r+b") as f:
+        f.truncate(2 * GIB)
+    args = ["--target", str(target), "--state-root", str(state_root), "--dry-run"]
+    again = _run_limited([*args, "--max-iterations", "2", "--simulated-seconds", "0.01"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "log_tail_truncated" in again.stderr + again.stdout
+    lines = log.read_bytes().splitlines()
+    assert log.stat().st_size > whole and len(lines) == 2
+    assert [json.loads(line)["iteration"] for line in lines] == [1, 2]
