@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from autoloop_daemon.observers.alerts import DRAIN_LIMIT_S
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNIT = DEPLOY / "autoloopd.service"
 CRON = DEPLOY / "autoloopd-scheduled.cron"
@@ -146,7 +148,8 @@ def test_unit_has_the_required_settings() -> None:
 
     stop_timeout = re.fullmatch(r"(\d+)s?", one(service, "TimeoutStopSec"))
     assert stop_timeout is not None
-    assert int(stop_timeout.group(1)) > 30  # above the default shutdown_grace_seconds
+    # Above the default shutdown_grace_seconds + term_grace_seconds + the alerts' deadline.
+    assert int(stop_timeout.group(1)) > 30 + 10 + DRAIN_LIMIT_S
 
     assert one(service, "Restart") == "on-failure"
     assert one(service, "RestartSec") == "10"

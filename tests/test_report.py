@@ -85,7 +85,7 @@ def test_markdown_has_the_same_content_without_plots() -> None:
     md = render_markdown(FleetReport("now", "cfg", (target("a|b", rows),)))
     assert "| a\\|b | stopped_max_iter | 2/2 |" in md
     assert "max_iterations reached (2/2)" in md
-    assert "candidate c1" in md and "  > ## Decided" in md
+    assert "candidate c1" in md and "  > \\#\\# Decided" in md
     assert re.search(r"^\| 2 \| .* \| completed \| reject \| 0\.5000 \| \$0\.2500 \|", md, re.M)
     assert "<svg" not in md
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import anyio
 import structlog
 
+from autoloop_daemon import early_signals
 from autoloop_daemon.cli.main import report_error
 from autoloop_daemon.cli.parser import build_parser
 from autoloop_daemon.cli.serve import serve
@@ -157,6 +158,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
     hold_early_hangups()  # a SIGHUP during start-up is applied after READY
     cfg: AppConfig = load_config(args.config)
     if args.check:
+        early_signals.release()  # no signal task here: Ctrl+C and SIGTERM act as usual
         problems = [
             p for i, t in enumerate(cfg.targets) for p in target_problems(t, f"targets[{i}]")
         ]

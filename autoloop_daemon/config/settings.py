@@ -71,11 +71,24 @@ def _check_host(host: str) -> str:
     return host
 
 
+# Joiners shape emoji and some scripts; every other format character (bidi overrides and
+# isolates, zero-width spaces, BOM) can make a name print as another one.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def _unprintable(c: str) -> bool:
+    category = unicodedata.category(c)
+    return category in ("Cc", "Zl", "Zp", "Cs") or (category == "Cf" and c not in _JOINERS)
+
+
 def _check_name(name: str) -> str:
-    if not name or name in (".", ".."):
+    if not name or name in (".", "..") or name.isspace():
         raise ValueError(f"{_quote(name)} is not a usable target name")
-    if "/" in name or any(unicodedata.category(c) == "Cc" for c in name):
-        raise ValueError(f"{_quote(name)}: a name may not contain '/' or control characters")
+    if "/" in name or any(_unprintable(c) for c in name):
+        raise ValueError(
+            f"{_quote(name)}: a name may not contain '/', control, format (bidi) "
+            "or line/paragraph separator characters"
+        )
     if len(name.encode()) > 255:
         raise ValueError("longer than 255 bytes")
     return name

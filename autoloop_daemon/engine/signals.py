@@ -12,16 +12,14 @@ import signal
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from autoloop_daemon import early_signals
 from autoloop_daemon.engine.supervisor import Supervisor
-
-_early_hangups: list[int] = []
 
 
 def hold_early_hangups() -> None:
-    """Until `handle_signals` runs, a SIGHUP is remembered instead of ending the process (its
-    default action); call it first thing in the daemon form. The reload is applied once the
-    supervisor is ready."""
-    signal.signal(signal.SIGHUP, lambda signum, _frame: _early_hangups.append(signum))
+    """Until `handle_signals` runs, SIGHUP, SIGTERM and SIGINT are recorded instead of ending
+    the process (early_signals.py; cli/main.py calls it before the runtime is imported)."""
+    early_signals.hold()
 
 
 async def handle_signals(
@@ -33,11 +31,14 @@ async def handle_signals(
     """Forward signals to `supervisor` until cancelled; reloads run as tasks of `tg`."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         task_status.started()
-        if _early_hangups:
-            _early_hangups.clear()
-            tg.start_soon(supervisor.reload)
+        for signum in early_signals.take():  # what arrived during start-up, in order
+            _forward(supervisor, tg, signum)
         async for signum in signals:
-            if signum == signal.SIGHUP:
-                tg.start_soon(supervisor.reload)
-            else:
-                supervisor.request_shutdown(signal.Signals(signum).name)
+            _forward(supervisor, tg, signum)
+
+
+def _forward(supervisor: Supervisor, tg: TaskGroup, signum: int) -> None:
+    if signum == signal.SIGHUP:
+        tg.start_soon(supervisor.reload)  # before READY it is remembered and applied after
+    else:
+        supervisor.request_shutdown(signal.Signals(signum).name)

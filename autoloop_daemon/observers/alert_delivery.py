@@ -2,7 +2,8 @@
 
 Both run off the event loop's critical path (the alerter's own task): the command as a
 child process in its own session under a timeout (argv, never a shell), the POST through
-urllib in a worker thread. Each failed attempt is retried after a doubling backoff.
+urllib in a daemon thread under a deadline for the whole exchange. Each failed attempt is
+retried after a doubling backoff.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
-import anyio.to_thread
+import anyio.from_thread
+import anyio.lowlevel
 from anyio.abc import ByteSendStream, Process
 
 from autoloop_daemon import __version__
@@ -123,8 +126,37 @@ def _post_sync(url: str, data: bytes, timeout_s: float) -> None:
 
 
 async def post_json(url: str, data: bytes, timeout_s: float) -> None:
-    """POST `data` as JSON to `url`; AlertDeliveryError unless the answer is 2xx."""
-    await anyio.to_thread.run_sync(_post_sync, url, data, timeout_s, abandon_on_cancel=True)
+    """POST `data` as JSON to `url`; AlertDeliveryError unless a 2xx answer is complete
+    within `timeout_s` in all (connect, send and answer together).
+
+    urllib's timeout bounds each socket operation only: a server that trickles its answer
+    a byte at a time would hold the attempt, and a worker thread the interpreter joins at
+    exit, for ever. So the request runs in a daemon thread, abandoned at the deadline (its
+    socket is closed by its own timeout, or with the process).
+    """
+    finished = anyio.Event()
+    failure: list[BaseException | None] = []
+    token = anyio.lowlevel.current_token()
+
+    def post() -> None:
+        try:
+            _post_sync(url, data, timeout_s)
+            failure.append(None)
+        except AlertDeliveryError as exc:  # handed to the loop: raised there, not here
+            failure.append(exc)
+        except Exception as exc:  # http.client's BadStatusLine and friends are no OSError
+            reason = _one_line(str(exc)) or type(exc).__name__
+            failure.append(AlertDeliveryError(f"{url}: {reason}"))
+        with contextlib.suppress(Exception):  # the loop may be gone: nobody waits any more
+            anyio.from_thread.run_sync(finished.set, token=token)
+
+    threading.Thread(target=post, name="autoloopd alert POST", daemon=True).start()
+    with anyio.move_on_after(timeout_s):
+        await finished.wait()
+    if not failure:
+        raise AlertDeliveryError(f"{url}: no complete answer within {timeout_s:g} s")
+    if failure[0] is not None:
+        raise failure[0]
 
 
 async def with_retries(via: str, attempt: Callable[[], Awaitable[None]], retries: int) -> Outcome:

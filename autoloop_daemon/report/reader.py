@@ -8,7 +8,7 @@ target, and the report still shows everything else.
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +17,8 @@ from autoloop_daemon.exceptions import StateCorruptError
 from autoloop_daemon.models import LogEntry
 from autoloop_daemon.policy.stops import Limits, LoopView, stop_sentence
 from autoloop_daemon.report.model import FleetReport, IterationRow, TargetReport
-from autoloop_daemon.storage.files.artifacts import handoff_path, log_path
+from autoloop_daemon.storage.files import fsio
+from autoloop_daemon.storage.files.artifacts import handoff_path, log_path, read_log_bytes
 from autoloop_daemon.storage.files.state_file import load_state, state_path
 from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import TargetStatus
@@ -66,13 +67,18 @@ def read_target(name: str, state_root: Path) -> TargetReport:
 
 
 def _read_log_lines(path: Path, problems: list[str]) -> list[LogEntry]:
-    """Every line of the iteration log that parses; the others become problems."""
+    """Every line of the iteration log that parses; the others become problems.
+
+    Read as the daemon reads it: a regular file only (a FIFO or a link to /dev/zero is a
+    problem, never opened in a way that blocks or follows), an unterminated last line read
+    only in part, hostile JSON (NaN, nesting 100,000 deep) a problem of that line.
+    """
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+        data = read_log_bytes(path)
+    except StateCorruptError as exc:
+        problems.append(str(exc))
         return []
-    except OSError as exc:
-        problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+    if data is None:
         return []
     out: list[LogEntry] = []
     lines = data.split(b"\n")
@@ -83,8 +89,8 @@ def _read_log_lines(path: Path, problems: list[str]) -> list[LogEntry]:
             problems.append(f"{path}:{lineno}: incomplete last line skipped")
             continue
         try:
-            out.append(LogEntry.from_json(json.loads(line.decode("utf-8"))))
-        except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+            out.append(LogEntry.from_json(fsio.parse_json(line.decode("utf-8"))))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             problems.append(f"{path}:{lineno}: skipped: {exc}")
     return out
 
@@ -110,13 +116,19 @@ def _row(state_root: Path, entry: LogEntry, problems: list[str]) -> IterationRow
 
 def _read_handoff(path: Path, problems: list[str]) -> str | None:
     try:
-        with path.open("rb") as f:
-            data = f.read(_HANDOFF_LIMIT + 1)
+        fd = fsio.open_regular(path, os.O_RDONLY)  # a FIFO or a link is a problem, not a hang
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+    except OSError as exc:  # NotRegularFileError included
+        problems.append(f"{path}: cannot read: {fsio.describe_oserror(exc)}")
         return None
+    try:
+        data = os.read(fd, _HANDOFF_LIMIT + 1)
+    except OSError as exc:
+        problems.append(f"{path}: cannot read: {fsio.describe_oserror(exc)}")
+        return None
+    finally:
+        os.close(fd)
     text = data[:_HANDOFF_LIMIT].decode("utf-8", "replace")
     return text + "\n[... cut at 64 KiB]" if len(data) > _HANDOFF_LIMIT else text
 

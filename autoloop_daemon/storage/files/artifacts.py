@@ -29,6 +29,7 @@ LOG_NAME = "iteration_log.jsonl"
 RUNS_DIR = "runs"
 HANDOFFS_DIR = "handoffs"
 LEARNER_DIR = "learner"
+TORN_TAIL_READ = 1 << 20  # bytes of an unterminated last line read (it is cut anyway)
 
 
 def log_path(state_root: Path) -> Path:
@@ -128,9 +129,14 @@ def read_log(path: Path, *, repair: bool = True) -> tuple[list[LogEntry], int]:
 
 def read_log_bytes(path: Path) -> bytes | None:
     """The log's bytes; None when it does not exist. StateCorruptError when it is not a
-    regular file or cannot be read."""
+    regular file or cannot be read.
+
+    Of a last line without a newline (torn, whatever it holds) at most TORN_TAIL_READ bytes
+    are read: a 2 GB one is cut all the same, without being held in memory (the torn byte
+    count then says TORN_TAIL_READ).
+    """
     try:
-        return fsio.read_regular(path)
+        return fsio.read_regular_lines(path, TORN_TAIL_READ)
     except FileNotFoundError:
         return None
     except NotRegularFileError as exc:

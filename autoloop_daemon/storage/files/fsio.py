@@ -39,6 +39,7 @@ from autoloop_daemon.storage.files.regular import (
     describe_file_type,
     open_regular,
     read_regular,
+    read_regular_lines,
 )
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "open_regular",
     "parse_json",
     "read_regular",
+    "read_regular_lines",
     "reject_non_finite",
     "remove_stale_tmp",
     "tmp_name",

@@ -116,3 +116,40 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _last_line_end(fd: int, size: int, chunk: int = 1 << 20) -> int:
+    """The offset just past the last newline before `size` (0 when there is none), read
+    backwards a chunk at a time: a huge last line is scanned, never held."""
+    pos = size
+    while pos > 0:
+        start = max(0, pos - chunk)
+        found = os.pread(fd, pos - start, start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        pos = start
+    return 0
+
+
+def read_regular_lines(path: Path, tail_limit: int) -> bytes:
+    """The bytes of the regular file `path` (see `open_regular`) up to its last newline,
+    then at most `tail_limit` bytes of what follows it.
+
+    For a file of lines (the iteration log), whose unterminated last line is a torn write
+    whatever it holds: a 2 GB line without a newline is seen as its first bytes, enough to
+    be cut as a torn tail, instead of being read into memory whole.
+    """
+    fd = open_regular(path, os.O_RDONLY)
+    try:
+        want = _last_line_end(fd, os.fstat(fd).st_size) + tail_limit
+        parts = []
+        offset = 0
+        while offset < want:
+            part = os.pread(fd, min(want - offset, 1 << 24), offset)
+            if not part:
+                break
+            parts.append(part)
+            offset += len(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
