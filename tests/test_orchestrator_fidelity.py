@@ -335,6 +335,36 @@ def test_the_first_iterations_edit_is_seen_and_copied_to_best(tmp_path: Path) ->
     assert read_state(state_root)["best_copy_iteration"] == 4
 
 
+def test_a_no_op_keep_tells_one_story_in_state_summary_status_and_report(
+    tmp_path: Path,
+) -> None:
+    """The real orchestrator edits the skill in run 1 only; run 2's keep reports 0.65 but
+    changed nothing, so it counts as the best before it (0.50). The summary, the state's
+    best and score_history, `status` and the report all say 0.5000, and the state and the
+    report show the reported 0.65 beside it; the log keeps what was reported."""
+    target, state_root = make_target(tmp_path)
+    (target / "SKILL.md").write_text("# skill\n")
+    env = {"HOME": str(tmp_path), "FAKE_SCORES": "0.5,0.65"}
+    done = run_autoloopd(upstream_target(target, state_root, "--max-iterations", "2"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "  Best score: 0.5000 (iteration 1)" in done.stdout
+    assert [e["weighted_score"] for e in read_log(state_root)] == [0.5, 0.65]
+    state = read_state(state_root)
+    assert (state["best_weighted_score"], state["best_iteration"]) == (0.5, 1)
+    second = state["score_history"][1]
+    assert (second["weighted_score"], second["reported_score"]) == (0.5, 0.65)
+    assert "reported_score" not in state["score_history"][0]
+    status = run_autoloopd(["status", "--state-root", str(state_root), "--json"])
+    row = json.loads(status.stdout)["targets"][0]
+    assert (row["best_weighted_score"], row["last_weighted_score"]) == (0.5, 0.5)
+    report = run_autoloopd(
+        ["report", "--state-root", str(state_root), "--output", "-", "--format", "md"]
+    )
+    assert report.returncode == 0, report.stderr
+    assert "| 0.5000 (reported 0.6500; kept, no file changed) |" in report.stdout
+    assert "0.6500 |" not in report.stdout.replace("(reported 0.6500", "")
+
+
 def test_the_best_kept_version_is_copied_to_best(tmp_path: Path) -> None:
     """Keeps that change the target and reach a new best are copied to <state_root>/best
     (one copy, the newest best); the state records which iteration it is."""

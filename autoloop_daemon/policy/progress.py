@@ -35,6 +35,21 @@ KIND_WORDS: dict[int, str] = {
 }
 
 
+def counted_score(
+    score: float, *, decision: str | None, changed: bool | None, best: float | None
+) -> float:
+    """The score an iteration counts with for the best score and the plateau.
+
+    As reported, except for a keep that changed no file (`changed` False): it improved
+    nothing, so it counts as at most the best score before it. State, summary, status and
+    report all show this counted score (the state and report add the reported one beside
+    it when they differ); the log keeps what the orchestrator reported.
+    """
+    if changed is False and decision == Decision.KEEP and best is not None:
+        return min(score, best)
+    return score
+
+
 def entry_score(entry: LogEntry, weights: Mapping[str, float] | None = None) -> float | None:
     """An entry's weighted score: as logged, else computed from its scores and `weights`."""
     if entry.weighted_score is not None:
@@ -134,10 +149,11 @@ class Progress:
         self.consecutive_errors = 0
         self.completed += 1
         score = entry_score(entry, self._weights)
+        counted = score
         if score is not None:
-            counted = score
-            if entry.changed is False and entry.decision == Decision.KEEP and self.best is not None:
-                counted = min(score, self.best)  # a keep that changed nothing improved nothing
+            counted = counted_score(
+                score, decision=entry.decision, changed=entry.changed, best=self.best
+            )
             if self.best is not None and counted <= self.best + self._min_improvement:
                 self.plateau_counter += 1
             else:
@@ -149,15 +165,16 @@ class Progress:
         self.last_decision = entry.decision
         if entry.scores:
             self.current_scores = dict(entry.scores)
-        self.history.append(
-            {
-                "iteration": entry.iteration,
-                "weighted_score": score,
-                "decision": entry.decision,
-                "scores": dict(entry.scores),
-                "timestamp": entry.finished_at,
-            }
-        )
+        item = {
+            "iteration": entry.iteration,
+            "weighted_score": counted,
+            "decision": entry.decision,
+            "scores": dict(entry.scores),
+            "timestamp": entry.finished_at,
+        }
+        if counted != score:
+            item["reported_score"] = score  # a keep that changed no file: see counted_score
+        self.history.append(item)
 
     def to_json(self) -> dict[str, Any]:
         """Everything `from_json` needs to go on where this left off (a log checkpoint).

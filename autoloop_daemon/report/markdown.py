@@ -55,7 +55,7 @@ def _target(t: TargetReport) -> list[str]:
         where = f", artifact `{row.artifact_path}`" if row.artifact_path else ""
         lines.append(
             f"- iteration {row.iteration}: candidate {row.candidate_id or 'unnamed'}{where}, "
-            f"score {score(row.weighted_score)}"
+            f"score {row.shown_score}"
         )
         if row.handoff:
             quoted = [f"  > {line}".rstrip() for line in row.handoff.rstrip().splitlines()]
@@ -72,7 +72,7 @@ def _target(t: TargetReport) -> list[str]:
         error = row.error.splitlines()[0] if row.error else ""
         lines.append(
             f"| {row.iteration} | {row.finished_at} | {row.status} | "
-            f"{_cell(row.decision or '-')} | {score(row.weighted_score)} | "
+            f"{_cell(row.decision or '-')} | {row.shown_score} | "
             f"{money(row.cost_usd, row.estimated)} | {row.duration_s:.1f} s | {_cell(error)} |"
         )
     return lines
