@@ -12,14 +12,15 @@ passed, never the raw stores. `recent_lines` is the pure filter.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
 
-from autoloop_daemon.exceptions import StateWriteError
 from autoloop_daemon.storage.files import artifacts, fsio
+from autoloop_daemon.storage.files.regular import open_regular
 
 log = structlog.get_logger("autoloopd.feedback")
 
@@ -27,7 +28,6 @@ FEEDBACK_STORE = Path(".claude/skills/session-feedback-analyzer/feedback-store")
 STORE_NAMES = ("feedback.jsonl", "muse-feedback.jsonl")
 TARGET_DIRS = (".feedback", "learnings", "memory")
 MAX_AGE_DAYS = 30
-STORE_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 def _timestamp(text: str) -> datetime | None:
@@ -38,60 +38,87 @@ def _timestamp(text: str) -> datetime | None:
     return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
 
 
+def is_recent(line: str, cutoff: datetime) -> bool:
+    """Whether one line of a feedback store is kept by the 30-day filter. Pure.
+
+    As the orchestrator's own filter: a JSON object without a `timestamp` (or with an empty
+    one) is kept, a line that is not JSON is dropped. Beyond it: a line that is not an object
+    or whose timestamp is not a string is dropped (the orchestrator would stop on it), and a
+    timestamp that does not parse is compared as text, as the orchestrator compares them all.
+    """
+    try:
+        entry = fsio.parse_json(line)
+    except (ValueError, RecursionError):
+        return False
+    stamp = entry.get("timestamp", "") if isinstance(entry, dict) else None
+    if not isinstance(stamp, str):
+        return False
+    if not stamp:
+        return True
+    when = _timestamp(stamp)
+    return when >= cutoff if when is not None else stamp >= cutoff.isoformat()
+
+
 def recent_lines(
     lines: Iterable[str], now: datetime, max_age_days: int = MAX_AGE_DAYS
 ) -> list[str]:
-    """The JSON object lines of a feedback store from the last `max_age_days` days. Pure.
-
-    As the orchestrator's own filter: a line without a `timestamp` (or an empty one) is
-    kept, a line that is not JSON is dropped. Beyond it: a line that is not an object or
-    whose timestamp is not a string is dropped (the orchestrator would stop on it), and an
-    unparsable timestamp is compared as text, as the orchestrator compares them all.
-    """
+    """The non-blank lines of a feedback store (stripped) that `is_recent` keeps. Pure."""
     cutoff = now - timedelta(days=max_age_days)
-    kept = []
-    for raw in lines:
-        line = raw.strip()
-        if not line:
-            continue
-        try:
-            entry = fsio.parse_json(line)
-        except (ValueError, RecursionError):
-            continue
-        stamp = entry.get("timestamp", "") if isinstance(entry, dict) else None
-        if not isinstance(stamp, str):
-            continue
-        when = _timestamp(stamp) if stamp else None
-        if not stamp or (when >= cutoff if when is not None else stamp >= cutoff.isoformat()):
-            kept.append(line)
-    return kept
+    return [line for line in (raw.strip() for raw in lines) if line and is_recent(line, cutoff)]
+
+
+def _open_store(store: Path) -> int | None:
+    """A read descriptor of `store` (a link is followed, as the orchestrator does; anything
+    but a regular file is refused without blocking), or None when absent or refused."""
+    try:
+        return open_regular(store.resolve(), os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except (OSError, RuntimeError) as exc:  # NotRegularFileError; RuntimeError: a link loop
+        log.warning("feedback_store_skipped", path=str(store), error=str(exc))
+        return None
+
+
+def _out_dir(out: Path) -> None:
+    with contextlib.suppress(FileExistsError):
+        fsio.make_dir(out.parent)
+    if out.parent.is_symlink() or not out.parent.is_dir():
+        raise OSError(f"{out.parent} is not a directory")
+    fsio.check_regular_or_absent(out)
 
 
 def _recent_copy(store: Path, state_root: Path, now: datetime) -> str | None:
-    """Write the recent lines of `store` to `<state_root>/feedback/<name>-recent.jsonl`;
-    its path, or None when the store is absent, unreadable or has no recent line."""
-    try:
-        data = fsio.read_regular(store, STORE_SIZE_LIMIT)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:  # NotRegularFileError too
-        log.warning("feedback_store_skipped", path=str(store), error=str(exc))
-        return None
-    lines = recent_lines(data.decode("utf-8", errors="replace").splitlines(), now)
-    if not lines:
+    """Write the recent lines of `store` to `<state_root>/feedback/<name>-recent.jsonl`,
+    streaming (a store of any size costs one line of memory); its path, or None when the
+    store is absent, unreadable or has no recent line (an older copy is then removed)."""
+    fd = _open_store(store)
+    if fd is None:
         return None
     out = artifacts.recent_feedback_path(state_root, store.name)
+    cutoff = now - timedelta(days=MAX_AGE_DAYS)
+    tmp = fsio.tmp_name(out)
+    count = 0
     try:
-        with contextlib.suppress(FileExistsError):
-            fsio.make_dir(out.parent)
-        if out.parent.is_symlink() or not out.parent.is_dir():
-            raise OSError(f"{out.parent} is not a directory")
-        fsio.check_regular_or_absent(out)
-        fsio.atomic_write_bytes(out, ("\n".join(lines) + "\n").encode(), durable=False)
-    except (OSError, StateWriteError) as exc:
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as src:
+            _out_dir(out)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            with os.fdopen(open_regular(tmp, flags), "w", encoding="utf-8") as dst:
+                for raw in src:
+                    line = raw.strip()
+                    if line and is_recent(line, cutoff):
+                        dst.write(line + "\n")
+                        count += 1
+            if count:
+                os.replace(tmp, out)
+            else:
+                tmp.unlink()
+                out.unlink(missing_ok=True)
+    except (OSError, ValueError) as exc:
         log.warning("feedback_store_skipped", path=str(store), error=str(exc))
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         return None
-    return str(out)
+    return str(out) if count else None
 
 
 def discover_feedback(target: Path, state_root: Path, home: Path, now: datetime) -> list[str]:
@@ -115,4 +142,4 @@ def discover_now(target: Path, state_root: Path) -> list[str]:
     return discover_feedback(target, state_root, Path.home(), datetime.now(UTC))
 
 
-__all__ = ["discover_feedback", "discover_now", "recent_lines"]
+__all__ = ["discover_feedback", "discover_now", "is_recent", "recent_lines"]
