@@ -21,16 +21,6 @@ RUN_STATUSES: tuple[str, ...] = tuple(status.value for status in RunStatus)
 MAX_RUN_COST_USD = 1e9
 COST_SOURCES = ("reported", "estimated")
 
-# What improvement-orchestrator discovers by itself when it is given no --source: the
-# skill's memory and feedback, and the session-feedback store in the home directory.
-DEFAULT_SOURCES: tuple[str, ...] = (
-    ".improvement-memory/*.json",
-    ".feedback/*",
-    "learnings/*",
-    "memory/*",
-    "~/.claude/skills/session-feedback-analyzer/feedback-store/*.jsonl",
-)
-
 
 @dataclass(frozen=True, slots=True)
 class TargetSpec:
@@ -51,9 +41,9 @@ class TargetSpec:
     orchestrator: tuple[str, ...] = ()
     scorer: tuple[str, ...] | None = None
     handoff_arg: str | None = "--source"
-    # Passed with the handoff (each matching file after `handoff_arg`), so that handing over
-    # never hides a feedback source the orchestrator would have discovered by itself.
-    sources: tuple[str, ...] = DEFAULT_SOURCES
+    # Passed with the handoff (each matching file after `handoff_arg`). None: what the
+    # orchestrator would have discovered by itself without a --source (runs/feedback.py).
+    sources: tuple[str, ...] | None = None
     env: tuple[tuple[str, str], ...] = ()
     weights: tuple[tuple[str, float], ...] = ()
     dry_run: bool = False

@@ -49,7 +49,12 @@ def test_plateau_counter_counts_non_improving_streak() -> None:
     ("decisions", "window", "expected"),
     [
         (["keep", "reject", "keep", "reject"], 4, True),  # the seed's example
-        (["reject", "keep", "revert", "keep"], 4, True),  # revert is not-keep too
+        (["reject", "keep", "revert", "keep"], 4, True),  # revert rejects too
+        (["keep", "pending_promote", "keep", "pending_promote"], 4, False),  # neutral
+        (["keep", "no_candidates", "keep", "no_accepted_candidates"], 4, False),
+        (["keep", "escalate", "keep", "reject"], 4, False),  # an unknown word is neutral
+        (["pending_promote", "keep", "reject", "keep", "reject"], 4, True),  # before the window
+        (["keep", "reject", "keep", "reject", "pending"], 4, False),  # the newest breaks it
         (["keep", "keep", "reject", "keep"], 4, False),
         (["keep", "reject", "keep"], 4, False),  # too short
         (["keep", "reject", "pending", "reject"], 4, False),  # pending breaks it
@@ -58,7 +63,7 @@ def test_plateau_counter_counts_non_improving_streak() -> None:
     ],
 )
 def test_oscillation_examples(decisions: list[str], window: int, expected: bool) -> None:
-    """Oscillation: the last `window` decisions alternate keep / not-keep."""
+    """Oscillation: the last `window` decisions alternate keep / reject-or-revert."""
     assert is_oscillating(decisions, window) is expected
 
 

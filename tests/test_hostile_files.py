@@ -266,6 +266,7 @@ def test_directories_are_0750_and_files_0640_whatever_the_umask(tmp_path: Path, 
         name: oct(mode)
         for name, mode in modes.items()
         if mode != (0o750 if (tmp_path / name).is_dir() else 0o640)
+        and not (tmp_path / name).is_symlink()  # `best` (a link's mode means nothing)
     }
     assert wrong == {}
 

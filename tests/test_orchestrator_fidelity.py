@@ -8,16 +8,29 @@ import json
 import os
 import signal
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.audit import check_clean, read_state
 from tests.helpers.daemon import make_target
-from tests.helpers.fakes import orchestrator_cmd
+from tests.helpers.fakes import fake_cmd, orchestrator_cmd
 from tests.helpers.logs import json_lines, read_log
 from tests.helpers.process import run_autoloopd, start_autoloopd
 from tests.helpers.wait import wait_for
+
+
+def upstream_target(target: Path, state_root: Path, *extra: str) -> list[str]:
+    """The one-target form with tests/fakes/upstream_orchestrator.py, called as the real
+    orchestrator is (no --iteration), fast retries, no plateau stop, plus `extra`."""
+    cmd = fake_cmd("upstream_orchestrator.py", "--target", "{target}",
+                   "--state-root", "{state_root}", "--auto")  # fmt: skip
+    return [
+        "--target", str(target), "--state-root", str(state_root), "--orchestrator-cmd", cmd,
+        "--retry-backoff-seconds", "0", "--plateau-window", "0", *extra,
+    ]  # fmt: skip
+
 
 REAL_DECISIONS = (
     "keep", "reject", "revert", "pending", "pending_promote", "no_candidates",
@@ -62,48 +75,84 @@ def test_every_decision_word_of_the_real_orchestrator_is_a_completed_iteration(
     check_clean(state_root)
 
 
-def test_non_keep_words_count_as_not_keep_for_oscillation(tmp_path: Path) -> None:
-    """keep, pending_promote, keep, no_candidates alternates keep / not-keep: oscillation."""
+def test_only_keep_against_reject_or_revert_oscillates(tmp_path: Path) -> None:
+    """The real gate escalates what it cannot keep to pending_promote, so keep,
+    pending_promote, keep, pending_promote, ... is a normal run: it goes on to
+    max_iterations. keep, revert, keep, reject is the original's oscillation."""
     target, state_root = make_target(tmp_path)
-    cmd = orchestrator_cmd("sequence", "--decisions", "keep,pending_promote,keep,no_candidates",
-                           "--scores", "0.1,0.2,0.3,0.4,0.5")  # fmt: skip
-    done = run_autoloopd(
-        ["--target", str(target), "--state-root", str(state_root), "--orchestrator-cmd", cmd,
-         "--plateau-window", "100", "--max-iterations", "10"]
-    )  # fmt: skip
+    env = {"HOME": str(tmp_path), "FAKE_DECISIONS": "keep,pending_promote"}
+    done = run_autoloopd(upstream_target(target, state_root, "--max-iterations", "6"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "oscillation" not in done.stdout
+    state = read_state(state_root)
+    assert (state["status"], state["iterations_completed"]) == ("stopped_max_iter", 6)
+    assert [e["decision"] for e in read_log(state_root)] == ["keep", "pending_promote"] * 3
+
+    other, other_root = make_target(tmp_path, "other")
+    other_root = tmp_path / "other-state"
+    env["FAKE_DECISIONS"] = "keep,revert,keep,reject"
+    done = run_autoloopd(upstream_target(other, other_root, "--max-iterations", "6"), env=env)
     assert done.returncode == 0, done.stderr
     assert "Stopped: oscillation detected (keep-reject alternating pattern)" in done.stdout
-    assert read_state(state_root)["iterations_completed"] == 4
+    assert read_state(other_root)["iterations_completed"] == 4
 
 
 # --- 2. the handoff never hides the orchestrator's own feedback --------------------------
 
 
-def test_handoff_passes_every_feedback_source_the_orchestrator_would_have_found(
+def _feedback_home(home: Path) -> Path:
+    """A session-feedback store under `home` with an old, a recent and an undated line."""
+    store = home / ".claude/skills/session-feedback-analyzer/feedback-store"
+    store.mkdir(parents=True)
+    now = datetime.now(UTC)
+    lines = [
+        {"timestamp": (now - timedelta(days=40)).isoformat(), "note": "old"},
+        {"timestamp": (now - timedelta(days=2)).isoformat(), "note": "recent"},
+        {"note": "undated"},
+    ]
+    raw = store / "feedback.jsonl"
+    raw.write_text("".join(json.dumps(line) + "\n" for line in lines) + "not json\n")
+    return raw
+
+
+def test_handoff_passes_what_the_orchestrator_would_have_discovered_once(
     tmp_path: Path,
 ) -> None:
-    """Iteration 1 gets no --source (the orchestrator discovers its feedback itself); from
-    iteration 2 on it gets the handoff AND the skill's .improvement-memory/*.json, memory/
-    and learnings/ files, so passing the handoff loses nothing."""
+    """Iteration 1 gets no --source, so the orchestrator discovers its feedback itself. From
+    iteration 2 on it gets the handoff and the same sources it discovered, each once: the
+    session store's last 30 days (a copy in the state root, never the raw feedback.jsonl
+    nor a second copy of the recent lines), .improvement-memory/*.json and the skill's
+    feedback directories as directories."""
     target, state_root = make_target(tmp_path)
-    memory = target / ".improvement-memory"
-    memory.mkdir()
-    (memory / "lessons.json").write_text("{}")
+    raw = _feedback_home(tmp_path / "home")
+    (target / ".improvement-memory").mkdir()
+    (target / ".improvement-memory" / "hot.json").write_text("{}")
+    (target / "memory").mkdir()
+    (target / "memory" / "notes.md").write_text("a note")
     (target / "learnings").mkdir()
-    (target / "learnings" / "notes.md").write_text("x")
     (target / "unrelated.txt").write_text("not a feedback source")
     record = tmp_path / "argv.jsonl"
-    cmd = orchestrator_cmd("keep", "--record", str(record), "--scores", "0.5,0.6,0.7")
-    done = run_autoloopd(one_target(target, state_root, cmd, "--max-iterations", "3"))
+    env = {"HOME": str(tmp_path / "home"), "FAKE_RECORD": str(record)}
+    done = run_autoloopd(upstream_target(target, state_root, "--max-iterations", "3"), env=env)
     assert done.returncode == 0, done.stderr
     runs = [json.loads(line) for line in record.read_text().splitlines()]
-    assert runs[0]["source"] == []
+    recent_by_orchestrator = str(raw.with_name("feedback-recent.jsonl"))
+    ours = str(state_root.resolve() / "feedback" / "feedback-recent.jsonl")
+    discovered = [
+        str(target / ".improvement-memory" / "hot.json"),
+        str(target / "learnings"),
+        str(target / "memory"),
+    ]
+    assert runs[0]["given"] == []
+    assert runs[0]["used"] == [recent_by_orchestrator, *discovered]
     for n, run in enumerate(runs[1:], start=2):
-        assert run["source"] == [
-            str(state_root.resolve() / "handoffs" / f"iteration-{n - 1}.md"),
-            str(memory / "lessons.json"),
-            str(target / "learnings" / "notes.md"),
-        ]
+        handoff = str(state_root.resolve() / "handoffs" / f"iteration-{n - 1}.md")
+        assert run["given"] == [handoff, ours, *discovered]
+    assert Path(ours).read_text() == Path(recent_by_orchestrator).read_text()
+    assert [json.loads(line)["note"] for line in Path(ours).read_text().splitlines()] == [
+        "recent",
+        "undated",
+    ]
 
 
 def test_an_empty_sources_list_passes_the_handoff_alone(tmp_path: Path) -> None:
@@ -213,6 +262,34 @@ def test_check_verifies_the_programs_the_config_points_at(tmp_path: Path) -> Non
     assert run_autoloopd(["--config", str(config), "--check"]).returncode == 0
 
 
+def test_plateau_window_0_disables_the_plateau_stop_on_the_command_line_too(
+    tmp_path: Path,
+) -> None:
+    """`--plateau-window 0` means what `plateau_window = 0` means in a config: no plateau
+    stop (flat scores run to max_iterations); a negative or huge window is refused, naming
+    the flag."""
+    target, state_root = make_target(tmp_path)
+    cmd = orchestrator_cmd("keep", "--scores", "0.5")
+    args = ["--target", str(target), "--state-root", str(state_root), "--orchestrator-cmd", cmd,
+            "--max-iterations", "5", "--oscillation-window", "0"]  # fmt: skip
+    done = run_autoloopd([*args, "--plateau-window", "0"])
+    assert done.returncode == 0, done.stderr
+    assert read_state(state_root)["status"] == "stopped_max_iter"
+    assert len(read_log(state_root)) == 5
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "s"\n[[targets]]\nname = "a"\npath = "{target}"\n'
+        f'plateau_window = 0\norchestrator = ["{sys.executable}", "-c", "pass"]\n'
+    )
+    assert run_autoloopd(["--config", str(config), "--check"]).returncode == 0
+    for bad in ("-1", "1000001", "x"):
+        refused = run_autoloopd([*args, "--plateau-window", bad])
+        assert refused.returncode == 2
+        assert "--plateau-window" in refused.stderr
+    refused = run_autoloopd([*args, "--oscillation-window", "-3"])
+    assert refused.returncode == 2 and "--oscillation-window" in refused.stderr
+
+
 # --- 4. what a keep really changed -------------------------------------------------------
 
 
@@ -228,9 +305,64 @@ def test_a_keep_that_changed_nothing_is_marked_and_is_no_improvement(tmp_path: P
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     entries = read_log(state_root)
-    assert [e.get("changed") for e in entries] == [None, False, False]
+    assert [e.get("changed") for e in entries] == [False, False, False]
     assert "(kept, but no file changed)" in done.stdout
     assert read_state(state_root)["status"] == "stopped_plateau"
+
+
+def test_the_first_iterations_edit_is_seen_and_copied_to_best(tmp_path: Path) -> None:
+    """The real orchestrator on a fixture edits the skill in its first run only: that run is
+    `changed: true` (the target was hashed before it) and its version is copied to best/;
+    later keeps that changed nothing are `changed: false` and leave best/ alone. After a
+    restart with a state that lost its hash, the next run's edit is seen too."""
+    target, state_root = make_target(tmp_path)
+    (target / "SKILL.md").write_text("# skill\n")
+    env = {"HOME": str(tmp_path), "FAKE_SCORES": "0.6,0.7,0.8"}
+    done = run_autoloopd(upstream_target(target, state_root, "--max-iterations", "3"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert [e.get("changed") for e in read_log(state_root)] == [True, False, False]
+    state = read_state(state_root)
+    assert state["best_copy_iteration"] == 1
+    assert "candidate of run 1" in (state_root / "best" / "SKILL.md").read_text()
+
+    path = state_root / "autoloop_state.json"
+    path.write_text(json.dumps({**read_state(state_root), "content_hash": None}))
+    env["FAKE_EDIT_RUNS"] = "4"
+    more = upstream_target(target, state_root, "--max-iterations", "4")
+    done = run_autoloopd(more, env=env)
+    assert done.returncode == 0, done.stderr
+    assert read_log(state_root)[-1]["changed"] is True
+    assert read_state(state_root)["best_copy_iteration"] == 4
+
+
+def test_a_no_op_keep_tells_one_story_in_state_summary_status_and_report(
+    tmp_path: Path,
+) -> None:
+    """The real orchestrator edits the skill in run 1 only; run 2's keep reports 0.65 but
+    changed nothing, so it counts as the best before it (0.50). The summary, the state's
+    best and score_history, `status` and the report all say 0.5000, and the state and the
+    report show the reported 0.65 beside it; the log keeps what was reported."""
+    target, state_root = make_target(tmp_path)
+    (target / "SKILL.md").write_text("# skill\n")
+    env = {"HOME": str(tmp_path), "FAKE_SCORES": "0.5,0.65"}
+    done = run_autoloopd(upstream_target(target, state_root, "--max-iterations", "2"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "  Best score: 0.5000 (iteration 1)" in done.stdout
+    assert [e["weighted_score"] for e in read_log(state_root)] == [0.5, 0.65]
+    state = read_state(state_root)
+    assert (state["best_weighted_score"], state["best_iteration"]) == (0.5, 1)
+    second = state["score_history"][1]
+    assert (second["weighted_score"], second["reported_score"]) == (0.5, 0.65)
+    assert "reported_score" not in state["score_history"][0]
+    status = run_autoloopd(["status", "--state-root", str(state_root), "--json"])
+    row = json.loads(status.stdout)["targets"][0]
+    assert (row["best_weighted_score"], row["last_weighted_score"]) == (0.5, 0.5)
+    report = run_autoloopd(
+        ["report", "--state-root", str(state_root), "--output", "-", "--format", "md"]
+    )
+    assert report.returncode == 0, report.stderr
+    assert "| 0.5000 (reported 0.6500; kept, no file changed) |" in report.stdout
+    assert "0.6500 |" not in report.stdout.replace("(reported 0.6500", "")
 
 
 def test_the_best_kept_version_is_copied_to_best(tmp_path: Path) -> None:

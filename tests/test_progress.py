@@ -16,6 +16,12 @@ from autoloop_daemon.target_state import TargetState
 from tests.helpers.state_json import reconcile
 
 
+def _kind(decision: str | None) -> str:
+    if decision == "keep":
+        return "keep"
+    return "reject" if decision in ("reject", "revert") else "neutral"
+
+
 def _reference(
     entries: list[LogEntry], weights: dict[str, float], min_improvement: float
 ) -> dict[str, Any]:
@@ -43,7 +49,7 @@ def _reference(
         "plateau_counter": stops.plateau_counter(weighted, min_improvement),
         "next_iteration": entries[-1].iteration + 1 if entries else 1,
         "scores": weighted,
-        "decisions": ["keep" if e.decision == "keep" else "not_keep" for e in completed],
+        "decisions": [_kind(e.decision) for e in completed],
     }  # fmt: skip
 
 
@@ -59,7 +65,7 @@ def _random_log(rng: random.Random, n: int) -> list[LogEntry]:
                 started_at="2026-01-01T00:00:00Z",
                 finished_at=f"t{i}",
                 status=status,  # type: ignore[arg-type]
-                decision=rng.choice(["keep", "reject", "revert"])
+                decision=rng.choice(["keep", "reject", "revert", "pending_promote", "odd"])
                 if status == "completed"
                 else None,
                 weighted_score=None if not scored or rng.random() < 0.5 else round(rng.random(), 3),

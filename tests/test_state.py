@@ -496,12 +496,12 @@ def test_reconcile_keeps_in_flight_not_yet_logged() -> None:
 
 def test_loop_view_from_log() -> None:
     """The stop conditions' view: completed count, total cost of all runs, scores and
-    keep/not-keep of completed runs."""
+    keep/reject/neutral of completed runs."""
     view = Progress.from_entries(_mixed_log(), {}).view()
     assert view.iterations_completed == 3
     assert view.total_cost_usd == pytest.approx(0.62, abs=1e-9)
     assert list(view.scores) == [0.5, 0.7, 0.6]
-    assert list(view.decisions) == ["keep", "not_keep", "keep"]
+    assert list(view.decisions) == ["keep", "reject", "keep"]
     empty = Progress.from_entries([], {}).view()
     assert (empty.iterations_completed, empty.total_cost_usd, list(empty.scores)) == (0, 0.0, [])
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from autoloop_daemon import __version__
 from autoloop_daemon.config.settings import check_template_arg
-from autoloop_daemon.models import DEFAULT_SOURCES
 from autoloop_daemon.policy.deadline import check_deadline
 
 
@@ -21,6 +20,19 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+WINDOW_MAX = 1_000_000  # as the config's plateau_window and oscillation_window
+
+
+def _window(text: str) -> int:
+    """A plateau or oscillation window: 0 (the check is off) up to WINDOW_MAX, as in a config."""
+    value = int(text)
+    if not 0 <= value <= WINDOW_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 0 (off) to {WINDOW_MAX}, got {text}"
+        )
     return value
 
 
@@ -121,9 +133,14 @@ def _original_flags(one: Any) -> None:
         help="USD one iteration may cost: reserved per run, and a run is stopped when its "
         "live cost (wall time at the rate, or the orchestrator's progress lines) reaches it",
     )
-    one.add_argument("--plateau-window", type=_positive_int, default=3)
+    one.add_argument(
+        "--plateau-window",
+        type=_window,
+        default=3,
+        help="iterations without a new best score that stop the target (0: off; default 3)",
+    )
     one.add_argument("--min-improvement", type=_non_negative_float, default=0.0)
-    one.add_argument("--oscillation-window", type=int, default=4)
+    one.add_argument("--oscillation-window", type=_window, default=4)
     one.add_argument("--cooldown-minutes", type=_non_negative_float, default=30.0)
     one.add_argument(
         "--mode", choices=("single-run", "continuous", "scheduled"), default="single-run"
@@ -151,10 +168,10 @@ def _runner_flags(one: Any) -> None:
     one.add_argument(
         "--sources",
         type=_globs,
-        default=DEFAULT_SOURCES,
+        default=None,
         help="comma-separated globs (relative to the target, ~ allowed) of feedback files "
         "passed after --handoff-arg together with the handoff ('' for none; default: what "
-        "improvement-orchestrator discovers when given no --source)",
+        "improvement-orchestrator would discover by itself when given no --source)",
     )
     one.add_argument("--iteration-timeout-minutes", type=_positive_float, default=60.0)
     one.add_argument(

@@ -270,7 +270,7 @@ def _frozen(merged: dict[str, Any]) -> dict[str, Any]:
         "orchestrator": tuple(merged["orchestrator"]),
         "scorer": tuple(merged["scorer"]) if merged["scorer"] else None,
         "handoff_arg": merged["handoff_arg"] or None,
-        "sources": tuple(merged["sources"]),
+        "sources": None if merged["sources"] is None else tuple(merged["sources"]),
         "env": tuple(sorted(dict(merged["env"]).items())),
         "weights": tuple(sorted(dict(merged["weights"]).items())),
         "hosts": tuple(merged["hosts"]),

@@ -62,6 +62,7 @@ class Iteration:
         state.in_flight = InFlight(self.number, to_iso(started))
         state.next_run_at = None
         before_scores = dict(state.current_scores)
+        await self._hash_if_unknown()
         await runner._save()
         handoff = self._last_handoff()
         run_log = run_log_file(spec, self.number)
@@ -139,6 +140,19 @@ class Iteration:
     def _state_root_inside_target(self) -> Path | None:
         root, target = self.spec.state_root, self.spec.path
         return root if root.is_relative_to(target) else None
+
+    async def _hash_if_unknown(self) -> None:
+        """Hash the target before a run when no hash is known yet (the first run, or state
+        that lost it), so that this run's own edit is seen as a change."""
+        state = self._runner.state
+        if self.spec.dry_run or state.content_hash is not None or not self.spec.path.is_dir():
+            return
+        try:
+            state.content_hash = await anyio.to_thread.run_sync(
+                content_hash, self.spec.path, self._state_root_inside_target()
+            )
+        except OSError as exc:
+            log.warning("content_hash_failed", error=str(exc))
 
     async def _files_changed(self, result: IterationResult | None) -> bool | None:
         """Whether the run changed the target's files (None: not checked)."""

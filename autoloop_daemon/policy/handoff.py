@@ -7,9 +7,9 @@ import unicodedata
 from collections.abc import Mapping
 
 from autoloop_daemon.models import LogEntry
+from autoloop_daemon.policy.decisions import is_rejection
 
 REMAINING_THRESHOLD = 0.80
-REJECTING_DECISIONS: frozenset[str] = frozenset({"reject", "revert"})
 # Longest value (candidate id, artifact path, error, dimension) shown in a handoff line.
 HANDOFF_VALUE_CHARS = 300
 
@@ -87,7 +87,7 @@ def render_handoff(
         lines.append(f"- Error: {_one_line(error)}")
 
     lines += ["", "## Rejected"]
-    if decision in REJECTING_DECISIONS:
+    if is_rejection(decision):
         lines.append(f"- {_value(candidate_id, 'unnamed candidate')} ({decision})")
     else:
         lines.append("none")

@@ -6,7 +6,8 @@ from the log: `apply_to` writes every log-derived field of a `TargetState`.
 
 Memory per iteration is a few bytes: weighted scores sit in an `array('d')` (8 bytes each,
 kept whole because a plateau window may reach back any distance) and decisions as one
-keep/not-keep byte each, which is all the oscillation check looks at.
+keep/reject/neutral byte each (`policy.decisions`), which is all the oscillation check
+looks at.
 """
 
 from __future__ import annotations
@@ -19,13 +20,34 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, overload
 
 from autoloop_daemon.models import LogEntry
+from autoloop_daemon.policy.decisions import DecisionKind, decision_kind
 from autoloop_daemon.policy.stops import LoopView, weighted_score
 from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import Decision, RunStatus
 
 # The state keeps only the newest N score_history items; the log has them all.
 SCORE_HISTORY_LIMIT = 50
-NOT_KEEP = "not_keep"
+# The word each decision kind reads as in `Progress.decisions` (what the stop checks see).
+KIND_WORDS: dict[int, str] = {
+    DecisionKind.KEEP: Decision.KEEP,
+    DecisionKind.REJECT: Decision.REJECT,
+    DecisionKind.NEUTRAL: "neutral",
+}
+
+
+def counted_score(
+    score: float, *, decision: str | None, changed: bool | None, best: float | None
+) -> float:
+    """The score an iteration counts with for the best score and the plateau.
+
+    As reported, except for a keep that changed no file (`changed` False): it improved
+    nothing, so it counts as at most the best score before it. State, summary, status and
+    report all show this counted score (the state and report add the reported one beside
+    it when they differ); the log keeps what the orchestrator reported.
+    """
+    if changed is False and decision == Decision.KEEP and best is not None:
+        return min(score, best)
+    return score
 
 
 def entry_score(entry: LogEntry, weights: Mapping[str, float] | None = None) -> float | None:
@@ -38,7 +60,8 @@ def entry_score(entry: LogEntry, weights: Mapping[str, float] | None = None) -> 
 
 
 class _KeptView(Sequence[str]):
-    """Decisions as the oscillation check sees them: "keep" or "not_keep", from one byte each."""
+    """Decisions as the oscillation check sees them: "keep", "reject" or "neutral", one byte
+    each."""
 
     def __init__(self, kept: bytearray) -> None:
         self._kept = kept
@@ -52,8 +75,8 @@ class _KeptView(Sequence[str]):
     def __getitem__(self, index: slice) -> list[str]: ...
     def __getitem__(self, index: int | slice) -> str | list[str]:
         if isinstance(index, slice):
-            return [Decision.KEEP if k else NOT_KEEP for k in self._kept[index]]
-        return Decision.KEEP if self._kept[index] else NOT_KEEP
+            return [KIND_WORDS[k] for k in self._kept[index]]
+        return KIND_WORDS[self._kept[index]]
 
 
 class Progress:
@@ -67,7 +90,7 @@ class Progress:
         self._estimated_partials: list[float] = []
         self.completed = 0
         self.scores: array[float] = array("d")  # weighted scores of completed, scored entries
-        self._kept = bytearray()  # 1 = keep, 0 = any other decision, per completed entry
+        self._kept = bytearray()  # a DecisionKind per completed entry
         self.history: deque[dict[str, Any]] = deque(maxlen=SCORE_HISTORY_LIMIT)
         self.current_scores: dict[str, float] = {}
         self.best: float | None = None
@@ -101,7 +124,8 @@ class Progress:
 
     @property
     def decisions(self) -> Sequence[str]:
-        """Each completed iteration as "keep" or "not_keep", oldest first."""
+        """Each completed iteration as "keep", "reject" (reject, revert) or "neutral" (any
+        other word), oldest first."""
         return _KeptView(self._kept)
 
     def add(self, entry: LogEntry) -> None:
@@ -125,10 +149,11 @@ class Progress:
         self.consecutive_errors = 0
         self.completed += 1
         score = entry_score(entry, self._weights)
+        counted = score
         if score is not None:
-            counted = score
-            if entry.changed is False and entry.decision == Decision.KEEP and self.best is not None:
-                counted = min(score, self.best)  # a keep that changed nothing improved nothing
+            counted = counted_score(
+                score, decision=entry.decision, changed=entry.changed, best=self.best
+            )
             if self.best is not None and counted <= self.best + self._min_improvement:
                 self.plateau_counter += 1
             else:
@@ -136,24 +161,25 @@ class Progress:
             self.scores.append(counted)
             if self.best is None or counted > self.best:
                 self.best, self.best_iteration = counted, entry.iteration
-        self._kept.append(1 if entry.decision == Decision.KEEP else 0)
+        self._kept.append(decision_kind(entry.decision))
         self.last_decision = entry.decision
         if entry.scores:
             self.current_scores = dict(entry.scores)
-        self.history.append(
-            {
-                "iteration": entry.iteration,
-                "weighted_score": score,
-                "decision": entry.decision,
-                "scores": dict(entry.scores),
-                "timestamp": entry.finished_at,
-            }
-        )
+        item = {
+            "iteration": entry.iteration,
+            "weighted_score": counted,
+            "decision": entry.decision,
+            "scores": dict(entry.scores),
+            "timestamp": entry.finished_at,
+        }
+        if counted != score:
+            item["reported_score"] = score  # a keep that changed no file: see counted_score
+        self.history.append(item)
 
     def to_json(self) -> dict[str, Any]:
         """Everything `from_json` needs to go on where this left off (a log checkpoint).
 
-        Scores and keep flags are base64 of their bytes: 8 bytes (+1/3) per iteration.
+        Scores and decision kinds are base64 of their bytes: 8 bytes (+1/3) per iteration.
         """
         return {
             "weights": self._weights,
@@ -162,7 +188,7 @@ class Progress:
             "estimated_partials": self._estimated_partials,
             "completed": self.completed,
             "scores": base64.b64encode(self.scores.tobytes()).decode(),
-            "kept": base64.b64encode(bytes(self._kept)).decode(),
+            "kinds": base64.b64encode(bytes(self._kept)).decode(),
             "history": list(self.history),
             "current_scores": self.current_scores,
             "best": self.best,
@@ -189,7 +215,8 @@ class Progress:
         p.completed = int(data["completed"])
         p.scores = array("d")
         p.scores.frombytes(base64.b64decode(data["scores"], validate=True))
-        p._kept = bytearray(base64.b64decode(data["kept"], validate=True))
+        # "kinds", not the older "kept" (keep / not-keep): an older checkpoint is rebuilt
+        p._kept = bytearray(base64.b64decode(data["kinds"], validate=True))
         p.history.extend(dict(item) for item in data["history"])
         p.current_scores = {str(k): float(v) for k, v in data["current_scores"].items()}
         p.best = None if data["best"] is None else float(data["best"])
@@ -200,7 +227,8 @@ class Progress:
         p.last_iteration = int(data["last_iteration"])
         p.recent_costs.extend(float(x) for x in data["recent_costs"])
         p.reports_cost = data["reports_cost"]
-        if len(p._kept) != p.completed or len(p.scores) > p.completed:
+        kinds_ok = max(p._kept, default=0) <= max(DecisionKind)
+        if len(p._kept) != p.completed or len(p.scores) > p.completed or not kinds_ok:
             raise ValueError("inconsistent checkpoint")
         return p
 

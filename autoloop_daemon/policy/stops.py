@@ -10,8 +10,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from autoloop_daemon.policy.decisions import alternates, decision_kind
 from autoloop_daemon.target_row import first_line
-from autoloop_daemon.vocab import Decision, TargetStatus
+from autoloop_daemon.vocab import TargetStatus
 
 
 def weighted_score(scores: Mapping[str, float], weights: Mapping[str, float]) -> float | None:
@@ -60,16 +61,16 @@ def is_plateau(history: Sequence[float], window: int, min_improvement: float = 0
 
 
 def is_oscillating(decisions: Sequence[str], window: int = 4) -> bool:
-    """True when the last `window` decisions alternate between keep and not-keep.
+    """True when the last `window` decisions alternate between keep and reject/revert.
 
-    Only `keep` counts as keep; every other word (reject, revert, pending, pending_promote,
-    no_candidates, an unknown word...) is not-keep. keep, reject, keep, pending is
-    oscillation. A window below 2 disables the check.
+    As in the original script, only keep against a rejection alternates: a neutral word
+    (pending, pending_promote, no_candidates, no_accepted_candidates, an unknown word) in
+    the window breaks it, so keep, pending_promote, keep, pending_promote runs on, while
+    keep, revert, keep, reject is oscillation. A window below 2 disables the check.
     """
     if window < 2 or len(decisions) < window:
         return False
-    kept = [d == Decision.KEEP for d in decisions[-window:]]
-    return all(kept[i] != kept[i + 1] for i in range(window - 1))
+    return alternates([decision_kind(d) for d in decisions[-window:]])
 
 
 @dataclass(frozen=True, slots=True)

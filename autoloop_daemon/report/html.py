@@ -139,7 +139,7 @@ def _kept(t: TargetReport) -> str:
         items.append(
             f'<li class="kept" data-iteration="{row.iteration}">iteration {row.iteration}: '
             f"candidate {escape(row.candidate_id or 'unnamed')}{where}, score "
-            f"{score(row.weighted_score)}{handoff}</li>"
+            f"{escape(row.shown_score)}{handoff}</li>"
         )
     return f"<h3>Kept</h3><ul>{''.join(items)}</ul>"
 
@@ -155,7 +155,7 @@ def _iterations_table(name: str, rows: tuple[IterationRow, ...]) -> str:
             f'<tr class="iteration" data-iteration="{row.iteration}">'
             f'<td class="num">{row.iteration}</td><td>{escape(row.finished_at)}</td>'
             f"<td>{escape(row.status)}</td><td>{escape(row.decision or '-')}</td>"
-            f'<td class="num">{score(row.weighted_score)}</td>'
+            f'<td class="num">{escape(row.shown_score)}</td>'
             f'<td class="num">{escape(money(row.cost_usd, row.estimated))}</td>'
             f'<td class="num">{row.duration_s:.1f} s</td>'
             f"<td>{escape((row.error or '').splitlines()[0] if row.error else '')}</td></tr>"

@@ -80,7 +80,7 @@ def _target(t: TargetReport) -> list[str]:
         lines.append(
             f"- iteration {row.iteration}: "
             f"candidate {_cell(row.candidate_id or 'unnamed')}{where}, "
-            f"score {score(row.weighted_score)}"
+            f"score {row.shown_score}"
         )
         if row.handoff:
             quoted = [f"  > {_cell(line)}".rstrip() for line in row.handoff.rstrip().splitlines()]
@@ -97,7 +97,7 @@ def _target(t: TargetReport) -> list[str]:
         error = row.error.splitlines()[0] if row.error else ""
         lines.append(
             f"| {row.iteration} | {_cell(row.finished_at)} | {row.status} | "
-            f"{_cell(row.decision or '-')} | {score(row.weighted_score)} | "
+            f"{_cell(row.decision or '-')} | {row.shown_score} | "
             f"{money(row.cost_usd, row.estimated)} | {row.duration_s:.1f} s | {_cell(error)} |"
         )
     return lines

@@ -26,6 +26,20 @@ class IterationRow:
     artifact_path: str | None
     error: str | None
     handoff: str | None
+    # What the orchestrator reported when it differs from `weighted_score`, the score the
+    # iteration counts with (a keep that changed no file: policy.progress.counted_score).
+    reported_score: float | None = None
+    changed: bool | None = None  # did the run change the target's files (None: not checked)
+
+    @property
+    def shown_score(self) -> str:
+        """The counted score, and the reported one beside it when they differ."""
+        if self.reported_score is None:
+            return score(self.weighted_score)
+        return (
+            f"{score(self.weighted_score)} (reported {score(self.reported_score)}; "
+            "kept, no file changed)"
+        )
 
     @property
     def kept(self) -> bool:

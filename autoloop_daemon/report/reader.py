@@ -8,6 +8,7 @@ target, and the report still shows everything else.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from autoloop_daemon.clock import now_utc, to_iso
 from autoloop_daemon.exceptions import StateCorruptError
 from autoloop_daemon.models import LogEntry
+from autoloop_daemon.policy.progress import counted_score
 from autoloop_daemon.policy.stops import Limits, LoopView, stop_sentence
 from autoloop_daemon.report.model import FleetReport, IterationRow, TargetReport
 from autoloop_daemon.storage.files import fsio
@@ -46,7 +48,7 @@ def read_target(name: str, state_root: Path) -> TargetReport:
         status = "unreadable"
         problems.append(str(exc))
     entries = _read_log_lines(log_path(state_root), problems)
-    rows = tuple(_row(state_root, entry, problems) for entry in entries)
+    rows = _counted(tuple(_row(state_root, entry, problems) for entry in entries))
     completed = [row for row in rows if row.status == "completed"]
     return TargetReport(
         name=name,
@@ -111,7 +113,26 @@ def _row(state_root: Path, entry: LogEntry, problems: list[str]) -> IterationRow
         artifact_path=entry.artifact_path,
         error=entry.error,
         handoff=_read_handoff(handoff_path(state_root, entry.iteration), problems),
+        changed=entry.changed,
     )
+
+
+def _counted(rows: tuple[IterationRow, ...]) -> tuple[IterationRow, ...]:
+    """`rows` with each completed one's score as it counts (`counted_score`), as the state's
+    score_history and best score have it, and the reported one beside it when they differ."""
+    best: float | None = None
+    out = []
+    for row in rows:
+        reported = row.weighted_score
+        if row.status != "completed" or reported is None:
+            out.append(row)
+            continue
+        counted = counted_score(reported, decision=row.decision, changed=row.changed, best=best)
+        best = counted if best is None else max(best, counted)
+        if counted != reported:
+            row = dataclasses.replace(row, weighted_score=counted, reported_score=reported)
+        out.append(row)
+    return tuple(out)
 
 
 def _read_handoff(path: Path, problems: list[str]) -> str | None:

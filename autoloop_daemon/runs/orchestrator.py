@@ -31,7 +31,7 @@ from autoloop_daemon.exceptions import (
     StateWriteError,
 )
 from autoloop_daemon.models import IterationResult, TargetSpec
-from autoloop_daemon.runs import simulator
+from autoloop_daemon.runs import feedback, simulator
 from autoloop_daemon.runs.process import ProcessOutcome, child_environment, run_in_group
 from autoloop_daemon.runs.results import (
     parse_result,
@@ -156,9 +156,12 @@ def run_marker_prefix(spec: TargetSpec) -> str:
 
 
 def _handoff_sources(handoff: Path, spec: TargetSpec) -> list[str]:
-    """The handoff (if it still exists) and the feedback sources passed with it. Blocking."""
+    """The handoff (if it still exists) and the feedback sources passed with it: `sources`,
+    or by default what the orchestrator would have discovered itself. Blocking."""
     if not handoff.is_file():
         return []
+    if spec.sources is None:
+        return [str(handoff), *feedback.discover_now(spec.path, spec.state_root)]
     return [str(handoff), *expand_sources(spec.path, spec.sources)]
 
 

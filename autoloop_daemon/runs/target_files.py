@@ -19,6 +19,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from autoloop_daemon.storage.files.fsio import DIR_MODE, FILE_MODE
 from autoloop_daemon.storage.files.regular import open_regular
 
 BEST_LINK = "best"
@@ -74,20 +75,25 @@ def content_hash(target: Path, exclude: Path | None = None) -> str:
 def save_best(target: Path, state_root: Path, iteration: int, exclude: Path | None) -> Path:
     """Copy `target` to `<state_root>/best-iteration-N/` and point `best` at it; returns it.
 
-    Earlier copies are removed once the link has moved, so one copy is kept.
+    Earlier copies are removed once the link has moved, so one copy is kept. Like every
+    file of a state root, the copy is 0750 (directories) and 0640 (files; 0750 for a file
+    its owner may execute) whatever the umask and the target's own modes.
     """
     copy_dir = state_root / f"{_BEST_PREFIX}{iteration}"
     if copy_dir.exists():
         shutil.rmtree(copy_dir)
-    copy_dir.mkdir(mode=0o750)
+    copy_dir.mkdir()
+    os.chmod(copy_dir, DIR_MODE)
     for rel, path, info in _walk(target, exclude):
         dest = copy_dir / rel
         if stat.S_ISDIR(info.st_mode):
             dest.mkdir(exist_ok=True)
+            os.chmod(dest, DIR_MODE)
         elif stat.S_ISLNK(info.st_mode):
             os.symlink(os.readlink(path), dest)
         elif stat.S_ISREG(info.st_mode):
             shutil.copy2(path, dest, follow_symlinks=False)
+            os.chmod(dest, DIR_MODE if info.st_mode & stat.S_IXUSR else FILE_MODE)
     link = state_root / BEST_LINK
     tmp_link = state_root / f".{BEST_LINK}.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):

@@ -30,6 +30,7 @@ RUNS_DIR = "runs"
 HANDOFFS_DIR = "handoffs"
 LEARNER_DIR = "learner"
 TORN_TAIL_READ = 1 << 20  # bytes of an unterminated last line read (it is cut anyway)
+FEEDBACK_DIR = "feedback"
 
 
 def log_path(state_root: Path) -> Path:
@@ -50,6 +51,12 @@ def handoff_path(state_root: Path, iteration: int) -> Path:
 def learner_path(state_root: Path, iteration: int) -> Path:
     """`<state_root>/learner/iteration-N.json`: the scorer's output."""
     return Path(state_root) / LEARNER_DIR / f"iteration-{iteration}.json"
+
+
+def recent_feedback_path(state_root: Path, store_name: str) -> Path:
+    """`<state_root>/feedback/<store>-recent.jsonl`: a session-feedback store's recent lines,
+    as the orchestrator would have read them (see runs/feedback.py)."""
+    return Path(state_root) / FEEDBACK_DIR / f"{Path(store_name).stem}-recent.jsonl"
 
 
 def ensure_layout(state_root: Path, *, unsynced: list[Path] | None = None) -> None:

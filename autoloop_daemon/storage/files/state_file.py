@@ -84,6 +84,7 @@ def _is_history(v: object) -> TypeGuard[list[dict[str, Any]]]:
 _HISTORY_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "iteration": (_is_int, "an integer"),
     "weighted_score": (_is_unit, "a number within 0..1"),
+    "reported_score": (_is_unit, "a number within 0..1"),
     "decision": (_is_str, "a string"),
     "scores": (
         lambda v: isinstance(v, dict) and all(_is_unit(x) for x in v.values()),

@@ -1,0 +1,72 @@
+"""The real improvement-orchestrator (lanyasheng/auto-improvement-orchestrator-skill) under
+autoloopd, in its mock mode (`--eval-mock`: no model is called), on the upstream's own
+fixture skill. Optional: it runs only when AUTOLOOPD_UPSTREAM_ORCHESTRATOR names a checkout
+of that repository (nothing of it is copied here), and skips with that reason otherwise.
+
+    git clone https://github.com/lanyasheng/auto-improvement-orchestrator-skill /tmp/upstream
+    AUTOLOOPD_UPSTREAM_ORCHESTRATOR=/tmp/upstream \
+        .venv/bin/pytest --no-cov tests/test_upstream_orchestrator.py
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.audit import check_clean, read_state
+from tests.helpers.fakes import scorer_argv
+from tests.helpers.logs import read_log
+from tests.helpers.process import run_autoloopd
+
+ENV = "AUTOLOOPD_UPSTREAM_ORCHESTRATOR"
+ORCHESTRATE = Path("skills/improvement-orchestrator/scripts/orchestrate.py")
+FIXTURE = Path("skills/benchmark-store/data/fixtures/level1-skill")
+
+
+def _checkout() -> Path:
+    root = os.environ.get(ENV)
+    if not root:
+        pytest.skip(f"{ENV} is not set (a checkout of the upstream orchestrator repository)")
+    checkout = Path(root).expanduser().resolve()
+    if not (checkout / ORCHESTRATE).is_file() or not (checkout / FIXTURE).is_dir():
+        pytest.skip(f"{ENV}={root} holds no {ORCHESTRATE} and {FIXTURE}")
+    return checkout
+
+
+def test_the_real_orchestrator_in_mock_mode_runs_edits_once_and_is_kept(tmp_path: Path) -> None:
+    """Three iterations of the real orchestrator on a copy of its level-1 fixture: each a
+    completed `keep` read from its `Pipeline Summary:`; its first run edits the skill
+    (changed, copied to best/), the later ones change nothing; from the second run on it is
+    given the handoff with --source and does not fail on it; nothing is left running."""
+    checkout = _checkout()
+    target = tmp_path / "level1-skill"
+    shutil.copytree(checkout / FIXTURE, target)
+    before = (target / "SKILL.md").read_text()
+    state_root = tmp_path / "state"
+    cmd = shlex.join(
+        [sys.executable, str(checkout / ORCHESTRATE), "--target", "{target}",
+         "--state-root", "{state_root}", "--auto", "--eval-mock"]
+    )  # fmt: skip
+    done = run_autoloopd(
+        ["--target", str(target), "--state-root", str(state_root), "--orchestrator-cmd", cmd,
+         "--scorer-cmd", shlex.join(scorer_argv()), "--max-iterations", "3",
+         "--plateau-window", "0", "--retry-backoff-seconds", "0"],
+        env={"HOME": str(tmp_path)},
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    entries = read_log(state_root)
+    assert [(e["status"], e["decision"]) for e in entries] == [("completed", "keep")] * 3
+    assert [e.get("changed") for e in entries] == [True, False, False]
+    edited = (target / "SKILL.md").read_text()
+    assert edited != before
+    state = read_state(state_root)
+    assert (state["status"], state["best_copy_iteration"]) == ("stopped_max_iter", 1)
+    assert (state_root / "best" / "SKILL.md").read_text() == edited
+    assert "Final Decision: keep" in (state_root / "runs" / "iteration-3.log").read_text()
+    check_clean(state_root)
