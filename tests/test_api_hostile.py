@@ -47,8 +47,11 @@ def _dry(lab: Lab, name: str) -> dict[str, Any]:
     }
 
 
-def _start(lab: Lab, **daemon_keys: Any) -> tuple[Daemon, Path]:
-    lab.write([_dry(lab, "alpha")], daemon={"exit_when_idle": False, **daemon_keys})
+def _start(
+    lab: Lab, extra: list[dict[str, Any]] | None = None, **daemon_keys: Any
+) -> tuple[Daemon, Path]:
+    targets = [_dry(lab, "alpha"), *(extra or [])]
+    lab.write(targets, daemon={"exit_when_idle": False, **daemon_keys})
     daemon = lab.start()
     daemon.wait_event("control_socket_listening")
     daemon.wait_event("iteration_finished", target="alpha")
@@ -152,7 +155,7 @@ def test_clients_that_go_away_leave_no_traceback(lab: Lab) -> None:
     daemon, sock = _start(lab)
     for _ in range(50):
         with connect(sock) as s:
-            s.sendall(b"POST /api/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
+            s.sendall(f"POST {EXTEND} HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{{".encode())
         with connect(sock) as s:
             s.sendall(b"GET /api/status HTTP/1.1\r\nHost: x\r\n\r\n")
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -202,9 +205,10 @@ def test_token_file_checks_and_two_authorization_headers(lab: Lab) -> None:
 
 
 def test_reload_requests_during_a_sighup_storm_are_all_answered(lab: Lab) -> None:
-    """60 `POST /api/reload` while SIGHUPs keep arriving: each is answered (it joins the
-    reload queued behind the running one), and the daemon exits 0 afterwards."""
-    daemon, sock = _start(lab)
+    """60 `POST /api/reload` while SIGHUPs keep arriving (each reload of 400 targets takes a
+    while): each is answered (it joins the reload queued behind the running one), and the
+    daemon exits 0 afterwards."""
+    daemon, sock = _start(lab, extra=[_dry(lab, f"t{i:03d}") for i in range(400)])
     answers: list[int] = []
 
     def reload_once() -> None:
@@ -215,10 +219,11 @@ def test_reload_requests_during_a_sighup_storm_are_all_answered(lab: Lab) -> Non
     def storm() -> None:
         while not stop.is_set():
             os.kill(daemon.pid, signal.SIGHUP)
-            stop.wait(0.005)
+            stop.wait(0.002)
 
     stormer = threading.Thread(target=storm, daemon=True)
     stormer.start()
+    daemon.wait_event("config_reloaded", count=20, timeout=60)  # the storm is under way
     try:
         clients = [threading.Thread(target=reload_once) for _ in range(60)]
         for t in clients:
