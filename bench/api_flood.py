@@ -81,6 +81,8 @@ def config(work: Path) -> Path:
         "max_iterations": 1_000_000,
         "max_cost_usd": common.NO_LIMIT_USD,
         "cooldown_minutes": 0,
+        "plateau_window": 0,  # off: the targets never stop during the run
+        "oscillation_window": 0,
         "estimated_cost_usd": 0.001,
     }
     return write_config(
@@ -127,7 +129,7 @@ def window(log: Finished, seconds: float, flooder: list[str] | None) -> dict[str
             status_per_s=figures["answered"] / seconds,
             refused=figures["refused"],
             latency_median_s=statistics.median(lat) if lat else None,
-            latency_p99_s=common.percentile(lat, 0.99),
+            latency_p99_s=common.percentile(lat, 99),
         )
     return result
 
