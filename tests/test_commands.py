@@ -23,6 +23,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.no_blocking]
 class FakeState:
     paused: bool = False
     status: str = "idle"
+    extra_iterations: int = 0
+    extra_cost_usd: float = 0.0
 
 
 @dataclass
@@ -150,6 +152,47 @@ async def test_extend_checks_its_arguments_then_restarts_a_stopped_target(tmp_pa
     reply = await commands.extend("done", 2, 1.5)
     assert reply == "done: limits extended (+2 iterations, +$1.50); started"
     assert [r.calls for r in sup.launched] == [[("extend", (2, 1.5))]]
+
+
+@pytest.mark.parametrize(
+    ("iterations", "cost", "field"),
+    [
+        (0, float("nan"), "cost_usd"),
+        (0, float("inf"), "cost_usd"),
+        (0, 1e308, "cost_usd"),
+        (0, -1.0, "cost_usd"),
+        (0, "5", "cost_usd"),
+        (0, True, "cost_usd"),
+        pytest.param(10**5000, 0, "iterations", id="huge-int"),
+        (1.5, 0, "iterations"),
+        (-1, 0, "iterations"),
+        (1_000_001, 0, "iterations"),
+    ],
+)
+async def test_extend_refuses_a_value_out_of_bounds_before_anything_changes(
+    tmp_path: Path, iterations: object, cost: object, field: str
+) -> None:
+    """NaN, infinities, huge, negative and mistyped values are a ValueError naming the field,
+    and no runner is prepared, extended or launched."""
+    sup, live, done = fleet(tmp_path)
+    commands = Commands(sup)  # type: ignore[arg-type]
+    for name in ("a", "done"):
+        with pytest.raises(ValueError, match=f"^{field}"):
+            await commands.extend(name, iterations, cost)
+    assert sup.launched == [] and live.calls == [] and done.runner.calls == []  # type: ignore[union-attr]
+
+
+async def test_extensions_whose_sum_is_over_the_bound_are_refused(tmp_path: Path) -> None:
+    """Two extensions each within the bound whose total is not: the second is refused."""
+    sup, live, _ = fleet(tmp_path)
+    commands = Commands(sup)  # type: ignore[arg-type]
+    live.state.extra_cost_usd = 6e8  # as the first extension left it
+    with pytest.raises(ValueError, match=r"^cost_usd: .* would total"):
+        await commands.extend("a", 0, 6e8)
+    live.state.extra_iterations = 999_999
+    with pytest.raises(ValueError, match=r"^iterations: .* would total"):
+        await commands.extend("a", 2, 0.0)
+    assert live.calls == []
 
 
 async def test_reset_of_a_stopped_target_is_refused_while_shutting_down(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@
 
 Verbs: status, budget, reload, pause T, resume T, run-now T, stop T, reset T,
 extend T --iterations +N --cost +USD. Each prints one clear line (status and budget print
-the JSON) and exits 0, 2 for an unknown target, 3 when no daemon answers, 4 when the command
-does not apply to the target now, 77 when the socket refuses us, 78 when a reload finds the
+the JSON) and exits 0, 2 for an unknown target or a value out of its bound
+(policy/bounds.py), 3 when no daemon answers, 4 when the command does not apply to the
+target now, 77 when the socket refuses us, 78 when a reload finds the
 configuration invalid (so `ExecReload=autoloopd ctl reload` fails `systemctl reload`).
 """
 
@@ -30,23 +31,31 @@ from autoloop_daemon.exit_codes import (
     EXIT_REFUSED,
     EXIT_USAGE,
 )
+from autoloop_daemon.policy.bounds import (
+    MAX_EXTEND_COST_USD,
+    MAX_EXTEND_ITERATIONS,
+    amount,
+    whole_number,
+)
 
 TARGET_VERBS = ("pause", "resume", "run-now", "stop", "reset", "extend")
 VERBS = ("status", "budget", "reload", *TARGET_VERBS)
 
 
 def _signed_int(text: str) -> int:
-    value = int(text.lstrip("+"))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+    """`+N` within the daemon's bound (policy/bounds.py): a bad one exits 2 naming it."""
+    try:
+        return whole_number("--iterations", int(text.lstrip("+")), MAX_EXTEND_ITERATIONS)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--iterations ")) from None
 
 
 def _signed_money(text: str) -> float:
-    value = float(text.lstrip("+$"))
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite amount >= 0, got {text}")
-    return value
+    """`+USD` finite and within the daemon's bound: NaN, inf, 1e308 exit 2 naming it."""
+    try:
+        return amount("--cost", float(text.lstrip("+$")), MAX_EXTEND_COST_USD)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--cost ")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +139,8 @@ def _report(args: argparse.Namespace, status: int, payload: Any) -> int:
     if status == 404 and args.target:
         return _fail(f"unknown target {args.target!r} (not in the daemon's configuration)",
                      EXIT_USAGE)  # fmt: skip
+    if status == 400:  # a value out of its bound (the sum of extensions): the daemon names it
+        return _fail(f"refused: {error}", EXIT_USAGE)
     if status == 409:
         return _fail(str(error), EXIT_REFUSED)
     if status == 422:  # a refused reload: the configuration error, as --check prints it

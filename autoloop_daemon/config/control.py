@@ -8,6 +8,8 @@ a non-loopback address without a token, or a socket path too long for the kernel
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 from pathlib import Path
 
 from autoloop_daemon.exceptions import ConfigError
@@ -15,6 +17,7 @@ from autoloop_daemon.exceptions import ConfigError
 SOCKET_NAME = "autoloopd.sock"
 # sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH_BYTES = 107
+MAX_TOKEN_BYTES = 4096
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -49,11 +52,36 @@ def socket_path_fits(path: Path) -> bool:
 
 
 def read_token(path: Path) -> str:
-    """The bearer token in `path` (surrounding whitespace removed); OSError, ValueError."""
-    token = path.read_text(encoding="utf-8").strip()
+    """The bearer token in `path` (surrounding whitespace removed); OSError, ValueError.
+
+    Only a regular file of at most `MAX_TOKEN_BYTES` is read: a FIFO, a device or a
+    directory there is refused at once (opened without blocking, checked before reading).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        data = os.read(fd, MAX_TOKEN_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_TOKEN_BYTES:
+        raise ValueError(f"larger than {MAX_TOKEN_BYTES} bytes")
+    token = data.decode("utf-8").strip()
     if not token:
         raise ValueError("the file is empty")
     return token
+
+
+def token_mode_problem(path: Path) -> str | None:
+    """A warning when the token file can be read by its group or others (else None)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    if mode & 0o044:
+        return f"{path} has mode {mode:04o}: readable by group or others (chmod 600 it)"
+    return None
 
 
 def check_control(

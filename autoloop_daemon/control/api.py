@@ -28,6 +28,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from autoloop_daemon.clock import parse_iso
+from autoloop_daemon.control.render_cache import RenderCache
 from autoloop_daemon.engine.commands import Commands
 from autoloop_daemon.engine.snapshot import FleetSnapshot
 from autoloop_daemon.engine.supervisor import Supervisor
@@ -115,11 +116,7 @@ def _target_command(commands: Commands) -> Handler:
                     body = await _json_body(request)
                     iterations = body.get("iterations", 0)
                     cost = body.get("cost_usd", 0.0)
-                    if not isinstance(iterations, int) or isinstance(iterations, bool):
-                        return _error(400, "iterations must be a whole number", name)
-                    if not isinstance(cost, int | float) or isinstance(cost, bool):
-                        return _error(400, "cost_usd must be a number", name)
-                    message = await commands.extend(name, iterations, float(cost))
+                    message = await commands.extend(name, iterations, cost)  # bounds: 400
                 case _:
                     return _error(404, f"unknown command {verb!r}", name)
         except UnknownTargetError:
@@ -136,12 +133,36 @@ def _target_command(commands: Commands) -> Handler:
 async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise ValueError("the request body is not JSON") from None
+        body = json.loads(raw or b"{}", parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("the request body is nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"the request body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ValueError("the request body must be a JSON object")
     return body
+
+
+def _no_constant(name: str) -> Any:
+    """`NaN`, `Infinity` and `-Infinity` are not JSON: refuse them (ValueError)."""
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _status_route(supervisor: Supervisor) -> tuple[Handler, RenderCache]:
+    """`GET /api/status`, rendered once per `RenderCache` interval for every client (so
+    pollers cannot starve the targets), and that cache (commands drop it)."""
+
+    def render() -> bytes:
+        # The budget and the rows at the same instant (nothing awaits in between).
+        snap = supervisor.snapshot(targets=False)
+        return bytes(JSONResponse(status_payload(snap, rows=supervisor.target_rows())).body)
+
+    cache = RenderCache(render)
+
+    async def status(request: Request) -> Response:
+        return Response(cache.get(), media_type="application/json")
+
+    return status, cache
 
 
 def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = None) -> Starlette:
@@ -149,10 +170,7 @@ def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = No
     files = static or static_dir()
     commands = Commands(supervisor)
 
-    async def status(request: Request) -> Response:
-        # The budget and the rows at the same instant (nothing awaits in between).
-        snap = supervisor.snapshot(targets=False)
-        return JSONResponse(status_payload(snap, rows=supervisor.target_rows()))
+    status, status_cache = _status_route(supervisor)
 
     async def budget(request: Request) -> Response:
         return JSONResponse(budget_payload(supervisor.snapshot(targets=False)))
@@ -194,8 +212,12 @@ def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = No
             Route("/api/status", status),
             Route("/api/budget", budget),
             Route("/api/targets/{name}/history", history),
-            Route("/api/targets/{name}/{verb}", _target_command(commands), methods=["POST"]),
-            Route("/api/reload", reload, methods=["POST"]),
+            Route(
+                "/api/targets/{name}/{verb}",
+                status_cache.fresh_after(_target_command(commands)),
+                methods=["POST"],
+            ),
+            Route("/api/reload", status_cache.fresh_after(reload), methods=["POST"]),
             Route("/metrics", prometheus),
             Route("/", index),
             Route("/static/{file:path}", static_file),
@@ -223,10 +245,14 @@ class BearerAuth:
         self._expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Refuse with 401 unless the token matches (compared in constant time)."""
+        """Refuse with 401 unless the token matches (compared in constant time); two
+        `Authorization` headers are a 400."""
         if scope["type"] == "http":
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self._expected):
+            given = [v for k, v in scope.get("headers") or [] if k == b"authorization"]
+            if len(given) > 1:  # which one counts is ambiguous between proxies and us
+                await _error(400, "more than one Authorization header")(scope, receive, send)
+                return
+            if not hmac.compare_digest(given[0] if given else b"", self._expected):
                 response = _error(401, "missing or wrong bearer token")
                 response.headers["WWW-Authenticate"] = "Bearer"
                 await response(scope, receive, send)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
 import stat
@@ -27,8 +28,18 @@ from anyio.abc import TaskStatus
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
-from autoloop_daemon.config.control import parse_listen, read_token, socket_path_fits
+from autoloop_daemon.config.control import (
+    parse_listen,
+    read_token,
+    socket_path_fits,
+    token_mode_problem,
+)
 from autoloop_daemon.control.api import BearerAuth, build_app
+from autoloop_daemon.control.request_limits import (
+    HEADER_TIMEOUT_S,
+    MAX_HEADER_BYTES,
+    RequestLimits,
+)
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import ConfigError, StateLockedError
 from autoloop_daemon.observers.metrics import Metrics
@@ -36,7 +47,7 @@ from autoloop_daemon.observers.metrics import Metrics
 log = structlog.get_logger("autoloopd.control")
 
 SOCKET_MODE = 0o660
-BACKLOG = 128
+BACKLOG = 1024  # a burst of pollers queues in the kernel instead of being refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +121,16 @@ def _hypercorn_config(sock: socket.socket) -> HypercornConfig:
     config = HypercornConfig()
     # hypercorn closes the socket it is given: give it a duplicate, ours is closed by us.
     config.bind = [f"fd://{os.dup(sock.fileno())}"]
+    config.backlog = BACKLOG  # asyncio listens again on the socket with this one
     config.accesslog = None
+    # Its own logger without a handler of its own: records reach the root logger, which
+    # observers/logs.py sends through structlog (one JSON line, never a raw traceback).
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.errorlog.setLevel(logging.WARNING)  # not its "Running on ..." lines
     config.loglevel = "WARNING"
     config.graceful_timeout = 1.0
-    config.keep_alive_timeout = 5.0
+    config.keep_alive_timeout = HEADER_TIMEOUT_S  # also closes a request whose headers stall
+    config.h11_max_incomplete_size = MAX_HEADER_BYTES
     return config
 
 
@@ -141,7 +158,7 @@ class ControlServer:
         """Bind, report started, serve until cancelled; the unix socket is removed after."""
         self._running = True
         s = self._settings
-        app = build_app(self._supervisor, self._metrics)
+        app = RequestLimits(build_app(self._supervisor, self._metrics))
         servers: list[tuple[Any, socket.socket]] = []
         unix_path = s.socket_path
         unix_ino: int | None = None
@@ -152,7 +169,7 @@ class ControlServer:
                 servers.append((app, sock))
                 log.info("control_socket_listening", path=str(unix_path), mode="0660")
             if s.http_listen is not None:
-                token = None if s.http_token_file is None else read_token(s.http_token_file)
+                token = None if s.http_token_file is None else _token(s.http_token_file)
                 tcp = bind_tcp(s.http_listen)
                 servers.append((app if token is None else BearerAuth(app, token), tcp))
                 log.info("http_listening", address=s.http_listen, token=token is not None)
@@ -170,6 +187,13 @@ class ControlServer:
     @staticmethod
     async def _serve_one(app: Any, sock: socket.socket, stopped: anyio.Event) -> None:
         await hypercorn_serve(app, _hypercorn_config(sock), shutdown_trigger=stopped.wait)
+
+
+def _token(path: Path) -> str:
+    """The bearer token of `path`, with a warning when others can read the file."""
+    if (problem := token_mode_problem(path)) is not None:
+        log.warning("token_file_readable", path=str(path), problem=problem)
+    return read_token(path)
 
 
 def _remove_if_ours(path: Path, ino: int) -> None:

@@ -15,7 +15,29 @@ from autoloop_daemon.engine.hosting import Fleet, Hosting
 from autoloop_daemon.engine.records import TargetRecord
 from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import CommandRefusedError, UnknownTargetError
+from autoloop_daemon.policy.bounds import check_extension
 from autoloop_daemon.vocab import Phase
+
+
+def _checked_extension(
+    record: TargetRecord, iterations: object, cost_usd: object
+) -> tuple[int, float]:
+    """The extension's values within their bounds, counting the runner's extensions so far."""
+    state = None if record.runner is None else record.runner.state
+    return check_extension(
+        iterations,
+        cost_usd,
+        0 if state is None else state.extra_iterations,
+        0.0 if state is None else state.extra_cost_usd,
+    )
+
+
+async def _extended(runner: TargetRunner, iterations: int, cost_usd: float) -> None:
+    """Extend a freshly prepared runner, its own saved extensions counted (ValueError)."""
+    check_extension(
+        iterations, cost_usd, runner.state.extra_iterations, runner.state.extra_cost_usd
+    )
+    await runner.extend(iterations, cost_usd)
 
 
 class Supervised(Fleet, Protocol):
@@ -96,19 +118,22 @@ class Commands:
         runner.run_now()
         return f"{name}: runs now" if runner.phase != Phase.RUNNING else f"{name}: already running"
 
-    async def extend(self, name: str, iterations: int, cost_usd: float) -> str:
-        """Raise the target's limits; a target stopped by them starts again."""
-        if iterations < 0 or cost_usd < 0 or not (iterations or cost_usd):
-            raise CommandRefusedError("extend needs --iterations N and/or --cost USD (> 0)")
+    async def extend(self, name: str, iterations: object, cost_usd: object) -> str:
+        """Raise the target's limits; a target stopped by them starts again. Each value is
+        checked against its bound (policy/bounds.py, ValueError naming it) before anything
+        changes."""
         record = self._record(name)
+        iterations, cost_usd = _checked_extension(record, iterations, cost_usd)
+        if not (iterations or cost_usd):
+            raise CommandRefusedError("extend needs --iterations N and/or --cost USD (> 0)")
         routed = await self._supervisor.hosting.extend(name, iterations, cost_usd)
         if routed is not None:
             return routed
         runner = record.runner
         if runner is not None and runner.live:
-            await runner.extend(iterations, cost_usd)
+            await _extended(runner, iterations, cost_usd)  # checked again: no await between
             return f"{name}: limits extended (+{iterations} iterations, +${cost_usd:.2f})"
-        await self._restart(record, lambda r: r.extend(iterations, cost_usd))
+        await self._restart(record, lambda r: _extended(r, iterations, cost_usd))
         return f"{name}: limits extended (+{iterations} iterations, +${cost_usd:.2f}); started"
 
     async def reset(self, name: str) -> str:

@@ -28,6 +28,7 @@ from autoloop_daemon.engine.budget import BudgetWindow
 from autoloop_daemon.engine.hosting import Hosting, LocalHosting
 from autoloop_daemon.engine.records import ReloadedConfig, Reloader, ReloadReport, TargetRecord
 from autoloop_daemon.engine.reload import apply_to_runners, apply_window, plan_for
+from autoloop_daemon.engine.reload_queue import ReloadQueue
 from autoloop_daemon.engine.snapshot import (
     BudgetSnapshot,
     FleetSnapshot,
@@ -99,7 +100,7 @@ class Supervisor:
         self._targets_tg: TaskGroup | None = None
         self._shutdown_requests = 0
         self._shutdown_event: anyio.Event | None = None
-        self._reload_lock = anyio.Lock()
+        self._reloads = ReloadQueue(self._reload_now)
         self._ready = False
         self._reload_before_ready = False
         self._started_at = to_iso(now_utc())
@@ -317,20 +318,23 @@ class Supervisor:
         if not self._ready:
             self._reload_before_ready = True
             return ReloadReport(ok=True)
-        async with self._reload_lock:
-            if self._shutdown_requests:
-                return ReloadReport(ok=False, error="shutting down")
-            self.events.publish(ev.ReloadStarted())
-            try:
-                new = await anyio.to_thread.run_sync(self._reloader)
-            except ConfigError as exc:
-                self.events.publish(ev.ReloadFailed(str(exc)))
-                return ReloadReport(ok=False, error=str(exc))
-            report = await self._apply(new)
-            self.events.publish(
-                ev.ConfigReloaded(report.added, report.removed, report.changed, new.budget_cap_usd)
-            )
-            return report
+        return await self._reloads.request()  # coalesced: engine/reload_queue.py
+
+    async def _reload_now(self) -> ReloadReport:
+        """One reload (ReloadQueue runs one at a time)."""
+        if self._shutdown_requests or self._reloader is None:
+            return ReloadReport(ok=False, error="shutting down")
+        self.events.publish(ev.ReloadStarted())
+        try:
+            new = await anyio.to_thread.run_sync(self._reloader)
+        except ConfigError as exc:
+            self.events.publish(ev.ReloadFailed(str(exc)))
+            return ReloadReport(ok=False, error=str(exc))
+        report = await self._apply(new)
+        self.events.publish(
+            ev.ConfigReloaded(report.added, report.removed, report.changed, new.budget_cap_usd)
+        )
+        return report
 
     async def _apply(self, new: ReloadedConfig) -> ReloadReport:
         wanted = {t.name: t for t in new.targets}
