@@ -69,7 +69,7 @@ class FakeSupervisor:
     def record(self, name: str) -> TargetRecord | None:
         return self.records.get(name)
 
-    def stop_target(self, name: str) -> None:
+    def stop_target(self, name: str, status: str = "stopped_signal") -> None:
         self.stopped.append(name)
 
     async def prepare(self, specs: list[TargetSpec]) -> list[FakeRunner]:
@@ -105,7 +105,11 @@ async def test_pause_resume_and_run_now_act_on_a_live_runner(tmp_path: Path) -> 
     assert await commands.pause("a") == "a: paused"
     with pytest.raises(CommandRefusedError, match="it is paused"):
         await commands.run_now("a")
+    with pytest.raises(CommandRefusedError, match="a: already paused"):
+        await commands.pause("a")  # supervisorctl's "ERROR (already started)": did not take
     assert await commands.resume("a") == "a: resumed"
+    with pytest.raises(CommandRefusedError, match="a: not paused"):
+        await commands.resume("a")
     assert await commands.run_now("a") == "a: runs now"
     assert [c[0] for c in live.calls] == ["set_paused", "set_paused", "run_now"]
 

@@ -24,11 +24,14 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.utils import wrap_app
 
 from autoloop_daemon.config.control import parse_listen, read_token, socket_path_fits
 from autoloop_daemon.control.api import BearerAuth, build_app
+from autoloop_daemon.control.peer_credentials import CredentialListener, TagPeer
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import ConfigError, StateLockedError
 from autoloop_daemon.observers.metrics import Metrics
@@ -106,10 +109,8 @@ def bind_tcp(listen: str) -> socket.socket:
     return _listening(socket.socket(family, socket.SOCK_STREAM), bind)
 
 
-def _hypercorn_config(sock: socket.socket) -> HypercornConfig:
+def _hypercorn_config() -> HypercornConfig:
     config = HypercornConfig()
-    # hypercorn closes the socket it is given: give it a duplicate, ours is closed by us.
-    config.bind = [f"fd://{os.dup(sock.fileno())}"]
     config.accesslog = None
     config.loglevel = "WARNING"
     config.graceful_timeout = 1.0
@@ -149,7 +150,7 @@ class ControlServer:
             if unix_path is not None:
                 sock = bind_unix(unix_path)
                 unix_ino = unix_path.stat().st_ino
-                servers.append((app, sock))
+                servers.append((TagPeer(app), sock))
                 log.info("control_socket_listening", path=str(unix_path), mode="0660")
             if s.http_listen is not None:
                 token = None if s.http_token_file is None else read_token(s.http_token_file)
@@ -169,7 +170,17 @@ class ControlServer:
 
     @staticmethod
     async def _serve_one(app: Any, sock: socket.socket, stopped: anyio.Event) -> None:
-        await hypercorn_serve(app, _hypercorn_config(sock), shutdown_trigger=stopped.wait)
+        # hypercorn closes the socket it is given: give it a duplicate, ours is closed by us.
+        # The unix socket's is wrapped so that each request knows its peer's uid.
+        dup = socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno()))
+        given: Any = CredentialListener(dup) if sock.family == socket.AF_UNIX else dup
+        config = _hypercorn_config()
+        await worker_serve(
+            wrap_app(app, config.wsgi_max_body_size, "asgi"),
+            config,
+            sockets=Sockets(secure_sockets=[], insecure_sockets=[given], quic_sockets=[]),
+            shutdown_trigger=stopped.wait,
+        )
 
 
 def _remove_if_ours(path: Path, ino: int) -> None:

@@ -15,7 +15,7 @@ from autoloop_daemon.engine.hosting import Fleet, Hosting
 from autoloop_daemon.engine.records import TargetRecord
 from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import CommandRefusedError, UnknownTargetError
-from autoloop_daemon.vocab import Phase
+from autoloop_daemon.vocab import Phase, TargetStatus
 
 
 class Supervised(Fleet, Protocol):
@@ -27,8 +27,8 @@ class Supervised(Fleet, Protocol):
         """Routes a verb elsewhere (or answers None: act here)."""
         ...
 
-    def stop_target(self, name: str) -> None:
-        """Stop one target gracefully."""
+    def stop_target(self, name: str, status: TargetStatus = TargetStatus.STOPPED_SIGNAL) -> None:
+        """Stop one target gracefully; it ends with `status`."""
         ...
 
 
@@ -69,21 +69,27 @@ class Commands:
         if (routed := await self._routed("stop", name)) is not None:
             return routed
         self._live_runner(name, "stop")
-        self._supervisor.stop_target(name)
+        self._supervisor.stop_target(name, TargetStatus.STOPPED_OPERATOR)
         return f"{name}: stopping (a running iteration gets the shutdown grace period)"
 
     async def pause(self, name: str) -> str:
         """Let a running iteration finish, then start no new one until `resume`."""
         if (routed := await self._routed("pause", name)) is not None:
             return routed
-        await self._live_runner(name, "pause").set_paused(True)
+        runner = self._live_runner(name, "pause")
+        if runner.state.paused:
+            raise CommandRefusedError(f"{name}: already paused")
+        await runner.set_paused(True)
         return f"{name}: paused"
 
     async def resume(self, name: str) -> str:
         """Undo `pause`."""
         if (routed := await self._routed("resume", name)) is not None:
             return routed
-        await self._live_runner(name, "resume").set_paused(False)
+        runner = self._live_runner(name, "resume")
+        if not runner.state.paused:
+            raise CommandRefusedError(f"{name}: not paused (already running)")
+        await runner.set_paused(False)
         return f"{name}: resumed"
 
     async def run_now(self, name: str) -> str:
@@ -93,8 +99,10 @@ class Commands:
         runner = self._live_runner(name, "run now")
         if runner.state.paused:
             raise CommandRefusedError(f"cannot run {name!r} now: it is paused ('resume' first)")
+        if runner.phase == Phase.RUNNING:
+            raise CommandRefusedError(f"{name}: already running an iteration")
         runner.run_now()
-        return f"{name}: runs now" if runner.phase != Phase.RUNNING else f"{name}: already running"
+        return f"{name}: runs now"
 
     async def extend(self, name: str, iterations: int, cost_usd: float) -> str:
         """Raise the target's limits; a target stopped by them starts again."""

@@ -140,5 +140,6 @@ def _reason(state: TargetState, completed: Sequence[IterationRow]) -> str | None
         consecutive_errors=state.consecutive_errors,
         max_consecutive_errors=state.max_consecutive_errors,
         last_failure=state.last_failure_trace,
+        operator=state.last_operator_action,
     )
     return status if sentence is None else sentence
