@@ -158,3 +158,27 @@ def test_a_command_over_tcp_names_the_peer_address(lab: Lab) -> None:
     assert (event["verb"], event["origin"], event["uid"]) == ("pause", "tcp", None)
     assert event["address"].startswith("127.0.0.1:")
     assert daemon.stop() == 0
+
+
+def test_a_restart_whose_limit_still_holds_says_it_did_not_take(lab: Lab) -> None:
+    """`ctl reset` of a target stopped by max_iterations: it starts, stops again at once, and
+    ctl says so ("started, then stopped again: max_iterations reached (1/1)", exit 4); an
+    `extend` that lifts the limit starts it for real (exit 0, one more iteration)."""
+    alpha = dry(lab, "alpha", max_iterations=1, cooldown_minutes=0)
+    lab.write([alpha], daemon={"exit_when_idle": False})
+    daemon = start(lab)
+    sock = lab.state_dir / "autoloopd.sock"
+    wait_for(lambda: target_status(sock, "alpha")["status"] == "stopped_max_iter", what="stop")
+    reset = ctl(lab.config, "reset", "alpha")
+    assert reset.returncode == EXIT_REFUSED, reset
+    assert "alpha: reset; started, then stopped again: max_iterations reached (1/1)" in (
+        reset.stderr
+    )
+    wait_for(lambda: target_status(sock, "alpha")["status"] == "stopped_max_iter", what="again")
+    extended = ctl(lab.config, "extend", "alpha", "--iterations", "+1")
+    assert extended.returncode == 0, extended
+    assert extended.stdout.strip().endswith("; started")
+    daemon.wait_event("iteration_finished", target="alpha", count=2)
+    outcomes = [(e["verb"], e["outcome"]) for e in daemon.events("operator_command")]
+    assert outcomes == [("reset", "refused"), ("extend", "ok")]
+    assert daemon.stop() == 0

@@ -15,6 +15,7 @@ from autoloop_daemon.engine.hosting import Fleet, Hosting
 from autoloop_daemon.engine.records import TargetRecord
 from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import CommandRefusedError, UnknownTargetError
+from autoloop_daemon.policy.stops import stop_reason
 from autoloop_daemon.vocab import Phase, TargetStatus
 
 
@@ -113,11 +114,12 @@ class Commands:
         if routed is not None:
             return routed
         runner = record.runner
+        done = f"{name}: limits extended (+{iterations} iterations, +${cost_usd:.2f})"
         if runner is not None and runner.live:
             await runner.extend(iterations, cost_usd)
-            return f"{name}: limits extended (+{iterations} iterations, +${cost_usd:.2f})"
-        await self._restart(record, lambda r: r.extend(iterations, cost_usd))
-        return f"{name}: limits extended (+{iterations} iterations, +${cost_usd:.2f}); started"
+            return done
+        await self._restart(record, lambda r: r.extend(iterations, cost_usd), done)
+        return f"{done}; started"
 
     async def reset(self, name: str) -> str:
         """Clear the circuit breaker and a final status; a stopped target starts again."""
@@ -129,13 +131,15 @@ class Commands:
         if runner is not None and runner.live:
             await runner.clear_stop()
             return f"{name}: error count cleared"
-        await self._restart(record, lambda r: r.clear_stop())
+        await self._restart(record, lambda r: r.clear_stop(), f"{name}: reset")
         return f"{name}: reset; started"
 
     async def _restart(
-        self, record: TargetRecord, adjust: Callable[[TargetRunner], Awaitable[None]]
+        self, record: TargetRecord, adjust: Callable[[TargetRunner], Awaitable[None]], done: str
     ) -> None:
-        """Prepare the target again, apply `adjust` to its state, and run it."""
+        """Prepare the target again, apply `adjust` to its state, and run it. When a stop
+        condition still holds, it stops again at once: CommandRefusedError says so after
+        `done` (supervisorctl's "ERROR (already started)": the command did not take)."""
         name = record.spec.name
         if not self._supervisor.accepting:
             raise CommandRefusedError(f"cannot start {name!r}: the daemon is shutting down")
@@ -145,7 +149,11 @@ class Commands:
         if not runners:
             raise CommandRefusedError(f"cannot start {name!r}: {record.start_error}")
         await adjust(runners[0])
+        holding = stop_reason(runners[0].progress.view(), runners[0].limits())
         self._supervisor.launch(runners[0])
+        if holding is not None:
+            why = runners[0].describe(holding)
+            raise CommandRefusedError(f"{done}; started, then stopped again: {why}")
 
     async def history(self, name: str, limit: int) -> list[dict[str, Any]]:
         """The newest `limit` lines of the target's iteration log, oldest first."""
