@@ -132,6 +132,10 @@ def test_every_command_leaves_a_trace_and_one_that_does_not_take_says_so(lab: La
     )
     shown = run_autoloopd(["status", "--config", str(lab.config)])  # no daemon: the files
     assert f"stopped by operator (uid {uid})" in shown.stdout, shown
+    header = next(line for line in shown.stdout.splitlines() if line.startswith("TARGET"))
+    row_line = next(line for line in shown.stdout.splitlines() if line.startswith("alpha "))
+    column = header.index("NEXT RUN")
+    assert row_line[column:].split()[0] == "-", shown.stdout  # no next run once stopped
 
 
 def _free_port() -> int:
