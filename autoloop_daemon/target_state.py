@@ -72,6 +72,9 @@ class TargetState:
     # Where start-up last read the log to (storage/files/log_checkpoint.py); written only
     # when set, so the states of short logs stay as they were.
     log_checkpoint: dict[str, Any] | None = None
+    # The last operator command on this target (operator_action.OperatorAction.to_json);
+    # written only when set: a state without it is schema 1.0 as before.
+    last_operator_action: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -144,6 +147,8 @@ class TargetState:
         }
         if self.log_checkpoint is not None:
             data["log_checkpoint"] = dict(self.log_checkpoint)
+        if self.last_operator_action is not None:
+            data["last_operator_action"] = copy.deepcopy(self.last_operator_action)
         for key, value in self.extra.items():
             data.setdefault(key, value)
         return data

@@ -27,6 +27,7 @@ class TargetStatus(StrEnum):
     STOPPED_PLATEAU = "stopped_plateau"
     STOPPED_OSCILLATION = "stopped_oscillation"
     STOPPED_SIGNAL = "stopped_signal"
+    STOPPED_OPERATOR = "stopped_operator"  # `autoloopd ctl stop` (or the API's stop)
     STOPPED_REMOVED = "stopped_removed"
     STOPPED_LOW_YIELD = "stopped_low_yield"  # estimated gain per dollar below min_gain_per_usd
     STOPPED_TARGET_REACHED = "stopped_target_reached"  # best weighted score >= target_score
@@ -53,6 +54,13 @@ FINAL_STATUSES: frozenset[TargetStatus] = frozenset(
         TargetStatus.STOPPED_TARGET_REACHED,
         TargetStatus.ERROR,
     }
+)
+
+
+# Stops someone asked for (a signal, an operator): a target already stopped by a condition
+# keeps that status instead; a re-run continues from them.
+REQUESTED_STOPS: frozenset[TargetStatus] = frozenset(
+    {TargetStatus.STOPPED_SIGNAL, TargetStatus.STOPPED_OPERATOR}
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from autoloop_daemon.engine.hosting import LocalHosting
 from autoloop_daemon.engine.records import TargetRecord
 from autoloop_daemon.exceptions import CommandRefusedError, UnknownTargetError
 from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.policy.stops import Limits, LoopView
 from autoloop_daemon.storage.memory import MemoryStorage
 
 pytestmark = [pytest.mark.anyio, pytest.mark.no_blocking]
@@ -37,6 +39,17 @@ class FakeRunner:
     phase: str = "waiting"
     state: FakeState = field(default_factory=FakeState)
     calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    done: int = 0  # iterations completed, against a limit of 3
+
+    @property
+    def progress(self) -> Any:
+        return SimpleNamespace(view=lambda: LoopView(self.done, 0.0, (), ()))
+
+    def limits(self) -> Limits:
+        return Limits(3, 10.0, 0)
+
+    def describe(self, status: str) -> str:
+        return f"{status} ({self.done}/3)"
 
     @property
     def live(self) -> bool:
@@ -67,15 +80,16 @@ class FakeSupervisor:
         self.records = records
         self.stopped: list[str] = []
         self.launched: list[FakeRunner] = []
+        self.prepared_done = 0  # iterations completed in the states `prepare` reads
 
     def record(self, name: str) -> TargetRecord | None:
         return self.records.get(name)
 
-    def stop_target(self, name: str) -> None:
+    def stop_target(self, name: str, status: str = "stopped_signal") -> None:
         self.stopped.append(name)
 
     async def prepare(self, specs: list[TargetSpec]) -> list[FakeRunner]:
-        runners = [FakeRunner(spec) for spec in specs]
+        runners = [FakeRunner(spec, done=self.prepared_done) for spec in specs]
         for runner in runners:
             self.records[runner.spec.name].runner = runner  # type: ignore[assignment]
         return runners
@@ -107,7 +121,11 @@ async def test_pause_resume_and_run_now_act_on_a_live_runner(tmp_path: Path) -> 
     assert await commands.pause("a") == "a: paused"
     with pytest.raises(CommandRefusedError, match="it is paused"):
         await commands.run_now("a")
+    with pytest.raises(CommandRefusedError, match="a: already paused"):
+        await commands.pause("a")  # supervisorctl's "ERROR (already started)": did not take
     assert await commands.resume("a") == "a: resumed"
+    with pytest.raises(CommandRefusedError, match="a: not paused"):
+        await commands.resume("a")
     assert await commands.run_now("a") == "a: runs now"
     assert [c[0] for c in live.calls] == ["set_paused", "set_paused", "run_now"]
 
@@ -193,6 +211,23 @@ async def test_extensions_whose_sum_is_over_the_bound_are_refused(tmp_path: Path
     with pytest.raises(ValueError, match=r"^iterations: .* would total"):
         await commands.extend("a", 2, 0.0)
     assert live.calls == []
+
+
+async def test_a_restart_whose_limit_still_holds_says_it_stopped_again(tmp_path: Path) -> None:
+    """reset of a target whose limit still holds launches it (it records its stop again) but
+    answers that it did not take, with the limit's words; extend says so the same way."""
+    sup, _, _ = fleet(tmp_path)
+    sup.prepared_done = 3
+    commands = Commands(sup)  # type: ignore[arg-type]
+    with pytest.raises(CommandRefusedError) as refused:
+        await commands.reset("done")
+    assert str(refused.value) == (
+        "done: reset; started, then stopped again: stopped_max_iter (3/3)"
+    )
+    sup.records["done"].runner = None
+    with pytest.raises(CommandRefusedError, match=r"\+\$1.00\); started, then stopped again"):
+        await commands.extend("done", 0, 1.0)
+    assert len(sup.launched) == 2
 
 
 async def test_reset_of_a_stopped_target_is_refused_while_shutting_down(tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ def test_ctl_verbs_steer_a_running_daemon(lab: Lab) -> None:
     finished(daemon, "alpha", 2)
 
     assert ctl(lab.config, "stop", "alpha").returncode == 0
-    wait_for(lambda: target_status(sock, "alpha")["status"] == "stopped_signal", what="stop")
+    wait_for(lambda: target_status(sock, "alpha")["status"] == "stopped_operator", what="stop")
     assert ctl(lab.config, "stop", "alpha").returncode == EXIT_REFUSED  # already stopped
     assert ctl(lab.config, "reset", "alpha").returncode == 0
     wait_for(lambda: target_status(sock, "alpha")["phase"] == "cooldown", what="reset")

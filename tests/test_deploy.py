@@ -313,6 +313,12 @@ def test_scheduled_service_runs_one_iteration_and_reports_failure() -> None:
     assert "%I" not in one(service, "ExecStart")  # %I turns the name's dashes into slashes
     assert service.get("Restart", ["no"]) == ["no"]  # the next tick is the retry
     assert re.fullmatch(r"\d+(min|h|s)?", one(service, "TimeoutStartSec"))
+    # The daemon unit's API keys first (a scheduled run needs them too), then the target's
+    # own file, which may override them; both optional.
+    assert service["EnvironmentFile"] == [
+        "-/etc/autoloopd/env",
+        "-/etc/autoloopd/scheduled/%i.env",
+    ]
 
     hook = one(unit["Unit"], "OnFailure")
     assert hook == "autoloopd-failure@%n.service"

@@ -159,3 +159,17 @@ def test_report_command_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None
     assert done.returncode == 78
     assert done.stderr.count("\n") == 1 and str(bad) in done.stderr
     assert not out.exists()
+
+
+def test_reader_counts_the_limits_with_their_extensions(tmp_path: Path) -> None:
+    """A target extended by `ctl extend` (3 + 13 iterations, $2 + $5) reads as 16/16 and $7,
+    not 16/3 with the old cap (issue 22)."""
+    state = {
+        "schema_version": "1.0", "target": "t", "iterations_completed": 16,
+        "max_iterations": 3, "extra_iterations": 13, "max_cost_usd": 2.0,
+        "extra_cost_usd": 5.0, "total_cost_usd": 1.0, "status": "stopped_max_iter",
+    }  # fmt: skip
+    (tmp_path / "autoloop_state.json").write_text(json.dumps(state))
+    report = read_target("t", tmp_path)
+    assert (report.max_iterations, report.max_cost_usd) == (16, 7.0)
+    assert report.reason == "max_iterations reached (16/16)"

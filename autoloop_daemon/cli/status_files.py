@@ -67,6 +67,7 @@ def _reason(state: TargetState, max_iterations: int, max_cost_usd: float) -> str
         max_consecutive_errors=state.max_consecutive_errors,
         last_failure=state.last_failure_trace,
         next_run_at=state.next_run_at,
+        operator=state.last_operator_action,
     )
 
 

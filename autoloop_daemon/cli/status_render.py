@@ -99,7 +99,7 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
                 _fmt_score(r.get("best_weighted_score")),
                 _fmt_score(r.get("last_weighted_score")),
                 f"{_fmt_money(r.get('total_cost_usd'), est)}/{_fmt_money(r.get('max_cost_usd'))}",
-                _fmt_local(r.get("next_run_at")),
+                "-" if _stopped(r.get("status")) else _fmt_local(r.get("next_run_at")),
                 str(why or "-"),
             )
         )
@@ -143,3 +143,8 @@ def render_summary(report: dict[str, Any]) -> str:
         fresh = "" if cluster["leases_fresh"] else " (its leases are stale: self-fenced)"
         return f"{daemon}\n{money}\ncluster: this host {cluster['host']}{fresh}; hosts: {hosts}"
     return f"{daemon}\n{money}"
+
+
+def _stopped(status: object) -> bool:
+    """True for a status after which no run is due (a stop, or the circuit breaker)."""
+    return isinstance(status, str) and (status.startswith("stopped_") or status == "error")

@@ -267,7 +267,7 @@ class ClusterHosting:
         holder = self._holder(name) or "no host yet"
         row = self._member.view.targets.get(name)
         if holder == self._member.host and verb == "stop":
-            self._stop_for_cluster(name, TargetStatus.STOPPED_SIGNAL)
+            self._stop_for_cluster(name, TargetStatus.STOPPED_OPERATOR)
         elif holder == self._member.host and row is not None:  # as its next round would
             if verb == "run-now":
                 row = replace(row, run_now=True)

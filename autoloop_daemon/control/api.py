@@ -28,12 +28,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from autoloop_daemon.clock import parse_iso
+from autoloop_daemon.control.peer_credentials import CALLER_KEY
 from autoloop_daemon.control.render_cache import RenderCache
 from autoloop_daemon.engine.commands import Commands
+from autoloop_daemon.engine.operator_audit import audited
 from autoloop_daemon.engine.snapshot import FleetSnapshot
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import CommandRefusedError, StateCorruptError, UnknownTargetError
 from autoloop_daemon.observers.metrics import CONTENT_TYPE, Metrics
+from autoloop_daemon.operator_action import Caller
 
 HISTORY_LIMIT = 2000
 
@@ -96,29 +99,23 @@ def _error(status: int, message: str, target: str | None = None) -> JSONResponse
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _target_command(commands: Commands) -> Handler:
+def _target_command(commands: Commands, supervisor: Supervisor) -> Handler:
     async def command(request: Request) -> Response:
         name = request.path_params["name"]
         verb = request.path_params["verb"]
+        if verb not in VERBS:
+            return _error(404, f"unknown command {verb!r}", name)
         try:
-            match verb:
-                case "pause":
-                    message = await commands.pause(name)
-                case "resume":
-                    message = await commands.resume(name)
-                case "run-now":
-                    message = await commands.run_now(name)
-                case "stop":
-                    message = await commands.stop(name)
-                case "reset":
-                    message = await commands.reset(name)
-                case "extend":
-                    body = await _json_body(request)
-                    iterations = body.get("iterations", 0)
-                    cost = body.get("cost_usd", 0.0)
-                    message = await commands.extend(name, iterations, cost)  # bounds: 400
-                case _:
-                    return _error(404, f"unknown command {verb!r}", name)
+            body = await _json_body(request) if verb == "extend" else {}
+            message = await audited(
+                supervisor,
+                supervisor.events,
+                caller_of(request.scope),
+                verb,
+                name,
+                {k: body[k] for k in ("iterations", "cost_usd") if k in body},
+                lambda: _run_verb(commands, name, verb, body),
+            )
         except UnknownTargetError:
             return _error(404, f"no target named {name!r}", name)
         except CommandRefusedError as exc:
@@ -128,6 +125,38 @@ def _target_command(commands: Commands) -> Handler:
         return JSONResponse({"ok": True, "target": name, "message": message})
 
     return command
+
+
+VERBS = ("pause", "resume", "run-now", "stop", "reset", "extend")
+
+
+async def _run_verb(commands: Commands, name: str, verb: str, body: dict[str, Any]) -> str:
+    """One verb of `commands` on target `name` (extend's values from `body`)."""
+    match verb:
+        case "pause":
+            return await commands.pause(name)
+        case "resume":
+            return await commands.resume(name)
+        case "run-now":
+            return await commands.run_now(name)
+        case "stop":
+            return await commands.stop(name)
+        case "reset":
+            return await commands.reset(name)
+    iterations = body.get("iterations", 0)
+    cost = body.get("cost_usd", 0.0)
+    return await commands.extend(name, iterations, cost)  # bounds: ValueError, 400
+
+
+def caller_of(scope: Scope) -> Caller:
+    """Who sent a request: what `TagPeer` put in its scope (unix socket: the peer's uid),
+    else a TCP peer by the scope's client address."""
+    caller = scope.get(CALLER_KEY)
+    if isinstance(caller, Caller):
+        return caller
+    client = scope.get("client")
+    address = f"{client[0]}:{client[1]}" if client else None
+    return Caller("tcp" if client else "socket", address=address)
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -169,6 +198,7 @@ def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = No
     """The control API over `supervisor`; `metrics` renders `/metrics`."""
     files = static or static_dir()
     commands = Commands(supervisor)
+    verbs = _target_command(commands, supervisor)
 
     status, status_cache = _status_route(supervisor)
 
@@ -212,11 +242,7 @@ def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = No
             Route("/api/status", status),
             Route("/api/budget", budget),
             Route("/api/targets/{name}/history", history),
-            Route(
-                "/api/targets/{name}/{verb}",
-                status_cache.fresh_after(_target_command(commands)),
-                methods=["POST"],
-            ),
+            Route("/api/targets/{name}/{verb}", status_cache.fresh_after(verbs), methods=["POST"]),
             Route("/api/reload", status_cache.fresh_after(reload), methods=["POST"]),
             Route("/metrics", prometheus),
             Route("/", index),

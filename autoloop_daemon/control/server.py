@@ -25,8 +25,10 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.utils import wrap_app
 
 from autoloop_daemon.config.control import (
     parse_listen,
@@ -35,6 +37,7 @@ from autoloop_daemon.config.control import (
     token_mode_problem,
 )
 from autoloop_daemon.control.api import BearerAuth, build_app
+from autoloop_daemon.control.peer_credentials import CredentialListener, TagPeer
 from autoloop_daemon.control.request_limits import (
     HEADER_TIMEOUT_S,
     MAX_HEADER_BYTES,
@@ -117,10 +120,8 @@ def bind_tcp(listen: str) -> socket.socket:
     return _listening(socket.socket(family, socket.SOCK_STREAM), bind)
 
 
-def _hypercorn_config(sock: socket.socket) -> HypercornConfig:
+def _hypercorn_config() -> HypercornConfig:
     config = HypercornConfig()
-    # hypercorn closes the socket it is given: give it a duplicate, ours is closed by us.
-    config.bind = [f"fd://{os.dup(sock.fileno())}"]
     config.backlog = BACKLOG  # asyncio listens again on the socket with this one
     config.accesslog = None
     # Its own logger without a handler of its own: records reach the root logger, which
@@ -166,7 +167,7 @@ class ControlServer:
             if unix_path is not None:
                 sock = bind_unix(unix_path)
                 unix_ino = unix_path.stat().st_ino
-                servers.append((app, sock))
+                servers.append((TagPeer(app), sock))
                 log.info("control_socket_listening", path=str(unix_path), mode="0660")
             if s.http_listen is not None:
                 token = None if s.http_token_file is None else _token(s.http_token_file)
@@ -186,7 +187,17 @@ class ControlServer:
 
     @staticmethod
     async def _serve_one(app: Any, sock: socket.socket, stopped: anyio.Event) -> None:
-        await hypercorn_serve(app, _hypercorn_config(sock), shutdown_trigger=stopped.wait)
+        # hypercorn closes the socket it is given: give it a duplicate, ours is closed by us.
+        # The unix socket's is wrapped so that each request knows its peer's uid.
+        dup = socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno()))
+        given: Any = CredentialListener(dup) if sock.family == socket.AF_UNIX else dup
+        config = _hypercorn_config()
+        await worker_serve(
+            wrap_app(app, config.wsgi_max_body_size, "asgi"),
+            config,
+            sockets=Sockets(secure_sockets=[], insecure_sockets=[given], quic_sockets=[]),
+            shutdown_trigger=stopped.wait,
+        )
 
 
 def _token(path: Path) -> str:

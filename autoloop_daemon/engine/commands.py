@@ -16,7 +16,8 @@ from autoloop_daemon.engine.records import TargetRecord
 from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import CommandRefusedError, UnknownTargetError
 from autoloop_daemon.policy.bounds import check_extension
-from autoloop_daemon.vocab import Phase
+from autoloop_daemon.policy.stops import stop_reason
+from autoloop_daemon.vocab import Phase, TargetStatus
 
 
 def _checked_extension(
@@ -49,8 +50,8 @@ class Supervised(Fleet, Protocol):
         """Routes a verb elsewhere (or answers None: act here)."""
         ...
 
-    def stop_target(self, name: str) -> None:
-        """Stop one target gracefully."""
+    def stop_target(self, name: str, status: TargetStatus = TargetStatus.STOPPED_SIGNAL) -> None:
+        """Stop one target gracefully; it ends with `status`."""
         ...
 
 
@@ -91,21 +92,27 @@ class Commands:
         if (routed := await self._routed("stop", name)) is not None:
             return routed
         self._live_runner(name, "stop")
-        self._supervisor.stop_target(name)
+        self._supervisor.stop_target(name, TargetStatus.STOPPED_OPERATOR)
         return f"{name}: stopping (a running iteration gets the shutdown grace period)"
 
     async def pause(self, name: str) -> str:
         """Let a running iteration finish, then start no new one until `resume`."""
         if (routed := await self._routed("pause", name)) is not None:
             return routed
-        await self._live_runner(name, "pause").set_paused(True)
+        runner = self._live_runner(name, "pause")
+        if runner.state.paused:
+            raise CommandRefusedError(f"{name}: already paused")
+        await runner.set_paused(True)
         return f"{name}: paused"
 
     async def resume(self, name: str) -> str:
         """Undo `pause`."""
         if (routed := await self._routed("resume", name)) is not None:
             return routed
-        await self._live_runner(name, "resume").set_paused(False)
+        runner = self._live_runner(name, "resume")
+        if not runner.state.paused:
+            raise CommandRefusedError(f"{name}: not paused (already running)")
+        await runner.set_paused(False)
         return f"{name}: resumed"
 
     async def run_now(self, name: str) -> str:
@@ -115,8 +122,10 @@ class Commands:
         runner = self._live_runner(name, "run now")
         if runner.state.paused:
             raise CommandRefusedError(f"cannot run {name!r} now: it is paused ('resume' first)")
+        if runner.phase == Phase.RUNNING:
+            raise CommandRefusedError(f"{name}: already running an iteration")
         runner.run_now()
-        return f"{name}: runs now" if runner.phase != Phase.RUNNING else f"{name}: already running"
+        return f"{name}: runs now"
 
     async def extend(self, name: str, iterations: object, cost_usd: object) -> str:
         """Raise the target's limits; a target stopped by them starts again. Each value is
@@ -130,11 +139,12 @@ class Commands:
         if routed is not None:
             return routed
         runner = record.runner
+        done = f"{name}: limits extended (+{iterations} iterations, +${cost_usd:.2f})"
         if runner is not None and runner.live:
             await _extended(runner, iterations, cost_usd)  # checked again: no await between
-            return f"{name}: limits extended (+{iterations} iterations, +${cost_usd:.2f})"
-        await self._restart(record, lambda r: _extended(r, iterations, cost_usd))
-        return f"{name}: limits extended (+{iterations} iterations, +${cost_usd:.2f}); started"
+            return done
+        await self._restart(record, lambda r: _extended(r, iterations, cost_usd), done)
+        return f"{done}; started"
 
     async def reset(self, name: str) -> str:
         """Clear the circuit breaker and a final status; a stopped target starts again."""
@@ -146,13 +156,15 @@ class Commands:
         if runner is not None and runner.live:
             await runner.clear_stop()
             return f"{name}: error count cleared"
-        await self._restart(record, lambda r: r.clear_stop())
+        await self._restart(record, lambda r: r.clear_stop(), f"{name}: reset")
         return f"{name}: reset; started"
 
     async def _restart(
-        self, record: TargetRecord, adjust: Callable[[TargetRunner], Awaitable[None]]
+        self, record: TargetRecord, adjust: Callable[[TargetRunner], Awaitable[None]], done: str
     ) -> None:
-        """Prepare the target again, apply `adjust` to its state, and run it."""
+        """Prepare the target again, apply `adjust` to its state, and run it. When a stop
+        condition still holds, it stops again at once: CommandRefusedError says so after
+        `done` (supervisorctl's "ERROR (already started)": the command did not take)."""
         name = record.spec.name
         if not self._supervisor.accepting:
             raise CommandRefusedError(f"cannot start {name!r}: the daemon is shutting down")
@@ -162,7 +174,11 @@ class Commands:
         if not runners:
             raise CommandRefusedError(f"cannot start {name!r}: {record.start_error}")
         await adjust(runners[0])
+        holding = stop_reason(runners[0].progress.view(), runners[0].limits())
         self._supervisor.launch(runners[0])
+        if holding is not None:
+            why = runners[0].describe(holding)
+            raise CommandRefusedError(f"{done}; started, then stopped again: {why}")
 
     async def history(self, name: str, limit: int) -> list[dict[str, Any]]:
         """The newest `limit` lines of the target's iteration log, oldest first."""

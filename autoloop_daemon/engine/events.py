@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from autoloop_daemon.models import LogEntry
+from autoloop_daemon.operator_action import OperatorAction
 
 log = structlog.get_logger("autoloopd.events")
 
@@ -203,6 +204,13 @@ class BudgetChanged(Event):
     window_start: str | None = None  # the budget window's start (ISO), if there is one
     window_spent_usd: float = 0.0
     window_cap_usd: float = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorCommand(Event):
+    """An operator's command on a target, with its outcome (one per command, taken or not)."""
+
+    action: OperatorAction
 
 
 Subscriber = Callable[[Event], None]

@@ -298,13 +298,13 @@ class Supervisor:
             groups = kill_running_groups()
             self.events.publish(ev.ShutdownKilled(reason, tuple(groups)))
 
-    def stop_target(self, name: str) -> None:
-        """Stop one target gracefully (`stopped_signal`); UnknownTargetError if unknown."""
+    def stop_target(self, name: str, status: TargetStatus = TargetStatus.STOPPED_SIGNAL) -> None:
+        """Stop one target gracefully (with `status`); UnknownTargetError if unknown."""
         record = self._records.get(name)
         if record is None:
             raise UnknownTargetError(f"no target named {name!r}")
         if record.runner is not None:
-            record.runner.request_stop(self._grace_s)
+            record.runner.request_stop(self._grace_s, status)
 
     # ----------------------------------------------------------------- reload
 

@@ -34,7 +34,7 @@ from autoloop_daemon.policy.stops import Goals, Limits, goal_reason, stop_reason
 from autoloop_daemon.policy.windows import local_zone, spent_in_window
 from autoloop_daemon.storage.base import TargetStore
 from autoloop_daemon.target_state import TargetState
-from autoloop_daemon.vocab import FINAL_STATUSES, Phase, TargetStatus
+from autoloop_daemon.vocab import FINAL_STATUSES, REQUESTED_STOPS, Phase, TargetStatus
 
 log = structlog.get_logger("autoloopd.target")
 
@@ -267,7 +267,7 @@ class TargetRunner:
         return await self._finish(stop or self.state.status, announce=stop is not None)
 
     async def _finish(self, status: str, *, announce: bool = True) -> str:
-        if status == TargetStatus.STOPPED_SIGNAL and self.state.is_final:
+        if status in REQUESTED_STOPS and self.state.is_final:
             status = self.state.status
         self._enter(status, Phase.STOPPED)
         self.state.in_flight = None
@@ -402,6 +402,7 @@ class TargetRunner:
             budget_spent_usd=self._budget.spent_usd,
             budget_cap_usd=self._budget.cap_usd,
             next_run_at=self.state.next_run_at,
+            operator=self.state.last_operator_action,
         )
         return status if sentence is None else sentence
 

@@ -61,6 +61,10 @@ def journal(event: ev.Event) -> None:
             log.info("target_not_continuing", target=event.target, status=event.status)
         case ev.CheckpointFailed():
             log.error("checkpoint_failed", target=event.target, error=event.error)
+        case ev.OperatorCommand():
+            fields = event.action.to_json()
+            emit = log.info if event.action.outcome == "ok" else log.warning
+            emit("operator_command", target=event.action.target, **fields)
         case ev.TargetNotStarted():
             log.error("target_not_started", target=event.target, error=event.error)
         case _:

@@ -92,10 +92,19 @@ class Metrics:
             buckets=DURATION_BUCKETS_S,
             registry=self.registry,
         )
+        self._commands = Counter(
+            "autoloopd_operator_commands",
+            "Operator commands on targets (ctl, API, dashboard), by verb and outcome",
+            ["verb", "outcome"],
+            registry=self.registry,
+        )
         self.registry.register(_SnapshotCollector(snapshot))
 
     def __call__(self, event: ev.Event) -> None:
-        """Count a recorded iteration (the event subscriber)."""
+        """Count a recorded iteration or an operator command (the event subscriber)."""
+        if isinstance(event, ev.OperatorCommand):
+            self._commands.labels(event.action.verb, event.action.outcome).inc()
+            return
         if not isinstance(event, ev.IterationFinished):
             return
         entry = event.entry

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+from autoloop_daemon.operator_action import operator_who
 from autoloop_daemon.policy.decisions import alternates, decision_kind
 from autoloop_daemon.target_row import first_line
 from autoloop_daemon.vocab import TargetStatus
@@ -105,6 +107,7 @@ STOP_MESSAGES: dict[str, str] = {
     TargetStatus.STOPPED_LOW_YIELD: "low yield (estimated gain per dollar below min_gain_per_usd)",
     TargetStatus.STOPPED_DEADLINE: "deadline passed",
     TargetStatus.STOPPED_SIGNAL: "interrupted by signal",
+    TargetStatus.STOPPED_OPERATOR: "stopped by operator",
     TargetStatus.STOPPED_REMOVED: "removed from the configuration",
 }
 
@@ -168,6 +171,7 @@ def stop_sentence(
     budget_spent_usd: float | None = None,
     budget_cap_usd: float | None = None,
     next_run_at: str | None = None,
+    operator: Mapping[str, Any] | None = None,
 ) -> str | None:
     """Why a target with `status` stopped (or waits for the budget), in the words printed
     after `Stopped:` and shown by `status`, the live view and the report; None for a status
@@ -182,6 +186,8 @@ def stop_sentence(
             f"consecutive_errors exceeded ({consecutive_errors}/{max_consecutive_errors}): "
             f"circuit breaker tripped; last: {last}"
         )
+    if status == TargetStatus.STOPPED_OPERATOR and operator is not None:
+        return f"stopped by operator ({operator_who(operator)}) at {operator.get('at')}"
     if status == TargetStatus.STOPPED_BUDGET:
         if budget_spent_usd is None or budget_cap_usd is None:
             return "shared budget exhausted"

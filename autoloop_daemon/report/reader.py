@@ -56,11 +56,12 @@ def read_target(name: str, state_root: Path) -> TargetReport:
         status=status,
         reason=None if state is None else _reason(state, completed),
         iterations_completed=len(completed) if state is None else state.iterations_completed,
-        max_iterations=None if state is None else state.max_iterations,
+        # with what `ctl extend` added, as the daemon counts them
+        max_iterations=None if state is None else state.max_iterations + state.extra_iterations,
         total_cost_usd=float(
             sum(r.cost_usd for r in rows) if state is None else state.total_cost_usd
         ),
-        max_cost_usd=None if state is None else state.max_cost_usd,
+        max_cost_usd=None if state is None else state.max_cost_usd + state.extra_cost_usd,
         best_weighted_score=None if state is None else state.best_weighted_score,
         last_decision=None if state is None else state.last_decision,
         iterations=rows,
@@ -165,7 +166,11 @@ def _reason(state: TargetState, completed: Sequence[IterationRow]) -> str | None
         scores=[r.weighted_score for r in completed if r.weighted_score is not None],
         decisions=[r.decision or "" for r in completed],
     )
-    limits = Limits(state.max_iterations, state.max_cost_usd, state.plateau_window)
+    limits = Limits(
+        state.max_iterations + state.extra_iterations,
+        state.max_cost_usd + state.extra_cost_usd,
+        state.plateau_window,
+    )
     sentence = stop_sentence(
         status,
         view,
@@ -173,5 +178,6 @@ def _reason(state: TargetState, completed: Sequence[IterationRow]) -> str | None
         consecutive_errors=state.consecutive_errors,
         max_consecutive_errors=state.max_consecutive_errors,
         last_failure=state.last_failure_trace,
+        operator=state.last_operator_action,
     )
     return status if sentence is None else sentence

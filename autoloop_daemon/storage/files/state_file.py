@@ -156,6 +156,7 @@ _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
         "an object {offset, line_sha256, prefix_crc32}",
         True,
     ),
+    "last_operator_action": (lambda v: isinstance(v, dict), "an object", True),
 }
 
 
