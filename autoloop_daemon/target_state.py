@@ -153,14 +153,22 @@ class TargetState:
             data.setdefault(key, value)
         return data
 
-    def apply_limits(self, spec: TargetSpec) -> None:
-        """Take the target's path and limits from `spec` (in place)."""
+    def apply_limits(self, spec: TargetSpec) -> bool:
+        """Take the target's path and limits from `spec` (in place); True if one changed."""
+        before = self._limits()
         self.target = str(spec.path)
         self.max_iterations = spec.max_iterations
         self.max_cost_usd = spec.max_cost_usd
         self.plateau_window = spec.plateau_window
         self.max_consecutive_errors = spec.max_consecutive_errors
         self.cooldown_minutes = spec.cooldown_minutes
+        return self._limits() != before
+
+    def _limits(self) -> tuple[object, ...]:
+        return (
+            self.target, self.max_iterations, self.max_cost_usd, self.plateau_window,
+            self.max_consecutive_errors, self.cooldown_minutes,
+        )  # fmt: skip
 
     @property
     def known_status(self) -> TargetStatus | None:

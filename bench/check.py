@@ -233,7 +233,7 @@ def busy_windows(work: Path, config: Path, sizes: Sizes) -> list[dict[str, float
         if "timestamp" in e
     )
     roots = [r for r in (work / "state").iterdir() if r.is_dir()]
-    audit = audit_state_roots(roots, allowed_status={"stopped_signal"})
+    audit = audit_state_roots(roots, allowed_status={"stopped_signal", "cooldown"})
     if audit.problems or audit.log_lines != len(finished):
         raise RuntimeError(
             f"busy run: invariants violated: {audit.problems[:3]}, {audit.log_lines} log "

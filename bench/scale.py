@@ -176,7 +176,7 @@ def busy(work: Path, n: int, seconds: float) -> dict[str, Any]:
     per_second = Counter(int(epoch_s(e["timestamp"]) - ready.wall) for e in finished)
     roots = sorted((work / "state").iterdir())
     roots = [r for r in roots if r.is_dir()]
-    audit = audit_state_roots(roots, allowed_status={"stopped_signal"})
+    audit = audit_state_roots(roots, allowed_status={"stopped_signal", "cooldown"})
     cpu_s = last["cpu_s"] - first["cpu_s"]
     result.update(
         exit_code=code,
@@ -241,7 +241,7 @@ def idle(work: Path, n: int, idle_s: float) -> dict[str, Any]:
         raise RuntimeError(f"the daemon died:\n{common.tail(daemon.out)}")
     window = last["t"] - first["t"]
     roots = [r for r in sorted((work / "state").iterdir()) if r.is_dir()]
-    audit = audit_state_roots(roots, allowed_status={"stopped_signal"})
+    audit = audit_state_roots(roots, allowed_status={"stopped_signal", "cooldown"})
     finished = daemon.events("iteration_finished")
     cpu_s = last["cpu_s"] - first["cpu_s"]
     result.update(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import resource
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -26,6 +25,7 @@ from autoloop_daemon.cli.main import report_error
 from autoloop_daemon.cli.parser import build_parser
 from autoloop_daemon.cli.serve import serve
 from autoloop_daemon.config.loader import AppConfig, load_config
+from autoloop_daemon.config.open_files import fit_open_file_limit, limit_problem
 from autoloop_daemon.config.preflight import target_problems, writable_dir_problem
 from autoloop_daemon.config.settings import REFERENCE_ORCHESTRATOR
 from autoloop_daemon.config.summary import check_summary
@@ -138,22 +138,6 @@ def _reloader(path: Path) -> ReloadedConfig:
     )
 
 
-def _raise_open_file_limit(needed: int) -> None:
-    """Each target holds its lock file open: lift the soft limit towards the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = needed + 256  # pipes, sockets, run logs
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        new_soft = wanted if hard == resource.RLIM_INFINITY else min(hard, max(wanted, soft))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
-        if new_soft < wanted:
-            structlog.get_logger("autoloopd").warning(
-                "open_file_limit_low",
-                limit=new_soft,
-                needed=wanted,
-                hint="raise LimitNOFILE= (systemd) or ulimit -n",
-            )
-
-
 def _run_daemon(args: argparse.Namespace) -> int:
     hold_early_hangups()  # a SIGHUP during start-up is applied after READY
     cfg: AppConfig = load_config(args.config)
@@ -164,6 +148,8 @@ def _run_daemon(args: argparse.Namespace) -> int:
         ]
         state_dir = writable_dir_problem(cfg.daemon.state_dir, "daemon.state_dir")
         problems += [state_dir] if state_dir else []
+        files = limit_problem(len(cfg.targets), cfg.daemon.max_concurrent_iterations)
+        problems += [files] if files else []
         if cfg.cluster.enabled:
             from autoloop_daemon.cluster.connect import check_cluster
 
@@ -178,7 +164,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
     configure_logging(
         args.log_format or cfg.daemon.log_format, args.log_level or cfg.daemon.log_level
     )
-    _raise_open_file_limit(len(cfg.targets))
+    fit_open_file_limit(len(cfg.targets), cfg.daemon.max_concurrent_iterations)
     structlog.get_logger("autoloopd").info(
         "daemon_starting", config=str(cfg.path), targets=len(cfg.targets), pid=os.getpid()
     )

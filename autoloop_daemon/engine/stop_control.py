@@ -15,8 +15,9 @@ from typing import TypeVar
 
 import anyio
 
+from autoloop_daemon.policy.cycle import stop_needs_checkpoint
 from autoloop_daemon.policy.live_cost import REASON_BUDGET, REASON_TARGET_COST, StopAt
-from autoloop_daemon.vocab import TargetStatus
+from autoloop_daemon.vocab import Phase, TargetStatus
 
 T = TypeVar("T")
 
@@ -61,6 +62,12 @@ class StopControl:
         self._cut: StopAt | None = None  # when a cap says the running iteration must end
         self._wait_scope: anyio.CancelScope | None = None
         self._iter_scope: anyio.CancelScope | None = None
+
+    @staticmethod
+    def needs_checkpoint(status: str, phase: Phase, dirty: bool) -> bool:
+        """Whether stopping with `status` from `phase` writes the state (a resting target
+        stopped by signal does not: policy.cycle.stop_needs_checkpoint)."""
+        return stop_needs_checkpoint(status, phase, dirty)
 
     def request(self, grace_s: float, status: TargetStatus) -> None:
         """Stop with `status` (the first request's): end a wait now, an iteration in `grace_s`."""

@@ -269,10 +269,12 @@ class TargetRunner:
     async def _finish(self, status: str, *, announce: bool = True) -> str:
         if status in REQUESTED_STOPS and self.state.is_final:
             status = self.state.status
+        needed = self._stop.needs_checkpoint(status, self._phase, self._dirty)
         self._enter(status, Phase.STOPPED)
         self.state.in_flight = None
-        with anyio.CancelScope(shield=True):
-            await self._save()
+        if needed:
+            with anyio.CancelScope(shield=True):
+                await self._save()
         self._events.publish(
             ev.TargetStopped(
                 target=self.spec.name,
@@ -355,7 +357,7 @@ class TargetRunner:
                 entries, self.spec.weights_map, self.spec.min_improvement
             )
             self.progress.apply_to(self.state)
-        self.state.apply_limits(self.spec)
+        self._dirty |= self.state.apply_limits(self.spec)  # stored: a stop must write it
         log.info("limits_applied")
 
     # ----------------------------------------------------------------- limits and estimates

@@ -156,8 +156,11 @@ class Waits:
         runner = self._runner
         waiting = runner.spec.mode == "scheduled" and not runner.state.consecutive_errors
         status = TargetStatus.WAITING if waiting else TargetStatus.COOLDOWN
+        implied = cycle.implied_status_change(runner.state.status, status, runner._dirty)
         runner._enter(status, Phase.WAITING if waiting else Phase.COOLDOWN)
-        if runner._dirty:
+        if implied:  # a restart resuming the stored wait: nothing to write
+            runner._dirty = False
+        elif runner._dirty:
             await runner._save()
         next_run = runner.state.next_run_at
         if status == TargetStatus.COOLDOWN and next_run and next_run != self._announced:

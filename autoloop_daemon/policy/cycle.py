@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from autoloop_daemon.policy.schedule import next_tick
 from autoloop_daemon.policy.stops import backoff_seconds
-from autoloop_daemon.vocab import Mode, RunStatus, TargetStatus
+from autoloop_daemon.vocab import Mode, Phase, RunStatus, TargetStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +106,31 @@ def delay_before_next(
     if next_run_at is not None:
         delay = max(delay, (next_run_at - now).total_seconds())
     return Wait(max(0.0, delay), next_run_at)
+
+
+# The waits a stop by signal may end without a checkpoint (not a pause: `paused` is
+# written as `stopped_signal`, as operators read it).
+_RESTING_PHASES = frozenset({Phase.COOLDOWN, Phase.WAITING})
+
+
+def stop_needs_checkpoint(status: str, phase: Phase, dirty: bool) -> bool:
+    """Whether a target that stops with `status` from `phase` must write its state.
+
+    A stop by signal (a shutdown, `ctl stop`) of a target resting in a cooldown or a wait,
+    whose stored state is up to date (`dirty` False), writes nothing: what is stored
+    already says when it runs next, and a restart resumes from `cooldown` exactly as from
+    `stopped_signal`. So a SIGTERM to a resting fleet costs no write per target.
+    """
+    resting = status == TargetStatus.STOPPED_SIGNAL and phase in _RESTING_PHASES
+    return dirty or not resting
+
+
+def implied_status_change(stored: str, entering: str, dirty: bool) -> bool:
+    """True when entering `entering` from the stored `stored` needs no checkpoint: a target
+    stopped by signal (`stopped_signal`), resumed by a restart into the wait its stored
+    `next_run_at` already describes, with nothing else changed (`dirty` False)."""
+    return (
+        not dirty
+        and stored == TargetStatus.STOPPED_SIGNAL
+        and entering in (TargetStatus.COOLDOWN, TargetStatus.WAITING)
+    )

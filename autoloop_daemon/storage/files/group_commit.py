@@ -98,24 +98,40 @@ def _fail(item: _Write, exc: OSError, stage: str = "") -> None:
         )
 
 
-def _make_durable(items: list[_Write], fds: dict[int, int]) -> None:
-    """Step 2: one syncfs per file system; per-file fsyncs when that is not possible."""
+def _make_durable(items: list[_Write], tmps: dict[int, Path], fds: dict[int, int]) -> None:
+    """Step 2: one syncfs per file system; per-file fsyncs when that is not possible.
+
+    `fds` holds the temp files still open (a small batch's); the others were closed after
+    their write and are opened again only if they must be fsynced one by one.
+    """
     by_device: dict[int, list[int]] = {}
-    for i, fd in fds.items():
+    for i, tmp in tmps.items():
         try:
-            by_device.setdefault(os.fstat(fd).st_dev, []).append(i)
+            st = os.fstat(fds[i]) if i in fds else os.stat(tmp)
+            by_device.setdefault(st.st_dev, []).append(i)
         except OSError as exc:
             _fail(items[i], exc)
     for indices in by_device.values():
-        if len(indices) >= SYNCFS_MIN_FILES:
-            with contextlib.suppress(OSError):
-                _syncfs(fds[indices[0]])
-                continue
+        if len(indices) >= SYNCFS_MIN_FILES and _syncfs_dir(tmps[indices[0]].parent):
+            continue
         for i in indices:  # one file, or syncfs failed: fsync each (errors are per file)
             try:
-                fsio._fsync(fds[i])
+                _fsync_tmp(fds.get(i), tmps[i])
             except OSError as exc:
                 _fail(items[i], exc)
+
+
+def _fsync_tmp(fd: int | None, tmp: Path) -> None:
+    """fsync a temp file through its open descriptor, or one opened for it (Linux fsyncs
+    what was written through any descriptor of the file)."""
+    if fd is not None:
+        fsio._fsync(fd)
+        return
+    fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fsio._fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _syncfs_dir(directory: Path) -> bool:
@@ -173,22 +189,17 @@ def commit_batch(items: list[_Write]) -> None:
         return
     tmps: dict[int, Path] = {}
     fds: dict[int, int] = {}
+    # A large batch (a shutdown's 10,000 states) closes each temp file once written: one
+    # descriptor per file held until the syncfs ran out of descriptors beside the locks.
+    keep_open = len(items) < SYNCFS_MIN_FILES
     try:
         for i, item in enumerate(items):
-            try:
-                if item.check_root:
-                    check_owned_root(item.path.parent)
-                tmp = fsio.tmp_name(item.path)
-                fd = os.open(tmp, _CREATE, fsio.FILE_MODE)
-                tmps[i] = tmp
-                fds[i] = fd
-                os.fchmod(fd, fsio.FILE_MODE)
-                fsio.write_all(fd, item.data)
-            except StateWriteError as exc:
-                item.error = exc
-            except OSError as exc:
-                _fail(item, exc)
-        _make_durable(items, {i: fd for i, fd in fds.items() if items[i].error is None})
+            _write_tmp(i, item, tmps, fds, keep_open)
+        _make_durable(
+            items,
+            {i: tmp for i, tmp in tmps.items() if items[i].error is None},
+            {i: fd for i, fd in fds.items() if items[i].error is None},
+        )
         for fd in fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -215,6 +226,29 @@ def commit_batch(items: list[_Write]) -> None:
         for tmp in tmps.values():
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _write_tmp(
+    i: int, item: _Write, tmps: dict[int, Path], fds: dict[int, int], keep_open: bool
+) -> None:
+    """Step 1 for one item: its temp file written (`tmps[i]`; left open in `fds[i]` when
+    `keep_open`); an error lands in `item.error`."""
+    try:
+        if item.check_root:
+            check_owned_root(item.path.parent)
+        tmp = fsio.tmp_name(item.path)
+        fd = os.open(tmp, _CREATE, fsio.FILE_MODE)
+        tmps[i] = tmp
+        fds[i] = fd
+        os.fchmod(fd, fsio.FILE_MODE)
+        fsio.write_all(fd, item.data)
+        if not keep_open:
+            del fds[i]
+            os.close(fd)
+    except StateWriteError as exc:
+        item.error = exc
+    except OSError as exc:
+        _fail(item, exc)
 
 
 def _commit_then_release(items: list[_Write], releases: Sequence[Callable[[], None]]) -> None:
