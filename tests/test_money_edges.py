@@ -1,0 +1,103 @@
+"""Money at the edges (issue 20), through the real binary: a small budget runs or says why
+it cannot, and the stop reason names what really stopped a target."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from tests.helpers.audit import read_state
+from tests.helpers.config import write_config
+from tests.helpers.fakes import orchestrator_argv
+from tests.helpers.logs import json_lines, read_log
+from tests.helpers.process import run_autoloopd
+
+TERM_GRACE_S = 0.5
+
+
+def fleet(tmp_path: Path, budget: dict[str, Any], **defaults: Any) -> Path:
+    """Two single-run targets `a` and `b` under `budget`; returns the config's path."""
+    for name in "ab":
+        (tmp_path / name).mkdir(exist_ok=True)
+    return write_config(
+        tmp_path / "config.toml",
+        daemon={"state_dir": str(tmp_path / "state")},
+        budget=budget,
+        defaults={"mode": "continuous", "cooldown_minutes": 0, "max_iterations": 3, **defaults},
+        targets=[{"name": n, "path": n} for n in "ab"],
+    )
+
+
+def stopped(stdout: str) -> dict[str, str]:
+    """Each target's stop reason from the JSON log."""
+    return {
+        e["target"]: e["reason"] for e in json_lines(stdout) if e.get("event") == "target_stopped"
+    }
+
+
+def test_check_and_start_say_why_no_run_fits_a_small_cap(tmp_path: Path) -> None:
+    """Dry-run targets (their cost comes at the end, so nothing meters it live) under a $0.40
+    cap with no estimate: the first reservation would be 10 min x $0.10 = $1.00. `--check`
+    fails naming the estimate, its source and the keys to change; started anyway, each target
+    stops with that sentence, not "budget exhausted ($0.00 spent)"."""
+    config = fleet(tmp_path, {"max_cost_usd": 0.4}, dry_run=True)
+    check = run_autoloopd(["--config", str(config), "--check"])
+    assert check.returncode == 78, check.stdout + check.stderr
+    for name in "ab":
+        assert f"({name}): the next run's estimate $1.00" in check.stderr
+    assert "10 min at cost_per_minute_usd" in check.stderr
+    assert "estimated_cost_usd or max_iteration_cost_usd to at most $0.40" in check.stderr
+    done = run_autoloopd(["--config", str(config)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    reasons = stopped(done.stdout)
+    assert set(reasons) == {"a", "b"}
+    for reason in reasons.values():
+        assert reason.startswith("the next run's estimate $1.00"), reason
+        assert "exhausted" not in reason
+
+
+def test_a_small_cap_runs_once_the_estimate_fits(tmp_path: Path) -> None:
+    """The same fleet with `estimated_cost_usd = 0.1` passes `--check` and spends its $0.40
+    (each dry run costs $0.05-0.25, reported at its end)."""
+    config = fleet(tmp_path, {"max_cost_usd": 0.4}, dry_run=True, estimated_cost_usd=0.1)
+    check = run_autoloopd(["--config", str(config), "--check"])
+    assert check.returncode == 0, check.stderr
+    done = run_autoloopd(["--config", str(config)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    entries = [e for n in "ab" for e in read_log(tmp_path / "state" / n)]
+    assert entries, "nothing ran"
+    assert math.fsum(e["cost_usd"] for e in entries) > 0
+
+
+def test_a_window_cap_below_one_reservation_is_refused_by_name(tmp_path: Path) -> None:
+    """A $0.40 window (lifetime $100) and a $0.50 estimate: no window can ever hold a run;
+    `--check` and the stop reason both say so."""
+    budget = {"max_cost_usd": 0.4, "window": "1h", "lifetime_max_cost_usd": 100.0}
+    config = fleet(tmp_path, budget, dry_run=True, estimated_cost_usd=0.5)
+    check = run_autoloopd(["--config", str(config), "--check"])
+    assert check.returncode == 78, check.stdout + check.stderr
+    assert "exceeds the budget window's $0.40 cap" in check.stderr
+    done = run_autoloopd(["--config", str(config)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    for reason in stopped(done.stdout).values():
+        assert "no run can fit in any window" in reason, reason
+
+
+def test_a_wall_time_priced_first_run_starts_with_what_is_left(tmp_path: Path) -> None:
+    """Wall time at $6/min makes the implicit first reservation $60 against a $0.40 cap; the
+    runs are metered live, so they start with what is left and are stopped at the cap."""
+    argv = orchestrator_argv("slow", "--sleep", "30", "--no-cost")
+    config = fleet(
+        tmp_path,
+        {"max_cost_usd": 0.4, "cost_per_minute_usd": 6.0},
+        orchestrator=argv,
+        term_grace_seconds=TERM_GRACE_S,
+    )
+    assert run_autoloopd(["--config", str(config), "--check"]).returncode == 0
+    done = run_autoloopd(["--config", str(config)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    roots = [tmp_path / "state" / n for n in "ab"]
+    total = math.fsum(e["cost_usd"] for r in roots for e in read_log(r))
+    assert 0.4 <= total <= 0.4 + 2 * 0.10 * (TERM_GRACE_S + 0.5), total
+    assert {read_state(r)["status"] for r in roots} == {"stopped_budget"}
