@@ -4,14 +4,17 @@ it cannot, and the stop reason names what really stopped a target."""
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tests.helpers.audit import read_state
 from tests.helpers.config import write_config
+from tests.helpers.daemon import Daemon
 from tests.helpers.fakes import orchestrator_argv
 from tests.helpers.logs import json_lines, read_log
-from tests.helpers.process import run_autoloopd
+from tests.helpers.process import run_autoloopd, status_json
+from tests.helpers.wait import wait_for
 
 TERM_GRACE_S = 0.5
 
@@ -101,3 +104,53 @@ def test_a_wall_time_priced_first_run_starts_with_what_is_left(tmp_path: Path) -
     total = math.fsum(e["cost_usd"] for r in roots for e in read_log(r))
     assert 0.4 <= total <= 0.4 + 2 * 0.10 * (TERM_GRACE_S + 0.5), total
     assert {read_state(r)["status"] for r in roots} == {"stopped_budget"}
+
+
+def test_a_window_cap_reached_by_the_live_meter_waits_for_the_next_window(
+    tmp_path: Path,
+) -> None:
+    """Wall time at $6/min ($0.10/s), $0.20 per 4 s window, $0.50 lifetime: the live meter
+    cuts the run at the window's cap, the target waits for the next window (not
+    `stopped_budget` for good) and runs again there, until the lifetime cap stops it. Each
+    window's spend stays within its cap plus one grace's cost."""
+    argv = orchestrator_argv("slow", "--sleep", "30", "--no-cost")
+    budget = {"max_cost_usd": 0.2, "window": "4s", "lifetime_max_cost_usd": 0.5,
+              "cost_per_minute_usd": 6.0}  # fmt: skip
+    config = fleet(tmp_path, budget, orchestrator=argv, term_grace_seconds=0.3)
+    done = run_autoloopd(["--config", str(config)], timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    entries = [e for n in "ab" for e in read_log(tmp_path / "state" / n)]
+    window_cuts = [e for e in entries if "budget window's cap" in (e["error"] or "")]
+    assert len(window_cuts) >= 2, entries
+    events = json_lines(done.stdout)
+    assert any(e.get("event") == "waiting_budget" for e in events)
+    total = math.fsum(e["cost_usd"] for e in entries)
+    assert 0.5 <= total <= 0.5 + 2 * 0.10 * (0.3 + 0.5), total
+    assert {read_state(tmp_path / "state" / n)["status"] for n in "ab"} == {"stopped_budget"}
+
+
+def test_status_shows_when_a_target_waiting_for_a_window_will_really_run(
+    tmp_path: Path,
+) -> None:
+    """Dry runs ($0.05-0.25, at most $0.25 each) with a 1.2 s cooldown under a $0.25
+    hourly window: once the window is full every target waits (`waiting_budget`), and
+    `status` gives the window's end as its next run, not the cooldown's end, already past."""
+    budget = {"max_cost_usd": 0.25, "window": "1h"}
+    config = fleet(tmp_path, budget, dry_run=True, max_iteration_cost_usd=0.25,
+                   cooldown_minutes=0.02, simulated_seconds=0.01)  # fmt: skip
+    daemon = Daemon(config, tmp_path / "out.log")
+    try:
+        daemon.wait_event("waiting_budget", count=2, timeout=60)
+
+        def waiting() -> list[dict[str, Any]] | None:
+            rows = status_json(config)
+            return rows if all(r["status"] == "waiting_budget" for r in rows) else None
+
+        rows = wait_for(waiting, timeout=30, what="both targets waiting_budget")
+        now = datetime.now(UTC)
+        for row in rows:
+            next_run = datetime.fromisoformat(row["next_run_at"].replace("Z", "+00:00"))
+            assert next_run > now, row
+            assert next_run.minute == 0 and next_run.second == 0, row  # the hour's end
+    finally:
+        assert daemon.stop() == 0

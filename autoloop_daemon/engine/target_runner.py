@@ -40,7 +40,6 @@ from autoloop_daemon.vocab import FINAL_STATUSES, Phase, TargetStatus
 log = structlog.get_logger("autoloopd.target")
 
 
-
 class TargetRunner:
     """Runs one target until a stop condition or a stop request; owns its store."""
 

@@ -132,8 +132,9 @@ class Waits:
         runner = self._runner
         runner._enter(TargetStatus.WAITING_BUDGET, Phase.WAITING)
         reset_at = to_iso(full.reset_at)
+        if runner.state.next_run_at != reset_at:  # status shows when it will really run
+            runner.state.next_run_at, runner._dirty = reset_at, True
         if runner._dirty:
-            runner.state.next_run_at = reset_at
             await runner._save()
         if self._announced != reset_at:
             self._announced = reset_at

@@ -11,6 +11,7 @@ from autoloop_daemon.policy.live_cost import (
     REASON_BUDGET,
     REASON_ITERATION_COST,
     REASON_TARGET_COST,
+    REASON_WINDOW,
 )
 from autoloop_daemon.policy.stops import weighted_score
 from autoloop_daemon.vocab import RunStatus
@@ -19,6 +20,8 @@ INTERRUPTED_ERROR = "stopped by autoloopd shutdown"
 CUT_ERRORS = {
     REASON_BUDGET: "stopped: its live cost would pass the shared budget's cap",
     REASON_TARGET_COST: "stopped: its live cost would pass the target's max_cost_usd",
+    REASON_WINDOW: "stopped: its live cost would pass the budget window's cap (the target "
+    "goes on in the next window)",
     REASON_ITERATION_COST: "stopped: its live cost reached max_iteration_cost_usd",
 }
 
