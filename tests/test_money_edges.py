@@ -154,3 +154,27 @@ def test_status_shows_when_a_target_waiting_for_a_window_will_really_run(
             assert next_run.minute == 0 and next_run.second == 0, row  # the hour's end
     finally:
         assert daemon.stop() == 0
+
+
+def test_the_run_that_crosses_the_cap_is_booked_and_counts_as_an_iteration(
+    tmp_path: Path,
+) -> None:
+    """One target priced by wall time ($6/min) against a $0.10 target cap: its first run is
+    stopped at the cap, booked with what it cost, and counts as the one iteration it was
+    (the original script recorded 1 iteration and its cost, not 0)."""
+    (tmp_path / "skill").mkdir()
+    state_root = tmp_path / "state"
+    cmd = " ".join(orchestrator_argv("slow", "--sleep", "30", "--no-cost"))
+    done = run_autoloopd(
+        ["--target", str(tmp_path / "skill"), "--state-root", str(state_root),
+         "--orchestrator-cmd", cmd, "--term-grace-seconds", str(TERM_GRACE_S),
+         "--cost-per-minute", "6", "--max-cost", "0.1", "--max-iterations", "5"],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    [entry] = read_log(state_root)
+    assert entry["status"] == "interrupted"
+    assert 0.1 <= entry["cost_usd"] <= 0.1 + 0.10 * (TERM_GRACE_S + 0.5)
+    state = read_state(state_root)
+    assert state["status"] == "stopped_cost"
+    assert state["iterations_completed"] == 1
+    assert state["total_cost_usd"] == entry["cost_usd"]

@@ -25,6 +25,11 @@ CUT_ERRORS = {
     REASON_ITERATION_COST: "stopped: its live cost reached max_iteration_cost_usd",
 }
 
+# The run that crosses the shared or the target's cap counts as an iteration, with its cost,
+# as in the original script (which ran it to its end and then stopped); a cut at the
+# per-iteration limit fails instead, a window's cut is retried in the next window.
+CAP_CROSSING_ERRORS = frozenset({CUT_ERRORS[REASON_BUDGET], CUT_ERRORS[REASON_TARGET_COST]})
+
 
 def build_entry(
     spec: TargetSpec,
