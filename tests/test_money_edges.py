@@ -178,3 +178,66 @@ def test_the_run_that_crosses_the_cap_is_booked_and_counts_as_an_iteration(
     assert state["status"] == "stopped_cost"
     assert state["iterations_completed"] == 1
     assert state["total_cost_usd"] == entry["cost_usd"]
+
+
+def test_hard_guarantee_needs_a_worst_case_per_run(tmp_path: Path) -> None:
+    """`guarantee = "hard"` without `max_iteration_cost_usd` is refused naming the key; so
+    is a limit that the termination grace alone would use up."""
+    config = fleet(tmp_path, {"max_cost_usd": 1.0, "guarantee": "hard"}, dry_run=True)
+    done = run_autoloopd(["--config", str(config), "--check"])
+    assert done.returncode == 78
+    assert 'max_iteration_cost_usd: required with [budget] guarantee = "hard"' in done.stderr
+    argv = orchestrator_argv("keep")
+    budget = {"max_cost_usd": 1.0, "guarantee": "hard", "cost_per_minute_usd": 6.0}
+    config = fleet(tmp_path, budget, orchestrator=argv, max_iteration_cost_usd=0.1,
+                   term_grace_seconds=1.0)  # fmt: skip
+    done = run_autoloopd(["--config", str(config), "--check"])
+    assert done.returncode == 78
+    assert "does not cover stopping a run" in done.stderr
+
+
+def hard_fleet(tmp_path: Path, guarantee: str) -> float:
+    """Four targets, four at once, runs that ignore SIGTERM (the whole 1 s grace is used)
+    priced at $6/min, $0.30 per run at most, a $1.00 cap: what the fleet spent."""
+    names = ["a", "b", "c", "d"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    config = write_config(
+        tmp_path / "config.toml",
+        daemon={"state_dir": str(tmp_path / "state"), "max_concurrent_iterations": 4},
+        budget={"max_cost_usd": 1.0, "cost_per_minute_usd": 6.0, "guarantee": guarantee},
+        defaults={"mode": "continuous", "cooldown_minutes": 0, "max_iterations": 50,
+                  "orchestrator": orchestrator_argv("trap-term", "--no-cost"),
+                  "term_grace_seconds": 1.0, "max_iteration_cost_usd": 0.3,
+                  "max_consecutive_errors": 50,
+                  "backoff_base_seconds": 0, "backoff_max_seconds": 0},
+        targets=[{"name": n, "path": n} for n in names],
+    )  # fmt: skip
+    done = run_autoloopd(["--config", str(config)], timeout=120)
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    return math.fsum(e["cost_usd"] for n in names for e in read_log(tmp_path / "state" / n))
+
+
+def test_hard_guarantee_keeps_wall_time_spend_within_the_cap(tmp_path: Path) -> None:
+    """Under `guarantee = "hard"` each run reserves its $0.30 worst case and is stopped early
+    enough that its 1 s grace still fits: the fleet never passes its $1.00 cap."""
+    total = hard_fleet(tmp_path, "hard")
+    assert 0.5 <= total <= 1.0 + 1e-9, total
+
+
+def test_hard_guarantee_books_and_flags_a_run_reporting_more_than_its_limit(
+    tmp_path: Path,
+) -> None:
+    """Under `guarantee = "hard"` a run that reports $0.50 against a $0.20 limit is booked at
+    $0.50 (money is never miscounted), recorded failed and its overage flagged."""
+    argv = orchestrator_argv("keep", "--cost", "0.5")
+    budget = {"max_cost_usd": 10.0, "guarantee": "hard", "cost_per_minute_usd": 0.0}
+    config = fleet(tmp_path, budget, orchestrator=argv, max_iteration_cost_usd=0.2,
+                   max_consecutive_errors=1)  # fmt: skip
+    done = run_autoloopd(["--config", str(config)])
+    assert done.returncode == 1, done.stderr[-2000:]  # the circuit breaker: status error
+    for name in "ab":
+        [entry] = read_log(tmp_path / "state" / name)
+        assert entry["status"] == "failed" and entry["cost_usd"] == 0.5, entry
+        assert entry["error"].startswith("overage: reported $0.5000"), entry
+        assert read_state(tmp_path / "state" / name)["total_cost_usd"] == 0.5

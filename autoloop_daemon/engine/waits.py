@@ -75,7 +75,7 @@ class Waits:
             budget.reserve(
                 spec.name,
                 estimate_usd,
-                metered=runner._wall_time_priced(),
+                metered=runner._wall_time_priced() and not spec.hard_cap,
                 iteration=runner.state.next_iteration,
                 rate_usd_per_s=spec.cost_per_minute_usd / 60.0,
             )

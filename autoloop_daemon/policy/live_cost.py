@@ -91,3 +91,22 @@ def plan_stops(
         else:
             plans.append(StopAt(math.inf, None))
     return plans
+
+
+# Under `guarantee = "hard"` a wall-time-priced run is stopped this much earlier than its
+# grace alone requires: the timer's lateness, the kill, the reaping and the booking of the
+# run's whole duration (from before it was spawned) all happen at the run's rate.
+STOP_LATENCY_S = 0.5
+
+
+def graced_limit_usd(limit_usd: float, rate_usd_per_s: float, grace_s: float) -> float:
+    """The live cost at which a run priced at `rate_usd_per_s` must be stopped so that its
+    termination grace still fits under `limit_usd` (`guarantee = "hard"`)."""
+    return max(0.0, limit_usd - rate_usd_per_s * (grace_s + STOP_LATENCY_S))
+
+
+def overage_usd(cost_usd: float, limit_usd: float | None) -> float:
+    """How much a run's booked cost passes its per-iteration limit (0: within it)."""
+    if limit_usd is None or not cost_usd > limit_usd:
+        return 0.0
+    return cost_usd - limit_usd
