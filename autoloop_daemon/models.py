@@ -61,6 +61,7 @@ class TargetSpec:
     target_score: float | None = None  # stop once the best weighted score reaches it
     deadline: str | None = None  # "HH:MM" (local, daily) or an ISO timestamp
     hosts: tuple[str, ...] = ()  # cluster mode: the only hosts that may run it (empty: any)
+    hard_cap: bool = False  # [budget] guarantee = "hard": reserve the worst case, never pass
 
     @property
     def cooldown_s(self) -> float:

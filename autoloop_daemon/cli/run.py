@@ -43,6 +43,7 @@ from autoloop_daemon.observers.console import Console
 from autoloop_daemon.observers.live_view import shutdown_notice
 from autoloop_daemon.observers.logs import configure_logging
 from autoloop_daemon.observers.sdnotify import Notifier
+from autoloop_daemon.policy.first_fit import first_run_problem
 from autoloop_daemon.runs.leftovers import MarkedLeftovers
 from autoloop_daemon.storage.base import Storage
 from autoloop_daemon.storage.files.lock import resolve_state_root
@@ -138,6 +139,18 @@ def _reloader(path: Path) -> ReloadedConfig:
     )
 
 
+def _budget_problems(cfg: AppConfig) -> list[str]:
+    """Targets whose first run can never fit the budget (policy/first_fit.py)."""
+    window = cfg.budget.budget_window()
+    window_cap = math.inf if window is None else window.cap_usd
+    cap = cfg.budget.lifetime_cap_usd
+    return [
+        f"targets[{i}] ({t.name}): {problem}"
+        for i, t in enumerate(cfg.targets)
+        if (problem := first_run_problem(t, cap, window_cap)) is not None
+    ]
+
+
 def _run_daemon(args: argparse.Namespace) -> int:
     hold_early_hangups()  # a SIGHUP during start-up is applied after READY
     cfg: AppConfig = load_config(args.config)
@@ -146,6 +159,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
         problems = [
             p for i, t in enumerate(cfg.targets) for p in target_problems(t, f"targets[{i}]")
         ]
+        problems += _budget_problems(cfg)
         state_dir = writable_dir_problem(cfg.daemon.state_dir, "daemon.state_dir")
         problems += [state_dir] if state_dir else []
         files = limit_problem(len(cfg.targets), cfg.daemon.max_concurrent_iterations)

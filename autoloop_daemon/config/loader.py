@@ -52,6 +52,7 @@ from autoloop_daemon.config.settings import (
 )
 from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.policy.live_cost import STOP_LATENCY_S
 from autoloop_daemon.policy.windows import CALENDAR
 from autoloop_daemon.storage.files.lock import resolve_state_root
 
@@ -225,6 +226,7 @@ def _build_targets(
     inherited = {
         **_SPEC_DEFAULTS,
         "cost_per_minute_usd": settings.budget.cost_per_minute_usd,
+        "hard_cap": settings.budget.guarantee == "hard",
         **settings.defaults.model_dump(exclude_none=True),
     }
     names: dict[str, int] = {}
@@ -332,6 +334,29 @@ def _merged_problem(merged: Mapping[str, Any]) -> str | None:
         return "orchestrator: empty argv (give a command, or set dry_run = true)"
     if merged["orchestrator"] and not merged["orchestrator"][0]:
         return "orchestrator[0]: the program must not be empty"
+    if merged["hard_cap"]:
+        hard = _hard_cap_problem(merged)
+        if hard is not None:
+            return hard
     if merged["backoff_max_seconds"] < merged["backoff_base_seconds"]:
         return "backoff_max_seconds: must be at least backoff_base_seconds"
+    return None
+
+
+def _hard_cap_problem(merged: Mapping[str, Any]) -> str | None:
+    """`guarantee = "hard"` needs a worst case per run that a wall-time meter can keep."""
+    limit = merged.get("max_iteration_cost_usd")
+    if limit is None:
+        return (
+            'max_iteration_cost_usd: required with [budget] guarantee = "hard" (the worst '
+            "case each run reserves)"
+        )
+    rate = 0.0 if merged["dry_run"] else merged["cost_per_minute_usd"] / 60.0
+    stopping_usd = rate * (merged["term_grace_seconds"] + STOP_LATENCY_S)
+    if stopping_usd > 0 and limit <= stopping_usd:
+        return (
+            f"max_iteration_cost_usd: ${limit:g} does not cover stopping a run (its "
+            f"term_grace_seconds plus {STOP_LATENCY_S:g} s at cost_per_minute_usd: "
+            f'${stopping_usd:g}) under guarantee = "hard"'
+        )
     return None

@@ -169,6 +169,9 @@ class BudgetSettings(BaseModel):
     window_timezone: Annotated[str, AfterValidator(_check_zone)] | None = None
     lifetime_max_cost_usd: Money | None = None
     allocation: Literal["fcfs", "gain_per_usd"] = "fcfs"
+    # "soft": cap + what end-reported costs exceed their reservations; "hard": every run
+    # reserves its worst case (max_iteration_cost_usd), so spend stays within the cap.
+    guarantee: Literal["soft", "hard"] = "soft"
     # Soft thresholds: fractions of the (window's, and the lifetime) cap at which
     # `budget_threshold` alerts fire, for every [[alerts]] entry that sets no
     # budget_fractions of its own.

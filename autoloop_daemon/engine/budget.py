@@ -30,7 +30,14 @@ import anyio
 from autoloop_daemon.clock import now_utc, to_iso
 from autoloop_daemon.policy.allocation import RateEvidence, pooled_rate
 from autoloop_daemon.policy.ledger import Ledger, Reservation
-from autoloop_daemon.policy.live_cost import MeterView, StopAt, live_cost_usd, plan_stops
+from autoloop_daemon.policy.live_cost import (
+    REASON_BUDGET,
+    REASON_WINDOW,
+    MeterView,
+    StopAt,
+    live_cost_usd,
+    plan_stops,
+)
 from autoloop_daemon.policy.windows import BudgetWindow
 
 FLEET_EVIDENCE = 100  # settled costs the fleet-wide reservation estimate looks at
@@ -344,11 +351,14 @@ class SharedBudget:
         if not self._meters:
             return
         ledger = self.ledger
-        # The meters may use what is left under the tighter of the two caps.
-        left = min(
-            ledger.cap_usd - ledger.spent_usd, ledger.window_cap_usd - ledger.window_spent_usd
-        )
-        plans = plan_stops([m.view for m in self._meters], 0.0, left, anyio.current_time())
+        # The meters may use what is left under the tighter of the two caps; a cut by the
+        # window's cap only makes the targets wait for the next window.
+        lifetime_left = ledger.cap_usd - ledger.spent_usd
+        window_left = ledger.window_cap_usd - ledger.window_spent_usd
+        reason = REASON_WINDOW if window_left < lifetime_left else REASON_BUDGET
+        views = [m.view for m in self._meters]
+        left = min(lifetime_left, window_left)
+        plans = plan_stops(views, 0.0, left, anyio.current_time(), reason)
         for meter, plan in zip(list(self._meters), plans, strict=True):
             meter.on_plan(plan)
 

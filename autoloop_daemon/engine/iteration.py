@@ -22,7 +22,11 @@ from autoloop_daemon.exceptions import FencedWriteError
 from autoloop_daemon.models import IterationResult, LogEntry
 from autoloop_daemon.policy import cycle
 from autoloop_daemon.policy.handoff import handoff_for
-from autoloop_daemon.policy.live_cost import REASON_ITERATION_COST, REASON_TARGET_COST
+from autoloop_daemon.policy.live_cost import (
+    REASON_ITERATION_COST,
+    REASON_TARGET_COST,
+    graced_limit_usd,
+)
 from autoloop_daemon.policy.recording import build_entry
 from autoloop_daemon.runs.orchestrator import run_iteration, run_log_file
 from autoloop_daemon.runs.target_files import content_hash, save_best
@@ -130,8 +134,11 @@ class Iteration:
         own_reason = REASON_TARGET_COST
         if limit is not None and limit < target_left:
             target_left, own_reason = limit, REASON_ITERATION_COST
+        rate = spec.cost_per_minute_usd / 60.0 if runner._wall_time_priced() else 0.0
+        if spec.hard_cap:  # stop early enough that the grace still fits under the limit
+            target_left = graced_limit_usd(target_left, rate, spec.term_grace_seconds)
         return runner._budget.open_meter(
-            rate_usd_per_s=spec.cost_per_minute_usd / 60.0 if runner._wall_time_priced() else 0.0,
+            rate_usd_per_s=rate,
             own_limit_usd=target_left,
             own_reason=own_reason,
             on_plan=runner._stop.on_plan,

@@ -28,7 +28,8 @@ from autoloop_daemon.exceptions import StateWriteError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy.allocation import closure, gain_per_usd
 from autoloop_daemon.policy.deadline import deadline_after
-from autoloop_daemon.policy.ledger import Reservation, estimate_cost
+from autoloop_daemon.policy.first_fit import metered_live
+from autoloop_daemon.policy.ledger import Reservation
 from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.policy.stops import Goals, Limits, goal_reason, stop_reason, stop_sentence
 from autoloop_daemon.policy.windows import local_zone, spent_in_window
@@ -37,10 +38,6 @@ from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import FINAL_STATUSES, REQUESTED_STOPS, Phase, TargetStatus
 
 log = structlog.get_logger("autoloopd.target")
-
-# Reservation for a target's first iteration when it has no history and no estimate is
-# configured: ten minutes at the target's rate.
-FIRST_ESTIMATE_MINUTES = 10.0
 
 
 class TargetRunner:
@@ -394,6 +391,8 @@ class TargetRunner:
 
     def describe(self, status: str) -> str:
         """Why the target stopped (or would stop) with `status`, in words."""
+        if status == TargetStatus.STOPPED_BUDGET and self._waits.refused:
+            return self._waits.refused
         sentence = stop_sentence(
             status,
             self.progress.view(),
@@ -410,13 +409,7 @@ class TargetRunner:
 
     def next_estimate_usd(self) -> float:
         """What the next iteration is expected to cost (its budget reservation)."""
-        return estimate_cost(
-            list(self.progress.recent_costs),
-            self.spec.estimated_cost_usd,
-            FIRST_ESTIMATE_MINUTES * self.spec.cost_per_minute_usd,
-            fleet_recent_usd=self._budget.recent_costs,
-            iteration_limit_usd=self.spec.max_iteration_cost_usd,
-        )
+        return self._waits.estimate()[0]
 
     def gain_per_usd(self) -> float:
         """The estimated gain per dollar of the next iteration (policy/allocation.py).
@@ -443,8 +436,7 @@ class TargetRunner:
     def _wall_time_priced(self) -> bool:
         """True when the next run is metered by wall time: its orchestrator did not report
         its cost last time (or has not run yet) and the rate is not zero."""
-        spec = self.spec
-        return not spec.dry_run and spec.cost_per_minute_usd > 0 and not self.progress.reports_cost
+        return metered_live(self.spec, self.progress.reports_cost)
 
     def _note_rate(self) -> None:
         """Tell the fleet how fast this target has been improving."""

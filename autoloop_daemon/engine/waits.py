@@ -19,7 +19,8 @@ from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.admission import RankedSlots
 from autoloop_daemon.engine.budget import WindowFull
 from autoloop_daemon.policy import cycle
-from autoloop_daemon.policy.ledger import Reservation
+from autoloop_daemon.policy.first_fit import FIRST_ESTIMATE_MINUTES, refusal
+from autoloop_daemon.policy.ledger import Reservation, explain_estimate
 from autoloop_daemon.vocab import Phase, RunStatus, TargetStatus
 
 if TYPE_CHECKING:
@@ -38,13 +39,14 @@ class Waits:
     state and last entry, and changes the status only through the runner's `_enter`.
     """
 
-    __slots__ = ("_announced", "_runner", "run_now")
+    __slots__ = ("_announced", "_runner", "refused", "run_now")
 
     def __init__(self, runner: TargetRunner) -> None:
         """Nothing waited for yet."""
         self._runner = runner
         self.run_now = False  # `ctl run-now`: skip the next wait once
         self._announced: str | None = None  # the next run or window an event announced
+        self.refused: str | None = None  # why no reservation could ever fit (stop reason)
 
     async def before_turn(self) -> bool:
         """Wait while paused or until the next run is due; True when it waited (the
@@ -73,7 +75,7 @@ class Waits:
             budget.reserve(
                 spec.name,
                 estimate_usd,
-                metered=runner._wall_time_priced(),
+                metered=runner._wall_time_priced() and not spec.hard_cap,
                 iteration=runner.state.next_iteration,
                 rate_usd_per_s=spec.cost_per_minute_usd / 60.0,
             )
@@ -81,7 +83,33 @@ class Waits:
         if stop.requested and isinstance(reservation, Reservation):
             budget.settle(reservation, 0.0)
             return None
+        if reservation is None and not stop.requested:
+            self.refused = self._refusal()
         return reservation
+
+    def estimate(self) -> tuple[float, str]:
+        """The next iteration's reservation and the key it comes from (policy/ledger.py)."""
+        runner = self._runner
+        spec = runner.spec
+        return explain_estimate(
+            list(runner.progress.recent_costs),
+            spec.estimated_cost_usd,
+            FIRST_ESTIMATE_MINUTES * spec.cost_per_minute_usd,
+            fleet_recent_usd=runner._budget.recent_costs,
+            iteration_limit_usd=spec.max_iteration_cost_usd,
+        )
+
+    def _refusal(self) -> str | None:
+        """Why the refused reservation can never fit (None: the budget is just spent)."""
+        runner = self._runner
+        ledger = runner._budget.ledger
+        estimate, source = self.estimate()
+        return refusal(
+            estimate,
+            source,
+            left_usd=ledger.cap_usd - ledger.spent_usd,
+            window_cap_usd=ledger.window_cap_usd,
+        )
 
     async def slot(self) -> bool:
         """Wait for a concurrency slot (checkpointing first if it will wait); False when a
@@ -104,8 +132,9 @@ class Waits:
         runner = self._runner
         runner._enter(TargetStatus.WAITING_BUDGET, Phase.WAITING)
         reset_at = to_iso(full.reset_at)
+        if runner.state.next_run_at != reset_at:  # status shows when it will really run
+            runner.state.next_run_at, runner._dirty = reset_at, True
         if runner._dirty:
-            runner.state.next_run_at = reset_at
             await runner._save()
         if self._announced != reset_at:
             self._announced = reset_at

@@ -138,20 +138,41 @@ def estimate_cost(
     fleet_recent_usd: Sequence[float] = (),
     iteration_limit_usd: float | None = None,
 ) -> float:
-    """The reservation for a target's next iteration.
+    """The reservation for a target's next iteration (`explain_estimate` says why)."""
+    return explain_estimate(
+        recent_costs_usd,
+        configured_usd,
+        fallback_usd,
+        fleet_recent_usd=fleet_recent_usd,
+        iteration_limit_usd=iteration_limit_usd,
+    )[0]
+
+
+def explain_estimate(
+    recent_costs_usd: Sequence[float],
+    configured_usd: float | None,
+    fallback_usd: float,
+    *,
+    fleet_recent_usd: Sequence[float] = (),
+    iteration_limit_usd: float | None = None,
+) -> tuple[float, str]:
+    """The reservation for a target's next iteration and the config key it comes from.
 
     With a per-iteration limit, the limit (a run is stopped when it reaches it, where its
     live cost can be seen). Otherwise the largest of: the target's last three costs (or,
     before it has any, the configured estimate) and the fleet's highest recent
     costs (so that a rise seen on other targets is reserved for here too); with no evidence
-    at all, `fallback_usd`.
+    at all, `fallback_usd`. The key names what a user changes to change the estimate.
     """
     if iteration_limit_usd is not None:
-        return iteration_limit_usd
-    evidence = [c for c in recent_costs_usd[-3:] if c > 0]
-    if not evidence and configured_usd is not None:
-        evidence.append(configured_usd)
+        return iteration_limit_usd, "max_iteration_cost_usd"
+    own = [c for c in recent_costs_usd[-3:] if c > 0]
+    evidence = [(c, "the target's recent runs") for c in own]
+    if not own and configured_usd is not None:
+        evidence.append((configured_usd, "estimated_cost_usd"))
     fleet = percentile([c for c in fleet_recent_usd if c > 0], FLEET_PERCENTILE)
     if fleet > 0:
-        evidence.append(fleet)
-    return max(evidence) if evidence else fallback_usd
+        evidence.append((fleet, "the fleet's dearest recent run"))
+    if not evidence:
+        return fallback_usd, "10 min at cost_per_minute_usd, as no estimated_cost_usd is set"
+    return max(evidence, key=lambda pair: pair[0])

@@ -20,6 +20,7 @@ from typing import Any, overload
 
 from autoloop_daemon.models import LogEntry
 from autoloop_daemon.policy.decisions import DecisionKind, decision_kind
+from autoloop_daemon.policy.recording import CAP_CROSSING_ERRORS
 from autoloop_daemon.policy.stops import LoopView, weighted_score
 from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import Decision, RunStatus
@@ -147,6 +148,8 @@ class Progress:
         if not entry.completed:
             if entry.status == RunStatus.FAILED:
                 self.consecutive_errors += 1
+            elif entry.error in CAP_CROSSING_ERRORS:
+                self.completed += 1  # the run that crossed a cap (policy/recording.py)
             return
         self.consecutive_errors = 0
         self.completed += 1

@@ -11,16 +11,29 @@ from autoloop_daemon.policy.live_cost import (
     REASON_BUDGET,
     REASON_ITERATION_COST,
     REASON_TARGET_COST,
+    REASON_WINDOW,
+    overage_usd,
 )
 from autoloop_daemon.policy.stops import weighted_score
 from autoloop_daemon.vocab import RunStatus
 
 INTERRUPTED_ERROR = "stopped by autoloopd shutdown"
+OVERAGE_ERROR = (
+    "overage: reported ${cost:.4f}, above max_iteration_cost_usd ${limit:.4f} by ${over:.4f} "
+    '(guarantee = "hard")'
+)
 CUT_ERRORS = {
     REASON_BUDGET: "stopped: its live cost would pass the shared budget's cap",
     REASON_TARGET_COST: "stopped: its live cost would pass the target's max_cost_usd",
+    REASON_WINDOW: "stopped: its live cost would pass the budget window's cap (the target "
+    "goes on in the next window)",
     REASON_ITERATION_COST: "stopped: its live cost reached max_iteration_cost_usd",
 }
+
+# The run that crosses the shared or the target's cap counts as an iteration, with its cost,
+# as in the original script (which ran it to its end and then stopped); a cut at the
+# per-iteration limit fails instead, a window's cut is retried in the next window.
+CAP_CROSSING_ERRORS = frozenset({CUT_ERRORS[REASON_BUDGET], CUT_ERRORS[REASON_TARGET_COST]})
 
 
 def build_entry(
@@ -63,13 +76,14 @@ def build_entry(
             cost_source=source,
         )
     cost, source = charged_cost_usd(result.cost_usd, result.duration_s, spec.cost_per_minute_usd)
+    status, error = _flag_overage(spec, cost, RunStatus(result.status), result.error)
     scores = dict(result.scores)
     score = weighted_score(scores, spec.weights_map) if scores else result.weighted_score
     return LogEntry(
         iteration=iteration,
         started_at=to_iso(started),
         finished_at=to_iso(finished),
-        status=RunStatus(result.status),
+        status=status,
         decision=result.decision,
         weighted_score=None if score is None else round(score, 6),
         cost_usd=round(cost, 6),
@@ -78,7 +92,19 @@ def build_entry(
         artifact_path=result.artifact_path,
         scores=scores,
         exit_code=result.exit_code,
-        error=result.error,
+        error=error,
         cost_source=source,
         changed=changed,
     )
+
+
+def _flag_overage(
+    spec: TargetSpec, cost_usd: float, status: RunStatus, error: str | None
+) -> tuple[RunStatus, str | None]:
+    """Under `guarantee = "hard"` a run that reports more than its per-iteration limit is
+    booked as it was, flagged, and failed (the circuit breaker counts it)."""
+    over = overage_usd(cost_usd, spec.max_iteration_cost_usd) if spec.hard_cap else 0.0
+    if over <= 0:
+        return status, error
+    flag = OVERAGE_ERROR.format(cost=cost_usd, limit=spec.max_iteration_cost_usd, over=over)
+    return RunStatus.FAILED, flag

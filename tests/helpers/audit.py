@@ -3,7 +3,8 @@ through the daemon's own readers, so that it stays an independent check):
 
 * the state file parses and the log is whole JSON lines, numbered 1..n;
 * `total_cost_usd` equals the sum of the logged costs;
-* `iterations_completed` equals the number of completed lines;
+* `iterations_completed` equals the number of completed lines, plus the interrupted runs
+  that crossed the shared or the target's cap (they count, as in the original script);
 * once the daemon has exited (`settled`): no iteration is left in flight.
 """
 
@@ -29,8 +30,21 @@ def read_state(state_root: Path) -> dict[str, Any]:
     return data
 
 
+# The errors of runs stopped where they crossed a cap (policy/recording.py's words, written
+# out here so that this check stays independent of the daemon's code).
+CAP_CROSSINGS = (
+    "stopped: its live cost would pass the shared budget's cap",
+    "stopped: its live cost would pass the target's max_cost_usd",
+)
+
+
 def _completed(entries: Iterable[dict[str, Any]]) -> int:
-    return sum(1 for e in entries if e.get("status", "completed") == "completed")
+    return sum(
+        1
+        for e in entries
+        if e.get("status", "completed") == "completed"
+        or (e.get("status") == "interrupted" and e.get("error") in CAP_CROSSINGS)
+    )
 
 
 def _violations(
