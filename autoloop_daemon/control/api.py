@@ -28,6 +28,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from autoloop_daemon.clock import parse_iso
+from autoloop_daemon.control.reviews import review_routes
 from autoloop_daemon.engine.commands import Commands
 from autoloop_daemon.engine.snapshot import FleetSnapshot
 from autoloop_daemon.engine.supervisor import Supervisor
@@ -194,6 +195,7 @@ def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = No
             Route("/api/status", status),
             Route("/api/budget", budget),
             Route("/api/targets/{name}/history", history),
+            *review_routes(supervisor),
             Route("/api/targets/{name}/{verb}", _target_command(commands), methods=["POST"]),
             Route("/api/reload", reload, methods=["POST"]),
             Route("/metrics", prometheus),
@@ -231,4 +233,5 @@ class BearerAuth:
                 response.headers["WWW-Authenticate"] = "Bearer"
                 await response(scope, receive, send)
                 return
+            scope["autoloopd.auth"] = "bearer token"  # who decides a review (control/reviews.py)
         await self._app(scope, receive, send)

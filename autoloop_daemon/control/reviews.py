@@ -1,0 +1,152 @@
+"""The review verbs of the control API: list what awaits a human, record a verdict.
+
+A thin layer over the review files of each target's state root (storage/files/review_files.py)
+and the supervisor's records (which target lives where). Verdicts are serialised by one lock
+per daemon, so two operators approving at once cannot both take the same entry; each is
+written to the target's `.feedback/` first and then to the review log (the log is what makes
+it decided: a failed feedback write leaves the entry pending, to be decided again).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from autoloop_daemon.clock import now_iso, now_utc
+from autoloop_daemon.engine.supervisor import Supervisor
+from autoloop_daemon.exceptions import CommandRefusedError, UnknownTargetError
+from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.policy.review_queue import feedback_text, find_entry
+from autoloop_daemon.storage.files.review_files import (
+    read_queue,
+    record_verdict,
+    write_feedback,
+)
+
+log = structlog.get_logger("autoloopd.review")
+VERBS = {"approve": "approve", "reject": "reject"}
+MAX_NOTE = 4000
+
+
+class Reviews:
+    """The review queue of every target of `supervisor`, and the verdicts given on it."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        """Serve `supervisor`'s targets."""
+        self._supervisor = supervisor
+        self._lock = anyio.Lock()
+
+    def _specs(self) -> list[TargetSpec]:
+        names = sorted(r.spec.name for r in self._supervisor.runners())
+        return [spec for name in names if (spec := self._spec(name)) is not None]
+
+    def _spec(self, name: str) -> TargetSpec | None:
+        record = self._supervisor.record(name)
+        return None if record is None else record.spec
+
+    async def queues(self) -> list[dict[str, Any]]:
+        """Every running target's queue (`ReviewQueue.to_json`), read in one worker call."""
+        roots = [(s.name, s.state_root) for s in self._specs()]
+
+        def read() -> list[dict[str, Any]]:
+            now = now_utc()
+            return [read_queue(root, now).to_json(name) for name, root in roots]
+
+        return await anyio.to_thread.run_sync(read)
+
+    async def decide(
+        self, name: str, wanted: str | None, verb: str, note: str | None, by: str
+    ) -> dict[str, Any]:
+        """Record `verb` (approve or reject) on target `name`'s entry `wanted`; what was done.
+
+        UnknownTargetError for no such target, ValueError for a bad verb or note,
+        CommandRefusedError when no pending entry matches (or several do).
+        """
+        spec = self._spec(name)
+        if spec is None:
+            raise UnknownTargetError(name)
+        if verb not in VERBS:
+            raise ValueError(f"verdict must be approve or reject, not {verb!r}")
+        if note is not None and len(note) > MAX_NOTE:
+            raise ValueError(f"note is longer than {MAX_NOTE} characters")
+        async with self._lock:
+            return await anyio.to_thread.run_sync(_decide, spec, wanted, verb, note, by)
+
+
+def _decide(
+    spec: TargetSpec, wanted: str | None, verb: str, note: str | None, by: str
+) -> dict[str, Any]:
+    queue = read_queue(spec.state_root, now_utc())
+    if queue.problem is not None:
+        raise CommandRefusedError(f"the review queue is unreadable: {queue.problem}")
+    try:
+        entry = find_entry(queue.entries, wanted)
+    except ValueError as exc:
+        raise CommandRefusedError(str(exc)) from None
+    feedback = write_feedback(spec.path, entry, feedback_text(entry, verb, note))
+    verdict = {"verdict": verb, "by": by, "at": now_iso(), "note": note}
+    record_verdict(spec.state_root, entry, verdict)
+    log.info("review_decided", target=spec.name, review_id=entry.review_id, verdict=verb, by=by)
+    return {**verdict, **entry.to_json(), "feedback": str(feedback)}
+
+
+def reviewer(scope_auth: object, claimed: str | None) -> str:
+    """Who gave a verdict, for the review log: the bearer token on TCP, else the socket's
+    client as `ctl` names itself (the socket's 0660 mode is what admits it)."""
+    if scope_auth is not None:
+        return str(scope_auth)
+    who = (claimed or "").strip()[:200]
+    return f"socket ({who})" if who else "socket"
+
+
+def review_routes(supervisor: Supervisor) -> list[Route]:
+    """`GET /api/reviews` and `POST /api/targets/{name}/review` over `supervisor`."""
+    reviews = Reviews(supervisor)
+
+    async def listing(request: Request) -> Response:
+        return JSONResponse({"targets": await reviews.queues()})
+
+    async def review(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            body = await _body(request)
+            wanted, verdict, note = body.get("id"), body.get("verdict"), body.get("note")
+            claimed = body.get("reviewer")
+            if not isinstance(verdict, str):
+                raise ValueError("verdict must be approve or reject")
+            if not all(v is None or isinstance(v, str) for v in (wanted, note, claimed)):
+                raise ValueError("id, note and reviewer must be strings")
+            by = reviewer(request.scope.get("autoloopd.auth"), claimed)
+            done = await reviews.decide(name, wanted, verdict, note, by)
+        except UnknownTargetError:
+            return _error(404, f"no target named {name!r}", name)
+        except CommandRefusedError as exc:
+            return _error(409, str(exc), name)
+        except ValueError as exc:
+            return _error(400, str(exc), name)
+        return JSONResponse({"ok": True, "target": name, "review": done})
+
+    return [
+        Route("/api/reviews", listing),
+        Route("/api/targets/{name}/review", review, methods=["POST"]),
+    ]
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise ValueError("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("the request body must be a JSON object")
+    return body
+
+
+def _error(status: int, message: str, target: str) -> JSONResponse:
+    return JSONResponse({"error": message, "target": target}, status_code=status)
