@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from autoloop_daemon.exit_codes import EXIT_REFUSED, EXIT_USAGE
 from autoloop_daemon.storage.files.review_files import pending_path, read_verdicts
-from tests.helpers.control import api, ctl
+from tests.helpers.control import api, ctl, raw_get
 from tests.helpers.daemon import Daemon, Lab
+from tests.helpers.fakes import fake
+from tests.helpers.process import run_autoloopd
+from tests.helpers.wait import wait_for
 
 
 @pytest.fixture
@@ -26,14 +30,31 @@ def lab(tmp_path: Path) -> Lab:
     return Lab(tmp_path)
 
 
-def _start_holding(lab: Lab) -> Daemon:
-    """A daemon whose target `skill` held back one candidate and now cools down for long."""
+def _start_holding(lab: Lab, *, restart: bool = False) -> Daemon:
+    """A daemon whose target `skill` held back a candidate and now cools down for long; each
+    review_requested alert is appended to `alerts.jsonl`."""
     table = lab.target("skill", "hold", mode="continuous", cooldown_minutes=600, max_iterations=5)
-    lab.write([table])
+    sink = [sys.executable, fake("alert_sink.py"), str(lab.root / "alerts.jsonl")]
+    lab.write([table], alerts=[{"events": ["review_requested"], "command": sink}])
     daemon = lab.start()
     daemon.wait_event("control_socket_listening")
+    if restart:  # it cools down: run its next iteration now
+        daemon.wait_event("daemon_ready")
+        assert ctl(lab.config, "run-now", "skill").returncode == 0
     daemon.wait_event("iteration_finished", target="skill")
     return daemon
+
+
+def _alerts(lab: Lab, count: int) -> list[dict[str, object]]:
+    """The review alerts delivered so far, once there are `count` of them."""
+    path = lab.root / "alerts.jsonl"
+
+    def read() -> list[dict[str, object]] | None:
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [json.loads(line) for line in lines] if len(lines) >= count else None
+
+    found: list[dict[str, object]] = wait_for(read, timeout=60, what=f"{count} alerts")
+    return found
 
 
 def test_a_held_back_candidate_is_listed_approved_and_fed_back(lab: Lab) -> None:
@@ -50,6 +71,13 @@ def test_a_held_back_candidate_is_listed_approved_and_fed_back(lab: Lab) -> None
             "medium",
         )
         queue_file = pending_path(lab.state_root("skill")).read_bytes()
+        (alert,) = _alerts(lab, 1)
+        assert (alert["event"], alert["review_id"]) == ("review_requested", entry["id"])
+        assert alert["message"] == "skill: candidate Tighten the prompt (cand-01) awaits review"
+        gauge = 'autoloopd_reviews_pending{target="skill"} 1.0'
+        wait_for(lambda: gauge in raw_get(sock, "/metrics")[1], what="the review gauge")
+        status = run_autoloopd(["status", "--config", str(lab.config)])
+        assert "reviews: 1 candidate awaiting review (skill: 1)" in status.stdout, status.stdout
 
         done = ctl(lab.config, "review", "skill", "approve", "--note", "clearer, keep it")
         assert done.returncode == 0, done.stderr
@@ -67,6 +95,8 @@ def test_a_held_back_candidate_is_listed_approved_and_fed_back(lab: Lab) -> None
         assert verdict["note"] == "clearer, keep it"
         assert pending_path(lab.state_root("skill")).read_bytes() == queue_file  # not rewritten
         assert api(sock, "GET", "/api/reviews")[1]["targets"][0]["pending"] == []
+        status = run_autoloopd(["status", "--config", str(lab.config), "--json"])
+        assert json.loads(status.stdout)["targets"][0]["pending_reviews"] == 0
 
         again = ctl(lab.config, "review", "skill", "reject")
         assert again.returncode == EXIT_REFUSED
@@ -99,5 +129,15 @@ def test_bad_review_requests_are_refused_and_decide_nothing(lab: Lab) -> None:
         assert read_verdicts(lab.state_root("skill")) == []
         assert not (lab.skills / "skill" / ".feedback").exists()
         assert json.loads(pending_path(lab.state_root("skill")).read_text())["pending"]
+        _alerts(lab, 1)
+    finally:
+        daemon.stop()
+    status = run_autoloopd(["status", "--config", str(lab.config), "--json"])  # from the files
+    report = json.loads(status.stdout)
+    assert (report["daemon"]["running"], report["reviews_pending"]) == (False, 1), report
+    daemon = _start_holding(lab, restart=True)  # its second iteration holds back cand-02
+    try:
+        alerts = _alerts(lab, 2)
+        assert [a["candidate_id"] for a in alerts] == ["cand-01", "cand-02"]  # no repeat
     finally:
         daemon.stop()
