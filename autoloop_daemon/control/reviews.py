@@ -114,6 +114,10 @@ def review_routes(supervisor: Supervisor) -> list[Route]:
 
     async def review(request: Request) -> Response:
         name = request.path_params["name"]
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            # A form posted from another site cannot set this type without a CORS preflight,
+            # which this API never grants: no cross-site verdicts through a logged-in browser.
+            return _error(415, "the request body must be application/json", name)
         try:
             body = await _body(request)
             wanted, verdict, note = body.get("id"), body.get("verdict"), body.get("note")
