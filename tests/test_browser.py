@@ -139,3 +139,71 @@ def test_dashboard_in_the_browser_lists_every_target_and_draws_their_plots(
     finally:
         code = daemon.stop(signal.SIGTERM)
     assert code in (0, 1), daemon.text()[-2000:]  # 1: gamma ended in error
+
+
+def test_dashboard_review_panel_approves_with_the_apis_auth_and_refuses_without(
+    tmp_path: Path,
+) -> None:
+    """A candidate the orchestrator held back shows in the dashboard's review panel (the
+    dashboard behind `daemon.http_token_file`, loaded with the bearer token); its Approve
+    button records the verdict with the note, as `bearer token`, and writes the feedback
+    record. The same POST without the token is 401 and one with a form type 415: neither
+    decides anything."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from autoloop_daemon.storage.files.review_files import read_verdicts
+
+    require_chromium()
+    lab = Lab(tmp_path / "lab")
+    port = free_port()
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-review-token\n")
+    table = lab.target("skill", "hold", mode="continuous", cooldown_minutes=600)
+    daemon_keys = {"http_listen": f"127.0.0.1:{port}", "http_token_file": str(token_file)}
+    lab.write([table], daemon=daemon_keys)
+    daemon = lab.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        daemon.wait_event("iteration_finished", target="skill")
+        body = json.dumps({"verdict": "approve"}).encode()
+        for headers, code in (
+            ({"Content-Type": "application/json"}, 401),
+            ({"Authorization": "Bearer s3cret-review-token",
+              "Content-Type": "application/x-www-form-urlencoded"}, 415),
+        ):  # fmt: skip
+            req = urllib.request.Request(f"{base}/api/targets/skill/review", body, headers)
+            try:
+                urllib.request.urlopen(req, timeout=30)
+            except urllib.error.HTTPError as exc:
+                assert exc.code == code
+            else:
+                raise AssertionError(f"a review POST with {headers} was accepted")
+        assert read_verdicts(lab.state_root("skill")) == []
+        with browser_page(tmp_path) as page:
+            page.set_extra_http_headers({"Authorization": "Bearer s3cret-review-token"})
+            page.goto(f"{base}/")
+            row = page.wait_for_selector("#reviews tbody tr[data-review-id]", timeout=30_000)
+            review_id = row.get_attribute("data-review-id")
+            assert "Tighten the prompt" in row.inner_text()
+            row.query_selector("input.note").fill("looks right")
+            row.query_selector("button.approve").click()
+            page.wait_for_function(
+                "() => document.getElementById('review-message').textContent.startsWith("
+                "'approved')",
+                timeout=30_000,
+            )
+            page.wait_for_function(
+                "() => document.querySelectorAll('#reviews tbody tr').length === 0",
+                timeout=30_000,
+            )
+            page.screenshot(path=str(tmp_path / "reviews.png"), full_page=True)
+            assert page.errors == []
+        (verdict,) = read_verdicts(lab.state_root("skill"))
+        assert (verdict["id"], verdict["verdict"]) == (review_id, "approve")
+        assert (verdict["by"], verdict["note"]) == ("bearer token", "looks right")
+        (record,) = (lab.skills / "skill" / ".feedback").iterdir()
+        assert record.read_text().endswith("was approved by a reviewer: looks right\n")
+    finally:
+        daemon.stop(signal.SIGTERM)

@@ -186,10 +186,12 @@ def test_status_from_a_daemon_imports_nothing_heavy_and_prints_the_same_json(
          "host")
     )  # fmt: skip
     row.update(target="a", status="cooldown", iterations_completed=1, state_root="/s/a")
+    row.update(pending_reviews=0, review_problem=None)  # this fake answers no review queue
     expected = {
         "daemon": {**STATUS_PAYLOAD["daemon"], "source": "socket", "control_socket": str(sock)},
         "budget": STATUS_PAYLOAD["budget"],
         "targets": [row],
+        "reviews_pending": 0,
     }
     assert done.stdout == json.dumps(expected, indent=2) + "\n"
 

@@ -29,10 +29,10 @@ def test_every_dashboard_file_is_shipped_as_package_data() -> None:
         assert any(fnmatch.fnmatch(path, p) for p in patterns), f"{path} is not package data"
 
 
-def test_the_page_needs_no_internet_and_reads_only_the_two_routes() -> None:
+def test_the_page_needs_no_internet_and_reads_only_its_routes() -> None:
     """No absolute URL besides the SVG namespace; the page loads its script and styles from
-    static/ and the script fetches api/status and each target's history, all relative to
-    the page (so it also works behind a path prefix)."""
+    static/ and the script fetches api/status, api/reviews and each target's history, and
+    posts only review verdicts, all relative to the page (so it works behind a prefix)."""
     for name in FILES:
         text = (STATIC / name).read_text()
         assert re.findall(r"https?://(?!www\.w3\.org/2000/svg\b)", text) == [], name
@@ -43,5 +43,7 @@ def test_the_page_needs_no_internet_and_reads_only_the_two_routes() -> None:
         "data:,",
     }
     script = (STATIC / "dashboard.js").read_text()
-    assert set(re.findall(r'getJSON\("([^"]+)"', script)) == {"api/status"}
+    assert set(re.findall(r'getJSON\("([^"]+)"', script)) == {"api/status", "api/reviews"}
+    assert script.count('method: "POST"') == 1
+    assert '"api/targets/" + encodeURIComponent(target) + "/review"' in script
     assert '"api/targets/" + encodeURIComponent(t.target) + "/history"' in script

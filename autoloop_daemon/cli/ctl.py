@@ -3,10 +3,11 @@
   autoloopd ctl (--config FILE | --socket PATH) VERB [TARGET] [options]
 
 Verbs: status, budget, reload, pause T, resume T, run-now T, stop T, reset T,
-extend T --iterations +N --cost +USD. Each prints one clear line (status and budget print
-the JSON) and exits 0, 2 for an unknown target or a value out of its bound
-(policy/bounds.py), 3 when no daemon answers, 4 when the command does not apply to the
-target now, 77 when the socket refuses us, 78 when a reload finds the
+extend T --iterations +N --cost +USD, review T [ID] approve|reject [--note TEXT]. Each
+prints one clear line (status and budget print the JSON) and exits 0, 2 for an unknown
+target or a value out of its bound (policy/bounds.py), 3 when no daemon answers, 4 when the
+command does not apply to the target now (or no such candidate awaits review), 77 when the
+socket refuses us, 78 when a reload finds the
 configuration invalid (so `ExecReload=autoloopd ctl reload` fails `systemctl reload`).
 """
 
@@ -38,7 +39,7 @@ from autoloop_daemon.policy.bounds import (
     whole_number,
 )
 
-TARGET_VERBS = ("pause", "resume", "run-now", "stop", "reset", "extend")
+TARGET_VERBS = ("pause", "resume", "run-now", "stop", "reset", "extend", "review")
 VERBS = ("status", "budget", "reload", *TARGET_VERBS)
 
 
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="?", help="the target's name (for target commands)")
     p.add_argument("--iterations", type=_signed_int, default=0, help="extend: +N iterations")
     p.add_argument("--cost", type=_signed_money, default=0.0, help="extend: +USD of cost cap")
+    p.add_argument("verdict", nargs="*", help="review: [ID] approve|reject")
+    p.add_argument("--note", help="review: the reviewer's note, passed on to the generator")
     return p
 
 
@@ -88,6 +91,10 @@ def main(argv: Sequence[str]) -> int:
         parser.error(f"{args.verb} takes no TARGET")
     if args.verb == "extend" and not (args.iterations or args.cost):
         parser.error("extend needs --iterations +N and/or --cost +USD")
+    if (args.verb == "review") != bool(args.verdict):
+        parser.error("only review takes a verdict" if args.verdict else "review needs a verdict")
+    if args.verdict and (len(args.verdict) > 2 or args.verdict[-1] not in ("approve", "reject")):
+        parser.error("review takes [ID] approve|reject")
     path = args.socket
     if path is None and args.verb != "reload":  # a reload checks the whole config first
         path = quick_socket(args.config, os.environ)
@@ -131,7 +138,22 @@ def _route(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
     url = f"/api/targets/{args.target}/{args.verb}"
     if args.verb == "extend":
         return "POST", url, {"iterations": args.iterations, "cost_usd": args.cost}
+    if args.verb == "review":
+        wanted = args.verdict[0] if len(args.verdict) == 2 else None
+        body = {"id": wanted, "verdict": args.verdict[-1], "note": args.note}
+        return "POST", url, {**body, "reviewer": _whoami()}
     return "POST", url, None
+
+
+def _whoami() -> str:
+    """This user, as the review log records who gave a verdict through the socket."""
+    import pwd
+
+    uid = os.getuid()
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _report(args: argparse.Namespace, status: int, payload: Any) -> int:
@@ -158,6 +180,9 @@ def _report(args: argparse.Namespace, status: int, payload: Any) -> int:
             if payload.get(key)
         )
         print(f"reloaded{': ' + changes if changes else ' (no target changed)'}")
+    elif args.verb == "review":
+        r = payload["review"]
+        print(f"{r['verdict']}d {r['id']} of {args.target}; feedback in {r['feedback']}")
     else:
         print(payload.get("message", "ok"))
     return EXIT_OK

@@ -7,6 +7,7 @@ The forms:
   autoloopd ctl (--config FILE | --socket PATH) VERB [TARGET] [options]
   autoloopd report (--config FILE | --state-root DIR) --output FILE [--format html|md]
   autoloopd db (init | migrate | --check) [--config FILE]   the cluster database's schema
+  autoloopd review list (--config FILE | --state-root DIR) [--json]   candidates held back
 
 Only the module of the chosen form is imported (the first two: cli/run.py): `status` and
 `ctl` ask a running daemon and must not pay for importing the settings schema (pydantic),
@@ -41,6 +42,7 @@ SUBCOMMANDS = {
     "ctl": "autoloop_daemon.cli.ctl",
     "report": "autoloop_daemon.report.cli",
     "db": "autoloop_daemon.cli.db",
+    "review": "autoloop_daemon.cli.review",
 }
 
 

@@ -23,6 +23,7 @@ from autoloop_daemon.observers.alerts import Alerter
 from autoloop_daemon.observers.journal import journal
 from autoloop_daemon.observers.live_view import LiveView, shutdown_notice
 from autoloop_daemon.observers.metrics import Metrics
+from autoloop_daemon.observers.review_watch import ReviewCollector, ReviewWatch
 from autoloop_daemon.observers.sdnotify import Notifier
 from autoloop_daemon.observers.systemd import SystemdReporter
 from autoloop_daemon.runs.process import pidfd_child_watcher
@@ -44,6 +45,12 @@ async def serve(
         supervisor.events.subscribe(alerter)
     metrics = Metrics(supervisor.snapshot)
     supervisor.events.subscribe(metrics)
+    reviews = ReviewWatch(
+        lambda: {r.spec.name: r.spec.state_root for r in supervisor.runners()},
+        supervisor.events.publish,
+    )
+    supervisor.events.subscribe(reviews)
+    metrics.registry.register(ReviewCollector(reviews))
     reporter = SystemdReporter(supervisor, notifier)
     supervisor.events.subscribe(reporter)
     exit_code = 0
@@ -55,6 +62,7 @@ async def serve(
             await tg.start(handle_signals, supervisor, tg)
             tg.start_soon(notifier.watchdog_loop)
             tg.start_soon(reporter.status_loop)
+            await tg.start(reviews.run)
             if alerter is not None:
                 await tg.start(alerter.run)
             if live:

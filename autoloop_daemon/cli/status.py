@@ -22,6 +22,7 @@ from typing import Any
 
 from autoloop_daemon.cli.json_text import dumps_indented
 from autoloop_daemon.cli.status_render import render_summary, render_table, status_row
+from autoloop_daemon.cli.status_reviews import review_line, with_reviews
 from autoloop_daemon.control.client import NotRunningError, request
 from autoloop_daemon.control.quick_socket import quick_socket
 from autoloop_daemon.exit_codes import EXIT_NOT_RUNNING, EXIT_OK, EXIT_TARGET_ERROR
@@ -156,12 +157,15 @@ def main(argv: Sequence[str]) -> int:
     else:
         roots = {root.resolve().name: root.resolve() for root in args.state_root}
         report = collect(roots, args.socket, list(roots.values()), None)
+    report = with_reviews(report)
     if args.json:
         print(dumps_indented(report))
     else:
         print(render_table(report["targets"]))
         print()
         print(render_summary(report))
+        if (line := review_line(report)) is not None:
+            print(line)
     if any(r.get("status") == "unreadable" for r in report["targets"]):
         return EXIT_TARGET_ERROR
     return EXIT_OK if report["daemon"]["running"] else EXIT_NOT_RUNNING

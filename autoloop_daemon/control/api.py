@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.control.peer_credentials import CALLER_KEY
 from autoloop_daemon.control.render_cache import RenderCache
+from autoloop_daemon.control.reviews import review_routes
 from autoloop_daemon.engine.commands import Commands
 from autoloop_daemon.engine.operator_audit import audited
 from autoloop_daemon.engine.snapshot import FleetSnapshot
@@ -242,6 +243,7 @@ def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = No
             Route("/api/status", status),
             Route("/api/budget", budget),
             Route("/api/targets/{name}/history", history),
+            *review_routes(supervisor, acted=status_cache.fresh_after),
             Route("/api/targets/{name}/{verb}", status_cache.fresh_after(verbs), methods=["POST"]),
             Route("/api/reload", status_cache.fresh_after(reload), methods=["POST"]),
             Route("/metrics", prometheus),
@@ -283,4 +285,5 @@ class BearerAuth:
                 response.headers["WWW-Authenticate"] = "Bearer"
                 await response(scope, receive, send)
                 return
+            scope["autoloopd.auth"] = "bearer token"  # who decides a review (control/reviews.py)
         await self._app(scope, receive, send)

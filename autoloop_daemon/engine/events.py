@@ -162,6 +162,17 @@ class IterationFinished(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ReviewRequested(Event):
+    """The orchestrator held back a candidate for a human (observers/review_watch.py)."""
+
+    target: str
+    review_id: str
+    candidate_id: str
+    title: str | None
+    risk_level: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class CheckpointFailed(Event):
     """A state could not be written; the target stops in `error`."""
 

@@ -233,6 +233,8 @@ class Alerter:
                 self._daemon_stopping(event.reason, list(event.running))
             case ev.DaemonStopped():
                 self._daemon_stopping("all targets stopped", [])
+            case ev.ReviewRequested():
+                self._review_requested(event)
             case _:
                 pass
 
@@ -300,6 +302,25 @@ class Alerter:
             "target_stopped",
             {**details, "message": f"{event.target} stopped: {event.status}: {event.reason}"},
             self._rules_for("target_stopped"),
+        )
+
+    def _review_requested(self, event: ev.ReviewRequested) -> None:
+        key = f"review:{event.target}:{event.review_id}"  # once per entry, across restarts
+        if key in self._fired.keys:
+            return
+        self._fired.keys.add(key)
+        what = event.title or event.candidate_id or event.review_id
+        self._queue(
+            "review_requested",
+            {
+                "target": event.target,
+                "review_id": event.review_id,
+                "candidate_id": event.candidate_id,
+                "risk_level": event.risk_level,
+                "message": f"{event.target}: candidate {what} awaits review",
+            },
+            self._rules_for("review_requested"),
+            fired=(key,),
         )
 
     def _daemon_stopping(self, reason: str, running: list[str]) -> None:

@@ -45,6 +45,7 @@ BEHAVIOURS = (
     "daemonize",
     "daemonize-hang",
     "progress-cost",
+    "hold",
 )
 BAD_FIELDS = ("weighted_score", "cost_usd", "nan", "score", "attempts", "decision", "scores")
 PROBE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "AUTOLOOPD_RUN")
@@ -117,7 +118,7 @@ def pick(values: list[str], iteration: int, *, cycle: bool) -> str:
 
 
 def decision_for(args: argparse.Namespace) -> str:
-    default = {"reject": "reject"}.get(args.behaviour, "keep")
+    default = {"reject": "reject", "hold": "pending_promote"}.get(args.behaviour, "keep")
     if args.decisions:
         return pick(args.decisions.split(","), args.iteration, cycle=True).strip()
     if args.behaviour == "sequence":
@@ -176,6 +177,40 @@ def write_learner(args: argparse.Namespace, text: str) -> None:
     learner = Path(args.state_root or ".") / "learner"
     learner.mkdir(parents=True, exist_ok=True)
     (learner / f"iteration-{args.iteration}.json").write_text(text, encoding="utf-8")
+
+
+def hold(args: argparse.Namespace) -> None:
+    """The improvement-gate's pending_promote: append an entry in the upstream shape to
+    <state_root>/state/pending_promote.json, rewriting the file in place as upstream does."""
+    state = Path(args.state_root or ".") / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / "pending_promote.json"
+    payload = json.loads(path.read_text()) if path.exists() else {"pending": []}
+    candidate = args.candidate_id or f"cand-{args.iteration:02d}"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    run_id = f"generic-skill-{Path(args.target or 'skill').name}-{args.iteration:04d}"
+    payload.setdefault("pending", []).append(
+        {
+            "run_id": run_id,
+            "candidate_id": candidate,
+            "category": "prompt",
+            "target_path": args.target,
+            "recommendation": "hold",
+            "receipt_path": f"{state.parent}/receipts/gate-{run_id}-{candidate}.json",
+            "created_at": stamp,
+            "human_review_request": {
+                "request_id": f"review-{candidate}",
+                "candidate_id": candidate,
+                "category": "prompt",
+                "risk_level": "medium",
+                "title": f"Tighten the prompt ({candidate})",
+                "status": "pending",
+                "requested_at": stamp,
+            },
+        }
+    )
+    payload["last_updated"] = stamp
+    path.write_text(json.dumps(payload, indent=2))
 
 
 def daemonize(args: argparse.Namespace) -> int:
@@ -287,6 +322,10 @@ def main(argv: list[str]) -> int:
         print(f"  Final Decision: {decision_for(args)}")
         print(f"  Candidate: cand-{args.iteration:02d}-skill")
         print(f"  Artifact: {state_root}/receipts/gate-{args.iteration:04d}.json")
+    elif behaviour == "hold":
+        progress(args)
+        hold(args)
+        emit(result(args))
     elif behaviour == "crash":
         progress(args)
         sys.stderr.write("Traceback (most recent call last):\n  (fake)\nPipeline error: boom\n")

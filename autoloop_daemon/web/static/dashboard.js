@@ -1,9 +1,11 @@
 // autoloopd dashboard: polls the control server's JSON and draws the fleet as a table and
 // SVG plots. Served as /static/dashboard.js beside / (index.html); every URL is relative,
-// so the page also works behind a path prefix. Read-only, no libraries, no network beyond
-// the two routes below:
+// so the page also works behind a path prefix. No libraries, no network beyond the routes
+// below; the only writes are review verdicts, sent with the page's own authorisation:
 //   GET api/status                     the fleet snapshot
 //   GET api/targets/<name>/history     one target's iteration_log.jsonl entries
+//   GET api/reviews                    the candidates awaiting review
+//   POST api/targets/<name>/review     {"id", "verdict": "approve"|"reject", "note"}
 // Every data point is a <circle class="point|cost-point|spend-point" data-target=...>.
 "use strict";
 
@@ -225,6 +227,55 @@ function renderSpend(status) {
   document.getElementById("spend").replaceChildren(plot);
 }
 
+let reviewKey = null; // the pending ids drawn: a note being typed survives refreshes
+
+function renderReviews(payload) {
+  const queues = Array.isArray(payload.targets) ? payload.targets : [];
+  const pending = queues.flatMap((q) => (q.pending || []).map((e) => ({ target: q.target, e })));
+  document.getElementById("review-count").textContent = String(pending.length);
+  const key = pending.map(({ target, e }) => target + "/" + e.id).join("|");
+  if (key === reviewKey) return;
+  reviewKey = key;
+  const rows = pending.map(({ target, e }) => {
+    const tr = el("tr", { "data-target": target, "data-review-id": e.id });
+    const cells = [target, e.candidate_id || e.id, text(e.category), text(e.risk_level),
+      duration(e.age_s), e.title || ""];
+    for (const value of cells) tr.appendChild(el("td", {}, value));
+    const note = el("input", { type: "text", class: "note", placeholder: "note (optional)" });
+    tr.appendChild(el("td")).appendChild(note);
+    const actions = tr.appendChild(el("td"));
+    for (const verdict of ["approve", "reject"]) {
+      const button = el("button", { type: "button", class: verdict }, verdict);
+      button.addEventListener("click", () => decide(target, e.id, verdict, note.value, tr));
+      actions.appendChild(button);
+    }
+    return tr;
+  });
+  document.querySelector("#reviews tbody").replaceChildren(...rows);
+}
+
+async function decide(target, id, verdict, note, row) {
+  const message = document.getElementById("review-message");
+  for (const b of row.querySelectorAll("button")) b.disabled = true;
+  const url = "api/targets/" + encodeURIComponent(target) + "/review";
+  let text;
+  try {
+    const response = await fetch(url, {
+      method: "POST", cache: "no-store", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ id, verdict, note: note || null, reviewer: "dashboard" }),
+    });
+    const body = await response.json().catch(() => ({}));
+    text = response.ok ? `${verdict}d ${id} of ${target}`
+      : `${verdict} refused (HTTP ${response.status}): ${body.error || ""}`;
+    if (response.ok) { row.remove(); reviewKey = null; }
+  } catch (exc) {
+    text = `${verdict} failed: ${exc.message}`;
+  }
+  for (const b of row.querySelectorAll("button")) b.disabled = false;
+  message.textContent = text;
+  message.hidden = false;
+}
+
 async function refresh() {
   const error = document.getElementById("error");
   try {
@@ -235,6 +286,7 @@ async function refresh() {
     await refreshHistories(targets);
     renderTargets(targets);
     renderSpend(status);
+    renderReviews(await getJSON("api/reviews"));
     error.hidden = true;
     document.getElementById("updated").textContent = "Updated " + new Date().toLocaleTimeString();
     document.body.dataset.loaded = "true";

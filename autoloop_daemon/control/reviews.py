@@ -1,0 +1,168 @@
+"""The review verbs of the control API: list what awaits a human, record a verdict.
+
+A thin layer over the review files of each target's state root (storage/files/review_files.py)
+and the supervisor's records (which target lives where). Verdicts are serialised by one lock
+per daemon, so two operators approving at once cannot both take the same entry; each is
+written to the target's `.feedback/` first and then to the review log (the log is what makes
+it decided: a failed feedback write leaves the entry pending, to be decided again).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Scope
+
+from autoloop_daemon.clock import now_iso, now_utc
+from autoloop_daemon.control.peer_credentials import CALLER_KEY
+from autoloop_daemon.engine.supervisor import Supervisor
+from autoloop_daemon.exceptions import CommandRefusedError, UnknownTargetError
+from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.operator_action import Caller
+from autoloop_daemon.policy.review_queue import feedback_text, find_entry
+from autoloop_daemon.storage.files.review_files import (
+    read_queue,
+    record_verdict,
+    write_feedback,
+)
+
+log = structlog.get_logger("autoloopd.review")
+Handler = Callable[[Request], Awaitable[Response]]
+VERBS = {"approve": "approve", "reject": "reject"}
+MAX_NOTE = 4000
+
+
+class Reviews:
+    """The review queue of every target of `supervisor`, and the verdicts given on it."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        """Serve `supervisor`'s targets."""
+        self._supervisor = supervisor
+        self._lock = anyio.Lock()
+
+    def _specs(self) -> list[TargetSpec]:
+        names = sorted(r.spec.name for r in self._supervisor.runners())
+        return [spec for name in names if (spec := self._spec(name)) is not None]
+
+    def _spec(self, name: str) -> TargetSpec | None:
+        record = self._supervisor.record(name)
+        return None if record is None else record.spec
+
+    async def queues(self) -> list[dict[str, Any]]:
+        """Every running target's queue (`ReviewQueue.to_json`), read in one worker call."""
+        roots = [(s.name, s.state_root) for s in self._specs()]
+
+        def read() -> list[dict[str, Any]]:
+            now = now_utc()
+            return [read_queue(root, now).to_json(name) for name, root in roots]
+
+        return await anyio.to_thread.run_sync(read)
+
+    async def decide(
+        self, name: str, wanted: str | None, verb: str, note: str | None, by: str
+    ) -> dict[str, Any]:
+        """Record `verb` (approve or reject) on target `name`'s entry `wanted`; what was done.
+
+        UnknownTargetError for no such target, ValueError for a bad verb or note,
+        CommandRefusedError when no pending entry matches (or several do).
+        """
+        spec = self._spec(name)
+        if spec is None:
+            raise UnknownTargetError(name)
+        if verb not in VERBS:
+            raise ValueError(f"verdict must be approve or reject, not {verb!r}")
+        if note is not None and len(note) > MAX_NOTE:
+            raise ValueError(f"note is longer than {MAX_NOTE} characters")
+        async with self._lock:
+            return await anyio.to_thread.run_sync(_decide, spec, wanted, verb, note, by)
+
+
+def _decide(
+    spec: TargetSpec, wanted: str | None, verb: str, note: str | None, by: str
+) -> dict[str, Any]:
+    queue = read_queue(spec.state_root, now_utc())
+    if queue.problem is not None:
+        raise CommandRefusedError(f"the review queue is unreadable: {queue.problem}")
+    try:
+        entry = find_entry(queue.entries, wanted)
+    except ValueError as exc:
+        raise CommandRefusedError(str(exc)) from None
+    feedback = write_feedback(spec.path, entry, feedback_text(entry, verb, note))
+    verdict = {"verdict": verb, "by": by, "at": now_iso(), "note": note}
+    record_verdict(spec.state_root, entry, verdict)
+    log.info("review_decided", target=spec.name, review_id=entry.review_id, verdict=verb, by=by)
+    return {**verdict, **entry.to_json(), "feedback": str(feedback)}
+
+
+def reviewer(scope: Scope, claimed: str | None) -> str:
+    """Who gave a verdict, for the review log: the bearer token on TCP; on the socket the
+    peer's uid as the kernel gives it (SO_PEERCRED), with the name `ctl` sends beside it."""
+    if (auth := scope.get("autoloopd.auth")) is not None:
+        return str(auth)
+    caller = scope.get(CALLER_KEY)
+    uid = caller.uid if isinstance(caller, Caller) else None
+    who = (claimed or "").strip()[:200]
+    if uid is not None:
+        return f"socket (uid {uid}; says {who})" if who else f"socket (uid {uid})"
+    return f"socket ({who})" if who else "socket"
+
+
+def review_routes(
+    supervisor: Supervisor, acted: Callable[[Handler], Handler] = lambda h: h
+) -> list[Route]:
+    """`GET /api/reviews` and `POST /api/targets/{name}/review` over `supervisor`; `acted`
+    wraps the verdict's handler (the API drops its rendered status after it)."""
+    reviews = Reviews(supervisor)
+
+    async def listing(request: Request) -> Response:
+        return JSONResponse({"targets": await reviews.queues()})
+
+    async def review(request: Request) -> Response:
+        name = request.path_params["name"]
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            # A form posted from another site cannot set this type without a CORS preflight,
+            # which this API never grants: no cross-site verdicts through a logged-in browser.
+            return _error(415, "the request body must be application/json", name)
+        try:
+            body = await _body(request)
+            wanted, verdict, note = body.get("id"), body.get("verdict"), body.get("note")
+            claimed = body.get("reviewer")
+            if not isinstance(verdict, str):
+                raise ValueError("verdict must be approve or reject")
+            if not all(v is None or isinstance(v, str) for v in (wanted, note, claimed)):
+                raise ValueError("id, note and reviewer must be strings")
+            by = reviewer(request.scope, claimed)
+            done = await reviews.decide(name, wanted, verdict, note, by)
+        except UnknownTargetError:
+            return _error(404, f"no target named {name!r}", name)
+        except CommandRefusedError as exc:
+            return _error(409, str(exc), name)
+        except ValueError as exc:
+            return _error(400, str(exc), name)
+        return JSONResponse({"ok": True, "target": name, "review": done})
+
+    return [
+        Route("/api/reviews", listing),
+        Route("/api/targets/{name}/review", acted(review), methods=["POST"]),
+    ]
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise ValueError("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("the request body must be a JSON object")
+    return body
+
+
+def _error(status: int, message: str, target: str) -> JSONResponse:
+    return JSONResponse({"error": message, "target": target}, status_code=status)

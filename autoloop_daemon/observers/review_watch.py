@@ -1,0 +1,106 @@
+"""Watching every target's review queue: counts for `/metrics`, `review_requested` once per entry.
+
+The orchestrator appends held-back candidates to its own file, at any moment of its run, so
+the queue is polled: right after each iteration of a target and every `interval_s` for all
+of them, in one worker call. A new entry is logged (`review_requested`) and published as a
+`ReviewRequested` event once in this process; the alerter keeps its own record of what it
+sent, so a restart does not page again (observers/alerts.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from autoloop_daemon.clock import now_utc
+from autoloop_daemon.engine import events as ev
+from autoloop_daemon.policy.review_queue import PendingReview
+from autoloop_daemon.storage.files.review_files import ReviewQueue, read_queue
+
+log = structlog.get_logger("autoloopd.review")
+INTERVAL_S = 30.0
+
+
+class ReviewWatch:
+    """The queues of the targets `roots()` names; call it with events (a bus subscriber)."""
+
+    def __init__(
+        self,
+        roots: Callable[[], dict[str, Path]],
+        publish: Callable[[ev.Event], None],
+        interval_s: float = INTERVAL_S,
+    ) -> None:
+        """Watch the state roots `roots()` returns (by target name); nothing runs until `run`."""
+        self._roots = roots
+        self._publish = publish
+        self._interval_s = interval_s
+        self._wake = anyio.Event()
+        self._announced: set[tuple[str, str]] = set()
+        self.pending: dict[str, list[PendingReview]] = {}
+        self.problems: dict[str, str] = {}
+
+    def __call__(self, event: ev.Event) -> None:
+        """Rescan once the targets run, and after each iteration (the gate writes during it)."""
+        if isinstance(event, ev.IterationFinished | ev.DaemonReady):
+            self._wake.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Scan at once, then after each iteration and every `interval_s`, until cancelled."""
+        task_status.started()
+        while True:
+            await self.scan()
+            with anyio.move_on_after(self._interval_s):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    async def scan(self) -> None:
+        """Read every queue (one worker call) and announce the entries not seen before."""
+        roots = self._roots()
+
+        def read() -> dict[str, ReviewQueue]:
+            now = now_utc()
+            return {name: read_queue(root, now) for name, root in roots.items()}
+
+        queues = await anyio.to_thread.run_sync(read)
+        self.pending = {name: q.entries for name, q in queues.items()}
+        for name, q in queues.items():
+            if q.problem is not None and self.problems.get(name) != q.problem:
+                log.warning("review_queue_unreadable", target=name, error=q.problem)
+        self.problems = {name: q.problem for name, q in queues.items() if q.problem}
+        for name, q in queues.items():
+            for entry in q.entries:
+                self._announce(name, entry)
+
+    def _announce(self, name: str, entry: PendingReview) -> None:
+        if (name, entry.review_id) in self._announced:
+            return
+        self._announced.add((name, entry.review_id))
+        log.info("review_requested", target=name, review_id=entry.review_id, title=entry.title)
+        self._publish(
+            ev.ReviewRequested(
+                name, entry.review_id, entry.candidate_id, entry.title, entry.risk_level
+            )
+        )
+
+
+class ReviewCollector(Collector):
+    """`autoloopd_reviews_pending{target}`: candidates awaiting a human, per target."""
+
+    def __init__(self, watch: ReviewWatch) -> None:
+        """Render `watch`'s last scan."""
+        self._watch = watch
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauge, one sample per watched target."""
+        gauge = GaugeMetricFamily(
+            "autoloopd_reviews_pending", "Held-back candidates awaiting review", labels=["target"]
+        )
+        for name, entries in sorted(self._watch.pending.items()):
+            gauge.add_metric([name], float(len(entries)))
+        yield gauge
