@@ -151,30 +151,33 @@ def _budget_problems(cfg: AppConfig) -> list[str]:
     ]
 
 
+def _check(cfg: AppConfig) -> int:
+    """`--check`: print the summary and every problem found; 0, or 78 with problems."""
+    problems = [p for i, t in enumerate(cfg.targets) for p in target_problems(t, f"targets[{i}]")]
+    problems += _budget_problems(cfg)
+    state_dir = writable_dir_problem(cfg.daemon.state_dir, "daemon.state_dir")
+    problems += [state_dir] if state_dir else []
+    files = limit_problem(len(cfg.targets), cfg.daemon.max_concurrent_iterations)
+    problems += [files] if files else []
+    if cfg.cluster.enabled:
+        from autoloop_daemon.cluster.connect import check_cluster
+
+        database = check_cluster(cfg)
+        problems += [database] if database else []
+    print(check_summary(cfg))
+    if problems:
+        for problem in problems:
+            report_error(f"{cfg.path}: {problem}")
+        return EXIT_CONFIG
+    return EXIT_OK
+
+
 def _run_daemon(args: argparse.Namespace) -> int:
     hold_early_hangups()  # a SIGHUP during start-up is applied after READY
     cfg: AppConfig = load_config(args.config)
     if args.check:
         early_signals.release()  # no signal task here: Ctrl+C and SIGTERM act as usual
-        problems = [
-            p for i, t in enumerate(cfg.targets) for p in target_problems(t, f"targets[{i}]")
-        ]
-        problems += _budget_problems(cfg)
-        state_dir = writable_dir_problem(cfg.daemon.state_dir, "daemon.state_dir")
-        problems += [state_dir] if state_dir else []
-        files = limit_problem(len(cfg.targets), cfg.daemon.max_concurrent_iterations)
-        problems += [files] if files else []
-        if cfg.cluster.enabled:
-            from autoloop_daemon.cluster.connect import check_cluster
-
-            database = check_cluster(cfg)
-            problems += [database] if database else []
-        print(check_summary(cfg))
-        if problems:
-            for problem in problems:
-                report_error(f"{cfg.path}: {problem}")
-            return EXIT_CONFIG
-        return EXIT_OK
+        return _check(cfg)
     configure_logging(
         args.log_format or cfg.daemon.log_format, args.log_level or cfg.daemon.log_level
     )
