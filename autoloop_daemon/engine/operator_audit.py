@@ -3,7 +3,8 @@
 `audited` wraps one verb of `Commands` (engine/commands.py): it notes the action on the
 target's state before acting (so a stop's reason can name who stopped it), runs the verb,
 settles the outcome from its answer or its error, publishes the event (the journal logs it,
-`/metrics` counts it) and saves the state with the settled action. Errors are re-raised
+`/metrics` counts it) and saves the state with the settled action (not for a malformed
+request, which changed nothing: its state file stays byte for byte as it was). Errors are re-raised
 unchanged: the caller answers them as before.
 """
 
@@ -34,7 +35,7 @@ async def audited(
 ) -> str:
     """Run `act` (one verb on target `name`) and leave its trace; returns `act`'s answer."""
     action = OperatorAction(verb, name, caller, now_iso(), values)
-    _note(supervisor, name, action)
+    before = _note(supervisor, name, action)
     outcome: Outcome = "failed"
     message = ""
     try:
@@ -56,14 +57,24 @@ async def audited(
     finally:
         settled = action.settled(outcome, message)
         events.publish(ev.OperatorCommand(settled))
-        await _keep(supervisor, name, settled)
+        if outcome == "bad_request":  # nothing was done: the journal has it, the state not
+            _note(supervisor, name, before)
+        else:
+            await _keep(supervisor, name, settled)
 
 
-def _note(supervisor: Supervised, name: str, action: OperatorAction) -> None:
-    """The action on the target's current state (in memory) before the verb runs."""
+def _note(
+    supervisor: Supervised, name: str, action: OperatorAction | dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The action on the target's current state (in memory) before the verb runs; returns
+    the one it replaces (put back when the request was refused as malformed)."""
     record = supervisor.record(name)
-    if record is not None and record.runner is not None:
-        record.runner.state.last_operator_action = action.to_json()
+    if record is None or record.runner is None:
+        return None
+    state = record.runner.state
+    before = state.last_operator_action
+    state.last_operator_action = action.to_json() if isinstance(action, OperatorAction) else action
+    return before
 
 
 async def _keep(supervisor: Supervised, name: str, action: OperatorAction) -> None:
