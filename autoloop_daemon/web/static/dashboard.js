@@ -160,7 +160,7 @@ function renderTable(targets) {
       [score(t.best_weighted_score), "num"], [score(t.last_weighted_score), "num"],
       [text(t.last_decision), ""],
       [`${money(t.total_cost_usd, t.estimated)} / ${money(t.max_cost_usd)}`, "num"],
-      [localTime(t.next_run_at), ""], [t.reason || "", "reason"],
+      [localTime(t.next_run_at), ""], [t.reason || (t.last_error ? `last error: ${t.last_error}` : ""), "reason"],
     ];
     for (const [value, cls] of cells) tr.appendChild(el("td", cls ? { class: cls } : {}, value));
     return tr;
