@@ -5,11 +5,14 @@ still call running is `interrupted`, with the iteration it was running and no cl
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
+from autoloop_daemon.cli.status_files import Absence, absence
 from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.exit_codes import EXIT_NOT_RUNNING
 from tests.helpers.daemon import Lab
@@ -105,3 +108,33 @@ def test_status_after_kill_9_shows_the_absence_first_and_the_rows_as_interrupted
     assert code == EXIT_NOT_RUNNING and report["daemon"]["died_pid"] is None
     assert all(r["status"] != "interrupted" for r in report["targets"])
     assert _status(lab)[1].startswith("daemon: not running (last known state from the files")
+
+
+def test_what_a_lock_file_says_of_a_daemon_that_is_gone(tmp_path: Path) -> None:
+    """A released lock (blanks), a huge or non-numeric marker and a lock file that is a FIFO
+    name no dead daemon; a pid reused by a process that is no autoloopd (a `sleep`) does: the
+    daemon that wrote it is gone. The last write is the newest state file's mtime."""
+    root = tmp_path / "root"
+    root.mkdir()
+    lock = root / ".autoloopd.lock"
+    for marker in ("      \n", "9" * 40 + "\n", "12ab\n", "-5\n"):
+        lock.write_text(marker)
+        assert absence([root], [root]) == Absence(None, None), marker
+    lock.unlink()
+    os.mkfifo(lock)
+    assert absence([root], [root]).died_pid is None  # never opened in a way that blocks
+    lock.unlink()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        lock.write_text(f"{sleeper.pid}\n")
+        (root / "autoloop_state.json").write_text("{}")
+        os.utime(root / "autoloop_state.json", (1_800_000_000.7, 1_800_000_000.7))
+        gone = absence([root], [root])
+        assert gone == Absence(sleeper.pid, "2027-01-15T08:00:00Z")
+        assert gone.interrupted(16) == (
+            "was running iteration 16 when the daemon died at or after "
+            "2027-01-15T08:00:00Z (its last write); recovered at next start"
+        )
+    finally:
+        sleeper.kill()
+        sleeper.wait()
