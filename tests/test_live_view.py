@@ -16,6 +16,7 @@ from autoloop_daemon.engine.snapshot import BudgetSnapshot, FleetSnapshot
 from autoloop_daemon.observers.live_view import render
 from autoloop_daemon.target_row import TargetRow
 from tests.helpers.daemon import Lab
+from tests.helpers.notify import NotifyListener
 from tests.test_terminal import PtyRun
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -95,3 +96,26 @@ def test_on_a_terminal_four_targets_on_two_slots_and_no_stale_frame(tmp_path: Pa
     final = run.text().rsplit("PHASE", 1)[1]  # the last table drawn: the final print
     assert "running for" not in final and "all targets stopped" in final, final
     assert final.count("stopped") >= 4, final
+
+
+def test_systemd_status_counts_targets_waiting_for_a_slot_apart(tmp_path: Path) -> None:
+    """The same fleet under $NOTIFY_SOCKET: STATUS= says "2 running, 2 waiting for a slot",
+    as `systemctl status` shows it, and once slots are asked for never "4 running"."""
+    lab = Lab(tmp_path)
+    lab.write([lab.target(n, "hang", mode="continuous") for n in ("t1", "t2", "t3", "t4")],
+              daemon={"max_concurrent_iterations": 2, "shutdown_grace_seconds": 1})  # fmt: skip
+    with NotifyListener(lab.root) as listener:
+        daemon = lab.start(env=listener.env)
+        listener.wait_for(
+            lambda m: any(
+                "STATUS=2 running, 2 waiting for a slot, " in f for n in m for f in n.lines
+            ),
+            timeout=20,
+            what="STATUS= with the 2 targets waiting for a slot apart",
+        )
+        daemon.stop()
+        lines = [f for n in listener.messages() for f in n.lines if f.startswith("STATUS=")]
+        first = next(i for i, f in enumerate(lines) if "waiting for a slot" in f)
+        # Before it only the instant all four were starting (none had asked for a slot yet).
+        later = lines[first:]
+        assert not any(f.startswith(("STATUS=3 running", "STATUS=4 running")) for f in later), lines

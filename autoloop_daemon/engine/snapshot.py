@@ -93,14 +93,10 @@ class FleetSnapshot:
         """How many targets are in each phase; with `now`, those waiting for a slot apart
         (`queued`) instead of in the phase they are still in."""
         counts = count_phases(t.phase for t in self.targets)
-        if now is None:
+        if now is None or not self.queued:
             return counts
-        queued = self.waiting_for_slot(now)
-        for t in self.targets:
-            if t.target in queued:
-                counts[t.phase if t.phase in counts else Phase.RUNNING] -= 1
-        counts["queued"] = len(queued)
-        return counts
+        turns = ((t.phase, t.running_iteration is not None, t.next_run_at) for t in self.targets)
+        return set_apart_queued(counts, turns, now)
 
     def status_line(self, now: float | None = None) -> str:
         """The one-line summary sent to systemd as STATUS= (with `now`: targets waiting for
@@ -113,12 +109,31 @@ class FleetSnapshot:
 
 
 def _due_without_slot(t: TargetRow, now: float) -> bool:
-    if t.running_iteration is not None:
+    return waits_for_slot(t.phase, t.running_iteration is not None, t.next_run_at, now)
+
+
+def waits_for_slot(phase: str, iterating: bool, next_run_at: str | None, now: float) -> bool:
+    """True for a target in `phase` whose turn has come (call it only while some target
+    waits for a slot): not `iterating`, and between turns or past its cooldown."""
+    if iterating:
         return False
-    if t.phase in (Phase.STARTING, Phase.RUNNING):
+    if phase in (Phase.STARTING, Phase.RUNNING):
         return True
-    due = parse_iso(t.next_run_at) if t.phase == Phase.COOLDOWN else None
+    due = parse_iso(next_run_at) if phase == Phase.COOLDOWN else None
     return due is not None and due.timestamp() <= now
+
+
+def set_apart_queued(
+    counts: dict[str, int], turns: Iterable[tuple[str, bool, str | None]], now: float
+) -> dict[str, int]:
+    """`counts` (count_phases') with the targets waiting for a slot moved from their phase to
+    `queued`; `turns` gives each target's (phase, iterating, next_run_at)."""
+    queued = 0
+    for phase, iterating, next_run_at in turns:
+        if waits_for_slot(phase, iterating, next_run_at, now):
+            counts[phase if phase in counts else Phase.RUNNING] -= 1
+            queued += 1
+    return {**counts, "queued": queued}
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
