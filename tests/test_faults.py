@@ -115,7 +115,7 @@ def test_non_zero_exit_is_a_failed_run_with_its_exit_code_and_stderr_tail(
     state = assert_tripped(done, state_root)
     entry = only_entry(state_root)
     assert entry["status"] == "failed" and entry["exit_code"] == 7
-    assert entry["error"] == "orchestrator exited with code 7"
+    assert entry["error"] == "orchestrator exited with code 7: Pipeline error: boom"
     assert "exited with code 7" in state["last_failure_trace"]
     assert "Pipeline error: boom" in state["last_failure_trace"]
     assert state["iterations_completed"] == 0 and state["consecutive_errors"] == 1

@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from autoloop_daemon.cli.json_text import dumps_indented
-from autoloop_daemon.cli.status_render import render_summary, render_table, status_row
+from autoloop_daemon.cli.status_render import (
+    render_daemon,
+    render_summary,
+    render_table,
+    status_row,
+)
 from autoloop_daemon.cli.status_reviews import review_line, with_reviews
 from autoloop_daemon.control.client import NotRunningError, request
 from autoloop_daemon.control.quick_socket import quick_socket
@@ -106,11 +111,12 @@ def _from_files(
 ) -> dict[str, Any]:
     from autoloop_daemon.cli import status_files as files  # only without a daemon
 
-    rows = [files.target_row(name, root) for name, root in sorted(roots.items())]  # as the daemon
     pid = next((p for p in map(files.lock_holder, lock_dirs) if p is not None), None)
+    gone = None if pid is not None else files.absence(lock_dirs, list(roots.values()))
+    rows = [files.target_row(n, root, gone=gone) for n, root in sorted(roots.items())]
     note = f"last known state from the files; {why}"
     return {
-        "daemon": files.not_running(pid, note),
+        "daemon": files.not_running(pid, note, gone),
         "budget": files.file_budget(rows, cap),
         "targets": rows,
     }
@@ -161,9 +167,12 @@ def main(argv: Sequence[str]) -> int:
     if args.json:
         print(dumps_indented(report))
     else:
+        absent = not report["daemon"]["running"]
+        if absent:  # the daemon's absence first, as `systemctl status` says it
+            print(render_daemon(report["daemon"]))
         print(render_table(report["targets"]))
         print()
-        print(render_summary(report))
+        print(render_summary(report, daemon=not absent))
         if (line := review_line(report)) is not None:
             print(line)
     if any(r.get("status") == "unreadable" for r in report["targets"]):

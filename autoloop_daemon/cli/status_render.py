@@ -82,7 +82,8 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
         if r.get("running_iteration"):
             elapsed = r.get("running_for_s")
             took = f" {_fmt_duration(elapsed)}" if isinstance(elapsed, int | float) else ""
-            iteration += f" (#{r['running_iteration']} running{took})"
+            doing = "interrupted" if r.get("status") == "interrupted" else "running"
+            iteration += f" (#{r['running_iteration']} {doing}{took})"
         status = str(r.get("status") or "-")
         if r.get("paused") and status != TargetStatus.PAUSED:
             status += ",paused"
@@ -112,17 +113,22 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out + errors)
 
 
-def render_summary(report: dict[str, Any]) -> str:
-    """The daemon line and the budget line printed under the table."""
-    d, b = report["daemon"], report["budget"]
+def render_daemon(d: dict[str, Any]) -> str:
+    """The daemon line: running (pid, uptime) or not (and what the files say of it)."""
     if d["source"] == "socket":
         up = _fmt_duration(d["uptime_s"] or 0.0)
         state = "shutting down" if d.get("shutting_down") else "running"
-        daemon = f"daemon: {state}, pid {d['pid']}, up {up}"
-    elif d["running"]:
-        daemon = f"daemon: running, pid {d['pid']} ({d['note']})"
-    else:
-        daemon = f"daemon: not running ({d['note']})"
+        return f"daemon: {state}, pid {d['pid']}, up {up}"
+    if d["running"]:
+        return f"daemon: running, pid {d['pid']} ({d['note']})"
+    return f"daemon: not running ({d['note']})"
+
+
+def render_summary(report: dict[str, Any], *, daemon: bool = True) -> str:
+    """The daemon line (unless `daemon` is False: printed above the table) and the budget
+    line printed under the table."""
+    b = report["budget"]
+    lines = [render_daemon(report["daemon"])] if daemon else []
     money = f"budget: {_fmt_money(b['spent_usd'])} spent"
     if b.get("cap_usd") is not None:
         money += f" of {_fmt_money(b['cap_usd'])}, {_fmt_money(b['remaining_usd'])} left"
@@ -141,8 +147,10 @@ def render_summary(report: dict[str, Any]) -> str:
             for h in cluster["hosts"]
         )
         fresh = "" if cluster["leases_fresh"] else " (its leases are stale: self-fenced)"
-        return f"{daemon}\n{money}\ncluster: this host {cluster['host']}{fresh}; hosts: {hosts}"
-    return f"{daemon}\n{money}"
+        return "\n".join(
+            [*lines, money, f"cluster: this host {cluster['host']}{fresh}; hosts: {hosts}"]
+        )
+    return "\n".join([*lines, money])
 
 
 def _stopped(status: object) -> bool:

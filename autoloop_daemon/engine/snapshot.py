@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.target_row import TargetRow
 from autoloop_daemon.vocab import Phase
 
@@ -76,18 +77,63 @@ class FleetSnapshot:
         out["cluster"] = None if self.cluster is None else asdict(self.cluster)  # a few hosts
         return out
 
-    def count_by_phase(self) -> dict[str, int]:
-        """How many targets are in each phase."""
-        return count_phases(t.phase for t in self.targets)
+    def waiting_for_slot(self, now: float) -> frozenset[str]:
+        """The targets whose turn has come but that hold no concurrency slot yet.
 
-    def status_line(self) -> str:
-        """The one-line summary sent to systemd as STATUS=."""
+        Their phase is still the one before (starting, running between iterations, or a
+        cooldown that is over); no iteration of theirs runs. Only while some target does
+        wait for a slot (`queued`), so that the instants between an iteration's end and
+        the next wait are not taken for one.
+        """
+        if not self.queued:
+            return frozenset()
+        return frozenset(t.target for t in self.targets if _due_without_slot(t, now))
+
+    def count_by_phase(self, now: float | None = None) -> dict[str, int]:
+        """How many targets are in each phase; with `now`, those waiting for a slot apart
+        (`queued`) instead of in the phase they are still in."""
+        counts = count_phases(t.phase for t in self.targets)
+        if now is None or not self.queued:
+            return counts
+        turns = ((t.phase, t.running_iteration is not None, t.next_run_at) for t in self.targets)
+        return set_apart_queued(counts, turns, now)
+
+    def status_line(self, now: float | None = None) -> str:
+        """The one-line summary sent to systemd as STATUS= (with `now`: targets waiting for
+        a slot counted apart, "2 running, 2 waiting for a slot, ...")."""
         b = self.budget
+        phases = self.count_by_phase(now)
         if b.window_cap_usd is not None and b.window_spent_usd is not None:
-            return status_line(
-                self.count_by_phase(), b.window_spent_usd, b.window_cap_usd, b.window
-            )
-        return status_line(self.count_by_phase(), b.spent_usd, b.cap_usd)
+            return status_line(phases, b.window_spent_usd, b.window_cap_usd, b.window)
+        return status_line(phases, b.spent_usd, b.cap_usd)
+
+
+def _due_without_slot(t: TargetRow, now: float) -> bool:
+    return waits_for_slot(t.phase, t.running_iteration is not None, t.next_run_at, now)
+
+
+def waits_for_slot(phase: str, iterating: bool, next_run_at: str | None, now: float) -> bool:
+    """True for a target in `phase` whose turn has come (call it only while some target
+    waits for a slot): not `iterating`, and between turns or past its cooldown."""
+    if iterating:
+        return False
+    if phase in (Phase.STARTING, Phase.RUNNING):
+        return True
+    due = parse_iso(next_run_at) if phase == Phase.COOLDOWN else None
+    return due is not None and due.timestamp() <= now
+
+
+def set_apart_queued(
+    counts: dict[str, int], turns: Iterable[tuple[str, bool, str | None]], now: float
+) -> dict[str, int]:
+    """`counts` (count_phases') with the targets waiting for a slot moved from their phase to
+    `queued`; `turns` gives each target's (phase, iterating, next_run_at)."""
+    queued = 0
+    for phase, iterating, next_run_at in turns:
+        if waits_for_slot(phase, iterating, next_run_at, now):
+            counts[phase if phase in counts else Phase.RUNNING] -= 1
+            queued += 1
+    return {**counts, "queued": queued}
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
@@ -133,7 +179,8 @@ def status_line(
         failed = f", {phases['paused']} paused{failed}"
     if phases.get("elsewhere"):  # cluster mode: run by other hosts
         failed = f", {phases['elsewhere']} on other hosts{failed}"
+    queued = f", {phases['queued']} waiting for a slot" if phases.get("queued") else ""
     return (
-        f"{phases['running']} running, {phases['cooldown']} cooling down, "
+        f"{phases['running']} running{queued}, {phases['cooldown']} cooling down, "
         f"{phases['waiting']} waiting, {phases['stopped']} stopped{failed}; {money}"
     )

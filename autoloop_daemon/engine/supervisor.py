@@ -33,6 +33,7 @@ from autoloop_daemon.engine.snapshot import (
     BudgetSnapshot,
     FleetSnapshot,
     count_phases,
+    set_apart_queued,
     status_line,
 )
 from autoloop_daemon.engine.target_runner import TargetRunner
@@ -365,6 +366,10 @@ class Supervisor:
             r.runner.phase if r.runner is not None else "not_started"
             for r in self._records.values()
         )
+        if self._slots.statistics().tasks_waiting:  # not "4 running" with 2 slots
+            runners = (r.runner for r in self._records.values() if r.runner is not None)
+            turns = ((u.phase, u.state.in_flight is not None, u.state.next_run_at) for u in runners)
+            phases = set_apart_queued(phases, turns, time.time())
         budget = self._budget
         if budget.window is not None:
             return status_line(

@@ -3,7 +3,10 @@
 Only used when stdout is a terminal: a table of the targets that matter now (running
 iterations with their elapsed time, cooldown and schedule countdowns with the next run in
 local time, paused and stopped ones), redrawn every REFRESH_S from the supervisor's snapshot,
-with the log lines scrolling above it. Off a terminal nothing of this runs (JSON lines).
+with the log lines scrolling above it. A target whose turn has come but that waits for a
+concurrency slot is `queued`, never counted as running. At exit the live frame is erased
+and the final state printed once, so no stale "running for" stays on the screen. Off a
+terminal nothing of this runs (JSON lines).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from autoloop_daemon.target_row import TargetRow
 
 REFRESH_S = 0.5
 MAX_ROWS = 20  # the view shows the targets that matter now; `status` shows them all
-_ORDER = {"running": 0, "starting": 1, "cooldown": 2, "waiting": 3, "paused": 4}
+QUEUED = "queued"  # the view's word for a target waiting for a concurrency slot
+_ORDER = {"running": 0, "starting": 1, QUEUED: 2, "cooldown": 3, "waiting": 4, "paused": 5}
 
 
 def shutdown_notice(echo: Callable[[str], None]) -> Callable[[ev.Event], None]:
@@ -57,7 +61,9 @@ def _countdown(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def _detail(t: TargetRow, now: float) -> str:
+def _detail(t: TargetRow, now: float, queued: frozenset[str]) -> str:
+    if t.target in queued:
+        return "waiting for a free slot (max_concurrent_iterations)"
     if t.running_iteration is not None:
         elapsed = _countdown(t.running_for_s or 0.0)
         return f"iteration {t.running_iteration} running for {elapsed}"
@@ -78,21 +84,26 @@ def render(snap: FleetSnapshot, now: float | None = None) -> Group:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("TARGET", "PHASE", "ITER", "BEST", "COST", "NOW"):
         table.add_column(column, no_wrap=column != "NOW")
-    shown = sorted(snap.targets, key=lambda t: (_ORDER.get(t.phase, 9), t.next_run_at or ""))
+    queued = snap.waiting_for_slot(now)
+
+    def phase(t: TargetRow) -> str:
+        return QUEUED if t.target in queued else t.phase
+
+    shown = sorted(snap.targets, key=lambda t: (_ORDER.get(phase(t), 9), t.next_run_at or ""))
     for t in shown[:MAX_ROWS]:
         best = "-" if t.best_weighted_score is None else f"{t.best_weighted_score:.4f}"
         cost = f"{'~' if t.estimated else ''}${t.total_cost_usd:.2f}/${t.max_cost_usd:.2f}"
-        style = {"running": "green", "paused": "yellow"}.get(t.phase)
+        style = {"running": "green", "paused": "yellow"}.get(phase(t))
         table.add_row(
             t.target,
-            Text(t.phase, style=style or ""),
+            Text(phase(t), style=style or ""),
             f"{t.iterations_completed}/{t.max_iterations}",
             best,
             cost,
-            _detail(t, now),
+            _detail(t, now, queued),
         )
     more = len(snap.targets) - MAX_ROWS
-    footer = snap.status_line() + (f" ({more} more: autoloopd status)" if more > 0 else "")
+    footer = snap.status_line(now) + (f" ({more} more: autoloopd status)" if more > 0 else "")
     return Group(table, Text(footer, style="dim"))
 
 
@@ -109,14 +120,19 @@ class LiveView:
         self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     async def run(self) -> None:
-        """Draw until cancelled; the last frame stays on the screen."""
-        with Live(
-            render(self._snapshot()),
-            console=self.console,
-            auto_refresh=False,  # redrawn from the event loop, no refresh thread
-            redirect_stdout=True,
-            redirect_stderr=True,
-        ) as live:
-            while True:
-                live.update(render(self._snapshot()), refresh=True)
-                await anyio.sleep(REFRESH_S)
+        """Draw until cancelled; then the live frame is erased (it would show iterations
+        running that no longer run) and the final state is printed once, as it is."""
+        try:
+            with Live(
+                render(self._snapshot()),
+                console=self.console,
+                auto_refresh=False,  # redrawn from the event loop, no refresh thread
+                redirect_stdout=True,
+                redirect_stderr=True,
+                transient=True,
+            ) as live:
+                while True:
+                    live.update(render(self._snapshot()), refresh=True)
+                    await anyio.sleep(REFRESH_S)
+        finally:
+            self.console.print(render(self._snapshot()))

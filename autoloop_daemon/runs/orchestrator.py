@@ -32,6 +32,7 @@ from autoloop_daemon.exceptions import (
 )
 from autoloop_daemon.models import IterationResult, TargetSpec
 from autoloop_daemon.runs import feedback, simulator
+from autoloop_daemon.runs.failure_cause import with_cause
 from autoloop_daemon.runs.process import ProcessOutcome, child_environment, run_in_group
 from autoloop_daemon.runs.results import (
     parse_result,
@@ -397,6 +398,8 @@ async def _read_outcome(
 
     if outcome.timed_out or outcome.returncode != 0:
         what = _describe_exit(outcome, spec.timeout_s)
+        if not outcome.timed_out and (outcome.returncode or 0) > 0:  # it said why it quit
+            what = with_cause(what, tail_text(outcome.stderr_tail, TRACE_LIMIT_BYTES))
         return failed(f"orchestrator {what}", what)
     try:
         result = parse_result(tail_text(outcome.stdout_tail, STDOUT_TAIL_BYTES))

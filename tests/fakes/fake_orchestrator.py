@@ -46,7 +46,26 @@ BEHAVIOURS = (
     "daemonize-hang",
     "progress-cost",
     "hold",
+    "rate-limit",
 )
+# What a Python 3.11 orchestrator prints when the model API refuses it: a chained traceback
+# (frames, carets, the "During handling" line), the error, then a blank line.
+RATE_LIMIT_TRACEBACK = """Traceback (most recent call last):
+  File "/opt/orchestrator/generate.py", line 88, in call_model
+    response = client.chat.completions.create(**request)
+               ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+httpx.HTTPStatusError: Client error '429 Too Many Requests'
+
+During handling of the above exception, another exception occurred:
+
+Traceback (most recent call last):
+  File "/opt/orchestrator/orchestrate.py", line 412, in <module>
+    main()
+  File "/opt/orchestrator/orchestrate.py", line 398, in main
+    raise openai.RateLimitError(message)
+openai.RateLimitError: Error code: 429 - Rate limit reached for gpt-4o \x1b[31min\x1b[0m org-x
+
+"""
 BAD_FIELDS = ("weighted_score", "cost_usd", "nan", "score", "attempts", "decision", "scores")
 PROBE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "AUTOLOOPD_RUN")
 
@@ -329,6 +348,10 @@ def main(argv: list[str]) -> int:
     elif behaviour == "crash":
         progress(args)
         sys.stderr.write("Traceback (most recent call last):\n  (fake)\nPipeline error: boom\n")
+        return 3 if args.exit_code is None else args.exit_code
+    elif behaviour == "rate-limit":
+        progress(args)
+        sys.stderr.write(RATE_LIMIT_TRACEBACK)
         return 3 if args.exit_code is None else args.exit_code
     elif behaviour == "signal":
         progress(args)

@@ -42,6 +42,11 @@ function localTime(iso) {
   return isNaN(d.getTime()) ? iso : d.toLocaleString();
 }
 
+// No run is due after a stop or the circuit breaker: their next_run_at is not shown.
+function stopped(status) {
+  return typeof status === "string" && (status.startsWith("stopped_") || status === "error");
+}
+
 function el(tag, attrs, content) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
@@ -160,7 +165,7 @@ function renderTable(targets) {
       [score(t.best_weighted_score), "num"], [score(t.last_weighted_score), "num"],
       [text(t.last_decision), ""],
       [`${money(t.total_cost_usd, t.estimated)} / ${money(t.max_cost_usd)}`, "num"],
-      [localTime(t.next_run_at), ""], [t.reason || "", "reason"],
+      [stopped(t.status) ? "-" : localTime(t.next_run_at), ""], [t.reason || (t.last_error ? `last error: ${t.last_error}` : ""), "reason"],
     ];
     for (const [value, cls] of cells) tr.appendChild(el("td", cls ? { class: cls } : {}, value));
     return tr;
