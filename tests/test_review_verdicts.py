@@ -1,0 +1,128 @@
+"""A reviewer's verdict changes the loop's arithmetic (issue 23), through a real daemon.
+
+The fake orchestrator's `hold` behaviour keeps at iteration 1 (score 0.5) and holds back a
+candidate at iteration 2 (score 0.8, its edit in the target, an upstream-shaped
+`pending_promote.json` entry); `review_pause` holds the target until a verdict comes over the
+real control socket. Approving counts it as a keep (best version copied to `best/`);
+rejecting counts it as a reject (best score back to 0.5) and, with
+`restore_best_on_reject`, puts the target's files back to `best/`, once, across restarts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.audit import read_state
+from tests.helpers.control import ctl
+from tests.helpers.daemon import Daemon, Lab
+from tests.helpers.logs import read_log
+from tests.helpers.wait import wait_for
+
+HOLD = ("--decisions", "keep,pending_promote,keep", "--scores", "0.5,0.8,0.6", "--hold-edits")
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Lab:
+    """A fresh lab under tmp_path."""
+    return Lab(tmp_path)
+
+
+def _start(lab: Lab, **keys: Any) -> Daemon:
+    """A daemon whose target `skill` kept once, then held back a candidate and now waits for
+    its review (`review_pause`)."""
+    table = lab.target(
+        "skill", "hold", *HOLD, mode="continuous", cooldown_minutes=0, max_iterations=3,
+        review_pause=True, **keys,
+    )  # fmt: skip
+    lab.write([table])
+    daemon = lab.start()
+    daemon.wait_event("review_hold", target="skill", timeout=60)
+    return daemon
+
+
+def _state(lab: Lab) -> dict[str, Any]:
+    return read_state(lab.state_root("skill"))
+
+
+def _held(lab: Lab) -> dict[str, Any]:
+    """The state once the target waits for the review, with the held candidate logged."""
+
+    def ready() -> dict[str, Any] | None:
+        state = _state(lab)
+        return state if state["status"] == "waiting_review" else None
+
+    state: dict[str, Any] = wait_for(ready, timeout=60, what="status waiting_review")
+    assert [e["decision"] for e in read_log(lab.state_root("skill"))] == ["keep", "pending_promote"]
+    return state
+
+
+def _finished(lab: Lab, daemon: Daemon) -> dict[str, Any]:
+    daemon.wait_event("target_stopped", target="skill", timeout=60)
+    daemon.stop()
+    return _state(lab)
+
+
+def test_an_approved_candidate_counts_as_a_keep_and_becomes_the_best_version(lab: Lab) -> None:
+    daemon = _start(lab)
+    try:
+        state = _held(lab)
+        assert (state["best_weighted_score"], state["best_copy_iteration"]) == (0.8, 1)
+        assert state["last_decision"] == "pending_promote"
+        # It holds: no third iteration starts while the candidate awaits review.
+        assert len(read_log(lab.state_root("skill"))) == 2
+        done = ctl(lab.config, "review", "skill", "approve", "--note", "good")
+        assert done.returncode == 0, done.stderr
+        daemon.wait_event("review_applied", target="skill", verdict="approve")
+        state = _finished(lab, daemon)
+    finally:
+        if daemon.running():
+            daemon.stop()
+    history = {h["iteration"]: h for h in state["score_history"]}
+    assert history[2]["decision"] == "keep"  # counts as a keep from then on
+    assert (state["best_weighted_score"], state["best_iteration"]) == (0.8, 2)
+    assert state["best_copy_iteration"] == 2
+    best = lab.state_root("skill") / "best" / "fake-kept.txt"
+    assert best.read_text() == "iteration 1\niteration 2\n"
+    assert state["status"] == "stopped_max_iter" and state["iterations_completed"] == 3
+    # The log keeps what the orchestrator said.
+    assert read_log(lab.state_root("skill"))[1]["decision"] == "pending_promote"
+
+
+def test_a_rejected_candidate_counts_as_a_reject_and_restores_the_best_version(
+    lab: Lab,
+) -> None:
+    daemon = _start(lab, restore_best_on_reject=True)
+    target = lab.skills / "skill"
+    try:
+        _held(lab)
+        assert (target / "fake-kept.txt").read_text() == "iteration 1\niteration 2\n"
+        done = ctl(lab.config, "review", "skill", "reject", "--note", "too long")
+        assert done.returncode == 0, done.stderr
+        (restored,) = daemon.wait_event("best_version_restored", target="skill")
+        assert restored["paths_changed"] == 1
+        state = _finished(lab, daemon)
+    finally:
+        if daemon.running():
+            daemon.stop()
+    history = {h["iteration"]: h for h in state["score_history"]}
+    assert history[2]["decision"] == "reject"
+    assert history[2]["weighted_score"] == 0.5  # improved nothing: at most the best before
+    assert (state["best_weighted_score"], state["best_iteration"]) == (0.6, 3)
+    # Iteration 3 started from the best version: the rejected edit is gone.
+    assert (target / "fake-kept.txt").read_text() == "iteration 1\niteration 3\n"
+    assert (target / ".feedback").is_dir()  # the reviewer's record was left alone
+    assert len(state["reviews_applied"]) == 1
+
+    # A restart counts the verdict again (the arithmetic) but does not restore again.
+    (target / "operator-note.txt").write_text("mine\n")
+    again = lab.start()
+    again.wait_event("target_not_continuing", target="skill", timeout=60)
+    again.stop()
+    assert (target / "operator-note.txt").read_text() == "mine\n"
+    assert again.count("best_version_restored") == 0
+    state = _state(lab)
+    assert {h["iteration"]: h["decision"] for h in state["score_history"]}[2] == "reject"
+    assert state["best_weighted_score"] == 0.6
