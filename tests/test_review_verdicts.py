@@ -10,14 +10,19 @@ rejecting counts it as a reject (best score back to 0.5) and, with
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from autoloop_daemon.storage.files.review_files import read_verdicts
 from tests.helpers.audit import read_state
 from tests.helpers.control import ctl
 from tests.helpers.daemon import Daemon, Lab
+from tests.helpers.fakes import fake
 from tests.helpers.logs import read_log
 from tests.helpers.wait import wait_for
 
@@ -30,14 +35,14 @@ def lab(tmp_path: Path) -> Lab:
     return Lab(tmp_path)
 
 
-def _start(lab: Lab, **keys: Any) -> Daemon:
+def _start(lab: Lab, alerts: list[dict[str, Any]] | None = None, **keys: Any) -> Daemon:
     """A daemon whose target `skill` kept once, then held back a candidate and now waits for
     its review (`review_pause`)."""
     table = lab.target(
         "skill", "hold", *HOLD, mode="continuous", cooldown_minutes=0, max_iterations=3,
         review_pause=True, **keys,
     )  # fmt: skip
-    lab.write([table])
+    lab.write([table], alerts=alerts or [])
     daemon = lab.start()
     daemon.wait_event("review_hold", target="skill", timeout=60)
     return daemon
@@ -125,4 +130,41 @@ def test_a_rejected_candidate_counts_as_a_reject_and_restores_the_best_version(
     assert again.count("best_version_restored") == 0
     state = _state(lab)
     assert {h["iteration"]: h["decision"] for h in state["score_history"]}[2] == "reject"
+    assert state["best_weighted_score"] == 0.6
+
+
+def test_a_reload_sets_review_expire_hours_and_the_held_candidate_is_declined(lab: Lab) -> None:
+    sink = [sys.executable, fake("alert_sink.py"), str(lab.root / "alerts.jsonl")]
+    rules = [{"events": ["review_expired"], "command": sink}]
+    daemon = _start(lab, alerts=rules)  # alert rules need a restart; the review keys do not
+    try:
+        _held(lab)
+        time.sleep(1.2)  # the entry must be older than the 1.08 s (0.0003 h) set below
+        table = lab.target(
+            "skill", "hold", *HOLD, mode="continuous", cooldown_minutes=0, max_iterations=3,
+            review_pause=True, review_expire_hours=0.0003,
+        )  # fmt: skip
+        lab.write([table], alerts=rules)
+        assert ctl(lab.config, "reload").returncode == 0
+        (expired,) = daemon.wait_event("review_expired", target="skill", timeout=60)
+        daemon.wait_event("review_applied", target="skill", verdict="expire", timeout=60)
+        state = _finished(lab, daemon)
+    finally:
+        if daemon.running():
+            daemon.stop()
+    (verdict,) = read_verdicts(lab.state_root("skill"))
+    assert (verdict["verdict"], verdict["by"]) == (
+        "expire",
+        "autoloopd (review_expire_hours = 0.0003)",
+    )
+    assert verdict["id"] == expired["review_id"]
+    (record,) = (lab.skills / "skill" / ".feedback").iterdir()
+    assert "was declined: nobody reviewed it in time." in record.read_text()
+    alerts = lab.root / "alerts.jsonl"
+    wait_for(lambda: alerts.exists() and alerts.read_text().endswith("\n"), what="the alert")
+    (alert,) = [json.loads(line) for line in alerts.read_text().splitlines()]
+    assert alert["event"] == "review_expired" and alert["review_id"] == verdict["id"]
+    assert "not reviewed within 0.0003 h" in alert["message"]
+    history = {h["iteration"]: h["decision"] for h in state["score_history"]}
+    assert history == {1: "keep", 2: "reject", 3: "keep"}
     assert state["best_weighted_score"] == 0.6

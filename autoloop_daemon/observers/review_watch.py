@@ -56,8 +56,9 @@ class ReviewWatch:
         self.problems: dict[str, str] = {}
 
     def __call__(self, event: ev.Event) -> None:
-        """Rescan once the targets run, and after each iteration (the gate writes during it)."""
-        if isinstance(event, ev.IterationFinished | ev.DaemonReady):
+        """Rescan once the targets run, after each iteration (the gate writes during it) and
+        after a reload (a new `review_expire_hours` applies at once)."""
+        if isinstance(event, ev.IterationFinished | ev.DaemonReady | ev.ConfigReloaded):
             self._wake.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
