@@ -24,6 +24,7 @@ from tests.helpers.control import ctl
 from tests.helpers.daemon import Daemon, Lab
 from tests.helpers.fakes import fake
 from tests.helpers.logs import read_log
+from tests.helpers.process import run_autoloopd
 from tests.helpers.wait import wait_for
 
 HOLD = ("--decisions", "keep,pending_promote,keep", "--scores", "0.5,0.8,0.6", "--hold-edits")
@@ -64,6 +65,15 @@ def _held(lab: Lab) -> dict[str, Any]:
     return state
 
 
+def _report(lab: Lab, form: str) -> str:
+    """`autoloopd report --config ... --format FORM`, as text."""
+    out = lab.root / f"report.{form}"
+    args = ["report", "--config", str(lab.config), "--output", str(out), "--format", form]
+    done = run_autoloopd(args)
+    assert done.returncode == 0, done.stderr
+    return out.read_text()
+
+
 def _finished(lab: Lab, daemon: Daemon) -> dict[str, Any]:
     daemon.wait_event("target_stopped", target="skill", timeout=60)
     daemon.stop()
@@ -78,6 +88,11 @@ def test_an_approved_candidate_counts_as_a_keep_and_becomes_the_best_version(lab
         assert state["last_decision"] == "pending_promote"
         # It holds: no third iteration starts while the candidate awaits review.
         assert len(read_log(lab.state_root("skill"))) == 2
+        pending = _report(lab, "md")
+        assert (
+            "### Reviews" in pending and "- pending: generic-skill-skill-0002:cand-02 (" in pending
+        )
+        assert "risk medium, waiting 0.0 h" in pending
         done = ctl(lab.config, "review", "skill", "approve", "--note", "good")
         assert done.returncode == 0, done.stderr
         daemon.wait_event("review_applied", target="skill", verdict="approve")
@@ -94,6 +109,11 @@ def test_an_approved_candidate_counts_as_a_keep_and_becomes_the_best_version(lab
     assert state["status"] == "stopped_max_iter" and state["iterations_completed"] == 3
     # The log keeps what the orchestrator said.
     assert read_log(lab.state_root("skill"))[1]["decision"] == "pending_promote"
+    md, html = _report(lab, "md"), _report(lab, "html")
+    line = next(x for x in md.splitlines() if x.startswith("- approved: "))
+    assert "cand-02 (Tighten the prompt (cand-02)) (iteration 2) by socket (uid" in line
+    assert line.endswith(": good") and "pending:" not in md
+    assert '<li class="review review-approved">approved: generic-skill-skill-0002:cand-02' in html
 
 
 def test_a_rejected_candidate_counts_as_a_reject_and_restores_the_best_version(

@@ -119,7 +119,8 @@ def record_verdict(state_root: Path, entry: PendingReview, verdict: dict[str, An
     StateWriteError when it cannot be written durably (nothing half written is left).
     """
     record = {**verdict, "id": entry.review_id, "candidate_id": entry.candidate_id,
-              "run_id": entry.run_id, "created_at": entry.created_at}  # fmt: skip
+              "run_id": entry.run_id, "created_at": entry.created_at,
+              "title": entry.title}  # fmt: skip
     append_record(review_log_path(state_root), dumps_json_line(record))
 
 
