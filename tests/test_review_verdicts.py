@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 
-from autoloop_daemon.storage.files.review_files import read_verdicts
+from autoloop_daemon.clock import now_iso, now_utc
+from autoloop_daemon.storage.files.review_files import read_queue, read_verdicts, record_verdict
 from tests.helpers.audit import read_state
 from tests.helpers.control import ctl
 from tests.helpers.daemon import Daemon, Lab
-from tests.helpers.fakes import fake
+from tests.helpers.fakes import fake, orchestrator_cmd
 from tests.helpers.logs import read_log
 from tests.helpers.process import run_autoloopd
 from tests.helpers.wait import wait_for
@@ -187,4 +188,30 @@ def test_a_reload_sets_review_expire_hours_and_the_held_candidate_is_declined(la
     assert "not reviewed within 0.0003 h" in alert["message"]
     history = {h["iteration"]: h["decision"] for h in state["score_history"]}
     assert history == {1: "keep", 2: "reject", 3: "keep"}
+    assert state["best_weighted_score"] == 0.6
+
+
+def test_the_one_target_form_counts_a_verdict_and_restores_with_restore_best(
+    tmp_path: Path,
+) -> None:
+    """`autoloopd --target ... --restore-best`: a verdict given meanwhile (here written to the
+    review log the way the daemon writes it) is counted and acted on at the next start."""
+    target, root = tmp_path / "skill", tmp_path / "state"
+    target.mkdir()
+    cmd = orchestrator_cmd("hold", *HOLD)
+    base = ["--target", str(target), "--state-root", str(root), "--mode", "continuous",
+            "--cooldown-minutes", "0", "--orchestrator-cmd", cmd]  # fmt: skip
+    first = run_autoloopd([*base, "--max-iterations", "2"], timeout=60)
+    assert first.returncode == 0, first.stderr
+    (entry,) = read_queue(root, now_utc()).entries
+    record_verdict(root, entry, {"verdict": "reject", "by": "test", "at": now_iso(), "note": None})
+    assert (target / "fake-kept.txt").read_text() == "iteration 1\niteration 2\n"
+
+    args = [*base, "--max-iterations", "3", "--restore-best", "--log-format", "json"]
+    second = run_autoloopd([*args, "--log-level", "info"], timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert '"event": "best_version_restored"' in second.stderr
+    assert (target / "fake-kept.txt").read_text() == "iteration 1\niteration 3\n"
+    state = read_state(root)
+    assert [h["decision"] for h in state["score_history"]] == ["keep", "reject", "keep"]
     assert state["best_weighted_score"] == 0.6
