@@ -96,6 +96,9 @@ class ReviewApplier:
     def _worth_a_look(self, verdicts: list[Verdict]) -> bool:
         """True when the iteration log must be read: new verdicts, or some not placed yet
         and the log has grown since (their run has finished)."""
+        if not verdicts and not self._runner.progress.overrides:
+            self._known = 0  # the common case: nothing ever reviewed, no log read at start
+            return False
         if len(verdicts) != self._known:
             self._known = len(verdicts)
             return True
