@@ -11,6 +11,7 @@ rejecting counts it as a reject (best score back to 0.5) and, with
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -215,3 +216,21 @@ def test_the_one_target_form_counts_a_verdict_and_restores_with_restore_best(
     state = read_state(root)
     assert [h["decision"] for h in state["score_history"]] == ["keep", "reject", "keep"]
     assert state["best_weighted_score"] == 0.6
+
+
+def test_a_review_log_that_is_a_fifo_is_reported_and_the_target_runs_on(lab: Lab) -> None:
+    root = lab.state_root("skill")
+    root.mkdir(parents=True)
+    os.mkfifo(root / "autoloop_reviews.jsonl")  # nobody writes it: a read would block
+    table = lab.target("skill", "keep", mode="continuous", cooldown_minutes=0, max_iterations=2)
+    lab.write([table])
+    daemon = lab.start()
+    try:
+        (warning,) = daemon.wait_event("review_log_unreadable", target="skill", timeout=60)
+        assert "FIFO" in warning["error"] or "regular file" in warning["error"]
+        state = _finished(lab, daemon)
+    finally:
+        if daemon.running():
+            daemon.stop()
+    assert (state["status"], state["iterations_completed"]) == ("stopped_max_iter", 2)
+    assert daemon.count("review_log_unreadable") == 1  # said once, not at every turn

@@ -64,6 +64,10 @@ class ReviewApplier:
 
     async def apply(self) -> None:
         """Apply the verdicts the review log holds that the loop does not count yet."""
+        with structlog.contextvars.bound_contextvars(target=self._runner.spec.name):
+            await self._apply()
+
+    async def _apply(self) -> None:
         source = self._source()
         if source is None:
             return
