@@ -62,6 +62,10 @@ class TargetSpec:
     deadline: str | None = None  # "HH:MM" (local, daily) or an ISO timestamp
     hosts: tuple[str, ...] = ()  # cluster mode: the only hosts that may run it (empty: any)
     hard_cap: bool = False  # [budget] guarantee = "hard": reserve the worst case, never pass
+    # Human review of held-back candidates (engine/review_apply.py).
+    restore_best_on_reject: bool = False  # a rejected candidate: target's files back to best/
+    review_pause: bool = False  # no new iteration while candidates await review
+    review_expire_hours: float | None = None  # decline what nobody reviewed within this
 
     @property
     def cooldown_s(self) -> float:

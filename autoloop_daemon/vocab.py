@@ -21,6 +21,7 @@ class TargetStatus(StrEnum):
     WAITING = "waiting"  # scheduled mode, waiting for the next tick
     PAUSED = "paused"  # `autoloopd ctl pause`: no new iteration until resumed
     WAITING_BUDGET = "waiting_budget"  # the budget window's cap is reached: next window
+    WAITING_REVIEW = "waiting_review"  # `review_pause`: candidates await a reviewer's verdict
     STOPPED_MAX_ITER = "stopped_max_iter"
     STOPPED_COST = "stopped_cost"
     STOPPED_BUDGET = "stopped_budget"

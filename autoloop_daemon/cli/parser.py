@@ -232,3 +232,9 @@ def _goal_flags(one: Any) -> None:
         help="no new iteration after this local time of day (HH:MM, daily) or ISO "
         "timestamp (stopped_deadline)",
     )
+    one.add_argument(
+        "--restore-best",
+        action="store_true",
+        help="when a reviewer rejects a held-back candidate, put the target's files back to "
+        "the best version (<state-root>/best/); config: restore_best_on_reject",
+    )

@@ -89,6 +89,7 @@ def _spec_from_flags(args: argparse.Namespace) -> TargetSpec:
         min_gain_per_usd=args.min_gain_per_usd,
         target_score=args.target_score,
         deadline=args.deadline,
+        restore_best_on_reject=args.restore_best,
     )
 
 

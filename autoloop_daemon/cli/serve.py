@@ -30,6 +30,22 @@ from autoloop_daemon.runs.process import pidfd_child_watcher
 from autoloop_daemon.runs.reaper import FINAL_GRACE_S, become_subreaper, sweep
 
 
+def _review_watch(supervisor: Supervisor) -> ReviewWatch:
+    """The review queues of `supervisor`'s targets, with each one's `review_expire_hours`
+    as the newest configuration has it (a reload applies at the next scan)."""
+    reviews = ReviewWatch(
+        lambda: {r.spec.name: r.spec.state_root for r in supervisor.runners()},
+        supervisor.events.publish,
+        expiry=lambda: {
+            r.spec.name: (r.latest_spec.path, hours)
+            for r in supervisor.runners()
+            if (hours := r.latest_spec.review_expire_hours) is not None
+        },
+    )
+    supervisor.events.subscribe(reviews)
+    return reviews
+
+
 async def serve(
     supervisor: Supervisor,
     notifier: Notifier,
@@ -45,11 +61,7 @@ async def serve(
         supervisor.events.subscribe(alerter)
     metrics = Metrics(supervisor.snapshot)
     supervisor.events.subscribe(metrics)
-    reviews = ReviewWatch(
-        lambda: {r.spec.name: r.spec.state_root for r in supervisor.runners()},
-        supervisor.events.publish,
-    )
-    supervisor.events.subscribe(reviews)
+    reviews = _review_watch(supervisor)
     metrics.registry.register(ReviewCollector(reviews))
     reporter = SystemdReporter(supervisor, notifier)
     supervisor.events.subscribe(reporter)

@@ -20,7 +20,12 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 AlertEvent = Literal[
-    "budget_threshold", "target_stopped", "circuit_breaker", "daemon_stopping", "review_requested"
+    "budget_threshold",
+    "target_stopped",
+    "circuit_breaker",
+    "daemon_stopping",
+    "review_requested",
+    "review_expired",
 ]
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.5, 0.8, 1.0)
 

@@ -234,6 +234,9 @@ class _TargetKeys(BaseModel):
     min_gain_per_usd: Rate | None = None
     target_score: Annotated[float, Field(ge=0, le=1)] | None = None
     deadline: Annotated[str, AfterValidator(check_deadline)] | None = None
+    restore_best_on_reject: bool | None = None
+    review_pause: bool | None = None
+    review_expire_hours: Annotated[float, Field(gt=0, le=87_600)] | None = None
     # Cluster mode: the host ids ([cluster] host_id) that may run the target (default: any
     # host that can see its directory).
     hosts: (

@@ -28,6 +28,7 @@ from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.operator_action import Caller
 from autoloop_daemon.policy.review_queue import feedback_text, find_entry
 from autoloop_daemon.storage.files.review_files import (
+    DECIDING,
     read_queue,
     record_verdict,
     write_feedback,
@@ -81,10 +82,21 @@ class Reviews:
         if note is not None and len(note) > MAX_NOTE:
             raise ValueError(f"note is longer than {MAX_NOTE} characters")
         async with self._lock:
-            return await anyio.to_thread.run_sync(_decide, spec, wanted, verb, note, by)
+            done = await anyio.to_thread.run_sync(_decide, spec, wanted, verb, note, by)
+        for runner in self._supervisor.runners():
+            if runner.spec.name == name:
+                runner.reviews.wake()  # the loop counts it before its next turn
+        return done
 
 
 def _decide(
+    spec: TargetSpec, wanted: str | None, verb: str, note: str | None, by: str
+) -> dict[str, Any]:
+    with DECIDING:
+        return _decide_locked(spec, wanted, verb, note, by)
+
+
+def _decide_locked(
     spec: TargetSpec, wanted: str | None, verb: str, note: str | None, by: str
 ) -> dict[str, Any]:
     queue = read_queue(spec.state_root, now_utc())

@@ -173,6 +173,17 @@ class ReviewRequested(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ReviewExpired(Event):
+    """Nobody reviewed a held-back candidate within `review_expire_hours`: declined."""
+
+    target: str
+    review_id: str
+    candidate_id: str
+    title: str | None
+    hours: float
+
+
+@dataclass(frozen=True, slots=True)
 class CheckpointFailed(Event):
     """A state could not be written; the target stops in `error`."""
 

@@ -22,6 +22,7 @@ from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.admission import RankedSlots
 from autoloop_daemon.engine.budget import Budget, WindowFull
 from autoloop_daemon.engine.iteration import Iteration
+from autoloop_daemon.engine.review_apply import ReviewApplier
 from autoloop_daemon.engine.stop_control import StopControl
 from autoloop_daemon.engine.waits import Waits
 from autoloop_daemon.exceptions import StateWriteError
@@ -63,6 +64,7 @@ class TargetRunner:
         self._one_shot = one_shot
         self._stop = StopControl()
         self._waits = Waits(self)
+        self.reviews = ReviewApplier(self)  # reviewers' verdicts, applied between turns
         self.state = TargetState.new(spec, to_iso(now_utc()))
         self.progress = Progress(spec.weights_map, spec.min_improvement)
         self.last_entry: LogEntry | None = None
@@ -125,6 +127,7 @@ class TargetRunner:
         self.state = recovered.state
         self.progress = recovered.progress
         self.last_entry = recovered.last_entry
+        await self.reviews.apply()
         self.prepared_cost_usd = self.state.total_cost_usd
         self._note_rate()
         since = self._budget.window_start
@@ -198,6 +201,7 @@ class TargetRunner:
         """Apply a pending reload, then finish on a stop request or a stop condition."""
         if self._pending_spec is not None:
             await self._apply_pending_spec()
+        await self.reviews.apply()
         if self._stop.requested:
             return await self._finish(self._stop.status)
         reason = self._stop_reason()
@@ -350,8 +354,8 @@ class TargetRunner:
         if (old.weights, old.min_improvement) != (self.spec.weights, self.spec.min_improvement):
             # Weighted scores and the plateau streak depend on these: rebuild from the log.
             entries = await self._store.read_log()
-            self.progress = Progress.from_entries(
-                entries, self.spec.weights_map, self.spec.min_improvement
+            self.progress = Progress.from_entries(  # with the reviewers' verdicts it counts
+                entries, self.spec.weights_map, self.spec.min_improvement, self.progress.overrides
             )
             self.progress.apply_to(self.state)
         self._dirty |= self.state.apply_limits(self.spec)  # stored: a stop must write it

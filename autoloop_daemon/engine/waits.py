@@ -54,6 +54,9 @@ class Waits:
         if self._runner.state.paused:
             await self._paused()
             return True
+        if held := await self._runner.reviews.awaiting():  # `review_pause`
+            await self._runner.reviews.hold(held)
+            return True
         delay_s = self._delay_s()
         if delay_s <= 0:
             return False

@@ -235,6 +235,8 @@ class Alerter:
                 self._daemon_stopping("all targets stopped", [])
             case ev.ReviewRequested():
                 self._review_requested(event)
+            case ev.ReviewExpired():
+                self._review_expired(event)
             case _:
                 pass
 
@@ -320,6 +322,26 @@ class Alerter:
                 "message": f"{event.target}: candidate {what} awaits review",
             },
             self._rules_for("review_requested"),
+            fired=(key,),
+        )
+
+    def _review_expired(self, event: ev.ReviewExpired) -> None:
+        key = f"review_expired:{event.target}:{event.review_id}"  # once, across restarts
+        if key in self._fired.keys:
+            return
+        self._fired.keys.add(key)
+        what = event.title or event.candidate_id or event.review_id
+        self._queue(
+            "review_expired",
+            {
+                "target": event.target,
+                "review_id": event.review_id,
+                "candidate_id": event.candidate_id,
+                "hours": event.hours,
+                "message": f"{event.target}: candidate {what} declined: not reviewed within "
+                f"{event.hours:g} h",
+            },
+            self._rules_for("review_expired"),
             fired=(key,),
         )
 

@@ -4,7 +4,9 @@ The orchestrator appends held-back candidates to its own file, at any moment of 
 the queue is polled: right after each iteration of a target and every `interval_s` for all
 of them, in one worker call. A new entry is logged (`review_requested`) and published as a
 `ReviewRequested` event once in this process; the alerter keeps its own record of what it
-sent, so a restart does not page again (observers/alerts.py).
+sent, so a restart does not page again (observers/alerts.py). Each scan first declines what
+waited longer than its target's `review_expire_hours` (`review_expired`, a `ReviewExpired`
+event; the target's loop counts it as a reject before its next turn).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from prometheus_client.registry import Collector
 
 from autoloop_daemon.clock import now_utc
 from autoloop_daemon.engine import events as ev
+from autoloop_daemon.exceptions import StateWriteError
 from autoloop_daemon.policy.review_queue import PendingReview
-from autoloop_daemon.storage.files.review_files import ReviewQueue, read_queue
+from autoloop_daemon.storage.files.review_files import ReviewQueue, expire_overdue, read_queue
 
 log = structlog.get_logger("autoloopd.review")
 INTERVAL_S = 30.0
@@ -35,9 +38,16 @@ class ReviewWatch:
         roots: Callable[[], dict[str, Path]],
         publish: Callable[[ev.Event], None],
         interval_s: float = INTERVAL_S,
+        expiry: Callable[[], dict[str, tuple[Path, float]]] | None = None,
     ) -> None:
-        """Watch the state roots `roots()` returns (by target name); nothing runs until `run`."""
+        """Watch the state roots `roots()` returns (by target name); nothing runs until `run`.
+
+        `expiry()` gives, by target name, the target's directory and its
+        `review_expire_hours`, for the targets that have one (asked at every scan, so a
+        reload applies at once).
+        """
         self._roots = roots
+        self._expiry = expiry
         self._publish = publish
         self._interval_s = interval_s
         self._wake = anyio.Event()
@@ -46,8 +56,9 @@ class ReviewWatch:
         self.problems: dict[str, str] = {}
 
     def __call__(self, event: ev.Event) -> None:
-        """Rescan once the targets run, and after each iteration (the gate writes during it)."""
-        if isinstance(event, ev.IterationFinished | ev.DaemonReady):
+        """Rescan once the targets run, after each iteration (the gate writes during it) and
+        after a reload (a new `review_expire_hours` applies at once)."""
+        if isinstance(event, ev.IterationFinished | ev.DaemonReady | ev.ConfigReloaded):
             self._wake.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -62,12 +73,27 @@ class ReviewWatch:
     async def scan(self) -> None:
         """Read every queue (one worker call) and announce the entries not seen before."""
         roots = self._roots()
+        expiry = {} if self._expiry is None else self._expiry()
 
-        def read() -> dict[str, ReviewQueue]:
+        def read() -> tuple[dict[str, ReviewQueue], list[tuple[str, PendingReview, float]]]:
             now = now_utc()
-            return {name: read_queue(root, now) for name, root in roots.items()}
+            expired = []
+            for name, (target, hours) in expiry.items():
+                if name in roots:
+                    try:
+                        done = expire_overdue(roots[name], target, hours, now)
+                    except StateWriteError as exc:
+                        log.warning("review_expiry_failed", target=name, error=str(exc))
+                        continue
+                    expired += [(name, entry, hours) for entry in done]
+            return {name: read_queue(root, now) for name, root in roots.items()}, expired
 
-        queues = await anyio.to_thread.run_sync(read)
+        queues, expired = await anyio.to_thread.run_sync(read)
+        for name, entry, hours in expired:
+            log.warning("review_expired", target=name, review_id=entry.review_id, hours=hours)
+            self._publish(
+                ev.ReviewExpired(name, entry.review_id, entry.candidate_id, entry.title, hours)
+            )
         self.pending = {name: q.entries for name, q in queues.items()}
         for name, q in queues.items():
             if q.problem is not None and self.problems.get(name) != q.problem:

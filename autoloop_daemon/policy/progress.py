@@ -51,6 +51,22 @@ def counted_score(
     return score
 
 
+def reviewed_score(
+    score: float, entry: LogEntry, verdict: str | None, *, best: float | None
+) -> float:
+    """`counted_score`, after a reviewer's verdict on `entry` (None: none).
+
+    An approved candidate counts with its score as a keep, whether or not its files were in
+    the target when the run ended (the gate held them back); a rejected one improved nothing,
+    so it counts with at most the best score before it.
+    """
+    if verdict == Decision.KEEP:
+        return score
+    if verdict is not None:
+        return score if best is None else min(score, best)
+    return counted_score(score, decision=entry.decision, changed=entry.changed, best=best)
+
+
 def entry_score(entry: LogEntry, weights: Mapping[str, float] | None = None) -> float | None:
     """An entry's weighted score: as logged, else computed from its scores and `weights`."""
     if entry.weighted_score is not None:
@@ -83,9 +99,16 @@ class _KeptView(Sequence[str]):
 class Progress:
     """Totals, scores and decisions of one target's log, oldest entry first."""
 
-    def __init__(self, weights: Mapping[str, float], min_improvement: float = 0.0) -> None:
-        """An empty log; feed it with `add`."""
+    def __init__(
+        self,
+        weights: Mapping[str, float],
+        min_improvement: float = 0.0,
+        overrides: Mapping[int, str] | None = None,
+    ) -> None:
+        """An empty log; feed it with `add`. `overrides` maps an iteration to the decision
+        it counts with instead of its own: a reviewer's verdict (policy/review_verdicts.py)."""
         self._weights = dict(weights)
+        self.overrides: dict[int, str] = dict(overrides or {})
         self._min_improvement = min_improvement
         self._cost_partials: list[float] = []
         self._estimated_partials: list[float] = []
@@ -107,10 +130,14 @@ class Progress:
 
     @classmethod
     def from_entries(
-        cls, entries: Iterable[LogEntry], weights: Mapping[str, float], min_improvement: float = 0.0
+        cls,
+        entries: Iterable[LogEntry],
+        weights: Mapping[str, float],
+        min_improvement: float = 0.0,
+        overrides: Mapping[int, str] | None = None,
     ) -> Progress:
-        """Totals of an existing log."""
-        progress = cls(weights, min_improvement)
+        """Totals of an existing log (with the verdicts `overrides` gives, if any)."""
+        progress = cls(weights, min_improvement, overrides)
         for entry in entries:
             progress.add(entry)
         return progress
@@ -155,9 +182,10 @@ class Progress:
         self.completed += 1
         score = entry_score(entry, self._weights)
         counted = score
+        decision = self.overrides.get(entry.iteration, entry.decision)
         if score is not None:
-            counted = counted_score(
-                score, decision=entry.decision, changed=entry.changed, best=self.best
+            counted = reviewed_score(
+                score, entry, self.overrides.get(entry.iteration), best=self.best
             )
             if self.best is not None and counted <= self.best + self._min_improvement:
                 self.plateau_counter += 1
@@ -166,14 +194,14 @@ class Progress:
             self.scores.append(counted)
             if self.best is None or counted > self.best:
                 self.best, self.best_iteration = counted, entry.iteration
-        self._kept.append(decision_kind(entry.decision))
-        self.last_decision = entry.decision
+        self._kept.append(decision_kind(decision))
+        self.last_decision = decision
         if entry.scores:
             self.current_scores = dict(entry.scores)
         item = {
             "iteration": entry.iteration,
             "weighted_score": counted,
-            "decision": entry.decision,
+            "decision": decision,
             "scores": dict(entry.scores),
             "timestamp": entry.finished_at,
         }
@@ -204,6 +232,9 @@ class Progress:
             "last_iteration": self.last_iteration,
             "recent_costs": list(self.recent_costs),
             "reports_cost": self.reports_cost,
+            # Verdicts are applied by a rebuild from the log (engine/review_apply.py), so a
+            # checkpoint made with some is never taken up again as it is (`from_json`).
+            "overrides": {str(k): v for k, v in self.overrides.items()},
         }
 
     @classmethod
@@ -214,6 +245,8 @@ class Progress:
         not fit: other weights or min_improvement than now, or a damaged object."""
         if dict(data["weights"]) != dict(weights) or data["min_improvement"] != min_improvement:
             raise ValueError("weights or min_improvement changed since the checkpoint")
+        if data.get("overrides"):  # absent from older checkpoints
+            raise ValueError("the checkpoint counts reviewers' verdicts: rebuilt from the log")
         p = cls(weights, min_improvement)
         p._cost_partials = [float(x) for x in data["cost_partials"]]
         p._estimated_partials = [float(x) for x in data["estimated_partials"]]

@@ -194,6 +194,8 @@ def stop_sentence(
         return f"shared budget exhausted (${budget_spent_usd:.2f} of ${budget_cap_usd:.2f} spent)"
     if status == TargetStatus.WAITING_BUDGET:
         return f"budget window spent; resumes at {next_run_at}"
+    if status == TargetStatus.WAITING_REVIEW:
+        return "held (review_pause): candidates await review (autoloopd review list)"
     template = STOP_MESSAGES.get(status)
     if template is None:
         return None

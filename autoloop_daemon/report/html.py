@@ -95,6 +95,12 @@ def _target_section(t: TargetReport) -> str:
     parts += [f'<p class="problem">{escape(p)}</p>' for p in t.problems]
     parts.append(_plots(t))
     parts.append(_kept(t))
+    if t.reviews:
+        items = "".join(
+            f'<li class="review review-{escape(r.state, quote=True)}">{escape(r.sentence())}</li>'
+            for r in t.reviews
+        )
+        parts.append(f"<h3>Reviews</h3><ul>{items}</ul>")
     parts.append(_iterations_table(t.name, t.iterations))
     parts.append("</section>")
     return "\n".join(parts)

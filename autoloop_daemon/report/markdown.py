@@ -85,6 +85,9 @@ def _target(t: TargetReport) -> list[str]:
         if row.handoff:
             quoted = [f"  > {_cell(line)}".rstrip() for line in row.handoff.rstrip().splitlines()]
             lines += ["", *quoted, ""]
+    if t.reviews:
+        lines += ["", "### Reviews", ""]
+        lines += [f"- {_cell(review.sentence())}" for review in t.reviews]
     lines += ["", "### Iterations", ""]
     if not t.iterations:
         lines.append("no runs logged yet")

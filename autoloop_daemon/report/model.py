@@ -48,6 +48,34 @@ class IterationRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ReviewRow:
+    """A held-back candidate: awaiting review, or what a reviewer (or the expiry) decided."""
+
+    review_id: str
+    candidate_id: str
+    state: str  # pending, approved, rejected or expired
+    title: str | None
+    risk_level: str | None
+    created_at: str | None
+    age_s: float | None = None  # pending: how long it has waited
+    by: str | None = None
+    at: str | None = None
+    note: str | None = None
+    iteration: int | None = None  # the iteration the verdict counts on, when placed
+
+    def sentence(self) -> str:
+        """The row in words (plain text; the renderers escape it)."""
+        what = self.review_id + (f" ({self.title})" if self.title else "")
+        if self.state == "pending":
+            waited = "" if self.age_s is None else f", waiting {self.age_s / 3600:.1f} h"
+            risk = f", risk {self.risk_level}" if self.risk_level else ""
+            return f"pending: {what}{risk}{waited}"
+        on = f" (iteration {self.iteration})" if self.iteration is not None else ""
+        note = f": {self.note}" if self.note else ""
+        return f"{self.state}: {what}{on} by {self.by or '?'} at {self.at or '?'}{note}"
+
+
+@dataclass(frozen=True, slots=True)
 class TargetReport:
     """One target: its state's figures, its iterations and why it stopped."""
 
@@ -63,6 +91,7 @@ class TargetReport:
     last_decision: str | None
     iterations: tuple[IterationRow, ...]
     problems: tuple[str, ...] = ()  # what could not be read (shown, never fatal)
+    reviews: tuple[ReviewRow, ...] = ()  # held-back candidates: pending first, then decided
 
     @property
     def estimated(self) -> bool:

@@ -19,6 +19,7 @@ from autoloop_daemon.models import LogEntry
 from autoloop_daemon.policy.progress import counted_score
 from autoloop_daemon.policy.stops import Limits, LoopView, stop_sentence
 from autoloop_daemon.report.model import FleetReport, IterationRow, TargetReport
+from autoloop_daemon.report.reviews import read_reviews
 from autoloop_daemon.storage.files import fsio
 from autoloop_daemon.storage.files.artifacts import handoff_path, log_path, read_log_bytes
 from autoloop_daemon.storage.files.state_file import load_state, state_path
@@ -65,6 +66,7 @@ def read_target(name: str, state_root: Path) -> TargetReport:
         best_weighted_score=None if state is None else state.best_weighted_score,
         last_decision=None if state is None else state.last_decision,
         iterations=rows,
+        reviews=read_reviews(state_root, entries, problems),
         problems=tuple(problems),
     )
 

@@ -1,7 +1,7 @@
 """What an iteration did to the target's files: a content hash, and a copy of the best version.
 
-Both walk the target directory, skipping `.git` and the state root when it lies inside the
-target; symbolic links are recorded (hash) or recreated (copy) as links, never followed.
+Both walk the target directory, skipping `.git`, `.feedback` and the state root when it lies
+inside the target; symbolic links are recorded (hash) or recreated (copy) as links, never followed.
 Blocking: call them in a worker thread.
 
 The best version lives in `<state_root>/best`, a symbolic link to `best-iteration-N/`: a new
@@ -24,7 +24,9 @@ from autoloop_daemon.storage.files.regular import open_regular
 
 BEST_LINK = "best"
 _BEST_PREFIX = "best-iteration-"
-_SKIP_NAMES = frozenset({".git"})
+# `.feedback` is what the loop feeds the orchestrator (reviewers' records among it), not
+# what a candidate changed: a verdict written there is no change of the target's files.
+_SKIP_NAMES = frozenset({".git", ".feedback"})
 _CHUNK = 1 << 20
 
 

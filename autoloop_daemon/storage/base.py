@@ -14,10 +14,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy.progress import Progress
+from autoloop_daemon.policy.review_queue import PendingReview
 from autoloop_daemon.target_state import TargetState
 
 
@@ -72,6 +73,22 @@ class TargetStore(Protocol):
 
     def close(self) -> None:
         """Give up ownership (idempotent)."""
+        ...
+
+
+@runtime_checkable
+class ReviewSource(Protocol):
+    """A target store that also sees the orchestrator's held-back candidates and the
+    reviewers' verdicts on them (the files backend: `state/pending_promote.json` and the
+    review log of the state root). With a store without it, no verdict reaches the loop."""
+
+    async def read_verdicts(self) -> list[dict[str, Any]]:
+        """Every verdict of the target's review log, oldest first. OSError (or
+        UnicodeDecodeError) when it cannot be read."""
+        ...
+
+    async def pending_reviews(self) -> list[PendingReview]:
+        """The candidates awaiting a verdict now (none when the queue cannot be read)."""
         ...
 
 

@@ -112,6 +112,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--progress-interval", type=float, default=0.1)
     parser.add_argument("--progress-lines", type=int, default=50)
     parser.add_argument(
+        "--hold-edits",
+        action="store_true",
+        help="hold: the held-back candidate's edit is in the target (as a keep's would be)",
+    )
+    parser.add_argument(
         "--no-change",
         action="store_true",
         help="keep without editing the target (by default a keep edits a file in it)",
@@ -343,8 +348,13 @@ def main(argv: list[str]) -> int:
         print(f"  Artifact: {state_root}/receipts/gate-{args.iteration:04d}.json")
     elif behaviour == "hold":
         progress(args)
-        hold(args)
-        emit(result(args))
+        obj = result(args)
+        if obj["decision"] == "pending_promote":
+            hold(args)
+        if args.target and (obj["decision"] == "keep" or args.hold_edits):
+            with open(os.path.join(args.target, "fake-kept.txt"), "a", encoding="utf-8") as out:
+                out.write(f"iteration {args.iteration}\n")
+        emit(obj)
     elif behaviour == "crash":
         progress(args)
         sys.stderr.write("Traceback (most recent call last):\n  (fake)\nPipeline error: boom\n")

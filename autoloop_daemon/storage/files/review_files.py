@@ -13,12 +13,19 @@
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from autoloop_daemon.policy.review_queue import PendingReview, parse_pending, still_pending
+from autoloop_daemon.clock import to_iso
+from autoloop_daemon.policy.review_queue import (
+    PendingReview,
+    feedback_text,
+    parse_pending,
+    still_pending,
+)
 from autoloop_daemon.storage.files.fsio import (
     append_record,
     atomic_write_bytes,
@@ -34,6 +41,9 @@ LOG_LIMIT = 64 * 1024 * 1024
 REVIEW_LOG = "autoloop_reviews.jsonl"
 FEEDBACK_DIR = ".feedback"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# One verdict at a time in this process (`ctl review`, the dashboard, an expiry): each
+# re-reads the queue under it, so no entry is decided twice.
+DECIDING = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +119,8 @@ def record_verdict(state_root: Path, entry: PendingReview, verdict: dict[str, An
     StateWriteError when it cannot be written durably (nothing half written is left).
     """
     record = {**verdict, "id": entry.review_id, "candidate_id": entry.candidate_id,
-              "run_id": entry.run_id}  # fmt: skip
+              "run_id": entry.run_id, "created_at": entry.created_at,
+              "title": entry.title}  # fmt: skip
     append_record(review_log_path(state_root), dumps_json_line(record))
 
 
@@ -125,3 +136,30 @@ def write_feedback(target: Path, entry: PendingReview, text: str) -> Path:
     make_dirs(path.parent)  # StateWriteError naming the directory
     atomic_write_bytes(path, text.encode("utf-8"))
     return path
+
+
+def expire_overdue(
+    state_root: Path, target: Path, hours: float, now: datetime
+) -> list[PendingReview]:
+    """Decline (verdict `expire`) every entry of `state_root` older than `hours`: its own
+    feedback record in `target`, then its line in the review log. Returns those declined.
+
+    An entry without a readable `created_at` has no age and never expires. Nothing is done
+    to an unreadable queue. StateWriteError when a record cannot be written (the entries
+    before it stay declined, the rest pending).
+    """
+    expired = []
+    with DECIDING:
+        queue = read_queue(state_root, now)
+        if queue.problem is not None:
+            return []
+        for entry in queue.entries:
+            if entry.age_s is None or entry.age_s < hours * 3600.0:
+                continue
+            write_feedback(target, entry, feedback_text(entry, "expire", None))
+            by = f"autoloopd (review_expire_hours = {hours:g})"
+            record_verdict(
+                state_root, entry, {"verdict": "expire", "by": by, "at": to_iso(now), "note": None}
+            )
+            expired.append(entry)
+    return expired

@@ -14,12 +14,14 @@ import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 
-from autoloop_daemon.clock import parse_iso
+from autoloop_daemon.clock import now_utc, parse_iso
 from autoloop_daemon.exceptions import AutoloopError
 from autoloop_daemon.models import LogEntry, TargetSpec
+from autoloop_daemon.policy.review_queue import PendingReview
 from autoloop_daemon.policy.windows import spent_in_window
 from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files import artifacts, fsio
@@ -27,6 +29,7 @@ from autoloop_daemon.storage.files import state_file as state_mod
 from autoloop_daemon.storage.files.group_commit import GroupCommit
 from autoloop_daemon.storage.files.lock import StateLock, check_owned_root
 from autoloop_daemon.storage.files.recovery import Leftovers, recover
+from autoloop_daemon.storage.files.review_files import read_queue, read_verdicts
 from autoloop_daemon.storage.files.worker_batch import WorkerBatch
 from autoloop_daemon.target_state import TargetState
 
@@ -108,6 +111,16 @@ class FileTargetStore:
             lambda: artifacts.read_log(self._log_file, repair=False)
         )
         return entries
+
+    async def read_verdicts(self) -> list[dict[str, Any]]:
+        """The verdicts of the state root's review log (review_files.py), oldest first."""
+        return await anyio.to_thread.run_sync(read_verdicts, self._spec.state_root)
+
+    async def pending_reviews(self) -> list[PendingReview]:
+        """The state root's review queue minus its verdicts (review_files.py)."""
+        root = self._spec.state_root
+        queue = await anyio.to_thread.run_sync(lambda: read_queue(root, now_utc()))
+        return queue.entries if queue.problem is None else []
 
     def handoff_file(self, iteration: int) -> Path | None:
         """`handoffs/iteration-N.md` (written with the run's record, restored by recovery;
