@@ -18,8 +18,8 @@ import pytest
 
 from autoloop_daemon.control.request_limits import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 from autoloop_daemon.exit_codes import EXIT_CONFIG, EXIT_USAGE
-from tests.helpers.control import api, ctl, target_status
-from tests.helpers.daemon import Daemon, Lab
+from tests.helpers.control import api, ctl, free_port, target_status
+from tests.helpers.daemon import Daemon, Lab, dry_target
 from tests.helpers.process import run_autoloopd
 from tests.helpers.raw_http import connect, exchange, read_all, status_of, trickle
 from tests.helpers.wait import wait_for
@@ -33,24 +33,10 @@ def lab(tmp_path: Path) -> Lab:
     return Lab(tmp_path)
 
 
-def _dry(lab: Lab, name: str) -> dict[str, Any]:
-    path = lab.skills / name
-    path.mkdir(exist_ok=True)
-    return {
-        "name": name,
-        "path": str(path),
-        "dry_run": True,
-        "simulated_seconds": 0.05,
-        "mode": "continuous",
-        "cooldown_minutes": 600,
-        "max_iterations": 50,
-    }
-
-
 def _start(
     lab: Lab, extra: list[dict[str, Any]] | None = None, **daemon_keys: Any
 ) -> tuple[Daemon, Path]:
-    targets = [_dry(lab, "alpha"), *(extra or [])]
+    targets = [dry_target(lab, "alpha"), *(extra or [])]
     lab.write(targets, daemon={"exit_when_idle": False, **daemon_keys})
     daemon = lab.start()
     daemon.wait_event("control_socket_listening")
@@ -70,7 +56,8 @@ def _all_json(daemon: Daemon) -> None:
 def test_values_the_state_cannot_hold_are_400_and_change_nothing(lab: Lab) -> None:
     """NaN, Infinity, 1e400, 1e308, mistyped and deeply nested bodies are refused with 400
     (413 when over the size cap) naming the field; the state file, the status and the target
-    are exactly as before; two extensions whose sum is over the bound: the second exits 2."""
+    are exactly as before; two extensions whose sum is over the bound: the second exits 2;
+    the review route reads its body the same way."""
     daemon, sock = _start(lab)
     state_file = lab.state_root("alpha") / "autoloop_state.json"
     before = state_file.read_bytes()
@@ -110,6 +97,15 @@ def test_values_the_state_cannot_hold_are_400_and_change_nothing(lab: Lab) -> No
     assert twice.returncode == EXIT_USAGE and "cost_usd" in twice.stderr, twice
     assert state_file.read_bytes() == after_one
     assert target_status(sock, "alpha")["max_cost_usd"] == 50.0 + 6e8
+    review = "/api/targets/alpha/review"
+    json_type = ("Content-Type: application/json",)
+    for body, named in {
+        b"[" * 3000 + b"]" * 3000: "nested too deeply",
+        b'{"verdict": NaN}': "NaN",
+        b'{"verdict": 1}': "verdict",
+    }.items():
+        code, answer = exchange(sock, "POST", review, body, json_type)
+        assert code == 400 and named in answer["error"], (body[:40], code, answer)
     assert api(sock, "GET", "/api/status")[0] == 200
     assert daemon.stop() == 0, daemon.text()[-3000:]
     assert not daemon.events("target_crashed")
@@ -166,22 +162,15 @@ def test_clients_that_go_away_leave_no_traceback(lab: Lab) -> None:
     _all_json(daemon)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_token_file_checks_and_two_authorization_headers(lab: Lab) -> None:
     """A FIFO as the token file is refused at once by --check and at start-up (exit 78
     naming the key and the file); a group-readable one starts with a warning naming file
     and mode; two Authorization headers are a 400 even when one is right."""
     fifo = lab.root / "token.fifo"
     os.mkfifo(fifo)
-    port = _free_port()
+    port = free_port()
     lab.write(
-        [_dry(lab, "alpha")],
+        [dry_target(lab, "alpha")],
         daemon={"http_listen": f"127.0.0.1:{port}", "http_token_file": str(fifo)},
     )
     for args in (["--check"], []):
@@ -208,7 +197,7 @@ def test_reload_requests_during_a_sighup_storm_are_all_answered(lab: Lab) -> Non
     """60 `POST /api/reload` while SIGHUPs keep arriving (each reload of 400 targets takes a
     while): each is answered (it joins the reload queued behind the running one), and the
     daemon exits 0 afterwards."""
-    daemon, sock = _start(lab, extra=[_dry(lab, f"t{i:03d}") for i in range(400)])
+    daemon, sock = _start(lab, extra=[dry_target(lab, f"t{i:03d}") for i in range(400)])
     answers: list[int] = []
 
     def reload_once() -> None:

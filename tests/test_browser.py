@@ -9,11 +9,11 @@ point per scored iteration, and save a screenshot under the test's tmp dir. With
 from __future__ import annotations
 
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
 from tests.helpers.browser import browser_page, require_chromium
+from tests.helpers.control import free_port
 from tests.helpers.daemon import Lab
 from tests.helpers.fleet import (
     BROKEN_TARGET,
@@ -31,14 +31,6 @@ ALL_TARGETS = [*DRY_RUN_TARGETS, BROKEN_TARGET]
 def scored_points(lab: Lab, name: str) -> int:
     """How many of the target's logged iterations have a weighted score."""
     return sum(1 for e in read_log(lab.state_root(name)) if e["weighted_score"] is not None)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def point_counts(page: Any, selector: str) -> dict[str, int]:

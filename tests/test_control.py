@@ -23,8 +23,8 @@ from autoloop_daemon.exit_codes import (
     EXIT_REFUSED,
     EXIT_USAGE,
 )
-from tests.helpers.control import api, ctl, raw_get, target_status
-from tests.helpers.daemon import Daemon, Lab
+from tests.helpers.control import api, ctl, free_port, raw_get, target_status
+from tests.helpers.daemon import Daemon, Lab, dry_target
 from tests.helpers.notify import NotifyListener
 from tests.helpers.process import run_autoloopd
 from tests.helpers.wait import wait_for
@@ -36,22 +36,6 @@ SECRET = "sk-test-Zq8vW3secretvalue"
 def lab(tmp_path: Path) -> Lab:
     """A fresh lab under tmp_path."""
     return Lab(tmp_path)
-
-
-def dry(lab: Lab, name: str, **keys: Any) -> dict[str, Any]:
-    """A dry-run (simulator) target that cools down for long after each iteration."""
-    path = lab.skills / name
-    path.mkdir(exist_ok=True)
-    table = {
-        "name": name,
-        "path": str(path),
-        "dry_run": True,
-        "simulated_seconds": 0.05,
-        "mode": "continuous",
-        "cooldown_minutes": 600,
-        "max_iterations": 50,
-    }
-    return {**table, **keys}
 
 
 def sock_of(lab: Lab) -> Path:
@@ -78,7 +62,7 @@ def test_ctl_verbs_steer_a_running_daemon(lab: Lab) -> None:
     exits 4, an unknown target exits 2 naming it. With `exit_when_idle = false` the daemon
     stays up after every target stopped, and `reset` starts one again."""
     lab.write(
-        [dry(lab, "alpha"), dry(lab, "beta", max_iterations=2)],
+        [dry_target(lab, "alpha"), dry_target(lab, "beta", max_iterations=2)],
         daemon={"exit_when_idle": False},
     )
     daemon = start(lab)
@@ -143,7 +127,7 @@ def test_ctl_verbs_steer_a_running_daemon(lab: Lab) -> None:
 def test_pause_and_extension_survive_a_restart(lab: Lab) -> None:
     """A paused target stays paused after the daemon restarts (no iteration starts), and
     its extended limits are kept; `resume` lets it run again."""
-    lab.write([dry(lab, "alpha", max_iterations=3)])
+    lab.write([dry_target(lab, "alpha", max_iterations=3)])
     daemon = start(lab)
     finished(daemon, "alpha")
     assert ctl(lab.config, "pause", "alpha").returncode == 0
@@ -174,9 +158,9 @@ def test_pause_and_extension_survive_a_restart(lab: Lab) -> None:
 def test_reload_through_ctl_applies_a_good_file_and_refuses_a_bad_one(lab: Lab) -> None:
     """`ctl reload` validates first: a good file is applied (a new target starts); a bad one
     exits 78 naming the key, and the daemon keeps running with the previous configuration."""
-    lab.write([dry(lab, "alpha")])
+    lab.write([dry_target(lab, "alpha")])
     daemon = start(lab)
-    lab.write([dry(lab, "alpha"), dry(lab, "beta")])
+    lab.write([dry_target(lab, "alpha"), dry_target(lab, "beta")])
     done = ctl(lab.config, "reload")
     assert done.returncode == 0 and "added beta" in done.stdout, done
     finished(daemon, "beta")
@@ -197,7 +181,9 @@ def test_reload_through_ctl_applies_a_good_file_and_refuses_a_bad_one(lab: Lab) 
 def test_status_without_a_daemon_exits_3_and_still_lists_every_target(lab: Lab) -> None:
     """With no daemon, `status` says so, exits 3 (as `systemctl status`) and shows each
     target's last known state from its files; `ctl` exits 3 with a clear message."""
-    lab.write([dry(lab, "alpha", mode="single-run", max_iterations=1), dry(lab, "beta")])
+    lab.write(
+        [dry_target(lab, "alpha", mode="single-run", max_iterations=1), dry_target(lab, "beta")]
+    )
     done = run_autoloopd(["status", "--config", str(lab.config)], timeout=30)
     assert done.returncode == EXIT_NOT_RUNNING, done
     assert "daemon: not running" in done.stdout
@@ -226,7 +212,7 @@ def test_status_without_a_daemon_exits_3_and_still_lists_every_target(lab: Lab) 
 
 def test_no_secret_reaches_any_response_or_log(lab: Lab) -> None:
     """A target's env value (an API key) appears in no API response, page, metric or log."""
-    lab.write([dry(lab, "alpha", env={"API_KEY": SECRET})])
+    lab.write([dry_target(lab, "alpha", env={"API_KEY": SECRET})])
     daemon = start(lab)
     finished(daemon, "alpha")
     sock = sock_of(lab)
@@ -249,7 +235,9 @@ def test_no_secret_reaches_any_response_or_log(lab: Lab) -> None:
 def test_metrics_parse_with_the_expected_samples(lab: Lab) -> None:
     """`GET /metrics` is valid Prometheus text with iterations by target/status/decision,
     cost by source, budget, one-hot target status, scores, durations and readiness."""
-    lab.write([dry(lab, "alpha"), dry(lab, "beta", mode="single-run", max_iterations=1)])
+    lab.write(
+        [dry_target(lab, "alpha"), dry_target(lab, "beta", mode="single-run", max_iterations=1)]
+    )
     daemon = start(lab)
     finished(daemon, "alpha")
     daemon.wait_event("target_stopped", target="beta")
@@ -323,7 +311,7 @@ def test_the_socket_is_0660_and_the_kernel_refuses_other_users(lab: Lab, tmp_pat
     public.chmod(0o755)  # others may traverse: only the socket's own mode stands in the way
     sock = public / "ctl.sock"
     try:
-        lab.write([dry(lab, "alpha")], daemon={"control_socket": str(sock)})
+        lab.write([dry_target(lab, "alpha")], daemon={"control_socket": str(sock)})
         daemon = start(lab)
         mode = sock.stat().st_mode
         assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
@@ -337,13 +325,6 @@ def test_the_socket_is_0660_and_the_kernel_refuses_other_users(lab: Lab, tmp_pat
         for leftover in public.iterdir():
             leftover.unlink()
         public.rmdir()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _http(port: int, url: str, token: str | None = None) -> tuple[int, Any]:
@@ -360,16 +341,16 @@ def _http(port: int, url: str, token: str | None = None) -> tuple[int, Any]:
 def test_tcp_listener_needs_a_token_off_loopback_and_then_requires_it(lab: Lab) -> None:
     """`http_listen` on a non-loopback address without `http_token_file` is a config error
     (exit 78 naming the key); with a token every request needs `Authorization: Bearer`."""
-    lab.write([dry(lab, "alpha")], daemon={"http_listen": "0.0.0.0:8765"})
+    lab.write([dry_target(lab, "alpha")], daemon={"http_listen": "0.0.0.0:8765"})
     refused = run_autoloopd(["--config", str(lab.config), "--check"])
     assert refused.returncode == EXIT_CONFIG, refused
     assert "daemon.http_listen" in refused.stderr and "token" in refused.stderr
 
     token_file = lab.root / "token"
     token_file.write_text("s3cret-token\n")
-    port = _free_port()
+    port = free_port()
     lab.write(
-        [dry(lab, "alpha")],
+        [dry_target(lab, "alpha")],
         daemon={"http_listen": f"127.0.0.1:{port}", "http_token_file": str(token_file)},
     )
     daemon = start(lab)
@@ -387,7 +368,7 @@ def test_under_systemd_the_daemon_stays_up_when_every_target_stopped(lab: Lab) -
     target stopped (STATUS=all targets stopped), `extend` starts one again, SIGTERM ends it;
     with `exit_when_idle = true` it exits as soon as the targets are done."""
     single = {"mode": "single-run", "max_iterations": 1}
-    lab.write([dry(lab, "alpha", **single)])
+    lab.write([dry_target(lab, "alpha", **single)])
     with NotifyListener(lab.root) as listener:
         daemon = lab.start(env=listener.env)
         daemon.wait_event("target_stopped", target="alpha")
@@ -403,7 +384,7 @@ def test_under_systemd_the_daemon_stays_up_when_every_target_stopped(lab: Lab) -
         state = json.loads((lab.state_root("alpha") / "autoloop_state.json").read_text())
         assert state["iterations_completed"] == 2
 
-        lab.write([dry(lab, "alpha", **single)], daemon={"exit_when_idle": True})
+        lab.write([dry_target(lab, "alpha", **single)], daemon={"exit_when_idle": True})
         again = lab.start(env=listener.env)
         assert again.wait() == 0  # on its own, once alpha (already at its limit) stopped
 
@@ -412,7 +393,7 @@ def test_on_the_journal_each_line_starts_with_its_syslog_priority(lab: Lab) -> N
     """With JOURNAL_STREAM naming its stdout, every JSON line starts with `<N>`: info `<6>`,
     a failed iteration `<4>`, the circuit breaker's `target_stopped` `<3>`."""
     bad = lab.target("bad", "crash", mode="single-run", max_consecutive_errors=1)
-    lab.write([bad, dry(lab, "good", mode="single-run", max_iterations=1)])
+    lab.write([bad, dry_target(lab, "good", mode="single-run", max_iterations=1)])
     out = lab.root / "journal.out"
     out.touch()  # the daemon's stdout: the same inode once opened for writing
     st = out.stat()
@@ -437,7 +418,7 @@ def test_on_the_journal_each_line_starts_with_its_syslog_priority(lab: Lab) -> N
 def test_dashboard_files_are_served_and_nothing_beside_them(lab: Lab) -> None:
     """`GET /` serves the packaged index.html; `/static/` serves only files of that
     directory (a path leading out of it, or a missing file, is a JSON 404)."""
-    lab.write([dry(lab, "alpha")])
+    lab.write([dry_target(lab, "alpha")])
     daemon = start(lab)
     code, page = raw_get(sock_of(lab), "/")
     assert code == 200 and "<html" in page.lower()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from autoloop_daemon.exit_codes import EXIT_REFUSED
-from tests.helpers.control import target_status
+from tests.helpers.control import free_port, target_status
 from tests.helpers.daemon import Daemon
 from tests.helpers.process import child_env, run_autoloopd
 from tests.helpers.wait import wait_for
@@ -30,13 +29,6 @@ def readme_commands() -> list[list[str]]:
     section = text.split("## Operating a running daemon\n", 1)[1].split("\n## ", 1)[0]
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     return [argv for line in block.splitlines() if (argv := shlex.split(line, comments=True))]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_the_example_config_runs_until_stopped_and_checks(tmp_path: Path) -> None:
@@ -58,7 +50,7 @@ def test_the_readme_commands_run_as_written(tmp_path: Path) -> None:
     that an iteration is already running: exit 4), and each says what the README says."""
     shutil.copytree(REPO / "examples" / "skills", tmp_path / "examples" / "skills")
     shutil.copy(REPO / "examples" / "operate.toml", tmp_path / "examples" / "operate.toml")
-    port = str(_free_port())
+    port = str(free_port())
     env = child_env({"AUTOLOOPD_DAEMON__HTTP_LISTEN": f"127.0.0.1:{port}"})
     first, *rest = readme_commands()
     assert first == ["autoloopd", "--config", "examples/operate.toml"]

@@ -9,16 +9,14 @@ import http.client
 import json
 import os
 import re
-import socket
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from autoloop_daemon.exit_codes import EXIT_REFUSED
-from tests.helpers.control import api, ctl, raw_get, target_status
-from tests.helpers.daemon import Daemon, Lab
+from tests.helpers.control import api, ctl, free_port, raw_get, target_status
+from tests.helpers.daemon import Daemon, Lab, dry_target
 from tests.helpers.process import run_autoloopd
 from tests.helpers.wait import wait_for
 
@@ -27,22 +25,6 @@ from tests.helpers.wait import wait_for
 def lab(tmp_path: Path) -> Lab:
     """A fresh lab under tmp_path."""
     return Lab(tmp_path)
-
-
-def dry(lab: Lab, name: str, **keys: Any) -> dict[str, Any]:
-    """A simulator target that cools down for long after each iteration."""
-    path = lab.skills / name
-    path.mkdir(exist_ok=True)
-    table = {
-        "name": name,
-        "path": str(path),
-        "dry_run": True,
-        "simulated_seconds": 0.05,
-        "mode": "continuous",
-        "cooldown_minutes": 600,
-        "max_iterations": 50,
-    }
-    return {**table, **keys}
 
 
 def start(lab: Lab) -> Daemon:
@@ -72,7 +54,7 @@ def test_every_command_leaves_a_trace_and_one_that_does_not_take_says_so(lab: La
     target, values, origin (the unix socket, with the peer's uid) and outcome; `/metrics`
     counts them by verb and outcome; the state keeps the last one; the stop is
     `stopped_operator` with "stopped by operator (uid N) at T"."""
-    lab.write([dry(lab, "alpha")], daemon={"exit_when_idle": False})
+    lab.write([dry_target(lab, "alpha")], daemon={"exit_when_idle": False})
     daemon = start(lab)
     sock = lab.state_dir / "autoloopd.sock"
     daemon.wait_event("iteration_finished", target="alpha")
@@ -138,17 +120,10 @@ def test_every_command_leaves_a_trace_and_one_that_does_not_take_says_so(lab: La
     assert row_line[column:].split()[0] == "-", shown.stdout  # no next run once stopped
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_a_command_over_tcp_names_the_peer_address(lab: Lab) -> None:
     """Over the loopback TCP listener the trace's origin is `tcp` with the peer's address."""
-    port = _free_port()
-    lab.write([dry(lab, "alpha")], daemon={"http_listen": f"127.0.0.1:{port}"})
+    port = free_port()
+    lab.write([dry_target(lab, "alpha")], daemon={"http_listen": f"127.0.0.1:{port}"})
     daemon = start(lab)
     daemon.wait_event("http_listening")
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -168,7 +143,7 @@ def test_a_restart_whose_limit_still_holds_says_it_did_not_take(lab: Lab) -> Non
     """`ctl reset` of a target stopped by max_iterations: it starts, stops again at once, and
     ctl says so ("started, then stopped again: max_iterations reached (1/1)", exit 4); an
     `extend` that lifts the limit starts it for real (exit 0, one more iteration)."""
-    alpha = dry(lab, "alpha", max_iterations=1, cooldown_minutes=0)
+    alpha = dry_target(lab, "alpha", max_iterations=1, cooldown_minutes=0)
     lab.write([alpha], daemon={"exit_when_idle": False})
     daemon = start(lab)
     sock = lab.state_dir / "autoloopd.sock"

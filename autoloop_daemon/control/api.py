@@ -12,7 +12,6 @@ renders a target's `env` (secrets): responses come from the snapshot and the log
 from __future__ import annotations
 
 import hmac
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from autoloop_daemon.clock import parse_iso
+from autoloop_daemon.control.answers import answered, error, json_object
 from autoloop_daemon.control.peer_credentials import CALLER_KEY
 from autoloop_daemon.control.render_cache import RenderCache
 from autoloop_daemon.control.reviews import review_routes
@@ -35,7 +35,7 @@ from autoloop_daemon.engine.commands import Commands
 from autoloop_daemon.engine.operator_audit import audited
 from autoloop_daemon.engine.snapshot import FleetSnapshot
 from autoloop_daemon.engine.supervisor import Supervisor
-from autoloop_daemon.exceptions import CommandRefusedError, StateCorruptError, UnknownTargetError
+from autoloop_daemon.exceptions import StateCorruptError, UnknownTargetError
 from autoloop_daemon.observers.metrics import CONTENT_TYPE, Metrics
 from autoloop_daemon.operator_action import Caller
 
@@ -90,13 +90,6 @@ def budget_payload(snap: FleetSnapshot) -> dict[str, Any]:
     return payload
 
 
-def _error(status: int, message: str, target: str | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": message}
-    if target is not None:
-        body["target"] = target
-    return JSONResponse(body, status_code=status)
-
-
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -105,9 +98,10 @@ def _target_command(commands: Commands, supervisor: Supervisor) -> Handler:
         name = request.path_params["name"]
         verb = request.path_params["verb"]
         if verb not in VERBS:
-            return _error(404, f"unknown command {verb!r}", name)
-        try:
-            body = await _json_body(request) if verb == "extend" else {}
+            return error(404, f"unknown command {verb!r}", name)
+
+        async def act() -> dict[str, Any]:
+            body = await json_object(request) if verb == "extend" else {}
             message = await audited(
                 supervisor,
                 supervisor.events,
@@ -117,13 +111,9 @@ def _target_command(commands: Commands, supervisor: Supervisor) -> Handler:
                 {k: body[k] for k in ("iterations", "cost_usd") if k in body},
                 lambda: _run_verb(commands, name, verb, body),
             )
-        except UnknownTargetError:
-            return _error(404, f"no target named {name!r}", name)
-        except CommandRefusedError as exc:
-            return _error(409, str(exc), name)
-        except ValueError as exc:
-            return _error(400, str(exc), name)
-        return JSONResponse({"ok": True, "target": name, "message": message})
+            return {"message": message}
+
+        return await answered(name, act)
 
     return command
 
@@ -160,24 +150,6 @@ def caller_of(scope: Scope) -> Caller:
     return Caller("tcp" if client else "socket", address=address)
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = json.loads(raw or b"{}", parse_constant=_no_constant)
-    except RecursionError:
-        raise ValueError("the request body is nested too deeply") from None
-    except ValueError as exc:
-        raise ValueError(f"the request body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ValueError("the request body must be a JSON object")
-    return body
-
-
-def _no_constant(name: str) -> Any:
-    """`NaN`, `Infinity` and `-Infinity` are not JSON: refuse them (ValueError)."""
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
 def _status_route(supervisor: Supervisor) -> tuple[Handler, RenderCache]:
     """`GET /api/status`, rendered once per `RenderCache` interval for every client (so
     pollers cannot starve the targets), and that cache (commands drop it)."""
@@ -211,15 +183,15 @@ def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = No
         try:
             entries = await commands.history(name, HISTORY_LIMIT)
         except UnknownTargetError:
-            return _error(404, f"no target named {name!r}", name)
+            return error(404, f"no target named {name!r}", name)
         except StateCorruptError as exc:
-            return _error(500, str(exc), name)
+            return error(500, str(exc), name)
         return JSONResponse({"target": name, "entries": entries})
 
     async def reload(request: Request) -> Response:
         report = await supervisor.reload()
         if not report.ok:
-            return _error(422, report.error or "reload refused")
+            return error(422, report.error or "reload refused")
         return JSONResponse(
             {
                 "ok": True,
@@ -260,7 +232,7 @@ async def _static_file(root: Path, name: str) -> Response:
 
     path = await anyio.to_thread.run_sync(find)
     if path is None:
-        return _error(404, f"no such file: {name}")
+        return error(404, f"no such file: {name}")
     return FileResponse(path)
 
 
@@ -278,10 +250,10 @@ class BearerAuth:
         if scope["type"] == "http":
             given = [v for k, v in scope.get("headers") or [] if k == b"authorization"]
             if len(given) > 1:  # which one counts is ambiguous between proxies and us
-                await _error(400, "more than one Authorization header")(scope, receive, send)
+                await error(400, "more than one Authorization header")(scope, receive, send)
                 return
             if not hmac.compare_digest(given[0] if given else b"", self._expected):
-                response = _error(401, "missing or wrong bearer token")
+                response = error(401, "missing or wrong bearer token")
                 response.headers["WWW-Authenticate"] = "Bearer"
                 await response(scope, receive, send)
                 return

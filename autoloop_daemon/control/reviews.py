@@ -9,7 +9,6 @@ it decided: a failed feedback write leaves the entry pending, to be decided agai
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import Scope
 
 from autoloop_daemon.clock import now_iso, now_utc
+from autoloop_daemon.control.answers import answered, error, json_object
 from autoloop_daemon.control.peer_credentials import CALLER_KEY
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import CommandRefusedError, UnknownTargetError
@@ -141,9 +141,10 @@ def review_routes(
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             # A form posted from another site cannot set this type without a CORS preflight,
             # which this API never grants: no cross-site verdicts through a logged-in browser.
-            return _error(415, "the request body must be application/json", name)
-        try:
-            body = await _body(request)
+            return error(415, "the request body must be application/json", name)
+
+        async def act() -> dict[str, Any]:
+            body = await json_object(request)
             wanted, verdict, note = body.get("id"), body.get("verdict"), body.get("note")
             claimed = body.get("reviewer")
             if not isinstance(verdict, str):
@@ -151,30 +152,11 @@ def review_routes(
             if not all(v is None or isinstance(v, str) for v in (wanted, note, claimed)):
                 raise ValueError("id, note and reviewer must be strings")
             by = reviewer(request.scope, claimed)
-            done = await reviews.decide(name, wanted, verdict, note, by)
-        except UnknownTargetError:
-            return _error(404, f"no target named {name!r}", name)
-        except CommandRefusedError as exc:
-            return _error(409, str(exc), name)
-        except ValueError as exc:
-            return _error(400, str(exc), name)
-        return JSONResponse({"ok": True, "target": name, "review": done})
+            return {"review": await reviews.decide(name, wanted, verdict, note, by)}
+
+        return await answered(name, act)
 
     return [
         Route("/api/reviews", listing),
         Route("/api/targets/{name}/review", acted(review), methods=["POST"]),
     ]
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError:
-        raise ValueError("the request body is not JSON") from None
-    if not isinstance(body, dict):
-        raise ValueError("the request body must be a JSON object")
-    return body
-
-
-def _error(status: int, message: str, target: str) -> JSONResponse:
-    return JSONResponse({"error": message, "target": target}, status_code=status)

@@ -163,3 +163,20 @@ class Lab:
     def check_state_roots(self) -> None:
         """Invariants hold in every state root and no marked process is left running."""
         check_state_dir(self.state_dir)
+
+
+def dry_target(lab: Lab, name: str, **keys: Any) -> dict[str, Any]:
+    """A dry-run (simulator) target of `lab` that cools down for long after each iteration;
+    `keys` override its table."""
+    path = lab.skills / name
+    path.mkdir(exist_ok=True)
+    table = {
+        "name": name,
+        "path": str(path),
+        "dry_run": True,
+        "simulated_seconds": 0.05,
+        "mode": "continuous",
+        "cooldown_minutes": 600,
+        "max_iterations": 50,
+    }
+    return {**table, **keys}
