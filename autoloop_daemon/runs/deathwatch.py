@@ -122,8 +122,9 @@ def group_started(pgid: int, marker: str | None) -> None:
     """Register a run's process group, right after the spawn."""
     if _watch is None:
         return
-    _watch.groups[pgid] = marker or ""
-    _watch.send([f"G {pgid} {marker or ''}"])
+    marker = "" if marker is None or "\n" in marker else marker
+    _watch.groups[pgid] = marker
+    _watch.send([f"G {pgid} {marker}"])
 
 
 def group_ended(pgid: int) -> None:
