@@ -70,6 +70,11 @@ class _Watch:
 
     def send(self, lines: list[str]) -> None:
         data = "".join(f"{line}\n" for line in lines).encode()
+        if self.proc is not None and self.proc.poll() is not None:  # died: a new one
+            _log.warning("deathwatch_restarted", pid=self.proc.pid, code=self.proc.returncode)
+            self._reap()
+            self.spawn()  # replays everything registered, `lines` included
+            return
         try:
             while data:
                 data = data[os.write(self.fd, data) :]
