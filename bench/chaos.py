@@ -1,7 +1,9 @@
 """The chaos figures of cluster mode: three real hosts on one PostgreSQL database, one of them
-crashed (kill -9 with its orchestrators), frozen past its lease (SIGSTOP, then SIGCONT; also
-frozen inside a transaction that holds the budget row's lock), or the database restarted
-under them (a private server, stopped and started on the same port).
+crashed (kill -9 with its orchestrators), its daemon killed alone (kill -9 of the daemon
+only, the OOM killer's case: `runs_died_after_s` is the kill to its death watch having
+killed every process of its runs, overlaps must stay 0), frozen past its lease (SIGSTOP,
+then SIGCONT; also frozen inside a transaction that holds the budget row's lock), or the
+database restarted under them (a private server, stopped and started on the same port).
 
 Each scenario is the one the tests play (tests/helpers/chaos.py: 6 targets x 6 iterations,
 lease 3 s, renewals every 0.5 s, termination grace 0.5 s), `--runs` times. Reported per
@@ -71,6 +73,7 @@ def _summary(scenario: str, runs: list[Figures]) -> dict[str, Any]:
         "takeover_s_max": top("takeover_s"),
         "first_rerun_s_max": top("first_rerun_s"),
         "outage_s_max": top("outage_s"),
+        "runs_died_after_s": values("runs_died_after_s"),
         "max_overlap_s": top("max_overlap_s"),
         "margin_s": runs[0].margin_s,
         "spent_equals_sum_of_charges": all(f.spent_usd == f.sum_of_charges_usd for f in runs),
@@ -90,6 +93,7 @@ def _line(scenario: str, s: dict[str, Any]) -> str:
     moved = (
         f"leases moved {s['takeover_s_median']} s (max {s['takeover_s_max']}) after the event, "
         f"first rerun elsewhere by {s['first_rerun_s_max']} s"
+        + (f", runs dead after {s['runs_died_after_s']} s" if s["runs_died_after_s"] else "")
         if scenario != "db_restart"
         else f"database down {s['outage_s_max']} s, {s['self_fences']} self-fences, "
         f"{s['pushes_deferred']} pushes deferred"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from autoloop_daemon.runs.deathwatch import BOUND_S
 from tests.helpers.chaos import (
     LEASE_S,
     TERM_GRACE_S,
@@ -68,6 +69,21 @@ def test_a_crashed_host_s_targets_are_completed_by_the_others(lab: ChaosLab) -> 
     assert checked >= 1  # the run caught in flight was one of them
 
 
+def test_a_daemon_killed_alone_takes_its_runs_with_it(lab: ChaosLab) -> None:
+    """kill -9 of h2's daemon alone while one of its runs is in flight: its death watch
+    kills the orchestrators within BOUND_S (room for this loaded machine in the wait), before
+    the lease can move, so no run overlaps the new holder's; the money still holds."""
+    outcome = play(lab, "crash_alone")
+    figures = check(lab, outcome)
+    assert_holds(figures)
+    assert outcome.frozen_runs >= 1
+    assert outcome.resumed_at is not None
+    died_after_s = outcome.resumed_at - outcome.event_at
+    assert died_after_s < 5 * BOUND_S, died_after_s
+    assert figures.max_overlap_s == 0.0
+    assert min(outcome.moved_after_s.values()) > died_after_s
+
+
 def test_a_frozen_host_is_fenced_when_it_is_thawed(lab: ChaosLab) -> None:
     """SIGSTOP of h2 and its orchestrators while one of its runs is in flight, until its
     leases have moved and its targets run elsewhere, then SIGCONT: its run goes on for at
@@ -79,6 +95,20 @@ def test_a_frozen_host_is_fenced_when_it_is_thawed(lab: ChaosLab) -> None:
     assert outcome.frozen_runs >= 1 and figures.reruns >= 1
     assert figures.fenced_late_writes >= 1 and figures.fenced_writes_logged >= 1
     assert outcome.exit_codes[VICTIM] == 0
+    # Nothing new starts under a stale lease after the thaw: a run starts only while its
+    # lease was confirmed within half a lease (keeper.fresh), and the thawed host's first
+    # renewal finds the moved leases gone. A stale run: one of h2's started after the thaw
+    # under a token lower than one another host already ran that target with.
+    assert outcome.resumed_at is not None
+    stale = [
+        r.describe()
+        for r in outcome.runs
+        if r.host == VICTIM
+        and r.start > outcome.resumed_at
+        and any(o.target == r.target and o.host != VICTIM and o.token > r.token
+                and o.start < r.start for o in outcome.runs)
+    ]  # fmt: skip
+    assert stale == []
 
 
 def test_a_host_frozen_inside_a_transaction_does_not_stall_the_cluster(lab: ChaosLab) -> None:

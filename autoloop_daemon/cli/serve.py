@@ -26,6 +26,7 @@ from autoloop_daemon.observers.metrics import Metrics
 from autoloop_daemon.observers.review_watch import ReviewCollector, ReviewWatch
 from autoloop_daemon.observers.sdnotify import Notifier
 from autoloop_daemon.observers.systemd import SystemdReporter
+from autoloop_daemon.runs import deathwatch
 from autoloop_daemon.runs.process import pidfd_child_watcher
 from autoloop_daemon.runs.reaper import FINAL_GRACE_S, become_subreaper, sweep
 
@@ -68,6 +69,7 @@ async def serve(
     exit_code = 0
     error: AutoloopError | None = None
     become_subreaper()  # before the first child: orphans of orchestrators become ours
+    deathwatch.start()  # after it: a killed daemon's runs die with it (runs/deathwatch.py)
     with pidfd_child_watcher():
         async with anyio.create_task_group() as tg:
             # The signal receiver stays open until every final checkpoint is written.

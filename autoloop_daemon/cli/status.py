@@ -137,7 +137,8 @@ def _from_config(config: Path, sock: Path | None) -> dict[str, Any]:
         from autoloop_daemon.cli.status_cluster import with_cluster
 
         c = cfg.cluster
-        report = with_cluster(report, cfg.cluster.dsn, c.host, c.lease_seconds)
+        limits = {t.name: t.max_iterations for t in cfg.targets}
+        report = with_cluster(report, cfg.cluster.dsn, c.host, c.lease_seconds, limits)
     return report
 
 

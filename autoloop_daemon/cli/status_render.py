@@ -78,7 +78,7 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [header]
     for r in rows:
         done, cap = r.get("iterations_completed"), r.get("max_iterations")
-        iteration = f"{done}/{cap}" if done is not None else "-"
+        iteration = "-" if done is None else f"{done}" if cap is None else f"{done}/{cap}"
         if r.get("running_iteration"):
             elapsed = r.get("running_for_s")
             took = f" {_fmt_duration(elapsed)}" if isinstance(elapsed, int | float) else ""
@@ -130,6 +130,8 @@ def render_summary(report: dict[str, Any], *, daemon: bool = True) -> str:
     b = report["budget"]
     lines = [render_daemon(report["daemon"])] if daemon else []
     money = f"budget: {_fmt_money(b['spent_usd'])} spent"
+    if b.get("unknown"):  # cluster mode, its database away: the local total is not it
+        money = f"budget: {b['unknown']}"
     if b.get("cap_usd") is not None:
         money += f" of {_fmt_money(b['cap_usd'])}, {_fmt_money(b['remaining_usd'])} left"
     if b.get("reserved_usd"):

@@ -31,7 +31,7 @@ import structlog
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 
 from autoloop_daemon.exceptions import RunLogError, StateWriteError
-from autoloop_daemon.runs import reaper
+from autoloop_daemon.runs import deathwatch, reaper
 from autoloop_daemon.runs.procfs import (
     RUN_MARKER_ENV,
     group_alive,
@@ -148,6 +148,7 @@ async def run_in_group(
     sink = _LogSink(log_path)
     try:
         await sink.open()
+        deathwatch.run_starting(marker)
         with reaper.run_registered(marker):
             return await _run(
                 command,
@@ -164,6 +165,7 @@ async def run_in_group(
         with anyio.CancelScope(shield=True):
             await sink.close()
             await reaper.sweep(marker, term_grace_s)
+            deathwatch.run_ended(marker)
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -197,6 +199,7 @@ async def _run(
     pid = process.pid  # the group's id too (start_new_session)
     _RUNNING_GROUPS.add(pid)
     reaper.child_started(pid)
+    deathwatch.group_started(pid, env.get(RUN_MARKER_ENV))
     try:
         if on_started is not None:
             await on_started(pid)
@@ -211,6 +214,7 @@ async def _run(
         with anyio.move_on_after(_REAP_S, shield=True):
             await process.aclose()
         _RUNNING_GROUPS.discard(pid)
+        deathwatch.group_ended(pid)
         if process.returncode is not None:  # else asyncio still has to reap it
             reaper.child_exited(pid)
     return ProcessOutcome(

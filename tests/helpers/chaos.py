@@ -32,7 +32,7 @@ TERM_GRACE_S = 0.5
 COST_PER_MINUTE_USD = 6.0  # 0.1 $/s: what a takeover charges per second of a dead host's run
 HOSTS = ("h1", "h2", "h3")
 VICTIM = "h2"
-SCENARIOS = ("crash", "freeze", "freeze_in_transaction", "db_restart")
+SCENARIOS = ("crash", "crash_alone", "freeze", "freeze_in_transaction", "db_restart")
 
 
 def overlap_margin_s(lease_s: float = LEASE_S, term_grace_s: float = TERM_GRACE_S) -> float:
@@ -61,7 +61,11 @@ class Outcome:
     @property
     def killed_at(self) -> dict[str, float]:
         """When each crashed host died (its runs without an end line ended then)."""
-        return {self.victim: self.event_at} if self.scenario == "crash" and self.victim else {}
+        if self.victim is None:
+            return {}
+        if self.scenario == "crash_alone" and self.resumed_at is not None:
+            return {self.victim: self.resumed_at}  # its runs died when the watch killed them
+        return {self.victim: self.event_at} if self.scenario == "crash" else {}
 
 
 class ChaosLab(ClusterLab):
@@ -319,6 +323,34 @@ def crash(lab: ChaosLab) -> Outcome:
     return outcome
 
 
+def crash_alone(lab: ChaosLab) -> Outcome:
+    """kill -9 of the victim's daemon alone (the OOM killer's case) while a run is in
+    flight: its death watch must kill the orchestrators. `event_at` is the kill,
+    `resumed_at` when the last of its runs' processes was gone (their end in the record)."""
+    lab.wait_all_hosts_working(VICTIM)
+    pids = lab.catch_in_flight(VICTIM)
+    held = tuple(lab.leases_of(VICTIM))
+    daemon = lab.daemons[VICTIM].pid
+    in_flight = {r.pid for r in lab.open_runs(VICTIM)} & pids
+    os.kill(daemon, signal.SIGKILL)
+    killed_at = time.monotonic()
+    lab.thaw(pids - {daemon})  # the orchestrators and the watch go on, alone
+    outcome = Outcome("crash_alone", VICTIM, event_at=killed_at, victim_targets=held)
+    outcome.frozen_runs = len(in_flight)
+    wait_for(lambda: not any(_alive(p) for p in pids - {daemon}), timeout=30, interval=0.005,
+             what=f"{VICTIM}'s runs to die with their daemon")  # fmt: skip
+    outcome.resumed_at = time.monotonic()
+    outcome.moved_after_s = lab.wait_moved(held, VICTIM, killed_at)
+    outcome.exit_codes = lab.wait_exits()
+    outcome.runs = lab.runs()
+    return outcome
+
+
+def _alive(pid: int) -> bool:
+    """Running (or stopped): neither gone nor a zombie."""
+    return (s := proc_stat(pid)) is not None and s[0] not in ("Z", "X")
+
+
 def freeze(lab: ChaosLab) -> Outcome:
     """SIGSTOP the victim host with every process it started (a frozen VM) while a run is
     in flight, until its leases have moved and its targets run elsewhere, then SIGCONT it."""
@@ -384,7 +416,8 @@ def play(lab: ChaosLab, scenario: str, server: PrivatePostgres | None = None) ->
     lab.init()
     lab.start_hosts()
     plays: dict[str, Callable[..., Outcome]] = {
-        "crash": crash, "freeze": freeze, "freeze_in_transaction": freeze_in_transaction,
+        "crash": crash, "crash_alone": crash_alone, "freeze": freeze,
+        "freeze_in_transaction": freeze_in_transaction,
     }  # fmt: skip
     if scenario == "db_restart":
         assert server is not None

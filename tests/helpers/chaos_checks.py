@@ -56,6 +56,7 @@ class Figures:
     takeover_by_target_s: dict[str, float] = field(default_factory=dict)
     first_rerun_s: float | None = None  # the event to a run of its targets elsewhere
     outage_s: float | None = None  # the database's stop to its start again
+    runs_died_after_s: float | None = None  # crash_alone: the kill to its runs all gone
     max_overlap_s: float = 0.0
     margin_s: float = 0.0
     spent_usd: str = "0"
@@ -93,6 +94,8 @@ def check(lab: ChaosLab, outcome: Outcome) -> Figures:
     fig.reruns = sum(1 for n in Counter((r.target, r.iteration) for r in runs).values() if n > 1)
     if outcome.resumed_at is not None and outcome.scenario == "db_restart":
         fig.outage_s = round(outcome.resumed_at - outcome.event_at, 3)
+    if outcome.resumed_at is not None and outcome.scenario == "crash_alone":
+        fig.runs_died_after_s = round(outcome.resumed_at - outcome.event_at, 3)
     fig.fenced_writes_logged = _logged(lab, "cluster_write_fenced")
     fig.self_fences_logged = _logged(lab, "cluster_self_fence")
     fig.pushes_deferred_logged = _logged(lab, "cluster_push_deferred")
@@ -111,7 +114,7 @@ def assert_holds(fig: Figures) -> None:
 
 def _check_exits(outcome: Outcome, fig: Figures) -> None:
     for host, code in sorted(outcome.exit_codes.items()):
-        crashed = outcome.scenario == "crash" and host == outcome.victim
+        crashed = outcome.scenario in ("crash", "crash_alone") and host == outcome.victim
         if code != (-9 if crashed else 0):
             fig.problems.append(f"host {host} exited {code}")
 
@@ -222,7 +225,7 @@ def _check_money(
         if run.key in accepted:
             continue
         state, charged = states.get(run.key, (None, None))
-        crashed = outcome.scenario == "crash" and run.host == outcome.victim
+        crashed = outcome.scenario in ("crash", "crash_alone") and run.host == outcome.victim
         if state not in ("expired", "late_settled"):
             fig.problems.append(f"a run not recorded has reservation {state}: {run.describe()}")
         elif state == "expired" and run.how is not None and not crashed:
@@ -269,7 +272,7 @@ def _check_leases(
         elsewhere = [r for r in later if r.target == name and r.key in accepted]
         if not elsewhere:
             fig.problems.append(f"{name}: no iteration of it recorded elsewhere after the event")
-    if outcome.scenario == "crash":
+    if outcome.scenario in ("crash", "crash_alone"):
         held = lab.sql("SELECT name FROM targets WHERE lease_holder = %s", (victim,))
         if held:
             fig.problems.append(f"leases still held by the crashed {victim}: {held}")

@@ -1,0 +1,74 @@
+"""The death watch (runs/deathwatch.py) on its own: a small real "daemon" process starts
+it, registers a process group of two sleepers (one of which left the group with setsid()
+but carries the run's marker), has its watch killed once (it must come back with the
+registrations replayed), and is then SIGKILLed: every sleeper dies."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from autoloop_daemon.runs.deathwatch import BOUND_S
+from tests.helpers.process import pid_alive
+from tests.helpers.wait import wait_for
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+
+_DAEMON = textwrap.dedent(
+    """
+    import os, signal, subprocess, sys, time
+    from autoloop_daemon.runs import deathwatch
+    assert deathwatch.start()
+    marker = "run-under-test#1"
+    deathwatch.run_starting(marker)
+    env = {**os.environ, "AUTOLOOPD_RUN": marker}
+    leader = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                              env=env, start_new_session=True)
+    escapee = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                               env=env, start_new_session=True)  # its own session: marker only
+    deathwatch.group_started(leader.pid, marker)
+    watch = deathwatch._watch.proc.pid
+    os.kill(watch, signal.SIGKILL)  # the next registration starts a new watch, replayed
+    while open(f"/proc/{watch}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)  # dead (a zombie until reaped): its end of the pipe is closed
+    deathwatch.run_starting("another#1")
+    print("PIDS", leader.pid, escapee.pid, watch, deathwatch._watch.proc.pid, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_a_killed_daemon_s_registered_runs_die_and_a_killed_watch_comes_back() -> None:
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", _DAEMON], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    pids: list[int] = []
+    try:
+        assert daemon.stdout is not None
+        line = daemon.stdout.readline()
+        while line and not line.startswith("PIDS "):  # the restart's log line comes first
+            line = daemon.stdout.readline()
+        leader, escapee, first_watch, second_watch = map(int, line.split()[1:])
+        pids = [leader, escapee, second_watch]
+        assert second_watch != first_watch and pid_alive(second_watch)
+        assert pid_alive(leader) and pid_alive(escapee)
+        os.kill(daemon.pid, signal.SIGKILL)
+        daemon.wait(timeout=10)
+        # BOUND_S is the promise (bench/chaos.py measures it); the wait allows for load.
+        wait_for(lambda: not pid_alive(leader) and not pid_alive(escapee),
+                 timeout=5 * BOUND_S, interval=0.005, what="the runs to die")  # fmt: skip
+        wait_for(lambda: not pid_alive(second_watch), timeout=10, what="the watch to exit")
+    finally:
+        for pid in [daemon.pid, *pids]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        daemon.wait(timeout=10)
+        if daemon.stdout is not None:
+            daemon.stdout.close()
