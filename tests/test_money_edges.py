@@ -4,7 +4,7 @@ it cannot, and the stop reason names what really stopped a target."""
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +241,30 @@ def test_hard_guarantee_books_and_flags_a_run_reporting_more_than_its_limit(
         assert entry["status"] == "failed" and entry["cost_usd"] == 0.5, entry
         assert entry["error"].startswith("overage: reported $0.5000"), entry
         assert read_state(tmp_path / "state" / name)["total_cost_usd"] == 0.5
+
+
+def test_no_run_starts_after_its_deadline_once_the_slot_wait_ends(tmp_path: Path) -> None:
+    """One concurrency slot, two targets whose deadline is 8 s away, each run lasting 12 s:
+    one target runs (it started in time); the other waits for the slot past the deadline and
+    must not start then. It stops `stopped_deadline` with no run (a queued run started
+    0.64 s after its deadline before)."""
+    deadline = datetime.now(UTC) + timedelta(seconds=8)
+    argv = orchestrator_argv("slow", "--sleep", "12", "--cost", "0.05")
+    for name in "ab":
+        (tmp_path / name).mkdir()
+    config = write_config(
+        tmp_path / "config.toml",
+        daemon={"state_dir": str(tmp_path / "state"), "max_concurrent_iterations": 1},
+        budget={"max_cost_usd": 100.0},
+        defaults={"mode": "continuous", "cooldown_minutes": 0, "max_iterations": 5,
+                  "orchestrator": argv, "estimated_cost_usd": 0.1,
+                  "deadline": deadline.isoformat()},
+        targets=[{"name": n, "path": n} for n in "ab"],
+    )  # fmt: skip
+    done = run_autoloopd(["--config", str(config)], timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    entries = [e for n in "ab" for e in read_log(tmp_path / "state" / n)]
+    assert len(entries) == 1, entries  # the second target never started
+    started = datetime.fromisoformat(entries[0]["started_at"].replace("Z", "+00:00"))
+    assert started < deadline, entries
+    assert {read_state(tmp_path / "state" / n)["status"] for n in "ab"} == {"stopped_deadline"}

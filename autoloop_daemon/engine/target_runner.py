@@ -245,7 +245,9 @@ class TargetRunner:
         try:
             if not got_slot:
                 got_slot = await self._waits.slot()
-            if got_slot and not self._stop.requested and self._budget.may_start(self.spec.name):
+            due = not self._stop.requested  # and the deadline, checked again after the waits
+            due = due and (self._deadline_at is None or now_utc() < self._deadline_at)
+            if got_slot and due and self._budget.may_start(self.spec.name):
                 cost_usd = await Iteration(self).run()
         finally:
             if got_slot:
