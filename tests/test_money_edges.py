@@ -268,3 +268,29 @@ def test_no_run_starts_after_its_deadline_once_the_slot_wait_ends(tmp_path: Path
     started = datetime.fromisoformat(entries[0]["started_at"].replace("Z", "+00:00"))
     assert started < deadline, entries
     assert {read_state(tmp_path / "state" / n)["status"] for n in "ab"} == {"stopped_deadline"}
+
+
+def test_fcfs_gives_every_target_its_turn_under_a_tight_budget(tmp_path: Path) -> None:
+    """Six targets, two slots, $0.10 runs under a $0.40 window of 2 s and a $1.80 lifetime
+    cap (18 runs): with `allocation = "fcfs"` a target queued for a slot holds no
+    reservation and goes before one that just finished, so every target runs 3 times, give
+    or take one (before: a few ran 9-13 times while others got one run)."""
+    names = [f"t{i}" for i in range(6)]
+    for name in names:
+        (tmp_path / name).mkdir()
+    argv = orchestrator_argv("slow", "--sleep", "0.1", "--cost", "0.1")
+    config = write_config(
+        tmp_path / "config.toml",
+        daemon={"state_dir": str(tmp_path / "state"), "max_concurrent_iterations": 2},
+        budget={"max_cost_usd": 0.4, "window": "2s", "lifetime_max_cost_usd": 1.8,
+                "allocation": "fcfs"},
+        defaults={"mode": "continuous", "cooldown_minutes": 0, "max_iterations": 100,
+                  "orchestrator": argv, "estimated_cost_usd": 0.1, "plateau_window": 0,
+                  "oscillation_window": 0},
+        targets=[{"name": n, "path": n} for n in names],
+    )  # fmt: skip
+    done = run_autoloopd(["--config", str(config)], timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = {n: len(read_log(tmp_path / "state" / n)) for n in names}
+    assert sum(counts.values()) == 18, counts
+    assert max(counts.values()) - min(counts.values()) <= 1, counts

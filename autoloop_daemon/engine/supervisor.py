@@ -92,10 +92,8 @@ class Supervisor:
         self.hosting: Hosting = hosting or LocalHosting()
         self.hosting.attach(self)
         self._budget = self.hosting.make_budget(budget_cap_usd, window, self._budget_changed)
-        self._slots: anyio.CapacityLimiter | RankedSlots = (
-            RankedSlots(max_concurrent)
-            if allocation == "gain_per_usd"
-            else anyio.CapacityLimiter(max_concurrent)
+        self._slots: anyio.CapacityLimiter | RankedSlots = RankedSlots(
+            max_concurrent, fair_turns=allocation != "gain_per_usd"
         )
         self._targets_tg: TaskGroup | None = None
         self._shutdown_requests = 0

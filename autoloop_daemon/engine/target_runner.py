@@ -207,19 +207,18 @@ class TargetRunner:
         """Reserve the budget and take a slot, then run one iteration. Returns a status to
         finish with (budget exhausted, a cap's cut, a one-shot's end), or None.
 
-        First come first served reserves first, then waits for a slot (as always). With
-        ranked slots (`allocation = "gain_per_usd"`) the slot comes first, so that the
-        best-ranked target is also the next one to spend; it is given back before waiting
+        The slot comes first, then the money: a target queued for a slot holds no
+        reservation (queued ones would fill a tight budget), the next to spend is the one the
+        slots chose (first in line with `fcfs`, so a waiting target goes before one that just
+        finished; best-ranked with `gain_per_usd`), and the slot is given back before waiting
         for the next budget window.
         """
-        ranked = isinstance(self._slots, RankedSlots)
         held = False
         try:
-            if ranked:
-                held = await self._waits.slot()
-                if not held or self._stop.requested:
-                    return None
-            reservation = await self._waits.reserve()
+            held = await self._waits.slot()
+            if not held or self._stop.requested:
+                return None
+            reservation = await self._waits.reserve_in_turn()
             if self._stop.requested:
                 return None
             if reservation is None:
@@ -231,7 +230,7 @@ class TargetRunner:
                 await self._waits.window(reservation)
                 return None
             held = False  # _run_reserved gives it back
-            await self._run_reserved(reservation, have_slot=ranked)
+            await self._run_reserved(reservation, have_slot=True)
         finally:
             if held:
                 self._slots.release()
