@@ -294,3 +294,38 @@ def test_fcfs_gives_every_target_its_turn_under_a_tight_budget(tmp_path: Path) -
     counts = {n: len(read_log(tmp_path / "state" / n)) for n in names}
     assert sum(counts.values()) == 18, counts
     assert max(counts.values()) - min(counts.values()) <= 1, counts
+
+
+def test_reported_costs_keep_each_window_and_the_lifetime_within_their_caps(
+    tmp_path: Path,
+) -> None:
+    """Four targets on two slots, each run reporting $0.10 at its end (as estimated), a
+    $0.30 window of 2 s and a $0.90 lifetime cap: both caps hold together at reservation,
+    so no window's runs (grouped by `started_at`, as the ledger books them) cost more than
+    $0.30, and the total is at most $0.90 (issue 20 saw $3.43 in one $1 window). Before fair
+    turns a run reserved in one window waited for its slot and started, so was booked, in
+    the next: $0.40 in a $0.30 window here."""
+    names = [f"t{i}" for i in range(4)]
+    for name in names:
+        (tmp_path / name).mkdir()
+    argv = orchestrator_argv("slow", "--sleep", "0.5", "--cost", "0.1")
+    config = write_config(
+        tmp_path / "config.toml",
+        daemon={"state_dir": str(tmp_path / "state"), "max_concurrent_iterations": 2},
+        budget={"max_cost_usd": 0.3, "window": "2s", "lifetime_max_cost_usd": 0.9},
+        defaults={"mode": "continuous", "cooldown_minutes": 0, "max_iterations": 100,
+                  "orchestrator": argv, "estimated_cost_usd": 0.1, "plateau_window": 0,
+                  "oscillation_window": 0},
+        targets=[{"name": n, "path": n} for n in names],
+    )  # fmt: skip
+    done = run_autoloopd(["--config", str(config)], timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    entries = [e for n in names for e in read_log(tmp_path / "state" / n)]
+    per_window: dict[int, float] = {}
+    for e in entries:
+        started = datetime.fromisoformat(e["started_at"].replace("Z", "+00:00")).timestamp()
+        key = math.floor(started / 2)
+        per_window[key] = per_window.get(key, 0.0) + e["cost_usd"]
+    assert len(per_window) >= 3, per_window  # the lifetime cap spans several windows
+    assert max(per_window.values()) <= 0.3 + 1e-9, per_window
+    assert 0.9 - 1e-9 <= math.fsum(e["cost_usd"] for e in entries) <= 0.9 + 1e-9
