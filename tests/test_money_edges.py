@@ -329,3 +329,32 @@ def test_reported_costs_keep_each_window_and_the_lifetime_within_their_caps(
     assert len(per_window) >= 3, per_window  # the lifetime cap spans several windows
     assert max(per_window.values()) <= 0.3 + 1e-9, per_window
     assert 0.9 - 1e-9 <= math.fsum(e["cost_usd"] for e in entries) <= 0.9 + 1e-9
+
+
+def test_status_says_a_hard_cap_shrinks_concurrency(tmp_path: Path) -> None:
+    """`guarantee = "hard"`, four slots, $0.40 worst case per run, $1.00 cap: only two runs
+    fit at once, and `status` (text and JSON) says so while they run."""
+    names = ["a", "b", "c", "d"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    config = write_config(
+        tmp_path / "config.toml",
+        daemon={"state_dir": str(tmp_path / "state"), "max_concurrent_iterations": 4,
+                "shutdown_grace_seconds": 1.0},
+        budget={"max_cost_usd": 1.0, "guarantee": "hard"},
+        defaults={"mode": "continuous", "cooldown_minutes": 0, "max_iterations": 50,
+                  "orchestrator": orchestrator_argv("slow", "--sleep", "30", "--cost", "0.1"),
+                  "max_iteration_cost_usd": 0.4, "term_grace_seconds": 0.5},
+        targets=[{"name": n, "path": n} for n in names],
+    )  # fmt: skip
+    daemon = Daemon(config, tmp_path / "out.log")
+    try:
+        daemon.wait_event("iteration_started", count=2, timeout=60)
+        done = run_autoloopd(["status", "--config", str(config)], timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "hard cap: each run reserves its worst case $0.40" in done.stdout, done.stdout
+        assert "at most 2 can run at once" in done.stdout, done.stdout
+        raw = run_autoloopd(["status", "--config", str(config), "--json"], timeout=60)
+        assert '"hard_runs_at_once": 2' in raw.stdout, raw.stdout[-2000:]
+    finally:
+        assert daemon.stop() == 0
