@@ -33,6 +33,7 @@ from autoloop_daemon.policy.ledger import Reservation
 from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.policy.stops import Goals, Limits, goal_reason, stop_reason, stop_sentence
 from autoloop_daemon.policy.windows import local_zone, spent_in_window
+from autoloop_daemon.policy.yield_bound import gain_per_usd_upper
 from autoloop_daemon.storage.base import TargetStore
 from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import FINAL_STATUSES, REQUESTED_STOPS, Phase, TargetStatus
@@ -385,7 +386,7 @@ class TargetRunner:
             Goals(self.spec.target_score, self.spec.min_gain_per_usd, self._deadline_at),
             best=self.progress.best,
             scored=len(self.progress.scores),
-            gain_per_usd=self.gain_per_usd,
+            gain_per_usd=lambda: self.gain_per_usd(upper=True),
             now=now_utc(),
         )
         return None if reason is None else TargetStatus(reason)
@@ -412,8 +413,9 @@ class TargetRunner:
         """What the next iteration is expected to cost (its budget reservation)."""
         return self._waits.estimate()[0]
 
-    def gain_per_usd(self) -> float:
-        """The estimated gain per dollar of the next iteration (policy/allocation.py).
+    def gain_per_usd(self, *, upper: bool = False) -> float:
+        """The estimated gain per dollar of the next iteration (policy/allocation.py), or
+        its upper 90 % bound (`upper`, what `min_gain_per_usd` needs: policy/yield_bound.py).
 
         The expected cost is the mean of the target's own recent costs, else of the fleet's
         (else the reservation): the reservation is cautious (the fleet's dearest recent
@@ -427,7 +429,7 @@ class TargetRunner:
             cost = sum(fleet) / len(fleet)
         else:
             cost = self.next_estimate_usd()
-        return gain_per_usd(
+        return (gain_per_usd_upper if upper else gain_per_usd)(
             self.progress.scores,
             cost,
             self._budget.pooled_rate,
