@@ -3,15 +3,17 @@
 Replays seeded fleet worlds (runs/fleet_world.py: 20 targets each, hidden true curves, a
 noisy judge and keep decision, lognormal costs) through the product's own code: an
 in-process `Supervisor` with the fleet-world simulator (simulated_seconds 0), the files
-storage on a tmpfs directory, one concurrency slot, `[budget] allocation` "fcfs" or
-"gain_per_usd", and today's stops (25 iterations, plateau 3, oscillation 4). The budget is
+storage on a tmpfs directory, one concurrency slot, `[budget] allocation` "fcfs" (fair
+turns: round robin among the waiting, the baseline) or "gain_per_usd", and today's stops
+(25 iterations, plateau 3, oscillation 4). The budget is
 2x, 4x and 12x the fleet's summed mean iteration cost. The oracle knows the true curves:
 it gives each next iteration to the target with the highest true expected gain per dollar
 (with the same noisy keep decision, so its limit is the 0.94 of ../shared/POLICY.md's
 study, not 1.0).
 
 Per budget it prints the true gain of gain_per_usd relative to fcfs (ratio of sums over
-the worlds, with a paired bootstrap 95 % CI over worlds), each policy's fraction of the
+the worlds, with a paired bootstrap 95 % CI over worlds and the spread of the per-world
+ratios: min/median/max), each policy's fraction of the
 oracle's gain, gain per dollar, and the share of money spent on iterations that could not
 help (the target's true score already at its ceiling). Writes bench/results/policy.json.
 
@@ -153,6 +155,14 @@ def bootstrap_ratio(pairs: list[tuple[float, float]], rng: random.Random) -> lis
     return [ratios[int(0.025 * len(ratios))], ratios[int(0.975 * len(ratios)) - 1]]
 
 
+def spread(pairs: list[tuple[float, float]]) -> list[float]:
+    """min, median and max over worlds of each world's ratio (gain_per_usd / fcfs)."""
+    ratios = sorted(n / o for o, n in pairs if o > 0)
+    if not ratios:
+        return []
+    return [round(r, 3) for r in (ratios[0], ratios[len(ratios) // 2], ratios[-1])]
+
+
 def summarise(worlds: list[dict[str, Any]]) -> dict[str, Any]:
     """The figures per budget."""
     rng = random.Random(12)
@@ -168,6 +178,7 @@ def summarise(worlds: list[dict[str, Any]]) -> dict[str, Any]:
         budgets[k] = {
             "ratio": round(new["gain"] / old["gain"], 4) if old["gain"] > 0 else None,
             "ratio_ci": [round(r, 4) for r in bootstrap_ratio(pairs, rng)],
+            "ratio_spread": spread(pairs),
             "fraction_of_oracle": round(new["gain"] / oracle, 4) if oracle > 0 else None,
             "gain_per_usd": round(new["gain"] / new["spent"], 4) if new["spent"] else None,
             "wasted_share": round(new["wasted"] / new["spent"], 4) if new["spent"] else None,
@@ -224,6 +235,7 @@ def main() -> int:
                 f"{k}x",
                 b["ratio"],
                 f"[{b['ratio_ci'][0]}, {b['ratio_ci'][1]}]",
+                "/".join(map(str, b["ratio_spread"])),
                 b["fraction_of_oracle"],
                 b["fcfs"]["fraction_of_oracle"],
                 b["gain_per_usd"],
@@ -233,8 +245,8 @@ def main() -> int:
             ]
         )
     headers = [
-        "budget", "ratio", "95% CI", "of oracle", "fcfs of oracle", "gain/$", "fcfs gain/$",
-        "wasted", "fcfs wasted",
+        "budget", "ratio", "95% CI", "worlds min/med/max", "of oracle", "fcfs of oracle",
+        "gain/$", "fcfs gain/$", "wasted", "fcfs wasted",
     ]  # fmt: skip
     print(common.table(headers, rows))
     print("(oracle: true curves, same noisy keep decision; its limit in the study was 0.94)")

@@ -25,8 +25,10 @@ from autoloop_daemon.policy.allocation import (
 )
 from autoloop_daemon.policy.deadline import check_deadline, deadline_after
 from autoloop_daemon.policy.stops import Goals, goal_reason
+from autoloop_daemon.policy.yield_bound import gain_per_usd_upper, rate_upper
 from autoloop_daemon.storage.files.store import FileStorage
 from autoloop_daemon.vocab import TargetStatus
+from tests.helpers.fakes import orchestrator_argv
 from tests.helpers.process import run_autoloopd
 
 
@@ -211,3 +213,38 @@ def test_a_bad_deadline_flag_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "--deadline" in done.stderr
+
+
+def test_low_yield_stops_only_when_below_the_least_with_confidence() -> None:
+    """Three noisy iterations that closed little: the point estimate is below a least of
+    0.08 per dollar but its 90 % upper bound is not (go on); a flat history in a fleet
+    that closes little brings the bound below it too (stop). The bound is never below the
+    estimate and never above a whole headroom per iteration."""
+    pooled = 0.2
+    few = [0.5, 0.5, 0.52, 0.52]
+    assert gain_per_usd(few, 1.0, pooled) < 0.08 < gain_per_usd_upper(few, 1.0, pooled)
+    assert gain_per_usd_upper([0.5] * 8, 1.0, 0.01) < 0.08
+    for closed, steps in [(0.0, 0), (1.0, 4), (4.0, 4), (0.0, 4)]:
+        bound = rate_upper(closed, steps, pooled)
+        assert shrunk_rate(RateEvidence(closed, steps), pooled) <= bound <= 1.0
+
+
+def test_low_yield_waits_for_firm_evidence_through_the_binary(tmp_path: Path) -> None:
+    """Scores 0.50, 0.50, 0.52, then flat, at $1 a run, `--min-gain-per-usd 0.03`: after 3
+    runs the estimate (about 0.01) is below the least but its 90 % bound (about 0.05) is
+    not, so the target goes on (it used to stop there) until the flat runs make the bound
+    fall below the least too."""
+    target, root = tmp_path / "skill", tmp_path / "state"
+    target.mkdir()
+    scores = "0.5,0.5,0.52,0.52,0.52,0.52,0.52,0.52,0.52,0.52"
+    cmd = " ".join(orchestrator_argv("keep", "--scores", scores, "--cost", "1.0"))
+    args = ["--target", str(target), "--state-root", str(root), "--orchestrator-cmd", cmd]
+    args += ["--max-iterations", "10", "--plateau-window", "50", "--oscillation-window", "0"]
+    args += ["--mode", "continuous", "--cooldown-minutes", "0", "--max-cost", "100"]
+    done = run_autoloopd([*args, "--min-gain-per-usd", "0.03"], timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    state = _state(root)
+    assert state["status"] == "stopped_low_yield", state
+    completed = state["iterations_completed"]
+    assert isinstance(completed, int)
+    assert 3 < completed < 10, state

@@ -4,7 +4,7 @@ it cannot, and the stop reason names what really stopped a target."""
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +241,120 @@ def test_hard_guarantee_books_and_flags_a_run_reporting_more_than_its_limit(
         assert entry["status"] == "failed" and entry["cost_usd"] == 0.5, entry
         assert entry["error"].startswith("overage: reported $0.5000"), entry
         assert read_state(tmp_path / "state" / name)["total_cost_usd"] == 0.5
+
+
+def test_no_run_starts_after_its_deadline_once_the_slot_wait_ends(tmp_path: Path) -> None:
+    """One concurrency slot, two targets whose deadline is 8 s away, each run lasting 12 s:
+    one target runs (it started in time); the other waits for the slot past the deadline and
+    must not start then. It stops `stopped_deadline` with no run (a queued run started
+    0.64 s after its deadline before)."""
+    deadline = datetime.now(UTC) + timedelta(seconds=8)
+    argv = orchestrator_argv("slow", "--sleep", "12", "--cost", "0.05")
+    for name in "ab":
+        (tmp_path / name).mkdir()
+    config = write_config(
+        tmp_path / "config.toml",
+        daemon={"state_dir": str(tmp_path / "state"), "max_concurrent_iterations": 1},
+        budget={"max_cost_usd": 100.0},
+        defaults={"mode": "continuous", "cooldown_minutes": 0, "max_iterations": 5,
+                  "orchestrator": argv, "estimated_cost_usd": 0.1,
+                  "deadline": deadline.isoformat()},
+        targets=[{"name": n, "path": n} for n in "ab"],
+    )  # fmt: skip
+    done = run_autoloopd(["--config", str(config)], timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    entries = [e for n in "ab" for e in read_log(tmp_path / "state" / n)]
+    assert len(entries) == 1, entries  # the second target never started
+    started = datetime.fromisoformat(entries[0]["started_at"].replace("Z", "+00:00"))
+    assert started < deadline, entries
+    assert {read_state(tmp_path / "state" / n)["status"] for n in "ab"} == {"stopped_deadline"}
+
+
+def test_fcfs_gives_every_target_its_turn_under_a_tight_budget(tmp_path: Path) -> None:
+    """Six targets, two slots, $0.10 runs under a $0.40 window of 2 s and a $1.80 lifetime
+    cap (18 runs): with `allocation = "fcfs"` a target queued for a slot holds no
+    reservation and goes before one that just finished, so every target runs 3 times, give
+    or take one (before: a few ran 9-13 times while others got one run)."""
+    names = [f"t{i}" for i in range(6)]
+    for name in names:
+        (tmp_path / name).mkdir()
+    argv = orchestrator_argv("slow", "--sleep", "0.1", "--cost", "0.1")
+    config = write_config(
+        tmp_path / "config.toml",
+        daemon={"state_dir": str(tmp_path / "state"), "max_concurrent_iterations": 2},
+        budget={"max_cost_usd": 0.4, "window": "2s", "lifetime_max_cost_usd": 1.8,
+                "allocation": "fcfs"},
+        defaults={"mode": "continuous", "cooldown_minutes": 0, "max_iterations": 100,
+                  "orchestrator": argv, "estimated_cost_usd": 0.1, "plateau_window": 0,
+                  "oscillation_window": 0},
+        targets=[{"name": n, "path": n} for n in names],
+    )  # fmt: skip
+    done = run_autoloopd(["--config", str(config)], timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = {n: len(read_log(tmp_path / "state" / n)) for n in names}
+    assert sum(counts.values()) == 18, counts
+    assert max(counts.values()) - min(counts.values()) <= 1, counts
+
+
+def test_reported_costs_keep_each_window_and_the_lifetime_within_their_caps(
+    tmp_path: Path,
+) -> None:
+    """Four targets on two slots, each run reporting $0.10 at its end (as estimated), a
+    $0.30 window of 2 s and a $0.90 lifetime cap: both caps hold together at reservation,
+    so no window's runs (grouped by `started_at`, as the ledger books them) cost more than
+    $0.30, and the total is at most $0.90 (issue 20 saw $3.43 in one $1 window). Before fair
+    turns a run reserved in one window waited for its slot and started, so was booked, in
+    the next: $0.40 in a $0.30 window here."""
+    names = [f"t{i}" for i in range(4)]
+    for name in names:
+        (tmp_path / name).mkdir()
+    argv = orchestrator_argv("slow", "--sleep", "0.5", "--cost", "0.1")
+    config = write_config(
+        tmp_path / "config.toml",
+        daemon={"state_dir": str(tmp_path / "state"), "max_concurrent_iterations": 2},
+        budget={"max_cost_usd": 0.3, "window": "2s", "lifetime_max_cost_usd": 0.9},
+        defaults={"mode": "continuous", "cooldown_minutes": 0, "max_iterations": 100,
+                  "orchestrator": argv, "estimated_cost_usd": 0.1, "plateau_window": 0,
+                  "oscillation_window": 0},
+        targets=[{"name": n, "path": n} for n in names],
+    )  # fmt: skip
+    done = run_autoloopd(["--config", str(config)], timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    entries = [e for n in names for e in read_log(tmp_path / "state" / n)]
+    per_window: dict[int, float] = {}
+    for e in entries:
+        started = datetime.fromisoformat(e["started_at"].replace("Z", "+00:00")).timestamp()
+        key = math.floor(started / 2)
+        per_window[key] = per_window.get(key, 0.0) + e["cost_usd"]
+    assert len(per_window) >= 3, per_window  # the lifetime cap spans several windows
+    assert max(per_window.values()) <= 0.3 + 1e-9, per_window
+    assert 0.9 - 1e-9 <= math.fsum(e["cost_usd"] for e in entries) <= 0.9 + 1e-9
+
+
+def test_status_says_a_hard_cap_shrinks_concurrency(tmp_path: Path) -> None:
+    """`guarantee = "hard"`, four slots, $0.40 worst case per run, $1.00 cap: only two runs
+    fit at once, and `status` (text and JSON) says so while they run."""
+    names = ["a", "b", "c", "d"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    config = write_config(
+        tmp_path / "config.toml",
+        daemon={"state_dir": str(tmp_path / "state"), "max_concurrent_iterations": 4,
+                "shutdown_grace_seconds": 1.0},
+        budget={"max_cost_usd": 1.0, "guarantee": "hard"},
+        defaults={"mode": "continuous", "cooldown_minutes": 0, "max_iterations": 50,
+                  "orchestrator": orchestrator_argv("slow", "--sleep", "30", "--cost", "0.1"),
+                  "max_iteration_cost_usd": 0.4, "term_grace_seconds": 0.5},
+        targets=[{"name": n, "path": n} for n in names],
+    )  # fmt: skip
+    daemon = Daemon(config, tmp_path / "out.log")
+    try:
+        daemon.wait_event("iteration_started", count=2, timeout=60)
+        done = run_autoloopd(["status", "--config", str(config)], timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "hard cap: each run reserves its worst case $0.40" in done.stdout, done.stdout
+        assert "at most 2 can run at once" in done.stdout, done.stdout
+        raw = run_autoloopd(["status", "--config", str(config), "--json"], timeout=60)
+        assert '"hard_runs_at_once": 2' in raw.stdout, raw.stdout[-2000:]
+    finally:
+        assert daemon.stop() == 0

@@ -141,6 +141,11 @@ def render_summary(report: dict[str, Any], *, daemon: bool = True) -> str:
             f"\nwindow: {b['window']}, {_fmt_money(b['window_spent_usd'] or 0.0)} of "
             f"{_fmt_money(b['window_cap_usd'])} spent, next window at {b['window_resets_at']}"
         )
+    if b.get("hard_runs_at_once") is not None:  # guarantee = "hard" shrinks concurrency
+        money += (
+            f"\nhard cap: each run reserves its worst case {_fmt_money(b['hard_worst_case_usd'])}"
+            f", so at most {b['hard_runs_at_once']} can run at once on what is left"
+        )
     cluster = report.get("cluster")
     if cluster:
         hosts = ", ".join(

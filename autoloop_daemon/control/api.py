@@ -87,6 +87,10 @@ def budget_payload(snap: FleetSnapshot) -> dict[str, Any]:
             window_spent_usd=b.window_spent_usd,
             window_cap_usd=b.window_cap_usd,
         )
+    if b.hard_runs_at_once is not None:  # guarantee = "hard": concurrency the money allows
+        payload.update(
+            hard_worst_case_usd=b.hard_worst_case_usd, hard_runs_at_once=b.hard_runs_at_once
+        )
     return payload
 
 

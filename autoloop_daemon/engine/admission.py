@@ -4,11 +4,16 @@
 (its estimated gain per dollar, read when a slot frees up, not when it started waiting);
 a freed slot goes to the waiter with the highest rank. Aging keeps any target from waiting
 for ever: a waiter passed over `MAX_PASSES` times goes first (oldest such waiter first).
+
+With `fair_turns` (`allocation = "fcfs"`) the rank is the target's turn (minus when it last
+got a slot): the waiter served longest ago goes first, round robin among the waiting, and a
+target that just finished queues behind every one already waiting. Aging is then moot.
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,12 +46,15 @@ class SlotStatistics:
 class RankedSlots:
     """At most `total_tokens` slots taken at once; freed ones go to the best-ranked waiter."""
 
-    def __init__(self, total_tokens: int, max_passes: int | None = None) -> None:
-        """`max_passes` fixes the aging limit (default: relative to the waiters). Nothing
-        here can block or fail."""
+    def __init__(
+        self, total_tokens: int, max_passes: int | None = None, *, fair_turns: bool = False
+    ) -> None:
+        """`max_passes` fixes the aging limit (default: relative to the waiters);
+        `fair_turns` says the ranks are turns (no aging). Nothing here can block or fail."""
         self._total = total_tokens
         self._used = 0
-        self._max_passes = max_passes
+        self.fair_turns = fair_turns
+        self._max_passes = sys.maxsize if fair_turns else max_passes
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
 

@@ -30,6 +30,10 @@ class BudgetSnapshot:
     window_resets_at: str | None = None  # when the next window opens (ISO UTC)
     window_spent_usd: float | None = None  # charged to the current window
     window_cap_usd: float | None = None  # the cap per window (`max_cost_usd`)
+    # guarantee = "hard": the dearest worst case per run, and how many such runs fit at
+    # once in what is left (concurrency shrinks below the slots when that is fewer)
+    hard_worst_case_usd: float | None = None
+    hard_runs_at_once: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

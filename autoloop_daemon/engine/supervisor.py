@@ -40,6 +40,7 @@ from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import AutoloopError, ConfigError, UnknownTargetError
 from autoloop_daemon.exit_codes import EXIT_OK, EXIT_TARGET_ERROR
 from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.policy.hard_fit import runs_at_once, worst_case
 from autoloop_daemon.runs.process import kill_running_groups
 from autoloop_daemon.storage.base import Storage
 from autoloop_daemon.target_row import TargetRow, not_started_row, row_json
@@ -93,10 +94,8 @@ class Supervisor:
         self.hosting: Hosting = hosting or LocalHosting()
         self.hosting.attach(self)
         self._budget = self.hosting.make_budget(budget_cap_usd, window, self._budget_changed)
-        self._slots: anyio.CapacityLimiter | RankedSlots = (
-            RankedSlots(max_concurrent)
-            if allocation == "gain_per_usd"
-            else anyio.CapacityLimiter(max_concurrent)
+        self._slots: anyio.CapacityLimiter | RankedSlots = RankedSlots(
+            max_concurrent, fair_turns=allocation != "gain_per_usd"
         )
         self._targets_tg: TaskGroup | None = None
         self._shutdown_requests = 0
@@ -202,6 +201,18 @@ class Supervisor:
     def record(self, name: str) -> TargetRecord | None:
         """The target's record (None: no such target)."""
         return self._records.get(name)
+
+    def _hard_fit(self) -> dict[str, Any]:
+        """`guarantee = "hard"`: the worst case per run and how many fit at once now."""
+        worst = worst_case(r.spec.max_iteration_cost_usd for r in self.runners() if r.spec.hard_cap)
+        if worst is None:
+            return {}
+        ledger = self._budget.ledger
+        unsettled = min(
+            ledger.cap_usd - ledger.spent_usd, ledger.window_cap_usd - ledger.window_spent_usd
+        )
+        fit = runs_at_once(unsettled, worst, int(self._slots.total_tokens))
+        return {"hard_worst_case_usd": worst, "hard_runs_at_once": fit}
 
     def runners(self) -> list[TargetRunner]:
         """Every target's current runner (targets that never started have none)."""
@@ -399,6 +410,7 @@ class Supervisor:
                 window_resets_at=None if budget.window_end is None else to_iso(budget.window_end),
                 window_spent_usd=None if window is None else round(budget.window_spent_usd, 6),
                 window_cap_usd=None if window is None else window.cap_usd,
+                **self._hard_fit(),
             ),
             targets=tuple(TargetRow(**row) for row in rows),
             queued=self._slots.statistics().tasks_waiting,

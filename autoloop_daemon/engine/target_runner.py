@@ -34,6 +34,7 @@ from autoloop_daemon.policy.ledger import Reservation
 from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.policy.stops import Goals, Limits, goal_reason, stop_reason, stop_sentence
 from autoloop_daemon.policy.windows import local_zone, spent_in_window
+from autoloop_daemon.policy.yield_bound import gain_per_usd_upper
 from autoloop_daemon.storage.base import TargetStore
 from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import FINAL_STATUSES, REQUESTED_STOPS, Phase, TargetStatus
@@ -211,19 +212,18 @@ class TargetRunner:
         """Reserve the budget and take a slot, then run one iteration. Returns a status to
         finish with (budget exhausted, a cap's cut, a one-shot's end), or None.
 
-        First come first served reserves first, then waits for a slot (as always). With
-        ranked slots (`allocation = "gain_per_usd"`) the slot comes first, so that the
-        best-ranked target is also the next one to spend; it is given back before waiting
+        The slot comes first, then the money: a target queued for a slot holds no
+        reservation (queued ones would fill a tight budget), the next to spend is the one the
+        slots chose (first in line with `fcfs`, so a waiting target goes before one that just
+        finished; best-ranked with `gain_per_usd`), and the slot is given back before waiting
         for the next budget window.
         """
-        ranked = isinstance(self._slots, RankedSlots)
         held = False
         try:
-            if ranked:
-                held = await self._waits.slot()
-                if not held or self._stop.requested:
-                    return None
-            reservation = await self._waits.reserve()
+            held = await self._waits.slot()
+            if not held or self._stop.requested:
+                return None
+            reservation = await self._waits.reserve_in_turn()
             if self._stop.requested:
                 return None
             if reservation is None:
@@ -235,7 +235,7 @@ class TargetRunner:
                 await self._waits.window(reservation)
                 return None
             held = False  # _run_reserved gives it back
-            await self._run_reserved(reservation, have_slot=ranked)
+            await self._run_reserved(reservation, have_slot=True)
         finally:
             if held:
                 self._slots.release()
@@ -249,7 +249,9 @@ class TargetRunner:
         try:
             if not got_slot:
                 got_slot = await self._waits.slot()
-            if got_slot and not self._stop.requested and self._budget.may_start(self.spec.name):
+            due = not self._stop.requested  # and the deadline, checked again after the waits
+            due = due and (self._deadline_at is None or now_utc() < self._deadline_at)
+            if got_slot and due and self._budget.may_start(self.spec.name):
                 cost_usd = await Iteration(self).run()
         finally:
             if got_slot:
@@ -388,7 +390,7 @@ class TargetRunner:
             Goals(self.spec.target_score, self.spec.min_gain_per_usd, self._deadline_at),
             best=self.progress.best,
             scored=len(self.progress.scores),
-            gain_per_usd=self.gain_per_usd,
+            gain_per_usd=lambda: self.gain_per_usd(upper=True),
             now=now_utc(),
         )
         return None if reason is None else TargetStatus(reason)
@@ -415,8 +417,9 @@ class TargetRunner:
         """What the next iteration is expected to cost (its budget reservation)."""
         return self._waits.estimate()[0]
 
-    def gain_per_usd(self) -> float:
-        """The estimated gain per dollar of the next iteration (policy/allocation.py).
+    def gain_per_usd(self, *, upper: bool = False) -> float:
+        """The estimated gain per dollar of the next iteration (policy/allocation.py), or
+        its upper 90 % bound (`upper`, what `min_gain_per_usd` needs: policy/yield_bound.py).
 
         The expected cost is the mean of the target's own recent costs, else of the fleet's
         (else the reservation): the reservation is cautious (the fleet's dearest recent
@@ -430,7 +433,7 @@ class TargetRunner:
             cost = sum(fleet) / len(fleet)
         else:
             cost = self.next_estimate_usd()
-        return gain_per_usd(
+        return (gain_per_usd_upper if upper else gain_per_usd)(
             self.progress.scores,
             cost,
             self._budget.pooled_rate,

@@ -9,6 +9,7 @@ phase (through its `_enter`), and a new cooldown or budget window is announced o
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import anyio
@@ -39,7 +40,7 @@ class Waits:
     state and last entry, and changes the status only through the runner's `_enter`.
     """
 
-    __slots__ = ("_announced", "_runner", "refused", "run_now")
+    __slots__ = ("_announced", "_runner", "_turn_before_s", "refused", "run_now", "served_s")
 
     def __init__(self, runner: TargetRunner) -> None:
         """Nothing waited for yet."""
@@ -47,6 +48,8 @@ class Waits:
         self.run_now = False  # `ctl run-now`: skip the next wait once
         self._announced: str | None = None  # the next run or window an event announced
         self.refused: str | None = None  # why no reservation could ever fit (stop reason)
+        self.served_s = -math.inf  # when it last got a slot (anyio clock): its fair turn
+        self._turn_before_s = -math.inf
 
     async def before_turn(self) -> bool:
         """Wait while paused or until the next run is due; True when it waited (the
@@ -125,14 +128,21 @@ class Waits:
     async def _acquire_slot(self) -> bool:
         slots = self._runner._slots
         if isinstance(slots, RankedSlots):
-            await slots.acquire_ranked(self._runner.gain_per_usd)
+            fair = slots.fair_turns
+            await slots.acquire_ranked(self._turn if fair else self._runner.gain_per_usd)
+            self._turn_before_s, self.served_s = self.served_s, anyio.current_time()
         else:
             await slots.acquire()
         return True
 
+    def _turn(self) -> float:
+        """The fair-turn rank: the longer since this target last got a slot, the higher."""
+        return -self.served_s
+
     async def window(self, full: WindowFull) -> None:
         """The budget window's cap is reached: wait (`waiting_budget`) until it ends."""
         runner = self._runner
+        self.served_s = self._turn_before_s  # the slot it gave back was no turn
         runner._enter(TargetStatus.WAITING_BUDGET, Phase.WAITING)
         reset_at = to_iso(full.reset_at)
         if runner.state.next_run_at != reset_at:  # status shows when it will really run
@@ -146,6 +156,25 @@ class Waits:
         await runner._stop.interruptible(
             anyio.sleep(min(max(0.0, delay_s) + 0.01, MAX_SLEEP_SLICE_S))
         )
+
+    async def reserve_in_turn(self) -> Reservation | WindowFull | None:
+        """`reserve`, but with fair turns a full window is waited out holding the slot (the
+        target was first in line and stays so; the window is full for everyone else). A
+        pause or a reload ends that early: the runner then gives the slot back."""
+        runner = self._runner
+        slots, stop = runner._slots, runner._stop
+        reservation = await self.reserve()
+        if not (isinstance(slots, RankedSlots) and slots.fair_turns):
+            return reservation
+        while isinstance(reservation, WindowFull) and not stop.requested:
+            if runner.state.paused or runner._pending_spec is not None:
+                return reservation
+            await self.window(reservation)
+            if stop.requested:
+                return None
+            self.served_s = anyio.current_time()  # still this turn
+            reservation = await self.reserve()
+        return reservation
 
     def _delay_s(self) -> float:
         """How long until the next run is due (0: now); notes a changed next run."""
