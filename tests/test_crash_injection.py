@@ -39,7 +39,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.audit import assert_invariants, read_state
+from tests.helpers.audit import assert_invariants, counted_iterations, read_state
 from tests.helpers.config import write_config
 from tests.helpers.fakes import orchestrator_argv
 from tests.helpers.logs import json_lines
@@ -115,7 +115,7 @@ class Check:
 
 def _matches(state: dict[str, Any], entries: list[dict[str, Any]]) -> bool:
     total = math.fsum(e["cost_usd"] for e in entries)
-    completed = sum(1 for e in entries if e.get("status", "completed") == "completed")
+    completed = counted_iterations(entries)  # the run that crossed a cap counts too
     return (
         math.isclose(state.get("total_cost_usd", math.nan), total, abs_tol=1e-6)
         and state.get("iterations_completed") == completed

@@ -45,14 +45,20 @@ def stamps(lab: Lab) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _at_rest(state: dict[str, object]) -> bool:
+    return state["status"] == "cooldown" and state["best_copy_iteration"] == 1
+
+
 def start_cooling(lab: Lab) -> Daemon:
     """A daemon whose three `keep` targets each ran one iteration and now cool down."""
     lab.write([lab.target(name, "keep") for name in NAMES], defaults=COOLING)
     daemon = lab.start()
     daemon.wait_event("iteration_finished", count=len(NAMES))
+    # Each first keep is then copied to best/ and the state saved once more with
+    # best_copy_iteration: only after that save is the fleet at rest.
     wait_for(
-        lambda: {read_state(lab.state_root(n))["status"] for n in NAMES} == {"cooldown"},
-        what="all in cooldown",
+        lambda: all(_at_rest(read_state(lab.state_root(n))) for n in NAMES),
+        what="all in cooldown, best/ copied",
     )
     return daemon
 

@@ -38,7 +38,8 @@ CAP_CROSSINGS = (
 )
 
 
-def _completed(entries: Iterable[dict[str, Any]]) -> int:
+def counted_iterations(entries: Iterable[dict[str, Any]]) -> int:
+    """The runs that count as iterations: completed ones and the run that crossed a cap."""
     return sum(
         1
         for e in entries
@@ -57,7 +58,7 @@ def _violations(
     total = math.fsum(e["cost_usd"] for e in entries)
     if not math.isclose(state["total_cost_usd"], total, abs_tol=1e-6):
         problems.append(f"total_cost_usd {state['total_cost_usd']} != logged sum {total}")
-    completed = _completed(entries)
+    completed = counted_iterations(entries)
     if state["iterations_completed"] != completed:
         problems.append(f"iterations_completed {state['iterations_completed']} != {completed}")
     if settled and state.get("in_flight") is not None:
@@ -126,7 +127,7 @@ class Audit:
         except (OSError, ValueError, AssertionError) as exc:
             self.problems.append(f"{root.name}: {exc}")
             return
-        done = _completed(entries)
+        done = counted_iterations(entries)
         self.log_lines += len(entries)
         self.completed += done
         self.failed += sum(1 for e in entries if e.get("status") == "failed")
