@@ -148,14 +148,39 @@ async def sweep(marker: str | None, grace_s: float) -> list[int]:
 
 
 def _may_have_adopted() -> bool:
-    """False only when this process has no child at all (one cheap syscall, reaps nothing)."""
+    """False when this process has no child, or when each of its children is one it started
+    and still knows (a run's leader, the death watch, an alert command): then nothing was
+    adopted and /proc need not be scanned. The death watch lives as long as the daemon, so
+    "no child at all" alone would never hold."""
     try:
         os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
         return False
     except (OSError, AttributeError):
         return True
-    return True
+    known = _main_thread_children()
+    return known is None or not known <= _live_children
+
+
+def _main_thread_children() -> set[int] | None:
+    """The children of this process's main thread, from the kernel's own list (one small
+    read of /proc/self/task/<pid>/children); None when it cannot be read.
+
+    The main thread runs the event loop, which starts every child, and it is the thread an
+    orphan is re-parented to while it lives (the kernel picks the thread group's leader)."""
+    try:
+        fd = os.open(f"/proc/self/task/{os.getpid()}/children", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 1 << 16)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) >= 1 << 16:
+        return None  # more children than one read holds: scan
+    return {int(pid) for pid in data.split()}
 
 
 def _unowned(pid: int, ended_marker: str | None) -> bool:
