@@ -307,43 +307,43 @@ class Alerter:
         )
 
     def _review_requested(self, event: ev.ReviewRequested) -> None:
-        key = f"review:{event.target}:{event.review_id}"  # once per entry, across restarts
-        if key in self._fired.keys:
-            return
-        self._fired.keys.add(key)
         what = event.title or event.candidate_id or event.review_id
-        self._queue(
+        self._review_alert(
             "review_requested",
-            {
-                "target": event.target,
-                "review_id": event.review_id,
-                "candidate_id": event.candidate_id,
-                "risk_level": event.risk_level,
-                "message": f"{event.target}: candidate {what} awaits review",
-            },
-            self._rules_for("review_requested"),
-            fired=(key,),
-        )
+            f"review:{event.target}:{event.review_id}",
+            event,
+            {"risk_level": event.risk_level, "message": f"{event.target}: candidate {what} "
+             "awaits review"},
+        )  # fmt: skip
 
     def _review_expired(self, event: ev.ReviewExpired) -> None:
-        key = f"review_expired:{event.target}:{event.review_id}"  # once, across restarts
+        what = event.title or event.candidate_id or event.review_id
+        self._review_alert(
+            "review_expired",
+            f"review_expired:{event.target}:{event.review_id}",
+            event,
+            {"hours": event.hours, "message": f"{event.target}: candidate {what} declined: "
+             f"not reviewed within {event.hours:g} h"},
+        )  # fmt: skip
+
+    def _review_alert(
+        self,
+        kind: str,
+        key: str,
+        event: ev.ReviewRequested | ev.ReviewExpired,
+        details: dict[str, Any],
+    ) -> None:
+        """One alert `kind` per review entry (`key`), across restarts."""
         if key in self._fired.keys:
             return
         self._fired.keys.add(key)
-        what = event.title or event.candidate_id or event.review_id
-        self._queue(
-            "review_expired",
-            {
-                "target": event.target,
-                "review_id": event.review_id,
-                "candidate_id": event.candidate_id,
-                "hours": event.hours,
-                "message": f"{event.target}: candidate {what} declined: not reviewed within "
-                f"{event.hours:g} h",
-            },
-            self._rules_for("review_expired"),
-            fired=(key,),
-        )
+        payload = {
+            "target": event.target,
+            "review_id": event.review_id,
+            "candidate_id": event.candidate_id,
+            **details,
+        }
+        self._queue(kind, payload, self._rules_for(kind), fired=(key,))
 
     def _daemon_stopping(self, reason: str, running: list[str]) -> None:
         if self._stopping_sent:
