@@ -1,8 +1,9 @@
 """Watching every target's review queue: counts for `/metrics`, `review_requested` once per entry.
 
 The orchestrator appends held-back candidates to its own file, at any moment of its run, so
-the queue is polled: right after each iteration of a target and every `interval_s` for all
-of them, in one worker call. A new entry is logged (`review_requested`) and published as a
+the queue is polled: that target's right after each of its iterations, and all of them at
+start, after a reload and every `interval_s`, each scan in one worker call. A new entry is
+logged (`review_requested`) and published as a
 `ReviewRequested` event once in this process; the alerter keeps its own record of what it
 sent, so a restart does not page again (observers/alerts.py). Each scan first declines what
 waited longer than its target's `review_expire_hours` (`review_expired`, a `ReviewExpired`
@@ -51,28 +52,41 @@ class ReviewWatch:
         self._publish = publish
         self._interval_s = interval_s
         self._wake = anyio.Event()
+        self._finished: set[str] = set()  # targets whose iteration ended since the last scan
+        self._everything = True  # the next scan reads every queue
         self._announced: set[tuple[str, str]] = set()
         self.pending: dict[str, list[PendingReview]] = {}
         self.problems: dict[str, str] = {}
 
     def __call__(self, event: ev.Event) -> None:
-        """Rescan once the targets run, after each iteration (the gate writes during it) and
-        after a reload (a new `review_expire_hours` applies at once)."""
-        if isinstance(event, ev.IterationFinished | ev.DaemonReady | ev.ConfigReloaded):
+        """Rescan a target's queue after each of its iterations (the gate writes during it),
+        and every queue once the targets run and after a reload (a new
+        `review_expire_hours` applies at once)."""
+        if isinstance(event, ev.IterationFinished):
+            self._finished.add(event.target)
+            self._wake.set()
+        elif isinstance(event, ev.DaemonReady | ev.ConfigReloaded):
+            self._everything = True
             self._wake.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Scan at once, then after each iteration and every `interval_s`, until cancelled."""
         task_status.started()
         while True:
-            await self.scan()
-            with anyio.move_on_after(self._interval_s):
+            only = None if self._everything else self._finished
+            self._everything, self._finished = False, set()
+            await self.scan(only)
+            with anyio.move_on_after(self._interval_s) as waited:
                 await self._wake.wait()
+            self._everything |= waited.cancelled_caught  # the periodic scan reads them all
             self._wake = anyio.Event()
 
-    async def scan(self) -> None:
-        """Read every queue (one worker call) and announce the entries not seen before."""
+    async def scan(self, only: set[str] | None = None) -> None:
+        """Read every queue, or those of the targets `only` names (one worker call), and
+        announce the entries not seen before."""
         roots = self._roots()
+        if only is not None:
+            roots = {name: root for name, root in roots.items() if name in only}
         expiry = {} if self._expiry is None else self._expiry()
 
         def read() -> tuple[dict[str, ReviewQueue], list[tuple[str, PendingReview, float]]]:
@@ -94,11 +108,17 @@ class ReviewWatch:
             self._publish(
                 ev.ReviewExpired(name, entry.review_id, entry.candidate_id, entry.title, hours)
             )
-        self.pending = {name: q.entries for name, q in queues.items()}
         for name, q in queues.items():
             if q.problem is not None and self.problems.get(name) != q.problem:
                 log.warning("review_queue_unreadable", target=name, error=q.problem)
-        self.problems = {name: q.problem for name, q in queues.items() if q.problem}
+        seen = {name: q.entries for name, q in queues.items()}
+        problems = {name: q.problem for name, q in queues.items() if q.problem}
+        if only is None:  # targets gone from the config go from the gauge
+            self.pending, self.problems = seen, problems
+        else:
+            self.pending.update(seen)
+            self.problems = {n: p for n, p in self.problems.items() if n not in seen}
+            self.problems.update(problems)
         for name, q in queues.items():
             for entry in q.entries:
                 self._announce(name, entry)
