@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from autoloop_daemon.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_TEMPFAIL
-from tests.helpers.cluster import fresh_database
-from tests.helpers.cluster_lab import ClusterLab
+from tests.helpers.cluster_lab import ClusterLab, cluster_lab
 from tests.helpers.control import raw_get
 from tests.helpers.process import run_autoloopd
 from tests.helpers.wait import wait_for
@@ -22,10 +21,7 @@ from tests.helpers.wait import wait_for
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[ClusterLab]:
     """A cluster lab on a fresh database with the schema."""
-    for dsn in fresh_database():
-        cluster = ClusterLab(tmp_path, dsn)
-        yield cluster
-        cluster.stop_all()
+    yield from cluster_lab(tmp_path)
 
 
 def _dry(lab: ClusterLab, name: str, **keys: object) -> dict[str, object]:

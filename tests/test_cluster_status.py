@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from autoloop_daemon.exit_codes import EXIT_OK
-from tests.helpers.cluster import fresh_database
-from tests.helpers.cluster_lab import ClusterLab
+from tests.helpers.cluster_lab import ClusterLab, cluster_lab
 from tests.helpers.process import run_autoloopd
 from tests.helpers.wait import wait_for
 
@@ -27,10 +26,7 @@ DEFAULTS = {
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[ClusterLab]:
     """A cluster lab on a fresh database with the schema."""
-    for dsn in fresh_database():
-        cluster = ClusterLab(tmp_path, dsn)
-        yield cluster
-        cluster.stop_all()
+    yield from cluster_lab(tmp_path)
 
 
 def test_status_of_a_stopped_host_shows_what_the_cluster_finished(lab: ClusterLab) -> None:

@@ -5,10 +5,11 @@ database for the tests' checks."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.cluster import fresh_database
 from tests.helpers.config import write_config
 from tests.helpers.daemon import Daemon
 from tests.helpers.process import AUTOLOOPD
@@ -90,3 +91,12 @@ class ClusterLab:
                 except Exception:
                     daemon.proc.kill()
                     daemon.proc.wait(10)
+
+
+def cluster_lab(tmp_path: Path) -> Iterator[ClusterLab]:
+    """A lab on a fresh database with the schema, its daemons stopped afterwards (a
+    fixture's body: `yield from`; skips without a test database)."""
+    for dsn in fresh_database():
+        lab = ClusterLab(tmp_path, dsn)
+        yield lab
+        lab.stop_all()
