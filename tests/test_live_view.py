@@ -17,7 +17,7 @@ from autoloop_daemon.observers.live_view import render
 from autoloop_daemon.target_row import TargetRow
 from tests.helpers.daemon import Lab
 from tests.helpers.notify import NotifyListener
-from tests.test_terminal import PtyRun
+from tests.helpers.pty_run import PtyRun
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 
@@ -80,18 +80,13 @@ def test_on_a_terminal_four_targets_on_two_slots_and_no_stale_frame(tmp_path: Pa
         [lab.target(n, "hang", mode="continuous") for n in ("t1", "t2", "t3", "t4")],
         daemon={"log_format": "auto", "max_concurrent_iterations": 2},
     )
-    run = PtyRun(["--config", str(lab.config)], lab.root)
-    try:
+    with PtyRun(["--config", str(lab.config)], lab.root) as run:
         run.wait_text("2 running, 2 waiting for a slot")
         assert "4 running" not in run.text()
         run.proc.send_signal(signal.SIGINT)
         run.wait_text("Stopping gracefully")
         run.proc.send_signal(signal.SIGINT)
         run.wait_text("Stopping now")
-    except BaseException:
-        run.proc.kill()
-        run.close()
-        raise
     assert run.close() == 0, run.text()[-3000:]
     final = run.text().rsplit("PHASE", 1)[1]  # the last table drawn: the final print
     assert "running for" not in final and "all targets stopped" in final, final
