@@ -93,9 +93,8 @@ def time_call(func: Callable[[], Any], min_s: float = 0.2, max_reps: int = 2000)
 
 def new_runner(spec: Any) -> Any:
     """A target runner on the files backend with an unlimited budget (not yet prepared)."""
-    import anyio
-
     from autoloop_daemon.engine import target_runner as target_mod
+    from autoloop_daemon.engine.admission import RankedSlots
     from autoloop_daemon.engine.budget import SharedBudget
     from autoloop_daemon.engine.events import EventBus
     from autoloop_daemon.storage.files.store import FileTargetStore
@@ -104,7 +103,7 @@ def new_runner(spec: Any) -> Any:
         spec,
         store=FileTargetStore(spec),
         budget=SharedBudget(1e12),
-        slots=anyio.CapacityLimiter(1),
+        slots=RankedSlots(1, fair_turns=True),
         events=EventBus(),
     )
 

@@ -46,6 +46,7 @@ def prepare_times(spec: Any, runs: int) -> list[float]:
     """Seconds per `TargetRunner.prepare` of `spec` (the first, which checkpoints, excluded)."""
     import anyio
 
+    from autoloop_daemon.engine.admission import RankedSlots
     from autoloop_daemon.engine.budget import SharedBudget
     from autoloop_daemon.engine.events import EventBus
     from autoloop_daemon.engine.target_runner import TargetRunner
@@ -56,7 +57,7 @@ def prepare_times(spec: Any, runs: int) -> list[float]:
             spec,
             store=FileTargetStore(spec),
             budget=SharedBudget(1e12),
-            slots=anyio.CapacityLimiter(1),
+            slots=RankedSlots(1, fair_turns=True),
             events=EventBus(),
         )
         t0 = time.perf_counter()

@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
+from autoloop_daemon.engine.admission import RankedSlots
 from autoloop_daemon.engine.budget import SharedBudget
 from autoloop_daemon.engine.events import EventBus
 from autoloop_daemon.engine.target_runner import TargetRunner
@@ -512,7 +512,7 @@ async def _run_target(spec: TargetSpec) -> str:
         spec,
         store=FileTargetStore(spec),
         budget=SharedBudget(100.0),
-        slots=anyio.CapacityLimiter(1),
+        slots=RankedSlots(1, fair_turns=True),
         events=events,
     )
     await runner.prepare()

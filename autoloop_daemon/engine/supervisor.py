@@ -94,9 +94,7 @@ class Supervisor:
         self.hosting: Hosting = hosting or LocalHosting()
         self.hosting.attach(self)
         self._budget = self.hosting.make_budget(budget_cap_usd, window, self._budget_changed)
-        self._slots: anyio.CapacityLimiter | RankedSlots = RankedSlots(
-            max_concurrent, fair_turns=allocation != "gain_per_usd"
-        )
+        self._slots = RankedSlots(max_concurrent, fair_turns=allocation != "gain_per_usd")
         self._targets_tg: TaskGroup | None = None
         self._shutdown_requests = 0
         self._shutdown_event: anyio.Event | None = None

@@ -51,7 +51,7 @@ class TargetRunner:
         *,
         store: TargetStore,
         budget: Budget,
-        slots: anyio.CapacityLimiter | RankedSlots,
+        slots: RankedSlots,
         events: ev.EventBus,
         one_shot: bool = False,
     ) -> None:

@@ -17,7 +17,6 @@ import structlog
 
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
 from autoloop_daemon.engine import events as ev
-from autoloop_daemon.engine.admission import RankedSlots
 from autoloop_daemon.engine.budget import WindowFull
 from autoloop_daemon.policy import cycle
 from autoloop_daemon.policy.first_fit import FIRST_ESTIMATE_MINUTES, refusal
@@ -127,12 +126,8 @@ class Waits:
 
     async def _acquire_slot(self) -> bool:
         slots = self._runner._slots
-        if isinstance(slots, RankedSlots):
-            fair = slots.fair_turns
-            await slots.acquire_ranked(self._turn if fair else self._runner.gain_per_usd)
-            self._turn_before_s, self.served_s = self.served_s, anyio.current_time()
-        else:
-            await slots.acquire()
+        await slots.acquire_ranked(self._turn if slots.fair_turns else self._runner.gain_per_usd)
+        self._turn_before_s, self.served_s = self.served_s, anyio.current_time()
         return True
 
     def _turn(self) -> float:
@@ -164,7 +159,7 @@ class Waits:
         runner = self._runner
         slots, stop = runner._slots, runner._stop
         reservation = await self.reserve()
-        if not (isinstance(slots, RankedSlots) and slots.fair_turns):
+        if not slots.fair_turns:
             return reservation
         while isinstance(reservation, WindowFull) and not stop.requested:
             if runner.state.paused or runner._pending_spec is not None:
