@@ -367,7 +367,12 @@ class CrashRun:
                 break
             assert now - started < READY_TIMEOUT_S, f"{out}: no daemon_ready"
             time.sleep(0.005)
+        running_at_kill: list[tuple[int, str]] = []
         if proc.poll() is None:
+            # The orchestrators alive at the kill: the death watch or the next start's
+            # recovery must stop each of them, whichever gets there first.
+            marked = (_identity(pid) for pid in marked_processes(str(self.state_dir)))
+            running_at_kill = [identity for identity in marked if identity is not None]
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             self.tally.kills += 1
@@ -385,7 +390,7 @@ class CrashRun:
         if exited:
             return [], True
         # Recovery of the next start must stop what the dead daemon left running.
-        survivors = self.check_crash_image()
+        survivors = set(self.check_crash_image()) | set(running_at_kill)
         return [*survivors, *(i for i in leftovers if _still_running(i))], False
 
     def finish(self, leftovers: list[tuple[int, str]]) -> None:
@@ -426,8 +431,8 @@ class CrashRun:
             f"[{label}] seed {SEED}: {t.kills} kills ({t.kills_before_ready} before "
             f"daemon_ready), {t.self_exits} clean self-exits, {self.starts} starts, "
             f"{t.checks} invariant checks passed ({t.crash_images_lagging} crash images with the "
-            f"state one run behind, {t.torn_tails} torn tails), {t.orphans_checked} leftover "
-            f"orchestrators seen gone after restart ({orphans} stopped by recovery), "
+            f"state one run behind, {t.torn_tails} torn tails), {t.orphans_checked} orchestrators "
+            f"running at a kill seen gone after restart ({orphans} stopped by recovery), "
             f"{events.count('handoff_restored')} lost handoffs restored, "
             f"{len(entries)} runs logged, {len(interrupted)} interrupted, "
             f"${math.fsum(e['cost_usd'] for e in entries):.4f} spent of ${self.cap_usd}"
@@ -452,7 +457,7 @@ def test_sigkill_at_random_instants_keeps_every_invariant(tmp_path: Path) -> Non
     interrupted = [e for e in entries if e.get("status") == "interrupted"]
     assert interrupted, "no kill hit a running iteration"
     assert all(e["cost_usd"] >= 0 for e in interrupted), interrupted
-    assert t.orphans_checked > 0, "no orchestrator outlived a kill: the orphan check is vacuous"
+    assert t.orphans_checked > 0, "no kill caught an orchestrator running: the orphan check is vacuous"
 
 
 def test_sigkill_while_the_shared_budget_runs_out(tmp_path: Path) -> None:
