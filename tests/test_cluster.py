@@ -3,6 +3,7 @@ idempotent pushes. Each test gets a fresh database (skips without AUTOLOOPD_TEST
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,14 @@ from typing import Any
 import anyio
 import pytest
 
+from autoloop_daemon.clock import now_utc
+from autoloop_daemon.cluster.budget import ClusterSharedBudget
 from autoloop_daemon.exceptions import StateLockedError
 from autoloop_daemon.models import LogEntry, TargetSpec
+from autoloop_daemon.policy.windows import BudgetWindow, parse_window
 from autoloop_daemon.storage.postgres import leases
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
+from autoloop_daemon.storage.postgres.db_clock import DatabaseClock
 from autoloop_daemon.storage.postgres.keeper import LeaseKeeper
 from autoloop_daemon.storage.postgres.ledger import ClusterBudget, ClusterReservation, FencedError
 from autoloop_daemon.storage.postgres.schema import SCHEMA_VERSION, check, migrate
@@ -353,3 +358,27 @@ async def test_the_fence_given_to_orchestrators_changes_on_a_takeover(
     await second.open()
     assert second.fence == "t:2"
     second.close()
+
+
+async def test_a_host_whose_clock_is_an_hour_ahead_reads_windows_on_the_databases_clock(
+    db: Database,
+) -> None:
+    """Budget windows start on the database's clock in cluster mode: a host an hour ahead
+    (its own wall clock) agrees with the database on the window it is in."""
+    await leases.register(db, ["t1"])
+    ahead = DatabaseClock(local=lambda: now_utc() + timedelta(hours=1))
+    keeper = LeaseKeeper(db, "a", lease_s=30, renew_s=10, on_lost=print, clock=ahead)
+    await keeper.claim(["t1"])
+    [(db_now,)] = await _sql(db, "SELECT now()")
+    assert abs(ahead.now() - db_now) < timedelta(seconds=1), (ahead.now(), db_now)
+    await keeper.renew_once()  # renewals keep it measured
+    [(db_now,)] = await _sql(db, "SELECT now()")
+    assert abs(ahead.now() - db_now) < timedelta(seconds=1), (ahead.now(), db_now)
+    window = BudgetWindow(parse_window("1h"), cap_usd=1.0)
+    budget = ClusterSharedBudget(
+        ClusterBudget(db), 10.0, lease_of=keeper.held.get, may_start=lambda: True,
+        on_lost=print, window=window, clock=ahead.now,
+    )  # fmt: skip
+    budget.roll()
+    assert budget.window_start == window.window.bounds(db_now)[0]
+    assert budget.window_start != window.window.bounds(ahead.local_now())[0]

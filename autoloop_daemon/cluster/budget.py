@@ -27,6 +27,7 @@ import anyio
 import anyio.lowlevel
 import structlog
 
+from autoloop_daemon.clock import now_utc
 from autoloop_daemon.engine.budget import (
     Budget,
     BudgetWindow,
@@ -65,12 +66,13 @@ class ClusterSharedBudget:
         on_lost: Callable[[str], None],
         on_change: Callable[[], None] | None = None,
         window: BudgetWindow | None = None,
+        clock: Callable[[], datetime] = now_utc,
     ) -> None:
         """`lease_of(target)` is the lease held on it (None: not held); `may_start()` is
         False while the leases are not known good (no new run starts); `on_lost(target)`
         stops a target whose lease turned out lost. `on_change` and `window` are the
-        mirror's (`SharedBudget`)."""
-        self.mirror = SharedBudget(cap_usd, on_change=on_change, window=window)
+        mirror's (`SharedBudget`); its window is read on `clock` (the database's)."""
+        self.mirror = SharedBudget(cap_usd, on_change=on_change, window=window, clock=clock)
         self.cluster = cluster
         self._lease_of = lease_of
         self._may_start = may_start

@@ -102,6 +102,7 @@ class ClusterHosting:
             on_lost=lambda name: self._stop_for_cluster(name, TargetStatus.LEASE_LOST),
             on_change=on_change,
             window=window,
+            clock=member.keeper.clock.now,  # every host's windows start together
         )
         return self._budget
 

@@ -12,18 +12,23 @@ Renewals never wait on the budget: while `run` runs they go through a connection
 own (a companion pool of one), so budget work that fills the daemon's pool cannot delay
 them, and their statement takes no lock another host's budget work holds (leases.renew).
 A host therefore fences itself only when it cannot get an answer from the database.
+
+Every claim and renewal answer carries the database's `now()` (a lease's expiry less its
+length): `clock` keeps this host's offset from it (budget windows are read on it).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 
 import anyio
 import structlog
 
 from autoloop_daemon.storage.postgres import leases
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
+from autoloop_daemon.storage.postgres.db_clock import DatabaseClock
 
 log = structlog.get_logger("autoloopd.cluster")
 
@@ -45,8 +50,10 @@ class LeaseKeeper:
         renew_s: float,
         on_lost: Callable[[str], None],
         deadline_s: float | None = None,
+        clock: DatabaseClock | None = None,
     ) -> None:
-        """`deadline_s` defaults to half the lease (room for the runs' stop grace)."""
+        """`deadline_s` defaults to half the lease (room for the runs' stop grace); `clock`
+        (a new one by default) learns the database's time from every answer."""
         self._db = db
         self.host = host
         self.lease_s = lease_s
@@ -56,6 +63,7 @@ class LeaseKeeper:
         self.held: dict[str, leases.Lease] = {}
         self._last_ok_sent = boottime()
         self._renew_db: Database | None = None  # its own connection while `run` runs
+        self.clock = DatabaseClock() if clock is None else clock
 
     @property
     def fresh(self) -> bool:
@@ -68,9 +76,11 @@ class LeaseKeeper:
         if not wanted or (limit is not None and limit <= 0):
             return []
         sent, had_none = boottime(), not self.held
+        wall_sent = self.clock.local_now()
         got = await leases.claim(
             self._db, self.host, wanted, self.lease_s, limit=limit, bump_own=True
         )
+        self._observe(got, wall_sent)
         for lease in got:
             self.held[lease.target] = lease
         if had_none:  # the new leases' clock starts now (held ones count from their renewal)
@@ -82,7 +92,7 @@ class LeaseKeeper:
         if not self.held:
             self._last_ok_sent = boottime()
             return
-        sent = boottime()
+        sent, wall_sent = boottime(), self.clock.local_now()
         left = self.deadline_s - (sent - self._last_ok_sent)  # a hung call must not outlast it
         try:
             kept = await leases.renew(
@@ -98,11 +108,18 @@ class LeaseKeeper:
                 self._lose(list(self.held))
             return
         self._last_ok_sent = sent
+        self._observe(kept, wall_sent)
         alive = {lease.target for lease in kept}
         for lease in kept:
             if lease.target in self.held:  # not given up while the renewal was on its way
                 self.held[lease.target] = lease
         self._lose([name for name in self.held if name not in alive])
+
+    def _observe(self, answer: Sequence[leases.Lease], wall_sent: datetime) -> None:
+        """Learn the database's clock from a lease it just set to `now() + lease`."""
+        if answer:
+            db_now = answer[0].expires_at - timedelta(seconds=self.lease_s)
+            self.clock.observe(db_now, wall_sent, self.clock.local_now())
 
     def _lose(self, names: list[str]) -> None:
         for name in names:
