@@ -8,12 +8,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.policy.recording import INTERRUPTED_ERROR, build_entry
+from autoloop_daemon.vocab import TargetStatus
 from tests.helpers.audit import read_state
 from tests.helpers.config import write_config
 from tests.helpers.daemon import Daemon
 from tests.helpers.fakes import orchestrator_argv
 from tests.helpers.logs import json_lines, read_log
-from tests.helpers.process import run_autoloopd, status_json
+from tests.helpers.process import run_autoloopd, start_autoloopd, status_json, stop
 from tests.helpers.wait import wait_for
 
 TERM_GRACE_S = 0.5
@@ -358,3 +361,45 @@ def test_status_says_a_hard_cap_shrinks_concurrency(tmp_path: Path) -> None:
         assert '"hard_runs_at_once": 2' in raw.stdout, raw.stdout[-2000:]
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_run_stopped_after_it_printed_its_result_is_booked_at_the_cost_it_stated(
+    tmp_path: Path,
+) -> None:
+    """An orchestrator that printed its result ($0.06) but had not exited when the run was
+    stopped is booked at the $0.06 it stated, not at its wall time ($60/min here, dollars
+    by the time it is stopped), the way a lost lease's run that had finished is booked."""
+    (tmp_path / "skill").mkdir()
+    state_root = tmp_path / "state"
+    cmd = " ".join(orchestrator_argv("linger", "--cost", "0.06"))
+    proc = start_autoloopd(
+        ["--target", str(tmp_path / "skill"), "--state-root", str(state_root),
+         "--orchestrator-cmd", cmd, "--term-grace-seconds", str(TERM_GRACE_S),
+         "--cost-per-minute", "60", "--max-iterations", "3", "--shutdown-grace-seconds", "0.5"],
+        tmp_path / "out.log",
+    )  # fmt: skip
+    run_log = state_root / "runs" / "iteration-1.log"
+    wait_for(
+        lambda: run_log.is_file() and '"decision"' in run_log.read_text(errors="replace"),
+        timeout=30, what="the result line in the run log",
+    )  # fmt: skip
+    stop(proc)
+    [entry] = read_log(state_root)
+    assert entry["status"] == "interrupted", entry
+    assert entry["cost_usd"] == 0.06 and entry["cost_source"] == "reported", entry
+    assert read_state(state_root)["total_cost_usd"] == 0.06
+
+
+def test_a_run_stopped_by_a_lost_lease_says_so_and_keeps_its_stated_cost() -> None:
+    """The entry of a run stopped because its host lost the lease names that stop (not
+    "stopped by autoloopd shutdown") and, if it had printed its result, books that cost."""
+    spec = TargetSpec("t", Path("/none"), Path("/none/state"), cost_per_minute_usd=60.0)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    entry = build_entry(
+        spec, 1, start, start + timedelta(seconds=60), 60.0, None,
+        final_cost_usd=0.06, stopped_by=TargetStatus.LEASE_LOST,
+    )  # fmt: skip
+    assert entry.cost_usd == 0.06 and entry.cost_source == "reported"
+    assert entry.error is not None and "lost the target's lease" in entry.error
+    unstated = build_entry(spec, 1, start, start + timedelta(seconds=60), 60.0, None)
+    assert unstated.cost_usd == 60.0 and unstated.error == INTERRUPTED_ERROR

@@ -82,26 +82,31 @@ class Iteration:
                     run_log=None if run_log is None else str(run_log),
                 )
             )
-            result, live_usd = await self._run_metered(handoff)
+            result, live_usd, final_usd = await self._run_metered(handoff)
             runner.running_since = None
             cut = None if result is not None else runner._stop.cut_reason()
             with anyio.CancelScope(shield=True):
                 changed = await self._files_changed(result)
                 entry = build_entry(
                     spec, self.number, started, now_utc(), time.monotonic() - t0, result,
-                    changed, cut=cut, live_cost_usd=live_usd,
+                    changed, cut=cut, live_cost_usd=live_usd, final_cost_usd=final_usd,
+                    stopped_by=runner._stop.status if runner._stop.requested else None,
                 )  # fmt: skip
                 await self._record(entry, result, before_scores)
                 await self._keep_best(entry)
             return entry.cost_usd
 
-    async def _run_metered(self, handoff: Path | None) -> tuple[IterationResult | None, float]:
+    async def _run_metered(
+        self, handoff: Path | None
+    ) -> tuple[IterationResult | None, float, float | None]:
         """Run the orchestrator until it ends, the stop deadline or a cap's cut.
 
-        Returns its result (None: cut or stopped) and the meter's live cost.
+        Returns its result (None: cut or stopped), the meter's live cost and the cost its
+        result line stated (None: none was printed).
         """
         stop = self._runner._stop
         result: IterationResult | None = None
+        final: list[float] = []
         stop.clear_cut()
         meter = self._open_meter()
         try:
@@ -113,12 +118,13 @@ class Iteration:
                     handoff=handoff,
                     on_cost=meter.report,
                     fence=self._runner._store.fence,
+                    on_final_cost=final.append,
                 )
         finally:
             stop.iteration_ended()
             live_usd = meter.live_usd()
             meter.close()
-        return result, live_usd
+        return result, live_usd, final[-1] if final else None
 
     def _last_handoff(self) -> Path | None:
         history = self._runner.progress.history

@@ -15,9 +15,16 @@ from autoloop_daemon.policy.live_cost import (
     overage_usd,
 )
 from autoloop_daemon.policy.stops import weighted_score
-from autoloop_daemon.vocab import RunStatus
+from autoloop_daemon.vocab import RunStatus, TargetStatus
 
 INTERRUPTED_ERROR = "stopped by autoloopd shutdown"
+# Why a run was stopped, by the stop's status, where it is not a shutdown.
+STOP_ERRORS: dict[str, str] = {
+    TargetStatus.LEASE_LOST: "stopped: this host lost the target's lease (another host "
+    "may run it now)",
+    TargetStatus.HANDED_OVER: "stopped: the target was handed over to another host",
+    TargetStatus.STOPPED_OPERATOR: "stopped by an operator (ctl stop)",
+}
 OVERAGE_ERROR = (
     "overage: reported ${cost:.4f}, above max_iteration_cost_usd ${limit:.4f} by ${over:.4f} "
     '(guarantee = "hard")'
@@ -46,19 +53,25 @@ def build_entry(
     changed: bool | None = None,
     cut: str | None = None,
     live_cost_usd: float | None = None,
+    final_cost_usd: float | None = None,
+    stopped_by: str | None = None,
 ) -> LogEntry:
     """The `iteration_log.jsonl` line of a run; `result` None means it was interrupted.
 
     An interrupted run is charged its wall time at the target's rate (nothing for the
     simulator), or the live cost the orchestrator last reported if that is more; `cut`
-    says which cap stopped it (policy/live_cost.py). A finished run is charged what it
-    reported, else its wall time at the rate. The weighted score comes from the scores
-    with the target's weights, else as reported.
+    says which cap stopped it (policy/live_cost.py), `stopped_by` which stop did (the
+    stop's status). One that had printed its result line (`final_cost_usd`) before it was
+    stopped is charged what that line says, as a finished run would be. A finished run is
+    charged what it reported, else its wall time at the rate. The weighted score comes
+    from the scores with the target's weights, else as reported.
     """
     if result is None:
         rate = 0.0 if spec.dry_run else spec.cost_per_minute_usd
         cost, source = charged_cost_usd(None, duration_s, rate)
-        if live_cost_usd is not None and live_cost_usd > cost:
+        if final_cost_usd is not None:
+            cost, source = final_cost_usd, "reported"
+        elif live_cost_usd is not None and live_cost_usd > cost:
             cost, source = live_cost_usd, "reported"
         # A run stopped at its own per-iteration limit failed (it counts towards the circuit
         # breaker, so a target whose runs always cost too much does not retry for ever).
@@ -72,7 +85,7 @@ def build_entry(
             weighted_score=None,
             cost_usd=round(cost, 6),
             duration_seconds=round(duration_s, 3),
-            error=CUT_ERRORS.get(cut or "", INTERRUPTED_ERROR),
+            error=CUT_ERRORS.get(cut or "") or STOP_ERRORS.get(stopped_by or "", INTERRUPTED_ERROR),
             cost_source=source,
         )
     cost, source = charged_cost_usd(result.cost_usd, result.duration_s, spec.cost_per_minute_usd)

@@ -57,15 +57,22 @@ class ProgressReader:
 
     A progress line is a JSON object on one line with a `cost_usd` (the run's cost so far)
     and no `decision` / `final_decision` (that would be the result). Each valid one is
-    handed to `on_cost`; anything else is ignored. Memory stays bounded: a line longer than
+    handed to `on_cost`; the result line's own cost to `on_final_cost` (a run stopped after
+    it printed its result, before it exited, is then booked at what it said it cost);
+    anything else is ignored. Memory stays bounded: a line longer than
     MAX_LINE_BYTES is skipped.
     """
 
     MAX_LINE_BYTES = 4096
 
-    def __init__(self, on_cost: Callable[[float], None]) -> None:
-        """Report each live cost to `on_cost`."""
+    def __init__(
+        self,
+        on_cost: Callable[[float], None],
+        on_final_cost: Callable[[float], None] | None = None,
+    ) -> None:
+        """Report each live cost to `on_cost`, the result line's to `on_final_cost`."""
         self._on_cost = on_cost
+        self._on_final_cost = on_final_cost
         self._partial = bytearray()
         self._skipping = False
 
@@ -94,16 +101,18 @@ class ProgressReader:
             obj = json.loads(text)
         except (ValueError, RecursionError):
             return
-        if not isinstance(obj, dict) or "decision" in obj or "final_decision" in obj:
+        if not isinstance(obj, dict):
             return
+        final = "decision" in obj or "final_decision" in obj
+        report = self._on_final_cost if final else self._on_cost
         cost = obj.get("cost_usd")
-        if isinstance(cost, int | float) and not isinstance(cost, bool):
+        if report is not None and isinstance(cost, int | float) and not isinstance(cost, bool):
             try:
                 value = float(cost)
             except OverflowError:  # an integer too large for a float
                 return
             if math.isfinite(value) and value >= 0:
-                self._on_cost(value)
+                report(value)
 
 
 def render_argv(template: tuple[str, ...], spec: TargetSpec, iteration: int) -> list[str]:
@@ -319,11 +328,13 @@ async def run_iteration(
     on_started: OnStarted | None = None,
     on_cost: Callable[[float], None] | None = None,
     fence: str | None = None,
+    on_final_cost: Callable[[float], None] | None = None,
 ) -> IterationResult:
     """Run iteration `iteration` of `spec` and read what it decided.
 
     `fence` (cluster mode: `<target>:<fencing token>`) is passed as AUTOLOOPD_FENCE, for
-    sinks that can refuse the writes of a host whose lease moved.
+    sinks that can refuse the writes of a host whose lease moved. `on_cost` sees each live
+    cost of a progress line, `on_final_cost` the cost of the result line as it streams.
 
     Never raises for orchestrator misbehaviour: a failed run comes back with status
     "failed", a one-line `error` and a `failure_trace`. Cancellation (daemon shutdown) is
@@ -350,7 +361,7 @@ async def run_iteration(
             term_grace_s=spec.term_grace_seconds,
             stdout_tail_bytes=STDOUT_TAIL_BYTES,
             on_started=on_started,
-            on_stdout=None if on_cost is None else ProgressReader(on_cost),
+            on_stdout=None if on_cost is None else ProgressReader(on_cost, on_final_cost),
         )
     except RunLogError as exc:
         return _not_run(f"not started: {exc}", start)

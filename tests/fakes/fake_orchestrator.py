@@ -47,6 +47,7 @@ BEHAVIOURS = (
     "progress-cost",
     "hold",
     "rate-limit",
+    "linger",
 )
 # What a Python 3.11 orchestrator prints when the model API refuses it: a chained traceback
 # (frames, carets, the "During handling" line), the error, then a blank line.
@@ -355,6 +356,10 @@ def main(argv: list[str]) -> int:
             with open(os.path.join(args.target, "fake-kept.txt"), "a", encoding="utf-8") as out:
                 out.write(f"iteration {args.iteration}\n")
         emit(obj)
+    elif behaviour == "linger":
+        progress(args)
+        emit(result(args))
+        sleep_forever(args.sleep)  # its result printed, it has not exited yet
     elif behaviour == "crash":
         progress(args)
         sys.stderr.write("Traceback (most recent call last):\n  (fake)\nPipeline error: boom\n")
