@@ -67,27 +67,10 @@ def build_entry(
     from the scores with the target's weights, else as reported.
     """
     if result is None:
-        rate = 0.0 if spec.dry_run else spec.cost_per_minute_usd
-        cost, source = charged_cost_usd(None, duration_s, rate)
-        if final_cost_usd is not None:
-            cost, source = final_cost_usd, "reported"
-        elif live_cost_usd is not None and live_cost_usd > cost:
-            cost, source = live_cost_usd, "reported"
-        # A run stopped at its own per-iteration limit failed (it counts towards the circuit
-        # breaker, so a target whose runs always cost too much does not retry for ever).
-        failed = cut == REASON_ITERATION_COST
-        return LogEntry(
-            iteration=iteration,
-            started_at=to_iso(started),
-            finished_at=to_iso(finished),
-            status=RunStatus.FAILED if failed else RunStatus.INTERRUPTED,
-            decision=None,
-            weighted_score=None,
-            cost_usd=round(cost, 6),
-            duration_seconds=round(duration_s, 3),
-            error=CUT_ERRORS.get(cut or "") or STOP_ERRORS.get(stopped_by or "", INTERRUPTED_ERROR),
-            cost_source=source,
-        )
+        return _interrupted_entry(
+            spec, iteration, started, finished, duration_s, cut, live_cost_usd,
+            final_cost_usd, stopped_by,
+        )  # fmt: skip
     cost, source = charged_cost_usd(result.cost_usd, result.duration_s, spec.cost_per_minute_usd)
     status, error = _flag_overage(spec, cost, RunStatus(result.status), result.error)
     scores = dict(result.scores)
@@ -121,3 +104,38 @@ def _flag_overage(
         return status, error
     flag = OVERAGE_ERROR.format(cost=cost_usd, limit=spec.max_iteration_cost_usd, over=over)
     return RunStatus.FAILED, flag
+
+
+def _interrupted_entry(
+    spec: TargetSpec,
+    iteration: int,
+    started: datetime,
+    finished: datetime,
+    duration_s: float,
+    cut: str | None,
+    live_cost_usd: float | None,
+    final_cost_usd: float | None,
+    stopped_by: str | None,
+) -> LogEntry:
+    """The entry of a run that came back without a result (see `build_entry`)."""
+    rate = 0.0 if spec.dry_run else spec.cost_per_minute_usd
+    cost, source = charged_cost_usd(None, duration_s, rate)
+    if final_cost_usd is not None:
+        cost, source = final_cost_usd, "reported"
+    elif live_cost_usd is not None and live_cost_usd > cost:
+        cost, source = live_cost_usd, "reported"
+    # A run stopped at its own per-iteration limit failed (it counts towards the circuit
+    # breaker, so a target whose runs always cost too much does not retry for ever).
+    failed = cut == REASON_ITERATION_COST
+    return LogEntry(
+        iteration=iteration,
+        started_at=to_iso(started),
+        finished_at=to_iso(finished),
+        status=RunStatus.FAILED if failed else RunStatus.INTERRUPTED,
+        decision=None,
+        weighted_score=None,
+        cost_usd=round(cost, 6),
+        duration_seconds=round(duration_s, 3),
+        error=CUT_ERRORS.get(cut or "") or STOP_ERRORS.get(stopped_by or "", INTERRUPTED_ERROR),
+        cost_source=source,
+    )
