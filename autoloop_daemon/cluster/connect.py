@@ -58,6 +58,7 @@ async def serve_in_cluster(cfg: AppConfig, serve: Serve) -> int:
             host=cluster.host,
             lease_s=cluster.lease_seconds,
             renew_s=cluster.renew_seconds,
+            retention_days=cluster.reservation_retention_days,
         )
         return await serve(storage, ClusterHosting(link))
     finally:

@@ -27,7 +27,7 @@ from autoloop_daemon.engine.snapshot import ClusterSnapshot
 from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import CommandRefusedError
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.storage.postgres import target_flags
+from autoloop_daemon.storage.postgres import retention, target_flags
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.storage.postgres.ledger import ClusterBudget
 from autoloop_daemon.storage.postgres.membership import ClusterTargetRow
@@ -49,6 +49,7 @@ class ClusterLink:
     host: str
     lease_s: float
     renew_s: float
+    retention_days: float = retention.RETENTION_DAYS  # [cluster] reservation_retention_days
 
 
 class ClusterHosting:
@@ -66,6 +67,7 @@ class ClusterHosting:
             stop=self._stop_for_cluster,
             local=self._local_target,
             apply_flags=self._apply_flags,
+            retention_days=link.retention_days,
         )
         self._fleet: Fleet | None = None
         self._budget: ClusterSharedBudget | None = None

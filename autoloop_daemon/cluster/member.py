@@ -7,7 +7,8 @@ The other runs the rounds: read the cluster's view (each target's holder, finish
 and operator flags; the live hosts), apply the flags to the targets run here, hand over
 targets beyond a fair share, and claim free or expired leases of targets this host may
 run, up to its fair share:
-`ceil(open targets / live hosts)`. A host may run a target when the target is configured,
+`ceil(open targets / live hosts)`. After a round, every ten minutes, it prunes a batch of old
+settled reservation rows (storage/postgres/retention.py). A host may run a target when the target is configured,
 not finished with its current limits, not stopped by an operator, its `hosts` list (if
 any) names this host, and its directory exists here: a host that cannot see a target's
 path never claims it.
@@ -32,7 +33,7 @@ import structlog
 
 from autoloop_daemon.engine.snapshot import ClusterSnapshot, HostSnapshot
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.storage.postgres import leases, membership
+from autoloop_daemon.storage.postgres import leases, membership, retention
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.storage.postgres.keeper import LeaseKeeper
 from autoloop_daemon.storage.postgres.membership import (
@@ -98,10 +99,12 @@ class ClusterMember:
         stop: Callable[[str, TargetStatus], None],
         local: Callable[[str], LocalTarget | None],
         apply_flags: Callable[[str, ClusterTargetRow], Awaitable[None]],
+        retention_days: float = retention.RETENTION_DAYS,
     ) -> None:
         """`start(spec)` runs a target whose lease was just claimed; `stop(name, status)`
         stops one (lease lost, handed over, stopped by an operator); `local(name)` is a
-        target run here now (None if none); `apply_flags` hands it the operator's flags."""
+        target run here now (None if none); `apply_flags` hands it the operator's flags;
+        settled reservations are kept `retention_days` (storage/postgres/retention.py)."""
         self.db = db
         self.host = host
         self.lease_s = lease_s
@@ -116,6 +119,8 @@ class ClusterMember:
         self._wake = anyio.Event()
         self._closing = False
         self._handing_over: set[str] = set()
+        self.retention_days = retention_days
+        self._prune_due = 0.0  # anyio.current_time() of the next pruning batch
 
     # ----------------------------------------------------------------- set-up
 
@@ -147,6 +152,7 @@ class ClusterMember:
             while not self._closing:
                 try:
                     await self.round()
+                    await self.prune()
                 except ClusterError as exc:
                     log.warning("cluster_round_failed", error=str(exc))
                 if not stay_up() and self.all_finished():
@@ -182,6 +188,18 @@ class ClusterMember:
         for lease in got:
             log.info("cluster_lease_claimed", target=lease.target, token=lease.token)
             await self._start(self.specs[lease.target])
+
+    async def prune(self) -> int:
+        """One batch of old settled reservation rows pruned, every PRUNE_EVERY_S (sooner
+        while batches come back full); how many rows went. Raises ClusterError."""
+        if anyio.current_time() < self._prune_due:
+            return 0
+        pruned = await retention.prune_reservations(self.db, retention_days=self.retention_days)
+        if pruned:
+            log.info("cluster_reservations_pruned", rows=pruned, days=self.retention_days)
+        if pruned < retention.BATCH:
+            self._prune_due = anyio.current_time() + retention.PRUNE_EVERY_S
+        return pruned
 
     def fair_share(self) -> int:
         """The targets this host runs when the open ones are shared by the live hosts."""

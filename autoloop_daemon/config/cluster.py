@@ -5,6 +5,7 @@
     host_id = "build-3"        # default: the host name
     lease_seconds = 60         # a dead host's targets move after this
     renew_seconds = 10         # how often a host renews its leases
+    reservation_retention_days = 7   # settled reservations' rows are pruned after this
 
 Without `dsn` (the default) the daemon runs alone on its files, as ever. Leases are only
 safe when a host renews well before they expire, so `renew_seconds` must be at most a third
@@ -42,6 +43,7 @@ class ClusterSettings(BaseModel):
     host_id: Annotated[str, AfterValidator(_check_host_id)] | None = None
     lease_seconds: Annotated[float, Field(ge=1, le=86_400)] = 60.0
     renew_seconds: Annotated[float, Field(gt=0, le=28_800)] = 10.0
+    reservation_retention_days: Annotated[float, Field(gt=0, le=36_500)] = 7.0
 
     @model_validator(mode="after")
     def _renew_well_before_expiry(self) -> ClusterSettings:

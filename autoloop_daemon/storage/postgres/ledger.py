@@ -254,7 +254,10 @@ class ClusterBudget:
                 "SELECT target, iteration, fencing_token FROM reservations WHERE id = %s",
                 (reservation.id,),
             )
-            target, iteration, token = await cur.fetchone()
+            row = await cur.fetchone()
+            if row is None:  # pruned (retention.py): only settled rows are, once recorded
+                return "duplicate"
+            target, iteration, token = row
             result = await settle_in(conn, self.budget_id, target, iteration, token, actual_usd)
             assert result is not None  # the row exists: it was read just above
             return result

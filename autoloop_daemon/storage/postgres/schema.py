@@ -97,6 +97,11 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX reservations_open ON reservations (budget, target)
             WHERE state = 'open'""",
     ],
+    [  # 6: retention: a settled reservation's row is pruned once old and its entry recorded;
+        # the entry's row keeps the evidence that its money was booked (retention.py)
+        """ALTER TABLE iterations
+            ADD COLUMN reservation_pruned boolean NOT NULL DEFAULT false""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

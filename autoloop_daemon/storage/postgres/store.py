@@ -29,7 +29,7 @@ from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files.recovery import Leftovers
 from autoloop_daemon.storage.files.store import FileStorage, FileTargetStore
-from autoloop_daemon.storage.postgres import leases, sync
+from autoloop_daemon.storage.postgres import leases, retention, sync
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.storage.postgres.ledger import DEFAULT_BUDGET, charge_in, money, settle_in
 from autoloop_daemon.target_state import TargetState
@@ -112,19 +112,25 @@ async def push_entry(
 async def _book(conn: Any, budget_id: str, lease: leases.Lease, entry: LogEntry) -> None:
     """Book the run's money exactly once: settle its reservation (made under this lease, or
     under an earlier one that a takeover expired: the real cost replaces the expiry charge);
-    nothing when a reservation of it was already settled (a journaled run pushed again);
+    nothing when a reservation of it was already settled (a journaled run pushed again;
+    its row may since have been pruned: retention.py);
     a charge when it never had one (an entry from before the cluster)."""
     settled = await settle_in(
         conn, budget_id, lease.target, entry.iteration, lease.token, entry.cost_usd
     )
     if settled is not None:
         return
+    pruned = await retention.pruned_token(conn, lease.target, entry.iteration)
+    if pruned == lease.token:
+        return  # its reservation was settled, then its row pruned: booked already
     cur = await conn.execute(
         """SELECT fencing_token, state FROM reservations WHERE target = %s AND iteration = %s
            ORDER BY fencing_token DESC LIMIT 1""",
         (lease.target, entry.iteration),
     )
     row = await cur.fetchone()
+    if pruned is not None and (row is None or row[0] < pruned):
+        return  # the latest reservation was the pruned one, settled
     if row is not None:
         if row[1] in ("open", "expired"):
             await settle_in(conn, budget_id, lease.target, entry.iteration, row[0], entry.cost_usd)
