@@ -7,8 +7,7 @@ The other runs the rounds: read the cluster's view (each target's holder, finish
 and operator flags; the live hosts), apply the flags to the targets run here, hand over
 targets beyond a fair share, and claim free or expired leases of targets this host may
 run, up to its fair share:
-`ceil(open targets / live hosts)`. After a round, every ten minutes, it prunes a batch of old
-settled reservation rows (storage/postgres/retention.py). A host may run a target when the target is configured,
+`ceil(open targets / live hosts)`. A host may run a target when the target is configured,
 not finished with its current limits, not stopped by an operator, its `hosts` list (if
 any) names this host, and its directory exists here: a host that cannot see a target's
 path never claims it.
@@ -16,6 +15,8 @@ path never claims it.
 When every configured target is finished cluster-wide and none runs here, the loop ends
 (so does the daemon, unless `exit_when_idle = false`). What the supervisor does with a
 claimed lease (prepare and run the target) and with a lost one (stop it) are callbacks.
+After a round, every ten minutes, it prunes a batch of old settled reservation rows
+(storage/postgres/retention.py).
 The rows it reads and writes are storage/postgres/membership.py's (and leases.py's).
 """
 
