@@ -30,7 +30,8 @@ def test_a_verdict_given_on_one_host_is_applied_by_the_host_running_the_target(
 ) -> None:
     """h2 runs `skill` (pinned) and holds a candidate back; `ctl review` sent to h1 records
     the approval in the database and h2 applies it within a round: its review log has the
-    verdict with who, when and note, the feedback record is written, the queue is empty.
+    verdict with who, when and note, the feedback record is written, the queue is empty and
+    its loop counts the candidate as a keep.
     A second verdict on the same candidate is refused naming the first; a verdict on an
     unknown candidate is recorded and then refused by h2 with the reason, not lost."""
     skill = {
@@ -71,6 +72,8 @@ def test_a_verdict_given_on_one_host_is_applied_by_the_host_running_the_target(
     (record,) = (lab.skill("skill") / ".feedback").iterdir()
     assert "was approved by a reviewer: clearer, keep it" in record.read_text()
     assert api(h2_sock, "GET", "/api/reviews")[1]["targets"][0]["pending"] == []
+    (counted,) = h2.wait_event("review_applied", target="skill", timeout=30)
+    assert (counted["review_id"], counted["counts_as"]) == (entry["id"], "keep")
 
     code, said = review("skill", entry["id"], "reject")
     assert code != EXIT_OK and "already has a verdict: approve by socket" in said, said
