@@ -33,7 +33,8 @@ def test_a_verdict_given_on_one_host_is_applied_by_the_host_running_the_target(
     verdict with who, when and note, the feedback record is written, the queue is empty and
     its loop counts the candidate as a keep.
     A second verdict on the same candidate is refused naming the first; a verdict on an
-    unknown candidate is recorded and then refused by h2 with the reason, not lost."""
+    unknown candidate is recorded and then refused by h2 with the reason, not lost. A
+    verdict given on h2 itself is decided there and recorded in the database as applied."""
     skill = {
         "name": "skill", "path": str(lab.skill("skill")), "hosts": ["h2"],
         "orchestrator": orchestrator_argv("hold"), "mode": "continuous",
@@ -88,3 +89,15 @@ def test_a_verdict_given_on_one_host_is_applied_by_the_host_running_the_target(
     assert refused[0][0] == "h2" and "cand-99" in refused[0][1]
     code, said = review("skill", "approve")
     assert code != EXIT_OK and "name the candidate's id" in said, said
+
+    h2_env = {"AUTOLOOPD_DAEMON__STATE_DIR": str(lab.state_dir("h2"))}
+    ran = run_autoloopd(["ctl", "--config", str(lab.config), "run-now", "skill"], env=h2_env)
+    assert ran.returncode == EXIT_OK, ran.stderr
+    h2.wait_event("iteration_finished", target="skill", count=2, timeout=60)
+    here = run_autoloopd(
+        ["ctl", "--config", str(lab.config), "review", "skill", "reject"], env=h2_env
+    )  # decided on the host running it: in its files at once, and in the database as applied
+    assert here.returncode == EXIT_OK and "rejected" in here.stdout, here.stderr
+    rows = lab.sql("SELECT verdict, applied_by FROM review_verdicts WHERE candidate_id NOT IN "
+                   "(%s, 'cand-99')", (entry["id"],))  # fmt: skip
+    assert rows == [("reject", "h2")]

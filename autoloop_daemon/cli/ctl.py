@@ -183,7 +183,8 @@ def _report(args: argparse.Namespace, status: int, payload: Any) -> int:
     elif args.verb == "review":
         r = payload["review"]
         if "feedback" in r:
-            print(f"{r['verdict']}d {r['id']} of {args.target}; feedback in {r['feedback']}")
+            done = {"approve": "approved", "reject": "rejected"}.get(r["verdict"], r["verdict"])
+            print(f"{done} {r['id']} of {args.target}; feedback in {r['feedback']}")
         else:  # recorded in the cluster's database for the host running the target
             print(f"{args.target}: {r['message']}")
     else:

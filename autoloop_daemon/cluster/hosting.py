@@ -312,7 +312,8 @@ class ClusterHosting:
         self, name: str, wanted: str | None, verb: str, note: str | None, by: str
     ) -> dict[str, Any] | None:
         """A verdict on a target another host runs goes through the database
-        (cluster/reviews.py); None: it runs here, decide locally."""
+        (cluster/reviews.py); one on a target run here is decided here and recorded as
+        applied (never None: cluster mode always answers itself)."""
         return await self._reviews.route(name, wanted, verb, note, by)
 
     async def reconfigure(

@@ -1,9 +1,10 @@
 """Reviewers' verdicts in cluster mode: given on any host, applied by the one running it.
 
-A verdict on a target this host runs is written here at once (control/reviews.py, as on a
-single host). On a target another host runs (or none yet), it is recorded in the cluster's
-database (storage/postgres/review_verdicts.py; the first verdict on a candidate wins) and the
-host holding the target applies it within one round: written into the target's files as a
+A verdict on a target this host runs is written here at once (as on a single host) and
+recorded in the database as applied, so other hosts see it. On a target another host runs
+(or none yet), it is recorded in the cluster's database (storage/postgres/review_verdicts.py;
+the first verdict on a candidate wins) and the host holding the target applies it within one
+round: written into the target's files as a
 local verdict would be (storage/files/review_decide.py: feedback record, review log with the
 reviewer's name, time and note), then marked applied, or refused with the reason when the
 candidate is unknown there or already decided, so no verdict is lost silently.
@@ -49,12 +50,14 @@ class ClusterReviews:
 
     async def route(
         self, name: str, wanted: str | None, verb: str, note: str | None, by: str
-    ) -> dict[str, Any] | None:
-        """None when `name` runs here (decide locally); otherwise the verdict recorded for
-        its holder. CommandRefusedError without a candidate id, when the candidate already
-        has a verdict, or when the database refuses."""
-        if self._runner_of(name) is not None:
-            return None
+    ) -> dict[str, Any]:
+        """What was decided: in the target's files when `name` runs here (and recorded in
+        the database as applied), otherwise recorded in the database for its holder.
+        CommandRefusedError without a candidate id, when the candidate already has a
+        verdict, or when the database refuses."""
+        runner = self._runner_of(name)
+        if runner is not None:
+            return await self._decide_here(runner, wanted, verb, note, by)
         holder = self._holder_of(name)
         where = f"the host running it ({holder})" if holder else "the next host to run it"
         if wanted is None:
@@ -75,6 +78,22 @@ class ClusterReviews:
             "id": wanted, "recorded": True, "holder": holder,
             "message": f"{verb} of {wanted} recorded; {where} applies it within one round",
         }  # fmt: skip
+
+    async def _decide_here(
+        self, runner: TargetRunner, wanted: str | None, verb: str, note: str | None, by: str
+    ) -> dict[str, Any]:
+        """Decide in the files as on one host, then record it as applied here (best
+        effort: the files are what decides; a database error is logged)."""
+        done = await anyio.to_thread.run_sync(decide_entry, runner.spec, wanted, verb, note, by)
+        runner.reviews.wake()
+        name, review_id = runner.spec.name, str(done["id"])
+        try:
+            await review_verdicts.record_applied(
+                self._db, name, review_id, verb, note, by, self._host
+            )
+        except ClusterError as exc:
+            log.warning("cluster_review_unmarked", target=name, error=str(exc))
+        return done
 
     async def apply(self, held: list[str]) -> None:
         """Write the unapplied verdicts on the targets `held` here into their files and

@@ -63,6 +63,30 @@ async def record(
     return await db.run(work)
 
 
+async def record_applied(
+    db: Database,
+    target: str,
+    candidate_id: str,
+    verdict: str,
+    note: str | None,
+    who: str,
+    host: str,
+) -> None:
+    """A verdict `host` decided in its own files: recorded as applied there, so other hosts
+    see it (and a later verdict on the candidate is refused). Nothing when it has one."""
+
+    async def work(conn: Any) -> None:
+        await conn.execute(
+            """INSERT INTO review_verdicts
+                   (target, candidate_id, verdict, note, who, applied_at, applied_by)
+               VALUES (%s, %s, %s, %s, %s, now(), %s)
+               ON CONFLICT (target, candidate_id) DO NOTHING""",
+            (target, candidate_id, verdict, note, who, host),
+        )
+
+    await db.run(work)
+
+
 async def unapplied(db: Database, targets: list[str]) -> list[ClusterVerdict]:
     """The verdicts on `targets` no host has applied yet, oldest first."""
     if not targets:
