@@ -182,7 +182,11 @@ def _report(args: argparse.Namespace, status: int, payload: Any) -> int:
         print(f"reloaded{': ' + changes if changes else ' (no target changed)'}")
     elif args.verb == "review":
         r = payload["review"]
-        print(f"{r['verdict']}d {r['id']} of {args.target}; feedback in {r['feedback']}")
+        if "feedback" in r:
+            done = {"approve": "approved", "reject": "rejected"}.get(r["verdict"], r["verdict"])
+            print(f"{done} {r['id']} of {args.target}; feedback in {r['feedback']}")
+        else:  # recorded in the cluster's database for the host running the target
+            print(f"{args.target}: {r['message']}")
     else:
         print(payload.get("message", "ok"))
     return EXIT_OK

@@ -6,7 +6,8 @@ budget) and implements engine/hosting.py's hooks with them: the budget is the cl
 (cluster/member.py) claim leases and start the targets, stop those whose lease was lost, and
 give the leases back when the targets end. The operator's commands on a target held by
 another host go through the cluster's row (`ctl pause`, `resume`, `run-now`, `stop` apply
-wherever it runs; storage/postgres/target_flags.py).
+wherever it runs; storage/postgres/target_flags.py), and reviewers' verdicts through the
+database (cluster/reviews.py).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import anyio
 import structlog
 
 from autoloop_daemon.cluster.budget import ClusterSharedBudget, settle_remaining
 from autoloop_daemon.cluster.member import ClusterMember, LocalTarget, cluster_snapshot
+from autoloop_daemon.cluster.reviews import ClusterReviews
 from autoloop_daemon.engine.budget import Budget, BudgetWindow
 from autoloop_daemon.engine.hosting import Fleet
 from autoloop_daemon.engine.records import TargetRecord
@@ -68,6 +71,10 @@ class ClusterHosting:
             local=self._local_target,
             apply_flags=self._apply_flags,
             retention_days=link.retention_days,
+            apply_reviews=lambda held: self._reviews.apply(held),
+        )
+        self._reviews = ClusterReviews(
+            link.db, link.host, self._live_runner, self._holder, self._member.wake
         )
         self._fleet: Fleet | None = None
         self._budget: ClusterSharedBudget | None = None
@@ -302,6 +309,14 @@ class ClusterHosting:
         holder = self._holder(name)
         where = f"held by {holder}" if holder else "the next host with room claims it"
         return f"{name}: limits extended ({added}; cluster-wide, {where})"
+
+    async def review(
+        self, name: str, wanted: str | None, verb: str, note: str | None, by: str
+    ) -> dict[str, Any] | None:
+        """A verdict on a target another host runs goes through the database
+        (cluster/reviews.py); one on a target run here is decided here and recorded as
+        applied (never None: cluster mode always answers itself)."""
+        return await self._reviews.route(name, wanted, verb, note, by)
 
     async def reconfigure(
         self, targets: Sequence[TargetSpec], start: Sequence[TargetSpec]

@@ -4,7 +4,8 @@ Two loops (`ClusterMember.run`), every `renew_seconds`. One renews the held leas
 missing from the answer was lost: its run is stopped at once; past the renew deadline
 without a successful renewal every run is stopped: self-fencing, storage/postgres/keeper.py).
 The other runs the rounds: read the cluster's view (each target's holder, finished status
-and operator flags; the live hosts), apply the flags to the targets run here, hand over
+and operator flags; the live hosts), apply the flags and the verdicts reviewers gave on other
+hosts (cluster/reviews.py) to the targets run here, hand over
 targets beyond a fair share, and claim free or expired leases of targets this host may
 run, up to its fair share:
 `ceil(open targets / live hosts)`. A host may run a target when the target is configured,
@@ -101,10 +102,12 @@ class ClusterMember:
         local: Callable[[str], LocalTarget | None],
         apply_flags: Callable[[str, ClusterTargetRow], Awaitable[None]],
         retention_days: float = retention.RETENTION_DAYS,
+        apply_reviews: Callable[[list[str]], Awaitable[None]],
     ) -> None:
         """`start(spec)` runs a target whose lease was just claimed; `stop(name, status)`
         stops one (lease lost, handed over, stopped by an operator); `local(name)` is a
         target run here now (None if none); `apply_flags` hands it the operator's flags;
+        `apply_reviews(names)` the verdicts other hosts recorded on the targets held here;
         settled reservations are kept `retention_days` (storage/postgres/retention.py)."""
         self.db = db
         self.host = host
@@ -115,6 +118,7 @@ class ClusterMember:
         self._stop = stop
         self._local = local
         self._apply_flags = apply_flags
+        self._apply_reviews = apply_reviews
         self.specs: dict[str, TargetSpec] = {}
         self.view = ClusterView()
         self._wake = anyio.Event()
@@ -180,6 +184,7 @@ class ClusterMember:
                 self._stop(name, TargetStatus.STOPPED_SIGNAL)
                 continue
             await self._apply_flags(name, row)
+        await self._apply_reviews(sorted(self.keeper.held))
         if self._closing or not self.keeper.fresh:
             return
         self._hand_over_excess()

@@ -3,8 +3,8 @@
 A thin layer over the review files of each target's state root (storage/files/review_files.py)
 and the supervisor's records (which target lives where). Verdicts are serialised by one lock
 per daemon, so two operators approving at once cannot both take the same entry; each is
-written to the target's `.feedback/` first and then to the review log (the log is what makes
-it decided: a failed feedback write leaves the entry pending, to be decided again).
+written by storage/files/review_decide.py. In cluster mode the hosting routes a verdict on a
+target another host runs through the database (cluster/reviews.py).
 """
 
 from __future__ import annotations
@@ -13,28 +13,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Scope
 
-from autoloop_daemon.clock import now_iso, now_utc
+from autoloop_daemon.clock import now_utc
 from autoloop_daemon.control.answers import answered, error, json_object
 from autoloop_daemon.control.peer_credentials import CALLER_KEY
 from autoloop_daemon.engine.supervisor import Supervisor
-from autoloop_daemon.exceptions import CommandRefusedError, UnknownTargetError
+from autoloop_daemon.exceptions import UnknownTargetError
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.operator_action import Caller
-from autoloop_daemon.policy.review_queue import feedback_text, find_entry
-from autoloop_daemon.storage.files.review_files import (
-    DECIDING,
-    read_queue,
-    record_verdict,
-    write_feedback,
-)
+from autoloop_daemon.storage.files.review_decide import decide_entry
+from autoloop_daemon.storage.files.review_files import read_queue
 
-log = structlog.get_logger("autoloopd.review")
 Handler = Callable[[Request], Awaitable[Response]]
 VERBS = {"approve": "approve", "reject": "reject"}
 MAX_NOTE = 4000
@@ -81,36 +74,15 @@ class Reviews:
             raise ValueError(f"verdict must be approve or reject, not {verb!r}")
         if note is not None and len(note) > MAX_NOTE:
             raise ValueError(f"note is longer than {MAX_NOTE} characters")
+        routed = await self._supervisor.hosting.review(name, wanted, verb, note, by)
+        if routed is not None:
+            return routed  # recorded in the cluster's database for the host running it
         async with self._lock:
-            done = await anyio.to_thread.run_sync(_decide, spec, wanted, verb, note, by)
+            done = await anyio.to_thread.run_sync(decide_entry, spec, wanted, verb, note, by)
         for runner in self._supervisor.runners():
             if runner.spec.name == name:
                 runner.reviews.wake()  # the loop counts it before its next turn
         return done
-
-
-def _decide(
-    spec: TargetSpec, wanted: str | None, verb: str, note: str | None, by: str
-) -> dict[str, Any]:
-    with DECIDING:
-        return _decide_locked(spec, wanted, verb, note, by)
-
-
-def _decide_locked(
-    spec: TargetSpec, wanted: str | None, verb: str, note: str | None, by: str
-) -> dict[str, Any]:
-    queue = read_queue(spec.state_root, now_utc())
-    if queue.problem is not None:
-        raise CommandRefusedError(f"the review queue is unreadable: {queue.problem}")
-    try:
-        entry = find_entry(queue.entries, wanted)
-    except ValueError as exc:
-        raise CommandRefusedError(str(exc)) from None
-    feedback = write_feedback(spec.path, entry, feedback_text(entry, verb, note))
-    verdict = {"verdict": verb, "by": by, "at": now_iso(), "note": note}
-    record_verdict(spec.state_root, entry, verdict)
-    log.info("review_decided", target=spec.name, review_id=entry.review_id, verdict=verb, by=by)
-    return {**verdict, **entry.to_json(), "feedback": str(feedback)}
 
 
 def reviewer(scope: Scope, claimed: str | None) -> str:

@@ -10,7 +10,7 @@ supervisor offers it (the operator's commands use the same one, engine/commands.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -119,6 +119,13 @@ class Hosting(Protocol):
 
     async def extend(self, name: str, iterations: int, cost_usd: float) -> str | None:
         """Route `extend` of a known target: the reply, or None to act locally."""
+        ...
+
+    async def review(
+        self, name: str, wanted: str | None, verb: str, note: str | None, by: str
+    ) -> dict[str, Any] | None:
+        """Route a reviewer's verdict on a known target: what was recorded, or None to
+        decide locally. CommandRefusedError refuses it."""
         ...
 
     def remote_snapshot(self, name: str, record: TargetRecord) -> TargetRow | None:
@@ -233,6 +240,12 @@ class LocalHosting:
         return None
 
     async def extend(self, name: str, iterations: int, cost_usd: float) -> str | None:
+        """Always local."""
+        return None
+
+    async def review(
+        self, name: str, wanted: str | None, verb: str, note: str | None, by: str
+    ) -> dict[str, Any] | None:
         """Always local."""
         return None
 

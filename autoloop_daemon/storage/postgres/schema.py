@@ -102,6 +102,22 @@ MIGRATIONS: list[list[str]] = [
         """ALTER TABLE iterations
             ADD COLUMN reservation_pruned boolean NOT NULL DEFAULT false""",
     ],
+    [  # 7 (cluster reviews): a verdict given on any host, applied by the host running the
+        # target; one verdict per candidate (the first wins), kept with what became of it
+        """CREATE TABLE review_verdicts (
+            target text NOT NULL REFERENCES targets(name),
+            candidate_id text NOT NULL,
+            verdict text NOT NULL CHECK (verdict IN ('approve', 'reject')),
+            note text,
+            who text NOT NULL,
+            decided_at timestamptz NOT NULL DEFAULT now(),
+            applied_at timestamptz,
+            applied_by text,
+            error text,
+            PRIMARY KEY (target, candidate_id))""",
+        """CREATE INDEX review_verdicts_unapplied ON review_verdicts (target)
+            WHERE applied_at IS NULL""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -25,6 +25,7 @@ import structlog
 
 from autoloop_daemon.exceptions import FencedWriteError, StateLockedError, StateWriteError
 from autoloop_daemon.models import LogEntry, TargetSpec
+from autoloop_daemon.policy.review_queue import PendingReview
 from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files.recovery import Leftovers
@@ -269,6 +270,15 @@ class PostgresTargetStore:
     async def read_log(self) -> list[LogEntry]:
         """The local journal."""
         return await self._local.read_log()
+
+    async def read_verdicts(self) -> list[dict[str, Any]]:
+        """The local review log: the verdicts given here, and those other hosts recorded in
+        the database once this host applied them (cluster/reviews.py)."""
+        return await self._local.read_verdicts()
+
+    async def pending_reviews(self) -> list[PendingReview]:
+        """The local state root's review queue minus its verdicts."""
+        return await self._local.pending_reviews()
 
     def handoff_file(self, iteration: int) -> Path | None:
         """The local handoff file."""
