@@ -156,6 +156,7 @@ async def test_a_member_prunes_one_batch_then_waits_for_the_next_period(db: Data
         local=lambda name: None,
         apply_flags=nothing,
         retention_days=7,
+        apply_reviews=nothing,
     )
     await _age(db, "t", 1, 8)
     assert await member.prune() == 1
