@@ -1,0 +1,27 @@
+"""Memory kept per iteration while the control API is polled (issue 19): the daemon's parts
+in-process, targets running real (trivial) orchestrators, a client polling the status and a
+target's history over the real unix socket, tracemalloc across hundreds of iterations
+(tests/helpers/api_memory.py). The figure: .venv/bin/python bench/growth.py --memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.helpers.api_memory import run_quietly
+
+BOUND_B = 16  # per iteration (docs/design.md, "Control API")
+
+
+def test_polling_the_api_keeps_at_most_16_bytes_per_iteration(tmp_path: Path) -> None:
+    """Between two snapshots 300 iterations apart (after a warm-up that fills every bounded
+    buffer: the 50-item score history of each target), the daemon keeps <= 16 B per
+    iteration: the 8-byte score and the decision byte a target keeps for its stop checks,
+    nothing per request."""
+    growth = run_quietly(tmp_path, targets=2, warm_up=130, between=300)
+    assert growth.requests > 0
+    assert growth.iterations >= 300
+    assert growth.bytes_per_iteration <= BOUND_B, (
+        f"{growth.bytes_per_iteration:.1f} B per iteration ({growth.grown_bytes} B over "
+        f"{growth.iterations} iterations, {growth.requests} requests); grew most:\n"
+        + "\n".join(growth.top)
+    )
