@@ -43,7 +43,9 @@ from autoloop_daemon.observers.systemd import SystemdReporter
 from autoloop_daemon.storage.files import artifacts
 from autoloop_daemon.storage.files.store import FileStorage
 
-FRAMES = int(os.environ.get("MEM_FRAMES", "25"))
+# Frames kept per allocation: 1 by default (each more frame slows the traced daemon; at 8
+# it runs ~2.5x slower); AUTOLOOPD_MEMORY_FRAMES=8 for where a growth comes from.
+FRAMES = int(os.environ.get("AUTOLOOPD_MEMORY_FRAMES", "1"))
 IGNORED = (
     tracemalloc.Filter(False, tracemalloc.__file__),
     tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
@@ -129,10 +131,9 @@ def target_specs(work: Path, targets: int) -> list[TargetSpec]:
 
 
 def recorded(specs: list[TargetSpec]) -> int:
-    """Iterations recorded in the targets' logs (the real records, not an event count)."""
-    return sum(
-        len(artifacts.read_log(artifacts.log_path(s.state_root), repair=False)[0]) for s in specs
-    )
+    """Iterations recorded in the targets' logs (the real records, not an event count): one
+    line each. Counted without parsing them, so that nothing of the count outlives it."""
+    return sum(artifacts.log_path(s.state_root).read_bytes().count(b"\n") for s in specs)
 
 
 def _snapshot() -> tracemalloc.Snapshot:
@@ -141,9 +142,10 @@ def _snapshot() -> tracemalloc.Snapshot:
 
 
 class _Milestones:
-    """Counts finished iterations; `snapshot_at(n)` waits until n have finished, then takes a
-    snapshot synchronously inside the publication of the next `IterationFinished`, so that
-    no other task runs between the count of the records and the snapshot."""
+    """Counts finished iterations; `snapshot()` takes a snapshot synchronously inside the
+    publication of the next `IterationFinished` after which no target has a run in flight
+    (so that no other task runs between the count of the records and the snapshot, and no
+    run's buffers, environment or pending write sit in one snapshot and not the other)."""
 
     def __init__(self, specs: list[TargetSpec]) -> None:
         self._specs = specs
@@ -151,14 +153,18 @@ class _Milestones:
         self._reached: tuple[int, anyio.Event] | None = None
         self._armed: list[tuple[int, tracemalloc.Snapshot]] | None = None
         self._taken = anyio.Event()
+        self._running: set[str] = set()
 
     def __call__(self, event: ev.Event) -> None:
+        if isinstance(event, ev.IterationStarted):
+            self._running.add(event.target)
         if not isinstance(event, ev.IterationFinished):
             return
+        self._running.discard(event.target)
         self.finished += 1
         if self._reached is not None and self.finished >= self._reached[0]:
             self._reached[1].set()
-        if self._armed is not None:
+        if self._armed is not None and not self._running:
             self._armed.append((recorded(self._specs), _snapshot()))
             self._armed = None
             self._taken.set()
@@ -194,6 +200,7 @@ async def measure(work: Path, *, targets: int, warm_up: int, between: int) -> Gr
     sock = work / "control.sock"
     server = ControlServer(sup, metrics, ControlSettings(socket_path=sock))
     tracemalloc.start(FRAMES)
+    _snapshot()  # filtering compiles the filters' patterns once (fnmatch's cache): not growth
     try:
         async with anyio.create_task_group() as tg:
             poller = await _start_poller_after(tg, sup, server, sock, specs)
@@ -215,7 +222,12 @@ async def measure(work: Path, *, targets: int, warm_up: int, between: int) -> Gr
     (first_at, first), (second_at, second) = taken
     stats = second.compare_to(first, "traceback")
     grown = sum(s.size_diff for s in stats)
-    return Growth(second_at - first_at, grown, answered, tuple(_describe(s) for s in stats[:8]))
+    return Growth(
+        second_at - first_at,
+        grown,
+        answered,
+        tuple(_describe(s) for s in stats[:8]),
+    )
 
 
 async def _start_poller_after(
@@ -267,7 +279,7 @@ def _stop_poller(poller: subprocess.Popen[str]) -> tuple[int, int]:
 
 
 def _describe(stat: tracemalloc.StatisticDiff) -> str:
-    frames = " <- ".join(f"{f.filename}:{f.lineno}" for f in list(stat.traceback)[:6])
+    frames = " <- ".join(f"{f.filename}:{f.lineno}" for f in list(stat.traceback)[:8])
     return f"{stat.size_diff:+d} B in {stat.count_diff:+d} blocks: {frames}"
 
 
