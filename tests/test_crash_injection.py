@@ -457,7 +457,9 @@ def test_sigkill_at_random_instants_keeps_every_invariant(tmp_path: Path) -> Non
     interrupted = [e for e in entries if e.get("status") == "interrupted"]
     assert interrupted, "no kill hit a running iteration"
     assert all(e["cost_usd"] >= 0 for e in interrupted), interrupted
-    assert t.orphans_checked > 0, "no kill caught an orchestrator running: the orphan check is vacuous"
+    assert t.orphans_checked > 0, (
+        "no kill caught an orchestrator running: the orphan check is vacuous"
+    )
 
 
 def test_sigkill_while_the_shared_budget_runs_out(tmp_path: Path) -> None:
