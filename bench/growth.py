@@ -17,6 +17,14 @@ Also timed at each size, without I/O: the stop-condition check the runner does
 keeps (tracemalloc).
 
     .venv/bin/python bench/growth.py [--quick] [--sizes 10,1000,10000]
+
+With `--memory`: instead, the memory the daemon keeps per iteration while a client polls
+the control API (tests/helpers/api_memory.py: the daemon's parts in-process, two targets
+running `/bin/echo` as orchestrator, `GET /api/status` and a target's history polled over
+the unix socket, tracemalloc between two snapshots 300 iterations apart after a 130-iteration
+warm-up), in bytes per iteration, min/median/max over 3 rounds. Goal (issue 19): <= 16 B.
+
+    .venv/bin/python bench/growth.py --memory [--rounds 3]
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from typing import Any
 import common
 
 GOAL_MS = 3.0
+GOAL_BYTES_PER_ITERATION = 16.0
 DIMENSIONS = ("accuracy", "coverage", "clarity", "consistency")
 
 
@@ -276,10 +285,45 @@ def plot(rows: list[dict[str, Any]], quick: bool) -> Path | None:
     return common.save_plot(plt, fig, "growth", quick)
 
 
+def memory(rounds: int, keep: bool) -> None:
+    """Bytes kept per iteration with the API polled, over `rounds` rounds."""
+    from tests.helpers.api_memory import run_quietly
+
+    figures = []
+    with common.work_dir("growth-memory", keep) as work:
+        info = common.machine(work)
+        common.print_machine(info)
+        for i in range(rounds):
+            growth = run_quietly(work / f"round-{i}", targets=2, warm_up=130, between=300)
+            figures.append(growth.bytes_per_iteration)
+            print(
+                f"  round {i + 1}: {growth.bytes_per_iteration:.1f} B per iteration "
+                f"({growth.grown_bytes} B over {growth.iterations} iterations, "
+                f"{growth.requests} requests answered)",
+                flush=True,
+            )
+            for line in growth.top[:3]:
+                print(f"    {line}")
+    low, mid, high = min(figures), statistics.median(figures), max(figures)
+    print(f"load average at end: {Path('/proc/loadavg').read_text().strip()}")
+    print(
+        f"bytes per iteration, API polled: {low:.1f} / {mid:.1f} / {high:.1f} "
+        f"(min / median / max) {common.goal(mid, GOAL_BYTES_PER_ITERATION)}"
+    )
+    results = {"machine": info, "bytes_per_iteration": figures,
+               "goal_bytes_per_iteration": GOAL_BYTES_PER_ITERATION}  # fmt: skip
+    print(f"results: {common.write_results('growth-memory', results)}")
+
+
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--sizes", default="10,1000,10000")
+    p.add_argument("--memory", action="store_true", help="bytes kept per iteration, API polled")
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
+    if args.memory:
+        memory(args.rounds, args.keep)
+        return
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     reps = 20 if args.quick else 50
 

@@ -107,10 +107,13 @@ class FileTargetStore:
 
     async def read_log(self) -> list[LogEntry]:
         """The whole iteration log (a torn tail is left for `open` to repair)."""
-        entries, _torn = await anyio.to_thread.run_sync(
-            lambda: artifacts.read_log(self._log_file, repair=False)
+        # An idle anyio worker thread keeps its last result alive until its next job: the
+        # entries come in a box emptied here, so no idle worker holds a whole log (issue 19:
+        # memory grew with the log while `GET /api/targets/<name>/history` was polled).
+        box = await anyio.to_thread.run_sync(
+            lambda: [artifacts.read_log(self._log_file, repair=False)[0]]
         )
-        return entries
+        return box.pop()
 
     async def read_verdicts(self) -> list[dict[str, Any]]:
         """The verdicts of the state root's review log (review_files.py), oldest first."""
