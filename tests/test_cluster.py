@@ -14,7 +14,7 @@ import pytest
 from autoloop_daemon.clock import now_utc
 from autoloop_daemon.cluster.budget import ClusterSharedBudget
 from autoloop_daemon.exceptions import StateLockedError
-from autoloop_daemon.models import LogEntry, TargetSpec
+from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.policy.windows import BudgetWindow, parse_window
 from autoloop_daemon.storage.postgres import leases
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
@@ -28,32 +28,12 @@ from autoloop_daemon.storage.postgres.store import (
     cluster_log,
     push_entry,
 )
+from tests.helpers.cluster import kept_entry, sql
 from tests.helpers.wait import wait_until
 
 psycopg = pytest.importorskip("psycopg", reason="cluster mode needs autoloopd[cluster]")
 
 pytestmark = pytest.mark.anyio
-
-
-async def _sql(db: Database, statement: str, params: Any = None) -> list[Any]:
-    async def work(conn: Any) -> list[Any]:
-        cur = await conn.execute(statement, params)
-        return list(await cur.fetchall()) if cur.description else []
-
-    return await db.run(work)
-
-
-def _entry(iteration: int, cost: float = 0.1) -> LogEntry:
-    return LogEntry(
-        iteration=iteration,
-        started_at="s",
-        finished_at="f",
-        status="completed",
-        decision="keep",
-        weighted_score=0.5,
-        cost_usd=cost,
-        duration_seconds=1.0,
-    )
 
 
 async def test_schema_init_is_idempotent_and_check_reads_the_version(pg_dsn: str) -> None:
@@ -72,7 +52,7 @@ async def test_schema_init_is_idempotent_and_check_reads_the_version(pg_dsn: str
 
 
 async def test_a_newer_schema_is_refused(db: Database) -> None:
-    await _sql(db, "UPDATE autoloopd_schema SET version = %s", (SCHEMA_VERSION + 1,))
+    await sql(db, "UPDATE autoloopd_schema SET version = %s", (SCHEMA_VERSION + 1,))
     with pytest.raises(ClusterError, match="newer than this autoloopd"):
         await migrate(db)
     with pytest.raises(ClusterError, match="newer"):
@@ -117,15 +97,15 @@ async def test_a_late_write_with_an_old_token_is_refused_and_a_lost_ack_retry_is
 ) -> None:
     await leases.register(db, ["t"])
     (old,) = await leases.claim(db, "a", ["t"], 30)
-    assert await push_entry(db, old, _entry(1), "h1") == "recorded"
-    assert await push_entry(db, old, _entry(1), "h1") == "duplicate"  # ack lost, retried
-    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    assert await push_entry(db, old, kept_entry(1), "h1") == "recorded"
+    assert await push_entry(db, old, kept_entry(1), "h1") == "duplicate"  # ack lost, retried
+    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
     (new,) = await leases.claim(db, "b", ["t"], 30)
     with pytest.raises(FencedWriteError, match="lease moved to b"):
-        await push_entry(db, old, _entry(2), None)
-    assert await push_entry(db, new, _entry(2), None) == "recorded"
+        await push_entry(db, old, kept_entry(2), None)
+    assert await push_entry(db, new, kept_entry(2), None) == "recorded"
     with pytest.raises(FencedWriteError, match="already recorded by b"):
-        await push_entry(db, old, _entry(2, cost=0.3), None)
+        await push_entry(db, old, kept_entry(2, cost=0.3), None)
     assert [e.iteration for e in await cluster_log(db, "t")] == [1, 2]
 
 
@@ -188,8 +168,8 @@ async def test_a_takeover_charges_the_dead_hosts_run_and_its_late_settle_books_t
     reservation = await budget.reserve(old, 1, 2.0, rate_usd_per_s=0.01)
     assert reservation is not None
     # it has run for 100 s at $0.01/s when the lease expires: $1 of its $2 reservation
-    await _sql(db, "UPDATE reservations SET created_at = now() - interval '100 s'")
-    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    await sql(db, "UPDATE reservations SET created_at = now() - interval '100 s'")
+    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
     (new,) = await leases.claim(db, "b", ["t"], 30)
     totals = await budget.totals()
     spent, reserved = totals.spent, totals.reserved
@@ -207,12 +187,12 @@ async def test_a_push_that_fails_waits_and_goes_out_with_the_next_record(
     storage = PostgresStorage(db, "a", tmp_path / "d")
     store = storage.target(TargetSpec(name="t", path=tmp_path, state_root=tmp_path / "t"))
     await store.open()
-    await store.record(_entry(1), None, None)
+    await store.record(kept_entry(1), None, None)
     await db.close()  # the database goes away: the journal still takes the record
-    await store.record(_entry(2), None, None)
+    await store.record(kept_entry(2), None, None)
     assert [e.iteration for e in await store.read_log()] == [1, 2]
     await db.open()
-    await store.record(_entry(3), None, None)
+    await store.record(kept_entry(3), None, None)
     assert [e.iteration for e in await cluster_log(db, "t")] == [1, 2, 3]
     store.close()
 
@@ -227,7 +207,7 @@ async def test_the_keeper_renews_notices_a_lost_lease_and_self_fences(db: Databa
         await anyio.sleep(2.0)  # longer than the lease: renewals keep it
         assert sorted(keeper.held) == ["t1", "t2"] and lost == []
         # another host took t1 (as a takeover would): the next renewal notices
-        await _sql(db, "UPDATE targets SET lease_holder = 'b', fencing_token = 9 WHERE name = 't1'")
+        await sql(db, "UPDATE targets SET lease_holder = 'b', fencing_token = 9 WHERE name = 't1'")
         await wait_until(lambda: lost == ["t1"])
         # no renewal can commit any more (as with a database that does not answer; the
         # keeper's own connection would survive closing the pool): past the deadline, the
@@ -247,15 +227,15 @@ async def test_a_moved_lease_brings_the_history_and_a_fenced_journal_is_kept_asi
 
     a = PostgresStorage(db, "a", tmp_path / "a").target(spec("a"))
     await a.open()
-    await a.record(_entry(1), "h1", None)
-    await a.record(_entry(2), "h2", None)
+    await a.record(kept_entry(1), "h1", None)
+    await a.record(kept_entry(2), "h2", None)
     a.close()  # host a freezes: its lease expires without a release
-    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
     b = PostgresStorage(db, "b", tmp_path / "b").target(spec("b"))
     recovered = await b.open()
     assert recovered.state.iterations_completed == 2  # continues where the cluster is
     assert [e.iteration for e in await b.read_log()] == [1, 2]
-    await b.record(_entry(3, cost=0.2), "h3", None)
+    await b.record(kept_entry(3, cost=0.2), "h3", None)
     # host a wakes up and writes its own iteration 3: journaled, refused by the cluster
     a2 = PostgresStorage(db, "a", tmp_path / "a").target(spec("a"))
     with pytest.raises(StateLockedError):
@@ -274,17 +254,17 @@ async def test_a_fenced_local_run_is_replaced_by_the_clusters_and_kept_aside(
     spec = TargetSpec(name="t", path=tmp_path, state_root=tmp_path / "a" / "t")
     a = PostgresStorage(db, "a", tmp_path / "a").target(spec)
     await a.open()
-    await a.record(_entry(1), None, None)
-    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    await a.record(kept_entry(1), None, None)
+    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
     (b,) = await leases.claim(db, "b", ["t"], 30)
-    await push_entry(db, b, _entry(2, cost=0.4), None)
+    await push_entry(db, b, kept_entry(2, cost=0.4), None)
     with pytest.raises(FencedWriteError):
-        await a.record(_entry(2), None, None)  # a's own run 2: kept in its journal only
+        await a.record(kept_entry(2), None, None)  # a's own run 2: kept in its journal only
     a.close()
     await leases.release(db, b)
     again = PostgresStorage(db, "a", tmp_path / "a").target(spec)
     recovered = await again.open()
-    assert await again.read_log() == [_entry(1), _entry(2, cost=0.4)]
+    assert await again.read_log() == [kept_entry(1), kept_entry(2, cost=0.4)]
     assert recovered.state.total_cost_usd == pytest.approx(0.5)
     kept = tmp_path / "a" / "t" / "iteration_log.fenced-1.jsonl"
     assert kept.read_text().count("\n") == 2
@@ -292,7 +272,7 @@ async def test_a_fenced_local_run_is_replaced_by_the_clusters_and_kept_aside(
 
 
 async def _reservation_states(db: Database) -> list[tuple[int, str, Decimal]]:
-    rows = await _sql(db, "SELECT iteration, state, charged_usd FROM reservations ORDER BY id")
+    rows = await sql(db, "SELECT iteration, state, charged_usd FROM reservations ORDER BY id")
     return [(int(i), str(s), Decimal(c)) for i, s, c in rows]
 
 
@@ -310,17 +290,17 @@ async def test_a_run_settled_but_not_recorded_when_its_lease_moves_is_late_settl
     reservation = await budget.reserve(old, 1, 2.0, rate_usd_per_s=0.01)
     assert reservation is not None
     assert await budget.settle(reservation, 0.75) == "settled"  # the push was deferred
-    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
     (new,) = await leases.claim(db, "b", ["t"], 30)
     assert await _reservation_states(db) == [(1, "late_settled", Decimal("0.75"))]
     with pytest.raises(FencedWriteError, match="lease moved to b"):
-        await push_entry(db, old, _entry(1, cost=0.75), None)
+        await push_entry(db, old, kept_entry(1, cost=0.75), None)
     assert await _reservation_states(db) == [(1, "late_settled", Decimal("0.75"))]
     totals = await budget.totals()
     assert (totals.spent, totals.reserved) == (Decimal("0.75"), 0)
     rerun = await budget.reserve(new, 1, 1.0)  # the new holder runs iteration 1 again
     assert rerun is not None
-    assert await push_entry(db, new, _entry(1, cost=0.5), None) == "recorded"
+    assert await push_entry(db, new, kept_entry(1, cost=0.5), None) == "recorded"
     assert await _reservation_states(db) == [
         (1, "late_settled", Decimal("0.75")),
         (1, "settled", Decimal("0.5")),
@@ -336,9 +316,9 @@ async def test_a_settled_run_recorded_before_a_takeover_stays_settled(db: Databa
     (old,) = await leases.claim(db, "a", ["t"], 30)
     reservation = await budget.reserve(old, 1, 2.0)
     assert reservation is not None
-    assert await push_entry(db, old, _entry(1, cost=0.75), None) == "recorded"
+    assert await push_entry(db, old, kept_entry(1, cost=0.75), None) == "recorded"
     assert await budget.settle(reservation, 0.75) == "duplicate"
-    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
     await leases.claim(db, "b", ["t"], 30)
     assert await _reservation_states(db) == [(1, "settled", Decimal("0.75"))]
 
@@ -352,7 +332,7 @@ async def test_the_fence_given_to_orchestrators_changes_on_a_takeover(
     await first.open()
     assert first.fence == "t:1"
     first.close()
-    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
     moved = TargetSpec(name="t", path=tmp_path, state_root=tmp_path / "b" / "t")
     second = PostgresStorage(db, "b", tmp_path / "db").target(moved)
     await second.open()
@@ -369,10 +349,10 @@ async def test_a_host_whose_clock_is_an_hour_ahead_reads_windows_on_the_database
     ahead = DatabaseClock(local=lambda: now_utc() + timedelta(hours=1))
     keeper = LeaseKeeper(db, "a", lease_s=30, renew_s=10, on_lost=print, clock=ahead)
     await keeper.claim(["t1"])
-    [(db_now,)] = await _sql(db, "SELECT now()")
+    [(db_now,)] = await sql(db, "SELECT now()")
     assert abs(ahead.now() - db_now) < timedelta(seconds=1), (ahead.now(), db_now)
     await keeper.renew_once()  # renewals keep it measured
-    [(db_now,)] = await _sql(db, "SELECT now()")
+    [(db_now,)] = await sql(db, "SELECT now()")
     assert abs(ahead.now() - db_now) < timedelta(seconds=1), (ahead.now(), db_now)
     window = BudgetWindow(parse_window("1h"), cap_usd=1.0)
     budget = ClusterSharedBudget(

@@ -5,46 +5,24 @@ by pruning (skips without AUTOLOOPD_TEST_DSN)."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
 from autoloop_daemon.cluster.member import ClusterMember
-from autoloop_daemon.models import LogEntry
 from autoloop_daemon.storage.postgres import leases
 from autoloop_daemon.storage.postgres.db import Database
 from autoloop_daemon.storage.postgres.ledger import ClusterBudget
 from autoloop_daemon.storage.postgres.retention import prune_reservations
 from autoloop_daemon.storage.postgres.store import FencedWriteError, push_entry
+from tests.helpers.cluster import kept_entry, sql
 
 psycopg = pytest.importorskip("psycopg", reason="cluster mode needs autoloopd[cluster]")
 
 pytestmark = pytest.mark.anyio
 
 
-async def _sql(db: Database, statement: str, params: Any = None) -> list[Any]:
-    async def work(conn: Any) -> list[Any]:
-        cur = await conn.execute(statement, params)
-        return list(await cur.fetchall()) if cur.description else []
-
-    return await db.run(work)
-
-
-def _entry(iteration: int, cost: float) -> LogEntry:
-    return LogEntry(
-        iteration=iteration,
-        started_at="s",
-        finished_at="f",
-        status="completed",
-        decision="keep",
-        weighted_score=0.5,
-        cost_usd=cost,
-        duration_seconds=1.0,
-    )
-
-
 async def _age(db: Database, target: str, iteration: int, days: int) -> None:
-    await _sql(
+    await sql(
         db,
         """UPDATE reservations SET created_at = now() - make_interval(days => %s)
            WHERE target = %s AND iteration = %s""",
@@ -53,7 +31,7 @@ async def _age(db: Database, target: str, iteration: int, days: int) -> None:
 
 
 async def _rows(db: Database) -> list[tuple[str, int, str]]:
-    rows = await _sql(db, "SELECT target, iteration, state FROM reservations ORDER BY id")
+    rows = await sql(db, "SELECT target, iteration, state FROM reservations ORDER BY id")
     return [(str(t), int(i), str(s)) for t, i, s in rows]
 
 
@@ -72,14 +50,14 @@ async def test_pruning_takes_old_settled_recorded_rows_only_in_batches(db: Datab
     (lease,) = await leases.claim(db, "a", ["t"], 30)
     for iteration in (1, 2, 3):  # recorded and settled; 1 and 2 old, 3 young
         assert await budget.reserve(lease, iteration, 1.0) is not None
-        assert await push_entry(db, lease, _entry(iteration, 0.5), None) == "recorded"
+        assert await push_entry(db, lease, kept_entry(iteration, 0.5), None) == "recorded"
     unrecorded = await budget.reserve(lease, 4, 1.0)
     assert unrecorded is not None
     assert await budget.settle(unrecorded, 0.25) == "settled"
     assert await budget.reserve(lease, 5, 1.0) is not None  # open
     (dead,) = await leases.claim(db, "a", ["u"], 30)
     assert await budget.reserve(dead, 1, 2.0) is not None
-    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 'u'")
+    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 'u'")
     await leases.claim(db, "b", ["u"], 30)  # expires u's open reservation, charged 0
     for target, iteration in [("t", 1), ("t", 2), ("t", 4), ("t", 5), ("u", 1)]:
         await _age(db, target, iteration, 8)
@@ -94,7 +72,7 @@ async def test_pruning_takes_old_settled_recorded_rows_only_in_batches(db: Datab
         ("t", 5, "open"),
         ("u", 1, "expired"),
     ]
-    marked = await _sql(
+    marked = await sql(
         db, "SELECT iteration FROM iterations WHERE reservation_pruned ORDER BY iteration"
     )
     assert [int(i) for (i,) in marked] == [1, 2]
@@ -113,23 +91,23 @@ async def test_a_repush_after_its_reservation_was_pruned_books_nothing_twice(
     (old,) = await leases.claim(db, "a", ["t"], 30)
     reservation = await budget.reserve(old, 1, 2.0)
     assert reservation is not None
-    assert await push_entry(db, old, _entry(1, 0.75), None) == "recorded"
+    assert await push_entry(db, old, kept_entry(1, 0.75), None) == "recorded"
     await _age(db, "t", 1, 30)
     assert await prune_reservations(db) == 1
     assert await _rows(db) == []
 
-    assert await push_entry(db, old, _entry(1, 0.75), None) == "duplicate"
+    assert await push_entry(db, old, kept_entry(1, 0.75), None) == "duplicate"
     with pytest.raises(FencedWriteError, match="already recorded by a"):
-        await push_entry(db, old, _entry(1, 0.9), None)
+        await push_entry(db, old, kept_entry(1, 0.9), None)
     assert await budget.settle(reservation, 0.75) == "duplicate"
-    await _sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
     (new,) = await leases.claim(db, "b", ["t"], 30)
     with pytest.raises(FencedWriteError, match="already recorded by a"):
-        await push_entry(db, new, _entry(1, 0.6), None)
+        await push_entry(db, new, kept_entry(1, 0.6), None)
     assert await _spent(budget) == (Decimal("0.75"), Decimal(0))
 
     assert await budget.reserve(new, 2, 1.0) is not None
-    assert await push_entry(db, new, _entry(2, 0.5), None) == "recorded"
+    assert await push_entry(db, new, kept_entry(2, 0.5), None) == "recorded"
     assert await _spent(budget) == (Decimal("1.25"), Decimal(0))
 
 
@@ -141,7 +119,7 @@ async def test_a_member_prunes_one_batch_then_waits_for_the_next_period(db: Data
     (lease,) = await leases.claim(db, "a", ["t"], 30)
     for iteration in (1, 2):
         assert await budget.reserve(lease, iteration, 1.0) is not None
-        assert await push_entry(db, lease, _entry(iteration, 0.5), None) == "recorded"
+        assert await push_entry(db, lease, kept_entry(iteration, 0.5), None) == "recorded"
 
     async def nothing(*_: object) -> None:
         return None

@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+
+from autoloop_daemon.models import LogEntry
+from autoloop_daemon.storage.postgres.db import Database
 
 DSN_VAR = "AUTOLOOPD_TEST_DSN"
 NO_DSN = f"needs a PostgreSQL: set {DSN_VAR} (.ci/run starts one with .ci/postgres)"
@@ -42,3 +46,27 @@ def fresh_database() -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+async def sql(db: Database, statement: str, params: Any = None) -> list[Any]:
+    """Run one statement in its own transaction; its rows (none for a statement without)."""
+
+    async def work(conn: Any) -> list[Any]:
+        cur = await conn.execute(statement, params)
+        return list(await cur.fetchall()) if cur.description else []
+
+    return await db.run(work)
+
+
+def kept_entry(iteration: int, cost: float = 0.1) -> LogEntry:
+    """A completed keep of `iteration` costing `cost`, as a push sends it."""
+    return LogEntry(
+        iteration=iteration,
+        started_at="s",
+        finished_at="f",
+        status="completed",
+        decision="keep",
+        weighted_score=0.5,
+        cost_usd=cost,
+        duration_seconds=1.0,
+    )
