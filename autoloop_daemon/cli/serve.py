@@ -15,7 +15,7 @@ from functools import partial
 
 import anyio
 
-from autoloop_daemon.control.server import ControlServer, ControlSettings
+from autoloop_daemon.control.settings import ControlSettings
 from autoloop_daemon.engine.signals import handle_signals
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import AutoloopError
@@ -83,7 +83,11 @@ async def serve(
                 view = LiveView(supervisor.snapshot)
                 supervisor.events.subscribe(shutdown_notice(view.say))
                 tg.start_soon(view.run)
-            server = None if control is None else ControlServer(supervisor, metrics, control)
+            server = None
+            if control is not None:  # imported here: a --check or bad config never pays for it
+                from autoloop_daemon.control.server import ControlServer
+
+                server = ControlServer(supervisor, metrics, control)
             try:
                 # The socket is bound once the state directory is ours (after its lock).
                 exit_code = await supervisor.run(

@@ -18,7 +18,6 @@ import os
 import socket
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from autoloop_daemon.control.request_limits import (
     MAX_HEADER_BYTES,
     RequestLimits,
 )
+from autoloop_daemon.control.settings import ControlSettings
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import ConfigError, StateLockedError
 from autoloop_daemon.observers.metrics import Metrics
@@ -51,15 +51,6 @@ log = structlog.get_logger("autoloopd.control")
 
 SOCKET_MODE = 0o660
 BACKLOG = 1024  # a burst of pollers queues in the kernel instead of being refused
-
-
-@dataclass(frozen=True, slots=True)
-class ControlSettings:
-    """Where to listen; `socket_path` None: no unix socket."""
-
-    socket_path: Path | None
-    http_listen: str | None = None
-    http_token_file: Path | None = None
 
 
 def bind_unix(path: Path) -> socket.socket:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -12,7 +13,15 @@ import structlog
 
 from autoloop_daemon.config.control import default_socket, socket_path_fits
 from autoloop_daemon.config.loader import AppConfig
-from autoloop_daemon.control.server import ControlSettings
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSettings:
+    """Where to listen; `socket_path` None: no unix socket."""
+
+    socket_path: Path | None
+    http_listen: str | None = None
+    http_token_file: Path | None = None
 
 
 def socket_path(cfg: AppConfig) -> Path | None:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import anyio
 
-from autoloop_daemon.control.server import ControlServer, ControlSettings
+from autoloop_daemon.control.server import ControlServer
+from autoloop_daemon.control.settings import ControlSettings
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.hosting import LocalHosting
 from autoloop_daemon.engine.supervisor import Supervisor
