@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from autoloop_daemon.engine import events as ev
-from autoloop_daemon.engine.admission import RankedSlots
+from autoloop_daemon.engine.admission import AGING_ROUNDS, RankedSlots
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.policy.allocation import (
@@ -127,6 +127,41 @@ async def test_ranked_slots_go_to_the_best_rank_and_aging_lets_everyone_through(
                 await anyio.wait_all_tasks_blocked()
             slots.release()
     assert order[:3] == ["high", "high", "low"]
+
+
+@pytest.mark.anyio
+@pytest.mark.no_blocking
+async def test_default_aging_serves_the_worst_ranked_within_three_rounds_of_the_waiters() -> None:
+    """Four well-ranked targets that queue again after each turn (as running targets do)
+    and one ranked below them all: by default the low one is served once it was passed
+    over AGING_ROUNDS (3) times the waiters (4 wait while one runs), not before and not
+    never (every other turn went to the best-ranked waiter)."""
+    assert AGING_ROUNDS == 3
+    slots = RankedSlots(1)
+    await slots.acquire()
+    served: list[str] = []
+    low_done = anyio.Event()
+
+    async def target(name: str, rank: float) -> None:
+        while not low_done.is_set():
+            await slots.acquire_ranked(lambda: rank)
+            served.append(name)
+            if name == "low":
+                low_done.set()
+            await anyio.lowlevel.checkpoint()
+            slots.release()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(target, "low", 0.0)
+            await anyio.wait_all_tasks_blocked()
+            for i in range(4):
+                tg.start_soon(target, f"good{i}", 1.0 + i)
+            await anyio.wait_all_tasks_blocked()
+            slots.release()
+            await low_done.wait()
+    assert served.index("low") == AGING_ROUNDS * 4
+    assert set(served[: AGING_ROUNDS * 4]) == {"good3", "good2"}  # the best two alternate
 
 
 @pytest.mark.anyio
