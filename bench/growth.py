@@ -21,8 +21,10 @@ keeps (tracemalloc).
 With `--memory`: instead, the memory the daemon keeps per iteration while a client polls
 the control API (tests/helpers/api_memory.py: the daemon's parts in-process, two targets
 running `/bin/echo` as orchestrator, `GET /api/status` and a target's history polled over
-the unix socket, tracemalloc between two snapshots 300 iterations apart after a 130-iteration
-warm-up), in bytes per iteration, min/median/max over 3 rounds. Goal (issue 19): <= 16 B.
+the unix socket, tracemalloc from the start, ten snapshots spread over 900 iterations after a
+200-iteration warm-up), in bytes per iteration: the least-squares slope of the traced bytes
+over the iterations (two snapshots alone differ by several kB of bounded buffers' turnover,
+as much as 300 iterations' growth), min/median/max over 3 rounds. Goal (issue 19): <= 16 B.
 
     .venv/bin/python bench/growth.py --memory [--rounds 3]
 """
@@ -45,6 +47,9 @@ import common
 
 GOAL_MS = 3.0
 GOAL_BYTES_PER_ITERATION = 16.0
+# --memory: snapshots after WARM_UP iterations and evenly over BETWEEN more; the figure is
+# the least-squares slope of traced bytes over iterations (tests/helpers/api_memory.py).
+WARM_UP, BETWEEN, SNAPSHOTS = 200, 900, 10
 DIMENSIONS = ("accuracy", "coverage", "clarity", "consistency")
 
 
@@ -289,19 +294,26 @@ def memory(rounds: int, keep: bool) -> None:
     """Bytes kept per iteration with the API polled, over `rounds` rounds."""
     from tests.helpers.api_memory import run_quietly
 
-    figures = []
+    figures: list[float] = []
+    ends: list[float] = []
     with common.work_dir("growth-memory", keep) as work:
         info = common.machine(work)
         common.print_machine(info)
         for i in range(rounds):
-            growth = run_quietly(work / f"round-{i}", targets=2, warm_up=130, between=300)
-            figures.append(growth.bytes_per_iteration)
+            growth = run_quietly(
+                work / f"round-{i}", targets=2, warm_up=WARM_UP, between=BETWEEN,
+                snapshots=SNAPSHOTS,
+            )  # fmt: skip
+            figures.append(growth.slope_bytes_per_iteration)
+            ends.append(growth.bytes_per_iteration)
             print(
-                f"  round {i + 1}: {growth.bytes_per_iteration:.1f} B per iteration "
-                f"({growth.grown_bytes} B over {growth.iterations} iterations, "
-                f"{growth.requests} requests answered)",
+                f"  round {i + 1}: {growth.slope_bytes_per_iteration:.1f} B per iteration "
+                f"(slope over {len(growth.points)} snapshots; last - first: "
+                f"{growth.grown_bytes} B over {growth.iterations} iterations, "
+                f"{growth.bytes_per_iteration:.1f} B each; {growth.requests} requests answered)",
                 flush=True,
             )
+            print("    traced bytes: " + ", ".join(f"{b} at {n}" for n, b in growth.points))
             for line in growth.top[:3]:
                 print(f"    {line}")
     low, mid, high = min(figures), statistics.median(figures), max(figures)
@@ -311,6 +323,7 @@ def memory(rounds: int, keep: bool) -> None:
         f"(min / median / max) {common.goal(mid, GOAL_BYTES_PER_ITERATION)}"
     )
     results = {"machine": info, "bytes_per_iteration": figures,
+               "last_minus_first_per_iteration": ends,
                "goal_bytes_per_iteration": GOAL_BYTES_PER_ITERATION}  # fmt: skip
     print(f"results: {common.write_results('growth-memory', results)}")
 

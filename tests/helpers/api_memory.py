@@ -104,15 +104,32 @@ print(answered, i, flush=True)
 class Growth:
     """What the daemon kept between the two snapshots, per recorded iteration."""
 
-    iterations: int  # recorded between the snapshots (from the logs)
-    grown_bytes: int  # traced memory at the second snapshot minus at the first
+    iterations: int  # recorded between the first and the last snapshot (from the logs)
+    grown_bytes: int  # traced memory at the last snapshot minus at the first
     requests: int  # answered with 200 over the whole run
     top: tuple[str, ...]  # the largest growing allocation sites, for a failure message
+    points: tuple[tuple[int, int], ...] = ()  # (iterations recorded, traced bytes) per snapshot
 
     @property
     def bytes_per_iteration(self) -> float:
         """`grown_bytes` / `iterations`."""
         return self.grown_bytes / max(self.iterations, 1)
+
+    @property
+    def slope_bytes_per_iteration(self) -> float:
+        """The least-squares slope of traced bytes over iterations across every snapshot:
+        what bounded buffers hold at one snapshot and not at the next (an idle worker's last
+        arguments, a full history's turnover: several kB either way) averages out of it,
+        where a difference of two snapshots takes it whole."""
+        n = len(self.points)
+        if n < 2:
+            return self.bytes_per_iteration
+        mean_x = sum(x for x, _ in self.points) / n
+        mean_y = sum(y for _, y in self.points) / n
+        spread = sum((x - mean_x) ** 2 for x, _ in self.points)
+        if spread == 0:
+            return 0.0
+        return sum((x - mean_x) * (y - mean_y) for x, y in self.points) / spread
 
 
 def target_specs(work: Path, targets: int) -> list[TargetSpec]:
@@ -186,9 +203,11 @@ class _Milestones:
         return taken[0]
 
 
-async def measure(work: Path, *, targets: int, warm_up: int, between: int) -> Growth:
+async def measure(
+    work: Path, *, targets: int, warm_up: int, between: int, snapshots: int = 2
+) -> Growth:
     """Run `targets` targets under a polling client (tracemalloc on from the start): after
-    `warm_up` iterations a snapshot, after `between` more another."""
+    `warm_up` iterations a snapshot, then `snapshots - 1` more evenly over `between` more."""
     specs = target_specs(work, targets)
     events = ev.EventBus()
     sup = Supervisor(
@@ -209,7 +228,8 @@ async def measure(work: Path, *, targets: int, warm_up: int, between: int) -> Gr
             poller = await _start_poller_after(tg, sup, server, sock, specs)
             try:
                 taken = []
-                for at in (warm_up, warm_up + between):
+                steps = max(1, snapshots - 1)
+                for at in (warm_up + between * k // steps for k in range(steps + 1)):
                     await milestones.reach(at)
                     await anyio.to_thread.run_sync(_pause, poller)
                     taken.append(await milestones.snapshot())
@@ -222,7 +242,8 @@ async def measure(work: Path, *, targets: int, warm_up: int, between: int) -> Gr
                     poller.wait()
     finally:
         tracemalloc.stop()
-    (first_at, first), (second_at, second) = taken
+    points = tuple((at, sum(t.size for t in snap.traces)) for at, snap in taken)
+    (first_at, first), (second_at, second) = taken[0], taken[-1]
     stats = second.compare_to(first, "traceback")
     grown = sum(s.size_diff for s in stats)
     return Growth(
@@ -230,6 +251,7 @@ async def measure(work: Path, *, targets: int, warm_up: int, between: int) -> Gr
         grown,
         answered,
         tuple(_describe(s) for s in stats[:8]),
+        points,
     )
 
 
@@ -282,18 +304,24 @@ def _stop_poller(poller: subprocess.Popen[str]) -> tuple[int, int]:
 
 
 def _describe(stat: tracemalloc.StatisticDiff) -> str:
-    frames = " <- ".join(f"{f.filename}:{f.lineno}" for f in list(stat.traceback)[:8])
+    newest_first = list(reversed(list(stat.traceback)))[:8]  # where it was allocated, first
+    frames = " <- ".join(f"{f.filename}:{f.lineno}" for f in newest_first)
     return f"{stat.size_diff:+d} B in {stat.count_diff:+d} blocks: {frames}"
 
 
-def run_quietly(work: Path, *, targets: int, warm_up: int, between: int) -> Growth:
+def run_quietly(
+    work: Path, *, targets: int, warm_up: int, between: int, snapshots: int = 2
+) -> Growth:
     """`measure` with the daemon's JSON logging rendered into /dev/null (as the daemon
     renders it into the journal), outside any event loop."""
     with open(os.devnull, "w") as devnull:
         configure_logging("json", "info", stream=devnull, cache=False)
         try:
             return anyio.run(
-                partial(measure, work, targets=targets, warm_up=warm_up, between=between)
-            )
+                partial(
+                    measure, work, targets=targets, warm_up=warm_up, between=between,
+                    snapshots=snapshots,
+                )
+            )  # fmt: skip
         finally:
             configure_logging("json", "info", cache=False)
