@@ -33,7 +33,12 @@ from autoloop_daemon.exceptions import (
 from autoloop_daemon.models import IterationResult, TargetSpec
 from autoloop_daemon.runs import feedback, simulator
 from autoloop_daemon.runs.failure_cause import with_cause
-from autoloop_daemon.runs.process import ProcessOutcome, child_environment, run_in_group
+from autoloop_daemon.runs.process import (
+    ProcessOutcome,
+    child_environment,
+    open_run_log,
+    run_in_group,
+)
 from autoloop_daemon.runs.results import (
     parse_result,
     parse_scorer_output,
@@ -344,7 +349,13 @@ async def run_iteration(
         return await _run_simulated(spec, iteration)
     start = time.monotonic()
     started_wall = time.time()
-    argv = await anyio.to_thread.run_sync(_argv_for, spec, iteration, handoff)
+    log_path = artifacts.run_log_path(spec.state_root, iteration)
+    try:  # the argv and the run log: one worker call
+        argv, log_fd = await anyio.to_thread.run_sync(
+            _argv_and_log, spec, iteration, handoff, log_path
+        )
+    except RunLogError as exc:
+        return _not_run(f"not started: {exc}", start)
     if argv is None:
         return _not_run(f"target directory is missing: {spec.path}", start)
     marker = run_marker(spec, iteration)
@@ -356,7 +367,8 @@ async def run_iteration(
             argv,
             cwd=None,
             env=env,
-            log_path=artifacts.run_log_path(spec.state_root, iteration),
+            log_path=log_path,
+            log_fd=log_fd,
             timeout_s=spec.timeout_s,
             term_grace_s=spec.term_grace_seconds,
             stdout_tail_bytes=STDOUT_TAIL_BYTES,
@@ -368,6 +380,15 @@ async def run_iteration(
     except OSError as exc:
         return _not_run(f"cannot start orchestrator {argv[0]!r}: {exc.strerror or exc}", start)
     return await _read_outcome(spec, iteration, marker, outcome, start, started_wall)
+
+
+def _argv_and_log(
+    spec: TargetSpec, iteration: int, handoff: Path | None, log_path: Path
+) -> tuple[list[str] | None, int | None]:
+    """`_argv_for`, then (when the target directory exists) the run log opened
+    (`open_run_log`; RunLogError). Blocking."""
+    argv = _argv_for(spec, iteration, handoff)
+    return (None, None) if argv is None else (argv, open_run_log(log_path))
 
 
 def _argv_for(spec: TargetSpec, iteration: int, handoff: Path | None) -> list[str] | None:

@@ -45,6 +45,7 @@ __all__ = [
     "CHILD_ENV_DROP",
     "ProcessOutcome",
     "child_environment",
+    "open_run_log",
     "run_in_group",
 ]
 
@@ -120,6 +121,7 @@ async def run_in_group(
     stderr_tail_bytes: int = 1 << 16,
     on_started: Callable[[int], Awaitable[None]] | None = None,
     on_stdout: Callable[[bytes], None] | None = None,
+    log_fd: int | None = None,
 ) -> ProcessOutcome:
     """Run `argv` (no shell) in a new process group and return how it ended.
 
@@ -136,16 +138,21 @@ async def run_in_group(
     group is stopped the same way after a short moment. When cancelled from outside, the
     group is stopped inside a shielded scope and the cancellation is re-raised.
 
+    `log_fd`: `log_path` already opened by `open_run_log` (in the caller's worker call that
+    did the run's other file work: one hand-off fewer); it is closed here, whatever happens.
+
     Raises RunLogError when the run log cannot be opened (nothing is started then) and
     OSError when the program cannot be started (e.g. FileNotFoundError).
     """
+    sink = _LogSink(log_path, -1 if log_fd is None else log_fd)
     if isinstance(argv, str | bytes):
+        sink.close_now()
         raise TypeError("argv must be a sequence of arguments, not one string")
     command = [os.fspath(arg) for arg in argv]
     if not command:
+        sink.close_now()
         raise ValueError("argv is empty")
     marker = env.get(RUN_MARKER_ENV)
-    sink = _LogSink(log_path)
     try:
         await sink.open()
         deathwatch.run_starting(marker)
@@ -354,22 +361,28 @@ class _LogSink:
     once and later output is dropped: losing the log must not kill the run.
     """
 
-    def __init__(self, path: Path) -> None:
-        self._fd = -1
+    def __init__(self, path: Path, fd: int = -1) -> None:
+        self._fd = fd  # >= 0: opened already (`open_run_log`)
         self._path = path
         self._lock = anyio.Lock()
         self._failed = False
 
     async def open(self) -> None:
-        """Open (or create, 0640) the log for appending; RunLogError if it cannot be."""
-        self._fd = await anyio.to_thread.run_sync(_open_log, self._path)
+        """Open (or create, 0640) the log for appending unless it is open; RunLogError if
+        it cannot be."""
+        if self._fd < 0:
+            self._fd = await anyio.to_thread.run_sync(open_run_log, self._path)
+
+    def close_now(self) -> None:
+        """Close the log's descriptor (no write is under way)."""
+        if self._fd >= 0:
+            os.close(self._fd)  # a regular file's close does not block
+            self._fd = -1
 
     async def close(self) -> None:
         """Close the log (a run that printed nothing leaves an empty log file)."""
         async with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)  # a regular file's close does not block
-                self._fd = -1
+            self.close_now()
 
     async def write(self, chunk: bytes) -> None:
         if self._failed or self._fd < 0:
@@ -384,8 +397,9 @@ class _LogSink:
                 _log.warning("run_log_write_failed", path=str(self._path), error=str(exc))
 
 
-def _open_log(path: Path) -> int:
-    """The run log's descriptor, opened for appending through `fsio.open_regular`."""
+def open_run_log(path: Path) -> int:
+    """The run log's descriptor, opened for appending through `fsio.open_regular` (its
+    directory made); RunLogError when it cannot be. Blocking."""
     try:
         fsio.make_dirs(path.parent)
         try:
