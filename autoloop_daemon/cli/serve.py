@@ -19,6 +19,7 @@ from autoloop_daemon.control.server import ControlServer, ControlSettings
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.signals import handle_signals
 from autoloop_daemon.engine.supervisor import Supervisor
+from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import AutoloopError
 from autoloop_daemon.observers.alerts import Alerter
 from autoloop_daemon.observers.journal import journal
@@ -44,12 +45,18 @@ def _review_watch(supervisor: Supervisor) -> ReviewWatch:
                 record.runner.reviews.mark()
         supervisor.events.publish(event)
 
+    def runners(only: set[str] | None) -> list[TargetRunner]:
+        if only is None:
+            return supervisor.runners()
+        records = (supervisor.record(name) for name in only)
+        return [r.runner for r in records if r is not None and r.runner is not None]
+
     reviews = ReviewWatch(
-        lambda: {r.spec.name: r.spec.state_root for r in supervisor.runners()},
+        lambda only: {r.spec.name: r.spec.state_root for r in runners(only)},
         publish,
-        expiry=lambda: {
+        expiry=lambda only: {
             r.spec.name: (r.latest_spec.path, hours)
-            for r in supervisor.runners()
+            for r in runners(only)
             if (hours := r.latest_spec.review_expire_hours) is not None
         },
     )
