@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -39,6 +38,7 @@ from autoloop_daemon.runs.procfs import (
     signal_group,
     stop_group,
 )
+from autoloop_daemon.runs.spawn import spawn
 from autoloop_daemon.storage.files import fsio
 
 __all__ = [
@@ -194,15 +194,7 @@ async def _run(
     # Shielded so that a cancellation cannot land between fork and our bookkeeping: it is
     # delivered at the next checkpoint, inside the try below, which stops the group.
     with anyio.CancelScope(shield=True):
-        process = await anyio.open_process(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-        )
+        process = await spawn(command, cwd=cwd, env=env)  # runs/spawn.py: off the loop
     pid = process.pid  # the group's id too (start_new_session)
     _RUNNING_GROUPS.add(pid)
     reaper.child_started(pid)
@@ -222,7 +214,7 @@ async def _run(
             await process.aclose()
         _RUNNING_GROUPS.discard(pid)
         deathwatch.group_ended(pid)
-        if process.returncode is not None:  # else asyncio still has to reap it
+        if process.returncode is not None:  # else it still has to be reaped
             reaper.child_exited(pid)
     return ProcessOutcome(
         pid=pid,
