@@ -12,10 +12,12 @@ through `posix_spawn` (clone, then the wait for the child's exec), so a worker t
 not free the loop for that time, only add a hand-off. Measured with 32 children at once
 (`/bin/echo`, pipes read, exit awaited; load 4.4): 0.28-0.36 ms of CPU per run here,
 0.53-0.58 ms with the spawn in a worker, 0.65-0.73 ms through `anyio.open_process`
-(asyncio's transport, which also forked on the loop; issue 24). A program found on PATH is
-looked up (file stats) and started in one worker call. Where a pidfd or `posix_spawn` is
-missing (not Linux >= 5.3), or a working directory is asked for, `anyio.open_process`
-starts it.
+(asyncio's transport, which also forked on the loop; issue 24). The cost: the GIL stays
+held until the child has exec'd, which on a heavily loaded machine can take milliseconds
+(py-spy at load 11: ~6 ms per spawn), for the loop and the worker threads alike. A program
+found on PATH is looked up (file stats) and started in one worker call. Where a pidfd or
+`posix_spawn` is missing (not Linux >= 5.3), or a working directory is asked for,
+`anyio.open_process` starts it.
 """
 
 from __future__ import annotations
