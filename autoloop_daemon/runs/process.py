@@ -138,20 +138,16 @@ async def run_in_group(
     group is stopped the same way after a short moment. When cancelled from outside, the
     group is stopped inside a shielded scope and the cancellation is re-raised.
 
-    `log_fd`: `log_path` already opened by `open_run_log` (in the caller's worker call that
-    did the run's other file work: one hand-off fewer); it is closed here, whatever happens.
-
+    `log_fd`: `log_path` opened by `open_run_log` already (closed here, whatever happens).
     Raises RunLogError when the run log cannot be opened (nothing is started then) and
     OSError when the program cannot be started (e.g. FileNotFoundError).
     """
     sink = _LogSink(log_path, -1 if log_fd is None else log_fd)
-    if isinstance(argv, str | bytes):
+    try:
+        command = _command(argv)
+    except (TypeError, ValueError):
         sink.close_now()
-        raise TypeError("argv must be a sequence of arguments, not one string")
-    command = [os.fspath(arg) for arg in argv]
-    if not command:
-        sink.close_now()
-        raise ValueError("argv is empty")
+        raise
     marker = env.get(RUN_MARKER_ENV)
     try:
         await sink.open()
@@ -173,6 +169,15 @@ async def run_in_group(
             await sink.close()
             await reaper.sweep(marker, term_grace_s)
             deathwatch.run_ended(marker)
+
+
+def _command(argv: Sequence[str]) -> list[str]:
+    if isinstance(argv, str | bytes):
+        raise TypeError("argv must be a sequence of arguments, not one string")
+    command = [os.fspath(arg) for arg in argv]
+    if not command:
+        raise ValueError("argv is empty")
+    return command
 
 
 # --- the run -----------------------------------------------------------------------------
