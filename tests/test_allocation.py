@@ -165,6 +165,41 @@ async def test_default_aging_serves_the_worst_ranked_within_three_rounds_of_the_
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
+async def test_fair_turn_slots_serve_the_longest_unserved_first_and_skip_a_cancelled_waiter() -> (
+    None
+):
+    """With `fair_turns` the turn is read when a target queues (it cannot change while it
+    waits): the highest turn goes first, equal turns in arrival order, and a waiter whose
+    wait was cancelled neither gets a slot nor counts as waiting."""
+    slots = RankedSlots(1, fair_turns=True)
+    await slots.acquire()
+    order: list[str] = []
+    turns = {"a": -5.0, "b": -1.0, "c": -5.0, "cancelled": 0.0}
+
+    async def want(name: str) -> None:
+        await slots.acquire_ranked(lambda: turns[name])
+        order.append(name)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for name in ("a", "b", "c"):
+                tg.start_soon(want, name)
+                await anyio.wait_all_tasks_blocked()
+            async with anyio.create_task_group() as doomed:
+                doomed.start_soon(want, "cancelled")  # the best turn, cancelled while waiting
+                await anyio.wait_all_tasks_blocked()
+                assert slots.statistics().tasks_waiting == 4
+                doomed.cancel_scope.cancel()
+            assert slots.statistics().tasks_waiting == 3
+            for _ in range(3):
+                slots.release()
+                await anyio.wait_all_tasks_blocked()
+    assert order == ["b", "a", "c"]
+    assert slots.statistics().tasks_waiting == 0
+
+
+@pytest.mark.anyio
 async def test_gain_per_usd_allocation_runs_the_fleet_through_ranked_slots(
     tmp_path: Path,
 ) -> None:

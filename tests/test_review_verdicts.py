@@ -20,7 +20,14 @@ from typing import Any
 import pytest
 
 from autoloop_daemon.clock import now_iso, now_utc
+from autoloop_daemon.engine.admission import RankedSlots
+from autoloop_daemon.engine.budget import SharedBudget
+from autoloop_daemon.engine.events import EventBus
+from autoloop_daemon.engine.target_runner import TargetRunner
+from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.storage.files import store as store_module
 from autoloop_daemon.storage.files.review_files import read_queue, read_verdicts, record_verdict
+from autoloop_daemon.storage.files.store import FileTargetStore
 from tests.helpers.audit import read_state
 from tests.helpers.control import ctl
 from tests.helpers.daemon import Daemon, Lab
@@ -234,3 +241,40 @@ def test_a_review_log_that_is_a_fifo_is_reported_and_the_target_runs_on(lab: Lab
             daemon.stop()
     assert (state["status"], state["iterations_completed"]) == ("stopped_max_iter", 2)
     assert daemon.count("review_log_unreadable") == 1  # said once, not at every turn
+
+
+@pytest.mark.anyio
+@pytest.mark.no_blocking
+async def test_the_loop_reads_the_review_log_at_start_and_after_a_notice_not_every_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every verdict is written by the daemon, which tells the runner (`wake`; `mark` for an
+    expiry): the review log is read when the runner starts and after such a notice, never
+    before every turn (issue 24: it was a worker hand-off per turn)."""
+    reads: list[Path] = []
+
+    def counted(root: Path) -> list[dict[str, Any]]:
+        reads.append(root)
+        return read_verdicts(root)
+
+    monkeypatch.setattr(store_module, "read_verdicts", counted)
+    (tmp_path / "skill").mkdir()
+    spec = TargetSpec(
+        name="reviewed", path=tmp_path / "skill", state_root=tmp_path / "state",
+        mode="continuous", cooldown_minutes=0, max_iterations=3, plateau_window=100,
+        oscillation_window=0, dry_run=True, simulated_seconds=0.0,
+    )  # fmt: skip
+    runner = TargetRunner(
+        spec, store=FileTargetStore(spec), budget=SharedBudget(100.0),
+        slots=RankedSlots(1, fair_turns=True), events=EventBus(),
+    )  # fmt: skip
+    await runner.prepare()
+    assert len(reads) == 1
+    await runner.reviews.apply()
+    assert len(reads) == 1  # nothing written since: nothing to read
+    runner.reviews.mark()
+    await runner.reviews.apply()
+    assert len(reads) == 2
+    assert await runner.run() == "stopped_max_iter"
+    assert runner.state.iterations_completed == 3
+    assert len(reads) == 2  # three turns, no read

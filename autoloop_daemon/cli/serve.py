@@ -16,8 +16,10 @@ from functools import partial
 import anyio
 
 from autoloop_daemon.control.settings import ControlSettings
+from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.signals import handle_signals
 from autoloop_daemon.engine.supervisor import Supervisor
+from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import AutoloopError
 from autoloop_daemon.observers.alerts import Alerter
 from autoloop_daemon.observers.journal import journal
@@ -33,13 +35,28 @@ from autoloop_daemon.runs.reaper import FINAL_GRACE_S, become_subreaper, sweep
 
 def _review_watch(supervisor: Supervisor) -> ReviewWatch:
     """The review queues of `supervisor`'s targets, with each one's `review_expire_hours`
-    as the newest configuration has it (a reload applies at the next scan)."""
+    as the newest configuration has it (a reload applies at the next scan). An expiry is
+    a verdict: its target's loop reads the review log before its next turn."""
+
+    def publish(event: ev.Event) -> None:
+        if isinstance(event, ev.ReviewExpired):
+            record = supervisor.record(event.target)
+            if record is not None and record.runner is not None:
+                record.runner.reviews.mark()
+        supervisor.events.publish(event)
+
+    def runners(only: set[str] | None) -> list[TargetRunner]:
+        if only is None:
+            return supervisor.runners()
+        records = (supervisor.record(name) for name in only)
+        return [r.runner for r in records if r is not None and r.runner is not None]
+
     reviews = ReviewWatch(
-        lambda: {r.spec.name: r.spec.state_root for r in supervisor.runners()},
-        supervisor.events.publish,
-        expiry=lambda: {
+        lambda only: {r.spec.name: r.spec.state_root for r in runners(only)},
+        publish,
+        expiry=lambda only: {
             r.spec.name: (r.latest_spec.path, hours)
-            for r in supervisor.runners()
+            for r in runners(only)
             if (hours := r.latest_spec.review_expire_hours) is not None
         },
     )

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.runs.orchestrator import render_argv
+from autoloop_daemon.runs.command_line import render_argv
 
 # Programs whose first non-option argument is a script that must exist.
 _INTERPRETERS = ("python", "python3", "bash", "sh", "dash", "zsh", "node", "perl", "ruby")

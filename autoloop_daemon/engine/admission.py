@@ -7,11 +7,15 @@ for ever: a waiter passed over `MAX_PASSES` times goes first (oldest such waiter
 
 With `fair_turns` (`allocation = "fcfs"`) the rank is the target's turn (minus when it last
 got a slot): the waiter served longest ago goes first, round robin among the waiting, and a
-target that just finished queues behind every one already waiting. Aging is then moot.
+target that just finished queues behind every one already waiting. Aging is then moot, and
+a turn does not change while its target waits: it is read once, when the waiter queues, and
+the waiters are kept in a heap (a grant scanned and ranked all ~1,000 waiters of a busy
+fleet: 5 % of the event loop's time in bench/check.py's busy part, issue 24).
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import sys
 from collections.abc import Callable
@@ -36,6 +40,7 @@ class _Waiter:
     event: anyio.Event = field(default_factory=anyio.Event)
     passes: int = 0
     granted: bool = False
+    gone: bool = False  # cancelled while in the heap (fair turns): skipped when popped
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +62,9 @@ class RankedSlots:
         self._used = 0
         self.fair_turns = fair_turns
         self._max_passes = sys.maxsize if fair_turns else max_passes
-        self._waiters: list[_Waiter] = []
+        self._waiters: list[_Waiter] = []  # ranked at each grant
+        self._heap: list[tuple[float, int, _Waiter]] = []  # fair turns: (-turn, seq, waiter)
+        self._waiting = 0
         self._seq = itertools.count()
 
     @property
@@ -77,7 +84,7 @@ class RankedSlots:
 
     def statistics(self) -> SlotStatistics:
         """How many wait for a slot."""
-        return SlotStatistics(len(self._waiters))
+        return SlotStatistics(self._waiting)
 
     async def acquire(self) -> None:
         """Take a slot with no particular rank (the lowest)."""
@@ -85,19 +92,27 @@ class RankedSlots:
 
     async def acquire_ranked(self, rank: Callable[[], float]) -> None:
         """Take a slot, waiting behind better-ranked targets; `rank` is read at each grant."""
-        if self._used < self._total and not self._waiters:
+        if self._used < self._total and not self._waiting:
             self._used += 1
             await anyio.lowlevel.checkpoint()
             return
         waiter = _Waiter(rank, next(self._seq))
-        self._waiters.append(waiter)
+        self._waiting += 1
+        if self.fair_turns:
+            heapq.heappush(self._heap, (-_safe(rank), waiter.seq, waiter))
+        else:
+            self._waiters.append(waiter)
         try:
             await waiter.event.wait()
         except BaseException:
             if waiter.granted:  # cancelled just as the slot arrived: hand it on
                 self.release()
             else:
-                self._waiters.remove(waiter)
+                self._waiting -= 1
+                if self.fair_turns:
+                    waiter.gone = True
+                else:
+                    self._waiters.remove(waiter)
             raise
 
     def release(self) -> None:
@@ -106,14 +121,25 @@ class RankedSlots:
         self._grant()
 
     def _grant(self) -> None:
-        while self._waiters and self._used < self._total:
-            chosen = self._choose()
-            self._waiters.remove(chosen)
-            for other in self._waiters:
-                other.passes += 1
+        while self._waiting and self._used < self._total:
+            chosen = self._pop_turn() if self.fair_turns else self._pop_ranked()
+            self._waiting -= 1
             chosen.granted = True
             self._used += 1
             chosen.event.set()
+
+    def _pop_turn(self) -> _Waiter:
+        while True:
+            waiter = heapq.heappop(self._heap)[2]
+            if not waiter.gone:
+                return waiter
+
+    def _pop_ranked(self) -> _Waiter:
+        chosen = self._choose()
+        self._waiters.remove(chosen)
+        for other in self._waiters:
+            other.passes += 1
+        return chosen
 
     def _choose(self) -> _Waiter:
         limit = self._max_passes

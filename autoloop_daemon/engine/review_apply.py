@@ -1,9 +1,12 @@
 """Reviewers' verdicts reaching a target's loop, between its iterations.
 
 The runner owns its state and progress; a verdict is written by someone else (`ctl review`,
-the dashboard, an expiry) into the review log. So the runner reads the log itself at start
-and before every turn (one small read; the iteration log only when something new came), and
-applies what it finds as decision overrides: its progress is rebuilt from the iteration log
+the dashboard, an expiry, a cluster peer's verdict) into the review log, always by this
+process while it runs, which then tells the runner (`wake`, or `mark` for an expiry). So the
+runner reads the log itself at start, before the turn after such a notice, after a failed
+read, and while a verdict still waits for its run's log line (the iteration log only when
+something new came; no read at all in the common case), and applies what it finds as
+decision overrides: its progress is rebuilt from the iteration log
 with them (policy/review_verdicts.py, policy/progress.py), so an approved candidate counts as
 a keep (best score, plateau counter) and a rejected or expired one as a reject from then on.
 The side effects of a new verdict are done once, and remembered in the state (`extra`
@@ -48,11 +51,15 @@ HOLD_RECHECK_S = 10.0
 class ReviewApplier:
     """The verdicts one runner has applied, and the check for new ones."""
 
-    __slots__ = ("_checked_at", "_known", "_runner", "_tries", "_warned")
+    __slots__ = ("_checked_at", "_known", "_runner", "_stale", "_tries", "_warned")
 
     def __init__(self, runner: TargetRunner) -> None:
         """Nothing applied yet (`apply` at start reads the whole review log)."""
         self._runner = runner
+        # True until the review log was read after the last notice (`wake`, `mark`): every
+        # writer of a verdict is this process, so between notices the log cannot change
+        # (issue 24: it was read from disk before every turn, one worker hand-off each).
+        self._stale = True
         self._known = -1  # verdicts seen in the review log at the last look
         self._checked_at = -1  # the last iteration the log had when verdicts were placed
         self._tries: dict[str, int] = {}  # unplaced verdicts: log growths waited so far
@@ -69,11 +76,13 @@ class ReviewApplier:
 
     async def _apply(self) -> None:
         source = self._source()
-        if source is None:
+        if source is None or not self._due():
             return
+        self._stale = False
         try:
             verdicts = parse_verdicts(await source.read_verdicts())
         except (OSError, UnicodeDecodeError) as exc:
+            self._stale = True  # look again before the next turn
             if self._warned != str(exc):
                 self._warned = str(exc)
                 log.warning("review_log_unreadable", error=str(exc))
@@ -96,6 +105,13 @@ class ReviewApplier:
         runner._dirty = True
         await self._effects(placed, entries)
         await runner._save()
+
+    def _due(self) -> bool:
+        """True when the review log must be read: a notice came since the last read (or
+        none was read yet), or verdicts wait to be placed and the iteration log grew."""
+        if self._stale:
+            return True
+        return bool(self._tries) and self._runner.progress.last_iteration != self._checked_at
 
     def _worth_a_look(self, verdicts: list[Verdict]) -> bool:
         """True when the iteration log must be read: new verdicts, or some not placed yet
@@ -211,9 +227,14 @@ class ReviewApplier:
             await runner._save()
         await runner._stop.interruptible(anyio.sleep(HOLD_RECHECK_S))
 
+    def mark(self) -> None:
+        """A verdict was written (an expiry): read the review log before the next turn."""
+        self._stale = True
+
     def wake(self) -> None:
         """A verdict was given: look again now (ends a hold or another wait early)."""
         self._known = -1
+        self._stale = True
         self._runner._wake()
 
 

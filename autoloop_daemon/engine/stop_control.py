@@ -141,4 +141,7 @@ class StopControl:
         deadline_s = math.inf if self._deadline_s is None else self._deadline_s
         if self._cut is not None:
             deadline_s = min(deadline_s, self._cut.at_s)
-        self._iter_scope.deadline = deadline_s
+        # Set only when it moves: each set re-arms a loop timer, and the budget replans
+        # every running target's cut whenever any meter opens or closes (issue 24).
+        if self._iter_scope.deadline != deadline_s:
+            self._iter_scope.deadline = deadline_s

@@ -36,16 +36,18 @@ class ReviewWatch:
 
     def __init__(
         self,
-        roots: Callable[[], dict[str, Path]],
+        roots: Callable[[set[str] | None], dict[str, Path]],
         publish: Callable[[ev.Event], None],
         interval_s: float = INTERVAL_S,
-        expiry: Callable[[], dict[str, tuple[Path, float]]] | None = None,
+        expiry: Callable[[set[str] | None], dict[str, tuple[Path, float]]] | None = None,
     ) -> None:
-        """Watch the state roots `roots()` returns (by target name); nothing runs until `run`.
+        """Watch the state roots `roots(names)` returns (by target name; `names` None: every
+        target, else those of them that exist); nothing runs until `run`.
 
-        `expiry()` gives, by target name, the target's directory and its
+        `expiry(names)` gives, by target name, the target's directory and its
         `review_expire_hours`, for the targets that have one (asked at every scan, so a
-        reload applies at once).
+        reload applies at once). Both are asked for the names of a scan after iterations
+        only, so that such a scan costs nothing per target of the fleet.
         """
         self._roots = roots
         self._expiry = expiry
@@ -84,10 +86,8 @@ class ReviewWatch:
     async def scan(self, only: set[str] | None = None) -> None:
         """Read every queue, or those of the targets `only` names (one worker call), and
         announce the entries not seen before."""
-        roots = self._roots()
-        if only is not None:
-            roots = {name: root for name, root in roots.items() if name in only}
-        expiry = {} if self._expiry is None else self._expiry()
+        roots = self._roots(only)
+        expiry = {} if self._expiry is None else self._expiry(only)
 
         def read() -> tuple[dict[str, ReviewQueue], list[tuple[str, PendingReview, float]]]:
             now = now_utc()

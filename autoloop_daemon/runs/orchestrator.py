@@ -31,7 +31,8 @@ from autoloop_daemon.exceptions import (
     StateWriteError,
 )
 from autoloop_daemon.models import IterationResult, TargetSpec
-from autoloop_daemon.runs import feedback, simulator
+from autoloop_daemon.runs import simulator
+from autoloop_daemon.runs.command_line import argv_and_log, render_argv
 from autoloop_daemon.runs.failure_cause import with_cause
 from autoloop_daemon.runs.process import ProcessOutcome, child_environment, run_in_group
 from autoloop_daemon.runs.results import (
@@ -115,64 +116,9 @@ class ProgressReader:
                 report(value)
 
 
-def render_argv(template: tuple[str, ...], spec: TargetSpec, iteration: int) -> list[str]:
-    """Fill `{target}`, `{state_root}` and `{iteration}` into each argv element.
-
-    `str.format` rules (as config validation checks them): `{{`/`}}` are literal braces, and
-    substituted values are never parsed again, so a path with braces or quotes stays inert
-    and can never become two arguments or reach a shell.
-    """
-    values = {
-        "target": str(spec.path),
-        "state_root": str(spec.state_root),
-        "iteration": str(iteration),
-    }
-    return [part.format_map(values) for part in template]
-
-
-MAX_SOURCES = 500
-
-
-def expand_sources(target: Path, patterns: tuple[str, ...]) -> list[str]:
-    """The regular files matching `patterns` (globs relative to `target`; `~` is the home
-    directory), sorted per pattern, each once, at most MAX_SOURCES. Blocking."""
-    found: list[str] = []
-    seen: set[str] = set()
-    for pattern in patterns:
-        expanded = Path(pattern).expanduser()
-        base, rel = (
-            (Path(expanded.anchor), str(expanded.relative_to(expanded.anchor)))
-            if (expanded.is_absolute())
-            else (target, pattern)
-        )
-        try:
-            matches = sorted(base.glob(rel))
-        except (OSError, ValueError, NotImplementedError):
-            continue
-        for match in matches:
-            text = str(match)
-            if text in seen or not match.is_file():
-                continue
-            seen.add(text)
-            found.append(text)
-            if len(found) >= MAX_SOURCES:
-                return found
-    return found
-
-
 def run_marker_prefix(spec: TargetSpec) -> str:
     """What every run marker of `spec`'s state root starts with (an iteration number follows)."""
     return f"{spec.state_root}#"
-
-
-def _handoff_sources(handoff: Path, spec: TargetSpec) -> list[str]:
-    """The handoff (if it still exists) and the feedback sources passed with it: `sources`,
-    or by default what the orchestrator would have discovered itself. Blocking."""
-    if not handoff.is_file():
-        return []
-    if spec.sources is None:
-        return [str(handoff), *feedback.discover_now(spec.path, spec.state_root)]
-    return [str(handoff), *expand_sources(spec.path, spec.sources)]
 
 
 def run_log_file(spec: TargetSpec, iteration: int) -> Path | None:
@@ -344,7 +290,13 @@ async def run_iteration(
         return await _run_simulated(spec, iteration)
     start = time.monotonic()
     started_wall = time.time()
-    argv = await anyio.to_thread.run_sync(_argv_for, spec, iteration, handoff)
+    log_path = artifacts.run_log_path(spec.state_root, iteration)
+    try:  # the argv and the run log: one worker call
+        argv, log_fd = await anyio.to_thread.run_sync(
+            argv_and_log, spec, iteration, handoff, log_path
+        )
+    except RunLogError as exc:
+        return _not_run(f"not started: {exc}", start)
     if argv is None:
         return _not_run(f"target directory is missing: {spec.path}", start)
     marker = run_marker(spec, iteration)
@@ -356,7 +308,8 @@ async def run_iteration(
             argv,
             cwd=None,
             env=env,
-            log_path=artifacts.run_log_path(spec.state_root, iteration),
+            log_path=log_path,
+            log_fd=log_fd,
             timeout_s=spec.timeout_s,
             term_grace_s=spec.term_grace_seconds,
             stdout_tail_bytes=STDOUT_TAIL_BYTES,
@@ -368,18 +321,6 @@ async def run_iteration(
     except OSError as exc:
         return _not_run(f"cannot start orchestrator {argv[0]!r}: {exc.strerror or exc}", start)
     return await _read_outcome(spec, iteration, marker, outcome, start, started_wall)
-
-
-def _argv_for(spec: TargetSpec, iteration: int, handoff: Path | None) -> list[str] | None:
-    """The orchestrator's argv with the handoff and feedback sources; None when the target
-    directory is gone. Blocking (it looks at the disk)."""
-    if not spec.path.is_dir():
-        return None
-    argv = render_argv(spec.orchestrator, spec, iteration)
-    if handoff is not None and spec.handoff_arg:
-        for source in _handoff_sources(handoff, spec):
-            argv += [spec.handoff_arg, source]
-    return argv
 
 
 def _not_run(error: str, start: float) -> IterationResult:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -39,12 +38,14 @@ from autoloop_daemon.runs.procfs import (
     signal_group,
     stop_group,
 )
+from autoloop_daemon.runs.spawn import spawn
 from autoloop_daemon.storage.files import fsio
 
 __all__ = [
     "CHILD_ENV_DROP",
     "ProcessOutcome",
     "child_environment",
+    "open_run_log",
     "run_in_group",
 ]
 
@@ -120,6 +121,7 @@ async def run_in_group(
     stderr_tail_bytes: int = 1 << 16,
     on_started: Callable[[int], Awaitable[None]] | None = None,
     on_stdout: Callable[[bytes], None] | None = None,
+    log_fd: int | None = None,
 ) -> ProcessOutcome:
     """Run `argv` (no shell) in a new process group and return how it ended.
 
@@ -136,16 +138,17 @@ async def run_in_group(
     group is stopped the same way after a short moment. When cancelled from outside, the
     group is stopped inside a shielded scope and the cancellation is re-raised.
 
+    `log_fd`: `log_path` opened by `open_run_log` already (closed here, whatever happens).
     Raises RunLogError when the run log cannot be opened (nothing is started then) and
     OSError when the program cannot be started (e.g. FileNotFoundError).
     """
-    if isinstance(argv, str | bytes):
-        raise TypeError("argv must be a sequence of arguments, not one string")
-    command = [os.fspath(arg) for arg in argv]
-    if not command:
-        raise ValueError("argv is empty")
+    sink = _LogSink(log_path, -1 if log_fd is None else log_fd)
+    try:
+        command = _command(argv)
+    except (TypeError, ValueError):
+        sink.close_now()
+        raise
     marker = env.get(RUN_MARKER_ENV)
-    sink = _LogSink(log_path)
     try:
         await sink.open()
         deathwatch.run_starting(marker)
@@ -168,6 +171,15 @@ async def run_in_group(
             deathwatch.run_ended(marker)
 
 
+def _command(argv: Sequence[str]) -> list[str]:
+    if isinstance(argv, str | bytes):
+        raise TypeError("argv must be a sequence of arguments, not one string")
+    command = [os.fspath(arg) for arg in argv]
+    if not command:
+        raise ValueError("argv is empty")
+    return command
+
+
 # --- the run -----------------------------------------------------------------------------
 
 
@@ -187,15 +199,7 @@ async def _run(
     # Shielded so that a cancellation cannot land between fork and our bookkeeping: it is
     # delivered at the next checkpoint, inside the try below, which stops the group.
     with anyio.CancelScope(shield=True):
-        process = await anyio.open_process(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-        )
+        process = await spawn(command, cwd=cwd, env=env)  # runs/spawn.py: off the loop
     pid = process.pid  # the group's id too (start_new_session)
     _RUNNING_GROUPS.add(pid)
     reaper.child_started(pid)
@@ -215,7 +219,7 @@ async def _run(
             await process.aclose()
         _RUNNING_GROUPS.discard(pid)
         deathwatch.group_ended(pid)
-        if process.returncode is not None:  # else asyncio still has to reap it
+        if process.returncode is not None:  # else it still has to be reaped
             reaper.child_exited(pid)
     return ProcessOutcome(
         pid=pid,
@@ -354,22 +358,28 @@ class _LogSink:
     once and later output is dropped: losing the log must not kill the run.
     """
 
-    def __init__(self, path: Path) -> None:
-        self._fd = -1
+    def __init__(self, path: Path, fd: int = -1) -> None:
+        self._fd = fd  # >= 0: opened already (`open_run_log`)
         self._path = path
         self._lock = anyio.Lock()
         self._failed = False
 
     async def open(self) -> None:
-        """Open (or create, 0640) the log for appending; RunLogError if it cannot be."""
-        self._fd = await anyio.to_thread.run_sync(_open_log, self._path)
+        """Open (or create, 0640) the log for appending unless it is open; RunLogError if
+        it cannot be."""
+        if self._fd < 0:
+            self._fd = await anyio.to_thread.run_sync(open_run_log, self._path)
+
+    def close_now(self) -> None:
+        """Close the log's descriptor (no write is under way)."""
+        if self._fd >= 0:
+            os.close(self._fd)  # a regular file's close does not block
+            self._fd = -1
 
     async def close(self) -> None:
         """Close the log (a run that printed nothing leaves an empty log file)."""
         async with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)  # a regular file's close does not block
-                self._fd = -1
+            self.close_now()
 
     async def write(self, chunk: bytes) -> None:
         if self._failed or self._fd < 0:
@@ -384,8 +394,9 @@ class _LogSink:
                 _log.warning("run_log_write_failed", path=str(self._path), error=str(exc))
 
 
-def _open_log(path: Path) -> int:
-    """The run log's descriptor, opened for appending through `fsio.open_regular`."""
+def open_run_log(path: Path) -> int:
+    """The run log's descriptor, opened for appending through `fsio.open_regular` (its
+    directory made); RunLogError when it cannot be. Blocking."""
     try:
         fsio.make_dirs(path.parent)
         try:
