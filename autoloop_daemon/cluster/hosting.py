@@ -7,7 +7,8 @@ budget) and implements engine/hosting.py's hooks with them: the budget is the cl
 give the leases back when the targets end. The operator's commands on a target held by
 another host go through the cluster's row (`ctl pause`, `resume`, `run-now`, `stop` apply
 wherever it runs; storage/postgres/target_flags.py), and reviewers' verdicts through the
-database (cluster/reviews.py).
+database (cluster/reviews.py); the held targets' review queues are published there for
+every host to list (cluster/review_queues.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import structlog
 
 from autoloop_daemon.cluster.budget import ClusterSharedBudget, settle_remaining
 from autoloop_daemon.cluster.member import ClusterMember, LocalTarget, cluster_snapshot
+from autoloop_daemon.cluster.review_queues import ReviewQueues
 from autoloop_daemon.cluster.reviews import ClusterReviews
 from autoloop_daemon.engine.budget import Budget, BudgetWindow
 from autoloop_daemon.engine.hosting import Fleet
@@ -71,10 +73,13 @@ class ClusterHosting:
             local=self._local_target,
             apply_flags=self._apply_flags,
             retention_days=link.retention_days,
-            apply_reviews=lambda held: self._reviews.apply(held),
+            apply_reviews=self._sync_reviews,
         )
         self._reviews = ClusterReviews(
             link.db, link.host, self._live_runner, self._holder, self._member.wake
+        )
+        self._queues = ReviewQueues(
+            link.db, link.host, self._member.lease_of, self._live_runner, self._holder
         )
         self._fleet: Fleet | None = None
         self._budget: ClusterSharedBudget | None = None
@@ -178,6 +183,12 @@ class ClusterHosting:
             await self._apply_extension(runners[0], row)
             await self._apply_flags(spec.name, row)
         fleet.launch(runners[0])
+        await self._queues.publish([spec.name])  # replaces what an earlier holder published
+
+    async def _sync_reviews(self, held: list[str]) -> None:
+        """Each round: apply the verdicts given elsewhere, then publish changed queues."""
+        await self._reviews.apply(held)
+        await self._queues.publish(held)
 
     def _stop_for_cluster(self, name: str, status: TargetStatus) -> None:
         fleet = self._attached[0]
@@ -317,6 +328,11 @@ class ClusterHosting:
         (cluster/reviews.py); one on a target run here is decided here and recorded as
         applied (never None: cluster mode always answers itself)."""
         return await self._reviews.route(name, wanted, verb, note, by)
+
+    async def review_queues(self, local: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every configured target's queue: from the files when run here, else as its
+        holder published it (cluster/review_queues.py)."""
+        return await self._queues.listing(local, sorted(self._member.specs))
 
     async def reconfigure(
         self, targets: Sequence[TargetSpec], start: Sequence[TargetSpec]
