@@ -157,6 +157,8 @@ def test_every_host_lists_the_whole_clusters_queue_and_decides_without_an_id(
     assert there["pending"] == here["pending"]
     first, second = (e["id"] for e in here["pending"])
     env = {"AUTOLOOPD_DAEMON__STATE_DIR": str(lab.state_dir("h2"))}
+    status = run_autoloopd(["status", "--config", str(lab.config)], env=env)
+    assert "reviews: 2 candidates awaiting review (skill: 2)" in status.stdout, status.stdout
 
     def review(*args: str) -> tuple[int, str]:
         done = run_autoloopd(["ctl", "--config", str(lab.config), "review", *args], env=env)
@@ -186,6 +188,44 @@ def test_every_host_lists_the_whole_clusters_queue_and_decides_without_an_id(
         timeout=30, what="h1 publishing its emptied queue",
     )  # fmt: skip
     assert _queue(h2_sock, "skill")["pending"] == []
+
+
+def test_a_new_holder_republishes_the_queue_when_it_claims_the_target(lab: ClusterLab) -> None:
+    """h1 runs `skill` and publishes its held-back candidate; when h1 stops (its lease given
+    back) h2 claims the target and replaces the published queue with its own at once, under
+    its new token, so no host lists h1's entry as pending on a target h1 no longer holds."""
+    skill = {
+        "name": "skill", "path": str(lab.skill("skill")),
+        "orchestrator": orchestrator_argv("hold"), "mode": "continuous",
+        "cooldown_minutes": 600, "max_iterations": 5,
+    }  # fmt: skip
+    lab.write([skill])
+    lab.init()
+    h1 = lab.start("h1")
+    h1.wait_event("iteration_finished", target="skill", timeout=60)
+    published = (
+        "SELECT q.host, q.fencing_token, count(p.review_id) FROM review_queues q "
+        "LEFT JOIN review_pending p USING (target) GROUP BY q.host, q.fencing_token"
+    )
+    ((host, token, _),) = wait_for(
+        lambda: (rows := lab.sql(published)) and rows[0][2] == 1 and rows,
+        timeout=30, what="h1 publishing its candidate",
+    )  # fmt: skip
+    (h1_entry,) = _queue(lab.state_dir("h1") / "autoloopd.sock", "skill")["pending"]
+    assert host == "h1"
+    h2 = lab.start("h2")
+    h2.wait_event("daemon_ready", timeout=30)
+    h1.stop(timeout=30)
+    h2.wait_event("cluster_lease_claimed", target="skill", timeout=30)
+    ((host, new_token, _),) = wait_for(
+        lambda: (rows := lab.sql(published)) and rows[0][0] == "h2" and rows,
+        timeout=30, what="h2 republishing on its claim",
+    )  # fmt: skip
+    assert new_token > token
+    assert lab.sql("SELECT fencing_token FROM targets") == [(new_token,)]
+    queue = _queue(lab.state_dir("h2") / "autoloopd.sock", "skill")
+    assert (queue["host"], queue["held"]) == ("h2", True)
+    assert h1_entry["id"] not in [e["id"] for e in queue["pending"]]
 
 
 @pytest.mark.anyio
