@@ -58,6 +58,11 @@ def test_a_verdict_given_on_one_host_is_applied_by_the_host_running_the_target(
     assert code == 200, payload
     ((entry,),) = [q["pending"] for q in payload["targets"]]
     env = {"AUTOLOOPD_DAEMON__STATE_DIR": str(lab.state_dir("h1"))}
+    h1_sock = lab.state_dir("h1") / "autoloopd.sock"
+    wait_for(  # h1's rounds have seen h2 claim it (the fake's run can beat h1's first round)
+        lambda: [t["host"] for t in api(h1_sock, "GET", "/api/status")[1]["targets"]] == ["h2"],
+        timeout=30, what="h1 seeing h2 hold the target",
+    )  # fmt: skip
 
     def review(*args: str) -> tuple[int, str]:
         done = run_autoloopd(["ctl", "--config", str(lab.config), "review", *args], env=env)
@@ -135,7 +140,7 @@ def test_every_host_lists_the_whole_clusters_queue_and_decides_without_an_id(
     lab.write([skill])
     lab.init()
     h1 = lab.start("h1")
-    lab.start("h2")
+    lab.start("h2").wait_event("daemon_ready", timeout=30)
     h1.wait_event("iteration_finished", target="skill", timeout=60)
     h1_sock = lab.state_dir("h1") / "autoloopd.sock"
     h2_sock = lab.state_dir("h2") / "autoloopd.sock"
@@ -144,7 +149,7 @@ def test_every_host_lists_the_whole_clusters_queue_and_decides_without_an_id(
     assert ran.returncode == EXIT_OK, ran.stderr
     h1.wait_event("iteration_finished", target="skill", count=2, timeout=60)
     there = wait_for(
-        lambda: (q := _queue(h2_sock, "skill"))["pending"][1:] and q,
+        lambda: (q := _queue(h2_sock, "skill"))["pending"][1:] and q["held"] and q,
         timeout=30, what="h2 listing both of h1's candidates",
     )  # fmt: skip
     assert (there["host"], there["held"], there["problem"]) == ("h1", True, None)
