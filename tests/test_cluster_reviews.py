@@ -131,7 +131,7 @@ def test_every_host_lists_the_whole_clusters_queue_and_decides_without_an_id(
     `ctl review skill approve` on h2 is refused naming both ids; one named by its candidate
     id is approved, and then the only one left is rejected without an id. Each leaves h2's
     listing at once, h1 applies both, and the entries leave h1's listing and the
-    published queue."""
+    published queue. The `ctl run-now` sent to h1 ran exactly one iteration."""
     skill = {
         "name": "skill", "path": str(lab.skill("skill")), "hosts": ["h1"],
         "orchestrator": orchestrator_argv("hold"), "mode": "continuous",
@@ -193,6 +193,9 @@ def test_every_host_lists_the_whole_clusters_queue_and_decides_without_an_id(
         timeout=30, what="h1 publishing its emptied queue",
     )  # fmt: skip
     assert _queue(h2_sock, "skill")["pending"] == []
+    # run-now on the holder ran once: the command and the round that read its flag meanwhile
+    # both applied it, and only the one that cleared the flag ran it
+    assert len(h1.events("iteration_finished", target="skill")) == 2
 
 
 def test_a_new_holder_republishes_the_queue_when_it_claims_the_target(lab: ClusterLab) -> None:

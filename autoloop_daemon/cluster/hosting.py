@@ -181,7 +181,10 @@ class ClusterHosting:
         row = self._member.view.targets.get(spec.name)
         if row is not None:
             await self._apply_extension(runners[0], row)
-            await self._apply_flags(spec.name, row)
+            try:
+                await self._apply_flags(spec.name, row)
+            except ClusterError as exc:  # still set on the row: the next round applies them
+                log.warning("cluster_flags_unapplied", target=spec.name, error=str(exc))
         fleet.launch(runners[0])
         await self._queues.publish([spec.name])  # replaces what an earlier holder published
 
@@ -224,9 +227,10 @@ class ClusterHosting:
             return
         if runner.state.paused != row.paused:
             await runner.set_paused(row.paused)
-        if row.run_now:
+        # The flag is taken before the run: the command and a round that read the flag
+        # meanwhile both get here, and only the one that cleared it runs it.
+        if row.run_now and await target_flags.take_run_now(self._link.db, name):
             runner.run_now()
-            await self._write(name, target_flags.set_flag(self._link.db, name, "run_now", False))
 
     async def _apply_extension(self, runner: TargetRunner, row: ClusterTargetRow) -> None:
         """A claimed target takes the cluster's extension (`ctl extend` on any host)."""
@@ -294,7 +298,7 @@ class ClusterHosting:
                 row = replace(row, run_now=True)
             else:
                 row = replace(row, paused=verb == "pause")
-            await self._apply_flags(name, row)
+            await self._write(name, self._apply_flags(name, row))
         done = {"pause": "paused", "resume": "resumed", "run-now": "runs now", "stop": "stopping"}
         return f"{name}: {done[verb]} (cluster-wide; held by {holder})"
 
