@@ -7,7 +7,8 @@ budget) and implements engine/hosting.py's hooks with them: the budget is the cl
 give the leases back when the targets end. The operator's commands on a target held by
 another host go through the cluster's row (`ctl pause`, `resume`, `run-now`, `stop` apply
 wherever it runs; storage/postgres/target_flags.py), and reviewers' verdicts through the
-database (cluster/reviews.py).
+database (cluster/reviews.py); the held targets' review queues are published there for
+every host to list (cluster/review_queues.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import structlog
 
 from autoloop_daemon.cluster.budget import ClusterSharedBudget, settle_remaining
 from autoloop_daemon.cluster.member import ClusterMember, LocalTarget, cluster_snapshot
+from autoloop_daemon.cluster.review_queues import ReviewQueues
 from autoloop_daemon.cluster.reviews import ClusterReviews
 from autoloop_daemon.engine.budget import Budget, BudgetWindow
 from autoloop_daemon.engine.hosting import Fleet
@@ -71,10 +73,13 @@ class ClusterHosting:
             local=self._local_target,
             apply_flags=self._apply_flags,
             retention_days=link.retention_days,
-            apply_reviews=lambda held: self._reviews.apply(held),
+            apply_reviews=self._sync_reviews,
         )
         self._reviews = ClusterReviews(
             link.db, link.host, self._live_runner, self._holder, self._member.wake
+        )
+        self._queues = ReviewQueues(
+            link.db, link.host, self._member.lease_of, self._live_runner, self._holder
         )
         self._fleet: Fleet | None = None
         self._budget: ClusterSharedBudget | None = None
@@ -176,8 +181,17 @@ class ClusterHosting:
         row = self._member.view.targets.get(spec.name)
         if row is not None:
             await self._apply_extension(runners[0], row)
-            await self._apply_flags(spec.name, row)
+            try:
+                await self._apply_flags(spec.name, row)
+            except ClusterError as exc:  # still set on the row: the next round applies them
+                log.warning("cluster_flags_unapplied", target=spec.name, error=str(exc))
         fleet.launch(runners[0])
+        await self._queues.publish([spec.name])  # replaces what an earlier holder published
+
+    async def _sync_reviews(self, held: list[str]) -> None:
+        """Each round: apply the verdicts given elsewhere, then publish changed queues."""
+        await self._reviews.apply(held)
+        await self._queues.publish(held)
 
     def _stop_for_cluster(self, name: str, status: TargetStatus) -> None:
         fleet = self._attached[0]
@@ -213,9 +227,10 @@ class ClusterHosting:
             return
         if runner.state.paused != row.paused:
             await runner.set_paused(row.paused)
-        if row.run_now:
+        # The flag is taken before the run: the command and a round that read the flag
+        # meanwhile both get here, and only the one that cleared it runs it.
+        if row.run_now and await target_flags.take_run_now(self._link.db, name):
             runner.run_now()
-            await self._write(name, target_flags.set_flag(self._link.db, name, "run_now", False))
 
     async def _apply_extension(self, runner: TargetRunner, row: ClusterTargetRow) -> None:
         """A claimed target takes the cluster's extension (`ctl extend` on any host)."""
@@ -283,7 +298,7 @@ class ClusterHosting:
                 row = replace(row, run_now=True)
             else:
                 row = replace(row, paused=verb == "pause")
-            await self._apply_flags(name, row)
+            await self._write(name, self._apply_flags(name, row))
         done = {"pause": "paused", "resume": "resumed", "run-now": "runs now", "stop": "stopping"}
         return f"{name}: {done[verb]} (cluster-wide; held by {holder})"
 
@@ -317,6 +332,11 @@ class ClusterHosting:
         (cluster/reviews.py); one on a target run here is decided here and recorded as
         applied (never None: cluster mode always answers itself)."""
         return await self._reviews.route(name, wanted, verb, note, by)
+
+    async def review_queues(self, local: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every configured target's queue: from the files when run here, else as its
+        holder published it (cluster/review_queues.py)."""
+        return await self._queues.listing(local, sorted(self._member.specs))
 
     async def reconfigure(
         self, targets: Sequence[TargetSpec], start: Sequence[TargetSpec]

@@ -7,7 +7,9 @@ the first verdict on a candidate wins) and the host holding the target applies i
 round: written into the target's files as a
 local verdict would be (storage/files/review_decide.py: feedback record, review log with the
 reviewer's name, time and note), then marked applied, or refused with the reason when the
-candidate is unknown there or already decided, so no verdict is lost silently.
+candidate is unknown there or already decided, so no verdict is lost silently. There the
+candidate is found in the queue its holder published (cluster/review_queues.py): by its id,
+candidate id or request id, or by nothing when it is the only one, and recorded by its id.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from typing import Any
 import anyio
 import structlog
 
-from autoloop_daemon.clock import to_iso
+from autoloop_daemon.clock import now_utc, to_iso
 from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import CommandRefusedError
+from autoloop_daemon.policy.review_queue import PendingReview, find_entry
 from autoloop_daemon.storage.files.review_decide import decide_entry
-from autoloop_daemon.storage.postgres import review_verdicts
+from autoloop_daemon.storage.postgres import review_pending, review_verdicts
 from autoloop_daemon.storage.postgres.db import ClusterError, Database
 from autoloop_daemon.storage.postgres.review_verdicts import ClusterVerdict
 
@@ -60,11 +63,7 @@ class ClusterReviews:
             return await self._decide_here(runner, wanted, verb, note, by)
         holder = self._holder_of(name)
         where = f"the host running it ({holder})" if holder else "the next host to run it"
-        if wanted is None:
-            raise CommandRefusedError(
-                f"{name} is not run on this host: name the candidate's id "
-                f"(`autoloopd ctl review` or /api/reviews on {holder or 'its host'} lists it)"
-            )
+        wanted = await self._resolve(name, wanted)
         try:
             first, row = await review_verdicts.record(self._db, name, wanted, verb, note, by)
         except ClusterError as exc:
@@ -79,6 +78,38 @@ class ClusterReviews:
             "message": f"{verb} of {wanted} recorded; {where} applies it within one round",
         }  # fmt: skip
 
+    async def _resolve(self, name: str, wanted: str | None) -> str:
+        """The id to record: the published queue's entry `wanted` names (its only entry
+        when None), or `wanted` as given when none matches (the queue may not be published
+        yet: the holder refuses an unknown one). CommandRefusedError when no id is given
+        and the queue is not one entry, or when `wanted` names several."""
+        try:
+            published = (await review_pending.read(self._db, [name])).get(name)
+        except ClusterError as exc:
+            if wanted is None:
+                raise CommandRefusedError(
+                    f"{name} is not run on this host and its review queue could not be read "
+                    f"from the cluster database ({exc}): name the candidate's id"
+                ) from exc
+            return wanted
+        if published is None:
+            if wanted is None:
+                raise CommandRefusedError(
+                    f"{name} is not run on this host and no host has published its review "
+                    "queue yet: name the candidate's id"
+                )
+            return wanted
+        now = now_utc()
+        entries = [PendingReview.from_json(e, now) for e in published.entries]
+        try:
+            return find_entry(entries, wanted).review_id
+        except ValueError as exc:
+            if wanted is not None and not any(
+                wanted in (e.review_id, e.candidate_id, e.request_id) for e in entries
+            ):
+                return wanted
+            raise CommandRefusedError(f"{name} (held by {published.host}): {exc}") from None
+
     async def _decide_here(
         self, runner: TargetRunner, wanted: str | None, verb: str, note: str | None, by: str
     ) -> dict[str, Any]:
@@ -86,6 +117,7 @@ class ClusterReviews:
         effort: the files are what decides; a database error is logged)."""
         done = await anyio.to_thread.run_sync(decide_entry, runner.spec, wanted, verb, note, by)
         runner.reviews.wake()
+        self._wake()  # a round now: it publishes the queue without this entry
         name, review_id = runner.spec.name, str(done["id"])
         try:
             await review_verdicts.record_applied(

@@ -50,14 +50,16 @@ class Reviews:
         return None if record is None else record.spec
 
     async def queues(self) -> list[dict[str, Any]]:
-        """Every running target's queue (`ReviewQueue.to_json`), read in one worker call."""
+        """Every target's queue (`ReviewQueue.to_json`): those of the targets run here read
+        in one worker call; in cluster mode, the others as their holders published them."""
         roots = [(s.name, s.state_root) for s in self._specs()]
 
         def read() -> list[dict[str, Any]]:
             now = now_utc()
             return [read_queue(root, now).to_json(name) for name, root in roots]
 
-        return await anyio.to_thread.run_sync(read)
+        local = await anyio.to_thread.run_sync(read)
+        return await self._supervisor.hosting.review_queues(local)
 
     async def decide(
         self, name: str, wanted: str | None, verb: str, note: str | None, by: str

@@ -128,6 +128,10 @@ class Hosting(Protocol):
         decide locally. CommandRefusedError refuses it."""
         ...
 
+    async def review_queues(self, local: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`/api/reviews`' queues, given `local`: those read from this host's files."""
+        ...
+
     def remote_snapshot(self, name: str, record: TargetRecord) -> TargetRow | None:
         """A target not running here, as another host runs it (None: as this host has it)."""
         ...
@@ -248,6 +252,10 @@ class LocalHosting:
     ) -> dict[str, Any] | None:
         """Always local."""
         return None
+
+    async def review_queues(self, local: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every target runs here: the files are the whole queue."""
+        return local
 
     def remote_snapshot(self, name: str, record: TargetRecord) -> TargetRow | None:
         """No target runs elsewhere."""

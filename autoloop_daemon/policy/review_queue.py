@@ -54,6 +54,24 @@ class PendingReview:
             "receipt_path": self.receipt_path,
         }
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], now: datetime) -> PendingReview:
+        """An entry as `to_json` gave it (a queue another host published), its age at `now`."""
+
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return value if isinstance(value, str) else None
+
+        created = parse_iso(text("created_at"))
+        age = None if created is None else round(max(0.0, (now - created).total_seconds()), 3)
+        return cls(
+            review_id=str(data.get("id", "")), candidate_id=text("candidate_id") or "",
+            run_id=text("run_id") or "", created_at=text("created_at"), age_s=age,
+            category=text("category"), recommendation=text("recommendation"),
+            risk_level=text("risk_level"), title=text("title"), request_id=text("request_id"),
+            receipt_path=text("receipt_path"),
+        )  # fmt: skip
+
 
 def _text(value: Any) -> str | None:
     if isinstance(value, str):

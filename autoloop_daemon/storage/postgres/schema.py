@@ -118,6 +118,21 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX review_verdicts_unapplied ON review_verdicts (target)
             WHERE applied_at IS NULL""",
     ],
+    [  # 8 (cluster review queues): each held target's pending candidates, published by its
+        # holder under its fencing token, so every host lists the whole cluster's queue
+        """CREATE TABLE review_queues (
+            target text PRIMARY KEY REFERENCES targets(name),
+            host text NOT NULL,
+            fencing_token bigint NOT NULL,
+            problem text,
+            published_at timestamptz NOT NULL DEFAULT now())""",
+        """CREATE TABLE review_pending (
+            target text NOT NULL REFERENCES review_queues(target) ON DELETE CASCADE,
+            review_id text NOT NULL,
+            position integer NOT NULL,
+            entry jsonb NOT NULL,
+            PRIMARY KEY (target, review_id))""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -28,6 +28,19 @@ async def set_flag(db: Database, name: str, flag: Flag, value: bool) -> None:
     await db.run(work)
 
 
+async def take_run_now(db: Database, name: str) -> bool:
+    """Clear the target's run-now flag; True when this call cleared it (it was set), so that
+    of two hosts' or two paths' applying one `ctl run-now`, exactly one runs it."""
+
+    async def work(conn: Any) -> bool:
+        cur = await conn.execute(
+            "UPDATE targets SET run_now = false WHERE name = %s AND run_now RETURNING 1", (name,)
+        )
+        return await cur.fetchone() is not None
+
+    return await db.run(work)
+
+
 async def reset(db: Database, name: str) -> None:
     """Clear the operator's stop and the finished status, so that a host claims it again."""
 

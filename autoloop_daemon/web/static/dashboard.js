@@ -4,7 +4,8 @@
 // below; the only writes are review verdicts, sent with the page's own authorisation:
 //   GET api/status                     the fleet snapshot
 //   GET api/targets/<name>/history     one target's iteration_log.jsonl entries
-//   GET api/reviews                    the candidates awaiting review
+//   GET api/reviews                    the candidates awaiting review (in cluster mode
+//                                      the whole cluster's, each queue with its host)
 //   POST api/targets/<name>/review     {"id", "verdict": "approve"|"reject", "note"}
 // Every data point is a <circle class="point|cost-point|spend-point" data-target=...>.
 "use strict";
@@ -236,14 +237,16 @@ let reviewKey = null; // the pending ids drawn: a note being typed survives refr
 
 function renderReviews(payload) {
   const queues = Array.isArray(payload.targets) ? payload.targets : [];
-  const pending = queues.flatMap((q) => (q.pending || []).map((e) => ({ target: q.target, e })));
+  // In cluster mode each queue names the host that holds it (or last published it).
+  const pending = queues.flatMap((q) => (q.pending || []).map((e) => ({ target: q.target, e,
+    where: q.host ? q.target + " (" + q.host + (q.held === false ? ", not held" : "") + ")" : q.target })));
   document.getElementById("review-count").textContent = String(pending.length);
-  const key = pending.map(({ target, e }) => target + "/" + e.id).join("|");
+  const key = pending.map(({ target, e, where }) => target + "/" + e.id + "@" + where).join("|");
   if (key === reviewKey) return;
   reviewKey = key;
-  const rows = pending.map(({ target, e }) => {
+  const rows = pending.map(({ target, e, where }) => {
     const tr = el("tr", { "data-target": target, "data-review-id": e.id });
-    const cells = [target, e.candidate_id || e.id, text(e.category), text(e.risk_level),
+    const cells = [where, e.candidate_id || e.id, text(e.category), text(e.risk_level),
       duration(e.age_s), e.title || ""];
     for (const value of cells) tr.appendChild(el("td", {}, value));
     const note = el("input", { type: "text", class: "note", placeholder: "note (optional)" });
