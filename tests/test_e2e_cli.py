@@ -9,6 +9,7 @@ run is left behind.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import signal
@@ -25,6 +26,8 @@ from tests.helpers.daemon import make_target
 from tests.helpers.fakes import fake, fake_cmd, orchestrator_cmd
 from tests.helpers.logs import json_lines, parse_ts, read_jsonl, read_log
 from tests.helpers.process import (
+    AUTOLOOPD,
+    child_env,
     marked_processes,
     pid_alive,
     read_pid,
@@ -438,6 +441,34 @@ def test_handoff_of_the_previous_iteration_is_passed_with_source(tmp_path: Path)
     assert [r["iteration"] for r in runs2] == [1, 2]
     assert all(r["source"] == [] and "--source" not in r["argv"] for r in runs2)
     check_clean(state_root2)
+
+
+def test_a_descriptor_the_daemon_inherited_does_not_reach_the_orchestrator(
+    tmp_path: Path,
+) -> None:
+    """A stray descriptor left open (not close-on-exec) by whatever started autoloopd is not
+    passed on to the orchestrator: posix_spawn cannot close it in the child the way
+    subprocess's close_fds did, so the daemon marks it close-on-exec before its first run."""
+    target, state_root = make_target(tmp_path)
+    record = tmp_path / "record.jsonl"
+    cmd = orchestrator_cmd("keep", "--record", str(record))
+    args = cli(target, state_root, "--orchestrator-cmd", cmd, "--max-iterations", "1")
+    stray = 57  # high enough that no descriptor of the orchestrator's own gets its number
+    read_end, write_end = os.pipe()
+    try:
+        os.dup2(write_end, stray, inheritable=True)
+        done = subprocess.run(
+            [*AUTOLOOPD, *args],
+            capture_output=True, text=True, timeout=60, env=child_env(),
+            stdin=subprocess.DEVNULL, pass_fds=(stray,), check=False,
+        )  # fmt: skip
+    finally:
+        for fd in (read_end, write_end, stray):
+            os.close(fd)
+    assert done.returncode == 0, done.stderr
+    (run,) = read_jsonl(record)
+    assert stray not in run["fds"], run["fds"]
+    assert {0, 1, 2} <= set(run["fds"])  # what it is given: /dev/null and the two pipes
 
 
 # --- stop conditions -----------------------------------------------------------------------

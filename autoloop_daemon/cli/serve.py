@@ -31,6 +31,7 @@ from autoloop_daemon.observers.systemd import SystemdReporter
 from autoloop_daemon.runs import deathwatch
 from autoloop_daemon.runs.process import pidfd_child_watcher
 from autoloop_daemon.runs.reaper import FINAL_GRACE_S, become_subreaper, sweep
+from autoloop_daemon.runs.spawn import keep_inherited_descriptors_from_children
 
 
 def _review_watch(supervisor: Supervisor) -> ReviewWatch:
@@ -85,6 +86,7 @@ async def serve(
     supervisor.events.subscribe(reporter)
     exit_code = 0
     error: AutoloopError | None = None
+    keep_inherited_descriptors_from_children()  # posix_spawn would pass them on
     become_subreaper()  # before the first child: orphans of orchestrators become ours
     deathwatch.start()  # after it: a killed daemon's runs die with it (runs/deathwatch.py)
     with pidfd_child_watcher():

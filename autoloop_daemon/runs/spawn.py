@@ -32,7 +32,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 
-__all__ = ["spawn"]
+__all__ = ["keep_inherited_descriptors_from_children", "spawn"]
 
 
 def _pidfds_work() -> bool:
@@ -46,6 +46,30 @@ def _pidfds_work() -> bool:
 
 
 _USABLE = _pidfds_work()
+
+
+def keep_inherited_descriptors_from_children() -> int:
+    """Mark close-on-exec every descriptor above 2 this process inherited open across its own
+    exec (a shell's or a supervisor's stray descriptor); returns how many it marked.
+
+    `subprocess` closes them in the child (`close_fds`); `posix_spawn` cannot, and would pass
+    them on to every orchestrator. The daemon's own descriptors are close-on-exec already
+    (PEP 446), so marking them all once, before the first child, is the same guarantee.
+    """
+    marked = 0
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return 0
+    for name in names:
+        fd = int(name)
+        if fd <= 2:
+            continue
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            if os.get_inheritable(fd):
+                os.set_inheritable(fd, False)
+                marked += 1
+    return marked
 
 
 async def spawn(command: Sequence[str], *, cwd: Path | None, env: Mapping[str, str]) -> Process:

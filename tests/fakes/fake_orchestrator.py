@@ -310,6 +310,7 @@ def main(argv: list[str]) -> int:
             "source": args.source,
             "argv": argv,
             "marker": os.environ.get("AUTOLOOPD_RUN"),
+            "fds": sorted(int(n) for n in os.listdir("/proc/self/fd")),
         }
         with open(args.record, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
