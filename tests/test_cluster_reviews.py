@@ -33,6 +33,19 @@ def lab(tmp_path: Path) -> Iterator[ClusterLab]:
     yield from cluster_lab(tmp_path)
 
 
+def held_back_skill(lab: ClusterLab, hosts: list[str] | None = None) -> dict[str, Any]:
+    """The target `skill`, whose orchestrator holds every candidate back for review, cooling
+    10 hours after each run (pinned to `hosts` when given)."""
+    skill: dict[str, Any] = {
+        "name": "skill", "path": str(lab.skill("skill")),
+        "orchestrator": orchestrator_argv("hold"), "mode": "continuous",
+        "cooldown_minutes": 600, "max_iterations": 5,
+    }  # fmt: skip
+    if hosts is not None:
+        skill["hosts"] = hosts
+    return skill
+
+
 def test_a_verdict_given_on_one_host_is_applied_by_the_host_running_the_target(
     lab: ClusterLab,
 ) -> None:
@@ -43,12 +56,7 @@ def test_a_verdict_given_on_one_host_is_applied_by_the_host_running_the_target(
     A second verdict on the same candidate is refused naming the first; a verdict on an
     unknown candidate is recorded and then refused by h2 with the reason, not lost. A
     verdict given on h2 itself is decided there and recorded in the database as applied."""
-    skill = {
-        "name": "skill", "path": str(lab.skill("skill")), "hosts": ["h2"],
-        "orchestrator": orchestrator_argv("hold"), "mode": "continuous",
-        "cooldown_minutes": 600, "max_iterations": 5,
-    }  # fmt: skip
-    lab.write([skill])
+    lab.write([held_back_skill(lab, hosts=["h2"])])
     lab.init()
     lab.start("h1")
     h2 = lab.start("h2")
@@ -132,12 +140,7 @@ def test_every_host_lists_the_whole_clusters_queue_and_decides_without_an_id(
     id is approved, and then the only one left is rejected without an id. Each leaves h2's
     listing at once, h1 applies both, and the entries leave h1's listing and the
     published queue. The `ctl run-now` sent to h1 ran exactly one iteration."""
-    skill = {
-        "name": "skill", "path": str(lab.skill("skill")), "hosts": ["h1"],
-        "orchestrator": orchestrator_argv("hold"), "mode": "continuous",
-        "cooldown_minutes": 600, "max_iterations": 5,
-    }  # fmt: skip
-    lab.write([skill])
+    lab.write([held_back_skill(lab, hosts=["h1"])])
     lab.init()
     h1 = lab.start("h1")
     lab.start("h2").wait_event("daemon_ready", timeout=30)
@@ -202,12 +205,7 @@ def test_a_new_holder_republishes_the_queue_when_it_claims_the_target(lab: Clust
     """h1 runs `skill` and publishes its held-back candidate; when h1 stops (its lease given
     back) h2 claims the target and replaces the published queue with its own at once, under
     its new token, so no host lists h1's entry as pending on a target h1 no longer holds."""
-    skill = {
-        "name": "skill", "path": str(lab.skill("skill")),
-        "orchestrator": orchestrator_argv("hold"), "mode": "continuous",
-        "cooldown_minutes": 600, "max_iterations": 5,
-    }  # fmt: skip
-    lab.write([skill])
+    lab.write([held_back_skill(lab)])
     lab.init()
     h1 = lab.start("h1")
     h1.wait_event("iteration_finished", target="skill", timeout=60)
