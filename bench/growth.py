@@ -22,9 +22,11 @@ With `--memory`: instead, the memory the daemon keeps per iteration while a clie
 the control API (tests/helpers/api_memory.py: the daemon's parts in-process, two targets
 running `/bin/echo` as orchestrator, `GET /api/status` and a target's history polled over
 the unix socket, tracemalloc from the start, ten snapshots spread over 900 iterations after a
-200-iteration warm-up), in bytes per iteration: the least-squares slope of the traced bytes
-over the iterations (two snapshots alone differ by several kB of bounded buffers' turnover,
-as much as 300 iterations' growth), min/median/max over 3 rounds. Goal (issue 19): <= 16 B.
+200-iteration warm-up), in bytes per iteration: the median of the slopes between each pair
+of snapshots (Theil-Sen) of the traced bytes over the iterations (two snapshots alone
+differ by several kB of bounded buffers' turnover, as much as 300 iterations' growth; a
+one-off step, such as the interned-strings table doubling, is not growth per iteration),
+min/median/max over 3 rounds. Goal (issue 19): <= 16 B.
 
     .venv/bin/python bench/growth.py --memory [--rounds 3]
 """
@@ -48,7 +50,8 @@ import common
 GOAL_MS = 3.0
 GOAL_BYTES_PER_ITERATION = 16.0
 # --memory: snapshots after WARM_UP iterations and evenly over BETWEEN more; the figure is
-# the least-squares slope of traced bytes over iterations (tests/helpers/api_memory.py).
+# the median slope of traced bytes over iterations between pairs of snapshots
+# (tests/helpers/api_memory.py: Growth.slope_bytes_per_iteration).
 WARM_UP, BETWEEN, SNAPSHOTS = 200, 900, 10
 DIMENSIONS = ("accuracy", "coverage", "clarity", "consistency")
 
@@ -308,7 +311,7 @@ def memory(rounds: int, keep: bool) -> None:
             ends.append(growth.bytes_per_iteration)
             print(
                 f"  round {i + 1}: {growth.slope_bytes_per_iteration:.1f} B per iteration "
-                f"(slope over {len(growth.points)} snapshots; last - first: "
+                f"(median slope over {len(growth.points)} snapshots; last - first: "
                 f"{growth.grown_bytes} B over {growth.iterations} iterations, "
                 f"{growth.bytes_per_iteration:.1f} B each; {growth.requests} requests answered)",
                 flush=True,
