@@ -58,8 +58,9 @@ def test_a_verdict_given_on_one_host_is_applied_by_the_host_running_the_target(
     verdict given on h2 itself is decided there and recorded in the database as applied."""
     lab.write([held_back_skill(lab, hosts=["h2"])])
     lab.init()
-    lab.start("h1")
+    h1 = lab.start("h1")
     h2 = lab.start("h2")
+    h1.wait_event("daemon_ready", timeout=30)  # its socket answers (asked below)
     h2.wait_event("iteration_finished", target="skill", timeout=60)
     h2_sock = lab.state_dir("h2") / "autoloopd.sock"
     code, payload = api(h2_sock, "GET", "/api/reviews")
