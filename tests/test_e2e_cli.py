@@ -807,14 +807,18 @@ def test_restart_honours_next_run_at_from_an_interrupted_cooldown(tmp_path: Path
 
 def test_sigkill_mid_iteration_is_recovered_once_on_restart(tmp_path: Path) -> None:
     """autoloopd SIGKILLed while its orchestrator hangs: the death watch kills the
-    orchestrator within its bound (runs/deathwatch.py); the restart logs the run once as
-    'interrupted' with a cost > 0, then goes on with iteration 2; invariants hold and
-    numbers have no gaps."""
+    orchestrator within its bound (runs/deathwatch.py) and marks the run log with that
+    moment; the restart logs the run once as 'interrupted', charged up to that moment (not
+    up to the run log's last output: CI once saw $0.00), then goes on with iteration 2;
+    invariants hold and numbers have no gaps."""
     proc, target, state_root, orphan, _ = start_hanging(tmp_path, "--term-grace-seconds", "2")
     wait_for(
         lambda: (state_now(state_root).get("in_flight") or {}).get("iteration") == 1,
         what="the in-flight checkpoint",
     )
+    quiet_from = time.monotonic()  # the run goes on without a word for half a second
+    wait_for(lambda: time.monotonic() - quiet_from > 0.5, timeout=5, what="half a second")
+    killed_at = time.time()
     proc.kill()
     proc.wait(timeout=10)
     wait_for(lambda: not pid_alive(orphan), timeout=5.0, what="the death watch's kill")
@@ -835,6 +839,8 @@ def test_sigkill_mid_iteration_is_recovered_once_on_restart(tmp_path: Path) -> N
     assert [e["status"] for e in entries] == ["interrupted", "completed"]
     assert entries[0]["cost_usd"] > 0 and entries[0]["decision"] is None
     assert "recovered at start" in entries[0]["error"]
+    # the file system's clock is coarse (a tick behind the wall clock at most)
+    assert parse_ts(entries[0]["finished_at"]).timestamp() >= killed_at - 0.05, entries[0]
     state = read_state(state_root)
     assert state["iterations_completed"] == 1 and state["in_flight"] is None
     assert state["total_cost_usd"] == pytest.approx(sum(e["cost_usd"] for e in entries))

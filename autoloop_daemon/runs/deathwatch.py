@@ -45,6 +45,7 @@ class _Watch:
         self.proc: subprocess.Popen[bytes] | None = None
         self.fd = -1
         self.markers: dict[str, int] = {}
+        self.logs: dict[str, str] = {}  # a marker's run log, touched when its run is killed
         self.groups: dict[int, str] = {}
 
     def spawn(self) -> None:
@@ -64,6 +65,7 @@ class _Watch:
         self.fd = write_end
         os.set_blocking(write_end, False)
         lines = [f"M {m}" for m, n in self.markers.items() for _ in range(n)]
+        lines += [f"L {m}\t{path}" for m, path in self.logs.items()]
         lines += [f"G {g} {m}" for g, m in self.groups.items()]
         if lines:
             self.send(lines)
@@ -112,12 +114,18 @@ def start() -> bool:
     return True
 
 
-def run_starting(marker: str | None) -> None:
-    """Register a run's marker before its spawn (a death in between still finds it)."""
+def run_starting(marker: str | None, run_log: Path | None = None) -> None:
+    """Register a run's marker before its spawn (a death in between still finds it), and
+    its run log, whose modification time the watch sets when it kills the run."""
     if _watch is None or not marker or "\n" in marker:
         return
     _watch.markers[marker] = _watch.markers.get(marker, 0) + 1
-    _watch.send([f"M {marker}"])
+    lines = [f"M {marker}"]
+    path = None if run_log is None else str(run_log)
+    if path is not None and "\t" not in marker and not any(c in path for c in "\n\t"):
+        _watch.logs[marker] = path
+        lines.append(f"L {marker}\t{path}")
+    _watch.send(lines)
 
 
 def group_started(pgid: int, marker: str | None) -> None:
@@ -143,4 +151,5 @@ def run_ended(marker: str | None) -> None:
     _watch.markers[marker] -= 1
     if _watch.markers[marker] <= 0:
         del _watch.markers[marker]
+        _watch.logs.pop(marker, None)
     _watch.send([f"-M {marker}"])

@@ -1,10 +1,13 @@
 """The death watch's own process: run as a script, standard library only (see deathwatch.py).
 
 It reads lines from stdin, a pipe whose only writer is the daemon: `M <marker>` (a run is
-about to start), `G <pgid> <marker>` (its process group), `-G <pgid>` and `-M <marker>` (it
-ended). End of file means the daemon is gone, however it died: every registered group gets
-SIGKILL, then every process still carrying a registered AUTOLOOPD_RUN marker (one that left
-its group with setsid()), in a few rounds; then it exits. It ignores SIGINT, SIGTERM and
+about to start), `L <marker>\t<path>` (its run log), `G <pgid> <marker>` (its process
+group), `-G <pgid>` and `-M <marker>` (it ended). End of file means the daemon is gone,
+however it died: every registered group gets SIGKILL, then every process still carrying a
+registered AUTOLOOPD_RUN marker (one that left its group with setsid()), in a few rounds;
+then the run log of each run still registered has its modification time set to now (the
+moment its run was killed, which recovery charges the run up to: a silent orchestrator's
+log would otherwise say when it started), and it exits. It ignores SIGINT, SIGTERM and
 SIGHUP: a Ctrl+C or a stop signal is the daemon's to handle, and its stdin is what ends it.
 """
 
@@ -53,6 +56,7 @@ def main() -> int:
         signal.signal(sig, signal.SIG_IGN)
     groups: set[int] = set()
     markers: dict[bytes, int] = {}
+    logs: dict[bytes, bytes] = {}
     for line in sys.stdin.buffer:
         verb, _, rest = line.rstrip(b"\n").partition(b" ")
         try:
@@ -62,6 +66,10 @@ def main() -> int:
                 markers[rest] -= 1
             elif verb == b"-M":
                 markers.pop(rest, None)
+                logs.pop(rest, None)
+            elif verb == b"L":
+                marker, _, path = rest.partition(b"\t")
+                logs[marker] = path
             elif verb == b"G":
                 groups.add(int(rest.split(b" ", 1)[0]))
             elif verb == b"-G":
@@ -69,6 +77,10 @@ def main() -> int:
         except ValueError:
             continue
     _kill_all(groups, set(markers))
+    for marker, path in logs.items():
+        if marker in markers:
+            with contextlib.suppress(OSError):
+                os.utime(path)
     return 0
 
 

@@ -151,7 +151,7 @@ async def run_in_group(
     marker = env.get(RUN_MARKER_ENV)
     try:
         await sink.open()
-        deathwatch.run_starting(marker)
+        deathwatch.run_starting(marker, log_path)
         with reaper.run_registered(marker):
             return await _run(
                 command,
