@@ -122,6 +122,15 @@ async def _takeover(dsn: str, lease_s: float) -> tuple[float, float]:
     return after_kill, after_expiry
 
 
+def admin_dsn() -> str | None:
+    """The PostgreSQL server the cluster benches use (AUTOLOOPD_TEST_DSN); None, after
+    saying how to start one, when it is not set."""
+    admin = os.environ.get("AUTOLOOPD_TEST_DSN")
+    if not admin:
+        print("set AUTOLOOPD_TEST_DSN to a PostgreSQL server (.ci/postgres start DIR)")
+    return admin or None
+
+
 def _fresh_db(admin: str) -> str:
     import psycopg
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -140,9 +149,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--lease", type=float, default=3.0)
     args = p.parse_args()
-    admin = os.environ.get("AUTOLOOPD_TEST_DSN")
-    if not admin:
-        print("set AUTOLOOPD_TEST_DSN to a PostgreSQL server (.ci/postgres start DIR)")
+    admin = admin_dsn()
+    if admin is None:
         return 2
     seconds = 2.0 if args.quick else args.seconds
     info = common.machine()

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 import common  # puts the repository on sys.path
-from cluster import _fresh_db
+from cluster import _fresh_db, admin_dsn
 
 from autoloop_daemon.storage.postgres import leases
 from autoloop_daemon.storage.postgres.db import Database
@@ -104,9 +104,8 @@ def main() -> int:
     p = common.parser(__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=1_000_000)
     args = p.parse_args()
-    admin = os.environ.get("AUTOLOOPD_TEST_DSN")
-    if not admin:
-        print("set AUTOLOOPD_TEST_DSN to a PostgreSQL server (.ci/postgres start DIR)")
+    admin = admin_dsn()
+    if admin is None:
         return 2
     rows = 50_000 if args.quick else args.rows
     info = common.machine()

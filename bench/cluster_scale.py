@@ -26,7 +26,7 @@ from typing import Any
 
 import anyio
 import common  # puts the repository on sys.path
-from cluster import _fresh_db
+from cluster import _fresh_db, admin_dsn
 
 from autoloop_daemon.storage.postgres import leases
 from autoloop_daemon.storage.postgres.db import Database
@@ -145,9 +145,8 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=1_000)
     p.add_argument("--rows", type=int, default=1_000_000)
     args = p.parse_args()
-    admin = os.environ.get("AUTOLOOPD_TEST_DSN")
-    if not admin:
-        print("set AUTOLOOPD_TEST_DSN to a PostgreSQL server (.ci/postgres start DIR)")
+    admin = admin_dsn()
+    if admin is None:
         return 2
     targets, rows = (1_000, 100_000) if args.quick else (args.targets, args.rows)
     info = common.machine()
