@@ -28,7 +28,7 @@ from autoloop_daemon.storage.postgres.store import (
     cluster_log,
     push_entry,
 )
-from tests.helpers.cluster import kept_entry, sql
+from tests.helpers.cluster import kept_entry, reserved_first_run, sql, take_over
 from tests.helpers.wait import wait_until
 
 psycopg = pytest.importorskip("psycopg", reason="cluster mode needs autoloopd[cluster]")
@@ -99,8 +99,7 @@ async def test_a_late_write_with_an_old_token_is_refused_and_a_lost_ack_retry_is
     (old,) = await leases.claim(db, "a", ["t"], 30)
     assert await push_entry(db, old, kept_entry(1), "h1") == "recorded"
     assert await push_entry(db, old, kept_entry(1), "h1") == "duplicate"  # ack lost, retried
-    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
-    (new,) = await leases.claim(db, "b", ["t"], 30)
+    new = await take_over(db, "b")
     with pytest.raises(FencedWriteError, match="lease moved to b"):
         await push_entry(db, old, kept_entry(2), None)
     assert await push_entry(db, new, kept_entry(2), None) == "recorded"
@@ -169,8 +168,7 @@ async def test_a_takeover_charges_the_dead_hosts_run_and_its_late_settle_books_t
     assert reservation is not None
     # it has run for 100 s at $0.01/s when the lease expires: $1 of its $2 reservation
     await sql(db, "UPDATE reservations SET created_at = now() - interval '100 s'")
-    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
-    (new,) = await leases.claim(db, "b", ["t"], 30)
+    new = await take_over(db, "b")
     totals = await budget.totals()
     spent, reserved = totals.spent, totals.reserved
     assert reserved == 0 and Decimal("1.0") <= spent < Decimal("1.1")  # elapsed x rate
@@ -255,8 +253,7 @@ async def test_a_fenced_local_run_is_replaced_by_the_clusters_and_kept_aside(
     a = PostgresStorage(db, "a", tmp_path / "a").target(spec)
     await a.open()
     await a.record(kept_entry(1), None, None)
-    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
-    (b,) = await leases.claim(db, "b", ["t"], 30)
+    b = await take_over(db, "b")
     await push_entry(db, b, kept_entry(2, cost=0.4), None)
     with pytest.raises(FencedWriteError):
         await a.record(kept_entry(2), None, None)  # a's own run 2: kept in its journal only
@@ -290,8 +287,7 @@ async def test_a_run_settled_but_not_recorded_when_its_lease_moves_is_late_settl
     reservation = await budget.reserve(old, 1, 2.0, rate_usd_per_s=0.01)
     assert reservation is not None
     assert await budget.settle(reservation, 0.75) == "settled"  # the push was deferred
-    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
-    (new,) = await leases.claim(db, "b", ["t"], 30)
+    new = await take_over(db, "b")
     assert await _reservation_states(db) == [(1, "late_settled", Decimal("0.75"))]
     with pytest.raises(FencedWriteError, match="lease moved to b"):
         await push_entry(db, old, kept_entry(1, cost=0.75), None)
@@ -310,16 +306,10 @@ async def test_a_run_settled_but_not_recorded_when_its_lease_moves_is_late_settl
 
 async def test_a_settled_run_recorded_before_a_takeover_stays_settled(db: Database) -> None:
     """A settlement whose iteration was recorded is the run's, whoever takes over later."""
-    await leases.register(db, ["t"])
-    budget = ClusterBudget(db)
-    await budget.ensure(10.0)
-    (old,) = await leases.claim(db, "a", ["t"], 30)
-    reservation = await budget.reserve(old, 1, 2.0)
-    assert reservation is not None
+    budget, old, reservation = await reserved_first_run(db)
     assert await push_entry(db, old, kept_entry(1, cost=0.75), None) == "recorded"
     assert await budget.settle(reservation, 0.75) == "duplicate"
-    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
-    await leases.claim(db, "b", ["t"], 30)
+    await take_over(db, "b")
     assert await _reservation_states(db) == [(1, "settled", Decimal("0.75"))]
 
 

@@ -14,7 +14,7 @@ from autoloop_daemon.storage.postgres.db import Database
 from autoloop_daemon.storage.postgres.ledger import ClusterBudget
 from autoloop_daemon.storage.postgres.retention import prune_reservations
 from autoloop_daemon.storage.postgres.store import FencedWriteError, push_entry
-from tests.helpers.cluster import kept_entry, sql
+from tests.helpers.cluster import kept_entry, reserved_first_run, sql, take_over
 
 psycopg = pytest.importorskip("psycopg", reason="cluster mode needs autoloopd[cluster]")
 
@@ -85,12 +85,7 @@ async def test_a_repush_after_its_reservation_was_pruned_books_nothing_twice(
     """A run's money is booked once, whatever comes after its row is pruned: the same entry
     pushed again, a changed entry under the same lease, the budget's background settlement
     retried, another lease's refused push of the iteration. The next run books as ever."""
-    await leases.register(db, ["t"])
-    budget = ClusterBudget(db)
-    await budget.ensure(10.0)
-    (old,) = await leases.claim(db, "a", ["t"], 30)
-    reservation = await budget.reserve(old, 1, 2.0)
-    assert reservation is not None
+    budget, old, reservation = await reserved_first_run(db)
     assert await push_entry(db, old, kept_entry(1, 0.75), None) == "recorded"
     await _age(db, "t", 1, 30)
     assert await prune_reservations(db) == 1
@@ -100,8 +95,7 @@ async def test_a_repush_after_its_reservation_was_pruned_books_nothing_twice(
     with pytest.raises(FencedWriteError, match="already recorded by a"):
         await push_entry(db, old, kept_entry(1, 0.9), None)
     assert await budget.settle(reservation, 0.75) == "duplicate"
-    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
-    (new,) = await leases.claim(db, "b", ["t"], 30)
+    new = await take_over(db, "b")
     with pytest.raises(FencedWriteError, match="already recorded by a"):
         await push_entry(db, new, kept_entry(1, 0.6), None)
     assert await _spent(budget) == (Decimal("0.75"), Decimal(0))

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from autoloop_daemon.models import LogEntry
+from autoloop_daemon.storage.postgres import leases
 from autoloop_daemon.storage.postgres.db import Database
+from autoloop_daemon.storage.postgres.ledger import ClusterBudget, ClusterReservation
 
 DSN_VAR = "AUTOLOOPD_TEST_DSN"
 NO_DSN = f"needs a PostgreSQL: set {DSN_VAR} (.ci/run starts one with .ci/postgres)"
@@ -70,3 +72,24 @@ def kept_entry(iteration: int, cost: float = 0.1) -> LogEntry:
         cost_usd=cost,
         duration_seconds=1.0,
     )
+
+
+async def reserved_first_run(
+    db: Database,
+) -> tuple[ClusterBudget, leases.Lease, ClusterReservation]:
+    """Target `t` under a $10 cap, leased by host `a`, with $2 reserved for its iteration 1:
+    (the budget, a's lease, the reservation)."""
+    await leases.register(db, ["t"])
+    budget = ClusterBudget(db)
+    await budget.ensure(10.0)
+    (lease,) = await leases.claim(db, "a", ["t"], 30)
+    reservation = await budget.reserve(lease, 1, 2.0)
+    assert reservation is not None
+    return budget, lease, reservation
+
+
+async def take_over(db: Database, host: str) -> leases.Lease:
+    """`t`'s lease expired now and claimed by `host`: its new lease."""
+    await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
+    (lease,) = await leases.claim(db, host, ["t"], 30)
+    return lease
