@@ -1,4 +1,4 @@
-"""Starting a run's program with `os.posix_spawn`, its exit seen through a pidfd on the loop.
+"""Starting a run's program with `posix_spawn`, its exit seen through a pidfd on the loop.
 
 `spawn` starts a program the way `run_in_group` needs it (a new session, so it leads its own
 process group; stdin /dev/null; stdout and stderr to pipes; SIGPIPE and SIGXFSZ back to
@@ -7,17 +7,16 @@ returns an anyio `Process` whose exit is seen through a pidfd and whose pipes ar
 without blocking when the loop says they are readable: no transport, protocol, child
 watcher or task per child.
 
-The spawn itself stays on the loop for a program given by its path: CPython holds the GIL
-through `posix_spawn` (clone, then the wait for the child's exec), so a worker thread would
-not free the loop for that time, only add a hand-off. Measured with 32 children at once
-(`/bin/echo`, pipes read, exit awaited; load 4.4): 0.28-0.36 ms of CPU per run here,
-0.53-0.58 ms with the spawn in a worker, 0.65-0.73 ms through `anyio.open_process`
-(asyncio's transport, which also forked on the loop; issue 24). The cost: the GIL stays
-held until the child has exec'd, which on a heavily loaded machine can take milliseconds
-(py-spy at load 11: ~6 ms per spawn), for the loop and the worker threads alike. A program
-found on PATH is looked up (file stats) and started in one worker call. Where a pidfd or
-`posix_spawn` is missing (not Linux >= 5.3), or a working directory is asked for,
-`anyio.open_process` starts it.
+The spawn itself stays on the loop for a program given by its path, and is made through
+ctypes (runs/libc_spawn.py) so that the GIL is released while glibc waits for the child's
+exec: `os.posix_spawn` holds it for that wait, which on a loaded machine is the child's turn
+on a CPU (py-spy at load ~3, 32 runs at once: half of the loop's GIL-holding samples), and
+every worker thread stood still meanwhile. A worker thread would free the loop too but add
+a hand-off (measured with `os.posix_spawn`, 32 children at once, load 4.4: 0.28-0.36 ms of
+CPU per run on the loop, 0.53-0.58 ms in a worker, 0.65-0.73 ms through
+`anyio.open_process`). A program found on PATH is looked up (file stats) and started in one
+worker call. Where a pidfd or `posix_spawn` is missing (not Linux >= 5.3), or a working
+directory is asked for, `anyio.open_process` starts it.
 """
 
 from __future__ import annotations
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
+
+from autoloop_daemon.runs import libc_spawn
 
 __all__ = ["keep_inherited_descriptors_from_children", "spawn"]
 
@@ -114,18 +115,21 @@ def _start(command: list[str], env: Mapping[str, str]) -> tuple[int, int, int, i
     out_r, out_w = os.pipe()  # close-on-exec (PEP 446): only the dup2'd copies are inherited
     err_r, err_w = os.pipe()
     try:
-        pid = os.posix_spawn(
-            executable,
-            command,
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, out_w, 1),
-                (os.POSIX_SPAWN_DUP2, err_w, 2),
-            ],
-            setsid=True,
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-        )
+        if libc_spawn.available():  # the GIL released while the child gets to its exec
+            pid = libc_spawn.spawn_session(executable, command, env, out_w, err_w)
+        else:
+            pid = os.posix_spawn(
+                executable,
+                command,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, out_w, 1),
+                    (os.POSIX_SPAWN_DUP2, err_w, 2),
+                ],
+                setsid=True,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            )
     except BaseException:
         for fd in (out_r, err_r):
             os.close(fd)
