@@ -72,3 +72,59 @@ def test_a_killed_daemon_s_registered_runs_die_and_a_killed_watch_comes_back() -
         daemon.wait(timeout=10)
         if daemon.stdout is not None:
             daemon.stdout.close()
+
+
+_FORGETTING_DAEMON = textwrap.dedent(
+    """
+    import os, subprocess, sys, time
+    from autoloop_daemon.runs import deathwatch
+    assert deathwatch.start()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    ended = subprocess.Popen(sleeper, start_new_session=True)  # a run's group, then forgotten
+    deathwatch.run_starting("ended#1")
+    deathwatch.group_started(ended.pid, "ended#1")
+    deathwatch.group_ended(ended.pid)  # told to the watch with the run's last line:
+    deathwatch.run_ended("ended#1")
+    live = subprocess.Popen(sleeper, start_new_session=True)  # still registered at the kill
+    deathwatch.run_starting("live#1")
+    deathwatch.group_started(live.pid, "live#1")
+    unmarked = subprocess.Popen(sleeper, start_new_session=True)  # a run without a marker
+    deathwatch.group_started(unmarked.pid, None)
+    deathwatch.group_ended(unmarked.pid)
+    deathwatch.run_ended(None)  # no marker: still tells the watch the group ended (last line)
+    print("PIDS", ended.pid, unmarked.pid, live.pid, deathwatch._watch.proc.pid, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_a_group_forgotten_before_the_daemon_died_is_left_alone() -> None:
+    """`group_ended` is told to the watch with `run_ended` (one write per run less): once a
+    run is over, its group id (free for reuse by then) is never killed for it."""
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", _FORGETTING_DAEMON],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    pids: list[int] = []
+    try:
+        assert daemon.stdout is not None
+        line = daemon.stdout.readline()
+        while line and not line.startswith("PIDS "):
+            line = daemon.stdout.readline()
+        ended, unmarked, live, watch = map(int, line.split()[1:])
+        pids = [ended, unmarked, live, watch]
+        os.kill(daemon.pid, signal.SIGKILL)
+        daemon.wait(timeout=10)
+        wait_for(lambda: not pid_alive(live), timeout=5 * BOUND_S, interval=0.005,
+                 what="the registered group to die")  # fmt: skip
+        wait_for(lambda: not pid_alive(watch), timeout=10, what="the watch to exit")
+        assert pid_alive(ended) and pid_alive(unmarked)  # the watch is gone: it never will
+    finally:
+        for pid in [daemon.pid, *pids]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        daemon.wait(timeout=10)
+        if daemon.stdout is not None:
+            daemon.stdout.close()

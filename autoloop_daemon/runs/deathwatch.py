@@ -47,6 +47,7 @@ class _Watch:
         self.markers: dict[str, int] = {}
         self.logs: dict[str, str] = {}  # a marker's run log, touched when its run is killed
         self.groups: dict[int, str] = {}
+        self.ended: list[str] = []  # groups forgotten here, told to the watch with the next line
 
     def spawn(self) -> None:
         read_end, write_end = os.pipe()  # both close-on-exec (PEP 446)
@@ -67,10 +68,13 @@ class _Watch:
         lines = [f"M {m}" for m, n in self.markers.items() for _ in range(n)]
         lines += [f"L {m}\t{path}" for m, path in self.logs.items()]
         lines += [f"G {g} {m}" for g, m in self.groups.items()]
+        self.ended.clear()  # a new watch never heard of them
         if lines:
             self.send(lines)
 
     def send(self, lines: list[str]) -> None:
+        if self.ended:
+            lines, self.ended = [*self.ended, *lines], []
         data = "".join(f"{line}\n" for line in lines).encode()
         # A dead watch is found by the write (its end of the pipe closed when it died: EPIPE),
         # not by a waitpid before each write (four per run, issue 24).
@@ -138,15 +142,25 @@ def group_started(pgid: int, marker: str | None) -> None:
 
 
 def group_ended(pgid: int) -> None:
-    """Forget a process group once it has been stopped and reaped."""
+    """Forget a process group once it has been stopped and reaped.
+
+    The watch is told with the run's next line (`run_ended`, right after the run's sweep):
+    one write per run less. Until then a dead daemon's watch would SIGKILL that group id,
+    which for those milliseconds is still the run's (the sweep is stopping what is left of
+    the group) or nobody's: a pid is not reused that soon.
+    """
     if _watch is None or _watch.groups.pop(pgid, None) is None:
         return
-    _watch.send([f"-G {pgid}"])
+    _watch.ended.append(f"-G {pgid}")
 
 
 def run_ended(marker: str | None) -> None:
-    """Forget a run's marker once its sweep is over."""
-    if _watch is None or not marker or marker not in _watch.markers:
+    """Forget a run's marker once its sweep is over (and the groups ended before it)."""
+    if _watch is None:
+        return
+    if not marker or marker not in _watch.markers:
+        if _watch.ended:
+            _watch.send([])
         return
     _watch.markers[marker] -= 1
     if _watch.markers[marker] <= 0:
