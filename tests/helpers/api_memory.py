@@ -57,6 +57,15 @@ IGNORED = (
     tracemalloc.Filter(False, "*/coverage/*"),
 )
 
+# The slope leaves out single blocks of this size or more: in the 1,500 iterations measured
+# nothing of the daemon's grows to that in one block (a target's scores, the one array that
+# grows per iteration, reach ~12 kB), while the interpreter's table of interned strings,
+# one block of 0.96 MB, is resized to 1.9 MB at a random moment of some rounds (pathlib
+# interns every path component, and each run's temp and log names are new ones): that
+# one-off step, landing mid-round, took the median slope from ~15 B to 87 B. Both sizes of
+# the table are left out, so its resize is no step at all.
+ONE_OFF_BLOCK = 512 * 1024
+
 # A real run per iteration, as cheap as one can be: `/bin/echo <result line>` (braces doubled:
 # an orchestrator template). The simulator would be cheaper still, but its decision looks
 # back over every earlier iteration (quadratic over thousands).
@@ -121,9 +130,9 @@ class Growth:
         """The growth per iteration across every snapshot: the median of the slopes between
         each pair of snapshots (Theil-Sen). What bounded buffers hold at one snapshot and not
         at the next (an idle worker's last arguments, a full history's turnover: several kB
-        either way) averages out of it where a difference of two snapshots takes it whole, and
-        a one-off step does not count as growth per iteration (the interpreter's table of
-        interned strings doubled once in a third round: +1.9 MB in one block)."""
+        either way) averages out of it where a difference of two snapshots takes it whole. The
+        points leave out blocks of ONE_OFF_BLOCK or more (the interpreter's table of interned
+        strings, whose one-off resize to 1.9 MB is not growth per iteration)."""
         pairs = [
             (y1 - y0) / (x1 - x0)
             for i, (x0, y0) in enumerate(self.points)
@@ -243,7 +252,7 @@ async def measure(
                     poller.wait()
     finally:
         tracemalloc.stop()
-    points = tuple((at, sum(t.size for t in snap.traces)) for at, snap in taken)
+    points = tuple((at, _traced_bytes(snap)) for at, snap in taken)
     (first_at, first), (second_at, second) = taken[0], taken[-1]
     stats = second.compare_to(first, "traceback")
     grown = sum(s.size_diff for s in stats)
@@ -254,6 +263,11 @@ async def measure(
         tuple(_describe(s) for s in stats[:8]),
         points,
     )
+
+
+def _traced_bytes(snap: tracemalloc.Snapshot) -> int:
+    """The snapshot's traced bytes, leaving out single blocks of ONE_OFF_BLOCK or more."""
+    return sum(t.size for t in snap.traces if t.size < ONE_OFF_BLOCK)
 
 
 async def _start_poller_after(
