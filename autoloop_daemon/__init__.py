@@ -2,16 +2,30 @@
 
 import sys
 
-# structlog's dev module imports rich (and with it pygments) whenever rich is installed,
-# only for its optional rich tracebacks: ~4 MB of memory in every daemon, which logs JSON
-# lines or plain text. A None entry in sys.modules makes that `import rich` fail, so
-# structlog falls back to plain tracebacks; the terminal's live view imports rich itself
-# (observers/live_view.py), after this.
-if "structlog" not in sys.modules and "rich" not in sys.modules:
-    sys.modules["rich"] = None  # type: ignore[assignment]
+
+def _import_structlog_without(unused: tuple[str, ...]) -> None:
+    """Import structlog while the packages `unused` cannot be imported.
+
+    structlog imports optional packages whenever they are installed: rich (and with it
+    pygments) for its console renderer's tracebacks, greenlet (a C++ extension, and
+    libstdc++) for its deprecated threadlocal module. The daemon logs JSON lines or plain
+    text from asyncio tasks and threads: neither serves it, and they cost ~4.5 MB of memory
+    (issue 24). A None entry in sys.modules makes such an import fail, so structlog falls
+    back to plain tracebacks and threading.local; the entries are removed afterwards, and
+    the terminal's live view imports rich itself (observers/live_view.py).
+    """
+    if "structlog" in sys.modules:
+        return
+    hidden = [name for name in unused if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
     try:
         import structlog  # noqa: F401
     finally:
-        del sys.modules["rich"]
+        for name in hidden:
+            del sys.modules[name]
+
+
+_import_structlog_without(("rich", "greenlet"))
 
 __version__ = "0.1.0"
