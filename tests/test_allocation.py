@@ -200,6 +200,39 @@ async def test_fair_turn_slots_serve_the_longest_unserved_first_and_skip_a_cance
 
 
 @pytest.mark.anyio
+@pytest.mark.no_blocking
+@pytest.mark.parametrize("fair_turns", [True, False])
+async def test_a_cancelled_waiter_leaves_the_queue_and_the_next_gets_the_slot(
+    fair_turns: bool,
+) -> None:
+    """Ranked or fair: the best-ranked waiter's wait is cancelled; the freed slot goes to
+    the other waiter, and no slot is lost or counted twice."""
+    slots = RankedSlots(1, fair_turns=fair_turns)
+    await slots.acquire()
+    got: list[str] = []
+    first = anyio.CancelScope()
+
+    async def want(name: str, rank: float) -> None:
+        with first if name == "first" else anyio.CancelScope():
+            await slots.acquire_ranked(lambda: rank)
+            got.append(name)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(want, "first", 1.0)
+            tg.start_soon(want, "second", 0.0)
+            await anyio.wait_all_tasks_blocked()
+            first.cancel()
+            await anyio.wait_all_tasks_blocked()
+            assert slots.statistics().tasks_waiting == 1
+            slots.release()
+    assert got == ["second"]
+    assert slots.available_tokens == 0 and slots.statistics().tasks_waiting == 0
+    slots.release()
+    assert slots.available_tokens == 1
+
+
+@pytest.mark.anyio
 async def test_gain_per_usd_allocation_runs_the_fleet_through_ranked_slots(
     tmp_path: Path,
 ) -> None:

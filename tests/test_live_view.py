@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +116,22 @@ def test_systemd_status_counts_targets_waiting_for_a_slot_apart(tmp_path: Path) 
         # Before it only the instant all four were starting (none had asked for a slot yet).
         later = lines[first:]
         assert not any(f.startswith(("STATUS=3 running", "STATUS=4 running")) for f in later), lines
+
+
+def test_a_daemon_off_a_terminal_never_imports_rich() -> None:
+    """rich (~5 MB with pygments) is for the live view only: neither the daemon's modules
+    nor structlog (whose console renderer would use it for tracebacks) import it, nor
+    greenlet (structlog's threadlocal would), and structlog's console renderer still
+    formats an exception, as a plain traceback."""
+    code = (
+        "import sys, autoloop_daemon.cli.run, autoloop_daemon.cli.serve, structlog.dev\n"
+        "assert not {'rich', 'pygments', 'greenlet'} & set(sys.modules), 'imported'\n"
+        "try:\n"
+        "    raise ValueError('boom')\n"
+        "except ValueError:\n"
+        "    line = structlog.dev.ConsoleRenderer(colors=False)(\n"
+        "        None, 'error', {'event': 'failed', 'exc_info': sys.exc_info()})\n"
+        "assert 'Traceback (most recent call last)' in line and 'ValueError: boom' in line\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -39,8 +39,7 @@ from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.exit_codes import EXIT_CONFIG, EXIT_OK
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.observers.alerts import Alerter
-from autoloop_daemon.observers.console import Console
-from autoloop_daemon.observers.live_view import shutdown_notice
+from autoloop_daemon.observers.console import Console, shutdown_notice
 from autoloop_daemon.observers.logs import configure_logging
 from autoloop_daemon.observers.sdnotify import Notifier
 from autoloop_daemon.policy.first_fit import first_run_problem

@@ -14,6 +14,7 @@ from __future__ import annotations
 from functools import partial
 
 import anyio
+from anyio.abc import TaskGroup
 
 from autoloop_daemon.control.settings import ControlSettings
 from autoloop_daemon.engine import events as ev
@@ -22,8 +23,8 @@ from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import AutoloopError
 from autoloop_daemon.observers.alerts import Alerter
+from autoloop_daemon.observers.console import shutdown_notice
 from autoloop_daemon.observers.journal import journal
-from autoloop_daemon.observers.live_view import LiveView, shutdown_notice
 from autoloop_daemon.observers.metrics import Metrics
 from autoloop_daemon.observers.review_watch import ReviewCollector, ReviewWatch
 from autoloop_daemon.observers.sdnotify import Notifier
@@ -65,6 +66,15 @@ def _review_watch(supervisor: Supervisor) -> ReviewWatch:
     return reviews
 
 
+def _start_live_view(supervisor: Supervisor, tg: TaskGroup) -> None:
+    """The terminal's live view in `tg`, with the Ctrl+C notice printed above it."""
+    from autoloop_daemon.observers.live_view import LiveView  # rich: ~5 MB, only on a tty
+
+    view = LiveView(supervisor.snapshot)
+    supervisor.events.subscribe(shutdown_notice(view.say))
+    tg.start_soon(view.run)
+
+
 async def serve(
     supervisor: Supervisor,
     notifier: Notifier,
@@ -99,9 +109,7 @@ async def serve(
             if alerter is not None:
                 await tg.start(alerter.run)
             if live:
-                view = LiveView(supervisor.snapshot)
-                supervisor.events.subscribe(shutdown_notice(view.say))
-                tg.start_soon(view.run)
+                _start_live_view(supervisor, tg)
             server = None
             if control is not None:  # imported here: a --check or bad config never pays for it
                 from autoloop_daemon.control.server import ControlServer

@@ -25,6 +25,7 @@ from autoloop_daemon.clock import now_utc, to_iso
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.admission import RankedSlots
 from autoloop_daemon.engine.budget import BudgetWindow
+from autoloop_daemon.engine.fan_out import each_at_most
 from autoloop_daemon.engine.hosting import Hosting, LocalHosting
 from autoloop_daemon.engine.records import ReloadedConfig, Reloader, ReloadReport, TargetRecord
 from autoloop_daemon.engine.reload import apply_to_runners, apply_window, plan_for
@@ -47,6 +48,9 @@ from autoloop_daemon.target_row import TargetRow, not_started_row, row_json
 from autoloop_daemon.vocab import Phase, TargetStatus
 
 log = structlog.get_logger("autoloopd.supervisor")
+# Targets prepared at once: enough to keep a storage's start-up loads batched (the files
+# backend runs 4 batches of 128 at once), few enough to bound what they hold meanwhile.
+PREPARE_AT_ONCE = 512
 
 
 class Supervisor:
@@ -248,9 +252,7 @@ class Supervisor:
             if self._shutdown_requests:  # a stop arrived while this target was being prepared
                 runner.request_stop(self._grace_s)
 
-        async with anyio.create_task_group() as tg:
-            for spec in specs:
-                tg.start_soon(prepare, spec)
+        await each_at_most(PREPARE_AT_ONCE, specs, prepare)
         if strict_error:
             raise strict_error[0]
         return sorted(prepared, key=lambda r: r.spec.name)

@@ -1,13 +1,12 @@
 """One target's iterate / cooldown cycle, with graceful stop.
 
 `TargetRunner.prepare()` opens the target's store (lock, recovery from the log). `run()` then
-goes round: check the stop conditions, wait (pause, cooldown, schedule tick or failure
-backoff), take a turn (reserve budget, take a concurrency slot, run one iteration and record
-it), until a stop condition or a stop request. What comes next is decided by the pure
-functions of `policy/`; what happened is published as events (engine/events.py), never
-printed here. It is built from parts with their own state: its `StopControl`
-(engine/stop_control.py), its `Waits` (engine/waits.py), and the `Iteration`
-(engine/iteration.py) it builds per turn that runs one.
+goes round: check the stop conditions, wait (pause, cooldown, schedule tick or failure backoff),
+take a turn (reserve budget, take a concurrency slot, run one iteration and record it), until a
+stop condition or a stop request. What comes next is decided by the pure functions of `policy/`;
+what happened is published as events (engine/events.py), never printed here. It is built from
+parts with their own state: its `StopControl` (engine/stop_control.py), its `Waits`
+(engine/waits.py), and the `Iteration` (engine/iteration.py) it builds per turn that runs one.
 """
 
 from __future__ import annotations
@@ -146,22 +145,23 @@ class TargetRunner:
 
     async def run(self) -> str:
         """Run the cycle until it stops; returns the final status. Closes the store."""
-        with structlog.contextvars.bound_contextvars(target=self.spec.name):
-            try:
-                status = await self._cycle()
-            except* StateWriteError as group:  # bare, or from a task group
-                exc: BaseException = group
-                while isinstance(exc, BaseExceptionGroup):
-                    exc = exc.exceptions[0]
-                status = TargetStatus.ERROR
-                self._enter(status, Phase.STOPPED)
-                self.state.last_failure_trace = str(exc)
-                self._events.publish(ev.CheckpointFailed(self.spec.name, str(exc)))
-            finally:
-                self._enter(self.state.status, Phase.STOPPED)
-                self._store.close()
-            self.final_status = status
-            return status
+        tokens = structlog.contextvars.bind_contextvars(target=self.spec.name)
+        try:
+            status = await self._cycle()
+        except* StateWriteError as group:  # bare, or from a task group
+            exc: BaseException = group
+            while isinstance(exc, BaseExceptionGroup):
+                exc = exc.exceptions[0]
+            status = TargetStatus.ERROR
+            self._enter(status, Phase.STOPPED)
+            self.state.last_failure_trace = str(exc)
+            self._events.publish(ev.CheckpointFailed(self.spec.name, str(exc)))
+        finally:
+            self._enter(self.state.status, Phase.STOPPED)
+            self._store.close()
+            structlog.contextvars.reset_contextvars(**tokens)  # no bound_contextvars: ~1 kB
+        self.final_status = status
+        return status
 
     async def _cycle(self) -> str:
         """Begin; then check -> wait -> turn until one of them finishes the target."""

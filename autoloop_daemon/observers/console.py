@@ -3,7 +3,8 @@
 These are the original `autoloop.py`'s lines, kept so that scripts reading them keep working:
 `Autoloop starting: ...`, `--- Iteration 1/5 ---`, `Decision: ...`, `  Cooling down ...`,
 `Stopped: ...` and the `=== Autoloop Summary ===` block. Money that is wall time x rate (no
-cost reported by the orchestrator) is marked `~$0.0023 (estimated)`.
+cost reported by the orchestrator) is marked `~$0.0023 (estimated)`. Also the notice printed
+on a terminal at the first Ctrl+C (both forms; the daemon's live view prints it above itself).
 """
 
 from __future__ import annotations
@@ -96,3 +97,26 @@ class Console:
             )
         else:
             self._echo(f"Iteration {entry.status}: {entry.error}  Cumulative cost: {total}")
+
+
+def shutdown_notice(echo: Callable[[str], None]) -> Callable[[ev.Event], None]:
+    """A subscriber that tells the person at the terminal what a Ctrl+C is doing, at once."""
+
+    def notice(event: ev.Event) -> None:
+        match event:
+            case ev.ShutdownRequested():
+                n = len(event.running)
+                if n:
+                    echo(
+                        f"Stopping gracefully: waiting up to {event.grace_s:g} s for {n} running "
+                        f"iteration{'s' if n != 1 else ''} (Ctrl+C again to stop them now)"
+                    )
+                else:
+                    echo("Stopping: no iteration is running")
+            case ev.ShutdownForced():
+                n = len(event.cancelled)
+                echo(f"Stopping now: {n} running iteration{'s' if n != 1 else ''} cancelled")
+            case _:
+                pass
+
+    return notice

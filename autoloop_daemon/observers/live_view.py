@@ -1,6 +1,7 @@
-"""The terminal's live view of a daemon (rich), and the notice printed on the first Ctrl+C.
+"""The terminal's live view of a daemon (rich).
 
-Only used when stdout is a terminal: a table of the targets that matter now (running
+Only used when stdout is a terminal, and imported only then (cli/serve.py): rich costs the
+daemon ~5 MB of memory. On a terminal: a table of the targets that matter now (running
 iterations with their elapsed time, cooldown and schedule countdowns with the next run in
 local time, paused and stopped ones), redrawn every REFRESH_S from the supervisor's snapshot,
 with the log lines scrolling above it. A target whose turn has come but that waits for a
@@ -21,7 +22,6 @@ from rich.table import Table
 from rich.text import Text
 
 from autoloop_daemon.clock import parse_iso
-from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.snapshot import FleetSnapshot
 from autoloop_daemon.target_row import TargetRow
 
@@ -29,29 +29,6 @@ REFRESH_S = 0.5
 MAX_ROWS = 20  # the view shows the targets that matter now; `status` shows them all
 QUEUED = "queued"  # the view's word for a target waiting for a concurrency slot
 _ORDER = {"running": 0, "starting": 1, QUEUED: 2, "cooldown": 3, "waiting": 4, "paused": 5}
-
-
-def shutdown_notice(echo: Callable[[str], None]) -> Callable[[ev.Event], None]:
-    """A subscriber that tells the person at the terminal what a Ctrl+C is doing, at once."""
-
-    def notice(event: ev.Event) -> None:
-        match event:
-            case ev.ShutdownRequested():
-                n = len(event.running)
-                if n:
-                    echo(
-                        f"Stopping gracefully: waiting up to {event.grace_s:g} s for {n} running "
-                        f"iteration{'s' if n != 1 else ''} (Ctrl+C again to stop them now)"
-                    )
-                else:
-                    echo("Stopping: no iteration is running")
-            case ev.ShutdownForced():
-                n = len(event.cancelled)
-                echo(f"Stopping now: {n} running iteration{'s' if n != 1 else ''} cancelled")
-            case _:
-                pass
-
-    return notice
 
 
 def _countdown(seconds: float) -> str:

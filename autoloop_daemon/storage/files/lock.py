@@ -122,12 +122,18 @@ class StateLock:
 
     def __init__(self, state_root: Path) -> None:
         """Remember the state root; nothing is opened until `acquire`."""
-        self.state_root = Path(state_root)
-        self.path = self.state_root / LOCK_NAME
+        # The caller's Path itself, not a copy: a daemon holds one lock per target.
+        self.state_root = state_root if isinstance(state_root, Path) else Path(state_root)
         self._fd: int | None = None
         # The pid the last holder left in the file: it did not release the lock (it was
         # killed), so what it started may still run. None after a clean release.
         self.stale_holder: int | None = None
+
+    @property
+    def path(self) -> Path:
+        """The lock file, `<state_root>/.autoloopd.lock` (made when asked: it is needed
+        only to acquire the lock and in messages)."""
+        return self.state_root / LOCK_NAME
 
     @property
     def held(self) -> bool:
