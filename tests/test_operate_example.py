@@ -8,6 +8,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,19 +44,31 @@ def test_the_example_config_runs_until_stopped_and_checks(tmp_path: Path) -> Non
     assert "plateau_window = 0" in text and "oscillation_window = 0" in text
 
 
+@pytest.fixture
+def short_tmp_path() -> Iterator[Path]:
+    """A directory with a short path: the example's default control socket,
+    `examples/state-operate/autoloopd.sock` under it, must fit a unix socket's 108 bytes,
+    which pytest's `tmp_path` under pytest-xdist (`.../popen-gwN/test_the_readme_...`) does
+    not leave room for."""
+    with tempfile.TemporaryDirectory(
+        prefix="operate-", dir="/tmp", ignore_cleanup_errors=True
+    ) as d:
+        yield Path(d)
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_the_readme_commands_run_as_written(tmp_path: Path) -> None:
+def test_the_readme_commands_run_as_written(short_tmp_path: Path) -> None:
     """Start the daemon as the first line says, then run every other line as written (the
     port of the loopback listener moved to a free one so parallel runs do not collide;
     `xdg-open` replaced by fetching the page it would open). Each exits 0 (run-now may say
     that an iteration is already running: exit 4), and each says what the README says."""
-    shutil.copytree(REPO / "examples" / "skills", tmp_path / "examples" / "skills")
-    shutil.copy(REPO / "examples" / "operate.toml", tmp_path / "examples" / "operate.toml")
+    shutil.copytree(REPO / "examples" / "skills", short_tmp_path / "examples" / "skills")
+    shutil.copy(REPO / "examples" / "operate.toml", short_tmp_path / "examples" / "operate.toml")
     port = str(free_port())
     env = child_env({"AUTOLOOPD_DAEMON__HTTP_LISTEN": f"127.0.0.1:{port}"})
     first, *rest = readme_commands()
     assert first == ["autoloopd", "--config", "examples/operate.toml"]
-    daemon = Daemon(Path(first[2]), tmp_path / "daemon.out", env=env, cwd=tmp_path)
+    daemon = Daemon(Path(first[2]), short_tmp_path / "daemon.out", env=env, cwd=short_tmp_path)
     daemon.wait_event("daemon_ready")
     daemon.wait_event("http_listening")
     fetched: list[str] = []  # what the curl lines printed, in order
@@ -65,13 +79,13 @@ def test_the_readme_commands_run_as_written(tmp_path: Path) -> None:
         elif argv[0] == "xdg-open":
             argv = ["curl", "-sf", argv[1]]
         done = subprocess.run(
-            argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+            argv, cwd=short_tmp_path, env=env, capture_output=True, text=True, timeout=60
         )
         allowed = (0, EXIT_REFUSED) if "run-now" in argv else (0,)
         assert done.returncode in allowed, (argv, done.stdout, done.stderr)
         if argv[0] == "curl":
             fetched.append(done.stdout)
-    sock = tmp_path / "examples" / "state-operate" / "autoloopd.sock"
+    sock = short_tmp_path / "examples" / "state-operate" / "autoloopd.sock"
     wait_for(
         lambda: target_status(sock, "tech-article")["status"] == "stopped_operator",
         what="tech-article stopped by the operator",
