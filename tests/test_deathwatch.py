@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,17 +47,9 @@ _DAEMON = textwrap.dedent(
 
 
 def test_a_killed_daemon_s_registered_runs_die_and_a_killed_watch_comes_back() -> None:
-    daemon = subprocess.Popen(
-        [sys.executable, "-c", _DAEMON], stdout=subprocess.PIPE, text=True, start_new_session=True
-    )
-    pids: list[int] = []
-    try:
-        assert daemon.stdout is not None
-        line = daemon.stdout.readline()
-        while line and not line.startswith("PIDS "):  # the restart's log line comes first
-            line = daemon.stdout.readline()
-        leader, escapee, first_watch, second_watch = map(int, line.split()[1:])
-        pids = [leader, escapee, second_watch]
+    with _script_daemon(_DAEMON) as (daemon, printed, owned):
+        leader, escapee, first_watch, second_watch = printed
+        owned += [leader, escapee, second_watch]  # not the first watch: dead, its pid free
         assert second_watch != first_watch and pid_alive(second_watch)
         assert pid_alive(leader) and pid_alive(escapee)
         os.kill(daemon.pid, signal.SIGKILL)
@@ -65,8 +58,27 @@ def test_a_killed_daemon_s_registered_runs_die_and_a_killed_watch_comes_back() -
         wait_for(lambda: not pid_alive(leader) and not pid_alive(escapee),
                  timeout=5 * BOUND_S, interval=0.005, what="the runs to die")  # fmt: skip
         wait_for(lambda: not pid_alive(second_watch), timeout=10, what="the watch to exit")
+
+
+@contextlib.contextmanager
+def _script_daemon(
+    script: str,
+) -> Iterator[tuple[subprocess.Popen[str], list[int], list[int]]]:
+    """Run `script` as a small "daemon": yields it, the pids of the line it prints first
+    ("PIDS ..."; a restart's log line may come before it) and a list of the pids to SIGKILL,
+    with it, at the end (the test's to fill)."""
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    owned: list[int] = []
+    try:
+        assert daemon.stdout is not None
+        line = daemon.stdout.readline()
+        while line and not line.startswith("PIDS "):
+            line = daemon.stdout.readline()
+        yield daemon, [int(pid) for pid in line.split()[1:]], owned
     finally:
-        for pid in [daemon.pid, *pids]:
+        for pid in [daemon.pid, *owned]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         daemon.wait(timeout=10)
@@ -101,30 +113,12 @@ _FORGETTING_DAEMON = textwrap.dedent(
 def test_a_group_forgotten_before_the_daemon_died_is_left_alone() -> None:
     """`group_ended` is told to the watch with `run_ended` (one write per run less): once a
     run is over, its group id (free for reuse by then) is never killed for it."""
-    daemon = subprocess.Popen(
-        [sys.executable, "-c", _FORGETTING_DAEMON],
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    pids: list[int] = []
-    try:
-        assert daemon.stdout is not None
-        line = daemon.stdout.readline()
-        while line and not line.startswith("PIDS "):
-            line = daemon.stdout.readline()
-        ended, unmarked, live, watch = map(int, line.split()[1:])
-        pids = [ended, unmarked, live, watch]
+    with _script_daemon(_FORGETTING_DAEMON) as (daemon, printed, owned):
+        ended, unmarked, live, watch = printed
+        owned += printed
         os.kill(daemon.pid, signal.SIGKILL)
         daemon.wait(timeout=10)
         wait_for(lambda: not pid_alive(live), timeout=5 * BOUND_S, interval=0.005,
                  what="the registered group to die")  # fmt: skip
         wait_for(lambda: not pid_alive(watch), timeout=10, what="the watch to exit")
         assert pid_alive(ended) and pid_alive(unmarked)  # the watch is gone: it never will
-    finally:
-        for pid in [daemon.pid, *pids]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        daemon.wait(timeout=10)
-        if daemon.stdout is not None:
-            daemon.stdout.close()
