@@ -57,9 +57,9 @@ IGNORED = (
     tracemalloc.Filter(False, "*/coverage/*"),
 )
 
-# The slope leaves out single blocks of this size or more: in the 1,500 iterations measured
+# The slope leaves out single blocks of this size or more: in the 2,400 iterations measured
 # nothing of the daemon's grows to that in one block (a target's scores, the one array that
-# grows per iteration, reach ~12 kB), while the interpreter's table of interned strings,
+# grows per iteration, reach ~10 kB), while the interpreter's table of interned strings,
 # one block of 0.96 MB, is resized to 1.9 MB at a random moment of some rounds (pathlib
 # interns every path component, and each run's temp and log names are new ones): that
 # one-off step, landing mid-round, took the median slope from ~15 B to 87 B. Both sizes of
