@@ -13,6 +13,7 @@ import pytest
 
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.admission import AGING_ROUNDS, RankedSlots
+from autoloop_daemon.engine.stop_control import StopControl
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.policy.allocation import (
@@ -351,3 +352,90 @@ def test_low_yield_waits_for_firm_evidence_through_the_binary(tmp_path: Path) ->
     completed = state["iterations_completed"]
     assert isinstance(completed, int)
     assert 3 < completed < 10, state
+
+
+@pytest.mark.anyio
+@pytest.mark.no_blocking
+@pytest.mark.parametrize("fair_turns", [True, False])
+async def test_a_stop_withdraws_a_slot_wait_and_the_slot_goes_on(fair_turns: bool) -> None:
+    """`StopControl.slot`: a stop request ends the wait without a slot (no cancel scope
+    involved); withdrawn just as the slot was granted, the slot is handed on, never lost;
+    a stop requested before the wait takes none."""
+    slots = RankedSlots(1, fair_turns=fair_turns)
+    await slots.acquire()
+    stops = {name: StopControl() for name in ("first", "second", "third")}
+    got: dict[str, bool] = {}
+
+    async def want(name: str, rank: float) -> None:
+        got[name] = await stops[name].slot(slots, lambda: rank)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(want, "first", 2.0)
+            tg.start_soon(want, "second", 1.0)
+            await anyio.wait_all_tasks_blocked()
+            stops["second"].request(0.0, TargetStatus.STOPPED_SIGNAL)
+            await anyio.wait_all_tasks_blocked()
+            assert got == {"second": False}
+            assert slots.statistics().tasks_waiting == 1
+            slots.release()  # granted to "first" ...
+            stops["first"].cancel_wait()  # ... and withdrawn before it resumed: too late
+        assert got == {"second": False, "first": True}
+        assert slots.available_tokens == 0
+        slots.release()
+        free_before = slots.available_tokens
+        stops["third"].request(0.0, TargetStatus.STOPPED_SIGNAL)
+        await want("third", 0.0)
+    assert got["third"] is False and free_before == 1 == slots.available_tokens
+
+
+@pytest.mark.anyio
+@pytest.mark.no_blocking
+async def test_a_withdrawn_grant_is_handed_on() -> None:
+    """The slot reaches a waiter whose wait was withdrawn before it ran: it passes the slot
+    to the next waiter instead of keeping or losing it."""
+    slots = RankedSlots(1)
+    await slots.acquire()
+    stop = StopControl()
+    got: list[tuple[str, bool]] = []
+
+    async def want(name: str, rank: float, control: StopControl) -> None:
+        got.append((name, await control.slot(slots, lambda: rank)))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(want, "withdrawn", 1.0, stop)
+            tg.start_soon(want, "next", 0.0, StopControl())
+            await anyio.wait_all_tasks_blocked()
+            stop.cancel_wait()  # withdrawn, still in the queue until its task runs ...
+            slots.release()  # ... so the grant may go to it: it must hand it on
+    assert sorted(got) == [("next", True), ("withdrawn", False)]
+    assert slots.available_tokens == 0 and slots.statistics().tasks_waiting == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.no_blocking
+async def test_stop_control_sleep_ends_on_time_on_a_wake_and_on_a_stop() -> None:
+    """`StopControl.sleep`: True after its time; False at once on `cancel_wait` or a stop
+    request, and at once when the stop came before; an outer cancel scope still cancels it."""
+    stop = StopControl()
+    with anyio.fail_after(5):
+        assert await stop.sleep(0.01) is True
+        results: list[bool] = []
+
+        async def nap() -> None:
+            results.append(await stop.sleep(3600))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(nap)
+            await anyio.wait_all_tasks_blocked()
+            stop.cancel_wait()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(nap)
+            await anyio.wait_all_tasks_blocked()
+            stop.request(5.0, TargetStatus.STOPPED_SIGNAL)
+        assert results == [False, False]
+        assert await stop.sleep(3600) is False
+        with anyio.move_on_after(0.01) as scope:
+            await StopControl().sleep(3600)
+        assert scope.cancelled_caught

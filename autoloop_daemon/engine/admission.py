@@ -42,7 +42,7 @@ class _Waiter:
     # deque and two more coroutine frames): most of a busy fleet's targets wait here, and
     # that was ~1 kB more per waiting target (issue 24, memory). Cancelling the waiting
     # task cancels the future, as it would the Event's.
-    granted_future: asyncio.Future[None]
+    granted_future: asyncio.Future[bool]  # True: granted; False: withdrawn
     passes: int = 0
     granted: bool = False
     gone: bool = False  # cancelled while in the heap (fair turns): skipped when popped
@@ -97,28 +97,60 @@ class RankedSlots:
 
     async def acquire_ranked(self, rank: Callable[[], float]) -> None:
         """Take a slot, waiting behind better-ranked targets; `rank` is read at each grant."""
+        waiter = self.join(rank)
+        if waiter is None:
+            await self.taken()
+        else:
+            await self.wait(waiter)  # never withdrawn: True
+
+    def join(self, rank: Callable[[], float]) -> _Waiter | None:
+        """Take a free slot (None) or queue for one: the waiter to `wait` on."""
         if self._used < self._total and not self._waiting:
             self._used += 1
-            await anyio.lowlevel.checkpoint()
-            return
+            return None
         waiter = _Waiter(rank, next(self._seq), asyncio.get_running_loop().create_future())
         self._waiting += 1
         if self.fair_turns:
             heapq.heappush(self._heap, (-_safe(rank), waiter.seq, waiter))
         else:
             self._waiters.append(waiter)
+        return waiter
+
+    async def taken(self) -> None:
+        """The checkpoint after `join` took a free slot; cancelled there, it gives it back."""
         try:
-            await waiter.granted_future
+            await anyio.lowlevel.checkpoint()
         except BaseException:
-            if waiter.granted:  # cancelled just as the slot arrived: hand it on
-                self.release()
-            else:
-                self._waiting -= 1
-                if self.fair_turns:
-                    waiter.gone = True
-                else:
-                    self._waiters.remove(waiter)
+            self.release()
             raise
+
+    async def wait(self, waiter: _Waiter) -> bool:
+        """True once `waiter` holds a slot; False, holding none, once `withdraw` ended the
+        wait first."""
+        try:
+            granted = await waiter.granted_future
+        except BaseException:
+            self._leave(waiter)
+            raise
+        if not granted:
+            self._leave(waiter)
+        return granted
+
+    @staticmethod
+    def withdraw(waiter: _Waiter) -> None:
+        """End `waiter`'s wait without a slot (unless one was just granted to it)."""
+        if not waiter.granted_future.done():
+            waiter.granted_future.set_result(False)
+
+    def _leave(self, waiter: _Waiter) -> None:
+        if waiter.granted:  # cancelled or withdrawn just as the slot arrived: hand it on
+            self.release()
+        else:
+            self._waiting -= 1
+            if self.fair_turns:
+                waiter.gone = True
+            else:
+                self._waiters.remove(waiter)
 
     def release(self) -> None:
         """Give a slot back; the best-ranked waiter gets it."""
@@ -131,8 +163,8 @@ class RankedSlots:
             self._waiting -= 1
             chosen.granted = True
             self._used += 1
-            if not chosen.granted_future.done():  # done: cancelled, its task hands it on
-                chosen.granted_future.set_result(None)
+            if not chosen.granted_future.done():  # done: its task hands it on (`_leave`)
+                chosen.granted_future.set_result(True)
 
     def _pop_turn(self) -> _Waiter:
         while True:

@@ -65,12 +65,14 @@ class Iteration:
         # grandchildren inherit too (recording the pid would cost one more checkpoint).
         state.in_flight = InFlight(self.number, to_iso(started))
         state.next_run_at = None
-        before_scores = dict(state.current_scores)
+        before_scores = state.current_scores  # replaced, never changed in place
         await self._hash_if_unknown()
         await runner._save()
         handoff = self._last_handoff()
         run_log = run_log_file(spec, self.number)
-        with structlog.contextvars.bound_contextvars(iteration=self.number):
+        # bind/reset, not bound_contextvars: that leaves `iteration` in the task's context
+        tokens = structlog.contextvars.bind_contextvars(iteration=self.number)
+        try:
             runner._events.publish(
                 ev.IterationStarted(
                     target=spec.name,
@@ -95,6 +97,8 @@ class Iteration:
                 await self._record(entry, result, before_scores)
                 await self._keep_best(entry)
             return entry.cost_usd
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
     async def _run_metered(
         self, handoff: Path | None
@@ -248,19 +252,19 @@ class Iteration:
 
     def _warn_once(self, entry: LogEntry) -> None:
         """Warn, once per runner, of a decision word not known and of a run with no scores."""
-        warned = self._runner._warned
+        runner = self._runner
         decision = entry.decision
         if decision is not None and decision not in KNOWN_DECISIONS:
             key = f"decision {decision}"
-            if key not in warned:
-                warned.add(key)
+            if key not in runner._warned:
+                runner._warned |= {key}
                 log.warning(
                     "unknown_decision",
                     decision=decision,
                     hint="recorded verbatim as a completed iteration; it counts as not-keep",
                 )
-        if entry.completed and not entry.scores and "scores_missing" not in warned:
-            warned.add("scores_missing")
+        if entry.completed and not entry.scores and "scores_missing" not in runner._warned:
+            runner._warned |= {"scores_missing"}
             log.warning(
                 "scores_missing",
                 hint="no scores in the result, no scorer, no learner file; "

@@ -70,11 +70,8 @@ class ReviewApplier:
         return store if isinstance(store, ReviewSource) else None
 
     async def apply(self) -> None:
-        """Apply the verdicts the review log holds that the loop does not count yet."""
-        with structlog.contextvars.bound_contextvars(target=self._runner.spec.name):
-            await self._apply()
-
-    async def _apply(self) -> None:
+        """Apply the verdicts the review log holds that the loop does not count yet (called
+        where the runner's task has its `target` bound to the log context)."""
         source = self._source()
         if source is None or not self._due():
             return
@@ -225,7 +222,7 @@ class ReviewApplier:
         runner._enter(TargetStatus.WAITING_REVIEW, Phase.PAUSED)
         if runner._dirty:
             await runner._save()
-        await runner._stop.interruptible(anyio.sleep(HOLD_RECHECK_S))
+        await runner._stop.sleep(HOLD_RECHECK_S)
 
     def mark(self) -> None:
         """A verdict was written (an expiry): read the review log before the next turn."""

@@ -77,7 +77,7 @@ class TargetRunner:
         self.prepared_cost_usd = 0.0
         self.prepared_window_cost_usd = 0.0  # of it, in the budget's current window
         self._deadline_at: datetime | None = None  # `deadline`, fixed when the cycle begins
-        self._warned: set[str] = set()  # warnings given once per runner (engine/iteration.py)
+        self._warned: frozenset[str] = frozenset()  # given once (iteration.py); empty: free
 
     # ----------------------------------------------------------------- status and phase
 
@@ -124,10 +124,10 @@ class TargetRunner:
         """
         with structlog.contextvars.bound_contextvars(target=self.spec.name):
             recovered = await self._store.open()
-        self.state = recovered.state
-        self.progress = recovered.progress
-        self.last_entry = recovered.last_entry
-        await self.reviews.apply()
+            self.state = recovered.state
+            self.progress = recovered.progress
+            self.last_entry = recovered.last_entry
+            await self.reviews.apply()
         self.prepared_cost_usd = self.state.total_cost_usd
         self._note_rate()
         since = self._budget.window_start

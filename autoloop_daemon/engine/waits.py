@@ -122,11 +122,10 @@ class Waits:
         runner = self._runner
         if runner._dirty and runner._slots.available_tokens < 1:
             await runner._save()  # about to wait for a slot: checkpoint first
-        return bool(await runner._stop.interruptible(self._acquire_slot()))
-
-    async def _acquire_slot(self) -> bool:
-        slots = self._runner._slots
-        await slots.acquire_ranked(self._turn if slots.fair_turns else self._runner.gain_per_usd)
+        slots = runner._slots
+        rank = self._turn if slots.fair_turns else runner.gain_per_usd
+        if not await runner._stop.slot(slots, rank):
+            return False
         self._turn_before_s, self.served_s = self.served_s, anyio.current_time()
         return True
 
@@ -148,9 +147,7 @@ class Waits:
             self._announced = reset_at
             runner._events.publish(ev.WaitingBudget(runner.spec.name, reset_at))
         delay_s = (full.reset_at - now_utc()).total_seconds()
-        await runner._stop.interruptible(
-            anyio.sleep(min(max(0.0, delay_s) + 0.01, MAX_SLEEP_SLICE_S))
-        )
+        await runner._stop.sleep(min(max(0.0, delay_s) + 0.01, MAX_SLEEP_SLICE_S))
 
     async def reserve_in_turn(self) -> Reservation | WindowFull | None:
         """`reserve`, but with fair turns a full window is waited out holding the slot (the
@@ -205,7 +202,7 @@ class Waits:
         runner._enter(TargetStatus.PAUSED, Phase.PAUSED)
         if runner._dirty:
             await runner._save()
-        await runner._stop.interruptible(anyio.sleep(MAX_SLEEP_SLICE_S))
+        await runner._stop.sleep(MAX_SLEEP_SLICE_S)
 
     async def _cooldown(self, delay_s: float) -> None:
         """Wait `delay_s` (a slice of it at most): a schedule tick, else a cooldown."""
@@ -223,4 +220,4 @@ class Waits:
             self._announced = next_run
             runner._events.publish(ev.CoolingDown(runner.spec.name, delay_s, next_run))
         log.debug("waiting", seconds=round(delay_s, 3), status=status)
-        await runner._stop.interruptible(anyio.sleep(min(delay_s, MAX_SLEEP_SLICE_S)))
+        await runner._stop.sleep(min(delay_s, MAX_SLEEP_SLICE_S))

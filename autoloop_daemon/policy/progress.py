@@ -197,12 +197,12 @@ class Progress:
         self._kept.append(decision_kind(decision))
         self.last_decision = decision
         if entry.scores:
-            self.current_scores = dict(entry.scores)
+            self.current_scores = entry.scores  # shared, never changed in place
         item = {
             "iteration": entry.iteration,
             "weighted_score": counted,
             "decision": decision,
-            "scores": dict(entry.scores),
+            "scores": entry.scores,
             "timestamp": entry.finished_at,
         }
         if counted != score:
@@ -284,7 +284,7 @@ class Progress:
         state.iterations_completed = self.completed
         state.total_cost_usd = self.total_cost_usd
         state.score_history = list(self.history)
-        state.current_scores = dict(self.current_scores)
+        state.current_scores = self.current_scores
         state.best_weighted_score = self.best
         state.best_iteration = self.best_iteration
         state.estimated_cost_usd = self.estimated_cost_usd

@@ -41,13 +41,7 @@ from autoloop_daemon.runs.procfs import (
 from autoloop_daemon.runs.spawn import spawn
 from autoloop_daemon.storage.files import fsio
 
-__all__ = [
-    "CHILD_ENV_DROP",
-    "ProcessOutcome",
-    "child_environment",
-    "open_run_log",
-    "run_in_group",
-]
+__all__ = ["CHILD_ENV_DROP", "ProcessOutcome", "child_environment", "open_run_log", "run_in_group"]
 
 CHILD_ENV_DROP: tuple[str, ...] = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
@@ -264,8 +258,9 @@ async def _supervise(
             with anyio.move_on_after(_REAP_S):
                 await readers.wait()
         # A reader still running now reads a pipe held by a process that left the group
-        # with setsid(): give up on it (aclose() closes our end).
-        tg.cancel_scope.cancel()
+        # with setsid(): give up on it (aclose() closes our end). Only then: anyio's
+        # cancel() formats the task's repr, a cost on every run otherwise.
+        readers.give_up()
     return returncode, timed_out, killed
 
 
@@ -285,7 +280,7 @@ async def _abort(
                 await process.wait()
         with anyio.move_on_after(_DRAIN_AFTER_EXIT_S):
             await readers.wait()
-        tg.cancel_scope.cancel()
+        readers.give_up()
 
 
 class _Readers:
@@ -299,6 +294,7 @@ class _Readers:
         stdout_tail: _Tail,
         stderr_tail: _Tail,
     ) -> None:
+        self._tg = tg
         self._done = (anyio.Event(), anyio.Event())
         tg.start_soon(_pump, process.stdout, stdout_tail, sink, self._done[0])
         tg.start_soon(_pump, process.stderr, stderr_tail, sink, self._done[1])
@@ -307,6 +303,11 @@ class _Readers:
         """Return when both streams reached EOF (or were closed)."""
         for event in self._done:
             await event.wait()
+
+    def give_up(self) -> None:
+        """Stop the readers still running (none, when both streams reached EOF)."""
+        if not all(event.is_set() for event in self._done):
+            self._tg.cancel_scope.cancel()
 
 
 async def _pump(
