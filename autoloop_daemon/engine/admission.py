@@ -35,7 +35,7 @@ MIN_PASSES = 4
 
 
 @dataclass(slots=True)
-class _Waiter:
+class SlotWaiter:
     rank: Callable[[], float]
     seq: int
     # Set when granted. A bare future, not an anyio.Event (which wraps an asyncio.Event, a
@@ -67,8 +67,8 @@ class RankedSlots:
         self._used = 0
         self.fair_turns = fair_turns
         self._max_passes = sys.maxsize if fair_turns else max_passes
-        self._waiters: list[_Waiter] = []  # ranked at each grant
-        self._heap: list[tuple[float, int, _Waiter]] = []  # fair turns: (-turn, seq, waiter)
+        self._waiters: list[SlotWaiter] = []  # ranked at each grant
+        self._heap: list[tuple[float, int, SlotWaiter]] = []  # fair turns: (-turn, seq, waiter)
         self._waiting = 0
         self._seq = itertools.count()
 
@@ -103,12 +103,12 @@ class RankedSlots:
         else:
             await self.wait(waiter)  # never withdrawn: True
 
-    def join(self, rank: Callable[[], float]) -> _Waiter | None:
+    def join(self, rank: Callable[[], float]) -> SlotWaiter | None:
         """Take a free slot (None) or queue for one: the waiter to `wait` on."""
         if self._used < self._total and not self._waiting:
             self._used += 1
             return None
-        waiter = _Waiter(rank, next(self._seq), asyncio.get_running_loop().create_future())
+        waiter = SlotWaiter(rank, next(self._seq), asyncio.get_running_loop().create_future())
         self._waiting += 1
         if self.fair_turns:
             heapq.heappush(self._heap, (-_safe(rank), waiter.seq, waiter))
@@ -124,9 +124,9 @@ class RankedSlots:
             self.release()
             raise
 
-    async def wait(self, waiter: _Waiter) -> bool:
-        """True once `waiter` holds a slot; False, holding none, once `withdraw` ended the
-        wait first."""
+    async def wait(self, waiter: SlotWaiter) -> bool:
+        """True once `waiter` holds a slot; False, holding none, when its `granted_future`
+        was resolved False first (a withdrawal: engine/stop_control.py)."""
         try:
             granted = await waiter.granted_future
         except BaseException:
@@ -136,13 +136,7 @@ class RankedSlots:
             self._leave(waiter)
         return granted
 
-    @staticmethod
-    def withdraw(waiter: _Waiter) -> None:
-        """End `waiter`'s wait without a slot (unless one was just granted to it)."""
-        if not waiter.granted_future.done():
-            waiter.granted_future.set_result(False)
-
-    def _leave(self, waiter: _Waiter) -> None:
+    def _leave(self, waiter: SlotWaiter) -> None:
         if waiter.granted:  # cancelled or withdrawn just as the slot arrived: hand it on
             self.release()
         else:
@@ -166,20 +160,20 @@ class RankedSlots:
             if not chosen.granted_future.done():  # done: its task hands it on (`_leave`)
                 chosen.granted_future.set_result(True)
 
-    def _pop_turn(self) -> _Waiter:
+    def _pop_turn(self) -> SlotWaiter:
         while True:
             waiter = heapq.heappop(self._heap)[2]
             if not waiter.gone:
                 return waiter
 
-    def _pop_ranked(self) -> _Waiter:
+    def _pop_ranked(self) -> SlotWaiter:
         chosen = self._choose()
         self._waiters.remove(chosen)
         for other in self._waiters:
             other.passes += 1
         return chosen
 
-    def _choose(self) -> _Waiter:
+    def _choose(self) -> SlotWaiter:
         limit = self._max_passes
         if limit is None:
             limit = max(MIN_PASSES, AGING_ROUNDS * len(self._waiters))

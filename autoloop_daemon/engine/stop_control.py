@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import TypeVar
 
 import anyio
@@ -55,7 +54,7 @@ class StopControl:
         "_deadline_s",
         "_iter_scope",
         "_wait_scope",
-        "_withdraw",
+        "_waiting_on",
         "cut_status",
         "requested",
         "status",
@@ -69,7 +68,7 @@ class StopControl:
         self._deadline_s: float | None = None  # when the running iteration must end
         self._cut: StopAt | None = None  # when a cap says the running iteration must end
         self._wait_scope: anyio.CancelScope | None = None
-        self._withdraw: Callable[[], None] | None = None  # ends a `sleep` or `slot` wait
+        self._waiting_on: asyncio.Future[bool] | None = None  # of `sleep` or `slot`
         self._iter_scope: anyio.CancelScope | None = None
 
     @staticmethod
@@ -88,8 +87,8 @@ class StopControl:
             self._deadline_s = deadline_s
         if self._wait_scope is not None:
             cancel_soon(self._wait_scope)
-        if self._withdraw is not None:
-            self._withdraw()
+        if self._waiting_on is not None:
+            _resolve(self._waiting_on, False)
         self._apply_deadline()
 
     def force(self) -> None:
@@ -121,12 +120,12 @@ class StopControl:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = loop.create_future()
         timer = loop.call_at(loop.time() + max(0.0, seconds), _resolve, done, True)
-        self._withdraw = partial(_resolve, done, False)
+        self._waiting_on = done
         try:
             return await done
         finally:
             timer.cancel()
-            self._withdraw = None
+            self._waiting_on = None
 
     async def slot(self, slots: RankedSlots, rank: Callable[[], float]) -> bool:
         """Take a slot of `slots` (waiting with `rank`); False, holding none, when a stop
@@ -138,18 +137,18 @@ class StopControl:
         if waiter is None:
             await slots.taken()
             return True
-        self._withdraw = partial(slots.withdraw, waiter)
+        self._waiting_on = waiter.granted_future  # False withdraws it (RankedSlots.wait)
         try:
             return await slots.wait(waiter)
         finally:
-            self._withdraw = None
+            self._waiting_on = None
 
     def cancel_wait(self) -> None:
         """End the wait in progress now, if there is one."""
         if self._wait_scope is not None:
             self._wait_scope.cancel()
-        if self._withdraw is not None:
-            self._withdraw()
+        if self._waiting_on is not None:
+            _resolve(self._waiting_on, False)
 
     # The running iteration: its scope ends at the stop deadline or when a cap says so.
 

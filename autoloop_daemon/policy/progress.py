@@ -99,6 +99,13 @@ class _KeptView(Sequence[str]):
 class Progress:
     """Totals, scores and decisions of one target's log, oldest entry first."""
 
+    __slots__ = (
+        "_cost_partials", "_estimated_partials", "_kept", "_min_improvement", "_weights",
+        "best", "best_iteration", "completed", "consecutive_errors", "current_scores",
+        "history", "last_decision", "last_iteration", "overrides", "plateau_counter",
+        "recent_costs", "reports_cost", "scores"
+    )  # fmt: skip
+
     def __init__(
         self,
         weights: Mapping[str, float],

@@ -120,6 +120,12 @@ class StateLock:
     orchestrators started by the holder do not inherit the lock.
     """
 
+    __slots__ = (
+        "_fd",
+        "stale_holder",
+        "state_root",
+    )
+
     def __init__(self, state_root: Path) -> None:
         """Remember the state root; nothing is opened until `acquire`."""
         # The caller's Path itself, not a copy: a daemon holds one lock per target.

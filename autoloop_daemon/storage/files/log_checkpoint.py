@@ -55,7 +55,7 @@ def is_marker(value: object) -> bool:
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class LogSummary:
     """What recovery needs of a log: totals and its newest entries (not every entry)."""
 

@@ -53,6 +53,15 @@ def _commit(
 class FileTargetStore:
     """One target's state root on disk (see the module docstring)."""
 
+    __slots__ = (
+        "_commits",
+        "_leftovers",
+        "_loads",
+        "_lock",
+        "_spec",
+        "_state_dir",
+    )
+
     def __init__(
         self,
         spec: TargetSpec,
