@@ -113,12 +113,15 @@ def row_json(
     }
 
 
-def not_started_row(name: str, spec: TargetSpec, start_error: str | None) -> dict[str, Any]:
-    """The row of a target that could not start (`start_error` says why)."""
-    state = blank_state(spec, status="not_started")
+def not_started_row(
+    name: str, spec: TargetSpec, start_error: str | None, phase: str = "not_started"
+) -> dict[str, Any]:
+    """The row of a target that could not start (`start_error` says why), or, with `phase`
+    "loading", of one whose state is still loading at start-up (its status says so)."""
+    state = blank_state(spec, status=phase)
     state.last_failure_trace = start_error
     return row_json(
-        state, name=name, phase="not_started", reason=start_error,
+        state, name=name, phase=phase, reason=start_error,
         max_iterations=spec.max_iterations, max_cost_usd=spec.max_cost_usd,
         last_weighted_score=None, running_for_s=None, state_location=str(spec.state_root),
         host=None,

@@ -71,6 +71,7 @@ class Phase(StrEnum):
     The snapshot, `status`, STATUS= and the dashboard show it.
     """
 
+    LOADING = "loading"  # start-up: its state is not loaded yet (no runner)
     STARTING = "starting"  # before its first iteration or wait
     RUNNING = "running"  # an iteration (until the next wait or stop)
     COOLDOWN = "cooldown"

@@ -77,6 +77,7 @@ class FakeSupervisor:
         self.hosting: Any = LocalHosting()
         self.storage = MemoryStorage()
         self.accepting = accepting
+        self.loading = False
         self.records = records
         self.stopped: list[str] = []
         self.launched: list[FakeRunner] = []

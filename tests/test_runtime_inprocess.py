@@ -15,8 +15,10 @@ import anyio
 import pytest
 
 from autoloop_daemon.engine import events as ev
+from autoloop_daemon.engine.commands import Commands
 from autoloop_daemon.engine.records import ReloadedConfig
 from autoloop_daemon.engine.supervisor import Supervisor
+from autoloop_daemon.exceptions import CommandRefusedError
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.storage.memory import MemoryStorage
 from autoloop_daemon.vocab import TargetStatus
@@ -153,3 +155,64 @@ async def test_the_shared_budget_stops_targets_when_it_cannot_fund_a_run(
         assert await sup.run() == 0
     assert set(stopped(rec).values()) == {TargetStatus.STOPPED_BUDGET}
     assert sup.snapshot().budget.spent_usd <= 0.3 + 1e-9
+
+
+class _GatedStorage:
+    """MemoryStorage whose targets' states load only once `gate` is set (a slow disk)."""
+
+    def __init__(self, gate: anyio.Event) -> None:
+        self._inner = MemoryStorage()
+        self._gate = gate
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def target(self, spec: TargetSpec) -> object:
+        store, gate = self._inner.target(spec), self._gate
+
+        class Gated:
+            def __getattr__(self, name: str) -> object:
+                return getattr(store, name)
+
+            async def open(self) -> object:
+                await gate.wait()
+                return await store.open()
+
+        return Gated()
+
+
+async def test_ready_comes_before_the_states_load_and_loading_targets_say_so(
+    tmp_path: Path,
+) -> None:
+    """READY=1's event (`TargetsLoading`) comes once the configuration is in and the storage
+    locked, before any state has loaded: meanwhile the targets are `loading` in the rows and
+    the STATUS= line, a verb on one is refused as still loading; once the
+    states are in, `DaemonReady` follows and the targets run."""
+    gate = anyio.Event()
+    recorder, events = Recorder(), ev.EventBus()
+    events.subscribe(recorder)
+    specs = [spec(tmp_path, n, max_iterations=1) for n in ("a", "b")]
+    sup = Supervisor(
+        specs, storage=_GatedStorage(gate), events=events,  # type: ignore[arg-type]
+        budget_cap_usd=100.0, max_concurrent=4, grace_s=5.0,
+    )  # fmt: skip
+    commands = Commands(sup)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sup.run)
+            await recorder.wait_for(lambda: bool(recorder.of(ev.TargetsLoading)))
+            await anyio.wait_all_tasks_blocked()
+            assert not recorder.of(ev.DaemonReady) and sup.loading
+            assert recorder.of(ev.TargetsLoading) == [ev.TargetsLoading(2)]
+            assert ", 2 loading;" in sup.status_line()
+            rows = sup.target_rows()
+            assert [(r["phase"], r["status"]) for r in rows] == [("loading", "loading")] * 2
+            assert sup.snapshot().ready is False
+            for verb in (commands.stop("a"), commands.pause("b"), commands.reset("a")):
+                with pytest.raises(CommandRefusedError, match="still loading"):
+                    await verb
+            gate.set()
+    assert recorder.of(ev.DaemonReady) and not sup.loading
+    assert stopped(recorder) == dict.fromkeys("ab", TargetStatus.STOPPED_MAX_ITER)
+    loading_at = recorder.events.index(recorder.of(ev.TargetsLoading)[0])
+    assert loading_at < recorder.events.index(recorder.of(ev.DaemonReady)[0])

@@ -54,6 +54,11 @@ class Supervised(Fleet, Protocol):
         """Stop one target gracefully; it ends with `status`."""
         ...
 
+    @property
+    def loading(self) -> bool:
+        """True at start-up until every target's state has loaded."""
+        ...
+
 
 class Commands:
     """The operator's verbs over `supervisor` (see the module docstring)."""
@@ -71,7 +76,7 @@ class Commands:
 
     def _live_runner(self, name: str, verb: str) -> TargetRunner:
         """The target's runner while its cycle runs; CommandRefusedError once it stopped."""
-        record = self._record(name)
+        record = self._loaded(name, verb)
         runner = record.runner
         if runner is None or not runner.live:
             status = record.result or (runner.state.status if runner else "not_started")
@@ -80,6 +85,16 @@ class Commands:
                 "'reset' or 'extend' starts it again"
             )
         return runner
+
+    def _loaded(self, name: str, verb: str) -> TargetRecord:
+        """The target's record; CommandRefusedError while its state is still loading."""
+        record = self._record(name)
+        if self._supervisor.loading and record.phase(loading=True) == Phase.LOADING:
+            raise CommandRefusedError(
+                f"cannot {verb} {name!r}: its state is still loading (start-up); "
+                "try again in a moment"
+            )
+        return record
 
     async def _routed(self, verb: str, name: str) -> str | None:
         """The hosting's answer when it routes `verb` elsewhere (cluster mode), else None:
@@ -131,7 +146,7 @@ class Commands:
         """Raise the target's limits; a target stopped by them starts again. Each value is
         checked against its bound (policy/bounds.py, ValueError naming it) before anything
         changes."""
-        record = self._record(name)
+        record = self._loaded(name, "extend")
         iterations, cost_usd = _checked_extension(record, iterations, cost_usd)
         if not (iterations or cost_usd):
             raise CommandRefusedError("extend needs --iterations N and/or --cost USD (> 0)")
@@ -148,7 +163,7 @@ class Commands:
 
     async def reset(self, name: str) -> str:
         """Clear the circuit breaker and a final status; a stopped target starts again."""
-        record = self._record(name)
+        record = self._loaded(name, "reset")
         routed = await self._supervisor.hosting.reset(name)
         if routed is not None:
             return routed

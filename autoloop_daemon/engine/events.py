@@ -28,6 +28,14 @@ class Event(ABC):  # noqa: B024 (a marker: the bus's type, never instantiated it
 
 
 @dataclass(frozen=True, slots=True)
+class TargetsLoading(Event):
+    """The configuration is loaded and the state directory locked: the service is up
+    (READY=1) while the targets' states load; `DaemonReady` follows once they have."""
+
+    targets: int
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonReady(Event):
     """Every target that could start has been recovered; work begins."""
 

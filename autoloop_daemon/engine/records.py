@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from autoloop_daemon.engine.budget import BudgetWindow
 from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.vocab import Phase
 
 
 @dataclass(slots=True)
@@ -21,6 +22,13 @@ class TargetRecord:
     result: str | None = None  # the final status once its cycle has ended
     accounted_usd: float = 0.0  # logged spending the budget already holds
     restart_spec: TargetSpec | None = None  # run again once the current cycle ends
+
+    def phase(self, loading: bool) -> str:
+        """Its runner's phase; without one, `loading` (at start-up, while the states load)
+        unless it failed to start, else not started."""
+        if self.runner is not None:
+            return self.runner.phase
+        return Phase.LOADING if loading and self.start_error is None else Phase.NOT_STARTED
 
 
 @dataclass(frozen=True, slots=True)

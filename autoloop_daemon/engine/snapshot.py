@@ -183,6 +183,8 @@ def status_line(
         failed = f", {phases['paused']} paused{failed}"
     if phases.get("elsewhere"):  # cluster mode: run by other hosts
         failed = f", {phases['elsewhere']} on other hosts{failed}"
+    if phases.get("loading"):  # start-up: states not loaded yet
+        failed = f", {phases['loading']} loading{failed}"
     queued = f", {phases['queued']} waiting for a slot" if phases.get("queued") else ""
     return (
         f"{phases['running']} running{queued}, {phases['cooldown']} cooling down, "

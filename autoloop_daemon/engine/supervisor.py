@@ -84,8 +84,7 @@ class Supervisor:
         dollar (engine/admission.py) instead of first come first served.
 
         `strict` makes a target that cannot start (locked, corrupt state) fail the whole run
-        with its error (the one-target command line); otherwise it is reported and skipped.
-        """
+        with its error (the one-target command line); otherwise it is reported and skipped."""
         self._initial = tuple(targets)
         self._storage = storage
         self._grace_s = grace_s
@@ -113,8 +112,7 @@ class Supervisor:
         """Run until every target has stopped; returns the process exit code.
 
         `after_lock` runs once the storage is owned, before any target is prepared (the
-        control server binds its socket there, so a second daemon is told who holds the lock).
-        """
+        control server binds its socket there, so a second daemon is told who holds the lock)."""
         self._storage.acquire()  # StateLockedError / StateWriteError if it cannot
         try:
             if after_lock is not None:
@@ -145,6 +143,7 @@ class Supervisor:
         """Every configured target recorded and taken up by the hosting; READY."""
         for spec in self._initial:
             self._records.setdefault(spec.name, TargetRecord(spec))
+        self.events.publish(ev.TargetsLoading(len(self._records)))  # READY=1: loading is slow
         runners = await self.hosting.start(self._initial)
         self._ready = True
         failed = len(self._failed_to_start())
@@ -189,6 +188,11 @@ class Supervisor:
     def grace_s(self) -> float:
         """The shutdown grace period a graceful stop gives a running iteration."""
         return self._grace_s
+
+    @property
+    def loading(self) -> bool:
+        """True at start-up while the targets' states load (READY=1 came before)."""
+        return not self._ready
 
     @property
     def accepting(self) -> bool:
@@ -321,10 +325,8 @@ class Supervisor:
     # ----------------------------------------------------------------- reload
 
     async def reload(self) -> ReloadReport:
-        """Read the configuration again and apply it; reloads run one at a time.
-
-        Before READY the reload is remembered and applied right after it.
-        """
+        """Read the configuration again and apply it; reloads run one at a time. While the
+        states load (start-up) it is remembered and applied right after."""
         if self._reloader is None:
             return ReloadReport(ok=False, error="no configuration file to reload")
         if not self._ready:
@@ -373,10 +375,7 @@ class Supervisor:
 
     def status_line(self) -> str:
         """The one-line summary (systemd's STATUS=), without building a whole snapshot."""
-        phases = count_phases(
-            r.runner.phase if r.runner is not None else "not_started"
-            for r in self._records.values()
-        )
+        phases = count_phases(r.phase(not self._ready) for r in self._records.values())
         if self._slots.statistics().tasks_waiting:  # not "4 running" with 2 slots
             runners = (r.runner for r in self._records.values() if r.runner is not None)
             turns = ((u.phase, u.state.in_flight is not None, u.state.next_run_at) for u in runners)
@@ -432,7 +431,8 @@ class Supervisor:
         if remote is not None:
             return remote.to_json()
         if runner is None:
-            return not_started_row(name, record.spec, record.start_error)
+            phase = record.phase(not self._ready)
+            return not_started_row(name, record.spec, record.start_error, phase)
         since = runner.running_since
         final = runner.final_status
         return row_json(

@@ -74,6 +74,8 @@ def journal(event: ev.Event) -> None:
 def _daemon_event(event: ev.Event) -> None:
     """The journal line of an event of the whole daemon (start, stop, shutdown, reload)."""
     match event:
+        case ev.TargetsLoading():
+            log.info("targets_loading", targets=event.targets)
         case ev.DaemonReady():
             log.info(
                 "daemon_ready",

@@ -37,7 +37,7 @@ from autoloop_daemon.engine.snapshot import FleetSnapshot
 from autoloop_daemon.vocab import TargetStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-STATUSES: tuple[str, ...] = (*(s.value for s in TargetStatus), "not_started")
+STATUSES: tuple[str, ...] = (*(s.value for s in TargetStatus), "not_started", "loading")
 DURATION_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, math.inf)
 # The `le` labels, "1.0" .. "+Inf", as prometheus_client's Histogram writes them.
 _LE = tuple(floatToGoString(b) for b in DURATION_BUCKETS_S)  # type: ignore[no-untyped-call]

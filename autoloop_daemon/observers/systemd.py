@@ -27,7 +27,7 @@ class SystemdReporter:
     def __call__(self, event: ev.Event) -> None:
         """The event subscriber."""
         match event:
-            case ev.DaemonReady() | ev.ConfigReloaded() | ev.ReloadFailed():
+            case ev.TargetsLoading() | ev.DaemonReady() | ev.ConfigReloaded() | ev.ReloadFailed():
                 self._notifier.ready(self._status_line())
             case ev.ReloadStarted():
                 self._notifier.reloading()
