@@ -23,13 +23,18 @@ import anyio
 import anyio.to_thread
 import pytest
 
+from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.runs import leftovers
+from autoloop_daemon.runs.orchestrator import run_marker
 from autoloop_daemon.runs.process import ProcessOutcome, child_environment, run_in_group
 from autoloop_daemon.runs.procfs import (
     RUN_MARKER_ENV,
     find_marked,
     group_alive,
+    marked_processes,
     pid_alive,
     signal_group,
+    still_marked,
     stop_group,
 )
 from autoloop_daemon.runs.results import parse_result, tail_text
@@ -410,6 +415,49 @@ async def test_find_marked_finds_a_live_marked_process(tmp_path: Path) -> None:
         tg.cancel_scope.cancel()
     assert found == pids
     assert await anyio.to_thread.run_sync(find_marked, marker) == []
+
+
+@pytest.mark.anyio
+@pytest.mark.no_blocking
+async def test_one_marker_scan_serves_the_recoveries_of_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`MarkedLeftovers`: the recoveries within SCAN_REUSE_S share one /proc scan (a restart
+    at 10,000 targets made 10,000), and a pid is signalled only if it still carries the
+    marker the scan saw (`still_marked`: a reused pid is left alone)."""
+    spec = TargetSpec(name="t", path=tmp_path, state_root=tmp_path / "state")
+    marker = run_marker(spec, 1)
+    scans: list[dict[int, str]] = []
+
+    def counted() -> dict[int, str]:
+        scans.append(marked_processes())
+        return scans[-1]
+
+    monkeypatch.setattr(leftovers, "marked_processes", counted)
+    pids: list[int] = []
+
+    async def on_started(pid: int) -> None:
+        pids.append(pid)
+
+    found = await anyio.to_thread.run_sync(marked_processes)
+    assert all(m is not None for m in found.values()) and os.getpid() not in found
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: run_fake(
+                    tmp_path, "hang", env=child_environment({}, marker), on_started=on_started
+                )
+            )
+            await wait_until(lambda: bool(pids) and pids[0] in find_marked(marker))
+            assert await anyio.to_thread.run_sync(still_marked, {pids[0]: marker}) == pids
+            reused = {pids[0]: marker + "0", 2**22 + 7: marker}  # another marker; no such pid
+            assert await anyio.to_thread.run_sync(still_marked, reused) == []
+            stopper = leftovers.MarkedLeftovers()
+            assert await stopper.stop_run(spec, 2) == 0  # another run's marker: nothing
+            assert await stopper.stop_run(spec, 1) == 1  # shares the first scan
+            assert len(scans) == 1 and scans[0][pids[0]] == marker
+            await wait_until(lambda: not pid_alive(pids[0]))
+            tg.cancel_scope.cancel()
 
 
 # --- argv and errors ---------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import anyio
@@ -22,13 +22,14 @@ __all__ = [
     "ProcStat",
     "children_of",
     "find_marked",
-    "find_runs",
     "group_alive",
     "group_exists",
+    "marked_processes",
     "pid_alive",
     "proc_stat",
     "run_marker_of",
     "signal_group",
+    "still_marked",
     "stop_group",
     "stop_pids",
 ]
@@ -160,20 +161,21 @@ def run_marker_of(pid: int) -> str | None:
     return None
 
 
-def find_runs(prefix: str) -> list[tuple[int, str]]:
-    """(pid, marker) of live processes whose AUTOLOOPD_RUN marker starts with `prefix`.
-
-    Sorted by pid; this process is never listed (see `find_marked` for who can be seen).
-    """
+def marked_processes() -> dict[int, str]:
+    """pid -> AUTOLOOPD_RUN marker of every live process carrying one (this process never):
+    one pass over /proc that many lookups can share (`find_marked` makes its own)."""
     me = os.getpid()
-    found = []
+    found = {}
     for pid in _proc_pids():
-        if pid == me:
-            continue
-        marker = run_marker_of(pid)
-        if marker is not None and marker.startswith(prefix) and pid_alive(pid):
-            found.append((pid, marker))
-    return sorted(found)
+        if pid != me and (marker := run_marker_of(pid)) is not None and pid_alive(pid):
+            found[pid] = marker
+    return found
+
+
+def still_marked(candidates: Mapping[int, str]) -> list[int]:
+    """The pids of `candidates` that still carry their marker (sorted): a pid reused since
+    an earlier scan, or a process gone, is dropped."""
+    return sorted(pid for pid, marker in candidates.items() if run_marker_of(pid) == marker)
 
 
 def find_marked(marker: str) -> list[int]:
