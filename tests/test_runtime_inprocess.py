@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from autoloop_daemon.engine import events as ev
+from autoloop_daemon.engine import supervisor as supervisor_module
 from autoloop_daemon.engine.commands import Commands
 from autoloop_daemon.engine.records import ReloadedConfig
 from autoloop_daemon.engine.supervisor import Supervisor
@@ -163,18 +164,20 @@ class _GatedStorage:
     def __init__(self, gate: anyio.Event) -> None:
         self._inner = MemoryStorage()
         self._gate = gate
+        self.opened: list[str] = []
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._inner, name)
 
     def target(self, spec: TargetSpec) -> object:
-        store, gate = self._inner.target(spec), self._gate
+        store, gate, opened = self._inner.target(spec), self._gate, self.opened
 
         class Gated:
             def __getattr__(self, name: str) -> object:
                 return getattr(store, name)
 
             async def open(self) -> object:
+                opened.append(spec.name)
                 await gate.wait()
                 return await store.open()
 
@@ -216,3 +219,35 @@ async def test_ready_comes_before_the_states_load_and_loading_targets_say_so(
     assert stopped(recorder) == dict.fromkeys("ab", TargetStatus.STOPPED_MAX_ITER)
     loading_at = recorder.events.index(recorder.of(ev.TargetsLoading)[0])
     assert loading_at < recorder.events.index(recorder.of(ev.DaemonReady)[0])
+
+
+async def test_a_shutdown_while_loading_leaves_the_rest_unloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during start-up (READY=1 came before the states): the targets being loaded
+    finish loading and stop; the others are not loaded at all, and the daemon exits 0."""
+    monkeypatch.setattr(supervisor_module, "PREPARE_AT_ONCE", 1)
+    gate = anyio.Event()
+    recorder, events = Recorder(), ev.EventBus()
+    events.subscribe(recorder)
+    storage = _GatedStorage(gate)
+    specs = [spec(tmp_path, n, mode="continuous") for n in ("a", "b", "c")]
+    sup = Supervisor(
+        specs, storage=storage, events=events,  # type: ignore[arg-type]
+        budget_cap_usd=100.0, max_concurrent=4, grace_s=5.0,
+    )  # fmt: skip
+    codes: list[int] = []
+
+    async def run() -> None:
+        codes.append(await sup.run())
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await recorder.wait_for(lambda: bool(recorder.of(ev.TargetsLoading)))
+            await anyio.wait_all_tasks_blocked()
+            sup.request_shutdown("test")
+            gate.set()
+    assert codes == [0] and storage.opened == ["a"]
+    assert stopped(recorder) == {"a": TargetStatus.STOPPED_SIGNAL}
+    assert not recorder.of(ev.IterationStarted)

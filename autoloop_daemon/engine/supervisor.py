@@ -1,14 +1,13 @@
 """The supervisor: every target in one task group, the shared budget, shutdown and reload.
 
-Its lifecycle reads as a table of contents: start (the hosting takes up the configured
-targets, READY), run (one task per target, among the hosting's services), stop (every
+Its lifecycle reads as a table of contents: start (READY=1, then the hosting takes up the
+configured targets), run (one task per target, among the hosting's services), stop (every
 target checkpointed, STOPPING, exit code). Where targets run is its `Hosting`
 (engine/hosting.py), chosen by the composition root; the operator's verbs are
 `Commands(supervisor)` (engine/commands.py). Signals, systemd, metrics, the control channel
 and tests call `snapshot()`, `target_rows()`, `status_line()`, `request_shutdown()`,
-`reload()` and `stop_target()`. What happens is published on `events`.
-The exit code is 1 when a target ended in `error` or could not start.
-"""
+`reload()` and `stop_target()`. What happens is published on `events`. The exit code is 1
+when a target ended in `error` or could not start."""
 
 from __future__ import annotations
 
@@ -233,6 +232,8 @@ class Supervisor:
         async def prepare(spec: TargetSpec) -> None:
             record = self._records.setdefault(spec.name, TargetRecord(spec))
             record.spec = spec
+            if self._shutdown_requests:  # stopped while loading: the rest stay as they are
+                return
             runner = TargetRunner(
                 spec,
                 store=self._storage.target(spec),
