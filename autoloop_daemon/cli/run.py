@@ -23,6 +23,7 @@ import structlog
 from autoloop_daemon import early_signals
 from autoloop_daemon.cli.main import report_error
 from autoloop_daemon.cli.parser import build_parser
+from autoloop_daemon.cli.quick_exit import exit_quickly
 from autoloop_daemon.cli.serve import serve
 from autoloop_daemon.config.loader import AppConfig, load_config
 from autoloop_daemon.config.open_files import fit_open_file_limit, limit_problem
@@ -212,9 +213,10 @@ def _run_daemon(args: argparse.Namespace) -> int:
         from autoloop_daemon.cluster.connect import serve_in_cluster
 
         return anyio.run(partial(serve_in_cluster, cfg, serve_on))
-    return anyio.run(
+    code = anyio.run(
         serve_on, FileStorage(cfg.daemon.state_dir, leftovers=MarkedLeftovers()), LocalHosting()
     )
+    return exit_quickly(code)  # every checkpoint is durable: skip freeing the heap (0.5 s)
 
 
 def main(argv: Sequence[str]) -> int:
