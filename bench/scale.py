@@ -44,12 +44,15 @@ SAMPLE_S = 0.5
 
 
 class Started(NamedTuple):
-    """A started daemon: its sampler, when it was spawned (monotonic), its READY=1."""
+    """A started daemon: its sampler, when it was spawned (monotonic), its READY=1 (sent
+    once the config is in, before the targets' states load) and the READY=1 it sends again
+    once every target is loaded (`loaded`: no run starts before it)."""
 
     daemon: Daemon
     sampler: Sampler
     t0: float
     ready: Notification
+    loaded: Notification
 
 
 class Sampler:
@@ -109,16 +112,27 @@ class Sampler:
         return max((r[key] for r in self.rows if r[key] is not None), default=None)
 
 
+def _loaded(message: Notification) -> bool:
+    status = message.get("STATUS") or ""
+    return message.get("READY") == "1" and " loading" not in status
+
+
 @contextlib.contextmanager
 def running(work: Path, config: Path, ready_timeout_s: float) -> Iterator[Started]:
-    """The daemon started with our notify socket, once it sent READY=1; killed at the end
-    (by its own pid) if it still runs."""
+    """The daemon started with our notify socket, once every target is loaded (its second
+    READY=1, whose STATUS= has no `loading`); killed at the end (by its own pid) if it still
+    runs."""
     with NotifyListener(work) as notify:
         t0 = time.monotonic()
         daemon = Daemon(config, work / "daemon.out", env=notify.env, cwd=work)
         try:
             ready = notify.wait_ready(timeout=ready_timeout_s)
-            yield Started(daemon, Sampler(daemon.pid, t0), t0, ready)
+            loaded = notify.wait_for(
+                lambda ms: next((m for m in ms if _loaded(m)), None),
+                timeout=ready_timeout_s,
+                what="READY=1 with every target loaded",
+            )
+            yield Started(daemon, Sampler(daemon.pid, t0), t0, ready, loaded)
         finally:
             kill(daemon.proc)
 
@@ -154,10 +168,11 @@ def busy(work: Path, n: int, seconds: float) -> dict[str, Any]:
     print(f"busy: {n} targets, 1 s cooldown, 32 concurrent, {seconds:g} s", flush=True)
     config = fleet_config(work, n, busy_defaults())
     result: dict[str, Any] = {"targets": n, "run_s": seconds}
-    with running(work, config, ready_timeout_s=300) as (daemon, sampler, t0, ready):
+    with running(work, config, ready_timeout_s=300) as (daemon, sampler, t0, ready, loaded):
         result["start_to_ready_s"] = ready.at - t0
+        result["start_to_loaded_s"] = loaded.at - t0
         first = sampler.sample()
-        deadline = ready.at + seconds
+        deadline = loaded.at + seconds
         while time.monotonic() < deadline and daemon.proc.poll() is None:
             time.sleep(min(SAMPLE_S, max(0.0, deadline - time.monotonic())))
             sampler.sample(daemon.count("iteration_finished"))
@@ -166,14 +181,14 @@ def busy(work: Path, n: int, seconds: float) -> dict[str, Any]:
         stop_s, code = common.stop_daemon(daemon.proc, timeout_s=120)
     if first is None or last is None:
         raise RuntimeError(f"the daemon died:\n{common.tail(daemon.out)}")
-    window = (last["t"] + t0) - ready.at
+    window = (last["t"] + t0) - loaded.at
     finished = daemon.events("iteration_finished")
     in_window = [
         e
         for e in finished
-        if "timestamp" in e and ready.wall <= epoch_s(e["timestamp"]) <= term_wall
+        if "timestamp" in e and loaded.wall <= epoch_s(e["timestamp"]) <= term_wall
     ]
-    per_second = Counter(int(epoch_s(e["timestamp"]) - ready.wall) for e in finished)
+    per_second = Counter(int(epoch_s(e["timestamp"]) - loaded.wall) for e in finished)
     roots = sorted((work / "state").iterdir())
     roots = [r for r in roots if r.is_dir()]
     audit = audit_state_roots(roots, allowed_status={"stopped_signal", "cooldown"})
@@ -216,7 +231,7 @@ def idle(work: Path, n: int, idle_s: float) -> dict[str, Any]:
         common.idle_defaults(),
     )
     result: dict[str, Any] = {"targets": n, "idle_s": idle_s, "nofile_limit": [soft, hard]}
-    with running(work, config, ready_timeout_s=600) as (daemon, sampler, t0, ready):
+    with running(work, config, ready_timeout_s=600) as (daemon, sampler, t0, ready, _):
         result["start_to_ready_s"] = ready.at - t0
         print(f"  READY after {ready.at - t0:.1f} s", flush=True)
         # Each target logs one iteration_finished, then checkpoints its cooldown.
