@@ -14,6 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 
+from autoloop_daemon.cli.status_render import render_summary
+from autoloop_daemon.control.api import status_payload
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine import supervisor as supervisor_module
 from autoloop_daemon.engine.commands import Commands
@@ -189,7 +191,8 @@ async def test_ready_comes_before_the_states_load_and_loading_targets_say_so(
 ) -> None:
     """READY=1's event (`TargetsLoading`) comes once the configuration is in and the storage
     locked, before any state has loaded: meanwhile the targets are `loading` in the rows and
-    the STATUS= line, a verb on one is refused as still loading; once the
+    the STATUS= line and the summary under `status` (the budget does not count them yet), a
+    verb on one is refused as still loading; once the
     states are in, `DaemonReady` follows and the targets run."""
     gate = anyio.Event()
     recorder, events = Recorder(), ev.EventBus()
@@ -211,6 +214,9 @@ async def test_ready_comes_before_the_states_load_and_loading_targets_say_so(
             rows = sup.target_rows()
             assert [(r["phase"], r["status"]) for r in rows] == [("loading", "loading")] * 2
             assert sup.snapshot().ready is False
+            payload = status_payload(sup.snapshot(targets=False), rows=rows)
+            summary = render_summary(payload, daemon=False)
+            assert "\n2 targets still loading: not counted in the budget yet" in summary
             for verb in (commands.stop("a"), commands.pause("b"), commands.reset("a")):
                 with pytest.raises(CommandRefusedError, match="still loading"):
                     await verb

@@ -136,6 +136,10 @@ def render_summary(report: dict[str, Any], *, daemon: bool = True) -> str:
         money += f" of {_fmt_money(b['cap_usd'])}, {_fmt_money(b['remaining_usd'])} left"
     if b.get("reserved_usd"):
         money += f", {_fmt_money(b['reserved_usd'])} reserved by running iterations"
+    loading = sum(1 for t in report.get("targets", ()) if t.get("status") == "loading")
+    if loading:  # start-up: the budget holds only what the loaded targets' logs spent
+        plural = "s" if loading != 1 else ""
+        money += f"\n{loading} target{plural} still loading: not counted in the budget yet"
     if b.get("window") is not None and b.get("window_cap_usd") is not None:
         money += (
             f"\nwindow: {b['window']}, {_fmt_money(b['window_spent_usd'] or 0.0)} of "
