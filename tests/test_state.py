@@ -144,6 +144,22 @@ def test_a_lock_file_names_its_holder_and_nothing_once_released(
     again.release()
 
 
+@pytest.mark.parametrize("found", ["", " ", " " * 5, " " * 40])
+def test_a_release_leaves_a_blank_lock_file_byte_identical(tmp_path: Path, found: str) -> None:
+    """A blank lock file shorter than our pid line (a last holder with a shorter pid, or a
+    new file) is blanked back to its own size on release: a run that changed nothing leaves
+    the file byte for byte as it found it (it grew by a byte whenever the pid got a digit
+    longer, and `test_hostile_json` saw it once the machine's pids passed 9,999)."""
+    root = tmp_path / "state"
+    root.mkdir()
+    (root / LOCK_NAME).write_text(found)
+    lock = StateLock(root)
+    lock.acquire()
+    assert (root / LOCK_NAME).read_text().strip() == str(os.getpid())
+    lock.release()
+    assert (root / LOCK_NAME).read_bytes() == found.encode()
+
+
 def test_lock_freed_when_holder_is_killed(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
     """SIGKILL of the owner frees the lock (the kernel drops it); a stale pid does not block."""
     os.kill(holder.pid, signal.SIGKILL)

@@ -122,6 +122,7 @@ class StateLock:
 
     __slots__ = (
         "_fd",
+        "_found_size",
         "stale_holder",
         "state_root",
     )
@@ -131,6 +132,7 @@ class StateLock:
         # The caller's Path itself, not a copy: a daemon holds one lock per target.
         self.state_root = state_root if isinstance(state_root, Path) else Path(state_root)
         self._fd: int | None = None
+        self._found_size: int | None = None  # the lock file's size before our pid went in
         # The pid the last holder left in the file: it did not release the lock (it was
         # killed), so what it started may still run. None after a clean release.
         self.stale_holder: int | None = None
@@ -188,6 +190,7 @@ class StateLock:
         stale = _read_pid(fd)
         self.stale_holder = int(stale) if stale.isdigit() else None
         with contextlib.suppress(OSError):  # the pid is only for the message; the lock is held
+            self._found_size = os.fstat(fd).st_size
             _write_marker(fd, f"{os.getpid()}\n")
         try:
             st = os.lstat(self.state_root)
@@ -204,7 +207,9 @@ class StateLock:
             return
         _owned.pop(os.fspath(self.state_root), None)
         with contextlib.suppress(OSError):
-            _write_marker(fd, "")  # no stale pid: a refused run leaves the file as it found it
+            # No stale pid, and the size it was found at: a refused run leaves the file as it
+            # found it even when our pid is longer than the last holder's.
+            _write_marker(fd, "", size_cap=self._found_size)
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
@@ -248,14 +253,17 @@ class StateLock:
         self.release()
 
 
-def _write_marker(fd: int, text: str) -> None:
-    """Make the lock file say `text` (a pid line, or nothing), overwriting it in place."""
+def _write_marker(fd: int, text: str, size_cap: int | None = None) -> None:
+    """Make the lock file say `text` (a pid line, or nothing), overwriting it in place;
+    with `size_cap`, cut back to that size if it had grown past it (`text` must fit)."""
     data = text.encode()
     size = os.fstat(fd).st_size
     if size > _MARKER_MAX_BYTES:
         os.ftruncate(fd, 0)
         size = 0
     os.pwrite(fd, data + b" " * (size - len(data)), 0)
+    if size_cap is not None and len(data) <= size_cap < max(size, len(data)):
+        os.ftruncate(fd, size_cap)
 
 
 def _flock_or_wait_for_release(fd: int, root: Path) -> None:
