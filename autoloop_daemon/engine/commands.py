@@ -89,7 +89,7 @@ class Commands:
     def _loaded(self, name: str, verb: str) -> TargetRecord:
         """The target's record; CommandRefusedError while its state is still loading."""
         record = self._record(name)
-        if self._supervisor.loading and record.phase(loading=True) == Phase.LOADING:
+        if record.phase(self._supervisor.loading) == Phase.LOADING:
             raise CommandRefusedError(
                 f"cannot {verb} {name!r}: its state is still loading (start-up); "
                 "try again in a moment"

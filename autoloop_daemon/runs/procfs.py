@@ -163,7 +163,7 @@ def run_marker_of(pid: int) -> str | None:
 
 def marked_processes() -> dict[int, str]:
     """pid -> AUTOLOOPD_RUN marker of every live process carrying one (this process never):
-    one pass over /proc that many lookups can share (`find_marked` makes its own)."""
+    one pass over /proc that many lookups can share (`find_marked` picks one marker's)."""
     me = os.getpid()
     found = {}
     for pid in _proc_pids():
@@ -186,20 +186,7 @@ def find_marked(marker: str) -> list[int]:
     """
     if not marker or "\0" in marker:
         raise ValueError(f"run marker must be a non-empty string without NUL: {marker!r}")
-    needle = f"{RUN_MARKER_ENV}={marker}".encode()
-    me = os.getpid()
-    found: list[int] = []
-    for pid in _proc_pids():
-        if pid == me:
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                environ = handle.read()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0") and pid_alive(pid):
-            found.append(pid)
-    return sorted(found)
+    return sorted(pid for pid, found in marked_processes().items() if found == marker)
 
 
 async def stop_group(pgid: int, grace_s: float, extra_pids: Sequence[int] = ()) -> None:

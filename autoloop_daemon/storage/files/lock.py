@@ -190,8 +190,7 @@ class StateLock:
         stale = _read_pid(fd)
         self.stale_holder = int(stale) if stale.isdigit() else None
         with contextlib.suppress(OSError):  # the pid is only for the message; the lock is held
-            self._found_size = os.fstat(fd).st_size
-            _write_marker(fd, f"{os.getpid()}\n")
+            self._found_size = _write_marker(fd, f"{os.getpid()}\n")
         try:
             st = os.lstat(self.state_root)
         except OSError:
@@ -253,17 +252,19 @@ class StateLock:
         self.release()
 
 
-def _write_marker(fd: int, text: str, size_cap: int | None = None) -> None:
+def _write_marker(fd: int, text: str, size_cap: int | None = None) -> int:
     """Make the lock file say `text` (a pid line, or nothing), overwriting it in place;
-    with `size_cap`, cut back to that size if it had grown past it (`text` must fit)."""
+    with `size_cap`, cut back to that size if it had grown past it (`text` must fit).
+    Returns the size the file had before."""
     data = text.encode()
-    size = os.fstat(fd).st_size
+    size = found = os.fstat(fd).st_size
     if size > _MARKER_MAX_BYTES:
         os.ftruncate(fd, 0)
         size = 0
     os.pwrite(fd, data + b" " * (size - len(data)), 0)
     if size_cap is not None and len(data) <= size_cap < max(size, len(data)):
         os.ftruncate(fd, size_cap)
+    return found
 
 
 def _flock_or_wait_for_release(fd: int, root: Path) -> None:
