@@ -616,13 +616,21 @@ def test_scheduled_target_waits_for_its_tick_and_runs_missed_ticks_once_at_start
 def test_status_reads_every_target_while_the_daemon_runs_without_taking_a_lock(
     lab: Lab,
 ) -> None:
-    """`autoloopd status --config F` prints a table of every target with its status,
-    `--json` has the fields, `--state-root DIR` shows one target; none of them disturbs the
-    running daemon (no lock taken)."""
+    """`autoloopd status --config F` counts the targets quietly cooling down under an empty
+    table, `--all` lists every target with its status, `--json` has the fields,
+    `--state-root DIR` shows one target; none of them disturbs the running daemon (no lock
+    taken)."""
     names = ("first", "second")
     daemon = start_cooling(lab, names)
 
-    table = run_autoloopd(["status", "--config", str(lab.config)], timeout=30)
+    quiet = run_autoloopd(["status", "--config", str(lab.config)], timeout=30)
+    assert quiet.returncode == 0, quiet
+    left_out, _, summary = quiet.stdout.partition("\n\n")
+    assert left_out.startswith("2 targets between turns with nothing to tell, not listed"), quiet
+    assert "(cooldown 2)" in left_out and "--all" in left_out
+    assert summary.startswith(f"daemon: running, pid {daemon.pid}"), summary
+
+    table = run_autoloopd(["status", "--config", str(lab.config), "--all"], timeout=30)
     assert table.returncode == 0, table
     table_lines, _, summary = table.stdout.partition("\n\n")  # the table, then the daemon
     lines = table_lines.splitlines()

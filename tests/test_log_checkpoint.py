@@ -9,6 +9,7 @@ full read; other weights fall back too; Progress survives its JSON round trip ex
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -194,3 +195,11 @@ async def test_a_short_log_gets_no_checkpoint_and_its_state_no_new_field(tmp_pat
     assert state.log_checkpoint is None
     assert "log_checkpoint" not in json.loads(state_mod.state_path(spec.state_root).read_text())
     assert not log_checkpoint.checkpoint_path(spec.state_root).exists()
+
+
+@pytest.mark.parametrize("root", ["state", "a b/é", "x/./y", "z/"])
+def test_a_stores_location_is_its_state_files_path(tmp_path: Path, root: str) -> None:
+    """`location` (asked of every target by every status rendering) joins strings, and says
+    what `str(state_path(root))` says."""
+    spec = dataclasses.replace(_spec(tmp_path), state_root=Path(str(tmp_path / root)))
+    assert FileTargetStore(spec).location == str(state_mod.state_path(spec.state_root))

@@ -14,8 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from autoloop_daemon.cli.status_render import render_summary
-from autoloop_daemon.control.api import status_payload
+from autoloop_daemon.control.status_routes import status_payload
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine import supervisor as supervisor_module
 from autoloop_daemon.engine.commands import Commands
@@ -23,6 +22,7 @@ from autoloop_daemon.engine.records import ReloadedConfig
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import CommandRefusedError
 from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.status_text import render_summary
 from autoloop_daemon.storage.memory import MemoryStorage
 from autoloop_daemon.vocab import TargetStatus
 

@@ -14,13 +14,12 @@ import json
 import random
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from autoloop_daemon.cli.json_text import dumps_indented
-from autoloop_daemon.cli.status import _state_root
 from autoloop_daemon.config import settings
 from autoloop_daemon.config.loader import load_config
 from autoloop_daemon.control.quick_socket import (
@@ -31,6 +30,8 @@ from autoloop_daemon.control.quick_socket import (
 )
 from autoloop_daemon.control.settings import socket_path
 from autoloop_daemon.exceptions import ConfigError
+from autoloop_daemon.json_text import dumps_indented
+from autoloop_daemon.status_report import state_root_of
 
 TARGET = '\n[[targets]]\nname = "a"\npath = "a"\n'
 
@@ -141,16 +142,25 @@ STATUS_PAYLOAD = {
 }  # fmt: skip
 
 # A fake daemon on the config's socket (stdlib HTTP in a thread), then `autoloopd status`.
+# It answers `/api/status/report` with argv[4] (when empty 404, as a daemon older than that
+# route) and every other GET with argv[3]; argv[5:] are status' options. It prints the
+# exit code, the heavy modules imported and the paths asked on stderr.
 SCRIPT = """
 import json, socketserver, sys, threading
 from http.server import BaseHTTPRequestHandler
 sock, config, payload = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+report = sys.argv[4].encode()
+asked = []
 class Answer(BaseHTTPRequestHandler):
     def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(payload)))
+        asked.append(self.path)
+        code, body = 200, payload
+        if self.path.startswith("/api/status/report"):
+            code, body = (200, report) if report else (404, b'{"error": "no such route"}')
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(payload)
+        self.wfile.write(body)
     def address_string(self):
         return "unix"
     def log_message(self, *args):
@@ -158,11 +168,11 @@ class Answer(BaseHTTPRequestHandler):
 server = socketserver.UnixStreamServer(sock, Answer)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 from autoloop_daemon.cli.main import main
-code = main(["status", "--config", config, "--json"])
+code = main(["status", "--config", config, *sys.argv[5:]])
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in
                ("pydantic", "pydantic_settings", "structlog", "anyio", "starlette", "hypercorn")
                or m.startswith(("autoloop_daemon.runtime", "autoloop_daemon.config.settings")))
-print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+print(json.dumps({"code": code, "heavy": heavy, "asked": asked}), file=sys.stderr)
 """
 
 
@@ -173,11 +183,12 @@ def test_status_from_a_daemon_imports_nothing_heavy_and_prints_the_same_json(
     sock.parent.mkdir()
     config = _config(tmp_path, '[daemon]\nstate_dir = "st"\n')
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(sock), str(config), json.dumps(STATUS_PAYLOAD)],
+        [sys.executable, "-c", SCRIPT, str(sock), str(config), json.dumps(STATUS_PAYLOAD),
+         "", "--json"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     outcome = json.loads(done.stderr.strip().splitlines()[-1])
-    assert outcome == {"code": 0, "heavy": []}
+    assert outcome["code"] == 0 and outcome["heavy"] == []
     row = dict.fromkeys(
         ("target", "status", "paused", "reason", "last_error", "iterations_completed",
          "max_iterations", "running_iteration", "running_for_s", "in_flight",
@@ -194,6 +205,33 @@ def test_status_from_a_daemon_imports_nothing_heavy_and_prints_the_same_json(
         "reviews_pending": 0,
     }
     assert done.stdout == json.dumps(expected, indent=2) + "\n"
+    assert [p.split("?")[0] for p in outcome["asked"]] == [
+        "/api/status/report", "/api/status", "/api/reviews"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("options", [[], ["--json"], ["--all"]])
+def test_status_prints_the_daemons_report_as_it_came_in_one_request(
+    tmp_path: Path, options: list[str]
+) -> None:
+    sock = tmp_path / "st" / "autoloopd.sock"
+    sock.parent.mkdir()
+    config = _config(tmp_path, '[daemon]\nstate_dir = "st"\n')
+    made = 'not JSON, printed as it came: {"a": 1}\n\u00e9\n'  # never parsed
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(sock), str(config), "{}", made, *options],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    outcome = json.loads(done.stderr.decode().strip().splitlines()[-1])
+    assert outcome["code"] == 0 and outcome["heavy"] == []
+    assert done.stdout == made.encode()
+    [path] = outcome["asked"]
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+    assert query == {
+        "form": ["json" if "--json" in options else "text"],
+        "all": ["1" if "--all" in options else "0"],
+        "socket": [str(sock)],
+    }
 
 
 @pytest.mark.parametrize(
@@ -204,4 +242,4 @@ def test_status_from_a_daemon_imports_nothing_heavy_and_prints_the_same_json(
 )  # fmt: skip
 def test_a_rows_state_root_is_what_path_says(location: str | None) -> None:
     path = Path(location or ".")
-    assert _state_root(location) == str(path.parent if path.suffix == ".json" else path)
+    assert state_root_of(location) == str(path.parent if path.suffix == ".json" else path)

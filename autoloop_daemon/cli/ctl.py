@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autoloop_daemon.cli.json_text import dumps_indented
 from autoloop_daemon.control.client import NotRunningError, request
 from autoloop_daemon.control.quick_socket import quick_socket
 from autoloop_daemon.exceptions import ConfigError
@@ -32,6 +31,7 @@ from autoloop_daemon.exit_codes import (
     EXIT_REFUSED,
     EXIT_USAGE,
 )
+from autoloop_daemon.json_text import dumps_indented
 from autoloop_daemon.policy.bounds import (
     MAX_EXTEND_COST_USD,
     MAX_EXTEND_ITERATIONS,

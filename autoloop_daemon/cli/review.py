@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autoloop_daemon.cli.json_text import dumps_indented
 from autoloop_daemon.clock import now_utc
 from autoloop_daemon.exit_codes import EXIT_OK, EXIT_TARGET_ERROR
+from autoloop_daemon.json_text import dumps_indented
 from autoloop_daemon.storage.files.review_files import read_queue
 
 

@@ -1,8 +1,11 @@
 """`autoloopd status`: whether a daemon runs, and every target's state, told truthfully.
 
-It asks the daemon's control socket first (one request, whatever the number of targets),
-finding the socket from the config's `[daemon]` table alone (control/quick_socket.py). When
-nothing answers it falls back to the files (cli/status_files.py). Exit 0 when a daemon
+It asks the daemon's control socket first, finding the socket from the config's `[daemon]`
+table alone (control/quick_socket.py): one request, `GET /api/status/report`, whose answer
+is what it prints, made by the daemon and printed unparsed whatever the number of targets.
+With `--state-root` (or a daemon without that route) it builds the report from
+`/api/status` and `/api/reviews` (status_report.py). When nothing answers it falls back to
+the files (cli/status_files.py). Exit 0 when a daemon
 runs, 3 when none does (as `systemctl status`), 1 when a state file is unreadable. The
 JSON keys are documented in docs/design.md ("Status JSON").
 
@@ -16,21 +19,19 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
-from autoloop_daemon.cli.json_text import dumps_indented
-from autoloop_daemon.cli.status_render import (
-    render_daemon,
-    render_summary,
-    render_table,
-    status_row,
-)
-from autoloop_daemon.cli.status_reviews import review_line, with_reviews
-from autoloop_daemon.control.client import NotRunningError, request
+from autoloop_daemon.cli.status_reviews import with_reviews
+from autoloop_daemon.control.client import NotRunningError, request, request_bytes
 from autoloop_daemon.control.quick_socket import quick_socket
 from autoloop_daemon.exit_codes import EXIT_NOT_RUNNING, EXIT_OK, EXIT_TARGET_ERROR
+from autoloop_daemon.json_text import dumps_indented
+from autoloop_daemon.status_report import from_daemon
+from autoloop_daemon.status_text import render_summary, render_table, render_text
 
 SOCKET_TIMEOUT_S = 10.0
 
@@ -38,36 +39,17 @@ SOCKET_TIMEOUT_S = 10.0
 # ------------------------------------------------------------------ from the daemon
 
 
-def _daemon_rows(payload: dict[str, Any], roots: dict[str, Path]) -> list[dict[str, Any]]:
-    rows = []
-    for t in payload["targets"]:
-        root = roots.get(t["target"])
-        state_root = _state_root(t.get("state_location")) if root is None else str(root)
-        rows.append(status_row(t, state_root))
-    return rows
-
-
-def _state_root(location: Any) -> str:
-    """The state root of a `state_location` (the state file's path, or the root itself).
-
-    What `Path` says, without building one for a location it would print unchanged (an
-    absolute path with no empty or `.` component, the daemon's own form).
-    """
-    text = location or "."
-    if (
-        not isinstance(text, str)
-        or not text.startswith("/")
-        or "//" in text
-        or "/./" in text
-        or text.endswith(("/", "/."))
-    ):
-        path = Path(text)
-        return str(path.parent if path.suffix == ".json" else path)
-    cut = text.rfind("/")
-    name = text[cut + 1 :]
-    if name.endswith(".json") and name != ".json":  # Path(text).suffix == ".json"
-        return text[:cut] or "/"
-    return text
+def _printed(sock: Path, form: str, every_row: bool) -> bytes | None:
+    """What `status` prints, as the daemon on `sock` made it (`GET /api/status/report`), or
+    None when no daemon answers it there (or one too old to have that route)."""
+    query = urlencode({"form": form, "all": int(every_row), "socket": str(sock)})
+    try:
+        code, body = request_bytes(
+            sock, "GET", f"/api/status/report?{query}", timeout=SOCKET_TIMEOUT_S
+        )
+    except (NotRunningError, PermissionError):
+        return None
+    return body if code == 200 else None
 
 
 # ------------------------------------------------------------------ the command
@@ -95,15 +77,7 @@ def _ask(sock: Path, roots: dict[str, Path]) -> tuple[dict[str, Any] | None, str
         return None, f"permission denied on {sock} ({exc.strerror})"
     if code != 200 or not isinstance(payload, dict):
         return None, f"the control socket answered {code}"
-    daemon = {**payload["daemon"], "source": "socket", "control_socket": str(sock)}
-    report = {
-        "daemon": daemon,
-        "budget": payload["budget"],
-        "targets": _daemon_rows(payload, roots),
-    }
-    if "cluster" in payload:  # cluster mode: this host and every host's liveness
-        report["cluster"] = payload["cluster"]
-    return report, ""
+    return from_daemon(payload, str(sock), roots), ""
 
 
 def _from_files(
@@ -155,10 +129,20 @@ def main(argv: Sequence[str]) -> int:
     )
     p.add_argument("--socket", type=Path, help="ask the daemon on this control socket")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="list every target (default: only those not quietly waiting for their turn)",
+    )
     args = p.parse_args(list(argv))
     if args.config is not None:
         sock = args.socket or quick_socket(args.config, os.environ)
-        report = None if sock is None else _ask(sock, {})[0]
+        form = "json" if args.json else "text"
+        if sock is not None and (body := _printed(sock, form, args.all)) is not None:
+            sys.stdout.buffer.write(body)  # as the daemon made it: one request, no parsing
+            sys.stdout.flush()
+            return EXIT_OK
+        report = None if sock is None else _ask(sock, {})[0]  # a daemon older than the route
         if report is None:  # no daemon answered: the targets' tables are needed after all
             report = _from_config(args.config, args.socket)
     else:
@@ -168,14 +152,7 @@ def main(argv: Sequence[str]) -> int:
     if args.json:
         print(dumps_indented(report))
     else:
-        absent = not report["daemon"]["running"]
-        if absent:  # the daemon's absence first, as `systemctl status` says it
-            print(render_daemon(report["daemon"]))
-        print(render_table(report["targets"]))
-        print()
-        print(render_summary(report, daemon=not absent))
-        if (line := review_line(report)) is not None:
-            print(line)
+        print(render_text(report, every_row=args.all))
     if any(r.get("status") == "unreadable" for r in report["targets"]):
         return EXIT_TARGET_ERROR
     return EXIT_OK if report["daemon"]["running"] else EXIT_NOT_RUNNING

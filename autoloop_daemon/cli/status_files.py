@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from autoloop_daemon.cli.status_render import make_row, status_row
 from autoloop_daemon.clock import parse_iso, to_iso
 from autoloop_daemon.exceptions import StateCorruptError
 from autoloop_daemon.policy.stops import Limits, LoopView, stop_sentence
+from autoloop_daemon.status_text import make_row, status_row
 from autoloop_daemon.storage.files.lock import LOCK_NAME
 from autoloop_daemon.storage.files.regular import read_regular
 from autoloop_daemon.storage.files.state_file import load_state, state_path

@@ -12,9 +12,7 @@ renders a target's `env` (secrets): responses come from the snapshot and the log
 from __future__ import annotations
 
 import hmac
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,14 +24,12 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.control.answers import answered, error, json_object
 from autoloop_daemon.control.peer_credentials import CALLER_KEY
-from autoloop_daemon.control.render_cache import RenderCache
-from autoloop_daemon.control.reviews import review_routes
+from autoloop_daemon.control.reviews import Reviews, review_routes
+from autoloop_daemon.control.status_routes import budget_payload, status_routes
 from autoloop_daemon.engine.commands import Commands
 from autoloop_daemon.engine.operator_audit import audited
-from autoloop_daemon.engine.snapshot import FleetSnapshot
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import StateCorruptError, UnknownTargetError
 from autoloop_daemon.observers.metrics import CONTENT_TYPE, Metrics
@@ -45,53 +41,6 @@ HISTORY_LIMIT = 2000
 def static_dir() -> Path:
     """Where the dashboard's files are shipped (package data `autoloop_daemon/web/static`)."""
     return Path(str(resources.files("autoloop_daemon") / "web" / "static"))
-
-
-def status_payload(
-    snap: FleetSnapshot, now: float | None = None, rows: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    """`GET /api/status`: the daemon, the budget and every target (stable keys); the targets
-    are `rows` when given (`Supervisor.target_rows()`), else those of `snap`."""
-    now = time.time() if now is None else now
-    started = parse_iso(snap.started_at)
-    return {
-        "daemon": {
-            "running": True,
-            "pid": snap.pid,
-            "started_at": snap.started_at,
-            "uptime_s": None if started is None else round(now - started.timestamp(), 3),
-            "ready": snap.ready,
-            "shutting_down": snap.shutting_down,
-        },
-        "budget": budget_payload(snap),
-        "targets": [target.to_json() for target in snap.targets] if rows is None else rows,
-        **({} if snap.cluster is None else {"cluster": asdict(snap.cluster)}),
-    }
-
-
-def budget_payload(snap: FleetSnapshot) -> dict[str, Any]:
-    """`GET /api/budget`: spent, reserved, cap and what remains (null without a cap); with a
-    budget window, also the window, its spending, its cap and when the next one opens."""
-    b = snap.budget
-    payload: dict[str, Any] = {
-        "spent_usd": b.spent_usd,
-        "reserved_usd": b.reserved_usd,
-        "cap_usd": b.cap_usd,
-        "remaining_usd": None if b.cap_usd is None else round(max(0.0, b.cap_usd - b.spent_usd), 6),
-    }
-    if b.window is not None:
-        payload.update(
-            window=b.window,
-            window_start=b.window_start,
-            window_resets_at=b.window_resets_at,
-            window_spent_usd=b.window_spent_usd,
-            window_cap_usd=b.window_cap_usd,
-        )
-    if b.hard_runs_at_once is not None:  # guarantee = "hard": concurrency the money allows
-        payload.update(
-            hard_worst_case_usd=b.hard_worst_case_usd, hard_runs_at_once=b.hard_runs_at_once
-        )
-    return payload
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -154,30 +103,14 @@ def caller_of(scope: Scope) -> Caller:
     return Caller("tcp" if client else "socket", address=address)
 
 
-def _status_route(supervisor: Supervisor) -> tuple[Handler, RenderCache]:
-    """`GET /api/status`, rendered once per `RenderCache` interval for every client (so
-    pollers cannot starve the targets), and that cache (commands drop it)."""
-
-    def render() -> bytes:
-        # The budget and the rows at the same instant (nothing awaits in between).
-        snap = supervisor.snapshot(targets=False)
-        return bytes(JSONResponse(status_payload(snap, rows=supervisor.target_rows())).body)
-
-    cache = RenderCache(render)
-
-    async def status(request: Request) -> Response:
-        return Response(cache.get(), media_type="application/json")
-
-    return status, cache
-
-
 def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = None) -> Starlette:
     """The control API over `supervisor`; `metrics` renders `/metrics`."""
     files = static or static_dir()
     commands = Commands(supervisor)
     verbs = _target_command(commands, supervisor)
 
-    status, status_cache = _status_route(supervisor)
+    reviews = Reviews(supervisor)
+    status, status_cache = status_routes(supervisor, reviews)
 
     async def budget(request: Request) -> Response:
         return JSONResponse(budget_payload(supervisor.snapshot(targets=False)))
@@ -216,10 +149,10 @@ def build_app(supervisor: Supervisor, metrics: Metrics, static: Path | None = No
 
     return Starlette(
         routes=[
-            Route("/api/status", status),
+            *status,
             Route("/api/budget", budget),
             Route("/api/targets/{name}/history", history),
-            *review_routes(supervisor, acted=status_cache.fresh_after),
+            *review_routes(reviews, acted=status_cache.fresh_after),
             Route("/api/targets/{name}/{verb}", status_cache.fresh_after(verbs), methods=["POST"]),
             Route("/api/reload", status_cache.fresh_after(reload), methods=["POST"]),
             Route("/metrics", prometheus),

@@ -1,7 +1,8 @@
 """A small HTTP client of the control API over its unix socket (standard library only).
 
-`request` returns the decoded JSON and the HTTP status, or raises `NotRunningError` when no
-daemon answers on the socket and `PermissionError` when the kernel refuses the connection.
+`request` returns the decoded JSON and the HTTP status (`request_bytes` the body's bytes),
+or raises `NotRunningError` when no daemon answers on the socket and `PermissionError` when
+the kernel refuses the connection.
 """
 
 from __future__ import annotations
@@ -44,6 +45,23 @@ def request(
     timeout: float = TIMEOUT_S,
 ) -> tuple[int, Any]:
     """Send one request to the daemon on the unix socket `path`; (status, JSON body)."""
+    status, raw = request_bytes(path, method, url, body, timeout=timeout)
+    try:
+        return status, json.loads(raw or b"null")
+    except ValueError:
+        return status, {"error": raw.decode("utf-8", "replace")[:200]}
+
+
+def request_bytes(
+    path: Path,
+    method: str,
+    url: str,
+    body: dict[str, Any] | None = None,
+    *,
+    timeout: float = TIMEOUT_S,
+) -> tuple[int, bytes]:
+    """Send one request to the daemon on the unix socket `path`; (status, the body's bytes
+    as sent: for an answer printed as it is, never parsed)."""
     conn = _UnixConnection(path, timeout)
     try:
         payload = None if body is None else json.dumps(body).encode()
@@ -60,7 +78,4 @@ def request(
             raise NotRunningError(f"the daemon on {path} did not answer: {exc}") from None
     finally:
         conn.close()
-    try:
-        return response.status, json.loads(raw or b"null")
-    except ValueError:
-        return response.status, {"error": raw.decode("utf-8", "replace")[:200]}
+    return response.status, raw

@@ -1,47 +1,60 @@
-"""One rendering of a costly answer (`GET /api/status`) reused by every client for a short
-interval, so that many pollers cost the event loop what one does (docs/design.md, "Control
-API"). A command that changes something (`fresh_after`) drops the rendering at once, so a
-client that acted and then reads sees what it did."""
+"""One rendering of a costly answer (`GET /api/status`, `GET /api/status/report`) reused by
+every client for a short interval, so that many pollers cost the event loop what one does
+(docs/design.md, "Control API"). A command that changes something (`fresh_after`) drops
+every rendering at once, so a client that acted and then reads sees what it did."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+import anyio
 
 REUSE_S = 0.5
-"""How long one rendering of the status is served before it is rendered again."""
+"""How long one rendering is served before it is rendered again."""
 
+Key = TypeVar("Key", bound=Hashable)
 Request = TypeVar("Request")
 Answer = TypeVar("Answer")
 
 
-class RenderCache:
-    """`render()`'s bytes, rendered at most once per `reuse_s` (or after a change)."""
+class RenderCache(Generic[Key]):
+    """`render(key)`'s bytes, rendered at most once per `reuse_s` for each key (or after a
+    change); the keys are the few forms of one answer, never a client's free input."""
 
-    def __init__(self, render: Callable[[], bytes], reuse_s: float = REUSE_S) -> None:
+    def __init__(self, render: Callable[[Key], Awaitable[bytes]], reuse_s: float = REUSE_S) -> None:
         """Hold `render`; nothing is rendered before the first `get`."""
         self._render = render
         self._reuse_s = reuse_s
-        self._body: bytes | None = None
-        self._at = 0.0
+        self._bodies: dict[Key, tuple[float, bytes]] = {}
+        self._rendering: dict[Key, anyio.Lock] = {}
+        self._generation = 0
 
-    def get(self) -> bytes:
-        """The last rendering when it is recent enough, else a new one."""
-        now = time.monotonic()
-        if self._body is None or now - self._at >= self._reuse_s:
-            self._body = self._render()  # synchronous: no other request renders meanwhile
-            self._at = now
-        return self._body
+    async def get(self, key: Key) -> bytes:
+        """The last rendering of `key` when it is recent enough, else a new one. A client
+        arriving while one renders waits for that rendering and is given it."""
+        lock = self._rendering.setdefault(key, anyio.Lock())
+        async with lock:
+            now = time.monotonic()
+            held = self._bodies.get(key)
+            if held is not None and now - held[0] < self._reuse_s:
+                return held[1]
+            generation = self._generation
+            body = await self._render(key)
+            if generation == self._generation:  # else a change came meanwhile: not kept
+                self._bodies[key] = (now, body)
+            return body
 
     def drop(self) -> None:
-        """Forget the rendering: the next `get` renders anew."""
-        self._body = None
+        """Forget every rendering, and any under way: the next `get` renders anew."""
+        self._generation += 1
+        self._bodies.clear()
 
     def fresh_after(
         self, handler: Callable[[Request], Awaitable[Answer]]
     ) -> Callable[[Request], Awaitable[Answer]]:
-        """`handler`, dropping the rendering once it has acted."""
+        """`handler`, dropping the renderings once it has acted."""
 
         async def handle(request: Request) -> Answer:
             try:

@@ -101,11 +101,10 @@ def reviewer(scope: Scope, claimed: str | None) -> str:
 
 
 def review_routes(
-    supervisor: Supervisor, acted: Callable[[Handler], Handler] = lambda h: h
+    reviews: Reviews, acted: Callable[[Handler], Handler] = lambda h: h
 ) -> list[Route]:
-    """`GET /api/reviews` and `POST /api/targets/{name}/review` over `supervisor`; `acted`
+    """`GET /api/reviews` and `POST /api/targets/{name}/review` over `reviews`; `acted`
     wraps the verdict's handler (the API drops its rendered status after it)."""
-    reviews = Reviews(supervisor)
 
     async def listing(request: Request) -> Response:
         return JSONResponse({"targets": await reviews.queues()})

@@ -1,7 +1,11 @@
 """The rows of `autoloopd status` and how they print: the keys, the table, the summary.
 
 One row per target whatever its source (the daemon's answer or the state files): the
-target's row (target_row.py) seen through `status_row`; the JSON form is `cli/json_text.py`.
+target's row (target_row.py) seen through `status_row`; the JSON form is `json_text.py`.
+The whole text (`render_text`) is made in the daemon for `GET /api/status/report` and in
+the client from the files, by the same code. By default it lists only the rows with
+something to tell: a target waiting for its next turn with nothing wrong (`is_quiet`) is
+counted under the table, not listed; `status --all` lists every row.
 """
 
 from __future__ import annotations
@@ -162,6 +166,71 @@ def render_summary(report: dict[str, Any], *, daemon: bool = True) -> str:
             [*lines, money, f"cluster: this host {cluster['host']}{fresh}; hosts: {hosts}"]
         )
     return "\n".join([*lines, money])
+
+
+QUIET_STATUSES = frozenset({
+    TargetStatus.IDLE, TargetStatus.COOLDOWN, TargetStatus.WAITING, "loading",
+})  # fmt: skip
+"""Statuses of a target between its turns (or still loading at start-up)."""
+
+
+def is_quiet(row: Mapping[str, Any]) -> bool:
+    """True when `row` has nothing to tell beyond its status: between turns, not paused, not
+    running, no error since its last success and no review waiting or unreadable."""
+    return (
+        row.get("status") in QUIET_STATUSES
+        and not row.get("paused")
+        and not row.get("running_iteration")
+        and not row.get("consecutive_errors")
+        and not row.get("pending_reviews")
+        and not row.get("review_problem")
+        and not row.get("error")
+    )
+
+
+def render_text(report: dict[str, Any], *, every_row: bool = False) -> str:
+    """What `autoloopd status` prints: the daemon's absence first, the table (the rows that
+    are not quiet, or `every_row`), the count of the rows left out, then the summary."""
+    absent = not report["daemon"]["running"]
+    lines = [render_daemon(report["daemon"])] if absent else []
+    rows = report["targets"]
+    shown = rows if every_row else [r for r in rows if not is_quiet(r)]
+    if shown or not rows:
+        lines.append(render_table(shown))
+    if len(shown) < len(rows):
+        lines.append(_left_out(rows, len(rows) - len(shown)))
+    lines += ["", render_summary(report, daemon=not absent)]
+    if (line := review_line(report)) is not None:
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _left_out(rows: Sequence[Mapping[str, Any]], hidden: int) -> str:
+    """ "9,990 targets waiting for their next turn, not listed (cooldown 9,980, ...)"."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if is_quiet(r):
+            counts[str(r["status"])] = counts.get(str(r["status"]), 0) + 1
+    each = ", ".join(f"{status} {n:,}" for status, n in sorted(counts.items()))
+    noun = "target" if hidden == 1 else "targets"
+    return (
+        f"{hidden:,} {noun} between turns with nothing to tell, not listed ({each}); "
+        "`autoloopd status --all` lists every target"
+    )
+
+
+def review_line(report: Mapping[str, Any]) -> str | None:
+    """ "3 candidates awaiting review (a: 2, b: 1)", or None when none awaits."""
+    total = report.get("reviews_pending") or 0
+    if not total:
+        return None
+    per = ", ".join(
+        f"{r['target']}: {r['pending_reviews']}"
+        for r in report["targets"]
+        if r.get("pending_reviews")
+    )
+    noun = "candidate" if total == 1 else "candidates"
+    return f"reviews: {total} {noun} awaiting review ({per}); see `autoloopd review list`"
 
 
 def _stopped(status: object) -> bool:

@@ -1,0 +1,196 @@
+"""`GET /api/status/report` and `autoloopd status` over it, against a real daemon: the text
+lists the targets with something to tell and counts the quiet ones, `--all` lists every
+one, `--json` is the report the client would build itself from `/api/status` and
+`/api/reviews`, and the route refuses what it does not know."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from autoloop_daemon.control.client import request_bytes
+from autoloop_daemon.status_report import from_daemon, with_queues
+from autoloop_daemon.status_text import is_quiet, render_text
+from autoloop_daemon.storage.files import review_files
+from tests.helpers.control import api, ctl, target_status
+from tests.helpers.daemon import Daemon, Lab, dry_target
+from tests.helpers.process import run_autoloopd
+from tests.helpers.wait import wait_for
+
+HELD = {
+    "pending": [
+        {
+            "run_id": "run-1",
+            "candidate_id": "c1",
+            "category": "prompt",
+            "target_path": "/skills/x",
+            "recommendation": "hold",
+            "created_at": "2026-12-05T11:00:00Z",
+            "human_review_request": {"request_id": "review-c1", "title": "Rewrite the prompt"},
+        }
+    ]
+}
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[tuple[Lab, Daemon, Path]]:
+    """A daemon with four targets after their first iteration: two quietly cooling down
+    (`calm`, `held`, the latter with a candidate awaiting review), `done` stopped at its
+    limit and `rest` paused."""
+    lab = Lab(tmp_path)
+    names = ("calm", "held", "done", "rest")
+    targets = [dry_target(lab, n, **({"max_iterations": 1} if n == "done" else {})) for n in names]
+    lab.write(targets, daemon={"exit_when_idle": False})
+    daemon = lab.start()
+    daemon.wait_event("daemon_ready")
+    daemon.wait_event("control_socket_listening")
+    for name in names:
+        daemon.wait_event("iteration_finished", target=name)
+    pending = review_files.pending_path(lab.state_root("held"))
+    pending.parent.mkdir(parents=True, exist_ok=True)
+    pending.write_text(json.dumps(HELD))
+    assert ctl(lab.config, "pause", "rest").returncode == 0
+    sock = lab.state_dir / "autoloopd.sock"
+    wait_for(lambda: target_status(sock, "done")["status"] == "stopped_max_iter", what="done")
+    yield lab, daemon, sock
+    assert daemon.stop() == 0, daemon.text()[-3000:]
+    lab.check_state_roots()
+
+
+def _rows(text: str) -> dict[str, str]:
+    """TARGET -> STATUS of a status table (the lines before the first blank one)."""
+    lines = text.partition("\n\n")[0].splitlines()
+    return {line.split()[0]: line.split()[1] for line in lines[1:] if not line[0].isdigit()}
+
+
+def test_the_text_lists_what_has_something_to_tell_and_counts_the_rest(
+    fleet: tuple[Lab, Daemon, Path],
+) -> None:
+    lab, daemon, _ = fleet
+    busy = run_autoloopd(["status", "--config", str(lab.config)], timeout=30)
+    assert busy.returncode == 0, busy
+    assert busy.stdout.startswith("TARGET"), busy.stdout
+    assert _rows(busy.stdout) == {"held": "cooldown", "done": "stopped_max_iter",
+                                  "rest": "paused"}  # fmt: skip
+    assert "1 target between turns with nothing to tell, not listed (cooldown 1)" in busy.stdout
+    assert f"daemon: running, pid {daemon.pid}" in busy.stdout
+    assert "reviews: 1 candidate awaiting review (held: 1)" in busy.stdout
+
+    every = run_autoloopd(["status", "--config", str(lab.config), "--all"], timeout=30)
+    assert every.returncode == 0, every
+    assert set(_rows(every.stdout)) == {"calm", "held", "done", "rest"}
+    assert "not listed" not in every.stdout
+
+
+def test_the_json_is_the_report_the_client_builds_from_status_and_reviews(
+    fleet: tuple[Lab, Daemon, Path],
+) -> None:
+    lab, _, sock = fleet
+    done = run_autoloopd(["status", "--config", str(lab.config), "--json"], timeout=30)
+    assert done.returncode == 0, done
+    made = json.loads(done.stdout)
+    code, payload = api(sock, "GET", "/api/status")
+    assert code == 200
+    code, reviews = api(sock, "GET", "/api/reviews")
+    assert code == 200
+    built = with_queues(from_daemon(payload, str(sock)), reviews["targets"])
+    assert _without_uptime(made) == _without_uptime(built)
+    assert made["reviews_pending"] == 1 and made["daemon"]["control_socket"] == str(sock)
+    by_name = {r["target"]: r for r in made["targets"]}
+    assert by_name["held"]["pending_reviews"] == 1
+    assert by_name["calm"]["state_root"] == str(lab.state_root("calm"))
+    # The same text the client makes from the files' form of the report.
+    code, text = request_bytes(sock, "GET", "/api/status/report?form=text&all=1")
+    assert code == 200
+    assert _rows(text.decode()) == _rows(render_text(made, every_row=True))
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("form=yaml", "form"),
+        ("form=json&all=yes", "all"),
+        ("all=2", "all"),
+        ("socket=" + "s" * 5000, "socket"),
+    ],
+)
+def test_the_route_refuses_what_it_does_not_know_naming_it(
+    fleet: tuple[Lab, Daemon, Path], query: str, named: str
+) -> None:
+    _, daemon, sock = fleet
+    code, body = api(sock, "GET", f"/api/status/report?{query}")
+    assert code == 400 and body["error"].startswith(named), body
+    assert daemon.running()
+
+
+def test_each_client_gets_its_own_socket_in_one_cached_rendering(
+    fleet: tuple[Lab, Daemon, Path],
+) -> None:
+    _, _, sock = fleet
+    answers: list[dict[str, Any]] = []
+    for given in ("/one", 'two "quoted"\\', None):
+        query = "form=json" + ("" if given is None else f"&socket={_quoted(given)}")
+        code, body = request_bytes(sock, "GET", f"/api/status/report?{query}")
+        assert code == 200
+        answers.append(json.loads(body))
+        assert answers[-1]["daemon"]["control_socket"] == given
+        assert {r["target"] for r in answers[-1]["targets"]} == {"calm", "held", "done", "rest"}
+
+
+def _without_uptime(report: dict[str, Any]) -> dict[str, Any]:
+    return {**report, "daemon": {k: v for k, v in report["daemon"].items() if k != "uptime_s"}}
+
+
+def _quoted(text: str) -> str:
+    return quote(text, safe="")
+
+
+def _row(name: str, status: str, **values: Any) -> dict[str, Any]:
+    return {"target": name, "status": status, **values}
+
+
+@pytest.mark.parametrize(
+    ("row", "quiet"),
+    [
+        (_row("a", "cooldown"), True),
+        (_row("a", "waiting"), True),
+        (_row("a", "loading"), True),
+        (_row("a", "cooldown", consecutive_errors=2), False),
+        (_row("a", "cooldown", paused=True), False),
+        (_row("a", "cooldown", pending_reviews=1), False),
+        (_row("a", "cooldown", review_problem="unreadable"), False),
+        (_row("a", "running", running_iteration=3), False),
+        (_row("a", "stopped_max_iter"), False),
+        (_row("a", "not_started", reason="locked"), False),
+        (_row("a", "unreadable", error="bad JSON"), False),
+    ],
+)
+def test_a_row_is_quiet_only_between_turns_with_nothing_wrong(
+    row: dict[str, Any], quiet: bool
+) -> None:
+    assert is_quiet(row) is quiet
+
+
+def test_the_text_of_a_fleet_with_nothing_to_tell_is_the_count_and_the_summary() -> None:
+    report = {
+        "daemon": {"running": True, "source": "socket", "pid": 7, "uptime_s": 61.0},
+        "budget": {"spent_usd": 1.5, "cap_usd": None},
+        "targets": [_row(f"t{i}", "cooldown") for i in range(1500)] + [_row("w", "waiting")],
+    }
+    text = render_text(report)
+    assert text.splitlines()[0] == (
+        "1,501 targets between turns with nothing to tell, not listed (cooldown 1,500, "
+        "waiting 1); `autoloopd status --all` lists every target"
+    )
+    assert "daemon: running, pid 7, up 1m01s\nbudget: $1.50 spent" in text
+    every = render_text(report, every_row=True).splitlines()
+    assert every[0].split() == ["TARGET", "STATUS", "ITER", "DECISION", "BEST", "LAST",
+                                "COST/CAP", "NEXT", "RUN", "WHY"]  # fmt: skip
+    assert len(every) == 1 + 1501 + 1 + 2
+    empty = render_text({**report, "targets": []})
+    assert empty.startswith("TARGET") and "not listed" not in empty
