@@ -40,7 +40,9 @@ benchmarks, whose measuring code this reuses. The figures and their floors:
   daemon exited; for SIGTERM, writing as many files of the state file's size and making
   them durable with one syncfs (startstop.sync_floor); for status, the client's own floor:
   one HTTP request on the control socket and `json.loads` of the same payload, in this
-  process, right after the timed `status`.
+  process, right after the timed `status`. The text form, `autoloopd status --config F`
+  (the targets with something to tell and the summary), is timed once more per round and
+  printed in the figure's notes (`text N s`).
 
 Busy rounds are windows: the full form runs 3 daemons with one 15 s window each (each
 round its own process and peak), `--quick` one daemon with 3 windows of 1 s (so the memory
@@ -109,7 +111,7 @@ FIGURES: tuple[Figure, ...] = (
            "flock + read every state file and log"),
     Figure("sigterm_exit", "SIGTERM -> exit, N cooling", "s", 2.0,
            "as many state-sized files written + one syncfs"),
-    Figure("status", "`status`, N targets, daemon running", "s", 0.3,
+    Figure("status", "`status --json`, N targets, daemon running", "s", 0.3,
            "one socket round trip + json.loads of the same payload"),
 )  # fmt: skip
 
@@ -276,12 +278,14 @@ def fleet_rounds(work: Path, sizes: Sizes) -> dict[str, Rounds]:
         parts["sigterm_exit"].add(stop_s, startstop.sync_floor(work, n, size))
         parts["sigterm_exit"].notes.append(f"exit {cycle['exit_code']}")
         parts["status"].add(cycle["status_s"], cycle["status_floor_s"])
+        parts["status"].notes.append(f"text {cycle['status_text_s']:.3f} s")
     return parts
 
 
 def timed_status(daemon: Daemon) -> dict[str, Any]:
     """`autoloopd status --json` timed once, then its floor: the same request on the
-    control socket and `json.loads` of the reply, in this process."""
+    control socket and `json.loads` of the reply, in this process; then the text form
+    (`autoloopd status`: the targets with something to tell and the summary), once."""
     argv = [*AUTOLOOPD, "status", "--config", str(daemon.config), "--json"]
     seconds, done = status_bench.timed(argv, daemon.config.parent)
     report = json.loads(done.stdout)
@@ -290,7 +294,11 @@ def timed_status(daemon: Daemon) -> dict[str, Any]:
     sock = daemon.config.parent / "state" / "autoloopd.sock"
     t0 = time.perf_counter()
     json.loads(floors.http_get(sock, "/api/status"))
-    return {"status_s": seconds, "status_floor_s": time.perf_counter() - t0}
+    floor_s = time.perf_counter() - t0
+    text_s, text = status_bench.timed(argv[:-1], daemon.config.parent)
+    if b"daemon: running" not in text.stdout:
+        raise RuntimeError(f"status (text) did not ask the daemon: {text.stdout[-300:]!r}")
+    return {"status_s": seconds, "status_floor_s": floor_s, "status_text_s": text_s}
 
 
 # --- running the parts, the report --------------------------------------------------------

@@ -3,7 +3,8 @@
 Starts `autoloopd --config` with N dry-run targets (one instant iteration each, then a
 600 min cooldown; they are still working through those iterations, 32 at a time, while the
 figures are taken), waits for READY=1, then times `autoloopd status --config FILE --json`
-(which asks the daemon over its control socket) 5 times; also once more with the daemon
+(which asks the daemon over its control socket) 5 times, each followed by the text form
+(`autoloopd status --config FILE`); also once more (`--json`) with the daemon
 stopped (the answer from the files). The floor, measured in the same run, is the start of
 the same interpreter that does nothing (`python -c pass`): what any command costs.
 Goal <= 0.3 s with the daemon running.
@@ -54,6 +55,7 @@ def main() -> None:
             try:
                 notify.wait_ready(timeout=600)
                 live: list[float] = []
+                text_s: list[float] = []
                 floor_s: list[float] = []
                 for _ in range(runs):
                     seconds, done = timed(status, work)
@@ -61,6 +63,9 @@ def main() -> None:
                     assert report["daemon"]["source"] == "socket", report["daemon"]
                     assert len(report["targets"]) == n
                     live.append(seconds)
+                    seconds, done = timed(status[:-1], work)
+                    assert b"daemon: running" in done.stdout, done.stdout[-300:]
+                    text_s.append(seconds)
                     floor_s.append(timed(floor, work)[0])
                 common.stop_daemon(daemon.proc, timeout_s=300)
             finally:
@@ -72,6 +77,7 @@ def main() -> None:
         "quick": args.quick,
         "targets": n,
         "status_daemon_running_s": live,
+        "status_text_daemon_running_s": text_s,
         "status_from_files_s": files_s,
         "floor_interpreter_s": floor_s,
         "summary": {"status_median_s": live_med, "floor_median_s": floor_med,
@@ -81,6 +87,9 @@ def main() -> None:
     rows = [
         [f"`autoloopd status --json`, {n} targets, daemon running", common.rnd(live_med, 3),
          f"{live_med / floor_med:.2f}x", common.goal(live_med, GOAL_S) + f" (<= {GOAL_S:g})"],
+        [f"`autoloopd status` (text: busy rows + summary), {n} targets",
+         common.rnd(statistics.median(text_s), 3),
+         f"{statistics.median(text_s) / floor_med:.2f}x", ""],
         ["the same from the files (daemon stopped)", common.rnd(files_s, 3),
          f"{files_s / floor_med:.2f}x", ""],
         ["floor: `python -c pass`", common.rnd(floor_med, 3), "1.00x", ""],

@@ -197,9 +197,11 @@ async def test_a_short_log_gets_no_checkpoint_and_its_state_no_new_field(tmp_pat
     assert not log_checkpoint.checkpoint_path(spec.state_root).exists()
 
 
-@pytest.mark.parametrize("root", ["state", "a b/é", "x/./y", "z/"])
+@pytest.mark.parametrize("root", ["state", "a b/é", "x/./y", "z/", "/", ".", "rel/dir", ""])
 def test_a_stores_location_is_its_state_files_path(tmp_path: Path, root: str) -> None:
     """`location` (asked of every target by every status rendering) joins strings, and says
     what `str(state_path(root))` says."""
-    spec = dataclasses.replace(_spec(tmp_path), state_root=Path(str(tmp_path / root)))
+    under = root.startswith("/") or root in (".", "") or root.startswith("rel")
+    state_root = Path(root) if under else Path(str(tmp_path / root))
+    spec = dataclasses.replace(_spec(tmp_path), state_root=state_root)
     assert FileTargetStore(spec).location == str(state_mod.state_path(spec.state_root))

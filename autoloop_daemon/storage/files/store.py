@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -99,9 +98,12 @@ class FileTargetStore:
 
     @property
     def location(self) -> str:
-        """The state file's path (`str(self._state_file)`, without building a Path: every
+        """The state file's path: `str(self._state_file)` without building a Path (every
         status rendering asks it of every target)."""
-        return os.path.join(str(self._spec.state_root), state_mod.STATE_NAME)
+        root = str(self._spec.state_root)  # a Path's str: normalised, and kept by the Path
+        if root in ("/", "."):  # where `/` would not simply join
+            return str(self._state_file)
+        return f"{root}/{state_mod.STATE_NAME}"
 
     async def open(self) -> Recovered:
         """Lock the state root and recover it from its log (recovery.py)."""
