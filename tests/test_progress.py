@@ -3,6 +3,7 @@ implementation written here, and state_file.reconcile writes exactly what Progre
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from autoloop_daemon.models import LogEntry
 from autoloop_daemon.policy import stops
 from autoloop_daemon.policy.progress import SCORE_HISTORY_LIMIT, Progress, entry_score
-from autoloop_daemon.target_state import TargetState
+from autoloop_daemon.target_state import ScoreItem, TargetState
 from tests.helpers.state_json import reconcile
 
 
@@ -108,3 +109,44 @@ def test_progress_matches_reference(seed: int) -> None:
     assert list(progress.view().scores) == expected["scores"]
     assert list(progress.view().decisions) == expected["decisions"]
     assert progress.view().iterations_completed == expected["iterations_completed"]
+
+
+def test_history_items_are_compact_and_read_and_write_as_the_files_objects() -> None:
+    """A runner's score_history items are `ScoreItem`s: equal to the file's objects both
+    ways, `reported_score` present only for a keep that changed no file, the same JSON in
+    the state file and the checkpoint, and a checkpoint item missing a key refused (the
+    caller then rebuilds from the log)."""
+    entries = _random_log(random.Random(7), SCORE_HISTORY_LIMIT + 5)
+    unchanged = LogEntry(
+        iteration=len(entries) + 1, started_at="s", finished_at="f", status="completed",
+        decision="keep", weighted_score=None, cost_usd=0.0, duration_seconds=1.0,
+        scores={"a": 0.999}, changed=False,
+    )  # fmt: skip
+    progress = Progress.from_entries([*entries, unchanged], {"a": 2.0}, 0.0)
+    assert all(type(item) is ScoreItem for item in progress.history)
+    last = progress.history[-1]
+    assert last["reported_score"] == pytest.approx(0.999)
+    assert last["weighted_score"] < last["reported_score"]
+    assert len(last) == 6 and list(last)[-1] == "reported_score"
+    plain = progress.history[-2]
+    assert "reported_score" not in plain and plain.get("reported_score") is None
+    assert len(plain) == 5
+    with pytest.raises(KeyError):
+        plain["reported_score"]
+    as_dicts = [dict(item) for item in progress.history]
+    assert progress.history == as_dicts and as_dicts == progress.history
+    state = TargetState.from_json({})
+    progress.apply_to(state)
+    written = json.loads(json.dumps(state.to_json()))["score_history"]
+    assert written == as_dicts and all(type(item) is dict for item in written)
+    checkpoint = json.loads(json.dumps(progress.to_json()))
+    again = Progress.from_json(checkpoint, {"a": 2.0}, 0.0)
+    assert again.history == progress.history
+    assert all(type(item) is ScoreItem for item in again.history)
+    del checkpoint["history"][-1]["timestamp"]
+    with pytest.raises(KeyError):
+        Progress.from_json(checkpoint, {"a": 2.0}, 0.0)
+    # A state read from a file keeps plain dicts; one that holds both writes both alike.
+    mixed = TargetState.from_json({"score_history": as_dicts[:2]})
+    mixed.score_history = [*mixed.score_history, *progress.history[-2:]]
+    assert mixed.to_json()["score_history"] == as_dicts[:2] + as_dicts[-2:]

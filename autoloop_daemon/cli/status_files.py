@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -131,7 +131,7 @@ def _reason(state: TargetState, max_iterations: int, max_cost_usd: float) -> str
     )
 
 
-def _last_score(history: list[dict[str, Any]]) -> float | None:
+def _last_score(history: Sequence[Mapping[str, Any]]) -> float | None:
     for item in reversed(history):
         if item.get("weighted_score") is not None:
             score: float = item["weighted_score"]

@@ -22,7 +22,7 @@ from autoloop_daemon.models import LogEntry
 from autoloop_daemon.policy.decisions import DecisionKind, decision_kind
 from autoloop_daemon.policy.recording import CAP_CROSSING_ERRORS
 from autoloop_daemon.policy.stops import LoopView, weighted_score
-from autoloop_daemon.target_state import TargetState
+from autoloop_daemon.target_state import ScoreItem, TargetState
 from autoloop_daemon.vocab import Decision, RunStatus
 
 # The state keeps only the newest N score_history items; the log has them all.
@@ -124,7 +124,7 @@ class Progress:
         self._kept = bytearray()  # a DecisionKind per completed entry
         # Bounded lists, not deques: an empty deque allocates a 64-slot block (~0.6 kB),
         # 1.5 MB for these two at 1,000 targets (tracemalloc, issue 24).
-        self.history: list[dict[str, Any]] = []  # the last SCORE_HISTORY_LIMIT
+        self.history: list[ScoreItem] = []  # the last SCORE_HISTORY_LIMIT
         self.current_scores: dict[str, float] = {}
         self.best: float | None = None
         self.best_iteration: int | None = None
@@ -205,15 +205,11 @@ class Progress:
         self.last_decision = decision
         if entry.scores:
             self.current_scores = entry.scores  # shared, never changed in place
-        item = {
-            "iteration": entry.iteration,
-            "weighted_score": counted,
-            "decision": decision,
-            "scores": entry.scores,
-            "timestamp": entry.finished_at,
-        }
-        if counted != score:
-            item["reported_score"] = score  # a keep that changed no file: see counted_score
+        # A keep that changed no file counts less than reported (see counted_score).
+        reported = score if counted != score else None
+        item = ScoreItem(
+            entry.iteration, counted, decision, entry.scores, entry.finished_at, reported
+        )
         _append_bounded(self.history, item, SCORE_HISTORY_LIMIT)
 
     def to_json(self) -> dict[str, Any]:
@@ -229,7 +225,7 @@ class Progress:
             "completed": self.completed,
             "scores": base64.b64encode(self.scores.tobytes()).decode(),
             "kinds": base64.b64encode(bytes(self._kept)).decode(),
-            "history": list(self.history),
+            "history": [item.to_json() for item in self.history],
             "current_scores": self.current_scores,
             "best": self.best,
             "best_iteration": self.best_iteration,
@@ -262,7 +258,7 @@ class Progress:
         p.scores.frombytes(base64.b64decode(data["scores"], validate=True))
         # "kinds", not the older "kept" (keep / not-keep): an older checkpoint is rebuilt
         p._kept = bytearray(base64.b64decode(data["kinds"], validate=True))
-        p.history = [dict(item) for item in data["history"]][-SCORE_HISTORY_LIMIT:]
+        p.history = [ScoreItem.of(item) for item in data["history"][-SCORE_HISTORY_LIMIT:]]
         p.current_scores = {str(k): float(v) for k, v in data["current_scores"].items()}
         p.best = None if data["best"] is None else float(data["best"])
         p.best_iteration = data["best_iteration"]

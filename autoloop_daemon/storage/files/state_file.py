@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -293,8 +293,7 @@ def seed_entries(state: TargetState) -> list[LogEntry]:
     share = cost / count
     costs = [share] * (count - 1)
     costs.append(cost - math.fsum(costs))
-    padding: list[dict[str, Any]] = [{} for _ in range(count - len(history))]
-    padded = padding + history
+    padded: list[Mapping[str, Any]] = [*({} for _ in range(count - len(history))), *history]
     entries = []
     for i, (item, item_cost) in enumerate(zip(padded, costs, strict=True), start=1):
         ws = item.get("weighted_score")
