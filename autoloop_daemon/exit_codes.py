@@ -13,3 +13,4 @@ EXIT_TEMPFAIL = 75  # another autoloopd owns the state root
 EXIT_NOPERM = 77  # `ctl`: the socket or token refused us
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus
 EXIT_INTERRUPTED = 130  # Ctrl+C before the signal handler was installed
+EXIT_PIPE = 141  # stdout's reader went away (`status --all | head`): 128 + SIGPIPE, as a shell says

@@ -142,14 +142,17 @@ STATUS_PAYLOAD = {
 }  # fmt: skip
 
 # A fake daemon on the config's socket (stdlib HTTP in a thread), then `autoloopd status`.
-# It answers `/api/status/report` with argv[4] (when empty 404, as a daemon older than that
-# route) and every other GET with argv[3]; argv[5:] are status' options. It prints the
-# exit code, the heavy modules imported and the paths asked on stderr.
+# It answers `/api/status/report` with argv[4] (`@FILE`: that file's bytes; when empty 404,
+# as a daemon older than that route) and every other GET with argv[3]; argv[5:] are
+# status' options. It prints the exit code, the heavy modules imported and the paths asked
+# on stderr.
 SCRIPT = """
 import json, socketserver, sys, threading
 from http.server import BaseHTTPRequestHandler
 sock, config, payload = sys.argv[1], sys.argv[2], sys.argv[3].encode()
 report = sys.argv[4].encode()
+if sys.argv[4].startswith("@"):  # a long answer, from that file
+    report = open(sys.argv[4][1:], "rb").read()
 asked = []
 class Answer(BaseHTTPRequestHandler):
     def do_GET(self):
@@ -243,3 +246,26 @@ def test_status_prints_the_daemons_report_as_it_came_in_one_request(
 def test_a_rows_state_root_is_what_path_says(location: str | None) -> None:
     path = Path(location or ".")
     assert state_root_of(location) == str(path.parent if path.suffix == ".json" else path)
+
+
+def test_a_reader_that_goes_away_ends_status_quietly_with_141(tmp_path: Path) -> None:
+    """`autoloopd status --all | head -1`: the pipe closes under a long answer; status exits
+    141 (128 + SIGPIPE, as a shell reports it) without a traceback."""
+    sock = tmp_path / "st" / "autoloopd.sock"
+    sock.parent.mkdir()
+    config = _config(tmp_path, '[daemon]\nstate_dir = "st"\n')
+    long = tmp_path / "answer.txt"  # 1.3 MB, far over a pipe's buffer
+    long.write_text("".join(f"row {i}\n" for i in range(200_000)))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(sock), str(config), "{}", f"@{long}", "--all"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"row 0\n"
+    proc.stdout.close()
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0  # the script itself ends normally...
+    outcome = json.loads(err.strip().splitlines()[-1])
+    assert outcome["code"] == 141  # ...having had 141 from status
+    assert "Traceback" not in err and "Exception ignored" not in err, err

@@ -17,6 +17,7 @@ structlog or the runtime (`python -X importtime -m autoloop_daemon status ...` s
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -33,6 +34,7 @@ from autoloop_daemon.exit_codes import (
     EXIT_DATAERR,
     EXIT_INTERRUPTED,
     EXIT_IOERR,
+    EXIT_PIPE,
     EXIT_TEMPFAIL,
 )
 
@@ -79,6 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_TEMPFAIL
     except KeyboardInterrupt:  # a Ctrl+C before the signal handler was installed
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `autoloopd status --all | head`: the reader had enough
+        # Point stdout at /dev/null, so that the interpreter's last flush is quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE
 
 
 def report_error(message: str) -> None:

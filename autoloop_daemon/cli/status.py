@@ -42,6 +42,10 @@ SOCKET_TIMEOUT_S = 10.0
 def _printed(sock: Path, form: str, every_row: bool) -> bytes | None:
     """What `status` prints, as the daemon on `sock` made it (`GET /api/status/report`), or
     None when no daemon answers it there (or one too old to have that route)."""
+    try:
+        str(sock).encode()
+    except UnicodeEncodeError:  # not UTF-8: the daemon could not echo it; ask as before
+        return None
     query = urlencode({"form": form, "all": int(every_row), "socket": str(sock)})
     try:
         code, body = request_bytes(
@@ -116,6 +120,17 @@ def _from_config(config: Path, sock: Path | None) -> dict[str, Any]:
     return report
 
 
+def _write_all(data: bytes) -> None:
+    """`data` on stdout, every byte: a buffered write can return having written part of it
+    (a pipe whose reader left took 64 kB of 1.3 MB, without an error); the next write
+    raises BrokenPipeError (cli/main.py: exit 141)."""
+    out = sys.stdout.buffer
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view) :]
+    out.flush()
+
+
 def main(argv: Sequence[str]) -> int:
     """`autoloopd status` entry point; returns the exit code."""
     p = argparse.ArgumentParser(
@@ -139,8 +154,7 @@ def main(argv: Sequence[str]) -> int:
         sock = args.socket or quick_socket(args.config, os.environ)
         form = "json" if args.json else "text"
         if sock is not None and (body := _printed(sock, form, args.all)) is not None:
-            sys.stdout.buffer.write(body)  # as the daemon made it: one request, no parsing
-            sys.stdout.flush()
+            _write_all(body)  # as the daemon made it: one request, no parsing
             return EXIT_OK
         report = None if sock is None else _ask(sock, {})[0]  # a daemon older than the route
         if report is None:  # no daemon answered: the targets' tables are needed after all
