@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from datetime import tzinfo
 from typing import Any
 
 from autoloop_daemon.clock import parse_iso
@@ -61,9 +62,9 @@ def _fmt_money(value: Any, estimated: bool = False) -> str:
     return "-" if number is None else f"{'~' if estimated else ''}${number:.2f}"
 
 
-def _fmt_local(iso: Any) -> str:
+def _fmt_local(iso: Any, zone: tzinfo | None) -> str:
     when = parse_iso(iso) if isinstance(iso, str) else None
-    return "-" if when is None else when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return "-" if when is None else when.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -75,8 +76,8 @@ def _fmt_duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def render_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as an aligned text table."""
+def render_table(rows: Sequence[dict[str, Any]], zone: tzinfo | None = None) -> str:
+    """The rows as an aligned text table, times in `zone` (None: this process's own)."""
     header = ("TARGET", "STATUS", "ITER", "DECISION", "BEST", "LAST", "COST/CAP", "NEXT RUN",
               "WHY")  # fmt: skip
     lines = [header]
@@ -104,7 +105,7 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
                 _fmt_score(r.get("best_weighted_score")),
                 _fmt_score(r.get("last_weighted_score")),
                 f"{_fmt_money(r.get('total_cost_usd'), est)}/{_fmt_money(r.get('max_cost_usd'))}",
-                "-" if _stopped(r.get("status")) else _fmt_local(r.get("next_run_at")),
+                "-" if _stopped(r.get("status")) else _fmt_local(r.get("next_run_at"), zone),
                 str(why or "-"),
             )
         )
@@ -188,15 +189,18 @@ def is_quiet(row: Mapping[str, Any]) -> bool:
     )
 
 
-def render_text(report: dict[str, Any], *, every_row: bool = False) -> str:
+def render_text(
+    report: dict[str, Any], *, every_row: bool = False, zone: tzinfo | None = None
+) -> str:
     """What `autoloopd status` prints: the daemon's absence first, the table (the rows that
-    are not quiet, or `every_row`), the count of the rows left out, then the summary."""
+    are not quiet, or `every_row`; times in `zone`, None: this process's own), the count of
+    the rows left out, then the summary."""
     absent = not report["daemon"]["running"]
     lines = [render_daemon(report["daemon"])] if absent else []
     rows = report["targets"]
     shown = rows if every_row else [r for r in rows if not is_quiet(r)]
     if shown or not rows:
-        lines.append(render_table(shown))
+        lines.append(render_table(shown, zone))
     if len(shown) < len(rows):
         lines.append(_left_out(rows, len(rows) - len(shown)))
     lines += ["", render_summary(report, daemon=not absent)]

@@ -14,6 +14,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,7 @@ def test_status_prints_the_daemons_report_as_it_came_in_one_request(
         "form": ["json" if "--json" in options else "text"],
         "all": ["1" if "--all" in options else "0"],
         "socket": [str(sock)],
+        "utc_offset": [str(time.localtime().tm_gmtoff)],  # the text's times in our clock
     }
 
 

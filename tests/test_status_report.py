@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
+from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.control.client import request_bytes
 from autoloop_daemon.status_report import from_daemon, with_queues
 from autoloop_daemon.status_text import is_quiet, render_text
@@ -117,6 +119,9 @@ def test_the_json_is_the_report_the_client_builds_from_status_and_reviews(
         ("form=json&all=yes", "all"),
         ("all=2", "all"),
         ("socket=" + "s" * 5000, "socket"),
+        ("utc_offset=abc", "utc_offset"),
+        ("utc_offset=50460", "utc_offset"),  # 14 h 1 min
+        ("form=text&utc_offset=30", "utc_offset"),  # not whole minutes
     ],
 )
 def test_the_route_refuses_what_it_does_not_know_naming_it(
@@ -126,6 +131,29 @@ def test_the_route_refuses_what_it_does_not_know_naming_it(
     code, body = api(sock, "GET", f"/api/status/report?{query}")
     assert code == 400 and body["error"].startswith(named), body
     assert daemon.running()
+
+
+def test_the_texts_times_are_at_the_clients_offset_from_utc(
+    fleet: tuple[Lab, Daemon, Path],
+) -> None:
+    """The daemon renders the text, at the offset from UTC the client sends: an operator
+    sees the next run in their own clock, whatever the service's zone."""
+    lab, _, sock = fleet
+    next_run = target_status(sock, "calm")["next_run_at"]
+    when = parse_iso(next_run)
+    assert when is not None
+    nepal = timezone(timedelta(hours=5, minutes=45))
+    shown = when.astimezone(nepal).strftime("%Y-%m-%d %H:%M:%S")
+    done = run_autoloopd(
+        ["status", "--config", str(lab.config), "--all"], env={"TZ": "NPT-5:45"}, timeout=30
+    )
+    assert done.returncode == 0, done
+    [row] = [line for line in done.stdout.splitlines() if line.startswith("calm ")]
+    assert shown in row, (shown, row)
+    code, body = request_bytes(sock, "GET", "/api/status/report?all=1&utc_offset=0")
+    assert code == 200
+    [row] = [line for line in body.decode().splitlines() if line.startswith("calm ")]
+    assert when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") in row
 
 
 def test_each_client_gets_its_own_socket_in_one_cached_rendering(

@@ -5,9 +5,9 @@ table alone (control/quick_socket.py): one request, `GET /api/status/report`, wh
 is what it prints, made by the daemon and printed unparsed whatever the number of targets.
 With `--state-root` (or a daemon without that route) it builds the report from
 `/api/status` and `/api/reviews` (status_report.py). When nothing answers it falls back to
-the files (cli/status_files.py). Exit 0 when a daemon
-runs, 3 when none does (as `systemctl status`), 1 when a state file is unreadable. The
-JSON keys are documented in docs/design.md ("Status JSON").
+the files (cli/status_files.py). Exit 0 when a daemon runs, 3 when none does (as
+`systemctl status`), 1 when a state file is unreadable. The JSON keys are documented in
+docs/design.md ("Status JSON").
 
 Asking the daemon is the common case and must cost little more than starting Python: this
 module imports neither the settings schema (pydantic) nor the runtime; the whole config
@@ -20,6 +20,7 @@ import argparse
 import math
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,11 @@ def _printed(sock: Path, form: str, every_row: bool) -> bytes | None:
         str(sock).encode()
     except UnicodeEncodeError:  # not UTF-8: the daemon could not echo it; ask as before
         return None
-    query = urlencode({"form": form, "all": int(every_row), "socket": str(sock)})
+    # The text's times at this terminal's offset from UTC now, as a local rendering shows.
+    offset = time.localtime().tm_gmtoff
+    query = urlencode(
+        {"form": form, "all": int(every_row), "socket": str(sock), "utc_offset": offset}
+    )
     try:
         code, body = request_bytes(
             sock, "GET", f"/api/status/report?{query}", timeout=SOCKET_TIMEOUT_S

@@ -21,27 +21,29 @@ Answer = TypeVar("Answer")
 
 class RenderCache(Generic[Key]):
     """`render(key)`'s bytes, rendered at most once per `reuse_s` for each key (or after a
-    change); the keys are the few forms of one answer, never a client's free input."""
+    change); the keys are the forms of one answer, from a bounded set."""
 
     def __init__(self, render: Callable[[Key], Awaitable[bytes]], reuse_s: float = REUSE_S) -> None:
         """Hold `render`; nothing is rendered before the first `get`."""
         self._render = render
         self._reuse_s = reuse_s
         self._bodies: dict[Key, tuple[float, bytes]] = {}
-        self._rendering: dict[Key, anyio.Lock] = {}
+        self._rendering = anyio.Lock()
         self._generation = 0
 
     async def get(self, key: Key) -> bytes:
-        """The last rendering of `key` when it is recent enough, else a new one. A client
-        arriving while one renders waits for that rendering and is given it."""
-        lock = self._rendering.setdefault(key, anyio.Lock())
-        async with lock:
+        """The last rendering of `key` when it is recent enough, else a new one. One
+        rendering at a time: a client arriving meanwhile waits, then is given that
+        rendering when it asked for the same key."""
+        async with self._rendering:
             now = time.monotonic()
             held = self._bodies.get(key)
             if held is not None and now - held[0] < self._reuse_s:
                 return held[1]
             generation = self._generation
             body = await self._render(key)
+            # Only the recent renderings are kept: a key not asked for again goes.
+            self._bodies = {k: v for k, v in self._bodies.items() if now - v[0] < self._reuse_s}
             if generation == self._generation:  # else a change came meanwhile: not kept
                 self._bodies[key] = (now, body)
             return body

@@ -5,7 +5,9 @@ dashboard and scripts. `/api/status/report` is what `autoloopd status` prints, m
 where the rows already are, so that the client sends one request and prints the answer as
 it came, without parsing megabytes at 10,000 targets: `?form=json` the report of
 `status --json` (status_report.py), `?form=text` (the default) the table of the rows that
-are not quiet and the summary (status_text.py), `&all=1` every row. Both are rendered at
+are not quiet and the summary (status_text.py), `&all=1` every row, `&utc_offset=S` its
+times at the client's offset from UTC (`status` sends its own: the operator's clock, not
+the service's). Both are rendered at
 most once per `RenderCache` interval for every client; the text and the JSON encoding run
 in a worker thread, the rows and the budget are taken on the event loop at one instant.
 """
@@ -15,7 +17,8 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
-from typing import Any
+from datetime import timedelta, timezone
+from typing import Any, Literal
 
 import anyio
 from starlette.requests import Request
@@ -86,7 +89,8 @@ def budget_payload(snap: FleetSnapshot) -> dict[str, Any]:
     return payload
 
 
-Form = tuple[str, bool]  # ("api" | "text" | "json", every row)
+Form = tuple[str, bool, int | None]  # ("api" | "text" | "json", every row, UTC offset (s))
+MAX_UTC_OFFSET_S = 14 * 3600  # the widest offset in use (UTC+14)
 
 
 def status_routes(
@@ -116,7 +120,7 @@ def status_routes(
     cache: RenderCache[Form] = RenderCache(render)
 
     async def status(request: Request) -> Response:
-        return Response(await cache.get(("api", True)), media_type="application/json")
+        return Response(await cache.get(("api", True, None)), media_type="application/json")
 
     async def report(request: Request) -> Response:
         query = request.query_params
@@ -127,7 +131,10 @@ def status_routes(
             return error(400, f"all must be 0 or 1, not {every!r}")
         if sock is not None and len(sock) > MAX_SOCKET_TEXT:
             return error(400, f"socket is longer than {MAX_SOCKET_TEXT} characters")
-        body = await cache.get((form, form == "json" or every == "1"))
+        offset = _utc_offset(query.get("utc_offset")) if form == "text" else None
+        if offset is False:
+            return error(400, "utc_offset must be whole minutes within 14 hours of UTC")
+        body = await cache.get((form, form == "json" or every == "1", offset))
         if form == "text":
             return Response(body, media_type="text/plain; charset=utf-8")
         named = json.dumps(sock).encode()  # null when the client named none
@@ -136,7 +143,23 @@ def status_routes(
     return [Route("/api/status", status), Route("/api/status/report", report)], cache
 
 
+def _utc_offset(text: str | None) -> int | Literal[False] | None:
+    """The client's UTC offset in seconds (`utc_offset`), None when it sent none, False when
+    it is not whole minutes within MAX_UTC_OFFSET_S (so that few renderings are kept)."""
+    if text is None:
+        return None
+    try:
+        seconds = int(text)
+    except ValueError:
+        return False
+    return seconds if abs(seconds) <= MAX_UTC_OFFSET_S and seconds % 60 == 0 else False
+
+
 def _report_text(report: dict[str, Any], form: Form) -> bytes:
-    """The report as `autoloopd status` prints it (its last newline included)."""
-    text = dumps_indented(report) if form[0] == "json" else render_text(report, every_row=form[1])
-    return (text + "\n").encode()
+    """The report as `autoloopd status` prints it (its last newline included); the text's
+    times in the client's UTC offset when it sent one, else in the daemon's zone."""
+    kind, every_row, offset = form
+    if kind == "json":
+        return (dumps_indented(report) + "\n").encode()
+    zone = None if offset is None else timezone(timedelta(seconds=offset))
+    return (render_text(report, every_row=every_row, zone=zone) + "\n").encode()
