@@ -107,15 +107,9 @@ def status_routes(
     async def render(form: Form) -> bytes:
         if form[0] == "api":
             return bytes(JSONResponse(payload()).body)
-        queues: list[dict[str, Any]] = []
-
-        async def read_queues() -> None:
-            queues.extend(await reviews.queues())
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(read_queues)  # in a worker, while the rows are taken here
-            report = from_daemon(payload(), _SOCKET_MARK)
-        return await anyio.to_thread.run_sync(_report_text, with_queues(report, queues), form)
+        queues = await reviews.queues()  # read in a worker thread
+        report = with_queues(from_daemon(payload(), _SOCKET_MARK), queues)
+        return await anyio.to_thread.run_sync(_report_text, report, form)
 
     cache: RenderCache[Form] = RenderCache(render)
 
