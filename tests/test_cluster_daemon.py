@@ -305,6 +305,6 @@ def test_status_without_a_daemon_here_shows_the_cluster(lab: ClusterLab) -> None
     assert [h["host"] for h in report["cluster"]["hosts"]] == ["h2"]
     assert report["cluster"]["hosts"][0]["live"] is True
     assert "the cluster's database" in report["daemon"]["note"]
-    text = run_autoloopd(["status", "--config", str(lab.config)], env=env)
+    text = run_autoloopd(["status", "--config", str(lab.config), "--all"], env=env)
     assert "@h2" in text.stdout and "cluster: this host h1" in text.stdout
     assert h2.stop() == EXIT_OK
