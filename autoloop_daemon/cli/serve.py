@@ -24,6 +24,7 @@ from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import AutoloopError
 from autoloop_daemon.observers.alerts import Alerter
 from autoloop_daemon.observers.console import shutdown_notice
+from autoloop_daemon.observers.heap_freeze import HeapFreeze
 from autoloop_daemon.observers.journal import journal
 from autoloop_daemon.observers.metrics import Metrics
 from autoloop_daemon.observers.review_watch import ReviewCollector, ReviewWatch
@@ -86,6 +87,7 @@ async def serve(
     """Run `supervisor` with signal handling, systemd reporting, alerts, (with `control`) the
     control API and (with `live`, on a terminal) the live view; returns the exit code."""
     supervisor.events.subscribe(journal)
+    supervisor.events.subscribe(HeapFreeze())
     if alerter is not None:
         supervisor.events.subscribe(alerter)
     metrics = Metrics(supervisor.snapshot)
