@@ -144,7 +144,7 @@ def render_summary(report: dict[str, Any], *, daemon: bool = True) -> str:
     loading = sum(1 for t in report.get("targets", ()) if t.get("status") == "loading")
     if loading:  # start-up: the budget holds only what the loaded targets' logs spent
         plural = "s" if loading != 1 else ""
-        money += f"\n{loading} target{plural} still loading: not counted in the budget yet"
+        money += f"\n{loading:,} target{plural} still loading: not counted in the budget yet"
     if b.get("window") is not None and b.get("window_cap_usd") is not None:
         money += (
             f"\nwindow: {b['window']}, {_fmt_money(b['window_spent_usd'] or 0.0)} of "
@@ -175,11 +175,14 @@ QUIET_STATUSES = frozenset({
 """Statuses of a target between its turns (or still loading at start-up)."""
 
 
-def is_quiet(row: Mapping[str, Any]) -> bool:
+def is_quiet(row: Mapping[str, Any], *, starting: bool = False) -> bool:
     """True when `row` has nothing to tell beyond its status: between turns, not paused, not
-    running, no error since its last success and no review waiting or unreadable."""
+    running, no error since its last success and no review waiting or unreadable. While the
+    daemon is `starting` (its targets still loading), a target the last shutdown stopped is
+    quiet too: it resumes once every target is in."""
+    status = row.get("status")
     return (
-        row.get("status") in QUIET_STATUSES
+        (status in QUIET_STATUSES or (starting and status == TargetStatus.STOPPED_SIGNAL))
         and not row.get("paused")
         and not row.get("running_iteration")
         and not row.get("consecutive_errors")
@@ -198,22 +201,23 @@ def render_text(
     absent = not report["daemon"]["running"]
     lines = [render_daemon(report["daemon"])] if absent else []
     rows = report["targets"]
-    shown = rows if every_row else [r for r in rows if not is_quiet(r)]
+    starting = report["daemon"].get("ready") is False and not absent
+    shown = rows if every_row else [r for r in rows if not is_quiet(r, starting=starting)]
     if shown or not rows:
         lines.append(render_table(shown, zone))
     if len(shown) < len(rows):
-        lines.append(_left_out(rows, len(rows) - len(shown)))
+        lines.append(_left_out(rows, len(rows) - len(shown), starting))
     lines += ["", render_summary(report, daemon=not absent)]
     if (line := review_line(report)) is not None:
         lines.append(line)
     return "\n".join(lines)
 
 
-def _left_out(rows: Sequence[Mapping[str, Any]], hidden: int) -> str:
-    """ "9,990 targets waiting for their next turn, not listed (cooldown 9,980, ...)"."""
+def _left_out(rows: Sequence[Mapping[str, Any]], hidden: int, starting: bool) -> str:
+    """ "9,990 targets between turns with nothing to tell, not listed (cooldown 9,980, ...)"."""
     counts: dict[str, int] = {}
     for r in rows:
-        if is_quiet(r):
+        if is_quiet(r, starting=starting):
             counts[str(r["status"])] = counts.get(str(r["status"]), 0) + 1
     each = ", ".join(f"{status} {n:,}" for status, n in sorted(counts.items()))
     noun = "target" if hidden == 1 else "targets"

@@ -204,6 +204,25 @@ def test_a_row_is_quiet_only_between_turns_with_nothing_wrong(
     assert is_quiet(row) is quiet
 
 
+def test_while_the_fleet_loads_a_target_the_last_shutdown_stopped_is_quiet() -> None:
+    """During start-up the loaded targets still show the status the last SIGTERM left
+    (`stopped_signal`) until every target is in and they resume: counted, not listed. With
+    the daemon ready, or from the files, such a row is listed."""
+    rows = [_row("a", "stopped_signal"), _row("b", "loading"), _row("c", "stopped_max_iter")]
+    daemon = {"running": True, "source": "socket", "pid": 7, "uptime_s": 3.0, "ready": False}
+    loading = {"daemon": daemon, "budget": {"spent_usd": 0.0}, "targets": rows}
+    text = render_text(loading)
+    assert text.splitlines()[1].split()[:2] == ["c", "stopped_max_iter"]
+    assert "2 targets between turns with nothing to tell, not listed (loading 1, " in text
+    assert "stopped_signal 1)" in text and "\n1 target still loading" in text
+    ready = render_text({**loading, "daemon": {**daemon, "ready": True}})
+    assert _rows(ready) == {"a": "stopped_signal", "c": "stopped_max_iter"}
+    assert "(loading 1)" in ready
+    files = {"running": False, "source": "files", "pid": None, "note": "gone"}
+    without = render_text({**loading, "daemon": files}).partition("\n")[2]  # the daemon line
+    assert _rows(without) == {"a": "stopped_signal", "c": "stopped_max_iter"}
+
+
 def test_the_text_of_a_fleet_with_nothing_to_tell_is_the_count_and_the_summary() -> None:
     report = {
         "daemon": {"running": True, "source": "socket", "pid": 7, "uptime_s": 61.0},
