@@ -11,8 +11,9 @@ counted under the table, not listed; `status --all` lists every row.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
-from datetime import tzinfo
+from datetime import timedelta, timezone, tzinfo
 from typing import Any
 
 from autoloop_daemon.clock import parse_iso
@@ -60,6 +61,25 @@ def _fmt_score(value: Any) -> str:
 def _fmt_money(value: Any, estimated: bool = False) -> str:
     number = _finite(value)
     return "-" if number is None else f"{'~' if estimated else ''}${number:.2f}"
+
+
+ZONE_KEY = re.compile(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*")
+"""The shape of an IANA zone name (`Europe/Berlin`): no `..`, no absolute path."""
+MAX_ZONE_KEY = 64
+
+
+def zone_of(key: str | None, offset_s: int | None) -> tzinfo | None:
+    """The zone a client asked the text's times in: its IANA zone `key` when this machine
+    knows it (with its daylight-saving rules), else its offset from UTC now, else None
+    (this process's own zone). Reads the zone's file: call it from a worker thread."""
+    if key is not None and len(key) <= MAX_ZONE_KEY and ZONE_KEY.fullmatch(key):
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # only where a key is asked
+
+        try:
+            return ZoneInfo(key)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            pass  # another machine's name, or a POSIX TZ string: the offset is sent too
+    return None if offset_s is None else timezone(timedelta(seconds=offset_s))
 
 
 def _fmt_local(iso: Any, zone: tzinfo | None) -> str:

@@ -11,16 +11,19 @@ and the fast JSON text is byte for byte `json.dumps(indent=2)`.
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
-import time
 import urllib.parse
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from autoloop_daemon.cli import status as status_mod
 from autoloop_daemon.config import settings
 from autoloop_daemon.config.loader import load_config
 from autoloop_daemon.control.quick_socket import (
@@ -222,9 +225,10 @@ def test_status_prints_the_daemons_report_as_it_came_in_one_request(
     sock.parent.mkdir()
     config = _config(tmp_path, '[daemon]\nstate_dir = "st"\n')
     made = 'not JSON, printed as it came: {"a": 1}\n\u00e9\n'  # never parsed
+    zone = "America/New_York"  # the terminal's zone: the daemon renders the text's times in it
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(sock), str(config), "{}", made, *options],
-        capture_output=True, timeout=60, check=False,
+        capture_output=True, timeout=60, check=False, env={**os.environ, "TZ": zone},
     )  # fmt: skip
     outcome = json.loads(done.stderr.decode().strip().splitlines()[-1])
     assert outcome["code"] == 0 and outcome["heavy"] == []
@@ -235,8 +239,28 @@ def test_status_prints_the_daemons_report_as_it_came_in_one_request(
         "form": ["json" if "--json" in options else "text"],
         "all": ["1" if "--all" in options else "0"],
         "socket": [str(sock)],
-        "utc_offset": [str(time.localtime().tm_gmtoff)],  # the text's times in our clock
+        "utc_offset": [str(_offset_now(zone))],  # for a daemon that does not know the name
+        "tz": [zone],
     }
+
+
+def _offset_now(zone: str) -> int:
+    offset = datetime.now(ZoneInfo(zone)).utcoffset()
+    assert offset is not None
+    return int(offset.total_seconds())
+
+
+@pytest.mark.parametrize(
+    ("tz", "sent"),
+    [(":Europe/Berlin", "Europe/Berlin"), ("UTC", "UTC"), ("NPT-5:45", None), ("", None),
+     ("../etc/passwd", None)],
+)  # fmt: skip
+def test_status_names_its_zone_when_tz_is_a_zone_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tz: str, sent: str | None
+) -> None:
+    """`TZ` names the zone sent (a POSIX rule or anything else sends only the offset)."""
+    monkeypatch.setenv("TZ", tz)
+    assert status_mod._zone_key() == sent
 
 
 @pytest.mark.parametrize(

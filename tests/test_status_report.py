@@ -17,7 +17,7 @@ import pytest
 from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.control.client import request_bytes
 from autoloop_daemon.status_report import from_daemon, with_queues
-from autoloop_daemon.status_text import is_quiet, render_text
+from autoloop_daemon.status_text import is_quiet, render_text, zone_of
 from autoloop_daemon.storage.files import review_files
 from tests.helpers.control import api, ctl, target_status
 from tests.helpers.daemon import Daemon, Lab, dry_target
@@ -122,6 +122,8 @@ def test_the_json_is_the_report_the_client_builds_from_status_and_reviews(
         ("utc_offset=abc", "utc_offset"),
         ("utc_offset=50460", "utc_offset"),  # 14 h 1 min
         ("form=text&utc_offset=30", "utc_offset"),  # not whole minutes
+        ("tz=../../etc/passwd", "tz"),
+        ("tz=" + "A" * 65, "tz"),
     ],
 )
 def test_the_route_refuses_what_it_does_not_know_naming_it(
@@ -241,3 +243,20 @@ def test_the_text_of_a_fleet_with_nothing_to_tell_is_the_count_and_the_summary()
     assert len(every) == 1 + 1501 + 1 + 2
     empty = render_text({**report, "targets": []})
     assert empty.startswith("TARGET") and "not listed" not in empty
+
+
+def test_the_texts_times_follow_the_clients_zone_rules_across_a_dst_change() -> None:
+    """A next run after the clocks change shows with the zone's rules when the daemon knows
+    the zone's name; with an unknown name it falls back to the offset sent (as of now)."""
+    row = _row("a", "cooldown", paused=True, next_run_at="2027-07-01T12:00:00Z")  # listed
+    report = {
+        "daemon": {"running": True, "source": "socket", "pid": 7, "uptime_s": 3.0},
+        "budget": {"spent_usd": 0.0},
+        "targets": [row],
+    }
+    winter = -5 * 3600  # New York's offset in December, when the client asked
+    named = render_text(report, zone=zone_of("America/New_York", winter))
+    assert "2027-07-01 08:00:00" in named  # EDT, -4 h in July
+    unknown = render_text(report, zone=zone_of("Nowhere/Atlantis", winter))
+    assert "2027-07-01 07:00:00" in unknown
+    assert zone_of(None, None) is None and zone_of("../x", 0) == UTC

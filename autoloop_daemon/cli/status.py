@@ -32,7 +32,13 @@ from autoloop_daemon.control.quick_socket import quick_socket
 from autoloop_daemon.exit_codes import EXIT_NOT_RUNNING, EXIT_OK, EXIT_TARGET_ERROR
 from autoloop_daemon.json_text import dumps_indented
 from autoloop_daemon.status_report import from_daemon
-from autoloop_daemon.status_text import render_summary, render_table, render_text
+from autoloop_daemon.status_text import (
+    MAX_ZONE_KEY,
+    ZONE_KEY,
+    render_summary,
+    render_table,
+    render_text,
+)
 
 SOCKET_TIMEOUT_S = 10.0
 
@@ -47,11 +53,12 @@ def _printed(sock: Path, form: str, every_row: bool) -> bytes | None:
         str(sock).encode()
     except UnicodeEncodeError:  # not UTF-8: the daemon could not echo it; ask as before
         return None
-    # The text's times at this terminal's offset from UTC now, as a local rendering shows.
-    offset = time.localtime().tm_gmtoff
-    query = urlencode(
-        {"form": form, "all": int(every_row), "socket": str(sock), "utc_offset": offset}
-    )
+    # The text's times in this terminal's zone, as a local rendering shows them.
+    fields: dict[str, object] = {"form": form, "all": int(every_row), "socket": str(sock)}
+    fields["utc_offset"] = time.localtime().tm_gmtoff
+    if (key := _zone_key()) is not None:
+        fields["tz"] = key
+    query = urlencode(fields)
     try:
         code, body = request_bytes(
             sock, "GET", f"/api/status/report?{query}", timeout=SOCKET_TIMEOUT_S
@@ -123,6 +130,22 @@ def _from_config(config: Path, sock: Path | None) -> dict[str, Any]:
         limits = {t.name: t.max_iterations for t in cfg.targets}
         report = with_cluster(report, cfg.cluster.dsn, c.host, c.lease_seconds, limits)
     return report
+
+
+def _zone_key() -> str | None:
+    """This terminal's IANA zone name when it has one (`TZ`, else the link /etc/localtime),
+    for the daemon to render the text's times with its daylight-saving rules."""
+    tz = os.environ.get("TZ")
+    if tz is not None:
+        key = tz.removeprefix(":")
+    else:
+        try:
+            _, found, key = os.readlink("/etc/localtime").rpartition("zoneinfo/")
+        except OSError:
+            return None
+        if not found:
+            return None
+    return key if len(key) <= MAX_ZONE_KEY and ZONE_KEY.fullmatch(key) else None
 
 
 def _write_all(data: bytes) -> None:

@@ -5,11 +5,12 @@ dashboard and scripts. `/api/status/report` is what `autoloopd status` prints, m
 where the rows already are, so that the client sends one request and prints the answer as
 it came, without parsing megabytes at 10,000 targets: `?form=json` the report of
 `status --json` (status_report.py), `?form=text` (the default) the table of the rows that
-are not quiet and the summary (status_text.py), `&all=1` every row, `&utc_offset=S` its
-times at the client's offset from UTC (`status` sends its own: the operator's clock, not
-the service's). Both are rendered at
-most once per `RenderCache` interval for every client; the text and the JSON encoding run
-in a worker thread, the rows and the budget are taken on the event loop at one instant.
+are not quiet and the summary (status_text.py), `&all=1` every row, `&tz=NAME` and
+`&utc_offset=S` its times in the client's zone (`status` sends its own: the operator's
+clock, not the service's; the offset serves when this machine does not know the name).
+Both are rendered at most once per `RenderCache` interval for every client; the text and
+the JSON encoding run in a worker thread, the rows and the budget are taken on the event
+loop at one instant.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
-from datetime import timedelta, timezone
 from typing import Any, Literal
 
 import anyio
@@ -33,7 +33,7 @@ from autoloop_daemon.engine.snapshot import FleetSnapshot
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.json_text import dumps_indented
 from autoloop_daemon.status_report import from_daemon, with_queues
-from autoloop_daemon.status_text import render_text
+from autoloop_daemon.status_text import MAX_ZONE_KEY, ZONE_KEY, render_text, zone_of
 
 FORMS = ("text", "json")
 MAX_SOCKET_TEXT = 4096
@@ -89,7 +89,8 @@ def budget_payload(snap: FleetSnapshot) -> dict[str, Any]:
     return payload
 
 
-Form = tuple[str, bool, int | None]  # ("api" | "text" | "json", every row, UTC offset (s))
+# ("api" | "text" | "json", every row, the client's UTC offset (s), its IANA zone name)
+Form = tuple[str, bool, int | None, str | None]
 MAX_UTC_OFFSET_S = 14 * 3600  # the widest offset in use (UTC+14)
 
 
@@ -114,7 +115,7 @@ def status_routes(
     cache: RenderCache[Form] = RenderCache(render)
 
     async def status(request: Request) -> Response:
-        return Response(await cache.get(("api", True, None)), media_type="application/json")
+        return Response(await cache.get(("api", True, None, None)), media_type="application/json")
 
     async def report(request: Request) -> Response:
         query = request.query_params
@@ -128,7 +129,10 @@ def status_routes(
         offset = _utc_offset(query.get("utc_offset")) if form == "text" else None
         if offset is False:
             return error(400, "utc_offset must be whole minutes within 14 hours of UTC")
-        body = await cache.get((form, form == "json" or every == "1", offset))
+        zone = query.get("tz") if form == "text" else None
+        if zone is not None and (len(zone) > MAX_ZONE_KEY or not ZONE_KEY.fullmatch(zone)):
+            return error(400, "tz must be an IANA time zone name such as Europe/Berlin")
+        body = await cache.get((form, form == "json" or every == "1", offset, zone))
         if form == "text":
             return Response(body, media_type="text/plain; charset=utf-8")
         named = json.dumps(sock).encode()  # null when the client named none
@@ -151,9 +155,9 @@ def _utc_offset(text: str | None) -> int | Literal[False] | None:
 
 def _report_text(report: dict[str, Any], form: Form) -> bytes:
     """The report as `autoloopd status` prints it (its last newline included); the text's
-    times in the client's UTC offset when it sent one, else in the daemon's zone."""
-    kind, every_row, offset = form
+    times in the client's zone (`status_text.zone_of`), else in the daemon's."""
+    kind, every_row, offset, key = form
     if kind == "json":
         return (dumps_indented(report) + "\n").encode()
-    zone = None if offset is None else timezone(timedelta(seconds=offset))
+    zone = zone_of(key, offset)
     return (render_text(report, every_row=every_row, zone=zone) + "\n").encode()
