@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import timedelta, timezone, tzinfo
 from typing import Any
 
 from autoloop_daemon.clock import parse_iso
-from autoloop_daemon.vocab import TargetStatus
+from autoloop_daemon.vocab import Phase, TargetStatus
 
 ROW_KEYS = (
     "target", "status", "paused", "reason", "last_error", "iterations_completed",
@@ -63,16 +64,21 @@ def _fmt_money(value: Any, estimated: bool = False) -> str:
     return "-" if number is None else f"{'~' if estimated else ''}${number:.2f}"
 
 
-ZONE_KEY = re.compile(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*")
-"""The shape of an IANA zone name (`Europe/Berlin`): no `..`, no absolute path."""
+_ZONE_KEY = re.compile(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*")
 MAX_ZONE_KEY = 64
+
+
+def is_zone_key(text: str) -> bool:
+    """True when `text` is shaped as an IANA zone name (`Europe/Berlin`): at most
+    MAX_ZONE_KEY characters, no `..`, no absolute path, no POSIX rule (`NPT-5:45`)."""
+    return len(text) <= MAX_ZONE_KEY and _ZONE_KEY.fullmatch(text) is not None
 
 
 def zone_of(key: str | None, offset_s: int | None) -> tzinfo | None:
     """The zone a client asked the text's times in: its IANA zone `key` when this machine
     knows it (with its daylight-saving rules), else its offset from UTC now, else None
     (this process's own zone). Reads the zone's file: call it from a worker thread."""
-    if key is not None and len(key) <= MAX_ZONE_KEY and ZONE_KEY.fullmatch(key):
+    if key is not None and is_zone_key(key):
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # only where a key is asked
 
         try:
@@ -161,7 +167,7 @@ def render_summary(report: dict[str, Any], *, daemon: bool = True) -> str:
         money += f" of {_fmt_money(b['cap_usd'])}, {_fmt_money(b['remaining_usd'])} left"
     if b.get("reserved_usd"):
         money += f", {_fmt_money(b['reserved_usd'])} reserved by running iterations"
-    loading = sum(1 for t in report.get("targets", ()) if t.get("status") == "loading")
+    loading = sum(1 for t in report.get("targets", ()) if t.get("status") == Phase.LOADING)
     if loading:  # start-up: the budget holds only what the loaded targets' logs spent
         plural = "s" if loading != 1 else ""
         money += f"\n{loading:,} target{plural} still loading: not counted in the budget yet"
@@ -190,7 +196,7 @@ def render_summary(report: dict[str, Any], *, daemon: bool = True) -> str:
 
 
 QUIET_STATUSES = frozenset({
-    TargetStatus.IDLE, TargetStatus.COOLDOWN, TargetStatus.WAITING, "loading",
+    TargetStatus.IDLE, TargetStatus.COOLDOWN, TargetStatus.WAITING, Phase.LOADING,
 })  # fmt: skip
 """Statuses of a target between its turns (or still loading at start-up)."""
 
@@ -222,27 +228,28 @@ def render_text(
     lines = [render_daemon(report["daemon"])] if absent else []
     rows = report["targets"]
     starting = report["daemon"].get("ready") is False and not absent
-    shown = rows if every_row else [r for r in rows if not is_quiet(r, starting=starting)]
+    shown: list[dict[str, Any]] = []
+    quiet: list[dict[str, Any]] = []
+    for r in rows:
+        (quiet if not every_row and is_quiet(r, starting=starting) else shown).append(r)
     if shown or not rows:
         lines.append(render_table(shown, zone))
-    if len(shown) < len(rows):
-        lines.append(_left_out(rows, len(rows) - len(shown), starting))
+    if quiet:
+        lines.append(_left_out(quiet))
     lines += ["", render_summary(report, daemon=not absent)]
     if (line := review_line(report)) is not None:
         lines.append(line)
     return "\n".join(lines)
 
 
-def _left_out(rows: Sequence[Mapping[str, Any]], hidden: int, starting: bool) -> str:
-    """ "9,990 targets between turns with nothing to tell, not listed (cooldown 9,980, ...)"."""
-    counts: dict[str, int] = {}
-    for r in rows:
-        if is_quiet(r, starting=starting):
-            counts[str(r["status"])] = counts.get(str(r["status"]), 0) + 1
+def _left_out(quiet: Sequence[Mapping[str, Any]]) -> str:
+    """ "9,990 targets between turns with nothing to tell, not listed (cooldown 9,980, ...)"
+    for the `quiet` rows."""
+    counts = Counter(str(r["status"]) for r in quiet)
     each = ", ".join(f"{status} {n:,}" for status, n in sorted(counts.items()))
-    noun = "target" if hidden == 1 else "targets"
+    noun = "target" if len(quiet) == 1 else "targets"
     return (
-        f"{hidden:,} {noun} between turns with nothing to tell, not listed ({each}); "
+        f"{len(quiet):,} {noun} between turns with nothing to tell, not listed ({each}); "
         "`autoloopd status --all` lists every target"
     )
 

@@ -32,13 +32,7 @@ from autoloop_daemon.control.quick_socket import quick_socket
 from autoloop_daemon.exit_codes import EXIT_NOT_RUNNING, EXIT_OK, EXIT_TARGET_ERROR
 from autoloop_daemon.json_text import dumps_indented
 from autoloop_daemon.status_report import from_daemon
-from autoloop_daemon.status_text import (
-    MAX_ZONE_KEY,
-    ZONE_KEY,
-    render_summary,
-    render_table,
-    render_text,
-)
+from autoloop_daemon.status_text import is_zone_key, render_summary, render_table, render_text
 
 SOCKET_TIMEOUT_S = 10.0
 
@@ -145,7 +139,7 @@ def _zone_key() -> str | None:
             return None
         if not found:
             return None
-    return key if len(key) <= MAX_ZONE_KEY and ZONE_KEY.fullmatch(key) else None
+    return key if is_zone_key(key) else None
 
 
 def _write_all(data: bytes) -> None:

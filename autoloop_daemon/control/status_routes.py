@@ -33,7 +33,7 @@ from autoloop_daemon.engine.snapshot import FleetSnapshot
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.json_text import dumps_indented
 from autoloop_daemon.status_report import from_daemon, with_queues
-from autoloop_daemon.status_text import MAX_ZONE_KEY, ZONE_KEY, render_text, zone_of
+from autoloop_daemon.status_text import is_zone_key, render_text, zone_of
 
 FORMS = ("text", "json")
 MAX_SOCKET_TEXT = 4096
@@ -130,7 +130,7 @@ def status_routes(
         if offset is False:
             return error(400, "utc_offset must be whole minutes within 14 hours of UTC")
         zone = query.get("tz") if form == "text" else None
-        if zone is not None and (len(zone) > MAX_ZONE_KEY or not ZONE_KEY.fullmatch(zone)):
+        if zone is not None and not is_zone_key(zone):
             return error(400, "tz must be an IANA time zone name such as Europe/Berlin")
         body = await cache.get((form, form == "json" or every == "1", offset, zone))
         if form == "text":

@@ -34,10 +34,10 @@ from prometheus_client.utils import floatToGoString
 from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.snapshot import FleetSnapshot
-from autoloop_daemon.vocab import TargetStatus
+from autoloop_daemon.vocab import Phase, TargetStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-STATUSES: tuple[str, ...] = (*(s.value for s in TargetStatus), "not_started", "loading")
+STATUSES: tuple[str, ...] = (*(s.value for s in TargetStatus), Phase.NOT_STARTED, Phase.LOADING)
 DURATION_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, math.inf)
 # The `le` labels, "1.0" .. "+Inf", as prometheus_client's Histogram writes them.
 _LE = tuple(floatToGoString(b) for b in DURATION_BUCKETS_S)  # type: ignore[no-untyped-call]
