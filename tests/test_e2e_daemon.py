@@ -276,12 +276,9 @@ def test_sigterm_while_targets_are_being_prepared_stops_them_all(lab: Lab) -> No
     names = [f"t{i:02d}" for i in range(30)]
     lab.write([lab.target(name, "keep") for name in names], defaults=COOLING)
     daemon = lab.start()
-    # A target's lock file appears in prepare(), after the signal handler is installed.
-    wait_for(
-        lambda: any((lab.state_root(n) / ".autoloopd.lock").exists() for n in names),
-        interval=0.001,
-        what="the first target being prepared",
-    )
+    # `targets_loading` (READY=1) is logged once every root is locked, as the targets'
+    # preparation begins: all 30 of them at once (PREPARE_AT_ONCE), the handler installed.
+    daemon.wait_event("targets_loading")
     daemon.send(signal.SIGTERM)
     assert daemon.wait(timeout=20) == 0, daemon.text()[-3000:]
     lab.check_state_roots()

@@ -139,21 +139,17 @@ class Supervisor:
         return self._stop()
 
     async def _start(self) -> list[TargetRunner]:
-        """Every configured target recorded and taken up by the hosting; READY."""
+        """Every configured target recorded, its state root owned (READY=1 then) and taken
+        up by the hosting; READY."""
         for spec in self._initial:
             self._records.setdefault(spec.name, TargetRecord(spec))
+        await self._storage.lock_roots(self._initial)
         self.events.publish(ev.TargetsLoading(len(self._records)))  # READY=1: loading is slow
         runners = await self.hosting.start(self._initial)
         self._ready = True
-        failed = len(self._failed_to_start())
-        self.events.publish(
-            ev.DaemonReady(
-                targets=len(self._records) - failed,
-                failed=failed,
-                spent_usd=self._budget.spent_usd,
-                cap_usd=self._budget.cap_usd,
-            )
-        )
+        failed, budget = len(self._failed_to_start()), self._budget
+        targets = len(self._records) - failed
+        self.events.publish(ev.DaemonReady(targets, failed, budget.spent_usd, budget.cap_usd))
         return runners
 
     async def _run_targets(self, runners: list[TargetRunner]) -> None:

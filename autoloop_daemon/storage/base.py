@@ -10,7 +10,7 @@ same contract suite (tests/storage/test_contract.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -101,6 +101,11 @@ class Storage(Protocol):
 
     def acquire(self) -> None:
         """Become the daemon that owns this storage; StateLockedError if another one does."""
+        ...
+
+    async def lock_roots(self, specs: Sequence[TargetSpec]) -> None:
+        """Before READY: own the state roots of `specs` (their stores adopt them); one that
+        cannot be owned now is left for its store's `open` to report."""
         ...
 
     def release(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,6 +146,9 @@ class MemoryStorage:
     def release(self) -> None:
         """Give up the ownership (idempotent)."""
         self._owned = False
+
+    async def lock_roots(self, specs: Sequence[TargetSpec]) -> None:
+        """Nothing to take: the storage is owned as a whole (`acquire`)."""
 
     async def spent_elsewhere(self, active_roots: Iterable[Path]) -> dict[str, float]:
         """What the state roots not in `active_roots` spent (their logs, else the last

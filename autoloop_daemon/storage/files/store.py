@@ -1,17 +1,19 @@
 """The files backend: one directory per state root, written crash-safe.
 
 `FileStorage` owns `daemon.state_dir` (a lock file) and hands out one `FileTargetStore` per
-target. A store's `open` takes the state root's lock and recovers it from its log
-(recovery.py); `record` writes one finished run in ONE worker-thread call, in the order the
-crash guarantees need: the log line (fsynced: the source of truth), the handoff (atomic, not
-fsynced: recovery rebuilds a lost one from the log), then the state (fsynced).
+target; before READY it takes every configured target's state root (`lock_roots`,
+root_locks.py). A store's `open` takes the state root's lock (or adopts the one taken
+before READY) and recovers it from its log (recovery.py); `record` writes one finished run
+in ONE worker-thread call, in the order the crash guarantees need: the log line (fsynced:
+the source of truth), the handoff (atomic, not fsynced: recovery rebuilds a lost one from
+the log), then the state (fsynced).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from autoloop_daemon.storage.files.group_commit import GroupCommit
 from autoloop_daemon.storage.files.lock import StateLock, check_owned_root
 from autoloop_daemon.storage.files.recovery import Leftovers, recover
 from autoloop_daemon.storage.files.review_files import read_queue, read_verdicts
+from autoloop_daemon.storage.files.root_locks import TakenRoot, release_all, take_roots
 from autoloop_daemon.storage.files.worker_batch import WorkerBatch
 from autoloop_daemon.target_state import TargetState
 
@@ -59,7 +62,7 @@ class FileTargetStore:
         "_loads",
         "_lock",
         "_spec",
-        "_state_dir",
+        "_unsynced",
     )
 
     def __init__(
@@ -68,19 +71,22 @@ class FileTargetStore:
         commits: GroupCommit | None = None,
         loads: WorkerBatch | None = None,
         leftovers: Leftovers | None = None,
+        taken: TakenRoot | None = None,
     ) -> None:
         """Describe the state root; nothing touches the disk until `open`.
 
         `commits`: the group commit shared with the other targets (FileStorage's), so that
         the checkpoints of many targets at once are made durable together; `loads`: the
         batch their start-up loads share (FileStorage's); `leftovers`: what stops the
-        processes earlier runs left (None: nothing is looked for; recovery.py).
+        processes earlier runs left (None: nothing is looked for; recovery.py); `taken`:
+        the root's lock, taken before READY (`FileStorage.lock_roots`), which `open` adopts.
         """
         self._spec = spec
         self._commits = commits if commits is not None else GroupCommit()
         self._loads = loads
         self._leftovers = leftovers
-        self._lock = StateLock(spec.state_root)
+        self._lock = StateLock(spec.state_root) if taken is None else taken.lock
+        self._unsynced = () if taken is None else taken.unsynced
 
     # Made when needed, not kept: ~0.3 kB each per target (issue 24, memory).
     @property
@@ -107,7 +113,10 @@ class FileTargetStore:
 
     async def open(self) -> Recovered:
         """Lock the state root and recover it from its log (recovery.py)."""
-        return await recover(self._spec, self._lock, self._commits, self._loads, self._leftovers)
+        made, self._unsynced = self._unsynced, ()
+        return await recover(
+            self._spec, self._lock, self._commits, self._loads, self._leftovers, made
+        )
 
     async def record(self, entry: LogEntry, handoff: str | None, state: TargetState | None) -> None:
         """Append the log line, write the handoff, replace the state: one worker call."""
@@ -234,6 +243,7 @@ class FileStorage:
         self._lock = StateLock(state_dir) if state_dir is not None else None
         self._commits = GroupCommit()
         self._loads = WorkerBatch()
+        self._taken: dict[Path, TakenRoot] = {}  # roots locked before READY, not yet adopted
 
     async def spent_elsewhere(self, active_roots: Iterable[Path]) -> dict[str, float]:
         """Per state root not in `active_roots`: what it spent (its log, else the registry's
@@ -262,8 +272,19 @@ class FileStorage:
         await anyio.to_thread.run_sync(work)
 
     def target(self, spec: TargetSpec) -> FileTargetStore:
-        """The store of `spec`'s state root."""
-        return FileTargetStore(spec, self._commits, self._loads, self._leftovers)
+        """The store of `spec`'s state root (with its lock, if `lock_roots` took it)."""
+        taken = self._taken.pop(spec.state_root, None)
+        return FileTargetStore(spec, self._commits, self._loads, self._leftovers, taken)
+
+    async def lock_roots(self, specs: Sequence[TargetSpec]) -> None:
+        """Take the state roots of `specs` before READY, in one worker call (root_locks.py);
+        a root that cannot be taken now is left for its target's `open` to report."""
+        roots = [s.state_root for s in specs if s.state_root not in self._taken]
+        if not roots:
+            return
+        with anyio.CancelScope(shield=True):  # never lose locks taken to a cancellation
+            taken = await anyio.to_thread.run_sync(take_roots, roots)
+        self._taken.update(taken)
 
     def acquire(self) -> None:
         """Lock `state_dir` (creating it); StateLockedError names the holder."""
@@ -271,6 +292,9 @@ class FileStorage:
             self._lock.acquire()
 
     def release(self) -> None:
-        """Release `state_dir`'s lock."""
+        """Release the roots no target adopted (a stop during start-up), then `state_dir`'s
+        lock."""
+        taken, self._taken = self._taken, {}
+        release_all(taken.values())
         if self._lock is not None:
             self._lock.release()

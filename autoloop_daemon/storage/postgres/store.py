@@ -15,7 +15,7 @@ moved here brings the other host's iterations).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -366,6 +366,10 @@ class PostgresStorage:
     def release(self) -> None:
         """Release the local state directory."""
         self._files.release()
+
+    async def lock_roots(self, specs: Sequence[TargetSpec]) -> None:
+        """Nothing before READY: a target's root is taken when this host claims its lease
+        (its store's `open`); until then the target may be running on another host."""
 
     async def spent_elsewhere(self, active_roots: Iterable[Path]) -> dict[str, float]:
         """As the files backend (this host's roots)."""

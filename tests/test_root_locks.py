@@ -1,0 +1,228 @@
+"""The state roots are owned before READY=1 (issue 24: "READY once the config is loaded and
+the roots are locked"): `FileStorage.lock_roots` takes every configured root's lock in one
+worker call, each target's store adopts its lock when its state loads, a root that cannot
+be taken is left for its target to report as before, and what no target adopted is
+released cleanly at the end."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from autoloop_daemon.engine import events as ev
+from autoloop_daemon.engine.supervisor import Supervisor
+from autoloop_daemon.exceptions import StateCorruptError, StateLockedError
+from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.storage.files import group_commit
+from autoloop_daemon.storage.files.lock import LOCK_NAME, StateLock
+from autoloop_daemon.storage.files.root_locks import take_roots
+from autoloop_daemon.storage.files.store import FileStorage
+from autoloop_daemon.vocab import TargetStatus
+
+pytestmark = [pytest.mark.anyio]
+
+_HOLDER = """
+import sys
+from autoloop_daemon.storage.files.lock import StateLock
+lock = StateLock(__import__("pathlib").Path(sys.argv[1]))
+lock.acquire()
+print("locked", flush=True)
+sys.stdin.read()
+lock.release()
+"""
+
+
+def spec(tmp_path: Path, name: str, **overrides: Any) -> TargetSpec:
+    """A dry-run single-run target whose state root is `tmp_path/state/<name>`."""
+    target = tmp_path / name
+    target.mkdir(exist_ok=True)
+    values: dict[str, Any] = {
+        "mode": "single-run", "max_iterations": 1, "dry_run": True, "simulated_seconds": 0.0,
+    }  # fmt: skip
+    values.update(overrides)
+    return TargetSpec(name=name, path=target, state_root=tmp_path / "state" / name, **values)
+
+
+def locked_elsewhere(root: Path) -> bool:
+    """Whether `root`'s lock file is flock'ed: a new open file description cannot take it
+    (flock locks belong to the open file, so this works from the holder's process too)."""
+    fd = os.open(root / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        assert exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+        return True
+    finally:
+        os.close(fd)  # also drops the lock if this took it
+    return False
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the lock of tmp_path/state/held until the test ends."""
+    root = tmp_path / "state" / "held"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "locked\n", "the lock holder died"
+        yield proc
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+@pytest.mark.no_blocking
+async def test_the_roots_are_locked_before_ready_and_each_store_adopts_its_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`lock_roots` creates and locks every root; a store's `open` then adopts that lock
+    (a second `acquire` in this process would be refused) and the directories the lock
+    created are made durable with the root's first checkpoint."""
+    synced: dict[Path, tuple[Path, ...]] = {}
+    write = group_commit.GroupCommit.write
+
+    async def spy(self: Any, path: Path, data: bytes, **kw: Any) -> None:
+        synced[path.parent] = tuple(kw.get("sync_dirs", ()))
+        await write(self, path, data, **kw)
+
+    monkeypatch.setattr(group_commit.GroupCommit, "write", spy)
+    specs = [spec(tmp_path, n) for n in ("a", "b", "c")]
+    storage = FileStorage(tmp_path / "state")
+    await anyio.to_thread.run_sync(storage.acquire)  # as the daemon's own start does
+    try:
+        await storage.lock_roots(specs)
+        assert all(locked_elsewhere(s.state_root) for s in specs)
+        for s in specs:
+            assert (s.state_root / LOCK_NAME).read_text().strip() == str(os.getpid())
+        stores = [storage.target(s) for s in specs]
+        for store in stores:
+            recovered = await store.open()
+            assert recovered.state.iterations_completed == 0
+        # The root directory itself was made by the lock; it is synced with the checkpoint.
+        for s in specs:
+            assert s.state_root in synced[s.state_root]
+        for store in stores:
+            store.close()
+        assert not any(locked_elsewhere(s.state_root) for s in specs)
+    finally:
+        await anyio.to_thread.run_sync(storage.release)
+
+
+@pytest.mark.no_blocking
+async def test_a_root_that_cannot_be_taken_is_left_for_its_target_to_report(
+    tmp_path: Path, holder: subprocess.Popen[str]
+) -> None:
+    """A root held by another process, or a symbolic link, is skipped without an error:
+    the others are taken, and the store's `open` raises what it always raised."""
+    held, linked, free = (spec(tmp_path, n) for n in ("held", "linked", "free"))
+    (tmp_path / "elsewhere").mkdir()
+    linked.state_root.symlink_to(tmp_path / "elsewhere")
+    storage = FileStorage(tmp_path / "state")
+    await anyio.to_thread.run_sync(storage.acquire)  # as the daemon's own start does
+    try:
+        await storage.lock_roots([held, linked, free])
+        assert locked_elsewhere(free.state_root)
+        assert not (tmp_path / "elsewhere" / LOCK_NAME).exists()
+        with pytest.raises(StateLockedError, match=f"pid {holder.pid}"):
+            await storage.target(held).open()
+        with pytest.raises(StateCorruptError, match="symbolic link"):
+            await storage.target(linked).open()
+    finally:
+        await anyio.to_thread.run_sync(storage.release)
+
+
+@pytest.mark.no_blocking
+async def test_roots_no_target_adopted_are_released_cleanly(tmp_path: Path) -> None:
+    """A stop during start-up leaves roots locked but never loaded: `release` gives them
+    up, leaving no pid behind (the next start must not think a killed daemon left runs)."""
+    specs = [spec(tmp_path, n) for n in ("a", "b")]
+    storage = FileStorage(tmp_path / "state")
+    await anyio.to_thread.run_sync(storage.acquire)
+    await storage.lock_roots(specs)
+    await anyio.to_thread.run_sync(storage.release)
+    for s in specs:
+        assert not locked_elsewhere(s.state_root)
+        assert (s.state_root / LOCK_NAME).read_text().strip() == ""
+    again = StateLock(specs[0].state_root)
+    await anyio.to_thread.run_sync(again.acquire)
+    try:
+        assert again.stale_holder is None
+    finally:
+        await anyio.to_thread.run_sync(again.release)
+
+
+def test_a_root_listed_twice_is_taken_once(tmp_path: Path) -> None:
+    """Two targets on one state root: the first takes it, the second is left to report."""
+    root = tmp_path / "state" / "shared"
+    taken = take_roots([root, root])
+    try:
+        assert list(taken) == [root] and locked_elsewhere(root)
+        assert taken[root].unsynced  # it made the directories
+    finally:
+        for t in taken.values():
+            t.lock.release()
+
+
+async def test_every_root_is_owned_when_ready_is_announced(tmp_path: Path) -> None:
+    """READY=1's event (`TargetsLoading`) is published with every configured target's
+    state root already locked, before any state loads; the targets then run as usual."""
+    specs = [spec(tmp_path, n) for n in ("a", "b", "c")]
+    seen: dict[str, bool] = {}
+    done: list[ev.Event] = []
+
+    def at_ready(event: ev.Event) -> None:
+        if isinstance(event, ev.TargetsLoading):
+            seen.update(
+                {s.name: s.state_root.is_dir() and locked_elsewhere(s.state_root) for s in specs}
+            )
+        elif isinstance(event, ev.TargetStopped):
+            done.append(event)
+
+    events = ev.EventBus()
+    events.subscribe(at_ready)
+    storage = FileStorage(tmp_path / "state")
+    sup = Supervisor(
+        specs, storage=storage, events=events, budget_cap_usd=100.0, max_concurrent=4, grace_s=5.0
+    )
+    with anyio.fail_after(60):
+        assert await sup.run() == 0
+    assert seen == dict.fromkeys("abc", True)
+    assert sorted(e.target for e in done if isinstance(e, ev.TargetStopped)) == ["a", "b", "c"]
+    assert {e.status for e in done if isinstance(e, ev.TargetStopped)} == {
+        TargetStatus.STOPPED_MAX_ITER
+    }
+    assert not any(locked_elsewhere(s.state_root) for s in specs)  # released at exit
+
+
+async def test_a_stop_before_the_states_load_releases_every_root(tmp_path: Path) -> None:
+    """A stop requested before the states load (a SIGTERM during start-up): the roots were
+    locked, no target is loaded, every root is released with no pid left in it, exit 0."""
+    specs = [spec(tmp_path, n) for n in ("a", "b")]
+    sup = Supervisor(
+        specs, storage=FileStorage(tmp_path / "state"), budget_cap_usd=100.0,
+        max_concurrent=4, grace_s=5.0,
+    )  # fmt: skip
+    sup.request_shutdown("test")
+    with anyio.fail_after(60):
+        assert await sup.run() == 0
+    for s in specs:
+        assert not locked_elsewhere(s.state_root)
+        assert (s.state_root / LOCK_NAME).read_text().strip() == ""
+        assert not (s.state_root / "autoloop_state.json").exists()
