@@ -1,8 +1,8 @@
 """The state roots are owned before READY=1 (issue 24: "READY once the config is loaded and
-the roots are locked"): `FileStorage.lock_roots` takes every configured root's lock in one
-worker call, each target's store adopts its lock when its state loads, a root that cannot
-be taken is left for its target to report as before, and what no target adopted is
-released cleanly at the end."""
+the roots are locked"): `FileStorage.lock_roots` takes every configured root that exists in
+one worker call, each target's store adopts its lock when its state loads, a new root is
+made as its target loads (as before), a root that cannot be taken is left for its target to
+report as before, and what no target adopted is released cleanly at the end."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import StateCorruptError, StateLockedError
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.storage.files import group_commit
+from autoloop_daemon.storage.files import group_commit, root_locks
 from autoloop_daemon.storage.files.lock import LOCK_NAME, StateLock
-from autoloop_daemon.storage.files.root_locks import take_roots
+from autoloop_daemon.storage.files.root_locks import release_all, take_roots
 from autoloop_daemon.storage.files.store import FileStorage
 from autoloop_daemon.vocab import TargetStatus
 
@@ -41,10 +41,13 @@ lock.release()
 """
 
 
-def spec(tmp_path: Path, name: str, **overrides: Any) -> TargetSpec:
-    """A dry-run single-run target whose state root is `tmp_path/state/<name>`."""
+def spec(tmp_path: Path, name: str, *, fresh: bool = False, **overrides: Any) -> TargetSpec:
+    """A dry-run single-run target whose state root is `tmp_path/state/<name>`, made
+    (empty) unless `fresh`."""
     target = tmp_path / name
     target.mkdir(exist_ok=True)
+    if not fresh:
+        (tmp_path / "state" / name).mkdir(parents=True, exist_ok=True)
     values: dict[str, Any] = {
         "mode": "single-run", "max_iterations": 1, "dry_run": True, "simulated_seconds": 0.0,
     }  # fmt: skip
@@ -92,9 +95,9 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
 async def test_the_roots_are_locked_before_ready_and_each_store_adopts_its_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`lock_roots` creates and locks every root; a store's `open` then adopts that lock
-    (a second `acquire` in this process would be refused) and the directories the lock
-    created are made durable with the root's first checkpoint."""
+    """`lock_roots` locks every existing root; a store's `open` then adopts that lock (a
+    second `acquire` in this process would be refused). A new root is left to its load,
+    which makes it and makes its directory entry durable with the first checkpoint."""
     synced: dict[Path, tuple[Path, ...]] = {}
     write = group_commit.GroupCommit.write
 
@@ -103,24 +106,26 @@ async def test_the_roots_are_locked_before_ready_and_each_store_adopts_its_lock(
         await write(self, path, data, **kw)
 
     monkeypatch.setattr(group_commit.GroupCommit, "write", spy)
-    specs = [spec(tmp_path, n) for n in ("a", "b", "c")]
+    specs = [spec(tmp_path, n) for n in ("a", "b")]
+    new = spec(tmp_path, "new", fresh=True)
     storage = FileStorage(tmp_path / "state")
     await anyio.to_thread.run_sync(storage.acquire)  # as the daemon's own start does
     try:
-        await storage.lock_roots(specs)
+        await storage.lock_roots([*specs, new])
         assert all(locked_elsewhere(s.state_root) for s in specs)
         for s in specs:
             assert (s.state_root / LOCK_NAME).read_text().strip() == str(os.getpid())
-        stores = [storage.target(s) for s in specs]
+        assert not new.state_root.exists()
+        stores = [storage.target(s) for s in (*specs, new)]
         for store in stores:
             recovered = await store.open()
             assert recovered.state.iterations_completed == 0
-        # The root directory itself was made by the lock; it is synced with the checkpoint.
-        for s in specs:
-            assert s.state_root in synced[s.state_root]
+        assert locked_elsewhere(new.state_root)
+        # The new root's entry in the state directory is synced with its checkpoint.
+        assert new.state_root.parent in synced[new.state_root]
         for store in stores:
             store.close()
-        assert not any(locked_elsewhere(s.state_root) for s in specs)
+        assert not any(locked_elsewhere(s.state_root) for s in (*specs, new))
     finally:
         await anyio.to_thread.run_sync(storage.release)
 
@@ -131,7 +136,8 @@ async def test_a_root_that_cannot_be_taken_is_left_for_its_target_to_report(
 ) -> None:
     """A root held by another process, or a symbolic link, is skipped without an error:
     the others are taken, and the store's `open` raises what it always raised."""
-    held, linked, free = (spec(tmp_path, n) for n in ("held", "linked", "free"))
+    held, free = spec(tmp_path, "held"), spec(tmp_path, "free")
+    linked = spec(tmp_path, "linked", fresh=True)
     (tmp_path / "elsewhere").mkdir()
     linked.state_root.symlink_to(tmp_path / "elsewhere")
     storage = FileStorage(tmp_path / "state")
@@ -171,13 +177,13 @@ async def test_roots_no_target_adopted_are_released_cleanly(tmp_path: Path) -> N
 def test_a_root_listed_twice_is_taken_once(tmp_path: Path) -> None:
     """Two targets on one state root: the first takes it, the second is left to report."""
     root = tmp_path / "state" / "shared"
+    root.mkdir(parents=True)
     taken = take_roots([root, root])
     try:
         assert list(taken) == [root] and locked_elsewhere(root)
-        assert taken[root].unsynced  # it made the directories
     finally:
-        for t in taken.values():
-            t.lock.release()
+        for lock in taken.values():
+            lock.release()
 
 
 async def test_every_root_is_owned_when_ready_is_announced(tmp_path: Path) -> None:
@@ -226,3 +232,20 @@ async def test_a_stop_before_the_states_load_releases_every_root(tmp_path: Path)
         assert not locked_elsewhere(s.state_root)
         assert (s.state_root / LOCK_NAME).read_text().strip() == ""
         assert not (s.state_root / "autoloop_state.json").exists()
+
+
+def test_a_root_that_vanishes_while_being_taken_is_made_durably(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root seen, then gone before its lock is taken, is made again by the lock: its new
+    directory entries are fsynced there, since no load will list them as unsynced."""
+    root = tmp_path / "state" / "gone"
+    synced: list[Path] = []
+    monkeypatch.setattr(root_locks.os.path, "isdir", lambda path: True)  # "seen"
+    monkeypatch.setattr(root_locks.fsio, "fsync_dir", synced.append)
+    taken = take_roots([root])
+    try:
+        assert list(taken) == [root] and locked_elsewhere(root)
+        assert synced == [tmp_path, tmp_path / "state"]
+    finally:
+        release_all(taken.values())

@@ -104,8 +104,9 @@ class Storage(Protocol):
         ...
 
     async def lock_roots(self, specs: Sequence[TargetSpec]) -> None:
-        """Before READY: own the state roots of `specs` (their stores adopt them); one that
-        cannot be owned now is left for its store's `open` to report."""
+        """Before READY: own the existing state roots of `specs` (their stores adopt them);
+        a new root is made by its store's `open`, which also reports one that cannot be
+        owned now."""
         ...
 
     def release(self) -> None:

@@ -15,7 +15,6 @@ Finding and stopping processes is not storage's business: the caller hands in `L
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -86,13 +85,11 @@ async def recover(
     commits: GroupCommit,
     loads: WorkerBatch | None = None,
     leftovers: Leftovers | None = None,
-    made: Sequence[Path] = (),
 ) -> Recovered:
     """Lock `spec`'s state root, recover it from its log and checkpoint it.
 
     `leftovers` stops what earlier runs left running (None: nothing is looked for). `lock`
-    may be held already (taken before READY, root_locks.py); `made` lists the directories
-    its `acquire` created, made durable with the checkpoint like those created here.
+    may be held already (taken before READY, root_locks.py).
 
     The checkpoint goes through `commits`, so the targets started together sync together;
     the loading (lock, layout, state, log) through `loads` when given, so that the targets
@@ -102,7 +99,7 @@ async def recover(
     a refused file is left untouched).
     """
     migrations: list[str] = []
-    unsynced = list(made)  # directories created (here or by the lock), not yet durable
+    unsynced: list[Path] = []  # directories created by _load_sync, not yet durable
     if loads is None:
         loaded, summary, stale = await anyio.to_thread.run_sync(
             _load_sync, spec, lock, migrations, unsynced

@@ -1,7 +1,7 @@
 """The files backend: one directory per state root, written crash-safe.
 
 `FileStorage` owns `daemon.state_dir` (a lock file) and hands out one `FileTargetStore` per
-target; before READY it takes every configured target's state root (`lock_roots`,
+target; before READY it takes every configured target's existing state root (`lock_roots`,
 root_locks.py). A store's `open` takes the state root's lock (or adopts the one taken
 before READY) and recovers it from its log (recovery.py); `record` writes one finished run
 in ONE worker-thread call, in the order the crash guarantees need: the log line (fsynced:
@@ -32,7 +32,7 @@ from autoloop_daemon.storage.files.group_commit import GroupCommit
 from autoloop_daemon.storage.files.lock import StateLock, check_owned_root
 from autoloop_daemon.storage.files.recovery import Leftovers, recover
 from autoloop_daemon.storage.files.review_files import read_queue, read_verdicts
-from autoloop_daemon.storage.files.root_locks import TakenRoot, release_all, take_roots
+from autoloop_daemon.storage.files.root_locks import release_all, take_roots
 from autoloop_daemon.storage.files.worker_batch import WorkerBatch
 from autoloop_daemon.target_state import TargetState
 
@@ -62,7 +62,6 @@ class FileTargetStore:
         "_loads",
         "_lock",
         "_spec",
-        "_unsynced",
     )
 
     def __init__(
@@ -71,7 +70,7 @@ class FileTargetStore:
         commits: GroupCommit | None = None,
         loads: WorkerBatch | None = None,
         leftovers: Leftovers | None = None,
-        taken: TakenRoot | None = None,
+        taken: StateLock | None = None,
     ) -> None:
         """Describe the state root; nothing touches the disk until `open`.
 
@@ -85,8 +84,7 @@ class FileTargetStore:
         self._commits = commits if commits is not None else GroupCommit()
         self._loads = loads
         self._leftovers = leftovers
-        self._lock = StateLock(spec.state_root) if taken is None else taken.lock
-        self._unsynced = () if taken is None else taken.unsynced
+        self._lock = StateLock(spec.state_root) if taken is None else taken
 
     # Made when needed, not kept: ~0.3 kB each per target (issue 24, memory).
     @property
@@ -113,10 +111,7 @@ class FileTargetStore:
 
     async def open(self) -> Recovered:
         """Lock the state root and recover it from its log (recovery.py)."""
-        made, self._unsynced = self._unsynced, ()
-        return await recover(
-            self._spec, self._lock, self._commits, self._loads, self._leftovers, made
-        )
+        return await recover(self._spec, self._lock, self._commits, self._loads, self._leftovers)
 
     async def record(self, entry: LogEntry, handoff: str | None, state: TargetState | None) -> None:
         """Append the log line, write the handoff, replace the state: one worker call."""
@@ -243,7 +238,7 @@ class FileStorage:
         self._lock = StateLock(state_dir) if state_dir is not None else None
         self._commits = GroupCommit()
         self._loads = WorkerBatch()
-        self._taken: dict[Path, TakenRoot] = {}  # roots locked before READY, not yet adopted
+        self._taken: dict[Path, StateLock] = {}  # roots locked before READY, not yet adopted
 
     async def spent_elsewhere(self, active_roots: Iterable[Path]) -> dict[str, float]:
         """Per state root not in `active_roots`: what it spent (its log, else the registry's
@@ -277,8 +272,9 @@ class FileStorage:
         return FileTargetStore(spec, self._commits, self._loads, self._leftovers, taken)
 
     async def lock_roots(self, specs: Sequence[TargetSpec]) -> None:
-        """Take the state roots of `specs` before READY, in one worker call (root_locks.py);
-        a root that cannot be taken now is left for its target's `open` to report."""
+        """Take the existing state roots of `specs` before READY, in one worker call
+        (root_locks.py); a new root is made by its target's `open`, and one that cannot be
+        taken now is left for that `open` to report."""
         roots = [s.state_root for s in specs if s.state_root not in self._taken]
         if not roots:
             return
