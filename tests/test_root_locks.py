@@ -249,3 +249,21 @@ def test_a_root_that_vanishes_while_being_taken_is_made_durably(
         assert synced == [tmp_path, tmp_path / "state"]
     finally:
         release_all(taken.values())
+
+
+@pytest.mark.no_blocking
+async def test_the_roots_table_is_let_go_once_every_lock_is_adopted(tmp_path: Path) -> None:
+    """Once every store has taken its lock, the storage keeps no table sized for the fleet
+    (a Python dict emptied by `pop` keeps its slots: 0.3 MB at 10,000 roots)."""
+    specs = [spec(tmp_path, f"t{i:03d}") for i in range(200)]
+    storage = FileStorage(tmp_path / "state")
+    await anyio.to_thread.run_sync(storage.acquire)
+    try:
+        await storage.lock_roots(specs)
+        stores = [storage.target(s) for s in specs]
+        assert sys.getsizeof(storage._taken) == sys.getsizeof({})
+        for store in stores:
+            await store.open()
+            store.close()
+    finally:
+        await anyio.to_thread.run_sync(storage.release)

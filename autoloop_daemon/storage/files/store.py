@@ -269,6 +269,8 @@ class FileStorage:
     def target(self, spec: TargetSpec) -> FileTargetStore:
         """The store of `spec`'s state root (with its lock, if `lock_roots` took it)."""
         taken = self._taken.pop(spec.state_root, None)
+        if taken is not None and not self._taken:
+            self._taken = {}  # an emptied dict keeps its table: 0.3 MB for 10,000 roots
         return FileTargetStore(spec, self._commits, self._loads, self._leftovers, taken)
 
     async def lock_roots(self, specs: Sequence[TargetSpec]) -> None:
