@@ -22,9 +22,9 @@ from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import StateCorruptError, StateLockedError
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.storage.files import group_commit, root_locks
+from autoloop_daemon.storage.files import group_commit
 from autoloop_daemon.storage.files.lock import LOCK_NAME, StateLock
-from autoloop_daemon.storage.files.root_locks import release_all, take_roots
+from autoloop_daemon.storage.files.root_locks import take_roots
 from autoloop_daemon.storage.files.store import FileStorage
 from autoloop_daemon.vocab import TargetStatus
 
@@ -234,21 +234,19 @@ async def test_a_stop_before_the_states_load_releases_every_root(tmp_path: Path)
         assert not (s.state_root / "autoloop_state.json").exists()
 
 
-def test_a_root_that_vanishes_while_being_taken_is_made_durably(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A root seen, then gone before its lock is taken, is made again by the lock: its new
-    directory entries are fsynced there, since no load will list them as unsynced."""
-    root = tmp_path / "state" / "gone"
-    synced: list[Path] = []
-    monkeypatch.setattr(root_locks.os.path, "isdir", lambda path: True)  # "seen"
-    monkeypatch.setattr(root_locks.fsio, "fsync_dir", synced.append)
-    taken = take_roots([root])
-    try:
-        assert list(taken) == [root] and locked_elsewhere(root)
-        assert synced == [tmp_path, tmp_path / "state"]
-    finally:
-        release_all(taken.values())
+def test_a_lock_taken_before_ready_never_makes_its_root(tmp_path: Path) -> None:
+    """`acquire(make_root=False)`, as `take_roots` asks: a missing root, or a file in its
+    place, raises FileNotFoundError and nothing is made; `take_roots` skips both."""
+    missing, file = tmp_path / "state" / "missing", tmp_path / "file"
+    file.write_text("x")
+    for root in (missing, file):
+        lock = StateLock(root)
+        with pytest.raises(FileNotFoundError, match="no state root here"):
+            lock.acquire(make_root=False)
+        assert not lock.held
+    assert not (tmp_path / "state").exists() and file.read_text() == "x"
+    assert take_roots([missing, file]) == {}
+    assert not (tmp_path / "state").exists()
 
 
 @pytest.mark.no_blocking

@@ -165,11 +165,12 @@ class StateLock:
         """True between a successful `acquire` and `release`."""
         return self._fd is not None
 
-    def acquire(self, *, unsynced: list[Path] | None = None) -> None:
+    def acquire(self, *, unsynced: list[Path] | None = None, make_root: bool = True) -> None:
         """Take the lock without waiting, creating the state root and lock file if needed.
 
         `unsynced`: the directories that gained an entry are listed there instead of being
-        fsynced (`fsio.make_dirs`); the lock file itself needs no durability.
+        fsynced (`fsio.make_dirs`); the lock file itself needs no durability. With
+        `make_root` False a state root that is not a directory is not made: FileNotFoundError.
 
         Raises StateLockedError naming the holder's pid when another process (or another
         StateLock in this one) holds it, StateCorruptError when the state root is a symbolic
@@ -181,6 +182,8 @@ class StateLock:
         if self._fd is not None:
             raise RuntimeError(f"{path} is already held by this StateLock")
         if not _refuse_symlinked_root(self.state_root):
+            if not make_root:
+                raise FileNotFoundError(errno.ENOENT, "no state root here", str(self.state_root))
             fsio.make_dirs(self.state_root, unsynced=unsynced)
         try:
             fd = _open_lock_file(path)

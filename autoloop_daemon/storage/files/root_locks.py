@@ -9,19 +9,17 @@ opened) is left alone: its target's own `open` meets the same error later and re
 exactly as before, so there is one place where such errors become a target that failed to
 start.
 
-A root that does not exist yet holds no state to protect: it is created and locked as its
+A root that does not exist yet holds no state to protect: it is made and locked as its
 target loads, as before, so a fresh fleet's directories (10,000 of them: 1.3-2 s on this
 machine's ext4) are made after READY and made durable with each root's first checkpoint.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from autoloop_daemon.exceptions import AutoloopError
-from autoloop_daemon.storage.files import fsio
 from autoloop_daemon.storage.files.lock import StateLock
 
 __all__ = ["release_all", "take_roots"]
@@ -38,18 +36,12 @@ def take_roots(roots: Iterable[Path]) -> dict[Path, StateLock]:
     taken: dict[Path, StateLock] = {}
     try:
         for root in roots:
-            if root in taken or not os.path.isdir(root):
+            if root in taken:
                 continue
-            lock, made = StateLock(root), list[Path]()
+            lock = StateLock(root)
             try:
-                lock.acquire(unsynced=made)
-            except AutoloopError:
-                continue
-            try:
-                for directory in made:  # the root vanished meanwhile and was made again
-                    fsio.fsync_dir(directory)
-            except OSError:
-                lock.release()  # left for its load, which says what is wrong
+                lock.acquire(make_root=False)
+            except (AutoloopError, FileNotFoundError):
                 continue
             taken[root] = lock
     except BaseException:
