@@ -1,4 +1,8 @@
-"""`json.dumps(obj, indent=2)`, the same text, produced by the C encoder.
+"""JSON text made by the C encoder: `json.dumps(obj, indent=2)`'s text, and the compact form.
+
+`compact` is the one-line form the state files hold their values in (`, ` and `: ` between
+items, NaN and Infinity refused, non-ASCII kept): `fsio.dumps_json` writes a state with it,
+and a runner's score_history item (target_state.ScoreItem) is kept as its text, encoded once.
 
 The standard library encodes with `indent` in pure Python (its C encoder only runs without
 one): 0.3 s for `autoloopd status --json` at 10,000 targets. Here a container whose values
@@ -17,7 +21,16 @@ from functools import cache
 from typing import Any
 
 INDENT = "  "
+# One encoder for every value: `json.dumps` with options builds a new one per call, which
+# was most of a state's serialisation (a few hundred per checkpoint, 10,000 at shutdown).
+_COMPACT = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(", ", ": "))
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
+def compact(value: Any) -> str:
+    """`value` as one line of JSON, as the state files write it (ValueError on NaN or
+    Infinity)."""
+    return _COMPACT.encode(value)
 
 
 def dumps_indented(obj: Any) -> str:

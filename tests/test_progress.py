@@ -13,6 +13,8 @@ import pytest
 from autoloop_daemon.models import LogEntry
 from autoloop_daemon.policy import stops
 from autoloop_daemon.policy.progress import SCORE_HISTORY_LIMIT, Progress, entry_score
+from autoloop_daemon.storage.files import fsio
+from autoloop_daemon.storage.files.state_file import encode_state
 from autoloop_daemon.target_state import ScoreItem, TargetState
 from tests.helpers.state_json import reconcile
 
@@ -150,3 +152,24 @@ def test_history_items_are_compact_and_read_and_write_as_the_files_objects() -> 
     mixed = TargetState.from_json({"score_history": as_dicts[:2]})
     mixed.score_history = [*mixed.score_history, *progress.history[-2:]]
     assert mixed.to_json()["score_history"] == as_dicts[:2] + as_dicts[-2:]
+
+
+def test_a_state_file_writes_each_history_item_as_the_text_it_was_encoded_to_once() -> None:
+    """`encode_state` writes a `ScoreItem`'s kept text: the same bytes as the file's objects
+    encoded as plain dicts (a state read from an older file holds dicts, unknown keys and
+    all, and may hold both), and a NaN score is refused when the item is made."""
+    entries = _random_log(random.Random(11), SCORE_HISTORY_LIMIT + 3)
+    progress = Progress.from_entries(entries, {"a": 2.0}, 0.0)
+    state = TargetState.from_json({"score_history": [{"iteration": 0, "odd": ["kept", 1]}]})
+    progress.apply_to(state)
+    state.score_history = [{"iteration": 0, "odd": ["kept", 1]}, *state.score_history]
+    data = encode_state(state)
+    as_dicts = [item if type(item) is dict else item.to_json() for item in state.score_history]
+    expected = fsio.dumps_json({**state.to_json(), "score_history": as_dicts})
+    assert data == expected
+    assert json.loads(data)["score_history"] == as_dicts
+    assert all(item.text in data.decode() for item in progress.history)
+    empty = TargetState.from_json({})
+    assert b'"score_history": []' in encode_state(empty)
+    with pytest.raises(ValueError):
+        ScoreItem(1, 0.5, "keep", {"a": math.nan}, "2026-12-06T00:00:00Z")

@@ -27,12 +27,14 @@ import math
 import os
 import re
 import secrets
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 
 from autoloop_daemon.exceptions import StateWriteError
+from autoloop_daemon.json_text import compact
 from autoloop_daemon.storage.files.regular import (
     FILE_MODE,
     check_regular_or_absent,
@@ -297,32 +299,27 @@ def remove_stale_tmp(directory: Path) -> list[Path]:
     return removed
 
 
-# One encoder for every value: `json.dumps` with options builds a new one per call, which
-# was most of a state's serialisation (a few hundred per checkpoint, 10,000 at shutdown).
-_COMPACT = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(", ", ": "))
-
-
-def _compact(value: Any) -> str:
-    return _COMPACT.encode(value)
-
-
-def dumps_json(obj: Any) -> bytes:
+def dumps_json(obj: Any, *, encoded: Mapping[str, Sequence[str]] | None = None) -> bytes:
     """`obj` as UTF-8 JSON with a final newline; NaN/Infinity raise ValueError.
 
     A dict is written one top-level key per line (list items one per line too) so the state
     file stays readable, but every value goes through the C encoder: `indent=` would switch
     json to its pure-Python encoder, which cost ~3 ms per checkpoint with a long history.
+    `encoded` maps a key of `obj` to its list's items already as text (`json_text.compact`):
+    they are written as they are, in place of `obj`'s value for that key.
     """
     if not isinstance(obj, dict) or not obj:
-        return (_compact(obj) + "\n").encode()
+        return (compact(obj) + "\n").encode()
     lines = []
     for key, value in obj.items():
-        if isinstance(value, list) and value:
-            items = ",\n    ".join(_compact(item) for item in value)
-            text = f"[\n    {items}\n  ]"
+        items = encoded.get(key) if encoded else None
+        if items is None and isinstance(value, list) and value:
+            items = [compact(item) for item in value]
+        if items:
+            text = "[\n    " + ",\n    ".join(items) + "\n  ]"
         else:
-            text = _compact(value)
-        lines.append(f"  {_compact(str(key))}: {text}")
+            text = "[]" if items is not None else compact(value)
+        lines.append(f"  {compact(str(key))}: {text}")
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
 
 

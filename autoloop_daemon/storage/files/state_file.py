@@ -23,10 +23,11 @@ from typing import Any, TypeGuard
 
 from autoloop_daemon.clock import now_utc, to_iso
 from autoloop_daemon.exceptions import NotRegularFileError, StateCorruptError
+from autoloop_daemon.json_text import compact
 from autoloop_daemon.models import LogEntry
 from autoloop_daemon.storage.files import fsio
 from autoloop_daemon.storage.files.log_checkpoint import is_marker
-from autoloop_daemon.target_state import SCHEMA_VERSION, TargetState
+from autoloop_daemon.target_state import SCHEMA_VERSION, ScoreItem, TargetState
 from autoloop_daemon.vocab import RunStatus
 
 STATE_NAME = "autoloop_state.json"
@@ -326,4 +327,7 @@ def seed_entries(state: TargetState) -> list[LogEntry]:
 def encode_state(state: TargetState) -> bytes:
     """Stamp `updated_at` (in place) and serialise the state file's bytes."""
     state.updated_at = to_iso(now_utc())
-    return fsio.dumps_json(state.to_json())
+    history = [
+        item.text if isinstance(item, ScoreItem) else compact(item) for item in state.score_history
+    ]
+    return fsio.dumps_json(state.to_json(history=False), encoded={"score_history": history})
