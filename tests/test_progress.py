@@ -164,7 +164,7 @@ def test_a_state_file_writes_each_history_item_as_the_text_it_was_encoded_to_onc
     progress.apply_to(state)
     state.score_history = [{"iteration": 0, "odd": ["kept", 1]}, *state.score_history]
     data = encode_state(state)
-    as_dicts = [item if type(item) is dict else item.to_json() for item in state.score_history]
+    as_dicts = [dict(item) for item in state.score_history]
     expected = fsio.dumps_json({**state.to_json(), "score_history": as_dicts})
     assert data == expected
     assert json.loads(data)["score_history"] == as_dicts
