@@ -100,9 +100,9 @@ class Progress:
     """Totals, scores and decisions of one target's log, oldest entry first."""
 
     __slots__ = (
-        "_cost_partials", "_estimated_partials", "_kept", "_min_improvement", "_weights",
-        "best", "best_iteration", "completed", "consecutive_errors", "current_scores",
-        "history", "last_decision", "last_iteration", "overrides", "plateau_counter",
+        "_cost_partials", "_estimated_partials", "_history", "_kept", "_min_improvement",
+        "_unencoded", "_weights", "best", "best_iteration", "completed", "consecutive_errors",
+        "current_scores", "last_decision", "last_iteration", "overrides", "plateau_counter",
         "recent_costs", "reports_cost", "scores"
     )  # fmt: skip
 
@@ -124,7 +124,10 @@ class Progress:
         self._kept = bytearray()  # a DecisionKind per completed entry
         # Bounded lists, not deques: an empty deque allocates a 64-slot block (~0.6 kB),
         # 1.5 MB for these two at 1,000 targets (tracemalloc, issue 24).
-        self.history: list[ScoreItem] = []  # the last SCORE_HISTORY_LIMIT
+        self._history: list[ScoreItem] = []  # the last SCORE_HISTORY_LIMIT
+        # Items added since `history` was last read, as ScoreItem's arguments: a log read
+        # at start-up encodes only the items it keeps (~6 µs each).
+        self._unencoded: list[tuple[Any, ...]] = []
         self.current_scores: dict[str, float] = {}
         self.best: float | None = None
         self.best_iteration: int | None = None
@@ -207,10 +210,17 @@ class Progress:
             self.current_scores = entry.scores  # shared, never changed in place
         # A keep that changed no file counts less than reported (see counted_score).
         reported = score if counted != score else None
-        item = ScoreItem(
-            entry.iteration, counted, decision, entry.scores, entry.finished_at, reported
-        )
-        _append_bounded(self.history, item, SCORE_HISTORY_LIMIT)
+        item = (entry.iteration, counted, decision, entry.scores, entry.finished_at, reported)
+        _append_bounded(self._unencoded, item, SCORE_HISTORY_LIMIT)
+
+    @property
+    def history(self) -> list[ScoreItem]:
+        """The newest `SCORE_HISTORY_LIMIT` score_history items, oldest first."""
+        if self._unencoded:
+            new = [ScoreItem(*fields) for fields in self._unencoded]
+            self._history = (self._history + new)[-SCORE_HISTORY_LIMIT:]
+            self._unencoded.clear()
+        return self._history
 
     def to_json(self) -> dict[str, Any]:
         """Everything `from_json` needs to go on where this left off (a log checkpoint).
@@ -258,7 +268,7 @@ class Progress:
         p.scores.frombytes(base64.b64decode(data["scores"], validate=True))
         # "kinds", not the older "kept" (keep / not-keep): an older checkpoint is rebuilt
         p._kept = bytearray(base64.b64decode(data["kinds"], validate=True))
-        p.history = [ScoreItem.of(item) for item in data["history"][-SCORE_HISTORY_LIMIT:]]
+        p._history = [ScoreItem.of(item) for item in data["history"][-SCORE_HISTORY_LIMIT:]]
         p.current_scores = {str(k): float(v) for k, v in data["current_scores"].items()}
         p.best = None if data["best"] is None else float(data["best"])
         p.best_iteration = data["best_iteration"]
