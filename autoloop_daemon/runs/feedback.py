@@ -102,7 +102,7 @@ def _recent_copy(store: Path, state_root: Path, now: datetime) -> str | None:
         with os.fdopen(fd, encoding="utf-8", errors="replace") as src:
             _out_dir(out)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-            with os.fdopen(open_regular(tmp, flags), "w", encoding="utf-8") as dst:
+            with os.fdopen(open_regular(Path(tmp), flags), "w", encoding="utf-8") as dst:
                 for raw in src:
                     line = raw.strip()
                     if line and is_recent(line, cutoff):
@@ -111,12 +111,12 @@ def _recent_copy(store: Path, state_root: Path, now: datetime) -> str | None:
             if count:
                 os.replace(tmp, out)
             else:
-                tmp.unlink()
+                os.unlink(tmp)
                 out.unlink(missing_ok=True)
     except (OSError, ValueError) as exc:
         log.warning("feedback_store_skipped", path=str(store), error=str(exc))
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            os.unlink(tmp)
         return None
     return str(out) if count else None
 

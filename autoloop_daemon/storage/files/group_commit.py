@@ -98,7 +98,7 @@ def _fail(item: _Write, exc: OSError, stage: str = "") -> None:
         )
 
 
-def _make_durable(items: list[_Write], tmps: dict[int, Path], fds: dict[int, int]) -> None:
+def _make_durable(items: list[_Write], tmps: dict[int, str], fds: dict[int, int]) -> None:
     """Step 2: one syncfs per file system; per-file fsyncs when that is not possible.
 
     `fds` holds the temp files still open (a small batch's); the others were closed after
@@ -112,7 +112,7 @@ def _make_durable(items: list[_Write], tmps: dict[int, Path], fds: dict[int, int
         except OSError as exc:
             _fail(items[i], exc)
     for indices in by_device.values():
-        if len(indices) >= SYNCFS_MIN_FILES and _syncfs_dir(tmps[indices[0]].parent):
+        if len(indices) >= SYNCFS_MIN_FILES and _syncfs_dir(items[indices[0]].path.parent):
             continue
         for i in indices:  # one file, or syncfs failed: fsync each (errors are per file)
             try:
@@ -121,7 +121,7 @@ def _make_durable(items: list[_Write], tmps: dict[int, Path], fds: dict[int, int
                 _fail(items[i], exc)
 
 
-def _fsync_tmp(fd: int | None, tmp: Path) -> None:
+def _fsync_tmp(fd: int | None, tmp: str) -> None:
     """fsync a temp file through its open descriptor, or one opened for it (Linux fsyncs
     what was written through any descriptor of the file)."""
     if fd is not None:
@@ -187,7 +187,7 @@ def commit_batch(items: list[_Write]) -> None:
         except OSError as exc:
             _fail(item, exc, " (directory sync)")
         return
-    tmps: dict[int, Path] = {}
+    tmps: dict[int, str] = {}
     fds: dict[int, int] = {}
     # A large batch (a shutdown's 10,000 states) closes each temp file once written: one
     # descriptor per file held until the syncfs ran out of descriptors beside the locks.
@@ -229,7 +229,7 @@ def commit_batch(items: list[_Write]) -> None:
 
 
 def _write_tmp(
-    i: int, item: _Write, tmps: dict[int, Path], fds: dict[int, int], keep_open: bool
+    i: int, item: _Write, tmps: dict[int, str], fds: dict[int, int], keep_open: bool
 ) -> None:
     """Step 1 for one item: its temp file written (`tmps[i]`; left open in `fds[i]` when
     `keep_open`); an error lands in `item.error`."""
