@@ -192,7 +192,7 @@ async def test_a_push_that_fails_waits_and_goes_out_with_the_next_record(
     await db.open()
     await store.record(kept_entry(3), None, None)
     assert [e.iteration for e in await cluster_log(db, "t")] == [1, 2, 3]
-    store.close()
+    await store.close()
 
 
 async def test_the_keeper_renews_notices_a_lost_lease_and_self_fences(db: Database) -> None:
@@ -227,7 +227,7 @@ async def test_a_moved_lease_brings_the_history_and_a_fenced_journal_is_kept_asi
     await a.open()
     await a.record(kept_entry(1), "h1", None)
     await a.record(kept_entry(2), "h2", None)
-    a.close()  # host a freezes: its lease expires without a release
+    await a.close()  # host a freezes: its lease expires without a release
     await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
     b = PostgresStorage(db, "b", tmp_path / "b").target(spec("b"))
     recovered = await b.open()
@@ -238,12 +238,12 @@ async def test_a_moved_lease_brings_the_history_and_a_fenced_journal_is_kept_asi
     a2 = PostgresStorage(db, "a", tmp_path / "a").target(spec("a"))
     with pytest.raises(StateLockedError):
         await a2.open()
-    b.close()
+    await b.close()
     await b.release()
     recovered = await a2.open()
     assert recovered.state.iterations_completed == 3
     assert await a2.read_log() == await cluster_log(db, "t")
-    a2.close()
+    await a2.close()
 
 
 async def test_a_fenced_local_run_is_replaced_by_the_clusters_and_kept_aside(
@@ -257,7 +257,7 @@ async def test_a_fenced_local_run_is_replaced_by_the_clusters_and_kept_aside(
     await push_entry(db, b, kept_entry(2, cost=0.4), None)
     with pytest.raises(FencedWriteError):
         await a.record(kept_entry(2), None, None)  # a's own run 2: kept in its journal only
-    a.close()
+    await a.close()
     await leases.release(db, b)
     again = PostgresStorage(db, "a", tmp_path / "a").target(spec)
     recovered = await again.open()
@@ -265,7 +265,7 @@ async def test_a_fenced_local_run_is_replaced_by_the_clusters_and_kept_aside(
     assert recovered.state.total_cost_usd == pytest.approx(0.5)
     kept = tmp_path / "a" / "t" / "iteration_log.fenced-1.jsonl"
     assert kept.read_text().count("\n") == 2
-    again.close()
+    await again.close()
 
 
 async def _reservation_states(db: Database) -> list[tuple[int, str, Decimal]]:
@@ -321,13 +321,13 @@ async def test_the_fence_given_to_orchestrators_changes_on_a_takeover(
     first = PostgresStorage(db, "a", tmp_path / "da").target(spec)
     await first.open()
     assert first.fence == "t:1"
-    first.close()
+    await first.close()
     await sql(db, "UPDATE targets SET lease_expires_at = now() WHERE name = 't'")
     moved = TargetSpec(name="t", path=tmp_path, state_root=tmp_path / "b" / "t")
     second = PostgresStorage(db, "b", tmp_path / "db").target(moved)
     await second.open()
     assert second.fence == "t:2"
-    second.close()
+    await second.close()
 
 
 async def test_a_host_whose_clock_is_an_hour_ahead_reads_windows_on_the_databases_clock(

@@ -45,4 +45,4 @@ async def test_concurrent_pushes_send_every_waiting_entry_once(
         tg.start_soon(storage.push_waiting)
     assert [e.iteration for e in await cluster_log(db, "t")] == [1, 2, 3]
     assert not storage.has_waiting("t")
-    store.close()
+    await store.close()

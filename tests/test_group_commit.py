@@ -202,7 +202,7 @@ async def test_a_lock_released_during_a_commit_is_released_right_after_the_batch
     async with anyio.create_task_group() as tg:
         tg.start_soon(commits.write, tmp_path / "state.json", b"{}")
         assert await anyio.to_thread.run_sync(entered.wait, 10)
-        commits.release(state_lock)  # a batch is in the worker: handed over, not done here
+        await commits.release(state_lock)  # a batch is in the worker: handed over to it
         assert (root / LOCK_NAME).read_text().strip() == str(os.getpid())
         go.set()
     assert (root / LOCK_NAME).read_text().strip() == ""  # released before the write returned

@@ -80,7 +80,7 @@ async def _open(spec: TargetSpec) -> tuple[TargetState, Any]:
     try:
         recovered = await store.open()
     finally:
-        store.close()
+        await store.close()
     return recovered.state, recovered
 
 

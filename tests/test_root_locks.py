@@ -11,6 +11,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ pytestmark = [pytest.mark.anyio]
 
 _HOLDER = """
 import sys
+import threading
 from autoloop_daemon.storage.files.lock import StateLock
 lock = StateLock(__import__("pathlib").Path(sys.argv[1]))
 lock.acquire()
@@ -124,7 +126,7 @@ async def test_the_roots_are_locked_before_ready_and_each_store_adopts_its_lock(
         # The new root's entry in the state directory is synced with its checkpoint.
         assert new.state_root.parent in synced[new.state_root]
         for store in stores:
-            store.close()
+            await store.close()
         assert not any(locked_elsewhere(s.state_root) for s in (*specs, new))
     finally:
         await anyio.to_thread.run_sync(storage.release)
@@ -262,6 +264,45 @@ async def test_the_roots_table_is_let_go_once_every_lock_is_adopted(tmp_path: Pa
         assert sys.getsizeof(storage._taken) == sys.getsizeof({})
         for store in stores:
             await store.open()
-            store.close()
+            await store.close()
     finally:
         await anyio.to_thread.run_sync(storage.release)
+
+
+@pytest.mark.no_blocking
+async def test_a_shutdowns_lock_releases_run_in_worker_threads_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stores closed at once (every target of a stopping fleet) release their locks in
+    worker threads, spread over up to RELEASE_THREADS of them, never on the event loop;
+    each lock file is left without a pid, and every root is free once the closes return."""
+    specs = [spec(tmp_path, f"t{i:03d}") for i in range(300)]
+    storage = FileStorage(tmp_path / "state")
+    await anyio.to_thread.run_sync(storage.acquire)
+    loop_thread = threading.get_ident()
+    released_on: list[int] = []
+    real_release = StateLock.release
+
+    def recording(lock: StateLock) -> None:
+        released_on.append(threading.get_ident())
+        real_release(lock)
+
+    monkeypatch.setattr(StateLock, "release", recording)
+    try:
+        await storage.lock_roots(specs)
+        stores = [storage.target(s) for s in specs]
+        for store in stores:
+            await store.open()
+        released_on.clear()
+        async with anyio.create_task_group() as tg:
+            for store in stores:
+                tg.start_soon(store.close)
+        released_by_closes = list(released_on)
+    finally:
+        await anyio.to_thread.run_sync(storage.release)
+    released_on = released_by_closes
+    assert loop_thread not in released_on
+    assert 2 <= len(set(released_on)) <= group_commit.RELEASE_THREADS + 1
+    for s in specs:
+        assert not locked_elsewhere(s.state_root)
+        assert (s.state_root / LOCK_NAME).read_bytes() == b""

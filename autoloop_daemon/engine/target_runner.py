@@ -160,7 +160,7 @@ class TargetRunner:
             self._events.publish(ev.CheckpointFailed(self.spec.name, str(exc)))
         finally:
             self._enter(self.state.status, Phase.STOPPED)
-            self._store.close()
+            await self._store.close()  # finishes even when cancelled (TargetStore.close)
             structlog.contextvars.reset_contextvars(target=token)  # not bound_contextvars: 1 kB
         self.final_status = status
         return status

@@ -71,8 +71,10 @@ class TargetStore(Protocol):
         """A file holding iteration `iteration`'s handoff, to pass to the orchestrator."""
         ...
 
-    def close(self) -> None:
-        """Give up ownership (idempotent)."""
+    async def close(self) -> None:
+        """Give up ownership (idempotent), even when the caller is cancelled (its waits are
+        shielded). A file store's lock may still be being released when this returns; an
+        `acquire` of its root in this process waits for it."""
         ...
 
 

@@ -117,7 +117,7 @@ class MemoryTargetStore:
         """None: this backend passes no handoffs."""
         return None
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Give up ownership (idempotent)."""
         if self._open:
             self._open = False

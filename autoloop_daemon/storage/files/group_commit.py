@@ -18,10 +18,13 @@ So the guarantee is `atomic_write_bytes`'s, file by file: a rename happens only 
 data is durable, and a reader (or a crash) sees the old file or the new one. A batch of one
 is exactly `atomic_write_bytes`. Each caller gets its own file's StateWriteError.
 
-It also releases the targets' state locks (`release`): truncating a lock file waits for
-the journal, so while a batch is being committed the release is done in the worker, right
-after the batch, instead of on the event loop (where it blocked every other task once per
-target at shutdown). Every release is done before the last writer of the last batch returns.
+It also releases the targets' state locks (`release`), never on the event loop: rewriting a
+lock file waits for the journal, and once the kernel has written the file back (30 s after
+its last write) it costs ~0.12 ms here, 1.1-1.3 s for a 10,000-target shutdown that the
+loop spent stalled. While a batch is being committed a release is done in its worker, right
+after the batch; otherwise the first `release` leads the others that arrive meanwhile, in
+worker threads (up to RELEASE_THREADS at once for a shutdown's thousands). Every release is
+done before the last writer of the last batch, or the last releaser, returns.
 
 Writes already queued always finish: the waits are shielded, so a cancelled caller returns
 (raising its cancellation) only once its file is committed, and a leader never leaves the
@@ -54,6 +57,8 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 # syncfs also writes back every other process's dirty data on the file system: worth it for
 # a start-up's or a shutdown's thousands of files, not for a handful (one fsync each then).
 SYNCFS_MIN_FILES = 16
+RELEASE_THREADS = 4  # a shutdown's lock releases: 10,000 in ~0.6 s instead of ~1.1 s in one
+RELEASE_CHUNK = 64  # fewer releases than this per thread are not worth another thread
 
 
 @dataclass(eq=False)
@@ -251,6 +256,22 @@ def _write_tmp(
         _fail(item, exc)
 
 
+async def _in_threads(releases: list[Callable[[], None]]) -> None:
+    """Call `releases` in worker threads: one, or up to RELEASE_THREADS for many."""
+    threads = max(1, min(RELEASE_THREADS, len(releases) // RELEASE_CHUNK))
+    if threads == 1:
+        await anyio.to_thread.run_sync(_call_all, releases)
+        return
+    async with anyio.create_task_group() as tg:
+        for k in range(threads):
+            tg.start_soon(anyio.to_thread.run_sync, _call_all, releases[k::threads])
+
+
+def _call_all(calls: Sequence[Callable[[], None]]) -> None:
+    for call in calls:
+        call()
+
+
 def _commit_then_release(items: list[_Write], releases: Sequence[Callable[[], None]]) -> None:
     """`commit_batch`, then the lock releases handed over while it was being gathered."""
     try:
@@ -274,15 +295,24 @@ class GroupCommit:
         """An empty queue; nothing is started."""
         self._pending: list[_Write] = []
         self._busy = False  # a leader is gathering or committing a batch
-        self._releases: list[Callable[[], None]] = []  # lock releases for the next batch
+        self._releasing = False  # a `release` is leading the releases (no batch is)
+        self._releases: list[Callable[[], None]] = []  # lock releases not yet handed over
 
-    def release(self, lock: StateLock) -> None:
-        """Release a target's state lock: now when no batch is being committed, else in the
-        worker thread right after the batch (see the module docstring)."""
-        if self._busy:
-            self._releases.append(lock.release_later())
-        else:
-            lock.release()
+    async def release(self, lock: StateLock) -> None:
+        """Release a target's state lock in a worker thread: right after the batch being
+        committed, else with the other releases that arrive meanwhile (see the module
+        docstring). An `acquire` of the root in this process waits for it."""
+        self._releases.append(lock.release_later())
+        if self._busy or self._releasing:
+            return  # the batch's worker, or the leading `release`, takes it
+        self._releasing = True
+        try:
+            with anyio.CancelScope(shield=True):
+                while self._releases and not self._busy:
+                    releases, self._releases = self._releases, []
+                    await _in_threads(releases)
+        finally:
+            self._releasing = False
 
     async def write(
         self,

@@ -154,9 +154,10 @@ class FileTargetStore:
         the orchestrator's runner checks it still exists, off the event loop)."""
         return artifacts.handoff_path(self._spec.state_root, iteration)
 
-    def close(self) -> None:
-        """Release the state root's lock (after the group commit in flight, if one is)."""
-        self._commits.release(self._lock)
+    async def close(self) -> None:
+        """Release the state root's lock, in a worker thread (after the group commit in
+        flight, if one is)."""
+        await self._commits.release(self._lock)
 
 
 ROOTS_NAME = ".autoloopd-roots.json"

@@ -204,7 +204,7 @@ class PostgresTargetStore:
             kept = await anyio.to_thread.run_sync(sync.apply_locally, root, plan, cluster)
             log.info("cluster_journal_synced", target=self._spec.name, added=len(plan.append),
                      fenced_journal_kept=None if kept is None else str(kept))  # fmt: skip
-            self._local.close()
+            await self._local.close()
             recovered = await self._local.open()  # the state follows the completed log
         await self._restore_handoff()
         self._pending = [(e, None) for e in plan.push]
@@ -284,9 +284,9 @@ class PostgresTargetStore:
         """The local handoff file."""
         return self._local.handoff_file(iteration)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Release the local lock; the lease is released by `release` (or expires)."""
-        self._local.close()
+        await self._local.close()
 
     async def release(self) -> None:
         """Give the lease up (graceful stop), so another host takes over at once."""
