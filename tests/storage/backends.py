@@ -39,7 +39,7 @@ class Backend:
 
 
 async def _close(store: TargetStore) -> None:
-    store.close()
+    await store.close()
 
 
 @asynccontextmanager
@@ -78,7 +78,7 @@ async def postgres_backend(tmp_path: Path, dsn: str) -> AsyncIterator[Backend]:
 
     async def let_go(store: Any) -> None:
         assert isinstance(store, PostgresTargetStore)
-        store.close()
+        await store.close()
         await store.release()
 
     roots = (tmp_path / "a", tmp_path / "b")
