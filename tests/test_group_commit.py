@@ -327,3 +327,19 @@ async def test_temp_names_are_never_interned(
     # the check sees pathlib's interning: a Path made from such a name is recorded
     Path(fsio.tmp_name(tmp_path / "h.json"))
     assert [text for text in interned if text.endswith(fsio.TMP_SUFFIX)]
+
+
+def test_a_release_that_fails_does_not_keep_the_others_of_its_thread_from_running() -> None:
+    """The releases handed to one worker thread all run even when one raises; the first
+    error is raised once they have."""
+    called: list[int] = []
+
+    def ok(i: int) -> None:
+        called.append(i)
+
+    def broken() -> None:
+        raise OSError(errno.EBADF, "bad descriptor")
+
+    with pytest.raises(OSError, match="bad descriptor"):
+        group_commit._call_all([partial(ok, 1), broken, partial(ok, 2)])
+    assert called == [1, 2]

@@ -268,8 +268,15 @@ async def _in_threads(releases: list[Callable[[], None]]) -> None:
 
 
 def _call_all(calls: Sequence[Callable[[], None]]) -> None:
+    """Call each of `calls`, the others too when one raises (then the first error)."""
+    errors = []
     for call in calls:
-        call()
+        try:
+            call()
+        except Exception as exc:  # a lock left held would wait for the process's exit
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def _commit_then_release(items: list[_Write], releases: Sequence[Callable[[], None]]) -> None:
