@@ -199,6 +199,14 @@ async def test_a_lock_released_during_a_commit_is_released_right_after_the_batch
     root = tmp_path / "root"
     state_lock = StateLock(root)
     state_lock.acquire()
+    released_on: list[int] = []
+    real_release = StateLock.release
+
+    def recording(lock: StateLock) -> None:
+        released_on.append(threading.get_ident())
+        real_release(lock)
+
+    monkeypatch.setattr(StateLock, "release", recording)
     async with anyio.create_task_group() as tg:
         tg.start_soon(commits.write, tmp_path / "state.json", b"{}")
         assert await anyio.to_thread.run_sync(entered.wait, 10)
@@ -206,6 +214,8 @@ async def test_a_lock_released_during_a_commit_is_released_right_after_the_batch
         assert (root / LOCK_NAME).read_text().strip() == str(os.getpid())
         go.set()
     assert (root / LOCK_NAME).read_text().strip() == ""  # released before the write returned
+    # Handed over during the worker call, it is released after the batch, off the loop.
+    assert len(released_on) == 1 and released_on[0] != threading.get_ident()
     again = StateLock(root)
     again.acquire()
     assert again.stale_holder is None

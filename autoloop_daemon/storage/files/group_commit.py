@@ -21,10 +21,12 @@ is exactly `atomic_write_bytes`. Each caller gets its own file's StateWriteError
 It also releases the targets' state locks (`release`), never on the event loop: rewriting a
 lock file waits for the journal, and once the kernel has written the file back (30 s after
 its last write) it costs ~0.12 ms here, 1.1-1.3 s for a 10,000-target shutdown that the
-loop spent stalled. While a batch is being committed a release is done in its worker, right
-after the batch; otherwise the first `release` leads the others that arrive meanwhile, in
-worker threads (up to RELEASE_THREADS at once for a shutdown's thousands). Every release is
-done before the last writer of the last batch, or the last releaser, returns.
+loop spent stalled. While a batch is being committed a release waits for it: in the
+batch's worker, right after the batch, or (when it came during that worker call) with those
+the batch's leader releases afterwards. Otherwise the first `release` leads the others that
+arrive meanwhile. Those are released in worker threads, up to RELEASE_THREADS at once for a
+shutdown's thousands. Every release is done before the last writer of the last batch, or
+the last releaser, returns.
 
 Writes already queued always finish: the waits are shielded, so a cancelled caller returns
 (raising its cancellation) only once its file is committed, and a leader never leaves the
@@ -310,8 +312,15 @@ class GroupCommit:
         committed, else with the other releases that arrive meanwhile (see the module
         docstring). An `acquire` of the root in this process waits for it."""
         self._releases.append(lock.release_later())
-        if self._busy or self._releasing:
-            return  # the batch's worker, or the leading `release`, takes it
+        if not self._busy:  # else the batch's worker, or its leader afterwards, takes it
+            await self._lead_releases()
+
+    async def _lead_releases(self) -> None:
+        """Release what is queued, and what arrives meanwhile, in worker threads, until a
+        batch starts (its leader takes the rest) or nothing is left; a no-op while another
+        task leads them."""
+        if self._releasing:
+            return
         self._releasing = True
         try:
             with anyio.CancelScope(shield=True):
@@ -377,7 +386,5 @@ class GroupCommit:
                 nxt.done.set()
             else:
                 self._busy = False
-                # Handed over during the worker call; the batch is durable, the disk idle.
-                releases, self._releases = self._releases, []
-                for release in releases:
-                    release()
+                # Handed over during the worker call: a shutdown's thousands, off the loop.
+                await self._lead_releases()
