@@ -29,6 +29,7 @@ from autoloop_daemon.exceptions import StateWriteError
 from autoloop_daemon.storage.files import fsio, group_commit, lock
 from autoloop_daemon.storage.files.group_commit import GroupCommit
 from autoloop_daemon.storage.files.lock import LOCK_NAME, StateLock
+from tests.helpers.lock_releases import record_release_threads
 
 pytestmark = pytest.mark.anyio
 
@@ -199,14 +200,7 @@ async def test_a_lock_released_during_a_commit_is_released_right_after_the_batch
     root = tmp_path / "root"
     state_lock = StateLock(root)
     state_lock.acquire()
-    released_on: list[int] = []
-    real_release = StateLock.release
-
-    def recording(lock: StateLock) -> None:
-        released_on.append(threading.get_ident())
-        real_release(lock)
-
-    monkeypatch.setattr(StateLock, "release", recording)
+    released_on = record_release_threads(monkeypatch)
     async with anyio.create_task_group() as tg:
         tg.start_soon(commits.write, tmp_path / "state.json", b"{}")
         assert await anyio.to_thread.run_sync(entered.wait, 10)

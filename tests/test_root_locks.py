@@ -28,6 +28,7 @@ from autoloop_daemon.storage.files.lock import LOCK_NAME, StateLock
 from autoloop_daemon.storage.files.root_locks import take_roots
 from autoloop_daemon.storage.files.store import FileStorage
 from autoloop_daemon.vocab import TargetStatus
+from tests.helpers.lock_releases import record_release_threads
 
 pytestmark = [pytest.mark.anyio]
 
@@ -280,14 +281,7 @@ async def test_a_shutdowns_lock_releases_run_in_worker_threads_together(
     storage = FileStorage(tmp_path / "state")
     await anyio.to_thread.run_sync(storage.acquire)
     loop_thread = threading.get_ident()
-    released_on: list[int] = []
-    real_release = StateLock.release
-
-    def recording(lock: StateLock) -> None:
-        released_on.append(threading.get_ident())
-        real_release(lock)
-
-    monkeypatch.setattr(StateLock, "release", recording)
+    released_on = record_release_threads(monkeypatch)
     try:
         await storage.lock_roots(specs)
         stores = [storage.target(s) for s in specs]
