@@ -86,16 +86,13 @@ async def serve(
 ) -> int:
     """Run `supervisor` with signal handling, systemd reporting, alerts, (with `control`) the
     control API and (with `live`, on a terminal) the live view; returns the exit code."""
-    supervisor.events.subscribe(journal)
-    supervisor.events.subscribe(HeapFreeze())
-    if alerter is not None:
-        supervisor.events.subscribe(alerter)
-    metrics = Metrics(supervisor.snapshot)
-    supervisor.events.subscribe(metrics)
+    heap, metrics = HeapFreeze(), Metrics(supervisor.snapshot)
+    reporter = SystemdReporter(supervisor, notifier)
+    for observer in (journal, heap, alerter, metrics, reporter):  # in this order
+        if observer is not None:
+            supervisor.events.subscribe(observer)
     reviews = _review_watch(supervisor)
     metrics.registry.register(ReviewCollector(reviews))
-    reporter = SystemdReporter(supervisor, notifier)
-    supervisor.events.subscribe(reporter)
     exit_code = 0
     error: AutoloopError | None = None
     keep_inherited_descriptors_from_children()  # posix_spawn would pass them on
@@ -108,6 +105,7 @@ async def serve(
             tg.start_soon(notifier.watchdog_loop)
             tg.start_soon(reporter.status_loop)
             await tg.start(reviews.run)
+            await tg.start(heap.run, supervisor.runners)
             if alerter is not None:
                 await tg.start(alerter.run)
             if live:
