@@ -65,6 +65,12 @@ def test_a_reload_collects_cycles_that_were_frozen() -> None:
     assert watched() is None and gc.get_freeze_count() > 0 and gc.isenabled()
 
 
+def _frozen(objects: list[Node]) -> bool:
+    """True when every one of `objects` is in the permanent generation (`gc.freeze`)."""
+    tracked = {id(o) for o in gc.get_objects()}  # every generation but the permanent one
+    return not any(id(o) in tracked for o in objects)
+
+
 class Runner:
     """What `HeapFreeze.run` reads of a target's runner: its phase."""
 
@@ -84,27 +90,26 @@ class Fleet:
         return self.runners
 
 
-def _frozen_after_ready(freeze: HeapFreeze) -> int:
-    freeze(ev.DaemonReady(targets=2, failed=0, spent_usd=0.0, cap_usd=1.0))
-    return gc.get_freeze_count()
-
-
 @pytest.mark.anyio
-async def test_the_launched_fleet_is_frozen_once_every_runner_is_past_its_start() -> None:
+async def test_the_collector_waits_for_the_launched_fleet_then_freezes_it() -> None:
     freeze, fleet = HeapFreeze(poll_s=0.005, limit_s=30.0), Fleet(2)
     async with anyio.create_task_group() as tg:
         await tg.start(freeze.run, fleet)
-        at_ready = _frozen_after_ready(freeze)
+        freeze(ev.TargetsLoading(2))
+        loaded = [Node() for _ in range(1000)]  # the states: made while loading
+        freeze(ev.DaemonReady(targets=2, failed=0, spent_usd=0.0, cap_usd=1.0))
+        assert _frozen(loaded) and not gc.isenabled()  # frozen; paused for the launch
         launched = [Node() for _ in range(1000)]  # the targets' tasks: made after READY
         garbage = _cycle()  # a cycle dropped meanwhile: collected, not frozen
         fleet.runners[0].phase = Phase.COOLDOWN
         await wait_until(lambda: fleet.looks >= 5)
-        # One runner still starting: no refreeze (frozen objects freed meanwhile lower it).
-        assert gc.get_freeze_count() < at_ready + len(launched)
+        assert not gc.isenabled() and not _frozen(launched)  # one runner still starting
         fleet.runners[1].phase = Phase.RUNNING
-        await wait_until(lambda: gc.get_freeze_count() >= at_ready + len(launched))
+        await wait_until(gc.isenabled)
+        assert _frozen(launched)
         assert garbage() is None
         tg.cancel_scope.cancel()
+    assert gc.isenabled()
 
 
 @pytest.mark.anyio
@@ -112,24 +117,41 @@ async def test_a_fleet_that_never_settles_is_frozen_after_the_limit() -> None:
     freeze, fleet = HeapFreeze(poll_s=0.005, limit_s=0.1), Fleet(1)  # stays STARTING
     async with anyio.create_task_group() as tg:
         await tg.start(freeze.run, fleet)
-        at_ready = _frozen_after_ready(freeze)
+        freeze(ev.DaemonReady(targets=1, failed=0, spent_usd=0.0, cap_usd=1.0))
         launched = [Node() for _ in range(1000)]
-        await wait_until(lambda: gc.get_freeze_count() >= at_ready + len(launched))
+        await wait_until(gc.isenabled)
+        assert _frozen(launched)
         assert fleet.runners[0].phase is Phase.STARTING
         tg.cancel_scope.cancel()
 
 
 @pytest.mark.anyio
-async def test_a_reload_is_followed_by_another_refreeze() -> None:
+async def test_a_reload_pauses_the_collector_until_the_reloaded_fleet_settles() -> None:
     freeze, fleet = HeapFreeze(poll_s=0.005, limit_s=30.0), Fleet(1)
-    fleet.runners[0].phase = Phase.COOLDOWN
     async with anyio.create_task_group() as tg:
         await tg.start(freeze.run, fleet)
-        at_ready = _frozen_after_ready(freeze)
-        first = [Node() for _ in range(1000)]
-        await wait_until(lambda: gc.get_freeze_count() >= at_ready + len(first))
-        freeze(ev.ConfigReloaded(("b",), (), (), 1.0))  # unfreezes, collects, refreezes
-        at_reload = gc.get_freeze_count()
-        second = [Node() for _ in range(1000)]  # the reloaded targets' tasks
-        await wait_until(lambda: gc.get_freeze_count() >= at_reload + len(second))
+        freeze(ev.DaemonReady(targets=1, failed=0, spent_usd=0.0, cap_usd=1.0))
+        fleet.runners[0].phase = Phase.COOLDOWN
+        await wait_until(gc.isenabled)
+        fleet.runners.append(Runner())  # a target the reload adds: starting
+        freeze(ev.ConfigReloaded(("b",), (), (), 1.0))
+        assert not gc.isenabled()  # collected and frozen again, then paused
+        added = [Node() for _ in range(1000)]
+        await wait_until(lambda: fleet.looks >= 5)
+        assert not gc.isenabled() and not _frozen(added)
+        fleet.runners[1].phase = Phase.COOLDOWN
+        await wait_until(gc.isenabled)
+        assert _frozen(added)
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_watch_leaves_the_collector_running() -> None:
+    freeze, fleet = HeapFreeze(poll_s=0.005, limit_s=30.0), Fleet(1)  # stays STARTING
+    async with anyio.create_task_group() as tg:
+        await tg.start(freeze.run, fleet)
+        freeze(ev.DaemonReady(targets=1, failed=0, spent_usd=0.0, cap_usd=1.0))
+        await wait_until(lambda: fleet.looks >= 2)
+        assert not gc.isenabled()
+        tg.cancel_scope.cancel()  # a stop while the launch settles
+    assert gc.isenabled()
