@@ -71,40 +71,45 @@ def _frozen(objects: list[Node]) -> bool:
     return not any(id(o) in tracked for o in objects)
 
 
+class Spec:
+    """A runner's target, by name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 class Runner:
-    """What `HeapFreeze.run` reads of a target's runner: its phase."""
+    """What `HeapFreeze.run` reads of a target's runner: its phase and its target's name."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         self.phase = Phase.STARTING
+        self.spec = Spec(name)
 
 
-class Fleet:
-    """The runners `HeapFreeze.run` is given, counting how often it looked."""
+def _starting(name: str) -> ev.TargetStarting:
+    return ev.TargetStarting(name, f"/skills/{name}", "continuous", 10, 1.0)
 
-    def __init__(self, n: int) -> None:
-        self.runners = [Runner() for _ in range(n)]
-        self.looks = 0
 
-    def __call__(self) -> list[Runner]:
-        self.looks += 1
-        return self.runners
+def _ready(n: int) -> ev.DaemonReady:
+    return ev.DaemonReady(targets=n, failed=0, spent_usd=0.0, cap_usd=1.0)
 
 
 @pytest.mark.anyio
 async def test_the_collector_waits_for_the_launched_fleet_then_freezes_it() -> None:
-    freeze, fleet = HeapFreeze(poll_s=0.005, limit_s=30.0), Fleet(2)
+    freeze, fleet = HeapFreeze(limit_s=30.0), [Runner("a"), Runner("b")]
     async with anyio.create_task_group() as tg:
-        await tg.start(freeze.run, fleet)
+        await tg.start(freeze.run, lambda: fleet)
         freeze(ev.TargetsLoading(2))
         loaded = [Node() for _ in range(1000)]  # the states: made while loading
-        freeze(ev.DaemonReady(targets=2, failed=0, spent_usd=0.0, cap_usd=1.0))
+        freeze(_ready(2))
         assert _frozen(loaded) and not gc.isenabled()  # frozen; paused for the launch
         launched = [Node() for _ in range(1000)]  # the targets' tasks: made after READY
         garbage = _cycle()  # a cycle dropped meanwhile: collected, not frozen
-        fleet.runners[0].phase = Phase.COOLDOWN
-        await wait_until(lambda: fleet.looks >= 5)
-        assert not gc.isenabled() and not _frozen(launched)  # one runner still starting
-        fleet.runners[1].phase = Phase.RUNNING
+        freeze(_starting("a"))
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        assert not gc.isenabled() and not _frozen(launched)  # "b" has not begun
+        freeze(_starting("b"))  # it waits for a slot: still STARTING, but begun
         await wait_until(gc.isenabled)
         assert _frozen(launched)
         assert garbage() is None
@@ -114,44 +119,83 @@ async def test_the_collector_waits_for_the_launched_fleet_then_freezes_it() -> N
 
 @pytest.mark.anyio
 async def test_a_fleet_that_never_settles_is_frozen_after_the_limit() -> None:
-    freeze, fleet = HeapFreeze(poll_s=0.005, limit_s=0.1), Fleet(1)  # stays STARTING
+    freeze, fleet = HeapFreeze(limit_s=0.1), [Runner("a")]  # never begins
     async with anyio.create_task_group() as tg:
-        await tg.start(freeze.run, fleet)
-        freeze(ev.DaemonReady(targets=1, failed=0, spent_usd=0.0, cap_usd=1.0))
+        await tg.start(freeze.run, lambda: fleet)
+        freeze(_ready(1))
         launched = [Node() for _ in range(1000)]
         await wait_until(gc.isenabled)
         assert _frozen(launched)
-        assert fleet.runners[0].phase is Phase.STARTING
         tg.cancel_scope.cancel()
 
 
 @pytest.mark.anyio
-async def test_a_reload_pauses_the_collector_until_the_reloaded_fleet_settles() -> None:
-    freeze, fleet = HeapFreeze(poll_s=0.005, limit_s=30.0), Fleet(1)
+async def test_a_reload_pauses_the_collector_until_its_new_runners_begin() -> None:
+    freeze, fleet = HeapFreeze(limit_s=30.0), [Runner("a")]
     async with anyio.create_task_group() as tg:
-        await tg.start(freeze.run, fleet)
-        freeze(ev.DaemonReady(targets=1, failed=0, spent_usd=0.0, cap_usd=1.0))
-        fleet.runners[0].phase = Phase.COOLDOWN
+        await tg.start(freeze.run, lambda: fleet)
+        freeze(_ready(1))
+        freeze(_starting("a"))
         await wait_until(gc.isenabled)
-        fleet.runners.append(Runner())  # a target the reload adds: starting
+        fleet[0].phase = Phase.COOLDOWN  # a runner the reload keeps: past its start
+        fleet.append(Runner("b"))  # one it adds: not begun yet
         freeze(ev.ConfigReloaded(("b",), (), (), 1.0))
         assert not gc.isenabled()  # collected and frozen again, then paused
         added = [Node() for _ in range(1000)]
-        await wait_until(lambda: fleet.looks >= 5)
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
         assert not gc.isenabled() and not _frozen(added)
-        fleet.runners[1].phase = Phase.COOLDOWN
+        freeze(_starting("b"))
         await wait_until(gc.isenabled)
         assert _frozen(added)
         tg.cancel_scope.cancel()
 
 
 @pytest.mark.anyio
-async def test_a_cancelled_watch_leaves_the_collector_running() -> None:
-    freeze, fleet = HeapFreeze(poll_s=0.005, limit_s=30.0), Fleet(1)  # stays STARTING
+async def test_runners_that_began_before_a_reload_was_announced_count_as_begun() -> None:
+    freeze, fleet = HeapFreeze(limit_s=30.0), [Runner("a")]
     async with anyio.create_task_group() as tg:
-        await tg.start(freeze.run, fleet)
-        freeze(ev.DaemonReady(targets=1, failed=0, spent_usd=0.0, cap_usd=1.0))
-        await wait_until(lambda: fleet.looks >= 2)
+        await tg.start(freeze.run, lambda: fleet)
+        freeze(_ready(1))
+        freeze(_starting("a"))  # then waits for a slot, STARTING, for as long as it takes
+        await wait_until(gc.isenabled)
+        fleet.append(Runner("b"))
+        freeze(_starting("b"))  # launched by the reload, began before ConfigReloaded
+        freeze(ev.ConfigReloaded(("b",), (), (), 1.0))
+        assert not gc.isenabled()
+        await wait_until(gc.isenabled)  # neither is awaited: both began
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_target_started_again_must_begin_again() -> None:
+    freeze, fleet = HeapFreeze(limit_s=30.0), [Runner("a")]
+    async with anyio.create_task_group() as tg:
+        await tg.start(freeze.run, lambda: fleet)
+        freeze(_ready(1))
+        freeze(_starting("a"))
+        await wait_until(gc.isenabled)
+        freeze(
+            ev.TargetStopped("a", "stopped_signal", "stopped", 1, 10, 0.5, 0.0, None, None, "/s")
+        )
+        fleet[0] = Runner("a")  # its new runner, not begun
+        freeze(ev.ConfigReloaded((), (), ("a",), 1.0))
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        assert not gc.isenabled()
+        freeze(_starting("a"))
+        await wait_until(gc.isenabled)
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_watch_leaves_the_collector_running() -> None:
+    freeze, fleet = HeapFreeze(limit_s=30.0), [Runner("a")]  # never begins
+    async with anyio.create_task_group() as tg:
+        await tg.start(freeze.run, lambda: fleet)
+        freeze(_ready(1))
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
         assert not gc.isenabled()
         tg.cancel_scope.cancel()  # a stop while the launch settles
     assert gc.isenabled()

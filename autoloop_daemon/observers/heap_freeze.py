@@ -13,9 +13,11 @@ chain of coroutines down to the wait it rests in (~35 tracked objects, 350,000 a
 targets) came after that freeze, and every full pass walked them again: ~100 ms each, six
 of them while the 10,000 tasks started (the first `status` after READY took 1.7 s) and
 about one per `status` afterwards. So when `run` watches the fleet, the collector stays
-paused until the launched fleet has settled (every runner past `Phase.STARTING`: it has
-begun its first wait or iteration), or `SETTLE_LIMIT_S` after the launch, and what the
-launch made is collected and frozen then, once (~0.15 s at 10,000 targets).
+paused until the launched fleet has settled, or `SETTLE_LIMIT_S` after the launch, and what
+the launch made is collected and frozen then, once (~0.15 s at 10,000 targets). Settled:
+every runner has begun its cycle (`TargetStarting`: its task ran, and rests in its first
+wait, a slot or the store) or was past its start already (a reload keeps the runners it
+does not change).
 
 Objects freed by their reference count are freed as before; only reference cycles among
 the frozen objects would outlive their use, so after a reload (targets added, changed or
@@ -35,16 +37,25 @@ from anyio.abc import TaskStatus
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.vocab import Phase
 
-SETTLE_POLL_S = 0.25
 SETTLE_LIMIT_S = 60.0
 
 
-class Phased(Protocol):
+class _Named(Protocol):
+    @property
+    def name(self) -> str:
+        """The target's name."""
+
+
+class Launched(Protocol):
     """What `run` looks at in a target's runner."""
 
     @property
     def phase(self) -> Phase:
         """Where the runner is in its cycle now."""
+
+    @property
+    def spec(self) -> _Named:
+        """The target it runs."""
 
 
 class HeapFreeze:
@@ -52,15 +63,25 @@ class HeapFreeze:
     refreeze after a reload. With `run`, each freeze waits until the launched fleet has
     settled."""
 
-    def __init__(self, poll_s: float = SETTLE_POLL_S, limit_s: float = SETTLE_LIMIT_S) -> None:
-        """Check the fleet every `poll_s` once launched, for at most `limit_s`."""
-        self._poll_s = poll_s
+    def __init__(self, limit_s: float = SETTLE_LIMIT_S) -> None:
+        """Wait at most `limit_s` for a launched fleet to settle."""
         self._limit_s = limit_s
         self._launched: anyio.Event | None = None  # made by `run`, in the event loop
+        self._started: set[str] = set()  # targets whose runner's cycle began (and goes on)
+        self._pending: set[str] = set()  # launched runners whose cycle has not begun
+        self._settled: anyio.Event | None = None  # set when `_pending` empties
 
     def __call__(self, event: ev.Event) -> None:
         """Act on the events that begin and end the fleet's long-lived set of objects."""
-        if isinstance(event, ev.TargetsLoading):
+        if isinstance(event, ev.TargetStarting):
+            if self._launched is not None:
+                self._started.add(event.target)
+                self._pending.discard(event.target)
+                if not self._pending and self._settled is not None:
+                    self._settled.set()
+        elif isinstance(event, ev.TargetStopped):
+            self._started.discard(event.target)  # a runner started again begins anew
+        elif isinstance(event, ev.TargetsLoading):
             gc.disable()
         elif isinstance(event, ev.DaemonReady | ev.ConfigReloaded):
             gc.unfreeze()  # after a reload: a removed target's cycles can go now
@@ -74,25 +95,27 @@ class HeapFreeze:
 
     async def run(
         self,
-        fleet: Callable[[], Iterable[Phased]],
+        fleet: Callable[[], Iterable[Launched]],
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """After each `DaemonReady` and `ConfigReloaded` (which pause the collector while it
-        runs): once every runner of `fleet()` is past its start (or `limit_s` on), collect,
-        freeze and resume the collector. Runs until cancelled."""
+        runs): once every runner of `fleet()` has begun its cycle (or `limit_s` on),
+        collect, freeze and resume the collector. Runs until cancelled."""
         self._launched = anyio.Event()
         task_status.started()
         try:
             while True:
                 await self._launched.wait()
                 self._launched = anyio.Event()
+                starting = (r.spec.name for r in fleet() if r.phase is Phase.STARTING)
+                self._pending = set(starting) - self._started
+                self._settled = anyio.Event()
+                if not self._pending:
+                    self._settled.set()
                 with anyio.move_on_after(self._limit_s):
-                    # Polled: a phase changes in a dozen places, none of which should know.
-                    starting = True
-                    while starting:
-                        starting = any(runner.phase is Phase.STARTING for runner in fleet())
-                        await anyio.sleep(self._poll_s)  # after the last too: into waits
+                    await self._settled.wait()
+                self._settled, self._pending = None, set()
                 gc.collect()  # what the launch made: the fleet before it is frozen
                 gc.freeze()
                 if not self._launched.is_set():  # else another launch: stay paused for it
