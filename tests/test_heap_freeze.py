@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -94,11 +95,31 @@ def _ready(n: int) -> ev.DaemonReady:
     return ev.DaemonReady(targets=n, failed=0, spent_usd=0.0, cap_usd=1.0)
 
 
-@pytest.mark.anyio
-async def test_the_collector_waits_for_the_launched_fleet_then_freezes_it() -> None:
-    freeze, fleet = HeapFreeze(limit_s=30.0), [Runner("a"), Runner("b")]
+@asynccontextmanager
+async def _watching(fleet: list[Runner], limit_s: float = 30.0) -> AsyncIterator[HeapFreeze]:
+    """A HeapFreeze whose `run` watches `fleet` until the block ends."""
+    freeze = HeapFreeze(limit_s=limit_s)
     async with anyio.create_task_group() as tg:
         await tg.start(freeze.run, lambda: fleet)
+        yield freeze
+        tg.cancel_scope.cancel()
+
+
+async def _turns() -> None:
+    """Loop turns enough for `run` to act on what it was told (it takes one or two)."""
+    for _ in range(20):
+        await anyio.lowlevel.checkpoint()
+
+
+async def _launched_and_settled(freeze: HeapFreeze, name: str) -> None:
+    freeze(_ready(1))
+    freeze(_starting(name))
+    await wait_until(gc.isenabled)
+
+
+@pytest.mark.anyio
+async def test_the_collector_waits_for_the_launched_fleet_then_freezes_it() -> None:
+    async with _watching([Runner("a"), Runner("b")]) as freeze:
         freeze(ev.TargetsLoading(2))
         loaded = [Node() for _ in range(1000)]  # the states: made while loading
         freeze(_ready(2))
@@ -106,96 +127,74 @@ async def test_the_collector_waits_for_the_launched_fleet_then_freezes_it() -> N
         launched = [Node() for _ in range(1000)]  # the targets' tasks: made after READY
         garbage = _cycle()  # a cycle dropped meanwhile: collected, not frozen
         freeze(_starting("a"))
-        for _ in range(20):
-            await anyio.lowlevel.checkpoint()
+        await _turns()
         assert not gc.isenabled() and not _frozen(launched)  # "b" has not begun
         freeze(_starting("b"))  # it waits for a slot: still STARTING, but begun
         await wait_until(gc.isenabled)
         assert _frozen(launched)
         assert garbage() is None
-        tg.cancel_scope.cancel()
     assert gc.isenabled()
 
 
 @pytest.mark.anyio
 async def test_a_fleet_that_never_settles_is_frozen_after_the_limit() -> None:
-    freeze, fleet = HeapFreeze(limit_s=0.1), [Runner("a")]  # never begins
-    async with anyio.create_task_group() as tg:
-        await tg.start(freeze.run, lambda: fleet)
+    async with _watching([Runner("a")], limit_s=0.1) as freeze:  # "a" never begins
         freeze(_ready(1))
         launched = [Node() for _ in range(1000)]
         await wait_until(gc.isenabled)
         assert _frozen(launched)
-        tg.cancel_scope.cancel()
 
 
 @pytest.mark.anyio
 async def test_a_reload_pauses_the_collector_until_its_new_runners_begin() -> None:
-    freeze, fleet = HeapFreeze(limit_s=30.0), [Runner("a")]
-    async with anyio.create_task_group() as tg:
-        await tg.start(freeze.run, lambda: fleet)
-        freeze(_ready(1))
-        freeze(_starting("a"))
-        await wait_until(gc.isenabled)
+    fleet = [Runner("a")]
+    async with _watching(fleet) as freeze:
+        await _launched_and_settled(freeze, "a")
         fleet[0].phase = Phase.COOLDOWN  # a runner the reload keeps: past its start
         fleet.append(Runner("b"))  # one it adds: not begun yet
         freeze(ev.ConfigReloaded(("b",), (), (), 1.0))
         assert not gc.isenabled()  # collected and frozen again, then paused
         added = [Node() for _ in range(1000)]
-        for _ in range(20):
-            await anyio.lowlevel.checkpoint()
+        await _turns()
         assert not gc.isenabled() and not _frozen(added)
         freeze(_starting("b"))
         await wait_until(gc.isenabled)
         assert _frozen(added)
-        tg.cancel_scope.cancel()
 
 
 @pytest.mark.anyio
 async def test_runners_that_began_before_a_reload_was_announced_count_as_begun() -> None:
-    freeze, fleet = HeapFreeze(limit_s=30.0), [Runner("a")]
-    async with anyio.create_task_group() as tg:
-        await tg.start(freeze.run, lambda: fleet)
-        freeze(_ready(1))
-        freeze(_starting("a"))  # then waits for a slot, STARTING, for as long as it takes
-        await wait_until(gc.isenabled)
+    fleet = [Runner("a")]  # "a" begins, then waits for a slot, STARTING, for a long time
+    async with _watching(fleet) as freeze:
+        await _launched_and_settled(freeze, "a")
         fleet.append(Runner("b"))
         freeze(_starting("b"))  # launched by the reload, began before ConfigReloaded
         freeze(ev.ConfigReloaded(("b",), (), (), 1.0))
         assert not gc.isenabled()
-        await wait_until(gc.isenabled)  # neither is awaited: both began
-        tg.cancel_scope.cancel()
+        await wait_until(gc.isenabled)  # neither is waited for: both began
 
 
 @pytest.mark.anyio
 async def test_a_target_started_again_must_begin_again() -> None:
-    freeze, fleet = HeapFreeze(limit_s=30.0), [Runner("a")]
-    async with anyio.create_task_group() as tg:
-        await tg.start(freeze.run, lambda: fleet)
-        freeze(_ready(1))
-        freeze(_starting("a"))
-        await wait_until(gc.isenabled)
+    fleet = [Runner("a")]
+    async with _watching(fleet) as freeze:
+        await _launched_and_settled(freeze, "a")
         freeze(
             ev.TargetStopped("a", "stopped_signal", "stopped", 1, 10, 0.5, 0.0, None, None, "/s")
         )
         fleet[0] = Runner("a")  # its new runner, not begun
         freeze(ev.ConfigReloaded((), (), ("a",), 1.0))
-        for _ in range(20):
-            await anyio.lowlevel.checkpoint()
+        await _turns()
         assert not gc.isenabled()
         freeze(_starting("a"))
         await wait_until(gc.isenabled)
-        tg.cancel_scope.cancel()
 
 
 @pytest.mark.anyio
 async def test_a_cancelled_watch_leaves_the_collector_running() -> None:
-    freeze, fleet = HeapFreeze(limit_s=30.0), [Runner("a")]  # never begins
-    async with anyio.create_task_group() as tg:
-        await tg.start(freeze.run, lambda: fleet)
+    async with _watching([Runner("a")]) as freeze:  # "a" never begins
         freeze(_ready(1))
-        for _ in range(20):
-            await anyio.lowlevel.checkpoint()
+        await _turns()
         assert not gc.isenabled()
-        tg.cancel_scope.cancel()  # a stop while the launch settles
+    # the block's end cancelled `run` while the launch settled
     assert gc.isenabled()
