@@ -207,8 +207,15 @@ class ChaosLab(ClusterLab):
         frozen pids."""
         for _ in range(attempts):
             pids = self.freeze(host)
-            settled = wait_for(lambda: self._sessions_of(host), timeout=10, interval=0.005,
-                               what=f"{host}'s sessions to stop")  # fmt: skip
+            try:
+                (settled,) = wait_for(
+                    lambda: self._settled_sessions(host),
+                    timeout=10,
+                    interval=0.005,
+                    what=f"{host}'s sessions to stop",
+                )
+            except WaitTimeout:  # a statement still running for the frozen host: another try
+                settled = []
             if any(state == "idle in transaction" and "budgets" in locks
                    for state, locks in settled):  # fmt: skip
                 return pids
@@ -216,6 +223,12 @@ class ChaosLab(ClusterLab):
             wait_for(lambda: self.leases_of(host), timeout=20, interval=0.01,
                      what=f"{host} holding a lease")  # fmt: skip
         raise AssertionError(f"{host} was never frozen inside a transaction")
+
+    def _settled_sessions(self, host: str) -> tuple[list[tuple[str, list[str]]]] | None:
+        """`_sessions_of` in a tuple, so that a host with no session at all (an empty list)
+        counts as settled for `wait_for` too."""
+        sessions = self._sessions_of(host)
+        return None if sessions is None else (sessions,)
 
     def _sessions_of(self, host: str) -> list[tuple[str, list[str]]] | None:
         """(state, locked relations) of each session of `host`; None while one is still
