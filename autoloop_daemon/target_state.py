@@ -86,7 +86,9 @@ class ScoreItem(Mapping[str, Any]):
         )
 
     def __getitem__(self, key: str) -> Any:
-        """The value of the file's key `key`."""
+        """The value of the file's key `key` (the iteration without decoding the text)."""
+        if key == "iteration":
+            return self.iteration
         return self.to_json()[key]
 
     def __iter__(self) -> Iterator[str]:

@@ -127,6 +127,7 @@ def test_history_items_are_compact_and_read_and_write_as_the_files_objects() -> 
     progress = Progress.from_entries([*entries, unchanged], {"a": 2.0}, 0.0)
     assert all(type(item) is ScoreItem for item in progress.history)
     last = progress.history[-1]
+    assert last["iteration"] == last.to_json()["iteration"] == unchanged.iteration
     assert last["reported_score"] == pytest.approx(0.999)
     assert last["weighted_score"] < last["reported_score"]
     assert len(last) == 6 and list(last)[-1] == "reported_score"
