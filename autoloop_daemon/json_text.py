@@ -2,7 +2,7 @@
 
 `compact` is the one-line form the state files hold their values in (`, ` and `: ` between
 items, NaN and Infinity refused, non-ASCII kept): `fsio.dumps_json` writes a state with it,
-and a runner's score_history item (target_state.ScoreItem) is kept as its text, encoded once.
+and a runner keeps its score_history as its items' text, encoded once (score_history.py).
 
 The standard library encodes with `indent` in pure Python (its C encoder only runs without
 one): 0.3 s for `autoloopd status --json` at 10,000 targets. Here a container whose values

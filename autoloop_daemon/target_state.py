@@ -9,14 +9,13 @@ and from the file's JSON object (`from_json` / `to_json`); unknown fields ride a
 from __future__ import annotations
 
 import copy
-import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from functools import cache
 from typing import Any
 
-from autoloop_daemon.json_text import compact
 from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.score_history import ScoreHistory, ScoreItem
 from autoloop_daemon.vocab import FINAL_STATUSES, TargetStatus
 
 SCHEMA_VERSION = "1.0"
@@ -35,83 +34,6 @@ class InFlight:
         data: dict[str, Any] = {"iteration": self.iteration, "started_at": self.started_at}
         if self.pid is not None:
             data["pid"] = self.pid
-        return data
-
-
-class ScoreItem(Mapping[str, Any]):
-    """One `score_history` item as a runner keeps it: read as the file's object (a mapping
-    with the same keys, `reported_score` only when set), held as that object's JSON text.
-
-    A daemon keeps up to 50 per target for as long as it runs: as a dict with its scores an
-    item held ~1 kB with six dimensions (~0.4 kB with one), 49 MB at 1,000 targets; as text
-    ~0.3 kB. The text is what every checkpoint writes (`encode_state`), so an item is
-    encoded once instead of at each checkpoint (0.7 ms per checkpoint with 50 items). Its
-    other fields are read from the text: only the iteration is read on every run.
-    """
-
-    __slots__ = ("iteration", "text")
-
-    def __init__(
-        self,
-        iteration: int,
-        weighted_score: float | None,
-        decision: str | None,
-        scores: Mapping[str, float] | None,
-        timestamp: str | None,
-        reported_score: float | None = None,  # a keep that changed no file (policy/progress.py)
-    ) -> None:
-        """The item of these fields (ValueError when a number is NaN or infinite)."""
-        data: dict[str, Any] = {
-            "iteration": iteration,
-            "weighted_score": weighted_score,
-            "decision": decision,
-            "scores": scores,
-            "timestamp": timestamp,
-        }
-        if reported_score is not None:
-            data["reported_score"] = reported_score
-        self.iteration = iteration
-        self.text = compact(data)
-
-    @classmethod
-    def of(cls, data: Mapping[str, Any]) -> ScoreItem:
-        """The item of the file's object `data` (KeyError when a key is missing)."""
-        return cls(
-            data["iteration"],
-            data["weighted_score"],
-            data["decision"],
-            data["scores"],
-            data["timestamp"],
-            data.get("reported_score"),
-        )
-
-    def __getitem__(self, key: str) -> Any:
-        """The value of the file's key `key` (the iteration without decoding the text)."""
-        if key == "iteration":
-            return self.iteration
-        return self.to_json()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        """The file's keys, in its order."""
-        return iter(self.to_json())
-
-    def __len__(self) -> int:
-        """How many keys the file's object has."""
-        return len(self.to_json())
-
-    def __eq__(self, other: object) -> bool:
-        """Equal to a mapping with the same keys and values (another item included)."""
-        return isinstance(other, Mapping) and self.to_json() == dict(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        """The item and its file's object."""
-        return f"ScoreItem({self.text})"
-
-    def to_json(self) -> dict[str, Any]:
-        """The file's object (a new dict)."""
-        data: dict[str, Any] = json.loads(self.text)
         return data
 
 
@@ -204,10 +126,7 @@ class TargetState:
             "total_cost_usd": self.total_cost_usd,
             "max_cost_usd": self.max_cost_usd,
             "current_scores": self.current_scores,
-            "score_history": [
-                item.to_json() if isinstance(item, ScoreItem) else item
-                for item in (self.score_history if history else ())
-            ],
+            "score_history": _history_json(self.score_history) if history else [],
             "plateau_counter": self.plateau_counter,
             "plateau_window": self.plateau_window,
             "status": str(self.status),
@@ -281,3 +200,11 @@ def _copy(value: Any) -> Any:
     """`value` deep-copied; a scalar (most of a state) is immutable and returned as is, which
     makes loading 10,000 states at start-up ~3x faster than a `deepcopy` of each value."""
     return value if type(value) in _SCALARS else copy.deepcopy(value)
+
+
+def _history_json(history: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """score_history as the file's objects: a runner's history decoded at once, a list
+    (read from a file, or both kinds) item by item."""
+    if isinstance(history, ScoreHistory):
+        return history.to_json()
+    return [item.to_json() if isinstance(item, ScoreItem) else item for item in history]

@@ -3,12 +3,14 @@ checkpoint's encoding with 0, 5 and 50 items (a runner keeps the newest 50).
 
     .venv/bin/python bench/history_items.py [--quick] [--rounds N]
 
-Measured in-process on the real code, each against the same history held as plain dicts
-(what a state read from a file holds, and what a runner kept before its items became
-`ScoreItem`s: the file's object as its JSON text, encoded once):
+Measured in-process on the real code, three ways of holding the same history, interleaved:
+a runner's `ScoreHistory` (its items' text as one string, score_history.py), one
+`ScoreItem` per item (each the file's object as its JSON text: what a runner kept before),
+and plain dicts (what a state read from a file holds, and what a runner kept before that):
 
-* memory per item (tracemalloc, 5,000 items), with one scored dimension (the benchmarks'
-  echo orchestrator) and with six; a dict item counts the scores dict it keeps;
+* memory per item (tracemalloc, 5,000 items: 100 histories of 50, each grown one item at a
+  time as a runner grows it), with one scored dimension (the benchmarks' echo
+  orchestrator) and with six; a dict item counts the scores dict it keeps;
 * `encode_state` (the bytes of one checkpoint; a run makes two) with 0, 5 and 50 items of
   six dimensions, µs per call, min/median/max over the rounds.
 
@@ -27,8 +29,9 @@ from typing import Any
 
 import common  # first: puts the repository on sys.path
 
+from autoloop_daemon.score_history import EMPTY_HISTORY, ScoreItem, item_text
 from autoloop_daemon.storage.files.state_file import encode_state
-from autoloop_daemon.target_state import ScoreItem, TargetState
+from autoloop_daemon.target_state import TargetState
 
 ITEMS_FOR_MEMORY = 5_000
 
@@ -50,14 +53,30 @@ def _as_dict(fields: tuple[Any, ...]) -> dict[str, Any]:
     return dict(zip(keys, fields, strict=True))
 
 
-def bytes_per_item(dims: int, as_text: bool) -> float:
+FORMS = ("history", "score_item", "plain_dict")
+HISTORY_ITEMS = 50  # a runner keeps the newest 50 (policy/progress.py)
+
+
+def _held(form: str, fields: list[tuple[Any, ...]]) -> list[Any]:
+    """`fields` held the `form` way: histories of 50 grown one item at a time, or lists."""
+    if form == "history":
+        histories = []
+        for start in range(0, len(fields), HISTORY_ITEMS):
+            history = EMPTY_HISTORY
+            for f in fields[start : start + HISTORY_ITEMS]:
+                history = history.appended([(f[0], item_text(*f))], HISTORY_ITEMS)
+            histories.append(history)
+        return histories
+    if form == "score_item":
+        return [ScoreItem(*f) for f in fields]
+    return [_as_dict(f) for f in fields]
+
+
+def bytes_per_item(dims: int, form: str) -> float:
     """Traced bytes per item of `ITEMS_FOR_MEMORY` items (a dict item's scores included)."""
     tracemalloc.start()
     fields = [_fields(dims, i) for i in range(ITEMS_FOR_MEMORY)]
-    if as_text:
-        items: list[Any] = [ScoreItem(*f) for f in fields]
-    else:
-        items = [_as_dict(f) for f in fields]
+    items = _held(form, fields)
     del fields  # what is left is what the items keep
     used = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
@@ -65,11 +84,11 @@ def bytes_per_item(dims: int, as_text: bool) -> float:
     return used / ITEMS_FOR_MEMORY
 
 
-def encode_us(n_items: int, as_text: bool, calls: int) -> float:
+def encode_us(n_items: int, form: str, calls: int) -> float:
     """µs per `encode_state` of a state with `n_items` six-dimension items."""
     state = TargetState.from_json({"target": "t", "status": "cooldown"})
-    fields = [_fields(6, i) for i in range(n_items)]
-    state.score_history = [ScoreItem(*f) if as_text else _as_dict(f) for f in fields]
+    held = _held(form, [_fields(6, i) for i in range(n_items)])
+    state.score_history = (held[0] if held else EMPTY_HISTORY) if form == "history" else held
     t0 = time.perf_counter()
     for _ in range(calls):
         encode_state(state)
@@ -90,21 +109,22 @@ def main() -> None:
     common.print_machine(info)
     rows, results = [], []
     for what, measure in (
-        ("bytes per item, 1 dimension", lambda text: bytes_per_item(1, text)),
-        ("bytes per item, 6 dimensions", lambda text: bytes_per_item(6, text)),
+        ("bytes per item, 1 dimension", lambda form: bytes_per_item(1, form)),
+        ("bytes per item, 6 dimensions", lambda form: bytes_per_item(6, form)),
         *(
-            (f"encode_state, {n} items, µs", lambda text, n=n: encode_us(n, text, calls))
+            (f"encode_state, {n} items, µs", lambda form, n=n: encode_us(n, form, calls))
             for n in (0, 5, 50)
         ),
     ):
-        kept: dict[bool, list[float]] = {True: [], False: []}
+        kept: dict[str, list[float]] = {form: [] for form in FORMS}
         for _ in range(args.rounds):
-            for as_text in (False, True):  # interleaved: both see the same minute
-                kept[as_text].append(measure(as_text))
-        rows.append([what, _mmm(kept[True]), _mmm(kept[False])])
-        results.append({"figure": what, "score_item": kept[True], "plain_dict": kept[False]})
+            for form in FORMS:  # interleaved: all see the same minute
+                kept[form].append(measure(form))
+        rows.append([what, *(_mmm(kept[form]) for form in FORMS)])
+        results.append({"figure": what, **kept})
     print(f"min / median / max of {args.rounds} rounds")
-    print(common.table(["figure", "ScoreItem (text)", "plain dicts"], rows))
+    print(common.table(["figure", "ScoreHistory (one text)", "ScoreItem each", "plain dicts"],
+                       rows))  # fmt: skip
     path = common.write_results(
         "history_items", {"machine": info, "quick": args.quick, "figures": results}
     )

@@ -13,9 +13,10 @@ import pytest
 from autoloop_daemon.models import LogEntry
 from autoloop_daemon.policy import stops
 from autoloop_daemon.policy.progress import SCORE_HISTORY_LIMIT, Progress, entry_score
+from autoloop_daemon.score_history import ScoreItem
 from autoloop_daemon.storage.files import fsio
 from autoloop_daemon.storage.files.state_file import encode_state
-from autoloop_daemon.target_state import ScoreItem, TargetState
+from autoloop_daemon.target_state import TargetState
 from tests.helpers.state_json import reconcile
 
 

@@ -131,10 +131,8 @@ class Iteration:
         return result, live_usd, final[-1] if final else None
 
     def _last_handoff(self) -> Path | None:
-        history = self._runner.progress.history
-        if not history:
-            return None
-        return self._runner._store.handoff_file(int(history[-1]["iteration"]))
+        last = self._runner.progress.history.last_iteration
+        return None if last is None else self._runner._store.handoff_file(last)
 
     def _open_meter(self) -> Meter:
         """Meter the run's live cost: by wall time unless its orchestrator reports cost."""

@@ -22,7 +22,8 @@ from autoloop_daemon.models import LogEntry
 from autoloop_daemon.policy.decisions import DecisionKind, decision_kind
 from autoloop_daemon.policy.recording import CAP_CROSSING_ERRORS
 from autoloop_daemon.policy.stops import LoopView, weighted_score
-from autoloop_daemon.target_state import ScoreItem, TargetState
+from autoloop_daemon.score_history import EMPTY_HISTORY, ScoreHistory, item_text
+from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import Decision, RunStatus
 
 # The state keeps only the newest N score_history items; the log has them all.
@@ -124,8 +125,8 @@ class Progress:
         self._kept = bytearray()  # a DecisionKind per completed entry
         # Bounded lists, not deques: an empty deque allocates a 64-slot block (~0.6 kB),
         # 1.5 MB for these two at 1,000 targets (tracemalloc, issue 24).
-        self._history: list[ScoreItem] = []  # the last SCORE_HISTORY_LIMIT
-        # Items added since `history` was last read, as ScoreItem's arguments: a log read
+        self._history = EMPTY_HISTORY  # the last SCORE_HISTORY_LIMIT (score_history.py)
+        # Items added since `history` was last read, as `item_text`'s arguments: a log read
         # at start-up encodes only the items it keeps (~6 µs each).
         self._unencoded: list[tuple[Any, ...]] = []
         self.current_scores: dict[str, float] = {}
@@ -214,11 +215,11 @@ class Progress:
         _append_bounded(self._unencoded, item, SCORE_HISTORY_LIMIT)
 
     @property
-    def history(self) -> list[ScoreItem]:
+    def history(self) -> ScoreHistory:
         """The newest `SCORE_HISTORY_LIMIT` score_history items, oldest first."""
         if self._unencoded:
-            new = [ScoreItem(*fields) for fields in self._unencoded]
-            self._history = (self._history + new)[-SCORE_HISTORY_LIMIT:]
+            new = [(fields[0], item_text(*fields)) for fields in self._unencoded]
+            self._history = self._history.appended(new, SCORE_HISTORY_LIMIT)
             self._unencoded.clear()
         return self._history
 
@@ -235,7 +236,7 @@ class Progress:
             "completed": self.completed,
             "scores": base64.b64encode(self.scores.tobytes()).decode(),
             "kinds": base64.b64encode(bytes(self._kept)).decode(),
-            "history": [item.to_json() for item in self.history],
+            "history": self.history.to_json(),
             "current_scores": self.current_scores,
             "best": self.best,
             "best_iteration": self.best_iteration,
@@ -268,7 +269,7 @@ class Progress:
         p.scores.frombytes(base64.b64decode(data["scores"], validate=True))
         # "kinds", not the older "kept" (keep / not-keep): an older checkpoint is rebuilt
         p._kept = bytearray(base64.b64decode(data["kinds"], validate=True))
-        p._history = [ScoreItem.of(item) for item in data["history"][-SCORE_HISTORY_LIMIT:]]
+        p._history = ScoreHistory.of(data["history"][-SCORE_HISTORY_LIMIT:])
         p.current_scores = {str(k): float(v) for k, v in data["current_scores"].items()}
         p.best = None if data["best"] is None else float(data["best"])
         p.best_iteration = data["best_iteration"]
@@ -296,7 +297,7 @@ class Progress:
         """Write every log-derived field into `state` (in place)."""
         state.iterations_completed = self.completed
         state.total_cost_usd = self.total_cost_usd
-        state.score_history = list(self.history)
+        state.score_history = self.history  # immutable: shared, not copied
         state.current_scores = self.current_scores
         state.best_weighted_score = self.best
         state.best_iteration = self.best_iteration

@@ -305,14 +305,15 @@ def remove_stale_tmp(directory: Path) -> list[Path]:
     return removed
 
 
-def dumps_json(obj: Any, *, encoded: Mapping[str, Sequence[str]] | None = None) -> bytes:
+def dumps_json(obj: Any, *, encoded: Mapping[str, Sequence[str] | str] | None = None) -> bytes:
     """`obj` as UTF-8 JSON with a final newline; NaN/Infinity raise ValueError.
 
     A dict is written one top-level key per line (list items one per line too) so the state
     file stays readable, but every value goes through the C encoder: `indent=` would switch
     json to its pure-Python encoder, which cost ~3 ms per checkpoint with a long history.
-    `encoded` maps a key of `obj` to its list's items already as text (`json_text.compact`):
-    they are written as they are, in place of `obj`'s value for that key.
+    `encoded` maps a key of `obj` to its list's items already as text (`json_text.compact`),
+    or to one string of them joined the way this writes a list's items
+    (`score_history.ITEM_SEPARATOR`): written as they are, in place of `obj`'s value.
     """
     if not isinstance(obj, dict) or not obj:
         return (compact(obj) + "\n").encode()
@@ -321,7 +322,9 @@ def dumps_json(obj: Any, *, encoded: Mapping[str, Sequence[str]] | None = None) 
         items = encoded.get(key) if encoded else None
         if items is None and isinstance(value, list) and value:
             items = [compact(item) for item in value]
-        if items:
+        if isinstance(items, str):
+            text = "[\n    " + items + "\n  ]" if items else "[]"
+        elif items:
             text = "[\n    " + ",\n    ".join(items) + "\n  ]"
         else:
             text = "[]" if items is not None else compact(value)

@@ -25,9 +25,10 @@ from autoloop_daemon.clock import now_utc, to_iso
 from autoloop_daemon.exceptions import NotRegularFileError, StateCorruptError
 from autoloop_daemon.json_text import compact
 from autoloop_daemon.models import LogEntry
+from autoloop_daemon.score_history import ScoreHistory, ScoreItem
 from autoloop_daemon.storage.files import fsio
 from autoloop_daemon.storage.files.log_checkpoint import is_marker
-from autoloop_daemon.target_state import SCHEMA_VERSION, ScoreItem, TargetState
+from autoloop_daemon.target_state import SCHEMA_VERSION, TargetState
 from autoloop_daemon.vocab import RunStatus
 
 STATE_NAME = "autoloop_state.json"
@@ -327,7 +328,10 @@ def seed_entries(state: TargetState) -> list[LogEntry]:
 def encode_state(state: TargetState) -> bytes:
     """Stamp `updated_at` (in place) and serialise the state file's bytes."""
     state.updated_at = to_iso(now_utc())
-    history = [
-        item.text if isinstance(item, ScoreItem) else compact(item) for item in state.score_history
-    ]
+    items = state.score_history
+    history: str | list[str] = (
+        items.text
+        if isinstance(items, ScoreHistory)
+        else [item.text if isinstance(item, ScoreItem) else compact(item) for item in items]
+    )
     return fsio.dumps_json(state.to_json(history=False), encoded={"score_history": history})

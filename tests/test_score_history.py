@@ -1,0 +1,91 @@
+"""A runner's score_history held as one text (score_history.py): the same items, the same
+bytes in the state file, the newest ones kept, whatever the appends."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from autoloop_daemon.score_history import (
+    EMPTY_HISTORY,
+    ITEM_SEPARATOR,
+    ScoreHistory,
+    ScoreItem,
+    item_text,
+)
+from autoloop_daemon.storage.files import fsio
+from autoloop_daemon.storage.files.state_file import encode_state
+from autoloop_daemon.target_state import TargetState
+
+
+def _fields(i: int, rng: random.Random) -> tuple[object, ...]:
+    scores = {f"d{k}": round(rng.random(), 6) for k in range(rng.randrange(0, 4))}
+    reported = round(rng.random(), 3) if rng.random() < 0.2 else None
+    decision = rng.choice(["keep", "reject", None, 'ünïcode "quoted"\nline'])
+    return (i, round(rng.random(), 6), decision, scores or None, f"2026-12-07T00:00:{i % 60:02d}Z",
+            reported)  # fmt: skip
+
+
+def _pair(fields: tuple[object, ...]) -> tuple[int, str]:
+    return fields[0], item_text(*fields)  # type: ignore[arg-type, return-value]
+
+
+def test_appends_keep_the_newest_items_whatever_their_sizes() -> None:
+    """Appends of 0 to 60 items at a time onto histories of every length keep exactly the
+    newest `limit` items, each readable as its file object, oldest first."""
+    rng = random.Random(24)
+    for limit in (1, 3, 50):
+        history, model = EMPTY_HISTORY, []
+        number = 0
+        for _ in range(120):
+            batch = []
+            for _ in range(rng.choice([0, 1, 1, 1, 2, limit, limit + 7])):
+                number += 1
+                batch.append(_fields(number, rng))
+            history = history.appended([_pair(f) for f in batch], limit)
+            model = (model + [ScoreItem(*f).to_json() for f in batch])[-limit:]  # type: ignore[arg-type]
+            assert len(history) == len(model)
+            assert history.to_json() == model == [item.to_json() for item in history]
+            assert history.last_iteration == (model[-1]["iteration"] if model else None)
+            assert history.text == ITEM_SEPARATOR.join(json.dumps(m, ensure_ascii=False,
+                   separators=(", ", ": ")) for m in model)  # fmt: skip
+
+
+def test_items_read_as_the_files_objects() -> None:
+    """Indexing (negative, out of range, slices) gives `ScoreItem`s equal to the file's
+    objects; a history equals a list of equal mappings, either way round."""
+    rng = random.Random(5)
+    fields = [_fields(i, rng) for i in range(1, 8)]
+    history = ScoreHistory(_pair(f) for f in fields)
+    objects = [ScoreItem(*f).to_json() for f in fields]  # type: ignore[arg-type]
+    assert [type(item) for item in history] == [ScoreItem] * 7
+    assert history[-1]["iteration"] == 7 and history[0] == objects[0]
+    assert history[2:5] == objects[2:5] and history[::-2] == objects[::-2]
+    with pytest.raises(IndexError):
+        history[7]
+    with pytest.raises(IndexError):
+        history[-8]
+    assert history == objects and objects == history and history != objects[:-1]
+    assert history == ScoreHistory.of(objects) and history != EMPTY_HISTORY
+    assert history != "not a history"
+    assert ScoreHistory.of([]) == [] and EMPTY_HISTORY.last_iteration is None
+    with pytest.raises(KeyError):
+        ScoreHistory.of([{"iteration": 1}])
+    with pytest.raises(ValueError):
+        item_text(1, float("nan"), "keep", None, "t")
+
+
+def test_a_state_writes_a_history_as_its_text() -> None:
+    """`encode_state` writes a runner's history text as it is: the same bytes as its items
+    written as plain dicts, and `[]` when it is empty."""
+    rng = random.Random(9)
+    history = ScoreHistory(_pair(_fields(i, rng)) for i in range(1, 51))
+    state = TargetState.from_json({"extra_key": {"nested": [1, 2]}})
+    state.score_history = history
+    data = encode_state(state)
+    assert data == fsio.dumps_json({**state.to_json(), "score_history": history.to_json()})
+    assert json.loads(data)["score_history"] == history.to_json()
+    state.score_history = EMPTY_HISTORY
+    assert b'"score_history": []' in encode_state(state)
