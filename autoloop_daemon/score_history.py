@@ -145,6 +145,18 @@ class ScoreHistory(Sequence[ScoreItem]):
         """The history of the file's item objects (KeyError when one misses a key)."""
         return cls((item["iteration"], ScoreItem.of(item).text) for item in data)
 
+    @classmethod
+    def of_file(cls, items: Sequence[Mapping[str, Any]]) -> ScoreHistory | None:
+        """The history of a state file's item objects as they are, any key kept (None
+        when an item's iteration is not an integer: the caller keeps the list)."""
+        pairs = []
+        for item in items:
+            iteration = item.get("iteration")
+            if type(iteration) is not int:
+                return None
+            pairs.append((iteration, compact(item)))
+        return cls(pairs)
+
     def appended(self, new: Sequence[tuple[int, str]], limit: int) -> ScoreHistory:
         """This history and the (iteration, text) pairs `new` after it: the newest `limit`.
         The kept items' text is sliced once, not item by item (a run appends one)."""
@@ -198,6 +210,14 @@ class ScoreHistory(Sequence[ScoreItem]):
         return len(other) == len(self) and self.to_json() == [dict(item) for item in other]
 
     __hash__ = None  # type: ignore[assignment]
+
+    def __copy__(self) -> ScoreHistory:
+        """Itself: a history never changes."""
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ScoreHistory:
+        """Itself: a history never changes."""
+        return self
 
     def __repr__(self) -> str:
         """The history and its items' text."""

@@ -3,8 +3,10 @@ bytes in the state file, the newest ones kept, whatever the appends."""
 
 from __future__ import annotations
 
+import copy
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +18,7 @@ from autoloop_daemon.score_history import (
     item_text,
 )
 from autoloop_daemon.storage.files import fsio
-from autoloop_daemon.storage.files.state_file import encode_state
+from autoloop_daemon.storage.files.state_file import encode_state, load_state
 from autoloop_daemon.target_state import TargetState
 
 
@@ -89,3 +91,28 @@ def test_a_state_writes_a_history_as_its_text() -> None:
     assert json.loads(data)["score_history"] == history.to_json()
     state.score_history = EMPTY_HISTORY
     assert b'"score_history": []' in encode_state(state)
+
+
+def test_a_loaded_state_holds_its_history_as_text_every_key_kept(tmp_path: Path) -> None:
+    """`load_state` holds a file's history as a `ScoreHistory` of the items as they are
+    (unknown keys, missing ones and key order kept), which writes back the same objects; an
+    item whose iteration is not an integer keeps the list. A history is never copied."""
+    items = [
+        {"iteration": 1, "weighted_score": 0.5, "decision": "keep", "scores": {"a": 0.5},
+         "timestamp": "t1"},
+        {"decision": "reject", "iteration": 2, "odd": ["kept", {"x": 1}]},
+        {"iteration": 3},
+    ]  # fmt: skip
+    path = tmp_path / "autoloop_state.json"
+    path.write_text(json.dumps({"target": "t", "score_history": items}))
+    state = load_state(path)
+    assert state is not None and isinstance(state.score_history, ScoreHistory)
+    assert state.score_history == items and state.score_history.last_iteration == 3
+    assert list(state.score_history[1]) == ["decision", "iteration", "odd"]
+    assert json.loads(encode_state(state))["score_history"] == items
+    assert copy.deepcopy(state).score_history is state.score_history
+    for odd in ({"weighted_score": 0.5}, {"iteration": None}):
+        path.write_text(json.dumps({"target": "t", "score_history": [*items, odd]}))
+        again = load_state(path)
+        assert again is not None and type(again.score_history) is list
+        assert again.score_history == [*items, odd]

@@ -207,6 +207,10 @@ def load_state(
     problem = _problem(data)
     if problem is not None:
         raise StateCorruptError(f"{path}: {problem}")
+    # Held as text at once: 50 items as dicts are ~30 kB, and a fleet loads together.
+    history = ScoreHistory.of_file(data.get("score_history", ()))
+    if history is not None:
+        data["score_history"] = history
     return TargetState.from_json(data)
 
 
