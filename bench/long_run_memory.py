@@ -83,14 +83,13 @@ def main() -> None:
         for _ in range(args.rounds):
             rounds.append({**one_round(work, n), "floor_mb": floors.import_floors_mb(1)[0]})
             print(" ".join(f"{k} {v:.2f}" for k, v in rounds[-1].items()), flush=True)
+    floor = _mmm([r["floor_mb"] for r in rounds])
     rows = [
-        [what, _mmm([r[key] for r in rounds], digits), _mmm([r["floor_mb"] for r in rounds])]
-        for what, key, digits in (
-            (f"peak RSS, {n} targets loaded, MB", "loaded_mb", 1),
-            (f"peak RSS, {n} targets cooling after a run, MB", "cooling_mb", 1),
-            ("spawn -> every target loaded, s", "start_to_loaded_s", 2),
-        )
-    ]
+        [f"peak RSS, {n} targets loaded, MB", _mmm([r["loaded_mb"] for r in rounds]), floor],
+        [f"peak RSS, {n} targets cooling after a run, MB",
+         _mmm([r["cooling_mb"] for r in rounds]), floor],
+        ["spawn -> every target loaded, s", _mmm([r["start_to_loaded_s"] for r in rounds], 2), ""],
+    ]  # fmt: skip
     print(f"min / median / max of {args.rounds} rounds")
     print(common.table(["figure", "value", "import floor (MB)"], rows))
     path = common.write_results(
