@@ -5,7 +5,7 @@ scores, an item took ~0.6 kB with one dimension and ~1.1 kB with six; as one `Sc
 each (its text, its iteration, the object), 0.33 and 0.45 kB (`bench/history_items.py`):
 16.5 MB at 1,000 targets of one dimension once every target had run 50 iterations.
 `ScoreHistory` holds a target's items as one string, the way the state file lays them out,
-with each item's end and iteration in arrays: the text and ~18 bytes an item.
+with each item's end in an array: the text and ~10 bytes an item.
 
 A checkpoint writes that string as it is (`storage/files/state_file.encode_state`); reading
 an item makes a `ScoreItem`, a mapping with the file's keys over the item's text.
@@ -81,10 +81,10 @@ class ScoreItem(Mapping[str, Any]):
         )
 
     @classmethod
-    def _over(cls, iteration: int, text: str) -> ScoreItem:
-        """The item whose text `text` already is."""
+    def _over(cls, text: str) -> ScoreItem:
+        """The item whose text `text` already is (an object with an integer iteration)."""
         item = cls.__new__(cls)
-        item.iteration, item.text = iteration, text
+        item.iteration, item.text = json.loads(text)["iteration"], text
         return item
 
     def __getitem__(self, key: str) -> Any:
@@ -124,16 +124,16 @@ class ScoreHistory(Sequence[ScoreItem]):
     next history. Indexing gives `ScoreItem`s; equal to a sequence of equal mappings.
     """
 
-    __slots__ = ("_ends", "_iterations", "text")
+    __slots__ = ("_ends", "last_iteration", "text")
 
     def __init__(self, items: Iterable[tuple[int, str]] = ()) -> None:
         """The history of these (iteration, item text) pairs, oldest first."""
-        iterations, texts = array("q"), []
+        texts = []
+        self.last_iteration: int | None = None  # the newest item's (read on every run)
         for iteration, text in items:
-            iterations.append(iteration)
+            self.last_iteration = iteration
             texts.append(text)
         self.text = ITEM_SEPARATOR.join(texts)
-        self._iterations = iterations
         self._ends = array("I")
         end = -len(ITEM_SEPARATOR)
         for text in texts:
@@ -171,14 +171,9 @@ class ScoreHistory(Sequence[ScoreItem]):
             texts.append(text)
         history = ScoreHistory.__new__(ScoreHistory)
         history.text = ITEM_SEPARATOR.join(texts)
-        history._iterations = self._iterations[drop:] + array("q", (i for i, _ in new))
+        history.last_iteration = new[-1][0] if new else self.last_iteration
         history._ends = ends
         return history
-
-    @property
-    def last_iteration(self) -> int | None:
-        """The newest item's iteration (None when empty)."""
-        return self._iterations[-1] if self._iterations else None
 
     def _text_of(self, i: int) -> str:
         start = self._ends[i - 1] + len(ITEM_SEPARATOR) if i else 0
@@ -186,7 +181,7 @@ class ScoreHistory(Sequence[ScoreItem]):
 
     def __len__(self) -> int:
         """How many items."""
-        return len(self._iterations)
+        return len(self._ends)
 
     @overload
     def __getitem__(self, index: int) -> ScoreItem: ...
@@ -199,7 +194,7 @@ class ScoreHistory(Sequence[ScoreItem]):
         if isinstance(index, slice):
             return [self[i] for i in range(len(self))[index]]
         i = range(len(self))[index]  # IndexError when out of range, negatives counted back
-        return ScoreItem._over(self._iterations[i], self._text_of(i))
+        return ScoreItem._over(self._text_of(i))
 
     def __eq__(self, other: object) -> bool:
         """Equal to a sequence of mappings equal to its items (another history included)."""

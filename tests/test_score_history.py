@@ -102,12 +102,14 @@ def test_a_loaded_state_holds_its_history_as_text_every_key_kept(tmp_path: Path)
          "timestamp": "t1"},
         {"decision": "reject", "iteration": 2, "odd": ["kept", {"x": 1}]},
         {"iteration": 3},
+        {"iteration": 10**20},  # beyond 64 bits: kept as it is
     ]  # fmt: skip
     path = tmp_path / "autoloop_state.json"
     path.write_text(json.dumps({"target": "t", "score_history": items}))
     state = load_state(path)
     assert state is not None and isinstance(state.score_history, ScoreHistory)
-    assert state.score_history == items and state.score_history.last_iteration == 3
+    assert state.score_history == items and state.score_history.last_iteration == 10**20
+    assert state.score_history[-1]["iteration"] == 10**20
     assert list(state.score_history[1]) == ["decision", "iteration", "odd"]
     assert json.loads(encode_state(state))["score_history"] == items
     assert copy.deepcopy(state).score_history is state.score_history
