@@ -21,6 +21,9 @@ from functools import cache
 from typing import Any
 
 INDENT = "  "
+# Between two items of a list in a state file (`fsio.dumps_json`'s layout); a runner's
+# score_history is kept joined by it, to be written as it is (score_history.py).
+LIST_ITEM_SEPARATOR = ",\n    "
 # One encoder for every value: `json.dumps` with options builds a new one per call, which
 # was most of a state's serialisation (a few hundred per checkpoint, 10,000 at shutdown).
 _COMPACT = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(", ", ": "))

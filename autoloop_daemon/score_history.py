@@ -18,11 +18,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, overload
 
-from autoloop_daemon.json_text import compact
-
-# Between two items of a list in the state file (`fsio.dumps_json`'s layout): a history's
-# text is written as it is. Compact JSON never holds a raw newline, so it splits items.
-ITEM_SEPARATOR = ",\n    "
+from autoloop_daemon.json_text import LIST_ITEM_SEPARATOR, compact
 
 
 def item_text(
@@ -120,8 +116,9 @@ class ScoreItem(Mapping[str, Any]):
 class ScoreHistory(Sequence[ScoreItem]):
     """A target's newest score_history items, oldest first, as one text (immutable).
 
-    `text` is the items' compact JSON joined by `ITEM_SEPARATOR`; `appended` makes the
-    next history. Indexing gives `ScoreItem`s; equal to a sequence of equal mappings.
+    `text` is the items' compact JSON joined by `LIST_ITEM_SEPARATOR` (compact JSON holds no
+    raw newline, so no item holds the separator); `appended` makes the next history.
+    Indexing gives `ScoreItem`s; equal to a sequence of equal mappings.
     """
 
     __slots__ = ("_ends", "last_iteration", "text")
@@ -133,11 +130,11 @@ class ScoreHistory(Sequence[ScoreItem]):
         for iteration, text in items:
             self.last_iteration = iteration
             texts.append(text)
-        self.text = ITEM_SEPARATOR.join(texts)
+        self.text = LIST_ITEM_SEPARATOR.join(texts)
         self._ends = array("I")
-        end = -len(ITEM_SEPARATOR)
+        end = -len(LIST_ITEM_SEPARATOR)
         for text in texts:
-            end += len(ITEM_SEPARATOR) + len(text)
+            end += len(LIST_ITEM_SEPARATOR) + len(text)
             self._ends.append(end)
 
     @classmethod
@@ -163,21 +160,24 @@ class ScoreHistory(Sequence[ScoreItem]):
         drop = max(len(self) + len(new) - limit, 0)
         if drop >= len(self):
             return ScoreHistory(new[drop - len(self) :])
-        cut = self._ends[drop - 1] + len(ITEM_SEPARATOR) if drop else 0
+        cut = self._start(drop)
         ends = array("I", (end - cut for end in self._ends[drop:]))
         texts = [self.text[cut:]]
         for _, text in new:
-            ends.append(ends[-1] + len(ITEM_SEPARATOR) + len(text))
+            ends.append(ends[-1] + len(LIST_ITEM_SEPARATOR) + len(text))
             texts.append(text)
         history = ScoreHistory.__new__(ScoreHistory)
-        history.text = ITEM_SEPARATOR.join(texts)
+        history.text = LIST_ITEM_SEPARATOR.join(texts)
         history.last_iteration = new[-1][0] if new else self.last_iteration
         history._ends = ends
         return history
 
+    def _start(self, i: int) -> int:
+        """Where item `i` begins in `text`."""
+        return self._ends[i - 1] + len(LIST_ITEM_SEPARATOR) if i else 0
+
     def _text_of(self, i: int) -> str:
-        start = self._ends[i - 1] + len(ITEM_SEPARATOR) if i else 0
-        return self.text[start : self._ends[i]]
+        return self.text[self._start(i) : self._ends[i]]
 
     def __len__(self) -> int:
         """How many items."""

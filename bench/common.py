@@ -238,6 +238,12 @@ def median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def min_median_max(values: Sequence[float], digits: int) -> str:
+    """`min / median / max` of `values`, each with `digits` decimals."""
+    spread = (min(values), statistics.median(values), max(values))
+    return " / ".join(f"{v:.{digits}f}" for v in spread)
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile (0..100, nearest rank), or None for no values."""
     if not values:

@@ -22,13 +22,13 @@ target) never reach.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 import tracemalloc
 from typing import Any
 
 import common  # first: puts the repository on sys.path
 
+from autoloop_daemon.policy.progress import SCORE_HISTORY_LIMIT
 from autoloop_daemon.score_history import EMPTY_HISTORY, ScoreItem, item_text
 from autoloop_daemon.storage.files.state_file import encode_state
 from autoloop_daemon.target_state import TargetState
@@ -54,17 +54,16 @@ def _as_dict(fields: tuple[Any, ...]) -> dict[str, Any]:
 
 
 FORMS = ("history", "score_item", "plain_dict")
-HISTORY_ITEMS = 50  # a runner keeps the newest 50 (policy/progress.py)
 
 
 def _held(form: str, fields: list[tuple[Any, ...]]) -> list[Any]:
     """`fields` held the `form` way: histories of 50 grown one item at a time, or lists."""
     if form == "history":
         histories = []
-        for start in range(0, len(fields), HISTORY_ITEMS):
+        for start in range(0, len(fields), SCORE_HISTORY_LIMIT):
             history = EMPTY_HISTORY
-            for f in fields[start : start + HISTORY_ITEMS]:
-                history = history.appended([(f[0], item_text(*f))], HISTORY_ITEMS)
+            for f in fields[start : start + SCORE_HISTORY_LIMIT]:
+                history = history.appended([(f[0], item_text(*f))], SCORE_HISTORY_LIMIT)
             histories.append(history)
         return histories
     if form == "score_item":
@@ -95,10 +94,6 @@ def encode_us(n_items: int, form: str, calls: int) -> float:
     return (time.perf_counter() - t0) / calls * 1e6
 
 
-def _mmm(values: list[float]) -> str:
-    return f"{min(values):.0f} / {statistics.median(values):.0f} / {max(values):.0f}"
-
-
 def main() -> None:
     """Print the figures and write them to bench/results/history_items.json."""
     p = common.parser(__doc__.splitlines()[0])
@@ -120,7 +115,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for form in FORMS:  # interleaved: all see the same minute
                 kept[form].append(measure(form))
-        rows.append([what, *(_mmm(kept[form]) for form in FORMS)])
+        rows.append([what, *(common.min_median_max(kept[form], 0) for form in FORMS)])
         results.append({"figure": what, **kept})
     print(f"min / median / max of {args.rounds} rounds")
     print(common.table(["figure", "ScoreHistory (one text)", "ScoreItem each", "plain dicts"],

@@ -17,7 +17,6 @@ N is 1,000 (`--quick`: 200); 3 rounds; min / median / max.
 from __future__ import annotations
 
 import shutil
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -26,24 +25,19 @@ import common  # first: puts the repository on sys.path
 import floors
 import scale
 
-HISTORY = 50  # the items a runner keeps (policy/progress.SCORE_HISTORY_LIMIT)
+from autoloop_daemon.policy.progress import SCORE_HISTORY_LIMIT
+from tests.helpers.process import proc_status_kb
 
 
 def build(work: Path, n: int) -> None:
-    """Run `n` targets until each has run `HISTORY` iterations; keep their state roots."""
-    config = scale.fleet_config(work, n, {**scale.busy_defaults(), "max_iterations": HISTORY})
+    """Run `n` targets until each has run as many iterations as a runner keeps items; keep
+    their state roots."""
+    defaults = {**scale.busy_defaults(), "max_iterations": SCORE_HISTORY_LIMIT}
+    config = scale.fleet_config(work, n, defaults)
     with scale.running(work, config, ready_timeout_s=600) as (daemon, *_):
         common.wait_all_status(daemon, "stopped_max_iter", n, timeout_s=3600, interval_s=2)
         common.stop_daemon(daemon.proc, timeout_s=120)
     shutil.move(work / "state", work / "built")
-
-
-def _vm_mb(pid: int) -> dict[str, float]:
-    return {
-        key: int(value.split()[0]) / 1024
-        for key, _, value in (line.partition(":") for line in open(f"/proc/{pid}/status"))
-        if key in ("VmRSS", "VmHWM")
-    }
 
 
 def one_round(work: Path, n: int) -> dict[str, float]:
@@ -52,17 +46,12 @@ def one_round(work: Path, n: int) -> dict[str, float]:
     shutil.copytree(work / "built", work / "state", symlinks=True)
     config = scale.fleet_config(work, n, {**scale.busy_defaults(), "cooldown_minutes": 600})
     with scale.running(work, config, ready_timeout_s=600) as (daemon, _, t0, _ready, loaded):
-        at_loaded = _vm_mb(daemon.pid)["VmHWM"]
+        at_loaded = proc_status_kb(daemon.pid)["VmHWM"] / 1024
         common.wait_all_status(daemon, "cooldown", n, timeout_s=600, interval_s=1)
         time.sleep(3)
-        cooling = _vm_mb(daemon.pid)["VmHWM"]
+        cooling = proc_status_kb(daemon.pid)["VmHWM"] / 1024
         common.stop_daemon(daemon.proc, timeout_s=120)
     return {"start_to_loaded_s": loaded.at - t0, "loaded_mb": at_loaded, "cooling_mb": cooling}
-
-
-def _mmm(values: list[float], digits: int = 1) -> str:
-    spread = (min(values), statistics.median(values), max(values))
-    return "/".join(f"{v:.{digits}f}" for v in spread)
 
 
 def main() -> None:
@@ -78,23 +67,33 @@ def main() -> None:
     with common.work_dir("long_run_memory", args.keep) as work:
         t0 = time.monotonic()
         build(work, n)
-        print(f"built: {n} targets x {HISTORY} iterations in {time.monotonic() - t0:.0f} s")
+        built_s = time.monotonic() - t0
+        print(f"built: {n} targets x {SCORE_HISTORY_LIMIT} iterations in {built_s:.0f} s")
         rounds: list[dict[str, Any]] = []
         for _ in range(args.rounds):
             rounds.append({**one_round(work, n), "floor_mb": floors.import_floors_mb(1)[0]})
             print(" ".join(f"{k} {v:.2f}" for k, v in rounds[-1].items()), flush=True)
-    floor = _mmm([r["floor_mb"] for r in rounds])
+
+    def spread(key: str, digits: int = 1) -> str:
+        return common.min_median_max([r[key] for r in rounds], digits)
+
+    floor = spread("floor_mb")
     rows = [
-        [f"peak RSS, {n} targets loaded, MB", _mmm([r["loaded_mb"] for r in rounds]), floor],
-        [f"peak RSS, {n} targets cooling after a run, MB",
-         _mmm([r["cooling_mb"] for r in rounds]), floor],
-        ["spawn -> every target loaded, s", _mmm([r["start_to_loaded_s"] for r in rounds], 2), ""],
-    ]  # fmt: skip
+        [f"peak RSS, {n} targets loaded, MB", spread("loaded_mb"), floor],
+        [f"peak RSS, {n} targets cooling after a run, MB", spread("cooling_mb"), floor],
+        ["spawn -> every target loaded, s", spread("start_to_loaded_s", 2), ""],
+    ]
     print(f"min / median / max of {args.rounds} rounds")
     print(common.table(["figure", "value", "import floor (MB)"], rows))
     path = common.write_results(
         "long_run_memory",
-        {"machine": info, "quick": args.quick, "targets": n, "history": HISTORY, "rounds": rounds},
+        {
+            "machine": info,
+            "quick": args.quick,
+            "targets": n,
+            "history": SCORE_HISTORY_LIMIT,
+            "rounds": rounds,
+        },
     )
     print(f"results: {path}")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from autoloop_daemon.json_text import LIST_ITEM_SEPARATOR
 from autoloop_daemon.score_history import (
     EMPTY_HISTORY,
-    ITEM_SEPARATOR,
     ScoreHistory,
     ScoreItem,
     item_text,
@@ -51,7 +51,7 @@ def test_appends_keep_the_newest_items_whatever_their_sizes() -> None:
             assert len(history) == len(model)
             assert history.to_json() == model == [item.to_json() for item in history]
             assert history.last_iteration == (model[-1]["iteration"] if model else None)
-            assert history.text == ITEM_SEPARATOR.join(json.dumps(m, ensure_ascii=False,
+            assert history.text == LIST_ITEM_SEPARATOR.join(json.dumps(m, ensure_ascii=False,
                    separators=(", ", ": ")) for m in model)  # fmt: skip
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import anyio.to_thread
 
 from autoloop_daemon.exceptions import StateWriteError
-from autoloop_daemon.json_text import compact
+from autoloop_daemon.json_text import LIST_ITEM_SEPARATOR, compact
 from autoloop_daemon.storage.files.regular import (
     FILE_MODE,
     check_regular_or_absent,
@@ -312,8 +312,8 @@ def dumps_json(obj: Any, *, encoded: Mapping[str, Sequence[str] | str] | None = 
     file stays readable, but every value goes through the C encoder: `indent=` would switch
     json to its pure-Python encoder, which cost ~3 ms per checkpoint with a long history.
     `encoded` maps a key of `obj` to its list's items already as text (`json_text.compact`),
-    or to one string of them joined the way this writes a list's items
-    (`score_history.ITEM_SEPARATOR`): written as they are, in place of `obj`'s value.
+    or to one string of them joined by `LIST_ITEM_SEPARATOR` (this layout's): written as
+    they are, in place of `obj`'s value.
     """
     if not isinstance(obj, dict) or not obj:
         return (compact(obj) + "\n").encode()
@@ -325,7 +325,7 @@ def dumps_json(obj: Any, *, encoded: Mapping[str, Sequence[str] | str] | None = 
         if isinstance(items, str):
             text = "[\n    " + items + "\n  ]" if items else "[]"
         elif items:
-            text = "[\n    " + ",\n    ".join(items) + "\n  ]"
+            text = "[\n    " + LIST_ITEM_SEPARATOR.join(items) + "\n  ]"
         else:
             text = "[]" if items is not None else compact(value)
         lines.append(f"  {compact(str(key))}: {text}")

@@ -127,7 +127,7 @@ async def recover(
         state.apply_limits(spec)
         state.in_flight = None
         # A warm restart of an up-to-date state writes nothing (a migrated one is written).
-        if before is None or unsynced or migrations or _changed(state, before):
+        if before is None or unsynced or migrations or _compared(state) != before:
             data = state_mod.encode_state(state)
             await commits.write(
                 state_mod.state_path(spec.state_root), data, check_root=True, sync_dirs=unsynced
@@ -151,18 +151,18 @@ async def _starting_state(
         if summary.first_started_at is not None:  # a log without a state: the log wins
             state.started_at = summary.first_started_at
         return state, None
-    before = loaded.to_json(history=False)
-    before["score_history"] = loaded.score_history  # compared as it is (a history: its text)
+    before = _compared(loaded)
     if summary.last_entry is None:
         await _seed_log(spec, loaded, summary)
     return loaded, before
 
 
-def _changed(state: TargetState, before: dict[str, Any]) -> bool:
-    """Whether `state` differs from the file's content `before` (its history as loaded)."""
-    now = state.to_json(history=False)
-    now["score_history"] = state.score_history
-    return now != before
+def _compared(state: TargetState) -> dict[str, Any]:
+    """The file's object of `state` with its history as it is held (a `ScoreHistory`
+    compares by its text, without decoding): what a restart compares to skip a write."""
+    data = state.to_json(history=False)
+    data["score_history"] = state.score_history
+    return data
 
 
 async def _seed_log(spec: TargetSpec, state: TargetState, summary: LogSummary) -> None:
