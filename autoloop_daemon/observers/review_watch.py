@@ -1,8 +1,9 @@
 """Watching every target's review queue: counts for `/metrics`, `review_requested` once per entry.
 
 The orchestrator appends held-back candidates to its own file, at any moment of its run, so
-the queue is polled: that target's right after each of its iterations, and all of them at
-start, after a reload and every `interval_s`, each scan in one worker call. A new entry is
+the queue is polled: that target's after each of its iterations (gathered: the targets that
+finished within `gather_s` of each other are read together), and all of them at start,
+after a reload and every `interval_s`, each scan in one worker call. A new entry is
 logged (`review_requested`) and published as a
 `ReviewRequested` event once in this process; the alerter keeps its own record of what it
 sent, so a restart does not page again (observers/alerts.py). Each scan first declines what
@@ -29,6 +30,12 @@ from autoloop_daemon.storage.files.review_files import ReviewQueue, expire_overd
 
 log = structlog.get_logger("autoloopd.review")
 INTERVAL_S = 30.0
+GATHER_S = 0.2
+"""After an iteration's notice, how long the watch lets others come before it scans: one
+worker call for every target that finished meanwhile. A fleet finishing hundreds of
+iterations a second (or one target looping without a cooldown) would otherwise pay one
+worker hand-off per iteration for a file that is almost never there; a candidate is
+announced at most this much later."""
 
 
 class ReviewWatch:
@@ -40,6 +47,7 @@ class ReviewWatch:
         publish: Callable[[ev.Event], None],
         interval_s: float = INTERVAL_S,
         expiry: Callable[[set[str] | None], dict[str, tuple[Path, float]]] | None = None,
+        gather_s: float = GATHER_S,
     ) -> None:
         """Watch the state roots `roots(names)` returns (by target name; `names` None: every
         target, else those of them that exist); nothing runs until `run`.
@@ -53,6 +61,7 @@ class ReviewWatch:
         self._expiry = expiry
         self._publish = publish
         self._interval_s = interval_s
+        self._gather_s = gather_s
         self._wake = anyio.Event()
         self._finished: set[str] = set()  # targets whose iteration ended since the last scan
         self._everything = True  # the next scan reads every queue
@@ -72,7 +81,8 @@ class ReviewWatch:
             self._wake.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Scan at once, then after each iteration and every `interval_s`, until cancelled."""
+        """Scan at once, then `gather_s` after an iteration's notice and every `interval_s`,
+        until cancelled."""
         task_status.started()
         while True:
             only = None if self._everything else self._finished
@@ -80,6 +90,8 @@ class ReviewWatch:
             await self.scan(only)
             with anyio.move_on_after(self._interval_s) as waited:
                 await self._wake.wait()
+            if not waited.cancelled_caught:
+                await anyio.sleep(self._gather_s)  # notices meanwhile join this scan
             self._everything |= waited.cancelled_caught  # the periodic scan reads them all
             self._wake = anyio.Event()
 
