@@ -112,6 +112,32 @@ def test_the_json_is_the_report_the_client_builds_from_status_and_reviews(
     assert _rows(text.decode()) == _rows(render_text(made, every_row=True))
 
 
+def test_the_json_names_a_queue_that_cannot_be_read_and_counts_the_empty_ones_zero(
+    fleet: tuple[Lab, Daemon, Path],
+) -> None:
+    """The daemon reads only the queues that hold something (or cannot be read) into its
+    report; every other target still gets 0 and no problem, as the full listing says."""
+    lab, _, sock = fleet
+    broken = review_files.pending_path(lab.state_root("calm"))
+    broken.parent.mkdir(parents=True, exist_ok=True)
+    broken.write_text("{not json")
+    code, reviews = api(sock, "GET", "/api/reviews")
+    assert code == 200
+    assert len(reviews["targets"]) == 4  # the listing still has every target
+    done = run_autoloopd(["status", "--config", str(lab.config), "--json"], timeout=30)
+    assert done.returncode == 0, done
+    made = json.loads(done.stdout)
+    code, payload = api(sock, "GET", "/api/status")
+    assert code == 200
+    built = with_queues(from_daemon(payload, str(sock)), reviews["targets"])
+    assert _without_uptime(made) == _without_uptime(built)
+    by_name = {r["target"]: r for r in made["targets"]}
+    assert str(broken) in by_name["calm"]["review_problem"]
+    assert (by_name["calm"]["pending_reviews"], by_name["held"]["pending_reviews"]) == (0, 1)
+    assert [(by_name[n]["pending_reviews"], by_name[n]["review_problem"]) for n in
+            ("done", "rest")] == [(0, None), (0, None)]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("query", "named"),
     [

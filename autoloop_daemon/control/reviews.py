@@ -49,14 +49,22 @@ class Reviews:
         record = self._supervisor.record(name)
         return None if record is None else record.spec
 
-    async def queues(self) -> list[dict[str, Any]]:
+    async def queues(self, *, waiting_only: bool = False) -> list[dict[str, Any]]:
         """Every target's queue (`ReviewQueue.to_json`): those of the targets run here read
-        in one worker call; in cluster mode, the others as their holders published them."""
+        in one worker call; in cluster mode, the others as their holders published them.
+        `waiting_only` leaves out the local queues with no entry and no problem (the status
+        report counts a target missing from the list as 0: at 10,000 targets that is 10,000
+        dicts fewer per rendering)."""
         roots = [(s.name, s.state_root) for s in self._specs()]
 
         def read() -> list[dict[str, Any]]:
             now = now_utc()
-            return [read_queue(root, now).to_json(name) for name, root in roots]
+            queues = ((name, read_queue(root, now)) for name, root in roots)
+            return [
+                queue.to_json(name)
+                for name, queue in queues
+                if queue.entries or queue.problem is not None or not waiting_only
+            ]
 
         local = await anyio.to_thread.run_sync(read)
         return await self._supervisor.hosting.review_queues(local)

@@ -8,9 +8,9 @@ it came, without parsing megabytes at 10,000 targets: `?form=json` the report of
 are not quiet and the summary (status_text.py), `&all=1` every row, `&tz=NAME` and
 `&utc_offset=S` its times in the client's zone (`status` sends its own: the operator's
 clock, not the service's; the offset serves when this machine does not know the name).
-Both are rendered at most once per `RenderCache` interval for every client; the text and
-the JSON encoding run in a worker thread, the rows and the budget are taken on the event
-loop at one instant.
+Both are rendered at most once per `RenderCache` interval for every client; the rows and
+the budget are taken on the event loop at one instant, the report is made from them and
+encoded (JSON or text) in a worker thread.
 """
 
 from __future__ import annotations
@@ -108,9 +108,8 @@ def status_routes(
     async def render(form: Form) -> bytes:
         if form[0] == "api":
             return bytes(JSONResponse(payload()).body)
-        queues = await reviews.queues()  # read in a worker thread
-        report = with_queues(from_daemon(payload(), _SOCKET_MARK), queues)
-        return await anyio.to_thread.run_sync(_report_text, report, form)
+        queues = await reviews.queues(waiting_only=True)  # read in a worker thread
+        return await anyio.to_thread.run_sync(_report_text, payload(), queues, form)
 
     cache: RenderCache[Form] = RenderCache(render)
 
@@ -153,9 +152,12 @@ def _utc_offset(text: str | None) -> int | Literal[False] | None:
     return seconds if abs(seconds) <= MAX_UTC_OFFSET_S and seconds % 60 == 0 else False
 
 
-def _report_text(report: dict[str, Any], form: Form) -> bytes:
-    """The report as `autoloopd status` prints it (its last newline included); the text's
-    times in the client's zone (`status_text.zone_of`), else in the daemon's."""
+def _report_text(payload: dict[str, Any], queues: list[dict[str, Any]], form: Form) -> bytes:
+    """The report of `payload` (`/api/status`'s, taken on the event loop; made here in a
+    worker thread, as its rows are this rendering's own) and the review `queues`, as
+    `autoloopd status` prints it (its last newline included); the text's times in the
+    client's zone (`status_text.zone_of`), else in the daemon's."""
+    report = with_queues(from_daemon(payload, _SOCKET_MARK), queues)
     kind, every_row, offset, key = form
     if kind == "json":
         return (dumps_indented(report) + "\n").encode()

@@ -160,7 +160,7 @@ class Supervisor:
         async with anyio.create_task_group() as targets_tg:
             self._targets_tg = targets_tg
             for runner in runners:
-                targets_tg.start_soon(self._run_target, runner)
+                self.launch(runner)
             targets_tg.start_soon(self.hosting.serve, self._shutdown_event, self._stay_up)
             if self._reload_before_ready:
                 targets_tg.start_soon(self.reload)
@@ -264,7 +264,9 @@ class Supervisor:
         """Run a prepared runner in the targets' task group; False once that has closed."""
         if self._targets_tg is None:
             return False
-        self._targets_tg.start_soon(self._run_target, runner)
+        # Named by its target: the task shows it, and anyio makes no name string of its own
+        # (`module.qualname`, ~100 B a target).
+        self._targets_tg.start_soon(self._run_target, runner, name=runner.spec.name)
         return True
 
     async def _run_target(self, runner: TargetRunner) -> None:
