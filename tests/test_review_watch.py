@@ -3,7 +3,8 @@ finish within `gather_s` of each other are scanned together (one worker hand-off
 per iteration), and what a queue holds is still announced once, from real files.
 
 The daemon-level behaviour (gauge, `review_requested` in the log, verdicts over the socket)
-is `tests/test_review_daemon.py`'s."""
+is `tests/test_review_daemon.py`'s; here, a one-shot run that exits right after its
+iteration still announces what that iteration held back."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from autoloop_daemon.models import LogEntry
 from autoloop_daemon.observers.review_watch import ReviewWatch
 from autoloop_daemon.storage.files.review_files import pending_path
 from autoloop_daemon.vocab import RunStatus
+from tests.helpers.daemon import make_target
+from tests.helpers.fakes import orchestrator_cmd
+from tests.helpers.logs import json_lines
+from tests.helpers.process import run_autoloopd
 from tests.helpers.wait import wait_until
 
 AT = datetime(2026, 12, 7, 6, 0, tzinfo=UTC).isoformat()
@@ -102,3 +107,33 @@ async def test_a_notice_during_the_gathering_time_is_not_lost(tmp_path: Path) ->
             await anyio.sleep(0.01)
         await wait_until(lambda: scanned == set(roots))
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_flush_scans_the_notices_at_once(tmp_path: Path) -> None:
+    """A stopping daemon does not wait out the gathering time: `flush` reads what finished."""
+    root = tmp_path / "a"
+    _hold_one(root, "cand-9")
+    published: list[ev.Event] = []
+    watch = ReviewWatch(lambda names: {"a": root}, published.append, gather_s=3600.0)
+    watch(_finished("a"))
+    with anyio.fail_after(5):
+        await watch.flush()
+    assert [(e.target, e.candidate_id) for e in published if isinstance(e, ev.ReviewRequested)] == [
+        ("a", "cand-9")
+    ]
+    await watch.flush()  # nothing finished since: nothing read, nothing announced again
+    assert len(published) == 1
+
+
+def test_a_one_shot_run_announces_what_its_iteration_held_back(tmp_path: Path) -> None:
+    """`--mode scheduled` runs one iteration and exits at once: the candidate it held back is
+    still logged as `review_requested` (the scan after the run is not cut off by the exit)."""
+    target, state_root = make_target(tmp_path)
+    args = ["--target", str(target), "--state-root", str(state_root), "--mode", "scheduled"]
+    args += ["--orchestrator-cmd", orchestrator_cmd("hold"), "--log-level", "info"]
+    done = run_autoloopd(args, timeout=60)
+    assert done.returncode == 0, done.stderr
+    events = [line["event"] for line in json_lines(done.stderr)]
+    assert events.count("review_requested") == 1, done.stderr
+    assert events.index("iteration_finished") < events.index("review_requested")

@@ -125,6 +125,7 @@ async def serve(
             finally:
                 if server is not None:
                     await server.close()
+            await reviews.flush()  # the last iterations' candidates, before the alerts drain
             if alerter is not None:
                 await alerter.finish()
             tg.cancel_scope.cancel()

@@ -2,8 +2,9 @@
 
 The orchestrator appends held-back candidates to its own file, at any moment of its run, so
 the queue is polled: that target's after each of its iterations (gathered: the targets that
-finished within `gather_s` of each other are read together), and all of them at start,
-after a reload and every `interval_s`, each scan in one worker call. A new entry is
+finished within `gather_s` of each other are read together; a stopping daemon reads those
+left at once, `flush`), and all of them at start, after a reload and every `interval_s`,
+each scan in one worker call. A new entry is
 logged (`review_requested`) and published as a
 `ReviewRequested` event once in this process; the alerter keeps its own record of what it
 sent, so a restart does not page again (observers/alerts.py). Each scan first declines what
@@ -94,6 +95,14 @@ class ReviewWatch:
                 await anyio.sleep(self._gather_s)  # notices meanwhile join this scan
             self._everything |= waited.cancelled_caught  # the periodic scan reads them all
             self._wake = anyio.Event()
+
+    async def flush(self) -> None:
+        """Scan now the targets whose iterations ended since the last scan, without waiting
+        for the gathering time: a stopping daemon (a one-shot run that exits after its
+        iteration) announces its last candidates before its alerts are drained."""
+        only, self._finished = self._finished, set()
+        if only:
+            await self.scan(only)
 
     async def scan(self, only: set[str] | None = None) -> None:
         """Read every queue, or those of the targets `only` names (one worker call), and
