@@ -25,6 +25,7 @@ from autoloop_daemon.engine.budget import SharedBudget
 from autoloop_daemon.engine.events import EventBus
 from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.storage.files import recovery as recovery_module
 from autoloop_daemon.storage.files import store as store_module
 from autoloop_daemon.storage.files.review_files import read_queue, read_verdicts, record_verdict
 from autoloop_daemon.storage.files.store import FileTargetStore
@@ -244,6 +245,42 @@ def test_a_review_log_that_is_a_fifo_is_reported_and_the_target_runs_on(lab: Lab
 
 
 @pytest.mark.anyio
+async def test_the_review_log_read_at_open_serves_once_unless_a_verdict_came_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up load reads the review log with the state (no worker hand-off per target
+    afterwards); a verdict this process writes before the runner asks makes it read again."""
+    reads: list[Path] = []
+
+    def counted(root: Path) -> list[dict[str, Any]]:
+        reads.append(root)
+        return read_verdicts(root)
+
+    monkeypatch.setattr(store_module, "read_verdicts", counted)
+    root = tmp_path / "state"
+    spec = TargetSpec(name="t", path=tmp_path, state_root=root, dry_run=True)
+    pending = root / "state" / "pending_promote.json"
+    pending.parent.mkdir(parents=True)
+    pending.write_text(json.dumps({"pending": [{"run_id": "r1", "candidate_id": "c1"}]}))
+    (entry,) = read_queue(root, now_utc()).entries
+
+    store = FileTargetStore(spec)
+    await store.open()
+    assert await store.read_verdicts() == [] and reads == []  # what the load read
+    assert await store.read_verdicts() == [] and reads == [root]  # once only
+    await store.close()
+
+    store = FileTargetStore(spec)
+    await store.open()
+    verdict = {"verdict": "approve", "by": "test", "at": now_iso(), "note": None}
+    record_verdict(root, entry, verdict)  # as `ctl review` while the target was loading
+    (seen,) = await store.read_verdicts()
+    assert (seen["id"], seen["verdict"]) == (entry.review_id, "approve")
+    assert reads == [root, root]  # read again: a verdict was written since the load
+    await store.close()
+
+
+@pytest.mark.anyio
 @pytest.mark.no_blocking
 async def test_the_loop_reads_the_review_log_at_start_and_after_a_notice_not_every_turn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -257,6 +294,8 @@ async def test_the_loop_reads_the_review_log_at_start_and_after_a_notice_not_eve
         reads.append(root)
         return read_verdicts(root)
 
+    # At start it is read with the state and the log, in the load's one blocking call.
+    monkeypatch.setattr(recovery_module, "read_verdicts", counted)
     monkeypatch.setattr(store_module, "read_verdicts", counted)
     (tmp_path / "skill").mkdir()
     spec = TargetSpec(

@@ -121,6 +121,29 @@ def decided_ids(state_root: Path) -> set[str]:
     return {r["id"] for r in read_verdicts(state_root)}
 
 
+class _Count:
+    """A count shared by threads (worker threads write verdicts; the loop reads it)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
+_WRITTEN = _Count()
+
+
+def verdicts_written() -> int:
+    """How many verdicts this process has appended (or tried to) so far. Every verdict on a
+    target's review log is written by the daemon running the target, through
+    `record_verdict`: a copy of a log read after this returned N is still the whole log as
+    long as it returns N."""
+    return _WRITTEN.value
+
+
 def record_verdict(state_root: Path, entry: PendingReview, verdict: dict[str, Any]) -> None:
     """Append one verdict (`verdict` holds the verdict, by, at, note) to the review log, fsynced.
 
@@ -129,7 +152,10 @@ def record_verdict(state_root: Path, entry: PendingReview, verdict: dict[str, An
     record = {**verdict, "id": entry.review_id, "candidate_id": entry.candidate_id,
               "run_id": entry.run_id, "created_at": entry.created_at,
               "title": entry.title}  # fmt: skip
-    append_record(review_log_path(state_root), dumps_json_line(record))
+    try:
+        append_record(review_log_path(state_root), dumps_json_line(record))
+    finally:
+        _WRITTEN.add()  # after the write: a reader that saw the old count reads again
 
 
 def feedback_path(target: Path, entry: PendingReview) -> Path:

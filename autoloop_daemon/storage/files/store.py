@@ -30,7 +30,7 @@ from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files import state_file as state_mod
 from autoloop_daemon.storage.files.group_commit import GroupCommit
 from autoloop_daemon.storage.files.lock import StateLock, check_owned_root
-from autoloop_daemon.storage.files.recovery import Leftovers, recover
+from autoloop_daemon.storage.files.recovery import Leftovers, ReviewLogAtOpen, recover
 from autoloop_daemon.storage.files.review_files import read_queue, read_verdicts
 from autoloop_daemon.storage.files.root_locks import release_all, take_roots
 from autoloop_daemon.storage.files.worker_batch import WorkerBatch
@@ -61,6 +61,7 @@ class FileTargetStore:
         "_leftovers",
         "_loads",
         "_lock",
+        "_reviews_at_open",
         "_spec",
     )
 
@@ -85,6 +86,7 @@ class FileTargetStore:
         self._loads = loads
         self._leftovers = leftovers
         self._lock = StateLock(spec.state_root) if taken is None else taken
+        self._reviews_at_open: ReviewLogAtOpen | None = None  # `open`'s, for one read
 
     # Made when needed, not kept: ~0.3 kB each per target (issue 24, memory).
     @property
@@ -111,7 +113,10 @@ class FileTargetStore:
 
     async def open(self) -> Recovered:
         """Lock the state root and recover it from its log (recovery.py)."""
-        return await recover(self._spec, self._lock, self._commits, self._loads, self._leftovers)
+        recovered, self._reviews_at_open = await recover(
+            self._spec, self._lock, self._commits, self._loads, self._leftovers
+        )
+        return recovered
 
     async def record(self, entry: LogEntry, handoff: str | None, state: TargetState | None) -> None:
         """Append the log line, write the handoff, replace the state: one worker call."""
@@ -140,7 +145,13 @@ class FileTargetStore:
         return box.pop()
 
     async def read_verdicts(self) -> list[dict[str, Any]]:
-        """The verdicts of the state root's review log (review_files.py), oldest first."""
+        """The verdicts of the state root's review log (review_files.py), oldest first. The
+        first call after `open` is answered with what `open` read, unless a verdict has been
+        written since (the runner's start-up: no worker hand-off per target)."""
+        at_open, self._reviews_at_open = self._reviews_at_open, None
+        verdicts = None if at_open is None else at_open.current()
+        if verdicts is not None:
+            return verdicts
         return await anyio.to_thread.run_sync(read_verdicts, self._spec.state_root)
 
     async def pending_reviews(self) -> list[PendingReview]:
