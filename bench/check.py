@@ -42,7 +42,9 @@ benchmarks, whose measuring code this reuses. The figures and their floors:
   one HTTP request on the control socket and `json.loads` of the same payload, in this
   process, right after the timed `status`. The text form, `autoloopd status --config F`
   (the targets with something to tell and the summary), is timed once more per round and
-  printed in the figure's notes (`text N s`).
+  printed in the figure's notes (`text N s`). READY's notes say how long after READY=1
+  every target was loaded and cooling (`all cooling N s later`): READY comes once the
+  roots are locked, and the states load after it.
 
 Busy rounds are windows: the full form runs 3 daemons with one 15 s window each (each
 round its own process and peak), `--quick` one daemon with 3 windows of 1 s (so the memory
@@ -272,6 +274,8 @@ def fleet_rounds(work: Path, sizes: Sizes) -> dict[str, Rounds]:
         roots = [r for r in (work / "state").iterdir() if r.is_dir()]
         size = (roots[0] / floors.STATE_FILE).stat().st_size
         parts["ready_warm"].add(cycle["start_to_ready_s"], floors.lock_and_read_floor(roots))
+        cooled_s = cycle["ready_to_all_cooling_s"]
+        parts["ready_warm"].notes.append(f"all cooling {cooled_s:.1f} s later")
         stop_s = cycle["sigterm_to_exit_s"]
         if stop_s is None:
             raise RuntimeError("fleet: the daemon did not exit within 120 s of SIGTERM")
