@@ -99,18 +99,22 @@ def _load_sync(
         loaded = state_mod.load_state(state_mod.state_path(root), on_migrate=migrations.append)
         marker = None if loaded is None else loaded.log_checkpoint
         summary = read_summary(root, marker, spec.weights_map, spec.min_improvement)
+        # Read here, in the start-up's batched call, rather than one worker hand-off each
+        # afterwards: at 10,000 warm targets those two hand-offs were 2/3 of the load's time.
+        last = summary.last_completed
+        intact = last is not None and _has_content(artifacts.handoff_path(root, last.iteration))
+        verdicts = _verdicts_or_none(root)
     except BaseException:
         lock.release()
         raise
-    # Read here, in the start-up's batched call, rather than one worker hand-off each
-    # afterwards: at 10,000 warm targets those two hand-offs were 2/3 of the load's time.
-    last = summary.last_completed
-    intact = last is not None and _has_content(artifacts.handoff_path(root, last.iteration))
-    try:
-        verdicts: list[dict[str, Any]] | None = read_verdicts(root)
-    except (OSError, UnicodeDecodeError):
-        verdicts = None  # the runner reads it again, and says what is wrong
     return _Loaded(loaded, summary, stale, intact, verdicts)
+
+
+def _verdicts_or_none(root: Path) -> list[dict[str, Any]] | None:
+    try:
+        return read_verdicts(root)
+    except (OSError, UnicodeDecodeError):
+        return None  # the runner reads it again, and says what is wrong
 
 
 def _has_content(path: Path) -> bool:
