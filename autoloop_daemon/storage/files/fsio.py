@@ -322,10 +322,10 @@ def dumps_json(obj: Any, *, encoded: Mapping[str, Sequence[str] | str] | None = 
         items = encoded.get(key) if encoded else None
         if items is None and isinstance(value, list) and value:
             items = [compact(item) for item in value]
-        if isinstance(items, str):
-            text = "[\n    " + items + "\n  ]" if items else "[]"
-        elif items:
-            text = "[\n    " + LIST_ITEM_SEPARATOR.join(items) + "\n  ]"
+        if items is not None and not isinstance(items, str):
+            items = LIST_ITEM_SEPARATOR.join(items)
+        if items:
+            text = "[\n    " + items + "\n  ]"
         else:
             text = "[]" if items is not None else compact(value)
         lines.append(f"  {compact(str(key))}: {text}")
