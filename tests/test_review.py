@@ -26,27 +26,9 @@ from autoloop_daemon.policy.review_queue import (
 )
 from autoloop_daemon.storage.files import review_files as rf
 from tests.helpers.fakes import fake_argv
+from tests.helpers.review_queue import upstream_entry, write_pending
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
-
-
-def _upstream_entry(candidate: str, run: str = "run-1", **extra: object) -> dict[str, object]:
-    entry: dict[str, object] = {
-        "run_id": run,
-        "candidate_id": candidate,
-        "category": "prompt",
-        "target_path": "/skills/x",
-        "recommendation": "hold",
-        "receipt_path": f"/state/receipts/gate-{run}-{candidate}.json",
-        "created_at": "2026-12-05T11:00:00Z",
-        "human_review_request": {
-            "request_id": f"review-{candidate}",
-            "risk_level": "high",
-            "title": "Rewrite the prompt",
-        },
-    }
-    entry.update(extra)
-    return entry
 
 
 def _hold(state_root: Path, target: Path, iteration: int) -> None:
@@ -63,7 +45,7 @@ def _review_list(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_upstream_entries_are_read_with_their_review_fields_and_age() -> None:
-    payload = {"pending": [_upstream_entry("c1"), _upstream_entry("c2", run="run-2")]}
+    payload = {"pending": [upstream_entry("c1"), upstream_entry("c2", run="run-2")]}
     entries = parse_pending(payload, NOW)
     assert [e.review_id for e in entries] == ["run-1:c1", "run-2:c2"]
     first = entries[0]
@@ -93,8 +75,8 @@ def test_unnamed_foreign_and_repeated_entries_are_skipped_and_fields_bounded() -
         "pending": [
             "not an object",
             {"category": "prompt"},  # neither run nor candidate: cannot be decided
-            _upstream_entry("c1", created_at="yesterday", category=huge),
-            _upstream_entry("c1"),  # the same id again
+            upstream_entry("c1", created_at="yesterday", category=huge),
+            upstream_entry("c1"),  # the same id again
             {"candidate_id": ["nested", {"deep": 1}], "run_id": 7, "human_review_request": "x"},
         ]
     }
@@ -105,7 +87,7 @@ def test_unnamed_foreign_and_repeated_entries_are_skipped_and_fields_bounded() -
 
 
 def test_find_entry_names_one_candidate_or_says_which_ids_to_use() -> None:
-    entries = parse_pending({"pending": [_upstream_entry("c1"), _upstream_entry("c2")]}, NOW)
+    entries = parse_pending({"pending": [upstream_entry("c1"), upstream_entry("c2")]}, NOW)
     assert find_entry(entries, "c2").review_id == "run-1:c2"
     assert find_entry(entries, "review-c1").review_id == "run-1:c1"
     with pytest.raises(ValueError, match="2 candidates await review; name one of: run-1:c1"):
@@ -117,19 +99,12 @@ def test_find_entry_names_one_candidate_or_says_which_ids_to_use() -> None:
 
 
 def test_feedback_text_says_what_the_reviewer_decided() -> None:
-    entry = parse_pending({"pending": [_upstream_entry("c1")]}, NOW)[0]
+    entry = parse_pending({"pending": [upstream_entry("c1")]}, NOW)[0]
     assert feedback_text(entry, "approve", "good change") == (
         "candidate c1 (Rewrite the prompt) of run run-1 was approved by a reviewer: good change\n"
     )
     assert "was rejected by a reviewer." in feedback_text(entry, "reject", None)
     assert "nobody reviewed it in time" in feedback_text(entry, "expire", None)
-
-
-def _write_pending(root: Path, data: bytes) -> Path:
-    path = rf.pending_path(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
 
 
 def test_no_pending_file_is_an_empty_queue(tmp_path: Path) -> None:
@@ -149,7 +124,7 @@ def test_no_pending_file_is_an_empty_queue(tmp_path: Path) -> None:
 def test_hostile_json_is_that_targets_problem_naming_the_file(
     tmp_path: Path, data: bytes, why: str
 ) -> None:
-    path = _write_pending(tmp_path, data)
+    path = write_pending(tmp_path, data)
     queue = rf.read_queue(tmp_path, NOW)
     assert queue.entries == []
     assert queue.problem is not None and queue.problem.startswith(f"{path}: ")
@@ -163,7 +138,7 @@ def test_a_fifo_link_or_huge_file_in_place_is_refused_without_blocking(tmp_path:
     assert "is a FIFO, not a regular file" in (rf.read_queue(tmp_path, NOW).problem or "")
     path.unlink()
     elsewhere = tmp_path / "elsewhere.json"
-    elsewhere.write_text(json.dumps({"pending": [_upstream_entry("c1")]}))
+    elsewhere.write_text(json.dumps({"pending": [upstream_entry("c1")]}))
     path.symlink_to(elsewhere)
     assert "is a symbolic link" in (rf.read_queue(tmp_path, NOW).problem or "")
     path.unlink()
@@ -175,8 +150,8 @@ def test_a_fifo_link_or_huge_file_in_place_is_refused_without_blocking(tmp_path:
 def test_the_review_log_subtracts_verdicts_and_never_touches_the_queue_file(
     tmp_path: Path,
 ) -> None:
-    data = json.dumps({"pending": [_upstream_entry("c1"), _upstream_entry("c2")]}).encode()
-    path = _write_pending(tmp_path, data)
+    data = json.dumps({"pending": [upstream_entry("c1"), upstream_entry("c2")]}).encode()
+    path = write_pending(tmp_path, data)
     entry = rf.read_queue(tmp_path, NOW).entries[0]
     rf.record_verdict(tmp_path, entry, {"verdict": "approve", "by": "uid 1000", "note": None})
     with rf.review_log_path(tmp_path).open("ab") as log:
@@ -188,7 +163,7 @@ def test_the_review_log_subtracts_verdicts_and_never_touches_the_queue_file(
 
 
 def test_feedback_goes_to_the_targets_feedback_dir_under_a_safe_name(tmp_path: Path) -> None:
-    entry = parse_pending({"pending": [_upstream_entry("../../etc/passwd", run="r/1")]}, NOW)[0]
+    entry = parse_pending({"pending": [upstream_entry("../../etc/passwd", run="r/1")]}, NOW)[0]
     written = rf.write_feedback(tmp_path, entry, "text\n")
     assert written.parent == tmp_path / ".feedback"
     assert written.name == "autoloopd-review-r_1_.._.._etc_passwd.md"
@@ -200,7 +175,7 @@ def test_review_list_shows_what_a_real_orchestrator_held_back(tmp_path: Path) ->
     target.mkdir()
     for iteration in (1, 2):
         _hold(state_root, target, iteration)
-    _write_pending(other, b"{not json")
+    write_pending(other, b"{not json")
     done = _review_list("--state-root", str(state_root), "--state-root", str(other), "--json")
     assert done.returncode == 1, done.stderr  # one target's queue is unreadable
     queues = {q["target"]: q for q in json.loads(done.stdout)["targets"]}

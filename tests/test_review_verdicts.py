@@ -35,6 +35,7 @@ from tests.helpers.daemon import Daemon, Lab
 from tests.helpers.fakes import fake, orchestrator_cmd
 from tests.helpers.logs import read_log
 from tests.helpers.process import run_autoloopd
+from tests.helpers.review_queue import upstream_entry, write_pending
 from tests.helpers.wait import wait_for
 
 HOLD = ("--decisions", "keep,pending_promote,keep", "--scores", "0.5,0.8,0.6", "--hold-edits")
@@ -259,9 +260,7 @@ async def test_the_review_log_read_at_open_serves_once_unless_a_verdict_came_sin
     monkeypatch.setattr(store_module, "read_verdicts", counted)
     root = tmp_path / "state"
     spec = TargetSpec(name="t", path=tmp_path, state_root=root, dry_run=True)
-    pending = root / "state" / "pending_promote.json"
-    pending.parent.mkdir(parents=True)
-    pending.write_text(json.dumps({"pending": [{"run_id": "r1", "candidate_id": "c1"}]}))
+    write_pending(root, json.dumps({"pending": [upstream_entry("c1")]}))
     (entry,) = read_queue(root, now_utc()).entries
 
     store = FileTargetStore(spec)

@@ -18,12 +18,12 @@ import pytest
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.models import LogEntry
 from autoloop_daemon.observers.review_watch import ReviewWatch
-from autoloop_daemon.storage.files.review_files import pending_path
 from autoloop_daemon.vocab import RunStatus
 from tests.helpers.daemon import make_target
 from tests.helpers.fakes import orchestrator_cmd
 from tests.helpers.logs import json_lines
 from tests.helpers.process import run_autoloopd
+from tests.helpers.review_queue import upstream_entry, write_pending
 from tests.helpers.wait import wait_until
 
 AT = datetime(2026, 12, 7, 6, 0, tzinfo=UTC).isoformat()
@@ -36,15 +36,7 @@ def _finished(target: str) -> ev.IterationFinished:
 
 def _hold_one(state_root: Path, candidate: str) -> None:
     """A queue of one held-back candidate, in the upstream shape."""
-    path = pending_path(state_root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {
-        "run_id": "run-1",
-        "candidate_id": candidate,
-        "created_at": "2026-12-07T05:00:00Z",
-        "human_review_request": {"request_id": f"review-{candidate}", "title": "Rewrite"},
-    }
-    path.write_text(json.dumps({"pending": [entry]}))
+    write_pending(state_root, json.dumps({"pending": [upstream_entry(candidate)]}))
 
 
 @pytest.mark.anyio

@@ -18,25 +18,11 @@ from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.control.client import request_bytes
 from autoloop_daemon.status_report import from_daemon, with_queues
 from autoloop_daemon.status_text import is_quiet, render_text, zone_of
-from autoloop_daemon.storage.files import review_files
 from tests.helpers.control import api, ctl, target_status
 from tests.helpers.daemon import Daemon, Lab, dry_target
 from tests.helpers.process import run_autoloopd
+from tests.helpers.review_queue import upstream_entry, write_pending
 from tests.helpers.wait import wait_for
-
-HELD = {
-    "pending": [
-        {
-            "run_id": "run-1",
-            "candidate_id": "c1",
-            "category": "prompt",
-            "target_path": "/skills/x",
-            "recommendation": "hold",
-            "created_at": "2026-12-05T11:00:00Z",
-            "human_review_request": {"request_id": "review-c1", "title": "Rewrite the prompt"},
-        }
-    ]
-}
 
 
 @pytest.fixture
@@ -53,9 +39,7 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Lab, Daemon, Path]]:
     daemon.wait_event("control_socket_listening")
     for name in names:
         daemon.wait_event("iteration_finished", target=name)
-    pending = review_files.pending_path(lab.state_root("held"))
-    pending.parent.mkdir(parents=True, exist_ok=True)
-    pending.write_text(json.dumps(HELD))
+    write_pending(lab.state_root("held"), json.dumps({"pending": [upstream_entry("c1")]}))
     assert ctl(lab.config, "pause", "rest").returncode == 0
     sock = lab.state_dir / "autoloopd.sock"
     wait_for(lambda: target_status(sock, "done")["status"] == "stopped_max_iter", what="done")
@@ -118,9 +102,7 @@ def test_the_json_names_a_queue_that_cannot_be_read_and_counts_the_empty_ones_ze
     """The daemon reads only the queues that hold something (or cannot be read) into its
     report; every other target still gets 0 and no problem, as the full listing says."""
     lab, _, sock = fleet
-    broken = review_files.pending_path(lab.state_root("calm"))
-    broken.parent.mkdir(parents=True, exist_ok=True)
-    broken.write_text("{not json")
+    broken = write_pending(lab.state_root("calm"), "{not json")
     code, reviews = api(sock, "GET", "/api/reviews")
     assert code == 200
     assert len(reviews["targets"]) == 4  # the listing still has every target
