@@ -120,7 +120,9 @@ async def test_flush_scans_the_notices_at_once(tmp_path: Path) -> None:
 
 def test_a_one_shot_run_announces_what_its_iteration_held_back(tmp_path: Path) -> None:
     """`--mode scheduled` runs one iteration and exits at once: the candidate it held back is
-    still logged as `review_requested` (the scan after the run is not cut off by the exit)."""
+    still logged as `review_requested`, once (the scan after the run is not cut off by the
+    exit). Which scan sees it is not asserted: on a loaded machine the start-up scan can
+    run after the orchestrator has already written its queue."""
     target, state_root = make_target(tmp_path)
     args = ["--target", str(target), "--state-root", str(state_root), "--mode", "scheduled"]
     args += ["--orchestrator-cmd", orchestrator_cmd("hold"), "--log-level", "info"]
@@ -128,4 +130,3 @@ def test_a_one_shot_run_announces_what_its_iteration_held_back(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     events = [line["event"] for line in json_lines(done.stderr)]
     assert events.count("review_requested") == 1, done.stderr
-    assert events.index("iteration_finished") < events.index("review_requested")
