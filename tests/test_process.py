@@ -554,8 +554,9 @@ async def test_stop_group_stops_a_group_and_extra_pids() -> None:
                 await stop_group(leader.pid, grace_s=2.0, extra_pids=[outsider.pid])
             assert not await anyio.to_thread.run_sync(group_alive, leader.pid)
             assert not await anyio.to_thread.run_sync(pid_alive, outsider.pid)
-        except BaseException:  # do not leave them running; only then: `proc.kill()` polls
-            # first (`Popen.send_signal`), and on a loaded machine that reaped the exited
+        except BaseException:
+            # Killed here only when the test failed: `proc.kill()` polls first
+            # (`Popen.send_signal`), and on a loaded machine that poll reaped the exited
             # outsider before asyncio's watcher thread did, which then reported 255.
             for proc in (leader, outsider):
                 with contextlib.suppress(ProcessLookupError):
