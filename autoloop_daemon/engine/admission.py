@@ -136,6 +136,18 @@ class RankedSlots:
             self._leave(waiter)
         return granted
 
+    def settle(self, waiter: SlotWaiter) -> bool:
+        """`wait` for a waiter whose task ended meanwhile (a parked target:
+        engine/parking.py): True when it holds its slot; False, holding none, when it was
+        withdrawn (one not answered yet is withdrawn now)."""
+        answer = waiter.granted_future
+        if not answer.done():
+            answer.set_result(False)
+        granted = not answer.cancelled() and answer.result()
+        if not granted:
+            self._leave(waiter)
+        return granted
+
     def _leave(self, waiter: SlotWaiter) -> None:
         if waiter.granted:  # cancelled or withdrawn just as the slot arrived: hand it on
             self.release()

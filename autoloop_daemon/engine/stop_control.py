@@ -143,6 +143,15 @@ class StopControl:
         finally:
             self._waiting_on = None
 
+    def park(self, answer: asyncio.Future[bool]) -> None:
+        """A slot's answer waited for by no task (engine/parking.py): a stop request
+        resolves it False, as it ends `slot`."""
+        self._waiting_on = answer
+
+    def unpark(self) -> None:
+        """The parked wait is over."""
+        self._waiting_on = None
+
     def cancel_wait(self) -> None:
         """End the wait in progress now, if there is one."""
         if self._wait_scope is not None:

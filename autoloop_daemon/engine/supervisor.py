@@ -11,6 +11,7 @@ when a target ended in `error` or could not start."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +27,7 @@ from autoloop_daemon.engine.admission import RankedSlots
 from autoloop_daemon.engine.budget import BudgetWindow
 from autoloop_daemon.engine.fan_out import each_at_most
 from autoloop_daemon.engine.hosting import Hosting, LocalHosting
+from autoloop_daemon.engine.parking import Parking
 from autoloop_daemon.engine.records import ReloadedConfig, Reloader, ReloadReport, TargetRecord
 from autoloop_daemon.engine.reload import apply_to_runners, apply_window, plan_for
 from autoloop_daemon.engine.reload_queue import ReloadQueue
@@ -40,7 +42,7 @@ from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import AutoloopError, ConfigError, UnknownTargetError
 from autoloop_daemon.exit_codes import EXIT_OK, EXIT_TARGET_ERROR
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.policy.hard_fit import runs_at_once, worst_case
+from autoloop_daemon.policy.hard_fit import fit_now
 from autoloop_daemon.runs.process import kill_running_groups
 from autoloop_daemon.storage.base import Storage
 from autoloop_daemon.target_row import TargetRow, not_started_row, row_json
@@ -100,6 +102,7 @@ class Supervisor:
         self._budget = self.hosting.make_budget(budget_cap_usd, window, self._budget_changed)
         self._slots = RankedSlots(max_concurrent, fair_turns=allocation != "gain_per_usd")
         self._targets_tg: TaskGroup | None = None
+        self._parking = Parking(functools.partial(self._run_target, resume=True))
         self._shutdown_requests = 0
         self._shutdown_event: anyio.Event | None = None
         self._reloads = ReloadQueue(self._reload_now)
@@ -159,6 +162,7 @@ class Supervisor:
         assert self._shutdown_event is not None
         async with anyio.create_task_group() as targets_tg:
             self._targets_tg = targets_tg
+            self._parking.open(targets_tg)
             for runner in runners:
                 self.launch(runner)
             targets_tg.start_soon(self.hosting.serve, self._shutdown_event, self._stay_up)
@@ -204,18 +208,6 @@ class Supervisor:
     def record(self, name: str) -> TargetRecord | None:
         """The target's record (None: no such target)."""
         return self._records.get(name)
-
-    def _hard_fit(self) -> dict[str, Any]:
-        """`guarantee = "hard"`: the worst case per run and how many fit at once now."""
-        worst = worst_case(r.spec.max_iteration_cost_usd for r in self.runners() if r.spec.hard_cap)
-        if worst is None:
-            return {}
-        ledger = self._budget.ledger
-        unsettled = min(
-            ledger.cap_usd - ledger.spent_usd, ledger.window_cap_usd - ledger.window_spent_usd
-        )
-        fit = runs_at_once(unsettled, worst, int(self._slots.total_tokens))
-        return {"hard_worst_case_usd": worst, "hard_runs_at_once": fit}
 
     def runners(self) -> list[TargetRunner]:
         """Every target's current runner (targets that never started have none)."""
@@ -269,13 +261,16 @@ class Supervisor:
         self._targets_tg.start_soon(self._run_target, runner, name=runner.spec.name)
         return True
 
-    async def _run_target(self, runner: TargetRunner) -> None:
+    async def _run_target(self, runner: TargetRunner, *, resume: bool = False) -> None:
         name = runner.spec.name
+        status: str | None
         try:
-            status = await runner.run()
+            status = await runner.run(self._parking.park, resume=resume)
         except Exception:  # a bug in one target must not stop the others
             log.exception("target_crashed", target=name)
             status = TargetStatus.ERROR
+        if status is None:
+            return  # parked: a new task goes on once it has its slot (engine/parking.py)
         record = self._records[name]
         if record.runner is runner:  # else replaced by `reset` or `extend` while finishing
             record.result = status
@@ -410,7 +405,11 @@ class Supervisor:
                 window_resets_at=None if budget.window_end is None else to_iso(budget.window_end),
                 window_spent_usd=None if window is None else round(budget.window_spent_usd, 6),
                 window_cap_usd=None if window is None else window.cap_usd,
-                **self._hard_fit(),
+                **fit_now(
+                    (r.spec.max_iteration_cost_usd for r in self.runners() if r.spec.hard_cap),
+                    budget.ledger,
+                    int(self._slots.total_tokens),
+                ),
             ),
             targets=tuple(TargetRow(**row) for row in rows),
             queued=self._slots.statistics().tasks_waiting,

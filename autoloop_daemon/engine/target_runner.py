@@ -22,17 +22,16 @@ from autoloop_daemon.engine.budget import Budget, WindowFull
 from autoloop_daemon.engine.iteration import Iteration
 from autoloop_daemon.engine.review_apply import ReviewApplier
 from autoloop_daemon.engine.stop_control import StopControl
-from autoloop_daemon.engine.waits import Waits
+from autoloop_daemon.engine.waits import ParkHook, Waits
 from autoloop_daemon.exceptions import StateWriteError
 from autoloop_daemon.models import LogEntry, TargetSpec
-from autoloop_daemon.policy.allocation import closure, gain_per_usd
+from autoloop_daemon.policy.allocation import closure
 from autoloop_daemon.policy.deadline import deadline_after
 from autoloop_daemon.policy.first_fit import metered_live
 from autoloop_daemon.policy.ledger import Reservation
 from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.policy.stops import Goals, Limits, goal_reason, stop_reason, stop_sentence
 from autoloop_daemon.policy.windows import local_zone, spent_in_window
-from autoloop_daemon.policy.yield_bound import gain_per_usd_upper
 from autoloop_daemon.storage.base import TargetStore
 from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import FINAL_STATUSES, REQUESTED_STOPS, Phase, TargetStatus
@@ -145,11 +144,14 @@ class TargetRunner:
 
     # ----------------------------------------------------------------- the cycle
 
-    async def run(self) -> str:
-        """Run the cycle until it stops; returns the final status. Closes the store."""
+    async def run(self, park: ParkHook | None = None, *, resume: bool = False) -> str | None:
+        """Run the cycle until it stops; returns the final status and closes the store.
+        With `park`, a turn that would wait for a slot parks the runner (engine/parking.py)
+        and returns None; `run(park, resume=True)` goes on once the slot's answer came."""
         token = structlog.contextvars.bind_contextvars(target=self.spec.name)["target"]
+        status: str | None = None
         try:
-            status = await self._cycle()
+            status = await self._cycle(park, resume)
         except* StateWriteError as group:  # bare, or from a task group
             exc: BaseException = group
             while isinstance(exc, BaseExceptionGroup):
@@ -159,19 +161,34 @@ class TargetRunner:
             self.state.last_failure_trace = str(exc)
             self._events.publish(ev.CheckpointFailed(self.spec.name, str(exc)))
         finally:
-            self._enter(self.state.status, Phase.STOPPED)
-            await self._store.close()  # finishes even when cancelled (TargetStore.close)
+            if status is not None or not self._waits.parked:
+                self._enter(self.state.status, Phase.STOPPED)
+                await self._store.close()  # finishes even when cancelled (TargetStore.close)
             structlog.contextvars.reset_contextvars(target=token)  # not bound_contextvars: 1 kB
         self.final_status = status
         return status
 
-    async def _cycle(self) -> str:
-        """Begin; then check -> wait -> turn until one of them finishes the target."""
-        ended = await self._begin()
+    async def abandon_parked(self) -> None:
+        """The daemon is torn down while this runner is parked: give back its place in the
+        slots' queue (or the slot it was just given) and close its store."""
+        self._stop.cancel_wait()
+        self._waits.unparked()
+        self._enter(self.state.status, Phase.STOPPED)
+        await self._store.close()
+
+    async def _cycle(self, park: ParkHook | None, resume: bool) -> str | None:
+        """Begin; then check -> wait -> turn until one of them finishes the target (or
+        the turn parks it: None)."""
+        if resume:
+            ended = await self._take_turn(self._waits.unparked())
+        else:
+            ended = await self._begin()
         while ended is None:
             ended = await self._check()
             if ended is None and not await self._waits.before_turn():
-                ended = await self._turn()
+                if (held := await self._waits.slot(park)) is None:
+                    return None  # parked
+                ended = await self._take_turn(held)
         return ended
 
     async def _begin(self) -> str | None:
@@ -210,18 +227,16 @@ class TargetRunner:
         reason = self._stop_reason()
         return None if reason is None else await self._finish(reason)
 
-    async def _turn(self) -> str | None:
-        """Reserve the budget and take a slot, then run one iteration. Returns a status to
-        finish with (budget exhausted, a cap's cut, a one-shot's end), or None.
+    async def _take_turn(self, held: bool) -> str | None:
+        """With the slot the turn took (`held`), reserve the budget and run one iteration;
+        a status to finish with (budget spent, a cap's cut, a one-shot's end), or None.
 
         The slot comes first, then the money: a target queued for a slot holds no
         reservation (queued ones would fill a tight budget), the next to spend is the one the
         slots chose (first in line with `fcfs`, so a waiting target goes before one that just
         finished; best-ranked with `gain_per_usd`), and the slot is given back before waiting
         for the next budget window."""
-        held = False
         try:
-            held = await self._waits.slot()
             if not held or self._stop.requested:
                 return None
             reservation = await self._waits.reserve_in_turn()
@@ -249,7 +264,7 @@ class TargetRunner:
         got_slot = have_slot
         try:
             if not got_slot:
-                got_slot = await self._waits.slot()
+                got_slot = bool(await self._waits.slot())  # no `park`: never None
             due = not self._stop.requested  # and the deadline, checked again after the waits
             due = due and (self._deadline_at is None or now_utc() < self._deadline_at)
             if got_slot and due and self._budget.may_start(self.spec.name):
@@ -391,7 +406,7 @@ class TargetRunner:
             Goals(self.spec.target_score, self.spec.min_gain_per_usd, self._deadline_at),
             best=self.progress.best,
             scored=len(self.progress.scores),
-            gain_per_usd=lambda: self.gain_per_usd(upper=True),
+            gain_per_usd=lambda: self._waits.gain_per_usd(upper=True),
             now=now_utc(),
         )
         return None if reason is None else TargetStatus(reason)
@@ -413,32 +428,6 @@ class TargetRunner:
             operator=self.state.last_operator_action,
         )
         return status if sentence is None else sentence
-
-    def next_estimate_usd(self) -> float:
-        """What the next iteration is expected to cost (its budget reservation)."""
-        return self._waits.estimate()[0]
-
-    def gain_per_usd(self, *, upper: bool = False) -> float:
-        """The estimated gain per dollar of the next iteration (policy/allocation.py), or
-        its upper 90 % bound (`upper`, what `min_gain_per_usd` needs: policy/yield_bound.py).
-
-        The expected cost is the mean of the target's own recent costs, else of the fleet's
-        (else the reservation): the reservation is cautious (the fleet's dearest recent
-        run), which would make every target look alike and new ones look dear."""
-        recent = [c for c in self.progress.recent_costs if c > 0]
-        fleet = [c for c in self._budget.recent_costs if c > 0]
-        if recent:
-            cost = sum(recent) / len(recent)
-        elif fleet:
-            cost = sum(fleet) / len(fleet)
-        else:
-            cost = self.next_estimate_usd()
-        return (gain_per_usd_upper if upper else gain_per_usd)(
-            self.progress.scores,
-            cost,
-            self._budget.pooled_rate,
-            self.progress.current_scores or None,
-        )
 
     def _wall_time_priced(self) -> bool:
         """True when the next run is metered by wall time: its orchestrator did not report

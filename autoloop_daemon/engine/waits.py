@@ -9,7 +9,9 @@ phase (through its `_enter`), and a new cooldown or budget window is announced o
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -17,14 +19,21 @@ import structlog
 
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
 from autoloop_daemon.engine import events as ev
+from autoloop_daemon.engine.admission import SlotWaiter
 from autoloop_daemon.engine.budget import WindowFull
 from autoloop_daemon.policy import cycle
+from autoloop_daemon.policy.allocation import expected_cost_usd, gain_per_usd
 from autoloop_daemon.policy.first_fit import FIRST_ESTIMATE_MINUTES, refusal
 from autoloop_daemon.policy.ledger import Reservation, explain_estimate
+from autoloop_daemon.policy.yield_bound import gain_per_usd_upper
 from autoloop_daemon.vocab import Phase, RunStatus, TargetStatus
 
 if TYPE_CHECKING:
     from autoloop_daemon.engine.target_runner import TargetRunner
+
+# Parks a runner that would wait for a slot (engine/parking.py): its task ends, and a new
+# one goes on once the future (the slot's answer) is resolved.
+ParkHook = Callable[["TargetRunner", "asyncio.Future[bool]"], None]
 
 log = structlog.get_logger("autoloopd.target")
 
@@ -39,7 +48,9 @@ class Waits:
     state and last entry, and changes the status only through the runner's `_enter`.
     """
 
-    __slots__ = ("_announced", "_runner", "_turn_before_s", "refused", "run_now", "served_s")
+    __slots__ = (
+        "_announced", "_parked", "_runner", "_turn_before_s", "refused", "run_now", "served_s"
+    )  # fmt: skip
 
     def __init__(self, runner: TargetRunner) -> None:
         """Nothing waited for yet."""
@@ -49,6 +60,7 @@ class Waits:
         self.refused: str | None = None  # why no reservation could ever fit (stop reason)
         self.served_s = -math.inf  # when it last got a slot (anyio clock): its fair turn
         self._turn_before_s = -math.inf
+        self._parked: SlotWaiter | None = None  # in the slots' queue, with no task
 
     async def before_turn(self) -> bool:
         """Wait while paused or until the next run is due; True when it waited (the
@@ -73,7 +85,7 @@ class Waits:
         """
         runner = self._runner
         spec, budget, stop = runner.spec, runner._budget, runner._stop
-        estimate_usd = runner.next_estimate_usd()
+        estimate_usd = self.estimate()[0]
         if runner._dirty and not budget.ledger.fits(estimate_usd):
             await runner._save()  # about to wait for the budget: checkpoint first
         reservation = await stop.interruptible(
@@ -104,6 +116,19 @@ class Waits:
             iteration_limit_usd=spec.max_iteration_cost_usd,
         )
 
+    def gain_per_usd(self, *, upper: bool = False) -> float:
+        """The estimated gain per dollar of the next iteration (policy/allocation.py), or
+        its upper 90 % bound (`upper`, what `min_gain_per_usd` needs: policy/yield_bound.py),
+        at the cost `policy.allocation.expected_cost_usd` expects: the slots' rank."""
+        runner = self._runner
+        progress = runner.progress
+        cost = expected_cost_usd(
+            progress.recent_costs, runner._budget.recent_costs, lambda: self.estimate()[0]
+        )
+        return (gain_per_usd_upper if upper else gain_per_usd)(
+            progress.scores, cost, runner._budget.pooled_rate, progress.current_scores or None
+        )
+
     def _refusal(self) -> str | None:
         """Why the refused reservation can never fit (None: the budget is just spent)."""
         runner = self._runner
@@ -116,18 +141,49 @@ class Waits:
             window_cap_usd=ledger.window_cap_usd,
         )
 
-    async def slot(self) -> bool:
+    async def slot(self, park: ParkHook | None = None) -> bool | None:
         """Wait for a concurrency slot (checkpointing first if it will wait); False when a
-        stop request ended the wait."""
+        stop request ended the wait. With `park`, a slot not free now is not waited for:
+        the runner is parked (engine/parking.py) and None returned; `unparked()` gives the
+        answer once `park`'s future is resolved."""
         runner = self._runner
         if runner._dirty and runner._slots.available_tokens < 1:
             await runner._save()  # about to wait for a slot: checkpoint first
-        slots = runner._slots
-        rank = self._turn if slots.fair_turns else runner.gain_per_usd
-        if not await runner._stop.slot(slots, rank):
+        slots, stop = runner._slots, runner._stop
+        rank = self._turn if slots.fair_turns else self.gain_per_usd
+        if park is not None and not stop.requested:
+            waiter = slots.join(rank)
+            if waiter is not None:
+                stop.park(waiter.granted_future)
+                self._parked = waiter
+                park(runner, waiter.granted_future)
+                return None
+            await slots.taken()
+        elif not await stop.slot(slots, rank):
             return False
-        self._turn_before_s, self.served_s = self.served_s, anyio.current_time()
+        self._served()
         return True
+
+    @property
+    def parked(self) -> bool:
+        """True while the runner waits for a slot with no task (between `slot` returning
+        None and `unparked`)."""
+        return self._parked is not None
+
+    def unparked(self) -> bool:
+        """The parked runner's slot: True when granted; False, holding none, when a stop
+        request withdrew it (one that has not been answered yet is withdrawn now)."""
+        waiter, self._parked = self._parked, None
+        assert waiter is not None
+        runner = self._runner
+        runner._stop.unpark()
+        if runner._slots.settle(waiter):
+            self._served()
+            return True
+        return False
+
+    def _served(self) -> None:
+        self._turn_before_s, self.served_s = self.served_s, anyio.current_time()
 
     def _turn(self) -> float:
         """The fair-turn rank: the longer since this target last got a slot, the higher."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 TOP = 0.97  # a weighted score past which nothing is left to gain
@@ -20,6 +20,20 @@ DIMENSION_LINE = 0.80  # the handoff's line: a dimension below it still has work
 RECENT = 4  # scored iterations the rate looks at
 PRIOR_ITERATIONS = 2.0  # weight of the fleet's pooled rate, in iterations
 DEFAULT_POOLED_RATE = 0.2  # the prior before any target has history
+
+
+def expected_cost_usd(
+    recent: Iterable[float], fleet: Iterable[float], otherwise: Callable[[], float]
+) -> float:
+    """What a target's next iteration is expected to cost: the mean of its own recent
+    costs, else of the fleet's, else `otherwise()` (its reservation). The reservation is
+    cautious (the fleet's dearest recent run), which would make every target look alike
+    and new ones look dear."""
+    for costs in (recent, fleet):
+        paid = [c for c in costs if c > 0]
+        if paid:
+            return sum(paid) / len(paid)
+    return otherwise()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
+
+from autoloop_daemon.policy.ledger import Ledger
 
 _EPSILON_USD = 1e-9
 
@@ -31,3 +34,17 @@ def worst_case(limits: Iterable[float | None]) -> float | None:
     """The dearest worst case among the hard-capped targets (None: none has one)."""
     known = [x for x in limits if x is not None and math.isfinite(x) and x > 0]
     return max(known) if known else None
+
+
+def fit_now(limits: Iterable[float | None], ledger: Ledger, slots: int) -> dict[str, Any]:
+    """The snapshot's fields for `guarantee = "hard"`: the dearest worst case among
+    `limits` and how many such runs fit at once in what `ledger` holds neither spent nor
+    settled; {} when no target has one."""
+    worst = worst_case(limits)
+    if worst is None:
+        return {}
+    unsettled_usd = min(
+        ledger.cap_usd - ledger.spent_usd, ledger.window_cap_usd - ledger.window_spent_usd
+    )
+    fit = runs_at_once(unsettled_usd, worst, slots)
+    return {"hard_worst_case_usd": worst, "hard_runs_at_once": fit}

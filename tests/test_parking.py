@@ -1,0 +1,121 @@
+"""Targets waiting in line for a concurrency slot hold no task (engine/parking.py): they
+still get every turn, stop at once when asked (their state saved), and a daemon torn down
+while they wait gives their slots back and releases their state roots.
+
+In-process, on the dry-run simulator, like tests/test_runtime_inprocess.py; the file
+storage where the state roots' locks are what is checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from autoloop_daemon.engine import events as ev
+from autoloop_daemon.engine.supervisor import Supervisor
+from autoloop_daemon.storage.files.store import FileStorage
+from autoloop_daemon.vocab import TargetStatus
+from tests.test_root_locks import locked_elsewhere
+from tests.test_runtime_inprocess import spec, stopped, supervisor
+
+pytestmark = [pytest.mark.anyio]
+
+N = 30  # targets behind one slot
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Return once `condition()` holds (checked every 5 ms); fail after `timeout_s`. Polled:
+    a target joining the slots' queue publishes no event to wait on."""
+    with anyio.fail_after(timeout_s):
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.005)
+
+
+def queued(sup: Supervisor) -> int:
+    """How many targets wait for a slot now (the snapshot's `queued`)."""
+    return sup.snapshot(targets=False).queued
+
+
+async def test_targets_waiting_for_a_slot_hold_no_task_and_get_every_turn(
+    tmp_path: Path,
+) -> None:
+    """30 targets behind one slot: while 29 wait in line, the event loop holds far fewer
+    than 30 tasks; every target still runs its two iterations, and the slot is free at
+    the end."""
+    names = [f"t{i:02}" for i in range(N)]
+    sup, rec = supervisor(
+        [spec(tmp_path, n, max_iterations=2, simulated_seconds=0.02) for n in names],
+        max_concurrent=1,
+    )
+    codes: list[int] = []
+    tasks_while_queued: list[int] = []
+
+    async def run() -> None:
+        codes.append(await sup.run())
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await until(lambda: queued(sup) >= N - 1)
+            tasks_while_queued.append(len(asyncio.all_tasks()))
+    assert codes == [0]
+    assert tasks_while_queued[0] < N // 3, tasks_while_queued
+    assert stopped(rec) == dict.fromkeys(names, TargetStatus.STOPPED_MAX_ITER)
+    finished = rec.of(ev.IterationFinished)
+    assert sorted(e.target for e in finished) == sorted(names * 2)  # type: ignore[attr-defined]
+    assert sup.snapshot(targets=False).queued == 0
+
+
+async def test_a_shutdown_stops_targets_waiting_in_line_at_once(tmp_path: Path) -> None:
+    """A shutdown while one long iteration holds the only slot: the targets waiting in
+    line stop (stopped_signal) before that iteration ends, each once, and nothing waits
+    for a slot afterwards."""
+    names = [f"t{i:02}" for i in range(N)]
+    sup, rec = supervisor(
+        [spec(tmp_path, n, max_iterations=5, simulated_seconds=2.0) for n in names],
+        max_concurrent=1,
+        grace_s=30.0,
+    )
+    codes: list[int] = []
+
+    async def run() -> None:
+        codes.append(await sup.run())
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await until(lambda: queued(sup) >= N - 1 and bool(rec.of(ev.IterationStarted)))
+            sup.request_shutdown("test")
+            # Every waiting target has stopped while the running iteration still runs.
+            await until(lambda: len(stopped(rec)) >= N - 1)
+            assert not rec.of(ev.IterationFinished)
+    assert codes == [0]
+    assert stopped(rec) == dict.fromkeys(names, TargetStatus.STOPPED_SIGNAL)
+    assert len(rec.of(ev.TargetStopped)) == N
+    assert queued(sup) == 0
+
+
+async def test_a_daemon_torn_down_while_targets_wait_releases_their_roots(
+    tmp_path: Path,
+) -> None:
+    """The supervisor's run cancelled (torn down, not stopped) while targets wait in line
+    for the one slot: it returns, and no state root stays locked."""
+    names = [f"t{i:02}" for i in range(10)]
+    specs = [spec(tmp_path, n, max_iterations=5, simulated_seconds=5.0) for n in names]
+    for s in specs:
+        s.state_root.mkdir(parents=True, exist_ok=True)
+    sup = Supervisor(
+        specs, storage=FileStorage(tmp_path / "state"), budget_cap_usd=100.0,
+        max_concurrent=1, grace_s=1.0,
+    )  # fmt: skip
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sup.run)
+            await until(lambda: queued(sup) >= len(names) - 1)
+            assert all(locked_elsewhere(s.state_root) for s in specs)
+            tg.cancel_scope.cancel()
+    assert [s.name for s in specs if locked_elsewhere(s.state_root)] == []
