@@ -16,8 +16,11 @@ import anyio
 import pytest
 
 from autoloop_daemon.engine import events as ev
+from autoloop_daemon.engine.admission import RankedSlots
+from autoloop_daemon.engine.budget import SharedBudget
 from autoloop_daemon.engine.supervisor import Supervisor
-from autoloop_daemon.storage.files.store import FileStorage
+from autoloop_daemon.engine.target_runner import TargetRunner
+from autoloop_daemon.storage.files.store import FileStorage, FileTargetStore
 from autoloop_daemon.vocab import TargetStatus
 from tests.test_root_locks import locked_elsewhere
 from tests.test_runtime_inprocess import spec, stopped, supervisor
@@ -119,3 +122,55 @@ async def test_a_daemon_torn_down_while_targets_wait_releases_their_roots(
             assert all(locked_elsewhere(s.state_root) for s in specs)
             tg.cancel_scope.cancel()
     assert [s.name for s in specs if locked_elsewhere(s.state_root)] == []
+
+
+def parked_runner(tmp_path: Path, slots: RankedSlots) -> tuple[TargetRunner, list[object]]:
+    """A prepared runner on the file store whose park hook records each answer."""
+    target = spec(tmp_path, "lone", max_iterations=3, mode="continuous", cooldown_minutes=0)
+    runner = TargetRunner(
+        target, store=FileTargetStore(target), budget=SharedBudget(100.0), slots=slots,
+        events=ev.EventBus(),
+    )  # fmt: skip
+    return runner, []
+
+
+async def test_a_slot_granted_as_the_daemon_is_torn_down_is_given_back(
+    tmp_path: Path,
+) -> None:
+    """A runner parks behind a taken slot; the slot is handed to it, and before its new
+    task could start the daemon is torn down (`abandon_parked`): the slot is free again
+    and the state root released."""
+    slots = RankedSlots(1, fair_turns=True)
+    runner, answers = parked_runner(tmp_path, slots)
+    await runner.prepare()
+    assert slots.join(lambda: 0.0) is None  # another target holds the only slot
+    assert await runner.run(lambda r, answer: answers.append(answer)) is None  # parked
+    assert len(answers) == 1 and queued_in(slots) == 1
+    slots.release()  # handed to the parked runner: its answer is True
+    assert answers[0].done() and answers[0].result() is True  # type: ignore[attr-defined]
+    await runner.abandon_parked()
+    assert slots.available_tokens == 1 and queued_in(slots) == 0
+    assert not locked_elsewhere(runner.spec.state_root)
+
+
+async def test_a_runner_parked_for_a_slot_stops_when_asked(tmp_path: Path) -> None:
+    """A stop request answers a parked runner's wait (False): resumed, it stops with
+    stopped_signal holding no slot, and its store is closed."""
+    slots = RankedSlots(1, fair_turns=True)
+    runner, answers = parked_runner(tmp_path, slots)
+    await runner.prepare()
+    assert slots.join(lambda: 0.0) is None
+    assert await runner.run(lambda r, answer: answers.append(answer)) is None
+    runner.request_stop(5.0)
+    assert answers[0].done() and answers[0].result() is False  # type: ignore[attr-defined]
+    with anyio.fail_after(30):
+        status = await runner.run(lambda r, answer: answers.append(answer), resume=True)
+    assert status == TargetStatus.STOPPED_SIGNAL
+    assert len(answers) == 1  # not parked again
+    assert queued_in(slots) == 0 and slots.available_tokens == 0  # the other's slot only
+    assert not locked_elsewhere(runner.spec.state_root)
+
+
+def queued_in(slots: RankedSlots) -> int:
+    """How many wait in `slots`' queue."""
+    return slots.statistics().tasks_waiting

@@ -172,7 +172,8 @@ class TargetRunner:
         """The daemon is torn down while this runner is parked: give back its place in the
         slots' queue (or the slot it was just given) and close its store."""
         self._stop.cancel_wait()
-        self._waits.unparked()
+        if self._waits.unparked():  # the slot came as the daemon was torn down
+            self._slots.release()
         self._enter(self.state.status, Phase.STOPPED)
         await self._store.close()
 
