@@ -18,6 +18,7 @@ import pytest
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.admission import RankedSlots
 from autoloop_daemon.engine.budget import SharedBudget
+from autoloop_daemon.engine.commands import Commands
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.storage.files.store import FileStorage, FileTargetStore
@@ -174,3 +175,34 @@ async def test_a_runner_parked_for_a_slot_stops_when_asked(tmp_path: Path) -> No
 def queued_in(slots: RankedSlots) -> int:
     """How many wait in `slots`' queue."""
     return slots.statistics().tasks_waiting
+
+
+async def test_a_target_paused_while_it_waits_in_line_starts_no_iteration(
+    tmp_path: Path,
+) -> None:
+    """`ctl pause` of a target that has finished an iteration and waits in line for the
+    one slot: when the slot comes to it, it gives it back and starts nothing until resumed;
+    the other targets go on meanwhile."""
+    options = {"mode": "continuous", "cooldown_minutes": 0, "max_iterations": 50}
+    targets = [spec(tmp_path, n, simulated_seconds=0.05, **options) for n in ("a", "b", "c")]
+    sup, rec = supervisor(targets, max_concurrent=1)
+    commands = Commands(sup)
+
+    def started(name: str) -> int:
+        return sum(1 for e in rec.of(ev.IterationStarted) if getattr(e, "target", None) == name)
+
+    def finished(name: str) -> int:
+        return sum(1 for e in rec.of(ev.IterationFinished) if getattr(e, "target", None) == name)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sup.run)
+            await rec.wait_for(lambda: finished("b") >= 1)
+            await commands.pause("b")  # b now waits in line behind a and c
+            paused_at = started("b")
+            others = started("a") + started("c")
+            await rec.wait_for(lambda: started("a") + started("c") >= others + 6)
+            assert started("b") == paused_at
+            await commands.resume("b")
+            await rec.wait_for(lambda: started("b") > paused_at)
+            sup.request_shutdown("test")

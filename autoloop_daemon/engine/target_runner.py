@@ -238,7 +238,9 @@ class TargetRunner:
         finished; best-ranked with `gain_per_usd`), and the slot is given back before waiting
         for the next budget window."""
         try:
-            if not held or self._stop.requested:
+            # Paused while it waited in line (`ctl pause` only wakes a resting target):
+            # the slot goes back and the pause is waited out (`_check`, `before_turn`).
+            if not held or self._stop.requested or self.state.paused:
                 return None
             reservation = await self._waits.reserve_in_turn()
             if self._stop.requested:
