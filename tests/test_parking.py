@@ -9,7 +9,8 @@ storage where the state roots' locks are what is checked.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
@@ -39,6 +40,19 @@ async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
             await anyio.sleep(0.005)
 
 
+@contextlib.asynccontextmanager
+async def running(sup: Supervisor, codes: list[int]) -> AsyncIterator[None]:
+    """`sup.run()` in a task of its own while the body runs (its exit code appended to
+    `codes`); left once it has returned."""
+
+    async def run() -> None:
+        codes.append(await sup.run())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        yield
+
+
 def queued(sup: Supervisor) -> int:
     """How many targets wait for a slot now (the snapshot's `queued`)."""
     return sup.snapshot(targets=False).queued
@@ -57,13 +71,8 @@ async def test_targets_waiting_for_a_slot_hold_no_task_and_get_every_turn(
     )
     codes: list[int] = []
     tasks_while_queued: list[int] = []
-
-    async def run() -> None:
-        codes.append(await sup.run())
-
     with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
+        async with running(sup, codes):
             await until(lambda: queued(sup) >= N - 1)
             tasks_while_queued.append(len(asyncio.all_tasks()))
     assert codes == [0]
@@ -85,13 +94,8 @@ async def test_a_shutdown_stops_targets_waiting_in_line_at_once(tmp_path: Path) 
         grace_s=30.0,
     )
     codes: list[int] = []
-
-    async def run() -> None:
-        codes.append(await sup.run())
-
     with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
+        async with running(sup, codes):
             await until(lambda: queued(sup) >= N - 1 and bool(rec.of(ev.IterationStarted)))
             sup.request_shutdown("test")
             # Every waiting target has stopped while the running iteration still runs.
@@ -194,9 +198,9 @@ async def test_a_target_paused_while_it_waits_in_line_starts_no_iteration(
     def finished(name: str) -> int:
         return sum(1 for e in rec.of(ev.IterationFinished) if getattr(e, "target", None) == name)
 
+    codes: list[int] = []
     with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sup.run)
+        async with running(sup, codes):
             await rec.wait_for(lambda: finished("b") >= 1)
             await commands.pause("b")  # b now waits in line behind a and c
             paused_at = started("b")
@@ -206,3 +210,4 @@ async def test_a_target_paused_while_it_waits_in_line_starts_no_iteration(
             await commands.resume("b")
             await rec.wait_for(lambda: started("b") > paused_at)
             sup.request_shutdown("test")
+    assert codes == [0]
