@@ -128,13 +128,11 @@ class RankedSlots:
         """True once `waiter` holds a slot; False, holding none, when its `granted_future`
         was resolved False first (a withdrawal: engine/stop_control.py)."""
         try:
-            granted = await waiter.granted_future
+            await waiter.granted_future
         except BaseException:
             self._leave(waiter)
             raise
-        if not granted:
-            self._leave(waiter)
-        return granted
+        return self.settle(waiter)
 
     def settle(self, waiter: SlotWaiter) -> bool:
         """`wait` for a waiter whose task ended meanwhile (a parked target:

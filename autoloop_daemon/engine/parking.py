@@ -50,9 +50,6 @@ class Parking:
         self._tg = tg
         self._context = contextvars.copy_context()
 
-    def __len__(self) -> int:
-        return len(self._parked)
-
     def park(self, runner: TargetRunner, answer: asyncio.Future[bool]) -> None:
         """`runner`'s task ends now; a new one starts once `answer` is resolved."""
         assert self._tg is not None, "Parking.open first"

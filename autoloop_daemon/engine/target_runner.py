@@ -161,7 +161,7 @@ class TargetRunner:
             self.state.last_failure_trace = str(exc)
             self._events.publish(ev.CheckpointFailed(self.spec.name, str(exc)))
         finally:
-            if status is not None or not self._waits.parked:
+            if not self._waits.parked:  # parked: the store stays open for the resume
                 self._enter(self.state.status, Phase.STOPPED)
                 await self._store.close()  # finishes even when cancelled (TargetStore.close)
             structlog.contextvars.reset_contextvars(target=token)  # not bound_contextvars: 1 kB
