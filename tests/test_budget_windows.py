@@ -17,17 +17,20 @@ from autoloop_daemon.clock import now_utc, parse_iso
 from autoloop_daemon.config.alerts import AlertSettings
 from autoloop_daemon.config.loader import load_config
 from autoloop_daemon.engine import events as ev
+from autoloop_daemon.engine.admission import RankedSlots
 from autoloop_daemon.engine.budget import SharedBudget, WindowFull
 from autoloop_daemon.engine.snapshot import BudgetSnapshot, FleetSnapshot
 from autoloop_daemon.engine.supervisor import Supervisor
+from autoloop_daemon.engine.target_runner import TargetRunner
+from autoloop_daemon.engine.waits import Waits
 from autoloop_daemon.exceptions import ConfigError
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.observers.alerts import Alerter
 from autoloop_daemon.observers.metrics import Metrics
-from autoloop_daemon.policy.ledger import Ledger
+from autoloop_daemon.policy.ledger import Ledger, Reservation
 from autoloop_daemon.policy.thresholds import crossings, new_crossings
 from autoloop_daemon.policy.windows import BudgetWindow, parse_window
-from autoloop_daemon.storage.files.store import FileStorage
+from autoloop_daemon.storage.files.store import FileStorage, FileTargetStore
 from autoloop_daemon.vocab import TargetStatus
 from tests.helpers.config import TARGET_A
 from tests.helpers.logs import read_jsonl
@@ -241,3 +244,39 @@ def test_status_summary_prints_the_window_line() -> None:
     }  # fmt: skip
     summary = render_summary(report)
     assert "window: 6h, $1.00 of $2.00 spent, next window at 2026-12-01T18:00:00Z" in summary
+
+
+@pytest.mark.anyio
+async def test_a_turn_held_through_a_full_window_keeps_its_place_in_line(
+    tmp_path: Path,
+) -> None:
+    """`allocation = "fcfs"`: a target first in line finds the window full and waits it out
+    holding its slot. Its turn stays the one it got the slot with, not the moment its sleep
+    ended: two targets that waited out a window together queue next in the order they were
+    served, whichever woke first (before, the later-served one that woke first went ahead
+    and ran once more than the other: test_money_edges' fair-turn test, 2 in 240 runs)."""
+    slots = RankedSlots(2, fair_turns=True)
+    budget = SharedBudget(math.inf, window=BudgetWindow(parse_window("1s"), cap_usd=0.1))
+    budget.charge(0.1)  # this window is full; the next one opens within a second
+    target = TargetSpec(
+        name="skill", path=tmp_path / "skill", state_root=tmp_path / "state" / "skill",
+        mode="continuous", cooldown_minutes=0.0, max_iterations=5, plateau_window=100,
+        oscillation_window=0, dry_run=True, estimated_cost_usd=0.1,
+    )  # fmt: skip
+    for sub in ("runs", "learner"):
+        (target.state_root / sub).mkdir(parents=True)
+    target.path.mkdir()
+    store = FileTargetStore(target)
+    runner = TargetRunner(target, store=store, budget=budget, slots=slots, events=ev.EventBus())
+    await runner.prepare()
+    waits = Waits(runner)
+    with anyio.fail_after(10):
+        assert await waits.slot()
+        served_s = waits.served_s
+        reservation = await waits.reserve_in_turn()
+    assert isinstance(reservation, Reservation)
+    assert anyio.current_time() > served_s + 0.01  # it did wait for the window
+    assert waits.served_s == served_s
+    budget.settle(reservation, 0.0)
+    slots.release()
+    await store.close()

@@ -214,13 +214,17 @@ class Waits:
         reservation = await self.reserve()
         if not slots.fair_turns:
             return reservation
+        served_s = self.served_s
         while isinstance(reservation, WindowFull) and not stop.requested:
             if runner.state.paused or runner._pending_spec is not None:
                 return reservation
             await self.window(reservation)
             if stop.requested:
                 return None
-            self.served_s = anyio.current_time()  # still this turn
+            # Still this turn, and still its place in line: targets that waited out the
+            # window together queue next in the order they got their slots, not the
+            # order their sleeps happened to end in.
+            self.served_s = served_s
             reservation = await self.reserve()
         return reservation
 
