@@ -11,6 +11,10 @@ item separator, and a list of such dicts (the status rows) is one call too: the 
 where `},` can meet a separator in its output is between two rows (a string value never
 holds a raw newline), so the rows' indentation is set by one `str.replace`. Anything else
 recurses; keys that are not strings (which `json` converts) are left to `json.dumps`.
+
+`Verbatim` is text placed as it is, `indented` a value's text at its depth and
+`list_layout` a list's: the daemon's `status --json` report keeps each row's text from one
+rendering to the next and lays the rows' list out itself (control/report_rows.py).
 """
 
 from __future__ import annotations
@@ -37,12 +41,33 @@ def compact(value: Any) -> str:
     return _COMPACT.encode(value)
 
 
+class Verbatim(str):
+    """JSON text `dumps_indented` places as it is (laid out for its depth)."""
+
+    __slots__ = ()
+
+
 def dumps_indented(obj: Any) -> str:
-    """The text of `json.dumps(obj, indent=2)`."""
+    """The text of `json.dumps(obj, indent=2)` (a `Verbatim` value placed as it is)."""
     return _dump(obj, 0)
 
 
+def indented(obj: Any, depth: int) -> str:
+    """`obj`'s text as `dumps_indented` lays it out `depth` levels deep (an item of a list
+    at depth `depth - 1`)."""
+    return _dump(obj, depth)
+
+
+def list_layout(depth: int) -> tuple[str, str, str]:
+    """How `dumps_indented` lays out a non-empty list `depth` levels deep whose items are
+    not all scalars: its opening, the separator between its items, its closing."""
+    inner = "\n" + INDENT * (depth + 1)
+    return "[" + inner, "," + inner, "\n" + INDENT * depth + "]"
+
+
 def _dump(obj: Any, depth: int) -> str:
+    if type(obj) is Verbatim:
+        return obj
     if isinstance(obj, dict):
         if not obj:
             return "{}"
@@ -60,9 +85,8 @@ def _dump(obj: Any, depth: int) -> str:
             return _flat(obj, "[", "]", depth)
         if _flat_rows(obj):
             return _rows(obj, depth)
-        inner = "\n" + INDENT * (depth + 1)
-        items = [_dump(value, depth + 1) for value in obj]
-        return "[" + inner + ("," + inner).join(items) + "\n" + INDENT * depth + "]"
+        opening, separator, closing = list_layout(depth)
+        return opening + separator.join([_dump(value, depth + 1) for value in obj]) + closing
     return json.dumps(obj)
 
 

@@ -28,6 +28,12 @@ def from_daemon(
         root = given.get(t["target"])
         state_root = state_root_of(t.get("state_location")) if root is None else str(root)
         rows.append(status_row(t, state_root))
+    return around(payload, socket, rows)
+
+
+def around(payload: Mapping[str, Any], socket: str, rows: Any) -> dict[str, Any]:
+    """The report of `payload` asked on `socket`, with `rows` as its targets (the report's
+    rows, or their text laid out: control/report_rows.py)."""
     report = {
         "daemon": {**payload["daemon"], "source": "socket", "control_socket": socket},
         "budget": payload["budget"],
@@ -41,15 +47,24 @@ def from_daemon(
 def with_queues(report: dict[str, Any], queues: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """`report` with `pending_reviews` and `review_problem` in every row and their total in
     `reviews_pending`, from the review queues `queues` (`ReviewQueue.to_json`'s)."""
-    by_target = {q["target"]: q for q in queues if isinstance(q, Mapping)}
+    by_target = by_name(queues)
     total = 0
     for row in report["targets"]:
-        queue = by_target.get(row["target"], {})
-        row["pending_reviews"] = len(queue.get("pending", ()))
-        row["review_problem"] = queue.get("problem")
+        row["pending_reviews"], row["review_problem"] = review_counts(by_target, row["target"])
         total += row["pending_reviews"]
     report["reviews_pending"] = total
     return report
+
+
+def by_name(queues: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The review queues `queues` by their target's name."""
+    return {q["target"]: q for q in queues if isinstance(q, Mapping)}
+
+
+def review_counts(by_target: Mapping[str, Mapping[str, Any]], name: str) -> tuple[int, str | None]:
+    """A row's `pending_reviews` and `review_problem`, from the queues `by_name` gave."""
+    queue = by_target.get(name, {})
+    return len(queue.get("pending", ())), queue.get("problem")
 
 
 def state_root_of(location: Any) -> str:

@@ -28,10 +28,10 @@ from starlette.routing import Route
 from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.control.answers import error
 from autoloop_daemon.control.render_cache import RenderCache
+from autoloop_daemon.control.report_rows import RowTexts
 from autoloop_daemon.control.reviews import Reviews
 from autoloop_daemon.engine.snapshot import FleetSnapshot
 from autoloop_daemon.engine.supervisor import Supervisor
-from autoloop_daemon.json_text import dumps_indented
 from autoloop_daemon.status_report import from_daemon, with_queues
 from autoloop_daemon.status_text import is_zone_key, render_text, zone_of
 
@@ -105,11 +105,13 @@ def status_routes(
         snap = supervisor.snapshot(targets=False)
         return status_payload(snap, rows=supervisor.target_rows())
 
+    row_texts = RowTexts()  # the JSON report's rows, kept between renderings
+
     async def render(form: Form) -> bytes:
         if form[0] == "api":
             return bytes(JSONResponse(payload()).body)
         queues = await reviews.queues(waiting_only=True)  # read in a worker thread
-        return await anyio.to_thread.run_sync(_report_text, payload(), queues, form)
+        return await anyio.to_thread.run_sync(_report_text, payload(), queues, form, row_texts)
 
     cache: RenderCache[Form] = RenderCache(render)
 
@@ -152,14 +154,17 @@ def _utc_offset(text: str | None) -> int | Literal[False] | None:
     return seconds if abs(seconds) <= MAX_UTC_OFFSET_S and seconds % 60 == 0 else False
 
 
-def _report_text(payload: dict[str, Any], queues: list[dict[str, Any]], form: Form) -> bytes:
+def _report_text(
+    payload: dict[str, Any], queues: list[dict[str, Any]], form: Form, row_texts: RowTexts
+) -> bytes:
     """The report of `payload` (`/api/status`'s, taken on the event loop; made here in a
     worker thread, as its rows are this rendering's own) and the review `queues`, as
-    `autoloopd status` prints it (its last newline included); the text's times in the
-    client's zone (`status_text.zone_of`), else in the daemon's."""
-    report = with_queues(from_daemon(payload, _SOCKET_MARK), queues)
+    `autoloopd status` prints it (its last newline included); the JSON's rows kept in
+    `row_texts`; the text's times in the client's zone (`status_text.zone_of`), else in
+    the daemon's."""
     kind, every_row, offset, key = form
     if kind == "json":
-        return (dumps_indented(report) + "\n").encode()
+        return row_texts.report_json(payload, _SOCKET_MARK, queues)
+    report = with_queues(from_daemon(payload, _SOCKET_MARK), queues)
     zone = zone_of(key, offset)
     return (render_text(report, every_row=every_row, zone=zone) + "\n").encode()
