@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from autoloop_daemon.control.client import NotRunningError, request
 from autoloop_daemon.control.quick_socket import quick_socket
@@ -135,7 +136,7 @@ def _route(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
         return "GET", "/api/budget", None
     if args.verb == "reload":
         return "POST", "/api/reload", None
-    url = f"/api/targets/{args.target}/{args.verb}"
+    url = f"/api/targets/{quote(args.target, safe='')}/{args.verb}"
     if args.verb == "extend":
         return "POST", url, {"iterations": args.iterations, "cost_usd": args.cost}
     if args.verb == "review":
