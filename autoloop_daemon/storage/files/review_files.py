@@ -77,7 +77,8 @@ def review_log_path(state_root: Path) -> Path:
 def read_queue(state_root: Path, now: datetime) -> ReviewQueue:
     """The candidates awaiting review in `state_root` (blocking: call from a worker thread)."""
     try:  # the common case, at 10,000 targets per status: no queue, one lstat, no Path
-        os.lstat(os.path.join(str(state_root), "state", PENDING_NAME))
+        # (an f-string, not os.path.join: 0.5 us against 3 us, a third of the whole check)
+        os.lstat(f"{state_root}/state/{PENDING_NAME}")
     except FileNotFoundError:
         return ReviewQueue()
     except OSError:
