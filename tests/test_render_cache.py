@@ -4,10 +4,12 @@ rendering that began before it."""
 
 from __future__ import annotations
 
+import sys
+
 import anyio
 import pytest
 
-from autoloop_daemon.control.render_cache import RenderCache
+from autoloop_daemon.control.render_cache import Expiring, RenderCache
 
 pytestmark = pytest.mark.anyio
 
@@ -70,3 +72,43 @@ async def test_a_rendering_is_renewed_after_its_interval() -> None:
     cache: RenderCache[str] = RenderCache(render, reuse_s=0.0)
     assert await cache.get("text") == b"text:1"
     assert await cache.get("text") == b"text:2"
+
+
+async def test_a_rendering_no_one_asks_for_is_let_go_after_its_interval() -> None:
+    """The renderings are held only while they may be served: once `reuse_s` has passed
+    without a new one, the cache holds none (at 10,000 targets `status --json` is ~7 MB,
+    kept until the next request before)."""
+    body = b"x" * 1_000_000
+
+    async def render(key: str) -> bytes:
+        return body
+
+    cache: RenderCache[str] = RenderCache(render, reuse_s=0.05)
+    held_before = sys.getrefcount(body)
+    assert await cache.get("json") is body
+    assert sys.getrefcount(body) == held_before + 1  # the cache holds it
+    with anyio.fail_after(5):
+        while sys.getrefcount(body) > held_before:  # noqa: ASYNC110 (no event to wait on)
+            await anyio.sleep(0.01)
+
+
+async def test_expiring_calls_once_after_the_last_touch() -> None:
+    """`Expiring`: no call while touched within its interval, one call once it has passed
+    since the last touch, and none more until touched again."""
+    calls: list[float] = []
+    expiring = Expiring(0.1, lambda: calls.append(anyio.current_time()))
+    start = anyio.current_time()
+    for _ in range(5):  # touched every 0.05 s for 0.25 s
+        expiring.touch()
+        await anyio.sleep(0.05)
+    last_touch = anyio.current_time() - 0.05
+    with anyio.fail_after(5):
+        while not calls:  # noqa: ASYNC110 (the callback sets no event)
+            await anyio.sleep(0.01)
+    assert calls[0] >= last_touch + 0.1 - 0.01 and calls[0] > start + 0.3
+    await anyio.sleep(0.3)
+    assert len(calls) == 1
+    expiring.touch()
+    with anyio.fail_after(5):
+        while len(calls) < 2:  # noqa: ASYNC110
+            await anyio.sleep(0.01)

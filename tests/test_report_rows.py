@@ -91,6 +91,8 @@ def test_each_rendering_is_the_report_made_from_scratch_as_rows_change(
     assert render(payload(rows, cluster=cluster), []) == ["t2"]
     assert render(payload([]), []) == []
     assert render(payload(rows), []) == ["t1", "t2", "t3", "t4", "t5"]  # none kept
+    texts.forget()  # what the status routes do after a minute without a rendering
+    assert render(payload(rows), []) == ["t1", "t2", "t3", "t4", "t5"]
 
 
 def test_values_that_json_writes_differently_are_not_taken_for_unchanged() -> None:

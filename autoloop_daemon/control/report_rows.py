@@ -13,8 +13,8 @@ Equal is Python's `==`: a value that changed only between equal numbers of anoth
 (`1` and `1.0`) keeps its earlier text, the same number. The rows held are this
 rendering's: a target gone from the fleet is dropped. One rendering at a time
 (`RenderCache`'s lock), so no lock here. Memory: ~1 kB per target (its text, ~0.7 kB, and
-the tuple of its values; tracemalloc, 10,000 rows), held once `status --json` has been
-asked.
+the tuple of its values; tracemalloc, 10,000 rows), held while `status --json` is asked
+(the status routes `forget` it after a minute without one).
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ class RowTexts:
     def __init__(self) -> None:
         """Nothing rendered yet."""
         self._held: dict[str, tuple[tuple[Any, ...], bytes]] = {}
+
+    def forget(self) -> None:
+        """Hold no row: the next rendering makes every row."""
+        self._held = {}
 
     def report_json(
         self, payload: Mapping[str, Any], socket: str, queues: Iterable[Mapping[str, Any]]

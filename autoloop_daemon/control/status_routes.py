@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.control.answers import error
-from autoloop_daemon.control.render_cache import RenderCache
+from autoloop_daemon.control.render_cache import Expiring, RenderCache
 from autoloop_daemon.control.report_rows import RowTexts
 from autoloop_daemon.control.reviews import Reviews
 from autoloop_daemon.engine.snapshot import FleetSnapshot
@@ -37,6 +37,8 @@ from autoloop_daemon.status_text import is_zone_key, render_text, zone_of
 
 FORMS = ("text", "json")
 MAX_SOCKET_TEXT = 4096
+# The JSON report's row texts (~1 kB per target) are let go after this long without one.
+ROW_TEXTS_IDLE_S = 60.0
 # Where the client's socket path goes in a cached JSON report: each client has its own.
 _SOCKET_MARK = "\0autoloopd control socket\0"
 _SOCKET_MARK_JSON = json.dumps(_SOCKET_MARK).encode()
@@ -106,11 +108,14 @@ def status_routes(
         return status_payload(snap, rows=supervisor.target_rows())
 
     row_texts = RowTexts()  # the JSON report's rows, kept between renderings
+    row_texts_used = Expiring(ROW_TEXTS_IDLE_S, row_texts.forget)
 
     async def render(form: Form) -> bytes:
         if form[0] == "api":
             return bytes(JSONResponse(payload()).body)
         queues = await reviews.queues(waiting_only=True)  # read in a worker thread
+        if form[0] == "json":
+            row_texts_used.touch()
         return await anyio.to_thread.run_sync(_report_text, payload(), queues, form, row_texts)
 
     cache: RenderCache[Form] = RenderCache(render)
