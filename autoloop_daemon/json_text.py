@@ -12,9 +12,9 @@ where `},` can meet a separator in its output is between two rows (a string valu
 holds a raw newline), so the rows' indentation is set by one `str.replace`. Anything else
 recurses; keys that are not strings (which `json` converts) are left to `json.dumps`.
 
-`Verbatim` is text placed as it is, `indented` a value's text at its depth and
-`list_layout` a list's: the daemon's `status --json` report keeps each row's text from one
-rendering to the next and lays the rows' list out itself (control/report_rows.py).
+`indented` is a value's text at its depth and `list_layout` a list's: the daemon's
+`status --json` report keeps each row's text from one rendering to the next and lays the
+rows' list out itself (control/report_rows.py).
 """
 
 from __future__ import annotations
@@ -41,14 +41,8 @@ def compact(value: Any) -> str:
     return _COMPACT.encode(value)
 
 
-class Verbatim(str):
-    """JSON text `dumps_indented` places as it is (laid out for its depth)."""
-
-    __slots__ = ()
-
-
 def dumps_indented(obj: Any) -> str:
-    """The text of `json.dumps(obj, indent=2)` (a `Verbatim` value placed as it is)."""
+    """The text of `json.dumps(obj, indent=2)`."""
     return _dump(obj, 0)
 
 
@@ -66,8 +60,6 @@ def list_layout(depth: int) -> tuple[str, str, str]:
 
 
 def _dump(obj: Any, depth: int) -> str:
-    if type(obj) is Verbatim:
-        return obj
     if isinstance(obj, dict):
         if not obj:
             return "{}"

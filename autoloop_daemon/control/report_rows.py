@@ -5,9 +5,8 @@ waiting, stopped), yet each rendering made every row's report dict (`status_row`
 its values and encoded it: ~100 ms of a worker thread per rendering, a third of the
 figure's 0.3 s (py-spy of a running daemon; issue 24). `RowTexts` keeps each target's row
 text with the values it was made from (its `/api/status` row and its review counts); a
-row whose values are equal is placed as it is (`json_text.Verbatim`), and only the others
-are made and encoded. The text is `dumps_indented`'s of the same report, byte for byte
-(tests/test_report_rows.py).
+row whose values are equal is placed as it is, and only the others are made and encoded.
+The text is `dumps_indented`'s of the same report, byte for byte (tests/test_report_rows.py).
 
 Equal is Python's `==`: a value that changed only between equal numbers of another type
 (`1` and `1.0`) keeps its earlier text, the same number. The rows held are this
@@ -19,15 +18,19 @@ the tuple of its values; tracemalloc, 10,000 rows), held while `status --json` i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from autoloop_daemon.json_text import Verbatim, dumps_indented, indented, list_layout
+from autoloop_daemon.json_text import dumps_indented, indented, list_layout
 from autoloop_daemon.status_report import around, by_name, review_counts, state_root_of
 from autoloop_daemon.status_text import status_row
 
 ROW_DEPTH = 2  # a row of the report's "targets" list: {"targets": [{...}]}
-_ROWS_MARK = Verbatim("\0rows\0")  # where the rows go in the report's text
+# Where the rows go in the report's text: a string JSON writes escaped, found by its text
+# (as status_routes.py places the client's socket path).
+_ROWS_MARK = "\0autoloopd report rows\0"
+_ROWS_MARK_JSON = json.dumps(_ROWS_MARK)
 
 
 class RowTexts:
@@ -54,7 +57,7 @@ class RowTexts:
         total = 0
         for target_row in payload["targets"]:
             name = target_row["target"]
-            counts = (0, None) if name not in by_target else review_counts(by_target, name)
+            counts = review_counts(by_target, name)
             total += counts[0]
             key = (*target_row.values(), *counts)
             last = held.get(name)
@@ -69,7 +72,7 @@ class RowTexts:
         self._held = kept
         report = around(payload, socket, _ROWS_MARK)
         report["reviews_pending"] = total
-        head, tail = dumps_indented(report).split(_ROWS_MARK)
+        head, tail = dumps_indented(report).split(_ROWS_MARK_JSON)
         if texts:
             opening, separator, closing = (x.encode() for x in list_layout(ROW_DEPTH - 1))
             rows = opening + separator.join(texts) + closing
