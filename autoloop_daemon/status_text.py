@@ -11,7 +11,6 @@ counted under the table, not listed; `status --all` lists every row.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import timedelta, timezone, tzinfo
@@ -19,6 +18,7 @@ from typing import Any
 
 from autoloop_daemon.clock import parse_iso
 from autoloop_daemon.vocab import Phase, TargetStatus
+from autoloop_daemon.zone_key import is_zone_key
 
 ROW_KEYS = (
     "target", "status", "paused", "reason", "last_error", "iterations_completed",
@@ -62,16 +62,6 @@ def _fmt_score(value: Any) -> str:
 def _fmt_money(value: Any, estimated: bool = False) -> str:
     number = _finite(value)
     return "-" if number is None else f"{'~' if estimated else ''}${number:.2f}"
-
-
-_ZONE_KEY = re.compile(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*")
-MAX_ZONE_KEY = 64
-
-
-def is_zone_key(text: str) -> bool:
-    """True when `text` is shaped as an IANA zone name (`Europe/Berlin`): at most
-    MAX_ZONE_KEY characters, no `..`, no absolute path, no POSIX rule (`NPT-5:45`)."""
-    return len(text) <= MAX_ZONE_KEY and _ZONE_KEY.fullmatch(text) is not None
 
 
 def zone_of(key: str | None, offset_s: int | None) -> tzinfo | None:

@@ -12,7 +12,6 @@ from pathlib import Path
 import anyio
 import pytest
 
-from autoloop_daemon.cli.status import render_summary
 from autoloop_daemon.clock import now_utc, parse_iso
 from autoloop_daemon.config.alerts import AlertSettings
 from autoloop_daemon.config.loader import load_config
@@ -30,6 +29,7 @@ from autoloop_daemon.observers.metrics import Metrics
 from autoloop_daemon.policy.ledger import Ledger, Reservation
 from autoloop_daemon.policy.thresholds import crossings, new_crossings
 from autoloop_daemon.policy.windows import BudgetWindow, parse_window
+from autoloop_daemon.status_text import render_summary
 from autoloop_daemon.storage.files.store import FileStorage, FileTargetStore
 from autoloop_daemon.vocab import TargetStatus
 from tests.helpers.config import TARGET_A

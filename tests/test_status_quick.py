@@ -179,7 +179,11 @@ code = main(["status", "--config", config, *sys.argv[5:]])
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in
                ("pydantic", "pydantic_settings", "structlog", "anyio", "starlette", "hypercorn")
                or m.startswith(("autoloop_daemon.runtime", "autoloop_daemon.config.settings")))
-print(json.dumps({"code": code, "heavy": heavy, "asked": asked}), file=sys.stderr)
+report_made_here = sorted(m for m in sys.modules if m in
+                          ("autoloop_daemon.status_text", "autoloop_daemon.status_report",
+                           "autoloop_daemon.cli.status_reviews"))
+print(json.dumps({"code": code, "heavy": heavy, "asked": asked, "report": report_made_here}),
+      file=sys.stderr)
 """
 
 
@@ -196,6 +200,7 @@ def test_status_from_a_daemon_imports_nothing_heavy_and_prints_the_same_json(
     )  # fmt: skip
     outcome = json.loads(done.stderr.strip().splitlines()[-1])
     assert outcome["code"] == 0 and outcome["heavy"] == []
+    assert "autoloop_daemon.status_report" in outcome["report"]  # built here, from /api/status
     row = dict.fromkeys(
         ("target", "status", "paused", "reason", "last_error", "iterations_completed",
          "max_iterations", "running_iteration", "running_for_s", "in_flight",
@@ -232,6 +237,7 @@ def test_status_prints_the_daemons_report_as_it_came_in_one_request(
     )  # fmt: skip
     outcome = json.loads(done.stderr.decode().strip().splitlines()[-1])
     assert outcome["code"] == 0 and outcome["heavy"] == []
+    assert outcome["report"] == []  # printed as it came: the report's modules stay unloaded
     assert done.stdout == made.encode()
     [path] = outcome["asked"]
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)

@@ -33,7 +33,8 @@ from autoloop_daemon.control.reviews import Reviews
 from autoloop_daemon.engine.snapshot import FleetSnapshot
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.status_report import from_daemon, with_queues
-from autoloop_daemon.status_text import is_zone_key, render_text, zone_of
+from autoloop_daemon.status_text import render_text, zone_of
+from autoloop_daemon.zone_key import is_zone_key
 
 FORMS = ("text", "json")
 MAX_SOCKET_TEXT = 4096

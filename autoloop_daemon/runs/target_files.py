@@ -54,6 +54,12 @@ def _walk(root: Path, exclude: Path | None) -> Iterator[tuple[str, Path, os.stat
                 stack.append(path)
 
 
+def content_hash_if_dir(target: Path, exclude: Path | None = None) -> str | None:
+    """`content_hash` of `target`, or None when it is not a directory (gone: nothing to
+    compare a run's changes with)."""
+    return content_hash(target, exclude) if target.is_dir() else None
+
+
 def content_hash(target: Path, exclude: Path | None = None) -> str:
     """A BLAKE2b hash of the names, link targets and bytes of every file below `target`."""
     digest = hashlib.blake2b(digest_size=16)
