@@ -28,12 +28,7 @@ from autoloop_daemon.policy.live_cost import (
     graced_limit_usd,
 )
 from autoloop_daemon.policy.recording import build_entry
-from autoloop_daemon.runs.orchestrator import (
-    PreparedRun,
-    prepare_run,
-    run_iteration,
-    run_log_file,
-)
+from autoloop_daemon.runs.orchestrator import run_iteration, run_log_file
 from autoloop_daemon.runs.target_files import content_hash, content_hash_if_dir, save_best
 from autoloop_daemon.target_state import InFlight
 from autoloop_daemon.vocab import KNOWN_DECISIONS, Decision, Phase, RunStatus, TargetStatus
@@ -72,8 +67,8 @@ class Iteration:
         state.next_run_at = None
         before_scores = state.current_scores  # replaced, never changed in place
         await self._hash_if_unknown()
+        await runner._save()
         handoff = self._last_handoff()
-        prepared = await self._checkpoint_and_prepare(handoff)
         run_log = run_log_file(spec, self.number)
         # bind/reset, not bound_contextvars: that leaves `iteration` in the task's context
         tokens = structlog.contextvars.bind_contextvars(iteration=self.number)
@@ -89,7 +84,7 @@ class Iteration:
                     run_log=None if run_log is None else str(run_log),
                 )
             )
-            result, live_usd, final_usd = await self._run_metered(handoff, prepared)
+            result, live_usd, final_usd = await self._run_metered(handoff)
             runner.running_since = None
             cut = None if result is not None else runner._stop.cut_reason()
             with anyio.CancelScope(shield=True):
@@ -103,38 +98,10 @@ class Iteration:
                 await self._keep_best(entry)
             return entry.cost_usd
         finally:
-            if prepared is not None:
-                prepared.discard()  # a no-op once the run took its log
             structlog.contextvars.reset_contextvars(**tokens)
 
-    async def _checkpoint_and_prepare(self, handoff: Path | None) -> PreparedRun | None:
-        """Save the in-flight state and, side by side, make the run's argv and open its log
-        (two worker calls at once: the checkpoint's fsyncs and the log's creation each wait
-        on the disk, ~0.5-1 ms here). The run starts only once both are done, so a crash
-        still finds the iteration in flight before its process exists. None: dry run."""
-        runner = self._runner
-        if self.spec.dry_run:
-            await runner._save()
-            return None
-        box: list[PreparedRun] = []
-
-        async def prepare() -> None:
-            box.append(await prepare_run(self.spec, self.number, handoff))
-
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(prepare)
-                await runner._save()
-        except BaseException as exc:
-            for prepared in box:
-                prepared.discard()
-            if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                raise exc.exceptions[0] from None  # the save's own error, as without the group
-            raise
-        return box[0]
-
     async def _run_metered(
-        self, handoff: Path | None, prepared: PreparedRun | None
+        self, handoff: Path | None
     ) -> tuple[IterationResult | None, float, float | None]:
         """Run the orchestrator until it ends, the stop deadline or a cap's cut.
 
@@ -156,7 +123,6 @@ class Iteration:
                     on_cost=meter.report,
                     fence=self._runner._store.fence,
                     on_final_cost=final.append,
-                    prepared=prepared,
                 )
         finally:
             stop.iteration_ended()

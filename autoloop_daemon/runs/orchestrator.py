@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import stat
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -268,47 +266,6 @@ async def _run_simulated(spec: TargetSpec, iteration: int) -> IterationResult:
 FENCE_ENV = "AUTOLOOPD_FENCE"
 
 
-@dataclass(slots=True)
-class PreparedRun:
-    """What a run needs before it starts, made in one worker call (`prepare_run`): its argv
-    and its open run log, or why it cannot start (`error`).
-
-    `run_iteration` takes the log's descriptor over; `discard` closes it if it never did.
-    """
-
-    argv: list[str] | None
-    log_fd: int | None
-    error: str | None = None
-
-    def take_log(self) -> int | None:
-        """The run log's descriptor, handed over (this no longer closes it)."""
-        fd, self.log_fd = self.log_fd, None
-        return fd
-
-    def discard(self) -> None:
-        """Close the run log unless `run_iteration` took it (a regular file: no wait)."""
-        fd = self.take_log()
-        if fd is not None:
-            os.close(fd)
-
-
-async def prepare_run(spec: TargetSpec, iteration: int, handoff: Path | None) -> PreparedRun:
-    """The argv and the run log of iteration `iteration`, in one worker call; a
-    PreparedRun with `error` set when the target directory is gone or the log cannot be
-    opened. Start it beside other work (the in-flight checkpoint): the two wait on the disk
-    side by side."""
-    log_path = artifacts.run_log_path(spec.state_root, iteration)
-    try:
-        argv, log_fd = await anyio.to_thread.run_sync(
-            argv_and_log, spec, iteration, handoff, log_path
-        )
-    except RunLogError as exc:
-        return PreparedRun(None, None, f"not started: {exc}")
-    if argv is None:
-        return PreparedRun(None, None, f"target directory is missing: {spec.path}")
-    return PreparedRun(argv, log_fd)
-
-
 async def run_iteration(
     spec: TargetSpec,
     iteration: int,
@@ -318,15 +275,12 @@ async def run_iteration(
     on_cost: Callable[[float], None] | None = None,
     fence: str | None = None,
     on_final_cost: Callable[[float], None] | None = None,
-    prepared: PreparedRun | None = None,
 ) -> IterationResult:
     """Run iteration `iteration` of `spec` and read what it decided.
 
     `fence` (cluster mode: `<target>:<fencing token>`) is passed as AUTOLOOPD_FENCE, for
     sinks that can refuse the writes of a host whose lease moved. `on_cost` sees each live
     cost of a progress line, `on_final_cost` the cost of the result line as it streams.
-    `prepared`: `prepare_run`'s for this iteration, made ahead (else it is made here); its
-    run log is taken over.
 
     Never raises for orchestrator misbehaviour: a failed run comes back with status
     "failed", a one-line `error` and a `failure_trace`. Cancellation (daemon shutdown) is
@@ -337,11 +291,14 @@ async def run_iteration(
     start = time.monotonic()
     started_wall = time.time()
     log_path = artifacts.run_log_path(spec.state_root, iteration)
-    if prepared is None:
-        prepared = await prepare_run(spec, iteration, handoff)
-    argv, log_fd = prepared.argv, prepared.take_log()
-    if prepared.error is not None or argv is None:
-        return _not_run(prepared.error or "not started", start)
+    try:  # the argv and the run log: one worker call
+        argv, log_fd = await anyio.to_thread.run_sync(
+            argv_and_log, spec, iteration, handoff, log_path
+        )
+    except RunLogError as exc:
+        return _not_run(f"not started: {exc}", start)
+    if argv is None:
+        return _not_run(f"target directory is missing: {spec.path}", start)
     marker = run_marker(spec, iteration)
     env = child_environment(spec.env_map, marker)
     if fence is not None:
@@ -424,11 +381,4 @@ async def _read_outcome(
     )
 
 
-__all__ = [
-    "PreparedRun",
-    "prepare_run",
-    "render_argv",
-    "run_iteration",
-    "run_marker",
-    "run_marker_prefix",
-]
+__all__ = ["render_argv", "run_iteration", "run_marker", "run_marker_prefix"]

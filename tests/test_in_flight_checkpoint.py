@@ -1,9 +1,8 @@
-"""The in-flight checkpoint and the run's preparation (argv, run log) side by side
-(engine/iteration.py, runs/orchestrator.py `prepare_run`): the run starts only once both are
-done, and a checkpoint that fails leaves no process started and no run log open.
-
-In-process, on the in-memory storage, with a real orchestrator command (`touch`) that would
-leave a mark if it were ever started, under blockbuster.
+"""The in-flight checkpoint before a run (engine/iteration.py): the run starts only once the
+state says it is in flight, and a checkpoint that fails starts nothing and leaves no run log
+open. In-process, on the in-memory storage, with a real orchestrator command (`touch`) that
+leaves a mark per run, under blockbuster (which also holds the first run's content hash to
+its worker thread: whether the target directory exists was once asked on the event loop).
 """
 
 from __future__ import annotations
@@ -13,12 +12,14 @@ import shutil
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import StateWriteError
 from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.runs.target_files import content_hash, content_hash_if_dir
 from autoloop_daemon.storage.memory import MemoryStorage, MemoryTargetStore
 from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import TargetStatus
@@ -60,7 +61,7 @@ def _events(sup_events: ev.EventBus) -> list[ev.Event]:
 
 
 @pytest.mark.skipif(TOUCH is None, reason="no `touch` on PATH")
-async def test_a_failed_in_flight_checkpoint_starts_nothing_and_closes_the_run_log(
+async def test_a_failed_in_flight_checkpoint_starts_nothing_and_leaves_no_log_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mark = tmp_path / "started"
@@ -69,7 +70,7 @@ async def test_a_failed_in_flight_checkpoint_starts_nothing_and_closes_the_run_l
 
     async def failing_in_flight(self: MemoryTargetStore, state: TargetState) -> None:
         if state.in_flight is not None:
-            await anyio.sleep(0.05)  # the run log is opened meanwhile
+            await anyio.lowlevel.checkpoint()
             raise StateWriteError("cannot write the state: disk full (this test)")
         await saved(self, state)
 
@@ -87,13 +88,11 @@ async def test_a_failed_in_flight_checkpoint_starts_nothing_and_closes_the_run_l
     assert [t.status for t in sup.snapshot().targets] == [TargetStatus.ERROR]
     assert not [e for e in seen if isinstance(e, ev.IterationStarted)]
     assert not await anyio.to_thread.run_sync(Path(f"{mark}-1").exists)  # never started
-    # The log was prepared beside the checkpoint, and closed when the checkpoint failed.
-    assert await anyio.to_thread.run_sync((spec.state_root / "runs" / "iteration-1.log").exists)
     assert await anyio.to_thread.run_sync(_open_run_logs, spec.state_root) == []
 
 
 @pytest.mark.skipif(TOUCH is None, reason="no `touch` on PATH")
-async def test_each_run_starts_after_its_checkpoint_with_its_log_taken_over(
+async def test_each_run_starts_after_its_in_flight_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mark = tmp_path / "started"
@@ -103,7 +102,7 @@ async def test_each_run_starts_after_its_checkpoint_with_its_log_taken_over(
 
     async def slow_in_flight(self: MemoryTargetStore, state: TargetState) -> None:
         if state.in_flight is not None:
-            await anyio.sleep(0.05)  # the run log is made meanwhile; the run waits for both
+            await anyio.sleep(0.05)  # a slow disk: the run waits for it
             started = Path(f"{mark}-{state.in_flight.iteration}")
             assert not await anyio.to_thread.run_sync(started.exists)
             in_flight_saved.append(state.in_flight.iteration)
@@ -124,3 +123,16 @@ async def test_each_run_starts_after_its_checkpoint_with_its_log_taken_over(
     for n in finished:  # each started, once its checkpoint was saved
         assert await anyio.to_thread.run_sync(Path(f"{mark}-{n}").exists)
     assert await anyio.to_thread.run_sync(_open_run_logs, spec.state_root) == []
+
+
+def test_the_hash_before_a_first_run_is_none_when_the_target_is_gone(tmp_path: Path) -> None:
+    """No directory, no hash to compare a run's changes with (not the hash of nothing)."""
+    target = tmp_path / "target"
+    assert content_hash_if_dir(target) is None
+    target.mkdir()
+    (target / "SKILL.md").write_text("x")
+    assert content_hash_if_dir(target) == content_hash(target)
+    (target / "SKILL.md").unlink()
+    target.rmdir()
+    target.write_text("a file, not a directory")
+    assert content_hash_if_dir(target) is None
