@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -24,17 +25,22 @@ from autoloop_daemon.storage.memory import MemoryStorage, MemoryTargetStore
 from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import TargetStatus
 
-pytestmark = [pytest.mark.anyio, pytest.mark.no_blocking]
-
 TOUCH = shutil.which("touch")
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.no_blocking,
+    pytest.mark.skipif(TOUCH is None, reason="no `touch` on PATH"),
+]
 
 
-def _spec(tmp_path: Path, mark: Path) -> TargetSpec:
-    """A target whose run N touches `<mark>-N`."""
+@pytest.fixture
+def touching(tmp_path: Path) -> tuple[Path, TargetSpec]:
+    """A target whose run N touches `<mark>-N`: (mark, its spec)."""
+    mark = tmp_path / "started"
     target = tmp_path / "target"
     target.mkdir()
     assert TOUCH is not None
-    return TargetSpec(
+    return mark, TargetSpec(
         name="t", path=target, state_root=tmp_path / "state", mode="single-run",
         max_iterations=2, plateau_window=100, oscillation_window=0, backoff_base_seconds=0.0,
         orchestrator=(TOUCH, f"{mark}-{{iteration}}"), handoff_arg="",
@@ -54,35 +60,43 @@ def _open_run_logs(state_root: Path) -> list[str]:
     return found
 
 
-def _events(sup_events: ev.EventBus) -> list[ev.Event]:
-    seen: list[ev.Event] = []
-    sup_events.subscribe(seen.append)
-    return seen
-
-
-@pytest.mark.skipif(TOUCH is None, reason="no `touch` on PATH")
-async def test_a_failed_in_flight_checkpoint_starts_nothing_and_leaves_no_log_open(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    mark = tmp_path / "started"
-    spec = _spec(tmp_path, mark)
+async def _run_with_save(
+    spec: TargetSpec,
+    monkeypatch: pytest.MonkeyPatch,
+    in_flight: Callable[[TargetState], Awaitable[None]],
+) -> tuple[Supervisor, list[ev.Event]]:
+    """Run `spec` to its end, `in_flight(state)` awaited before each in-flight save is
+    stored (it may raise); the supervisor and every event it published."""
     saved = MemoryTargetStore.save
 
-    async def failing_in_flight(self: MemoryTargetStore, state: TargetState) -> None:
+    async def save(self: MemoryTargetStore, state: TargetState) -> None:
         if state.in_flight is not None:
-            await anyio.lowlevel.checkpoint()
-            raise StateWriteError("cannot write the state: disk full (this test)")
+            await in_flight(state)
         await saved(self, state)
 
-    monkeypatch.setattr(MemoryTargetStore, "save", failing_in_flight)
+    monkeypatch.setattr(MemoryTargetStore, "save", save)
     events = ev.EventBus()
-    seen = _events(events)
+    seen: list[ev.Event] = []
+    events.subscribe(seen.append)
     sup = Supervisor(
         [spec], storage=MemoryStorage(), events=events, budget_cap_usd=10.0,
         max_concurrent=1, grace_s=5.0,
     )  # fmt: skip
     with anyio.fail_after(30):
         await sup.run()
+    return sup, seen
+
+
+async def test_a_failed_in_flight_checkpoint_starts_nothing_and_leaves_no_log_open(
+    touching: tuple[Path, TargetSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mark, spec = touching
+
+    async def disk_full(state: TargetState) -> None:
+        await anyio.lowlevel.checkpoint()
+        raise StateWriteError("cannot write the state: disk full (this test)")
+
+    sup, seen = await _run_with_save(spec, monkeypatch, disk_full)
     failed = [e for e in seen if isinstance(e, ev.CheckpointFailed)]
     assert [e.target for e in failed] == ["t"] and "disk full" in failed[0].error
     assert [t.status for t in sup.snapshot().targets] == [TargetStatus.ERROR]
@@ -91,32 +105,20 @@ async def test_a_failed_in_flight_checkpoint_starts_nothing_and_leaves_no_log_op
     assert await anyio.to_thread.run_sync(_open_run_logs, spec.state_root) == []
 
 
-@pytest.mark.skipif(TOUCH is None, reason="no `touch` on PATH")
 async def test_each_run_starts_after_its_in_flight_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    touching: tuple[Path, TargetSpec], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mark = tmp_path / "started"
-    spec = _spec(tmp_path, mark)
-    saved = MemoryTargetStore.save
+    mark, spec = touching
     in_flight_saved: list[int] = []
 
-    async def slow_in_flight(self: MemoryTargetStore, state: TargetState) -> None:
-        if state.in_flight is not None:
-            await anyio.sleep(0.05)  # a slow disk: the run waits for it
-            started = Path(f"{mark}-{state.in_flight.iteration}")
-            assert not await anyio.to_thread.run_sync(started.exists)
-            in_flight_saved.append(state.in_flight.iteration)
-        await saved(self, state)
+    async def slow_disk(state: TargetState) -> None:
+        assert state.in_flight is not None
+        await anyio.sleep(0.05)  # a slow disk: the run waits for it
+        started = Path(f"{mark}-{state.in_flight.iteration}")
+        assert not await anyio.to_thread.run_sync(started.exists)
+        in_flight_saved.append(state.in_flight.iteration)
 
-    monkeypatch.setattr(MemoryTargetStore, "save", slow_in_flight)
-    events = ev.EventBus()
-    seen = _events(events)
-    sup = Supervisor(
-        [spec], storage=MemoryStorage(), events=events, budget_cap_usd=10.0,
-        max_concurrent=1, grace_s=5.0,
-    )  # fmt: skip
-    with anyio.fail_after(30):
-        await sup.run()
+    _, seen = await _run_with_save(spec, monkeypatch, slow_disk)
     # `touch` prints no result: each run fails, and three failures stop the target.
     finished = [e.entry.iteration for e in seen if isinstance(e, ev.IterationFinished)]  # type: ignore[attr-defined]
     assert in_flight_saved == finished == [1, 2, 3]
