@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +177,54 @@ def test_remove_stale_tmp_matches_the_names_atomic_write_uses(
     assert leftovers[0].name.startswith(f".state.json.{os.getpid()}.")
     assert fsio.remove_stale_tmp(tmp_path) == leftovers
     assert _tmp_files(tmp_path) == []
+
+
+def test_tmp_names_are_unique_across_threads_and_name_a_forked_child(tmp_path: Path) -> None:
+    """Temp names made by many threads at once never repeat and match what
+    `remove_stale_tmp` removes; a forked child's names carry its own pid."""
+    path = tmp_path / "state.json"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        names = list(pool.map(lambda _: fsio.tmp_name(path), range(4000)))
+    assert len(set(names)) == len(names)
+    assert all(fsio._TMP_RE.match(Path(name).name) for name in names)
+    assert all(Path(name).name.startswith(f".state.json.{os.getpid()}.") for name in names)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(write_end, fsio.tmp_name(path).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_name = Path(pipe.read().decode()).name
+    assert os.waitpid(child, 0)[1] == 0
+    assert child_name.startswith(f".state.json.{child}.")
+    assert fsio._TMP_RE.match(child_name)
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o027, 0o077, 0o277])
+def test_files_are_0640_whatever_the_umask_of_a_new_process(tmp_path: Path, umask: int) -> None:
+    """The umask is read once per process (from /proc); created files end up 0640 both when
+    it takes no bit of 0640 away (no fchmod needed) and when it does."""
+    script = """
+import os, sys
+from pathlib import Path
+from autoloop_daemon.storage.files import fsio, regular
+root = Path(sys.argv[1])
+fsio.atomic_write_bytes(root / "state.json", b"{}")
+fsio.append_record(root / "log.jsonl", b"{}\\n")
+os.close(regular.open_regular(root / "run.log", os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+print(regular.umask_strips(0o640))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        umask=umask,
+    )
+    assert done.stdout.strip() == str(bool(umask & 0o640))
+    for name in ("state.json", "log.jsonl", "run.log"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
 
 
 # --- append_record ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno as errno_mod
+import itertools
 import json
 import math
 import os
@@ -40,8 +41,10 @@ from autoloop_daemon.storage.files.regular import (
     check_regular_or_absent,
     describe_file_type,
     open_regular,
+    open_regular_stat,
     read_regular,
     read_regular_lines,
+    umask_strips,
 )
 
 __all__ = [
@@ -66,6 +69,7 @@ __all__ = [
     "remove_stale_tmp",
     "tmp_name",
     "truncate_file",
+    "umask_strips",
     "write_all",
     "write_bytes_atomic",
     "write_json_atomic",
@@ -76,6 +80,23 @@ TMP_SUFFIX = ".tmp"
 # Names made by `tmp_name`: ".<name>.<pid>.<hex>.tmp".
 _TMP_RE = re.compile(r"^\..+\.\d+\.[0-9a-f]+\.tmp$")
 DIR_MODE = 0o750  # state directories: the group may read, others nothing
+
+
+class _TmpNames:
+    """What makes temp names unique without a system call per name: the pid (asked again
+    only in a forked child), a random token per process and a counter."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.pid = os.getpid()
+        self.token = secrets.token_hex(4)
+        self.counter = itertools.count()  # next() is atomic under the GIL: threads share it
+
+
+_TMP_NAMES = _TmpNames()
 
 
 # --- system calls, kept apart so tests can make them fail -------------------------------
@@ -135,12 +156,16 @@ def fsync_dir(directory: Path) -> None:
 def tmp_name(path: Path) -> str:
     """A fresh temp name next to `path`: `.<name>.<pid>.<hex>.tmp` (see `remove_stale_tmp`).
 
+    The hex is a random token per process and a counter: a getpid and a getrandom per name
+    were two of the system calls a busy worker thread hands the GIL back for (issue 24).
     A string, not a Path: pathlib interns every name it parses, and each of these is used
     once. Two or three per run filled the interpreter's table of interned strings until it
     was reallocated (~5,000 runs into a 1,000-target fleet: +1.7 MB of peak memory).
     """
     directory, name = os.path.split(os.fspath(path))
-    return os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    names = _TMP_NAMES
+    unique = f"{names.pid}.{names.token}{next(names.counter):x}"
+    return os.path.join(directory, f".{name}.{unique}{TMP_SUFFIX}")
 
 
 # --- sync API -------------------------------------------------------------------------
@@ -163,7 +188,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     renamed = False
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-        os.fchmod(fd, FILE_MODE)  # the umask may have taken bits away (or left too many)
+        if umask_strips(FILE_MODE):  # the umask took bits away
+            os.fchmod(fd, FILE_MODE)
         write_all(fd, data)
         if durable:
             _fsync(fd)
@@ -199,12 +225,12 @@ def append_record(path: Path, line: bytes) -> None:
     fd = -1
     original_size = 0
     try:
-        try:
-            fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
+        try:  # the log is there but for a target's first run: no failed O_EXCL open first
+            fd, st = open_regular_stat(path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            fd, st = open_regular_stat(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
             created = True
-        except FileExistsError:
-            fd = open_regular(path, os.O_WRONLY | os.O_APPEND)
-        original_size = os.fstat(fd).st_size
+        original_size = st.st_size
         try:
             write_all(fd, line)
             _fsync(fd)

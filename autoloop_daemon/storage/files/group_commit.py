@@ -247,7 +247,8 @@ def _write_tmp(
         fd = os.open(tmp, _CREATE, fsio.FILE_MODE)
         tmps[i] = tmp
         fds[i] = fd
-        os.fchmod(fd, fsio.FILE_MODE)
+        if fsio.umask_strips(fsio.FILE_MODE):
+            os.fchmod(fd, fsio.FILE_MODE)
         fsio.write_all(fd, item.data)
         if not keep_open:
             del fds[i]

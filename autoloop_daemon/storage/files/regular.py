@@ -11,6 +11,7 @@ again on the descriptor (fstat): anything but a regular file is NotRegularFileEr
 from __future__ import annotations
 
 import errno as errno_mod
+import functools
 import os
 import stat
 from pathlib import Path
@@ -53,6 +54,29 @@ def check_regular_or_absent(path: Path) -> None:
         raise _not_regular(mode)
 
 
+def umask_strips(mode: int) -> bool:
+    """Whether the process's umask takes any bit of `mode` away from a file it creates
+    (then an fchmod must put it back). True when the umask cannot be read.
+
+    Read once, from /proc/self/status: `os.umask` can only be read by setting it, which
+    would race with the worker threads creating files. Nothing in autoloopd changes the
+    umask once it runs; it is set (if at all) by whatever started the process.
+    """
+    return bool(mode & _umask())
+
+
+@functools.cache
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777  # unknown: every bit may be taken, so always fchmod
+
+
 def open_regular(path: Path, flags: int, create_mode: int = FILE_MODE) -> int:
     """`os.open` that only ever opens a regular file; returns the descriptor.
 
@@ -62,6 +86,13 @@ def open_regular(path: Path, flags: int, create_mode: int = FILE_MODE) -> int:
     without being opened where that can be avoided. A file this call creates (O_CREAT|O_EXCL)
     gets `create_mode` exactly, whatever the umask. Other failures raise OSError as usual.
     """
+    return open_regular_stat(path, flags, create_mode)[0]
+
+
+def open_regular_stat(
+    path: Path, flags: int, create_mode: int = FILE_MODE
+) -> tuple[int, os.stat_result]:
+    """`open_regular`, with the descriptor's fstat (taken for the check) returned too."""
     if not flags & os.O_EXCL:
         check_regular_or_absent(path)
     try:
@@ -78,18 +109,18 @@ def open_regular(path: Path, flags: int, create_mode: int = FILE_MODE) -> int:
                 raise _not_regular(mode) from None
         raise
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise _not_regular(mode)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(st.st_mode)
         # O_NONBLOCK means nothing to a regular file; cleared, the descriptor is what it is
         # (and a checker such as blockbuster sees its reads as the blocking calls they are).
         os.set_blocking(fd, True)
-        if flags & os.O_CREAT and flags & os.O_EXCL:
+        if flags & os.O_CREAT and flags & os.O_EXCL and umask_strips(create_mode):
             os.fchmod(fd, create_mode)
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, st
 
 
 def read_regular(path: Path, limit: int | None = None) -> bytes:
