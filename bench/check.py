@@ -11,7 +11,10 @@ every measurement ran, 1 when one failed (named on stderr and in the table). `--
 prints the figures, goals, floors and sizes as JSON and measures nothing.
 
 The daemon runs through its real CLI (`python -m autoloop_daemon`), as in the other
-benchmarks, whose measuring code this reuses. The figures and their floors:
+benchmarks, whose measuring code this reuses. The package is byte-compiled first where its
+bytecode is missing (`common.compile_package`), as `pip install .` leaves it: under
+PYTHONDONTWRITEBYTECODE=1 an editable install would otherwise compile it at every start.
+The figures and their floors:
 
 * `iteration`: one target in single-run mode, `/bin/echo <result JSON>` as orchestrator
   (overhead.py's echo variant), time per iteration from its own log. Floor: the durability
@@ -377,6 +380,8 @@ def print_report(data: dict[str, Any], elapsed_s: float, quick: bool) -> None:
         f"{load} at start, {end} at end, git {info.get('git_commit', '?')}, "
         f"{info['date']}, {elapsed_s:.0f} s; min/median/max of {data['sizes']['rounds']}+ rounds"
     )
+    if info.get("bytecode_compiled"):
+        print(f"(byte-compiled {info['bytecode_compiled']} modules of the package first)")
     rows = []
     for f in data["figures"]:
         unit = "" if f["unit"] in ("/s",) else f" {f['unit']}"
@@ -416,6 +421,7 @@ def main() -> int:
         return 0
     t0 = time.monotonic()
     info = common.machine(common.ROOT)
+    info["bytecode_compiled"] = common.compile_package()
     results = measure(sizes, args.keep)
     info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     info["date_end"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
