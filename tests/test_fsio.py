@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from autoloop_daemon.exceptions import StateWriteError
-from autoloop_daemon.storage.files import fsio
+from autoloop_daemon.storage.files import fsio, regular
 
 
 def _tmp_files(directory: Path) -> list[Path]:
@@ -225,6 +225,30 @@ print(regular.umask_strips(0o640))
     assert done.stdout.strip() == str(bool(umask & 0o640))
     for name in ("state.json", "log.jsonl", "run.log"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def test_an_unreadable_umask_means_every_created_file_is_fchmodded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without /proc/self/status the umask is taken to strip every bit: the fchmod stays."""
+    real_open = open
+
+    def no_proc(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(file).startswith("/proc/"):
+            raise FileNotFoundError(errno.ENOENT, "no /proc here", str(file))
+        return real_open(file, *args, **kwargs)
+
+    regular._umask.cache_clear()
+    monkeypatch.setattr("builtins.open", no_proc)
+    try:
+        assert regular.umask_strips(0o640) and regular.umask_strips(0o001)
+        chmods: list[int] = []
+        monkeypatch.setattr(os, "fchmod", lambda fd, mode: chmods.append(mode))
+        fsio.atomic_write_bytes(tmp_path / "state.json", b"{}")
+        assert chmods == [0o640]
+    finally:
+        monkeypatch.undo()
+        regular._umask.cache_clear()
 
 
 # --- append_record ----------------------------------------------------------------------
