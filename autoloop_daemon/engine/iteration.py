@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
+from autoloop_daemon import worker_threads
 from autoloop_daemon.clock import now_utc, parse_iso, to_iso
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.budget import Meter
@@ -163,7 +164,7 @@ class Iteration:
         if self.spec.dry_run or state.content_hash is not None:
             return
         try:  # whether the directory is there is asked in the worker too: a stat can block
-            state.content_hash = await anyio.to_thread.run_sync(
+            state.content_hash = await worker_threads.run_sync(
                 content_hash_if_dir, self.spec.path, self._state_root_inside_target()
             )
         except OSError as exc:
@@ -176,7 +177,7 @@ class Iteration:
         state = self._runner.state
         before = state.content_hash
         try:
-            after = await anyio.to_thread.run_sync(
+            after = await worker_threads.run_sync(
                 content_hash, self.spec.path, self._state_root_inside_target()
             )
         except OSError as exc:

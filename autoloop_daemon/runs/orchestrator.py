@@ -24,6 +24,7 @@ from pathlib import Path
 import anyio
 import structlog
 
+from autoloop_daemon import worker_threads
 from autoloop_daemon.exceptions import (
     NotRegularFileError,
     ResultError,
@@ -292,7 +293,7 @@ async def run_iteration(
     started_wall = time.time()
     log_path = artifacts.run_log_path(spec.state_root, iteration)
     try:  # the argv and the run log: one worker call
-        argv, log_fd = await anyio.to_thread.run_sync(
+        argv, log_fd = await worker_threads.run_sync(
             argv_and_log, spec, iteration, handoff, log_path
         )
     except RunLogError as exc:
@@ -365,7 +366,7 @@ async def _read_outcome(
     if scores is None and spec.scorer:
         scores = await _scores_from_scorer(spec, iteration, marker)
     if not scores:
-        scores = await anyio.to_thread.run_sync(
+        scores = await worker_threads.run_sync(
             _newest_learner_scores, spec.state_root, started_wall
         )
     return IterationResult(

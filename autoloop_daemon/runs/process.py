@@ -29,6 +29,7 @@ import anyio
 import structlog
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 
+from autoloop_daemon import worker_threads
 from autoloop_daemon.exceptions import RunLogError, StateWriteError
 from autoloop_daemon.runs import deathwatch, reaper
 from autoloop_daemon.runs.procfs import (
@@ -369,7 +370,7 @@ class _LogSink:
         """Open (or create, 0640) the log for appending unless it is open; RunLogError if
         it cannot be."""
         if self._fd < 0:
-            self._fd = await anyio.to_thread.run_sync(open_run_log, self._path)
+            self._fd = await worker_threads.run_sync(open_run_log, self._path)
 
     def close_now(self) -> None:
         """Close the log's descriptor (no write is under way)."""
@@ -389,7 +390,7 @@ class _LogSink:
             if self._failed or self._fd < 0:
                 return
             try:
-                await anyio.to_thread.run_sync(_write_all, self._fd, chunk)
+                await worker_threads.run_sync(_write_all, self._fd, chunk)
             except OSError as exc:
                 self._failed = True
                 _log.warning("run_log_write_failed", path=str(self._path), error=str(exc))

@@ -48,6 +48,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from autoloop_daemon import worker_threads
 from autoloop_daemon.exceptions import StateWriteError
 from autoloop_daemon.storage.files import fsio
 from autoloop_daemon.storage.files.lock import StateLock, check_owned_root
@@ -370,7 +371,7 @@ class GroupCommit:
             batch, self._pending = self._pending, []
             releases, self._releases = self._releases, []
             try:
-                await anyio.to_thread.run_sync(_commit_then_release, batch, releases)
+                await worker_threads.run_sync(_commit_then_release, batch, releases)
             except BaseException as exc:  # not an OSError (those are per item): all fail
                 for item in batch:
                     if item.error is None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from autoloop_daemon import worker_threads
 from autoloop_daemon.clock import now_utc, parse_iso
 from autoloop_daemon.exceptions import AutoloopError
 from autoloop_daemon.models import LogEntry, TargetSpec
@@ -125,7 +126,7 @@ class FileTargetStore:
             path = artifacts.handoff_path(self._spec.state_root, entry.iteration)
             handoff_file = (path, handoff.encode())
         state_bytes = None if state is None else state_mod.encode_state(state)
-        await anyio.to_thread.run_sync(
+        await worker_threads.run_sync(
             _commit, self._log_file, entry, handoff_file, self._state_file, state_bytes
         )
 
