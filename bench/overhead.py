@@ -180,10 +180,11 @@ def profile_block(work: Path, argv: list[str], n: int, quick: bool) -> Path | No
 def breakdown(work: Path, argv: list[str], n: int) -> dict[str, Any]:
     """Where one iteration's time goes: autoloopd run in-process with timers around its parts.
 
-    Wraps (without changing behaviour) `anyio.to_thread.run_sync` (every hop to a worker
-    thread: time awaited vs time working), `anyio.open_process`, asyncio's child watcher,
-    `fsio._fsync`, and the target's `_save`, `run_iteration`, `_record`, `append_log`,
-    `write_handoff`. Figures are per iteration, averaged over `n` iterations.
+    Wraps (without changing behaviour) `anyio.to_thread.run_sync` and
+    `worker_threads.run_sync` (every hop to a worker thread: time awaited vs time working),
+    `anyio.open_process`, asyncio's child watcher, `fsio._fsync`, and the target's `_save`,
+    `run_iteration`, `_record`, `append_log`, `write_handoff`. Figures are per iteration,
+    averaged over `n` iterations.
     """
     import asyncio
     import collections
@@ -194,6 +195,7 @@ def breakdown(work: Path, argv: list[str], n: int) -> dict[str, Any]:
     import anyio
     import anyio.to_thread
 
+    from autoloop_daemon import worker_threads
     from autoloop_daemon.cli import main as cli
     from autoloop_daemon.engine import iteration as iteration_mod
     from autoloop_daemon.engine import target_runner as target_mod
@@ -268,6 +270,7 @@ def breakdown(work: Path, argv: list[str], n: int) -> dict[str, Any]:
         return wrapper
 
     patch(anyio.to_thread, "run_sync", hop)
+    patch(worker_threads, "run_sync", hop)
     patch(anyio, "open_process", timed_async("anyio.open_process (fork/exec + child watcher)"))
     watcher = getattr(asyncio, "ThreadedChildWatcher", None)
     if watcher is not None:
