@@ -251,6 +251,22 @@ def test_an_unreadable_umask_means_every_created_file_is_fchmodded(
         regular._umask.cache_clear()
 
 
+def test_a_temp_file_that_cannot_be_made_0640_is_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the umask takes bits away and the fchmod fails, `create_tmp` raises and
+    removes the file it created; `atomic_write_bytes` keeps the old file."""
+    (tmp_path / "state.json").write_bytes(b"old")
+    monkeypatch.setattr(fsio, "umask_strips", lambda mode: True)
+    monkeypatch.setattr(os, "fchmod", _fail(errno.EPERM))
+    with pytest.raises(OSError):
+        fsio.create_tmp(fsio.tmp_name(tmp_path / "state.json"))
+    with pytest.raises(StateWriteError):
+        fsio.atomic_write_bytes(tmp_path / "state.json", b"new")
+    assert _tmp_files(tmp_path) == []
+    assert (tmp_path / "state.json").read_bytes() == b"old"
+
+
 # --- append_record ----------------------------------------------------------------------
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "append_record",
     "atomic_write_bytes",
     "check_regular_or_absent",
+    "create_tmp",
     "describe_file_type",
     "describe_oserror",
     "dumps_json",
@@ -69,7 +70,6 @@ __all__ = [
     "remove_stale_tmp",
     "tmp_name",
     "truncate_file",
-    "umask_strips",
     "write_all",
     "write_bytes_atomic",
     "write_json_atomic",
@@ -171,6 +171,21 @@ def tmp_name(path: Path) -> str:
 # --- sync API -------------------------------------------------------------------------
 
 
+def create_tmp(tmp: str) -> int:
+    """Create the temp file `tmp` (a `tmp_name`; O_EXCL) for writing, 0640 whatever the
+    umask; its descriptor. Raises OSError (and leaves no file) when it cannot."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    if umask_strips(FILE_MODE):  # the umask took bits away
+        try:
+            os.fchmod(fd, FILE_MODE)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    return fd
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Replace `path` with `data` atomically and durably.
 
@@ -187,9 +202,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     fd = -1
     renamed = False
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-        if umask_strips(FILE_MODE):  # the umask took bits away
-            os.fchmod(fd, FILE_MODE)
+        fd = create_tmp(tmp)
         write_all(fd, data)
         if durable:
             _fsync(fd)

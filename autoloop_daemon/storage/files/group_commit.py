@@ -56,7 +56,6 @@ from autoloop_daemon.storage.files.lock import StateLock, check_owned_root
 __all__ = ["GroupCommit", "commit_batch"]
 
 
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 # syncfs also writes back every other process's dirty data on the file system: worth it for
 # a start-up's or a shutdown's thousands of files, not for a handful (one fsync each then).
 SYNCFS_MIN_FILES = 16
@@ -245,11 +244,9 @@ def _write_tmp(
         if item.check_root:
             check_owned_root(item.path.parent)
         tmp = fsio.tmp_name(item.path)
-        fd = os.open(tmp, _CREATE, fsio.FILE_MODE)
+        fd = fsio.create_tmp(tmp)
         tmps[i] = tmp
         fds[i] = fd
-        if fsio.umask_strips(fsio.FILE_MODE):
-            os.fchmod(fd, fsio.FILE_MODE)
         fsio.write_all(fd, item.data)
         if not keep_open:
             del fds[i]
