@@ -380,8 +380,8 @@ def print_report(data: dict[str, Any], elapsed_s: float, quick: bool) -> None:
         f"{load} at start, {end} at end, git {info.get('git_commit', '?')}, "
         f"{info['date']}, {elapsed_s:.0f} s; min/median/max of {data['sizes']['rounds']}+ rounds"
     )
-    if info.get("bytecode_compiled"):
-        print(f"(byte-compiled {info['bytecode_compiled']} modules of the package first)")
+    if not info.get("bytecode_compiled", True):
+        print("(a module of the package could not be byte-compiled: it compiles at each start)")
     rows = []
     for f in data["figures"]:
         unit = "" if f["unit"] in ("/s",) else f" {f['unit']}"

@@ -70,9 +70,9 @@ def as_template(argv: Sequence[str]) -> list[str]:
 # --- the code as installed ---------------------------------------------------------------
 
 
-def compile_package() -> int:
-    """Byte-compile the package's modules where bytecode is missing or stale; returns how
-    many were compiled.
+def compile_package() -> bool:
+    """Byte-compile the package's modules where bytecode is missing or stale (compileall
+    skips the others); False when one could not be compiled.
 
     `pip install .` (the README's main job) compiles every module at install time; an
     editable install (the test command's) leaves it to the first import, which writes
@@ -81,24 +81,8 @@ def compile_package() -> int:
     the package again: ~0.2 s of each start-up that an installed daemon does not pay.
     """
     import compileall
-    import importlib.util
 
-    package = ROOT / "autoloop_daemon"
-    stale = [
-        source
-        for source in package.rglob("*.py")
-        if not _bytecode_fresh(source, Path(importlib.util.cache_from_source(str(source))))
-    ]
-    for source in stale:
-        compileall.compile_file(source, quiet=2)
-    return len(stale)
-
-
-def _bytecode_fresh(source: Path, cached: Path) -> bool:
-    try:
-        return cached.stat().st_mtime >= source.stat().st_mtime
-    except OSError:
-        return False
+    return bool(compileall.compile_dir(ROOT / "autoloop_daemon", quiet=2))
 
 
 # --- the durability floor --------------------------------------------------------------
