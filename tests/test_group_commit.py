@@ -347,3 +347,41 @@ def test_a_release_that_fails_does_not_keep_the_others_of_its_thread_from_runnin
     with pytest.raises(OSError, match="bad descriptor"):
         group_commit._call_all([partial(ok, 1), broken, partial(ok, 2)])
     assert called == [1, 2]
+
+
+async def test_each_writers_then_runs_in_the_batch_worker_once_its_file_is_written(
+    tmp_path: Path,
+) -> None:
+    """`then` sees its own file's new bytes, runs off the event loop in the batch's worker
+    call, and its result (or error) goes back to its writer only; a writer whose file could
+    not be written gets the write's error and its `then` is never called."""
+    loop_thread = threading.get_ident()
+    seen: dict[str, tuple[bytes, int]] = {}
+
+    def then(path: Path) -> str:
+        seen[path.name] = (path.read_bytes(), threading.get_ident())
+        if path.name == "bad-then":
+            raise ValueError("then failed (this test)")
+        return f"after {path.name}"
+
+    paths = [tmp_path / "a", tmp_path / "b", tmp_path / "bad-then", tmp_path / "no" / "c"]
+    commits = GroupCommit()
+    results: dict[str, object] = {}
+
+    async def one(path: Path) -> None:
+        try:
+            results[path.name] = await commits.write(path, b"new\n", then=partial(then, path))
+        except (StateWriteError, ValueError) as exc:
+            results[path.name] = exc
+
+    async with anyio.create_task_group() as tg:
+        for path in paths:
+            tg.start_soon(one, path)
+    assert results["a"] == "after a" and results["b"] == "after b"
+    assert isinstance(results["bad-then"], ValueError)
+    assert isinstance(results["c"], StateWriteError) and "no/c" in str(results["c"])
+    assert sorted(seen) == ["a", "b", "bad-then"]  # never for the file that failed
+    assert {data for data, _ in seen.values()} == {b"new\n"}
+    threads = {thread for _, thread in seen.values()}
+    assert len(threads) == 1 and loop_thread not in threads  # one worker call, off the loop
+    assert await commits.write(tmp_path / "a", b"plain\n") is None  # no `then`: None

@@ -9,8 +9,9 @@ result recorded (log line, handoff, state) in one storage call.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import structlog
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from autoloop_daemon.engine.target_runner import TargetRunner
 
 log = structlog.get_logger("autoloopd.target")
+T = TypeVar("T")
 
 
 class Iteration:
@@ -48,13 +50,14 @@ class Iteration:
     runner's `_enter` and its checkpoint.
     """
 
-    __slots__ = ("_runner", "number", "spec")
+    __slots__ = ("_hash_after", "_runner", "number", "spec")
 
     def __init__(self, runner: TargetRunner) -> None:
         """The iteration after the last one `runner`'s state counts (nothing runs yet)."""
         self._runner = runner
         self.spec = runner.spec
         self.number = runner.state.next_iteration
+        self._hash_after: str | OSError | None = None  # `_hash_after_run`'s
 
     async def run(self) -> float:
         """Run and record the iteration; returns what it cost (for the budget)."""
@@ -68,24 +71,10 @@ class Iteration:
         state.next_run_at = None
         before_scores = state.current_scores  # replaced, never changed in place
         await self._hash_if_unknown()
-        await runner._save()
-        handoff = self._last_handoff()
-        run_log = run_log_file(spec, self.number)
         # bind/reset, not bound_contextvars: that leaves `iteration` in the task's context
         tokens = structlog.contextvars.bind_contextvars(iteration=self.number)
         try:
-            runner._events.publish(
-                ev.IterationStarted(
-                    target=spec.name,
-                    iteration=self.number,
-                    completed=state.iterations_completed,
-                    max_iterations=runner.limits().max_iterations,
-                    retry=state.consecutive_errors,
-                    handoff=None if handoff is None else str(handoff),
-                    run_log=None if run_log is None else str(run_log),
-                )
-            )
-            result, live_usd, final_usd = await self._run_metered(handoff)
+            result, live_usd, final_usd = await self._run_metered(self._last_handoff())
             runner.running_since = None
             cut = None if result is not None else runner._stop.cut_reason()
             with anyio.CancelScope(shield=True):
@@ -101,10 +90,34 @@ class Iteration:
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
 
+    async def _checkpoint_then(self, work: Callable[[], T]) -> T:
+        """The in-flight checkpoint, then the run's preparation `work()`: one hand-off.
+
+        The run starts only once the state says it is in flight (a crash then finds it),
+        and nothing starts when the checkpoint fails (StateWriteError propagates)."""
+        runner, state = self._runner, self._runner.state
+        runner._dirty = False
+        prepared = await runner._store.save_then(state, work)
+        handoff = self._last_handoff()
+        run_log = run_log_file(self.spec, self.number)
+        runner._events.publish(
+            ev.IterationStarted(
+                target=self.spec.name,
+                iteration=self.number,
+                completed=state.iterations_completed,
+                max_iterations=runner.limits().max_iterations,
+                retry=state.consecutive_errors,
+                handoff=None if handoff is None else str(handoff),
+                run_log=None if run_log is None else str(run_log),
+            )
+        )
+        return prepared
+
     async def _run_metered(
         self, handoff: Path | None
     ) -> tuple[IterationResult | None, float, float | None]:
-        """Run the orchestrator until it ends, the stop deadline or a cap's cut.
+        """Checkpoint, then run the orchestrator until it ends, the stop deadline or a cap's
+        cut.
 
         Returns its result (None: cut or stopped), the meter's live cost and the cost its
         result line stated (None: none was printed).
@@ -124,6 +137,8 @@ class Iteration:
                     on_cost=meter.report,
                     fence=self._runner._store.fence,
                     on_final_cost=final.append,
+                    prepare=self._checkpoint_then,
+                    at_end=None if self.spec.dry_run else self._hash_after_run,
                 )
         finally:
             stop.iteration_ended()
@@ -170,20 +185,31 @@ class Iteration:
         except OSError as exc:
             log.warning("content_hash_failed", error=str(exc))
 
+    def _hash_after_run(self) -> None:
+        """The target's content hash once its run is over (blocking: called in the run
+        log's closing worker call, `run_iteration`'s `at_end`)."""
+        try:
+            self._hash_after = content_hash(self.spec.path, self._state_root_inside_target())
+        except OSError as exc:
+            self._hash_after = exc
+
     async def _files_changed(self, result: IterationResult | None) -> bool | None:
         """Whether the run changed the target's files (None: not checked)."""
         if self.spec.dry_run or result is None or result.status != "completed":
             return None
-        state = self._runner.state
-        before = state.content_hash
-        try:
-            after = await worker_threads.run_sync(
-                content_hash, self.spec.path, self._state_root_inside_target()
-            )
-        except OSError as exc:
-            log.warning("content_hash_failed", error=str(exc))
+        after, self._hash_after = self._hash_after, None
+        if after is None:  # not hashed at the run's end (it never ran): hash it now
+            try:
+                after = await worker_threads.run_sync(
+                    content_hash, self.spec.path, self._state_root_inside_target()
+                )
+            except OSError as exc:
+                after = exc
+        if isinstance(after, OSError):
+            log.warning("content_hash_failed", error=str(after))
             return None
-        state.content_hash = after
+        state = self._runner.state
+        before, state.content_hash = state.content_hash, after
         return None if before is None else after != before
 
     async def _keep_best(self, entry: LogEntry) -> None:

@@ -118,6 +118,11 @@ def start() -> bool:
     return True
 
 
+def watching() -> bool:
+    """Whether the watch runs (it sets a killed run's log mtime)."""
+    return _watch is not None
+
+
 def run_starting(marker: str | None, run_log: Path | None = None) -> None:
     """Register a run's marker before its spawn (a death in between still finds it), and
     its run log, whose modification time the watch sets when it kills the run."""

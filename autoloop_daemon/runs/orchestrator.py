@@ -19,7 +19,9 @@ import signal
 import stat
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import anyio
 import structlog
@@ -52,6 +54,20 @@ STDOUT_TAIL_BYTES = 1 << 20
 LEARNER_SIZE_LIMIT = 16 * 1024 * 1024  # a scorer's output is kilobytes
 
 OnStarted = Callable[[int], Awaitable[None]]
+T = TypeVar("T")
+
+
+class OffLoop(Protocol):
+    """Runs blocking work off the event loop: `worker_threads.run_sync`, or the caller's
+    own hand-off that does its work first (the in-flight checkpoint, engine/iteration.py)."""
+
+    def __call__(self, work: Callable[[], T], /) -> Awaitable[T]:
+        """`work()`'s result (or error), computed off the loop."""
+        ...
+
+
+def _in_worker(work: Callable[[], T]) -> Awaitable[T]:
+    return worker_threads.run_sync(work)
 
 
 class ProgressReader:
@@ -237,11 +253,11 @@ def _unwritable(*paths: Path) -> str | None:
     return None
 
 
-async def _run_simulated(spec: TargetSpec, iteration: int) -> IterationResult:
+async def _run_simulated(spec: TargetSpec, iteration: int, off_loop: OffLoop) -> IterationResult:
     start = time.monotonic()
     run_log = artifacts.run_log_path(spec.state_root, iteration)
     learner = artifacts.learner_path(spec.state_root, iteration)
-    problem = await anyio.to_thread.run_sync(_unwritable, run_log, learner)
+    problem = await off_loop(partial(_unwritable, run_log, learner))
     if problem is not None:
         return IterationResult(
             status="failed", duration_s=0.0, error=problem, failure_trace=problem
@@ -276,26 +292,30 @@ async def run_iteration(
     on_cost: Callable[[float], None] | None = None,
     fence: str | None = None,
     on_final_cost: Callable[[float], None] | None = None,
+    prepare: OffLoop = _in_worker,
+    at_end: Callable[[], None] | None = None,
 ) -> IterationResult:
     """Run iteration `iteration` of `spec` and read what it decided.
 
     `fence` (cluster mode: `<target>:<fencing token>`) is passed as AUTOLOOPD_FENCE, for
     sinks that can refuse the writes of a host whose lease moved. `on_cost` sees each live
     cost of a progress line, `on_final_cost` the cost of the result line as it streams.
+    `prepare` runs the blocking preparation (the argv, the run log's open) off the loop,
+    exactly once, before anything starts; what it raises other than RunLogError (a failed
+    checkpoint of the caller's) propagates. `at_end()` is called off the loop once a run
+    that was spawned, or whose log was opened, is over (`process.run_in_group`).
 
     Never raises for orchestrator misbehaviour: a failed run comes back with status
     "failed", a one-line `error` and a `failure_trace`. Cancellation (daemon shutdown) is
     propagated after the run's process group has been stopped.
     """
     if spec.dry_run:
-        return await _run_simulated(spec, iteration)
+        return await _run_simulated(spec, iteration, prepare)
     start = time.monotonic()
     started_wall = time.time()
     log_path = artifacts.run_log_path(spec.state_root, iteration)
-    try:  # the argv and the run log: one worker call
-        argv, log_fd = await worker_threads.run_sync(
-            argv_and_log, spec, iteration, handoff, log_path
-        )
+    try:  # the argv and the run log: one worker call (with the caller's checkpoint)
+        argv, log_fd = await prepare(partial(argv_and_log, spec, iteration, handoff, log_path))
     except RunLogError as exc:
         return _not_run(f"not started: {exc}", start)
     if argv is None:
@@ -316,6 +336,7 @@ async def run_iteration(
             stdout_tail_bytes=STDOUT_TAIL_BYTES,
             on_started=on_started,
             on_stdout=None if on_cost is None else ProgressReader(on_cost, on_final_cost),
+            at_end=at_end,
         )
     except RunLogError as exc:
         return _not_run(f"not started: {exc}", start)

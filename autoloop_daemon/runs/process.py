@@ -8,8 +8,7 @@ the pipes open, cancellation from outside), no process of the group is left when
 or raises, and neither is one that left the group with `setsid()` once the daemon is the
 subreaper (see reaper.py): the run's end sweeps what its tree orphaned.
 
-The run log is opened (regular files only, 0640) before anything is started: a run log that
-is a FIFO, a socket, a directory or a link fails the run with RunLogError, never a hang.
+The run log (run_log.py) is opened before anything is started and written off the loop.
 
 See PITFALLS.md ("anyio") for why each step is done the way it is.
 """
@@ -29,8 +28,6 @@ import anyio
 import structlog
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 
-from autoloop_daemon import worker_threads
-from autoloop_daemon.exceptions import RunLogError, StateWriteError
 from autoloop_daemon.runs import deathwatch, reaper
 from autoloop_daemon.runs.procfs import (
     RUN_MARKER_ENV,
@@ -39,8 +36,8 @@ from autoloop_daemon.runs.procfs import (
     signal_group,
     stop_group,
 )
+from autoloop_daemon.runs.run_log import FLUSH_S, LogSink, open_run_log
 from autoloop_daemon.runs.spawn import spawn
-from autoloop_daemon.storage.files import fsio
 
 __all__ = ["CHILD_ENV_DROP", "ProcessOutcome", "child_environment", "open_run_log", "run_in_group"]
 
@@ -117,27 +114,27 @@ async def run_in_group(
     on_started: Callable[[int], Awaitable[None]] | None = None,
     on_stdout: Callable[[bytes], None] | None = None,
     log_fd: int | None = None,
+    at_end: Callable[[], None] | None = None,
 ) -> ProcessOutcome:
     """Run `argv` (no shell) in a new process group and return how it ended.
 
-    `env` is the child's complete environment (build it with `child_environment`); stdin is
-    /dev/null. stdout and stderr are appended to `log_path` (its directory is created) as
-    they arrive; only the last `stdout_tail_bytes` / `stderr_tail_bytes` are kept in memory.
-    `on_started(pid)` is awaited right after the spawn; if it raises, the group is stopped and
-    the error propagates. `on_stdout(chunk)` sees each chunk of stdout as it arrives (it
-    must not block). When the run is over, `reaper.sweep` stops what its tree left outside
-    the group (adopted orphans; processes still carrying its AUTOLOOPD_RUN marker).
+    `env`: the child's whole environment (`child_environment`); stdin is /dev/null; output
+    goes to the run log `log_path` (run_log.py), the last `stdout/stderr_tail_bytes` kept.
+    `on_started(pid)` is awaited right after the spawn (if it raises, the group is stopped
+    and the error propagates); `on_stdout(chunk)` sees each chunk of stdout (must not block).
+    At the end `reaper.sweep` stops what the run's tree left outside the group.
 
     After `timeout_s` the group gets SIGTERM, `term_grace_s` seconds, then SIGKILL. When the
     direct child exits but its pipes stay open (a grandchild holds them), the rest of the
     group is stopped the same way after a short moment. When cancelled from outside, the
     group is stopped inside a shielded scope and the cancellation is re-raised.
 
-    `log_fd`: `log_path` opened by `open_run_log` already (closed here, whatever happens).
-    Raises RunLogError when the run log cannot be opened (nothing is started then) and
-    OSError when the program cannot be started (e.g. FileNotFoundError).
+    `log_fd`: `log_path` opened already (closed here, whatever happens). `at_end()`
+    (blocking, must not raise) is called in the run log's closing worker call. Raises
+    RunLogError when the run log cannot be opened (nothing is started then), OSError when
+    the program cannot be started (e.g. FileNotFoundError).
     """
-    sink = _LogSink(log_path, -1 if log_fd is None else log_fd)
+    sink = LogSink(log_path, -1 if log_fd is None else log_fd, _hold_s())
     try:
         command = _command(argv)
     except (TypeError, ValueError):
@@ -161,9 +158,15 @@ async def run_in_group(
             )
     finally:
         with anyio.CancelScope(shield=True):
-            await sink.close()
             await reaper.sweep(marker, term_grace_s)
             deathwatch.run_ended(marker)
+            await sink.finish(at_end)
+
+
+def _hold_s() -> float:
+    """How long output may wait for the run log: without the death watch, whose kill sets
+    the log's mtime, not at all (run_log.py)."""
+    return FLUSH_S if deathwatch.watching() else 0.0
 
 
 def _command(argv: Sequence[str]) -> list[str]:
@@ -183,7 +186,7 @@ async def _run(
     *,
     cwd: Path | None,
     env: dict[str, str],
-    sink: _LogSink,
+    sink: LogSink,
     timeout_s: float,
     term_grace_s: float,
     stdout_tail: _Tail,
@@ -229,7 +232,7 @@ async def _run(
 
 async def _supervise(
     process: Process,
-    sink: _LogSink,
+    sink: LogSink,
     stdout_tail: _Tail,
     stderr_tail: _Tail,
     timeout_s: float,
@@ -266,7 +269,7 @@ async def _supervise(
 
 
 async def _abort(
-    process: Process, sink: _LogSink, stdout_tail: _Tail, stderr_tail: _Tail, grace_s: float
+    process: Process, sink: LogSink, stdout_tail: _Tail, stderr_tail: _Tail, grace_s: float
 ) -> None:
     """Stop the group after an error or outside cancellation; call it shielded.
 
@@ -291,7 +294,7 @@ class _Readers:
         self,
         tg: TaskGroup,
         process: Process,
-        sink: _LogSink,
+        sink: LogSink,
         stdout_tail: _Tail,
         stderr_tail: _Tail,
     ) -> None:
@@ -312,18 +315,27 @@ class _Readers:
 
 
 async def _pump(
-    stream: ByteReceiveStream | None, tail: _Tail, sink: _LogSink, done: anyio.Event
+    stream: ByteReceiveStream | None, tail: _Tail, sink: LogSink, done: anyio.Event
 ) -> None:
     try:
         if stream is None:
             return
         while True:
+            due = sink.due()
             try:
-                chunk = await stream.receive(_CHUNK_BYTES)
+                if due is None:
+                    chunk = await stream.receive(_CHUNK_BYTES)
+                else:  # output waits to be written: wake for it (run_log.FLUSH_S)
+                    chunk = b""
+                    with anyio.move_on_at(due):
+                        chunk = await stream.receive(_CHUNK_BYTES)
+                    if not chunk:
+                        await sink.flush()
+                        continue
             except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
             tail.add(chunk)
-            await sink.write(chunk)
+            await sink.add(chunk)
     finally:
         done.set()
 
@@ -351,71 +363,6 @@ class _Tail:
         if self._limit == 0:
             return b""
         return bytes(self._buf[-self._limit :])
-
-
-class _LogSink:
-    """The run log: chunks from both streams appended one at a time, in arrival order.
-
-    `open` must succeed before the run starts. A write error later (disk full) is logged
-    once and later output is dropped: losing the log must not kill the run.
-    """
-
-    def __init__(self, path: Path, fd: int = -1) -> None:
-        self._fd = fd  # >= 0: opened already (`open_run_log`)
-        self._path = path
-        self._lock = anyio.Lock()
-        self._failed = False
-
-    async def open(self) -> None:
-        """Open (or create, 0640) the log for appending unless it is open; RunLogError if
-        it cannot be."""
-        if self._fd < 0:
-            self._fd = await worker_threads.run_sync(open_run_log, self._path)
-
-    def close_now(self) -> None:
-        """Close the log's descriptor (no write is under way)."""
-        if self._fd >= 0:
-            os.close(self._fd)  # a regular file's close does not block
-            self._fd = -1
-
-    async def close(self) -> None:
-        """Close the log (a run that printed nothing leaves an empty log file)."""
-        async with self._lock:
-            self.close_now()
-
-    async def write(self, chunk: bytes) -> None:
-        if self._failed or self._fd < 0:
-            return
-        async with self._lock:
-            if self._failed or self._fd < 0:
-                return
-            try:
-                await worker_threads.run_sync(_write_all, self._fd, chunk)
-            except OSError as exc:
-                self._failed = True
-                _log.warning("run_log_write_failed", path=str(self._path), error=str(exc))
-
-
-def open_run_log(path: Path) -> int:
-    """The run log's descriptor, opened for appending through `fsio.open_regular` (its
-    directory made); RunLogError when it cannot be. Blocking."""
-    try:
-        fsio.make_dirs(path.parent)
-        try:
-            return fsio.open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
-        except FileExistsError:
-            return fsio.open_regular(path, os.O_WRONLY | os.O_APPEND)
-    except StateWriteError as exc:
-        raise RunLogError(str(exc)) from None
-    except OSError as exc:
-        raise RunLogError(f"cannot open run log {path}: {fsio.describe_oserror(exc)}") from None
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 @contextlib.contextmanager

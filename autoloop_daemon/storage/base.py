@@ -10,16 +10,18 @@ same contract suite (tests/storage/test_contract.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.policy.review_queue import PendingReview
 from autoloop_daemon.target_state import TargetState
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -61,6 +63,13 @@ class TargetStore(Protocol):
 
     async def save(self, state: TargetState) -> None:
         """Replace the saved state (durably)."""
+        ...
+
+    async def save_then(self, state: TargetState, then: Callable[[], T]) -> T:
+        """`save`, then `then()` (blocking work) off the event loop; returns what it returned
+        and raises what it raised. `then` is not called when the save fails. The files
+        backend calls it in the save's own worker call: an iteration's in-flight checkpoint
+        and its run's preparation cost one hand-off (engine/iteration.py)."""
         ...
 
     async def read_log(self) -> list[LogEntry]:

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoloop_daemon import worker_threads
 from autoloop_daemon.clock import now_utc, to_iso
 from autoloop_daemon.exceptions import StateLockedError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy.progress import Progress
-from autoloop_daemon.storage.base import Recovered
+from autoloop_daemon.storage.base import Recovered, T
 from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import RunStatus
 
@@ -108,6 +109,11 @@ class MemoryTargetStore:
         """Replace the saved state."""
         self._check_open()
         self._records.state = copy.deepcopy(state)
+
+    async def save_then(self, state: TargetState, then: Callable[[], T]) -> T:
+        """`save`, then `then()` in a worker thread."""
+        await self.save(state)
+        return await worker_threads.run_sync(then)
 
     async def read_log(self) -> list[LogEntry]:
         """Every entry, oldest first."""

@@ -10,6 +10,7 @@ backend does lives in its own module of this package, named for the backend.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import anyio
@@ -129,6 +130,38 @@ async def test_an_in_flight_run_is_recorded_as_interrupted(backend: Backend) -> 
     assert [e.status for e in log] == [RunStatus.COMPLETED, RunStatus.INTERRUPTED]
     assert reopened.state.in_flight is None
     assert (reopened.state.iterations_completed, reopened.state.next_iteration) == (1, 3)
+    await backend.let_go(again)
+
+
+async def test_save_then_runs_its_work_off_the_loop_after_a_durable_save(
+    backend: Backend,
+) -> None:
+    """`save_then` saves (an in-flight state a reopen finds), then calls its work once, off
+    the event loop, and returns what it returned or raises what it raised."""
+    spec = backend.spec()
+    store = backend.first.target(spec)
+    state = (await store.open()).state
+    state.in_flight = InFlight(1, "2026-01-01T00:01:00Z")
+    state.status = TargetStatus.RUNNING
+    loop_thread = threading.get_ident()
+    calls: list[int] = []
+
+    def work() -> str:
+        calls.append(threading.get_ident())
+        return "prepared"
+
+    assert await store.save_then(state, work) == "prepared"
+    assert len(calls) == 1 and calls[0] != loop_thread
+
+    def failing() -> None:
+        raise RuntimeError("preparation failed (this test)")
+
+    with pytest.raises(RuntimeError, match="preparation failed"):
+        await store.save_then(state, failing)
+    await backend.let_go(store)
+    again = backend.first.target(spec)
+    await again.open()
+    assert [e.status for e in await again.read_log()] == [RunStatus.INTERRUPTED]
     await backend.let_go(again)
 
 

@@ -72,6 +72,9 @@ class _Write:
     done: anyio.Event = field(default_factory=anyio.Event)
     lead: bool = False  # set with `done` when this writer must commit the next batch
     error: StateWriteError | None = None
+    then: Callable[[], object] | None = None  # called in the worker once the file is durable
+    result: object = None  # what `then` returned
+    then_error: BaseException | None = None  # what `then` raised
 
 
 def _load_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
@@ -280,10 +283,24 @@ def _call_all(calls: Sequence[Callable[[], None]]) -> None:
         raise errors[0]
 
 
+def _call_thens(items: list[_Write]) -> None:
+    """Each committed item's `then`, its result or error kept on the item."""
+    for item in items:
+        then, item.then = item.then, None
+        if then is None or item.error is not None:
+            continue
+        try:
+            item.result = then()
+        except BaseException as exc:  # the writer's to handle, in its own task
+            item.then_error = exc
+
+
 def _commit_then_release(items: list[_Write], releases: Sequence[Callable[[], None]]) -> None:
-    """`commit_batch`, then the lock releases handed over while it was being gathered."""
+    """`commit_batch`, the writers' `then` calls, then the lock releases handed over while
+    it was being gathered."""
     try:
         commit_batch(items)
+        _call_thens(items)
     finally:
         for release in releases:
             release()
@@ -336,30 +353,39 @@ class GroupCommit:
         *,
         check_root: bool = False,
         sync_dirs: Sequence[Path] = (),
-    ) -> None:
+        then: Callable[[], object] | None = None,
+    ) -> object:
         """Replace `path` with `data` atomically and durably, batched with the tick's others.
 
         `check_root`: refuse (StateWriteError) a state root replaced since it was locked
         (`lock.check_owned_root` on `path`'s directory). `sync_dirs`: directories whose new
         entries (created unsynced, `fsio.make_dirs`) are made durable with the rename (step
         4), so `path` is reachable after a crash once this returns. Raises StateWriteError.
+
+        `then`: called in the batch's worker once the file is durable (never when it could
+        not be written), so that the writer's next blocking work costs no hand-off of its
+        own; returns what it returned and raises what it raised. None without it.
         """
-        item = _Write(Path(path), data, check_root, tuple(sync_dirs))
+        item = _Write(Path(path), data, check_root, tuple(sync_dirs), then=then)
         self._pending.append(item)
         with anyio.CancelScope(shield=True):
             if self._busy:
                 await item.done.wait()
                 if not item.lead:
-                    self._raise(item)
-                    return
+                    return self._outcome(item)
             self._busy = True
             await self._lead()
-        self._raise(item)
+        return self._outcome(item)
 
     @staticmethod
-    def _raise(item: _Write) -> None:
+    def _outcome(item: _Write) -> object:
+        """What `write` returns for `item`: its `then`'s result, or the error it met."""
         if item.error is not None:
             raise item.error
+        if item.then_error is not None:
+            raise item.then_error
+        result, item.result = item.result, None
+        return result
 
     async def _lead(self) -> None:
         """Gather one tick's writes, commit them in one worker call, hand on the lead."""

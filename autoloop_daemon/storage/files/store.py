@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
@@ -26,7 +26,7 @@ from autoloop_daemon.exceptions import AutoloopError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy.review_queue import PendingReview
 from autoloop_daemon.policy.windows import spent_in_window
-from autoloop_daemon.storage.base import Recovered
+from autoloop_daemon.storage.base import Recovered, T
 from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files import state_file as state_mod
 from autoloop_daemon.storage.files.group_commit import GroupCommit
@@ -134,6 +134,12 @@ class FileTargetStore:
         """Replace the state file atomically and durably (group-committed)."""
         data = state_mod.encode_state(state)
         await self._commits.write(self._state_file, data, check_root=True)
+
+    async def save_then(self, state: TargetState, then: Callable[[], T]) -> T:
+        """`save`, then `then()` in the group commit's own worker call (no hand-off more)."""
+        data = state_mod.encode_state(state)
+        result = await self._commits.write(self._state_file, data, check_root=True, then=then)
+        return cast(T, result)
 
     async def read_log(self) -> list[LogEntry]:
         """The whole iteration log (a torn tail is left for `open` to repair)."""

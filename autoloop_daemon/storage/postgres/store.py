@@ -15,7 +15,7 @@ moved here brings the other host's iterations).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +26,7 @@ import structlog
 from autoloop_daemon.exceptions import FencedWriteError, StateLockedError, StateWriteError
 from autoloop_daemon.models import LogEntry, TargetSpec
 from autoloop_daemon.policy.review_queue import PendingReview
-from autoloop_daemon.storage.base import Recovered
+from autoloop_daemon.storage.base import Recovered, T
 from autoloop_daemon.storage.files import artifacts, fsio
 from autoloop_daemon.storage.files.recovery import Leftovers
 from autoloop_daemon.storage.files.store import FileStorage, FileTargetStore
@@ -266,6 +266,10 @@ class PostgresTargetStore:
     async def save(self, state: TargetState) -> None:
         """Replace the local state (a cache of the log)."""
         await self._local.save(state)
+
+    async def save_then(self, state: TargetState, then: Callable[[], T]) -> T:
+        """The local store's `save_then` (one worker call)."""
+        return await self._local.save_then(state, then)
 
     async def read_log(self) -> list[LogEntry]:
         """The local journal."""
