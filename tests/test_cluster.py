@@ -352,3 +352,33 @@ async def test_a_host_whose_clock_is_an_hour_ahead_reads_windows_on_the_database
     budget.roll()
     assert budget.window_start == window.window.bounds(db_now)[0]
     assert budget.window_start != window.window.bounds(ahead.local_now())[0]
+
+
+async def test_an_open_that_fails_on_the_database_leaves_the_local_root_free(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim whose open loses the database after the local journal was opened (as when
+    the server restarts at that moment) lets the local state root go: once the lease is
+    given back, the next claim here opens it (it was refused as locked by this very host,
+    so the target never ran here again)."""
+    from autoloop_daemon.storage.postgres import store as store_module
+
+    spec = TargetSpec(name="t", path=tmp_path, state_root=tmp_path / "a" / "t")
+    storage = PostgresStorage(db, "a", tmp_path / "a")
+
+    async def server_gone(db: Database, target: str) -> list[Any]:
+        raise ClusterError("server closed the connection unexpectedly (this test)")
+
+    monkeypatch.setattr(store_module, "cluster_log", server_gone)
+    first = storage.target(spec)
+    with pytest.raises(ClusterError, match="server closed"):
+        await first.open()
+    await first.release()
+    monkeypatch.undo()
+    second = storage.target(spec)
+    recovered = await second.open()
+    assert recovered.state.iterations_completed == 0
+    await second.record(kept_entry(1), "h1", None)
+    assert [e.iteration for e in await cluster_log(db, "t")] == [1]
+    await second.close()
+    await second.release()

@@ -174,7 +174,9 @@ class ClusterHosting:
         if lease is None or not fleet.accepting:
             return
         self._link.storage.hold(lease)
-        runners = await fleet.prepare([spec])
+        # The database gone between the claim and the open is no failure of this host: the
+        # lease goes back and a later round (here or elsewhere) claims the target again.
+        runners = await fleet.prepare([spec], transient=(ClusterError,))
         if not runners:  # cannot start here (locked, corrupt): give the lease back
             await self._member.ended(spec.name, "not_started")
             return

@@ -53,8 +53,12 @@ class Fleet(Protocol):
         """Every target's current runner (targets that never started have none)."""
         ...
 
-    async def prepare(self, specs: Sequence[TargetSpec]) -> list[TargetRunner]:
-        """Prepare `specs` (lock, recover); the runners of those that could start, by name."""
+    async def prepare(
+        self, specs: Sequence[TargetSpec], *, transient: tuple[type[Exception], ...] = ()
+    ) -> list[TargetRunner]:
+        """Prepare `specs` (lock, recover); the runners of those that could start, by name.
+        A failure of a `transient` kind is no start error (it is logged): the caller tries
+        again later."""
         ...
 
     def launch(self, runner: TargetRunner) -> bool:

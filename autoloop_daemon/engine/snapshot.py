@@ -10,11 +10,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from autoloop_daemon.clock import parse_iso
+from autoloop_daemon.clock import parse_iso, to_iso
+from autoloop_daemon.policy.hard_fit import fit_now
 from autoloop_daemon.target_row import TargetRow
 from autoloop_daemon.vocab import Phase
+
+if TYPE_CHECKING:
+    from autoloop_daemon.engine.budget import Budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,28 @@ class FleetSnapshot:
         if b.window_cap_usd is not None and b.window_spent_usd is not None:
             return status_line(phases, b.window_spent_usd, b.window_cap_usd, b.window)
         return status_line(phases, b.spent_usd, b.cap_usd)
+
+
+def budget_snapshot(
+    budget: Budget, retired_usd: float, hard_caps: Iterable[float | None], slots: int
+) -> BudgetSnapshot:
+    """The budget now (its window rolled first): `retired_usd` charged for state roots no
+    longer configured, and `hard_caps` (the per-run limits of `guarantee = "hard"` targets)
+    fitted into what `slots` concurrent runs may still take."""
+    budget.roll()
+    cap, window = budget.cap_usd, budget.window
+    return BudgetSnapshot(
+        spent_usd=round(budget.spent_usd, 6),
+        reserved_usd=round(budget.ledger.reserved_usd, 6),
+        retired_usd=round(retired_usd, 6),
+        cap_usd=cap if cap != float("inf") else None,
+        window=None if window is None else window.window.name,
+        window_start=None if budget.window_start is None else to_iso(budget.window_start),
+        window_resets_at=None if budget.window_end is None else to_iso(budget.window_end),
+        window_spent_usd=None if window is None else round(budget.window_spent_usd, 6),
+        window_cap_usd=None if window is None else window.cap_usd,
+        **fit_now(hard_caps, budget.ledger, slots),
+    )
 
 
 def _due_without_slot(t: TargetRow, now: float) -> bool:

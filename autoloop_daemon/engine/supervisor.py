@@ -32,8 +32,8 @@ from autoloop_daemon.engine.records import ReloadedConfig, Reloader, ReloadRepor
 from autoloop_daemon.engine.reload import apply_to_runners, apply_window, plan_for
 from autoloop_daemon.engine.reload_queue import ReloadQueue
 from autoloop_daemon.engine.snapshot import (
-    BudgetSnapshot,
     FleetSnapshot,
+    budget_snapshot,
     count_phases,
     set_apart_queued,
     status_line,
@@ -42,7 +42,6 @@ from autoloop_daemon.engine.target_runner import TargetRunner
 from autoloop_daemon.exceptions import AutoloopError, ConfigError, UnknownTargetError
 from autoloop_daemon.exit_codes import EXIT_OK, EXIT_TARGET_ERROR
 from autoloop_daemon.models import TargetSpec
-from autoloop_daemon.policy.hard_fit import fit_now
 from autoloop_daemon.runs.process import kill_running_groups
 from autoloop_daemon.storage.base import Storage
 from autoloop_daemon.target_row import TargetRow, not_started_row, row_json
@@ -213,9 +212,13 @@ class Supervisor:
         """Every target's current runner (targets that never started have none)."""
         return [r.runner for r in self._records.values() if r.runner is not None]
 
-    async def prepare(self, specs: Sequence[TargetSpec]) -> list[TargetRunner]:
+    async def prepare(
+        self, specs: Sequence[TargetSpec], *, transient: tuple[type[Exception], ...] = ()
+    ) -> list[TargetRunner]:
         """Prepare `specs` concurrently; the runners of those that could start, by name. One
-        that cannot is reported (`TargetNotStarted`), or with `strict` raises its error."""
+        that cannot is reported (`TargetNotStarted`), or with `strict` raises its error; one
+        whose error is `transient` (the cluster's database gone for a moment) is logged and
+        counts as no failure (the caller tries again later)."""
         prepared: list[TargetRunner] = []
         strict_error: list[AutoloopError] = []
 
@@ -237,6 +240,9 @@ class Supervisor:
             except AutoloopError as exc:
                 if self._strict:
                     strict_error.append(exc)
+                    return
+                if isinstance(exc, transient):
+                    log.warning("target_start_deferred", target=spec.name, error=str(exc))
                     return
                 record.start_error, record.runner = str(exc), None
                 self.events.publish(ev.TargetNotStarted(spec.name, str(exc)))
@@ -387,29 +393,14 @@ class Supervisor:
         """The daemon and every target now (`targets=False`: with none, for callers that
         take the targets from `target_rows()`, which is much cheaper at 10,000 targets)."""
         rows = self.target_rows() if targets else []
-        budget, cap = self._budget, self._budget.cap_usd
-        budget.roll()
-        window = budget.window
+        hard_caps = (r.spec.max_iteration_cost_usd for r in self.runners() if r.spec.hard_cap)
         return FleetSnapshot(
             pid=os.getpid(),
             started_at=self._started_at,
             ready=self._ready,
             shutting_down=self._shutdown_requests > 0,
-            budget=BudgetSnapshot(
-                spent_usd=round(budget.spent_usd, 6),
-                reserved_usd=round(budget.ledger.reserved_usd, 6),
-                retired_usd=round(self.hosting.retired_usd, 6),
-                cap_usd=cap if cap != float("inf") else None,
-                window=None if window is None else window.window.name,
-                window_start=None if budget.window_start is None else to_iso(budget.window_start),
-                window_resets_at=None if budget.window_end is None else to_iso(budget.window_end),
-                window_spent_usd=None if window is None else round(budget.window_spent_usd, 6),
-                window_cap_usd=None if window is None else window.cap_usd,
-                **fit_now(
-                    (r.spec.max_iteration_cost_usd for r in self.runners() if r.spec.hard_cap),
-                    budget.ledger,
-                    int(self._slots.total_tokens),
-                ),
+            budget=budget_snapshot(
+                self._budget, self.hosting.retired_usd, hard_caps, int(self._slots.total_tokens)
             ),
             targets=tuple(TargetRow(**row) for row in rows),
             queued=self._slots.statistics().tasks_waiting,

@@ -128,7 +128,11 @@ class TargetRunner:
             self.state = recovered.state
             self.progress = recovered.progress
             self.last_entry = recovered.last_entry
-            await self.reviews.apply()
+            try:
+                await self.reviews.apply()
+            except BaseException:  # no runner will close the store: let the root go
+                await self._store.close()
+                raise
         self.prepared_cost_usd = self.state.total_cost_usd
         self._note_rate()
         since = self._budget.window_start

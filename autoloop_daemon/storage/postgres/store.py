@@ -197,7 +197,15 @@ class PostgresTargetStore:
                 raise StateLockedError(f"{self._spec.name}: leased by host {holder} in the cluster")
             self.lease = got[0]
         recovered = await self._local.open()
-        cluster = await cluster_log(db, self._spec.name)
+        try:
+            return await self._sync(recovered)
+        except BaseException:  # the database went away meanwhile: let the local root go
+            await self._local.close()
+            raise
+
+    async def _sync(self, recovered: Recovered) -> Recovered:
+        """`open`'s second half: the journal and the cluster's log brought together."""
+        cluster = await cluster_log(self._storage.db, self._spec.name)
         plan = sync.plan(await self._local.read_log(), cluster)
         if plan.append or plan.replace:
             root = self._spec.state_root
