@@ -128,3 +128,28 @@ def _read_or_empty(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         return b""
+
+
+async def test_a_cancelled_run_writes_its_log_but_skips_at_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run cancelled from outside (a shutdown past its grace) still leaves its whole log;
+    `at_end` (the content hash) is for runs that ended, and is not called."""
+    monkeypatch.setattr(deathwatch, "watching", lambda: True)
+    log_path = tmp_path / "iteration-1.log"
+    ended: list[bool] = []
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+
+            async def cancel_once_it_printed() -> None:
+                await wait_until(lambda: b"first line" in _read_or_empty(log_path), 20)
+                scope.cancel()
+
+            tg.start_soon(cancel_once_it_printed)
+            await run_in_group(
+                [sys.executable, "-c", _PRINT_THEN_WAIT, str(tmp_path / "never")],
+                cwd=None, env=child_environment({}, "test-run-log-cancel"), log_path=log_path,
+                timeout_s=60, term_grace_s=1, at_end=lambda: ended.append(True),
+            )  # fmt: skip
+    assert scope.cancelled_caught and ended == []
+    assert (await anyio.to_thread.run_sync(_read, log_path)).startswith(b"first line\n")

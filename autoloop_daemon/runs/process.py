@@ -124,13 +124,13 @@ async def run_in_group(
     and the error propagates); `on_stdout(chunk)` sees each chunk of stdout (must not block).
     At the end `reaper.sweep` stops what the run's tree left outside the group.
 
-    After `timeout_s` the group gets SIGTERM, `term_grace_s` seconds, then SIGKILL. When the
-    direct child exits but its pipes stay open (a grandchild holds them), the rest of the
-    group is stopped the same way after a short moment. When cancelled from outside, the
-    group is stopped inside a shielded scope and the cancellation is re-raised.
+    After `timeout_s` the group gets SIGTERM, `term_grace_s` seconds, then SIGKILL; so does
+    the rest of it soon after the direct child exits while a grandchild holds the pipes, and
+    all of it (shielded) when cancelled from outside, before the cancellation goes on.
 
     `log_fd`: `log_path` opened already (closed here, whatever happens). `at_end()`
-    (blocking, must not raise) is called in the run log's closing worker call. Raises
+    (blocking, must not raise): called in the run log's closing worker call once a run
+    ended (not when it was cancelled or could not start). Raises
     RunLogError when the run log cannot be opened (nothing is started then), OSError when
     the program cannot be started (e.g. FileNotFoundError).
     """
@@ -141,11 +141,12 @@ async def run_in_group(
         sink.close_now()
         raise
     marker = env.get(RUN_MARKER_ENV)
+    ran = False
     try:
         await sink.open()
         deathwatch.run_starting(marker, log_path)
         with reaper.run_registered(marker):
-            return await _run(
+            outcome = await _run(
                 command,
                 cwd=cwd,
                 env=dict(env),
@@ -156,11 +157,20 @@ async def run_in_group(
                 stderr_tail=_Tail(stderr_tail_bytes),
                 on_started=on_started,
             )
+        ran = True
+        return outcome
     finally:
-        with anyio.CancelScope(shield=True):
-            await reaper.sweep(marker, term_grace_s)
-            deathwatch.run_ended(marker)
-            await sink.finish(at_end)
+        await _wind_up(marker, term_grace_s, sink, at_end if ran else None)
+
+
+async def _wind_up(
+    marker: str | None, grace_s: float, sink: LogSink, at_end: Callable[[], None] | None
+) -> None:
+    """After a run (shielded): its leftovers stopped, the run log finished, `at_end()`."""
+    with anyio.CancelScope(shield=True):
+        await reaper.sweep(marker, grace_s)
+        deathwatch.run_ended(marker)
+        await sink.finish(at_end)
 
 
 def _hold_s() -> float:
