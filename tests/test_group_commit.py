@@ -30,6 +30,7 @@ from autoloop_daemon.storage.files import fsio, group_commit, lock
 from autoloop_daemon.storage.files.group_commit import GroupCommit
 from autoloop_daemon.storage.files.lock import LOCK_NAME, StateLock
 from tests.helpers.lock_releases import record_release_threads
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -385,3 +386,31 @@ async def test_each_writers_then_runs_in_the_batch_worker_once_its_file_is_writt
     threads = {thread for _, thread in seen.values()}
     assert len(threads) == 1 and loop_thread not in threads  # one worker call, off the loop
     assert await commits.write(tmp_path / "a", b"plain\n") is None  # no `then`: None
+
+
+async def test_a_then_that_blocks_holds_up_its_own_writer_only(tmp_path: Path) -> None:
+    """A writer's `then` that hangs (a target directory on a mount that stopped answering)
+    runs after its batch was committed and the lead handed on: later writes are committed
+    meanwhile, and the writer gets its result once its `then` returns."""
+    release = threading.Event()
+    commits = GroupCommit()
+    results: list[object] = []
+
+    async def hanging_writer() -> None:
+        results.append(await commits.write(tmp_path / "a", b"a\n", then=partial(_wait, release)))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hanging_writer)
+        await wait_until(lambda: (tmp_path / "a").exists(), timeout_s=10)
+        with anyio.fail_after(10):  # not held up by the `then` still waiting
+            for i in range(3):
+                await commits.write(tmp_path / f"b{i}", b"b\n")
+                assert await commits.write(tmp_path / "c", b"c\n", then=partial(int, i)) == i
+        assert results == []
+        release.set()
+    assert results == ["released"]
+
+
+def _wait(event: threading.Event) -> str:
+    assert event.wait(30), "the test never released the hanging `then`"
+    return "released"

@@ -30,12 +30,15 @@ the last releaser, returns.
 
 Writes already queued always finish: the waits are shielded, so a cancelled caller returns
 (raising its cancellation) only once its file is committed, and a leader never leaves the
-others of its batch waiting. One batch is in the worker thread at a time; what arrives
-meanwhile forms the next one, led by its first writer.
+others of its batch waiting. One batch is committed at a time; what arrives meanwhile
+forms the next one, led by its first writer. A writer's `then` (its next blocking work, in
+the same worker call: no hand-off of its own) runs after its batch is committed and the
+lead handed on, so that one that blocks holds up its own writer only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
@@ -295,12 +298,16 @@ def _call_thens(items: list[_Write]) -> None:
             item.then_error = exc
 
 
-def _commit_then_release(items: list[_Write], releases: Sequence[Callable[[], None]]) -> None:
-    """`commit_batch`, the writers' `then` calls, then the lock releases handed over while
-    it was being gathered."""
+def _commit_then_release(
+    items: list[_Write],
+    releases: Sequence[Callable[[], None]],
+    committed: Callable[[], None] | None = None,
+) -> None:
+    """`commit_batch` and the lock releases handed over while it was being gathered; then,
+    once `committed()` has told the loop (the next batch need not wait for them), the
+    writers' `then` calls."""
     try:
         commit_batch(items)
-        _call_thens(items)
     finally:
         for release in releases:
             release()
@@ -308,6 +315,20 @@ def _commit_then_release(items: list[_Write], releases: Sequence[Callable[[], No
         # this it would hold a state file's bytes (7.6 kB each) for as long as it idles.
         for item in items:
             item.data = b""
+    if committed is not None:
+        committed()
+    _call_thens(items)
+
+
+def _on_loop(func: Callable[[], None]) -> Callable[[], None]:
+    """`func`, to be called from a worker thread: it runs on the running loop's thread."""
+    loop = asyncio.get_running_loop()
+
+    def call() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            loop.call_soon_threadsafe(func)
+
+    return call
 
 
 class GroupCommit:
@@ -388,13 +409,30 @@ class GroupCommit:
         return result
 
     async def _lead(self) -> None:
-        """Gather one tick's writes, commit them in one worker call, hand on the lead."""
+        """Gather one tick's writes, commit them in one worker call, hand on the lead: as
+        soon as the batch is committed when its writers' `then` calls are still to run (one
+        that blocks, on a target directory that hangs, holds up its own writer only)."""
+        handed_on = False
+
+        def hand_on() -> None:
+            nonlocal handed_on
+            if handed_on:
+                return
+            handed_on = True
+            if self._pending:
+                nxt = self._pending[0]
+                nxt.lead = True
+                nxt.done.set()
+            else:
+                self._busy = False
+
         try:
             await anyio.lowlevel.checkpoint()  # let the other tasks of this tick queue theirs
             batch, self._pending = self._pending, []
             releases, self._releases = self._releases, []
+            early = _on_loop(hand_on) if any(i.then is not None for i in batch) else None
             try:
-                await worker_threads.run_sync(_commit_then_release, batch, releases)
+                await worker_threads.run_sync(_commit_then_release, batch, releases, early)
             except BaseException as exc:  # not an OSError (those are per item): all fail
                 for item in batch:
                     if item.error is None:
@@ -405,11 +443,7 @@ class GroupCommit:
                     if not item.lead:
                         item.done.set()
         finally:
-            if self._pending:
-                nxt = self._pending[0]
-                nxt.lead = True
-                nxt.done.set()
-            else:
-                self._busy = False
+            hand_on()
+            if not self._busy:
                 # Handed over during the worker call: a shutdown's thousands, off the loop.
                 await self._lead_releases()
