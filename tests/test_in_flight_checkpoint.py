@@ -21,6 +21,7 @@ from autoloop_daemon.engine.supervisor import Supervisor
 from autoloop_daemon.exceptions import StateWriteError
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.runs.target_files import content_hash, content_hash_if_dir
+from autoloop_daemon.storage.files import artifacts
 from autoloop_daemon.storage.memory import MemoryStorage, MemoryTargetStore
 from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import TargetStatus
@@ -138,3 +139,26 @@ def test_the_hash_before_a_first_run_is_none_when_the_target_is_gone(tmp_path: P
     target.rmdir()
     target.write_text("a file, not a directory")
     assert content_hash_if_dir(target) is None
+
+
+async def test_a_run_log_that_cannot_be_opened_is_announced_and_recorded_as_failed(
+    touching: tuple[Path, TargetSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint was saved, so the iteration is announced (`IterationStarted`) before
+    its failure is recorded, even though its run log (a directory planted in its place)
+    stops it before anything starts."""
+    mark, spec = touching
+    planted = artifacts.run_log_path(spec.state_root, 1)
+    await anyio.Path(planted).mkdir(parents=True)
+
+    async def nothing(state: TargetState) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    _, seen = await _run_with_save(spec, monkeypatch, nothing)
+    first = [e for e in seen if getattr(e, "iteration", None) == 1 or (
+        isinstance(e, ev.IterationFinished) and e.entry.iteration == 1)]  # fmt: skip
+    assert [type(e) for e in first] == [ev.IterationStarted, ev.IterationFinished]
+    finished = first[1]
+    assert isinstance(finished, ev.IterationFinished)
+    assert finished.entry.status == "failed" and "not started" in (finished.entry.error or "")
+    assert not await anyio.to_thread.run_sync(Path(f"{mark}-1").exists)  # never started

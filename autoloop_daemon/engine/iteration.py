@@ -94,10 +94,27 @@ class Iteration:
         """The in-flight checkpoint, then the run's preparation `work()`: one hand-off.
 
         The run starts only once the state says it is in flight (a crash then finds it),
-        and nothing starts when the checkpoint fails (StateWriteError propagates)."""
-        runner, state = self._runner, self._runner.state
+        and nothing starts when the checkpoint fails (StateWriteError propagates). The
+        iteration is announced once the checkpoint is durable, even when `work` fails (a
+        run log that cannot be opened: the run is recorded as failed)."""
+        runner = self._runner
         runner._dirty = False
-        prepared = await runner._store.save_then(state, work)
+        checkpointed = False
+
+        def after_checkpoint() -> T:
+            nonlocal checkpointed
+            checkpointed = True
+            return work()
+
+        try:
+            return await runner._store.save_then(runner.state, after_checkpoint)
+        finally:
+            if checkpointed:
+                self._announce()
+
+    def _announce(self) -> None:
+        """Publish `IterationStarted`."""
+        runner, state = self._runner, self._runner.state
         handoff = self._last_handoff()
         run_log = run_log_file(self.spec, self.number)
         runner._events.publish(
@@ -111,7 +128,6 @@ class Iteration:
                 run_log=None if run_log is None else str(run_log),
             )
         )
-        return prepared
 
     async def _run_metered(
         self, handoff: Path | None
