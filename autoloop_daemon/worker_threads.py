@@ -5,7 +5,8 @@ thread) and wakes the event loop once per result. With 32 runs at once that cost
 ~170 µs of CPU per call here, against ~60 µs for threads that take their calls from one
 shared queue, so that a busy thread goes on to the next call without sleeping and the
 results of a burst wake the loop once (bench/handoffs.py times a bare hand-off; issue 24).
-An iteration makes four or five such calls.
+An iteration makes three such calls: its in-flight checkpoint with the run's preparation,
+the run log's end with the content hash, and its record.
 
 `run_sync` keeps anyio's contract: the caller's context variables are the call's, an
 exception is the caller's, and a call that has started is never abandoned (a cancelled

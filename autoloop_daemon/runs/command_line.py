@@ -12,7 +12,7 @@ from pathlib import Path
 
 from autoloop_daemon.models import TargetSpec
 from autoloop_daemon.runs import feedback
-from autoloop_daemon.runs.process import open_run_log
+from autoloop_daemon.runs.run_log import open_run_log
 
 __all__ = ["argv_and_log", "argv_for", "expand_sources", "render_argv"]
 

@@ -36,10 +36,10 @@ from autoloop_daemon.runs.procfs import (
     signal_group,
     stop_group,
 )
-from autoloop_daemon.runs.run_log import FLUSH_S, LogSink, open_run_log
+from autoloop_daemon.runs.run_log import FLUSH_S, LogSink
 from autoloop_daemon.runs.spawn import spawn
 
-__all__ = ["CHILD_ENV_DROP", "ProcessOutcome", "child_environment", "open_run_log", "run_in_group"]
+__all__ = ["CHILD_ENV_DROP", "ProcessOutcome", "child_environment", "run_in_group"]
 
 CHILD_ENV_DROP: tuple[str, ...] = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 

@@ -51,19 +51,12 @@ def open_run_log(path: Path) -> int:
         raise RunLogError(f"cannot open run log {path}: {fsio.describe_oserror(exc)}") from None
 
 
-def _write(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 def _write_close_then(fd: int, data: bytes, at_end: Callable[[], None] | None) -> str | None:
     """The last write and the close (the error of the write, if any), then `at_end()`."""
     error = None
     try:
         if data and fd >= 0:
-            _write(fd, data)
+            fsio.write_all(fd, data)
     except OSError as exc:
         error = str(exc)
     finally:
@@ -129,7 +122,7 @@ class LogSink:
             data = bytes(self._buf)
             self._buf.clear()
             try:
-                await worker_threads.run_sync(_write, self._fd, data)
+                await worker_threads.run_sync(fsio.write_all, self._fd, data)
             except OSError as exc:
                 self._fail(str(exc))
 
