@@ -97,18 +97,20 @@ async def test_expiring_calls_once_after_the_last_touch() -> None:
     since the last touch, and none more until touched again."""
     calls: list[float] = []
     expiring = Expiring(0.1, lambda: calls.append(anyio.current_time()))
-    start = anyio.current_time()
-    for _ in range(5):  # touched every 0.05 s for 0.25 s
+    touches: list[float] = []
+    for _ in range(5):  # touched every 0.05 s for 0.25 s (more apart on a loaded machine)
         expiring.touch()
+        touches.append(anyio.current_time())
         await anyio.sleep(0.05)
-    last_touch = anyio.current_time() - 0.05
     with anyio.fail_after(5):
-        while not calls:  # noqa: ASYNC110 (the callback sets no event)
+        while not calls or calls[-1] < touches[-1]:  # noqa: ASYNC110 (no event is set)
             await anyio.sleep(0.01)
-    assert calls[0] >= last_touch + 0.1 - 0.01 and calls[0] > start + 0.3
+    for call in calls:  # each only once untouched for its interval (a late sleep may be one)
+        assert call >= max(t for t in touches if t <= call) + 0.1 - 0.01
+    settled = len(calls)
     await anyio.sleep(0.3)
-    assert len(calls) == 1
+    assert len(calls) == settled  # none more until touched again
     expiring.touch()
     with anyio.fail_after(5):
-        while len(calls) < 2:  # noqa: ASYNC110
+        while len(calls) <= settled:  # noqa: ASYNC110
             await anyio.sleep(0.01)
