@@ -28,7 +28,7 @@ from typing import Any, TypeVar, TypeVarTuple, Unpack
 import anyio
 from anyio.lowlevel import RunVar
 
-__all__ = ["MAX_THREADS", "run_sync"]
+__all__ = ["MAX_THREADS", "on_loop", "run_sync"]
 
 MAX_THREADS = 32  # at most this many calls at once (anyio's own limit is 40)
 IDLE_S = 10.0  # an idle thread leaves after this long (anyio's workers do the same)
@@ -86,18 +86,30 @@ class _Pool:
                 result, error = None, exc
             # an idle thread keeps no call's arguments or result
             del func, args, context
-            if not self._call_soon(self._settle, future, result, error):
+            if not _call_soon(self.loop, self._settle, future, result, error):
                 return  # the loop is gone, and with it this pool
             del future, result, error
-        self._call_soon(self._left)
+        _call_soon(self.loop, self._left)
 
-    def _call_soon(self, func: Callable[..., None], *args: Any) -> bool:
-        """`func(*args)` on the loop's thread; False when the loop is closed."""
-        try:
-            self.loop.call_soon_threadsafe(func, *args)
-        except RuntimeError:
-            return False
-        return True
+
+def _call_soon(loop: asyncio.AbstractEventLoop, func: Callable[..., None], *args: Any) -> bool:
+    """`func(*args)` on `loop`'s thread, called from any thread; False when it is closed."""
+    try:
+        loop.call_soon_threadsafe(func, *args)
+    except RuntimeError:
+        return False
+    return True
+
+
+def on_loop(func: Callable[[], None]) -> Callable[[], None]:
+    """`func` as a worker may call it: it runs on the running loop's thread (never, once
+    that loop has closed). For a call that tells the loop something before it returns."""
+    loop = asyncio.get_running_loop()
+
+    def call() -> None:
+        _call_soon(loop, func)
+
+    return call
 
 
 _POOL: RunVar[_Pool] = RunVar("autoloopd_worker_pool")

@@ -143,3 +143,31 @@ def test_a_loop_that_ended_takes_its_threads_with_it(monkeypatch: pytest.MonkeyP
 
     anyio.run(calls)
     assert _wait_until(lambda: not [t for t in _ours() if id(t) not in before])
+
+
+def test_on_loop_runs_on_the_loops_thread_and_not_after_it_closed() -> None:
+    """A worker calling `on_loop(func)`'s result has `func` run on the loop's thread; once
+    that loop has closed the call does nothing (and raises nothing)."""
+    ran: list[int] = []
+    later: list[Callable[[], None]] = []
+
+    async def main() -> None:
+        event = anyio.Event()
+
+        def told() -> None:
+            ran.append(threading.get_ident())
+            event.set()
+
+        tell = worker_threads.on_loop(told)
+        await worker_threads.run_sync(tell)
+        with anyio.fail_after(5):
+            await event.wait()
+        later.append(worker_threads.on_loop(lambda: ran.append(-1)))
+
+    loop_thread = threading.get_ident()
+    anyio.run(main)
+    assert ran == [loop_thread]
+    thread = threading.Thread(target=later[0])
+    thread.start()
+    thread.join(5)
+    assert ran == [loop_thread]

@@ -38,7 +38,6 @@ lead handed on, so that one that blocks holds up its own writer only.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import ctypes.util
@@ -320,17 +319,6 @@ def _commit_then_release(
     _call_thens(items)
 
 
-def _on_loop(func: Callable[[], None]) -> Callable[[], None]:
-    """`func`, to be called from a worker thread: it runs on the running loop's thread."""
-    loop = asyncio.get_running_loop()
-
-    def call() -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has closed
-            loop.call_soon_threadsafe(func)
-
-    return call
-
-
 class GroupCommit:
     """Batches `write`s that arrive within one loop tick (see the module docstring).
 
@@ -430,7 +418,8 @@ class GroupCommit:
             await anyio.lowlevel.checkpoint()  # let the other tasks of this tick queue theirs
             batch, self._pending = self._pending, []
             releases, self._releases = self._releases, []
-            early = _on_loop(hand_on) if any(i.then is not None for i in batch) else None
+            thens = any(item.then is not None for item in batch)
+            early = worker_threads.on_loop(hand_on) if thens else None
             try:
                 await worker_threads.run_sync(_commit_then_release, batch, releases, early)
             except BaseException as exc:  # not an OSError (those are per item): all fail
