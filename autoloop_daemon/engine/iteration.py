@@ -78,7 +78,7 @@ class Iteration:
             runner.running_since = None
             cut = None if result is not None else runner._stop.cut_reason()
             with anyio.CancelScope(shield=True):
-                changed = await self._files_changed(result)
+                changed = self._files_changed(result)
                 entry = build_entry(
                     spec, self.number, started, now_utc(), time.monotonic() - t0, result,
                     changed, cut=cut, live_cost_usd=live_usd, final_cost_usd=final_usd,
@@ -209,18 +209,12 @@ class Iteration:
         except OSError as exc:
             self._hash_after = exc
 
-    async def _files_changed(self, result: IterationResult | None) -> bool | None:
-        """Whether the run changed the target's files (None: not checked)."""
-        if self.spec.dry_run or result is None or result.status != "completed":
-            return None
+    def _files_changed(self, result: IterationResult | None) -> bool | None:
+        """Whether the run changed the target's files (None: not checked), from the hash
+        taken when its run ended (a completed run always ended: `_hash_after_run`)."""
         after, self._hash_after = self._hash_after, None
-        if after is None:  # not hashed at the run's end (it never ran): hash it now
-            try:
-                after = await worker_threads.run_sync(
-                    content_hash, self.spec.path, self._state_root_inside_target()
-                )
-            except OSError as exc:
-                after = exc
+        if self.spec.dry_run or result is None or result.status != "completed" or after is None:
+            return None
         if isinstance(after, OSError):
             log.warning("content_hash_failed", error=str(after))
             return None
