@@ -3,8 +3,8 @@ gone between the claim and the open) is no start error, so the host does not exi
 target another host then ran; any other failure is reported as before; and a start that
 fails after the store was opened lets the state root go, so a later start can take it.
 
-In-process, on the in-memory storage, with the store's open (or the review verdicts read
-after it) made to fail.
+In-process, on the in-memory storage, with the store's open (or, after it, the review
+verdicts' read or the budget window's read of the log) made to fail.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import pytest
 from autoloop_daemon.engine import events as ev
 from autoloop_daemon.engine.review_apply import ReviewApplier
 from autoloop_daemon.engine.supervisor import Supervisor
-from autoloop_daemon.exceptions import ClusterError, StateWriteError
-from autoloop_daemon.models import TargetSpec
+from autoloop_daemon.exceptions import ClusterError, StateCorruptError, StateWriteError
+from autoloop_daemon.models import LogEntry, TargetSpec
+from autoloop_daemon.policy.windows import BudgetWindow, parse_window
 from autoloop_daemon.storage.base import Recovered
 from autoloop_daemon.storage.memory import MemoryStorage, MemoryTargetStore
 
@@ -72,5 +73,36 @@ async def test_a_start_that_fails_after_the_open_lets_the_state_root_go(
     record = sup.record("t")
     assert record is not None and record.start_error is not None
     monkeypatch.setattr(ReviewApplier, "apply", real_apply)
+    runners = await sup.prepare([spec])  # the root was let go: it opens again here
+    assert [r.spec.name for r in runners] == ["t"] and record.start_error is None
+
+
+async def test_a_window_cost_that_cannot_be_read_lets_the_state_root_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget window's read of the log comes after the reviews: it is guarded too."""
+    real_open, real_read_log = MemoryTargetStore.open, MemoryTargetStore.read_log
+
+    async def spent_before(self: MemoryTargetStore) -> Recovered:
+        recovered = await real_open(self)
+        recovered.state.total_cost_usd = 0.5  # so the window's share must be read
+        return recovered
+
+    async def unreadable(self: MemoryTargetStore) -> list[LogEntry]:
+        raise StateCorruptError("cannot read the iteration log (this test)")
+
+    monkeypatch.setattr(MemoryTargetStore, "open", spent_before)
+    monkeypatch.setattr(MemoryTargetStore, "read_log", unreadable)
+    spec, storage = _spec(tmp_path), MemoryStorage()
+    events = ev.EventBus()
+    sup = Supervisor(
+        [spec], storage=storage, events=events, budget_cap_usd=1.0, max_concurrent=1,
+        grace_s=1.0, window=BudgetWindow(parse_window("1h"), cap_usd=1.0),
+    )  # fmt: skip
+    assert await sup.prepare([spec]) == []
+    record = sup.record("t")
+    assert record is not None and record.start_error is not None
+    assert "cannot read the iteration log" in record.start_error
+    monkeypatch.setattr(MemoryTargetStore, "read_log", real_read_log)
     runners = await sup.prepare([spec])  # the root was let go: it opens again here
     assert [r.spec.name for r in runners] == ["t"] and record.start_error is None

@@ -32,7 +32,7 @@ from autoloop_daemon.policy.ledger import Reservation
 from autoloop_daemon.policy.progress import Progress
 from autoloop_daemon.policy.stops import Goals, Limits, goal_reason, stop_reason, stop_sentence
 from autoloop_daemon.policy.windows import local_zone, spent_in_window
-from autoloop_daemon.storage.base import TargetStore
+from autoloop_daemon.storage.base import Recovered, TargetStore
 from autoloop_daemon.target_state import TargetState
 from autoloop_daemon.vocab import FINAL_STATUSES, REQUESTED_STOPS, Phase, TargetStatus
 
@@ -125,14 +125,18 @@ class TargetRunner:
         StateCorruptError or StateWriteError; nothing is changed by a refusal."""
         with structlog.contextvars.bound_contextvars(target=self.spec.name):
             recovered = await self._store.open()
-            self.state = recovered.state
-            self.progress = recovered.progress
-            self.last_entry = recovered.last_entry
             try:
-                await self.reviews.apply()
+                await self._after_open(recovered)
             except BaseException:  # no runner will close the store: let the root go
                 await self._store.close()
                 raise
+
+    async def _after_open(self, recovered: Recovered) -> None:
+        """`prepare` once the store is open: state, pending reviews, the window's cost."""
+        self.state = recovered.state
+        self.progress = recovered.progress
+        self.last_entry = recovered.last_entry
+        await self.reviews.apply()
         self.prepared_cost_usd = self.state.total_cost_usd
         self._note_rate()
         since = self._budget.window_start
