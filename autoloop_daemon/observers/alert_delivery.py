@@ -77,7 +77,8 @@ async def run_command(argv: tuple[str, ...], data: bytes, timeout_s: float) -> N
     """
     env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
     try:
-        with anyio.CancelScope(shield=True):  # no cancellation between fork and registering
+        # No cancellation between fork and registering; no sweep's verdict either.
+        with anyio.CancelScope(shield=True), reaper.spawning():
             process = await anyio.open_process(
                 list(argv),
                 stdin=subprocess.PIPE,
@@ -86,9 +87,9 @@ async def run_command(argv: tuple[str, ...], data: bytes, timeout_s: float) -> N
                 env=env,
                 start_new_session=True,
             )
+            reaper.child_started(process.pid)
     except OSError as exc:
         raise AlertDeliveryError(f"{argv[0]}: cannot start: {exc.strerror or exc}") from None
-    reaper.child_started(process.pid)
     try:
         with anyio.fail_after(timeout_s):
             returncode, stderr = await _communicate(process, data)

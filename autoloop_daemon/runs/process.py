@@ -206,11 +206,11 @@ async def _run(
     started = time.monotonic()
     # Shielded so that a cancellation cannot land between fork and our bookkeeping: it is
     # delivered at the next checkpoint, inside the try below, which stops the group.
-    with anyio.CancelScope(shield=True):
+    with anyio.CancelScope(shield=True), reaper.spawning():
         process = await spawn(command, cwd=cwd, env=env)  # runs/spawn.py: off the loop
+        reaper.child_started(process.pid)
     pid = process.pid  # the group's id too (start_new_session)
     _RUNNING_GROUPS.add(pid)
-    reaper.child_started(pid)
     deathwatch.group_started(pid, env.get(RUN_MARKER_ENV))
     try:
         if on_started is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 import signal
 from collections import Counter
@@ -48,6 +49,7 @@ __all__ = [
     "child_exited",
     "child_started",
     "run_registered",
+    "spawning",
     "sweep",
 ]
 
@@ -61,6 +63,9 @@ _log = structlog.get_logger("autoloopd.reaper")
 _subreaper: bool | None = None
 _live_markers: Counter[str] = Counter()  # markers of runs in progress
 _live_children: set[int] = set()  # their direct children (each leads its own group)
+# Spawns under way (see `spawning`): token -> the event a waiting sweep set up, or None.
+_spawning: dict[int, anyio.Event | None] = {}
+_tokens = itertools.count()
 
 
 def become_subreaper() -> bool:
@@ -105,6 +110,35 @@ def child_started(pid: int) -> None:
     _live_children.add(pid)
 
 
+@contextlib.contextmanager
+def spawning() -> Iterator[None]:
+    """Hold a sweep's verdicts for the block: start a child and `child_started` it inside.
+
+    A child that has been created and not yet registered (a worker thread between its
+    clone and its exec, or asyncio connecting a new child's pipes) carries neither a run's
+    marker nor a known pid, so a sweep would take it for an orphan. A sweep that finds
+    candidates while spawns are under way waits for those spawns to finish and judges again.
+    """
+    token = next(_tokens)
+    _spawning[token] = None
+    try:
+        yield
+    finally:
+        event = _spawning.pop(token)
+        if event is not None:
+            event.set()
+
+
+async def _spawns_done(tokens: list[int]) -> None:
+    """Wait until each of the spawns `tokens` has finished (each takes milliseconds)."""
+    for token in tokens:
+        if token in _spawning:
+            event = _spawning[token]
+            if event is None:
+                event = _spawning[token] = anyio.Event()
+            await event.wait()
+
+
 def child_exited(pid: int) -> None:
     """Forget a direct child once its exit status has been collected."""
     _live_children.discard(pid)
@@ -126,9 +160,10 @@ async def sweep(marker: str | None, grace_s: float) -> list[int]:
             if not _may_have_adopted():
                 break
             candidates = await anyio.to_thread.run_sync(children_of, os.getpid())
-            # Judged on the event loop's thread, where asyncio forks and execs its children
-            # synchronously: a child being spawned is never mistaken for an orphan.
             victims = [pid for pid in candidates if _unowned(pid, marker)]
+            if victims and _spawning:  # one of them may be a child being spawned
+                await _spawns_done(list(_spawning))
+                victims = [pid for pid in victims if _unowned(pid, marker)]
         elif marker is not None:
             victims = await anyio.to_thread.run_sync(find_marked, marker)
         else:

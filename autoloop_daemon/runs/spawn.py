@@ -17,6 +17,15 @@ CPU per run on the loop, 0.53-0.58 ms in a worker, 0.65-0.73 ms through
 `anyio.open_process`). A program found on PATH is looked up (file stats) and started in one
 worker call. Where a pidfd or `posix_spawn` is missing (not Linux >= 5.3), or a working
 directory is asked for, `anyio.open_process` starts it.
+
+Measured again with this GIL-releasing spawn in a worker of worker_threads.py (round 18,
+`bench/check.py --quick` alternated with the spawn on the loop, load ~4): 7.1-7.8 ms of
+daemon CPU per iteration against 6.0-6.9 ms, 146-153 iterations/s against 156-176. The
+thread that returns from the spawn takes the GIL back from a busy loop.
+
+Every caller wraps the spawn and its `reaper.child_started` in `reaper.spawning()`: a child
+spawned in a worker (or connected by asyncio) is not yet registered, and a sweep meanwhile
+would take it for an orphan.
 """
 
 from __future__ import annotations
@@ -76,6 +85,7 @@ def keep_inherited_descriptors_from_children() -> int:
 async def spawn(command: Sequence[str], *, cwd: Path | None, env: Mapping[str, str]) -> Process:
     """Start `command` in a new session, stdin /dev/null, stdout and stderr piped.
 
+    Call it inside `reaper.spawning()` and register the child there (see the module doc).
     Raises OSError when it cannot be started (FileNotFoundError: no such program).
     """
     if not _USABLE or cwd is not None:
