@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -162,3 +163,30 @@ async def test_a_run_log_that_cannot_be_opened_is_announced_and_recorded_as_fail
     assert isinstance(finished, ev.IterationFinished)
     assert finished.entry.status == "failed" and "not started" in (finished.entry.error or "")
     assert not await anyio.to_thread.run_sync(Path(f"{mark}-1").exists)  # never started
+
+
+@pytest.mark.skipif(shutil.which("false") is None, reason="no `false` on PATH")
+async def test_the_target_is_hashed_after_runs_that_exit_0_only(
+    touching: tuple[Path, TargetSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a run changed the files is asked of completed runs (exit 0 in time) only;
+    a run that exits 1 is not hashed (`touch` exits 0 and prints no result: hashed, then
+    failed for its missing result)."""
+    _, spec = touching
+    hashed: list[Path] = []
+
+    def counting_hash(path: Path, exclude: Path | None = None) -> str:
+        hashed.append(path)
+        return content_hash(path, exclude)
+
+    monkeypatch.setattr("autoloop_daemon.engine.iteration.content_hash", counting_hash)
+    await _run_with_save(spec, monkeypatch, lambda state: anyio.lowlevel.checkpoint())
+    assert hashed == [spec.path] * 3
+    hashed.clear()
+    false = shutil.which("false")
+    assert false is not None
+    failing = replace(spec, orchestrator=(false,), state_root=spec.state_root.with_name("s2"))
+    _, seen = await _run_with_save(failing, monkeypatch, lambda state: anyio.lowlevel.checkpoint())
+    finished = [e for e in seen if isinstance(e, ev.IterationFinished)]
+    assert len(finished) == 3 and all(e.entry.status == "failed" for e in finished)  # type: ignore[attr-defined]
+    assert hashed == []

@@ -104,7 +104,9 @@ async def test_a_running_childs_output_reaches_its_log_before_it_exits(
         return await run_in_group(
             [sys.executable, "-c", _PRINT_THEN_WAIT, str(go)],
             cwd=None, env=child_environment({}, "test-run-log"), log_path=log_path,
-            timeout_s=60, term_grace_s=1, at_end=lambda: ended.append(log_path.read_bytes()),
+            timeout_s=60, term_grace_s=1, at_end=lambda done: ended.append(
+                log_path.read_bytes() if done.returncode == 0 else b"exit != 0"
+            ),
         )  # fmt: skip
 
     outcomes: list[process.ProcessOutcome] = []
@@ -149,7 +151,7 @@ async def test_a_cancelled_run_writes_its_log_but_skips_at_end(
             await run_in_group(
                 [sys.executable, "-c", _PRINT_THEN_WAIT, str(tmp_path / "never")],
                 cwd=None, env=child_environment({}, "test-run-log-cancel"), log_path=log_path,
-                timeout_s=60, term_grace_s=1, at_end=lambda: ended.append(True),
+                timeout_s=60, term_grace_s=1, at_end=lambda done: ended.append(True),
             )  # fmt: skip
     assert scope.cancelled_caught and ended == []
     assert (await anyio.to_thread.run_sync(_read, log_path)).startswith(b"first line\n")

@@ -31,6 +31,7 @@ from autoloop_daemon.policy.live_cost import (
 )
 from autoloop_daemon.policy.recording import build_entry
 from autoloop_daemon.runs.orchestrator import run_iteration, run_log_file
+from autoloop_daemon.runs.process import ProcessOutcome
 from autoloop_daemon.runs.target_files import content_hash, content_hash_if_dir, save_best
 from autoloop_daemon.target_state import InFlight
 from autoloop_daemon.vocab import KNOWN_DECISIONS, Decision, Phase, RunStatus, TargetStatus
@@ -201,9 +202,12 @@ class Iteration:
         except OSError as exc:
             log.warning("content_hash_failed", error=str(exc))
 
-    def _hash_after_run(self) -> None:
+    def _hash_after_run(self, outcome: ProcessOutcome) -> None:
         """The target's content hash once its run is over (blocking: called in the run
-        log's closing worker call, `run_iteration`'s `at_end`)."""
+        log's closing worker call, `run_iteration`'s `at_end`). Not for a run that failed:
+        only a completed one (exit 0 in time) is asked whether it changed the files."""
+        if outcome.timed_out or outcome.returncode != 0:
+            return
         try:
             self._hash_after = content_hash(self.spec.path, self._state_root_inside_target())
         except OSError as exc:

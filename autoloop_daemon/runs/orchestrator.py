@@ -289,7 +289,7 @@ async def run_iteration(
     fence: str | None = None,
     on_final_cost: Callable[[float], None] | None = None,
     prepare: OffLoop = worker_threads.run_sync,
-    at_end: Callable[[], None] | None = None,
+    at_end: Callable[[ProcessOutcome], None] | None = None,
 ) -> IterationResult:
     """Run iteration `iteration` of `spec` and read what it decided.
 
@@ -298,8 +298,8 @@ async def run_iteration(
     cost of a progress line, `on_final_cost` the cost of the result line as it streams.
     `prepare` runs the blocking preparation (the argv, the run log's open) off the loop,
     exactly once, before anything starts; what it raises other than RunLogError (a failed
-    checkpoint of the caller's) propagates. `at_end()` is called off the loop once a
-    spawned run has ended (not when it was cancelled: `process.run_in_group`).
+    checkpoint of the caller's) propagates. `at_end(outcome)` is called off the loop once
+    a spawned run has ended (not when it was cancelled: `process.run_in_group`).
 
     Never raises for orchestrator misbehaviour: a failed run comes back with status
     "failed", a one-line `error` and a `failure_trace`. Cancellation (daemon shutdown) is

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -114,7 +115,7 @@ async def run_in_group(
     on_started: Callable[[int], Awaitable[None]] | None = None,
     on_stdout: Callable[[bytes], None] | None = None,
     log_fd: int | None = None,
-    at_end: Callable[[], None] | None = None,
+    at_end: Callable[[ProcessOutcome], None] | None = None,
 ) -> ProcessOutcome:
     """Run `argv` (no shell) in a new process group and return how it ended.
 
@@ -128,9 +129,9 @@ async def run_in_group(
     the rest of it soon after the direct child exits while a grandchild holds the pipes, and
     all of it (shielded) when cancelled from outside, before the cancellation goes on.
 
-    `log_fd`: `log_path` opened already (closed here, whatever happens). `at_end()`
+    `log_fd`: `log_path` opened already (closed here, whatever happens). `at_end(outcome)`
     (blocking, must not raise): called in the run log's closing worker call once a run
-    ended (not when it was cancelled or could not start). Raises
+    ended, with how it ended (not when it was cancelled or could not start). Raises
     RunLogError when the run log cannot be opened (nothing is started then), OSError when
     the program cannot be started (e.g. FileNotFoundError).
     """
@@ -141,7 +142,7 @@ async def run_in_group(
         sink.close_now()
         raise
     marker = env.get(RUN_MARKER_ENV)
-    ran = False
+    outcome: ProcessOutcome | None = None
     try:
         await sink.open()
         deathwatch.run_starting(marker, log_path)
@@ -157,20 +158,20 @@ async def run_in_group(
                 stderr_tail=_Tail(stderr_tail_bytes),
                 on_started=on_started,
             )
-        ran = True
         return outcome
     finally:
-        await _wind_up(marker, term_grace_s, sink, at_end if ran else None)
+        then = None if at_end is None or outcome is None else partial(at_end, outcome)
+        await _wind_up(marker, term_grace_s, sink, then)
 
 
 async def _wind_up(
-    marker: str | None, grace_s: float, sink: LogSink, at_end: Callable[[], None] | None
+    marker: str | None, grace_s: float, sink: LogSink, then: Callable[[], None] | None
 ) -> None:
-    """After a run (shielded): its leftovers stopped, the run log finished, `at_end()`."""
+    """After a run (shielded): its leftovers stopped, the run log finished, `then()`."""
     with anyio.CancelScope(shield=True):
         await reaper.sweep(marker, grace_s)
         deathwatch.run_ended(marker)
-        await sink.finish(at_end)
+        await sink.finish(then)
 
 
 def _hold_s() -> float:
