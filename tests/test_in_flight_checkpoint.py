@@ -190,3 +190,25 @@ async def test_the_target_is_hashed_after_runs_that_exit_0_only(
     finished = [e for e in seen if isinstance(e, ev.IterationFinished)]
     assert len(finished) == 3 and all(e.entry.status == "failed" for e in finished)  # type: ignore[attr-defined]
     assert hashed == []
+
+
+async def test_a_run_that_removes_its_target_is_not_recorded_as_a_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A completed run after which the target directory is gone: whether it changed the
+    files is not known (None, with a warning), not "changed" for the hash of nothing."""
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "SKILL.md").write_text("x")
+    result = (
+        '{{"final_decision": "keep", "weighted_score": 0.5, "cost_usd": 0.01}}'  # argv template
+    )
+    spec = TargetSpec(
+        name="t", path=target, state_root=tmp_path / "state", mode="single-run",
+        max_iterations=1, plateau_window=100, oscillation_window=0, backoff_base_seconds=0.0,
+        orchestrator=("/bin/sh", "-c", f'rm -r "{target}" && echo \'{result}\''),
+        handoff_arg="",
+    )  # type: ignore[call-arg]  # fmt: skip
+    _, seen = await _run_with_save(spec, monkeypatch, lambda state: anyio.lowlevel.checkpoint())
+    finished = [e.entry for e in seen if isinstance(e, ev.IterationFinished)]  # type: ignore[attr-defined]
+    assert [(e.status, e.decision, e.changed) for e in finished] == [("completed", "keep", None)]

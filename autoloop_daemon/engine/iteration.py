@@ -209,6 +209,8 @@ class Iteration:
         if outcome.timed_out or outcome.returncode != 0:
             return
         try:
+            if not self.spec.path.is_dir():  # gone: not "changed" (the hash of nothing)
+                raise FileNotFoundError(f"target directory is gone: {self.spec.path}")
             self._hash_after = content_hash(self.spec.path, self._state_root_inside_target())
         except OSError as exc:
             self._hash_after = exc
