@@ -22,8 +22,11 @@ Conventions a user may rely on:
 from __future__ import annotations
 
 import dataclasses
+import errno
+import functools
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -183,29 +186,61 @@ def _resolve(
     key: str,
     *,
     keep_last: bool = False,
-    folders: dict[str, Path] | None = None,
+    folders: dict[str, str] | None = None,
 ) -> Path:
     """`value` made absolute against `base` and resolved (`keep_last`: all but its last
     component, as `resolve_state_root`). `folders` caches resolved parent directories across
     calls: 10,000 targets in one directory resolve it once, not once each (~8 `lstat`s)."""
     try:
-        path = Path(value).expanduser()
         if folders is not None:
-            absolute = base / path
-            name = absolute.name
-            if name not in ("", ".."):  # then resolving the parent first resolves the same
-                folder = str(absolute.parent)
-                real = folders.get(folder)
-                if real is None:
-                    real = folders[folder] = absolute.parent.resolve()
-                joined = real / name
-                if keep_last or not joined.is_symlink():
-                    return joined
+            simple = _resolve_simple(os.fspath(value), str(base), keep_last, folders)
+            if simple is not None:
+                return simple
+        path = Path(value).expanduser()
         if keep_last:  # a state root that is a symlink is refused at start, not followed
             return resolve_state_root(path, base)
         return (base / path).resolve()  # an absolute `path` replaces `base`
     except (RuntimeError, OSError, ValueError) as exc:
         raise ConfigError(f"{shown}: {key}: cannot resolve {_quote(str(value))}: {exc}") from None
+
+
+def _resolve_simple(text: str, base: str, keep_last: bool, folders: dict[str, str]) -> Path | None:
+    """`_resolve` of a plain path (no `~`, `.`, `..`, `//` or trailing `/`), on strings:
+    its folder resolved once per folder, one `Path` made. pathlib's parsing was most of a
+    10,000-target config's load (issue 24: READY). None for any other path, and for a
+    target directory that is a link (the caller resolves those in full)."""
+    absolute = text if text.startswith("/") else f"{base}/{text}"
+    if (
+        text.startswith("~")
+        or "//" in absolute
+        or "/./" in absolute
+        or "/../" in absolute
+        or absolute.endswith(("/", "/.", "/.."))
+    ):
+        return None
+    folder, name = absolute.rsplit("/", 1)
+    real = folders.get(folder)
+    if real is None:
+        real = folders[folder] = str(Path(folder or "/").resolve())
+    joined = f"{real}/{name}" if real != "/" else f"/{name}"
+    if not keep_last and _kind(joined, follow=False) == "link":
+        return None
+    return Path(joined)
+
+
+def _kind(path: str | Path, *, follow: bool = True) -> str | None:
+    """ "dir", "link" (only when not `follow`ing links), "other", or None when nothing is
+    there (as `Path.exists`: also a parent that is no directory, or a link loop). One stat
+    where `exists()` and `is_dir()` made two. OSError for any other failure."""
+    try:
+        mode = os.stat(path).st_mode if follow else os.lstat(path).st_mode
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return None
+        raise
+    if stat.S_ISDIR(mode):
+        return "dir"
+    return "link" if stat.S_ISLNK(mode) else "other"
 
 
 _SPEC_DEFAULTS: dict[str, Any] = {
@@ -234,8 +269,9 @@ def _build_targets(
     # more, and every root is absolute and normalised (resolved) already.
     roots: dict[str, int] = {}
     inside: dict[str, int] = {}  # every parent of a state root -> the first such root
-    folders: dict[str, Path] = {}  # resolved parent directories (see `_resolve`)
-    holds_state_dir = {str(state_dir), *_parents(str(state_dir))}  # a root here holds it
+    folders: dict[str, str] = {}  # resolved parent directories (see `_resolve`)
+    dir_text = str(state_dir)
+    holds_state_dir = {dir_text, *_parents(dir_text)}  # a root here holds it
     specs: list[TargetSpec] = []
     for i, table in enumerate(settings.targets):
         key = f"targets[{i}]"
@@ -248,13 +284,14 @@ def _build_targets(
             )
         names[table.name] = i
         path = _resolve(table.path, base, shown, f"{key}.path", folders=folders)
+        kind = _kind_or_error(path, f"{shown}: {key}.path")
         # In cluster mode a host may not see every target's directory: it never claims those.
-        if not path.is_dir() and (path.exists() or not settings.cluster.enabled):
-            problem = "not a directory" if path.exists() else "no such directory"
+        if kind != "dir" and (kind is not None or not settings.cluster.enabled):
+            problem = "not a directory" if kind is not None else "no such directory"
             raise ConfigError(f"{shown}: {key}.path: {problem}: {path}")
-        raw_root = table.state_root if table.state_root is not None else state_dir / table.name
+        raw_root = table.state_root if table.state_root is not None else f"{dir_text}/{table.name}"
         root = _resolve(raw_root, base, shown, f"{key}.state_root", keep_last=True, folders=folders)
-        if root.exists() and not root.is_dir():
+        if _kind_or_error(root, f"{shown}: {key}.state_root") not in ("dir", None):
             raise ConfigError(f"{shown}: {key}.state_root: not a directory: {root}")
         where = f"{shown}: {key}.state_root"
         _claim_root(root, i, where, roots, inside, (state_dir, holds_state_dir), specs)
@@ -263,6 +300,14 @@ def _build_targets(
             raise ConfigError(f"{shown}: {key}.{late}")
         specs.append(TargetSpec(name=table.name, path=path, state_root=root, **_frozen(merged)))
     return tuple(specs)
+
+
+def _kind_or_error(path: Path, where: str) -> str | None:
+    """`_kind(path)`, or ConfigError at `where` when it cannot be known (no permission)."""
+    try:
+        return _kind(path)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot look at {path}: {exc.strerror or exc}") from None
 
 
 def _frozen(merged: dict[str, Any]) -> dict[str, Any]:
@@ -318,12 +363,15 @@ def _claim_root(
 
 def _parents(path: str) -> list[str]:
     """The ancestors of the absolute, normalised `path`, nearest first (`Path.parents`)."""
-    out = []
     parent = os.path.dirname(path)
-    while parent != path:
-        out.append(parent)
-        path, parent = parent, os.path.dirname(parent)
-    return out
+    return [] if parent == path else [parent, *_ancestors(parent)]
+
+
+@functools.lru_cache(maxsize=256)
+def _ancestors(path: str) -> tuple[str, ...]:
+    """`_parents` of a folder, kept: 10,000 state roots in one folder walk it once."""
+    parent = os.path.dirname(path)
+    return () if parent == path else (parent, *_ancestors(parent))
 
 
 def _merged_problem(merged: Mapping[str, Any]) -> str | None:
