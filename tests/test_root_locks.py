@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import pytest
 
 from autoloop_daemon.engine import events as ev
@@ -276,8 +275,8 @@ async def test_a_shutdowns_lock_releases_run_in_worker_threads_together(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Stores closed at once (every target of a stopping fleet) release their locks in
-    worker threads (up to RELEASE_THREADS of them), never on the event loop; each lock file
-    is left without a pid, and every root is free once the closes return."""
+    worker threads, spread over up to RELEASE_THREADS of them, never on the event loop;
+    each lock file is left without a pid, and every root is free once the closes return."""
     specs = [spec(tmp_path, f"t{i:03d}") for i in range(300)]
     storage = FileStorage(tmp_path / "state")
     await anyio.to_thread.run_sync(storage.acquire)
@@ -297,39 +296,7 @@ async def test_a_shutdowns_lock_releases_run_in_worker_threads_together(
         await anyio.to_thread.run_sync(storage.release)
     released_on = released_by_closes
     assert loop_thread not in released_on
-    assert 1 <= len(set(released_on)) <= group_commit.RELEASE_THREADS + 1
+    assert 2 <= len(set(released_on)) <= group_commit.RELEASE_THREADS + 1
     for s in specs:
         assert not locked_elsewhere(s.state_root)
         assert (s.state_root / LOCK_NAME).read_bytes() == b""
-
-
-async def test_a_release_goes_while_the_loop_is_busy_stopping_other_targets(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A shutdown wakes every target at once, and each stops on the loop without yielding.
-    The first store's release must reach its worker thread before the loop yields again:
-    once it waited for its turn on the loop, every release came after the last stop (a
-    10,000-target shutdown's 0.3-0.5 s tail). Here the loop blocks right after the close
-    began (a busy loop, as it is then) and the release happens meanwhile."""
-    storage = FileStorage(tmp_path / "state")
-    await anyio.to_thread.run_sync(storage.acquire)
-    one = spec(tmp_path, "t000")
-    released = threading.Event()
-    real_release = StateLock.release
-
-    def signalling(lock: StateLock) -> None:
-        real_release(lock)
-        released.set()
-
-    try:
-        await storage.lock_roots([one])
-        store = storage.target(one)
-        await store.open()
-        monkeypatch.setattr(StateLock, "release", signalling)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(store.close)
-            await anyio.lowlevel.checkpoint()  # the close ran up to its wait for the worker
-            assert released.wait(timeout=20)  # the loop's thread blocks: the worker goes on
-    finally:
-        await anyio.to_thread.run_sync(storage.release)
-    assert not locked_elsewhere(one.state_root)

@@ -19,13 +19,14 @@ data is durable, and a reader (or a crash) sees the old file or the new one. A b
 is exactly `atomic_write_bytes`. Each caller gets its own file's StateWriteError.
 
 It also releases the targets' state locks (`release`), never on the event loop: rewriting a
-lock file waits for the journal (~0.12 ms here once written back: 1.1-1.3 s of a stalled
-loop for a 10,000-target shutdown). While a batch is being committed a release waits for
-it: in the batch's worker, right after the batch, or with those its leader releases
-afterwards. Otherwise the first `release` starts a worker thread at once, which takes
-releases from the queue as the loop adds them (a shutdown's thousands go as their targets
-stop), and more threads (up to RELEASE_THREADS) when many wait. Every release is done
-before the last writer of the last batch, or the last releaser, returns.
+lock file waits for the journal, and once the kernel has written the file back (30 s after
+its last write) it costs ~0.12 ms here, 1.1-1.3 s for a 10,000-target shutdown that the
+loop spent stalled. While a batch is being committed a release waits for it: in the
+batch's worker, right after the batch, or (when it came during that worker call) with those
+the batch's leader releases afterwards. Otherwise the first `release` leads the others that
+arrive meanwhile. Those are released in worker threads, up to RELEASE_THREADS at once for a
+shutdown's thousands. Every release is done before the last writer of the last batch, or
+the last releaser, returns.
 
 Writes already queued always finish: the waits are shielded, so a cancelled caller returns
 (raising its cancellation) only once its file is committed, and a leader never leaves the
@@ -41,13 +42,13 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 
 from autoloop_daemon import worker_threads
 from autoloop_daemon.exceptions import StateWriteError
@@ -261,29 +262,18 @@ def _write_tmp(
         _fail(item, exc)
 
 
-async def _in_threads(releases: deque[Callable[[], None]]) -> None:
-    """Call `releases`, and what is appended meanwhile, in worker threads (one, or up to
-    RELEASE_THREADS for many), until it is empty. The first starts before this yields: a
-    shutdown wakes every target at once, and a release that waited for its turn on the
-    loop would start after the last target had stopped."""
+async def _in_threads(releases: list[Callable[[], None]]) -> None:
+    """Call `releases` in worker threads: one, or up to RELEASE_THREADS for many."""
     threads = max(1, min(RELEASE_THREADS, len(releases) // RELEASE_CHUNK))
+    if threads == 1:
+        await anyio.to_thread.run_sync(_call_all, releases)
+        return
     async with anyio.create_task_group() as tg:
-        for _ in range(threads - 1):
-            tg.start_soon(worker_threads.run_sync, _call_all, _popped(releases))
-        await worker_threads.run_sync(_call_all, _popped(releases))
+        for k in range(threads):
+            tg.start_soon(anyio.to_thread.run_sync, _call_all, releases[k::threads])
 
 
-def _popped(calls: deque[Callable[[], None]]) -> Iterator[Callable[[], None]]:
-    """Each item of `calls`, taken from its left, until it is empty: the loop may add to it
-    meanwhile, and other threads take from it too (each item goes to one taker)."""
-    while True:
-        try:
-            yield calls.popleft()
-        except IndexError:
-            return
-
-
-def _call_all(calls: Iterable[Callable[[], None]]) -> None:
+def _call_all(calls: Sequence[Callable[[], None]]) -> None:
     """Call each of `calls`, the others too when one raises (then the first error)."""
     errors = []
     for call in calls:
@@ -340,7 +330,7 @@ class GroupCommit:
         self._pending: list[_Write] = []
         self._busy = False  # a leader is gathering or committing a batch
         self._releasing = False  # a `release` is leading the releases (no batch is)
-        self._releases: deque[Callable[[], None]] = deque()  # lock releases not yet done
+        self._releases: list[Callable[[], None]] = []  # lock releases not yet handed over
 
     async def release(self, lock: StateLock) -> None:
         """Release a target's state lock in a worker thread: right after the batch being
@@ -360,7 +350,8 @@ class GroupCommit:
         try:
             with anyio.CancelScope(shield=True):
                 while self._releases and not self._busy:
-                    await _in_threads(self._releases)
+                    releases, self._releases = self._releases, []
+                    await _in_threads(releases)
         finally:
             self._releasing = False
 
@@ -426,7 +417,7 @@ class GroupCommit:
         try:
             await anyio.lowlevel.checkpoint()  # let the other tasks of this tick queue theirs
             batch, self._pending = self._pending, []
-            releases = list(_popped(self._releases))
+            releases, self._releases = self._releases, []
             thens = any(item.then is not None for item in batch)
             early = worker_threads.on_loop(hand_on) if thens else None
             try:
