@@ -37,17 +37,20 @@ The figures and their floors:
 * `ready_warm`, `sigterm_exit` and `status`: N dry-run targets (10,000; `--quick` 500)
   cooling down for 600 min (startstop.py's cycle): a fresh start makes their state roots,
   then each round is a warm restart: spawn -> READY=1, every target cooling
-  (`autoloopd status --json`), `autoloopd status --config F --json` timed once, SIGTERM ->
-  exit (its exit code must be 0). Floors: for READY, taking each state root's lock (flock)
-  and reading its state file and log, one after the other, on the same files after the
-  daemon exited; for SIGTERM, writing as many files of the state file's size and making
-  them durable with one syncfs (startstop.sync_floor); for status, the client's own floor:
+  (`autoloopd status --json`), then the daemon quiet (under 25 ms of CPU in 0.5 s:
+  `status` may say cooling while the targets' tasks still start: one SIGTERM at 10,000
+  was handled 1.3 s late, behind that work), `autoloopd status --config F
+  --json` timed once, SIGTERM -> exit (its exit code must be 0). Floors: for READY,
+  taking each state root's lock (flock) and reading its state file and log, one after the
+  other, on the same files after the daemon exited; for SIGTERM, writing as many files of
+  the state file's size and making them durable with one syncfs (startstop.sync_floor);
+  for status, the client's own floor:
   one HTTP request on the control socket and `json.loads` of the same payload, in this
   process, right after the timed `status`. The text form, `autoloopd status --config F`
   (the targets with something to tell and the summary), is timed once more per round and
   printed in the figure's notes (`text N s`). READY's notes say how long after READY=1
-  every target was loaded and cooling (`all cooling N s later`): READY comes once the
-  roots are locked, and the states load after it.
+  every target was loaded and cooling (`all cooling N s later`) and quiet (`quiet N s
+  after`): READY comes once the roots are locked, and the states load after it.
 
 Busy rounds are windows: the full form runs 3 daemons with one 15 s window each (each
 round its own process and peak), `--quick` one daemon with 3 windows of 1 s (so the memory
@@ -278,7 +281,10 @@ def fleet_rounds(work: Path, sizes: Sizes) -> dict[str, Rounds]:
         size = (roots[0] / floors.STATE_FILE).stat().st_size
         parts["ready_warm"].add(cycle["start_to_ready_s"], floors.lock_and_read_floor(roots))
         cooled_s = cycle["ready_to_all_cooling_s"]
-        parts["ready_warm"].notes.append(f"all cooling {cooled_s:.1f} s later")
+        quiet_s = cycle["cooling_to_quiet_s"]
+        parts["ready_warm"].notes.append(
+            f"all cooling {cooled_s:.1f} s later, quiet {quiet_s:.1f} s after"
+        )
         stop_s = cycle["sigterm_to_exit_s"]
         if stop_s is None:
             raise RuntimeError("fleet: the daemon did not exit within 120 s of SIGTERM")

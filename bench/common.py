@@ -310,6 +310,27 @@ def proc_cpu_detail_s(pid: int) -> dict[str, float]:
     return {name: int(fields[11 + i]) / CLK_TCK for i, name in enumerate(names)}
 
 
+def wait_quiet(
+    pid: int, window_s: float = 0.5, busy_s: float = 0.025, timeout_s: float = 60.0
+) -> float:
+    """Wait until process `pid` used less than `busy_s` of CPU over `window_s` (its own
+    periodic work, a watchdog ping or a status line, stays under that); returns the seconds
+    waited. At `timeout_s`, returns anyway. A daemon whose `status` already says every target
+    cools down may still be starting their tasks, and a signal sent then waits for that work
+    (once at 10,000 targets: a SIGTERM handled 1.3 s late)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        before = proc_cpu_detail_s(pid)
+        time.sleep(window_s)
+        after = proc_cpu_detail_s(pid)
+        if not before or not after:
+            break  # gone
+        used = sum(after[k] - before[k] for k in ("utime", "stime"))
+        if used < busy_s:
+            break
+    return time.monotonic() - t0
+
+
 def system_cpu_s() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, all cores (/proc/stat)."""
     with open("/proc/stat") as handle:

@@ -6,7 +6,9 @@ root is created) and on a warm restart (every state root exists, with its state 
 Goal <= 2 s.
 
 Stop: time from SIGTERM to exit while every target is cooling down (`autoloopd status
---json` says so: every state file has status `cooldown`), with every state checkpointed;
+--json` says so: every state file has status `cooldown`) and the daemon is quiet (under
+25 ms of CPU in 0.5 s: its targets' tasks may still be starting when status says all cool
+down), with every state checkpointed;
 afterwards every state file must parse, hold status `stopped_signal` (or `cooldown`) with
 nothing in flight, and agree with its log. Goal <= 1 s.
 
@@ -93,7 +95,7 @@ def one_cycle(
             if kind == "fresh":  # each target runs its one iteration, then cools down
                 daemon.wait_event("iteration_finished", count=n, timeout=600, interval=0.1)
             cooled_at = common.wait_all_status(daemon, "cooldown", n, timeout_s=600)
-            time.sleep(0.5)  # a quiet moment: nothing in flight, no checkpoint being written
+            quiet_s = common.wait_quiet(daemon.pid)  # nothing in flight, nothing starting
             extra = while_cooling(daemon) if while_cooling is not None else {}
             rss_mb = proc_status_kb(daemon.pid).get("VmHWM", 0) / 1024
             term_wall = time.time()
@@ -110,6 +112,7 @@ def one_cycle(
         "kind": kind,
         "start_to_ready_s": ready.at - t0,
         "ready_to_all_cooling_s": cooled_at - ready.at,
+        "cooling_to_quiet_s": quiet_s,
         "sigterm_to_exit_s": stop_s,
         "exit_code": code,
         "peak_rss_mb": rss_mb,
