@@ -229,9 +229,9 @@ def _resolve_simple(text: str, base: str, keep_last: bool, folders: dict[str, st
 
 
 def _kind(path: str | Path, *, follow: bool = True) -> str | None:
-    """ "dir", "link" (only when not `follow`ing links), "other", or None when nothing is
-    there (as `Path.exists`: also a parent that is no directory, or a link loop). One stat
-    where `exists()` and `is_dir()` made two. OSError for any other failure."""
+    """What is at `path`: a "dir", a "link" (only when not `follow`ing links), "other", or
+    None when nothing is there (as `Path.exists`: also a parent that is no directory, or a
+    link loop). One stat where `exists()` and `is_dir()` made two. OSError otherwise."""
     try:
         mode = os.stat(path).st_mode if follow else os.lstat(path).st_mode
     except OSError as exc:
