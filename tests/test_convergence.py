@@ -10,11 +10,13 @@ from autoloop_daemon.policy.stops import (
     backoff_seconds,
     is_oscillating,
     is_plateau,
+    plain_sentence,
     plateau_counter,
     stop_reason,
     stop_sentence,
     weighted_score,
 )
+from autoloop_daemon.vocab import TargetStatus
 
 
 @pytest.mark.parametrize(
@@ -99,3 +101,26 @@ def test_backoff_doubles_and_caps() -> None:
     """Retry delays double from the base and never exceed the cap."""
     assert [backoff_seconds(n, 5.0, 30.0) for n in range(5)] == [0.0, 5.0, 10.0, 20.0, 30.0]
     assert backoff_seconds(10_000, 5.0, 300.0) == 300.0
+
+
+@pytest.mark.parametrize("status", [s.value for s in TargetStatus])
+def test_a_plain_sentence_is_the_full_sentence_of_its_status(status: str) -> None:
+    """`plain_sentence` (the shortcut a shutdown takes for each of its targets) says exactly
+    what `stop_sentence` says, whatever the figures, the failure, the operator or the budget;
+    or it says nothing and leaves the status to `stop_sentence`."""
+    plain = plain_sentence(status)
+    if plain is None:
+        return
+    view = LoopView(4, 20.0, [0.9, 0.1], ["keep", "reject"])
+    full = stop_sentence(
+        status, view, LIMITS, consecutive_errors=3, max_consecutive_errors=3,
+        last_failure="boom", budget_spent_usd=9.0, budget_cap_usd=10.0,
+        next_run_at="2026-12-08T00:00:00Z", operator={"who": "ops", "at": "now"},
+    )  # fmt: skip
+    assert plain == full
+
+
+def test_plain_sentences_cover_the_shutdown_and_leave_the_worded_ones() -> None:
+    assert plain_sentence(TargetStatus.STOPPED_SIGNAL) == "interrupted by signal"
+    for worded in ("error", "stopped_operator", "stopped_budget", "stopped_max_iter"):
+        assert plain_sentence(worded) is None

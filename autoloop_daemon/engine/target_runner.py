@@ -25,12 +25,12 @@ from autoloop_daemon.engine.stop_control import StopControl
 from autoloop_daemon.engine.waits import ParkHook, Waits
 from autoloop_daemon.exceptions import StateWriteError
 from autoloop_daemon.models import LogEntry, TargetSpec
+from autoloop_daemon.policy import stops
 from autoloop_daemon.policy.allocation import closure
 from autoloop_daemon.policy.deadline import deadline_after
 from autoloop_daemon.policy.first_fit import metered_live
 from autoloop_daemon.policy.ledger import Reservation
 from autoloop_daemon.policy.progress import Progress
-from autoloop_daemon.policy.stops import Goals, Limits, goal_reason, stop_reason, stop_sentence
 from autoloop_daemon.policy.windows import local_zone, spent_in_window
 from autoloop_daemon.storage.base import Recovered, TargetStore
 from autoloop_daemon.target_state import TargetState
@@ -311,7 +311,7 @@ class TargetRunner:
                 status=status,
                 reason=self.describe(status),
                 iterations_completed=self.state.iterations_completed,
-                max_iterations=self.limits().max_iterations,
+                max_iterations=self.max_iterations_now,
                 total_cost_usd=self.state.total_cost_usd,
                 estimated_usd=self.progress.estimated_cost_usd,
                 best_score=self.progress.best,
@@ -392,10 +392,10 @@ class TargetRunner:
 
     # ----------------------------------------------------------------- limits and estimates
 
-    def limits(self) -> Limits:
+    def limits(self) -> stops.Limits:
         """The limits the stop conditions compare against."""
         s = self.spec
-        return Limits(
+        return stops.Limits(
             self.max_iterations_now, self.max_cost_usd_now,
             s.plateau_window, s.min_improvement, s.oscillation_window,
         )  # fmt: skip
@@ -413,8 +413,8 @@ class TargetRunner:
     def _stop_reason(self) -> TargetStatus | None:
         if self.state.consecutive_errors >= self.spec.max_consecutive_errors:
             return TargetStatus.ERROR
-        reason = stop_reason(self.progress.view(), self.limits()) or goal_reason(
-            Goals(self.spec.target_score, self.spec.min_gain_per_usd, self._deadline_at),
+        reason = stops.stop_reason(self.progress.view(), self.limits()) or stops.goal_reason(
+            stops.Goals(self.spec.target_score, self.spec.min_gain_per_usd, self._deadline_at),
             best=self.progress.best,
             scored=len(self.progress.scores),
             gain_per_usd=lambda: self._waits.gain_per_usd(upper=True),
@@ -426,7 +426,7 @@ class TargetRunner:
         """Why the target stopped (or would stop) with `status`, in words."""
         if status == TargetStatus.STOPPED_BUDGET and self._waits.refused:
             return self._waits.refused
-        sentence = stop_sentence(
+        sentence = stops.plain_sentence(status) or stops.stop_sentence(
             status,
             self.progress.view(),
             self.limits(),

@@ -160,6 +160,24 @@ def stop_reason(view: LoopView, limits: Limits) -> str | None:
     return None
 
 
+# The statuses `stop_sentence` words from more than the status: the failure, an operator,
+# the shared budget, the window's reset; `plain_sentence` leaves them to it.
+_NOT_PLAIN = frozenset({
+    TargetStatus.ERROR, TargetStatus.STOPPED_OPERATOR, TargetStatus.STOPPED_BUDGET,
+    TargetStatus.WAITING_BUDGET, TargetStatus.WAITING_REVIEW,
+})  # fmt: skip
+
+
+def plain_sentence(status: str) -> str | None:
+    """`stop_sentence`'s words for a status that needs nothing else to say them (a signal,
+    a deadline, a removal...), without building what the others need; None for the rest.
+    A shutdown words one per target (10,000 at once)."""
+    if status in _NOT_PLAIN:
+        return None
+    template = STOP_MESSAGES.get(status)
+    return template if template is not None and "{" not in template else None
+
+
 def stop_sentence(
     status: str,
     view: LoopView,
@@ -199,6 +217,8 @@ def stop_sentence(
     template = STOP_MESSAGES.get(status)
     if template is None:
         return None
+    if "{" not in template:
+        return template
     return template.format(
         done=view.iterations_completed,
         n=limits.max_iterations,
