@@ -18,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -217,21 +218,22 @@ async def test_a_lock_released_during_a_commit_is_released_right_after_the_batch
     again.release()
 
 
-def test_an_acquire_waits_for_a_release_handed_to_a_worker(tmp_path: Path) -> None:
+def test_an_acquire_waits_for_a_release_handed_to_a_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A target re-added by a reload at once: its new lock waits instead of refusing."""
+    waiting = threading.Event()
+
+    class Observed(threading.Condition):
+        def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+            waiting.set()
+            return super().wait_for(predicate, timeout)
+
+    monkeypatch.setattr(lock, "_released", Observed(threading.Lock()))
     root = tmp_path / "root"
     first = StateLock(root)
     first.acquire()
     release = first.release_later()
-    waiting = threading.Event()
-    real_event = lock._releasing[root]
-
-    class Observed(threading.Event):
-        def wait(self, timeout: float | None = None) -> bool:
-            waiting.set()
-            return real_event.wait(timeout)
-
-    lock._releasing[root] = Observed()
     second = StateLock(root)
     outcome: list[BaseException | None] = []
 
@@ -250,8 +252,7 @@ def test_an_acquire_waits_for_a_release_handed_to_a_worker(tmp_path: Path) -> No
     assert outcome == [None]
     assert second.held and second.stale_holder is None
     second.release()
-    assert real_event.is_set()
-    lock._releasing.pop(root, None)  # the Observed stand-in, not the release's own event
+    assert root not in lock._releasing  # nothing left pending
 
 
 _WRITER = textwrap.dedent(

@@ -16,6 +16,7 @@ import fcntl
 import os
 import stat
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -39,11 +40,13 @@ _owned: dict[str, tuple[int, int]] = {}
 # seconds at 10,000 targets; a longer file than this (not ours) is truncated first.
 _MARKER_MAX_BYTES = 64
 
-# State roots whose lock this process is releasing off the event loop (`release_later`):
-# an `acquire` of the same root here (a target re-added by a reload) waits for the release
-# rather than refusing, as it would find the lock free had the release been immediate.
-_releasing: dict[Path, threading.Event] = {}
-_releasing_guard = threading.Lock()
+# State roots whose lock this process is releasing off the event loop (`release_later`),
+# counted: an `acquire` of the same root here (a target re-added by a reload) waits for the
+# release rather than refusing, as it would find the lock free had the release been
+# immediate. One condition for them all: a threading.Event per release cost a shutdown
+# more on its loop than the rest of handing the release over.
+_releasing: Counter[Path] = Counter()
+_released = threading.Condition(threading.Lock())
 RELEASE_WAIT_S = 30.0
 
 
@@ -240,18 +243,19 @@ class StateLock:
         target at shutdown. Until the function runs, an `acquire` of this root in this
         process waits for it (up to RELEASE_WAIT_S).
         """
-        event = threading.Event()
-        with _releasing_guard:
-            _releasing[self.state_root] = event
+        root = self.state_root
+        with _released:
+            _releasing[root] += 1
 
         def release() -> None:
             try:
                 self.release()
             finally:
-                with _releasing_guard:
-                    if _releasing.get(self.state_root) is event:
-                        del _releasing[self.state_root]
-                event.set()
+                with _released:
+                    _releasing[root] -= 1
+                    if _releasing[root] <= 0:
+                        del _releasing[root]
+                    _released.notify_all()
 
         return release
 
@@ -302,11 +306,12 @@ def _flock_or_wait_for_release(fd: int, root: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        with _releasing_guard:
-            pending = _releasing.get(root)
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or pending is None:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise
-        pending.wait(RELEASE_WAIT_S)
+        with _released:
+            if root not in _releasing:
+                raise
+            _released.wait_for(lambda: root not in _releasing, RELEASE_WAIT_S)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
