@@ -123,7 +123,7 @@ class Iteration:
                 target=self.spec.name,
                 iteration=self.number,
                 completed=state.iterations_completed,
-                max_iterations=runner.limits().max_iterations,
+                max_iterations=runner.max_iterations_now,
                 retry=state.consecutive_errors,
                 handoff=None if handoff is None else str(handoff),
                 run_log=None if run_log is None else str(run_log),
