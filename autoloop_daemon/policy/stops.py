@@ -217,8 +217,6 @@ def stop_sentence(
     template = STOP_MESSAGES.get(status)
     if template is None:
         return None
-    if "{" not in template:
-        return template
     return template.format(
         done=view.iterations_completed,
         n=limits.max_iterations,
