@@ -25,13 +25,15 @@ from autoloop_daemon.storage.memory import MemoryStorage, MemoryTargetStore
 pytestmark = [pytest.mark.anyio, pytest.mark.no_blocking]
 
 
-def _supervisor(spec: TargetSpec, storage: MemoryStorage) -> tuple[Supervisor, list[ev.Event]]:
+def _supervisor(
+    spec: TargetSpec, storage: MemoryStorage, window: BudgetWindow | None = None
+) -> tuple[Supervisor, list[ev.Event]]:
     events = ev.EventBus()
     seen: list[ev.Event] = []
     events.subscribe(seen.append)
     sup = Supervisor(
         [spec], storage=storage, events=events, budget_cap_usd=1.0, max_concurrent=1,
-        grace_s=1.0,
+        grace_s=1.0, window=window,
     )  # fmt: skip
     return sup, seen
 
@@ -93,12 +95,8 @@ async def test_a_window_cost_that_cannot_be_read_lets_the_state_root_go(
 
     monkeypatch.setattr(MemoryTargetStore, "open", spent_before)
     monkeypatch.setattr(MemoryTargetStore, "read_log", unreadable)
-    spec, storage = _spec(tmp_path), MemoryStorage()
-    events = ev.EventBus()
-    sup = Supervisor(
-        [spec], storage=storage, events=events, budget_cap_usd=1.0, max_concurrent=1,
-        grace_s=1.0, window=BudgetWindow(parse_window("1h"), cap_usd=1.0),
-    )  # fmt: skip
+    spec = _spec(tmp_path)
+    sup, _ = _supervisor(spec, MemoryStorage(), BudgetWindow(parse_window("1h"), cap_usd=1.0))
     assert await sup.prepare([spec]) == []
     record = sup.record("t")
     assert record is not None and record.start_error is not None
